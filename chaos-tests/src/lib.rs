@@ -1,0 +1,1 @@
+//! Cluster sandbox, fault injectors and chaos scenarios (skeleton).

@@ -1,0 +1,1 @@
+//! overlord-analytics (skeleton; see docs/DESIGN.md).

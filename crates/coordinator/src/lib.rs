@@ -1,0 +1,1 @@
+//! overlord-coordinator (skeleton; see docs/DESIGN.md).

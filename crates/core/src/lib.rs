@@ -1,0 +1,1 @@
+//! overlord-core (skeleton; see docs/DESIGN.md).

@@ -1,0 +1,1 @@
+//! overlord-enrich (skeleton; see docs/DESIGN.md).

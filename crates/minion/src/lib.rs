@@ -1,0 +1,1 @@
+//! overlord-minion (skeleton; see docs/DESIGN.md).

@@ -1,0 +1,9 @@
+//! overlord-probes: data-collection modules usable as a plain library (no cluster dependency).
+//!
+//! - [`scan`]: TCP connect port scan and the generic banner grab.
+//! - [`service`]: service identification (nmap-service-probes compatible engine, TLS, structured grabbers).
+//! - [`screen`]: screenshots of open remote desktops (VNC/RFB, X11) and RDP security probing.
+
+pub mod scan;
+pub mod screen;
+pub mod service;

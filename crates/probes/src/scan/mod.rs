@@ -1,0 +1,1 @@
+//! TCP connect port scan and generic banner grab.

@@ -1,0 +1,1 @@
+//! Remote-desktop screenshots (RFB, X11) and RDP probing.

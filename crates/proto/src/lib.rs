@@ -1,0 +1,1 @@
+//! overlord-proto (skeleton; see docs/DESIGN.md).

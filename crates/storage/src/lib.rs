@@ -1,0 +1,1 @@
+//! overlord-storage (skeleton; see docs/DESIGN.md).

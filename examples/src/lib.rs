@@ -1,0 +1,1 @@
+//! Runnable examples live as [[bin]] targets of this crate.
