@@ -1,1 +1,3 @@
-//! Cluster sandbox, fault injectors and chaos scenarios (skeleton).
+//! Cluster sandbox, fault injectors and chaos scenarios.
+
+pub mod backbone_sandbox;
