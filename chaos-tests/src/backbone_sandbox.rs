@@ -226,6 +226,15 @@ pub fn minion_settings(
 
 impl InProc {
     pub async fn start(minions: &[(&str, &str)], capacity: u32) -> Result<Self> {
+        Self::start_with(minions, capacity, |_| {}).await
+    }
+
+    /// Like `start`, with a hook to adjust each minion's settings (e.g. its scope).
+    pub async fn start_with(
+        minions: &[(&str, &str)],
+        capacity: u32,
+        tweak: impl Fn(&mut overlord_minion::MinionSettings),
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let l = TcpListener::bind("127.0.0.1:0").await?;
         let coordinator = overlord_coordinator::start(
@@ -237,7 +246,8 @@ impl InProc {
         let (stop, _) = watch::channel(false);
         let mut handles = Vec::new();
         for (id, provider) in minions {
-            let s = minion_settings(&url, id, provider, capacity);
+            let mut s = minion_settings(&url, id, provider, capacity);
+            tweak(&mut s);
             let mut rx = stop.subscribe();
             handles.push(tokio::spawn(async move {
                 let _ = overlord_minion::run(s, overlord_minion::modules::builtin(), async move {

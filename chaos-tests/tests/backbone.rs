@@ -303,3 +303,32 @@ async fn coordinator_killed_and_restarted_mid_job() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Invariant: a minion re-checks its own scope before sending anything: a target the coordinator
+/// allows but the minion's blocklist refuses fails permanently (no retry, no finding), and the job
+/// still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minion_blocklist_refuses_before_sending() -> anyhow::Result<()> {
+    let targets = Targets::start(1, 0).await?;
+    let port = targets.speaking[0];
+    let cluster = InProc::start_with(&[("m1", "prov-a")], 4, |s| {
+        s.scope.block = overlord_core::target::parse_ranges(["127.0.0.1"]).unwrap();
+    })
+    .await?;
+    let mut c = client(&cluster.url).await?;
+    let job = submit(
+        &mut c,
+        spec(&["127.0.0.1"], &port.to_string(), &["portscan", "banner"]),
+    )
+    .await?;
+    let st = wait_finished(&cluster.url, job, Duration::from_secs(30)).await?;
+    assert_eq!(st.state, v1::JobState::Completed as i32);
+    assert_eq!(
+        (st.tasks_done, st.tasks_failed, st.findings),
+        (0, 1, 0),
+        "{st:?}"
+    );
+    assert!(all_results(&mut c, job).await?.is_empty());
+    cluster.shutdown().await;
+    Ok(())
+}
