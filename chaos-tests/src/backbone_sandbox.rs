@@ -150,11 +150,10 @@ impl Targets {
                                     let _ = s.write_all(format!("banner-{port}\r\n").as_bytes()).await;
                                 } else {
                                     let mut buf = [0u8; 256];
-                                    if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
-                                        if n > 0 {
+                                    if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await
+                                        && n > 0 {
                                             let _ = s.write_all(format!("reply-{port}\r\n").as_bytes()).await;
                                         }
-                                    }
                                 }
                                 tokio::time::sleep(Duration::from_millis(500)).await;
                             });

@@ -93,12 +93,11 @@ impl EngineState {
             return;
         }
         let flusher = self.shared.flusher.read().expect("lock").clone();
-        if let Some(f) = flusher {
-            if f.cast(FlushMsg::Flush(self.eng.write_epoch(), myself.clone()))
+        if let Some(f) = flusher
+            && f.cast(FlushMsg::Flush(self.eng.write_epoch(), myself.clone()))
                 .is_ok()
-            {
-                self.flush_in_flight = true;
-            }
+        {
+            self.flush_in_flight = true;
         }
     }
 }

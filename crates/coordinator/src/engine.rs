@@ -510,30 +510,31 @@ impl Engine {
     }
 
     pub fn heartbeat(&mut self, id: &str, generation: u64) {
-        if let Some(m) = self.minions.get_mut(id) {
-            if m.rec.generation == generation && !m.dead {
-                m.last_seen_ms = now_ms();
-            }
+        if let Some(m) = self.minions.get_mut(id)
+            && m.rec.generation == generation
+            && !m.dead
+        {
+            m.last_seen_ms = now_ms();
         }
     }
 
     pub fn disconnected(&mut self, id: &str, session_id: u64) {
-        if let Some(m) = self.minions.get_mut(id) {
-            if m.session_id == session_id {
-                debug!(minion = %id, "session ended");
-                m.tx = None;
-            }
+        if let Some(m) = self.minions.get_mut(id)
+            && m.session_id == session_id
+        {
+            debug!(minion = %id, "session ended");
+            m.tx = None;
         }
     }
 
     /// Drops a misbehaving session (malformed or oversized messages); nothing else is affected.
     pub fn kick(&mut self, id: &str, generation: u64, reason: &str) {
-        if let Some(m) = self.minions.get_mut(id) {
-            if m.rec.generation == generation {
-                warn!(minion = %id, reason, "closing minion session");
-                if let Some(tx) = m.tx.take() {
-                    let _ = tx.send(Err(tonic::Status::invalid_argument(reason.to_string())));
-                }
+        if let Some(m) = self.minions.get_mut(id)
+            && m.rec.generation == generation
+        {
+            warn!(minion = %id, reason, "closing minion session");
+            if let Some(tx) = m.tx.take() {
+                let _ = tx.send(Err(tonic::Status::invalid_argument(reason.to_string())));
             }
         }
     }
@@ -544,36 +545,36 @@ impl Engine {
             return;
         };
         let mut fail_job = false;
-        if let Some(rt) = self.jobs.get_mut(&job) {
-            if let Some(t) = rt.tasks.get_mut(&task) {
-                if let TaskState::Leased { minion, .. } = &t.state {
-                    if let Some(m) = self.minions.get_mut(minion) {
-                        m.leases.remove(&token);
-                        t.last_provider = Some(m.rec.provider.clone());
-                    }
-                    t.last_minion = Some(minion.clone());
+        if let Some(rt) = self.jobs.get_mut(&job)
+            && let Some(t) = rt.tasks.get_mut(&task)
+        {
+            if let TaskState::Leased { minion, .. } = &t.state {
+                if let Some(m) = self.minions.get_mut(minion) {
+                    m.leases.remove(&token);
+                    t.last_provider = Some(m.rec.provider.clone());
                 }
-                if count_attempt {
-                    t.attempts += 1;
-                }
-                t.last_error = Some(reason.to_string());
-                if sched::on_failure(t.attempts, self.cfg.max_attempts, false) == Retry::Fail {
-                    t.state = TaskState::Failed {
-                        reason: format!("{reason} (after {} attempts)", t.attempts),
-                    };
-                    self.batch.push(Op::Task(t.clone()));
-                    rt.tasks.remove(&task);
-                    rt.rec.failed += 1;
-                    fail_job = true;
-                } else {
-                    t.state = TaskState::Pending;
-                    self.batch.push(Op::Task(t.clone()));
-                    rt.pending.push_front(task);
-                }
-                rt.dirty = true;
-                rt.progress_dirty = true;
-                self.stats.requeued += 1;
+                t.last_minion = Some(minion.clone());
             }
+            if count_attempt {
+                t.attempts += 1;
+            }
+            t.last_error = Some(reason.to_string());
+            if sched::on_failure(t.attempts, self.cfg.max_attempts, false) == Retry::Fail {
+                t.state = TaskState::Failed {
+                    reason: format!("{reason} (after {} attempts)", t.attempts),
+                };
+                self.batch.push(Op::Task(t.clone()));
+                rt.tasks.remove(&task);
+                rt.rec.failed += 1;
+                fail_job = true;
+            } else {
+                t.state = TaskState::Pending;
+                self.batch.push(Op::Task(t.clone()));
+                rt.pending.push_front(task);
+            }
+            rt.dirty = true;
+            rt.progress_dirty = true;
+            self.stats.requeued += 1;
         }
         if fail_job {
             self.check_complete(job);
@@ -619,8 +620,8 @@ impl Engine {
             .map(|(tok, _)| *tok)
             .collect();
         for tok in expired {
-            if let Some((j, t)) = self.leases.get(&tok).copied() {
-                if let Some(minion) =
+            if let Some((j, t)) = self.leases.get(&tok).copied()
+                && let Some(minion) =
                     self.jobs
                         .get(&j)
                         .and_then(|rt| rt.tasks.get(&t))
@@ -628,13 +629,11 @@ impl Engine {
                             TaskState::Leased { minion, .. } => Some(minion.clone()),
                             _ => None,
                         })
-                {
-                    if let Some(tx) = self.minions.get(&minion).and_then(|m| m.tx.as_ref()) {
-                        let _ = tx.send(Ok(v1::CoordinatorMessage {
-                            msg: Some(CMsg::Revoke(v1::Revoke { tokens: vec![tok] })),
-                        }));
-                    }
-                }
+                && let Some(tx) = self.minions.get(&minion).and_then(|m| m.tx.as_ref())
+            {
+                let _ = tx.send(Ok(v1::CoordinatorMessage {
+                    msg: Some(CMsg::Revoke(v1::Revoke { tokens: vec![tok] })),
+                }));
             }
             self.requeue(tok, "lease deadline passed", true);
         }
@@ -765,7 +764,7 @@ impl Engine {
                         input: t.spec.input.clone().unwrap_or_default(),
                         token,
                         deadline_ms: deadline,
-                        traceparent: crate::telemetry::current_traceparent(),
+                        traceparent: crate::telemetry::traceparent(jid, token),
                     });
                     rt.progress_dirty = true;
                     self.leases.insert(token, (jid, task_id));
