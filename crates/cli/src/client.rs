@@ -60,7 +60,7 @@ pub fn finding_line(f: &v1::Finding, fmt: Format) -> String {
                 "banner" => data
                     .get("banner")
                     .and_then(|b| b.as_str())
-                    .map(|b| format!("{:?}", b.trim_end()))
+                    .map(|b| b.trim_end().replace('\r', "\\r").replace('\n', "\\n"))
                     .unwrap_or_default(),
                 "open_port" => String::new(),
                 _ => {

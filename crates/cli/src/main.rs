@@ -163,6 +163,11 @@ async fn main() -> Result<()> {
             if let Some(d) = data_dir {
                 s.data_dir = d;
             }
+            if s.telemetry.otlp_enabled {
+                tracing::warn!(
+                    "telemetry.otlp_enabled is set but OTLP export is not built in yet; traces stay in the logs"
+                );
+            }
             let listener = tokio::net::TcpListener::bind(&s.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", s.listen))?;
