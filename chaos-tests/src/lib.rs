@@ -4,6 +4,7 @@
 //!
 //! Everything runs on loopback (127.0.0.0/8) with ports chosen at run time.
 
+pub mod client;
 pub mod faults;
 pub mod figures;
 pub mod garbage;
@@ -11,4 +12,6 @@ pub mod ledger;
 pub mod process;
 pub mod proxy;
 pub mod rng;
+pub mod rogue;
+pub mod sandbox;
 pub mod wait;
