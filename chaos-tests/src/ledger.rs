@@ -79,11 +79,15 @@ pub struct LedgerSpec {
     pub open_ratio: f64,
     /// Write `CHAOS <ip>:<port>\r\n` on accept (for banner grabs).
     pub banner: bool,
+    /// When set, the job targets this whole CIDR (e.g. a /18 = 16,384 tasks); `ips` must lie in it
+    /// and only they may hold open cells. Use with [`Ledger::sparse`].
+    pub cidr: Option<(Ipv4Addr, u8)>,
 }
 
 /// The truth about a set of loopback targets, held for as long as the value lives.
 pub struct Ledger {
     ips: Vec<Ipv4Addr>,
+    cidr: Option<(Ipv4Addr, u8)>,
     ports: Vec<u16>,
     open: BTreeSet<SocketAddr>,
     _closed_holders: Vec<TcpSocket>,
@@ -128,6 +132,7 @@ impl Ledger {
         let accepts = Arc::new(AtomicU64::new(0));
         let mut me = Self {
             ips: spec.ips.clone(),
+            cidr: spec.cidr,
             ports: Vec::new(),
             open: BTreeSet::new(),
             _closed_holders: Vec::new(),
@@ -220,13 +225,20 @@ impl Ledger {
         self.accepts.load(Ordering::Relaxed)
     }
 
-    /// `ip1,ip2,...` for a job spec.
-    pub fn targets_arg(&self) -> String {
-        self.ips
-            .iter()
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
+    /// The job's targets: the CIDR if any, else every address.
+    pub fn targets(&self) -> Vec<String> {
+        match self.cidr {
+            Some((base, prefix)) => vec![format!("{base}/{prefix}")],
+            None => self.ips.iter().map(|i| i.to_string()).collect(),
+        }
+    }
+
+    /// Number of target addresses the job covers.
+    pub fn target_count(&self) -> u64 {
+        match self.cidr {
+            Some((_, prefix)) => 1u64 << (32 - u32::from(prefix)),
+            None => self.ips.len() as u64,
+        }
     }
 
     /// `p1,p2,...` for a job spec.
@@ -281,6 +293,21 @@ impl Ledger {
     }
 }
 
+/// A random /`prefix` inside 127.0.0.0/8 (never 127.0.0.0/16) and `count` distinct addresses in it.
+pub fn loopback_cidr(rng: &mut Rng, prefix: u8, count: usize) -> ((Ipv4Addr, u8), Vec<Ipv4Addr>) {
+    assert!((16..=30).contains(&prefix));
+    let size = 1u32 << (32 - u32::from(prefix));
+    let a = 1 + rng.below(254) as u32;
+    let within16 = rng.below(u64::from((1u32 << 16) / size)) as u32 * size;
+    let base = (127u32 << 24) | (a << 16) | within16;
+    let mut set = BTreeSet::new();
+    while set.len() < count.min(size as usize - 2) {
+        let off = 1 + rng.below(u64::from(size - 2)) as u32;
+        set.insert(Ipv4Addr::from(base + off));
+    }
+    ((Ipv4Addr::from(base), prefix), set.into_iter().collect())
+}
+
 /// `count` distinct addresses in 127.<a>.<b>.<c>, avoiding 127.0.0.1 (shared with every other test
 /// on the machine) and network/broadcast-looking last octets.
 pub fn loopback_ips(rng: &mut Rng, count: usize) -> Vec<Ipv4Addr> {
@@ -307,6 +334,7 @@ mod tests {
             ports: 5,
             open_ratio: 0.4,
             banner: true,
+            cidr: None,
         };
         let ledger = Ledger::dense(&spec, &mut rng).await.unwrap();
         assert_eq!(ledger.ports().len(), 5);

@@ -14,4 +14,6 @@ pub mod proxy;
 pub mod rng;
 pub mod rogue;
 pub mod sandbox;
+pub mod scenario;
+pub mod verify;
 pub mod wait;
