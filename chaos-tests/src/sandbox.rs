@@ -30,9 +30,17 @@ pub struct MinionSpec {
 /// Timing knobs passed to the coordinator and minions.
 #[derive(Debug, Clone)]
 pub struct Timing {
+    /// `heartbeat_interval_ms` (the coordinator tells minions at registration).
     pub heartbeat: Duration,
+    /// `heartbeat_timeout_ms`: a minion silent this long is declared dead, its leases requeued.
     pub dead_after: Duration,
+    /// `task_timeout_ms`: a lease's deadline.
     pub lease: Duration,
+    /// `max_attempts` per task before it is failed. High in chaos runs: a task whose holders are
+    /// killed again and again must still not be lost.
+    pub max_attempts: u32,
+    /// Minion `reconnect_max_ms` (backoff cap).
+    pub reconnect_max: Duration,
 }
 
 impl Default for Timing {
@@ -40,7 +48,9 @@ impl Default for Timing {
         Self {
             heartbeat: Duration::from_millis(200),
             dead_after: Duration::from_millis(1000),
-            lease: Duration::from_secs(10),
+            lease: Duration::from_secs(30),
+            max_attempts: 1000,
+            reconnect_max: Duration::from_millis(500),
         }
     }
 }
@@ -146,25 +156,27 @@ fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
 
-/// The coordinator's config file. (Field names follow cluster-config/coordinator.toml.)
+/// The coordinator's config file (fields of `overlord_coordinator::config::CoordinatorConfig`).
 pub fn coordinator_config(listen: SocketAddr, data_dir: &Path, t: &Timing, extra: &str) -> String {
     format!(
         r#"version = 1
 listen = "{listen}"
 data_dir = "{data}"
 heartbeat_interval_ms = {hb}
-dead_after_ms = {dead}
-lease_ms = {lease}
+heartbeat_timeout_ms = {dead}
+task_timeout_ms = {lease}
+max_attempts = {attempts}
 {extra}
 "#,
         data = data_dir.display(),
         hb = ms(t.heartbeat),
         dead = ms(t.dead_after),
         lease = ms(t.lease),
+        attempts = t.max_attempts,
     )
 }
 
-/// A minion's config file.
+/// A minion's config file (fields of `overlord_minion::config::MinionConfig`).
 pub fn minion_config(m: &MinionSpec, coordinator_url: &str, t: &Timing, extra: &str) -> String {
     format!(
         r#"version = 1
@@ -172,13 +184,13 @@ id = "{id}"
 provider = "{provider}"
 coordinator = "{coordinator_url}"
 capacity = {cap}
-heartbeat_interval_ms = {hb}
+reconnect_max_ms = {backoff}
 {extra}
 "#,
         id = m.id,
         provider = m.provider,
         cap = m.capacity,
-        hb = ms(t.heartbeat),
+        backoff = ms(t.reconnect_max),
     )
 }
 
