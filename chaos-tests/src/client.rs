@@ -211,3 +211,32 @@ pub async fn resumable_watch(url: String, job_id: u64, opts: WatchOptions) -> Wa
     }
     log
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(cursor: u64) -> Finding {
+        Finding {
+            cursor,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn watch_compare_finds_gaps_and_duplicates() {
+        let stored: Vec<Finding> = (1..=5).map(f).collect();
+        let log = WatchLog {
+            findings: vec![f(1), f(2), f(2), f(4), f(5)],
+            ..Default::default()
+        };
+        let (gaps, dups) = log.compare(&stored);
+        assert_eq!(gaps, vec![3]);
+        assert_eq!(dups, vec![2]);
+        let clean = WatchLog {
+            findings: stored.clone(),
+            ..Default::default()
+        };
+        assert_eq!(clean.compare(&stored), (vec![], vec![]));
+    }
+}
