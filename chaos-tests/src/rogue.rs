@@ -46,6 +46,17 @@ pub struct RogueIdentity {
 }
 
 impl RogueIdentity {
+    /// Runs only `noop` tasks (a cluster whose real minions do not enable `noop` leaves them to it).
+    pub fn noop(id: &str, provider: &str, capacity: u32) -> Self {
+        Self {
+            id: id.into(),
+            provider: provider.into(),
+            capabilities: vec!["noop".into()],
+            modules: vec!["noop".into()],
+            capacity,
+        }
+    }
+
     pub fn scanner(id: &str, provider: &str, capacity: u32) -> Self {
         Self {
             id: id.into(),
@@ -71,7 +82,8 @@ impl RogueMinion {
             .await?;
         let mut client = MinionServiceClient::new(ch)
             .max_decoding_message_size(overlord_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(overlord_proto::MAX_MESSAGE_BYTES);
+            // A hostile peer may send more than the coordinator accepts.
+            .max_encoding_message_size(usize::MAX);
         let (tx, rx) = mpsc::channel(1024);
         tx.send(MinionMessage {
             msg: Some(MinionMsg::Register(Register {
@@ -240,5 +252,21 @@ pub async fn execute_scan(lease: &TaskLease) -> TaskResult {
         findings,
         started_at_ms: started,
         finished_at_ms: overlord_core::now_ms(),
+    }
+}
+
+/// An honest, empty result for a lease (what `noop` reports).
+pub fn empty_result(lease: &TaskLease) -> TaskResult {
+    let now = overlord_core::now_ms();
+    TaskResult {
+        job_id: lease.job_id,
+        task_id: lease.task_id,
+        token: lease.token,
+        ok: true,
+        error: String::new(),
+        permanent: false,
+        findings: vec![],
+        started_at_ms: now,
+        finished_at_ms: now,
     }
 }

@@ -352,7 +352,135 @@ async fn bad_input_gets_precise_status_bounded_memory_and_disturbs_nothing() {
         figs.fault(FaultKind::MalformedProtobuf);
     }
 
-    // 6. Floods: 300 concurrent submissions of small valid jobs, 1,000 concurrent watch streams.
+    // 6. Malformed results from a minion holding real leases: the bad result is rejected, the session
+    //    closed with InvalidArgument, the task re-leased; an over-limit message ends the session; an
+    //    honest minion then completes the job.
+    {
+        let mut nc = cl.jobs();
+        let spec = overlord_proto::v1::JobSpec {
+            name: "noop-for-rogues".into(),
+            modules: vec!["noop".into()],
+            params_json: r#"{"count": 4}"#.into(),
+            ..Default::default()
+        };
+        let job = client::submit(&mut nc, spec).await.expect("noop job");
+        let job_id = job.job_id;
+        let hostile = [
+            ("malformed JSON in a finding", 0usize),
+            ("finding target not an IP", 1),
+            ("40 MiB blob (over the message limit)", 2),
+        ];
+        for (what, how) in hostile {
+            figs.fault(FaultKind::MalformedProtobuf);
+            let who = RogueIdentity::noop(&format!("hostile-{how}"), "px", 4);
+            let r = match RogueMinion::connect(&cl.url(), &who, Some(Duration::from_millis(200)))
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    violations.push(format!("{what}: cannot connect: {e:#}"));
+                    continue;
+                }
+            };
+            let got = overlord_chaos_tests::wait::wait_until(
+                Duration::from_secs(10),
+                "hostile minion leased",
+                || async { r.leases().iter().any(|l| l.job_id == job_id) },
+            )
+            .await;
+            if got.is_err() {
+                violations.push(format!("{what}: the hostile minion never got a lease"));
+                continue;
+            }
+            let lease = r.leases().into_iter().find(|l| l.job_id == job_id).unwrap();
+            let mut res = overlord_chaos_tests::rogue::empty_result(&lease);
+            let mut bad = overlord_proto::v1::FindingOut {
+                kind: "open_port".into(),
+                ..Default::default()
+            };
+            match how {
+                0 => bad.data_json = "{not json".into(),
+                1 => bad.target = "not-an-ip".into(),
+                _ => bad.blob = vec![0x42; 40 << 20].into(),
+            }
+            res.findings.push(bad);
+            let _ = r.send(vec![res]).await;
+            let _ = overlord_chaos_tests::wait::wait_until(
+                Duration::from_secs(10),
+                "hostile session closed",
+                || async { r.log().closed.is_some() },
+            )
+            .await;
+            let closed = r.log().closed.clone().map(|(_, m)| m);
+            let accepted = r.log().acks.iter().any(|(_, a)| a.accepted);
+            if accepted {
+                violations.push(format!("{what}: the malformed result was accepted"));
+            }
+            match (how, closed) {
+                (0 | 1, Some(m)) if m.starts_with("InvalidArgument") => {}
+                (2, Some(m)) if !m.starts_with("Ok") => eprintln!("{what}: session ended with {m}"),
+                (_, other) => violations.push(format!(
+                    "{what}: session end {other:?}, want InvalidArgument"
+                )),
+            }
+            figs.observe_rss(cl.coordinator_rss());
+        }
+        // An honest minion finishes the job; nothing malformed was stored.
+        let mut honest = RogueMinion::connect(
+            &cl.url(),
+            &RogueIdentity::noop("honest", "px", 8),
+            Some(Duration::from_millis(200)),
+        )
+        .await
+        .expect("honest minion");
+        let mut sent = std::collections::BTreeSet::new();
+        let done = overlord_chaos_tests::wait::wait_until(
+            Duration::from_secs(30),
+            "noop job done by the honest minion",
+            || {
+                let fresh: Vec<_> = honest
+                    .leases()
+                    .into_iter()
+                    .filter(|l| l.job_id == job_id && !sent.contains(&l.token))
+                    .collect();
+                for l in &fresh {
+                    sent.insert(l.token);
+                }
+                let send = honest.send(
+                    fresh
+                        .iter()
+                        .map(overlord_chaos_tests::rogue::empty_result)
+                        .collect(),
+                );
+                let mut nc = nc.clone();
+                async move {
+                    let _ = send.await;
+                    client::get(&mut nc, job_id)
+                        .await
+                        .map(|s| client::is_terminal(&s))
+                        .unwrap_or(false)
+                }
+            },
+        )
+        .await;
+        if let Err(e) = done {
+            violations.push(format!("noop job after hostile minions: {e}"));
+        }
+        honest.hang_up();
+        let v = verify_job(&mut nc, job_id, None, None, &mut figs)
+            .await
+            .expect("verify noop job");
+        violations.extend(v.violations);
+        let stored = client::all_results(&mut nc, job_id).await.expect("results");
+        if !stored.is_empty() {
+            violations.push(format!(
+                "noop job has {} stored findings, want 0",
+                stored.len()
+            ));
+        }
+    }
+
+    // 7. Floods: 300 concurrent submissions of small valid jobs, 1,000 concurrent watch streams.
     let mut floods = tokio::task::JoinSet::new();
     for i in 0..300 {
         let mut c = client::job_client(&cl.url());
