@@ -2,7 +2,11 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["overlord/v1/common.proto", "overlord/v1/job.proto", "overlord/v1/minion.proto"];
+    let files = [
+        "overlord/v1/common.proto",
+        "overlord/v1/job.proto",
+        "overlord/v1/minion.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }

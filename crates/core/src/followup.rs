@@ -30,15 +30,29 @@ pub fn follow_ups(enabled: &[String], f: &FindingView<'_>) -> Vec<FollowUp> {
     match f.kind {
         "open_port" => {
             if let (Some(ip), Some(port)) = (f.target, f.port) {
-                let module = if on("service") { Some("service") } else if on("banner") { Some("banner") } else { None };
+                let module = if on("service") {
+                    Some("service")
+                } else if on("banner") {
+                    Some("banner")
+                } else {
+                    None
+                };
                 if let Some(module) = module {
-                    out.push(FollowUp { module, target: Some(ip), ports: vec![port], params: Value::Null, blob_sha256: None });
+                    out.push(FollowUp {
+                        module,
+                        target: Some(ip),
+                        ports: vec![port],
+                        params: Value::Null,
+                        blob_sha256: None,
+                    });
                 }
             }
         }
         "service" => {
             let shot = f.data.get("screenshot").and_then(Value::as_str);
-            if let (Some(proto @ ("vnc" | "x11")), Some(ip), Some(port), true) = (shot, f.target, f.port, on("screenshot")) {
+            if let (Some(proto @ ("vnc" | "x11")), Some(ip), Some(port), true) =
+                (shot, f.target, f.port, on("screenshot"))
+            {
                 out.push(FollowUp {
                     module: "screenshot",
                     target: Some(ip),
@@ -73,16 +87,31 @@ mod tests {
     }
 
     fn view<'a>(kind: &'a str, data: &'a Value, blob: Option<&'a str>) -> FindingView<'a> {
-        FindingView { kind, target: Some("127.0.0.1".parse().unwrap()), port: Some(5900), data, blob_sha256: blob }
+        FindingView {
+            kind,
+            target: Some("127.0.0.1".parse().unwrap()),
+            port: Some(5900),
+            data,
+            blob_sha256: blob,
+        }
     }
 
     #[test]
     fn open_port_spawns_service_else_banner() {
         let d = Value::Null;
         let f = view("open_port", &d, None);
-        assert_eq!(follow_ups(&en(&["portscan", "service", "banner"]), &f)[0].module, "service");
-        assert_eq!(follow_ups(&en(&["portscan", "banner"]), &f)[0].module, "banner");
-        assert_eq!(follow_ups(&en(&["portscan", "banner"]), &f)[0].ports, vec![5900]);
+        assert_eq!(
+            follow_ups(&en(&["portscan", "service", "banner"]), &f)[0].module,
+            "service"
+        );
+        assert_eq!(
+            follow_ups(&en(&["portscan", "banner"]), &f)[0].module,
+            "banner"
+        );
+        assert_eq!(
+            follow_ups(&en(&["portscan", "banner"]), &f)[0].ports,
+            vec![5900]
+        );
         assert!(follow_ups(&en(&["portscan"]), &f).is_empty());
     }
 
@@ -95,11 +124,22 @@ mod tests {
         assert_eq!(fu[0].params, json!({"protocol": "vnc"}));
         assert!(follow_ups(&en(&["service"]), &f).is_empty());
         let d2 = json!({"screenshot": "rdp"});
-        assert!(follow_ups(&en(&["service", "screenshot"]), &view("service", &d2, None)).is_empty());
+        assert!(
+            follow_ups(&en(&["service", "screenshot"]), &view("service", &d2, None)).is_empty()
+        );
         let n = Value::Null;
-        let fu = follow_ups(&en(&["screenshot", "enrich"]), &view("screenshot", &n, Some("ab")));
+        let fu = follow_ups(
+            &en(&["screenshot", "enrich"]),
+            &view("screenshot", &n, Some("ab")),
+        );
         assert_eq!(fu[0].blob_sha256.as_deref(), Some("ab"));
-        assert!(follow_ups(&en(&["screenshot", "enrich"]), &view("screenshot", &n, None)).is_empty());
+        assert!(
+            follow_ups(
+                &en(&["screenshot", "enrich"]),
+                &view("screenshot", &n, None)
+            )
+            .is_empty()
+        );
         assert!(follow_ups(&en(&["banner", "portscan"]), &view("banner", &n, None)).is_empty());
     }
 }

@@ -52,7 +52,10 @@ pub enum SpecError {
     #[error("cannot resolve host name {host:?}: {reason}")]
     Resolve { host: String, reason: String },
     #[error("unknown module {name:?}; available modules: {}", .available.join(", "))]
-    UnknownModule { name: String, available: Vec<String> },
+    UnknownModule {
+        name: String,
+        available: Vec<String>,
+    },
     #[error("no module enabled; pick from: {}", .available.join(", "))]
     NoModules { available: Vec<String> },
     #[error("{0}")]
@@ -70,15 +73,25 @@ pub fn prepare(
     scope: &Scope,
     resolve: &dyn Fn(&str) -> Result<Vec<IpAddr>, String>,
 ) -> Result<JobSpec, SpecError> {
-    let available = || modules::names().into_iter().map(String::from).collect::<Vec<_>>();
+    let available = || {
+        modules::names()
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
     if raw.modules.is_empty() {
-        return Err(SpecError::NoModules { available: available() });
+        return Err(SpecError::NoModules {
+            available: available(),
+        });
     }
     let mut mods: Vec<String> = Vec::new();
     for m in &raw.modules {
         let m = m.trim().to_ascii_lowercase();
         if modules::info(&m).is_none() {
-            return Err(SpecError::UnknownModule { name: m, available: available() });
+            return Err(SpecError::UnknownModule {
+                name: m,
+                available: available(),
+            });
         }
         if !mods.contains(&m) {
             mods.push(m);
@@ -89,9 +102,15 @@ pub fn prepare(
         match parse_target(t)? {
             TargetInput::Range(r) => ranges.push(r),
             TargetInput::Host(h) => {
-                let ips = resolve(&h).map_err(|reason| SpecError::Resolve { host: h.clone(), reason })?;
+                let ips = resolve(&h).map_err(|reason| SpecError::Resolve {
+                    host: h.clone(),
+                    reason,
+                })?;
                 if ips.is_empty() {
-                    return Err(SpecError::Resolve { host: h, reason: "no addresses".into() });
+                    return Err(SpecError::Resolve {
+                        host: h,
+                        reason: "no addresses".into(),
+                    });
                 }
                 for ip in ips {
                     let r = IpRange::single(ip);
@@ -103,7 +122,11 @@ pub fn prepare(
         }
     }
     scope.check(&ranges)?;
-    let ports = if raw.ports.trim().is_empty() && ranges.is_empty() { PortSet::default() } else { PortSet::parse(&raw.ports)? };
+    let ports = if raw.ports.trim().is_empty() && ranges.is_empty() {
+        PortSet::default()
+    } else {
+        PortSet::parse(&raw.ports)?
+    };
     let params: Value = if raw.params_json.trim().is_empty() {
         Value::Object(Default::default())
     } else {
@@ -113,7 +136,10 @@ pub fn prepare(
         return Err(SpecError::Params("got a non-object value".into()));
     }
     if raw.inputs.len() > MAX_INPUTS {
-        return Err(SpecError::Shape(format!("too many inputs: {} (max {MAX_INPUTS})", raw.inputs.len())));
+        return Err(SpecError::Shape(format!(
+            "too many inputs: {} (max {MAX_INPUTS})",
+            raw.inputs.len()
+        )));
     }
     let spec = JobSpec {
         name: raw.name.clone(),
@@ -144,7 +170,9 @@ pub fn root_plan(spec: &JobSpec) -> Result<RootPlan, SpecError> {
     let has_targets = !spec.ranges.is_empty();
     let has_inputs = !spec.inputs.is_empty();
     if has_targets && has_inputs {
-        return Err(SpecError::Shape("a job has either targets or inputs, not both".into()));
+        return Err(SpecError::Shape(
+            "a job has either targets or inputs, not both".into(),
+        ));
     }
     for m in &spec.modules {
         let info = modules::info(m).expect("validated");
@@ -157,22 +185,53 @@ pub fn root_plan(spec: &JobSpec) -> Result<RootPlan, SpecError> {
                 let n_chunks = spec.ports.len().div_ceil(ports_per_task) as u64;
                 let total = n_targets.saturating_mul(n_chunks as u128);
                 if total > MAX_ROOT_TASKS as u128 {
-                    return Err(SpecError::TooLarge { tasks: total, max: MAX_ROOT_TASKS });
+                    return Err(SpecError::TooLarge {
+                        tasks: total,
+                        max: MAX_ROOT_TASKS,
+                    });
                 }
-                return Ok(RootPlan { module: m.clone(), kind: info.root, n_targets, ports_per_task, n_chunks, total: total as u64 });
+                return Ok(RootPlan {
+                    module: m.clone(),
+                    kind: info.root,
+                    n_targets,
+                    ports_per_task,
+                    n_chunks,
+                    total: total as u64,
+                });
             }
             RootKind::Input if has_inputs => {
                 let total = spec.inputs.len() as u64;
-                return Ok(RootPlan { module: m.clone(), kind: info.root, n_targets: 0, ports_per_task: 0, n_chunks: 0, total });
+                return Ok(RootPlan {
+                    module: m.clone(),
+                    kind: info.root,
+                    n_targets: 0,
+                    ports_per_task: 0,
+                    n_chunks: 0,
+                    total,
+                });
             }
             RootKind::Count if !has_targets && !has_inputs => {
-                let count = spec.params.get("count").and_then(Value::as_u64).ok_or_else(|| {
-                    SpecError::Shape(format!("module {m} needs params {{\"count\": N}}"))
-                })?;
+                let count = spec
+                    .params
+                    .get("count")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| {
+                        SpecError::Shape(format!("module {m} needs params {{\"count\": N}}"))
+                    })?;
                 if count > MAX_ROOT_TASKS {
-                    return Err(SpecError::TooLarge { tasks: count as u128, max: MAX_ROOT_TASKS });
+                    return Err(SpecError::TooLarge {
+                        tasks: count as u128,
+                        max: MAX_ROOT_TASKS,
+                    });
                 }
-                return Ok(RootPlan { module: m.clone(), kind: info.root, n_targets: 0, ports_per_task: 0, n_chunks: 0, total: count });
+                return Ok(RootPlan {
+                    module: m.clone(),
+                    kind: info.root,
+                    n_targets: 0,
+                    ports_per_task: 0,
+                    n_chunks: 0,
+                    total: count,
+                });
             }
             _ => {}
         }
@@ -184,7 +243,13 @@ pub fn root_plan(spec: &JobSpec) -> Result<RootPlan, SpecError> {
 }
 
 /// The `index`-th root task (in randomized order) of a job. `index < plan.total`.
-pub fn root_task(job_id: JobId, spec: &JobSpec, plan: &RootPlan, perm: &Permutation, index: u64) -> TaskSpec {
+pub fn root_task(
+    job_id: JobId,
+    spec: &JobSpec,
+    plan: &RootPlan,
+    perm: &Permutation,
+    index: u64,
+) -> TaskSpec {
     let slot = perm.at(index);
     let mut t = TaskSpec {
         job_id,
@@ -200,7 +265,10 @@ pub fn root_task(job_id: JobId, spec: &JobSpec, plan: &RootPlan, perm: &Permutat
     match plan.kind {
         RootKind::Network { .. } => {
             let n_targets = plan.n_targets;
-            let (ti, ci) = ((slot as u128) % n_targets, (slot as u128 / n_targets) as u32);
+            let (ti, ci) = (
+                (slot as u128) % n_targets,
+                (slot as u128 / n_targets) as u32,
+            );
             let mut off = ti;
             for r in &spec.ranges {
                 if off < r.len() {
@@ -209,7 +277,9 @@ pub fn root_task(job_id: JobId, spec: &JobSpec, plan: &RootPlan, perm: &Permutat
                 }
                 off -= r.len();
             }
-            t.ports = spec.ports.slice(ci * plan.ports_per_task, plan.ports_per_task);
+            t.ports = spec
+                .ports
+                .slice(ci * plan.ports_per_task, plan.ports_per_task);
         }
         RootKind::Input => t.input = Some(spec.inputs[slot as usize].clone()),
         RootKind::Count | RootKind::FollowUpOnly => {}
@@ -237,9 +307,16 @@ pub struct TaskSpec {
 #[serde(tag = "s", rename_all = "snake_case")]
 pub enum TaskState {
     Pending,
-    Leased { minion: String, generation: u64, token: Token, deadline_ms: u64 },
+    Leased {
+        minion: String,
+        generation: u64,
+        token: Token,
+        deadline_ms: u64,
+    },
     Done,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     Cancelled,
 }
 
@@ -255,7 +332,14 @@ pub struct TaskRecord {
 
 impl TaskRecord {
     pub fn new(spec: TaskSpec) -> Self {
-        TaskRecord { spec, state: TaskState::Pending, attempts: 0, last_minion: None, last_provider: None, last_error: None }
+        TaskRecord {
+            spec,
+            state: TaskState::Pending,
+            attempts: 0,
+            last_minion: None,
+            last_provider: None,
+            last_error: None,
+        }
     }
 }
 
@@ -361,7 +445,11 @@ mod tests {
     use super::*;
 
     fn no_dns(h: &str) -> Result<Vec<IpAddr>, String> {
-        if h == "localhost" { Ok(vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()]) } else { Err("NXDOMAIN".into()) }
+        if h == "localhost" {
+            Ok(vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()])
+        } else {
+            Err("NXDOMAIN".into())
+        }
     }
 
     fn raw(targets: &[&str], ports: &str, modules: &[&str]) -> RawSpec {
@@ -376,7 +464,16 @@ mod tests {
     #[test]
     fn prepare_validates() {
         let s = Scope::loopback();
-        let spec = prepare(&raw(&["localhost", "127.0.0.0/30"], "1-65535", &["portscan", "banner"]), &s, &no_dns).unwrap();
+        let spec = prepare(
+            &raw(
+                &["localhost", "127.0.0.0/30"],
+                "1-65535",
+                &["portscan", "banner"],
+            ),
+            &s,
+            &no_dns,
+        )
+        .unwrap();
         assert_eq!(spec.ranges.len(), 3);
         let plan = root_plan(&spec).unwrap();
         assert_eq!(plan.module, "portscan");
@@ -384,8 +481,16 @@ mod tests {
         assert_eq!(plan.n_chunks, 32);
         assert_eq!(plan.total, 6 * 32);
 
-        let e = prepare(&raw(&["127.0.0.1"], "80", &["portscan", "bogus"]), &s, &no_dns).unwrap_err();
-        assert!(e.to_string().contains("bogus") && e.to_string().contains("portscan, service"), "{e}");
+        let e = prepare(
+            &raw(&["127.0.0.1"], "80", &["portscan", "bogus"]),
+            &s,
+            &no_dns,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("bogus") && e.to_string().contains("portscan, service"),
+            "{e}"
+        );
         let e = prepare(&raw(&["nope.invalid"], "80", &["portscan"]), &s, &no_dns).unwrap_err();
         assert!(matches!(e, SpecError::Resolve { .. }));
         let e = prepare(&raw(&["10.0.0.0/8"], "80", &["portscan"]), &s, &no_dns).unwrap_err();
@@ -399,7 +504,12 @@ mod tests {
     #[test]
     fn expansion_covers_every_target_port_once() {
         let s = Scope::loopback();
-        let spec = prepare(&raw(&["127.0.0.0/29", "::1"], "1-5000", &["portscan"]), &s, &no_dns).unwrap();
+        let spec = prepare(
+            &raw(&["127.0.0.0/29", "::1"], "1-5000", &["portscan"]),
+            &s,
+            &no_dns,
+        )
+        .unwrap();
         let plan = root_plan(&spec).unwrap();
         let perm = Permutation::new(plan.total, 99);
         let mut seen = std::collections::HashSet::new();
@@ -422,7 +532,12 @@ mod tests {
 
     #[test]
     fn big_ranges_stay_lazy() {
-        let spec = prepare(&raw(&["10.0.0.0/8"], "1-65535", &["portscan"]), &Scope::new(&["0.0.0.0/0".into()], vec![]).unwrap(), &no_dns).unwrap();
+        let spec = prepare(
+            &raw(&["10.0.0.0/8"], "1-65535", &["portscan"]),
+            &Scope::new(&["0.0.0.0/0".into()], vec![]).unwrap(),
+            &no_dns,
+        )
+        .unwrap();
         let plan = root_plan(&spec).unwrap();
         assert_eq!(plan.total, (1u64 << 24) * 32);
         let perm = Permutation::new(plan.total, 1);

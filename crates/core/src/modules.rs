@@ -24,13 +24,43 @@ pub struct ModuleInfo {
 
 /// Order matters: the first enabled module with a root kind that fits the job is its root module.
 pub const CATALOG: &[ModuleInfo] = &[
-    ModuleInfo { name: "portscan", capability: "scan", root: RootKind::Network { ports_per_task: 2048 } },
-    ModuleInfo { name: "service", capability: "grab", root: RootKind::Network { ports_per_task: 16 } },
-    ModuleInfo { name: "banner", capability: "grab", root: RootKind::Network { ports_per_task: 16 } },
-    ModuleInfo { name: "screenshot", capability: "screenshot", root: RootKind::Network { ports_per_task: 1 } },
-    ModuleInfo { name: "enrich", capability: "enrich", root: RootKind::Input },
-    ModuleInfo { name: "beacon", capability: "analytics", root: RootKind::Input },
-    ModuleInfo { name: "noop", capability: "noop", root: RootKind::Count },
+    ModuleInfo {
+        name: "portscan",
+        capability: "scan",
+        root: RootKind::Network {
+            ports_per_task: 2048,
+        },
+    },
+    ModuleInfo {
+        name: "service",
+        capability: "grab",
+        root: RootKind::Network { ports_per_task: 16 },
+    },
+    ModuleInfo {
+        name: "banner",
+        capability: "grab",
+        root: RootKind::Network { ports_per_task: 16 },
+    },
+    ModuleInfo {
+        name: "screenshot",
+        capability: "screenshot",
+        root: RootKind::Network { ports_per_task: 1 },
+    },
+    ModuleInfo {
+        name: "enrich",
+        capability: "enrich",
+        root: RootKind::Input,
+    },
+    ModuleInfo {
+        name: "beacon",
+        capability: "analytics",
+        root: RootKind::Input,
+    },
+    ModuleInfo {
+        name: "noop",
+        capability: "noop",
+        root: RootKind::Count,
+    },
 ];
 
 pub fn info(name: &str) -> Option<&'static ModuleInfo> {

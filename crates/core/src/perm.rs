@@ -76,7 +76,9 @@ mod tests {
     fn spreads() {
         // Consecutive indices should not map to consecutive values.
         let p = Permutation::new(1 << 16, 7);
-        let adjacent = (0..1000).filter(|i| p.at(*i).abs_diff(p.at(i + 1)) == 1).count();
+        let adjacent = (0..1000)
+            .filter(|i| p.at(*i).abs_diff(p.at(i + 1)) == 1)
+            .count();
         assert!(adjacent < 20, "{adjacent}");
     }
 }

@@ -11,8 +11,14 @@ pub struct PortSet {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PortError {
-    #[error("bad port spec {token:?} in {input:?}: {reason} (expected e.g. 22,80,8000-8100 or 1-65535)")]
-    Bad { input: String, token: String, reason: String },
+    #[error(
+        "bad port spec {token:?} in {input:?}: {reason} (expected e.g. 22,80,8000-8100 or 1-65535)"
+    )]
+    Bad {
+        input: String,
+        token: String,
+        reason: String,
+    },
     #[error("empty port spec (expected e.g. 22,80,8000-8100 or 1-65535)")]
     Empty,
 }
@@ -24,12 +30,18 @@ impl PortSet {
             return Err(PortError::Empty);
         }
         if s == "-" || s.eq_ignore_ascii_case("all") {
-            return Ok(PortSet { ranges: vec![(1, 65535)] });
+            return Ok(PortSet {
+                ranges: vec![(1, 65535)],
+            });
         }
         let mut ranges = Vec::new();
         for tok in s.split(',') {
             let t = tok.trim();
-            let err = |reason: &str| PortError::Bad { input: input.into(), token: t.into(), reason: reason.into() };
+            let err = |reason: &str| PortError::Bad {
+                input: input.into(),
+                token: t.into(),
+                reason: reason.into(),
+            };
             if t.is_empty() {
                 return Err(err("empty item"));
             }
@@ -72,11 +84,20 @@ impl PortSet {
     }
 
     pub fn from_ports(ports: &[u16]) -> Self {
-        Self::from_ranges(ports.iter().filter(|p| **p != 0).map(|p| (*p, *p)).collect())
+        Self::from_ranges(
+            ports
+                .iter()
+                .filter(|p| **p != 0)
+                .map(|p| (*p, *p))
+                .collect(),
+        )
     }
 
     pub fn len(&self) -> u32 {
-        self.ranges.iter().map(|(a, b)| (*b as u32) - (*a as u32) + 1).sum()
+        self.ranges
+            .iter()
+            .map(|(a, b)| (*b as u32) - (*a as u32) + 1)
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -117,8 +138,17 @@ impl PortSet {
 
 impl fmt::Display for PortSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> =
-            self.ranges.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
+        let parts: Vec<String> = self
+            .ranges
+            .iter()
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect();
         f.write_str(&parts.join(","))
     }
 }
@@ -142,7 +172,13 @@ mod tests {
 
     #[test]
     fn errors_name_the_token() {
-        for (input, tok) in [("0", "0"), ("22,x", "x"), ("70000", "70000"), ("90-80", "90-80"), ("22,,23", "")] {
+        for (input, tok) in [
+            ("0", "0"),
+            ("22,x", "x"),
+            ("70000", "70000"),
+            ("90-80", "90-80"),
+            ("22,,23", ""),
+        ] {
             match PortSet::parse(input).unwrap_err() {
                 PortError::Bad { token, .. } => assert_eq!(token, tok),
                 e => panic!("{e}"),

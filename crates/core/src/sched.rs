@@ -16,13 +16,23 @@ pub struct MinionView<'a> {
 /// Picks a minion for a task of `module`: alive, runs the module, has a free slot; prefers a
 /// minion other than the one that last failed the task, then another provider, then the most free
 /// slots. Returns the index into `minions`.
-pub fn place(module: &str, last_minion: Option<&str>, last_provider: Option<&str>, minions: &[MinionView<'_>]) -> Option<usize> {
+pub fn place(
+    module: &str,
+    last_minion: Option<&str>,
+    last_provider: Option<&str>,
+    minions: &[MinionView<'_>],
+) -> Option<usize> {
     minions
         .iter()
         .enumerate()
         .filter(|(_, m)| m.alive && m.free > 0 && m.modules.iter().any(|x| x == module))
         .max_by_key(|(i, m)| {
-            (Some(m.id) != last_minion, Some(m.provider) != last_provider, m.free, std::cmp::Reverse(*i))
+            (
+                Some(m.id) != last_minion,
+                Some(m.provider) != last_provider,
+                m.free,
+                std::cmp::Reverse(*i),
+            )
         })
         .map(|(i, _)| i)
 }
@@ -59,12 +69,20 @@ pub enum Verdict {
     Unknown,
 }
 
-pub fn judge_result(state: Option<&TaskState>, token: Token, minion: &str, generation: u64) -> Verdict {
+pub fn judge_result(
+    state: Option<&TaskState>,
+    token: Token,
+    minion: &str,
+    generation: u64,
+) -> Verdict {
     match state {
         None => Verdict::Unknown,
-        Some(TaskState::Leased { minion: m, generation: g, token: t, .. }) if *t == token && m == minion && *g == generation => {
-            Verdict::Accept
-        }
+        Some(TaskState::Leased {
+            minion: m,
+            generation: g,
+            token: t,
+            ..
+        }) if *t == token && m == minion && *g == generation => Verdict::Accept,
         Some(TaskState::Done) => Verdict::Duplicate,
         Some(_) => Verdict::Stale,
     }
@@ -78,7 +96,11 @@ pub enum Retry {
 
 /// After a failed attempt (`attempts` counts this one).
 pub fn on_failure(attempts: u32, max_attempts: u32, permanent: bool) -> Retry {
-    if permanent || attempts >= max_attempts { Retry::Fail } else { Retry::Requeue }
+    if permanent || attempts >= max_attempts {
+        Retry::Fail
+    } else {
+        Retry::Requeue
+    }
 }
 
 /// Fencing tokens: the coordinator's start epoch (persisted, +1 per start) in the high bits, a
@@ -89,22 +111,42 @@ pub fn token(epoch: u64, counter: u64) -> Token {
 
 /// Splits a job-wide rate limit (connections/s) across the tasks allowed in flight at once.
 pub fn rate_share(rate_limit: u32, max_in_flight: u32) -> u32 {
-    if rate_limit == 0 { 0 } else { (rate_limit / max_in_flight.max(1)).max(1) }
+    if rate_limit == 0 {
+        0
+    } else {
+        (rate_limit / max_in_flight.max(1)).max(1)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn mv<'a>(id: &'a str, provider: &'a str, modules: &'a [String], free: u32, alive: bool) -> MinionView<'a> {
-        MinionView { id, provider, modules, free, alive }
+    fn mv<'a>(
+        id: &'a str,
+        provider: &'a str,
+        modules: &'a [String],
+        free: u32,
+        alive: bool,
+    ) -> MinionView<'a> {
+        MinionView {
+            id,
+            provider,
+            modules,
+            free,
+            alive,
+        }
     }
 
     #[test]
     fn placement() {
         let all = vec!["portscan".to_string(), "banner".to_string()];
         let scan = vec!["portscan".to_string()];
-        let ms = [mv("a", "p1", &all, 5, true), mv("b", "p2", &scan, 9, true), mv("c", "p1", &all, 50, false)];
+        let ms = [
+            mv("a", "p1", &all, 5, true),
+            mv("b", "p2", &scan, 9, true),
+            mv("c", "p1", &all, 50, false),
+        ];
         assert_eq!(place("portscan", None, None, &ms), Some(1));
         assert_eq!(place("banner", None, None, &ms), Some(0));
         assert_eq!(place("portscan", Some("b"), None, &ms), Some(0));
@@ -126,13 +168,24 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        let leased = TaskState::Leased { minion: "m".into(), generation: 2, token: 7, deadline_ms: 0 };
+        let leased = TaskState::Leased {
+            minion: "m".into(),
+            generation: 2,
+            token: 7,
+            deadline_ms: 0,
+        };
         assert_eq!(judge_result(Some(&leased), 7, "m", 2), Verdict::Accept);
         assert_eq!(judge_result(Some(&leased), 6, "m", 2), Verdict::Stale);
         assert_eq!(judge_result(Some(&leased), 7, "m", 1), Verdict::Stale);
         assert_eq!(judge_result(Some(&leased), 7, "x", 2), Verdict::Stale);
-        assert_eq!(judge_result(Some(&TaskState::Pending), 7, "m", 2), Verdict::Stale);
-        assert_eq!(judge_result(Some(&TaskState::Done), 7, "m", 2), Verdict::Duplicate);
+        assert_eq!(
+            judge_result(Some(&TaskState::Pending), 7, "m", 2),
+            Verdict::Stale
+        );
+        assert_eq!(
+            judge_result(Some(&TaskState::Done), 7, "m", 2),
+            Verdict::Duplicate
+        );
         assert_eq!(judge_result(None, 7, "m", 2), Verdict::Unknown);
     }
 
@@ -145,5 +198,52 @@ mod tests {
         assert_eq!(rate_share(1000, 4), 250);
         assert_eq!(rate_share(3, 4), 1);
         assert_eq!(rate_share(0, 4), 0);
+    }
+}
+
+/// Supervisor restart policy: restart a failed child with exponential backoff unless it failed
+/// more than `max_restarts` times within `window_ms` (then give up and stop, escalating).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartDecision {
+    RestartAfterMs(u64),
+    GiveUp,
+}
+
+pub fn restart_decision(
+    failures_ms: &[u64],
+    now_ms: u64,
+    max_restarts: usize,
+    window_ms: u64,
+) -> RestartDecision {
+    let recent = failures_ms
+        .iter()
+        .filter(|t| now_ms.saturating_sub(**t) <= window_ms)
+        .count();
+    if recent > max_restarts {
+        RestartDecision::GiveUp
+    } else {
+        RestartDecision::RestartAfterMs((10u64 << recent.min(8)).min(2000))
+    }
+}
+
+#[cfg(test)]
+mod restart_tests {
+    use super::*;
+
+    #[test]
+    fn restart_policy() {
+        assert_eq!(
+            restart_decision(&[1000], 1000, 3, 10_000),
+            RestartDecision::RestartAfterMs(20)
+        );
+        assert_eq!(
+            restart_decision(&[0, 500, 900, 1000], 1000, 3, 10_000),
+            RestartDecision::GiveUp
+        );
+        // Old failures fall out of the window.
+        assert_eq!(
+            restart_decision(&[0, 1, 2, 20_000], 20_000, 3, 10_000),
+            RestartDecision::RestartAfterMs(20)
+        );
     }
 }

@@ -12,11 +12,18 @@ pub struct Scope {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScopeError {
     #[error("targets out of scope: {}{}", describe("outside the allow-list", .outside), describe("inside the blocklist", .blocked))]
-    OutOfScope { outside: Vec<String>, blocked: Vec<String> },
+    OutOfScope {
+        outside: Vec<String>,
+        blocked: Vec<String>,
+    },
 }
 
 fn describe(what: &str, v: &[String]) -> String {
-    if v.is_empty() { String::new() } else { format!("[{what}: {}] ", v.join(", ")) }
+    if v.is_empty() {
+        String::new()
+    } else {
+        format!("[{what}: {}] ", v.join(", "))
+    }
 }
 
 impl Default for Scope {
@@ -28,11 +35,18 @@ impl Default for Scope {
 impl Scope {
     /// 127.0.0.0/8 and ::1, no blocklist.
     pub fn loopback() -> Self {
-        Scope { allow: parse_ranges(["127.0.0.0/8", "::1"]).expect("static"), block: Vec::new() }
+        Scope {
+            allow: parse_ranges(["127.0.0.0/8", "::1"]).expect("static"),
+            block: Vec::new(),
+        }
     }
 
     pub fn new(allow: &[String], block: Vec<IpRange>) -> Result<Self, TargetError> {
-        let allow = if allow.is_empty() { Self::loopback().allow } else { parse_ranges(allow.iter().map(|s| s.as_str()))? };
+        let allow = if allow.is_empty() {
+            Self::loopback().allow
+        } else {
+            parse_ranges(allow.iter().map(|s| s.as_str()))?
+        };
         Ok(Scope { allow, block })
     }
 
@@ -49,11 +63,16 @@ impl Scope {
                 blocked.push(format!("{r} (blocked by {b})"));
             }
         }
-        if outside.is_empty() && blocked.is_empty() { Ok(()) } else { Err(ScopeError::OutOfScope { outside, blocked }) }
+        if outside.is_empty() && blocked.is_empty() {
+            Ok(())
+        } else {
+            Err(ScopeError::OutOfScope { outside, blocked })
+        }
     }
 
     pub fn permits(&self, ip: IpAddr) -> bool {
-        self.allow.iter().any(|a| a.contains_ip(ip)) && !self.block.iter().any(|b| b.contains_ip(ip))
+        self.allow.iter().any(|a| a.contains_ip(ip))
+            && !self.block.iter().any(|b| b.contains_ip(ip))
     }
 }
 
@@ -80,9 +99,14 @@ mod tests {
         let r = |x: &str| parse_ranges([x]).unwrap();
         assert!(s.check(&r("127.0.0.1")).is_ok());
         assert!(s.check(&r("::1")).is_ok());
-        let e = s.check(&[r("10.0.0.0/8")[0], r("127.0.0.1")[0], r("8.8.8.8")[0]]).unwrap_err();
+        let e = s
+            .check(&[r("10.0.0.0/8")[0], r("127.0.0.1")[0], r("8.8.8.8")[0]])
+            .unwrap_err();
         let ScopeError::OutOfScope { outside, blocked } = &e;
-        assert_eq!(outside, &vec!["10.0.0.0/8".to_string(), "8.8.8.8".to_string()]);
+        assert_eq!(
+            outside,
+            &vec!["10.0.0.0/8".to_string(), "8.8.8.8".to_string()]
+        );
         assert!(blocked.is_empty());
         assert!(e.to_string().contains("10.0.0.0/8"));
         assert!(!s.permits("192.168.1.1".parse().unwrap()));
@@ -92,8 +116,14 @@ mod tests {
     fn blocklist() {
         let block = parse_blocklist("# opt-outs\n127.0.0.9\n\n127.0.1.0/24 # lab\n").unwrap();
         let s = Scope::new(&[], block).unwrap();
-        let e = s.check(&parse_ranges(["127.0.0.0/16"]).unwrap()).unwrap_err();
-        assert!(e.to_string().contains("127.0.0.0/16 (blocked by 127.0.0.9)"), "{e}");
+        let e = s
+            .check(&parse_ranges(["127.0.0.0/16"]).unwrap())
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("127.0.0.0/16 (blocked by 127.0.0.9)"),
+            "{e}"
+        );
         assert!(!s.permits("127.0.1.7".parse().unwrap()));
         assert!(s.permits("127.0.0.8".parse().unwrap()));
         assert_eq!(parse_blocklist("ok.example\n").unwrap_err().0, 1);

@@ -17,7 +17,9 @@ pub enum IpRange {
 pub enum TargetError {
     #[error("empty target")]
     Empty,
-    #[error("bad target {input:?}: {reason} (expected an IPv4/IPv6 address, a CIDR like 10.0.0.0/24, a range like 10.0.0.1-10.0.0.9, or a host name)")]
+    #[error(
+        "bad target {input:?}: {reason} (expected an IPv4/IPv6 address, a CIDR like 10.0.0.0/24, a range like 10.0.0.1-10.0.0.9, or a host name)"
+    )]
     Bad { input: String, reason: String },
 }
 
@@ -31,8 +33,14 @@ pub enum TargetInput {
 impl IpRange {
     pub fn single(ip: IpAddr) -> Self {
         match ip {
-            IpAddr::V4(a) => IpRange::V4 { start: a.into(), end: a.into() },
-            IpAddr::V6(a) => IpRange::V6 { start: a.into(), end: a.into() },
+            IpAddr::V4(a) => IpRange::V4 {
+                start: a.into(),
+                end: a.into(),
+            },
+            IpAddr::V6(a) => IpRange::V6 {
+                start: a.into(),
+                end: a.into(),
+            },
         }
     }
 
@@ -67,16 +75,24 @@ impl IpRange {
     /// Whether `self` lies entirely inside `other`.
     pub fn within(&self, other: &IpRange) -> bool {
         match (*self, *other) {
-            (IpRange::V4 { start, end }, IpRange::V4 { start: s, end: e }) => s <= start && end <= e,
-            (IpRange::V6 { start, end }, IpRange::V6 { start: s, end: e }) => s <= start && end <= e,
+            (IpRange::V4 { start, end }, IpRange::V4 { start: s, end: e }) => {
+                s <= start && end <= e
+            }
+            (IpRange::V6 { start, end }, IpRange::V6 { start: s, end: e }) => {
+                s <= start && end <= e
+            }
             _ => false,
         }
     }
 
     pub fn intersects(&self, other: &IpRange) -> bool {
         match (*self, *other) {
-            (IpRange::V4 { start, end }, IpRange::V4 { start: s, end: e }) => start <= e && s <= end,
-            (IpRange::V6 { start, end }, IpRange::V6 { start: s, end: e }) => start <= e && s <= end,
+            (IpRange::V4 { start, end }, IpRange::V4 { start: s, end: e }) => {
+                start <= e && s <= end
+            }
+            (IpRange::V6 { start, end }, IpRange::V6 { start: s, end: e }) => {
+                start <= e && s <= end
+            }
             _ => false,
         }
     }
@@ -105,28 +121,49 @@ impl fmt::Display for IpRange {
 }
 
 fn bad(input: &str, reason: impl Into<String>) -> TargetError {
-    TargetError::Bad { input: input.to_string(), reason: reason.into() }
+    TargetError::Bad {
+        input: input.to_string(),
+        reason: reason.into(),
+    }
 }
 
 fn parse_cidr(input: &str, addr: &str, len: &str) -> Result<IpRange, TargetError> {
-    let ip: IpAddr = addr.parse().map_err(|_| bad(input, format!("{addr:?} is not an IP address")))?;
-    let prefix: u32 = len.parse().map_err(|_| bad(input, format!("prefix length {len:?} is not a number")))?;
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| bad(input, format!("{addr:?} is not an IP address")))?;
+    let prefix: u32 = len
+        .parse()
+        .map_err(|_| bad(input, format!("prefix length {len:?} is not a number")))?;
     match ip {
         IpAddr::V4(a) => {
             if prefix > 32 {
                 return Err(bad(input, format!("IPv4 prefix length {prefix} > 32")));
             }
-            let mask: u32 = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+            let mask: u32 = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - prefix)
+            };
             let start = u32::from(a) & mask;
-            Ok(IpRange::V4 { start, end: start | !mask })
+            Ok(IpRange::V4 {
+                start,
+                end: start | !mask,
+            })
         }
         IpAddr::V6(a) => {
             if prefix > 128 {
                 return Err(bad(input, format!("IPv6 prefix length {prefix} > 128")));
             }
-            let mask: u128 = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix) };
+            let mask: u128 = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - prefix)
+            };
             let start = u128::from(a) & mask;
-            Ok(IpRange::V6 { start, end: start | !mask })
+            Ok(IpRange::V6 {
+                start,
+                end: start | !mask,
+            })
         }
     }
 }
@@ -160,10 +197,16 @@ pub fn parse_target(input: &str) -> Result<TargetInput, TargetError> {
         if let (Ok(a), Ok(b)) = (a.trim().parse::<IpAddr>(), b.trim().parse::<IpAddr>()) {
             return match (a, b) {
                 (IpAddr::V4(a), IpAddr::V4(b)) if u32::from(a) <= u32::from(b) => {
-                    Ok(TargetInput::Range(IpRange::V4 { start: a.into(), end: b.into() }))
+                    Ok(TargetInput::Range(IpRange::V4 {
+                        start: a.into(),
+                        end: b.into(),
+                    }))
                 }
                 (IpAddr::V6(a), IpAddr::V6(b)) if u128::from(a) <= u128::from(b) => {
-                    Ok(TargetInput::Range(IpRange::V6 { start: a.into(), end: b.into() }))
+                    Ok(TargetInput::Range(IpRange::V6 {
+                        start: a.into(),
+                        end: b.into(),
+                    }))
                 }
                 (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
                     Err(bad(input, "range start is after its end"))
@@ -179,12 +222,19 @@ pub fn parse_target(input: &str) -> Result<TargetInput, TargetError> {
 }
 
 /// Parses a list of ranges (scope files, configs): literals only, no host names.
-pub fn parse_ranges<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Vec<IpRange>, TargetError> {
+pub fn parse_ranges<'a>(
+    items: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<IpRange>, TargetError> {
     let mut out = Vec::new();
     for it in items {
         match parse_target(it)? {
             TargetInput::Range(r) => out.push(r),
-            TargetInput::Host(h) => return Err(bad(it, format!("host name {h:?} not allowed here, use addresses or CIDRs"))),
+            TargetInput::Host(h) => {
+                return Err(bad(
+                    it,
+                    format!("host name {h:?} not allowed here, use addresses or CIDRs"),
+                ));
+            }
         }
     }
     Ok(out)
@@ -204,7 +254,10 @@ mod tests {
     #[test]
     fn parses_addresses_cidrs_ranges() {
         assert_eq!(r("127.0.0.1").len(), 1);
-        assert_eq!(r("10.1.2.3/24").nth(0), "10.1.2.0".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            r("10.1.2.3/24").nth(0),
+            "10.1.2.0".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(r("10.1.2.3/24").len(), 256);
         assert_eq!(r("0.0.0.0/0").len(), 1u128 << 32);
         assert_eq!(r("::1").nth(0), "::1".parse::<IpAddr>().unwrap());
@@ -217,9 +270,21 @@ mod tests {
 
     #[test]
     fn hostnames_and_errors() {
-        assert_eq!(parse_target("LocalHost").unwrap(), TargetInput::Host("localhost".into()));
+        assert_eq!(
+            parse_target("LocalHost").unwrap(),
+            TargetInput::Host("localhost".into())
+        );
         assert_eq!(parse_target("  ").unwrap_err(), TargetError::Empty);
-        for bad_input in ["10.0.0.0/33", "::/129", "10.0.0.9-10.0.0.1", "1.2.3.4-::1", "a b", "300.1.1.1/8", "1.2.3.4/x", "-x-"] {
+        for bad_input in [
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.9-10.0.0.1",
+            "1.2.3.4-::1",
+            "a b",
+            "300.1.1.1/8",
+            "1.2.3.4/x",
+            "-x-",
+        ] {
             let e = parse_target(bad_input).unwrap_err();
             assert!(e.to_string().contains(bad_input), "{e}");
         }

@@ -26,7 +26,9 @@ impl From<ApiError> for tonic::Status {
         let msg = e.to_string();
         match e {
             ApiError::Spec(SpecError::Scope(_)) => tonic::Status::permission_denied(msg),
-            ApiError::Spec(_) | ApiError::InvalidArgument(_) | ApiError::Protocol(_) => tonic::Status::invalid_argument(msg),
+            ApiError::Spec(_) | ApiError::InvalidArgument(_) | ApiError::Protocol(_) => {
+                tonic::Status::invalid_argument(msg)
+            }
             ApiError::JobNotFound(_) => tonic::Status::not_found(msg),
             ApiError::Unavailable(_) => tonic::Status::unavailable(msg),
             ApiError::Storage(_) => tonic::Status::internal(msg),
