@@ -163,6 +163,7 @@ pub fn check_results(job_id: u64, results: &[Finding], v: &mut JobVerdict, figs:
     let mut per_finding: BTreeMap<(u64, &str, &str, u32), usize> = BTreeMap::new();
     let mut executions: BTreeMap<u64, BTreeSet<(&str, u64)>> = BTreeMap::new();
     let mut bad_provenance = 0;
+    let mut bad_example = None;
     for f in results {
         if f.cursor <= last_cursor {
             v.violations.push(format!(
@@ -184,9 +185,9 @@ pub fn check_results(job_id: u64, results: &[Finding], v: &mut JobVerdict, figs:
             .entry(f.task_id)
             .or_default()
             .insert((f.minion_id.as_str(), f.started_at_ms));
-        if f.task_id == 0 || f.minion_id.is_empty() || f.provider.is_empty() || f.module.is_empty()
-        {
+        if f.minion_id.is_empty() || f.provider.is_empty() || f.module.is_empty() {
             bad_provenance += 1;
+            bad_example.get_or_insert_with(|| format!("{f:?}"));
         }
     }
     let dups: Vec<_> = per_finding.iter().filter(|(_, n)| **n > 1).collect();
@@ -210,7 +211,8 @@ pub fn check_results(job_id: u64, results: &[Finding], v: &mut JobVerdict, figs:
     }
     if bad_provenance > 0 {
         v.violations.push(format!(
-            "job {job_id}: {bad_provenance} findings without full provenance"
+            "job {job_id}: {bad_provenance} findings without full provenance (minion, provider, module), e.g. {}",
+            bad_example.unwrap_or_default()
         ));
     }
 }

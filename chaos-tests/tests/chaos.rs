@@ -19,7 +19,6 @@ use overlord_chaos_tests::wait::wait_until;
 use tokio::task::JoinHandle;
 
 fn finish(figs: &Figures, violations: &[String]) {
-    println!("{figs}");
     eprintln!("{figs}");
     assert!(
         violations.is_empty(),
@@ -203,11 +202,28 @@ async fn baseline_every_open_port_exactly_once_with_banners() {
                 "{addr}: {} banner findings (want 1)",
                 banners.len()
             ));
-        } else if banners[0].parent_task_id == 0 || !banners[0].data_json.contains("CHAOS") {
-            violations.push(format!(
-                "{addr}: banner without parent or wrong text: {:?}",
-                banners[0]
-            ));
+        } else {
+            // Provenance: the banner task's parent is the scan task that found the port open.
+            let scan_task = results
+                .iter()
+                .find(|f| {
+                    f.kind == "open_port"
+                        && f.port == u32::from(addr.port())
+                        && f.target == addr.ip().to_string()
+                })
+                .map(|f| f.task_id);
+            if scan_task != Some(banners[0].parent_task_id) {
+                violations.push(format!(
+                    "{addr}: banner's parent_task_id {} is not the scan task {scan_task:?}",
+                    banners[0].parent_task_id
+                ));
+            }
+            if !banners[0].data_json.contains(&format!("CHAOS {addr}")) {
+                violations.push(format!(
+                    "{addr}: banner text is not what the listener said: {}",
+                    banners[0].data_json
+                ));
+            }
         }
     }
     finish(&figs, &violations);

@@ -583,7 +583,6 @@ async fn bad_input_gets_precise_status_bounded_memory_and_disturbs_nothing() {
     }
     let mut cl = cl;
     violations.extend(cl.crashed());
-    println!("{figs}");
     eprintln!("{figs}");
     assert!(
         violations.is_empty(),
