@@ -439,6 +439,14 @@ pub async fn inject(
         }
         log.lock().expect("fault log").push((kind, None));
         pending.retain(|h| !h.is_finished());
+        if (i + 1) % 100 == 0 {
+            eprintln!(
+                "  {} / {} faults injected ({:.0} s)",
+                i + 1,
+                schedule.steps.len(),
+                start.elapsed().as_secs_f64()
+            );
+        }
     }
     for h in pending {
         h.await??;

@@ -407,6 +407,7 @@ async fn reassignment_latency_and_revoked_lease_results_never_stored() {
         .start()
         .await
         .expect("cluster");
+    figs.observe_rss(cl.coordinator_rss());
     let mut violations = Vec::new();
     for round in 0..6 {
         let hang = round % 3 == 2;
@@ -421,6 +422,7 @@ async fn reassignment_latency_and_revoked_lease_results_never_stored() {
             }
             Err(e) => violations.push(format!("round {round}: {e:#}")),
         }
+        figs.observe_rss(cl.coordinator_rss());
     }
     finish(&figs, &violations);
 }
