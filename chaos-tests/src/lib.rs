@@ -3,7 +3,10 @@
 //! schedules, and the figures printed after every run.
 //!
 //! Everything runs on loopback (127.0.0.0/8) with ports chosen at run time.
+//!
+//! `backbone_sandbox` (written with the backbone) holds the first end-to-end scenarios' helpers.
 
+pub mod backbone_sandbox;
 pub mod client;
 pub mod faults;
 pub mod figures;
