@@ -119,8 +119,9 @@ pub struct Cluster {
     pub minions: Vec<MinionHandle>,
 }
 
-/// The `overlord` binary under test: `$OVERLORD_BIN`, else `<target>/debug/overlord` next to this
-/// crate's build, which `cargo build -p overlord-cli` produces.
+/// The `overlord` binary under test: `$OVERLORD_BIN`, else built once with cargo for this workspace
+/// (`cargo build -p overlord-cli --bin overlord`, see [`crate::backbone_sandbox::overlord_bin`]), else
+/// an existing `<target>/{debug,release}/overlord`.
 pub fn overlord_bin() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("OVERLORD_BIN") {
         let p = PathBuf::from(p);
@@ -128,6 +129,12 @@ pub fn overlord_bin() -> anyhow::Result<PathBuf> {
             return Ok(p);
         }
         bail!("OVERLORD_BIN={} does not exist", p.display());
+    }
+    let built = crate::backbone_sandbox::overlord_bin();
+    if let Ok(p) = &built
+        && p.is_file()
+    {
+        return Ok(p.clone());
     }
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -139,8 +146,9 @@ pub fn overlord_bin() -> anyhow::Result<PathBuf> {
         }
     }
     bail!(
-        "the `overlord` binary is not built: run `cargo build -p overlord-cli` first (looked in {}/{{debug,release}}), \
+        "the `overlord` binary is not available ({:?}): run `cargo build -p overlord-cli` (looked in {}/{{debug,release}}), \
          or set OVERLORD_BIN",
+        built.err(),
         target.display()
     )
 }
