@@ -144,8 +144,8 @@ pub fn inflate_bounded(
             }
             return Ok(());
         }
-        if produced < chunk.len() && (pos == input.len() || consumed == 0) {
-            // All input consumed and all pending output flushed (or no progress possible).
+        if consumed == 0 && produced == 0 {
+            // No progress: either everything is flushed, or the stream is stuck.
             if pos < input.len() {
                 return Err(ScreenError::Zlib("zlib stream stalled".into()));
             }

@@ -1,0 +1,159 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use overlord_probes::screen::{
+    Encoding, PixelFormat, ScreenOptions, VncCapture, sha256_hex, vnc_screenshot, x11_screenshot,
+};
+
+use crate::harness::{self, XServer};
+
+fn rfb(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Captures until our image equals `xwd -root` (the screen may still be settling after
+/// xterm starts), then returns; fails with the mismatch after the timeout.
+async fn assert_matches_xwd(x: &XServer, port: u16, opts: &ScreenOptions) -> Result<VncCapture> {
+    let start = std::time::Instant::now();
+    loop {
+        let (w, h, want) = harness::xwd_rgb(x)?;
+        let cap = vnc_screenshot(rfb(port), opts).await?;
+        let shot = cap.screenshot.as_ref().expect("screenshot");
+        ensure!(shot.sha256 == sha256_hex(&shot.png));
+        let (gw, gh, got) = harness::png_rgb(&shot.png)?;
+        ensure!((gw, gh) == (w, h), "size {gw}x{gh} vs xwd {w}x{h}");
+        let (n, bbox) = harness::diff(&got, &want, w);
+        if n == 0 {
+            return Ok(cap);
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            anyhow::bail!(
+                "{n} pixels differ from xwd, bounding box {bbox:?} (encodings {:?})",
+                cap.encodings_used
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x11vnc_screenshot_equals_xwd() -> Result<()> {
+    let x = XServer::xvfb(1024, 768, false)?;
+    harness::paint_pattern(&x, 7)?;
+    let _term = harness::xterm(&x, "OVERLORD SCREENSHOT TEST 4242")?;
+    let (_vnc, port) = harness::x11vnc(&x)?;
+    for encodings in [
+        vec![Encoding::Zrle],
+        vec![Encoding::Raw],
+        vec![Encoding::Tight],
+        ScreenOptions::default().encodings,
+    ] {
+        let opts = ScreenOptions {
+            encodings: encodings.clone(),
+            ..Default::default()
+        };
+        let cap = assert_matches_xwd(&x, port, &opts).await?;
+        assert!(!cap.auth_required);
+        assert_eq!(cap.security_types, vec![1]);
+        assert_eq!((cap.width, cap.height), (1024, 768));
+        assert!(
+            cap.stable,
+            "two identical frames expected on a still screen"
+        );
+        let first = format!("{:?}", encodings[0]);
+        let used = cap.encodings_used.join(",");
+        assert!(
+            used.to_lowercase().contains(&first.to_lowercase()),
+            "asked {first}, server used {used}"
+        );
+    }
+    // 16-bit pixel format: colours quantised, compare against the quantised xwd image.
+    let opts = ScreenOptions {
+        pixel_format: Some(PixelFormat::RGB565),
+        encodings: vec![Encoding::Zrle],
+        ..Default::default()
+    };
+    let cap = vnc_screenshot(rfb(port), &opts).await?;
+    let (_, _, got) = harness::png_rgb(&cap.screenshot.unwrap().png)?;
+    let (w, _, want) = harness::xwd_rgb(&x)?;
+    let q = |c: u8, bits: u32| {
+        let max = (1u32 << bits) - 1;
+        let v = u32::from(c) >> (8 - bits);
+        ((v * 255 + max / 2) / max) as u8
+    };
+    let want565: Vec<u8> = want
+        .chunks_exact(3)
+        .flat_map(|p| [q(p[0], 5), q(p[1], 6), q(p[2], 5)])
+        .collect();
+    let (n, bbox) = harness::diff(&got, &want565, w);
+    assert_eq!(n, 0, "RGB565 capture differs in {n} pixels, box {bbox:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xvnc_none_and_vncauth() -> Result<()> {
+    let x = XServer::xvnc(800, 600, "None")?;
+    harness::paint_pattern(&x, 3)?;
+    let _term = harness::xterm(&x, "XVNC NO AUTH")?;
+    let port = x.rfb_port.unwrap();
+    for encodings in [
+        vec![Encoding::Zrle],
+        vec![Encoding::Tight],
+        vec![Encoding::Raw],
+    ] {
+        let opts = ScreenOptions {
+            encodings,
+            ..Default::default()
+        };
+        let cap = assert_matches_xwd(&x, port, &opts).await?;
+        assert_eq!(cap.protocol_version.as_str(), "3.8");
+        assert_eq!(
+            cap.desktop_name.as_deref().map(|n| n.is_empty()),
+            Some(false)
+        );
+    }
+
+    let locked = XServer::xvnc(640, 480, "VncAuth")?;
+    let cap = vnc_screenshot(rfb(locked.rfb_port.unwrap()), &ScreenOptions::default()).await?;
+    assert!(cap.auth_required);
+    assert!(cap.screenshot.is_none());
+    assert_eq!(cap.security_types, vec![2]);
+    assert_eq!(
+        cap.security_type_names,
+        vec!["VNC Authentication".to_string()]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x11_over_tcp_equals_xwd() -> Result<()> {
+    let x = XServer::xvfb(640, 480, true)?;
+    harness::paint_pattern(&x, 11)?;
+    let _term = harness::xterm(&x, "X11 ROOT WINDOW")?;
+    let (w, h, want) = harness::xwd_rgb(&x)?;
+    let cap = x11_screenshot(x.tcp_addr(), &ScreenOptions::default()).await?;
+    assert!(cap.open);
+    assert_eq!(cap.vendor.as_deref(), Some("The X.Org Foundation"));
+    assert!(cap.release.unwrap() > 0);
+    assert_eq!((cap.screens[0].width, cap.screens[0].height), (640, 480));
+    let shot = cap.screenshot.unwrap();
+    let (gw, gh, got) = harness::png_rgb(&shot.png)?;
+    assert_eq!((gw, gh), (w, h));
+    let (n, bbox) = harness::diff(&got, &want, w);
+    assert_eq!(n, 0, "{n} pixels differ, box {bbox:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x11_refused_without_cookie() -> Result<()> {
+    // Without -ac, Xvfb refuses a client that presents no authorization.
+    harness::need("Xvfb", "xvfb");
+    let x = XServer::xvfb_auth(320, 240)?;
+    let cap = x11_screenshot(x.tcp_addr(), &ScreenOptions::default()).await?;
+    assert!(!cap.open);
+    assert!(cap.screenshot.is_none());
+    let reason = cap.refused_reason.unwrap_or_default();
+    assert!(!reason.is_empty(), "expected a refusal reason");
+    Ok(())
+}
