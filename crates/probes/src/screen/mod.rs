@@ -51,6 +51,11 @@ pub struct ScreenOptions {
     /// How many full frames an RFB capture may fetch to get two identical consecutive ones
     /// (1 = trust the first frame). x11vnc may serve a stale first frame; see DESIGN.md.
     pub max_frames: u32,
+    /// After the full frame(s), keep applying incremental updates until the server has been
+    /// quiet this long (at most 8x this in total). Zero disables it. This is what catches
+    /// x11vnc's stale first frame: x11vnc does not poll the screen while no client is
+    /// connected, so it answers the first request with an old copy and sends the changes later.
+    pub settle: Duration,
     /// PNG compression level.
     pub png_compression: png::Compression,
 }
@@ -73,7 +78,8 @@ impl Default for ScreenOptions {
                 Encoding::Raw,
             ],
             pixel_format: Some(PixelFormat::RGB888),
-            max_frames: 2,
+            max_frames: 1,
+            settle: Duration::from_millis(150),
             png_compression: png::Compression::Fast,
         }
     }

@@ -159,8 +159,11 @@ impl XServer {
             "Xvfb",
             |n, _, _| {
                 let mut c = Command::new("Xvfb");
-                c.arg(format!(":{n}"))
-                    .args(["-screen", "0", &format!("{w}x{h}x24")]);
+                c.arg(format!(":{n}")).arg("-noreset").args([
+                    "-screen",
+                    "0",
+                    &format!("{w}x{h}x24"),
+                ]);
                 if tcp {
                     c.args(["-listen", "tcp", "-ac"]);
                 } else {
@@ -194,6 +197,7 @@ impl XServer {
                 assert!(ok, "xauth add failed");
                 let mut c = Command::new("Xvfb");
                 c.arg(format!(":{n}"))
+                    .arg("-noreset")
                     .args([
                         "-screen",
                         "0",
@@ -219,6 +223,7 @@ impl XServer {
             move |n, dir, port| {
                 let mut c = Command::new("Xvnc");
                 c.arg(format!(":{n}"))
+                    .arg("-noreset")
                     .args(["-geometry", &format!("{w}x{h}"), "-depth", "24"])
                     .args([
                         "-rfbport",

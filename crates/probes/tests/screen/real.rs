@@ -157,3 +157,40 @@ async fn x11_refused_without_cookie() -> Result<()> {
     assert!(!reason.is_empty(), "expected a refusal reason");
     Ok(())
 }
+
+/// x11vnc does not poll the X screen while no client is connected, so it may answer a new
+/// client's first request with an old picture. Right after each repaint, a capture with the
+/// default settle window must show the new screen; captures trusting the first frame are
+/// counted to show the problem is real (not asserted: it depends on timing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x11vnc_stale_first_frame() -> Result<()> {
+    let x = XServer::xvfb(1024, 768, false)?;
+    harness::paint_pattern(&x, 5)?;
+    let (_vnc, port) = harness::x11vnc(&x)?;
+    let naive = ScreenOptions {
+        max_frames: 1,
+        settle: Duration::ZERO,
+        ..Default::default()
+    };
+    let mut stale_naive = 0;
+    for round in 0..5u32 {
+        harness::paint_pattern(&x, 9 + round * 2)?;
+        let cap = vnc_screenshot(rfb(port), &naive).await?;
+        let (w, _, want) = harness::xwd_rgb(&x)?;
+        let (_, _, got) = harness::png_rgb(&cap.screenshot.unwrap().png)?;
+        stale_naive += usize::from(harness::diff(&got, &want, w).0 > 0);
+
+        harness::paint_pattern(&x, 10 + round * 2)?;
+        let cap = vnc_screenshot(rfb(port), &ScreenOptions::default()).await?;
+        let (w, _, want) = harness::xwd_rgb(&x)?;
+        let (_, _, got) = harness::png_rgb(&cap.screenshot.unwrap().png)?;
+        let (n, bbox) = harness::diff(&got, &want, w);
+        assert_eq!(
+            n, 0,
+            "round {round}: settled capture is stale ({n} pixels, box {bbox:?}, {} settle updates)",
+            cap.settle_updates
+        );
+    }
+    eprintln!("first-frame-only captures that were stale: {stale_naive}/5");
+    Ok(())
+}

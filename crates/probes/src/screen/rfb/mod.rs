@@ -2,9 +2,9 @@
 //!
 //! Flow: ProtocolVersion → security (None only; offered types recorded) → ClientInit (shared,
 //! so other viewers stay connected) → ServerInit → SetPixelFormat/SetEncodings → non-incremental
-//! FramebufferUpdateRequests until a frame covers the whole screen and, when
-//! [`ScreenOptions::max_frames`] > 1, two consecutive frames are identical (x11vnc can serve a
-//! stale first frame).
+//! FramebufferUpdateRequest until a frame covers the whole screen (optionally more full frames
+//! until two are identical, [`ScreenOptions::max_frames`]), then incremental updates until the
+//! server is quiet for [`ScreenOptions::settle`] (x11vnc can serve a stale first frame).
 
 mod decode;
 mod io;
@@ -51,6 +51,8 @@ pub struct VncCapture {
     /// Full frames fetched, and whether the last two were identical.
     pub frames: u32,
     pub stable: bool,
+    /// Incremental updates applied while waiting for the screen to settle.
+    pub settle_updates: u32,
     pub bytes_read: u64,
     pub screenshot: Option<Screenshot>,
     pub timings: VncTimings,
@@ -142,6 +144,7 @@ where
         encodings_used: Vec::new(),
         frames: 0,
         stable: false,
+        settle_updates: 0,
         bytes_read: 0,
         screenshot: None,
         timings: VncTimings::default(),
@@ -224,6 +227,10 @@ where
             break;
         }
         previous = Some(st.fb.rgb.clone());
+    }
+    if !opts.settle.is_zero() {
+        conn.phase = "settle (incremental updates)";
+        cap.settle_updates = st.settle(&mut conn, opts.settle, opts.settle * 8).await?;
     }
     cap.timings.frames_ms = ms(frames_start.elapsed());
     cap.width = st.fb.width;
@@ -329,13 +336,9 @@ impl Session<'_> {
         self.fb.reset_coverage();
         loop {
             let msg = conn.u8().await?;
-            match msg {
-                0 => {
-                    let resized = self.read_update(conn).await?;
-                    if resized {
-                        conn.write_all(&self.request_full()).await?;
-                        continue;
-                    }
+            match self.handle_message(conn, msg).await? {
+                Some(true) => conn.write_all(&self.request_full()).await?,
+                Some(false) => {
                     let covered = self.fb.covered_pixels();
                     if covered == self.fb.pixels() {
                         return Ok(());
@@ -347,44 +350,98 @@ impl Session<'_> {
                         "partial update, waiting for more"
                     );
                 }
-                1 => {
-                    let _pad = conn.u8().await?;
-                    let first = conn.u16().await?;
-                    let n = conn.u16().await?;
-                    let raw = conn.read_vec(usize::from(n) * 6).await?;
-                    let colours: Vec<[u16; 3]> = raw
-                        .chunks_exact(6)
-                        .map(|c| {
-                            [
-                                u16::from_be_bytes([c[0], c[1]]),
-                                u16::from_be_bytes([c[2], c[3]]),
-                                u16::from_be_bytes([c[4], c[5]]),
-                            ]
-                        })
-                        .collect();
-                    self.conv.set_colours(first, &colours);
-                }
-                2 => {}
-                3 => {
-                    let _pad: [u8; 3] = conn.read_array().await?;
-                    let len = conn.u32().await?;
-                    const MAX_CUT: u32 = 1 << 20;
-                    if len > MAX_CUT {
-                        return Err(ScreenError::Limit {
-                            what: "cut text length",
-                            value: len.into(),
-                            limit: MAX_CUT.into(),
-                        });
-                    }
-                    conn.skip(u64::from(len)).await?;
-                }
-                t => {
-                    return Err(ScreenError::Protocol(format!(
-                        "unknown server message type {t}"
-                    )));
-                }
+                None => {}
             }
         }
+    }
+
+    /// Applies incremental updates until the server stays quiet for `quiet` (bounded by
+    /// `max`): a server that serves a stale first frame (x11vnc) sends the changes it finds.
+    /// Returns the number of updates applied.
+    async fn settle<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        quiet: std::time::Duration,
+        max: std::time::Duration,
+    ) -> Result<u32, ScreenError> {
+        let end = Instant::now() + max;
+        let mut updates = 0;
+        let mut pending = false;
+        while Instant::now() < end {
+            if !pending {
+                let (w, h) = (self.fb.width as u16, self.fb.height as u16);
+                conn.write_all(&update_request(true, 0, 0, w, h)).await?;
+                pending = true;
+            }
+            let wait = quiet.min(end.saturating_duration_since(Instant::now()));
+            // Reading one byte is cancel-safe: it is either consumed or left in the buffer.
+            let msg = match tokio::time::timeout(wait, conn.u8()).await {
+                Err(_) => break,
+                Ok(m) => m?,
+            };
+            match self.handle_message(conn, msg).await? {
+                Some(true) => {
+                    // Resized: fetch the new screen in full.
+                    self.read_frame(conn).await?;
+                    pending = false;
+                }
+                Some(false) => {
+                    updates += 1;
+                    pending = false;
+                }
+                None => {}
+            }
+        }
+        Ok(updates)
+    }
+
+    /// Handles one server message whose type byte was read. Returns `Some(resized)` for a
+    /// FramebufferUpdate, `None` for other messages.
+    async fn handle_message<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        msg: u8,
+    ) -> Result<Option<bool>, ScreenError> {
+        match msg {
+            0 => return Ok(Some(self.read_update(conn).await?)),
+            1 => {
+                let _pad = conn.u8().await?;
+                let first = conn.u16().await?;
+                let n = conn.u16().await?;
+                let raw = conn.read_vec(usize::from(n) * 6).await?;
+                let colours: Vec<[u16; 3]> = raw
+                    .chunks_exact(6)
+                    .map(|c| {
+                        [
+                            u16::from_be_bytes([c[0], c[1]]),
+                            u16::from_be_bytes([c[2], c[3]]),
+                            u16::from_be_bytes([c[4], c[5]]),
+                        ]
+                    })
+                    .collect();
+                self.conv.set_colours(first, &colours);
+            }
+            2 => {}
+            3 => {
+                let _pad: [u8; 3] = conn.read_array().await?;
+                let len = conn.u32().await?;
+                const MAX_CUT: u32 = 1 << 20;
+                if len > MAX_CUT {
+                    return Err(ScreenError::Limit {
+                        what: "cut text length",
+                        value: len.into(),
+                        limit: MAX_CUT.into(),
+                    });
+                }
+                conn.skip(u64::from(len)).await?;
+            }
+            t => {
+                return Err(ScreenError::Protocol(format!(
+                    "unknown server message type {t}"
+                )));
+            }
+        }
+        Ok(None)
     }
 
     /// Reads one FramebufferUpdate (after its type byte). Returns true on a DesktopSize change.
