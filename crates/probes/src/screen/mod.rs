@@ -52,9 +52,11 @@ pub struct ScreenOptions {
     /// (1 = trust the first frame). x11vnc may serve a stale first frame; see DESIGN.md.
     pub max_frames: u32,
     /// After the full frame(s), keep applying incremental updates until the server has been
-    /// quiet this long (at most 8x this in total). Zero disables it. This is what catches
+    /// quiet this long (at most 4x this in total). Zero disables it. This is what catches
     /// x11vnc's stale first frame: x11vnc does not poll the screen while no client is
-    /// connected, so it answers the first request with an old copy and sends the changes later.
+    /// connected, so it answers the first request with an old copy and sends the changes later,
+    /// spread over about a second while it rescans (measured: updates up to 1.5 s after the
+    /// first frame, gaps of ~250 ms). A still screen costs exactly this wait.
     pub settle: Duration,
     /// PNG compression level.
     pub png_compression: png::Compression,
@@ -79,7 +81,7 @@ impl Default for ScreenOptions {
             ],
             pixel_format: Some(PixelFormat::RGB888),
             max_frames: 1,
-            settle: Duration::from_millis(150),
+            settle: Duration::from_millis(1000),
             png_compression: png::Compression::Fast,
         }
     }

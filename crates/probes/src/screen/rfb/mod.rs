@@ -62,6 +62,10 @@ pub struct VncCapture {
 pub struct VncTimings {
     pub connect_ms: f64,
     pub handshake_ms: f64,
+    /// From the first FramebufferUpdateRequest to a complete first frame.
+    pub first_frame_ms: f64,
+    /// From the end of the full frame(s) to the last incremental update applied while settling.
+    pub last_settle_update_ms: Option<f64>,
     pub frames_ms: f64,
     pub total_ms: f64,
 }
@@ -216,6 +220,9 @@ where
         conn.phase = "framebuffer update";
         st.read_frame(&mut conn).await?;
         cap.frames += 1;
+        if cap.frames == 1 {
+            cap.timings.first_frame_ms = ms(frames_start.elapsed());
+        }
         if let Some(prev) = &previous {
             if *prev == st.fb.rgb {
                 cap.stable = true;
@@ -230,7 +237,10 @@ where
     }
     if !opts.settle.is_zero() {
         conn.phase = "settle (incremental updates)";
-        cap.settle_updates = st.settle(&mut conn, opts.settle, opts.settle * 8).await?;
+        let settle_start = Instant::now();
+        let (updates, last) = st.settle(&mut conn, opts.settle, opts.settle * 4).await?;
+        cap.settle_updates = updates;
+        cap.timings.last_settle_update_ms = last.map(|t| ms(t.duration_since(settle_start)));
     }
     cap.timings.frames_ms = ms(frames_start.elapsed());
     cap.width = st.fb.width;
@@ -363,9 +373,10 @@ impl Session<'_> {
         conn: &mut Conn<S>,
         quiet: std::time::Duration,
         max: std::time::Duration,
-    ) -> Result<u32, ScreenError> {
+    ) -> Result<(u32, Option<Instant>), ScreenError> {
         let end = Instant::now() + max;
         let mut updates = 0;
+        let mut last = None;
         let mut pending = false;
         while Instant::now() < end {
             if !pending {
@@ -387,12 +398,13 @@ impl Session<'_> {
                 }
                 Some(false) => {
                     updates += 1;
+                    last = Some(Instant::now());
                     pending = false;
                 }
                 None => {}
             }
         }
-        Ok(updates)
+        Ok((updates, last))
     }
 
     /// Handles one server message whose type byte was read. Returns `Some(resized)` for a
