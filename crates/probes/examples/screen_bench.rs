@@ -64,6 +64,7 @@ async fn ours(port: u16, count: usize, opts: &ScreenOptions) -> Result<(f64, f64
     Ok((rate, lat[lat.len() / 2], bytes))
 }
 
+/// Runs a peer tool `count` times; `None` when it is missing, fails or hangs (> 15 s).
 fn peer(
     label: &str,
     count: usize,
@@ -73,15 +74,37 @@ fn peer(
     let start = Instant::now();
     for i in 0..count {
         let out = dir.path().join(format!("shot{i}"));
-        let st = cmd(&out)
+        let mut child = match cmd(&out)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status();
-        match st {
-            Ok(s) if s.success() => {}
-            Ok(s) => bail!("{label} failed: {s}"),
+            .spawn()
+        {
+            Ok(c) => c,
             Err(e) => {
                 println!("  {label}: not runnable ({e})");
+                return Ok(None);
+            }
+        };
+        let t = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break Some(st);
+            }
+            if t.elapsed() > Duration::from_secs(15) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        match status {
+            Some(st) if st.success() => {}
+            Some(st) => {
+                println!("  {label}: failed on capture {i} ({st})");
+                return Ok(None);
+            }
+            None => {
+                println!("  {label}: capture {i} hung for 15 s, killed");
                 return Ok(None);
             }
         }
