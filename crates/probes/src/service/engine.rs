@@ -408,12 +408,15 @@ async fn run_engine<'a>(
     drop(inflight);
     // A plain hard match does not settle a TLS port (nginx answers plain HTTP on 443 with a 400):
     // let a pending handshake finish (it is bounded by its own limit).
+    // A TLS server answers a ClientHello within a round trip, so by the time a plain probe has
+    // matched, a real TLS port has (nearly) finished its handshake: wait only a short while more.
     if let Some(f) = tls_fut {
-        let t = f.await;
-        if t.result.is_ok() {
-            return EngineEnd::Tls(t);
+        let grace = ctx.waits.response * 2;
+        match timeout(grace, f).await {
+            Ok(t) if t.result.is_ok() => return EngineEnd::Tls(t),
+            Ok(t) => tls_done = Some(t),
+            Err(_) => {}
         }
-        tls_done = Some(t);
     }
     EngineEnd::Done(res, tls_done)
 }

@@ -146,13 +146,33 @@ fn finish(mut g: VncGrab) -> VncGrab {
     g
 }
 
-/// TigerVNC's Xvnc names its desktop `host:display (user)`; x11vnc uses `host:display` or the
-/// X display name. A guess, stated as such in the field name.
+/// x11vnc names the desktop after the X display it exports (`host:0`, `127.0.0.1:24`);
+/// TigerVNC's Xvnc uses `user@host` (older: `x11`) by default and `host:N (user)` when started
+/// by `vncserver`.
+/// A guess, stated as such in the field name.
 fn guess_product(g: &VncGrab) -> Option<String> {
     let name = g.desktop_name.as_deref()?;
-    if name.ends_with(')') && name.contains(" (") {
+    let display_like = |s: &str| {
+        s.rsplit_once(':').is_some_and(|(h, d)| {
+            h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+                && !d.is_empty()
+                && d.chars().all(|c| c.is_ascii_digit() || c == '.')
+        })
+    };
+    let user_at_host = name.split_once('@').is_some_and(|(u, h)| {
+        !u.is_empty()
+            && !h.is_empty()
+            && u.chars()
+                .chain(h.chars())
+                .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+    });
+    if name == "x11"
+        || user_at_host
+        || (name.ends_with(')') && name.split_once(" (").is_some_and(|(h, _)| display_like(h)))
+    {
         Some("TigerVNC".into())
-    } else if name.contains(':') {
+    } else if display_like(name) {
         Some("x11vnc".into())
     } else {
         None
