@@ -523,7 +523,12 @@ pub async fn identify(addr: SocketAddr, opts: &IdentifyOptions, db: &ProbeDb) ->
         });
     }
 
-    if let Some((f, _)) = &res.hard {
+    let tls_only = |f: &Found| matches!(f.rule.service.as_str(), "ssl" | "tls");
+    if let Some((f, _)) = res
+        .hard
+        .as_ref()
+        .filter(|(f, _)| !(tls_only(f) && report.tls_error.is_some()))
+    {
         apply(&mut report, f);
         report.status = Status::Identified;
     } else if let Some((f, _)) = &res.soft {
@@ -531,6 +536,10 @@ pub async fn identify(addr: SocketAddr, opts: &IdentifyOptions, db: &ProbeDb) ->
         report.rule = None;
         report.status = Status::SoftMatch;
     } else if report.tls_error.is_some() {
+        // The peer speaks TLS (a rule may even say `ssl`) but we could not get through.
+        if let Some((f, _)) = &res.hard {
+            apply(&mut report, f);
+        }
         report.status = Status::TlsFailed;
         report.status_detail = report.tls_error.clone();
     } else if res.capped {

@@ -241,7 +241,7 @@ pub fn self_signed_pem() -> (String, String) {
     (ck.cert.pem(), ck.key_pair.serialize_pem())
 }
 
-/// nginx serving a small page (title, favicon, a redirect at `/old`); with `tls`, the listener
+/// nginx serving a small site (`/` redirects to `/home.html`, a favicon); with `tls`, the listener
 /// speaks TLS with a fresh self-signed certificate.
 pub fn nginx(tls: bool) -> Result<Daemon, SupportError> {
     let bin = require_bin("nginx", "nginx-light")?;
@@ -251,6 +251,10 @@ pub fn nginx(tls: bool) -> Result<Daemon, SupportError> {
         std::fs::write(
             www.join("index.html"),
             "<html><head><title>Overlord test page</title></head><body>hello</body></html>\n",
+        )?;
+        std::fs::write(
+            www.join("home.html"),
+            "<html><head><title>Overlord home</title></head></html>\n",
         )?;
         std::fs::write(
             www.join("favicon.ico"),
@@ -277,7 +281,7 @@ pub fn nginx(tls: bool) -> Result<Daemon, SupportError> {
                  http {{\n access_log off;\n client_body_temp_path {d}/t1;\n proxy_temp_path {d}/t2;\n\
                  fastcgi_temp_path {d}/t3;\n uwsgi_temp_path {d}/t4;\n scgi_temp_path {d}/t5;\n\
                  server {{\n listen 127.0.0.1:{port}{tls_cfg};\n root {d}/www;\n index index.html;\n\
-                 location = /old {{ return 301 /; }}\n }}\n}}\n"
+                 location = / {{ return 302 /home.html; }}\n }}\n}}\n"
             ),
         )?;
         let mut c = Command::new(&bin);
@@ -377,6 +381,7 @@ pub fn xvfb(open: bool) -> Result<Daemon, SupportError> {
             "800x600x24",
             "-nolisten",
             "unix",
+            "-noreset",
         ]);
         if open {
             c.arg("-ac");
@@ -422,7 +427,7 @@ pub fn xvnc(open: bool) -> Result<Daemon, SupportError> {
                 "-depth",
                 "24",
             ])
-            .args(["-nolisten", "unix"]);
+            .args(["-nolisten", "unix", "-noreset"]);
         if open {
             c.args(["-SecurityTypes", "None"]);
         } else {

@@ -66,7 +66,7 @@ impl GrabKind {
 
 /// Typed grabber output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "protocol", rename_all = "snake_case")]
+#[serde(tag = "grabber", rename_all = "snake_case")]
 pub enum Grab {
     Ssh(ssh::SshGrab),
     Http(http::HttpGrab),

@@ -31,20 +31,32 @@ pub const SETUP: &[u8] = b"l\x00\x0b\x00\x00\x00\x00\x00\x00\x00\x00\x00";
 const CAP: usize = 1024 * 1024;
 
 pub async fn grab(d: &Dialer, wait: Duration) -> Result<X11Grab, GrabError> {
-    let mut s = d.dial().await?;
-    s.write_all(SETUP).await?;
     let deadline = Instant::now() + wait * 2;
-    let mut buf = Vec::new();
-    let n = read_until(
-        &mut *s,
-        &mut buf,
-        deadline,
-        CAP,
-        "X11 setup reply",
-        reply_len,
-    )
-    .await?;
-    parse(&buf[..n])
+    // An X server resets when its last client leaves and drops connections meanwhile:
+    // a connection closed before any byte is retried a few times.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut s = d.dial().await?;
+        s.write_all(SETUP).await?;
+        let mut buf = Vec::new();
+        match read_until(
+            &mut *s,
+            &mut buf,
+            deadline,
+            CAP,
+            "X11 setup reply",
+            reply_len,
+        )
+        .await
+        {
+            Ok(n) => return parse(&buf[..n]),
+            Err(GrabError::Protocol(_)) if buf.is_empty() && attempt < 4 => {
+                tokio::time::sleep(Duration::from_millis(30 * attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn reply_len(b: &[u8]) -> Option<usize> {
