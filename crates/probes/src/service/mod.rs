@@ -11,6 +11,8 @@
 //! ```
 
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grabbers;
 pub mod io;
 pub mod probefile;

@@ -234,12 +234,12 @@ pub(crate) async fn read_until<S: AsyncRead + Unpin + ?Sized>(
 }
 
 /// Position just past the first `\n`, if any.
-pub(crate) fn line_end(b: &[u8]) -> Option<usize> {
+pub fn line_end(b: &[u8]) -> Option<usize> {
     b.iter().position(|&c| c == b'\n').map(|i| i + 1)
 }
 
 /// End of a complete multi-line reply (`NNN-...` lines then `NNN ...`), FTP/SMTP style.
-pub(crate) fn reply_end(b: &[u8]) -> Option<usize> {
+pub fn reply_end(b: &[u8]) -> Option<usize> {
     let mut start = 0;
     while let Some(e) = line_end(&b[start..]) {
         let line = &b[start..start + e];
@@ -255,13 +255,13 @@ pub(crate) fn reply_end(b: &[u8]) -> Option<usize> {
 }
 
 /// Splits a multi-line reply into (code, text lines).
-pub(crate) fn parse_reply(b: &[u8]) -> (u16, Vec<String>) {
+pub fn parse_reply(b: &[u8]) -> (u16, Vec<String>) {
     let text = String::from_utf8_lossy(b);
     let mut code = 0;
     let mut lines = Vec::new();
     for l in text.lines() {
-        if l.len() >= 3 {
-            code = l[..3].parse().unwrap_or(0);
+        if let Some(c) = l.get(..3) {
+            code = c.parse().unwrap_or(0);
         }
         lines.push(l.get(4..).unwrap_or("").to_string());
     }
