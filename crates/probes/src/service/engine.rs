@@ -127,18 +127,17 @@ fn match_response(ctx: &Ctx<'_>, probe: usize, data: &[u8]) -> (Option<Found>, O
     }
     let mut order = vec![probe];
     for f in &p.fallback {
-        if let Some(i) = db.probe_index(p.protocol, f) {
-            if !order.contains(&i) {
-                order.push(i);
-            }
+        if let Some(i) = db.probe_index(p.protocol, f)
+            && !order.contains(&i)
+        {
+            order.push(i);
         }
     }
-    if p.protocol == Protocol::Tcp {
-        if let Some(n) = ctx.null_idx {
-            if !order.contains(&n) {
-                order.push(n);
-            }
-        }
+    if p.protocol == Protocol::Tcp
+        && let Some(n) = ctx.null_idx
+        && !order.contains(&n)
+    {
+        order.push(n);
     }
     let mut soft = None;
     for i in order {
@@ -295,9 +294,10 @@ struct EngineResult {
 
 type TlsFut<'a> = Pin<Box<dyn Future<Output = TlsAttempt> + Send + 'a>>;
 
+#[allow(clippy::large_enum_variant)] // one value per identification, moved once
 enum EngineEnd {
-    Done(EngineResult, Option<TlsAttempt>),
-    Tls(TlsAttempt),
+    Done(EngineResult, Option<Box<TlsAttempt>>),
+    Tls(Box<TlsAttempt>),
 }
 
 async fn run_engine<'a>(
@@ -379,12 +379,11 @@ async fn run_engine<'a>(
                 res.capped |= o.resp.capped;
                 res.drip |= o.resp.deadline_hit;
                 if let Some(e) = o.dial_error { res.dial_errors.push(e); }
-                if res.soft.is_none() {
-                    if let Some(s) = o.soft {
+                if res.soft.is_none()
+                    && let Some(s) = o.soft {
                         soft_service = Some(s.rule.service.clone());
                         res.soft = Some((s, o.probe));
                     }
-                }
                 if let Some(h) = o.hard {
                     res.hard = Some((h, o.probe));
                 }
@@ -395,7 +394,7 @@ async fn run_engine<'a>(
             t = async { tls_fut.as_mut().expect("guarded").await }, if tls_fut.is_some() => {
                 tls_fut = None;
                 if t.result.is_ok() {
-                    return EngineEnd::Tls(t);
+                    return EngineEnd::Tls(Box::new(t));
                 }
                 tls_done = Some(t);
             }
@@ -413,12 +412,12 @@ async fn run_engine<'a>(
     if let Some(f) = tls_fut {
         let grace = ctx.waits.response * 2;
         match timeout(grace, f).await {
-            Ok(t) if t.result.is_ok() => return EngineEnd::Tls(t),
+            Ok(t) if t.result.is_ok() => return EngineEnd::Tls(Box::new(t)),
             Ok(t) => tls_done = Some(t),
             Err(_) => {}
         }
     }
-    EngineEnd::Done(res, tls_done)
+    EngineEnd::Done(res, tls_done.map(Box::new))
 }
 
 /// Identifies the service on one TCP port. Never panics on peer behaviour; every outcome is a
@@ -475,7 +474,7 @@ pub async fn identify(addr: SocketAddr, opts: &IdentifyOptions, db: &ProbeDb) ->
         }) as TlsFut<'_>
     });
     let t_probe = Instant::now();
-    let mut tls_failure: Option<TlsAttempt> = None;
+    let mut tls_failure: Option<Box<TlsAttempt>> = None;
     let res = match run_engine(&ctx, &dialer, Some(Box::new(first)), tls_fut).await {
         EngineEnd::Done(r, t) => {
             tls_failure = t;
@@ -499,12 +498,11 @@ pub async fn identify(addr: SocketAddr, opts: &IdentifyOptions, db: &ProbeDb) ->
         .iter()
         .map(|&i| db.probes[i].name.clone())
         .collect();
-    if let Some(t) = &tls_failure {
-        if let Err(e) = &t.result {
-            if t.peer_speaks_tls || t.byte_capped {
-                report.tls_error = Some(e.to_string());
-            }
-        }
+    if let Some(t) = &tls_failure
+        && let Err(e) = &t.result
+        && (t.peer_speaks_tls || t.byte_capped)
+    {
+        report.tls_error = Some(e.to_string());
     }
 
     // The reply to report: the matching one, else the banner, else the first reply.

@@ -19,55 +19,55 @@ pub fn expand(template: &str, groups: &[Option<&[u8]>]) -> String {
             i += 2;
             continue;
         }
-        if let Some((args, used)) = call(rest, "P") {
-            if let Some(n) = args.first().and_then(|a| a.parse::<usize>().ok()) {
-                out.extend(
-                    group(n)
-                        .iter()
-                        .copied()
-                        .filter(|c| (0x20..0x7f).contains(c)),
-                );
-                i += 1 + used;
-                continue;
-            }
+        if let Some((args, used)) = call(rest, "P")
+            && let Some(n) = args.first().and_then(|a| a.parse::<usize>().ok())
+        {
+            out.extend(
+                group(n)
+                    .iter()
+                    .copied()
+                    .filter(|c| (0x20..0x7f).contains(c)),
+            );
+            i += 1 + used;
+            continue;
         }
-        if let Some((args, used)) = call(rest, "SUBST") {
-            if let (Some(n), Some(from), Some(to)) = (
+        if let Some((args, used)) = call(rest, "SUBST")
+            && let (Some(n), Some(from), Some(to)) = (
                 args.first().and_then(|a| a.parse::<usize>().ok()),
                 args.get(1).and_then(|a| unquote(a)),
                 args.get(2).and_then(|a| unquote(a)),
-            ) {
-                let g = String::from_utf8_lossy(group(n)).into_owned();
-                let s = if from.is_empty() {
-                    g
-                } else {
-                    g.replace(&from, &to)
-                };
-                out.extend_from_slice(s.as_bytes());
-                i += 1 + used;
-                continue;
-            }
+            )
+        {
+            let g = String::from_utf8_lossy(group(n)).into_owned();
+            let s = if from.is_empty() {
+                g
+            } else {
+                g.replace(&from, &to)
+            };
+            out.extend_from_slice(s.as_bytes());
+            i += 1 + used;
+            continue;
         }
-        if let Some((args, used)) = call(rest, "I") {
-            if let (Some(n), Some(endian)) = (
+        if let Some((args, used)) = call(rest, "I")
+            && let (Some(n), Some(endian)) = (
                 args.first().and_then(|a| a.parse::<usize>().ok()),
                 args.get(1).and_then(|a| unquote(a)),
-            ) {
-                let g = group(n);
-                if g.len() <= 8 && (endian == ">" || endian == "<") {
-                    let mut v: u64 = 0;
-                    let bytes: Vec<u8> = if endian == ">" {
-                        g.to_vec()
-                    } else {
-                        g.iter().rev().copied().collect()
-                    };
-                    for c in bytes {
-                        v = (v << 8) | c as u64;
-                    }
-                    out.extend_from_slice(v.to_string().as_bytes());
-                    i += 1 + used;
-                    continue;
+            )
+        {
+            let g = group(n);
+            if g.len() <= 8 && (endian == ">" || endian == "<") {
+                let mut v: u64 = 0;
+                let bytes: Vec<u8> = if endian == ">" {
+                    g.to_vec()
+                } else {
+                    g.iter().rev().copied().collect()
+                };
+                for c in bytes {
+                    v = (v << 8) | c as u64;
                 }
+                out.extend_from_slice(v.to_string().as_bytes());
+                i += 1 + used;
+                continue;
             }
         }
         out.push(b'$');

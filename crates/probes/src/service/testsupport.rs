@@ -88,10 +88,10 @@ fn wait_ready(child: &mut Child, addr: SocketAddr, limit: Duration) -> Result<()
         if let Ok(Some(st)) = child.try_wait() {
             return Err(format!("exited early with {st}"));
         }
-        if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            if s.local_addr().ok() != Some(addr) {
-                return Ok(());
-            }
+        if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            && s.local_addr().ok() != Some(addr)
+        {
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -100,9 +100,11 @@ fn wait_ready(child: &mut Child, addr: SocketAddr, limit: Duration) -> Result<()
 
 /// Spawns `cmd` (stdout/stderr to files in `dir`) and waits for `addr`; retries on a new port
 /// via `make` when the first attempt fails (e.g. the port was taken in between).
+type Launch = (Command, SocketAddr, Option<u16>);
+
 fn launch(
     name: &str,
-    make: &mut dyn FnMut(&Path, u16) -> Result<(Command, SocketAddr, Option<u16>), SupportError>,
+    make: &mut dyn FnMut(&Path, u16) -> Result<Launch, SupportError>,
 ) -> Result<Daemon, SupportError> {
     let mut last = String::new();
     for _ in 0..3 {
@@ -547,18 +549,19 @@ pub async fn serve(b: Behaviour) -> std::io::Result<TestServer> {
                         }
                     }
                     Behaviour::TlsAlert => {
-                        if let Ok(n) = s.read(&mut buf).await {
-                            if n > 0 && buf[0] == 0x16 {
-                                let _ = s.write_all(b"\x15\x03\x03\x00\x02\x02\x28").await;
-                            }
+                        if let Ok(n) = s.read(&mut buf).await
+                            && n > 0
+                            && buf[0] == 0x16
+                        {
+                            let _ = s.write_all(b"\x15\x03\x03\x00\x02\x02\x28").await;
                         }
                     }
                     Behaviour::TlsChain(_) => {
-                        if let Some(acc) = tls {
-                            if let Ok(mut t) = acc.accept(s).await {
-                                let _ = t.write_all(b"hello over tls\r\n").await;
-                                let _ = t.read(&mut buf).await;
-                            }
+                        if let Some(acc) = tls
+                            && let Ok(mut t) = acc.accept(s).await
+                        {
+                            let _ = t.write_all(b"hello over tls\r\n").await;
+                            let _ = t.read(&mut buf).await;
                         }
                     }
                 }

@@ -46,11 +46,11 @@ pub async fn grab(d: &Dialer, wait: Duration) -> Result<MqttGrab, GrabError> {
         .await
         {
             let pkt: Vec<u8> = buf.drain(..n).collect();
-            if let Some((topic, payload)) = parse_publish(&pkt) {
-                if topic == "$SYS/broker/version" {
-                    g.broker = Some(String::from_utf8_lossy(&payload).trim().to_string());
-                    break;
-                }
+            if let Some((topic, payload)) = parse_publish(&pkt)
+                && topic == "$SYS/broker/version"
+            {
+                g.broker = Some(String::from_utf8_lossy(&payload).trim().to_string());
+                break;
             }
         }
         let _ = s.write_all(b"\xe0\x00").await;

@@ -87,7 +87,7 @@ pub async fn grab(d: &Dialer, wait: Duration) -> Result<VncGrab, GrabError> {
     } else {
         read_until(&mut *s, &mut buf, deadline, CAP, "security types", |b| {
             let n = *b.first()? as usize;
-            (b.len() >= 1 + n).then_some(1 + n)
+            (b.len() > n).then_some(1 + n)
         })
         .await?;
         let n = buf[0] as usize;
