@@ -1,0 +1,215 @@
+//! The similar-image index: perceptual hashes persisted in sled, searched through an in-memory
+//! multi-index-hashing structure ([`crate::mih::Mih`]) rebuilt from sled on open.
+//!
+//! Key layout (all in the sled `Db` handed to [`SledMihIndex::open`]):
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `sim.ord` | ordinal (u32 BE) — one per distinct hash pair | `[1][phash64 BE][phash256 4×u64 BE]` (v1) |
+//! | `sim.hash` | phash64 BE ++ phash256 | ordinal (u32 BE) — the exact-duplicate short-circuit |
+//! | `sim.members` | ordinal BE ++ image id | empty |
+//! | `sim.id` | image id | ordinal BE |
+//!
+//! Identical hashes share one ordinal, so exact duplicates cost one MIH entry and are answered by
+//! one key lookup.
+
+use crate::error::EnrichError;
+use crate::mih::Mih;
+use crate::phash::{PHashes, hamming256};
+use serde::{Deserialize, Serialize};
+use std::sync::RwLock;
+
+/// Result of an insert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InsertOutcome {
+    /// Ids already stored with exactly the same hashes (exact duplicates), excluding this id.
+    pub duplicate_of: Vec<String>,
+    /// False when the id was already in the index (the insert was a no-op).
+    pub inserted: bool,
+}
+
+/// One answer of a similarity query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimilarMatch {
+    pub id: String,
+    /// Hamming distance of the 64-bit hashes.
+    pub distance: u32,
+    /// Hamming distance of the 256-bit hashes (finer tie-breaker).
+    pub distance256: u32,
+}
+
+/// A similar-image index over 64-bit perceptual hashes.
+pub trait SimilarityIndex: Send + Sync {
+    /// Adds `id` with its hashes; reports exact duplicates.
+    fn insert(&self, id: &str, hashes: &PHashes) -> Result<InsertOutcome, EnrichError>;
+    /// Every image within Hamming radius `radius` of `hashes.phash64`, sorted by (distance,
+    /// distance256, id). Recall is exact.
+    fn query(&self, hashes: &PHashes, radius: u32) -> Result<Vec<SimilarMatch>, EnrichError>;
+    /// The stored hashes of an image.
+    fn hashes_of(&self, id: &str) -> Result<Option<PHashes>, EnrichError>;
+    /// Number of distinct hashes.
+    fn distinct_hashes(&self) -> usize;
+    /// Makes every insert durable.
+    fn flush(&self) -> Result<(), EnrichError>;
+}
+
+/// [`SimilarityIndex`] persisted in sled with an in-memory MIH.
+pub struct SledMihIndex {
+    ord: sled::Tree,
+    by_hash: sled::Tree,
+    members: sled::Tree,
+    by_id: sled::Tree,
+    mem: RwLock<Mem>,
+}
+
+struct Mem {
+    mih: Mih,
+    h256: Vec<[u64; 4]>,
+}
+
+fn encode_ord_record(h: &PHashes) -> Vec<u8> {
+    let mut v = Vec::with_capacity(41);
+    v.push(1u8);
+    v.extend_from_slice(&h.phash64.to_be_bytes());
+    for w in h.phash256 {
+        v.extend_from_slice(&w.to_be_bytes());
+    }
+    v
+}
+
+fn decode_ord_record(b: &[u8]) -> Result<PHashes, EnrichError> {
+    if b.len() != 41 || b[0] != 1 {
+        return Err(EnrichError::CorruptRecord {
+            tree: "sim.ord",
+            reason: format!("expected v1 record of 41 bytes, got {} bytes", b.len()),
+        });
+    }
+    let word = |i: usize| u64::from_be_bytes(b[1 + 8 * i..9 + 8 * i].try_into().expect("8 bytes"));
+    Ok(PHashes { phash64: word(0), phash256: [word(1), word(2), word(3), word(4)] })
+}
+
+fn hash_key(h: &PHashes) -> Vec<u8> {
+    let mut k = h.phash64.to_be_bytes().to_vec();
+    for w in h.phash256 {
+        k.extend_from_slice(&w.to_be_bytes());
+    }
+    k
+}
+
+fn ord_of(b: &[u8], tree: &'static str) -> Result<u32, EnrichError> {
+    b.try_into()
+        .map(u32::from_be_bytes)
+        .map_err(|_| EnrichError::CorruptRecord { tree, reason: format!("ordinal of {} bytes", b.len()) })
+}
+
+impl SledMihIndex {
+    /// Opens (or creates) the index in `db` and builds the in-memory MIH from it.
+    pub fn open(db: &sled::Db) -> Result<SledMihIndex, EnrichError> {
+        let ord = db.open_tree("sim.ord")?;
+        let mut h64 = Vec::with_capacity(ord.len());
+        let mut h256 = Vec::with_capacity(ord.len());
+        for (i, kv) in ord.iter().enumerate() {
+            let (k, v) = kv?;
+            let o = ord_of(&k, "sim.ord")?;
+            if o as usize != i {
+                return Err(EnrichError::CorruptRecord { tree: "sim.ord", reason: format!("gap at ordinal {i}") });
+            }
+            let h = decode_ord_record(&v)?;
+            h64.push(h.phash64);
+            h256.push(h.phash256);
+        }
+        Ok(SledMihIndex {
+            ord,
+            by_hash: db.open_tree("sim.hash")?,
+            members: db.open_tree("sim.members")?,
+            by_id: db.open_tree("sim.id")?,
+            mem: RwLock::new(Mem { mih: Mih::build(h64), h256 }),
+        })
+    }
+
+    fn members_of(&self, o: u32) -> Result<Vec<String>, EnrichError> {
+        let mut out = Vec::new();
+        for kv in self.members.scan_prefix(o.to_be_bytes()) {
+            let (k, _) = kv?;
+            out.push(String::from_utf8_lossy(&k[4..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Bytes of heap used by the in-memory structure.
+    pub fn heap_bytes(&self) -> usize {
+        let m = self.mem.read().expect("index lock");
+        m.mih.heap_bytes() + m.h256.capacity() * 32
+    }
+}
+
+impl SimilarityIndex for SledMihIndex {
+    fn insert(&self, id: &str, hashes: &PHashes) -> Result<InsertOutcome, EnrichError> {
+        let mut mem = self.mem.write().expect("index lock");
+        if let Some(o) = self.by_id.get(id)? {
+            let o = ord_of(&o, "sim.id")?;
+            let duplicate_of = self.members_of(o)?.into_iter().filter(|m| m != id).collect();
+            return Ok(InsertOutcome { duplicate_of, inserted: false });
+        }
+        let hk = hash_key(hashes);
+        let (o, duplicate_of) = match self.by_hash.get(&hk)? {
+            Some(o) => {
+                let o = ord_of(&o, "sim.hash")?;
+                (o, self.members_of(o)?)
+            }
+            None => {
+                let o = mem.mih.len() as u32;
+                self.ord.insert(o.to_be_bytes(), encode_ord_record(hashes))?;
+                self.by_hash.insert(hk, &o.to_be_bytes())?;
+                mem.mih.push(hashes.phash64);
+                mem.h256.push(hashes.phash256);
+                (o, Vec::new())
+            }
+        };
+        let mut mk = o.to_be_bytes().to_vec();
+        mk.extend_from_slice(id.as_bytes());
+        self.members.insert(mk, &[])?;
+        self.by_id.insert(id, &o.to_be_bytes())?;
+        Ok(InsertOutcome { duplicate_of, inserted: true })
+    }
+
+    fn query(&self, hashes: &PHashes, radius: u32) -> Result<Vec<SimilarMatch>, EnrichError> {
+        let hits = {
+            let mem = self.mem.read().expect("index lock");
+            let mut hits = Vec::new();
+            mem.mih.query(hashes.phash64, radius, &mut hits);
+            hits.into_iter()
+                .map(|(o, d)| (o, d, hamming256(&mem.h256[o as usize], &hashes.phash256)))
+                .collect::<Vec<_>>()
+        };
+        let mut out = Vec::new();
+        for (o, d, d256) in hits {
+            for id in self.members_of(o)? {
+                out.push(SimilarMatch { id, distance: d, distance256: d256 });
+            }
+        }
+        out.sort_by(|a, b| (a.distance, a.distance256, &a.id).cmp(&(b.distance, b.distance256, &b.id)));
+        Ok(out)
+    }
+
+    fn hashes_of(&self, id: &str) -> Result<Option<PHashes>, EnrichError> {
+        let Some(o) = self.by_id.get(id)? else { return Ok(None) };
+        let o = ord_of(&o, "sim.id")?;
+        match self.ord.get(o.to_be_bytes())? {
+            Some(v) => Ok(Some(decode_ord_record(&v)?)),
+            None => Err(EnrichError::CorruptRecord { tree: "sim.ord", reason: format!("missing ordinal {o}") }),
+        }
+    }
+
+    fn distinct_hashes(&self) -> usize {
+        self.mem.read().expect("index lock").mih.len()
+    }
+
+    fn flush(&self) -> Result<(), EnrichError> {
+        self.ord.flush()?;
+        self.by_hash.flush()?;
+        self.members.flush()?;
+        self.by_id.flush()?;
+        Ok(())
+    }
+}
