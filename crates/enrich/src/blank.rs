@@ -30,7 +30,7 @@ pub struct BlankParams {
 
 impl Default for BlankParams {
     fn default() -> Self {
-        BlankParams { tolerance: 8, max_entropy: 0.004, max_differing: 400 }
+        BlankParams { tolerance: 8, max_entropy: 0.004, max_differing: 300 }
     }
 }
 

@@ -5,10 +5,13 @@
 //! a BM25 full-text index over OCR text, tag/face queries and a leak database (all in sled).
 //! See docs/DESIGN.md, section "Image enrichment".
 
+pub mod analyze;
 pub mod blank;
 pub mod decode;
 pub mod error;
+pub mod faces;
 pub mod leak;
+pub mod logo;
 pub mod metrics;
 pub mod mih;
 pub mod ocr;
@@ -23,3 +26,7 @@ pub use leak::{ImportReport, LeakDb, LeakRecord};
 pub use phash::{PHashes, hamming64, hamming256, phashes};
 pub use simindex::{InsertOutcome, SimilarMatch, SimilarityIndex, SledMihIndex};
 pub use textindex::{TextHit, TextIndex};
+pub use analyze::{Analysis, Analyzer, AnalyzerConfig, Timings, analyze_files, derive_tags, extract_emails};
+pub use faces::{Cascade, Face, FaceParams};
+pub use logo::{LogoHit, LogoParams, Template};
+pub use ocr::{OcrEngine, OcrParams, OcrText, Word};
