@@ -15,11 +15,12 @@ fn main() -> anyhow::Result<()> {
         ("+ upscale 2x", OcrParams { invert_dark: true, whole_scale: 2, ..whole }),
         ("+ upscale 3x", OcrParams { invert_dark: true, whole_scale: 3, ..whole }),
         ("+ upscale 3x + Otsu", OcrParams { invert_dark: true, whole_scale: 3, otsu: true, ..whole }),
+        ("own blocks, PSM 6, no invert, no upscale", OcrParams { target_line_px: 0, invert_dark: false, ..d }),
         ("own blocks, PSM 6, invert per block, no upscale", OcrParams { target_line_px: 0, ..d }),
         ("own blocks, PSM 6, invert per block, line → 36 px", d),
         ("own blocks + Otsu", OcrParams { otsu: true, ..d }),
         ("own blocks, line → 48 px", OcrParams { target_line_px: 48, ..d }),
-        ("own blocks, no junk filter", OcrParams { junk_conf: 0.0, ..d }),
+        ("own blocks, no junk filters", OcrParams { junk_conf: 0.0, min_block_conf: 0.0, ..d }),
     ];
     if let Some(only) = std::env::args().nth(1) {
         variants.retain(|v| v.0.contains(&only));

@@ -57,6 +57,10 @@ pub struct OcrParams {
     pub junk_conf: f32,
     /// Maximum side of an upscaled block (bounds time and memory).
     pub max_side: u32,
+    /// Blocks whose words have a lower mean confidence are dropped (photos read as text).
+    pub min_block_conf: f32,
+    /// At most this many blocks are read (bounds time on noisy images).
+    pub max_blocks: usize,
 }
 
 impl Default for OcrParams {
@@ -70,6 +74,8 @@ impl Default for OcrParams {
             otsu: false,
             junk_conf: 90.0,
             max_side: 4096,
+            min_block_conf: 50.0,
+            max_blocks: 200,
         }
     }
 }
@@ -169,7 +175,8 @@ impl OcrEngine {
             vec![[0, 0, grey.width, grey.height]]
         };
         blocks.sort_by_key(|b| (b[1], b[0]));
-        let blocks = reading_order(blocks);
+        let mut blocks = reading_order(blocks);
+        blocks.truncate(p.max_blocks);
         let mut out = OcrText::default();
         let mut texts = Vec::new();
         for b in &blocks {
@@ -199,6 +206,11 @@ impl OcrEngine {
             // a block that yields one short, unsure word is a pointer, an icon or a glyph-like
             // graphic, not text
             if words.len() == 1 && words[0].0.text.chars().count() <= 3 && words[0].0.conf < 60.0 {
+                words.clear();
+            }
+            // a block read with low mean confidence is a photo or a drawing, not text
+            let mean_conf = words.iter().map(|w| w.0.conf).sum::<f32>() / words.len().max(1) as f32;
+            if mean_conf < p.min_block_conf {
                 words.clear();
             }
             let mut lines: Vec<(u32, u32, u32, Vec<String>)> = Vec::new(); // (block, par, line) → words
