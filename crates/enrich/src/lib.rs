@@ -17,6 +17,7 @@ pub mod mih;
 pub mod ocr;
 pub mod phash;
 pub mod simindex;
+pub mod store;
 pub mod textindex;
 
 pub use blank::{BlankParams, BlankStats, blank_stats};
@@ -30,3 +31,4 @@ pub use analyze::{Analysis, Analyzer, AnalyzerConfig, Timings, analyze_files, de
 pub use faces::{Cascade, Face, FaceParams};
 pub use logo::{LogoHit, LogoParams, Template};
 pub use ocr::{OcrEngine, OcrParams, OcrText, Word};
+pub use store::{EnrichStore, IngestReport};

@@ -186,3 +186,81 @@ fn near_duplicates_are_close_in_hash_space_and_others_far() {
         assert!(overlord_enrich::hamming64(a.phash64, h.phash64) > 10, "{n} too close to 04");
     }
 }
+
+// ---- the store: serving queries, persistence across restarts, leaks ----
+
+fn id_of(f: &Fx) -> String {
+    f.truth["sha256"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn store_serves_text_tag_face_and_similarity_queries_and_survives_restart() {
+    use overlord_enrich::EnrichStore;
+    let dir = tempfile::tempdir().unwrap();
+    let leak_file = dir.path().join("leaks.csv");
+    std::fs::write(
+        &leak_file,
+        "address,source,date\nBob.Jones@mail.example.org,combo-2019,2019-01-07\nnot-an-address,x,2020\nsomeone@else.example,dump,2021-02-03\n",
+    )
+    .unwrap();
+    let path = dir.path().join("db");
+    let id07;
+    {
+        let store = EnrichStore::open(&path).unwrap();
+        let report = store.leaks().import_file(&leak_file).unwrap();
+        assert_eq!(report.imported, 2);
+        assert_eq!(report.rejected.len(), 1);
+        assert_eq!(report.rejected[0].0, 3, "line numbers are 1-based and name the bad line");
+        for f in all() {
+            let mut a = f.analysis.clone();
+            let r = store.ingest(&id_of(f), &mut a).unwrap();
+            assert!(r.new);
+            if name(f).starts_with("07_") {
+                assert_eq!(r.leaks.len(), 1, "bob.jones is in the leak file");
+                assert_eq!(r.leaks[0].source, "combo-2019");
+                assert!(a.tags.contains(&"leaked_email".to_string()));
+            }
+        }
+        // an exact duplicate (same image under another id) short-circuits to the stored ones with
+        // the same hashes (04 and 05 differ only by a hostname: their hashes are identical too)
+        let f04 = all().iter().find(|f| name(f).starts_with("04_")).unwrap();
+        let mut dup = f04.analysis.clone();
+        let r = store.ingest("copy-of-04", &mut dup).unwrap();
+        assert!(r.same_hash.contains(&id_of(f04)), "{r:?}");
+        // re-ingesting the same id is idempotent
+        let mut again = f04.analysis.clone();
+        assert!(!store.ingest(&id_of(f04), &mut again).unwrap().new);
+        id07 = id_of(all().iter().find(|f| name(f).starts_with("07_")).unwrap());
+        store.flush().unwrap();
+    }
+    let store = EnrichStore::open(&path).unwrap();
+    assert_eq!(store.len(), all().len() + 1);
+    // full-text, ranked: the mail screen says "From" three times
+    let hits = store.search_text("from mail", 5).unwrap();
+    assert_eq!(hits[0].id, id07);
+    let login = store.search_text("login", 10).unwrap();
+    let f04 = all().iter().find(|f| name(f).starts_with("04_")).unwrap();
+    let f05 = all().iter().find(|f| name(f).starts_with("05_")).unwrap();
+    for want in [id_of(f04), id_of(f05)] {
+        assert!(login.iter().any(|h| h.id == want), "login screens found: {login:?}");
+    }
+    // by tag / faces
+    let faces = store.with_faces(1, 10).unwrap();
+    assert_eq!(faces.len(), 2);
+    assert_eq!(faces[0].1, 12);
+    let blank = store.by_tag("blank", 10).unwrap();
+    assert_eq!(blank.len(), 2);
+    // similar images of a stored id and of an uploaded file
+    let sim = store.similar_to_id(&id_of(f04), 8).unwrap();
+    let ids: Vec<&str> = sim.iter().map(|m| m.id.as_str()).collect();
+    assert!(ids.contains(&id_of(f05).as_str()) && ids.contains(&"copy-of-04"), "{sim:?}");
+    let bytes = std::fs::read(screens_dir().join("05_console_login_web02.png")).unwrap();
+    let up = store.similar_to_image(&bytes, 4, &Default::default()).unwrap();
+    assert!(up.iter().any(|m| m.id == id_of(f05) && m.distance == 0), "{up:?}");
+    // the stored analysis comes back whole
+    let a = store.get(&id07).unwrap().unwrap();
+    assert_eq!(a.emails.len(), 3);
+    assert_eq!(a.leaks.len(), 1);
+    assert!(store.get("nope").unwrap().is_none());
+    assert!(matches!(store.similar_to_id("nope", 4), Err(overlord_enrich::EnrichError::UnknownImage(_))));
+}
