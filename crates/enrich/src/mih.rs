@@ -29,6 +29,8 @@ struct Table {
     sub: Sub,
     offsets: Vec<u32>,
     items: Vec<u32>,
+    /// `hashes[items[i]]`, stored inline so that a bucket is scanned sequentially.
+    item_hashes: Vec<u64>,
 }
 
 /// Multi-index hash table over `hashes[i]`; item ids are the positions `i`.
@@ -44,8 +46,10 @@ impl Default for Mih {
     }
 }
 
-/// Number of substrings for `n` items: substrings of about log2(n) bits (the paper's rule),
-/// between 2 and 8 substrings, at most 24 bits each.
+/// Number of substrings for `n` items: m = round(64 / log2 n), i.e. substrings of about
+/// log2(n) bits (the paper's rule), between 3 and 8. Measured over 10^6 hashes at r = 8
+/// (`MIH_SWEEP=3,4,5 bench_similar`): m = 3 (21-22-bit tables, mostly empty buckets) beats
+/// m = 4 and m = 5 by 3x and 1.3x.
 pub fn substrings_for(n: usize) -> usize {
     let lg = (n.max(256) as f64).log2();
     ((64.0 / lg).round() as usize).clamp(3, 8)
@@ -55,6 +59,12 @@ impl Mih {
     /// Builds the tables over `hashes`.
     pub fn build(hashes: Vec<u64>) -> Mih {
         let m = substrings_for(hashes.len());
+        Mih::build_with(hashes, m)
+    }
+
+    /// Builds the tables with `m` substrings (3..=8).
+    pub fn build_with(hashes: Vec<u64>, m: usize) -> Mih {
+        let m = m.clamp(3, 8);
         let mut subs = Vec::with_capacity(m);
         let mut shift = 0;
         for j in 0..m {
@@ -75,12 +85,14 @@ impl Mih {
                 }
                 let mut fill = counts.clone();
                 let mut items = vec![0u32; hashes.len()];
+                let mut item_hashes = vec![0u64; hashes.len()];
                 for (i, &h) in hashes.iter().enumerate() {
                     let k = sub.key(h) as usize;
                     items[fill[k] as usize] = i as u32;
+                    item_hashes[fill[k] as usize] = h;
                     fill[k] += 1;
                 }
-                Table { sub, offsets: counts, items }
+                Table { sub, offsets: counts, items, item_hashes }
             })
             .collect();
         let n = hashes.len();
@@ -121,7 +133,11 @@ impl Mih {
     /// Approximate heap bytes used.
     pub fn heap_bytes(&self) -> usize {
         self.hashes.capacity() * 8
-            + self.tables.iter().map(|t| t.offsets.capacity() * 4 + t.items.capacity() * 4).sum::<usize>()
+            + self
+                .tables
+                .iter()
+                .map(|t| t.offsets.capacity() * 4 + t.items.capacity() * 4 + t.item_hashes.capacity() * 8)
+                .sum::<usize>()
     }
 
     /// All items within Hamming distance `r` of `q`, as `(item, distance)`, unordered.
@@ -147,8 +163,7 @@ impl Mih {
             let earlier = &self.tables[..j];
             let mut visit = |key: u32| {
                 let (a, b) = (t.offsets[key as usize] as usize, t.offsets[key as usize + 1] as usize);
-                for &it in &t.items[a..b] {
-                    let h = self.hashes[it as usize];
+                for (&it, &h) in t.items[a..b].iter().zip(&t.item_hashes[a..b]) {
                     let d = (h ^ q).count_ones();
                     if d <= r && !earlier.iter().any(|e| (e.sub.key(h) ^ e.sub.key(q)).count_ones() <= k) {
                         out.push((it, d));

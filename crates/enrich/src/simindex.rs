@@ -136,6 +136,54 @@ impl SledMihIndex {
         Ok(out)
     }
 
+    /// Inserts many images at once (sled batches, one MIH rebuild): for imports and rebuilds.
+    /// Ids already present are skipped. Returns how many ids were added.
+    pub fn bulk_insert<'a>(&self, items: impl IntoIterator<Item = (&'a str, PHashes)>) -> Result<usize, EnrichError> {
+        let mut mem = self.mem.write().expect("index lock");
+        let mut new_hashes: std::collections::HashMap<Vec<u8>, u32> = Default::default();
+        let (mut b_ord, mut b_hash, mut b_mem, mut b_id) =
+            (sled::Batch::default(), sled::Batch::default(), sled::Batch::default(), sled::Batch::default());
+        let mut seen_ids: std::collections::HashSet<&str> = Default::default();
+        let mut h64 = Vec::new();
+        let mut h256 = Vec::new();
+        let mut added = 0;
+        for (id, h) in items {
+            if !seen_ids.insert(id) || self.by_id.contains_key(id)? {
+                continue;
+            }
+            let hk = hash_key(&h);
+            let o = match new_hashes.get(&hk) {
+                Some(&o) => o,
+                None => match self.by_hash.get(&hk)? {
+                    Some(o) => ord_of(&o, "sim.hash")?,
+                    None => {
+                        let o = (mem.mih.len() + h64.len()) as u32;
+                        b_ord.insert(&o.to_be_bytes(), encode_ord_record(&h));
+                        b_hash.insert(hk.clone(), &o.to_be_bytes());
+                        new_hashes.insert(hk, o);
+                        h64.push(h.phash64);
+                        h256.push(h.phash256);
+                        o
+                    }
+                },
+            };
+            let mut mk = o.to_be_bytes().to_vec();
+            mk.extend_from_slice(id.as_bytes());
+            b_mem.insert(mk, &[]);
+            b_id.insert(id.as_bytes(), &o.to_be_bytes());
+            added += 1;
+        }
+        self.ord.apply_batch(b_ord)?;
+        self.by_hash.apply_batch(b_hash)?;
+        self.members.apply_batch(b_mem)?;
+        self.by_id.apply_batch(b_id)?;
+        let mut all: Vec<u64> = (0..mem.mih.len() as u32).map(|i| mem.mih.hash(i)).collect();
+        all.extend(h64);
+        mem.mih = Mih::build(all);
+        mem.h256.extend(h256);
+        Ok(added)
+    }
+
     /// Bytes of heap used by the in-memory structure.
     pub fn heap_bytes(&self) -> usize {
         let m = self.mem.read().expect("index lock");
