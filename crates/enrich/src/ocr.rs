@@ -219,6 +219,11 @@ impl OcrEngine {
                 if !alnum && w.conf < p.junk_conf {
                     continue;
                 }
+                // one or two unsure glyphs: a text cursor, a pointer or an icon edge
+                if w.text.chars().count() <= 2 && w.conf < 40.0 {
+                    continue;
+                }
+                w.text = fix_zero_confusions(&w.text);
                 let s = img.width as f32 / b[2] as f32;
                 w.bbox = [
                     b[0] + (w.bbox[0] as f32 / s) as u32,
@@ -241,6 +246,28 @@ impl OcrEngine {
         out.blocks = blocks;
         Ok(out)
     }
+}
+
+/// Monospace console fonts draw a dotted or slashed zero that tesseract reads as `@`, `0@` or
+/// `@0`. In a word that is not an e-mail address (no `@` followed by a dotted domain), those
+/// readings are turned back into `0`.
+pub fn fix_zero_confusions(word: &str) -> String {
+    let Some(at) = word.find('@') else { return word.to_string() };
+    let domain = &word[at + 1..];
+    let emailish = domain.contains('.') && domain.chars().filter(|c| c.is_alphabetic()).count() >= 2;
+    if emailish {
+        return word.to_string();
+    }
+    let s = word.replace("0@", "0").replace("@0", "0");
+    let chars: Vec<char> = s.chars().collect();
+    chars
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let alnum = |j: Option<usize>| j.and_then(|j| chars.get(j)).is_some_and(|c| c.is_alphanumeric());
+            if c == '@' && alnum(i.checked_sub(1)) && alnum(Some(i + 1)) { '0' } else { c }
+        })
+        .collect()
 }
 
 /// Fills rectangle `m` with the most common grey level of the 2-pixel ring around it.
@@ -500,7 +527,9 @@ pub fn layout_blocks(g: &Grey) -> Vec<[u32; 4]> {
                 let lh = ha.min(hb).min(40);
                 let vgap = (a[1].max(b[1]) as i64) - (a[3].min(b[3]) as i64);
                 let hgap = (a[0].max(b[0]) as i64) - (a[2].min(b[2]) as i64);
-                if vgap <= lh as i64 && hgap <= 12 {
+                // words of one line: gaps up to about a line height (wide monospace spacing)
+                let hmax = 12.max(ha.min(hb).min(40) * 6 / 5) as i64;
+                if vgap <= lh as i64 && hgap <= hmax {
                     boxes[i] = [a[0].min(b[0]), a[1].min(b[1]), a[2].max(b[2]), a[3].max(b[3])];
                     boxes.swap_remove(j);
                     merged = true;
@@ -550,4 +579,20 @@ fn reading_order(mut blocks: Vec<[u32; 4]>) -> Vec<[u32; 4]> {
             r.2
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fix_zero_confusions as f;
+
+    #[test]
+    fn zero_confusions_are_fixed_outside_email_addresses() {
+        assert_eq!(f("web0@1"), "web01");
+        assert_eq!(f("web@2"), "web02");
+        assert_eq!(f("Mar@1"), "Mar01");
+        assert_eq!(f("bob.jones@mail.example.org"), "bob.jones@mail.example.org");
+        assert_eq!(f("<noreply@alerts.example.net>"), "<noreply@alerts.example.net>");
+        assert_eq!(f("@"), "@");
+        assert_eq!(f("user@"), "user@");
+    }
 }
