@@ -61,6 +61,8 @@ pub struct OcrParams {
     pub min_block_conf: f32,
     /// At most this many blocks are read (bounds time on noisy images).
     pub max_blocks: usize,
+    /// Turn `@`/`0@` misreadings of monospace zeros back into `0` outside e-mail addresses.
+    pub fix_zero: bool,
 }
 
 impl Default for OcrParams {
@@ -76,6 +78,7 @@ impl Default for OcrParams {
             max_side: 4096,
             min_block_conf: 50.0,
             max_blocks: 200,
+            fix_zero: true,
         }
     }
 }
@@ -223,7 +226,9 @@ impl OcrEngine {
                 if w.text.chars().count() <= 2 && w.conf < 40.0 {
                     continue;
                 }
-                w.text = fix_zero_confusions(&w.text);
+                if p.fix_zero {
+                    w.text = fix_zero_confusions(&w.text);
+                }
                 let s = img.width as f32 / b[2] as f32;
                 w.bbox = [
                     b[0] + (w.bbox[0] as f32 / s) as u32,

@@ -64,7 +64,6 @@ pub struct SledMihIndex {
 
 struct Mem {
     mih: Mih,
-    h256: Vec<[u64; 4]>,
 }
 
 fn encode_ord_record(h: &PHashes) -> Vec<u8> {
@@ -107,23 +106,20 @@ impl SledMihIndex {
     pub fn open(db: &sled::Db) -> Result<SledMihIndex, EnrichError> {
         let ord = db.open_tree("sim.ord")?;
         let mut h64 = Vec::with_capacity(ord.len());
-        let mut h256 = Vec::with_capacity(ord.len());
         for (i, kv) in ord.iter().enumerate() {
             let (k, v) = kv?;
             let o = ord_of(&k, "sim.ord")?;
             if o as usize != i {
                 return Err(EnrichError::CorruptRecord { tree: "sim.ord", reason: format!("gap at ordinal {i}") });
             }
-            let h = decode_ord_record(&v)?;
-            h64.push(h.phash64);
-            h256.push(h.phash256);
+            h64.push(decode_ord_record(&v)?.phash64);
         }
         Ok(SledMihIndex {
             ord,
             by_hash: db.open_tree("sim.hash")?,
             members: db.open_tree("sim.members")?,
             by_id: db.open_tree("sim.id")?,
-            mem: RwLock::new(Mem { mih: Mih::build(h64), h256 }),
+            mem: RwLock::new(Mem { mih: Mih::build(h64) }),
         })
     }
 
@@ -145,7 +141,6 @@ impl SledMihIndex {
             (sled::Batch::default(), sled::Batch::default(), sled::Batch::default(), sled::Batch::default());
         let mut seen_ids: std::collections::HashSet<&str> = Default::default();
         let mut h64 = Vec::new();
-        let mut h256 = Vec::new();
         let mut added = 0;
         for (id, h) in items {
             if !seen_ids.insert(id) || self.by_id.contains_key(id)? {
@@ -162,7 +157,6 @@ impl SledMihIndex {
                         b_hash.insert(hk.clone(), &o.to_be_bytes());
                         new_hashes.insert(hk, o);
                         h64.push(h.phash64);
-                        h256.push(h.phash256);
                         o
                     }
                 },
@@ -180,14 +174,12 @@ impl SledMihIndex {
         let mut all: Vec<u64> = (0..mem.mih.len() as u32).map(|i| mem.mih.hash(i)).collect();
         all.extend(h64);
         mem.mih = Mih::build(all);
-        mem.h256.extend(h256);
         Ok(added)
     }
 
     /// Bytes of heap used by the in-memory structure.
     pub fn heap_bytes(&self) -> usize {
-        let m = self.mem.read().expect("index lock");
-        m.mih.heap_bytes() + m.h256.capacity() * 32
+        self.mem.read().expect("index lock").mih.heap_bytes()
     }
 }
 
@@ -210,7 +202,6 @@ impl SimilarityIndex for SledMihIndex {
                 self.ord.insert(o.to_be_bytes(), encode_ord_record(hashes))?;
                 self.by_hash.insert(hk, &o.to_be_bytes())?;
                 mem.mih.push(hashes.phash64);
-                mem.h256.push(hashes.phash256);
                 (o, Vec::new())
             }
         };
@@ -222,16 +213,16 @@ impl SimilarityIndex for SledMihIndex {
     }
 
     fn query(&self, hashes: &PHashes, radius: u32) -> Result<Vec<SimilarMatch>, EnrichError> {
-        let hits = {
-            let mem = self.mem.read().expect("index lock");
-            let mut hits = Vec::new();
-            mem.mih.query(hashes.phash64, radius, &mut hits);
-            hits.into_iter()
-                .map(|(o, d)| (o, d, hamming256(&mem.h256[o as usize], &hashes.phash256)))
-                .collect::<Vec<_>>()
-        };
+        let mut hits = Vec::new();
+        self.mem.read().expect("index lock").mih.query(hashes.phash64, radius, &mut hits);
         let mut out = Vec::new();
-        for (o, d, d256) in hits {
+        for (o, d) in hits {
+            // the 256-bit hash stays in sled (memory holds only the 64-bit MIH)
+            let rec = self.ord.get(o.to_be_bytes())?.ok_or_else(|| EnrichError::CorruptRecord {
+                tree: "sim.ord",
+                reason: format!("missing ordinal {o}"),
+            })?;
+            let d256 = hamming256(&decode_ord_record(&rec)?.phash256, &hashes.phash256);
             for id in self.members_of(o)? {
                 out.push(SimilarMatch { id, distance: d, distance256: d256 });
             }
