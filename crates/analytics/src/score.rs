@@ -200,7 +200,7 @@ impl Scorer {
         batch.flush(&mut cands)?;
         // Pass 2: rotation groups (conn): one source, one port, several destinations.
         if cfg.group_rotation {
-            let groups = rotation_groups(&self.seqs, &cands, &cfg);
+            let groups = rotation_groups(&self.seqs, &cfg);
             let mut merged: Vec<Ev> = Vec::new();
             for (members, window) in groups {
                 merged.clear();
@@ -554,17 +554,16 @@ fn prepare(
     })
 }
 
-/// Candidate rotation groups: per source, port and size class, 2–6 destinations that are each
-/// long-lived but sparse, none a beacon on its own.
-fn rotation_groups(seqs: &[Seq], cands: &[Cand], cfg: &BeaconConfig) -> Vec<(Vec<usize>, u32)> {
-    let mut by: FxHashMap<(IpAddr, u16, u32, i32), Vec<usize>> = FxHashMap::default();
-    let strong: FxHashSet<usize> = cands
-        .iter()
-        .filter(|c| c.cnn >= 0.9 && c.stat.score >= 0.8)
-        .map(|c| c.seq)
-        .collect();
+/// Candidate rotation groups (C2 rotating over a few IPs): per source, destination port and
+/// size class, 2–6 destinations that only this source (or one other) talks to, each long-lived.
+fn rotation_groups(seqs: &[Seq], cfg: &BeaconConfig) -> Vec<(Vec<usize>, u32)> {
+    let mut prevalence: FxHashMap<Dst, u32> = FxHashMap::default();
+    for s in seqs.iter().filter(|s| s.key.kind == LogKind::Conn) {
+        *prevalence.entry(s.key.dst).or_default() += 1;
+    }
+    let mut by: FxHashMap<(IpAddr, u16, i32), Vec<usize>> = FxHashMap::default();
     for (i, s) in seqs.iter().enumerate() {
-        if s.key.kind != LogKind::Conn || s.events.len() < 3 || strong.contains(&i) {
+        if s.key.kind != LogKind::Conn || s.events.len() < 3 || prevalence[&s.key.dst] > 2 {
             continue;
         }
         let first = s.events[0].t_us;
@@ -576,12 +575,16 @@ fn rotation_groups(seqs: &[Seq], cands: &[Cand], cfg: &BeaconConfig) -> Vec<(Vec
         let mid = b.len() / 2;
         let med = *b.select_nth_unstable(mid).1;
         let class = ((med as f32 + 1.0).log2() * 2.0).round() as i32;
-        let w = 0u32; // groups are formed per source over the first window
-        by.entry((s.key.src, s.port, w, class)).or_default().push(i);
+        by.entry((s.key.src, s.port, class)).or_default().push(i);
     }
     let mut out: Vec<(Vec<usize>, u32)> = by
         .into_values()
         .filter(|m| (2..=6).contains(&m.len()))
+        .filter(|m| {
+            // no member may dominate: rotation spreads check-ins over all of them
+            let total: usize = m.iter().map(|&i| seqs[i].events.len()).sum();
+            m.iter().all(|&i| seqs[i].events.len() * 10 >= total)
+        })
         .map(|mut m| {
             m.sort_unstable();
             (m, 0)

@@ -150,33 +150,51 @@ pub fn browsing_sessions(rng: &mut Rng, sessions: usize) -> Vec<f64> {
     out
 }
 
-/// Random benign activity of the kinds the CNN must reject (used for training negatives).
+/// Random benign activity of the kinds the CNN must reject (used for training negatives). The
+/// mix deliberately includes many *short* sequences (a handful of browsing sessions), because
+/// most real keys are short and a network trained only on long random sequences calls every
+/// short one a beacon.
 pub fn random_activity(rng: &mut Rng) -> Vec<f64> {
-    let kind = rng.int(0, 6);
-    match kind {
-        // steady Poisson service
-        0 | 1 => {
-            let mean = rng.log_range(5.0, 3600.0);
-            let start = if rng.bool(0.7) { 0.0 } else { rng.range(0.0, DAY * 0.7) };
-            let end = if rng.bool(0.7) { DAY } else { rng.range(start + 3600.0, DAY) };
-            poisson(rng, mean, start, end)
-        }
-        // browsing
-        2 | 3 => {
-            let n = rng.int(2, 60) as usize;
+    let kind = rng.int(0, 19);
+    let mut v = match kind {
+        // a few browsing sessions (the most common benign key)
+        0..=4 => {
+            let n = rng.int(1, 10) as usize;
             browsing_sessions(rng, n)
         }
-        // uniform random events
-        4 => {
-            let n = rng.int(8, 800) as usize;
-            let mut v: Vec<f64> = (0..n).map(|_| rng.range(0.0, DAY)).collect();
-            v.sort_by(f64::total_cmp);
-            v
+        // a lot of browsing
+        5 | 6 => {
+            let n = rng.int(10, 80) as usize;
+            browsing_sessions(rng, n)
+        }
+        // steady Poisson service, whole day
+        7..=9 => {
+            let mean = rng.log_range(5.0, 4.0 * 3600.0);
+            poisson(rng, mean, 0.0, DAY)
+        }
+        // Poisson over part of the day
+        10 | 11 => {
+            let start = rng.range(0.0, DAY * 0.8);
+            let end = rng.range(start + 1800.0, DAY);
+            let mean = rng.log_range(5.0, (end - start) / 6.0);
+            poisson(rng, mean, start, end)
+        }
+        // a few uniform random events
+        12 | 13 => {
+            let n = rng.int(5, 40) as usize;
+            let start = rng.range(0.0, DAY * 0.5);
+            let end = rng.range(start + 600.0, DAY);
+            (0..n).map(|_| rng.range(start, end)).collect()
+        }
+        // many uniform random events
+        14 => {
+            let n = rng.int(40, 1500) as usize;
+            (0..n).map(|_| rng.range(0.0, DAY)).collect()
         }
         // heavy-tailed (Pareto) inter-arrival times
-        5 => {
-            let scale = rng.log_range(2.0, 300.0);
-            let alpha = rng.range(1.1, 2.5);
+        15 | 16 => {
+            let scale = rng.log_range(2.0, 600.0);
+            let alpha = rng.range(0.8, 2.5);
             let mut out = Vec::new();
             let mut t = rng.range(0.0, 3600.0);
             while t < DAY && out.len() < 20_000 {
@@ -187,7 +205,7 @@ pub fn random_activity(rng: &mut Rng) -> Vec<f64> {
         }
         // diurnal Poisson (rate follows office hours)
         _ => {
-            let mean = rng.log_range(10.0, 1800.0);
+            let mean = rng.log_range(10.0, 3600.0);
             let mut out = Vec::new();
             let mut t = 0.0;
             while t < DAY {
@@ -198,7 +216,9 @@ pub fn random_activity(rng: &mut Rng) -> Vec<f64> {
             }
             out
         }
-    }
+    };
+    v.sort_by(f64::total_cmp);
+    v
 }
 
 /// A random beacon timing as used for training, returning the spec too.
