@@ -39,6 +39,7 @@ def regularity(values):
 
 def main(path):
     t0 = time.time()
+    c0 = time.process_time()
     pairs = defaultdict(list)
     lines = bad = 0
     cols = None
@@ -77,7 +78,7 @@ def main(path):
     print(json.dumps({
         "tool": "rita_peer.py", "lines": lines, "bad": bad, "pairs": len(pairs), "scored": scored,
         "beacons": beacons, "read_seconds": t_read - t0, "seconds": t1 - t0,
-        "lines_per_sec": lines / max(t1 - t0, 1e-9),
+        "lines_per_sec": lines / max(t1 - t0, 1e-9), "cpu_seconds": time.process_time() - c0,
     }))
 
 

@@ -11,6 +11,16 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use overlord_analytics::{BeaconConfig, GenConfig, generate, score_logs, zeek};
 
+/// User + system CPU seconds of this process (Linux /proc; clock ticks assumed 100 Hz).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // fields after the command name: state is index 0, utime 11, stime 12
+    (tick(11) + tick(12)) / 100.0
+}
+
 fn main() -> Result<()> {
     // One core: candle's matrix kernels follow RAYON_NUM_THREADS.
     // SAFETY: single-threaded at this point, before any other thread exists.
@@ -52,14 +62,18 @@ fn main() -> Result<()> {
     let _ = std::fs::read(&conn)?;
 
     let t = Instant::now();
+    let c0 = cpu_seconds();
     let mut n = 0u64;
     let stats = zeek::read_path(&conn, &mut |_r| n += 1)?;
     let read_s = t.elapsed().as_secs_f64();
+    let read_cpu = cpu_seconds() - c0;
 
     let cfg = BeaconConfig::default();
     let t = Instant::now();
+    let c0 = cpu_seconds();
     let report = score_logs(std::slice::from_ref(&conn), &cfg)?;
     let score_s = t.elapsed().as_secs_f64();
+    let score_cpu = cpu_seconds() - c0;
     let lines = report.lines as f64;
     println!(
         "file: {} ({:.1} MB, {} lines, {} bad)",
@@ -68,16 +82,23 @@ fn main() -> Result<()> {
         stats.lines,
         stats.bad_lines
     );
+    println!("{:<32} {:>8} {:>14} {:>8} {:>14}", "", "wall s", "lines/s wall", "CPU s", "lines/s CPU");
     println!(
-        "overlord parse only        : {:>9.2}s  {:>12.0} lines/s  ({:.0} MB/s)",
+        "{:<32} {:>8.2} {:>14.0} {:>8.2} {:>14.0}   ({:.0} MB/s wall)",
+        "overlord parse only",
         read_s,
         stats.lines as f64 / read_s,
+        read_cpu,
+        stats.lines as f64 / read_cpu.max(0.01),
         bytes as f64 / 1e6 / read_s
     );
     println!(
-        "overlord read+score (1 core): {:>9.2}s  {:>12.0} lines/s  ({} keys, {} scored, {} beacons)",
+        "{:<32} {:>8.2} {:>14.0} {:>8.2} {:>14.0}   ({} keys, {} scored, {} beacons)",
+        "overlord read+score (1 thread)",
         score_s,
         lines / score_s,
+        score_cpu,
+        lines / score_cpu.max(0.01),
         report.keys,
         report.scored,
         report.beacons().count()
@@ -95,14 +116,21 @@ fn main() -> Result<()> {
             anyhow::bail!("peer failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        let peer_lps = v["lines_per_sec"].as_f64().unwrap_or(0.0);
+        let peer_lines = v["lines"].as_f64().unwrap_or(0.0);
+        let peer_cpu = v["cpu_seconds"].as_f64().unwrap_or(f64::NAN);
         println!(
-            "python RITA-style peer      : {:>9.2}s  {:>12.0} lines/s  ({} pairs scored)",
-            peer_s, peer_lps, v["scored"]
+            "{:<32} {:>8.2} {:>14.0} {:>8.2} {:>14.0}   ({} pairs scored)",
+            "python RITA-style peer",
+            peer_s,
+            peer_lines / peer_s,
+            peer_cpu,
+            peer_lines / peer_cpu,
+            v["scored"]
         );
         println!(
-            "ratio overlord/peer (read+score): {:.1}x",
-            (lines / score_s) / peer_lps.max(1.0)
+            "ratio overlord/peer, read+score: {:.1}x wall, {:.1}x CPU",
+            (lines / score_s) / (peer_lines / peer_s).max(1.0),
+            (lines / score_cpu.max(0.01)) / (peer_lines / peer_cpu).max(1.0)
         );
     }
     Ok(())

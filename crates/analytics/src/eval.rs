@@ -153,7 +153,7 @@ pub fn average_precision(scores: &[(f32, bool)]) -> f64 {
     ap
 }
 
-fn load_labels(path: &Path) -> Result<Vec<Label>, AnalyticsError> {
+pub(crate) fn load_labels(path: &Path) -> Result<Vec<Label>, AnalyticsError> {
     let f = std::fs::File::open(path).map_err(|e| AnalyticsError::io(path, e))?;
     let mut out = Vec::new();
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {

@@ -197,6 +197,19 @@ pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary
             }
             labels.push(label(h, dst, false, "poisson_service"));
         }
+        // Sparse random services: a few connections at uniformly random times (chat, mail,
+        // APIs) — short sequences a detector must not call beacons.
+        for _ in 0..r.int(1, 4) {
+            let dst = ext(&mut r);
+            let n = r.int(3, 40) as usize;
+            let start = r.range(0.0, DAY * 0.5);
+            let end = r.range(start + 3600.0, DAY);
+            for _ in 0..n {
+                let t = r.range(start, end);
+                conns.push(Conn { ts: t, src: h, dst, dport: *r.choose(&[443, 80, 8443]), proto: 0, dur: r.exp(1.0) as f32, ob: 200 + r.int(0, 2000) as u32, rb: 300 + r.int(0, 20_000) as u32, state: 0 });
+            }
+            labels.push(label(h, dst, false, "sparse_random"));
+        }
         // Failed connections (hard negatives): a dead server retried, periodically or not.
         if r.bool(0.12) {
             let dst = ext(&mut r);

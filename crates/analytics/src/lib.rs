@@ -95,7 +95,10 @@ pub struct BeaconConfig {
     pub threshold: f32,
     /// Findings below this combined score are left out of the report.
     pub min_report_score: f32,
-    /// Weight of the CNN in the combined score (the rest goes to the statistical scorer).
+    /// The CNN only runs on sequences whose statistical score reaches this (cheap prefilter;
+    /// the others get CNN score 0).
+    pub cnn_min_stat: f32,
+    /// Weight of the CNN in the combined score when the weights carry no learned combiner (the rest goes to the statistical scorer).
     pub cnn_weight: f32,
     /// Benign-periodic hint: a destination reached periodically by at least this many sources...
     pub benign_min_sources: usize,
@@ -114,10 +117,11 @@ impl Default for BeaconConfig {
             burst_gap: DEFAULT_BURST_GAP,
             min_checkins: MIN_CHECKINS,
             window_secs: 86_400.0,
-            max_cnn_windows: 8,
+            max_cnn_windows: 4,
+            cnn_min_stat: 0.35,
             max_events_per_key: 50_000,
             max_keys: 4_000_000,
-            threshold: 0.5,
+            threshold: 0.6,
             min_report_score: 0.2,
             cnn_weight: 0.6,
             benign_min_sources: 5,

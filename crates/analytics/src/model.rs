@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! input  [B, 3, 128]   (interval / window median, ln(1+interval)/ln(1+day), mask)
-//! conv1  3→32,  k=5, pad 2, stride 1, ReLU        → [B, 32, 128]
-//! conv2  32→64, k=5, pad 2, stride 2, ReLU        → [B, 64, 64]
+//! conv1  3→32,  k=5, pad 2, stride 2, ReLU        → [B, 32, 64]
+//! conv2  32→64, k=5, pad 2, stride 2, ReLU        → [B, 64, 32]
 //! pool   mean ‖ max over time                    → [B, 128]
 //! fc1    128→32, ReLU;  fc2  32→2 (logits; sigmoid at inference)
 //! ```
@@ -113,6 +113,26 @@ impl Weights {
         Weights { tensors }
     }
 
+    /// The learned score combiner (logistic regression over [`crate::score::NF`] features), if
+    /// these weights carry one.
+    pub fn combiner(&self) -> Option<(Vec<f32>, f32)> {
+        let w = self.tensors.get("combiner.weight")?.to_vec1::<f32>().ok()?;
+        let b = self.tensors.get("combiner.bias")?.to_vec1::<f32>().ok()?;
+        if w.len() != crate::score::NF || b.len() != 1 {
+            return None;
+        }
+        Some((w, b[0]))
+    }
+
+    /// Attach a combiner.
+    pub fn with_combiner(mut self, w: &[f32], b: f32) -> Weights {
+        let wt = Tensor::from_slice(w, w.len(), &Device::Cpu).expect("1-d");
+        let bt = Tensor::from_slice(&[b], 1, &Device::Cpu).expect("1-d");
+        self.tensors.insert("combiner.weight".into(), wt);
+        self.tensors.insert("combiner.bias".into(), bt);
+        self
+    }
+
     pub(crate) fn tensor(&self, name: &str) -> &Tensor {
         &self.tensors[name]
     }
@@ -154,6 +174,7 @@ impl BeaconCnn {
     fn from_tensors(get: impl Fn(&str) -> Tensor) -> BeaconCnn {
         let c1 = Conv1dConfig {
             padding: 2,
+            stride: 2,
             ..Default::default()
         };
         let c2 = Conv1dConfig {

@@ -54,6 +54,9 @@ pub struct Finding {
     pub group_period_secs: Option<f64>,
     /// Events beyond `max_events_per_key` were dropped.
     pub truncated: bool,
+    /// Inputs of the learned combiner (for training it; not serialized).
+    #[serde(skip)]
+    pub features: Vec<f32>,
 }
 
 impl Finding {

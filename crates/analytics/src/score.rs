@@ -12,7 +12,7 @@ use crate::features::{self, CHANNELS, WIN};
 use crate::model::{BeaconCnn, Weights};
 use crate::report::{BeaconReport, FileStats, Finding};
 use crate::stat::{self, StatScore};
-use crate::zeek::{self, LogKind, Proto, ReadStats, Record};
+use crate::zeek::{self, LogKind, ReadStats, Record};
 use crate::{AnalyticsError, BeaconConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,7 +38,6 @@ struct Ev {
 struct Seq {
     key: Key,
     port: u16,
-    proto: Proto,
     events: Vec<Ev>,
     dropped: u64,
 }
@@ -65,6 +64,7 @@ impl Interner {
 pub struct Scorer {
     cfg: BeaconConfig,
     cnn: BeaconCnn,
+    combiner: Option<(Vec<f32>, f32)>,
     map: FxHashMap<Key, u32>,
     seqs: Vec<Seq>,
     names: Interner,
@@ -89,7 +89,6 @@ struct Cand {
     stat: StatScore,
     cnn: f32,
     jitter: f32,
-    median_bytes: f32,
 }
 
 impl Scorer {
@@ -99,9 +98,16 @@ impl Scorer {
             Some(p) => Weights::load(p)?,
             None => Weights::shipped()?,
         };
+        Scorer::with_weights(cfg, &weights)
+    }
+
+    /// A scorer using these weights (ignores `cfg.weights`).
+    pub fn with_weights(cfg: &BeaconConfig, weights: &Weights) -> Result<Scorer, AnalyticsError> {
+        cfg.validate()?;
         Ok(Scorer {
             cfg: cfg.clone(),
-            cnn: BeaconCnn::new(&weights),
+            cnn: BeaconCnn::new(weights),
+            combiner: weights.combiner(),
             map: FxHashMap::default(),
             seqs: Vec::new(),
             names: Interner::default(),
@@ -191,8 +197,11 @@ impl Scorer {
                     &mut work,
                 ) {
                     let idx = cands.len();
+                    let run_cnn = c.stat.score >= cfg.cnn_min_stat;
                     cands.push(c);
-                    batch.push(idx, &work.intervals, cfg.max_cnn_windows, &mut cands)?;
+                    if run_cnn {
+                        batch.push(idx, &work.intervals, cfg.max_cnn_windows, &mut cands)?;
+                    }
                 }
                 i = j;
             }
@@ -244,7 +253,7 @@ impl Scorer {
             let k = self.seqs[c.seq].key;
             let fi = fan_in.get(&(k.kind, k.dst, c.window)).copied().unwrap_or(0);
             let benign = fi >= benign_min;
-            let combined = combine(&cfg, c, benign);
+            let combined = combine(&cfg, self.combiner.as_ref(), c, benign);
             if !c.members.is_empty() {
                 for &m in &c.members {
                     let e = group_credit.entry((m, c.window)).or_insert((0.0, ci));
@@ -352,7 +361,6 @@ impl Scorer {
         cfg: &BeaconConfig,
     ) -> Finding {
         let seq = &self.seqs[c.seq];
-        let _ = cfg;
         Finding {
             rank: 0,
             kind: seq.key.kind,
@@ -377,15 +385,58 @@ impl Scorer {
             benign_hint: benign,
             group: Vec::new(),
             group_period_secs: None,
+            features: features_of(cfg, c).to_vec(),
             truncated: seq.dropped > 0,
         }
     }
 }
 
-/// The final score: CNN and statistical scores blended, then the hints applied.
-fn combine(cfg: &BeaconConfig, c: &Cand, benign: bool) -> f32 {
-    let w = cfg.cnn_weight;
-    let mut s = w * c.cnn + (1.0 - w) * c.stat.score;
+/// Number of features the learned combiner reads.
+pub const NF: usize = 14;
+
+/// Features of a candidate for the learned combiner (all roughly within [0, 1]).
+fn features_of(cfg: &BeaconConfig, c: &Cand) -> [f32; NF] {
+    let lnchk = ((c.checkins as f32).ln() / 1000f32.ln()).min(1.0);
+    let cover = ((c.last_us - c.first_us) as f64 / (cfg.window_secs * 1e6)).min(1.0) as f32;
+    [
+        c.cnn,
+        c.jitter,
+        c.stat.score,
+        c.stat.ts_skew,
+        c.stat.ts_madm,
+        c.stat.count,
+        c.stat.spread,
+        c.stat.size.unwrap_or(0.5),
+        lnchk,
+        c.stat.jitter.min(3.0) / 3.0,
+        cover,
+        c.cnn * (1.0 - lnchk),
+        if c.stat.size.is_some() { 1.0 } else { 0.0 },
+        c.stat.growth,
+    ]
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// The final score: the learned combiner over CNN + statistical features (or a fixed blend when
+/// the weights carry no combiner), then the hints applied.
+fn combine(cfg: &BeaconConfig, comb: Option<&(Vec<f32>, f32)>, c: &Cand, benign: bool) -> f32 {
+    let mut s = match comb {
+        Some((w, b)) => {
+            let f = features_of(cfg, c);
+            sigmoid(f.iter().zip(w).map(|(x, w)| x * w).sum::<f32>() + b)
+        }
+        None => {
+            let w = cfg.cnn_weight;
+            w * c.cnn + (1.0 - w) * c.stat.score
+        }
+    };
+    if c.stat.score < cfg.cnn_min_stat {
+        // did not pass the prefilter: the CNN never saw it
+        s = s.min(c.stat.score);
+    }
     if c.failed >= 0.8 {
         s *= 0.3;
     }
@@ -449,7 +500,6 @@ fn insert(p: &mut Parts<'_>, r: &Record<'_>) {
             p.seqs.push(Seq {
                 key,
                 port: r.dst_port,
-                proto: r.proto,
                 events: Vec::new(),
                 dropped: 0,
             });
@@ -531,11 +581,6 @@ fn prepare(
         cfg.window_secs,
         &mut w.scratch,
     );
-    let median_bytes = if has_sizes {
-        features::median(&w.sizes)
-    } else {
-        0.0
-    };
     w.times.clear();
     Some(Cand {
         seq,
@@ -550,12 +595,13 @@ fn prepare(
         stat: st,
         cnn: 0.0,
         jitter: 0.0,
-        median_bytes,
     })
 }
 
 /// Candidate rotation groups (C2 rotating over a few IPs): per source, destination port and
-/// size class, 2–6 destinations that only this source (or one other) talks to, each long-lived.
+/// size class, the destinations that only this source (or one other) talks to, each long-lived;
+/// then members are removed greedily while that makes the merged check-ins more regular, so
+/// rarely visited web sites that share the port and size class drop out.
 fn rotation_groups(seqs: &[Seq], cfg: &BeaconConfig) -> Vec<(Vec<usize>, u32)> {
     let mut prevalence: FxHashMap<Dst, u32> = FxHashMap::default();
     for s in seqs.iter().filter(|s| s.key.kind == LogKind::Conn) {
@@ -577,21 +623,71 @@ fn rotation_groups(seqs: &[Seq], cfg: &BeaconConfig) -> Vec<(Vec<usize>, u32)> {
         let class = ((med as f32 + 1.0).log2() * 2.0).round() as i32;
         by.entry((s.key.src, s.port, class)).or_default().push(i);
     }
-    let mut out: Vec<(Vec<usize>, u32)> = by
-        .into_values()
-        .filter(|m| (2..=6).contains(&m.len()))
-        .filter(|m| {
-            // no member may dominate: rotation spreads check-ins over all of them
-            let total: usize = m.iter().map(|&i| seqs[i].events.len()).sum();
-            m.iter().all(|&i| seqs[i].events.len() * 10 >= total)
-        })
-        .map(|mut m| {
-            m.sort_unstable();
-            (m, 0)
-        })
-        .collect();
+    let mut out = Vec::new();
+    let mut scratch = Vec::new();
+    for mut m in by.into_values() {
+        if m.len() < 2 || m.len() > 16 {
+            continue;
+        }
+        m.sort_unstable();
+        let mut best = merged_regularity(seqs, &m, cfg, &mut scratch);
+        while m.len() > 2 {
+            let mut improved = None;
+            for drop in 0..m.len() {
+                let trial: Vec<usize> = m
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, _)| i != drop)
+                    .map(|(_, &x)| x)
+                    .collect();
+                let r = merged_regularity(seqs, &trial, cfg, &mut scratch);
+                if r > best + 0.01 && improved.is_none_or(|(_, b)| r > b) {
+                    improved = Some((drop, r));
+                }
+            }
+            match improved {
+                Some((drop, r)) => {
+                    m.remove(drop);
+                    best = r;
+                }
+                None => break,
+            }
+        }
+        if m.len() > 6 {
+            continue;
+        }
+        // no member may dominate: rotation spreads check-ins over all of them
+        let total: usize = m.iter().map(|&i| seqs[i].events.len()).sum();
+        if m.iter().all(|&i| seqs[i].events.len() * 10 >= total) {
+            out.push((m, 0));
+        }
+    }
     out.sort();
     out
+}
+
+/// Regularity of the merged, burst-collapsed check-ins of `members` (MADM + skew sub-scores).
+fn merged_regularity(seqs: &[Seq], members: &[usize], cfg: &BeaconConfig, scratch: &mut Vec<f32>) -> f32 {
+    let mut t: Vec<i64> = members
+        .iter()
+        .flat_map(|&i| seqs[i].events.iter().map(|e| e.t_us))
+        .collect();
+    t.sort_unstable();
+    let gap = (cfg.burst_gap * 1e6) as i64;
+    let mut checkins: Vec<f64> = Vec::with_capacity(t.len());
+    let mut prev = i64::MIN / 2;
+    for &x in &t {
+        if x - prev >= gap {
+            checkins.push(x as f64 / 1e6);
+        }
+        prev = x;
+    }
+    if checkins.len() < cfg.min_checkins {
+        return 0.0;
+    }
+    let iv: Vec<f32> = checkins.windows(2).map(|w| (w[1] - w[0]) as f32).collect();
+    let s = stat::score(&checkins, &iv, &[], cfg.window_secs, scratch);
+    s.ts_madm + s.ts_skew
 }
 
 // --- batched CNN ---

@@ -23,6 +23,10 @@ pub struct StatScore {
     pub period: f32,
     /// Interquartile range of the intervals relative to the median (≈ the jitter fraction).
     pub jitter: f32,
+    /// Fraction of consecutive intervals that stay flat or grow by at most ×2.1 (ratio
+    /// 0.82–2.1): ≈ 1 for a fixed period and for exponential back-off sleepers (ramps and
+    /// plateaus, rare resets), ≈ 0.3 for a Poisson process.
+    pub growth: f32,
 }
 
 fn madm(sorted: &[f32], med: f32, scratch: &mut Vec<f32>) -> f32 {
@@ -107,6 +111,13 @@ pub fn score(
     } else {
         None
     };
+    // shrunk towards the Poisson level (0.3) when there are few intervals
+    let growth = (intervals
+        .windows(2)
+        .filter(|w| w[0] > 0.0 && w[1] > 0.0 && (0.82..=2.1).contains(&(w[1] / w[0])))
+        .count() as f32
+        + 0.3 * 8.0)
+        / (intervals.len() - 1 + 8) as f32;
     let ts = (ts_skew + ts_madm + count + spread) / 4.0;
     let score = match size {
         Some(s) => 0.7 * ts + 0.3 * s,
@@ -121,6 +132,7 @@ pub fn score(
         size,
         period: q2,
         jitter: if q2 > 0.0 { ((q3 - q1) / q2).min(10.0) } else { 0.0 },
+        growth,
     }
 }
 
@@ -142,7 +154,10 @@ mod tests {
         let p = run(&periodic);
         let q = run(&poisson);
         assert!(p.score > 0.9, "{p:?}");
-        assert!(q.score < 0.7, "{q:?}");
+        // RITA-style scores are lenient with Poisson traffic (its skew is small); the MADM is
+        // what separates them.
+        assert!(p.score - q.score > 0.2, "{p:?} {q:?}");
+        assert!(q.ts_madm < 0.5, "{q:?}");
         assert!((p.period - 300.0).abs() < 1e-3);
         assert!(p.jitter < 0.01);
     }

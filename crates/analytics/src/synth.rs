@@ -242,7 +242,7 @@ pub fn random_beacon_spec(rng: &mut Rng) -> BeaconSpec {
         spec.start = rng.range(0.0, DAY - len);
         spec.end = spec.start + len;
     }
-    if rng.bool(0.2) {
+    if rng.bool(0.3) {
         for _ in 0..rng.int(1, 3) {
             let a = rng.range(0.0, DAY);
             let len = rng.range(1800.0, 4.0 * 3600.0);

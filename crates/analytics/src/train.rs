@@ -18,13 +18,15 @@ pub const DEFAULT_SEED: u64 = 7;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainConfig {
-    /// Training windows generated (half beacons, half benign).
+    /// Training windows generated (40 % beacons, 60 % benign).
     pub samples: usize,
     pub epochs: usize,
     pub batch: usize,
     pub learning_rate: f64,
     /// Burst-collapse gap used to build the inputs (must match scoring).
     pub burst_gap: f64,
+    /// Hosts of the generated dataset the score combiner is fitted on.
+    pub combiner_hosts: usize,
     /// Print progress to stderr.
     pub verbose: bool,
 }
@@ -32,11 +34,12 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            samples: 16_000,
+            samples: 40_000,
             epochs: 6,
             batch: 64,
             learning_rate: 2e-3,
             burst_gap: crate::DEFAULT_BURST_GAP,
+            combiner_hosts: 250,
             verbose: false,
         }
     }
@@ -55,7 +58,7 @@ pub fn sample(rng: &mut Rng, burst_gap: f64) -> Sample {
     let mut checkins = Vec::new();
     let mut iv = Vec::new();
     loop {
-        let positive = rng.bool(0.5);
+        let positive = rng.bool(0.4);
         let mut jitter = false;
         sorted.clear();
         if positive {
@@ -155,7 +158,94 @@ pub fn train(seed: u64, cfg: &TrainConfig) -> Result<Weights, AnalyticsError> {
             );
         }
     }
-    Ok(Weights::from_vars(&vars))
+    let weights = Weights::from_vars(&vars);
+    fit_combiner(
+        seed.wrapping_mul(1000).wrapping_add(17),
+        &weights,
+        cfg.combiner_hosts,
+        cfg.verbose,
+    )
+}
+
+/// Fit the score combiner (a logistic regression over the CNN and statistical features) on a
+/// labelled Zeek dataset produced by the generator from `seed`, scored with `weights`.
+/// Sequences carrying a hint (benign-periodic, failed connections) or credited from a rotation
+/// group are left out: the hints are rules applied after the combiner.
+pub fn fit_combiner(
+    seed: u64,
+    weights: &Weights,
+    hosts: usize,
+    verbose: bool,
+) -> Result<Weights, AnalyticsError> {
+    let dir = std::env::temp_dir().join(format!("overlord-combiner-{}-{seed}", std::process::id()));
+    let gen_cfg = crate::GenConfig {
+        hosts,
+        beacons: hosts * 9 / 10,
+        browsing: 0.4,
+        ..crate::GenConfig::default()
+    };
+    let res = (|| {
+        crate::generate(seed, &gen_cfg, &dir)?;
+        let labels = crate::eval::load_labels(&dir.join("labels.jsonl"))?;
+        let mal: rustc_hash::FxHashSet<(String, String)> = labels
+            .iter()
+            .filter(|l| l.label == "malicious")
+            .map(|l| (l.src.clone(), l.dst.clone()))
+            .collect();
+        let cfg = crate::BeaconConfig::default();
+        let mut scorer = crate::Scorer::with_weights(&cfg, weights)?;
+        for p in crate::eval::dataset_logs(&dir)? {
+            scorer.add_path(&p)?;
+        }
+        let report = scorer.finish_all()?;
+        let rows: Vec<(Vec<f32>, f32)> = report
+            .findings
+            .iter()
+            .filter(|f| f.group.is_empty() && !f.benign_hint && f.failed_fraction < 0.8)
+            .map(|f| {
+                let y = mal.contains(&(f.src.clone(), f.dst.clone()));
+                (f.features.clone(), if y { 1.0 } else { 0.0 })
+            })
+            .collect();
+        Ok::<_, AnalyticsError>(rows)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    let rows = res?;
+    let (w, b) = logistic_regression(&rows, 4000, 0.5, 1e-4);
+    if verbose {
+        let pos = rows.iter().filter(|r| r.1 > 0.5).count();
+        eprintln!(
+            "combiner fitted on {} sequences ({pos} beacons): w={w:?} b={b:.3}",
+            rows.len()
+        );
+    }
+    Ok(weights.clone().with_combiner(&w, b))
+}
+
+/// Full-batch gradient descent on the logistic loss with L2 (deterministic).
+pub fn logistic_regression(rows: &[(Vec<f32>, f32)], iters: usize, lr: f64, l2: f64) -> (Vec<f32>, f32) {
+    let nf = rows.first().map(|r| r.0.len()).unwrap_or(0);
+    let mut w = vec![0f64; nf];
+    let mut b = 0f64;
+    let n = rows.len().max(1) as f64;
+    for _ in 0..iters {
+        let mut gw = vec![0f64; nf];
+        let mut gb = 0f64;
+        for (x, y) in rows {
+            let z: f64 = x.iter().zip(&w).map(|(x, w)| *x as f64 * w).sum::<f64>() + b;
+            let p = 1.0 / (1.0 + (-z).exp());
+            let d = p - *y as f64;
+            for (g, xi) in gw.iter_mut().zip(x) {
+                *g += d * *xi as f64;
+            }
+            gb += d;
+        }
+        for (wi, g) in w.iter_mut().zip(&gw) {
+            *wi -= lr * (g / n + l2 * *wi);
+        }
+        b -= lr * gb / n;
+    }
+    (w.iter().map(|&x| x as f32).collect(), b as f32)
 }
 
 /// Weighted binary cross-entropy on logits: max(x,0) − x·y + ln(1 + e^(−|x|)).

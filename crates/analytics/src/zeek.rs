@@ -213,7 +213,12 @@ pub fn read_stream<R: BufRead>(
                 continue;
             }
             if carry.is_empty() {
-                parser.line(&buf[start..nl], line_no, &mut stats, visit)?;
+                if nl - start > MAX_LINE {
+                    stats.lines += 1;
+                    stats.bad(line_no, "line too long");
+                } else {
+                    parser.line(&buf[start..nl], line_no, &mut stats, visit)?;
+                }
             } else {
                 carry.extend_from_slice(&buf[start..nl]);
                 if carry.len() > MAX_LINE {
