@@ -227,6 +227,43 @@ pub async fn random_run(cfg: &RandomRun) -> anyhow::Result<(Figures, Vec<String>
             violations.push(format!("job {} never terminal: {e}", job.id));
         }
     }
+    // Every job the coordinator accepted — including one whose submission reply was lost in a fault
+    // and which the client never learned about — must be terminal too.
+    let all_terminal = crate::wait::wait_for(
+        Duration::from_secs(60),
+        "every accepted job terminal",
+        || {
+            let mut c = c.clone();
+            async move {
+                let jobs = c
+                    .list_jobs(overlord_proto::v1::ListJobsRequest {})
+                    .await
+                    .map_err(|e| format!("{:?}: {}", e.code(), e.message()))?
+                    .into_inner()
+                    .jobs;
+                let open: Vec<u64> = jobs
+                    .iter()
+                    .filter(|j| !client::is_terminal(j))
+                    .map(|j| j.job_id)
+                    .collect();
+                if open.is_empty() {
+                    Ok(Some(jobs.len()))
+                } else {
+                    Err(format!("jobs not terminal: {open:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    match all_terminal {
+        Ok(n) if n > jobs.len() + 1 => eprintln!(
+            "note: {} jobs accepted for {} submitted (replies lost in faults)",
+            n,
+            jobs.len()
+        ),
+        Ok(_) => {}
+        Err(e) => violations.push(e.to_string()),
+    }
     for job in jobs {
         let log = match tokio::time::timeout(Duration::from_secs(60), job.watch).await {
             Ok(Ok(l)) => Some(l),
