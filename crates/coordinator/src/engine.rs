@@ -90,6 +90,12 @@ pub struct Stats {
     pub leases_granted: u64,
     pub requeued: u64,
     pub minions_declared_dead: u64,
+    /// Time spent applying write batches to storage (µs) and number of batches.
+    pub apply_us: u64,
+    pub batches: u64,
+    /// Time spent in result ingestion (µs) and scheduling (µs).
+    pub results_us: u64,
+    pub schedule_us: u64,
 }
 
 pub struct Engine {
@@ -109,6 +115,10 @@ pub struct Engine {
     rr: usize,
     hub: broadcast::Sender<HubEvent>,
     durable: Durable,
+    /// Jobs finished in memory whose final writes are not yet durable: reported as running.
+    finishing: HashSet<JobId>,
+    /// Specs of jobs that finished while this engine ran (their spec may not be applied yet).
+    finished_specs: HashMap<JobId, Arc<JobSpec>>,
     pub stats: Stats,
 }
 
@@ -203,6 +213,8 @@ impl Engine {
             rr: 0,
             hub,
             durable,
+            finishing: HashSet::new(),
+            finished_specs: HashMap::new(),
             stats: Stats::default(),
         };
         let mut n_tasks = 0usize;
@@ -319,12 +331,21 @@ impl Engine {
             return Ok(status_of(&rt.rec, &rt.spec, Some(rt)));
         }
         let rec = self.finished.get(&id).ok_or(ApiError::JobNotFound(id))?;
-        let spec = self
-            .store
-            .spec(id)
-            .map_err(|e| ApiError::Storage(e.to_string()))?
-            .ok_or(ApiError::JobNotFound(id))?;
-        Ok(status_of(rec, &spec, None))
+        let spec = match self.finished_specs.get(&id) {
+            Some(s) => s.clone(),
+            None => Arc::new(
+                self.store
+                    .spec(id)
+                    .map_err(|e| ApiError::Storage(e.to_string()))?
+                    .ok_or(ApiError::JobNotFound(id))?,
+            ),
+        };
+        let mut st = status_of(rec, &spec, None);
+        if self.finishing.contains(&id) {
+            // Not durable yet: nobody may see it finished before its results are readable.
+            st.state = v1::JobState::Running as i32;
+        }
+        Ok(st)
     }
 
     pub fn list(&self) -> Vec<v1::JobStatus> {
@@ -371,6 +392,8 @@ impl Engine {
         self.batch.push(Op::Job(rt.rec.clone()));
         let st = status_of(&rt.rec, &rt.spec, None);
         info!(job_id = id, "job cancelled");
+        self.finishing.insert(id);
+        self.finished_specs.insert(id, rt.spec.clone());
         self.pending_out
             .push(Deferred::Publish(HubEvent::Finished(id, st.clone())));
         self.pending_out.push(Deferred::Cancel(reply, st));
@@ -422,6 +445,8 @@ impl Engine {
             "job completed"
         );
         let st = status_of(&rt.rec, &rt.spec, None);
+        self.finishing.insert(id);
+        self.finished_specs.insert(id, rt.spec.clone());
         self.pending_out
             .push(Deferred::Publish(HubEvent::Finished(id, st)));
         self.finished.insert(id, rt.rec);
@@ -632,6 +657,12 @@ impl Engine {
 
     /// Leases pending tasks to minions with free slots (round-robin across jobs).
     pub fn schedule(&mut self) {
+        let t0 = std::time::Instant::now();
+        self.schedule_inner();
+        self.stats.schedule_us += t0.elapsed().as_micros() as u64;
+    }
+
+    fn schedule_inner(&mut self) {
         let now = now_ms();
         let mut ids: Vec<String> = self
             .minions
@@ -1040,9 +1071,10 @@ impl Engine {
 
     // ---------- durability ----------
 
-    /// Writes this message's changes (one atomic batch) and files its outputs under the new write
-    /// epoch. Returns the epoch to flush, if anything is waiting for one.
-    pub fn commit(&mut self) -> Result<Option<u64>, StoreError> {
+    /// Ends a message: job records touched are added to the pending write batch, and the
+    /// message's outputs are filed under the epoch of the batch that will contain its writes.
+    /// Returns whether anything waits for a flush.
+    pub fn commit(&mut self) -> Result<bool, StoreError> {
         let dirty: Vec<JobId> = self
             .jobs
             .iter()
@@ -1054,15 +1086,30 @@ impl Engine {
             rt.dirty = false;
             self.batch.push(Op::Job(rt.rec.clone()));
         }
+        let epoch = if self.batch.is_empty() {
+            self.write_epoch
+        } else {
+            self.write_epoch + 1
+        };
+        for d in self.pending_out.drain(..) {
+            self.outbox.push_back((epoch, d));
+        }
+        Ok(!self.outbox.is_empty())
+    }
+
+    /// Applies the pending write batch (all messages since the last one, atomically) and returns
+    /// its epoch; the flush that follows covers it. Batching across messages keeps the number
+    /// of storage batches to about one per flush.
+    pub fn apply_pending(&mut self) -> Result<u64, StoreError> {
         if !self.batch.is_empty() {
             let b = std::mem::take(&mut self.batch);
+            let t = std::time::Instant::now();
             self.store.apply(b)?;
+            self.stats.apply_us += t.elapsed().as_micros() as u64;
+            self.stats.batches += 1;
             self.write_epoch += 1;
         }
-        for d in self.pending_out.drain(..) {
-            self.outbox.push_back((self.write_epoch, d));
-        }
-        Ok((!self.outbox.is_empty()).then_some(self.write_epoch))
+        Ok(self.write_epoch)
     }
 
     pub fn write_epoch(&self) -> u64 {
@@ -1086,8 +1133,12 @@ impl Engine {
                     }));
                 }
                 Deferred::Publish(ev) => {
-                    if let HubEvent::Finding(f) = &ev {
-                        self.durable.set(f.job_id, f.cursor);
+                    match &ev {
+                        HubEvent::Finding(f) => self.durable.set(f.job_id, f.cursor),
+                        HubEvent::Finished(id, _) => {
+                            self.finishing.remove(id);
+                        }
+                        HubEvent::Progress(..) => {}
                     }
                     let _ = self.hub.send(ev);
                 }

@@ -357,10 +357,12 @@ async fn execute(
 async fn reporter(mut rx: mpsc::Receiver<v1::TaskResult>, shared: Arc<Shared>) {
     while let Some(first) = rx.recv().await {
         let mut items = vec![first];
+        // Linger briefly so results finishing together travel (and are stored) together.
+        let linger = tokio::time::Instant::now() + Duration::from_millis(2);
         while items.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => items.push(r),
-                Err(_) => break,
+            match tokio::time::timeout_at(linger, rx.recv()).await {
+                Ok(Some(r)) => items.push(r),
+                _ => break,
             }
         }
         {
