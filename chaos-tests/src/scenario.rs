@@ -140,7 +140,7 @@ pub async fn random_run(cfg: &RandomRun) -> anyhow::Result<(Figures, Vec<String>
     };
 
     // Job producer: keep `concurrent_jobs` in flight until the faults are done and enough tasks ran.
-    let mut rng = Rng::new(cfg.seed ^ 0x5EED_0F_10B5);
+    let mut rng = Rng::new(cfg.seed ^ 0x005E_ED0F_10B5);
     let mut jobs: Vec<LiveJob> = Vec::new();
     let mut submitted_tasks = 0u64;
     let mut c = client::job_client(&url);
@@ -380,11 +380,14 @@ pub async fn fresh_job_succeeds(
     Ok(v.violations)
 }
 
+/// What the injector reports per fault: its kind and, for a coordinator restart, the recovery time.
+pub type FaultLog = Arc<std::sync::Mutex<Vec<(FaultKind, Option<Duration>)>>>;
+
 /// Applies a schedule to a live cluster. Records `(kind, coordinator recovery time)` per fault.
 pub async fn inject(
     cluster: Arc<Mutex<Cluster>>,
     schedule: Schedule,
-    log: Arc<std::sync::Mutex<Vec<(FaultKind, Option<Duration>)>>>,
+    log: FaultLog,
 ) -> anyhow::Result<()> {
     let start = tokio::time::Instant::now();
     let mut pending: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
