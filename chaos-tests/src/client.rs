@@ -37,7 +37,6 @@ pub fn scan_spec(name: &str, targets: Vec<String>, ports: String, modules: &[&st
         rate_limit: 0,
         inputs: vec![],
         params_json: String::new(),
-        ..Default::default()
     }
 }
 

@@ -140,7 +140,7 @@ pub async fn random_run(cfg: &RandomRun) -> anyhow::Result<(Figures, Vec<String>
     };
 
     // Job producer: keep `concurrent_jobs` in flight until the faults are done and enough tasks ran.
-    let mut rng = Rng::new(cfg.seed ^ 0x5EED_0F_10B5);
+    let mut rng = Rng::new(cfg.seed ^ 0x005E_ED0F_10B5);
     let mut jobs: Vec<LiveJob> = Vec::new();
     let mut submitted_tasks = 0u64;
     let mut c = client::job_client(&url);
@@ -226,6 +226,43 @@ pub async fn random_run(cfg: &RandomRun) -> anyhow::Result<(Figures, Vec<String>
         if let Err(e) = wait_terminal(&c, job.id, left).await {
             violations.push(format!("job {} never terminal: {e}", job.id));
         }
+    }
+    // Every job the coordinator accepted — including one whose submission reply was lost in a fault
+    // and which the client never learned about — must be terminal too.
+    let all_terminal = crate::wait::wait_for(
+        Duration::from_secs(60),
+        "every accepted job terminal",
+        || {
+            let mut c = c.clone();
+            async move {
+                let jobs = c
+                    .list_jobs(overlord_proto::v1::ListJobsRequest {})
+                    .await
+                    .map_err(|e| format!("{:?}: {}", e.code(), e.message()))?
+                    .into_inner()
+                    .jobs;
+                let open: Vec<u64> = jobs
+                    .iter()
+                    .filter(|j| !client::is_terminal(j))
+                    .map(|j| j.job_id)
+                    .collect();
+                if open.is_empty() {
+                    Ok(Some(jobs.len()))
+                } else {
+                    Err(format!("jobs not terminal: {open:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    match all_terminal {
+        Ok(n) if n > jobs.len() + 1 => eprintln!(
+            "note: {} jobs accepted for {} submitted (replies lost in faults)",
+            n,
+            jobs.len()
+        ),
+        Ok(_) => {}
+        Err(e) => violations.push(e.to_string()),
     }
     for job in jobs {
         let log = match tokio::time::timeout(Duration::from_secs(60), job.watch).await {
@@ -343,11 +380,14 @@ pub async fn fresh_job_succeeds(
     Ok(v.violations)
 }
 
+/// What the injector reports per fault: its kind and, for a coordinator restart, the recovery time.
+pub type FaultLog = Arc<std::sync::Mutex<Vec<(FaultKind, Option<Duration>)>>>;
+
 /// Applies a schedule to a live cluster. Records `(kind, coordinator recovery time)` per fault.
 pub async fn inject(
     cluster: Arc<Mutex<Cluster>>,
     schedule: Schedule,
-    log: Arc<std::sync::Mutex<Vec<(FaultKind, Option<Duration>)>>>,
+    log: FaultLog,
 ) -> anyhow::Result<()> {
     let start = tokio::time::Instant::now();
     let mut pending: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();

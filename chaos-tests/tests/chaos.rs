@@ -160,11 +160,16 @@ async fn baseline_every_open_port_exactly_once_with_banners() {
     .await
     .expect("ledger");
     let mut c = cl.jobs();
+    // Only addresses with at least one open port: then every scan task (task 0 included) spawns
+    // banner tasks, and the provenance of each is checked (regression: B2, parent_task_id 0).
+    let mut with_open: Vec<String> = ledger.open().iter().map(|a| a.ip().to_string()).collect();
+    with_open.dedup();
+    assert!(with_open.len() >= 3, "ledger too sparse: {with_open:?}");
     let st = client::submit(
         &mut c,
         client::scan_spec(
             "baseline",
-            ledger.targets(),
+            with_open.clone(),
             ledger.ports_arg(),
             &["portscan", "banner"],
         ),
@@ -178,7 +183,7 @@ async fn baseline_every_open_port_exactly_once_with_banners() {
     ));
     let job = Running {
         id: st.job_id,
-        tasks: ledger.ips().len() as u64,
+        tasks: with_open.len() as u64,
         ledger,
         watch,
     };
@@ -188,6 +193,12 @@ async fn baseline_every_open_port_exactly_once_with_banners() {
     let results = client::all_results(&mut c, st.job_id)
         .await
         .expect("results");
+    // On the wire `parent_task_id == 0` means "root task", so no task may have id 0 (B2).
+    if let Some(f) = results.iter().find(|f| f.task_id == 0) {
+        violations.push(format!(
+            "task id 0 exists, so its follow-ups look like root tasks (parent_task_id 0 means root): {f:?}"
+        ));
+    }
     for addr in &ledger_open {
         let banners: Vec<_> = results
             .iter()

@@ -407,7 +407,7 @@ async fn bad_input_gets_precise_status_bounded_memory_and_disturbs_nothing() {
             match how {
                 0 => bad.data_json = "{not json".into(),
                 1 => bad.target = "not-an-ip".into(),
-                _ => bad.blob = vec![0x42; 40 << 20].into(),
+                _ => bad.blob = vec![0x42; 40 << 20],
             }
             res.findings.push(bad);
             let _ = r.send(vec![res]).await;
