@@ -1,1 +1,308 @@
-fn main() {}
+//! `overlord`: coordinator, minion, scan (embedded cluster when no coordinator is given), jobs,
+//! watch, results, bench.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use overlord_cli::client::{self, Format};
+use overlord_cli::{bench, embedded::Embedded, files};
+use overlord_proto::v1;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "overlord",
+    version,
+    about = "Internet-scanning and data-enrichment cluster (loopback-only scope by default)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs a coordinator. Prints `listening on ADDR` as its first stdout line.
+    Coordinator {
+        #[arg(long)]
+        config: PathBuf,
+        /// Overrides `listen` (use 127.0.0.1:0 for a free port).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Overrides `data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Also writes the bound address to this file.
+        #[arg(long)]
+        addr_file: Option<PathBuf>,
+    },
+    /// Runs a minion.
+    Minion {
+        #[arg(long)]
+        config: PathBuf,
+        /// Overrides `coordinator`.
+        #[arg(long)]
+        coordinator: Option<String>,
+        /// Overrides `id`.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Scans targets. Without --coordinator, runs an embedded cluster (coordinator + 2 minions).
+    Scan {
+        /// Addresses, CIDRs, ranges or host names.
+        #[arg(required = true)]
+        targets: Vec<String>,
+        /// Ports, e.g. 22,80,8000-8100 or 1-65535.
+        #[arg(short, long, default_value = "1-1024")]
+        ports: String,
+        /// Modules to enable (comma separated).
+        #[arg(short, long, default_value = "portscan,banner", value_delimiter = ',')]
+        modules: Vec<String>,
+        /// Connections per second for the whole job (0 = unlimited).
+        #[arg(long, default_value_t = 0)]
+        rate: u32,
+        #[arg(long, env = "OVERLORD_COORDINATOR")]
+        coordinator: Option<String>,
+        /// Data directory of the embedded cluster.
+        #[arg(long, default_value = ".overlord-data")]
+        data_dir: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// Extra module params (JSON object).
+        #[arg(long)]
+        params: Option<String>,
+        /// Submit and print the job id without waiting.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Lists, shows or cancels jobs.
+    Jobs {
+        #[command(subcommand)]
+        cmd: JobsCmd,
+        #[arg(
+            long,
+            env = "OVERLORD_COORDINATOR",
+            default_value = "http://127.0.0.1:50051",
+            global = true
+        )]
+        coordinator: String,
+    },
+    /// Follows a job: live findings and a progress bar (resumable with --after).
+    Watch {
+        job: u64,
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        #[arg(
+            long,
+            env = "OVERLORD_COORDINATOR",
+            default_value = "http://127.0.0.1:50051"
+        )]
+        coordinator: String,
+    },
+    /// Prints stored findings of a job.
+    Results {
+        job: u64,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        #[arg(
+            long,
+            env = "OVERLORD_COORDINATOR",
+            default_value = "http://127.0.0.1:50051"
+        )]
+        coordinator: String,
+    },
+    /// Runs a benchmark and prints figures.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCmd {
+    List,
+    Get { job: u64 },
+    Cancel { job: u64 },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OVERLORD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn raise_fd_limit() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+}
+
+async fn ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    raise_fd_limit();
+    match cli.cmd {
+        Cmd::Coordinator {
+            config,
+            listen,
+            data_dir,
+            addr_file,
+        } => {
+            let mut s = files::coordinator(&config)?;
+            if let Some(l) = listen {
+                s.listen = l;
+            }
+            if let Some(d) = data_dir {
+                s.data_dir = d;
+            }
+            let listener = tokio::net::TcpListener::bind(&s.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", s.listen))?;
+            let addr = listener.local_addr()?;
+            let mut running = overlord_coordinator::start(s, listener).await?;
+            println!("listening on {addr}");
+            std::io::stdout().flush()?;
+            if let Some(f) = addr_file {
+                std::fs::write(&f, addr.to_string())
+                    .with_context(|| format!("cannot write {}", f.display()))?;
+            }
+            tokio::select! {
+                r = running.wait() => r?,
+                _ = ctrl_c() => running.shutdown().await,
+            }
+        }
+        Cmd::Minion {
+            config,
+            coordinator,
+            id,
+        } => {
+            let mut s = files::minion(&config)?;
+            if let Some(c) = coordinator {
+                s.coordinator = c;
+            }
+            if let Some(i) = id {
+                s.id = i;
+            }
+            println!("minion {} ({}) -> {}", s.id, s.provider, s.coordinator);
+            overlord_minion::run(s, overlord_minion::modules::builtin(), ctrl_c()).await?;
+        }
+        Cmd::Scan {
+            targets,
+            ports,
+            modules,
+            rate,
+            coordinator,
+            data_dir,
+            format,
+            params,
+            detach,
+        } => {
+            let spec = v1::JobSpec {
+                name: format!("scan {}", targets.join(" ")),
+                targets,
+                ports,
+                modules,
+                rate_limit: rate,
+                inputs: vec![],
+                params_json: params.unwrap_or_default(),
+                ..Default::default()
+            };
+            let (url, emb) = match coordinator {
+                Some(u) => (u, None),
+                None => {
+                    let e = Embedded::start(data_dir, 2, 64).await?;
+                    (e.url.clone(), Some(e))
+                }
+            };
+            let r = scan(&url, spec, format, detach).await;
+            if let Some(e) = emb {
+                e.shutdown().await;
+            }
+            r?;
+        }
+        Cmd::Jobs { cmd, coordinator } => {
+            let mut c = client::connect(&coordinator).await?;
+            match cmd {
+                JobsCmd::List => {
+                    for st in client::list(&mut c).await? {
+                        println!("{}", client::status_line(&st));
+                    }
+                }
+                JobsCmd::Get { job } => {
+                    println!("{}", client::status_line(&client::get(&mut c, job).await?))
+                }
+                JobsCmd::Cancel { job } => println!(
+                    "{}",
+                    client::status_line(&client::cancel(&mut c, job).await?)
+                ),
+            }
+        }
+        Cmd::Watch {
+            job,
+            after,
+            format,
+            coordinator,
+        } => {
+            let mut c = client::connect(&coordinator).await?;
+            let st = client::watch(&mut c, job, after, true, |f| {
+                println!("{}", client::finding_line(f, format))
+            })
+            .await?;
+            eprintln!("{}", client::status_line(&st));
+        }
+        Cmd::Results {
+            job,
+            format,
+            coordinator,
+        } => {
+            let mut c = client::connect(&coordinator).await?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let n = client::results(&mut c, job, |f| {
+                let _ = writeln!(out, "{}", client::finding_line(f, format));
+            })
+            .await?;
+            drop(out);
+            eprintln!("{n} findings");
+        }
+        Cmd::Bench { which } => bench::run(which).await?,
+    }
+    Ok(())
+}
+
+async fn scan(url: &str, spec: v1::JobSpec, format: Format, detach: bool) -> Result<()> {
+    let mut c = client::connect(url).await?;
+    let t0 = std::time::Instant::now();
+    let st = client::submit(&mut c, spec).await?;
+    let id = st.job_id;
+    if detach {
+        println!("{id}");
+        return Ok(());
+    }
+    eprintln!("job {id} submitted: {} root tasks", st.tasks_total);
+    let mut open = 0;
+    let st = client::watch(&mut c, id, 0, true, |f| {
+        if f.kind == "open_port" {
+            open += 1;
+        }
+        println!("{}", client::finding_line(f, format));
+    })
+    .await?;
+    eprintln!("{}", client::status_line(&st));
+    eprintln!(
+        "{open} open ports, {} findings in {:.2}s",
+        st.findings,
+        t0.elapsed().as_secs_f64()
+    );
+    if st.state != v1::JobState::Completed as i32 {
+        bail!("job {id} ended {}", client::state_name(st.state));
+    }
+    Ok(())
+}

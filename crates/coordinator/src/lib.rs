@@ -1,1 +1,169 @@
-//! overlord-coordinator (skeleton; see docs/DESIGN.md).
+//! overlord-coordinator: the ractor actor tree that owns jobs, and thin tonic adapters
+//! (`JobService` for clients, `MinionService` for minions). See `docs/DESIGN.md`.
+
+pub mod actors;
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod hub;
+pub mod telemetry;
+
+pub use config::{CoordinatorConfig, Settings};
+pub use engine::EngineConfig;
+
+use actors::{CoordinatorSupervisor, EngineHandle, EngineMsg, Shared, SupMsg};
+use hub::Durable;
+use overlord_proto::v1;
+use overlord_storage::{SledStore, Store};
+use ractor::{Actor, ActorRef};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use tokio::sync::{broadcast, oneshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error("storage at {path}: {source}")]
+    Storage {
+        path: String,
+        source: overlord_storage::StoreError,
+    },
+    #[error("cannot start actors: {0}")]
+    Actors(String),
+    #[error("network: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("gRPC server: {0}")]
+    Server(String),
+}
+
+/// A running coordinator (actors + gRPC server on its listener).
+pub struct Running {
+    pub addr: SocketAddr,
+    pub engine: EngineHandle,
+    pub restarts: Arc<AtomicU64>,
+    sup: ActorRef<SupMsg>,
+    sup_join: tokio::task::JoinHandle<()>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    /// Graceful stop: stops serving, flushes storage via the actors' shutdown.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        self.server.abort();
+        let _ = (&mut self.server).await;
+        self.sup.stop(None);
+        let _ = (&mut self.sup_join).await;
+    }
+
+    /// Waits until the server task ends (e.g. a fatal error).
+    pub async fn wait(&mut self) -> Result<(), CoordError> {
+        match (&mut self.server).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(CoordError::Server(e.to_string())),
+            Err(e) => Err(CoordError::Server(e.to_string())),
+        }
+    }
+
+    pub async fn stats(&self) -> Option<engine::Stats> {
+        let e = self.engine.get().ok()?;
+        match e
+            .call(EngineMsg::Stats, Some(std::time::Duration::from_secs(10)))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Test hook: makes the job manager actor panic (the supervisor restarts it).
+    pub fn inject_panic(&self) {
+        if let Ok(e) = self.engine.get() {
+            let _ = e.cast(EngineMsg::InjectPanic);
+        }
+    }
+}
+
+/// Opens storage, recovers state, starts the actor tree and serves gRPC on `listener`.
+pub async fn start(
+    settings: Settings,
+    listener: tokio::net::TcpListener,
+) -> Result<Running, CoordError> {
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&settings.data_dir).map_err(
+        |source| CoordError::Storage {
+            path: settings.data_dir.display().to_string(),
+            source,
+        },
+    )?);
+    start_with_store(settings, store, listener).await
+}
+
+pub async fn start_with_store(
+    settings: Settings,
+    store: Arc<dyn Store>,
+    listener: tokio::net::TcpListener,
+) -> Result<Running, CoordError> {
+    let addr = listener.local_addr()?;
+    let (hub, _) = broadcast::channel(4096);
+    let durable = Durable::default();
+    let engine = EngineHandle::default();
+    let restarts = Arc::new(AtomicU64::new(0));
+    let shared = Shared {
+        store: store.clone(),
+        cfg: settings.engine.clone(),
+        hub: hub.clone(),
+        durable: durable.clone(),
+        engine: engine.clone(),
+        flusher: Default::default(),
+        restarts: restarts.clone(),
+    };
+    let (sup, sup_join) = Actor::spawn(None, CoordinatorSupervisor, shared)
+        .await
+        .map_err(|e| CoordError::Actors(e.to_string()))?;
+    let job_api = api::JobApi::new(engine.clone(), store, hub, durable, settings.scope.clone());
+    let minion_api = api::MinionApi {
+        engine: engine.clone(),
+        sessions: Arc::new(AtomicU64::new(0)),
+    };
+    let max = overlord_proto::MAX_MESSAGE_BYTES;
+    let reflection =
+        overlord_proto::reflection_service().map_err(|e| CoordError::Server(e.to_string()))?;
+    let reflection_alpha = overlord_proto::reflection_service_alpha()
+        .map_err(|e| CoordError::Server(e.to_string()))?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .concurrency_limit_per_connection(256)
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+            .add_service(
+                v1::job_service_server::JobServiceServer::new(job_api)
+                    .max_decoding_message_size(1 << 20)
+                    .max_encoding_message_size(max),
+            )
+            .add_service(
+                v1::minion_service_server::MinionServiceServer::new(minion_api)
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            )
+            .add_service(reflection)
+            .add_service(reflection_alpha)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = rx.await;
+            }),
+    );
+    tracing::info!(%addr, "coordinator serving");
+    Ok(Running {
+        addr,
+        engine,
+        restarts,
+        sup,
+        sup_join,
+        shutdown: Some(tx),
+        server,
+    })
+}

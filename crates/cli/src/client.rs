@@ -1,0 +1,245 @@
+//! gRPC client commands: submit, watch (resumable, progress bar), jobs, results.
+
+use anyhow::{Context, Result, anyhow, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use overlord_proto::v1::{self, job_event::Event, job_service_client::JobServiceClient};
+use std::time::Duration;
+use tonic::transport::Channel;
+
+pub type Client = JobServiceClient<Channel>;
+
+pub async fn connect(url: &str) -> Result<Client> {
+    let ch = tonic::transport::Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("bad coordinator URL {url:?} (expected e.g. http://127.0.0.1:50051)"))?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach coordinator at {url} (is `overlord coordinator` running? pass --coordinator URL)"))?;
+    Ok(JobServiceClient::new(ch).max_decoding_message_size(overlord_proto::MAX_MESSAGE_BYTES))
+}
+
+fn status_err(s: tonic::Status) -> anyhow::Error {
+    anyhow!("{} ({:?})", s.message(), s.code())
+}
+
+pub async fn submit(c: &mut Client, spec: v1::JobSpec) -> Result<v1::JobStatus> {
+    let r = c
+        .submit_job(v1::SubmitJobRequest { spec: Some(spec) })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    r.status
+        .ok_or_else(|| anyhow!("coordinator returned no status"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Jsonl,
+}
+
+pub fn finding_json(f: &v1::Finding) -> serde_json::Value {
+    serde_json::json!({
+        "cursor": f.cursor, "job_id": f.job_id, "task_id": f.task_id,
+        "parent_task_id": if f.parent_task_id == 0 { serde_json::Value::Null } else { f.parent_task_id.into() },
+        "module": f.module, "kind": f.kind, "target": f.target,
+        "port": if f.port == 0 { serde_json::Value::Null } else { f.port.into() },
+        "data": serde_json::from_str::<serde_json::Value>(&f.data_json).unwrap_or(serde_json::Value::Null),
+        "blob_sha256": f.blob_sha256, "minion": f.minion_id, "provider": f.provider,
+        "started_at_ms": f.started_at_ms, "finished_at_ms": f.finished_at_ms,
+    })
+}
+
+pub fn finding_line(f: &v1::Finding, fmt: Format) -> String {
+    match fmt {
+        Format::Jsonl => finding_json(f).to_string(),
+        Format::Table => {
+            let data: serde_json::Value =
+                serde_json::from_str(&f.data_json).unwrap_or(serde_json::Value::Null);
+            let detail = match f.kind.as_str() {
+                "banner" => data
+                    .get("banner")
+                    .and_then(|b| b.as_str())
+                    .map(|b| format!("{:?}", b.trim_end()))
+                    .unwrap_or_default(),
+                "open_port" => String::new(),
+                _ => {
+                    let s = data.to_string();
+                    if s.len() > 120 {
+                        format!("{}…", &s[..s.floor_char_boundary(120)])
+                    } else {
+                        s
+                    }
+                }
+            };
+            let addr = if f.port != 0 {
+                if f.target.contains(':') {
+                    format!("[{}]:{}", f.target, f.port)
+                } else {
+                    format!("{}:{}", f.target, f.port)
+                }
+            } else {
+                f.target.clone()
+            };
+            format!("{:<10} {:<22} {:<12} {}", f.kind, addr, f.minion_id, detail)
+        }
+    }
+}
+
+fn bar(total: u64, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total.max(1));
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} tasks  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.enable_steady_tick(Duration::from_millis(200));
+    pb
+}
+
+fn update(pb: &ProgressBar, st: &v1::JobStatus) {
+    pb.set_length(st.tasks_total.max(1));
+    pb.set_position(st.tasks_done + st.tasks_failed);
+    pb.set_message(format!(
+        "{} findings, {} leased, {} failed",
+        st.findings, st.tasks_leased, st.tasks_failed
+    ));
+}
+
+/// Follows a job until it finishes, calling `on_finding` for each finding exactly once; resumes
+/// from the last cursor after a dropped stream. Returns the final status.
+pub async fn watch(
+    c: &mut Client,
+    job_id: u64,
+    mut after: u64,
+    progress: bool,
+    mut on_finding: impl FnMut(&v1::Finding),
+) -> Result<v1::JobStatus> {
+    let pb = bar(1, progress);
+    let mut retries = 0;
+    loop {
+        let stream = c
+            .watch_job(v1::WatchJobRequest {
+                job_id,
+                after_cursor: after,
+            })
+            .await;
+        let mut stream = match stream {
+            Ok(s) => s.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable && retries < 50 => {
+                retries += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(s) => return Err(status_err(s)),
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(v1::JobEvent { event: Some(ev) })) => match ev {
+                    Event::Finding(f) => {
+                        if f.cursor <= after {
+                            continue; // never twice
+                        }
+                        after = f.cursor;
+                        pb.suspend(|| on_finding(&f));
+                    }
+                    Event::Progress(st) => update(&pb, &st),
+                    Event::Finished(st) => {
+                        update(&pb, &st);
+                        pb.finish_and_clear();
+                        return Ok(st);
+                    }
+                },
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) if retries < 50 => {
+                    retries += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
+                }
+                Ok(None) => bail!("watch stream ended before the job finished"),
+                Err(s) => return Err(status_err(s)),
+            }
+        }
+    }
+}
+
+pub async fn get(c: &mut Client, id: u64) -> Result<v1::JobStatus> {
+    c.get_job(v1::GetJobRequest { job_id: id })
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .status
+        .ok_or_else(|| anyhow!("no status"))
+}
+
+pub async fn list(c: &mut Client) -> Result<Vec<v1::JobStatus>> {
+    Ok(c.list_jobs(v1::ListJobsRequest {})
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .jobs)
+}
+
+pub async fn cancel(c: &mut Client, id: u64) -> Result<v1::JobStatus> {
+    c.cancel_job(v1::CancelJobRequest { job_id: id })
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .status
+        .ok_or_else(|| anyhow!("no status"))
+}
+
+/// Every stored finding of a job, page by page.
+pub async fn results(c: &mut Client, id: u64, mut each: impl FnMut(&v1::Finding)) -> Result<u64> {
+    let mut after = 0;
+    let mut n = 0;
+    loop {
+        let page = c
+            .list_results(v1::ListResultsRequest {
+                job_id: id,
+                after_cursor: after,
+                limit: 1000,
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        for f in &page.findings {
+            each(f);
+            n += 1;
+        }
+        if page.next_cursor == 0 {
+            return Ok(n);
+        }
+        after = page.next_cursor;
+    }
+}
+
+pub fn state_name(s: i32) -> &'static str {
+    match v1::JobState::try_from(s).unwrap_or(v1::JobState::Unspecified) {
+        v1::JobState::Running => "running",
+        v1::JobState::Completed => "completed",
+        v1::JobState::Cancelled => "cancelled",
+        v1::JobState::Unspecified => "unknown",
+    }
+}
+
+pub fn status_line(st: &v1::JobStatus) -> String {
+    let spec = st.spec.clone().unwrap_or_default();
+    format!(
+        "job {:<4} {:<9} tasks {}/{} done, {} failed, {} leased  findings {}  stale-rejected {}  modules {}  targets {}",
+        st.job_id,
+        state_name(st.state),
+        st.tasks_done,
+        st.tasks_total,
+        st.tasks_failed,
+        st.tasks_leased,
+        st.findings,
+        st.stale_results_rejected,
+        spec.modules.join(","),
+        spec.targets.join(",")
+    )
+}

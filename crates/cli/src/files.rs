@@ -1,0 +1,31 @@
+//! Loading config files (TOML) with errors that name the file and the problem.
+
+use anyhow::{Context, Result};
+use overlord_coordinator::{CoordinatorConfig, Settings};
+use overlord_minion::{MinionConfig, MinionSettings};
+use std::path::Path;
+
+pub fn coordinator(path: &Path) -> Result<Settings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read coordinator config {}", path.display()))?;
+    let cfg: CoordinatorConfig = toml::from_str(&text)
+        .with_context(|| format!("invalid coordinator config {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    cfg.validate(base)
+        .with_context(|| format!("coordinator config {}", path.display()))
+}
+
+pub fn minion(path: &Path) -> Result<MinionSettings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read minion config {}", path.display()))?;
+    let mut cfg: MinionConfig = toml::from_str(&text)
+        .with_context(|| format!("invalid minion config {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    cfg.blocklist = cfg.blocklist.map(|b| base.join(b));
+    let names: Vec<&str> = overlord_minion::modules::builtin()
+        .iter()
+        .map(|m| m.name())
+        .collect();
+    cfg.validate(&names)
+        .with_context(|| format!("minion config {}", path.display()))
+}

@@ -1,0 +1,559 @@
+//! Jobs and tasks: the validated spec, the stored records, and lazy randomized expansion of a
+//! spec into bounded root tasks.
+
+use crate::modules::{self, RootKind};
+use crate::perm::Permutation;
+use crate::ports::{PortError, PortSet};
+use crate::scope::{Scope, ScopeError};
+use crate::target::{IpRange, TargetError, TargetInput, parse_target};
+use crate::{JobId, TaskId, Token};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::net::IpAddr;
+
+/// Upper bound on root tasks of one job (expansion is lazy; this only guards the arithmetic).
+pub const MAX_ROOT_TASKS: u64 = 1 << 40;
+/// Upper bound on the number of inputs of one job.
+pub const MAX_INPUTS: usize = 1_000_000;
+
+/// A job as a client submits it (strings, unvalidated).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RawSpec {
+    pub name: String,
+    pub targets: Vec<String>,
+    pub ports: String,
+    pub modules: Vec<String>,
+    pub rate_limit: u32,
+    pub inputs: Vec<String>,
+    pub params_json: String,
+}
+
+/// A validated, scoped job spec with host names resolved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub name: String,
+    pub targets: Vec<String>,
+    pub ranges: Vec<IpRange>,
+    pub ports: PortSet,
+    pub modules: Vec<String>,
+    pub rate_limit: u32,
+    pub inputs: Vec<String>,
+    pub params: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Ports(#[from] PortError),
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
+    #[error("cannot resolve host name {host:?}: {reason}")]
+    Resolve { host: String, reason: String },
+    #[error("unknown module {name:?}; available modules: {}", .available.join(", "))]
+    UnknownModule {
+        name: String,
+        available: Vec<String>,
+    },
+    #[error("no module enabled; pick from: {}", .available.join(", "))]
+    NoModules { available: Vec<String> },
+    #[error("{0}")]
+    Shape(String),
+    #[error("params must be a JSON object: {0}")]
+    Params(String),
+    #[error("job too large: {tasks} root tasks (max {max}); split it into smaller jobs")]
+    TooLarge { tasks: u128, max: u64 },
+}
+
+/// Validates a raw spec. `resolve` maps a host name to its addresses (the one I/O step, done by
+/// the caller once at submission). Nothing is persisted when this fails.
+pub fn prepare(
+    raw: &RawSpec,
+    scope: &Scope,
+    resolve: &dyn Fn(&str) -> Result<Vec<IpAddr>, String>,
+) -> Result<JobSpec, SpecError> {
+    let available = || {
+        modules::names()
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    if raw.modules.is_empty() {
+        return Err(SpecError::NoModules {
+            available: available(),
+        });
+    }
+    let mut mods: Vec<String> = Vec::new();
+    for m in &raw.modules {
+        let m = m.trim().to_ascii_lowercase();
+        if modules::info(&m).is_none() {
+            return Err(SpecError::UnknownModule {
+                name: m,
+                available: available(),
+            });
+        }
+        if !mods.contains(&m) {
+            mods.push(m);
+        }
+    }
+    let mut ranges = Vec::new();
+    for t in &raw.targets {
+        match parse_target(t)? {
+            TargetInput::Range(r) => ranges.push(r),
+            TargetInput::Host(h) => {
+                let ips = resolve(&h).map_err(|reason| SpecError::Resolve {
+                    host: h.clone(),
+                    reason,
+                })?;
+                if ips.is_empty() {
+                    return Err(SpecError::Resolve {
+                        host: h,
+                        reason: "no addresses".into(),
+                    });
+                }
+                for ip in ips {
+                    let r = IpRange::single(ip);
+                    if !ranges.contains(&r) {
+                        ranges.push(r);
+                    }
+                }
+            }
+        }
+    }
+    scope.check(&ranges)?;
+    let ports = if raw.ports.trim().is_empty() && ranges.is_empty() {
+        PortSet::default()
+    } else {
+        PortSet::parse(&raw.ports)?
+    };
+    let params: Value = if raw.params_json.trim().is_empty() {
+        Value::Object(Default::default())
+    } else {
+        serde_json::from_str(&raw.params_json).map_err(|e| SpecError::Params(e.to_string()))?
+    };
+    if !params.is_object() {
+        return Err(SpecError::Params("got a non-object value".into()));
+    }
+    if raw.inputs.len() > MAX_INPUTS {
+        return Err(SpecError::Shape(format!(
+            "too many inputs: {} (max {MAX_INPUTS})",
+            raw.inputs.len()
+        )));
+    }
+    let spec = JobSpec {
+        name: raw.name.clone(),
+        targets: raw.targets.clone(),
+        ranges,
+        ports,
+        modules: mods,
+        rate_limit: raw.rate_limit,
+        inputs: raw.inputs.clone(),
+        params,
+    };
+    root_plan(&spec)?;
+    Ok(spec)
+}
+
+/// How a job's root tasks are laid out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RootPlan {
+    pub module: String,
+    pub kind: RootKind,
+    pub n_targets: u128,
+    pub ports_per_task: u32,
+    pub n_chunks: u64,
+    pub total: u64,
+}
+
+pub fn root_plan(spec: &JobSpec) -> Result<RootPlan, SpecError> {
+    let has_targets = !spec.ranges.is_empty();
+    let has_inputs = !spec.inputs.is_empty();
+    if has_targets && has_inputs {
+        return Err(SpecError::Shape(
+            "a job has either targets or inputs, not both".into(),
+        ));
+    }
+    for m in &spec.modules {
+        let info = modules::info(m).expect("validated");
+        match info.root {
+            RootKind::Network { ports_per_task } if has_targets => {
+                if spec.ports.is_empty() {
+                    return Err(SpecError::Shape(format!("module {m} needs ports (-p)")));
+                }
+                let n_targets: u128 = spec.ranges.iter().map(|r| r.len()).sum();
+                let n_chunks = spec.ports.len().div_ceil(ports_per_task) as u64;
+                let total = n_targets.saturating_mul(n_chunks as u128);
+                if total > MAX_ROOT_TASKS as u128 {
+                    return Err(SpecError::TooLarge {
+                        tasks: total,
+                        max: MAX_ROOT_TASKS,
+                    });
+                }
+                return Ok(RootPlan {
+                    module: m.clone(),
+                    kind: info.root,
+                    n_targets,
+                    ports_per_task,
+                    n_chunks,
+                    total: total as u64,
+                });
+            }
+            RootKind::Input if has_inputs => {
+                let total = spec.inputs.len() as u64;
+                return Ok(RootPlan {
+                    module: m.clone(),
+                    kind: info.root,
+                    n_targets: 0,
+                    ports_per_task: 0,
+                    n_chunks: 0,
+                    total,
+                });
+            }
+            RootKind::Count if !has_targets && !has_inputs => {
+                let count = spec
+                    .params
+                    .get("count")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| {
+                        SpecError::Shape(format!("module {m} needs params {{\"count\": N}}"))
+                    })?;
+                if count > MAX_ROOT_TASKS {
+                    return Err(SpecError::TooLarge {
+                        tasks: count as u128,
+                        max: MAX_ROOT_TASKS,
+                    });
+                }
+                return Ok(RootPlan {
+                    module: m.clone(),
+                    kind: info.root,
+                    n_targets: 0,
+                    ports_per_task: 0,
+                    n_chunks: 0,
+                    total: count,
+                });
+            }
+            _ => {}
+        }
+    }
+    Err(SpecError::Shape(format!(
+        "no enabled module can start this job: targets need one of portscan/service/banner/screenshot (with ports), inputs need enrich/beacon, noop needs params.count (enabled: {})",
+        spec.modules.join(",")
+    )))
+}
+
+/// The `index`-th root task (in randomized order) of a job. `index < plan.total`.
+pub fn root_task(
+    job_id: JobId,
+    spec: &JobSpec,
+    plan: &RootPlan,
+    perm: &Permutation,
+    index: u64,
+) -> TaskSpec {
+    let slot = perm.at(index);
+    let mut t = TaskSpec {
+        job_id,
+        task_id: index,
+        parent: None,
+        module: plan.module.clone(),
+        target: None,
+        ports: Vec::new(),
+        input: None,
+        params: Value::Null,
+        blob_sha256: None,
+    };
+    match plan.kind {
+        RootKind::Network { .. } => {
+            let n_targets = plan.n_targets;
+            let (ti, ci) = (
+                (slot as u128) % n_targets,
+                (slot as u128 / n_targets) as u32,
+            );
+            let mut off = ti;
+            for r in &spec.ranges {
+                if off < r.len() {
+                    t.target = Some(r.nth(off));
+                    break;
+                }
+                off -= r.len();
+            }
+            t.ports = spec
+                .ports
+                .slice(ci * plan.ports_per_task, plan.ports_per_task);
+        }
+        RootKind::Input => t.input = Some(spec.inputs[slot as usize].clone()),
+        RootKind::Count | RootKind::FollowUpOnly => {}
+    }
+    t
+}
+
+/// One unit of work.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub job_id: JobId,
+    pub task_id: TaskId,
+    pub parent: Option<TaskId>,
+    pub module: String,
+    pub target: Option<IpAddr>,
+    pub ports: Vec<u16>,
+    pub input: Option<String>,
+    /// Task-specific params (merged over the job params when leased).
+    pub params: Value,
+    /// Content-addressed blob the task works on (e.g. a screenshot for `enrich`).
+    pub blob_sha256: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "s", rename_all = "snake_case")]
+pub enum TaskState {
+    Pending,
+    Leased {
+        minion: String,
+        generation: u64,
+        token: Token,
+        deadline_ms: u64,
+    },
+    Done,
+    Failed {
+        reason: String,
+    },
+    Cancelled,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub spec: TaskSpec,
+    pub state: TaskState,
+    pub attempts: u32,
+    pub last_minion: Option<String>,
+    pub last_provider: Option<String>,
+    pub last_error: Option<String>,
+}
+
+impl TaskRecord {
+    pub fn new(spec: TaskSpec) -> Self {
+        TaskRecord {
+            spec,
+            state: TaskState::Pending,
+            attempts: 0,
+            last_minion: None,
+            last_provider: None,
+            last_error: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Running,
+    Completed,
+    Cancelled,
+}
+
+/// A job's progress record (small; rewritten often). The spec is stored once beside it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub state: JobState,
+    pub created_ms: u64,
+    pub finished_ms: u64,
+    pub perm_key: u64,
+    /// Root tasks in total, and how many have been expanded (the expansion cursor).
+    pub root_total: u64,
+    pub root_next: u64,
+    /// Next id for follow-up tasks (starts at root_total).
+    pub next_task_id: TaskId,
+    pub tasks_created: u64,
+    pub done: u64,
+    pub failed: u64,
+    /// Number of stored findings == cursor of the last one.
+    pub findings: u64,
+    pub stale_rejected: u64,
+}
+
+impl JobRecord {
+    pub fn new(id: JobId, root_total: u64, perm_key: u64, now: u64) -> Self {
+        JobRecord {
+            id,
+            state: JobState::Running,
+            created_ms: now,
+            finished_ms: 0,
+            perm_key,
+            root_total,
+            root_next: 0,
+            next_task_id: root_total,
+            tasks_created: 0,
+            done: 0,
+            failed: 0,
+            findings: 0,
+            stale_rejected: 0,
+        }
+    }
+
+    /// Tasks created and not finished (pending or leased).
+    pub fn active(&self) -> u64 {
+        self.tasks_created - self.done - self.failed
+    }
+
+    /// A job completes when every root task was expanded and no task remains.
+    pub fn is_complete(&self) -> bool {
+        self.state == JobState::Running && self.root_next == self.root_total && self.active() == 0
+    }
+}
+
+/// A stored finding with provenance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FindingRecord {
+    pub cursor: u64,
+    pub job_id: JobId,
+    pub task_id: TaskId,
+    pub parent_task_id: Option<TaskId>,
+    pub module: String,
+    pub kind: String,
+    pub target: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub data: Value,
+    pub blob_sha256: Option<String>,
+    pub minion_id: String,
+    pub provider: String,
+    pub started_at_ms: u64,
+    pub finished_at_ms: u64,
+    pub stored_at_ms: u64,
+}
+
+/// Merges task params over job params, and adds the per-task share of the job's rate limit.
+pub fn lease_params(job: &JobSpec, task: &TaskSpec, rate_share: u32) -> Value {
+    let mut out = job.params.clone();
+    if !out.is_object() {
+        out = Value::Object(Default::default());
+    }
+    let obj = out.as_object_mut().expect("object");
+    if let Some(tp) = task.params.as_object() {
+        for (k, v) in tp {
+            obj.insert(k.clone(), v.clone());
+        }
+    }
+    if rate_share > 0 {
+        obj.insert("rate_limit".into(), Value::from(rate_share));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_dns(h: &str) -> Result<Vec<IpAddr>, String> {
+        if h == "localhost" {
+            Ok(vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()])
+        } else {
+            Err("NXDOMAIN".into())
+        }
+    }
+
+    fn raw(targets: &[&str], ports: &str, modules: &[&str]) -> RawSpec {
+        RawSpec {
+            targets: targets.iter().map(|s| s.to_string()).collect(),
+            ports: ports.into(),
+            modules: modules.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn prepare_validates() {
+        let s = Scope::loopback();
+        let spec = prepare(
+            &raw(
+                &["localhost", "127.0.0.0/30"],
+                "1-65535",
+                &["portscan", "banner"],
+            ),
+            &s,
+            &no_dns,
+        )
+        .unwrap();
+        assert_eq!(spec.ranges.len(), 3);
+        let plan = root_plan(&spec).unwrap();
+        assert_eq!(plan.module, "portscan");
+        assert_eq!(plan.n_targets, 6);
+        assert_eq!(plan.n_chunks, 32);
+        assert_eq!(plan.total, 6 * 32);
+
+        let e = prepare(
+            &raw(&["127.0.0.1"], "80", &["portscan", "bogus"]),
+            &s,
+            &no_dns,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("bogus") && e.to_string().contains("portscan, service"),
+            "{e}"
+        );
+        let e = prepare(&raw(&["nope.invalid"], "80", &["portscan"]), &s, &no_dns).unwrap_err();
+        assert!(matches!(e, SpecError::Resolve { .. }));
+        let e = prepare(&raw(&["10.0.0.0/8"], "80", &["portscan"]), &s, &no_dns).unwrap_err();
+        assert!(e.to_string().contains("10.0.0.0/8"));
+        let e = prepare(&raw(&["127.0.0.1"], "", &["portscan"]), &s, &no_dns).unwrap_err();
+        assert!(matches!(e, SpecError::Ports(_)));
+        let e = prepare(&raw(&[], "", &["noop"]), &s, &no_dns).unwrap_err();
+        assert!(e.to_string().contains("count"));
+    }
+
+    #[test]
+    fn expansion_covers_every_target_port_once() {
+        let s = Scope::loopback();
+        let spec = prepare(
+            &raw(&["127.0.0.0/29", "::1"], "1-5000", &["portscan"]),
+            &s,
+            &no_dns,
+        )
+        .unwrap();
+        let plan = root_plan(&spec).unwrap();
+        let perm = Permutation::new(plan.total, 99);
+        let mut seen = std::collections::HashSet::new();
+        let mut first_targets = Vec::new();
+        for i in 0..plan.total {
+            let t = root_task(1, &spec, &plan, &perm, i);
+            assert!(t.ports.len() <= 2048 && !t.ports.is_empty());
+            if i < 4 {
+                first_targets.push(t.target.unwrap());
+            }
+            for p in t.ports {
+                assert!(seen.insert((t.target.unwrap(), p)));
+            }
+        }
+        assert_eq!(seen.len(), 9 * 5000);
+        // Randomized: the first few tasks are not all on the same address.
+        first_targets.dedup();
+        assert!(first_targets.len() > 1);
+    }
+
+    #[test]
+    fn big_ranges_stay_lazy() {
+        let spec = prepare(
+            &raw(&["10.0.0.0/8"], "1-65535", &["portscan"]),
+            &Scope::new(&["0.0.0.0/0".into()], vec![]).unwrap(),
+            &no_dns,
+        )
+        .unwrap();
+        let plan = root_plan(&spec).unwrap();
+        assert_eq!(plan.total, (1u64 << 24) * 32);
+        let perm = Permutation::new(plan.total, 1);
+        let t = root_task(1, &spec, &plan, &perm, plan.total - 1);
+        assert!(t.target.is_some());
+    }
+
+    #[test]
+    fn record_completion() {
+        let mut j = JobRecord::new(1, 2, 0, 0);
+        assert!(!j.is_complete());
+        j.root_next = 2;
+        j.tasks_created = 3;
+        j.done = 2;
+        assert!(!j.is_complete());
+        j.failed = 1;
+        assert!(j.is_complete());
+    }
+}

@@ -1,0 +1,72 @@
+//! The module catalog: every module name a job may enable, the capability a minion must declare to
+//! run it, and how root tasks are made for it. Module helpers add one line here when they add a
+//! module (and one line in the minion's registry).
+
+/// How the root tasks of a job are made for a module (when it is the job's root module).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootKind {
+    /// One task per (target address, chunk of ports).
+    Network { ports_per_task: u32 },
+    /// One task per entry of the job's `inputs`.
+    Input,
+    /// `params.count` tasks with no target (benchmarks).
+    Count,
+    /// Only spawned by follow-up rules.
+    FollowUpOnly,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModuleInfo {
+    pub name: &'static str,
+    pub capability: &'static str,
+    pub root: RootKind,
+}
+
+/// Order matters: the first enabled module with a root kind that fits the job is its root module.
+pub const CATALOG: &[ModuleInfo] = &[
+    ModuleInfo {
+        name: "portscan",
+        capability: "scan",
+        root: RootKind::Network {
+            ports_per_task: 2048,
+        },
+    },
+    ModuleInfo {
+        name: "service",
+        capability: "grab",
+        root: RootKind::Network { ports_per_task: 16 },
+    },
+    ModuleInfo {
+        name: "banner",
+        capability: "grab",
+        root: RootKind::Network { ports_per_task: 16 },
+    },
+    ModuleInfo {
+        name: "screenshot",
+        capability: "screenshot",
+        root: RootKind::Network { ports_per_task: 1 },
+    },
+    ModuleInfo {
+        name: "enrich",
+        capability: "enrich",
+        root: RootKind::Input,
+    },
+    ModuleInfo {
+        name: "beacon",
+        capability: "analytics",
+        root: RootKind::Input,
+    },
+    ModuleInfo {
+        name: "noop",
+        capability: "noop",
+        root: RootKind::Count,
+    },
+];
+
+pub fn info(name: &str) -> Option<&'static ModuleInfo> {
+    CATALOG.iter().find(|m| m.name == name)
+}
+
+pub fn names() -> Vec<&'static str> {
+    CATALOG.iter().map(|m| m.name).collect()
+}

@@ -1,0 +1,249 @@
+//! Scheduling decisions: placement, failure detection, lease checks, retry policy, fencing tokens.
+
+use crate::Token;
+use crate::job::TaskState;
+
+/// What the scheduler knows about a minion when placing a task.
+#[derive(Clone, Debug)]
+pub struct MinionView<'a> {
+    pub id: &'a str,
+    pub provider: &'a str,
+    pub modules: &'a [String],
+    pub free: u32,
+    pub alive: bool,
+}
+
+/// Picks a minion for a task of `module`: alive, runs the module, has a free slot; prefers a
+/// minion other than the one that last failed the task, then another provider, then the most free
+/// slots. Returns the index into `minions`.
+pub fn place(
+    module: &str,
+    last_minion: Option<&str>,
+    last_provider: Option<&str>,
+    minions: &[MinionView<'_>],
+) -> Option<usize> {
+    minions
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.alive && m.free > 0 && m.modules.iter().any(|x| x == module))
+        .max_by_key(|(i, m)| {
+            (
+                Some(m.id) != last_minion,
+                Some(m.provider) != last_provider,
+                m.free,
+                std::cmp::Reverse(*i),
+            )
+        })
+        .map(|(i, _)| i)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    Alive,
+    /// Missed heartbeats for more than half the timeout: no new leases.
+    Suspect,
+    /// Missed heartbeats for the whole timeout: leases are requeued.
+    Dead,
+}
+
+pub fn health(last_seen_ms: u64, now_ms: u64, timeout_ms: u64) -> Health {
+    let silent = now_ms.saturating_sub(last_seen_ms);
+    if silent >= timeout_ms {
+        Health::Dead
+    } else if silent * 2 >= timeout_ms {
+        Health::Suspect
+    } else {
+        Health::Alive
+    }
+}
+
+/// What to do with a result reported under `token` by `minion`/`generation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    /// The task is done already (a duplicate delivery of an accepted result).
+    Duplicate,
+    /// The lease was revoked or re-issued: the result is rejected and counted.
+    Stale,
+    /// No such task.
+    Unknown,
+}
+
+pub fn judge_result(
+    state: Option<&TaskState>,
+    token: Token,
+    minion: &str,
+    generation: u64,
+) -> Verdict {
+    match state {
+        None => Verdict::Unknown,
+        Some(TaskState::Leased {
+            minion: m,
+            generation: g,
+            token: t,
+            ..
+        }) if *t == token && m == minion && *g == generation => Verdict::Accept,
+        Some(TaskState::Done) => Verdict::Duplicate,
+        Some(_) => Verdict::Stale,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    Requeue,
+    Fail,
+}
+
+/// After a failed attempt (`attempts` counts this one).
+pub fn on_failure(attempts: u32, max_attempts: u32, permanent: bool) -> Retry {
+    if permanent || attempts >= max_attempts {
+        Retry::Fail
+    } else {
+        Retry::Requeue
+    }
+}
+
+/// Fencing tokens: the coordinator's start epoch (persisted, +1 per start) in the high bits, a
+/// counter in the low 40 bits, so tokens increase across restarts.
+pub fn token(epoch: u64, counter: u64) -> Token {
+    (epoch << 40) | (counter & ((1 << 40) - 1))
+}
+
+/// Splits a job-wide rate limit (connections/s) across the tasks allowed in flight at once.
+pub fn rate_share(rate_limit: u32, max_in_flight: u32) -> u32 {
+    if rate_limit == 0 {
+        0
+    } else {
+        (rate_limit / max_in_flight.max(1)).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mv<'a>(
+        id: &'a str,
+        provider: &'a str,
+        modules: &'a [String],
+        free: u32,
+        alive: bool,
+    ) -> MinionView<'a> {
+        MinionView {
+            id,
+            provider,
+            modules,
+            free,
+            alive,
+        }
+    }
+
+    #[test]
+    fn placement() {
+        let all = vec!["portscan".to_string(), "banner".to_string()];
+        let scan = vec!["portscan".to_string()];
+        let ms = [
+            mv("a", "p1", &all, 5, true),
+            mv("b", "p2", &scan, 9, true),
+            mv("c", "p1", &all, 50, false),
+        ];
+        assert_eq!(place("portscan", None, None, &ms), Some(1));
+        assert_eq!(place("banner", None, None, &ms), Some(0));
+        assert_eq!(place("portscan", Some("b"), None, &ms), Some(0));
+        assert_eq!(place("portscan", None, Some("p2"), &ms), Some(0));
+        assert_eq!(place("screenshot", None, None, &ms), None);
+        let full = [mv("a", "p1", &all, 0, true)];
+        assert_eq!(place("portscan", None, None, &full), None);
+        // A failed minion is still used when it is the only one.
+        assert_eq!(place("banner", Some("a"), Some("p1"), &ms[..1]), Some(0));
+    }
+
+    #[test]
+    fn failure_detection() {
+        assert_eq!(health(1000, 1100, 1000), Health::Alive);
+        assert_eq!(health(1000, 1500, 1000), Health::Suspect);
+        assert_eq!(health(1000, 2000, 1000), Health::Dead);
+        assert_eq!(health(2000, 1000, 1000), Health::Alive);
+    }
+
+    #[test]
+    fn verdicts() {
+        let leased = TaskState::Leased {
+            minion: "m".into(),
+            generation: 2,
+            token: 7,
+            deadline_ms: 0,
+        };
+        assert_eq!(judge_result(Some(&leased), 7, "m", 2), Verdict::Accept);
+        assert_eq!(judge_result(Some(&leased), 6, "m", 2), Verdict::Stale);
+        assert_eq!(judge_result(Some(&leased), 7, "m", 1), Verdict::Stale);
+        assert_eq!(judge_result(Some(&leased), 7, "x", 2), Verdict::Stale);
+        assert_eq!(
+            judge_result(Some(&TaskState::Pending), 7, "m", 2),
+            Verdict::Stale
+        );
+        assert_eq!(
+            judge_result(Some(&TaskState::Done), 7, "m", 2),
+            Verdict::Duplicate
+        );
+        assert_eq!(judge_result(None, 7, "m", 2), Verdict::Unknown);
+    }
+
+    #[test]
+    fn retries_tokens_rates() {
+        assert_eq!(on_failure(1, 3, false), Retry::Requeue);
+        assert_eq!(on_failure(3, 3, false), Retry::Fail);
+        assert_eq!(on_failure(1, 3, true), Retry::Fail);
+        assert!(token(2, 0) > token(1, (1 << 40) - 1));
+        assert_eq!(rate_share(1000, 4), 250);
+        assert_eq!(rate_share(3, 4), 1);
+        assert_eq!(rate_share(0, 4), 0);
+    }
+}
+
+/// Supervisor restart policy: restart a failed child with exponential backoff unless it failed
+/// more than `max_restarts` times within `window_ms` (then give up and stop, escalating).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartDecision {
+    RestartAfterMs(u64),
+    GiveUp,
+}
+
+pub fn restart_decision(
+    failures_ms: &[u64],
+    now_ms: u64,
+    max_restarts: usize,
+    window_ms: u64,
+) -> RestartDecision {
+    let recent = failures_ms
+        .iter()
+        .filter(|t| now_ms.saturating_sub(**t) <= window_ms)
+        .count();
+    if recent > max_restarts {
+        RestartDecision::GiveUp
+    } else {
+        RestartDecision::RestartAfterMs((10u64 << recent.min(8)).min(2000))
+    }
+}
+
+#[cfg(test)]
+mod restart_tests {
+    use super::*;
+
+    #[test]
+    fn restart_policy() {
+        assert_eq!(
+            restart_decision(&[1000], 1000, 3, 10_000),
+            RestartDecision::RestartAfterMs(20)
+        );
+        assert_eq!(
+            restart_decision(&[0, 500, 900, 1000], 1000, 3, 10_000),
+            RestartDecision::GiveUp
+        );
+        // Old failures fall out of the window.
+        assert_eq!(
+            restart_decision(&[0, 1, 2, 20_000], 20_000, 3, 10_000),
+            RestartDecision::RestartAfterMs(20)
+        );
+    }
+}

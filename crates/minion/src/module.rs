@@ -1,0 +1,98 @@
+//! The module plug-in interface (see `notes/CONTRACT.md`).
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use overlord_core::scope::Scope;
+use overlord_core::{JobId, TaskId};
+use serde_json::Value;
+use std::net::IpAddr;
+
+/// One leased task, as a module sees it.
+#[derive(Clone, Debug)]
+pub struct TaskInput {
+    pub job_id: JobId,
+    pub task_id: TaskId,
+    pub parent_task_id: Option<TaskId>,
+    pub module: String,
+    pub target: Option<IpAddr>,
+    pub ports: Vec<u16>,
+    /// Job params merged with task params (a JSON object; `rate_limit` is this task's share of the
+    /// job's connections/s, when the job has a limit).
+    pub params: Value,
+    /// A blob the task works on (e.g. the PNG for `enrich`).
+    pub blob: Option<Bytes>,
+    /// An input for input-driven modules (e.g. a log path for `beacon`).
+    pub input: Option<String>,
+}
+
+impl TaskInput {
+    pub fn param_u64(&self, key: &str) -> Option<u64> {
+        self.params.get(key).and_then(Value::as_u64)
+    }
+}
+
+/// One result item. The minion adds provenance (job, task, parent, minion, provider, module,
+/// timestamps) itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FindingOut {
+    /// "open_port", "banner", "service", "screenshot", "enrichment", "leak", "beacon", ...
+    pub kind: String,
+    pub target: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub data: Value,
+    /// ≤ 16 MiB; stored content-addressed (sha256) by the coordinator.
+    pub blob: Option<Bytes>,
+}
+
+impl FindingOut {
+    pub fn new(kind: &str, target: Option<IpAddr>, port: Option<u16>, data: Value) -> Self {
+        FindingOut {
+            kind: kind.to_string(),
+            target,
+            port,
+            data,
+            blob: None,
+        }
+    }
+}
+
+/// What the runtime gives a module besides the task.
+#[derive(Clone, Debug)]
+pub struct ModuleCtx {
+    pub minion_id: String,
+    pub provider: String,
+    /// The minion's own scope (allow-list + blocklist). The runtime checks `TaskInput::target`
+    /// before calling the module; a module that connects anywhere else must check it too.
+    pub scope: Scope,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModuleError {
+    /// Bad task input: retrying will not help.
+    #[error("invalid task: {0}")]
+    Invalid(String),
+    /// Refused by scope/blocklist: never retried.
+    #[error("refused by scope: {0}")]
+    Blocked(String),
+    /// A transient failure: the coordinator may retry the task (up to its max attempts).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ModuleError {
+    pub fn permanent(&self) -> bool {
+        !matches!(self, ModuleError::Failed(_))
+    }
+}
+
+pub trait Module: Send + Sync + 'static {
+    /// "portscan", "banner", "service", "screenshot", "enrich", "beacon", ...
+    fn name(&self) -> &'static str;
+    /// Capability a minion must declare to run it: "scan", "grab", "screenshot", "enrich", "analytics".
+    fn capability(&self) -> &'static str;
+    fn run<'a>(
+        &'a self,
+        task: &'a TaskInput,
+        ctx: &'a ModuleCtx,
+    ) -> BoxFuture<'a, Result<Vec<FindingOut>, ModuleError>>;
+}

@@ -1,0 +1,377 @@
+//! The minion's event loop: connect → register → (leases, revocations, acks) ↔ (heartbeats,
+//! result batches), reconnecting with exponential backoff. Results survive reconnects: each is kept
+//! until the coordinator acknowledges it (accepted or rejected) and is re-sent on a new session.
+
+use crate::config::MinionSettings;
+use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
+use futures::FutureExt;
+use overlord_core::Token;
+use overlord_proto::v1::{self, coordinator_message::Msg as CMsg, minion_message::Msg as MMsg};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{debug, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MinionError {
+    #[error("no module for {0:?} in this minion binary")]
+    MissingModule(String),
+}
+
+struct Shared {
+    unacked: Mutex<BTreeMap<Token, v1::TaskResult>>,
+    running: Mutex<HashMap<Token, AbortHandle>>,
+    session: Mutex<Option<mpsc::Sender<v1::MinionMessage>>>,
+}
+
+const MAX_BATCH: usize = 1024;
+
+fn msg(m: MMsg) -> v1::MinionMessage {
+    v1::MinionMessage { msg: Some(m) }
+}
+
+/// Runs a minion until `shutdown` resolves.
+pub async fn run(
+    settings: MinionSettings,
+    all_modules: Vec<Arc<dyn Module>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), MinionError> {
+    let mut modules: HashMap<String, Arc<dyn Module>> = HashMap::new();
+    for name in &settings.modules {
+        let m = all_modules
+            .iter()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| MinionError::MissingModule(name.clone()))?;
+        modules.insert(name.clone(), m.clone());
+    }
+    let mut capabilities = settings.capabilities.clone();
+    if capabilities.is_empty() {
+        for m in modules.values() {
+            if !capabilities.iter().any(|c| c == m.capability()) {
+                capabilities.push(m.capability().to_string());
+            }
+        }
+    }
+    // Only run modules whose capability is declared.
+    modules.retain(|_, m| capabilities.iter().any(|c| c == m.capability()));
+    let modules = Arc::new(modules);
+    let ctx = Arc::new(ModuleCtx {
+        minion_id: settings.id.clone(),
+        provider: settings.provider.clone(),
+        scope: settings.scope.clone(),
+    });
+    let shared = Arc::new(Shared {
+        unacked: Mutex::default(),
+        running: Mutex::default(),
+        session: Mutex::default(),
+    });
+    let incarnation = format!("{:016x}", rand::random::<u64>());
+    let (res_tx, res_rx) = mpsc::channel::<v1::TaskResult>(8192);
+    let reporter = tokio::spawn(reporter(res_rx, shared.clone()));
+    let sem = Arc::new(tokio::sync::Semaphore::new(settings.capacity as usize));
+
+    let main = async {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match session(
+                &settings,
+                &incarnation,
+                &capabilities,
+                &modules,
+                &ctx,
+                &shared,
+                &res_tx,
+                &sem,
+            )
+            .await
+            {
+                Ok(()) => {
+                    info!(minion = %settings.id, "session closed by coordinator");
+                    backoff = Duration::from_millis(50);
+                }
+                Err(e) => debug!(minion = %settings.id, error = %e, "session failed"),
+            }
+            *shared.session.lock().expect("lock") = None;
+            let jitter = rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1);
+            tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+            backoff = (backoff * 2).min(settings.reconnect_max);
+        }
+    };
+    tokio::select! {
+        _ = main => {}
+        _ = shutdown => {}
+    }
+    reporter.abort();
+    for (_, h) in shared.running.lock().expect("lock").drain() {
+        h.abort();
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    settings: &MinionSettings,
+    incarnation: &str,
+    capabilities: &[String],
+    modules: &Arc<HashMap<String, Arc<dyn Module>>>,
+    ctx: &Arc<ModuleCtx>,
+    shared: &Arc<Shared>,
+    res_tx: &mpsc::Sender<v1::TaskResult>,
+    sem: &Arc<tokio::sync::Semaphore>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let channel = tonic::transport::Endpoint::from_shared(settings.coordinator.clone())?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let mut client = v1::minion_service_client::MinionServiceClient::new(channel)
+        .max_decoding_message_size(overlord_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(overlord_proto::MAX_MESSAGE_BYTES);
+    let (tx, rx) = mpsc::channel::<v1::MinionMessage>(1024);
+    let mut mods: Vec<String> = modules.keys().cloned().collect();
+    mods.sort();
+    tx.send(msg(MMsg::Register(v1::Register {
+        minion_id: settings.id.clone(),
+        incarnation: incarnation.to_string(),
+        provider: settings.provider.clone(),
+        capabilities: capabilities.to_vec(),
+        modules: mods,
+        capacity: settings.capacity,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    })))
+    .await?;
+    let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    let registered = match inbound.message().await? {
+        Some(v1::CoordinatorMessage {
+            msg: Some(CMsg::Registered(r)),
+        }) => r,
+        other => return Err(format!("expected Registered, got {other:?}").into()),
+    };
+    info!(minion = %settings.id, generation = registered.generation, "registered");
+    // Re-send results the previous session did not get acknowledged.
+    let pending: Vec<v1::TaskResult> = shared
+        .unacked
+        .lock()
+        .expect("lock")
+        .values()
+        .cloned()
+        .collect();
+    for chunk in pending.chunks(MAX_BATCH) {
+        tx.send(msg(MMsg::Results(v1::ResultBatch {
+            items: chunk.to_vec(),
+        })))
+        .await?;
+    }
+    *shared.session.lock().expect("lock") = Some(tx.clone());
+    let hb_every = Duration::from_millis(registered.heartbeat_interval_ms.max(10) as u64);
+    let hb_tx = tx.clone();
+    let hb_shared = shared.clone();
+    let heartbeat = tokio::spawn(async move {
+        let mut iv = tokio::time::interval(hb_every);
+        loop {
+            iv.tick().await;
+            let held: Vec<u64> = hb_shared
+                .running
+                .lock()
+                .expect("lock")
+                .keys()
+                .copied()
+                .collect();
+            let hb = v1::Heartbeat {
+                running: held.len() as u32,
+                held_tokens: held,
+            };
+            if hb_tx.send(msg(MMsg::Heartbeat(hb))).await.is_err() {
+                break;
+            }
+        }
+    });
+    let _guard = AbortOnDrop(heartbeat.abort_handle());
+    while let Some(m) = inbound.message().await? {
+        match m.msg {
+            Some(CMsg::Leases(batch)) => {
+                for lease in batch.leases {
+                    start_task(lease, modules, ctx, shared, res_tx, sem);
+                }
+            }
+            Some(CMsg::Revoke(r)) => {
+                let mut running = shared.running.lock().expect("lock");
+                let mut unacked = shared.unacked.lock().expect("lock");
+                for t in r.tokens {
+                    if let Some(h) = running.remove(&t) {
+                        h.abort();
+                    }
+                    unacked.remove(&t);
+                }
+            }
+            Some(CMsg::Ack(a)) => {
+                let mut unacked = shared.unacked.lock().expect("lock");
+                for it in a.items {
+                    if !it.accepted {
+                        debug!(token = it.token, reason = %it.reason, "result rejected");
+                    }
+                    unacked.remove(&it.token);
+                }
+            }
+            Some(CMsg::Registered(_)) | None => return Err("unexpected message".into()),
+        }
+    }
+    Ok(())
+}
+
+struct AbortOnDrop(AbortHandle);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn start_task(
+    lease: v1::TaskLease,
+    modules: &Arc<HashMap<String, Arc<dyn Module>>>,
+    ctx: &Arc<ModuleCtx>,
+    shared: &Arc<Shared>,
+    res_tx: &mpsc::Sender<v1::TaskResult>,
+    sem: &Arc<tokio::sync::Semaphore>,
+) {
+    let token = lease.token;
+    if shared.running.lock().expect("lock").contains_key(&token) {
+        return; // already running (lease re-sent)
+    }
+    let (modules, ctx, res_tx, sem, shared2) = (
+        modules.clone(),
+        ctx.clone(),
+        res_tx.clone(),
+        sem.clone(),
+        shared.clone(),
+    );
+    let handle = tokio::spawn(async move {
+        let _permit = sem.acquire_owned().await;
+        let started = overlord_core::now_ms();
+        let outcome = execute(&lease, &modules, &ctx).await;
+        let finished = overlord_core::now_ms();
+        let mut r = v1::TaskResult {
+            job_id: lease.job_id,
+            task_id: lease.task_id,
+            token,
+            started_at_ms: started,
+            finished_at_ms: finished,
+            ..Default::default()
+        };
+        match outcome {
+            Ok(findings) => {
+                r.ok = true;
+                r.findings = findings
+                    .into_iter()
+                    .map(|f| v1::FindingOut {
+                        kind: f.kind,
+                        target: f.target.map(|t| t.to_string()).unwrap_or_default(),
+                        port: f.port.map(u32::from).unwrap_or(0),
+                        data_json: f.data.to_string(),
+                        blob: f.blob.map(|b| b.to_vec()).unwrap_or_default(),
+                    })
+                    .collect();
+            }
+            Err(e) => {
+                r.ok = false;
+                r.permanent = e.permanent();
+                r.error = e.to_string();
+            }
+        }
+        shared2.running.lock().expect("lock").remove(&token);
+        let _ = res_tx.send(r).await;
+    });
+    shared
+        .running
+        .lock()
+        .expect("lock")
+        .insert(token, handle.abort_handle());
+}
+
+async fn execute(
+    lease: &v1::TaskLease,
+    modules: &HashMap<String, Arc<dyn Module>>,
+    ctx: &ModuleCtx,
+) -> Result<Vec<FindingOut>, ModuleError> {
+    let module = modules.get(&lease.module).ok_or_else(|| {
+        ModuleError::Invalid(format!(
+            "module {:?} not available on minion {}",
+            lease.module, ctx.minion_id
+        ))
+    })?;
+    let target = if lease.target.is_empty() {
+        None
+    } else {
+        Some(
+            lease
+                .target
+                .parse()
+                .map_err(|_| ModuleError::Invalid(format!("bad target {:?}", lease.target)))?,
+        )
+    };
+    // The minion re-checks its own scope before sending anything.
+    if let Some(ip) = target {
+        if !ctx.scope.permits(ip) {
+            warn!(target = %ip, task = lease.task_id, "target refused by minion scope");
+            return Err(ModuleError::Blocked(format!(
+                "{ip} is outside this minion's allow-list or inside its blocklist"
+            )));
+        }
+    }
+    let input = TaskInput {
+        job_id: lease.job_id,
+        task_id: lease.task_id,
+        parent_task_id: (lease.parent_task_id != 0).then_some(lease.parent_task_id),
+        module: lease.module.clone(),
+        target,
+        ports: lease
+            .ports
+            .iter()
+            .filter(|p| **p > 0 && **p <= 65535)
+            .map(|p| *p as u16)
+            .collect(),
+        params: serde_json::from_str(&lease.params_json)
+            .unwrap_or(serde_json::Value::Object(Default::default())),
+        blob: (!lease.blob.is_empty()).then(|| bytes::Bytes::from(lease.blob.clone())),
+        input: (!lease.input.is_empty()).then(|| lease.input.clone()),
+    };
+    // A panicking module fails its task instead of killing the minion.
+    match std::panic::AssertUnwindSafe(module.run(&input, ctx))
+        .catch_unwind()
+        .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(ModuleError::Failed(format!(
+            "module {} panicked",
+            lease.module
+        ))),
+    }
+}
+
+/// Collects finished results into batches, remembers them until acknowledged, and sends them on
+/// the current session (if any; otherwise the next session re-sends them).
+async fn reporter(mut rx: mpsc::Receiver<v1::TaskResult>, shared: Arc<Shared>) {
+    while let Some(first) = rx.recv().await {
+        let mut items = vec![first];
+        while items.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => items.push(r),
+                Err(_) => break,
+            }
+        }
+        {
+            let mut unacked = shared.unacked.lock().expect("lock");
+            for r in &items {
+                unacked.insert(r.token, r.clone());
+            }
+        }
+        let tx = shared.session.lock().expect("lock").clone();
+        if let Some(tx) = tx {
+            let _ = tx.send(msg(MMsg::Results(v1::ResultBatch { items }))).await;
+        }
+    }
+}

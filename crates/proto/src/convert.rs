@@ -1,0 +1,69 @@
+//! Conversions between generated (wire) types and domain types.
+
+use crate::v1;
+use overlord_core::job::{FindingRecord, RawSpec};
+
+pub fn raw_spec(s: v1::JobSpec) -> RawSpec {
+    RawSpec {
+        name: s.name,
+        targets: s.targets,
+        ports: s.ports,
+        modules: s.modules,
+        rate_limit: s.rate_limit,
+        inputs: s.inputs,
+        params_json: s.params_json,
+    }
+}
+
+pub fn wire_spec(s: &RawSpec) -> v1::JobSpec {
+    v1::JobSpec {
+        name: s.name.clone(),
+        targets: s.targets.clone(),
+        ports: s.ports.clone(),
+        modules: s.modules.clone(),
+        rate_limit: s.rate_limit,
+        inputs: s.inputs.clone(),
+        params_json: s.params_json.clone(),
+    }
+}
+
+pub fn finding(f: &FindingRecord) -> v1::Finding {
+    v1::Finding {
+        cursor: f.cursor,
+        job_id: f.job_id,
+        task_id: f.task_id,
+        parent_task_id: f.parent_task_id.unwrap_or(0),
+        module: f.module.clone(),
+        kind: f.kind.clone(),
+        target: f.target.map(|t| t.to_string()).unwrap_or_default(),
+        port: f.port.map(u32::from).unwrap_or(0),
+        data_json: f.data.to_string(),
+        blob_sha256: f.blob_sha256.clone().unwrap_or_default(),
+        minion_id: f.minion_id.clone(),
+        provider: f.provider.clone(),
+        started_at_ms: f.started_at_ms,
+        finished_at_ms: f.finished_at_ms,
+        stored_at_ms: f.stored_at_ms,
+    }
+}
+
+/// Wire finding → domain record (used by clients reading results).
+pub fn finding_record(f: &v1::Finding) -> FindingRecord {
+    FindingRecord {
+        cursor: f.cursor,
+        job_id: f.job_id,
+        task_id: f.task_id,
+        parent_task_id: (f.parent_task_id != 0).then_some(f.parent_task_id),
+        module: f.module.clone(),
+        kind: f.kind.clone(),
+        target: f.target.parse().ok(),
+        port: (f.port != 0).then_some(f.port as u16),
+        data: serde_json::from_str(&f.data_json).unwrap_or(serde_json::Value::Null),
+        blob_sha256: (!f.blob_sha256.is_empty()).then(|| f.blob_sha256.clone()),
+        minion_id: f.minion_id.clone(),
+        provider: f.provider.clone(),
+        started_at_ms: f.started_at_ms,
+        finished_at_ms: f.finished_at_ms,
+        stored_at_ms: f.stored_at_ms,
+    }
+}
