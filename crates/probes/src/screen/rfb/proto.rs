@@ -7,8 +7,11 @@ use crate::screen::{PixelFormat, ScreenError};
 /// Negotiated protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum RfbVersion {
+    #[serde(rename = "3.3")]
     V3_3,
+    #[serde(rename = "3.7")]
     V3_7,
+    #[serde(rename = "3.8")]
     V3_8,
 }
 
@@ -201,6 +204,11 @@ mod tests {
             parse_version(b"RFB 0x3.008\n"),
             Err(ScreenError::Protocol(_))
         ));
+    }
+
+    #[test]
+    fn version_serializes_as_number() {
+        assert_eq!(serde_json::to_string(&RfbVersion::V3_8).unwrap(), "\"3.8\"");
     }
 
     #[test]
