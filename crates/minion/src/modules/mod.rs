@@ -6,12 +6,14 @@ use std::sync::Arc;
 pub mod banner;
 pub mod noop;
 pub mod portscan;
+pub mod service;
 
 /// Every module this minion binary ships.
 pub fn builtin() -> Vec<Arc<dyn Module>> {
     vec![
         Arc::new(portscan::PortScan),
         Arc::new(banner::BannerGrab),
+        Arc::new(service::ServiceId::default()),
         Arc::new(noop::Noop),
     ]
 }
