@@ -130,3 +130,67 @@ impl Module for ServiceId {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use overlord_core::scope::Scope;
+    use tokio::io::AsyncWriteExt;
+
+    fn task(port: u16, params: serde_json::Value) -> TaskInput {
+        TaskInput {
+            job_id: Default::default(),
+            task_id: Default::default(),
+            parent_task_id: None,
+            module: "service".into(),
+            target: Some("127.0.0.1".parse().unwrap()),
+            ports: vec![port],
+            params,
+            blob: None,
+            input: None,
+        }
+    }
+
+    fn ctx() -> ModuleCtx {
+        ModuleCtx {
+            minion_id: "m1".into(),
+            provider: "test".into(),
+            scope: Scope::loopback(),
+        }
+    }
+
+    #[tokio::test]
+    async fn identifies_a_banner_and_skips_a_closed_port() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2p1\r\n").await;
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                });
+            }
+        });
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let m = ServiceId::default();
+        let params = serde_json::json!({"grabbers": false, "rate_limit": 10});
+        let out = m.run(&task(port, params.clone()), &ctx()).await.unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].kind, "service");
+        assert_eq!(out[0].port, Some(port));
+        assert_eq!(out[0].data["service"], "ssh");
+        assert_eq!(out[0].data["product"], "OpenSSH");
+        assert_eq!(out[0].data["status"], "identified");
+        assert!(m.run(&task(closed, params), &ctx()).await.unwrap().is_empty());
+        let bad = m
+            .run(&task(port, serde_json::json!({"intensity": "high"})), &ctx())
+            .await
+            .unwrap_err();
+        assert!(bad.permanent(), "{bad}");
+        server.abort();
+    }
+}
