@@ -7,6 +7,7 @@ pub mod banner;
 pub mod noop;
 pub mod portscan;
 pub mod screenshot;
+pub mod service;
 
 /// Every module this minion binary ships.
 pub fn builtin() -> Vec<Arc<dyn Module>> {
@@ -14,6 +15,7 @@ pub fn builtin() -> Vec<Arc<dyn Module>> {
         Arc::new(portscan::PortScan),
         Arc::new(banner::BannerGrab),
         Arc::new(screenshot::Screenshot),
+        Arc::new(service::ServiceId::default()),
         Arc::new(noop::Noop),
     ]
 }

@@ -241,7 +241,13 @@ async fn run_probe(
         }
     }
     let start = Instant::now();
-    let first = if p.is_null() { w.banner } else { w.response };
+    // The NULL probe keeps listening past the point where the other probes start (a slow banner
+    // still wins); see `stage2_at` in `run_engine`.
+    let first = if p.is_null() {
+        w.banner * 4
+    } else {
+        w.response
+    };
     let total = Duration::from_millis(p.totalwaitms.unwrap_or(5000)).min(w.max_probe);
     let plan = ReadPlan {
         first_byte_by: (start + first).min(ctx.deadline),
@@ -343,6 +349,8 @@ async fn run_engine<'a>(
         }
     }
     let mut tls_done: Option<TlsAttempt> = None;
+    // The other probes start when the NULL probe ends or after the banner wait, whichever is first.
+    let stage2_at = Instant::now() + ctx.waits.banner;
     let mut soft_service: Option<String> = None;
     let par = ctx.opts.parallelism.max(1);
     loop {
@@ -397,6 +405,9 @@ async fn run_engine<'a>(
                     return EngineEnd::Tls(Box::new(t));
                 }
                 tls_done = Some(t);
+            }
+            _ = sleep_until(stage2_at), if !null_done => {
+                null_done = true;
             }
             _ = sleep_until(ctx.deadline) => {
                 res.deadline_hit = true;

@@ -89,6 +89,9 @@ pub async fn read_response<S: AsyncRead + Unpin + ?Sized>(
     let mut buf = vec![0u8; 8192];
     let mut last_data = start;
     let mut matched_len = 0usize;
+    // Times data resumed after a quiet gap had already been matched (a drip does this again and
+    // again; a burst followed by silence never).
+    let mut resumed = 0u32;
     loop {
         let until = if r.data.is_empty() {
             plan.first_byte_by
@@ -105,6 +108,9 @@ pub async fn read_response<S: AsyncRead + Unpin + ?Sized>(
             }
             Ok(Ok(n)) => {
                 let now = Instant::now();
+                if !r.data.is_empty() && r.data.len() == matched_len {
+                    resumed += 1;
+                }
                 r.first_byte.get_or_insert(now - start);
                 last_data = now;
                 let room = plan.cap - r.data.len();
@@ -129,7 +135,7 @@ pub async fn read_response<S: AsyncRead + Unpin + ?Sized>(
                 }
                 if now >= plan.deadline {
                     // Still sending if bytes came within the patience window before the deadline.
-                    r.deadline_hit = now - last_data < plan.patience;
+                    r.deadline_hit = resumed >= 2 && now - last_data < plan.patience;
                     break;
                 }
                 if r.data.len() != matched_len {
