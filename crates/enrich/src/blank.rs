@@ -48,8 +48,9 @@ pub fn blank_stats(grey: &Grey, params: &BlankParams) -> BlankStats {
             let p = c as f64 / n;
             -p * p.log2()
         })
-        .sum::<f64>()
-        .max(0.0);
+        .sum::<f64>();
+    // a single-colour image sums to -0.0
+    let entropy = if entropy > 0.0 { entropy } else { 0.0 };
     let dominant = (0..256).max_by_key(|&i| hist[i]).unwrap_or(0) as u8;
     let lo = dominant.saturating_sub(params.tolerance) as usize;
     let hi = dominant.saturating_add(params.tolerance) as usize;

@@ -41,6 +41,12 @@ impl LeakDb {
         Ok(LeakDb { tree: db.open_tree("leak")? })
     }
 
+    /// A leak database in a temporary sled directory (removed on drop), e.g. for the CLI's
+    /// `images analyze --leaks FILE`.
+    pub fn temporary() -> Result<LeakDb, EnrichError> {
+        LeakDb::open(&sled::Config::new().temporary(true).open()?)
+    }
+
     fn key(r: &LeakRecord) -> Vec<u8> {
         format!("{}\0{}\0{}", r.address.to_lowercase(), r.source, r.date).into_bytes()
     }
