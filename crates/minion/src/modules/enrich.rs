@@ -121,3 +121,48 @@ impl Module for Enrich {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use overlord_core::scope::Scope;
+
+    fn task(blob: Option<Vec<u8>>, input: Option<String>) -> TaskInput {
+        TaskInput {
+            job_id: 1,
+            task_id: 2,
+            parent_task_id: Some(1),
+            module: "enrich".into(),
+            target: Some("127.0.0.1".parse().unwrap()),
+            ports: vec![5900],
+            params: serde_json::json!({}),
+            blob: blob.map(bytes::Bytes::from),
+            input,
+        }
+    }
+
+    fn ctx() -> ModuleCtx {
+        ModuleCtx { minion_id: "m1".into(), provider: "local".into(), scope: Scope::loopback() }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn enriches_a_screenshot_blob_and_an_input_path_and_refuses_garbage() {
+        let dir = overlord_enrich::metrics::fixtures_dir().expect("fixtures").join("screens");
+        let m = Enrich::default();
+        let png = std::fs::read(dir.join("07_mail_from_light.png")).unwrap();
+        let out = m.run(&task(Some(png), None), &ctx()).await.expect("enrichment");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].kind, "enrichment");
+        assert_eq!(out[0].port, Some(5900));
+        let emails = out[0].data["emails"].as_array().unwrap();
+        assert_eq!(emails.len(), 3);
+        let path = dir.join("02_blank_black_pure.png").display().to_string();
+        let out = m.run(&task(None, Some(path.clone())), &ctx()).await.expect("enrichment");
+        assert_eq!(out[0].data["blank"], true);
+        assert_eq!(out[0].data["input"], path.as_str());
+        let err = m.run(&task(Some(b"\x89PNG\r\n\x1a\ntruncated".to_vec()), None), &ctx()).await.unwrap_err();
+        assert!(err.permanent(), "a corrupt image is not retried: {err}");
+        let err = m.run(&task(None, None), &ctx()).await.unwrap_err();
+        assert!(matches!(err, ModuleError::Invalid(_)));
+    }
+}
