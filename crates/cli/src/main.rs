@@ -306,7 +306,11 @@ async fn main() -> Result<()> {
                     }
                     None => None,
                 };
-                Ok(overlord_enrich::analyze_files(&files, Default::default(), db.as_ref())?)
+                Ok(overlord_enrich::analyze_files(
+                    &files,
+                    Default::default(),
+                    db.as_ref(),
+                )?)
             })
             .await??;
             let mut out = std::io::stdout().lock();

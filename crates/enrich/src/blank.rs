@@ -30,7 +30,11 @@ pub struct BlankParams {
 
 impl Default for BlankParams {
     fn default() -> Self {
-        BlankParams { tolerance: 8, max_entropy: 0.004, max_differing: 300 }
+        BlankParams {
+            tolerance: 8,
+            max_entropy: 0.004,
+            max_differing: 300,
+        }
     }
 }
 
@@ -57,5 +61,10 @@ pub fn blank_stats(grey: &Grey, params: &BlankParams) -> BlankStats {
     let same: u64 = hist[lo..=hi].iter().sum();
     let differing_pixels = grey.data.len() as u64 - same;
     let blank = entropy <= params.max_entropy && differing_pixels <= params.max_differing;
-    BlankStats { entropy, differing_pixels, dominant, blank }
+    BlankStats {
+        entropy,
+        differing_pixels,
+        dominant,
+        blank,
+    }
 }

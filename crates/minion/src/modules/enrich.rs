@@ -13,7 +13,10 @@ use overlord_enrich::{Analysis, Analyzer, AnalyzerConfig, EnrichError};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 
-type Job = (Vec<u8>, tokio::sync::oneshot::Sender<Result<Analysis, EnrichError>>);
+type Job = (
+    Vec<u8>,
+    tokio::sync::oneshot::Sender<Result<Analysis, EnrichError>>,
+);
 
 pub struct Enrich {
     workers: usize,
@@ -22,8 +25,14 @@ pub struct Enrich {
 
 impl Default for Enrich {
     fn default() -> Self {
-        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4);
-        Enrich { workers, pool: OnceLock::new() }
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(4);
+        Enrich {
+            workers,
+            pool: OnceLock::new(),
+        }
     }
 }
 
@@ -54,7 +63,10 @@ impl Enrich {
 }
 
 fn worker(analyzer: Option<Analyzer>, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
-    let mut analyzer = match analyzer.map(Ok).unwrap_or_else(|| Analyzer::new(AnalyzerConfig::default())) {
+    let mut analyzer = match analyzer
+        .map(Ok)
+        .unwrap_or_else(|| Analyzer::new(AnalyzerConfig::default()))
+    {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(error = %e, "enrich worker cannot build an analyzer");
@@ -92,11 +104,20 @@ impl Module for Enrich {
                         .await
                         .map_err(|e| ModuleError::Invalid(format!("{path}: {e}")))?;
                     if meta.len() > cap {
-                        return Err(ModuleError::Invalid(format!("{path}: {} bytes, over the cap of {cap}", meta.len())));
+                        return Err(ModuleError::Invalid(format!(
+                            "{path}: {} bytes, over the cap of {cap}",
+                            meta.len()
+                        )));
                     }
-                    tokio::fs::read(path).await.map_err(|e| ModuleError::Invalid(format!("{path}: {e}")))?
+                    tokio::fs::read(path)
+                        .await
+                        .map_err(|e| ModuleError::Invalid(format!("{path}: {e}")))?
                 }
-                (None, None) => return Err(ModuleError::Invalid("enrich needs a blob (PNG) or an input path".into())),
+                (None, None) => {
+                    return Err(ModuleError::Invalid(
+                        "enrich needs a blob (PNG) or an input path".into(),
+                    ));
+                }
             };
             let (tx, rx) = tokio::sync::oneshot::channel();
             let pool = self.pool()?.clone();
@@ -110,14 +131,22 @@ impl Module for Enrich {
                 .map_err(|_| ModuleError::Failed("enrich worker died".into()))?
                 .map_err(|e| match e {
                     // bad images never get better on retry
-                    EnrichError::Ocr(_) | EnrichError::Io { .. } | EnrichError::Storage(_) => ModuleError::Failed(e.to_string()),
+                    EnrichError::Ocr(_) | EnrichError::Io { .. } | EnrichError::Storage(_) => {
+                        ModuleError::Failed(e.to_string())
+                    }
                     _ => ModuleError::Invalid(e.to_string()),
                 })?;
-            let mut data = serde_json::to_value(&analysis).map_err(|e| ModuleError::Failed(e.to_string()))?;
+            let mut data =
+                serde_json::to_value(&analysis).map_err(|e| ModuleError::Failed(e.to_string()))?;
             if let (serde_json::Value::Object(m), Some(input)) = (&mut data, &task.input) {
                 m.insert("input".into(), input.clone().into());
             }
-            Ok(vec![FindingOut::new("enrichment", task.target, task.ports.first().copied(), data)])
+            Ok(vec![FindingOut::new(
+                "enrichment",
+                task.target,
+                task.ports.first().copied(),
+                data,
+            )])
         })
     }
 }
@@ -142,25 +171,43 @@ mod tests {
     }
 
     fn ctx() -> ModuleCtx {
-        ModuleCtx { minion_id: "m1".into(), provider: "local".into(), scope: Scope::loopback() }
+        ModuleCtx {
+            minion_id: "m1".into(),
+            provider: "local".into(),
+            scope: Scope::loopback(),
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn enriches_a_screenshot_blob_and_an_input_path_and_refuses_garbage() {
-        let dir = overlord_enrich::metrics::fixtures_dir().expect("fixtures").join("screens");
+        let dir = overlord_enrich::metrics::fixtures_dir()
+            .expect("fixtures")
+            .join("screens");
         let m = Enrich::default();
         let png = std::fs::read(dir.join("07_mail_from_light.png")).unwrap();
-        let out = m.run(&task(Some(png), None), &ctx()).await.expect("enrichment");
+        let out = m
+            .run(&task(Some(png), None), &ctx())
+            .await
+            .expect("enrichment");
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].kind, "enrichment");
         assert_eq!(out[0].port, Some(5900));
         let emails = out[0].data["emails"].as_array().unwrap();
         assert_eq!(emails.len(), 3);
         let path = dir.join("02_blank_black_pure.png").display().to_string();
-        let out = m.run(&task(None, Some(path.clone())), &ctx()).await.expect("enrichment");
+        let out = m
+            .run(&task(None, Some(path.clone())), &ctx())
+            .await
+            .expect("enrichment");
         assert_eq!(out[0].data["blank"], true);
         assert_eq!(out[0].data["input"], path.as_str());
-        let err = m.run(&task(Some(b"\x89PNG\r\n\x1a\ntruncated".to_vec()), None), &ctx()).await.unwrap_err();
+        let err = m
+            .run(
+                &task(Some(b"\x89PNG\r\n\x1a\ntruncated".to_vec()), None),
+                &ctx(),
+            )
+            .await
+            .unwrap_err();
         assert!(err.permanent(), "a corrupt image is not retried: {err}");
         let err = m.run(&task(None, None), &ctx()).await.unwrap_err();
         assert!(matches!(err, ModuleError::Invalid(_)));
