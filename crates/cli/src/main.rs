@@ -113,10 +113,28 @@ enum Cmd {
         )]
         coordinator: String,
     },
+    /// Image enrichment.
+    Images {
+        #[command(subcommand)]
+        cmd: ImagesCmd,
+    },
     /// Runs a benchmark and prints figures.
     Bench {
         #[command(subcommand)]
         which: bench::Which,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImagesCmd {
+    /// Runs the whole enrichment workflow (blank filter, hashes, OCR, faces, logos, e-mails,
+    /// tags) on local PNG/JPEG files and prints one JSON object per file.
+    Analyze {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Leak file (`address,source,date` lines): known e-mail addresses become `leaks`.
+        #[arg(long)]
+        leaks: Option<PathBuf>,
     },
 }
 
@@ -276,6 +294,39 @@ async fn main() -> Result<()> {
             .await?;
             drop(out);
             eprintln!("{n} findings");
+        }
+        Cmd::Images {
+            cmd: ImagesCmd::Analyze { files, leaks },
+        } => {
+            // CPU-bound (tesseract, cascades): off the async runtime
+            let objs = tokio::task::spawn_blocking(move || -> Result<Vec<serde_json::Value>> {
+                let db = match &leaks {
+                    Some(path) => {
+                        let db = overlord_enrich::LeakDb::temporary()?;
+                        let report = db.import_file(path)?;
+                        for (line, reason) in &report.rejected {
+                            eprintln!("{}:{line}: skipped: {reason}", path.display());
+                        }
+                        Some(db)
+                    }
+                    None => None,
+                };
+                Ok(overlord_enrich::analyze_files(
+                    &files,
+                    Default::default(),
+                    db.as_ref(),
+                )?)
+            })
+            .await??;
+            let mut out = std::io::stdout().lock();
+            let mut failed = 0;
+            for o in &objs {
+                failed += usize::from(o.get("error").is_some());
+                writeln!(out, "{}", serde_json::to_string(o)?)?;
+            }
+            if failed > 0 {
+                bail!("{failed} of {} files could not be analysed", objs.len());
+            }
         }
         Cmd::Bench { which } => bench::run(which).await?,
     }

@@ -21,11 +21,19 @@ print(n / (time.thread_time() - c), n / (time.perf_counter() - t))
 "#;
 
 fn main() -> anyhow::Result<()> {
-    let dir = metrics::fixtures_dir().map_err(anyhow::Error::msg)?.join("screens");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    let dir = metrics::fixtures_dir()
+        .map_err(anyhow::Error::msg)?
+        .join("screens");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
     files.retain(|p| p.extension().is_some_and(|e| e == "png"));
     files.sort();
-    let imgs: Vec<_> = files.iter().map(|p| decode(&std::fs::read(p).unwrap(), &DecodeCaps::default()).unwrap()).collect();
+    let imgs: Vec<_> = files
+        .iter()
+        .map(|p| decode(&std::fs::read(p).unwrap(), &DecodeCaps::default()).unwrap())
+        .collect();
     // warm up, then time for ~3 s on one thread
     let mut sink = 0u64;
     for im in &imgs {
@@ -43,17 +51,37 @@ fn main() -> anyhow::Result<()> {
     let ours = n as f64 / (thread_cpu() - c);
     let ours_wall = n as f64 / t.elapsed().as_secs_f64();
     println!("load average {}", loadavg());
-    println!("overlord phash64+phash256 from raw RGB ({} screens, 1024x768, 1 thread): {ours:.0} images/s per core (CPU time; {ours_wall:.0} wall) (checksum {sink:x})", imgs.len());
-    let out = Command::new("python3").arg("-c").arg(PY).args(&files).env("OMP_NUM_THREADS", "1").output();
+    println!(
+        "overlord phash64+phash256 from raw RGB ({} screens, 1024x768, 1 thread): {ours:.0} images/s per core (CPU time; {ours_wall:.0} wall) (checksum {sink:x})",
+        imgs.len()
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(PY)
+        .args(&files)
+        .env("OMP_NUM_THREADS", "1")
+        .output();
     match out {
         Ok(o) if o.status.success() => {
             let s = String::from_utf8_lossy(&o.stdout);
-            let v: Vec<f64> = s.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let v: Vec<f64> = s
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
             let py = v[0];
-            println!("python imagehash.phash (PIL images already decoded, 1 thread): {py:.0} images/s per core (CPU time; {:.0} wall)", v[1]);
+            println!(
+                "python imagehash.phash (PIL images already decoded, 1 thread): {py:.0} images/s per core (CPU time; {:.0} wall)",
+                v[1]
+            );
             println!("ratio: {:.1}x", ours / py);
         }
-        Ok(o) => println!("python imagehash unavailable (pip install imagehash): {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")),
+        Ok(o) => println!(
+            "python imagehash unavailable (pip install imagehash): {}",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        ),
         Err(e) => println!("python3 unavailable: {e}"),
     }
     Ok(())

@@ -17,7 +17,10 @@ fn rng(s: &mut u64) -> u64 {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let n: usize = args
+        .get(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let with_sled = args.iter().any(|a| a == "--sled");
     let mut s = 0x9e37_79b9_7f4a_7c15u64;
     // uniformly random hashes, plus 1,000 clusters of 20 near-duplicates (1..10 bits flipped)
@@ -46,7 +49,11 @@ fn main() -> anyhow::Result<()> {
                 for &q in &queries {
                     mih.query(q, r, &mut out);
                 }
-                println!("m={m} r={r}: {:.1} µs/query CPU, {:.1} MB", (thread_cpu() - c) * 1e6 / queries.len() as f64, mih.heap_bytes() as f64 / 1e6);
+                println!(
+                    "m={m} r={r}: {:.1} µs/query CPU, {:.1} MB",
+                    (thread_cpu() - c) * 1e6 / queries.len() as f64,
+                    mih.heap_bytes() as f64 / 1e6
+                );
             }
         }
     }
@@ -76,8 +83,12 @@ fn main() -> anyhow::Result<()> {
         let c = thread_cpu();
         let mut bf_found = Vec::new();
         for &q in sub {
-            let v: Vec<u32> =
-                hashes.iter().enumerate().filter(|(_, h)| (**h ^ q).count_ones() <= r).map(|(i, _)| i as u32).collect();
+            let v: Vec<u32> = hashes
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| (**h ^ q).count_ones() <= r)
+                .map(|(i, _)| i as u32)
+                .collect();
             bf_found.push(v);
         }
         let bf_us = (thread_cpu() - c) * 1e6 / sub.len() as f64;
@@ -96,22 +107,49 @@ fn main() -> anyhow::Result<()> {
     }
     if with_sled {
         let dir = tempfile::tempdir()?;
-        let db = sled::Config::new().path(dir.path()).cache_capacity(64 << 20).open()?;
+        let db = sled::Config::new()
+            .path(dir.path())
+            .cache_capacity(64 << 20)
+            .open()?;
         let idx = SledMihIndex::open(&db)?;
         let ids: Vec<String> = (0..hashes.len()).map(|i| format!("img{i:08}")).collect();
         let t = Instant::now();
-        idx.bulk_insert(ids.iter().zip(&hashes).map(|(id, &h)| (id.as_str(), PHashes { phash64: h, phash256: [h, !h, h, !h] })))?;
+        idx.bulk_insert(ids.iter().zip(&hashes).map(|(id, &h)| {
+            (
+                id.as_str(),
+                PHashes {
+                    phash64: h,
+                    phash256: [h, !h, h, !h],
+                },
+            )
+        }))?;
         idx.flush()?;
-        println!("sled bulk load of {} hashes: {:.1} s", hashes.len(), t.elapsed().as_secs_f64());
+        println!(
+            "sled bulk load of {} hashes: {:.1} s",
+            hashes.len(),
+            t.elapsed().as_secs_f64()
+        );
         drop(idx);
         let t = Instant::now();
         let idx = SledMihIndex::open(&db)?;
-        println!("reopen (read sled, rebuild MIH): {:.1} s, {:.1} MB in memory", t.elapsed().as_secs_f64(), idx.heap_bytes() as f64 / 1e6);
+        println!(
+            "reopen (read sled, rebuild MIH): {:.1} s, {:.1} MB in memory",
+            t.elapsed().as_secs_f64(),
+            idx.heap_bytes() as f64 / 1e6
+        );
         for r in [4u32, 8] {
             let c = thread_cpu();
             let mut found = 0;
             for &q in &queries {
-                found += idx.query(&PHashes { phash64: q, phash256: [q, !q, q, !q] }, r)?.len();
+                found += idx
+                    .query(
+                        &PHashes {
+                            phash64: q,
+                            phash256: [q, !q, q, !q],
+                        },
+                        r,
+                    )?
+                    .len();
             }
             println!(
                 "sled-backed index r={r}: {:.1} µs/query CPU incl. id lookups in sled ({:.1} results/query)",

@@ -93,7 +93,9 @@ impl Default for AnalyzerConfig {
             blank: BlankParams::default(),
             ocr: OcrParams::default(),
             faces: FaceParams::default(),
-            cascade: std::env::var_os("OVERLORD_HAAR_CASCADE").map(PathBuf::from).unwrap_or(DEFAULT_CASCADE.into()),
+            cascade: std::env::var_os("OVERLORD_HAAR_CASCADE")
+                .map(PathBuf::from)
+                .unwrap_or(DEFAULT_CASCADE.into()),
             logo_templates: Vec::new(),
             logos: LogoParams::default(),
             max_detect_pixels: 4096 * 2304,
@@ -119,11 +121,16 @@ fn ms(t: Instant) -> f64 {
 pub fn extract_emails(text: &str) -> Vec<String> {
     static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     let re = RE.get_or_init(|| {
-        regex::Regex::new(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,24}").expect("regex")
+        regex::Regex::new(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,24}")
+            .expect("regex")
     });
     let mut out: Vec<String> = Vec::new();
     for m in re.find_iter(text) {
-        let a = m.as_str().trim_start_matches(['.', '-']).trim_end_matches(['.', '-']).to_string();
+        let a = m
+            .as_str()
+            .trim_start_matches(['.', '-'])
+            .trim_end_matches(['.', '-'])
+            .to_string();
         if crate::leak::plausible_address(&a) && !out.iter().any(|o| o.eq_ignore_ascii_case(&a)) {
             out.push(a);
         }
@@ -138,23 +145,43 @@ pub fn derive_tags(a: &Analysis) -> Vec<String> {
         t.push("blank");
     }
     let lower = a.text.to_lowercase();
-    let alnum = a.words.iter().filter(|w| w.conf >= 60.0).map(|w| w.text.chars().filter(|c| c.is_alphanumeric()).count()).sum::<usize>();
+    let alnum = a
+        .words
+        .iter()
+        .filter(|w| w.conf >= 60.0)
+        .map(|w| w.text.chars().filter(|c| c.is_alphanumeric()).count())
+        .sum::<usize>();
     if alnum >= 3 {
         t.push("text");
     }
     let has = |k: &str| lower.contains(k);
-    if has("login:") || has("password") || has("username") || has("log on") || has("sign in") || has("log in") {
+    if has("login:")
+        || has("password")
+        || has("username")
+        || has("log on")
+        || has("sign in")
+        || has("log in")
+    {
         t.push("login_prompt");
     }
     if has("ctrl + alt + del") || has("ctrl+alt+del") || has("locked") {
         t.push("lock_screen");
     }
-    if a.text.lines().any(|l| { let l = l.trim_start(); l.starts_with("$ ") || l == "$" || l.starts_with("# ") }) || has(" tty") {
+    if a.text.lines().any(|l| {
+        let l = l.trim_start();
+        l.starts_with("$ ") || l == "$" || l.starts_with("# ")
+    }) || has(" tty")
+    {
         t.push("terminal");
     }
     let bottom = a.height.saturating_mul(9) / 10;
     let logo_in_taskbar = a.logos.iter().any(|l| l.bbox[1] >= bottom);
-    if logo_in_taskbar || has("recycle bin") || a.words.iter().any(|w| w.text.ends_with("Start") && w.bbox[1] >= bottom) {
+    if logo_in_taskbar
+        || has("recycle bin")
+        || a.words
+            .iter()
+            .any(|w| w.text.ends_with("Start") && w.bbox[1] >= bottom)
+    {
         t.push("desktop");
     }
     if !a.faces.is_empty() {
@@ -180,9 +207,17 @@ impl Analyzer {
         let templates = if cfg.logo_templates.is_empty() {
             vec![Template::windows()]
         } else {
-            cfg.logo_templates.iter().map(|(n, p)| Template::load(n, p)).collect::<Result<_, _>>()?
+            cfg.logo_templates
+                .iter()
+                .map(|(n, p)| Template::load(n, p))
+                .collect::<Result<_, _>>()?
         };
-        Ok(Analyzer { cfg, ocr, cascade, templates })
+        Ok(Analyzer {
+            cfg,
+            ocr,
+            cascade,
+            templates,
+        })
     }
 
     /// Analyzer with the default configuration.
@@ -258,7 +293,12 @@ impl Analyzer {
                 a.timings.logos_ms = ms(t);
             }
             let t = Instant::now();
-            let masks: Vec<[u32; 4]> = a.logos.iter().map(|l| l.bbox).chain(a.faces.iter().map(|f| f.bbox)).collect();
+            let masks: Vec<[u32; 4]> = a
+                .logos
+                .iter()
+                .map(|l| l.bbox)
+                .chain(a.faces.iter().map(|f| f.bbox))
+                .collect();
             let o = self.ocr.ocr_masked(&grey, &masks)?;
             a.timings.ocr_ms = ms(t);
             a.text = o.text;
@@ -296,11 +336,20 @@ pub fn analyze_files(
         .map(|p| {
             let file = p.display().to_string();
             let res = (|| {
-                let meta = std::fs::metadata(p).map_err(|e| EnrichError::Io { path: file.clone(), source: e })?;
+                let meta = std::fs::metadata(p).map_err(|e| EnrichError::Io {
+                    path: file.clone(),
+                    source: e,
+                })?;
                 if meta.len() > max {
-                    return Err(EnrichError::InputTooLarge { len: meta.len() as usize, cap: max as usize });
+                    return Err(EnrichError::InputTooLarge {
+                        len: meta.len() as usize,
+                        cap: max as usize,
+                    });
                 }
-                let bytes = std::fs::read(p).map_err(|e| EnrichError::Io { path: file.clone(), source: e })?;
+                let bytes = std::fs::read(p).map_err(|e| EnrichError::Io {
+                    path: file.clone(),
+                    source: e,
+                })?;
                 let mut a = analyzer.analyze(&bytes)?;
                 if let Some(l) = leaks {
                     Analyzer::lookup_leaks(&mut a, l)?;

@@ -30,7 +30,11 @@ pub struct BlankParams {
 
 impl Default for BlankParams {
     fn default() -> Self {
-        BlankParams { tolerance: 8, max_entropy: 0.004, max_differing: 300 }
+        BlankParams {
+            tolerance: 8,
+            max_entropy: 0.004,
+            max_differing: 300,
+        }
     }
 }
 
@@ -48,13 +52,19 @@ pub fn blank_stats(grey: &Grey, params: &BlankParams) -> BlankStats {
             let p = c as f64 / n;
             -p * p.log2()
         })
-        .sum::<f64>()
-        .max(0.0);
+        .sum::<f64>();
+    // a single-colour image sums to -0.0
+    let entropy = if entropy > 0.0 { entropy } else { 0.0 };
     let dominant = (0..256).max_by_key(|&i| hist[i]).unwrap_or(0) as u8;
     let lo = dominant.saturating_sub(params.tolerance) as usize;
     let hi = dominant.saturating_add(params.tolerance) as usize;
     let same: u64 = hist[lo..=hi].iter().sum();
     let differing_pixels = grey.data.len() as u64 - same;
     let blank = entropy <= params.max_entropy && differing_pixels <= params.max_differing;
-    BlankStats { entropy, differing_pixels, dominant, blank }
+    BlankStats {
+        entropy,
+        differing_pixels,
+        dominant,
+        blank,
+    }
 }

@@ -55,9 +55,18 @@ impl Rgb {
             return Err(EnrichError::BadDimensions { width, height });
         }
         if data.len() != expected {
-            return Err(EnrichError::BadBuffer { got: data.len(), expected, width, height });
+            return Err(EnrichError::BadBuffer {
+                got: data.len(),
+                expected,
+                width,
+                height,
+            });
         }
-        Ok(Rgb { width, height, data })
+        Ok(Rgb {
+            width,
+            height,
+            data,
+        })
     }
 
     /// Grey (ITU-R 601 luma, as PIL's "L" mode) of the whole image.
@@ -65,9 +74,16 @@ impl Rgb {
         let data = self
             .data
             .chunks_exact(3)
-            .map(|p| ((p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 32768) >> 16) as u8)
+            .map(|p| {
+                ((p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 32768) >> 16)
+                    as u8
+            })
             .collect();
-        Grey { width: self.width, height: self.height, data }
+        Grey {
+            width: self.width,
+            height: self.height,
+            data,
+        }
     }
 
     #[inline]
@@ -101,7 +117,10 @@ impl Grey {
 /// Decodes PNG or JPEG bytes into RGB within `caps`.
 pub fn decode(bytes: &[u8], caps: &DecodeCaps) -> Result<Rgb, EnrichError> {
     if bytes.len() > caps.max_bytes {
-        return Err(EnrichError::InputTooLarge { len: bytes.len(), cap: caps.max_bytes });
+        return Err(EnrichError::InputTooLarge {
+            len: bytes.len(),
+            cap: caps.max_bytes,
+        });
     }
     let format = image::guess_format(bytes).map_err(|_| EnrichError::UnsupportedFormat)?;
     if !matches!(format, ImageFormat::Png | ImageFormat::Jpeg) {
@@ -119,7 +138,9 @@ pub fn decode(bytes: &[u8], caps: &DecodeCaps) -> Result<Rgb, EnrichError> {
     limits.max_image_height = Some(caps.max_side);
     limits.max_alloc = Some(caps.max_alloc);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| EnrichError::Decode(e.to_string()))?;
+    let img = reader
+        .decode()
+        .map_err(|e| EnrichError::Decode(e.to_string()))?;
     check_dims(img.width(), img.height(), caps)?;
     let rgb = img.into_rgb8();
     let (w, h) = rgb.dimensions();
@@ -130,7 +151,10 @@ fn check_dims(width: u32, height: u32, caps: &DecodeCaps) -> Result<(), EnrichEr
     if width == 0 || height == 0 {
         return Err(EnrichError::BadDimensions { width, height });
     }
-    if width > caps.max_side || height > caps.max_side || width as u64 * height as u64 > caps.max_pixels {
+    if width > caps.max_side
+        || height > caps.max_side
+        || width as u64 * height as u64 > caps.max_pixels
+    {
         return Err(EnrichError::DimensionsTooLarge {
             width,
             height,

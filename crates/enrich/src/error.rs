@@ -9,8 +9,15 @@ pub enum EnrichError {
     #[error("input is {len} bytes, over the cap of {cap} bytes")]
     InputTooLarge { len: usize, cap: usize },
     /// The header announces dimensions over the caps (checked before decoding pixels).
-    #[error("image is {width}x{height}, over the caps (max side {max_side}, max pixels {max_pixels})")]
-    DimensionsTooLarge { width: u32, height: u32, max_side: u32, max_pixels: u64 },
+    #[error(
+        "image is {width}x{height}, over the caps (max side {max_side}, max pixels {max_pixels})"
+    )]
+    DimensionsTooLarge {
+        width: u32,
+        height: u32,
+        max_side: u32,
+        max_pixels: u64,
+    },
     /// Zero-sized or otherwise unusable dimensions.
     #[error("image has invalid dimensions {width}x{height}")]
     BadDimensions { width: u32, height: u32 },
@@ -22,7 +29,12 @@ pub enum EnrichError {
     Decode(String),
     /// A raw pixel buffer does not match its declared dimensions.
     #[error("pixel buffer has {got} bytes, expected {expected} for {width}x{height} RGB")]
-    BadBuffer { got: usize, expected: usize, width: u32, height: u32 },
+    BadBuffer {
+        got: usize,
+        expected: usize,
+        width: u32,
+        height: u32,
+    },
     /// Tesseract could not be initialised or failed on a frame.
     #[error("ocr: {0}")]
     Ocr(String),
@@ -43,7 +55,11 @@ pub enum EnrichError {
     UnknownImage(String),
     /// I/O on a local file.
     #[error("{path}: {source}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// JSON (de)serialisation of a stored analysis.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),

@@ -9,7 +9,8 @@ use crate::error::EnrichError;
 use serde::{Deserialize, Serialize};
 
 /// Default location of the cascade (Debian package `opencv-data`).
-pub const DEFAULT_CASCADE: &str = "/usr/share/opencv4/haarcascades/haarcascade_frontalface_alt2.xml";
+pub const DEFAULT_CASCADE: &str =
+    "/usr/share/opencv4/haarcascades/haarcascade_frontalface_alt2.xml";
 
 /// A detected face.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,7 +32,11 @@ pub struct FaceParams {
 
 impl Default for FaceParams {
     fn default() -> Self {
-        FaceParams { scale_factor: 1.1, min_neighbours: 3, min_size: 24 }
+        FaceParams {
+            scale_factor: 1.1,
+            min_neighbours: 3,
+            min_size: 24,
+        }
     }
 }
 
@@ -70,7 +75,9 @@ pub struct Cascade {
 }
 
 fn nums<T: std::str::FromStr>(s: &str) -> Vec<T> {
-    s.split_whitespace().filter_map(|t| t.parse().ok()).collect()
+    s.split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect()
 }
 
 fn child<'a>(n: roxmltree::Node<'a, 'a>, name: &str) -> Option<roxmltree::Node<'a, 'a>> {
@@ -84,17 +91,29 @@ fn items<'a>(n: roxmltree::Node<'a, 'a>) -> impl Iterator<Item = roxmltree::Node
 impl Cascade {
     /// Loads a cascade in OpenCV's (new) XML format.
     pub fn load(path: &std::path::Path) -> Result<Cascade, EnrichError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| EnrichError::Io { path: path.display().to_string(), source: e })?;
-        Cascade::parse(&text).map_err(|reason| EnrichError::Model { path: path.display().to_string(), reason })
+        let text = std::fs::read_to_string(path).map_err(|e| EnrichError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        Cascade::parse(&text).map_err(|reason| EnrichError::Model {
+            path: path.display().to_string(),
+            reason,
+        })
     }
 
     /// Parses cascade XML.
     pub fn parse(text: &str) -> Result<Cascade, String> {
         let doc = roxmltree::Document::parse(text).map_err(|e| e.to_string())?;
-        let cascade =
-            doc.descendants().find(|n| n.has_tag_name("cascade")).ok_or("no <cascade> element (old format?)")?;
-        let get = |name: &str| child(cascade, name).and_then(|n| n.text()).map(str::trim).unwrap_or("");
+        let cascade = doc
+            .descendants()
+            .find(|n| n.has_tag_name("cascade"))
+            .ok_or("no <cascade> element (old format?)")?;
+        let get = |name: &str| {
+            child(cascade, name)
+                .and_then(|n| n.text())
+                .map(str::trim)
+                .unwrap_or("")
+        };
         if get("featureType") != "HAAR" {
             return Err(format!("featureType {:?} is not HAAR", get("featureType")));
         }
@@ -127,17 +146,33 @@ impl Cascade {
                 .ok_or("stage without threshold")?;
             let mut trees = Vec::new();
             for w in items(child(s, "weakClassifiers").ok_or("stage without weakClassifiers")?) {
-                let inn: Vec<f64> = nums(child(w, "internalNodes").and_then(|n| n.text()).unwrap_or(""));
-                let leaves: Vec<f32> = nums(child(w, "leafValues").and_then(|n| n.text()).unwrap_or(""));
+                let inn: Vec<f64> = nums(
+                    child(w, "internalNodes")
+                        .and_then(|n| n.text())
+                        .unwrap_or(""),
+                );
+                let leaves: Vec<f32> =
+                    nums(child(w, "leafValues").and_then(|n| n.text()).unwrap_or(""));
                 if inn.is_empty() || inn.len() % 4 != 0 {
                     return Err("bad internalNodes".into());
                 }
                 let nodes: Vec<Node> = inn
                     .chunks(4)
-                    .map(|c| Node { left: c[0] as i32, right: c[1] as i32, feature: c[2] as usize, threshold: c[3] as f32 })
+                    .map(|c| Node {
+                        left: c[0] as i32,
+                        right: c[1] as i32,
+                        feature: c[2] as usize,
+                        threshold: c[3] as f32,
+                    })
                     .collect();
                 for n in &nodes {
-                    let ok = |i: i32| if i > 0 { (i as usize) < nodes.len() } else { ((-i) as usize) < leaves.len() };
+                    let ok = |i: i32| {
+                        if i > 0 {
+                            (i as usize) < nodes.len()
+                        } else {
+                            ((-i) as usize) < leaves.len()
+                        }
+                    };
                     if n.feature >= features.len() || !ok(n.left) || !ok(n.right) {
                         return Err("node index out of range".into());
                     }
@@ -149,7 +184,12 @@ impl Cascade {
         if stages.is_empty() {
             return Err("cascade has no stages".into());
         }
-        Ok(Cascade { width, height, stages, features })
+        Ok(Cascade {
+            width,
+            height,
+            stages,
+            features,
+        })
     }
 
     /// Detects faces in a grey image.
@@ -165,7 +205,11 @@ impl Cascade {
             if sw < self.width || sh < self.height || win_w as f32 > w || win_h as f32 > h {
                 break;
             }
-            let scaled = if (factor - 1.0).abs() < 1e-3 { g.clone() } else { resize_to(g, sw, sh) };
+            let scaled = if (factor - 1.0).abs() < 1e-3 {
+                g.clone()
+            } else {
+                resize_to(g, sw, sh)
+            };
             let step = if factor > 2.0 { 1 } else { 2 };
             for (x, y) in self.scan(&scaled, step) {
                 raw.push([
@@ -180,7 +224,12 @@ impl Cascade {
         group_rectangles(&raw, p.min_neighbours as usize, 0.2)
             .into_iter()
             .map(|(r, n)| Face {
-                bbox: [r[0].max(0) as u32, r[1].max(0) as u32, r[2] as u32, r[3] as u32],
+                bbox: [
+                    r[0].max(0) as u32,
+                    r[1].max(0) as u32,
+                    r[2] as u32,
+                    r[3] as u32,
+                ],
                 neighbours: n as u32,
             })
             .collect()
@@ -206,7 +255,12 @@ impl Cascade {
         }
         let off = |r: &[u32; 4]| {
             let (x, y, rw, rh) = (r[0] as usize, r[1] as usize, r[2] as usize, r[3] as usize);
-            [y * iw + x, y * iw + x + rw, (y + rh) * iw + x, (y + rh) * iw + x + rw]
+            [
+                y * iw + x,
+                y * iw + x + rw,
+                (y + rh) * iw + x,
+                (y + rh) * iw + x + rw,
+            ]
         };
         // flatten: per stage, per tree, per node: threshold, children and up to 3 weighted rects
         struct FNode {
@@ -237,7 +291,13 @@ impl Cascade {
                                 for (k, (r, wt)) in f.rects.iter().take(3).enumerate() {
                                     rects[k] = (off(r), *wt);
                                 }
-                                FNode { rects, nrects: f.rects.len().min(3), threshold: n.threshold, left: n.left, right: n.right }
+                                FNode {
+                                    rects,
+                                    nrects: f.rects.len().min(3),
+                                    threshold: n.threshold,
+                                    left: n.left,
+                                    right: n.right,
+                                }
                             })
                             .collect(),
                         leaves: t.leaves.clone(),
@@ -256,10 +316,15 @@ impl Cascade {
             while x + cw <= w {
                 let base = y * iw + x;
                 let rs = |o: &[usize; 4]| {
-                    ii[base + o[3]].wrapping_sub(ii[base + o[1]]).wrapping_sub(ii[base + o[2]]).wrapping_add(ii[base + o[0]])
+                    ii[base + o[3]]
+                        .wrapping_sub(ii[base + o[1]])
+                        .wrapping_sub(ii[base + o[2]])
+                        .wrapping_add(ii[base + o[0]])
                 };
                 let s = rs(&norm) as f64;
-                let q = (sq[base + norm[3]] + sq[base + norm[0]] - sq[base + norm[1]] - sq[base + norm[2]]) as f64;
+                let q = (sq[base + norm[3]] + sq[base + norm[0]]
+                    - sq[base + norm[1]]
+                    - sq[base + norm[2]]) as f64;
                 let nf = area * q - s * s;
                 // a window whose standard deviation is under 2 grey levels is flat: no face
                 if nf < 4.0 * area * area {
@@ -278,7 +343,11 @@ impl Cascade {
                             for (o, wt) in &n.rects[..n.nrects] {
                                 v += *wt * rs(o) as i32 as f32;
                             }
-                            idx = if v * inv < n.threshold { n.left } else { n.right };
+                            idx = if v * inv < n.threshold {
+                                n.left
+                            } else {
+                                n.right
+                            };
                             if idx <= 0 {
                                 sum += t.leaves[(-idx) as usize];
                                 break;
@@ -318,14 +387,24 @@ pub(crate) fn resize_to(g: &Grey, nw: u32, nh: u32) -> Grey {
         let y0 = sy.floor() as usize;
         let y1 = (y0 + 1).min(sh - 1);
         let wy = sy - y0 as f32;
-        let (r0, r1) = (&g.data[y0 * sw..(y0 + 1) * sw], &g.data[y1 * sw..(y1 + 1) * sw]);
-        for (o, &(x0, x1, wx)) in data[y * nw as usize..(y + 1) * nw as usize].iter_mut().zip(&xs) {
+        let (r0, r1) = (
+            &g.data[y0 * sw..(y0 + 1) * sw],
+            &g.data[y1 * sw..(y1 + 1) * sw],
+        );
+        for (o, &(x0, x1, wx)) in data[y * nw as usize..(y + 1) * nw as usize]
+            .iter_mut()
+            .zip(&xs)
+        {
             let a = r0[x0] as f32 + (r0[x1] as f32 - r0[x0] as f32) * wx;
             let b = r1[x0] as f32 + (r1[x1] as f32 - r1[x0] as f32) * wx;
             *o = (a + (b - a) * wy + 0.5) as u8;
         }
     }
-    Grey { width: nw, height: nh, data }
+    Grey {
+        width: nw,
+        height: nh,
+        data,
+    }
 }
 
 /// OpenCV's `groupRectangles`: cluster similar boxes, average each cluster, drop clusters with

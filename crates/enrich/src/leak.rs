@@ -29,16 +29,28 @@ pub struct LeakDb {
 
 /// Is this a plausible e-mail address (one '@', non-empty local part, dotted domain)?
 pub fn plausible_address(a: &str) -> bool {
-    let Some((local, domain)) = a.split_once('@') else { return false };
+    let Some((local, domain)) = a.split_once('@') else {
+        return false;
+    };
     !local.is_empty()
         && domain.contains('.')
         && !domain.contains('@')
-        && !a.chars().any(|c| c.is_whitespace() || c == ',' || c == '\0')
+        && !a
+            .chars()
+            .any(|c| c.is_whitespace() || c == ',' || c == '\0')
 }
 
 impl LeakDb {
     pub fn open(db: &sled::Db) -> Result<LeakDb, EnrichError> {
-        Ok(LeakDb { tree: db.open_tree("leak")? })
+        Ok(LeakDb {
+            tree: db.open_tree("leak")?,
+        })
+    }
+
+    /// A leak database in a temporary sled directory (removed on drop), e.g. for the CLI's
+    /// `images analyze --leaks FILE`.
+    pub fn temporary() -> Result<LeakDb, EnrichError> {
+        LeakDb::open(&sled::Config::new().temporary(true).open()?)
     }
 
     fn key(r: &LeakRecord) -> Vec<u8> {
@@ -58,25 +70,40 @@ impl LeakDb {
         let mut batch = sled::Batch::default();
         for (i, line) in reader.lines().enumerate() {
             let n = i + 1;
-            let line = line.map_err(|e| EnrichError::LeakLine { line: n, reason: e.to_string() })?;
+            let line = line.map_err(|e| EnrichError::LeakLine {
+                line: n,
+                reason: e.to_string(),
+            })?;
             let t = line.trim();
-            if t.is_empty() || t.starts_with('#') || (n == 1 && t.to_lowercase().starts_with("address")) {
+            if t.is_empty()
+                || t.starts_with('#')
+                || (n == 1 && t.to_lowercase().starts_with("address"))
+            {
                 continue;
             }
             let parts: Vec<&str> = t.split(',').map(str::trim).collect();
             if parts.len() != 3 {
-                report.rejected.push((n, format!("expected 3 fields address,source,date, got {}", parts.len())));
+                report.rejected.push((
+                    n,
+                    format!("expected 3 fields address,source,date, got {}", parts.len()),
+                ));
                 continue;
             }
             if !plausible_address(parts[0]) {
-                report.rejected.push((n, format!("not an e-mail address: {:?}", parts[0])));
+                report
+                    .rejected
+                    .push((n, format!("not an e-mail address: {:?}", parts[0])));
                 continue;
             }
             if parts[1].is_empty() || parts[1].contains('\0') || parts[2].contains('\0') {
                 report.rejected.push((n, "empty source".into()));
                 continue;
             }
-            let r = LeakRecord { address: parts[0].into(), source: parts[1].into(), date: parts[2].into() };
+            let r = LeakRecord {
+                address: parts[0].into(),
+                source: parts[1].into(),
+                date: parts[2].into(),
+            };
             batch.insert(Self::key(&r), &[]);
             report.imported += 1;
         }
@@ -87,8 +114,10 @@ impl LeakDb {
 
     /// Imports a file (see [`LeakDb::import`]).
     pub fn import_file(&self, path: &std::path::Path) -> Result<ImportReport, EnrichError> {
-        let f = std::fs::File::open(path)
-            .map_err(|e| EnrichError::Io { path: path.display().to_string(), source: e })?;
+        let f = std::fs::File::open(path).map_err(|e| EnrichError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
         self.import(std::io::BufReader::new(f))
     }
 
@@ -101,7 +130,11 @@ impl LeakDb {
             let s = String::from_utf8_lossy(&k);
             let mut it = s.splitn(3, '\0');
             let (_, source, date) = (it.next(), it.next().unwrap_or(""), it.next().unwrap_or(""));
-            out.push(LeakRecord { address: address.to_lowercase(), source: source.into(), date: date.into() });
+            out.push(LeakRecord {
+                address: address.to_lowercase(),
+                source: source.into(),
+                date: date.into(),
+            });
         }
         Ok(out)
     }

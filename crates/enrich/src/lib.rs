@@ -20,15 +20,17 @@ pub mod simindex;
 pub mod store;
 pub mod textindex;
 
+pub use analyze::{
+    Analysis, Analyzer, AnalyzerConfig, Timings, analyze_files, derive_tags, extract_emails,
+};
 pub use blank::{BlankParams, BlankStats, blank_stats};
 pub use decode::{DecodeCaps, Grey, Rgb, decode};
 pub use error::EnrichError;
-pub use leak::{ImportReport, LeakDb, LeakRecord};
-pub use phash::{PHashes, hamming64, hamming256, phashes};
-pub use simindex::{InsertOutcome, SimilarMatch, SimilarityIndex, SledMihIndex};
-pub use textindex::{TextHit, TextIndex};
-pub use analyze::{Analysis, Analyzer, AnalyzerConfig, Timings, analyze_files, derive_tags, extract_emails};
 pub use faces::{Cascade, Face, FaceParams};
+pub use leak::{ImportReport, LeakDb, LeakRecord};
 pub use logo::{LogoHit, LogoParams, Template};
 pub use ocr::{OcrEngine, OcrParams, OcrText, Word};
+pub use phash::{PHashes, hamming64, hamming256, phashes};
+pub use simindex::{InsertOutcome, SimilarMatch, SimilarityIndex, SledMihIndex};
 pub use store::{EnrichStore, IngestReport};
+pub use textindex::{TextHit, TextIndex};

@@ -37,7 +37,14 @@ pub struct LogoParams {
 
 impl Default for LogoParams {
     fn default() -> Self {
-        LogoParams { min_size: 16, max_size: 256, ratio: 1.2, coarse_px: 10, coarse_threshold: 0.55, threshold: 0.8 }
+        LogoParams {
+            min_size: 16,
+            max_size: 256,
+            ratio: 1.2,
+            coarse_px: 10,
+            coarse_threshold: 0.55,
+            threshold: 0.8,
+        }
     }
 }
 
@@ -60,20 +67,29 @@ struct Prepared {
 impl Template {
     /// Loads an RGBA PNG template; pixels with alpha < 50 % are transparent (ignored).
     pub fn load(name: &str, path: &std::path::Path) -> Result<Template, EnrichError> {
-        let bytes =
-            std::fs::read(path).map_err(|e| EnrichError::Io { path: path.display().to_string(), source: e })?;
+        let bytes = std::fs::read(path).map_err(|e| EnrichError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
         Template::from_png(name, &bytes, &path.display().to_string())
     }
 
     /// The Windows four-pane logo template shipped with the crate (64x64 RGBA).
     pub fn windows() -> Template {
-        Template::from_png("windows", include_bytes!("../assets/logo_windows_template_64.png"), "built-in")
-            .expect("built-in template decodes")
+        Template::from_png(
+            "windows",
+            include_bytes!("../assets/logo_windows_template_64.png"),
+            "built-in",
+        )
+        .expect("built-in template decodes")
     }
 
     /// Parses an RGBA PNG template (`origin` names it in errors).
     pub fn from_png(name: &str, bytes: &[u8], origin: &str) -> Result<Template, EnrichError> {
-        let model = |reason: String| EnrichError::Model { path: origin.to_string(), reason };
+        let model = |reason: String| EnrichError::Model {
+            path: origin.to_string(),
+            reason,
+        };
         let fmt = image::guess_format(bytes).map_err(|e| model(e.to_string()))?;
         let (w, h) = image::ImageReader::with_format(std::io::Cursor::new(bytes), fmt)
             .into_dimensions()
@@ -81,8 +97,19 @@ impl Template {
         if w < 4 || h < 4 || w > 1024 || h > 1024 {
             return Err(model(format!("template {w}x{h} (4..1024 px per side)")));
         }
-        let img = image::load_from_memory(bytes).map_err(|e| model(e.to_string()))?.into_rgba8();
-        Ok(Template { name: name.into(), w, h, rgba: img.into_raw().into_iter().map(|v| v as f32 / 255.0).collect() })
+        let img = image::load_from_memory(bytes)
+            .map_err(|e| model(e.to_string()))?
+            .into_rgba8();
+        Ok(Template {
+            name: name.into(),
+            w,
+            h,
+            rgba: img
+                .into_raw()
+                .into_iter()
+                .map(|v| v as f32 / 255.0)
+                .collect(),
+        })
     }
 
     /// Area-resamples the template to `nw` x `nh` (premultiplied by alpha).
@@ -91,8 +118,14 @@ impl Template {
         let mut px = Vec::new();
         for y in 0..nh {
             for x in 0..nw {
-                let (x0, x1) = (x as f32 * sw as f32 / nw as f32, (x + 1) as f32 * sw as f32 / nw as f32);
-                let (y0, y1) = (y as f32 * sh as f32 / nh as f32, (y + 1) as f32 * sh as f32 / nh as f32);
+                let (x0, x1) = (
+                    x as f32 * sw as f32 / nw as f32,
+                    (x + 1) as f32 * sw as f32 / nw as f32,
+                );
+                let (y0, y1) = (
+                    y as f32 * sh as f32 / nh as f32,
+                    (y + 1) as f32 * sh as f32 / nh as f32,
+                );
                 let (mut acc, mut aw, mut tot) = ([0f32; 3], 0f32, 0f32);
                 for sy in y0.floor() as usize..(y1.ceil() as usize).min(sh) {
                     for sx in x0.floor() as usize..(x1.ceil() as usize).min(sw) {
@@ -109,7 +142,15 @@ impl Template {
                     }
                 }
                 if tot > 0.0 && aw / tot >= 0.5 {
-                    px.push((x, y, [acc[0] / aw * 255.0, acc[1] / aw * 255.0, acc[2] / aw * 255.0]));
+                    px.push((
+                        x,
+                        y,
+                        [
+                            acc[0] / aw * 255.0,
+                            acc[1] / aw * 255.0,
+                            acc[2] / aw * 255.0,
+                        ],
+                    ));
                 }
             }
         }
@@ -127,7 +168,10 @@ impl Template {
                 norm += p.2[c] * p.2[c];
             }
         }
-        Prepared { px, norm: norm.sqrt() }
+        Prepared {
+            px,
+            norm: norm.sqrt(),
+        }
     }
 }
 
@@ -153,7 +197,12 @@ impl FImg {
                 row[2] += p[2] as f64;
                 row[3] += (p[0] * p[0] + p[1] * p[1] + p[2] * p[2]) as f64;
                 let up = ii[y * iw + x + 1];
-                ii[(y + 1) * iw + x + 1] = [up[0] + row[0], up[1] + row[1], up[2] + row[2], up[3] + row[3]];
+                ii[(y + 1) * iw + x + 1] = [
+                    up[0] + row[0],
+                    up[1] + row[1],
+                    up[2] + row[2],
+                    up[3] + row[3],
+                ];
             }
         }
         FImg { w, h, d, ii }
@@ -162,7 +211,12 @@ impl FImg {
     /// Sum of squared deviations (all channels) over the box.
     fn box_ss(&self, x: usize, y: usize, bw: usize, bh: usize) -> f64 {
         let iw = self.w + 1;
-        let (a, b, c, d) = (self.ii[y * iw + x], self.ii[y * iw + x + bw], self.ii[(y + bh) * iw + x], self.ii[(y + bh) * iw + x + bw]);
+        let (a, b, c, d) = (
+            self.ii[y * iw + x],
+            self.ii[y * iw + x + bw],
+            self.ii[(y + bh) * iw + x],
+            self.ii[(y + bh) * iw + x + bw],
+        );
         let v = |k: usize| d[k] - b[k] - c[k] + a[k];
         let n = (bw * bh) as f64;
         v(3) - (v(0) * v(0) + v(1) * v(1) + v(2) * v(2)) / n
@@ -173,14 +227,22 @@ fn to_f(img: &Rgb) -> FImg {
     FImg::new(
         img.width as usize,
         img.height as usize,
-        img.data.chunks_exact(3).map(|p| [p[0] as f32, p[1] as f32, p[2] as f32]).collect(),
+        img.data
+            .chunks_exact(3)
+            .map(|p| [p[0] as f32, p[1] as f32, p[2] as f32])
+            .collect(),
     )
 }
 
 /// Box-reduces by an integer factor.
 fn reduce(img: &FImg, f: usize) -> FImg {
     if f == 1 {
-        return FImg { w: img.w, h: img.h, d: img.d.clone(), ii: img.ii.clone() };
+        return FImg {
+            w: img.w,
+            h: img.h,
+            d: img.d.clone(),
+            ii: img.ii.clone(),
+        };
     }
     let (w, h) = (img.w / f, img.h / f);
     let mut d = vec![[0f32; 3]; w * h];
@@ -236,7 +298,10 @@ pub fn find_logo(img: &Rgb, template: &Template, p: &LogoParams) -> Vec<LogoHit>
         let s = size.round() as usize;
         let f = s.div_ceil(p.coarse_px as usize).max(1);
         let img = reduced.entry(f).or_insert_with(|| reduce(&full, f));
-        let (cw, ch) = ((s / f).max(2), (((s as f32 * aspect).round() as usize) / f).max(2));
+        let (cw, ch) = (
+            (s / f).max(2),
+            (((s as f32 * aspect).round() as usize) / f).max(2),
+        );
         let t = template.prepare(cw, ch);
         if img.w >= cw && img.h >= ch {
             for y in 0..=img.h - ch {
@@ -265,7 +330,8 @@ pub fn find_logo(img: &Rgb, template: &Template, p: &LogoParams) -> Vec<LogoHit>
         // a candidate is only skipped when a hit of about the same size already covers it
         let covered = hits.iter().any(|h| {
             let hs = h.bbox[2] as f32 / s as f32;
-            (0.85..1.18).contains(&hs) && iou(&h.bbox, &[cx as u32, cy as u32, s as u32, s as u32]) > 0.2
+            (0.85..1.18).contains(&hs)
+                && iou(&h.bbox, &[cx as u32, cy as u32, s as u32, s as u32]) > 0.2
         });
         if covered {
             continue;
@@ -278,7 +344,10 @@ pub fn find_logo(img: &Rgb, template: &Template, p: &LogoParams) -> Vec<LogoHit>
         let mut best = (f32::MIN, 0usize, 0usize, 0usize);
         for ts in [s as f32 / 1.1, s as f32, s as f32 * 1.1] {
             let tsz = ts.round() as usize;
-            let (tw, th) = ((tsz / f2).max(2), (((tsz as f32 * aspect).round() as usize) / f2).max(2));
+            let (tw, th) = (
+                (tsz / f2).max(2),
+                (((tsz as f32 * aspect).round() as usize) / f2).max(2),
+            );
             if tw > mid.w || th > mid.h {
                 continue;
             }
@@ -298,10 +367,22 @@ pub fn find_logo(img: &Rgb, template: &Template, p: &LogoParams) -> Vec<LogoHit>
             continue;
         }
         // step 2: full resolution, ±(f2 + 1) positions at the chosen size
-        let best = refine_full(&full, template, aspect, best.1, best.2, best.3, f2 as i64 + 1);
+        let best = refine_full(
+            &full,
+            template,
+            aspect,
+            best.1,
+            best.2,
+            best.3,
+            f2 as i64 + 1,
+        );
         if best.0 >= p.threshold {
             let bbox = [best.1 as u32, best.2 as u32, best.3 as u32, best.4 as u32];
-            hits.push(LogoHit { name: template.name.clone(), bbox, score: best.0.min(1.0) });
+            hits.push(LogoHit {
+                name: template.name.clone(),
+                bbox,
+                score: best.0.min(1.0),
+            });
         }
     }
     // overlapping hits: keep the largest among those within 0.02 of the best score
@@ -322,9 +403,23 @@ pub fn find_logo(img: &Rgb, template: &Template, p: &LogoParams) -> Vec<LogoHit>
     // grow each hit while the score holds (a uniform-colour logo also matches a smaller template
     // placed inside it; the true extent is the largest size that still matches)
     for h in out.iter_mut() {
-        let mut cur = (h.score, h.bbox[0] as usize, h.bbox[1] as usize, h.bbox[2] as usize, h.bbox[3] as usize);
+        let mut cur = (
+            h.score,
+            h.bbox[0] as usize,
+            h.bbox[1] as usize,
+            h.bbox[2] as usize,
+            h.bbox[3] as usize,
+        );
         loop {
-            let next = refine_full(&full, template, aspect, cur.1.saturating_sub(1), cur.2.saturating_sub(1), cur.3 + 1, 2);
+            let next = refine_full(
+                &full,
+                template,
+                aspect,
+                cur.1.saturating_sub(1),
+                cur.2.saturating_sub(1),
+                cur.3 + 1,
+                2,
+            );
             if next.3 <= cur.3 || next.0 < h.score - 0.02 || next.0 < p.threshold {
                 break;
             }
@@ -337,7 +432,15 @@ pub fn find_logo(img: &Rgb, template: &Template, p: &LogoParams) -> Vec<LogoHit>
 }
 
 /// Best full-resolution ZNCC for template width `tw` around (x, y) ± r: (score, x, y, w, h).
-fn refine_full(full: &FImg, template: &Template, aspect: f32, x: usize, y: usize, tw: usize, r: i64) -> (f32, usize, usize, usize, usize) {
+fn refine_full(
+    full: &FImg,
+    template: &Template,
+    aspect: f32,
+    x: usize,
+    y: usize,
+    tw: usize,
+    r: i64,
+) -> (f32, usize, usize, usize, usize) {
     let th = (tw as f32 * aspect).round() as usize;
     let mut best = (f32::MIN, x, y, tw, th);
     if tw > full.w || th > full.h {

@@ -92,11 +92,20 @@ impl Mih {
                     item_hashes[fill[k] as usize] = h;
                     fill[k] += 1;
                 }
-                Table { sub, offsets: counts, items, item_hashes }
+                Table {
+                    sub,
+                    offsets: counts,
+                    items,
+                    item_hashes,
+                }
             })
             .collect();
         let n = hashes.len();
-        Mih { built: n, hashes, tables }
+        Mih {
+            built: n,
+            hashes,
+            tables,
+        }
     }
 
     /// Number of items.
@@ -136,7 +145,9 @@ impl Mih {
             + self
                 .tables
                 .iter()
-                .map(|t| t.offsets.capacity() * 4 + t.items.capacity() * 4 + t.item_hashes.capacity() * 8)
+                .map(|t| {
+                    t.offsets.capacity() * 4 + t.items.capacity() * 4 + t.item_hashes.capacity() * 8
+                })
                 .sum::<usize>()
     }
 
@@ -162,10 +173,17 @@ impl Mih {
             let key = t.sub.key(q);
             let earlier = &self.tables[..j];
             let mut visit = |key: u32| {
-                let (a, b) = (t.offsets[key as usize] as usize, t.offsets[key as usize + 1] as usize);
+                let (a, b) = (
+                    t.offsets[key as usize] as usize,
+                    t.offsets[key as usize + 1] as usize,
+                );
                 for (&it, &h) in t.items[a..b].iter().zip(&t.item_hashes[a..b]) {
                     let d = (h ^ q).count_ones();
-                    if d <= r && !earlier.iter().any(|e| (e.sub.key(h) ^ e.sub.key(q)).count_ones() <= k) {
+                    if d <= r
+                        && !earlier
+                            .iter()
+                            .any(|e| (e.sub.key(h) ^ e.sub.key(q)).count_ones() <= k)
+                    {
                         out.push((it, d));
                     }
                 }

@@ -125,7 +125,10 @@ fn new_tess() -> Result<Tesseract, EnrichError> {
 impl OcrEngine {
     /// Creates an engine (loads the English model once).
     pub fn new(params: OcrParams) -> Result<OcrEngine, EnrichError> {
-        Ok(OcrEngine { tess: Some(new_tess()?), params })
+        Ok(OcrEngine {
+            tess: Some(new_tess()?),
+            params,
+        })
     }
 
     pub fn params(&self) -> &OcrParams {
@@ -137,7 +140,11 @@ impl OcrEngine {
     }
 
     /// Recognises a grey frame; returns words with boxes in frame coordinates.
-    fn recognise(&mut self, g: &Grey, psm: u32) -> Result<Vec<(Word, (u32, u32, u32))>, EnrichError> {
+    fn recognise(
+        &mut self,
+        g: &Grey,
+        psm: u32,
+    ) -> Result<Vec<(Word, (u32, u32, u32))>, EnrichError> {
         let tess = match self.tess.take() {
             Some(t) => t,
             None => new_tess()?,
@@ -146,8 +153,13 @@ impl OcrEngine {
             .set_frame(&g.data, g.width as i32, g.height as i32, 1, g.width as i32)
             .map_err(|e| EnrichError::Ocr(e.to_string()))?;
         tess.set_page_seg_mode(psm_of(psm));
-        let mut tess = tess.set_source_resolution(70).recognize().map_err(|e| EnrichError::Ocr(e.to_string()))?;
-        let tsv = tess.get_tsv_text(0).map_err(|e| EnrichError::Ocr(e.to_string()));
+        let mut tess = tess
+            .set_source_resolution(70)
+            .recognize()
+            .map_err(|e| EnrichError::Ocr(e.to_string()))?;
+        let tsv = tess
+            .get_tsv_text(0)
+            .map_err(|e| EnrichError::Ocr(e.to_string()));
         self.tess = Some(tess);
         Ok(parse_tsv(&tsv?))
     }
@@ -188,13 +200,21 @@ impl OcrEngine {
                 if p.target_line_px == 0 {
                     1.0
                 } else {
-                    (p.target_line_px as f32 / median_line_height(&crop).max(4) as f32).round().clamp(1.0, 4.0)
+                    (p.target_line_px as f32 / median_line_height(&crop).max(4) as f32)
+                        .round()
+                        .clamp(1.0, 4.0)
                 }
             } else {
                 p.whole_scale.max(1) as f32
             };
-            let scale = scale.min(p.max_side as f32 / crop.width.max(crop.height) as f32).max(0.25);
-            let mut img = if (scale - 1.0).abs() > 0.05 { resize_bilinear(&crop, scale) } else { crop };
+            let scale = scale
+                .min(p.max_side as f32 / crop.width.max(crop.height) as f32)
+                .max(0.25);
+            let mut img = if (scale - 1.0).abs() > 0.05 {
+                resize_bilinear(&crop, scale)
+            } else {
+                crop
+            };
             if p.invert_dark && background(&img) < 128 {
                 img.data.iter_mut().for_each(|v| *v = 255 - *v);
             }
@@ -257,9 +277,12 @@ impl OcrEngine {
 /// `@0`. In a word that is not an e-mail address (no `@` followed by a dotted domain), those
 /// readings are turned back into `0`.
 pub fn fix_zero_confusions(word: &str) -> String {
-    let Some(at) = word.find('@') else { return word.to_string() };
+    let Some(at) = word.find('@') else {
+        return word.to_string();
+    };
     let domain = &word[at + 1..];
-    let emailish = domain.contains('.') && domain.chars().filter(|c| c.is_alphabetic()).count() >= 2;
+    let emailish =
+        domain.contains('.') && domain.chars().filter(|c| c.is_alphabetic()).count() >= 2;
     if emailish {
         return word.to_string();
     }
@@ -269,8 +292,15 @@ pub fn fix_zero_confusions(word: &str) -> String {
         .iter()
         .enumerate()
         .map(|(i, &c)| {
-            let alnum = |j: Option<usize>| j.and_then(|j| chars.get(j)).is_some_and(|c| c.is_alphanumeric());
-            if c == '@' && alnum(i.checked_sub(1)) && alnum(Some(i + 1)) { '0' } else { c }
+            let alnum = |j: Option<usize>| {
+                j.and_then(|j| chars.get(j))
+                    .is_some_and(|c| c.is_alphanumeric())
+            };
+            if c == '@' && alnum(i.checked_sub(1)) && alnum(Some(i + 1)) {
+                '0'
+            } else {
+                c
+            }
         })
         .collect()
 }
@@ -311,7 +341,11 @@ fn parse_tsv(tsv: &str) -> Vec<(Word, (u32, u32, u32))> {
         }
         let conf = f[10].parse::<f32>().unwrap_or(0.0);
         out.push((
-            Word { text: text.to_string(), conf, bbox: [n(6), n(7), n(8), n(9)] },
+            Word {
+                text: text.to_string(),
+                conf,
+                bbox: [n(6), n(7), n(8), n(9)],
+            },
             (n(2), n(3), n(4)),
         ));
     }
@@ -324,7 +358,11 @@ fn crop(g: &Grey, b: &[u32; 4]) -> Grey {
         let s = (y * g.width + b[0]) as usize;
         data.extend_from_slice(&g.data[s..s + b[2] as usize]);
     }
-    Grey { width: b[2], height: b[3], data }
+    Grey {
+        width: b[2],
+        height: b[3],
+        data,
+    }
 }
 
 /// Most common grey level (the background).
@@ -363,7 +401,11 @@ pub(crate) fn resize_bilinear(g: &Grey, s: f32) -> Grey {
             *o = (a * (1.0 - wy) + b * wy + 0.5) as u8;
         }
     }
-    Grey { width: w, height: h, data }
+    Grey {
+        width: w,
+        height: h,
+        data,
+    }
 }
 
 fn otsu_binarise(g: &mut Grey) {
@@ -388,7 +430,9 @@ fn otsu_binarise(g: &mut Grey) {
             thr = t;
         }
     }
-    g.data.iter_mut().for_each(|v| *v = if *v as usize > thr { 255 } else { 0 });
+    g.data
+        .iter_mut()
+        .for_each(|v| *v = if *v as usize > thr { 255 } else { 0 });
 }
 
 /// Edge ("ink") map: a pixel whose right or lower neighbour differs by more than 40 levels.
@@ -398,8 +442,16 @@ fn ink_map(g: &Grey) -> Vec<bool> {
     for y in 0..h {
         for x in 0..w {
             let v = g.data[y * w + x] as i32;
-            let r = if x + 1 < w { g.data[y * w + x + 1] as i32 } else { v };
-            let d = if y + 1 < h { g.data[(y + 1) * w + x] as i32 } else { v };
+            let r = if x + 1 < w {
+                g.data[y * w + x + 1] as i32
+            } else {
+                v
+            };
+            let d = if y + 1 < h {
+                g.data[(y + 1) * w + x] as i32
+            } else {
+                v
+            };
             if (v - r).abs() > 40 || (v - d).abs() > 40 {
                 ink[y * w + x] = true;
             }
@@ -483,7 +535,11 @@ fn remove_frames(m: &mut [bool], w: usize, h: usize) {
 /// Median height of the text lines (smeared components) of a block.
 fn median_line_height(g: &Grey) -> u32 {
     let lines = line_boxes(g);
-    let mut hs: Vec<u32> = lines.iter().map(|b| (b[3] - b[1] + 1) as u32).filter(|&h| h >= 4).collect();
+    let mut hs: Vec<u32> = lines
+        .iter()
+        .map(|b| (b[3] - b[1] + 1) as u32)
+        .filter(|&h| h >= 4)
+        .collect();
     if hs.is_empty() {
         return g.height;
     }
@@ -517,8 +573,10 @@ fn line_boxes(g: &Grey) -> Vec<[usize; 4]> {
 /// Text blocks of a screenshot: line candidates merged when they are vertically close and
 /// horizontally overlapping; boxes padded by 6 px.
 pub fn layout_blocks(g: &Grey) -> Vec<[u32; 4]> {
-    let mut boxes: Vec<[usize; 4]> =
-        line_boxes(g).into_iter().filter(|b| b[3] - b[1] + 1 >= 5 && b[2] - b[0] + 1 >= 3).collect();
+    let mut boxes: Vec<[usize; 4]> = line_boxes(g)
+        .into_iter()
+        .filter(|b| b[3] - b[1] + 1 >= 5 && b[2] - b[0] + 1 >= 3)
+        .collect();
     // merge until stable
     loop {
         let mut merged = false;
@@ -535,7 +593,12 @@ pub fn layout_blocks(g: &Grey) -> Vec<[u32; 4]> {
                 // words of one line: gaps up to about a line height (wide monospace spacing)
                 let hmax = 12.max(ha.min(hb).min(40) * 6 / 5) as i64;
                 if vgap <= lh as i64 && hgap <= hmax {
-                    boxes[i] = [a[0].min(b[0]), a[1].min(b[1]), a[2].max(b[2]), a[3].max(b[3])];
+                    boxes[i] = [
+                        a[0].min(b[0]),
+                        a[1].min(b[1]),
+                        a[2].max(b[2]),
+                        a[3].max(b[3]),
+                    ];
                     boxes.swap_remove(j);
                     merged = true;
                 } else {
@@ -556,7 +619,12 @@ pub fn layout_blocks(g: &Grey) -> Vec<[u32; 4]> {
             let y0 = b[1].saturating_sub(6);
             let x1 = (b[2] + 6).min(w - 1);
             let y1 = (b[3] + 6).min(h - 1);
-            [x0 as u32, y0 as u32, (x1 - x0 + 1) as u32, (y1 - y0 + 1) as u32]
+            [
+                x0 as u32,
+                y0 as u32,
+                (x1 - x0 + 1) as u32,
+                (y1 - y0 + 1) as u32,
+            ]
         })
         .collect()
 }
@@ -568,7 +636,9 @@ fn reading_order(mut blocks: Vec<[u32; 4]>) -> Vec<[u32; 4]> {
     let mut rows: Vec<(u32, u32, Vec<[u32; 4]>)> = Vec::new();
     for b in blocks {
         let (top, bot) = (b[1], b[1] + b[3]);
-        match rows.iter_mut().find(|r| top < r.1 && bot > r.0 && (bot.min(r.1) - top.max(r.0)) * 2 >= b[3].min(r.1 - r.0)) {
+        match rows.iter_mut().find(|r| {
+            top < r.1 && bot > r.0 && (bot.min(r.1) - top.max(r.0)) * 2 >= b[3].min(r.1 - r.0)
+        }) {
             Some(r) => {
                 r.0 = r.0.min(top);
                 r.1 = r.1.max(bot);
@@ -595,8 +665,14 @@ mod tests {
         assert_eq!(f("web0@1"), "web01");
         assert_eq!(f("web@2"), "web02");
         assert_eq!(f("Mar@1"), "Mar01");
-        assert_eq!(f("bob.jones@mail.example.org"), "bob.jones@mail.example.org");
-        assert_eq!(f("<noreply@alerts.example.net>"), "<noreply@alerts.example.net>");
+        assert_eq!(
+            f("bob.jones@mail.example.org"),
+            "bob.jones@mail.example.org"
+        );
+        assert_eq!(
+            f("<noreply@alerts.example.net>"),
+            "<noreply@alerts.example.net>"
+        );
         assert_eq!(f("@"), "@");
         assert_eq!(f("user@"), "user@");
     }

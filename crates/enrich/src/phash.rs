@@ -88,7 +88,13 @@ fn downscale64(img: &Rgb) -> [f32; 64 * 64] {
                 }
             }
         }
-        let sum_at = |i: usize| if col32.is_empty() { col[i] as u64 } else { col32[i] as u64 };
+        let sum_at = |i: usize| {
+            if col32.is_empty() {
+                col[i] as u64
+            } else {
+                col32[i] as u64
+            }
+        };
         let rows = (y1 - y0) as f32;
         for (bx, &(x0, x1)) in xb.iter().enumerate() {
             let (mut r, mut g, mut b) = (0u64, 0u64, 0u64);
@@ -109,8 +115,9 @@ fn basis(n: usize, k: usize) -> Vec<f32> {
     let mut v = vec![0f32; k * n];
     for kk in 0..k {
         for nn in 0..n {
-            v[kk * n + nn] =
-                (std::f64::consts::PI * kk as f64 * (2 * nn + 1) as f64 / (2 * n) as f64).cos() as f32;
+            v[kk * n + nn] = (std::f64::consts::PI * kk as f64 * (2 * nn + 1) as f64
+                / (2 * n) as f64)
+                .cos() as f32;
         }
     }
     v
@@ -143,7 +150,11 @@ fn dct_low(x: &[f32], n: usize, k: usize, b: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; k * k];
     for r in 0..k {
         for c in 0..k {
-            out[r * k + c] = t[r * n..(r + 1) * n].iter().zip(&b[c * n..(c + 1) * n]).map(|(a, b)| a * b).sum();
+            out[r * k + c] = t[r * n..(r + 1) * n]
+                .iter()
+                .zip(&b[c * n..(c + 1) * n])
+                .map(|(a, b)| a * b)
+                .sum();
         }
     }
     out

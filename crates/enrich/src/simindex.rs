@@ -84,7 +84,10 @@ fn decode_ord_record(b: &[u8]) -> Result<PHashes, EnrichError> {
         });
     }
     let word = |i: usize| u64::from_be_bytes(b[1 + 8 * i..9 + 8 * i].try_into().expect("8 bytes"));
-    Ok(PHashes { phash64: word(0), phash256: [word(1), word(2), word(3), word(4)] })
+    Ok(PHashes {
+        phash64: word(0),
+        phash256: [word(1), word(2), word(3), word(4)],
+    })
 }
 
 fn hash_key(h: &PHashes) -> Vec<u8> {
@@ -98,7 +101,10 @@ fn hash_key(h: &PHashes) -> Vec<u8> {
 fn ord_of(b: &[u8], tree: &'static str) -> Result<u32, EnrichError> {
     b.try_into()
         .map(u32::from_be_bytes)
-        .map_err(|_| EnrichError::CorruptRecord { tree, reason: format!("ordinal of {} bytes", b.len()) })
+        .map_err(|_| EnrichError::CorruptRecord {
+            tree,
+            reason: format!("ordinal of {} bytes", b.len()),
+        })
 }
 
 impl SledMihIndex {
@@ -110,7 +116,10 @@ impl SledMihIndex {
             let (k, v) = kv?;
             let o = ord_of(&k, "sim.ord")?;
             if o as usize != i {
-                return Err(EnrichError::CorruptRecord { tree: "sim.ord", reason: format!("gap at ordinal {i}") });
+                return Err(EnrichError::CorruptRecord {
+                    tree: "sim.ord",
+                    reason: format!("gap at ordinal {i}"),
+                });
             }
             h64.push(decode_ord_record(&v)?.phash64);
         }
@@ -119,7 +128,9 @@ impl SledMihIndex {
             by_hash: db.open_tree("sim.hash")?,
             members: db.open_tree("sim.members")?,
             by_id: db.open_tree("sim.id")?,
-            mem: RwLock::new(Mem { mih: Mih::build(h64) }),
+            mem: RwLock::new(Mem {
+                mih: Mih::build(h64),
+            }),
         })
     }
 
@@ -134,11 +145,18 @@ impl SledMihIndex {
 
     /// Inserts many images at once (sled batches, one MIH rebuild): for imports and rebuilds.
     /// Ids already present are skipped. Returns how many ids were added.
-    pub fn bulk_insert<'a>(&self, items: impl IntoIterator<Item = (&'a str, PHashes)>) -> Result<usize, EnrichError> {
+    pub fn bulk_insert<'a>(
+        &self,
+        items: impl IntoIterator<Item = (&'a str, PHashes)>,
+    ) -> Result<usize, EnrichError> {
         let mut mem = self.mem.write().expect("index lock");
         let mut new_hashes: std::collections::HashMap<Vec<u8>, u32> = Default::default();
-        let (mut b_ord, mut b_hash, mut b_mem, mut b_id) =
-            (sled::Batch::default(), sled::Batch::default(), sled::Batch::default(), sled::Batch::default());
+        let (mut b_ord, mut b_hash, mut b_mem, mut b_id) = (
+            sled::Batch::default(),
+            sled::Batch::default(),
+            sled::Batch::default(),
+            sled::Batch::default(),
+        );
         let mut seen_ids: std::collections::HashSet<&str> = Default::default();
         let mut h64 = Vec::new();
         let mut added = 0;
@@ -188,8 +206,15 @@ impl SimilarityIndex for SledMihIndex {
         let mut mem = self.mem.write().expect("index lock");
         if let Some(o) = self.by_id.get(id)? {
             let o = ord_of(&o, "sim.id")?;
-            let duplicate_of = self.members_of(o)?.into_iter().filter(|m| m != id).collect();
-            return Ok(InsertOutcome { duplicate_of, inserted: false });
+            let duplicate_of = self
+                .members_of(o)?
+                .into_iter()
+                .filter(|m| m != id)
+                .collect();
+            return Ok(InsertOutcome {
+                duplicate_of,
+                inserted: false,
+            });
         }
         let hk = hash_key(hashes);
         let (o, duplicate_of) = match self.by_hash.get(&hk)? {
@@ -199,7 +224,8 @@ impl SimilarityIndex for SledMihIndex {
             }
             None => {
                 let o = mem.mih.len() as u32;
-                self.ord.insert(o.to_be_bytes(), encode_ord_record(hashes))?;
+                self.ord
+                    .insert(o.to_be_bytes(), encode_ord_record(hashes))?;
                 self.by_hash.insert(hk, &o.to_be_bytes())?;
                 mem.mih.push(hashes.phash64);
                 (o, Vec::new())
@@ -209,34 +235,55 @@ impl SimilarityIndex for SledMihIndex {
         mk.extend_from_slice(id.as_bytes());
         self.members.insert(mk, &[])?;
         self.by_id.insert(id, &o.to_be_bytes())?;
-        Ok(InsertOutcome { duplicate_of, inserted: true })
+        Ok(InsertOutcome {
+            duplicate_of,
+            inserted: true,
+        })
     }
 
     fn query(&self, hashes: &PHashes, radius: u32) -> Result<Vec<SimilarMatch>, EnrichError> {
         let mut hits = Vec::new();
-        self.mem.read().expect("index lock").mih.query(hashes.phash64, radius, &mut hits);
+        self.mem
+            .read()
+            .expect("index lock")
+            .mih
+            .query(hashes.phash64, radius, &mut hits);
         let mut out = Vec::new();
         for (o, d) in hits {
             // the 256-bit hash stays in sled (memory holds only the 64-bit MIH)
-            let rec = self.ord.get(o.to_be_bytes())?.ok_or_else(|| EnrichError::CorruptRecord {
-                tree: "sim.ord",
-                reason: format!("missing ordinal {o}"),
-            })?;
+            let rec = self
+                .ord
+                .get(o.to_be_bytes())?
+                .ok_or_else(|| EnrichError::CorruptRecord {
+                    tree: "sim.ord",
+                    reason: format!("missing ordinal {o}"),
+                })?;
             let d256 = hamming256(&decode_ord_record(&rec)?.phash256, &hashes.phash256);
             for id in self.members_of(o)? {
-                out.push(SimilarMatch { id, distance: d, distance256: d256 });
+                out.push(SimilarMatch {
+                    id,
+                    distance: d,
+                    distance256: d256,
+                });
             }
         }
-        out.sort_by(|a, b| (a.distance, a.distance256, &a.id).cmp(&(b.distance, b.distance256, &b.id)));
+        out.sort_by(|a, b| {
+            (a.distance, a.distance256, &a.id).cmp(&(b.distance, b.distance256, &b.id))
+        });
         Ok(out)
     }
 
     fn hashes_of(&self, id: &str) -> Result<Option<PHashes>, EnrichError> {
-        let Some(o) = self.by_id.get(id)? else { return Ok(None) };
+        let Some(o) = self.by_id.get(id)? else {
+            return Ok(None);
+        };
         let o = ord_of(&o, "sim.id")?;
         match self.ord.get(o.to_be_bytes())? {
             Some(v) => Ok(Some(decode_ord_record(&v)?)),
-            None => Err(EnrichError::CorruptRecord { tree: "sim.ord", reason: format!("missing ordinal {o}") }),
+            None => Err(EnrichError::CorruptRecord {
+                tree: "sim.ord",
+                reason: format!("missing ordinal {o}"),
+            }),
         }
     }
 

@@ -71,10 +71,12 @@ impl EnrichStore {
     /// [`EnrichStore::flush`].
     pub fn ingest(&self, id: &str, analysis: &mut Analysis) -> Result<IngestReport, EnrichError> {
         Analyzer::lookup_leaks(analysis, &self.leaks)?;
-        let hashes = analysis.hashes().ok_or_else(|| EnrichError::CorruptRecord {
-            tree: "img.analysis",
-            reason: format!("analysis of {id} has malformed hashes"),
-        })?;
+        let hashes = analysis
+            .hashes()
+            .ok_or_else(|| EnrichError::CorruptRecord {
+                tree: "img.analysis",
+                reason: format!("analysis of {id} has malformed hashes"),
+            })?;
         let outcome = self.sim.insert(id, &hashes)?;
         if let Some(old) = self.get(id)? {
             for t in &old.tags {
@@ -89,7 +91,11 @@ impl EnrichStore {
         let mut rec = vec![1u8];
         rec.extend_from_slice(&serde_json::to_vec(analysis)?);
         self.analyses.insert(id, rec)?;
-        Ok(IngestReport { same_hash: outcome.duplicate_of, leaks: analysis.leaks.clone(), new: outcome.inserted })
+        Ok(IngestReport {
+            same_hash: outcome.duplicate_of,
+            leaks: analysis.leaks.clone(),
+            new: outcome.inserted,
+        })
     }
 
     /// The stored analysis of an image.
@@ -121,7 +127,11 @@ impl EnrichStore {
     }
 
     /// Images with at least `min_faces` faces: (id, face count), most faces first.
-    pub fn with_faces(&self, min_faces: u32, limit: usize) -> Result<Vec<(String, u32)>, EnrichError> {
+    pub fn with_faces(
+        &self,
+        min_faces: u32,
+        limit: usize,
+    ) -> Result<Vec<(String, u32)>, EnrichError> {
         let prefix = b"has_faces\0";
         let mut out = Vec::new();
         for kv in self.tags.scan_prefix(prefix) {
@@ -138,19 +148,34 @@ impl EnrichStore {
 
     /// Images within Hamming radius `radius` of stored image `id` (the image itself excluded).
     pub fn similar_to_id(&self, id: &str, radius: u32) -> Result<Vec<SimilarMatch>, EnrichError> {
-        let h = self.sim.hashes_of(id)?.ok_or_else(|| EnrichError::UnknownImage(id.into()))?;
-        Ok(self.sim.query(&h, radius)?.into_iter().filter(|m| m.id != id).collect())
+        let h = self
+            .sim
+            .hashes_of(id)?
+            .ok_or_else(|| EnrichError::UnknownImage(id.into()))?;
+        Ok(self
+            .sim
+            .query(&h, radius)?
+            .into_iter()
+            .filter(|m| m.id != id)
+            .collect())
     }
 
     /// Images within Hamming radius `radius` of an uploaded PNG/JPEG (decoded within `caps`).
-    pub fn similar_to_image(&self, bytes: &[u8], radius: u32, caps: &DecodeCaps) -> Result<Vec<SimilarMatch>, EnrichError> {
+    pub fn similar_to_image(
+        &self,
+        bytes: &[u8],
+        radius: u32,
+        caps: &DecodeCaps,
+    ) -> Result<Vec<SimilarMatch>, EnrichError> {
         let h: PHashes = phashes(&decode(bytes, caps)?);
         self.sim.query(&h, radius)
     }
 
     /// Re-derives tags (e.g. after the leak database changed) for one image.
     pub fn retag(&self, id: &str) -> Result<(), EnrichError> {
-        let mut a = self.get(id)?.ok_or_else(|| EnrichError::UnknownImage(id.into()))?;
+        let mut a = self
+            .get(id)?
+            .ok_or_else(|| EnrichError::UnknownImage(id.into()))?;
         a.tags = derive_tags(&a);
         self.ingest(id, &mut a).map(|_| ())
     }

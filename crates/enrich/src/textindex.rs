@@ -36,12 +36,18 @@ pub struct TextIndex {
 }
 
 fn get_u64(t: &sled::Tree, k: &str) -> Result<u64, EnrichError> {
-    Ok(t.get(k)?.map(|v| v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0)).unwrap_or(0))
+    Ok(t.get(k)?
+        .map(|v| v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0))
+        .unwrap_or(0))
 }
 
 impl TextIndex {
     pub fn open(db: &sled::Db) -> Result<TextIndex, EnrichError> {
-        Ok(TextIndex { post: db.open_tree("txt.post")?, doc: db.open_tree("txt.doc")?, meta: db.open_tree("txt.meta")? })
+        Ok(TextIndex {
+            post: db.open_tree("txt.post")?,
+            doc: db.open_tree("txt.doc")?,
+            meta: db.open_tree("txt.meta")?,
+        })
     }
 
     fn post_key(term: &str, doc: &str) -> Vec<u8> {
@@ -68,24 +74,41 @@ impl TextIndex {
         rec.extend_from_slice(&(ts.len() as u32).to_be_bytes());
         rec.extend_from_slice(tf.keys().copied().collect::<Vec<_>>().join("\0").as_bytes());
         self.doc.insert(doc, rec)?;
-        self.meta.insert("n", &(get_u64(&self.meta, "n")? + 1).to_be_bytes())?;
-        self.meta.insert("len", &(get_u64(&self.meta, "len")? + ts.len() as u64).to_be_bytes())?;
+        self.meta
+            .insert("n", &(get_u64(&self.meta, "n")? + 1).to_be_bytes())?;
+        self.meta.insert(
+            "len",
+            &(get_u64(&self.meta, "len")? + ts.len() as u64).to_be_bytes(),
+        )?;
         Ok(())
     }
 
     /// Removes `doc` from the index (no-op if absent).
     pub fn remove(&self, doc: &str) -> Result<(), EnrichError> {
-        let Some(rec) = self.doc.remove(doc)? else { return Ok(()) };
+        let Some(rec) = self.doc.remove(doc)? else {
+            return Ok(());
+        };
         if rec.len() < 5 || rec[0] != 1 {
-            return Err(EnrichError::CorruptRecord { tree: "txt.doc", reason: "not a v1 record".into() });
+            return Err(EnrichError::CorruptRecord {
+                tree: "txt.doc",
+                reason: "not a v1 record".into(),
+            });
         }
         let len = u32::from_be_bytes(rec[1..5].try_into().expect("4 bytes")) as u64;
         let terms = String::from_utf8_lossy(&rec[5..]).into_owned();
         for t in terms.split('\0').filter(|t| !t.is_empty()) {
             self.post.remove(Self::post_key(t, doc))?;
         }
-        self.meta.insert("n", &get_u64(&self.meta, "n")?.saturating_sub(1).to_be_bytes())?;
-        self.meta.insert("len", &get_u64(&self.meta, "len")?.saturating_sub(len).to_be_bytes())?;
+        self.meta.insert(
+            "n",
+            &get_u64(&self.meta, "n")?.saturating_sub(1).to_be_bytes(),
+        )?;
+        self.meta.insert(
+            "len",
+            &get_u64(&self.meta, "len")?
+                .saturating_sub(len)
+                .to_be_bytes(),
+        )?;
         Ok(())
     }
 
@@ -126,10 +149,14 @@ impl TextIndex {
             for (doc, f) in postings {
                 let dl = self.doc_len(&doc)? as f64;
                 let f = f as f64;
-                *scores.entry(doc).or_default() += idf * f * (k1 + 1.0) / (f + k1 * (1.0 - b + b * dl / avg));
+                *scores.entry(doc).or_default() +=
+                    idf * f * (k1 + 1.0) / (f + k1 * (1.0 - b + b * dl / avg));
             }
         }
-        let mut hits: Vec<TextHit> = scores.into_iter().map(|(id, score)| TextHit { id, score }).collect();
+        let mut hits: Vec<TextHit> = scores
+            .into_iter()
+            .map(|(id, score)| TextHit { id, score })
+            .collect();
         hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
         hits.truncate(limit);
         Ok(hits)

@@ -21,17 +21,24 @@ fn all() -> &'static Vec<Fx> {
     static ALL: OnceLock<Vec<Fx>> = OnceLock::new();
     ALL.get_or_init(|| {
         let dir = screens_dir();
-        let gt: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("ground_truth.json")).expect("ground truth")).expect("json");
-        let mut analyzer = Analyzer::new(AnalyzerConfig::default()).expect("analyzer (tesseract-ocr-eng, opencv-data)");
+        let gt: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.join("ground_truth.json")).expect("ground truth"),
+        )
+        .expect("json");
+        let mut analyzer = Analyzer::new(AnalyzerConfig::default())
+            .expect("analyzer (tesseract-ocr-eng, opencv-data)");
         gt["fixtures"]
             .as_array()
             .expect("fixtures")
             .iter()
             .map(|f| {
-                let bytes = std::fs::read(dir.join(f["file"].as_str().unwrap())).expect("fixture file");
+                let bytes =
+                    std::fs::read(dir.join(f["file"].as_str().unwrap())).expect("fixture file");
                 let analysis = analyzer.analyze(&bytes).expect("analysis");
-                Fx { truth: f.clone(), analysis }
+                Fx {
+                    truth: f.clone(),
+                    analysis,
+                }
             })
             .collect()
     })
@@ -54,7 +61,12 @@ fn iou(a: [u32; 4], b: [u32; 4]) -> f64 {
 }
 
 fn box_of(v: &serde_json::Value) -> [u32; 4] {
-    let a: Vec<u32> = v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    let a: Vec<u32> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
     [a[0], a[1], a[2], a[3]]
 }
 
@@ -70,7 +82,10 @@ fn blank_detection_is_exact() {
             f.analysis.differing_pixels
         );
         if f.analysis.blank {
-            assert!(f.analysis.text.is_empty() && f.analysis.faces.is_empty(), "blank screens skip heavy steps");
+            assert!(
+                f.analysis.text.is_empty() && f.analysis.faces.is_empty(),
+                "blank screens skip heavy steps"
+            );
             assert_eq!(f.analysis.tags, vec!["blank".to_string()]);
         }
     }
@@ -79,8 +94,12 @@ fn blank_detection_is_exact() {
 #[test]
 fn every_email_found_exactly() {
     for f in all() {
-        let mut want: Vec<String> =
-            f.truth["emails"].as_array().unwrap().iter().map(|e| e.as_str().unwrap().to_string()).collect();
+        let mut want: Vec<String> = f.truth["emails"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap().to_string())
+            .collect();
         let mut got = f.analysis.emails.clone();
         want.sort();
         got.sort();
@@ -95,12 +114,27 @@ fn faces_all_found_and_no_false_boxes() {
     for f in all() {
         let want = f.truth["face_count"].as_u64().unwrap() as usize;
         total += want;
-        assert_eq!(f.analysis.faces.len(), want, "{}: {:?}", name(f), f.analysis.faces);
+        assert_eq!(
+            f.analysis.faces.len(),
+            want,
+            "{}: {:?}",
+            name(f),
+            f.analysis.faces
+        );
         if let Some(boxes) = f.truth["face_boxes_xywh"].as_array() {
             for b in boxes {
                 let tb = box_of(b);
-                let best = f.analysis.faces.iter().map(|d| iou(d.bbox, tb)).fold(0.0, f64::max);
-                assert!(best >= 0.5, "{}: truth face {tb:?} best IoU {best:.2}", name(f));
+                let best = f
+                    .analysis
+                    .faces
+                    .iter()
+                    .map(|d| iou(d.bbox, tb))
+                    .fold(0.0, f64::max);
+                assert!(
+                    best >= 0.5,
+                    "{}: truth face {tb:?} best IoU {best:.2}",
+                    name(f)
+                );
                 found += 1;
             }
         }
@@ -118,13 +152,29 @@ fn logos_on_both_logo_screens_and_nowhere_else() {
         match f.truth["logo"].as_str() {
             Some(logo) => {
                 let tb = box_of(&f.truth["logo_box"]);
-                assert_eq!(f.analysis.logos.len(), 1, "{}: {:?}", name(f), f.analysis.logos);
+                assert_eq!(
+                    f.analysis.logos.len(),
+                    1,
+                    "{}: {:?}",
+                    name(f),
+                    f.analysis.logos
+                );
                 let l = &f.analysis.logos[0];
                 assert_eq!(l.name, logo);
-                assert!(iou(l.bbox, tb) >= 0.6, "{}: {:?} vs {tb:?}", name(f), l.bbox);
+                assert!(
+                    iou(l.bbox, tb) >= 0.6,
+                    "{}: {:?} vs {tb:?}",
+                    name(f),
+                    l.bbox
+                );
                 screens += 1;
             }
-            None => assert!(f.analysis.logos.is_empty(), "{}: false logo {:?}", name(f), f.analysis.logos),
+            None => assert!(
+                f.analysis.logos.is_empty(),
+                "{}: false logo {:?}",
+                name(f),
+                f.analysis.logos
+            ),
         }
     }
     assert_eq!(screens, 2);
@@ -154,27 +204,54 @@ fn words_carry_confidences_and_boxes_inside_the_image() {
     assert!(f.analysis.words.len() >= 20);
     for w in &f.analysis.words {
         assert!((0.0..=100.0).contains(&w.conf));
-        assert!(w.bbox[0] + w.bbox[2] <= f.analysis.width && w.bbox[1] + w.bbox[3] <= f.analysis.height, "{w:?}");
+        assert!(
+            w.bbox[0] + w.bbox[2] <= f.analysis.width && w.bbox[1] + w.bbox[3] <= f.analysis.height,
+            "{w:?}"
+        );
     }
-    let alice = f.analysis.words.iter().find(|w| w.text.contains("alice.smith")).expect("alice word");
+    let alice = f
+        .analysis
+        .words
+        .iter()
+        .find(|w| w.text.contains("alice.smith"))
+        .expect("alice word");
     // the address is on the second terminal line (y ≈ 72 px)
     assert!((60..90).contains(&alice.bbox[1]), "{alice:?}");
 }
 
 #[test]
 fn tags_follow_content() {
-    let tags = |p: &str| all().iter().find(|f| name(f).starts_with(p)).unwrap().analysis.tags.clone();
+    let tags = |p: &str| {
+        all()
+            .iter()
+            .find(|f| name(f).starts_with(p))
+            .unwrap()
+            .analysis
+            .tags
+            .clone()
+    };
     assert!(tags("04_").contains(&"login_prompt".to_string()));
     assert!(tags("15_").contains(&"windows".to_string()));
     assert!(tags("17_").contains(&"desktop".to_string()));
     assert!(tags("07_").contains(&"has_emails".to_string()));
-    assert!(!tags("14_").contains(&"text".to_string()), "a cat photo is not text");
+    assert!(
+        !tags("14_").contains(&"text".to_string()),
+        "a cat photo is not text"
+    );
     assert!(!tags("18_").contains(&"blank".to_string()));
 }
 
 #[test]
 fn near_duplicates_are_close_in_hash_space_and_others_far() {
-    let get = |p: &str| all().iter().find(|f| name(f).starts_with(p)).unwrap().analysis.hashes().unwrap();
+    let get = |p: &str| {
+        all()
+            .iter()
+            .find(|f| name(f).starts_with(p))
+            .unwrap()
+            .analysis
+            .hashes()
+            .unwrap()
+    };
     let (a, b) = (get("04_"), get("05_"));
     assert!(overlord_enrich::hamming64(a.phash64, b.phash64) <= 4);
     for f in all() {
@@ -183,7 +260,10 @@ fn near_duplicates_are_close_in_hash_space_and_others_far() {
             continue;
         }
         let h = f.analysis.hashes().unwrap();
-        assert!(overlord_enrich::hamming64(a.phash64, h.phash64) > 10, "{n} too close to 04");
+        assert!(
+            overlord_enrich::hamming64(a.phash64, h.phash64) > 10,
+            "{n} too close to 04"
+        );
     }
 }
 
@@ -210,7 +290,10 @@ fn store_serves_text_tag_face_and_similarity_queries_and_survives_restart() {
         let report = store.leaks().import_file(&leak_file).unwrap();
         assert_eq!(report.imported, 2);
         assert_eq!(report.rejected.len(), 1);
-        assert_eq!(report.rejected[0].0, 3, "line numbers are 1-based and name the bad line");
+        assert_eq!(
+            report.rejected[0].0, 3,
+            "line numbers are 1-based and name the bad line"
+        );
         for f in all() {
             let mut a = f.analysis.clone();
             let r = store.ingest(&id_of(f), &mut a).unwrap();
@@ -242,7 +325,10 @@ fn store_serves_text_tag_face_and_similarity_queries_and_survives_restart() {
     let f04 = all().iter().find(|f| name(f).starts_with("04_")).unwrap();
     let f05 = all().iter().find(|f| name(f).starts_with("05_")).unwrap();
     for want in [id_of(f04), id_of(f05)] {
-        assert!(login.iter().any(|h| h.id == want), "login screens found: {login:?}");
+        assert!(
+            login.iter().any(|h| h.id == want),
+            "login screens found: {login:?}"
+        );
     }
     // by tag / faces
     let faces = store.with_faces(1, 10).unwrap();
@@ -253,14 +339,25 @@ fn store_serves_text_tag_face_and_similarity_queries_and_survives_restart() {
     // similar images of a stored id and of an uploaded file
     let sim = store.similar_to_id(&id_of(f04), 8).unwrap();
     let ids: Vec<&str> = sim.iter().map(|m| m.id.as_str()).collect();
-    assert!(ids.contains(&id_of(f05).as_str()) && ids.contains(&"copy-of-04"), "{sim:?}");
+    assert!(
+        ids.contains(&id_of(f05).as_str()) && ids.contains(&"copy-of-04"),
+        "{sim:?}"
+    );
     let bytes = std::fs::read(screens_dir().join("05_console_login_web02.png")).unwrap();
-    let up = store.similar_to_image(&bytes, 4, &Default::default()).unwrap();
-    assert!(up.iter().any(|m| m.id == id_of(f05) && m.distance == 0), "{up:?}");
+    let up = store
+        .similar_to_image(&bytes, 4, &Default::default())
+        .unwrap();
+    assert!(
+        up.iter().any(|m| m.id == id_of(f05) && m.distance == 0),
+        "{up:?}"
+    );
     // the stored analysis comes back whole
     let a = store.get(&id07).unwrap().unwrap();
     assert_eq!(a.emails.len(), 3);
     assert_eq!(a.leaks.len(), 1);
     assert!(store.get("nope").unwrap().is_none());
-    assert!(matches!(store.similar_to_id("nope", 4), Err(overlord_enrich::EnrichError::UnknownImage(_))));
+    assert!(matches!(
+        store.similar_to_id("nope", 4),
+        Err(overlord_enrich::EnrichError::UnknownImage(_))
+    ));
 }

@@ -6,16 +6,22 @@ use std::io::Cursor;
 use std::time::{Duration, Instant};
 
 fn png(w: u32, h: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 7]));
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 7])
+    });
     let mut out = Vec::new();
-    img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png).unwrap();
+    img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
     out
 }
 
 fn jpeg(w: u32, h: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 7]));
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 7])
+    });
     let mut out = Vec::new();
-    img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Jpeg).unwrap();
+    img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Jpeg)
+        .unwrap();
     out
 }
 
@@ -24,7 +30,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         c ^= b as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -42,7 +52,11 @@ fn with_ihdr(mut p: Vec<u8>, w: u32, h: u32) -> Vec<u8> {
 fn quick<T>(f: impl FnOnce() -> T) -> T {
     let t = Instant::now();
     let r = f();
-    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
     r
 }
 
@@ -57,11 +71,18 @@ fn valid_png_and_jpeg_decode() {
 fn absurd_png_dimensions_are_refused_from_the_header() {
     let bomb = with_ihdr(png(16, 16), 100_000, 100_000);
     match quick(|| decode(&bomb, &DecodeCaps::default())) {
-        Err(EnrichError::DimensionsTooLarge { width: 100_000, height: 100_000, .. }) => {}
+        Err(EnrichError::DimensionsTooLarge {
+            width: 100_000,
+            height: 100_000,
+            ..
+        }) => {}
         other => panic!("{other:?}"),
     }
     let wide = with_ihdr(png(16, 16), 8000, 8000); // each side under the cap, pixels over it
-    assert!(matches!(quick(|| decode(&wide, &DecodeCaps::default())), Err(EnrichError::DimensionsTooLarge { .. })));
+    assert!(matches!(
+        quick(|| decode(&wide, &DecodeCaps::default())),
+        Err(EnrichError::DimensionsTooLarge { .. })
+    ));
 }
 
 #[test]
@@ -73,13 +94,27 @@ fn real_decompression_bomb_is_refused_before_inflating() {
         let mut enc = png::Encoder::new(&mut raw, w, 1);
         enc.set_color(png::ColorType::Grayscale);
         enc.set_depth(png::BitDepth::Eight);
-        enc.write_header().unwrap().write_image_data(&vec![0u8; w as usize]).unwrap();
+        enc.write_header()
+            .unwrap()
+            .write_image_data(&vec![0u8; w as usize])
+            .unwrap();
     }
     let bomb = with_ihdr(raw, w, w);
-    assert!(matches!(quick(|| decode(&bomb, &DecodeCaps::default())), Err(EnrichError::DimensionsTooLarge { .. })));
+    assert!(matches!(
+        quick(|| decode(&bomb, &DecodeCaps::default())),
+        Err(EnrichError::DimensionsTooLarge { .. })
+    ));
     // with caps that allow the header, the decoder's memory limit or the truncated data stops it
-    let lax = DecodeCaps { max_side: 30_000, max_pixels: 1_000_000_000, max_alloc: 64 << 20, ..Default::default() };
-    assert!(matches!(quick(|| decode(&bomb, &lax)), Err(EnrichError::Decode(_))));
+    let lax = DecodeCaps {
+        max_side: 30_000,
+        max_pixels: 1_000_000_000,
+        max_alloc: 64 << 20,
+        ..Default::default()
+    };
+    assert!(matches!(
+        quick(|| decode(&bomb, &lax)),
+        Err(EnrichError::Decode(_))
+    ));
 }
 
 #[test]
@@ -88,21 +123,36 @@ fn truncated_and_corrupt_images_give_decode_errors() {
     let p = png(200, 100);
     for cut in [10, 40, p.len() / 2, p.len() - 5] {
         let r = quick(|| decode(&p[..cut], &caps));
-        assert!(matches!(r, Err(EnrichError::Decode(_)) | Err(EnrichError::UnsupportedFormat)), "cut {cut}: {r:?}");
+        assert!(
+            matches!(
+                r,
+                Err(EnrichError::Decode(_)) | Err(EnrichError::UnsupportedFormat)
+            ),
+            "cut {cut}: {r:?}"
+        );
     }
     let mut corrupt = p.clone();
     for b in corrupt[60..160].iter_mut() {
         *b ^= 0x5a;
     }
-    assert!(matches!(quick(|| decode(&corrupt, &caps)), Err(EnrichError::Decode(_))));
+    assert!(matches!(
+        quick(|| decode(&corrupt, &caps)),
+        Err(EnrichError::Decode(_))
+    ));
     let j = jpeg(200, 100);
     let r = quick(|| decode(&j[..j.len() / 3], &caps));
     // a truncated JPEG either errors or decodes to a grey-filled image; it never panics or hangs
     if let Ok(img) = r {
         assert_eq!((img.width, img.height), (200, 100));
     }
-    assert!(matches!(decode(b"GIF89a....", &caps), Err(EnrichError::UnsupportedFormat)));
-    assert!(matches!(decode(b"", &caps), Err(EnrichError::UnsupportedFormat)));
+    assert!(matches!(
+        decode(b"GIF89a....", &caps),
+        Err(EnrichError::UnsupportedFormat)
+    ));
+    assert!(matches!(
+        decode(b"", &caps),
+        Err(EnrichError::UnsupportedFormat)
+    ));
 }
 
 #[test]
@@ -112,11 +162,20 @@ fn absurd_jpeg_dimensions_are_refused() {
     let i = j.windows(2).position(|w| w == [0xff, 0xc0]).expect("SOF0");
     j[i + 5..i + 7].copy_from_slice(&60_000u16.to_be_bytes());
     j[i + 7..i + 9].copy_from_slice(&60_000u16.to_be_bytes());
-    assert!(matches!(quick(|| decode(&j, &DecodeCaps::default())), Err(EnrichError::DimensionsTooLarge { .. })));
+    assert!(matches!(
+        quick(|| decode(&j, &DecodeCaps::default())),
+        Err(EnrichError::DimensionsTooLarge { .. })
+    ));
 }
 
 #[test]
 fn oversized_input_is_refused_without_parsing() {
-    let caps = DecodeCaps { max_bytes: 1000, ..Default::default() };
-    assert!(matches!(decode(&png(300, 300), &caps), Err(EnrichError::InputTooLarge { .. })));
+    let caps = DecodeCaps {
+        max_bytes: 1000,
+        ..Default::default()
+    };
+    assert!(matches!(
+        decode(&png(300, 300), &caps),
+        Err(EnrichError::InputTooLarge { .. })
+    ));
 }

@@ -4,6 +4,7 @@ use crate::module::Module;
 use std::sync::Arc;
 
 pub mod banner;
+pub mod enrich;
 pub mod noop;
 pub mod portscan;
 pub mod screenshot;
@@ -17,5 +18,6 @@ pub fn builtin() -> Vec<Arc<dyn Module>> {
         Arc::new(screenshot::Screenshot),
         Arc::new(service::ServiceId::default()),
         Arc::new(noop::Noop),
+        Arc::new(enrich::Enrich::default()),
     ]
 }
