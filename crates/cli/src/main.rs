@@ -113,6 +113,8 @@ enum Cmd {
         )]
         coordinator: String,
     },
+    /// Finds C2 beaconing in Zeek logs (CNN + RITA-style scorer); also train|eval|generate.
+    Beacons(overlord_cli::beacons::BeaconsArgs),
     /// Runs a benchmark and prints figures.
     Bench {
         #[command(subcommand)]
@@ -272,6 +274,7 @@ async fn main() -> Result<()> {
             drop(out);
             eprintln!("{n} findings");
         }
+        Cmd::Beacons(args) => overlord_cli::beacons::run(args).await?,
         Cmd::Bench { which } => bench::run(which).await?,
     }
     Ok(())

@@ -4,6 +4,7 @@ use crate::module::Module;
 use std::sync::Arc;
 
 pub mod banner;
+pub mod beacon;
 pub mod noop;
 pub mod portscan;
 
@@ -13,5 +14,6 @@ pub fn builtin() -> Vec<Arc<dyn Module>> {
         Arc::new(portscan::PortScan),
         Arc::new(banner::BannerGrab),
         Arc::new(noop::Noop),
+        Arc::new(beacon::Beacon),
     ]
 }
