@@ -224,7 +224,8 @@ impl Scorer {
                     );
                 }
                 merged.sort_unstable_by_key(|e| e.t_us);
-                if let Some(mut c) = prepare(&cfg, members[0], window, &merged, wstart, true, &mut work)
+                if let Some(mut c) =
+                    prepare(&cfg, members[0], window, &merged, wstart, true, &mut work)
                 {
                     c.members = members;
                     let idx = cands.len();
@@ -686,7 +687,12 @@ fn rotation_groups(seqs: &[Seq], cfg: &BeaconConfig) -> Vec<(Vec<usize>, u32)> {
 }
 
 /// Regularity of the merged, burst-collapsed check-ins of `members` (MADM + skew sub-scores).
-fn merged_regularity(seqs: &[Seq], members: &[usize], cfg: &BeaconConfig, scratch: &mut Vec<f32>) -> f32 {
+fn merged_regularity(
+    seqs: &[Seq],
+    members: &[usize],
+    cfg: &BeaconConfig,
+    scratch: &mut Vec<f32>,
+) -> f32 {
     let mut t: Vec<i64> = members
         .iter()
         .flat_map(|&i| seqs[i].events.iter().map(|e| e.t_us))

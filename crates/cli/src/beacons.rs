@@ -151,13 +151,16 @@ pub async fn run(a: BeaconsArgs) -> Result<()> {
                 beacons,
                 browsing,
                 gzip,
-                format: if json { OutFormat::Json } else { OutFormat::Tsv },
+                format: if json {
+                    OutFormat::Json
+                } else {
+                    OutFormat::Tsv
+                },
                 ..GenConfig::default()
             };
-            let s = tokio::task::spawn_blocking(move || {
-                overlord_analytics::generate(seed, &cfg, &dir)
-            })
-            .await??;
+            let s =
+                tokio::task::spawn_blocking(move || overlord_analytics::generate(seed, &cfg, &dir))
+                    .await??;
             eprintln!(
                 "{} conn lines, {} labels ({} malicious keys): {}",
                 s.conn_lines,
@@ -181,10 +184,9 @@ pub async fn run(a: BeaconsArgs) -> Result<()> {
                 cfg.threshold = t;
             }
             let logs = a.logs;
-            let r = tokio::task::spawn_blocking(move || {
-                overlord_analytics::score_logs(&logs, &cfg)
-            })
-            .await??;
+            let r =
+                tokio::task::spawn_blocking(move || overlord_analytics::score_logs(&logs, &cfg))
+                    .await??;
             match a.format {
                 Format::Table => print!("{}", format_table(&r, a.top)),
                 Format::Jsonl => print!("{}", format_jsonl(&r)),

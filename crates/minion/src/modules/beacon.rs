@@ -142,27 +142,46 @@ mod tests {
         };
         let s = overlord_analytics::generate(3, &cfg, dir.path()).unwrap();
         let log = dir.path().join("conn.log").display().to_string();
-        let out = Beacon.run(&task(Some(log), json!({})), &ctx()).await.unwrap();
+        let out = Beacon
+            .run(&task(Some(log), json!({})), &ctx())
+            .await
+            .unwrap();
         let summary = out.last().unwrap();
         assert_eq!(summary.kind, "beacon_summary");
         assert_eq!(summary.data["records"], s.conn_lines);
         assert_eq!(summary.data["bad_lines"], 0);
         let beacons: Vec<&FindingOut> = out.iter().filter(|f| f.kind == "beacon").collect();
         assert!(beacons.len() >= 6, "{out:?}");
-        assert!(beacons.iter().all(|f| f.target.is_some() && f.data["is_beacon"] == true));
+        assert!(
+            beacons
+                .iter()
+                .all(|f| f.target.is_some() && f.data["is_beacon"] == true)
+        );
     }
 
     #[tokio::test]
     async fn bad_inputs_are_permanent_errors() {
-        let e = Beacon.run(&task(None, json!({})), &ctx()).await.unwrap_err();
-        assert!(e.permanent(), "{e}");
         let e = Beacon
-            .run(&task(Some("/nonexistent/conn.log".into()), json!({})), &ctx())
+            .run(&task(None, json!({})), &ctx())
             .await
             .unwrap_err();
-        assert!(e.permanent() && e.to_string().contains("/nonexistent/conn.log"), "{e}");
+        assert!(e.permanent(), "{e}");
         let e = Beacon
-            .run(&task(Some("x".into()), json!({"threshold": "high"})), &ctx())
+            .run(
+                &task(Some("/nonexistent/conn.log".into()), json!({})),
+                &ctx(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            e.permanent() && e.to_string().contains("/nonexistent/conn.log"),
+            "{e}"
+        );
+        let e = Beacon
+            .run(
+                &task(Some("x".into()), json!({"threshold": "high"})),
+                &ctx(),
+            )
             .await
             .unwrap_err();
         assert!(matches!(e, ModuleError::Invalid(_)), "{e}");
