@@ -47,8 +47,8 @@ fn main() -> Result<()> {
                 .map(|s| s.parse())
                 .transpose()?
                 .unwrap_or(overlord_analytics::train::DEFAULT_SEED);
-            let out = take_value(&mut args, "--out")?
-                .unwrap_or_else(|| "beacon_cnn.safetensors".into());
+            let out =
+                take_value(&mut args, "--out")?.unwrap_or_else(|| "beacon_cnn.safetensors".into());
             let mut cfg = TrainConfig {
                 verbose: true,
                 ..TrainConfig::default()

@@ -35,8 +35,14 @@ fn main() -> Result<()> {
     let dir: PathBuf = get("--dir")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("overlord-beacon-bench"));
-    let hosts: usize = get("--hosts").map(|s| s.parse()).transpose()?.unwrap_or(400);
-    let browsing: f64 = get("--browsing").map(|s| s.parse()).transpose()?.unwrap_or(1.0);
+    let hosts: usize = get("--hosts")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(400);
+    let browsing: f64 = get("--browsing")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1.0);
     let no_peer = args.iter().any(|a| a == "--no-peer");
     let conn = dir.join("conn.log");
     if !conn.exists() {
@@ -82,7 +88,10 @@ fn main() -> Result<()> {
         stats.lines,
         stats.bad_lines
     );
-    println!("{:<32} {:>8} {:>14} {:>8} {:>14}", "", "wall s", "lines/s wall", "CPU s", "lines/s CPU");
+    println!(
+        "{:<32} {:>8} {:>14} {:>8} {:>14}",
+        "", "wall s", "lines/s wall", "CPU s", "lines/s CPU"
+    );
     println!(
         "{:<32} {:>8.2} {:>14.0} {:>8.2} {:>14.0}   ({:.0} MB/s wall)",
         "overlord parse only",

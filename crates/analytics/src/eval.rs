@@ -176,7 +176,10 @@ pub fn dataset_logs(dir: &Path) -> Result<Vec<PathBuf>, AnalyticsError> {
     for e in std::fs::read_dir(dir).map_err(|e| AnalyticsError::io(dir, e))? {
         let p = e.map_err(|e| AnalyticsError::io(dir, e))?.path();
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if p.is_file() && name != "labels.jsonl" && (name.contains(".log") || name.contains(".json")) {
+        if p.is_file()
+            && name != "labels.jsonl"
+            && (name.contains(".log") || name.contains(".json"))
+        {
             v.push(p);
         }
     }
@@ -190,7 +193,10 @@ pub fn evaluate(labelled_dir: &Path) -> Result<EvalReport, AnalyticsError> {
 }
 
 /// Evaluate a configuration on a labelled directory.
-pub fn evaluate_with(labelled_dir: &Path, cfg: &BeaconConfig) -> Result<EvalReport, AnalyticsError> {
+pub fn evaluate_with(
+    labelled_dir: &Path,
+    cfg: &BeaconConfig,
+) -> Result<EvalReport, AnalyticsError> {
     let labels_path = labelled_dir.join("labels.jsonl");
     let labels = load_labels(&labels_path)?;
     let logs = dataset_logs(labelled_dir)?;
@@ -235,7 +241,11 @@ pub fn evaluate_with(labelled_dir: &Path, cfg: &BeaconConfig) -> Result<EvalRepo
     let combined = metrics(&col(0), t);
     let cnn_only = metrics(&col(1), t);
     let stat_only = metrics(&col(2), t);
-    let negatives: Vec<(f32, bool)> = rows.iter().filter(|r| !r.1).map(|r| (r.0[0], false)).collect();
+    let negatives: Vec<(f32, bool)> = rows
+        .iter()
+        .filter(|r| !r.1)
+        .map(|r| (r.0[0], false))
+        .collect();
     let mut by: BTreeMap<(bool, String), Vec<f32>> = BTreeMap::new();
     for r in &rows {
         by.entry((!r.1, r.2.clone())).or_default().push(r.0[0]);
@@ -258,7 +268,8 @@ pub fn evaluate_with(labelled_dir: &Path, cfg: &BeaconConfig) -> Result<EvalRepo
                 flagged,
                 rate: ratio(flagged, scores.len() as u64),
                 roc_auc: roc,
-                mean_score: scores.iter().map(|&s| s as f64).sum::<f64>() / scores.len().max(1) as f64,
+                mean_score: scores.iter().map(|&s| s as f64).sum::<f64>()
+                    / scores.len().max(1) as f64,
             }
         })
         .collect();
@@ -276,8 +287,26 @@ pub fn evaluate_with(labelled_dir: &Path, cfg: &BeaconConfig) -> Result<EvalRepo
 /// Human-readable rendering of an [`EvalReport`].
 pub fn format_eval(r: &EvalReport) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{:<10} {:>6} {:>7} {:>5} {:>5} {:>5} {:>9} {:>7} {:>6} {:>8} {:>7}", "scorer", "thresh", "pos/neg", "tp", "fp", "fn", "precision", "recall", "F1", "ROC-AUC", "PR-AUC");
-    for (name, m) in [("combined", &r.combined), ("cnn", &r.cnn_only), ("rita-like", &r.stat_only)] {
+    let _ = writeln!(
+        s,
+        "{:<10} {:>6} {:>7} {:>5} {:>5} {:>5} {:>9} {:>7} {:>6} {:>8} {:>7}",
+        "scorer",
+        "thresh",
+        "pos/neg",
+        "tp",
+        "fp",
+        "fn",
+        "precision",
+        "recall",
+        "F1",
+        "ROC-AUC",
+        "PR-AUC"
+    );
+    for (name, m) in [
+        ("combined", &r.combined),
+        ("cnn", &r.cnn_only),
+        ("rita-like", &r.stat_only),
+    ] {
         let _ = writeln!(
             s,
             "{name:<10} {:>6.2} {:>7} {:>5} {:>5} {:>5} {:>9.3} {:>7.3} {:>6.3} {:>8.4} {:>7.4}",
@@ -294,7 +323,11 @@ pub fn format_eval(r: &EvalReport) -> String {
         );
     }
     let _ = writeln!(s, "\nper pattern (combined score):");
-    let _ = writeln!(s, "{:<16} {:<9} {:>6} {:>8} {:>7} {:>8} {:>6}", "pattern", "label", "keys", "flagged", "rate", "ROC-AUC", "mean");
+    let _ = writeln!(
+        s,
+        "{:<16} {:<9} {:>6} {:>8} {:>7} {:>8} {:>6}",
+        "pattern", "label", "keys", "flagged", "rate", "ROC-AUC", "mean"
+    );
     for p in &r.per_pattern {
         let _ = writeln!(
             s,
@@ -304,10 +337,16 @@ pub fn format_eval(r: &EvalReport) -> String {
             p.keys,
             p.flagged,
             p.rate,
-            p.roc_auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "-".into()),
+            p.roc_auc
+                .map(|a| format!("{a:.4}"))
+                .unwrap_or_else(|| "-".into()),
             p.mean_score
         );
     }
-    let _ = writeln!(s, "\n{} lines, {} bad, scored in {:.2}s", r.lines, r.bad_lines, r.seconds);
+    let _ = writeln!(
+        s,
+        "\n{} lines, {} bad, scored in {:.2}s",
+        r.lines, r.bad_lines, r.seconds
+    );
     s
 }

@@ -129,7 +129,12 @@ pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary
             if a == 127 || a == 10 || a == 172 || a == 192 {
                 continue;
             }
-            return u32::from(Ipv4Addr::new(a, r.int(0, 255) as u8, r.int(0, 255) as u8, r.int(1, 254) as u8));
+            return u32::from(Ipv4Addr::new(
+                a,
+                r.int(0, 255) as u8,
+                r.int(0, 255) as u8,
+                r.int(1, 254) as u8,
+            ));
         }
     };
     let sites: Vec<u32> = (0..3000).map(|_| ext(&mut ext_rng)).collect();
@@ -169,31 +174,105 @@ pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary
         while t < DAY {
             t += r.exp(mean);
             if t < DAY && r.f64() < synth::diurnal_weight(t / 3600.0).max(0.2) {
-                conns.push(Conn { ts: t, src: h, dst: resolver, dport: 53, proto: 1, dur: 0.01, ob: 40 + r.int(0, 30) as u32, rb: 90 + r.int(0, 200) as u32, state: 0 });
+                conns.push(Conn {
+                    ts: t,
+                    src: h,
+                    dst: resolver,
+                    dport: 53,
+                    proto: 1,
+                    dur: 0.01,
+                    ob: 40 + r.int(0, 30) as u32,
+                    rb: 90 + r.int(0, 200) as u32,
+                    state: 0,
+                });
             }
         }
         // Benign periodic services shared by many hosts.
         if r.bool(0.9) {
             let p = *r.choose(&[64.0, 128.0, 256.0, 1024.0]);
-            push_beacon(&mut conns, &mut r, h, ntp, 123, 1, &BeaconSpec { jitter: 0.02, ..BeaconSpec::simple(p) }, (48, 48), (48, 48));
+            push_beacon(
+                &mut conns,
+                &mut r,
+                h,
+                ntp,
+                123,
+                1,
+                &BeaconSpec {
+                    jitter: 0.02,
+                    ..BeaconSpec::simple(p)
+                },
+                (48, 48),
+                (48, 48),
+            );
         }
         if r.bool(0.7) {
             let p = *r.choose(&[3600.0, 3.0 * 3600.0]);
-            push_beacon(&mut conns, &mut r, h, update, 443, 0, &BeaconSpec { jitter: 0.1, ..BeaconSpec::simple(p) }, (600, 900), (2000, 9000));
+            push_beacon(
+                &mut conns,
+                &mut r,
+                h,
+                update,
+                443,
+                0,
+                &BeaconSpec {
+                    jitter: 0.1,
+                    ..BeaconSpec::simple(p)
+                },
+                (600, 900),
+                (2000, 9000),
+            );
         }
         if r.bool(0.6) {
             let p = *r.choose(&[300.0, 900.0]);
-            push_beacon(&mut conns, &mut r, h, telemetry, 443, 0, &BeaconSpec { jitter: 0.2, ..BeaconSpec::simple(p) }, (1500, 4000), (300, 600));
+            push_beacon(
+                &mut conns,
+                &mut r,
+                h,
+                telemetry,
+                443,
+                0,
+                &BeaconSpec {
+                    jitter: 0.2,
+                    ..BeaconSpec::simple(p)
+                },
+                (1500, 4000),
+                (300, 600),
+            );
         }
         if r.bool(0.5) {
-            push_beacon(&mut conns, &mut r, h, av, 443, 0, &BeaconSpec { jitter: 0.05, burst: (2, 3), burst_spread: 0.5, ..BeaconSpec::simple(1800.0) }, (700, 900), (500, 50_000));
+            push_beacon(
+                &mut conns,
+                &mut r,
+                h,
+                av,
+                443,
+                0,
+                &BeaconSpec {
+                    jitter: 0.05,
+                    burst: (2, 3),
+                    burst_spread: 0.5,
+                    ..BeaconSpec::simple(1800.0)
+                },
+                (700, 900),
+                (500, 50_000),
+            );
         }
         // Steady Poisson services (hard negatives), each to a host-specific server.
         for _ in 0..r.int(0, 2) {
             let dst = ext(&mut r);
             let mean = r.log_range(20.0, 1800.0);
             for t in synth::poisson(&mut r, mean, 0.0, DAY) {
-                conns.push(Conn { ts: t, src: h, dst, dport: *r.choose(&[443, 993, 5222, 8080]), proto: 0, dur: r.exp(1.0) as f32, ob: 300 + r.int(0, 400) as u32, rb: 500 + r.int(0, 3000) as u32, state: 0 });
+                conns.push(Conn {
+                    ts: t,
+                    src: h,
+                    dst,
+                    dport: *r.choose(&[443, 993, 5222, 8080]),
+                    proto: 0,
+                    dur: r.exp(1.0) as f32,
+                    ob: 300 + r.int(0, 400) as u32,
+                    rb: 500 + r.int(0, 3000) as u32,
+                    state: 0,
+                });
             }
             labels.push(label(h, dst, false, "poisson_service"));
         }
@@ -206,7 +285,17 @@ pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary
             let end = r.range(start + 3600.0, DAY);
             for _ in 0..n {
                 let t = r.range(start, end);
-                conns.push(Conn { ts: t, src: h, dst, dport: *r.choose(&[443, 80, 8443]), proto: 0, dur: r.exp(1.0) as f32, ob: 200 + r.int(0, 2000) as u32, rb: 300 + r.int(0, 20_000) as u32, state: 0 });
+                conns.push(Conn {
+                    ts: t,
+                    src: h,
+                    dst,
+                    dport: *r.choose(&[443, 80, 8443]),
+                    proto: 0,
+                    dur: r.exp(1.0) as f32,
+                    ob: 200 + r.int(0, 2000) as u32,
+                    rb: 300 + r.int(0, 20_000) as u32,
+                    state: 0,
+                });
             }
             labels.push(label(h, dst, false, "sparse_random"));
         }
@@ -215,22 +304,43 @@ pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary
             let dst = ext(&mut r);
             let state = if r.bool(0.5) { 1 } else { 2 };
             let times: Vec<f64> = if r.bool(0.5) {
-                let spec = BeaconSpec { jitter: r.range(0.0, 0.3), ..BeaconSpec::simple(r.log_range(10.0, 900.0)) };
-                synth::beacon_times(&mut r, &spec).into_iter().map(|(t, _)| t).collect()
+                let spec = BeaconSpec {
+                    jitter: r.range(0.0, 0.3),
+                    ..BeaconSpec::simple(r.log_range(10.0, 900.0))
+                };
+                synth::beacon_times(&mut r, &spec)
+                    .into_iter()
+                    .map(|(t, _)| t)
+                    .collect()
             } else {
                 {
-                let m = r.log_range(10.0, 600.0);
-                synth::poisson(&mut r, m, 0.0, DAY)
-            }
+                    let m = r.log_range(10.0, 600.0);
+                    synth::poisson(&mut r, m, 0.0, DAY)
+                }
             };
             for t in times {
-                conns.push(Conn { ts: t, src: h, dst, dport: 8443, proto: 0, dur: 0.0, ob: 0, rb: 0, state });
+                conns.push(Conn {
+                    ts: t,
+                    src: h,
+                    dst,
+                    dport: 8443,
+                    proto: 0,
+                    dur: 0.0,
+                    ob: 0,
+                    rb: 0,
+                    state,
+                });
             }
             labels.push(label(h, dst, false, "failed_conn"));
         }
     }
     labels.push(label(0, resolver, false, "dns_resolver"));
-    for (dst, name) in [(ntp, "benign_periodic"), (update, "benign_periodic"), (telemetry, "benign_periodic"), (av, "benign_periodic")] {
+    for (dst, name) in [
+        (ntp, "benign_periodic"),
+        (update, "benign_periodic"),
+        (telemetry, "benign_periodic"),
+        (av, "benign_periodic"),
+    ] {
         // one label line per (src, dst) actually present, emitted below
         let _ = (dst, name);
     }
@@ -274,7 +384,11 @@ pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary
             "backoff" => {
                 spec.period = r.log_range(10.0, 600.0);
                 spec.jitter = r.range(0.0, 0.2);
-                spec.backoff = Some(Backoff { factor: r.range(1.5, 2.0), max_period: spec.period * r.range(8.0, 32.0), reset_p: r.range(0.05, 0.25) });
+                spec.backoff = Some(Backoff {
+                    factor: r.range(1.5, 2.0),
+                    max_period: spec.period * r.range(8.0, 32.0),
+                    reset_p: r.range(0.05, 0.25),
+                });
             }
             "rotating" => {
                 spec.period = r.log_range(10.0, 1800.0);
@@ -298,7 +412,11 @@ pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary
             }
         }
         for (t, checkin) in synth::beacon_times(&mut r, &spec) {
-            let dst = if dsts.len() > 1 { *r.choose(&dsts) } else { dsts[0] };
+            let dst = if dsts.len() > 1 {
+                *r.choose(&dsts)
+            } else {
+                dsts[0]
+            };
             let _ = checkin;
             let tasking = r.bool(0.05);
             conns.push(Conn {
@@ -308,7 +426,13 @@ pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary
                 dport: 443,
                 proto: 0,
                 dur: r.range(0.05, 1.5) as f32,
-                ob: base.0 + r.int(0, 40) as u32 + if tasking { r.int(1000, 50_000) as u32 } else { 0 },
+                ob: base.0
+                    + r.int(0, 40) as u32
+                    + if tasking {
+                        r.int(1000, 50_000) as u32
+                    } else {
+                        0
+                    },
                 rb: base.1 + r.int(0, 60) as u32,
                 state: 0,
             });
@@ -316,7 +440,17 @@ pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary
         if pattern == "mixed" {
             let n = r.int(2, 8) as usize;
             for t in synth::browsing_sessions(&mut r, n) {
-                conns.push(Conn { ts: t, src: h, dst: dsts[0], dport: 443, proto: 0, dur: r.exp(2.0) as f32, ob: (r.exp(1.0) * 900.0) as u32 + 200, rb: (r.exp(1.0) * 30_000.0) as u32 + 300, state: 0 });
+                conns.push(Conn {
+                    ts: t,
+                    src: h,
+                    dst: dsts[0],
+                    dport: 443,
+                    proto: 0,
+                    dur: r.exp(2.0) as f32,
+                    ob: (r.exp(1.0) * 900.0) as u32 + 200,
+                    rb: (r.exp(1.0) * 30_000.0) as u32 + 300,
+                    state: 0,
+                });
             }
         }
         for &d in &dsts {
@@ -328,14 +462,20 @@ pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary
     {
         let mut seen = rustc_hash::FxHashSet::default();
         for c in &conns {
-            if (c.dst == ntp || c.dst == update || c.dst == telemetry || c.dst == av) && seen.insert((c.src, c.dst)) {
+            if (c.dst == ntp || c.dst == update || c.dst == telemetry || c.dst == av)
+                && seen.insert((c.src, c.dst))
+            {
                 labels.push(label(c.src, c.dst, false, "benign_periodic"));
             }
         }
     }
     // A malicious label wins over a benign one for the same key (e.g. C2 behind a browsed CDN).
     {
-        let mal: rustc_hash::FxHashSet<(String, String)> = labels.iter().filter(|l| l.label == "malicious").map(|l| (l.src.clone(), l.dst.clone())).collect();
+        let mal: rustc_hash::FxHashSet<(String, String)> = labels
+            .iter()
+            .filter(|l| l.label == "malicious")
+            .map(|l| (l.src.clone(), l.dst.clone()))
+            .collect();
         labels.retain(|l| l.label == "malicious" || !mal.contains(&(l.src.clone(), l.dst.clone())));
     }
 
@@ -367,7 +507,17 @@ pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary
 }
 
 #[allow(clippy::too_many_arguments)]
-fn push_beacon(conns: &mut Vec<Conn>, r: &mut Rng, src: u32, dst: u32, port: u16, proto: u8, spec: &BeaconSpec, ob: (u32, u32), rb: (u32, u32)) {
+fn push_beacon(
+    conns: &mut Vec<Conn>,
+    r: &mut Rng,
+    src: u32,
+    dst: u32,
+    port: u16,
+    proto: u8,
+    spec: &BeaconSpec,
+    ob: (u32, u32),
+    rb: (u32, u32),
+) {
     for (t, _) in synth::beacon_times(r, spec) {
         conns.push(Conn {
             ts: t,
@@ -385,10 +535,18 @@ fn push_beacon(conns: &mut Vec<Conn>, r: &mut Rng, src: u32, dst: u32, port: u16
 
 const STATES: [&str; 3] = ["SF", "S0", "REJ"];
 
-fn write_conns(path: &Path, conns: &[Conn], cfg: &GenConfig, r: &mut Rng) -> Result<(), AnalyticsError> {
+fn write_conns(
+    path: &Path,
+    conns: &[Conn],
+    cfg: &GenConfig,
+    r: &mut Rng,
+) -> Result<(), AnalyticsError> {
     let f = File::create(path).map_err(|e| AnalyticsError::io(path, e))?;
     let inner: Box<dyn Write> = if cfg.gzip {
-        Box::new(flate2::write::GzEncoder::new(f, flate2::Compression::fast()))
+        Box::new(flate2::write::GzEncoder::new(
+            f,
+            flate2::Compression::fast(),
+        ))
     } else {
         Box::new(f)
     };
@@ -411,7 +569,10 @@ fn write_conns(path: &Path, conns: &[Conn], cfg: &GenConfig, r: &mut Rng) -> Res
             _ => "-",
         };
         let state = STATES[c.state as usize];
-        let (opk, rpk) = (1 + c.ob / 1000, if c.state == 0 { 1 + c.rb / 1400 } else { 0 });
+        let (opk, rpk) = (
+            1 + c.ob / 1000,
+            if c.state == 0 { 1 + c.rb / 1400 } else { 0 },
+        );
         let history = match c.state {
             0 => "ShADadFf",
             1 => "S",

@@ -121,7 +121,7 @@ impl Default for BeaconConfig {
             cnn_min_stat: 0.35,
             max_events_per_key: 50_000,
             max_keys: 4_000_000,
-            threshold: 0.6,
+            threshold: 0.5,
             min_report_score: 0.2,
             cnn_weight: 0.6,
             benign_min_sources: 5,

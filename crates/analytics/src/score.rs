@@ -224,7 +224,8 @@ impl Scorer {
                     );
                 }
                 merged.sort_unstable_by_key(|e| e.t_us);
-                if let Some(mut c) = prepare(&cfg, members[0], window, &merged, wstart, true, &mut work)
+                if let Some(mut c) =
+                    prepare(&cfg, members[0], window, &merged, wstart, true, &mut work)
                 {
                     c.members = members;
                     let idx = cands.len();
@@ -234,6 +235,16 @@ impl Scorer {
             }
         }
         batch.flush(&mut cands)?;
+        for c in cands.iter().filter(|c| !c.members.is_empty()) {
+            tracing::debug!(
+                src = %self.seqs[c.seq].key.src,
+                members = c.members.len(),
+                cnn = c.cnn,
+                stat = c.stat.score,
+                checkins = c.checkins,
+                "rotation group"
+            );
+        }
 
         // Benign-periodic hint: how many sources reach the same destination periodically.
         let mut fan_in: FxHashMap<(LogKind, Dst, u32), u32> = FxHashMap::default();
@@ -626,13 +637,21 @@ fn rotation_groups(seqs: &[Seq], cfg: &BeaconConfig) -> Vec<(Vec<usize>, u32)> {
     let mut out = Vec::new();
     let mut scratch = Vec::new();
     for mut m in by.into_values() {
-        if m.len() < 2 || m.len() > 16 {
+        if m.len() < 2 {
             continue;
         }
+        if m.len() > 12 {
+            // busy sources: keep the destinations with the most events (a short-period C2
+            // rotating over a few IPs gives each of them many)
+            m.sort_unstable_by_key(|&i| std::cmp::Reverse(seqs[i].events.len()));
+            m.truncate(12);
+        }
         m.sort_unstable();
+        // Backward elimination: drop the member whose removal leaves the most regular merge;
+        // keep dropping while that does not hurt, and always while more than 6 remain.
         let mut best = merged_regularity(seqs, &m, cfg, &mut scratch);
         while m.len() > 2 {
-            let mut improved = None;
+            let mut cand: Option<(usize, f32)> = None;
             for drop in 0..m.len() {
                 let trial: Vec<usize> = m
                     .iter()
@@ -641,24 +660,25 @@ fn rotation_groups(seqs: &[Seq], cfg: &BeaconConfig) -> Vec<(Vec<usize>, u32)> {
                     .map(|(_, &x)| x)
                     .collect();
                 let r = merged_regularity(seqs, &trial, cfg, &mut scratch);
-                if r > best + 0.01 && improved.is_none_or(|(_, b)| r > b) {
-                    improved = Some((drop, r));
+                if cand.is_none_or(|(_, b)| r > b) {
+                    cand = Some((drop, r));
                 }
             }
-            match improved {
-                Some((drop, r)) => {
+            match cand {
+                Some((drop, r)) if r >= best - 0.002 || m.len() > 6 => {
                     m.remove(drop);
                     best = r;
                 }
-                None => break,
+                _ => break,
             }
         }
         if m.len() > 6 {
             continue;
         }
-        // no member may dominate: rotation spreads check-ins over all of them
+        // rotation spreads check-ins over all members: drop the ones with a tiny share
         let total: usize = m.iter().map(|&i| seqs[i].events.len()).sum();
-        if m.iter().all(|&i| seqs[i].events.len() * 10 >= total) {
+        m.retain(|&i| seqs[i].events.len() * 10 >= total);
+        if m.len() >= 2 {
             out.push((m, 0));
         }
     }
@@ -667,7 +687,12 @@ fn rotation_groups(seqs: &[Seq], cfg: &BeaconConfig) -> Vec<(Vec<usize>, u32)> {
 }
 
 /// Regularity of the merged, burst-collapsed check-ins of `members` (MADM + skew sub-scores).
-fn merged_regularity(seqs: &[Seq], members: &[usize], cfg: &BeaconConfig, scratch: &mut Vec<f32>) -> f32 {
+fn merged_regularity(
+    seqs: &[Seq],
+    members: &[usize],
+    cfg: &BeaconConfig,
+    scratch: &mut Vec<f32>,
+) -> f32 {
     let mut t: Vec<i64> = members
         .iter()
         .flat_map(|&i| seqs[i].events.iter().map(|e| e.t_us))

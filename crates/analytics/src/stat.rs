@@ -89,7 +89,11 @@ pub fn score(
         .sum::<f32>()
         / 24.0;
     let cv = var.sqrt() / mean.max(1e-6);
-    let expected_cv = if n >= 24.0 { 0.0 } else { (24.0 / n - 1.0).sqrt() };
+    let expected_cv = if n >= 24.0 {
+        0.0
+    } else {
+        (24.0 / n - 1.0).sqrt()
+    };
     let spread_even = (1.0 - (cv - expected_cv).max(0.0)).max(0.0);
     let coverage = (span / window).min(1.0) as f32;
     let spread = spread_even * (0.5 + 0.5 * coverage);
@@ -131,7 +135,11 @@ pub fn score(
         spread,
         size,
         period: q2,
-        jitter: if q2 > 0.0 { ((q3 - q1) / q2).min(10.0) } else { 0.0 },
+        jitter: if q2 > 0.0 {
+            ((q3 - q1) / q2).min(10.0)
+        } else {
+            0.0
+        },
         growth,
     }
 }

@@ -223,7 +223,12 @@ pub fn fit_combiner(
 }
 
 /// Full-batch gradient descent on the logistic loss with L2 (deterministic).
-pub fn logistic_regression(rows: &[(Vec<f32>, f32)], iters: usize, lr: f64, l2: f64) -> (Vec<f32>, f32) {
+pub fn logistic_regression(
+    rows: &[(Vec<f32>, f32)],
+    iters: usize,
+    lr: f64,
+    l2: f64,
+) -> (Vec<f32>, f32) {
     let nf = rows.first().map(|r| r.0.len()).unwrap_or(0);
     let mut w = vec![0f64; nf];
     let mut b = 0f64;

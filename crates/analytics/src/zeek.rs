@@ -286,9 +286,9 @@ impl TsvLayout {
                 ("orig_bytes", LogKind::Conn) | ("request_body_len", LogKind::Http) => S_OBYTES,
                 ("resp_bytes", LogKind::Conn) | ("response_body_len", LogKind::Http) => S_RBYTES,
                 ("conn_state", LogKind::Conn) => S_STATE,
-                ("query", LogKind::Dns) | ("host", LogKind::Http) | ("server_name", LogKind::Ssl) => {
-                    S_NAME
-                }
+                ("query", LogKind::Dns)
+                | ("host", LogKind::Http)
+                | ("server_name", LogKind::Ssl) => S_NAME,
                 ("rcode_name", LogKind::Dns) => S_RCODE,
                 _ => continue,
             };
@@ -494,7 +494,11 @@ fn parse_tsv<'a>(layout: &TsvLayout, line: &'a [u8]) -> Result<Record<'a>, &'sta
         parse_u64(f[S_DPORT]).ok_or("bad id.resp_p")?.min(65535) as u16
     };
     let num = |b: &[u8], what: &'static str| -> Result<u64, &'static str> {
-        if unset(b) { Ok(0) } else { parse_u64(b).ok_or(what) }
+        if unset(b) {
+            Ok(0)
+        } else {
+            parse_u64(b).ok_or(what)
+        }
     };
     let orig_bytes = num(f[S_OBYTES], "bad byte count")?;
     let resp_bytes = num(f[S_RBYTES], "bad byte count")?;

@@ -51,12 +51,39 @@ fn tsv_conn_with_unset_fields_unordered_lines_and_bad_lines() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("conn.log");
     let mut s = String::from(CONN_HEADER);
-    s.push_str(&conn_line(1700000100.5, "10.0.0.1", "198.51.100.7", "120", "SF"));
-    s.push_str(&conn_line(1700000000.25, "10.0.0.1", "198.51.100.7", "-", "S0")); // earlier, unset bytes
+    s.push_str(&conn_line(
+        1700000100.5,
+        "10.0.0.1",
+        "198.51.100.7",
+        "120",
+        "SF",
+    ));
+    s.push_str(&conn_line(
+        1700000000.25,
+        "10.0.0.1",
+        "198.51.100.7",
+        "-",
+        "S0",
+    )); // earlier, unset bytes
     s.push_str("not\ta\tvalid\tline\n"); // too few columns
-    s.push_str(&conn_line(1700000050.0, "10.0.0.999", "198.51.100.7", "1", "SF")); // bad IP
-    s.push_str(&conn_line(1700000060.0, "fe80::1", "2001:db8::2", "7", "REJ").replace("1700000060.000000", "17x")); // bad ts
-    s.push_str(&conn_line(1700000070.0, "fe80::1", "2001:db8::2", "7", "REJ"));
+    s.push_str(&conn_line(
+        1700000050.0,
+        "10.0.0.999",
+        "198.51.100.7",
+        "1",
+        "SF",
+    )); // bad IP
+    s.push_str(
+        &conn_line(1700000060.0, "fe80::1", "2001:db8::2", "7", "REJ")
+            .replace("1700000060.000000", "17x"),
+    ); // bad ts
+    s.push_str(&conn_line(
+        1700000070.0,
+        "fe80::1",
+        "2001:db8::2",
+        "7",
+        "REJ",
+    ));
     s.push_str("\r\n\n"); // blank lines are not data
     s.push_str("#close\t2023-11-15-01-00-00\n");
     std::fs::write(&p, s).unwrap();
@@ -65,7 +92,10 @@ fn tsv_conn_with_unset_fields_unordered_lines_and_bad_lines() {
     assert_eq!(st.records, 3);
     assert_eq!(st.bad_lines, 3);
     let reasons: Vec<&str> = st.bad_examples.iter().map(|b| b.reason.as_str()).collect();
-    assert_eq!(reasons, vec!["fewer columns than #fields", "bad id.orig_h", "bad ts"]);
+    assert_eq!(
+        reasons,
+        vec!["fewer columns than #fields", "bad id.orig_h", "bad ts"]
+    );
     assert_eq!(st.bad_examples[0].line, 11);
     assert_eq!(recs[0].ts_us, 1_700_000_100_500_000);
     assert_eq!(recs[1].ob, 0, "'-' bytes read as 0");
@@ -119,7 +149,11 @@ fn json_lines_with_numeric_and_iso_timestamps_and_gzip() {
     assert!(st.bad_examples[0].reason.starts_with("invalid JSON"));
     assert_eq!(st.bad_examples[1].reason, "bad id.orig_h");
     assert_eq!(recs[0].kind, LogKind::Ssl);
-    assert_eq!(recs[0].name.as_deref(), Some("update.example"), "escapes decoded");
+    assert_eq!(
+        recs[0].name.as_deref(),
+        Some("update.example"),
+        "escapes decoded"
+    );
     assert_eq!(recs[1].ts_us, 1_700_000_001_000_000);
 }
 
@@ -130,7 +164,13 @@ fn overlong_lines_are_bad_not_fatal_and_memory_stays_bounded() {
     let mut s = String::from(CONN_HEADER);
     s.push_str(&"A".repeat(zeek::MAX_LINE * 3));
     s.push('\n');
-    s.push_str(&conn_line(1700000100.0, "10.0.0.1", "198.51.100.7", "1", "SF"));
+    s.push_str(&conn_line(
+        1700000100.0,
+        "10.0.0.1",
+        "198.51.100.7",
+        "1",
+        "SF",
+    ));
     std::fs::write(&p, s).unwrap();
     let (recs, st) = read_all(&p);
     assert_eq!(recs.len(), 1);
@@ -156,14 +196,26 @@ fn write_beacon_log(path: &Path) {
     let mut t = t0;
     while t < t0 + 86_400.0 {
         lines.push(conn_line(t, "10.0.0.66", "198.51.100.66", "310", "SF"));
-        lines.push(conn_line(t + 0.3, "10.0.0.66", "198.51.100.66", "305", "SF"));
+        lines.push(conn_line(
+            t + 0.3,
+            "10.0.0.66",
+            "198.51.100.66",
+            "305",
+            "SF",
+        ));
         t += 300.0 * (1.0 + rng.range(-0.2, 0.2));
     }
     for h in 0..30 {
         let n = rng.int(5, 60);
         for _ in 0..n {
             let ts = t0 + rng.range(0.0, 86_400.0);
-            lines.push(conn_line(ts, &format!("10.0.0.{h}"), &format!("192.0.2.{}", h % 7), "800", "SF"));
+            lines.push(conn_line(
+                ts,
+                &format!("10.0.0.{h}"),
+                &format!("192.0.2.{}", h % 7),
+                "800",
+                "SF",
+            ));
         }
     }
     rng.shuffle(&mut lines); // Zeek logs are not in time order
@@ -182,7 +234,10 @@ fn scorer_ranks_a_jittered_bursty_beacon_first() {
     let r = score_logs(&[p], &BeaconConfig::default()).unwrap();
     assert_eq!(r.bad_lines, 1);
     let top = &r.findings[0];
-    assert_eq!((top.src.as_str(), top.dst.as_str()), ("10.0.0.66", "198.51.100.66"));
+    assert_eq!(
+        (top.src.as_str(), top.dst.as_str()),
+        ("10.0.0.66", "198.51.100.66")
+    );
     assert!(top.is_beacon, "{top:?}");
     assert!((top.period_secs - 300.0).abs() < 30.0, "{top:?}");
     assert!(top.jitter > 0.05 && top.jitter < 0.5, "{top:?}");
@@ -191,7 +246,10 @@ fn scorer_ranks_a_jittered_bursty_beacon_first() {
     assert_eq!(r.beacons().count(), 1, "{}", format_table(&r, 10));
     // formatters
     let table = format_table(&r, 5);
-    assert!(table.contains("198.51.100.66:443") && table.contains("BEACON"), "{table}");
+    assert!(
+        table.contains("198.51.100.66:443") && table.contains("BEACON"),
+        "{table}"
+    );
     let jsonl = format_jsonl(&r);
     let first: serde_json::Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
     assert_eq!(first["dst"], "198.51.100.66");
@@ -209,14 +267,24 @@ fn benign_periodic_destination_shared_by_many_hosts_is_demoted() {
     for h in 0..20 {
         let mut t = t0 + h as f64 * 7.0;
         while t < t0 + 86_400.0 {
-            s.push_str(&conn_line(t, &format!("10.0.1.{h}"), "192.0.2.123", "48", "SF"));
+            s.push_str(&conn_line(
+                t,
+                &format!("10.0.1.{h}"),
+                "192.0.2.123",
+                "48",
+                "SF",
+            ));
             t += 1024.0;
         }
     }
     std::fs::write(&p, s).unwrap();
     let r = score_logs(&[p], &BeaconConfig::default()).unwrap();
     assert!(!r.findings.is_empty());
-    assert!(r.findings.iter().all(|f| f.benign_hint && !f.is_beacon && f.fan_in == 20));
+    assert!(
+        r.findings
+            .iter()
+            .all(|f| f.benign_hint && !f.is_beacon && f.fan_in == 20)
+    );
 }
 
 #[test]
@@ -235,7 +303,10 @@ fn generator_is_deterministic() {
     generate(6, &cfg, c.path()).unwrap();
     let read = |d: &Path, f: &str| std::fs::read(d.join(f)).unwrap();
     assert_eq!(read(a.path(), "conn.log"), read(b.path(), "conn.log"));
-    assert_eq!(read(a.path(), "labels.jsonl"), read(b.path(), "labels.jsonl"));
+    assert_eq!(
+        read(a.path(), "labels.jsonl"),
+        read(b.path(), "labels.jsonl")
+    );
     assert_ne!(read(a.path(), "conn.log"), read(c.path(), "conn.log"));
     assert!(sa.malicious_keys >= 9);
     // and what it writes reads back without a single bad line
@@ -286,7 +357,11 @@ fn json_and_gzip_datasets_score_like_tsv() {
     assert_eq!(a.records, b.records);
     assert_eq!(b.bad_lines, 0);
     let key = |r: &overlord_analytics::BeaconReport| -> Vec<(String, String, bool)> {
-        let mut v: Vec<_> = r.findings.iter().map(|f| (f.src.clone(), f.dst.clone(), f.is_beacon)).collect();
+        let mut v: Vec<_> = r
+            .findings
+            .iter()
+            .map(|f| (f.src.clone(), f.dst.clone(), f.is_beacon))
+            .collect();
         v.sort();
         v
     };
@@ -302,9 +377,18 @@ fn training_is_reproducible_from_a_seed() {
         combiner_hosts: 12,
         ..TrainConfig::default()
     };
-    let a = overlord_analytics::train(3, &cfg).unwrap().to_bytes().unwrap();
-    let b = overlord_analytics::train(3, &cfg).unwrap().to_bytes().unwrap();
-    let c = overlord_analytics::train(4, &cfg).unwrap().to_bytes().unwrap();
+    let a = overlord_analytics::train(3, &cfg)
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    let b = overlord_analytics::train(3, &cfg)
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    let c = overlord_analytics::train(4, &cfg)
+        .unwrap()
+        .to_bytes()
+        .unwrap();
     assert_eq!(a, b);
     assert_ne!(a, c);
     // and the result loads back

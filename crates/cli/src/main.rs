@@ -118,6 +118,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ImagesCmd,
     },
+    /// Finds C2 beaconing in Zeek logs (CNN + RITA-style scorer); also train|eval|generate.
+    Beacons(overlord_cli::beacons::BeaconsArgs),
     /// Runs a benchmark and prints figures.
     Bench {
         #[command(subcommand)]
@@ -328,6 +330,7 @@ async fn main() -> Result<()> {
                 bail!("{failed} of {} files could not be analysed", objs.len());
             }
         }
+        Cmd::Beacons(args) => overlord_cli::beacons::run(args).await?,
         Cmd::Bench { which } => bench::run(which).await?,
     }
     Ok(())

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 pub mod banner;
 pub mod enrich;
+pub mod beacon;
 pub mod noop;
 pub mod portscan;
 pub mod screenshot;
@@ -19,5 +20,6 @@ pub fn builtin() -> Vec<Arc<dyn Module>> {
         Arc::new(service::ServiceId::default()),
         Arc::new(noop::Noop),
         Arc::new(enrich::Enrich::default()),
+        Arc::new(beacon::Beacon),
     ]
 }
