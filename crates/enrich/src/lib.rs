@@ -1,1 +1,34 @@
-//! overlord-enrich (skeleton; see docs/DESIGN.md).
+//! overlord-enrich: the image workflow of Overlord, usable without the cluster.
+//!
+//! decode (bounded) → blank filter → perceptual hashes → OCR → faces → logos → e-mails → tags;
+//! plus the persistent indexes that serve the results: a multi-index-hashing similar-image index,
+//! a BM25 full-text index over OCR text, tag/face queries and a leak database (all in sled).
+//! See docs/DESIGN.md, section "Image enrichment".
+
+pub mod analyze;
+pub mod blank;
+pub mod decode;
+pub mod error;
+pub mod faces;
+pub mod leak;
+pub mod logo;
+pub mod metrics;
+pub mod mih;
+pub mod ocr;
+pub mod phash;
+pub mod simindex;
+pub mod store;
+pub mod textindex;
+
+pub use blank::{BlankParams, BlankStats, blank_stats};
+pub use decode::{DecodeCaps, Grey, Rgb, decode};
+pub use error::EnrichError;
+pub use leak::{ImportReport, LeakDb, LeakRecord};
+pub use phash::{PHashes, hamming64, hamming256, phashes};
+pub use simindex::{InsertOutcome, SimilarMatch, SimilarityIndex, SledMihIndex};
+pub use textindex::{TextHit, TextIndex};
+pub use analyze::{Analysis, Analyzer, AnalyzerConfig, Timings, analyze_files, derive_tags, extract_emails};
+pub use faces::{Cascade, Face, FaceParams};
+pub use logo::{LogoHit, LogoParams, Template};
+pub use ocr::{OcrEngine, OcrParams, OcrText, Word};
+pub use store::{EnrichStore, IngestReport};

@@ -1,0 +1,603 @@
+//! OCR with tesseract: one persistent engine per worker thread, screenshot-specific
+//! preprocessing and our own block layout.
+//!
+//! Pipeline (each step measured in docs/DESIGN.md, "Image enrichment"):
+//! 1. grey (luma);
+//! 2. block layout: an edge ("ink") map, run-length smearing into text lines, lines merged into
+//!    blocks (so that a table stays one block and scattered desktop labels become separate blocks);
+//! 3. per block: invert when the block's background is dark (light-on-dark text), upscale so the
+//!    text line is about 36 px tall (bilinear), recognise as one uniform block (PSM 6);
+//! 4. words kept with confidences and boxes (mapped back to image coordinates); isolated junk
+//!    (no letter or digit and low confidence: pointer arrows, icons) is dropped.
+//!
+//! Otsu binarisation was measured and hurts on these screens (anti-aliased small fonts), so it
+//! is not used.
+
+use crate::decode::Grey;
+use crate::error::EnrichError;
+use serde::{Deserialize, Serialize};
+use tesseract::{PageSegMode, Tesseract};
+
+/// One recognised word.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Word {
+    pub text: String,
+    /// Tesseract confidence, 0..100.
+    pub conf: f32,
+    /// Box in image pixels: x, y, width, height.
+    pub bbox: [u32; 4],
+}
+
+/// Result of OCR on one image.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OcrText {
+    /// Text in reading order: blocks top to bottom (left to right within a row), lines inside.
+    pub text: String,
+    pub words: Vec<Word>,
+    /// Text blocks found by the layout step (x, y, w, h).
+    pub blocks: Vec<[u32; 4]>,
+}
+
+/// How a screenshot is prepared for tesseract.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct OcrParams {
+    /// Use our block layout (true) or give tesseract the whole image (false).
+    pub own_layout: bool,
+    /// Invert blocks (or the whole image) whose background is dark.
+    pub invert_dark: bool,
+    /// Target text-line height after upscaling, in pixels (0: no upscaling).
+    pub target_line_px: u32,
+    /// Fixed upscale factor used when `own_layout` is false (1 = none).
+    pub whole_scale: u32,
+    /// Tesseract page segmentation mode number (3 auto, 6 block, 11 sparse).
+    pub psm: u32,
+    /// Binarise with Otsu before recognition (measured: hurts).
+    pub otsu: bool,
+    /// Drop words without letters/digits whose confidence is below this.
+    pub junk_conf: f32,
+    /// Maximum side of an upscaled block (bounds time and memory).
+    pub max_side: u32,
+    /// Blocks whose words have a lower mean confidence are dropped (photos read as text).
+    pub min_block_conf: f32,
+    /// At most this many blocks are read (bounds time on noisy images).
+    pub max_blocks: usize,
+    /// Turn `@`/`0@` misreadings of monospace zeros back into `0` outside e-mail addresses.
+    pub fix_zero: bool,
+}
+
+impl Default for OcrParams {
+    fn default() -> Self {
+        OcrParams {
+            own_layout: true,
+            invert_dark: true,
+            target_line_px: 36,
+            whole_scale: 1,
+            psm: 6,
+            otsu: false,
+            junk_conf: 90.0,
+            max_side: 4096,
+            min_block_conf: 50.0,
+            max_blocks: 200,
+            fix_zero: true,
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod omp {
+    #[link(name = "gomp")]
+    unsafe extern "C" {
+        fn omp_set_num_threads(n: std::os::raw::c_int);
+    }
+    /// Tesseract is built with OpenMP; one engine per worker thread must not spawn more.
+    pub fn single_thread() {
+        // SAFETY: sets this thread's OpenMP ICV; no pointers involved.
+        unsafe { omp_set_num_threads(1) }
+    }
+}
+
+/// A tesseract engine owned by one thread (tesseract's engine is `Send`, not `Sync`).
+pub struct OcrEngine {
+    tess: Option<Tesseract>,
+    params: OcrParams,
+}
+
+fn psm_of(n: u32) -> PageSegMode {
+    match n {
+        3 => PageSegMode::PsmAuto,
+        4 => PageSegMode::PsmSingleColumn,
+        7 => PageSegMode::PsmSingleLine,
+        11 => PageSegMode::PsmSparseText,
+        12 => PageSegMode::PsmSparseTextOsd,
+        _ => PageSegMode::PsmSingleBlock,
+    }
+}
+
+fn new_tess() -> Result<Tesseract, EnrichError> {
+    #[cfg(target_os = "linux")]
+    omp::single_thread();
+    Tesseract::new(None, Some("eng"))
+        .map_err(|e| EnrichError::Ocr(format!("cannot initialise tesseract (eng): {e}")))?
+        .set_variable("debug_file", "/dev/null")
+        .map_err(|e| EnrichError::Ocr(e.to_string()))
+}
+
+impl OcrEngine {
+    /// Creates an engine (loads the English model once).
+    pub fn new(params: OcrParams) -> Result<OcrEngine, EnrichError> {
+        Ok(OcrEngine { tess: Some(new_tess()?), params })
+    }
+
+    pub fn params(&self) -> &OcrParams {
+        &self.params
+    }
+
+    pub fn set_params(&mut self, params: OcrParams) {
+        self.params = params;
+    }
+
+    /// Recognises a grey frame; returns words with boxes in frame coordinates.
+    fn recognise(&mut self, g: &Grey, psm: u32) -> Result<Vec<(Word, (u32, u32, u32))>, EnrichError> {
+        let tess = match self.tess.take() {
+            Some(t) => t,
+            None => new_tess()?,
+        };
+        let mut tess = tess
+            .set_frame(&g.data, g.width as i32, g.height as i32, 1, g.width as i32)
+            .map_err(|e| EnrichError::Ocr(e.to_string()))?;
+        tess.set_page_seg_mode(psm_of(psm));
+        let mut tess = tess.set_source_resolution(70).recognize().map_err(|e| EnrichError::Ocr(e.to_string()))?;
+        let tsv = tess.get_tsv_text(0).map_err(|e| EnrichError::Ocr(e.to_string()));
+        self.tess = Some(tess);
+        Ok(parse_tsv(&tsv?))
+    }
+
+    /// OCR of a grey screenshot.
+    pub fn ocr(&mut self, grey: &Grey) -> Result<OcrText, EnrichError> {
+        self.ocr_masked(grey, &[])
+    }
+
+    /// OCR of a grey screenshot with some regions (x, y, w, h) blanked out first (detected logos
+    /// and faces: graphics next to a label make tesseract drop the label).
+    pub fn ocr_masked(&mut self, grey: &Grey, masks: &[[u32; 4]]) -> Result<OcrText, EnrichError> {
+        let p = self.params;
+        let masked;
+        let grey = if masks.is_empty() {
+            grey
+        } else {
+            let mut g = grey.clone();
+            for m in masks {
+                fill_with_surround(&mut g, m);
+            }
+            masked = g;
+            &masked
+        };
+        let mut blocks: Vec<[u32; 4]> = if p.own_layout {
+            layout_blocks(grey)
+        } else {
+            vec![[0, 0, grey.width, grey.height]]
+        };
+        blocks.sort_by_key(|b| (b[1], b[0]));
+        let mut blocks = reading_order(blocks);
+        blocks.truncate(p.max_blocks);
+        let mut out = OcrText::default();
+        let mut texts = Vec::new();
+        for b in &blocks {
+            let crop = crop(grey, b);
+            let scale = if p.own_layout {
+                if p.target_line_px == 0 {
+                    1.0
+                } else {
+                    (p.target_line_px as f32 / median_line_height(&crop).max(4) as f32).round().clamp(1.0, 4.0)
+                }
+            } else {
+                p.whole_scale.max(1) as f32
+            };
+            let scale = scale.min(p.max_side as f32 / crop.width.max(crop.height) as f32).max(0.25);
+            let mut img = if (scale - 1.0).abs() > 0.05 { resize_bilinear(&crop, scale) } else { crop };
+            if p.invert_dark && background(&img) < 128 {
+                img.data.iter_mut().for_each(|v| *v = 255 - *v);
+            }
+            if p.otsu {
+                otsu_binarise(&mut img);
+            }
+            let mut words = self.recognise(&img, p.psm)?;
+            if words.is_empty() && p.psm == 6 {
+                // PSM 6 gives up on a framed single line (a button); PSM 7 reads it
+                words = self.recognise(&img, 7)?;
+            }
+            // a block that yields one short, unsure word is a pointer, an icon or a glyph-like
+            // graphic, not text
+            if words.len() == 1 && words[0].0.text.chars().count() <= 3 && words[0].0.conf < 60.0 {
+                words.clear();
+            }
+            // a block read with low mean confidence is a photo or a drawing, not text
+            let mean_conf = words.iter().map(|w| w.0.conf).sum::<f32>() / words.len().max(1) as f32;
+            if mean_conf < p.min_block_conf {
+                words.clear();
+            }
+            let mut lines: Vec<(u32, u32, u32, Vec<String>)> = Vec::new(); // (block, par, line) → words
+            for (mut w, key) in words {
+                let alnum = w.text.chars().any(char::is_alphanumeric);
+                if !alnum && w.conf < p.junk_conf {
+                    continue;
+                }
+                // one or two unsure glyphs: a text cursor, a pointer or an icon edge
+                if w.text.chars().count() <= 2 && w.conf < 40.0 {
+                    continue;
+                }
+                if p.fix_zero {
+                    w.text = fix_zero_confusions(&w.text);
+                }
+                let s = img.width as f32 / b[2] as f32;
+                w.bbox = [
+                    b[0] + (w.bbox[0] as f32 / s) as u32,
+                    b[1] + (w.bbox[1] as f32 / s) as u32,
+                    ((w.bbox[2] as f32 / s).ceil() as u32).max(1),
+                    ((w.bbox[3] as f32 / s).ceil() as u32).max(1),
+                ];
+                match lines.last_mut() {
+                    Some(l) if (l.0, l.1, l.2) == key => l.3.push(w.text.clone()),
+                    _ => lines.push((key.0, key.1, key.2, vec![w.text.clone()])),
+                }
+                out.words.push(w);
+            }
+            let t: Vec<String> = lines.into_iter().map(|l| l.3.join(" ")).collect();
+            if !t.is_empty() {
+                texts.push(t.join("\n"));
+            }
+        }
+        out.text = texts.join("\n");
+        out.blocks = blocks;
+        Ok(out)
+    }
+}
+
+/// Monospace console fonts draw a dotted or slashed zero that tesseract reads as `@`, `0@` or
+/// `@0`. In a word that is not an e-mail address (no `@` followed by a dotted domain), those
+/// readings are turned back into `0`.
+pub fn fix_zero_confusions(word: &str) -> String {
+    let Some(at) = word.find('@') else { return word.to_string() };
+    let domain = &word[at + 1..];
+    let emailish = domain.contains('.') && domain.chars().filter(|c| c.is_alphabetic()).count() >= 2;
+    if emailish {
+        return word.to_string();
+    }
+    let s = word.replace("0@", "0").replace("@0", "0");
+    let chars: Vec<char> = s.chars().collect();
+    chars
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let alnum = |j: Option<usize>| j.and_then(|j| chars.get(j)).is_some_and(|c| c.is_alphanumeric());
+            if c == '@' && alnum(i.checked_sub(1)) && alnum(Some(i + 1)) { '0' } else { c }
+        })
+        .collect()
+}
+
+/// Fills rectangle `m` with the most common grey level of the 2-pixel ring around it.
+fn fill_with_surround(g: &mut Grey, m: &[u32; 4]) {
+    let (w, h) = (g.width as i64, g.height as i64);
+    let (x0, y0) = (m[0] as i64, m[1] as i64);
+    let (x1, y1) = (x0 + m[2] as i64, y0 + m[3] as i64);
+    let mut hist = [0u32; 256];
+    for y in (y0 - 2).max(0)..(y1 + 2).min(h) {
+        for x in (x0 - 2).max(0)..(x1 + 2).min(w) {
+            if x < x0 || x >= x1 || y < y0 || y >= y1 {
+                hist[g.data[(y * w + x) as usize] as usize] += 1;
+            }
+        }
+    }
+    let bg = (0..256).max_by_key(|&i| hist[i]).unwrap_or(0) as u8;
+    for y in y0.max(0)..y1.min(h) {
+        for x in x0.max(0)..x1.min(w) {
+            g.data[(y * w + x) as usize] = bg;
+        }
+    }
+}
+
+/// Parses tesseract TSV; returns level-5 (word) rows with their (block, paragraph, line) key.
+fn parse_tsv(tsv: &str) -> Vec<(Word, (u32, u32, u32))> {
+    let mut out = Vec::new();
+    for line in tsv.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() < 12 || f[0] != "5" {
+            continue;
+        }
+        let n = |i: usize| f[i].parse::<i64>().unwrap_or(0).max(0) as u32;
+        let text = f[11].trim();
+        if text.is_empty() {
+            continue;
+        }
+        let conf = f[10].parse::<f32>().unwrap_or(0.0);
+        out.push((
+            Word { text: text.to_string(), conf, bbox: [n(6), n(7), n(8), n(9)] },
+            (n(2), n(3), n(4)),
+        ));
+    }
+    out
+}
+
+fn crop(g: &Grey, b: &[u32; 4]) -> Grey {
+    let mut data = Vec::with_capacity((b[2] * b[3]) as usize);
+    for y in b[1]..b[1] + b[3] {
+        let s = (y * g.width + b[0]) as usize;
+        data.extend_from_slice(&g.data[s..s + b[2] as usize]);
+    }
+    Grey { width: b[2], height: b[3], data }
+}
+
+/// Most common grey level (the background).
+fn background(g: &Grey) -> u8 {
+    let mut h = [0u32; 256];
+    for &v in &g.data {
+        h[v as usize] += 1;
+    }
+    (0..256).max_by_key(|&i| h[i]).unwrap_or(0) as u8
+}
+
+/// Bilinear resize by `s`.
+pub(crate) fn resize_bilinear(g: &Grey, s: f32) -> Grey {
+    let w = ((g.width as f32 * s).round() as u32).max(1);
+    let h = ((g.height as f32 * s).round() as u32).max(1);
+    let mut data = vec![0u8; (w * h) as usize];
+    let (sw, sh) = (g.width as usize, g.height as usize);
+    let xs: Vec<(usize, usize, f32)> = (0..w)
+        .map(|x| {
+            let fx = ((x as f32 + 0.5) / s - 0.5).clamp(0.0, (sw - 1) as f32);
+            let x0 = fx.floor() as usize;
+            (x0, (x0 + 1).min(sw - 1), fx - x0 as f32)
+        })
+        .collect();
+    for y in 0..h as usize {
+        let fy = ((y as f32 + 0.5) / s - 0.5).clamp(0.0, (sh - 1) as f32);
+        let y0 = fy.floor() as usize;
+        let y1 = (y0 + 1).min(sh - 1);
+        let wy = fy - y0 as f32;
+        let r0 = &g.data[y0 * sw..(y0 + 1) * sw];
+        let r1 = &g.data[y1 * sw..(y1 + 1) * sw];
+        let row = &mut data[y * w as usize..(y + 1) * w as usize];
+        for (o, &(x0, x1, wx)) in row.iter_mut().zip(&xs) {
+            let a = r0[x0] as f32 * (1.0 - wx) + r0[x1] as f32 * wx;
+            let b = r1[x0] as f32 * (1.0 - wx) + r1[x1] as f32 * wx;
+            *o = (a * (1.0 - wy) + b * wy + 0.5) as u8;
+        }
+    }
+    Grey { width: w, height: h, data }
+}
+
+fn otsu_binarise(g: &mut Grey) {
+    let mut h = [0f64; 256];
+    for &v in &g.data {
+        h[v as usize] += 1.0;
+    }
+    let n = g.data.len() as f64;
+    let sum: f64 = (0..256).map(|i| i as f64 * h[i]).sum();
+    let (mut wb, mut sb, mut best, mut thr) = (0.0, 0.0, -1.0, 128usize);
+    for t in 0..256 {
+        wb += h[t];
+        if wb == 0.0 || wb == n {
+            continue;
+        }
+        sb += t as f64 * h[t];
+        let mb = sb / wb;
+        let mf = (sum - sb) / (n - wb);
+        let between = wb * (n - wb) * (mb - mf) * (mb - mf);
+        if between > best {
+            best = between;
+            thr = t;
+        }
+    }
+    g.data.iter_mut().for_each(|v| *v = if *v as usize > thr { 255 } else { 0 });
+}
+
+/// Edge ("ink") map: a pixel whose right or lower neighbour differs by more than 40 levels.
+fn ink_map(g: &Grey) -> Vec<bool> {
+    let (w, h) = (g.width as usize, g.height as usize);
+    let mut ink = vec![false; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            let v = g.data[y * w + x] as i32;
+            let r = if x + 1 < w { g.data[y * w + x + 1] as i32 } else { v };
+            let d = if y + 1 < h { g.data[(y + 1) * w + x] as i32 } else { v };
+            if (v - r).abs() > 40 || (v - d).abs() > 40 {
+                ink[y * w + x] = true;
+            }
+        }
+    }
+    ink
+}
+
+/// Connected components (8-neighbourhood) of a boolean map: bounding boxes (x0, y0, x1, y1) incl.
+fn components(map: &[bool], w: usize, h: usize) -> Vec<[usize; 4]> {
+    let mut seen = vec![false; w * h];
+    let mut out = Vec::new();
+    let mut stack = Vec::new();
+    for start in 0..w * h {
+        if !map[start] || seen[start] {
+            continue;
+        }
+        seen[start] = true;
+        stack.push(start);
+        let mut bb = [start % w, start / w, start % w, start / w];
+        while let Some(i) = stack.pop() {
+            let (x, y) = (i % w, i / w);
+            bb[0] = bb[0].min(x);
+            bb[1] = bb[1].min(y);
+            bb[2] = bb[2].max(x);
+            bb[3] = bb[3].max(y);
+            for dy in [-1i64, 0, 1] {
+                for dx in [-1i64, 0, 1] {
+                    let (nx, ny) = (x as i64 + dx, y as i64 + dy);
+                    if nx < 0 || ny < 0 || nx >= w as i64 || ny >= h as i64 {
+                        continue;
+                    }
+                    let j = ny as usize * w + nx as usize;
+                    if map[j] && !seen[j] {
+                        seen[j] = true;
+                        stack.push(j);
+                    }
+                }
+            }
+        }
+        out.push(bb);
+    }
+    out
+}
+
+/// Removes hollow rectangles (button and window frames) from an ink map: components at least
+/// 30x20 px whose ink is mostly on the border of their bounding box.
+fn remove_frames(m: &mut [bool], w: usize, h: usize) {
+    for b in components(m, w, h) {
+        let (bw, bh) = (b[2] - b[0] + 1, b[3] - b[1] + 1);
+        if bw < 30 || bh < 20 {
+            continue;
+        }
+        let (mut border, mut inner) = (0usize, 0usize);
+        for y in b[1]..=b[3] {
+            for x in b[0]..=b[2] {
+                if m[y * w + x] {
+                    let near = x - b[0] < 3 || b[2] - x < 3 || y - b[1] < 3 || b[3] - y < 3;
+                    if near {
+                        border += 1;
+                    } else {
+                        inner += 1;
+                    }
+                }
+            }
+        }
+        // a frame: its border is well covered and it holds almost nothing inside
+        if border >= (bw + bh) && inner * 10 <= border {
+            for y in b[1]..=b[3] {
+                for x in b[0]..=b[2] {
+                    let near = x - b[0] < 3 || b[2] - x < 3 || y - b[1] < 3 || b[3] - y < 3;
+                    if near {
+                        m[y * w + x] = false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Median height of the text lines (smeared components) of a block.
+fn median_line_height(g: &Grey) -> u32 {
+    let lines = line_boxes(g);
+    let mut hs: Vec<u32> = lines.iter().map(|b| (b[3] - b[1] + 1) as u32).filter(|&h| h >= 4).collect();
+    if hs.is_empty() {
+        return g.height;
+    }
+    hs.sort();
+    hs[hs.len() / 2]
+}
+
+/// Text-line candidates: the ink map smeared horizontally (gaps up to 10 px closed).
+fn line_boxes(g: &Grey) -> Vec<[usize; 4]> {
+    let (w, h) = (g.width as usize, g.height as usize);
+    let mut m = ink_map(g);
+    remove_frames(&mut m, w, h);
+    const GAP: usize = 10;
+    for y in 0..h {
+        let row = &mut m[y * w..(y + 1) * w];
+        let mut last: Option<usize> = None;
+        for x in 0..w {
+            if row[x] {
+                if let Some(l) = last {
+                    if x - l > 1 && x - l <= GAP {
+                        row[l + 1..x].iter_mut().for_each(|v| *v = true);
+                    }
+                }
+                last = Some(x);
+            }
+        }
+    }
+    components(&m, w, h)
+}
+
+/// Text blocks of a screenshot: line candidates merged when they are vertically close and
+/// horizontally overlapping; boxes padded by 6 px.
+pub fn layout_blocks(g: &Grey) -> Vec<[u32; 4]> {
+    let mut boxes: Vec<[usize; 4]> =
+        line_boxes(g).into_iter().filter(|b| b[3] - b[1] + 1 >= 5 && b[2] - b[0] + 1 >= 3).collect();
+    // merge until stable
+    loop {
+        let mut merged = false;
+        let mut i = 0;
+        while i < boxes.len() {
+            let mut j = i + 1;
+            while j < boxes.len() {
+                let (a, b) = (boxes[i], boxes[j]);
+                let ha = a[3] - a[1] + 1;
+                let hb = b[3] - b[1] + 1;
+                let lh = ha.min(hb).min(40);
+                let vgap = (a[1].max(b[1]) as i64) - (a[3].min(b[3]) as i64);
+                let hgap = (a[0].max(b[0]) as i64) - (a[2].min(b[2]) as i64);
+                // words of one line: gaps up to about a line height (wide monospace spacing)
+                let hmax = 12.max(ha.min(hb).min(40) * 6 / 5) as i64;
+                if vgap <= lh as i64 && hgap <= hmax {
+                    boxes[i] = [a[0].min(b[0]), a[1].min(b[1]), a[2].max(b[2]), a[3].max(b[3])];
+                    boxes.swap_remove(j);
+                    merged = true;
+                } else {
+                    j += 1;
+                }
+            }
+            i += 1;
+        }
+        if !merged {
+            break;
+        }
+    }
+    let (w, h) = (g.width as usize, g.height as usize);
+    boxes
+        .into_iter()
+        .map(|b| {
+            let x0 = b[0].saturating_sub(6);
+            let y0 = b[1].saturating_sub(6);
+            let x1 = (b[2] + 6).min(w - 1);
+            let y1 = (b[3] + 6).min(h - 1);
+            [x0 as u32, y0 as u32, (x1 - x0 + 1) as u32, (y1 - y0 + 1) as u32]
+        })
+        .collect()
+}
+
+/// Orders blocks in rows (vertically overlapping blocks form a row), rows top to bottom,
+/// blocks left to right within a row.
+fn reading_order(mut blocks: Vec<[u32; 4]>) -> Vec<[u32; 4]> {
+    blocks.sort_by_key(|b| (b[1], b[0]));
+    let mut rows: Vec<(u32, u32, Vec<[u32; 4]>)> = Vec::new();
+    for b in blocks {
+        let (top, bot) = (b[1], b[1] + b[3]);
+        match rows.iter_mut().find(|r| top < r.1 && bot > r.0 && (bot.min(r.1) - top.max(r.0)) * 2 >= b[3].min(r.1 - r.0)) {
+            Some(r) => {
+                r.0 = r.0.min(top);
+                r.1 = r.1.max(bot);
+                r.2.push(b);
+            }
+            None => rows.push((top, bot, vec![b])),
+        }
+    }
+    rows.sort_by_key(|r| r.0);
+    rows.into_iter()
+        .flat_map(|mut r| {
+            r.2.sort_by_key(|b| b[0]);
+            r.2
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fix_zero_confusions as f;
+
+    #[test]
+    fn zero_confusions_are_fixed_outside_email_addresses() {
+        assert_eq!(f("web0@1"), "web01");
+        assert_eq!(f("web@2"), "web02");
+        assert_eq!(f("Mar@1"), "Mar01");
+        assert_eq!(f("bob.jones@mail.example.org"), "bob.jones@mail.example.org");
+        assert_eq!(f("<noreply@alerts.example.net>"), "<noreply@alerts.example.net>");
+        assert_eq!(f("@"), "@");
+        assert_eq!(f("user@"), "user@");
+    }
+}

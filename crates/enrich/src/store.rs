@@ -1,0 +1,179 @@
+//! The enrichment store: everything the coordinator needs to serve image queries, in one sled
+//! database — analyses by image id, the similar-image index, the OCR full-text index, tags and
+//! the leak database.
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `img.analysis` | image id | `[1]` ++ JSON of [`Analysis`] (v1) |
+//! | `img.tag` | tag 0x00 image id | face count (u32 BE) |
+//! | `sim.*` | see [`crate::simindex`] | |
+//! | `txt.*` | see [`crate::textindex`] | |
+//! | `leak` | see [`crate::leak`] | |
+
+use crate::analyze::{Analysis, Analyzer, derive_tags};
+use crate::decode::{DecodeCaps, decode};
+use crate::error::EnrichError;
+use crate::leak::{LeakDb, LeakRecord};
+use crate::phash::{PHashes, phashes};
+use crate::simindex::{SimilarMatch, SimilarityIndex, SledMihIndex};
+use crate::textindex::{TextHit, TextIndex};
+use serde::{Deserialize, Serialize};
+
+/// What ingesting one analysis produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestReport {
+    /// Ids of stored images with identical perceptual hashes (64 and 256 bit): exact or
+    /// perceptually indistinguishable duplicates, found by one key lookup.
+    pub same_hash: Vec<String>,
+    /// Leak records of the image's e-mail addresses.
+    pub leaks: Vec<LeakRecord>,
+    /// False when the id had already been ingested (the analysis is replaced, indexes kept).
+    pub new: bool,
+}
+
+pub struct EnrichStore {
+    db: sled::Db,
+    sim: SledMihIndex,
+    text: TextIndex,
+    leaks: LeakDb,
+    analyses: sled::Tree,
+    tags: sled::Tree,
+}
+
+impl EnrichStore {
+    /// Opens (or creates) the store in a directory.
+    pub fn open(path: &std::path::Path) -> Result<EnrichStore, EnrichError> {
+        EnrichStore::from_db(sled::open(path)?)
+    }
+
+    /// Uses an already open sled database (e.g. the coordinator's).
+    pub fn from_db(db: sled::Db) -> Result<EnrichStore, EnrichError> {
+        Ok(EnrichStore {
+            sim: SledMihIndex::open(&db)?,
+            text: TextIndex::open(&db)?,
+            leaks: LeakDb::open(&db)?,
+            analyses: db.open_tree("img.analysis")?,
+            tags: db.open_tree("img.tag")?,
+            db,
+        })
+    }
+
+    pub fn leaks(&self) -> &LeakDb {
+        &self.leaks
+    }
+
+    pub fn similarity(&self) -> &SledMihIndex {
+        &self.sim
+    }
+
+    /// Stores an analysis under `id`: looks up its e-mails in the leak database (filling
+    /// `analysis.leaks` and the tags), indexes its hash, text and tags. Not durable until
+    /// [`EnrichStore::flush`].
+    pub fn ingest(&self, id: &str, analysis: &mut Analysis) -> Result<IngestReport, EnrichError> {
+        Analyzer::lookup_leaks(analysis, &self.leaks)?;
+        let hashes = analysis.hashes().ok_or_else(|| EnrichError::CorruptRecord {
+            tree: "img.analysis",
+            reason: format!("analysis of {id} has malformed hashes"),
+        })?;
+        let outcome = self.sim.insert(id, &hashes)?;
+        if let Some(old) = self.get(id)? {
+            for t in &old.tags {
+                self.tags.remove(tag_key(t, id))?;
+            }
+        }
+        let faces = analysis.faces.len() as u32;
+        for t in &analysis.tags {
+            self.tags.insert(tag_key(t, id), &faces.to_be_bytes())?;
+        }
+        self.text.index(id, &analysis.text)?;
+        let mut rec = vec![1u8];
+        rec.extend_from_slice(&serde_json::to_vec(analysis)?);
+        self.analyses.insert(id, rec)?;
+        Ok(IngestReport { same_hash: outcome.duplicate_of, leaks: analysis.leaks.clone(), new: outcome.inserted })
+    }
+
+    /// The stored analysis of an image.
+    pub fn get(&self, id: &str) -> Result<Option<Analysis>, EnrichError> {
+        match self.analyses.get(id)? {
+            None => Ok(None),
+            Some(v) if v.first() == Some(&1) => Ok(Some(serde_json::from_slice(&v[1..])?)),
+            Some(v) => Err(EnrichError::CorruptRecord {
+                tree: "img.analysis",
+                reason: format!("unknown record version {:?}", v.first()),
+            }),
+        }
+    }
+
+    /// Full-text search over OCR text, best first.
+    pub fn search_text(&self, query: &str, limit: usize) -> Result<Vec<TextHit>, EnrichError> {
+        self.text.search(query, limit)
+    }
+
+    /// Image ids carrying `tag`, in id order.
+    pub fn by_tag(&self, tag: &str, limit: usize) -> Result<Vec<String>, EnrichError> {
+        let mut prefix = tag.as_bytes().to_vec();
+        prefix.push(0);
+        self.tags
+            .scan_prefix(&prefix)
+            .take(limit)
+            .map(|kv| Ok(String::from_utf8_lossy(&kv?.0[prefix.len()..]).into_owned()))
+            .collect()
+    }
+
+    /// Images with at least `min_faces` faces: (id, face count), most faces first.
+    pub fn with_faces(&self, min_faces: u32, limit: usize) -> Result<Vec<(String, u32)>, EnrichError> {
+        let prefix = b"has_faces\0";
+        let mut out = Vec::new();
+        for kv in self.tags.scan_prefix(prefix) {
+            let (k, v) = kv?;
+            let n = v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(0);
+            if n >= min_faces {
+                out.push((String::from_utf8_lossy(&k[prefix.len()..]).into_owned(), n));
+            }
+        }
+        out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Images within Hamming radius `radius` of stored image `id` (the image itself excluded).
+    pub fn similar_to_id(&self, id: &str, radius: u32) -> Result<Vec<SimilarMatch>, EnrichError> {
+        let h = self.sim.hashes_of(id)?.ok_or_else(|| EnrichError::UnknownImage(id.into()))?;
+        Ok(self.sim.query(&h, radius)?.into_iter().filter(|m| m.id != id).collect())
+    }
+
+    /// Images within Hamming radius `radius` of an uploaded PNG/JPEG (decoded within `caps`).
+    pub fn similar_to_image(&self, bytes: &[u8], radius: u32, caps: &DecodeCaps) -> Result<Vec<SimilarMatch>, EnrichError> {
+        let h: PHashes = phashes(&decode(bytes, caps)?);
+        self.sim.query(&h, radius)
+    }
+
+    /// Re-derives tags (e.g. after the leak database changed) for one image.
+    pub fn retag(&self, id: &str) -> Result<(), EnrichError> {
+        let mut a = self.get(id)?.ok_or_else(|| EnrichError::UnknownImage(id.into()))?;
+        a.tags = derive_tags(&a);
+        self.ingest(id, &mut a).map(|_| ())
+    }
+
+    /// Number of stored analyses.
+    pub fn len(&self) -> usize {
+        self.analyses.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.analyses.is_empty()
+    }
+
+    /// Makes everything durable.
+    pub fn flush(&self) -> Result<(), EnrichError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn tag_key(tag: &str, id: &str) -> Vec<u8> {
+    let mut k = tag.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
