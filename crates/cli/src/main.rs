@@ -127,7 +127,6 @@ enum JobsCmd {
     Cancel { job: u64 },
 }
 
-
 fn raise_fd_limit() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
 }

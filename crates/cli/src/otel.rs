@@ -61,7 +61,10 @@ pub fn init(otel: Option<&OtelSettings>) -> Result<Option<OtelGuard>> {
         let _ = tracing_subscriber::registry().with(fmt).try_init();
         return Ok(None);
     };
-    let endpoint = o.endpoint.clone().unwrap_or_else(|| DEFAULT_ENDPOINT.into());
+    let endpoint = o
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.into());
     let resource = Resource::builder()
         .with_service_name(o.service_name.clone())
         .build();
@@ -69,7 +72,9 @@ pub fn init(otel: Option<&OtelSettings>) -> Result<Option<OtelGuard>> {
         .with_tonic()
         .with_endpoint(endpoint.clone())
         .build()
-        .with_context(|| format!("telemetry: cannot build the OTLP span exporter for {endpoint}"))?;
+        .with_context(|| {
+            format!("telemetry: cannot build the OTLP span exporter for {endpoint}")
+        })?;
     let tracer = SdkTracerProvider::builder()
         .with_batch_exporter(spans)
         .with_resource(resource.clone())
@@ -91,7 +96,10 @@ pub fn init(otel: Option<&OtelSettings>) -> Result<Option<OtelGuard>> {
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer.tracer("overlord"))
         .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
-    let _ = tracing_subscriber::registry().with(fmt).with(layer).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(layer)
+        .try_init();
     overlord_coordinator::telemetry::set_enabled(true);
     overlord_minion::telemetry::set_enabled(true);
     tracing::info!(endpoint, service = %o.service_name, "OTLP export of traces and metrics on");

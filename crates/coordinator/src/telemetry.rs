@@ -13,9 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Gauge};
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use overlord_core::{JobId, TaskId, Token};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
