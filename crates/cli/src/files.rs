@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use overlord_coordinator::{CoordinatorConfig, Settings};
+use overlord_minion::config::TelemetryConfig;
 use overlord_minion::{MinionConfig, MinionSettings};
 use std::path::Path;
 
@@ -16,6 +17,11 @@ pub fn coordinator(path: &Path) -> Result<Settings> {
 }
 
 pub fn minion(path: &Path) -> Result<MinionSettings> {
+    minion_with_telemetry(path).map(|(s, _)| s)
+}
+
+/// The minion's settings and its `[telemetry]` section.
+pub fn minion_with_telemetry(path: &Path) -> Result<(MinionSettings, TelemetryConfig)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read minion config {}", path.display()))?;
     let mut cfg: MinionConfig = toml::from_str(&text)
@@ -26,6 +32,8 @@ pub fn minion(path: &Path) -> Result<MinionSettings> {
         .iter()
         .map(|m| m.name())
         .collect();
-    cfg.validate(&names)
-        .with_context(|| format!("minion config {}", path.display()))
+    let settings = cfg
+        .validate(&names)
+        .with_context(|| format!("minion config {}", path.display()))?;
+    Ok((settings, cfg.telemetry))
 }

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use overlord_cli::client::{self, Format};
-use overlord_cli::{bench, embedded::Embedded, files};
+use overlord_cli::{bench, embedded::Embedded, files, otel};
 use overlord_proto::v1;
 use std::io::Write;
 use std::path::PathBuf;
@@ -147,15 +147,6 @@ enum JobsCmd {
     Cancel { job: u64 },
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OVERLORD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 fn raise_fd_limit() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
 }
@@ -167,8 +158,10 @@ async fn ctrl_c() {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_tracing();
     raise_fd_limit();
+    if !matches!(cli.cmd, Cmd::Coordinator { .. } | Cmd::Minion { .. }) {
+        otel::init(None)?;
+    }
     match cli.cmd {
         Cmd::Coordinator {
             config,
@@ -183,11 +176,15 @@ async fn main() -> Result<()> {
             if let Some(d) = data_dir {
                 s.data_dir = d;
             }
-            if s.telemetry.otlp_enabled {
-                tracing::warn!(
-                    "telemetry.otlp_enabled is set but OTLP export is not built in yet; traces stay in the logs"
-                );
-            }
+            let guard = otel::init(Some(&otel::OtelSettings {
+                enabled: s.telemetry.otlp_enabled,
+                endpoint: s.telemetry.otlp_endpoint.clone(),
+                service_name: s
+                    .telemetry
+                    .service_name
+                    .clone()
+                    .unwrap_or_else(|| "overlord-coordinator".into()),
+            }))?;
             let listener = tokio::net::TcpListener::bind(&s.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", s.listen))?;
@@ -199,17 +196,31 @@ async fn main() -> Result<()> {
                 std::fs::write(&f, addr.to_string())
                     .with_context(|| format!("cannot write {}", f.display()))?;
             }
-            tokio::select! {
-                r = running.wait() => r?,
-                _ = ctrl_c() => running.shutdown().await,
+            let r = tokio::select! {
+                r = running.wait() => r,
+                _ = ctrl_c() => {
+                    running.shutdown().await;
+                    Ok(())
+                }
+            };
+            if let Some(g) = guard {
+                g.shutdown();
             }
+            r?
         }
         Cmd::Minion {
             config,
             coordinator,
             id,
         } => {
-            let mut s = files::minion(&config)?;
+            let (mut s, tel) = files::minion_with_telemetry(&config)?;
+            let guard = otel::init(Some(&otel::OtelSettings {
+                enabled: tel.otlp_enabled,
+                endpoint: tel.otlp_endpoint,
+                service_name: tel
+                    .service_name
+                    .unwrap_or_else(|| format!("overlord-minion-{}", s.id)),
+            }))?;
             if let Some(c) = coordinator {
                 s.coordinator = c;
             }
@@ -217,7 +228,11 @@ async fn main() -> Result<()> {
                 s.id = i;
             }
             println!("minion {} ({}) -> {}", s.id, s.provider, s.coordinator);
-            overlord_minion::run(s, overlord_minion::modules::builtin(), ctrl_c()).await?;
+            let r = overlord_minion::run(s, overlord_minion::modules::builtin(), ctrl_c()).await;
+            if let Some(g) = guard {
+                g.shutdown();
+            }
+            r?;
         }
         Cmd::Scan {
             targets,

@@ -5,6 +5,7 @@
 //! writes is done.
 
 use crate::hub::{Durable, HubEvent};
+use crate::telemetry;
 use overlord_core::followup::{FindingView, follow_ups};
 use overlord_core::job::{
     FindingRecord, JobRecord, JobSpec, JobState, RootPlan, TaskRecord, TaskSpec, TaskState,
@@ -245,7 +246,13 @@ impl Engine {
                 progress_dirty: true,
                 last_progress_ms: 0,
             };
+            // Root tasks below the expansion cursor with no record were created but never
+            // leased (creation is not persisted): they are pending again.
+            let mut stored_roots = HashSet::new();
             for mut t in store.tasks(rt.rec.id)? {
+                if t.spec.task_id < rt.rec.root_next {
+                    stored_roots.insert(t.spec.task_id);
+                }
                 match &mut t.state {
                     TaskState::Pending => rt.pending.push_back(t.spec.task_id),
                     TaskState::Leased {
@@ -265,6 +272,14 @@ impl Engine {
                 }
                 n_tasks += 1;
                 rt.tasks.insert(t.spec.task_id, t);
+            }
+            for index in 0..rt.rec.root_next {
+                if !stored_roots.contains(&index) {
+                    let t = root_task(rt.rec.id, &rt.spec, &rt.plan, &rt.perm, index);
+                    rt.pending.push_back(t.task_id);
+                    rt.tasks.insert(t.task_id, TaskRecord::new(t));
+                    n_tasks += 1;
+                }
             }
             eng.jobs.insert(rt.rec.id, rt);
         }
@@ -417,8 +432,10 @@ impl Engine {
             rt.rec.root_next += 1;
             rt.rec.tasks_created += 1;
             rt.pending.push_back(t.task_id);
+            // Not written: a root task is a pure function of (job spec, index); until its
+            // first state change (lease) it is recomputed from the persisted expansion cursor
+            // (`root_next`, in the job record of the same atomic batch) at recovery.
             let rec = TaskRecord::new(t);
-            self.batch.push(Op::Task(rec.clone()));
             rt.tasks.insert(rec.spec.task_id, rec);
             rt.dirty = true;
         }
@@ -544,6 +561,7 @@ impl Engine {
         let Some((job, task)) = self.leases.remove(&token) else {
             return;
         };
+        telemetry::record(telemetry::Event::LeaseRevoked, 1);
         let mut fail_job = false;
         if let Some(rt) = self.jobs.get_mut(&job)
             && let Some(t) = rt.tasks.get_mut(&task)
@@ -563,6 +581,12 @@ impl Engine {
                 t.state = TaskState::Failed {
                     reason: format!("{reason} (after {} attempts)", t.attempts),
                 };
+                telemetry::record(
+                    telemetry::Event::TaskFailed {
+                        module: &t.spec.module,
+                    },
+                    1,
+                );
                 self.batch.push(Op::Task(t.clone()));
                 rt.tasks.remove(&task);
                 rt.rec.failed += 1;
@@ -607,6 +631,12 @@ impl Engine {
                 self.requeue(t, "minion dead (missed heartbeats)", true);
             }
         }
+        telemetry::minions_alive(
+            self.minions
+                .values()
+                .filter(|m| !m.dead && m.tx.is_some())
+                .count() as u64,
+        );
         let expired: Vec<Token> = self
             .leases
             .iter()
@@ -764,7 +794,12 @@ impl Engine {
                         input: t.spec.input.clone().unwrap_or_default(),
                         token,
                         deadline_ms: deadline,
-                        traceparent: crate::telemetry::traceparent(jid, token),
+                        traceparent: crate::telemetry::lease_traceparent(
+                            jid,
+                            task_id,
+                            token,
+                            &t.spec.module,
+                        ),
                     });
                     rt.progress_dirty = true;
                     self.leases.insert(token, (jid, task_id));
@@ -775,6 +810,12 @@ impl Engine {
                         .insert(token);
                     free[i] -= 1;
                     self.stats.leases_granted += 1;
+                    telemetry::record(
+                        telemetry::Event::TaskLeased {
+                            module: &t.spec.module,
+                        },
+                        1,
+                    );
                     progressed = true;
                 }
             }
@@ -821,6 +862,12 @@ impl Engine {
                     })
                     .collect::<Vec<_>>();
                 self.stats.results_rejected += items.len() as u64;
+                telemetry::record(
+                    telemetry::Event::ResultRejected {
+                        reason: "generation",
+                    },
+                    items.len() as u64,
+                );
                 for r in &batch.items {
                     if let Some(rt) = self.jobs.get_mut(&r.job_id) {
                         rt.rec.stale_rejected += 1;
@@ -858,6 +905,7 @@ impl Engine {
                 }
                 Verdict::Stale | Verdict::Unknown => {
                     self.stats.results_rejected += 1;
+                    telemetry::record(telemetry::Event::ResultRejected { reason: "stale" }, 1);
                     if let Some(rt) = self.jobs.get_mut(&r.job_id) {
                         rt.rec.stale_rejected += 1;
                         rt.dirty = true;
@@ -893,6 +941,12 @@ impl Engine {
             touched.insert(job);
             match parsed {
                 Err(e) => {
+                    telemetry::record(
+                        telemetry::Event::ResultRejected {
+                            reason: "malformed",
+                        },
+                        1,
+                    );
                     malformed = Some(e.clone());
                     acks.push(v1::AckItem {
                         token,
@@ -913,6 +967,7 @@ impl Engine {
                         r.finished_at_ms,
                     );
                     self.stats.results_accepted += 1;
+                    telemetry::record(telemetry::Event::ResultAccepted, 1);
                     acks.push(v1::AckItem {
                         token,
                         accepted: true,
@@ -921,6 +976,7 @@ impl Engine {
                 }
                 Ok(_) => {
                     self.stats.results_accepted += 1;
+                    telemetry::record(telemetry::Event::ResultAccepted, 1);
                     acks.push(v1::AckItem {
                         token,
                         accepted: true,
@@ -978,6 +1034,12 @@ impl Engine {
                 t.state = TaskState::Failed {
                     reason: error.to_string(),
                 };
+                telemetry::record(
+                    telemetry::Event::TaskFailed {
+                        module: &t.spec.module,
+                    },
+                    1,
+                );
                 self.batch.push(Op::Task(t.clone()));
                 rt.tasks.remove(&task);
                 rt.rec.failed += 1;
@@ -1003,6 +1065,12 @@ impl Engine {
             return;
         };
         t.state = TaskState::Done;
+        telemetry::record(
+            telemetry::Event::TaskDone {
+                module: &t.spec.module,
+            },
+            1,
+        );
         t.attempts += 1;
         t.last_minion = Some(minion.to_string());
         t.last_provider = Some(provider.to_string());

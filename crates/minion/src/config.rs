@@ -30,6 +30,22 @@ pub struct MinionConfig {
     pub blocklist: Option<PathBuf>,
     #[serde(default = "default_backoff")]
     pub reconnect_max_ms: u64,
+    /// OpenTelemetry OTLP export (off by default); installed by the process (the CLI).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// OpenTelemetry OTLP export; off by default. Same shape as the coordinator's `[telemetry]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    #[serde(default)]
+    pub otlp_enabled: bool,
+    /// OTLP gRPC endpoint, e.g. `http://127.0.0.1:4317`
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    #[serde(default)]
+    pub service_name: Option<String>,
 }
 
 fn default_capacity() -> u32 {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod module;
 pub mod modules;
 pub mod runtime;
+pub mod telemetry;
 
 pub use config::{ConfigError, MinionConfig, MinionSettings};
 pub use module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};

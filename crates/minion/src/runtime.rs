@@ -259,6 +259,7 @@ fn start_task(
             module = %lease.module,
             traceparent = %lease.traceparent
         );
+        crate::telemetry::adopt_parent(&span, &lease.traceparent);
         let outcome = tracing::Instrument::instrument(execute(&lease, &modules, &ctx), span).await;
         let finished = overlord_core::now_ms();
         let mut r = v1::TaskResult {

@@ -1,0 +1,261 @@
+//! OTLP export end to end: a real coordinator process and a real minion process (the `overlord`
+//! binary, telemetry switched on in their configs) export to a tiny OTLP gRPC receiver started
+//! here on 127.0.0.1:0. The minion's `task` span must be a child of the coordinator's `lease`
+//! span (same trace id, parent span id = lease span id), and the coordinator's metrics arrive.
+
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+struct SpanSeen {
+    service: String,
+    name: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Seen {
+    spans: Vec<SpanSeen>,
+    metrics: HashSet<(String, String)>,
+}
+
+#[derive(Clone, Default)]
+struct Receiver(Arc<Mutex<Seen>>);
+
+fn service_of(r: &Option<Resource>) -> String {
+    r.as_ref()
+        .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| match &v.value {
+            Some(Value::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut seen = self.0.lock().unwrap();
+        for rs in req.into_inner().resource_spans {
+            let service = service_of(&rs.resource);
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    seen.spans.push(SpanSeen {
+                        service: service.clone(),
+                        name: s.name,
+                        trace_id: s.trace_id,
+                        span_id: s.span_id,
+                        parent: s.parent_span_id,
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Receiver {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let mut seen = self.0.lock().unwrap();
+        for rm in req.into_inner().resource_metrics {
+            let service = service_of(&rm.resource);
+            for sm in rm.scope_metrics {
+                for m in sm.metrics {
+                    seen.metrics.insert((service.clone(), m.name));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+struct Kill(Vec<Child>);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn overlord(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_overlord"));
+    c.args(args)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    c
+}
+
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_and_metrics_reach_an_otlp_receiver_with_context_across_the_hop() {
+    // The OTLP receiver.
+    let recv = Receiver::default();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = format!("http://{}", l.local_addr().unwrap());
+    let server = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(recv.clone()))
+        .add_service(MetricsServiceServer::new(recv.clone()))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l));
+    tokio::spawn(server);
+
+    // A target: one open port on loopback.
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = target.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = target.accept().await {
+            drop(s);
+        }
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let coord_cfg = d.join("coordinator.toml");
+    std::fs::write(
+        &coord_cfg,
+        format!(
+            "version = 1\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n[telemetry]\n\
+             otlp_enabled = true\notlp_endpoint = \"{otlp}\"\nservice_name = \"test-coordinator\"\n"
+        ),
+    )
+    .unwrap();
+    let addr_file = d.join("addr");
+    let mut kids = Kill(Vec::new());
+    kids.0.push(
+        overlord(&[
+            "coordinator",
+            "--config",
+            coord_cfg.to_str().unwrap(),
+            "--addr-file",
+            addr_file.to_str().unwrap(),
+        ])
+        .spawn()
+        .expect("spawn coordinator"),
+    );
+    let addr = wait_for("coordinator address file", Duration::from_secs(60), || {
+        std::fs::read_to_string(&addr_file)
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    let url = format!("http://{addr}");
+    let minion_cfg = d.join("minion.toml");
+    std::fs::write(
+        &minion_cfg,
+        format!(
+            "version = 1\nid = \"m1\"\nprovider = \"lab\"\ncoordinator = \"{url}\"\n\n[telemetry]\n\
+             otlp_enabled = true\notlp_endpoint = \"{otlp}\"\nservice_name = \"test-minion\"\n"
+        ),
+    )
+    .unwrap();
+    kids.0.push(
+        overlord(&["minion", "--config", minion_cfg.to_str().unwrap()])
+            .spawn()
+            .expect("spawn minion"),
+    );
+
+    // A job through the cluster (the client waits until the job is done).
+    let port_s = port.to_string();
+    let st = tokio::task::spawn_blocking(move || {
+        overlord(&[
+            "scan",
+            "127.0.0.1",
+            "-p",
+            &port_s,
+            "-m",
+            "portscan",
+            "--coordinator",
+            &url,
+            "--format",
+            "jsonl",
+        ])
+        .status()
+    })
+    .await
+    .unwrap()
+    .expect("run scan");
+    assert!(st.success(), "scan failed: {st}");
+
+    let seen = recv.0.clone();
+    let (lease, task) = tokio::task::spawn_blocking(move || {
+        wait_for(
+            "a minion task span whose parent is a coordinator lease span",
+            Duration::from_secs(30),
+            || {
+                let s = seen.lock().unwrap();
+                s.spans
+                    .iter()
+                    .filter(|t| t.service == "test-minion" && t.name == "task")
+                    .find_map(|t| {
+                        s.spans
+                            .iter()
+                            .find(|l| {
+                                l.service == "test-coordinator"
+                                    && l.name == "lease"
+                                    && l.span_id == t.parent
+                            })
+                            .map(|l| (l.clone(), t.clone()))
+                    })
+            },
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(task.trace_id, lease.trace_id, "one trace across the hop");
+    assert_eq!(lease.trace_id.len(), 16);
+    assert!(lease.trace_id.iter().any(|b| *b != 0));
+
+    let seen = recv.0.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("coordinator metrics", Duration::from_secs(30), || {
+            let s = seen.lock().unwrap();
+            let has = |n: &str| s.metrics.contains(&("test-coordinator".into(), n.into()));
+            (has("overlord.tasks.leased")
+                && has("overlord.tasks.done")
+                && has("overlord.results.accepted")
+                && has("overlord.minions.alive"))
+            .then_some(())
+        })
+    })
+    .await
+    .unwrap();
+}
