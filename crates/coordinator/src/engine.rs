@@ -9,7 +9,7 @@ use crate::telemetry;
 use overlord_core::followup::{FindingView, follow_ups};
 use overlord_core::job::{
     FindingRecord, JobRecord, JobSpec, JobState, RootPlan, TaskRecord, TaskSpec, TaskState,
-    lease_params, root_plan, root_task,
+    lease_params, root_index, root_plan, root_task,
 };
 use overlord_core::perm::Permutation;
 use overlord_core::sched::{self, Health, Retry, Verdict};
@@ -250,8 +250,10 @@ impl Engine {
             // leased (creation is not persisted): they are pending again.
             let mut stored_roots = HashSet::new();
             for mut t in store.tasks(rt.rec.id)? {
-                if t.spec.task_id < rt.rec.root_next {
-                    stored_roots.insert(t.spec.task_id);
+                if let Some(index) = root_index(t.spec.task_id, rt.rec.root_total) {
+                    if index < rt.rec.root_next {
+                        stored_roots.insert(index);
+                    }
                 }
                 match &mut t.state {
                     TaskState::Pending => rt.pending.push_back(t.spec.task_id),

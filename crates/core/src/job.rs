@@ -242,6 +242,17 @@ pub fn root_plan(spec: &JobSpec) -> Result<RootPlan, SpecError> {
     )))
 }
 
+/// The task id of the `index`-th root task. Task ids start at 1: on the wire `parent_task_id == 0`
+/// means "no parent", so no task may have id 0.
+pub fn root_task_id(index: u64) -> TaskId {
+    index + 1
+}
+
+/// The expansion index of a root task id, if `task_id` is one of the job's `root_total` roots.
+pub fn root_index(task_id: TaskId, root_total: u64) -> Option<u64> {
+    (1..=root_total).contains(&task_id).then(|| task_id - 1)
+}
+
 /// The `index`-th root task (in randomized order) of a job. `index < plan.total`.
 pub fn root_task(
     job_id: JobId,
@@ -253,7 +264,7 @@ pub fn root_task(
     let slot = perm.at(index);
     let mut t = TaskSpec {
         job_id,
-        task_id: index,
+        task_id: root_task_id(index),
         parent: None,
         module: plan.module.clone(),
         target: None,
@@ -362,7 +373,7 @@ pub struct JobRecord {
     /// Root tasks in total, and how many have been expanded (the expansion cursor).
     pub root_total: u64,
     pub root_next: u64,
-    /// Next id for follow-up tasks (starts at root_total).
+    /// Next id for follow-up tasks (starts after the last root id, `root_total + 1`).
     pub next_task_id: TaskId,
     pub tasks_created: u64,
     pub done: u64,
@@ -382,7 +393,7 @@ impl JobRecord {
             perm_key,
             root_total,
             root_next: 0,
-            next_task_id: root_total,
+            next_task_id: root_task_id(root_total),
             tasks_created: 0,
             done: 0,
             failed: 0,
@@ -528,6 +539,19 @@ mod tests {
         // Randomized: the first few tasks are not all on the same address.
         first_targets.dedup();
         assert!(first_targets.len() > 1);
+    }
+
+    #[test]
+    fn task_ids_start_at_one_so_zero_can_mean_no_parent() {
+        // Regression (chaos B2): root ids were expansion indexes, so task 0 existed and its
+        // follow-ups looked like root tasks on the wire (parent_task_id 0 = none).
+        assert_eq!(root_task_id(0), 1);
+        assert_eq!(root_index(1, 3), Some(0));
+        assert_eq!(root_index(3, 3), Some(2));
+        assert_eq!(root_index(0, 3), None);
+        assert_eq!(root_index(4, 3), None);
+        let rec = JobRecord::new(7, 3, 0, 0);
+        assert_eq!(rec.next_task_id, 4, "follow-up ids follow the last root id");
     }
 
     #[test]
