@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Quick start: a small lab of real services on loopback (an X desktop with an xterm served by
+# x11vnc, redis, an HTTP server), then Overlord's main job on the embedded one-process cluster:
+# every TCP port of 127.0.0.1 -> service identification -> VNC/X11 screenshots -> enrichment
+# (blank filter, perceptual hash, OCR, faces, logos, e-mails). Everything stays on loopback.
+# Usage: bash examples/quickstart.sh [extra `overlord scan` flags]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_THREAD_LIMIT=1
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+need() { command -v "$1" >/dev/null || { echo "missing $1: run 'bash scripts/install-deps.sh' first" >&2; exit 1; }; }
+for b in Xvfb xterm x11vnc redis-server python3 cargo; do need "$b"; done
+
+lab=$(mktemp -d -t overlord-lab.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$lab"; }
+trap cleanup EXIT
+
+# A free X display number.
+d=40; while [ -e "/tmp/.X11-unix/X$d" ] || [ -e "/tmp/.X$d-lock" ]; do d=$((d + 1)); done
+Xvfb ":$d" -screen 0 1024x768x24 -nolisten tcp -noreset >"$lab/xvfb.log" 2>&1 & pids+=($!)
+for _ in $(seq 50); do [ -e "/tmp/.X11-unix/X$d" ] && break; sleep 0.1; done
+cat >"$lab/motd" <<'TXT'
+OVERLORD QUICKSTART LAB
+reactor pump status: ALARM
+operator contact: ops.team@example.org
+TXT
+DISPLAY=":$d" xterm -geometry 90x20+40+40 -fa Monospace -fs 14 -e sh -c "cat '$lab/motd'; exec sleep 100000" >/dev/null 2>&1 & pids+=($!)
+vnc=$(free_port)
+x11vnc -display ":$d" -localhost -rfbport "$vnc" -nopw -shared -forever -quiet >"$lab/x11vnc.log" 2>&1 & pids+=($!)
+redis=$(free_port)
+redis-server --port "$redis" --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 & pids+=($!)
+http=$(free_port)
+(cd "$lab" && exec python3 -m http.server "$http" --bind 127.0.0.1) >/dev/null 2>&1 & pids+=($!)
+echo "lab: x11vnc on 127.0.0.1:$vnc (display :$d), redis on :$redis, http on :$http" >&2
+
+cargo build --release -q -p overlord-cli
+target/release/overlord scan 127.0.0.1 -p 1-65535 --data-dir "$lab/data" "$@"
