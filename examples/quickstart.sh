@@ -35,5 +35,7 @@ http=$(free_port)
 (cd "$lab" && exec python3 -m http.server "$http" --bind 127.0.0.1) >/dev/null 2>&1 & pids+=($!)
 echo "lab: x11vnc on 127.0.0.1:$vnc (display :$d), redis on :$redis, http on :$http" >&2
 
-cargo build --release -q -p overlord-cli
-target/release/overlord scan 127.0.0.1 -p 1-65535 --data-dir "$lab/data" "$@"
+# OVERLORD_BIN=path skips the release build (e.g. a debug binary).
+bin=${OVERLORD_BIN:-}
+if [ -z "$bin" ]; then cargo build --release -q -p overlord-cli; bin=target/release/overlord; fi
+"$bin" scan 127.0.0.1 -p 1-65535 --data-dir "$lab/data" "$@"

@@ -778,11 +778,16 @@ impl Engine {
                         &t.spec,
                         sched::rate_share(rt.spec.rate_limit, alive),
                     );
+                    // The blob may have arrived in a result of this very batch (not yet
+                    // applied to the store): look there first, then in the store.
                     let blob = t
                         .spec
                         .blob_sha256
                         .as_ref()
-                        .and_then(|s| self.store.blob(s).ok().flatten())
+                        .and_then(|sha| {
+                            pending_blob(&self.batch, sha)
+                                .or_else(|| self.store.blob(sha).ok().flatten())
+                        })
                         .unwrap_or_default();
                     out[i].push(v1::TaskLease {
                         job_id: jid,
@@ -1271,4 +1276,12 @@ fn parse_findings(items: &[v1::FindingOut]) -> Result<Vec<ParsedFinding>, String
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A blob written by an operation of `batch`, which is not yet applied to the store.
+fn pending_blob(batch: &Batch, sha: &str) -> Option<Vec<u8>> {
+    batch.ops.iter().rev().find_map(|op| match op {
+        Op::Blob(s, bytes) if s == sha => Some(bytes.clone()),
+        _ => None,
+    })
 }
