@@ -5,8 +5,8 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends \
-    pkg-config libclang-dev clang libtesseract-dev libleptonica-dev tesseract-ocr-eng \
-    nmap openssh-server redis-server mosquitto nginx-light vsftpd \
-    xvfb x11vnc tigervnc-standalone-server xterm x11-apps x11-utils imagemagick opencv-data \
+$SUDO apt-get install -y -qq \
+    pkg-config libclang-dev clang libtesseract-dev libleptonica-dev tesseract-ocr-eng libpcre2-dev \
+    nmap openssh-server redis-server mosquitto nginx-light vsftpd python3-aiosmtpd \
+    xvfb x11vnc tigervnc-standalone-server xterm x11-apps x11-utils xauth vncsnapshot imagemagick opencv-data \
     nftables iproute2 netcat-openbsd >/dev/null

@@ -1,13 +1,367 @@
-//! Benchmarks (`overlord bench ...`): programs that print figures, not timed tests.
+//! Benchmarks (`overlord bench ...`): programs that print figures, not timed tests. Run them in
+//! release mode: `cargo run --release -p overlord-cli -- bench all`.
 
-use anyhow::Result;
+use crate::client;
+use crate::embedded::{Embedded, minion_settings};
+use anyhow::{Context, Result, anyhow, bail};
+use overlord_proto::v1;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 #[derive(clap::Subcommand, Clone, Debug)]
 pub enum Which {
-    /// All benchmarks.
+    /// Job-manager throughput: N no-op tasks through coordinator → 2 minions → persisted results.
+    Throughput {
+        #[arg(long, default_value_t = 100_000)]
+        tasks: u64,
+    },
+    /// Reassignment latency after `kill -9` of a minion holding leases (p50/p99).
+    Reassign {
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+    },
+    /// Coordinator restart (after kill -9) with N persisted tasks, until it serves again.
+    Recovery {
+        #[arg(long, default_value_t = 100_000)]
+        tasks: u64,
+    },
+    /// Full TCP port scan of 127.0.0.1 on the embedded cluster vs `nmap -sT -p- -T4 -n -Pn`.
+    Portscan,
+    /// All of the above with default sizes.
     All,
 }
 
-pub async fn run(_w: Which) -> Result<()> {
-    anyhow::bail!("not yet implemented")
+pub async fn run(w: Which) -> Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: debug build; run benchmarks with --release for meaningful figures");
+    }
+    match w {
+        Which::Throughput { tasks } => throughput(tasks).await?,
+        Which::Reassign { rounds } => reassign(rounds).await?,
+        Which::Recovery { tasks } => recovery(tasks).await?,
+        Which::Portscan => portscan().await?,
+        Which::All => {
+            throughput(100_000).await?;
+            reassign(20).await?;
+            recovery(100_000).await?;
+            portscan().await?;
+        }
+    }
+    Ok(())
+}
+
+fn noop(count: u64, sleep_ms: u64, emit: bool) -> v1::JobSpec {
+    v1::JobSpec {
+        name: "bench".into(),
+        modules: vec!["noop".into()],
+        params_json: serde_json::json!({"count": count, "sleep_ms": sleep_ms, "emit": emit})
+            .to_string(),
+        ..Default::default()
+    }
+}
+
+async fn wait_done(c: &mut client::Client, job: u64, timeout: Duration) -> Result<v1::JobStatus> {
+    let t = Instant::now();
+    loop {
+        let st = client::get(c, job).await?;
+        if st.state != v1::JobState::Running as i32 {
+            return Ok(st);
+        }
+        if t.elapsed() > timeout {
+            bail!(
+                "job {job} not finished after {timeout:?}: {}",
+                client::status_line(&st)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub async fn throughput(tasks: u64) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cluster = Embedded::start(dir.path().join("data"), 2, 1024).await?;
+    let mut c = client::connect(&cluster.url).await?;
+    // Let both minions register.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let job = client::submit(&mut c, noop(tasks, 0, true)).await?.job_id;
+    let st = wait_done(&mut c, job, Duration::from_secs(600)).await?;
+    let secs = t.elapsed().as_secs_f64();
+    let stored = client::results(&mut c, job, |_| {}).await?;
+    if let Some(s) = cluster.coordinator.stats().await {
+        eprintln!(
+            "   engine: {} batches, apply {} ms, results {} ms, schedule {} ms",
+            s.batches,
+            s.apply_us / 1000,
+            s.results_us / 1000,
+            s.schedule_us / 1000
+        );
+    }
+    let rate = st.tasks_done as f64 / secs;
+    println!(
+        "== throughput: {tasks} no-op tasks, coordinator -> 2 minions (gRPC over loopback) -> sled (grouped flushes, acked after flush)"
+    );
+    println!(
+        "   done {} failed {} findings stored {} in {secs:.2}s = {rate:.0} tasks/s (bar >= 20000; Celery 5.7+Redis 556, Ray 2.60 2193 on a similar 2-core box)",
+        st.tasks_done, st.tasks_failed, stored
+    );
+    if stored != tasks || st.tasks_done != tasks {
+        bail!(
+            "throughput run lost or doubled results: done {} stored {stored}",
+            st.tasks_done
+        );
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+fn spawn_self(args: &[&str]) -> Result<Child> {
+    let exe = std::env::current_exe()?;
+    Command::new(exe)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawning overlord")
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub async fn reassign(rounds: usize) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let settings = overlord_coordinator::Settings::local(dir.path().join("data"));
+    let (hb, timeout) = (
+        settings.engine.heartbeat_interval_ms,
+        settings.engine.heartbeat_timeout_ms,
+    );
+    let coord = overlord_coordinator::start(settings, listener).await?;
+    let url = format!("http://{}", coord.addr);
+    let mut c = client::connect(&url).await?;
+    // Minion B (in-process) survives; minion A (a process) is killed each round.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let b = tokio::spawn(overlord_minion::run(
+        minion_settings(&url, "bench-b", "prov-b", 64),
+        overlord_minion::modules::builtin(),
+        async move {
+            let _ = stop_rx.wait_for(|v| *v).await;
+        },
+    ));
+    let cfg = dir.path().join("minion-a.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version = 1\nid = \"bench-a\"\nprovider = \"prov-a\"\ncoordinator = \"{url}\"\ncapacity = 16\n"
+        ),
+    )?;
+    let mut samples = Vec::new();
+    for round in 0..rounds {
+        let mut a = spawn_self(&["minion", "--config", cfg.to_str().unwrap()])?;
+        // Give A time to register, then fill it: 16 long tasks go to A first (B is kept busy with its own job).
+        let filler = client::submit(&mut c, noop(64, 120_000, false))
+            .await?
+            .job_id;
+        wait_until_leased(&mut c, filler, 64).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let job = client::submit(&mut c, noop(16, 120_000, false))
+            .await?
+            .job_id;
+        wait_until_leased(&mut c, job, 16).await?;
+        // Free B so it can take A's tasks.
+        client::cancel(&mut c, filler).await?;
+        let before = coord
+            .stats()
+            .await
+            .ok_or_else(|| anyhow!("no stats"))?
+            .requeued;
+        let t = Instant::now();
+        a.kill()?;
+        let _ = a.wait();
+        loop {
+            let st = client::get(&mut c, job).await?;
+            let requeued = coord
+                .stats()
+                .await
+                .ok_or_else(|| anyhow!("no stats"))?
+                .requeued
+                - before;
+            if requeued >= 16 && st.tasks_pending == 0 && st.tasks_leased == 16 {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "round {round}: tasks not re-leased after 30s: {}",
+                    client::status_line(&st)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        samples.push(t.elapsed().as_secs_f64());
+        client::cancel(&mut c, job).await?;
+    }
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "== reassignment: kill -9 of a minion holding 16 leases -> all 16 leased to the other minion (heartbeat {hb} ms, timeout {timeout} ms)"
+    );
+    println!(
+        "   {} rounds: p50 {:.3}s p99 {:.3}s max {:.3}s (bar p99 <= 2s; Celery loses the task or waits 1h visibility timeout; Ray >= 15s)",
+        samples.len(),
+        pct(&samples, 0.5),
+        pct(&samples, 0.99),
+        samples.last().unwrap()
+    );
+    let _ = stop_tx.send(true);
+    let _ = b.await;
+    coord.shutdown().await;
+    Ok(())
+}
+
+async fn wait_until_leased(c: &mut client::Client, job: u64, n: u64) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        let st = client::get(c, job).await?;
+        if st.tasks_leased >= n {
+            return Ok(());
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            bail!("job {job}: {} leased, wanted {n}", st.tasks_leased);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn coordinator_proc(cfg: &std::path::Path, listen: &str) -> Result<(Child, String)> {
+    let mut child = spawn_self(&[
+        "coordinator",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--listen",
+        listen,
+    ])?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or_else(|| anyhow!("coordinator said {line:?}"))?
+        .to_string();
+    Ok((child, addr))
+}
+
+pub async fn recovery(tasks: u64) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfg = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version = 1\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nexpand_watermark = {}\n",
+            tasks + 1
+        ),
+    )?;
+    let (mut child, addr) = coordinator_proc(&cfg, "127.0.0.1:0")?;
+    let url = format!("http://{addr}");
+    let mut c = client::connect(&url).await?;
+    let st = client::submit(&mut c, noop(tasks, 0, false)).await?;
+    if st.tasks_pending != tasks {
+        bail!(
+            "expected {tasks} persisted pending tasks, got {}",
+            st.tasks_pending
+        );
+    }
+    drop(c);
+    child.kill()?;
+    let _ = child.wait();
+    let t = Instant::now();
+    let (mut child, _) = coordinator_proc(&cfg, &addr)?;
+    let mut c = loop {
+        if let Ok(c) = client::connect(&url).await {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let st = client::get(&mut c, st.job_id).await?;
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "== recovery: kill -9 of a coordinator holding {tasks} persisted tasks, restart on the same sled dir -> first answered GetJob"
+    );
+    println!(
+        "   {secs:.3}s with {} pending tasks recovered (bar <= 2s)",
+        st.tasks_pending
+    );
+    child.kill()?;
+    let _ = child.wait();
+    Ok(())
+}
+
+fn nmap(ports: &mut Vec<u16>) -> Result<f64> {
+    let t = Instant::now();
+    let out = Command::new("nmap")
+        .args(["-sT", "-p-", "-T4", "-n", "-Pn", "127.0.0.1", "-oG", "-"])
+        .output()
+        .context("running nmap (apt-get install nmap)")?;
+    let secs = t.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines().filter(|l| l.contains("Ports:")) {
+        let list = line.split("Ports:").nth(1).unwrap_or("");
+        for item in list.split(',') {
+            let f: Vec<&str> = item.trim().split('/').collect();
+            if f.len() > 1 && f[1] == "open" {
+                ports.push(f[0].parse()?);
+            }
+        }
+    }
+    Ok(secs)
+}
+
+pub async fn portscan() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cluster = Embedded::start(dir.path().join("data"), 2, 64).await?;
+    let mut c = client::connect(&cluster.url).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let spec = v1::JobSpec {
+        name: "bench portscan".into(),
+        targets: vec!["127.0.0.1".into()],
+        ports: "1-65535".into(),
+        modules: vec!["portscan".into()],
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let job = client::submit(&mut c, spec).await?.job_id;
+    let st = wait_done(&mut c, job, Duration::from_secs(300)).await?;
+    let ours_secs = t.elapsed().as_secs_f64();
+    let mut ours = Vec::new();
+    client::results(&mut c, job, |f| ours.push(f.port as u16)).await?;
+    ours.sort_unstable();
+    cluster.shutdown().await;
+    let mut theirs = Vec::new();
+    let nmap_secs = nmap(&mut theirs)?;
+    theirs.sort_unstable();
+    let only_ours: Vec<u16> = ours
+        .iter()
+        .filter(|p| !theirs.contains(p))
+        .copied()
+        .collect();
+    let only_nmap: Vec<u16> = theirs
+        .iter()
+        .filter(|p| !ours.contains(p))
+        .copied()
+        .collect();
+    println!(
+        "== portscan: all 65535 TCP ports of 127.0.0.1, embedded cluster (coordinator + 2 minions) vs nmap -sT -p- -T4 -n -Pn"
+    );
+    println!(
+        "   overlord {ours_secs:.2}s ({} tasks, {} open) | nmap {nmap_secs:.2}s ({} open) | ratio overlord/nmap {:.2}",
+        st.tasks_done,
+        ours.len(),
+        theirs.len(),
+        ours_secs / nmap_secs
+    );
+    println!(
+        "   open only in overlord: {only_ours:?}; only in nmap: {only_nmap:?} (services of other processes may come and go between the two runs)"
+    );
+    Ok(())
 }

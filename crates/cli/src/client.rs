@@ -60,9 +60,26 @@ pub fn finding_line(f: &v1::Finding, fmt: Format) -> String {
                 "banner" => data
                     .get("banner")
                     .and_then(|b| b.as_str())
-                    .map(|b| format!("{:?}", b.trim_end()))
+                    .map(|b| b.trim_end().replace('\r', "\\r").replace('\n', "\\n"))
                     .unwrap_or_default(),
                 "open_port" => String::new(),
+                "service" => {
+                    let s = |k: &str| data.get(k).and_then(|v| v.as_str()).unwrap_or("");
+                    let svc = match s("tunnel") {
+                        "" => s("service").to_string(),
+                        t => format!("{t}/{}", s("service")),
+                    };
+                    let shot = match s("screenshot") {
+                        "" => String::new(),
+                        x => format!(" screenshot:{x}"),
+                    };
+                    format!(
+                        "{svc} {} {} [{}]{shot}",
+                        s("product"),
+                        s("version"),
+                        s("status")
+                    )
+                }
                 _ => {
                     let s = data.to_string();
                     if s.len() > 120 {

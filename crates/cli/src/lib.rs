@@ -1,6 +1,7 @@
 //! The `overlord` command line: thin wrappers over the coordinator and minion libraries, a gRPC
 //! client for jobs, an embedded one-process cluster, and the benchmarks.
 
+pub mod beacons;
 pub mod bench;
 pub mod client;
 pub mod embedded;

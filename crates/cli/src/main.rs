@@ -118,6 +118,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ImagesCmd,
     },
+    /// Finds C2 beaconing in Zeek logs (CNN + RITA-style scorer); also train|eval|generate.
+    Beacons(overlord_cli::beacons::BeaconsArgs),
     /// Runs a benchmark and prints figures.
     Bench {
         #[command(subcommand)]
@@ -180,6 +182,11 @@ async fn main() -> Result<()> {
             }
             if let Some(d) = data_dir {
                 s.data_dir = d;
+            }
+            if s.telemetry.otlp_enabled {
+                tracing::warn!(
+                    "telemetry.otlp_enabled is set but OTLP export is not built in yet; traces stay in the logs"
+                );
             }
             let listener = tokio::net::TcpListener::bind(&s.listen)
                 .await
@@ -323,6 +330,7 @@ async fn main() -> Result<()> {
                 bail!("{failed} of {} files could not be analysed", objs.len());
             }
         }
+        Cmd::Beacons(args) => overlord_cli::beacons::run(args).await?,
         Cmd::Bench { which } => bench::run(which).await?,
     }
     Ok(())

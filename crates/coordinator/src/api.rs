@@ -361,6 +361,11 @@ impl v1::minion_service_server::MinionService for MinionApi {
                 let m = match inbound.message().await {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
+                    Err(e) if e.code() == tonic::Code::Unknown => {
+                        // The connection dropped (minion killed, network): a plain disconnect.
+                        debug!(minion = %id, error = %e.message(), "minion stream ended");
+                        break;
+                    }
                     Err(e) => {
                         // Oversized or undecodable messages end up here: close only this session.
                         warn!(minion = %id, error = %e, "minion stream error");

@@ -22,6 +22,9 @@ pub struct CoordinatorConfig {
     pub task_timeout_ms: u64,
     #[serde(default = "d_attempts")]
     pub max_attempts: u32,
+    /// Pending tasks kept expanded per job (expansion is lazy beyond this).
+    #[serde(default = "d_watermark")]
+    pub expand_watermark: usize,
     /// Allowed target ranges; default loopback only (127.0.0.0/8, ::1).
     #[serde(default)]
     pub allow: Vec<String>,
@@ -53,6 +56,9 @@ fn d_hb_timeout() -> u64 {
 }
 fn d_task_timeout() -> u64 {
     600_000
+}
+fn d_watermark() -> usize {
+    4096
 }
 fn d_attempts() -> u32 {
     5
@@ -140,7 +146,7 @@ impl CoordinatorConfig {
                 heartbeat_timeout_ms: self.heartbeat_timeout_ms,
                 task_timeout_ms: self.task_timeout_ms,
                 max_attempts: self.max_attempts,
-                ..EngineConfig::default()
+                expand_watermark: self.expand_watermark.max(1),
             },
             scope,
             telemetry: self.telemetry.clone(),

@@ -90,6 +90,12 @@ pub struct Stats {
     pub leases_granted: u64,
     pub requeued: u64,
     pub minions_declared_dead: u64,
+    /// Time spent applying write batches to storage (µs) and number of batches.
+    pub apply_us: u64,
+    pub batches: u64,
+    /// Time spent in result ingestion (µs) and scheduling (µs).
+    pub results_us: u64,
+    pub schedule_us: u64,
 }
 
 pub struct Engine {
@@ -109,6 +115,10 @@ pub struct Engine {
     rr: usize,
     hub: broadcast::Sender<HubEvent>,
     durable: Durable,
+    /// Jobs finished in memory whose final writes are not yet durable: reported as running.
+    finishing: HashSet<JobId>,
+    /// Specs of jobs that finished while this engine ran (their spec may not be applied yet).
+    finished_specs: HashMap<JobId, Arc<JobSpec>>,
     pub stats: Stats,
 }
 
@@ -203,6 +213,8 @@ impl Engine {
             rr: 0,
             hub,
             durable,
+            finishing: HashSet::new(),
+            finished_specs: HashMap::new(),
             stats: Stats::default(),
         };
         let mut n_tasks = 0usize;
@@ -319,12 +331,21 @@ impl Engine {
             return Ok(status_of(&rt.rec, &rt.spec, Some(rt)));
         }
         let rec = self.finished.get(&id).ok_or(ApiError::JobNotFound(id))?;
-        let spec = self
-            .store
-            .spec(id)
-            .map_err(|e| ApiError::Storage(e.to_string()))?
-            .ok_or(ApiError::JobNotFound(id))?;
-        Ok(status_of(rec, &spec, None))
+        let spec = match self.finished_specs.get(&id) {
+            Some(s) => s.clone(),
+            None => Arc::new(
+                self.store
+                    .spec(id)
+                    .map_err(|e| ApiError::Storage(e.to_string()))?
+                    .ok_or(ApiError::JobNotFound(id))?,
+            ),
+        };
+        let mut st = status_of(rec, &spec, None);
+        if self.finishing.contains(&id) {
+            // Not durable yet: nobody may see it finished before its results are readable.
+            st.state = v1::JobState::Running as i32;
+        }
+        Ok(st)
     }
 
     pub fn list(&self) -> Vec<v1::JobStatus> {
@@ -371,6 +392,8 @@ impl Engine {
         self.batch.push(Op::Job(rt.rec.clone()));
         let st = status_of(&rt.rec, &rt.spec, None);
         info!(job_id = id, "job cancelled");
+        self.finishing.insert(id);
+        self.finished_specs.insert(id, rt.spec.clone());
         self.pending_out
             .push(Deferred::Publish(HubEvent::Finished(id, st.clone())));
         self.pending_out.push(Deferred::Cancel(reply, st));
@@ -422,6 +445,8 @@ impl Engine {
             "job completed"
         );
         let st = status_of(&rt.rec, &rt.spec, None);
+        self.finishing.insert(id);
+        self.finished_specs.insert(id, rt.spec.clone());
         self.pending_out
             .push(Deferred::Publish(HubEvent::Finished(id, st)));
         self.finished.insert(id, rt.rec);
@@ -485,30 +510,31 @@ impl Engine {
     }
 
     pub fn heartbeat(&mut self, id: &str, generation: u64) {
-        if let Some(m) = self.minions.get_mut(id) {
-            if m.rec.generation == generation && !m.dead {
-                m.last_seen_ms = now_ms();
-            }
+        if let Some(m) = self.minions.get_mut(id)
+            && m.rec.generation == generation
+            && !m.dead
+        {
+            m.last_seen_ms = now_ms();
         }
     }
 
     pub fn disconnected(&mut self, id: &str, session_id: u64) {
-        if let Some(m) = self.minions.get_mut(id) {
-            if m.session_id == session_id {
-                debug!(minion = %id, "session ended");
-                m.tx = None;
-            }
+        if let Some(m) = self.minions.get_mut(id)
+            && m.session_id == session_id
+        {
+            debug!(minion = %id, "session ended");
+            m.tx = None;
         }
     }
 
     /// Drops a misbehaving session (malformed or oversized messages); nothing else is affected.
     pub fn kick(&mut self, id: &str, generation: u64, reason: &str) {
-        if let Some(m) = self.minions.get_mut(id) {
-            if m.rec.generation == generation {
-                warn!(minion = %id, reason, "closing minion session");
-                if let Some(tx) = m.tx.take() {
-                    let _ = tx.send(Err(tonic::Status::invalid_argument(reason.to_string())));
-                }
+        if let Some(m) = self.minions.get_mut(id)
+            && m.rec.generation == generation
+        {
+            warn!(minion = %id, reason, "closing minion session");
+            if let Some(tx) = m.tx.take() {
+                let _ = tx.send(Err(tonic::Status::invalid_argument(reason.to_string())));
             }
         }
     }
@@ -519,36 +545,36 @@ impl Engine {
             return;
         };
         let mut fail_job = false;
-        if let Some(rt) = self.jobs.get_mut(&job) {
-            if let Some(t) = rt.tasks.get_mut(&task) {
-                if let TaskState::Leased { minion, .. } = &t.state {
-                    if let Some(m) = self.minions.get_mut(minion) {
-                        m.leases.remove(&token);
-                        t.last_provider = Some(m.rec.provider.clone());
-                    }
-                    t.last_minion = Some(minion.clone());
+        if let Some(rt) = self.jobs.get_mut(&job)
+            && let Some(t) = rt.tasks.get_mut(&task)
+        {
+            if let TaskState::Leased { minion, .. } = &t.state {
+                if let Some(m) = self.minions.get_mut(minion) {
+                    m.leases.remove(&token);
+                    t.last_provider = Some(m.rec.provider.clone());
                 }
-                if count_attempt {
-                    t.attempts += 1;
-                }
-                t.last_error = Some(reason.to_string());
-                if sched::on_failure(t.attempts, self.cfg.max_attempts, false) == Retry::Fail {
-                    t.state = TaskState::Failed {
-                        reason: format!("{reason} (after {} attempts)", t.attempts),
-                    };
-                    self.batch.push(Op::Task(t.clone()));
-                    rt.tasks.remove(&task);
-                    rt.rec.failed += 1;
-                    fail_job = true;
-                } else {
-                    t.state = TaskState::Pending;
-                    self.batch.push(Op::Task(t.clone()));
-                    rt.pending.push_front(task);
-                }
-                rt.dirty = true;
-                rt.progress_dirty = true;
-                self.stats.requeued += 1;
+                t.last_minion = Some(minion.clone());
             }
+            if count_attempt {
+                t.attempts += 1;
+            }
+            t.last_error = Some(reason.to_string());
+            if sched::on_failure(t.attempts, self.cfg.max_attempts, false) == Retry::Fail {
+                t.state = TaskState::Failed {
+                    reason: format!("{reason} (after {} attempts)", t.attempts),
+                };
+                self.batch.push(Op::Task(t.clone()));
+                rt.tasks.remove(&task);
+                rt.rec.failed += 1;
+                fail_job = true;
+            } else {
+                t.state = TaskState::Pending;
+                self.batch.push(Op::Task(t.clone()));
+                rt.pending.push_front(task);
+            }
+            rt.dirty = true;
+            rt.progress_dirty = true;
+            self.stats.requeued += 1;
         }
         if fail_job {
             self.check_complete(job);
@@ -594,8 +620,8 @@ impl Engine {
             .map(|(tok, _)| *tok)
             .collect();
         for tok in expired {
-            if let Some((j, t)) = self.leases.get(&tok).copied() {
-                if let Some(minion) =
+            if let Some((j, t)) = self.leases.get(&tok).copied()
+                && let Some(minion) =
                     self.jobs
                         .get(&j)
                         .and_then(|rt| rt.tasks.get(&t))
@@ -603,13 +629,11 @@ impl Engine {
                             TaskState::Leased { minion, .. } => Some(minion.clone()),
                             _ => None,
                         })
-                {
-                    if let Some(tx) = self.minions.get(&minion).and_then(|m| m.tx.as_ref()) {
-                        let _ = tx.send(Ok(v1::CoordinatorMessage {
-                            msg: Some(CMsg::Revoke(v1::Revoke { tokens: vec![tok] })),
-                        }));
-                    }
-                }
+                && let Some(tx) = self.minions.get(&minion).and_then(|m| m.tx.as_ref())
+            {
+                let _ = tx.send(Ok(v1::CoordinatorMessage {
+                    msg: Some(CMsg::Revoke(v1::Revoke { tokens: vec![tok] })),
+                }));
             }
             self.requeue(tok, "lease deadline passed", true);
         }
@@ -632,6 +656,12 @@ impl Engine {
 
     /// Leases pending tasks to minions with free slots (round-robin across jobs).
     pub fn schedule(&mut self) {
+        let t0 = std::time::Instant::now();
+        self.schedule_inner();
+        self.stats.schedule_us += t0.elapsed().as_micros() as u64;
+    }
+
+    fn schedule_inner(&mut self) {
         let now = now_ms();
         let mut ids: Vec<String> = self
             .minions
@@ -734,7 +764,7 @@ impl Engine {
                         input: t.spec.input.clone().unwrap_or_default(),
                         token,
                         deadline_ms: deadline,
-                        traceparent: crate::telemetry::current_traceparent(),
+                        traceparent: crate::telemetry::traceparent(jid, token),
                     });
                     rt.progress_dirty = true;
                     self.leases.insert(token, (jid, task_id));
@@ -1040,9 +1070,10 @@ impl Engine {
 
     // ---------- durability ----------
 
-    /// Writes this message's changes (one atomic batch) and files its outputs under the new write
-    /// epoch. Returns the epoch to flush, if anything is waiting for one.
-    pub fn commit(&mut self) -> Result<Option<u64>, StoreError> {
+    /// Ends a message: job records touched are added to the pending write batch, and the
+    /// message's outputs are filed under the epoch of the batch that will contain its writes.
+    /// Returns whether anything waits for a flush.
+    pub fn commit(&mut self) -> Result<bool, StoreError> {
         let dirty: Vec<JobId> = self
             .jobs
             .iter()
@@ -1054,15 +1085,30 @@ impl Engine {
             rt.dirty = false;
             self.batch.push(Op::Job(rt.rec.clone()));
         }
+        let epoch = if self.batch.is_empty() {
+            self.write_epoch
+        } else {
+            self.write_epoch + 1
+        };
+        for d in self.pending_out.drain(..) {
+            self.outbox.push_back((epoch, d));
+        }
+        Ok(!self.outbox.is_empty())
+    }
+
+    /// Applies the pending write batch (all messages since the last one, atomically) and returns
+    /// its epoch; the flush that follows covers it. Batching across messages keeps the number
+    /// of storage batches to about one per flush.
+    pub fn apply_pending(&mut self) -> Result<u64, StoreError> {
         if !self.batch.is_empty() {
             let b = std::mem::take(&mut self.batch);
+            let t = std::time::Instant::now();
             self.store.apply(b)?;
+            self.stats.apply_us += t.elapsed().as_micros() as u64;
+            self.stats.batches += 1;
             self.write_epoch += 1;
         }
-        for d in self.pending_out.drain(..) {
-            self.outbox.push_back((self.write_epoch, d));
-        }
-        Ok((!self.outbox.is_empty()).then_some(self.write_epoch))
+        Ok(self.write_epoch)
     }
 
     pub fn write_epoch(&self) -> u64 {
@@ -1086,8 +1132,12 @@ impl Engine {
                     }));
                 }
                 Deferred::Publish(ev) => {
-                    if let HubEvent::Finding(f) = &ev {
-                        self.durable.set(f.job_id, f.cursor);
+                    match &ev {
+                        HubEvent::Finding(f) => self.durable.set(f.job_id, f.cursor),
+                        HubEvent::Finished(id, _) => {
+                            self.finishing.remove(id);
+                        }
+                        HubEvent::Progress(..) => {}
                     }
                     let _ = self.hub.send(ev);
                 }

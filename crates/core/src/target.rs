@@ -193,27 +193,27 @@ pub fn parse_target(input: &str) -> Result<TargetInput, TargetError> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Ok(TargetInput::Range(IpRange::single(ip)));
     }
-    if let Some((a, b)) = s.split_once('-') {
-        if let (Ok(a), Ok(b)) = (a.trim().parse::<IpAddr>(), b.trim().parse::<IpAddr>()) {
-            return match (a, b) {
-                (IpAddr::V4(a), IpAddr::V4(b)) if u32::from(a) <= u32::from(b) => {
-                    Ok(TargetInput::Range(IpRange::V4 {
-                        start: a.into(),
-                        end: b.into(),
-                    }))
-                }
-                (IpAddr::V6(a), IpAddr::V6(b)) if u128::from(a) <= u128::from(b) => {
-                    Ok(TargetInput::Range(IpRange::V6 {
-                        start: a.into(),
-                        end: b.into(),
-                    }))
-                }
-                (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
-                    Err(bad(input, "range start is after its end"))
-                }
-                _ => Err(bad(input, "range mixes IPv4 and IPv6")),
-            };
-        }
+    if let Some((a, b)) = s.split_once('-')
+        && let (Ok(a), Ok(b)) = (a.trim().parse::<IpAddr>(), b.trim().parse::<IpAddr>())
+    {
+        return match (a, b) {
+            (IpAddr::V4(a), IpAddr::V4(b)) if u32::from(a) <= u32::from(b) => {
+                Ok(TargetInput::Range(IpRange::V4 {
+                    start: a.into(),
+                    end: b.into(),
+                }))
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) if u128::from(a) <= u128::from(b) => {
+                Ok(TargetInput::Range(IpRange::V6 {
+                    start: a.into(),
+                    end: b.into(),
+                }))
+            }
+            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
+                Err(bad(input, "range start is after its end"))
+            }
+            _ => Err(bad(input, "range mixes IPv4 and IPv6")),
+        };
     }
     if is_hostname(s) {
         return Ok(TargetInput::Host(s.to_ascii_lowercase()));

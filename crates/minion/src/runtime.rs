@@ -252,7 +252,14 @@ fn start_task(
     let handle = tokio::spawn(async move {
         let _permit = sem.acquire_owned().await;
         let started = overlord_core::now_ms();
-        let outcome = execute(&lease, &modules, &ctx).await;
+        let span = tracing::info_span!(
+            "task",
+            job_id = lease.job_id,
+            task_id = lease.task_id,
+            module = %lease.module,
+            traceparent = %lease.traceparent
+        );
+        let outcome = tracing::Instrument::instrument(execute(&lease, &modules, &ctx), span).await;
         let finished = overlord_core::now_ms();
         let mut r = v1::TaskResult {
             job_id: lease.job_id,
@@ -314,13 +321,13 @@ async fn execute(
         )
     };
     // The minion re-checks its own scope before sending anything.
-    if let Some(ip) = target {
-        if !ctx.scope.permits(ip) {
-            warn!(target = %ip, task = lease.task_id, "target refused by minion scope");
-            return Err(ModuleError::Blocked(format!(
-                "{ip} is outside this minion's allow-list or inside its blocklist"
-            )));
-        }
+    if let Some(ip) = target
+        && !ctx.scope.permits(ip)
+    {
+        warn!(target = %ip, task = lease.task_id, "target refused by minion scope");
+        return Err(ModuleError::Blocked(format!(
+            "{ip} is outside this minion's allow-list or inside its blocklist"
+        )));
     }
     let input = TaskInput {
         job_id: lease.job_id,
@@ -357,10 +364,12 @@ async fn execute(
 async fn reporter(mut rx: mpsc::Receiver<v1::TaskResult>, shared: Arc<Shared>) {
     while let Some(first) = rx.recv().await {
         let mut items = vec![first];
+        // Linger briefly so results finishing together travel (and are stored) together.
+        let linger = tokio::time::Instant::now() + Duration::from_millis(2);
         while items.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => items.push(r),
-                Err(_) => break,
+            match tokio::time::timeout_at(linger, rx.recv()).await {
+                Ok(Some(r)) => items.push(r),
+                _ => break,
             }
         }
         {

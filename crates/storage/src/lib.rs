@@ -142,6 +142,7 @@ impl SledStore {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(256 * 1024 * 1024)
+            .mode(sled::Mode::HighThroughput)
             .flush_every_ms(None)
             .open()?;
         Ok(SledStore { db })

@@ -1,7 +1,10 @@
-//! `noop`: does nothing and reports nothing (job-manager benchmarks).
+//! `noop`: no network traffic. Params: `sleep_ms` (default 0) to make tasks take time (chaos
+//! tests), `emit` (default false) to report one `noop` finding per task (exactly-once checks).
 
 use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
 use futures::future::BoxFuture;
+use serde_json::json;
+use std::time::Duration;
 
 pub struct Noop;
 
@@ -14,9 +17,27 @@ impl Module for Noop {
     }
     fn run<'a>(
         &'a self,
-        _task: &'a TaskInput,
+        task: &'a TaskInput,
         _ctx: &'a ModuleCtx,
     ) -> BoxFuture<'a, Result<Vec<FindingOut>, ModuleError>> {
-        Box::pin(async { Ok(Vec::new()) })
+        Box::pin(async move {
+            if let Some(ms) = task.param_u64("sleep_ms").filter(|ms| *ms > 0) {
+                tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+            }
+            if task
+                .params
+                .get("emit")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false)
+            {
+                return Ok(vec![FindingOut::new(
+                    "noop",
+                    None,
+                    None,
+                    json!({ "task": task.task_id }),
+                )]);
+            }
+            Ok(Vec::new())
+        })
     }
 }

@@ -1,1 +1,114 @@
-//! Remote-desktop screenshots (RFB, X11) and RDP probing.
+//! Remote-desktop screenshots (VNC/RFB, X11) and RDP security probing.
+//!
+//! Everything here is a plain library: no cluster types. Each entry point is bounded in
+//! time ([`ScreenOptions::total_timeout`]), in bytes read, in decompressed bytes and in pixels, so
+//! a hostile server ends with a precise [`ScreenError`] instead of exhausting the host.
+//!
+//! - [`vnc_screenshot`]: RFB 3.3/3.7/3.8 client (security type None only; when the server wants
+//!   authentication the offered types are recorded, no password is ever tried), Raw, CopyRect,
+//!   ZRLE and Tight (without JPEG) encodings, any true-colour or colour-map pixel format.
+//! - [`x11_screenshot`]: root-window image of an X server reachable over TCP that accepts us.
+//! - [`rdp_probe`]: X.224 connection requests with RDP negotiation: supported security protocols
+//!   and whether Network Level Authentication (CredSSP) is required.
+
+mod error;
+mod image;
+pub mod pixel;
+pub mod rdp;
+pub mod rfb;
+pub mod x11;
+
+use std::time::Duration;
+
+pub use error::ScreenError;
+pub use image::{Screenshot, encode_png, sha256_hex};
+pub use pixel::PixelFormat;
+pub use rdp::{RdpInfo, RdpProtocol, rdp_probe};
+pub use rfb::{Encoding, VncCapture, vnc_screenshot};
+pub use x11::{X11Capture, X11Screen, x11_screenshot};
+
+/// Limits and preferences shared by the screenshot clients.
+#[derive(Debug, Clone)]
+pub struct ScreenOptions {
+    /// Time allowed to establish the TCP connection.
+    pub connect_timeout: Duration,
+    /// Longest silence tolerated while waiting for data from the server.
+    pub io_timeout: Duration,
+    /// Hard limit for the whole capture (connect, handshake, frames, PNG encoding excluded).
+    pub total_timeout: Duration,
+    /// Largest accepted framebuffer width or height.
+    pub max_dimension: u32,
+    /// Largest accepted number of pixels (width * height).
+    pub max_pixels: u64,
+    /// Largest number of bytes read from the server over the whole capture.
+    pub max_bytes: u64,
+    /// Largest number of bytes produced by zlib streams (ZRLE/Tight) over the whole capture.
+    pub max_decompressed_bytes: u64,
+    /// RFB encodings offered to the server, in order of preference.
+    pub encodings: Vec<Encoding>,
+    /// Pixel format requested from an RFB server; `None` keeps the server's native format.
+    pub pixel_format: Option<PixelFormat>,
+    /// How many full frames an RFB capture may fetch to get two identical consecutive ones
+    /// (1 = trust the first frame). x11vnc may serve a stale first frame; see DESIGN.md.
+    pub max_frames: u32,
+    /// After the full frame(s), keep applying incremental updates until the server has been
+    /// quiet this long (at most 4x this in total). Zero disables it. This is what catches
+    /// x11vnc's stale first frame: x11vnc does not poll the screen while no client is
+    /// connected, so it answers the first request with an old copy and sends the changes later,
+    /// spread over about a second while it rescans (measured: updates up to 1.5 s after the
+    /// first frame, gaps of ~250 ms). A still screen costs exactly this wait.
+    pub settle: Duration,
+    /// PNG compression level.
+    pub png_compression: png::Compression,
+}
+
+impl Default for ScreenOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            io_timeout: Duration::from_secs(10),
+            total_timeout: Duration::from_secs(30),
+            max_dimension: 16384,
+            // 8K UHD; the RGB buffer is at most ~100 MB.
+            max_pixels: 7680 * 4320,
+            max_bytes: 512 * 1024 * 1024,
+            max_decompressed_bytes: 1024 * 1024 * 1024,
+            encodings: vec![
+                Encoding::Zrle,
+                Encoding::Tight,
+                Encoding::CopyRect,
+                Encoding::Raw,
+            ],
+            pixel_format: Some(PixelFormat::RGB888),
+            max_frames: 1,
+            settle: Duration::from_millis(1000),
+            png_compression: png::Compression::Fast,
+        }
+    }
+}
+
+impl ScreenOptions {
+    pub(crate) fn check_size(&self, width: u32, height: u32) -> Result<(), ScreenError> {
+        if width > self.max_dimension || height > self.max_dimension {
+            return Err(ScreenError::Limit {
+                what: "framebuffer dimension",
+                value: u64::from(width.max(height)),
+                limit: u64::from(self.max_dimension),
+            });
+        }
+        let pixels = u64::from(width) * u64::from(height);
+        if pixels > self.max_pixels {
+            return Err(ScreenError::Limit {
+                what: "framebuffer pixels",
+                value: pixels,
+                limit: self.max_pixels,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Milliseconds elapsed, as recorded in capture timings.
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

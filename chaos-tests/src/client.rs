@@ -1,0 +1,241 @@
+//! Typed clients of the coordinator's `JobService`, and a watch stream that survives faults by resuming
+//! from its cursor (and records whether resuming ever left a gap or repeated a finding).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use overlord_proto::v1::job_event::Event;
+use overlord_proto::v1::job_service_client::JobServiceClient;
+use overlord_proto::v1::{
+    Finding, GetJobRequest, JobSpec, JobState, JobStatus, ListResultsRequest, SubmitJobRequest,
+    WatchJobRequest,
+};
+use tonic::transport::{Channel, Endpoint};
+
+pub type JobClient = JobServiceClient<Channel>;
+
+/// A lazily connecting client: it does not fail while the coordinator is down, calls fail with
+/// `Unavailable` until it is back.
+pub fn job_client(url: &str) -> JobClient {
+    let ep = Endpoint::from_shared(url.to_string())
+        .expect("valid url")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .tcp_nodelay(true);
+    JobServiceClient::new(ep.connect_lazy())
+        .max_decoding_message_size(overlord_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(overlord_proto::MAX_MESSAGE_BYTES)
+}
+
+/// A port-scan job spec over `targets` × `ports`.
+pub fn scan_spec(name: &str, targets: Vec<String>, ports: String, modules: &[&str]) -> JobSpec {
+    JobSpec {
+        name: name.to_string(),
+        targets,
+        ports,
+        modules: modules.iter().map(|m| m.to_string()).collect(),
+        rate_limit: 0,
+        inputs: vec![],
+        params_json: String::new(),
+    }
+}
+
+pub async fn submit(c: &mut JobClient, spec: JobSpec) -> Result<JobStatus, tonic::Status> {
+    let r = c
+        .submit_job(SubmitJobRequest { spec: Some(spec) })
+        .await?
+        .into_inner();
+    r.status
+        .ok_or_else(|| tonic::Status::internal("SubmitJob reply without status"))
+}
+
+pub async fn get(c: &mut JobClient, job_id: u64) -> Result<JobStatus, tonic::Status> {
+    c.get_job(GetJobRequest { job_id })
+        .await?
+        .into_inner()
+        .status
+        .ok_or_else(|| tonic::Status::internal("GetJob reply without status"))
+}
+
+pub fn is_terminal(s: &JobStatus) -> bool {
+    matches!(
+        JobState::try_from(s.state),
+        Ok(JobState::Completed) | Ok(JobState::Cancelled)
+    )
+}
+
+/// Every stored finding of a job, in cursor order, through `ListResults` paging.
+pub async fn all_results(c: &mut JobClient, job_id: u64) -> Result<Vec<Finding>, tonic::Status> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = c
+            .list_results(ListResultsRequest {
+                job_id,
+                after_cursor: after,
+                limit: 10_000,
+            })
+            .await?
+            .into_inner();
+        out.extend(page.findings);
+        if page.next_cursor == 0 {
+            return Ok(out);
+        }
+        if page.next_cursor <= after {
+            return Err(tonic::Status::internal(format!(
+                "ListResults did not advance: next_cursor {} after {after}",
+                page.next_cursor
+            )));
+        }
+        after = page.next_cursor;
+    }
+}
+
+/// What a resumable watch saw.
+#[derive(Debug, Default, Clone)]
+pub struct WatchLog {
+    /// Findings in the order received, across resumes.
+    pub findings: Vec<Finding>,
+    pub resumes: u64,
+    /// A finding with a cursor not above the last one received (seen twice, or out of order).
+    pub non_increasing: u64,
+    pub finished: Option<JobStatus>,
+    pub errors: Vec<String>,
+}
+
+impl WatchLog {
+    /// Compares the watched findings with the stored ones: cursors missing from the watch (gaps) and
+    /// cursors received more than once (duplicates).
+    pub fn compare(&self, stored: &[Finding]) -> (Vec<u64>, Vec<u64>) {
+        let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
+        for f in &self.findings {
+            *seen.entry(f.cursor).or_default() += 1;
+        }
+        let gaps = stored
+            .iter()
+            .map(|f| f.cursor)
+            .filter(|c| !seen.contains_key(c))
+            .collect();
+        let dups = seen
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(c, _)| *c)
+            .collect();
+        (gaps, dups)
+    }
+}
+
+/// Options of a resumable watcher.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// Delay after each event (a slow subscriber).
+    pub per_event_delay: Duration,
+    /// Give up after this long overall.
+    pub deadline: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        Self {
+            per_event_delay: Duration::ZERO,
+            deadline: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Follows a job to its end through `WatchJob`, reconnecting from the last cursor after any error
+/// (coordinator restarts, connection resets). Returns what it saw.
+pub async fn resumable_watch(url: String, job_id: u64, opts: WatchOptions) -> WatchLog {
+    let mut log = WatchLog::default();
+    let mut cursor = 0u64;
+    let deadline = tokio::time::Instant::now() + opts.deadline;
+    let mut first = true;
+    while tokio::time::Instant::now() < deadline {
+        if !first {
+            log.resumes += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        first = false;
+        let ep = match Endpoint::from_shared(url.clone()) {
+            Ok(e) => e.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true),
+            Err(e) => {
+                log.errors.push(e.to_string());
+                return log;
+            }
+        };
+        let Ok(ch) = ep.connect().await else { continue };
+        let mut c =
+            JobServiceClient::new(ch).max_decoding_message_size(overlord_proto::MAX_MESSAGE_BYTES);
+        let mut stream = match c
+            .watch_job(WatchJobRequest {
+                job_id,
+                after_cursor: cursor,
+            })
+            .await
+        {
+            Ok(s) => s.into_inner(),
+            Err(e) => {
+                log.errors.push(format!("{:?}: {}", e.code(), e.message()));
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::time::timeout_at(deadline, stream.message()).await;
+            match next {
+                Err(_) => return log,
+                Ok(Err(e)) => {
+                    log.errors.push(format!("{:?}: {}", e.code(), e.message()));
+                    break;
+                }
+                Ok(Ok(None)) => break, // stream ended without `finished`: resume
+                Ok(Ok(Some(ev))) => match ev.event {
+                    Some(Event::Finding(f)) => {
+                        if f.cursor <= cursor {
+                            log.non_increasing += 1;
+                        }
+                        cursor = cursor.max(f.cursor);
+                        log.findings.push(f);
+                        if !opts.per_event_delay.is_zero() {
+                            tokio::time::sleep(opts.per_event_delay).await;
+                        }
+                    }
+                    Some(Event::Finished(s)) => {
+                        log.finished = Some(s);
+                        return log;
+                    }
+                    Some(Event::Progress(_)) | None => {}
+                },
+            }
+        }
+    }
+    log
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(cursor: u64) -> Finding {
+        Finding {
+            cursor,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn watch_compare_finds_gaps_and_duplicates() {
+        let stored: Vec<Finding> = (1..=5).map(f).collect();
+        let log = WatchLog {
+            findings: vec![f(1), f(2), f(2), f(4), f(5)],
+            ..Default::default()
+        };
+        let (gaps, dups) = log.compare(&stored);
+        assert_eq!(gaps, vec![3]);
+        assert_eq!(dups, vec![2]);
+        let clean = WatchLog {
+            findings: stored.clone(),
+            ..Default::default()
+        };
+        assert_eq!(clean.compare(&stored), (vec![], vec![]));
+    }
+}

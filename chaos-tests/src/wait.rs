@@ -1,0 +1,100 @@
+//! Polling helpers: tests wait for a condition with a deadline, they never sleep blindly.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// A condition did not hold before its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("timed out after {waited:?} waiting for: {what}{}", last.as_ref().map(|l| format!(" (last: {l})")).unwrap_or_default())]
+pub struct WaitTimeout {
+    pub what: String,
+    pub waited: Duration,
+    pub last: Option<String>,
+}
+
+const POLL_MIN: Duration = Duration::from_millis(5);
+const POLL_MAX: Duration = Duration::from_millis(100);
+
+/// Polls `cond` until it returns true or `timeout` elapses. Backs off from 5 ms to 100 ms.
+pub async fn wait_until<F, Fut>(
+    timeout: Duration,
+    what: &str,
+    mut cond: F,
+) -> Result<Duration, WaitTimeout>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    let mut pause = POLL_MIN;
+    loop {
+        if cond().await {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() >= timeout {
+            return Err(WaitTimeout {
+                what: what.to_string(),
+                waited: start.elapsed(),
+                last: None,
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(POLL_MAX);
+    }
+}
+
+/// Polls a fallible probe until it yields `Some`, keeping the last error for the timeout message.
+pub async fn wait_for<T, E, F, Fut>(
+    timeout: Duration,
+    what: &str,
+    mut probe: F,
+) -> Result<T, WaitTimeout>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>, E>>,
+    E: std::fmt::Display,
+{
+    let start = Instant::now();
+    let mut pause = POLL_MIN;
+    let mut last = None;
+    loop {
+        match probe().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = Some(e.to_string()),
+        }
+        if start.elapsed() >= timeout {
+            return Err(WaitTimeout {
+                what: what.to_string(),
+                waited: start.elapsed(),
+                last,
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(POLL_MAX);
+    }
+}
+
+/// Blocking variant of [`wait_until`] for synchronous code.
+pub fn wait_until_sync(
+    timeout: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+) -> Result<Duration, WaitTimeout> {
+    let start = Instant::now();
+    let mut pause = POLL_MIN;
+    loop {
+        if cond() {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() >= timeout {
+            return Err(WaitTimeout {
+                what: what.to_string(),
+                waited: start.elapsed(),
+                last: None,
+            });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(POLL_MAX);
+    }
+}

@@ -1,0 +1,334 @@
+//! Backbone scenarios on real coordinators, minions and TCP listeners (loopback, port 0, temp
+//! dirs). Each states an invariant and checks it.
+
+use overlord_chaos_tests::backbone_sandbox::*;
+use overlord_proto::v1;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+fn count_by<K: Ord + Clone>(items: impl Iterator<Item = K>) -> BTreeMap<K, usize> {
+    let mut m = BTreeMap::new();
+    for k in items {
+        *m.entry(k).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Invariant: every open port is reported exactly once as `open_port` and once as `banner` (with
+/// what the service said, probing silent ones), each banner task's parent is the scan task that
+/// found the port, and closed ports are not reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_open_port_and_banner_exactly_once() -> anyhow::Result<()> {
+    let cluster = InProc::start(&[("m1", "prov-a"), ("m2", "prov-b")], 16).await?;
+    let targets = Targets::start(6, 2).await?;
+    let closed = closed_ports(50).await?;
+    let ports: Vec<String> = targets
+        .all()
+        .iter()
+        .chain(closed.iter())
+        .map(|p| p.to_string())
+        .collect();
+    let mut c = client(&cluster.url).await?;
+    let mut s = spec(&["127.0.0.1"], &ports.join(","), &["portscan", "banner"]);
+    s.params_json = r#"{"wait_ms": 300}"#.into();
+    let job = submit(&mut c, s).await?;
+    let st = wait_finished(&cluster.url, job, Duration::from_secs(60)).await?;
+    assert_eq!(st.state, v1::JobState::Completed as i32);
+    assert_eq!(st.tasks_failed, 0);
+    let found = all_results(&mut c, job).await?;
+    let open = count_by(
+        found
+            .iter()
+            .filter(|f| f.kind == "open_port")
+            .map(|f| f.port as u16),
+    );
+    let want: BTreeMap<u16, usize> = targets.all().into_iter().map(|p| (p, 1)).collect();
+    assert_eq!(open, want, "open ports found exactly once each");
+    let banners: HashMap<u16, Vec<&v1::Finding>> = found
+        .iter()
+        .filter(|f| f.kind == "banner")
+        .fold(HashMap::new(), |mut m, f| {
+            m.entry(f.port as u16).or_default().push(f);
+            m
+        });
+    let scan_tasks: HashMap<u16, u64> = found
+        .iter()
+        .filter(|f| f.kind == "open_port")
+        .map(|f| (f.port as u16, f.task_id))
+        .collect();
+    for p in targets.all() {
+        let b = banners
+            .get(&p)
+            .unwrap_or_else(|| panic!("no banner for {p}"));
+        assert_eq!(b.len(), 1, "banner for {p} exactly once");
+        let data: serde_json::Value = serde_json::from_str(&b[0].data_json)?;
+        let text = data["banner"].as_str().unwrap_or_default();
+        let speaks = targets.speaking.contains(&p);
+        let expect = if speaks {
+            format!("banner-{p}\r\n")
+        } else {
+            format!("reply-{p}\r\n")
+        };
+        assert_eq!(text, expect);
+        assert_eq!(data["probed"].as_bool(), Some(!speaks));
+        assert_eq!(
+            b[0].parent_task_id, scan_tasks[&p],
+            "banner task's parent is the scan task"
+        );
+        assert!(
+            !b[0].minion_id.is_empty()
+                && !b[0].provider.is_empty()
+                && b[0].finished_at_ms >= b[0].started_at_ms
+        );
+    }
+    assert_eq!(
+        banners.len(),
+        targets.all().len(),
+        "no banner for a closed port"
+    );
+    // Cursors are dense and unique: nothing stored twice.
+    let cursors: Vec<u64> = found.iter().map(|f| f.cursor).collect();
+    assert_eq!(cursors, (1..=found.len() as u64).collect::<Vec<_>>());
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Invariant: a job with any target outside the allow-list, or bad input, is refused with an
+/// error naming the problem, and nothing is persisted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_scope_and_bad_input_refused() -> anyhow::Result<()> {
+    let cluster = InProc::start(&[], 1).await?;
+    let mut c = client(&cluster.url).await?;
+    let e = submit_err(
+        &mut c,
+        spec(
+            &["127.0.0.1", "10.0.0.0/8", "192.168.1.1"],
+            "80",
+            &["portscan"],
+        ),
+    )
+    .await;
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    assert!(
+        e.message().contains("10.0.0.0/8") && e.message().contains("192.168.1.1"),
+        "{}",
+        e.message()
+    );
+    let e = submit_err(
+        &mut c,
+        spec(&["127.0.0.1"], "80", &["portscan", "teleport"]),
+    )
+    .await;
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().contains("teleport")
+            && e.message().contains("portscan")
+            && e.message().contains("banner"),
+        "{}",
+        e.message()
+    );
+    let e = submit_err(&mut c, spec(&["127.0.0.1"], "22,99999", &["portscan"])).await;
+    assert!(e.message().contains("99999"), "{}", e.message());
+    let e = submit_err(&mut c, spec(&["127.0.0.300"], "22", &["portscan"])).await;
+    assert!(e.message().contains("127.0.0.300"), "{}", e.message());
+    let jobs = c.list_jobs(v1::ListJobsRequest {}).await?.into_inner().jobs;
+    assert!(jobs.is_empty(), "nothing half-persisted: {jobs:?}");
+    cluster.shutdown().await;
+    Ok(())
+}
+
+async fn submit_err(c: &mut Client, s: v1::JobSpec) -> tonic::Status {
+    c.submit_job(v1::SubmitJobRequest { spec: Some(s) })
+        .await
+        .expect_err("must be refused")
+}
+
+/// Invariant: when the job-manager actor panics, the supervisor restarts it, it recovers from
+/// storage, and the job still completes with each task's result stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_manager_panic_is_supervised_and_recovered() -> anyhow::Result<()> {
+    let cluster = InProc::start(&[("m1", "prov-a"), ("m2", "prov-b")], 8).await?;
+    let mut c = client(&cluster.url).await?;
+    let job = submit(&mut c, noop_spec(300, 10)).await?;
+    wait_until(Duration::from_secs(20), "some progress", || async {
+        let mut c = client(&cluster.url).await.ok()?;
+        (status(&mut c, job).await.ok()?.tasks_done > 20).then_some(())
+    })
+    .await?;
+    cluster.coordinator.inject_panic();
+    wait_until(Duration::from_secs(10), "a restart", || async {
+        (cluster
+            .coordinator
+            .restarts
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1)
+            .then_some(())
+    })
+    .await?;
+    let st = wait_finished(&cluster.url, job, Duration::from_secs(60)).await?;
+    assert_eq!(st.state, v1::JobState::Completed as i32);
+    let mut c = client(&cluster.url).await?;
+    check_noop_exactly_once(&mut c, job, 300).await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+async fn check_noop_exactly_once(c: &mut Client, job: u64, n: u64) -> anyhow::Result<()> {
+    let found = all_results(c, job).await?;
+    let per_task = count_by(found.iter().map(|f| {
+        serde_json::from_str::<serde_json::Value>(&f.data_json).unwrap()["task"]
+            .as_u64()
+            .unwrap()
+    }));
+    let dup: Vec<_> = per_task.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dup.is_empty(), "tasks stored twice: {dup:?}");
+    assert_eq!(per_task.len() as u64, n, "every task's result stored");
+    let st = status(c, job).await?;
+    assert_eq!(st.tasks_done, n);
+    assert_eq!(st.findings, n);
+    Ok(())
+}
+
+/// Invariant: `kill -9` of a minion holding leases → its tasks are re-leased to the other
+/// minion (another provider) and the job completes with every result exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minion_killed_mid_job_job_completes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let coord = CoordProc::spawn(dir.path(), "127.0.0.1:0")?;
+    let mut a = spawn_minion(dir.path(), &coord.url, "a", "prov-a", 4)?;
+    let _b = spawn_minion(dir.path(), &coord.url, "b", "prov-b", 4)?;
+    let mut c = client(&coord.url).await?;
+    let n = 200;
+    let job = submit(&mut c, noop_spec(n, 40)).await?;
+    wait_until(
+        Duration::from_secs(30),
+        "progress on both minions",
+        || async {
+            let mut c = client(&coord.url).await.ok()?;
+            let f = all_results(&mut c, job).await.ok()?;
+            (f.iter().any(|f| f.minion_id == "a") && f.iter().any(|f| f.minion_id == "b"))
+                .then_some(())
+        },
+    )
+    .await?;
+    a.kill9();
+    let st = wait_finished(&coord.url, job, Duration::from_secs(60)).await?;
+    assert_eq!(st.state, v1::JobState::Completed as i32);
+    assert_eq!(st.tasks_failed, 0);
+    check_noop_exactly_once(&mut c, job, n).await?;
+    let found = all_results(&mut c, job).await?;
+    let last_a = found
+        .iter()
+        .filter(|f| f.minion_id == "a")
+        .map(|f| f.cursor)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        found
+            .iter()
+            .any(|f| f.minion_id == "b" && f.cursor > last_a),
+        "b finished the work after a died"
+    );
+    Ok(())
+}
+
+/// Invariant: `kill -9` of the coordinator mid-job, restart on the same data dir → the job
+/// continues and completes; no accepted result lost or stored twice; a watcher resuming from
+/// its cursor sees every finding exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_killed_and_restarted_mid_job() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut coord = CoordProc::spawn(dir.path(), "127.0.0.1:0")?;
+    let addr = coord.addr;
+    let _a = spawn_minion(dir.path(), &coord.url, "a", "prov-a", 8)?;
+    let _b = spawn_minion(dir.path(), &coord.url, "b", "prov-b", 8)?;
+    let mut c = client(&coord.url).await?;
+    let n = 400;
+    let job = submit(&mut c, noop_spec(n, 15)).await?;
+    // Watch until some findings arrived, remembering the cursor.
+    let mut seen: Vec<u64> = Vec::new();
+    let mut stream = c
+        .watch_job(v1::WatchJobRequest {
+            job_id: job,
+            after_cursor: 0,
+        })
+        .await?
+        .into_inner();
+    while seen.len() < 60 {
+        if let Some(v1::JobEvent {
+            event: Some(v1::job_event::Event::Finding(f)),
+        }) = stream.message().await?
+        {
+            seen.push(f.cursor);
+        }
+    }
+    drop(stream);
+    coord.proc.kill9();
+    let coord2 = CoordProc::spawn(dir.path(), &addr.to_string())?;
+    assert_eq!(coord2.addr, addr);
+    let mut c = client(&coord2.url).await?;
+    // Resume the watch from the last cursor seen.
+    let mut after = *seen.last().unwrap();
+    let mut stream = c
+        .watch_job(v1::WatchJobRequest {
+            job_id: job,
+            after_cursor: after,
+        })
+        .await?
+        .into_inner();
+    loop {
+        match stream.message().await? {
+            Some(v1::JobEvent {
+                event: Some(v1::job_event::Event::Finding(f)),
+            }) => {
+                assert!(f.cursor > after, "watch resumed without repeats");
+                after = f.cursor;
+                seen.push(f.cursor);
+            }
+            Some(v1::JobEvent {
+                event: Some(v1::job_event::Event::Finished(st)),
+            }) => {
+                assert_eq!(st.state, v1::JobState::Completed as i32);
+                break;
+            }
+            Some(_) => {}
+            None => anyhow::bail!("watch ended before the job finished"),
+        }
+    }
+    check_noop_exactly_once(&mut c, job, n).await?;
+    assert_eq!(
+        seen,
+        (1..=n).collect::<Vec<_>>(),
+        "the watcher saw every finding exactly once, in order"
+    );
+    Ok(())
+}
+
+/// Invariant: a minion re-checks its own scope before sending anything: a target the coordinator
+/// allows but the minion's blocklist refuses fails permanently (no retry, no finding), and the job
+/// still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minion_blocklist_refuses_before_sending() -> anyhow::Result<()> {
+    let targets = Targets::start(1, 0).await?;
+    let port = targets.speaking[0];
+    let cluster = InProc::start_with(&[("m1", "prov-a")], 4, |s| {
+        s.scope.block = overlord_core::target::parse_ranges(["127.0.0.1"]).unwrap();
+    })
+    .await?;
+    let mut c = client(&cluster.url).await?;
+    let job = submit(
+        &mut c,
+        spec(&["127.0.0.1"], &port.to_string(), &["portscan", "banner"]),
+    )
+    .await?;
+    let st = wait_finished(&cluster.url, job, Duration::from_secs(30)).await?;
+    assert_eq!(st.state, v1::JobState::Completed as i32);
+    assert_eq!(
+        (st.tasks_done, st.tasks_failed, st.findings),
+        (0, 1, 0),
+        "{st:?}"
+    );
+    assert!(all_results(&mut c, job).await?.is_empty());
+    cluster.shutdown().await;
+    Ok(())
+}

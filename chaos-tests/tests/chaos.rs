@@ -1,0 +1,455 @@
+//! Chaos scenarios against a real cluster (coordinator + minions as OS processes of `overlord`).
+//!
+//! Needs the binary: `cargo build -p overlord-cli` (or `OVERLORD_BIN=/path/to/overlord`).
+//! Every scenario checks the invariants against its own ledger of listeners and prints its figures.
+//! `CHAOS_SEED=<n>` replays the randomized scenario; `CHAOS_FAULTS=<n>` sizes it (default 40).
+
+use std::time::{Duration, Instant};
+
+use overlord_chaos_tests::client::{self, WatchLog, WatchOptions};
+use overlord_chaos_tests::faults::FaultKind;
+use overlord_chaos_tests::figures::Figures;
+use overlord_chaos_tests::ledger::{Ledger, LedgerSpec, loopback_cidr, loopback_ips};
+use overlord_chaos_tests::proxy::{Direction, LinkFault};
+use overlord_chaos_tests::rng::Rng;
+use overlord_chaos_tests::sandbox::{Cluster, ClusterBuilder};
+use overlord_chaos_tests::scenario::{self, RandomRun, submit_retrying};
+use overlord_chaos_tests::verify::{verify_job, wait_terminal};
+use overlord_chaos_tests::wait::wait_until;
+use tokio::task::JoinHandle;
+
+fn finish(figs: &Figures, violations: &[String]) {
+    eprintln!("{figs}");
+    assert!(
+        violations.is_empty(),
+        "invariants violated:\n  {}",
+        violations.join("\n  ")
+    );
+    assert!(figs.clean(), "figures not clean:\n{figs}");
+}
+
+struct Running {
+    id: u64,
+    ledger: Ledger,
+    watch: JoinHandle<WatchLog>,
+    tasks: u64,
+}
+
+/// Submits a port-scan job over a sparse ledger in a /`prefix`, paced by `rate` connections/s
+/// (0 = unlimited), with a resumable watcher through the client proxy.
+async fn start_job(cl: &Cluster, rng: &mut Rng, prefix: u8, rate: u32) -> Running {
+    let ((base, p), ips) = loopback_cidr(rng, prefix, 16);
+    let ledger = Ledger::sparse(
+        &LedgerSpec {
+            ips,
+            ports: 3,
+            open_ratio: 0.5,
+            banner: false,
+            cidr: Some((base, p)),
+        },
+        rng,
+    )
+    .await
+    .expect("ledger");
+    let mut spec = client::scan_spec("chaos", ledger.targets(), ledger.ports_arg(), &["portscan"]);
+    spec.rate_limit = rate;
+    let mut c = cl.jobs();
+    let st = submit_retrying(&mut c, spec, Duration::from_secs(30))
+        .await
+        .expect("submit");
+    let watch = tokio::spawn(client::resumable_watch(
+        cl.url(),
+        st.job_id,
+        WatchOptions::default(),
+    ));
+    Running {
+        id: st.job_id,
+        tasks: ledger.target_count(),
+        ledger,
+        watch,
+    }
+}
+
+/// Waits until the job has made some progress but is not finished (so a fault lands mid-job).
+async fn wait_mid_job(cl: &Cluster, job: &Running, fraction: f64) {
+    let c = cl.jobs();
+    wait_until(Duration::from_secs(60), "job mid-way", || {
+        let mut c = c.clone();
+        let id = job.id;
+        async move {
+            match client::get(&mut c, id).await {
+                Ok(s) => {
+                    s.tasks_total > 0 && (s.tasks_done as f64) >= fraction * s.tasks_total as f64
+                }
+                Err(_) => false,
+            }
+        }
+    })
+    .await
+    .expect("job never progressed");
+    let s = client::get(&mut cl.jobs(), job.id).await.expect("get");
+    assert!(
+        !client::is_terminal(&s),
+        "job {} finished before the fault could land: raise its size or lower its rate",
+        job.id
+    );
+}
+
+async fn settle_and_verify(cl: &Cluster, jobs: Vec<Running>, figs: &mut Figures) -> Vec<String> {
+    let mut violations = Vec::new();
+    let mut c = cl.jobs();
+    for j in jobs {
+        if let Err(e) = wait_terminal(&c, j.id, Duration::from_secs(120)).await {
+            violations.push(format!(
+                "job {} ({} tasks) never terminal: {e}",
+                j.id, j.tasks
+            ));
+            continue;
+        }
+        let log = tokio::time::timeout(Duration::from_secs(30), j.watch)
+            .await
+            .ok()
+            .and_then(|r| r.ok());
+        if log.is_none() {
+            violations.push(format!("job {}: watcher did not finish", j.id));
+        }
+        let v = verify_job(&mut c, j.id, Some(&j.ledger), log.as_ref(), figs)
+            .await
+            .expect("verify");
+        violations.extend(v.violations);
+    }
+    figs.observe_rss(cl.coordinator_rss());
+    violations
+}
+
+async fn fresh_job(cl: &Cluster, rng: &mut Rng, figs: &mut Figures) -> Vec<String> {
+    match scenario::fresh_job_succeeds(&cl.url(), rng, figs).await {
+        Ok(v) => v,
+        Err(e) => vec![format!("fresh job after faults: {e}")],
+    }
+}
+
+fn seed(default: u64) -> u64 {
+    if std::env::var("CHAOS_SEED").is_ok() {
+        Rng::seed_from_env("CHAOS_SEED")
+    } else {
+        default
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn baseline_every_open_port_exactly_once_with_banners() {
+    let mut figs = Figures::new("baseline", None);
+    let mut rng = Rng::new(seed(1));
+    let cl = ClusterBuilder::new("baseline", &[2, 1], 8)
+        .start()
+        .await
+        .expect("cluster");
+    figs.observe_rss(cl.coordinator_rss());
+    let ips = loopback_ips(&mut rng, 10);
+    let ledger = Ledger::dense(
+        &LedgerSpec {
+            ips,
+            ports: 6,
+            open_ratio: 0.3,
+            banner: true,
+            cidr: None,
+        },
+        &mut rng,
+    )
+    .await
+    .expect("ledger");
+    let mut c = cl.jobs();
+    // Only addresses with at least one open port: then every scan task (task 0 included) spawns
+    // banner tasks, and the provenance of each is checked (regression: B2, parent_task_id 0).
+    let mut with_open: Vec<String> = ledger.open().iter().map(|a| a.ip().to_string()).collect();
+    with_open.dedup();
+    assert!(with_open.len() >= 3, "ledger too sparse: {with_open:?}");
+    let st = client::submit(
+        &mut c,
+        client::scan_spec(
+            "baseline",
+            with_open.clone(),
+            ledger.ports_arg(),
+            &["portscan", "banner"],
+        ),
+    )
+    .await
+    .expect("submit");
+    let watch = tokio::spawn(client::resumable_watch(
+        cl.url(),
+        st.job_id,
+        WatchOptions::default(),
+    ));
+    let job = Running {
+        id: st.job_id,
+        tasks: with_open.len() as u64,
+        ledger,
+        watch,
+    };
+    let ledger_open: Vec<_> = job.ledger.open().iter().copied().collect();
+    let mut violations = settle_and_verify(&cl, vec![job], &mut figs).await;
+    // Follow-up rule: each open port got exactly one banner finding, whose task's parent is the scan task.
+    let results = client::all_results(&mut c, st.job_id)
+        .await
+        .expect("results");
+    // On the wire `parent_task_id == 0` means "root task", so no task may have id 0 (B2).
+    if let Some(f) = results.iter().find(|f| f.task_id == 0) {
+        violations.push(format!(
+            "task id 0 exists, so its follow-ups look like root tasks (parent_task_id 0 means root): {f:?}"
+        ));
+    }
+    for addr in &ledger_open {
+        let banners: Vec<_> = results
+            .iter()
+            .filter(|f| {
+                f.kind == "banner"
+                    && f.port == u32::from(addr.port())
+                    && f.target == addr.ip().to_string()
+            })
+            .collect();
+        if banners.len() != 1 {
+            violations.push(format!(
+                "{addr}: {} banner findings (want 1)",
+                banners.len()
+            ));
+        } else {
+            // Provenance: the banner task's parent is the scan task that found the port open.
+            let scan_task = results
+                .iter()
+                .find(|f| {
+                    f.kind == "open_port"
+                        && f.port == u32::from(addr.port())
+                        && f.target == addr.ip().to_string()
+                })
+                .map(|f| f.task_id);
+            if scan_task != Some(banners[0].parent_task_id) {
+                violations.push(format!(
+                    "{addr}: banner's parent_task_id {} is not the scan task {scan_task:?}",
+                    banners[0].parent_task_id
+                ));
+            }
+            if !banners[0].data_json.contains(&format!("CHAOS {addr}")) {
+                violations.push(format!(
+                    "{addr}: banner text is not what the listener said: {}",
+                    banners[0].data_json
+                ));
+            }
+        }
+    }
+    finish(&figs, &violations);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn minion_kill9_and_restart_same_id_mid_job() {
+    let mut figs = Figures::new("minion-kill9", None);
+    let mut rng = Rng::new(seed(2));
+    let mut cl = ClusterBuilder::new("kill9", &[2, 2], 8)
+        .start()
+        .await
+        .expect("cluster");
+    let job = start_job(&cl, &mut rng, 20, 6_000).await;
+    for (i, frac) in [(0usize, 0.1), (2, 0.3), (1, 0.5)] {
+        wait_mid_job(&cl, &job, frac).await;
+        cl.minion(i).process.kill9();
+        figs.fault(FaultKind::MinionKill9);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cl.minion(i).process.start_again().expect("restart");
+        figs.fault(FaultKind::MinionRestartSameId);
+    }
+    let mut violations = settle_and_verify(&cl, vec![job], &mut figs).await;
+    violations.extend(fresh_job(&cl, &mut rng, &mut figs).await);
+    violations.extend(cl.crashed());
+    finish(&figs, &violations);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn minion_sigstop_leases_revoked_then_sigcont_late_results_rejected() {
+    let mut figs = Figures::new("minion-sigstop", None);
+    let mut rng = Rng::new(seed(3));
+    let mut cl = ClusterBuilder::new("sigstop", &[2, 1], 8)
+        .start()
+        .await
+        .expect("cluster");
+    let dead_after = cl.timing.dead_after;
+    let job = start_job(&cl, &mut rng, 20, 6_000).await;
+    wait_mid_job(&cl, &job, 0.1).await;
+    cl.minion(0).process.stop().expect("SIGSTOP");
+    figs.fault(FaultKind::MinionStopCont);
+    // Hung well past the failure detector's timeout: its leases are revoked and re-leased.
+    tokio::time::sleep(dead_after * 3).await;
+    cl.minion(0).process.cont().expect("SIGCONT");
+    let mut violations = settle_and_verify(&cl, vec![job], &mut figs).await;
+    violations.extend(fresh_job(&cl, &mut rng, &mut figs).await);
+    violations.extend(cl.crashed());
+    finish(&figs, &violations);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coordinator_kill9_restart_repeatedly_watch_resumes_without_gap() {
+    let mut figs = Figures::new("coordinator-kill9", None);
+    let mut rng = Rng::new(seed(4));
+    let mut cl = ClusterBuilder::new("coord-kill9", &[2, 1], 8)
+        .start()
+        .await
+        .expect("cluster");
+    let job = start_job(&cl, &mut rng, 20, 5_000).await;
+    for frac in [0.05, 0.25, 0.5, 0.7] {
+        wait_mid_job(&cl, &job, frac).await;
+        // A random moment after the threshold.
+        tokio::time::sleep(Duration::from_millis(rng.range(0, 300))).await;
+        cl.kill_coordinator();
+        figs.fault(FaultKind::CoordinatorKill9);
+        let t = cl.restart_coordinator().await.expect("coordinator restart");
+        figs.recovery.push(t);
+    }
+    // A job submitted while the coordinator restarts must be accepted once and complete.
+    let second = start_job(&cl, &mut rng, 24, 0).await;
+    cl.kill_coordinator();
+    figs.fault(FaultKind::CoordinatorKill9);
+    figs.recovery
+        .push(cl.restart_coordinator().await.expect("restart"));
+    let mut violations = settle_and_verify(&cl, vec![job, second], &mut figs).await;
+    violations.extend(fresh_job(&cl, &mut rng, &mut figs).await);
+    violations.extend(cl.crashed());
+    finish(&figs, &violations);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn link_faults_blackhole_oneway_delay_reset_refuse() {
+    let mut figs = Figures::new("link-faults", None);
+    let mut rng = Rng::new(seed(5));
+    let mut cl = ClusterBuilder::new("links", &[2, 2], 8)
+        .start()
+        .await
+        .expect("cluster");
+    let dead_after = cl.timing.dead_after;
+    let job = start_job(&cl, &mut rng, 20, 6_000).await;
+    wait_mid_job(&cl, &job, 0.05).await;
+    let faults = [
+        (0, LinkFault::Blackhole, FaultKind::LinkBlackhole),
+        (
+            1,
+            LinkFault::OneWayLoss(Direction::ToDownstream),
+            FaultKind::LinkOneWayLoss,
+        ),
+        (
+            2,
+            LinkFault::OneWayLoss(Direction::ToUpstream),
+            FaultKind::LinkOneWayLoss,
+        ),
+        (
+            3,
+            LinkFault::Delay(Duration::from_millis(150)),
+            FaultKind::LinkDelay,
+        ),
+    ];
+    for (i, f, k) in faults {
+        cl.minion(i).proxy.set_fault(f);
+        figs.fault(k);
+    }
+    tokio::time::sleep(dead_after * 2).await;
+    for i in 0..4 {
+        cl.minion(i).proxy.heal();
+    }
+    wait_mid_job(&cl, &job, 0.3).await;
+    cl.minion(0).proxy.reset_all();
+    figs.fault(FaultKind::LinkReset);
+    cl.minion(1).proxy.close_all();
+    figs.fault(FaultKind::LinkClose);
+    cl.minion(2).proxy.set_fault(LinkFault::Refuse);
+    cl.minion(2).proxy.reset_all();
+    figs.fault(FaultKind::LinkRefuse);
+    cl.client_proxy().reset_all();
+    figs.fault(FaultKind::ClientLinkReset);
+    tokio::time::sleep(dead_after * 2).await;
+    cl.minion(2).proxy.heal();
+    let mut violations = settle_and_verify(&cl, vec![job], &mut figs).await;
+    violations.extend(fresh_job(&cl, &mut rng, &mut figs).await);
+    violations.extend(cl.crashed());
+    finish(&figs, &violations);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn provider_down_work_moves_and_late_return_is_rejected() {
+    let mut figs = Figures::new("provider-down", None);
+    let mut rng = Rng::new(seed(6));
+    let mut cl = ClusterBuilder::new("provider", &[2, 2], 8)
+        .start()
+        .await
+        .expect("cluster");
+    let dead_after = cl.timing.dead_after;
+    let job = start_job(&cl, &mut rng, 20, 6_000).await;
+    wait_mid_job(&cl, &job, 0.1).await;
+    // Provider p0 is partitioned away as a whole: its minions keep running and keep their leases.
+    let p0 = cl.provider_members("p0");
+    for &i in &p0 {
+        cl.minion(i).proxy.set_fault(LinkFault::Blackhole);
+    }
+    figs.fault(FaultKind::ProviderDown);
+    // The job keeps progressing on p1 alone.
+    wait_mid_job(&cl, &job, 0.4).await;
+    tokio::time::sleep(dead_after * 2).await;
+    // p0 comes back late, its held bytes (results on revoked tokens) delivered now.
+    for &i in &p0 {
+        cl.minion(i).proxy.heal();
+    }
+    // Then provider p1 dies hard (kill -9 of all its minions) and p0 must finish the work.
+    let p1 = cl.provider_members("p1");
+    for &i in &p1 {
+        cl.minion(i).process.kill9();
+    }
+    figs.fault(FaultKind::ProviderDown);
+    let mut violations = settle_and_verify(&cl, vec![job], &mut figs).await;
+    for &i in &p1 {
+        cl.minion(i).process.start_again().expect("restart");
+    }
+    violations.extend(fresh_job(&cl, &mut rng, &mut figs).await);
+    violations.extend(cl.crashed());
+    finish(&figs, &violations);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reassignment_latency_and_revoked_lease_results_never_stored() {
+    let mut figs = Figures::new("reassignment", None);
+    let mut rng = Rng::new(seed(7));
+    // No real minion: two hand-driven minions over the real Session protocol.
+    let cl = ClusterBuilder::new("reassign", &[], 0)
+        .start()
+        .await
+        .expect("cluster");
+    figs.observe_rss(cl.coordinator_rss());
+    let mut violations = Vec::new();
+    for round in 0..6 {
+        let hang = round % 3 == 2;
+        match scenario::rogue_reassignment(&cl, &mut rng, hang, &mut figs).await {
+            Ok((latency, v)) => {
+                eprintln!(
+                    "round {round} ({}): reassigned in {latency:?}",
+                    if hang { "hung" } else { "killed" }
+                );
+                figs.reassign.push(latency);
+                violations.extend(v);
+            }
+            Err(e) => violations.push(format!("round {round}: {e:#}")),
+        }
+        figs.observe_rss(cl.coordinator_rss());
+    }
+    finish(&figs, &violations);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn randomized_seeded_fault_schedule() {
+    let seed = Rng::seed_from_env("CHAOS_SEED");
+    let faults = std::env::var("CHAOS_FAULTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    let cfg = RandomRun::ci(seed, faults);
+    let start = Instant::now();
+    let (figs, violations) = scenario::random_run(&cfg)
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed}: {e:#}"));
+    eprintln!("randomized run took {:?}", start.elapsed());
+    finish(&figs, &violations);
+}

@@ -1,0 +1,189 @@
+//! `beacon`: C2 beacon detection over one Zeek log (the task's `input`: a path readable by this
+//! minion), via `overlord-analytics`. CPU work runs on the blocking pool.
+//!
+//! Params (all optional): `threshold` (f64, default 0.5), `all` (bool: also report findings below
+//! the threshold down to `min_score`, default false), `min_score` (f64, default 0.2),
+//! `max_findings` (u64, default 1000).
+//!
+//! Findings: one `beacon` per flagged sequence (target = source IP, port = destination port for
+//! conn logs, data = the analytics `Finding` as JSON), then one `beacon_summary` (lines, records,
+//! bad lines with the first reasons, keys, scored sequences, seconds).
+
+use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
+use futures::future::BoxFuture;
+use overlord_analytics::{AnalyticsError, BeaconConfig, LogKind, score_logs};
+use serde_json::{Value, json};
+
+pub struct Beacon;
+
+fn config(params: &Value) -> Result<(BeaconConfig, bool, usize), ModuleError> {
+    let mut cfg = BeaconConfig::default();
+    let num = |k: &str| -> Result<Option<f64>, ModuleError> {
+        match params.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| ModuleError::Invalid(format!("param {k} must be a number"))),
+        }
+    };
+    if let Some(t) = num("threshold")? {
+        cfg.threshold = t as f32;
+    }
+    if let Some(m) = num("min_score")? {
+        cfg.min_report_score = m as f32;
+    }
+    let all = params.get("all").and_then(Value::as_bool).unwrap_or(false);
+    let max = num("max_findings")?.unwrap_or(1000.0).max(0.0) as usize;
+    cfg.validate()
+        .map_err(|e| ModuleError::Invalid(e.to_string()))?;
+    Ok((cfg, all, max))
+}
+
+impl Module for Beacon {
+    fn name(&self) -> &'static str {
+        "beacon"
+    }
+    fn capability(&self) -> &'static str {
+        "analytics"
+    }
+    fn run<'a>(
+        &'a self,
+        task: &'a TaskInput,
+        _ctx: &'a ModuleCtx,
+    ) -> BoxFuture<'a, Result<Vec<FindingOut>, ModuleError>> {
+        Box::pin(async move {
+            let path = task.input.clone().ok_or_else(|| {
+                ModuleError::Invalid("beacon needs an input (a Zeek log path)".into())
+            })?;
+            let (cfg, all, max) = config(&task.params)?;
+            let p = std::path::PathBuf::from(&path);
+            let report = tokio::task::spawn_blocking(move || score_logs(&[p], &cfg))
+                .await
+                .map_err(|e| ModuleError::Failed(format!("beacon scoring panicked: {e}")))?
+                .map_err(|e| match e {
+                    AnalyticsError::Io { .. }
+                    | AnalyticsError::UnknownLogType { .. }
+                    | AnalyticsError::Config(_) => ModuleError::Invalid(e.to_string()),
+                    other => ModuleError::Failed(other.to_string()),
+                })?;
+            let mut out: Vec<FindingOut> = report
+                .findings
+                .iter()
+                .filter(|f| all || f.is_beacon)
+                .take(max)
+                .map(|f| {
+                    let port = (f.kind == LogKind::Conn && f.dst_port != 0).then_some(f.dst_port);
+                    FindingOut::new(
+                        "beacon",
+                        f.src.parse().ok(),
+                        port,
+                        serde_json::to_value(f).unwrap_or(Value::Null),
+                    )
+                })
+                .collect();
+            out.push(FindingOut::new(
+                "beacon_summary",
+                None,
+                None,
+                json!({
+                    "input": path,
+                    "lines": report.lines,
+                    "records": report.records,
+                    "bad_lines": report.bad_lines,
+                    "bad_examples": report.bad_examples,
+                    "keys": report.keys,
+                    "scored": report.scored,
+                    "beacons": report.beacons().count(),
+                    "threshold": report.threshold,
+                    "seconds": report.seconds,
+                }),
+            ));
+            Ok(out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use overlord_core::scope::Scope;
+
+    fn task(input: Option<String>, params: Value) -> TaskInput {
+        TaskInput {
+            job_id: Default::default(),
+            task_id: Default::default(),
+            parent_task_id: None,
+            module: "beacon".into(),
+            target: None,
+            ports: vec![],
+            params,
+            blob: None,
+            input,
+        }
+    }
+
+    fn ctx() -> ModuleCtx {
+        ModuleCtx {
+            minion_id: "m1".into(),
+            provider: "test".into(),
+            scope: Scope::loopback(),
+        }
+    }
+
+    #[tokio::test]
+    async fn finds_the_generated_beacons_and_reports_a_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = overlord_analytics::GenConfig {
+            hosts: 12,
+            beacons: 9,
+            browsing: 0.05,
+            ..Default::default()
+        };
+        let s = overlord_analytics::generate(3, &cfg, dir.path()).unwrap();
+        let log = dir.path().join("conn.log").display().to_string();
+        let out = Beacon
+            .run(&task(Some(log), json!({})), &ctx())
+            .await
+            .unwrap();
+        let summary = out.last().unwrap();
+        assert_eq!(summary.kind, "beacon_summary");
+        assert_eq!(summary.data["records"], s.conn_lines);
+        assert_eq!(summary.data["bad_lines"], 0);
+        let beacons: Vec<&FindingOut> = out.iter().filter(|f| f.kind == "beacon").collect();
+        assert!(beacons.len() >= 6, "{out:?}");
+        assert!(
+            beacons
+                .iter()
+                .all(|f| f.target.is_some() && f.data["is_beacon"] == true)
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_inputs_are_permanent_errors() {
+        let e = Beacon
+            .run(&task(None, json!({})), &ctx())
+            .await
+            .unwrap_err();
+        assert!(e.permanent(), "{e}");
+        let e = Beacon
+            .run(
+                &task(Some("/nonexistent/conn.log".into()), json!({})),
+                &ctx(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            e.permanent() && e.to_string().contains("/nonexistent/conn.log"),
+            "{e}"
+        );
+        let e = Beacon
+            .run(
+                &task(Some("x".into()), json!({"threshold": "high"})),
+                &ctx(),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ModuleError::Invalid(_)), "{e}");
+    }
+}

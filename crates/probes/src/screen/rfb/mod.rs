@@ -1,0 +1,656 @@
+//! RFB (VNC) screenshot client, RFC 6143.
+//!
+//! Flow: ProtocolVersion → security (None only; offered types recorded) → ClientInit (shared,
+//! so other viewers stay connected) → ServerInit → SetPixelFormat/SetEncodings → non-incremental
+//! FramebufferUpdateRequest until a frame covers the whole screen (optionally more full frames
+//! until two are identical, [`ScreenOptions::max_frames`]), then incremental updates until the
+//! server is quiet for [`ScreenOptions::settle`] (x11vnc can serve a stale first frame).
+
+mod decode;
+mod io;
+pub mod proto;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use flate2::Decompress;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+use super::pixel::Converter;
+use super::{PixelFormat, ScreenError, ScreenOptions, Screenshot, ms};
+pub use decode::{
+    Framebuffer, Rect, TightFilter, decode_tight_basic, decode_zrle, inflate_bounded,
+};
+use io::Conn;
+use proto::*;
+pub use proto::{Encoding, RfbVersion, encoding_name, parse_version, security_type_name};
+
+/// What an RFB capture learned, with the screenshot when the server let us in.
+#[derive(Debug, Clone, Serialize)]
+pub struct VncCapture {
+    /// The server's ProtocolVersion banner, e.g. "RFB 003.008".
+    pub server_version: String,
+    /// The version we spoke.
+    pub protocol_version: RfbVersion,
+    /// Security types offered (3.7+) or imposed (3.3) by the server.
+    pub security_types: Vec<u8>,
+    pub security_type_names: Vec<String>,
+    /// True when the server offers no "None" security type: no screenshot was attempted.
+    pub auth_required: bool,
+    /// Reason string sent by the server when it refused the connection.
+    pub security_failure: Option<String>,
+    pub desktop_name: Option<String>,
+    pub width: u32,
+    pub height: u32,
+    /// The server's native pixel format (from ServerInit).
+    pub server_pixel_format: Option<PixelFormat>,
+    /// Encodings the server used for the captured frames.
+    pub encodings_used: Vec<String>,
+    /// Full frames fetched, and whether the last two were identical.
+    pub frames: u32,
+    pub stable: bool,
+    /// Incremental updates applied while waiting for the screen to settle.
+    pub settle_updates: u32,
+    pub bytes_read: u64,
+    pub screenshot: Option<Screenshot>,
+    pub timings: VncTimings,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VncTimings {
+    pub connect_ms: f64,
+    pub handshake_ms: f64,
+    /// From the first FramebufferUpdateRequest to a complete first frame.
+    pub first_frame_ms: f64,
+    /// From the end of the full frame(s) to the last incremental update applied while settling.
+    pub last_settle_update_ms: Option<f64>,
+    pub frames_ms: f64,
+    pub total_ms: f64,
+}
+
+/// Connects to `addr` and captures the screen of an RFB server that needs no authentication.
+///
+/// Returns `Ok` with `auth_required = true` and no screenshot when the server demands a
+/// password (no password is ever tried).
+pub async fn vnc_screenshot(
+    addr: SocketAddr,
+    opts: &ScreenOptions,
+) -> Result<VncCapture, ScreenError> {
+    let start = Instant::now();
+    let stream = tokio::time::timeout(opts.connect_timeout, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| ScreenError::Timeout {
+            phase: "connect",
+            limit: opts.connect_timeout,
+            bytes_read: 0,
+        })?
+        .map_err(|e| ScreenError::Connect {
+            addr: addr.to_string(),
+            source: e,
+        })?;
+    reject_self_connect(&stream, addr)?;
+    let _ = stream.set_nodelay(true);
+    let connect_ms = ms(start.elapsed());
+    let mut cap = vnc_session(stream, opts).await?;
+    cap.timings.connect_ms = connect_ms;
+    cap.timings.total_ms = ms(start.elapsed());
+    Ok(cap)
+}
+
+/// A loopback connect whose source equals its destination talks to itself, not to a server.
+pub(crate) fn reject_self_connect(
+    s: &tokio::net::TcpStream,
+    addr: SocketAddr,
+) -> Result<(), ScreenError> {
+    if s.local_addr().ok() == Some(addr) {
+        return Err(ScreenError::Connect {
+            addr: addr.to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "self-connect (no listener)",
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Runs the RFB client over an established stream (a socket, or bytes in a test/fuzzer).
+pub async fn vnc_session<S>(stream: S, opts: &ScreenOptions) -> Result<VncCapture, ScreenError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + opts.total_timeout;
+    let mut conn = Conn::new(
+        stream,
+        opts.max_bytes,
+        opts.io_timeout,
+        deadline,
+        opts.total_timeout,
+    );
+
+    conn.phase = "protocol version";
+    let banner: [u8; 12] = conn.read_array().await?;
+    let version = parse_version(&banner)?;
+    let mut cap = VncCapture {
+        server_version: String::from_utf8_lossy(&banner[..11]).into_owned(),
+        protocol_version: version,
+        security_types: Vec::new(),
+        security_type_names: Vec::new(),
+        auth_required: false,
+        security_failure: None,
+        desktop_name: None,
+        width: 0,
+        height: 0,
+        server_pixel_format: None,
+        encodings_used: Vec::new(),
+        frames: 0,
+        stable: false,
+        settle_updates: 0,
+        bytes_read: 0,
+        screenshot: None,
+        timings: VncTimings::default(),
+    };
+    conn.write_all(version.banner()).await?;
+
+    conn.phase = "security handshake";
+    if !security(&mut conn, version, &mut cap).await? {
+        cap.bytes_read = conn.bytes_read;
+        cap.timings.handshake_ms = ms(start.elapsed());
+        return Ok(cap);
+    }
+
+    // ClientInit: shared = 1, never kick other viewers off.
+    conn.phase = "server init";
+    conn.write_all(&[1]).await?;
+    let width = u32::from(conn.u16().await?);
+    let height = u32::from(conn.u16().await?);
+    let server_pf = PixelFormat::parse(&conn.read_array().await?);
+    let name_len = conn.u32().await?;
+    const MAX_NAME: u32 = 64 * 1024;
+    if name_len > MAX_NAME {
+        return Err(ScreenError::Limit {
+            what: "desktop name length",
+            value: name_len.into(),
+            limit: MAX_NAME.into(),
+        });
+    }
+    let name = conn.read_vec(name_len as usize).await?;
+    cap.desktop_name = Some(String::from_utf8_lossy(&name).into_owned());
+    cap.width = width;
+    cap.height = height;
+    cap.server_pixel_format = Some(server_pf);
+    cap.timings.handshake_ms = ms(start.elapsed());
+    opts.check_size(width, height)?;
+
+    let pf = opts.pixel_format.unwrap_or(server_pf);
+    let conv = Converter::new(pf)?;
+    if opts.pixel_format.is_some() {
+        conn.write_all(&set_pixel_format(&pf)).await?;
+    }
+    let mut codes: Vec<i32> = opts.encodings.iter().map(|e| e.code()).collect();
+    codes.extend([ENC_CURSOR, ENC_DESKTOP_SIZE, ENC_LAST_RECT]);
+    conn.write_all(&set_encodings(&codes)).await?;
+
+    let mut st = Session {
+        fb: Framebuffer::new(width, height),
+        conv,
+        zrle: Decompress::new(true),
+        tight: [
+            Decompress::new(true),
+            Decompress::new(true),
+            Decompress::new(true),
+            Decompress::new(true),
+        ],
+        zbuf: Vec::new(),
+        rbuf: Vec::new(),
+        decompressed: 0,
+        max_decompressed: opts.max_decompressed_bytes,
+        allowed: codes,
+        used: Vec::new(),
+        opts,
+    };
+
+    let frames_start = Instant::now();
+    let mut previous: Option<Vec<u8>> = None;
+    let max_frames = opts.max_frames.max(1);
+    loop {
+        conn.phase = "framebuffer update";
+        st.read_frame(&mut conn).await?;
+        cap.frames += 1;
+        if cap.frames == 1 {
+            cap.timings.first_frame_ms = ms(frames_start.elapsed());
+        }
+        if let Some(prev) = &previous {
+            if *prev == st.fb.rgb {
+                cap.stable = true;
+                break;
+            }
+            debug!(frame = cap.frames, "frame differs from the previous one");
+        }
+        if cap.frames >= max_frames {
+            break;
+        }
+        previous = Some(st.fb.rgb.clone());
+    }
+    if !opts.settle.is_zero() {
+        conn.phase = "settle (incremental updates)";
+        let settle_start = Instant::now();
+        let (updates, last) = st.settle(&mut conn, opts.settle, opts.settle * 4).await?;
+        cap.settle_updates = updates;
+        cap.timings.last_settle_update_ms = last.map(|t| ms(t.duration_since(settle_start)));
+    }
+    cap.timings.frames_ms = ms(frames_start.elapsed());
+    cap.width = st.fb.width;
+    cap.height = st.fb.height;
+    cap.encodings_used = st.used.iter().map(|&c| encoding_name(c)).collect();
+    cap.bytes_read = conn.bytes_read;
+    cap.screenshot = Some(Screenshot::from_rgb(
+        st.fb.width,
+        st.fb.height,
+        &st.fb.rgb,
+        opts.png_compression,
+    )?);
+    Ok(cap)
+}
+
+/// Security handshake. Returns `false` when authentication would be needed (recorded in `cap`).
+async fn security<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    version: RfbVersion,
+    cap: &mut VncCapture,
+) -> Result<bool, ScreenError> {
+    let types = if version == RfbVersion::V3_3 {
+        let t = conn.u32().await?;
+        if t > 255 {
+            return Err(ScreenError::Protocol(format!(
+                "RFB 3.3 security type {t} out of range"
+            )));
+        }
+        vec![t as u8]
+    } else {
+        let n = conn.u8().await?;
+        if n == 0 {
+            vec![0]
+        } else {
+            conn.read_vec(usize::from(n)).await?
+        }
+    };
+    cap.security_type_names = types
+        .iter()
+        .map(|&t| security_type_name(t).to_string())
+        .collect();
+    cap.security_types = types.clone();
+    if types == [0] {
+        // Connection refused, with a reason string.
+        cap.security_failure = Some(read_reason(conn).await?);
+        cap.auth_required = true;
+        return Ok(false);
+    }
+    if !types.contains(&1) {
+        cap.auth_required = true;
+        return Ok(false);
+    }
+    if version != RfbVersion::V3_3 {
+        conn.write_all(&[1]).await?;
+    }
+    if version == RfbVersion::V3_8 {
+        let result = conn.u32().await?;
+        if result != 0 {
+            cap.security_failure = Some(read_reason(conn).await?);
+            cap.auth_required = true;
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn read_reason<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+) -> Result<String, ScreenError> {
+    let len = conn.u32().await?;
+    // Keep at most 4 KiB of the reason; a longer one is still consumed within the byte budget.
+    let keep = len.min(4096) as usize;
+    let text = conn.read_vec(keep).await?;
+    conn.skip(u64::from(len) - keep as u64).await?;
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
+struct Session<'o> {
+    fb: Framebuffer,
+    conv: Converter,
+    zrle: Decompress,
+    tight: [Decompress; 4],
+    zbuf: Vec<u8>,
+    rbuf: Vec<u8>,
+    decompressed: u64,
+    max_decompressed: u64,
+    allowed: Vec<i32>,
+    used: Vec<i32>,
+    opts: &'o ScreenOptions,
+}
+
+impl Session<'_> {
+    fn request_full(&self) -> [u8; 10] {
+        update_request(false, 0, 0, self.fb.width as u16, self.fb.height as u16)
+    }
+
+    /// Requests a full update and reads messages until the whole screen has been painted.
+    async fn read_frame<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+    ) -> Result<(), ScreenError> {
+        conn.write_all(&self.request_full()).await?;
+        self.fb.reset_coverage();
+        loop {
+            let msg = conn.u8().await?;
+            match self.handle_message(conn, msg).await? {
+                Some(true) => conn.write_all(&self.request_full()).await?,
+                Some(false) => {
+                    let covered = self.fb.covered_pixels();
+                    if covered == self.fb.pixels() {
+                        return Ok(());
+                    }
+                    conn.phase = "framebuffer update (partial screen so far)";
+                    debug!(
+                        covered,
+                        total = self.fb.pixels(),
+                        "partial update, waiting for more"
+                    );
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Applies incremental updates until the server stays quiet for `quiet` (bounded by
+    /// `max`): a server that serves a stale first frame (x11vnc) sends the changes it finds.
+    /// Returns the number of updates applied.
+    async fn settle<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        quiet: std::time::Duration,
+        max: std::time::Duration,
+    ) -> Result<(u32, Option<Instant>), ScreenError> {
+        let end = Instant::now() + max;
+        let mut updates = 0;
+        let mut last = None;
+        let mut pending = false;
+        while Instant::now() < end {
+            if !pending {
+                let (w, h) = (self.fb.width as u16, self.fb.height as u16);
+                conn.write_all(&update_request(true, 0, 0, w, h)).await?;
+                pending = true;
+            }
+            let wait = quiet.min(end.saturating_duration_since(Instant::now()));
+            // Reading one byte is cancel-safe: it is either consumed or left in the buffer.
+            let msg = match tokio::time::timeout(wait, conn.u8()).await {
+                Err(_) => break,
+                Ok(m) => m?,
+            };
+            match self.handle_message(conn, msg).await? {
+                Some(true) => {
+                    // Resized: fetch the new screen in full.
+                    self.read_frame(conn).await?;
+                    pending = false;
+                }
+                Some(false) => {
+                    updates += 1;
+                    last = Some(Instant::now());
+                    pending = false;
+                }
+                None => {}
+            }
+        }
+        Ok((updates, last))
+    }
+
+    /// Handles one server message whose type byte was read. Returns `Some(resized)` for a
+    /// FramebufferUpdate, `None` for other messages.
+    async fn handle_message<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        msg: u8,
+    ) -> Result<Option<bool>, ScreenError> {
+        match msg {
+            0 => return Ok(Some(self.read_update(conn).await?)),
+            1 => {
+                let _pad = conn.u8().await?;
+                let first = conn.u16().await?;
+                let n = conn.u16().await?;
+                let raw = conn.read_vec(usize::from(n) * 6).await?;
+                let colours: Vec<[u16; 3]> = raw
+                    .chunks_exact(6)
+                    .map(|c| {
+                        [
+                            u16::from_be_bytes([c[0], c[1]]),
+                            u16::from_be_bytes([c[2], c[3]]),
+                            u16::from_be_bytes([c[4], c[5]]),
+                        ]
+                    })
+                    .collect();
+                self.conv.set_colours(first, &colours);
+            }
+            2 => {}
+            3 => {
+                let _pad: [u8; 3] = conn.read_array().await?;
+                let len = conn.u32().await?;
+                const MAX_CUT: u32 = 1 << 20;
+                if len > MAX_CUT {
+                    return Err(ScreenError::Limit {
+                        what: "cut text length",
+                        value: len.into(),
+                        limit: MAX_CUT.into(),
+                    });
+                }
+                conn.skip(u64::from(len)).await?;
+            }
+            t => {
+                return Err(ScreenError::Protocol(format!(
+                    "unknown server message type {t}"
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads one FramebufferUpdate (after its type byte). Returns true on a DesktopSize change.
+    async fn read_update<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+    ) -> Result<bool, ScreenError> {
+        let _pad = conn.u8().await?;
+        let n = conn.u16().await?;
+        let mut resized = false;
+        for _ in 0..n {
+            let h = RectHeader::parse(&conn.read_array().await?);
+            if !self.allowed.contains(&h.encoding) {
+                return Err(ScreenError::UnsupportedEncoding(h.encoding));
+            }
+            if !self.used.contains(&h.encoding) && h.encoding >= 0 {
+                self.used.push(h.encoding);
+            }
+            match h.encoding {
+                ENC_LAST_RECT => break,
+                ENC_CURSOR => {
+                    let bpp = self.conv.format().bytes_per_pixel() as u64;
+                    let (w, hh) = (u64::from(h.w), u64::from(h.h));
+                    const MAX_CURSOR: u64 = 1024 * 1024;
+                    if w * hh > MAX_CURSOR {
+                        return Err(ScreenError::Limit {
+                            what: "cursor pixels",
+                            value: w * hh,
+                            limit: MAX_CURSOR,
+                        });
+                    }
+                    conn.skip(w * hh * bpp + w.div_ceil(8) * hh).await?;
+                }
+                ENC_DESKTOP_SIZE => {
+                    self.opts.check_size(u32::from(h.w), u32::from(h.h))?;
+                    self.fb = Framebuffer::new(u32::from(h.w), u32::from(h.h));
+                    resized = true;
+                }
+                ENC_RAW => {
+                    let r = self.fb.rect(h.x, h.y, h.w, h.h)?;
+                    self.read_raw(conn, r).await?;
+                    self.fb.mark(r);
+                }
+                ENC_COPYRECT => {
+                    let r = self.fb.rect(h.x, h.y, h.w, h.h)?;
+                    let sx = conn.u16().await?;
+                    let sy = conn.u16().await?;
+                    self.fb.copy_rect(r, sx, sy)?;
+                    self.fb.mark(r);
+                }
+                ENC_ZRLE => {
+                    let r = self.fb.rect(h.x, h.y, h.w, h.h)?;
+                    let cp = self.conv.format().cpixel_len();
+                    let bound = decode::zrle_bound(r.w, r.h, cp);
+                    let len = conn.u32().await? as usize;
+                    // deflate never expands by more than ~0.1% plus a few bytes per flush.
+                    let max_len = bound + bound / 64 + 4096;
+                    if len > max_len {
+                        return Err(ScreenError::Limit {
+                            what: "ZRLE compressed length",
+                            value: len as u64,
+                            limit: max_len as u64,
+                        });
+                    }
+                    conn.read_into(&mut self.rbuf, len).await?;
+                    let limit = self.inflate_limit(bound);
+                    inflate_bounded(&mut self.zrle, &self.rbuf, limit, &mut self.zbuf)?;
+                    self.decompressed += self.zbuf.len() as u64;
+                    decode_zrle(&self.zbuf, r, &self.conv, &mut self.fb)?;
+                    self.fb.mark(r);
+                }
+                ENC_TIGHT => {
+                    let r = self.fb.rect(h.x, h.y, h.w, h.h)?;
+                    self.read_tight(conn, r).await?;
+                    self.fb.mark(r);
+                }
+                e => return Err(ScreenError::UnsupportedEncoding(e)),
+            }
+        }
+        Ok(resized)
+    }
+
+    /// Per-rectangle inflate limit: the rectangle's own bound, capped by what is left of the
+    /// session's decompression budget.
+    fn inflate_limit(&self, bound: usize) -> usize {
+        let left = self.max_decompressed.saturating_sub(self.decompressed);
+        (bound as u64).min(left) as usize
+    }
+
+    async fn read_raw<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        r: Rect,
+    ) -> Result<(), ScreenError> {
+        let row_bytes = r.w * self.conv.format().bytes_per_pixel();
+        if row_bytes == 0 || r.h == 0 {
+            return Ok(());
+        }
+        let rows_per_chunk = (1usize << 20).div_ceil(row_bytes).max(1);
+        let mut row = 0;
+        while row < r.h {
+            let rows = rows_per_chunk.min(r.h - row);
+            conn.read_into(&mut self.rbuf, rows * row_bytes).await?;
+            for i in 0..rows {
+                let src = &self.rbuf[i * row_bytes..(i + 1) * row_bytes];
+                self.conv.convert_row(src, self.fb.row_mut(r, row + i));
+            }
+            row += rows;
+        }
+        Ok(())
+    }
+
+    async fn read_tight<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        r: Rect,
+    ) -> Result<(), ScreenError> {
+        let ctl = conn.u8().await?;
+        for i in 0..4 {
+            if ctl & (1 << i) != 0 {
+                self.tight[i] = Decompress::new(true);
+            }
+        }
+        let tp = decode::tight_pixel_len(&self.conv);
+        let kind = ctl >> 4;
+        match kind {
+            8 => {
+                let p = conn.read_vec(tp).await?;
+                let c = decode::tight_rgb(&self.conv, &p);
+                self.fb.fill(r, c);
+                return Ok(());
+            }
+            9 => {
+                return Err(ScreenError::Protocol(
+                    "Tight JPEG rectangle, but no JPEG quality was requested".into(),
+                ));
+            }
+            k if k > 7 => {
+                return Err(ScreenError::Protocol(format!(
+                    "Tight compression type {k:#x} is invalid"
+                )));
+            }
+            _ => {}
+        }
+        let stream = usize::from(kind & 3);
+        let filter = if kind & 4 != 0 {
+            match conn.u8().await? {
+                0 => TightFilter::Copy,
+                1 => {
+                    let n = usize::from(conn.u8().await?) + 1;
+                    let raw = conn.read_vec(n * tp).await?;
+                    TightFilter::Palette(
+                        raw.chunks_exact(tp)
+                            .map(|p| decode::tight_rgb(&self.conv, p))
+                            .collect(),
+                    )
+                }
+                2 => TightFilter::Gradient,
+                f => {
+                    return Err(ScreenError::Protocol(format!(
+                        "Tight filter {f} is invalid"
+                    )));
+                }
+            }
+        } else {
+            TightFilter::Copy
+        };
+        let expected = filter.data_len(r.w, r.h, tp);
+        if expected < 12 {
+            let data = conn.read_vec(expected).await?;
+            return decode_tight_basic(&data, &filter, r, &self.conv, &mut self.fb);
+        }
+        // compact length: 7 bits per byte, up to 3 bytes (22 bits)
+        let mut len = 0usize;
+        for i in 0..3 {
+            let b = conn.u8().await?;
+            if i == 2 {
+                len |= usize::from(b) << 14;
+                break;
+            }
+            len |= usize::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let max_len = expected + expected / 64 + 4096;
+        if len > max_len {
+            return Err(ScreenError::Limit {
+                what: "Tight compressed length",
+                value: len as u64,
+                limit: max_len as u64,
+            });
+        }
+        conn.read_into(&mut self.rbuf, len).await?;
+        let limit = self.inflate_limit(expected);
+        inflate_bounded(&mut self.tight[stream], &self.rbuf, limit, &mut self.zbuf)?;
+        self.decompressed += self.zbuf.len() as u64;
+        decode_tight_basic(&self.zbuf, &filter, r, &self.conv, &mut self.fb)
+    }
+}

@@ -1,0 +1,637 @@
+//! The probing engine: NULL probe first, TLS attempt and port-hinted probes beside it, then the
+//! remaining probes in parallel by rarity; stops at the first hard match.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::io::AsyncWriteExt;
+use tokio::time::{Instant, sleep_until, timeout};
+
+use super::grabbers::{self, GrabKind};
+use super::io::{
+    BoxStream, DialError, ReadPlan, Response, connect_tcp, escape_bytes, read_response,
+};
+use super::probefile::{ProbeDb, Protocol};
+use super::template::expand;
+use super::tls::{self, TlsAttempt, TlsInfo};
+use super::{Banner, IdentifyOptions, RuleRef, ServiceReport, Status, TlsMode};
+
+/// How to open a connection to the target (plain, or through TLS).
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    pub addr: SocketAddr,
+    pub connect_timeout: Duration,
+    pub tls: bool,
+    pub sni: Option<String>,
+    pub tls_limit: Duration,
+    pub tls_cap: usize,
+}
+
+impl Dialer {
+    /// A dialer with the default timeouts (`tls`: wrap every connection in a TLS handshake).
+    pub fn new(addr: SocketAddr, tls: bool) -> Dialer {
+        let o = IdentifyOptions::default();
+        Dialer {
+            addr,
+            connect_timeout: Duration::from_millis(o.connect_timeout_ms),
+            tls,
+            sni: None,
+            tls_limit: Duration::from_millis(3000),
+            tls_cap: o.tls_handshake_cap,
+        }
+    }
+
+    pub async fn dial(&self) -> Result<BoxStream, DialError> {
+        if self.tls {
+            let a = tls::handshake(
+                self.addr,
+                self.sni.as_deref(),
+                self.connect_timeout,
+                self.tls_limit,
+                self.tls_cap,
+            )
+            .await;
+            a.result.map(|(s, _)| Box::new(s) as BoxStream)
+        } else {
+            connect_tcp(self.addr, self.connect_timeout)
+                .await
+                .map(|s| Box::new(s) as BoxStream)
+        }
+    }
+}
+
+/// Waits derived from the measured round-trip time.
+#[derive(Debug, Clone, Copy)]
+pub struct Waits {
+    pub banner: Duration,
+    pub response: Duration,
+    pub idle: Duration,
+    pub patience: Duration,
+    pub max_probe: Duration,
+}
+
+impl Waits {
+    pub fn new(rtt: Duration, o: &IdentifyOptions) -> Self {
+        let scaled = rtt * o.rtt_factor;
+        Waits {
+            banner: scaled.max(Duration::from_millis(o.banner_wait_ms)),
+            response: scaled.max(Duration::from_millis(o.response_wait_ms)),
+            idle: (rtt * 4).max(Duration::from_millis(o.idle_ms)),
+            patience: Duration::from_millis(o.patience_ms),
+            max_probe: Duration::from_millis(o.max_probe_wait_ms),
+        }
+    }
+}
+
+/// A rule that matched, with its fields expanded.
+#[derive(Debug, Clone)]
+struct Found {
+    rule: RuleRef,
+    product: Option<String>,
+    version: Option<String>,
+    info: Option<String>,
+    hostname: Option<String>,
+    os: Option<String>,
+    device: Option<String>,
+    cpe: Vec<String>,
+}
+
+struct Ctx<'a> {
+    db: &'a ProbeDb,
+    opts: &'a IdentifyOptions,
+    port: u16,
+    waits: Waits,
+    deadline: Instant,
+    null_idx: Option<usize>,
+}
+
+/// Tries the rules of `probe` (its own, its fallbacks, then the NULL probe's) on `data`.
+/// Returns the first hard match and the first softmatch seen before it.
+fn match_response(ctx: &Ctx<'_>, probe: usize, data: &[u8]) -> (Option<Found>, Option<Found>) {
+    let db = ctx.db;
+    let p = &db.probes[probe];
+    if !p.payload.is_empty() && data == p.payload.as_slice() {
+        let rule = RuleRef {
+            probe: p.name.clone(),
+            file: "builtin:echo".into(),
+            line: 0,
+            soft: false,
+            service: "echo".into(),
+        };
+        return (Some(found_plain(rule)), None);
+    }
+    let mut order = vec![probe];
+    for f in &p.fallback {
+        if let Some(i) = db.probe_index(p.protocol, f)
+            && !order.contains(&i)
+        {
+            order.push(i);
+        }
+    }
+    if p.protocol == Protocol::Tcp
+        && let Some(n) = ctx.null_idx
+        && !order.contains(&n)
+    {
+        order.push(n);
+    }
+    let mut soft = None;
+    for i in order {
+        for m in &db.probes[i].matches {
+            if soft.is_some() && m.soft {
+                continue;
+            }
+            let Some(groups) = m.captures(data) else {
+                continue;
+            };
+            let t = &m.template;
+            let ex = |o: &Option<String>| {
+                o.as_deref()
+                    .map(|s| expand(s, &groups))
+                    .filter(|s| !s.is_empty())
+            };
+            let f = Found {
+                rule: RuleRef {
+                    probe: p.name.clone(),
+                    file: db.files[m.file].clone(),
+                    line: m.line,
+                    soft: m.soft,
+                    service: m.service.clone(),
+                },
+                product: ex(&t.product),
+                version: ex(&t.version),
+                info: ex(&t.info),
+                hostname: ex(&t.hostname),
+                os: ex(&t.os),
+                device: ex(&t.device),
+                cpe: t.cpe.iter().map(|c| expand(c, &groups)).collect(),
+            };
+            if m.soft {
+                soft = Some(f);
+            } else {
+                return (Some(f), soft);
+            }
+        }
+    }
+    (None, soft)
+}
+
+fn found_plain(rule: RuleRef) -> Found {
+    Found {
+        rule,
+        product: None,
+        version: None,
+        info: None,
+        hostname: None,
+        os: None,
+        device: None,
+        cpe: Vec::new(),
+    }
+}
+
+struct ProbeOutcome {
+    probe: usize,
+    resp: Response,
+    hard: Option<Found>,
+    soft: Option<Found>,
+    dial_error: Option<DialError>,
+}
+
+async fn run_probe(
+    ctx: &Ctx<'_>,
+    dialer: &Dialer,
+    probe: usize,
+    stream: Option<BoxStream>,
+) -> ProbeOutcome {
+    let mut out = ProbeOutcome {
+        probe,
+        resp: Response::default(),
+        hard: None,
+        soft: None,
+        dial_error: None,
+    };
+    let mut s = match stream {
+        Some(s) => s,
+        None => match dialer.dial().await {
+            Ok(s) => s,
+            Err(e) => {
+                out.dial_error = Some(e);
+                return out;
+            }
+        },
+    };
+    let p = &ctx.db.probes[probe];
+    let w = ctx.waits;
+    if !p.payload.is_empty() {
+        match timeout(w.response, s.write_all(&p.payload)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                out.resp.error = Some(format!("send failed: {e}"));
+                out.resp.closed = true;
+                return out;
+            }
+            Err(_) => {
+                out.resp.error = Some("send timed out".into());
+                return out;
+            }
+        }
+    }
+    let start = Instant::now();
+    // The NULL probe keeps listening past the point where the other probes start (a slow banner
+    // still wins); see `stage2_at` in `run_engine`.
+    let first = if p.is_null() {
+        w.banner * 4
+    } else {
+        w.response
+    };
+    let total = Duration::from_millis(p.totalwaitms.unwrap_or(5000)).min(w.max_probe);
+    let plan = ReadPlan {
+        first_byte_by: (start + first).min(ctx.deadline),
+        deadline: (start + total.max(first)).min(ctx.deadline),
+        idle: w.idle,
+        patience: w.patience,
+        cap: ctx.opts.max_response_bytes,
+    };
+    let mut hard = None;
+    let mut soft = None;
+    let resp = read_response(&mut s, plan, |data| {
+        let (h, so) = match_response(ctx, probe, data);
+        if soft.is_none() {
+            soft = so;
+        }
+        if h.is_some() {
+            hard = h;
+            true
+        } else {
+            false
+        }
+    })
+    .await;
+    if hard.is_none() && !resp.data.is_empty() {
+        let (h, so) = match_response(ctx, probe, &resp.data);
+        hard = h;
+        if soft.is_none() {
+            soft = so;
+        }
+    }
+    out.resp = resp;
+    out.hard = hard;
+    out.soft = soft;
+    out
+}
+
+#[derive(Default)]
+struct EngineResult {
+    hard: Option<(Found, usize)>,
+    soft: Option<(Found, usize)>,
+    responses: Vec<(usize, Response)>,
+    sent: Vec<usize>,
+    null_closed_empty: bool,
+    null_first_byte: Option<Duration>,
+    capped: bool,
+    drip: bool,
+    deadline_hit: bool,
+    dial_errors: Vec<DialError>,
+}
+
+type TlsFut<'a> = Pin<Box<dyn Future<Output = TlsAttempt> + Send + 'a>>;
+
+#[allow(clippy::large_enum_variant)] // one value per identification, moved once
+enum EngineEnd {
+    Done(EngineResult, Option<Box<TlsAttempt>>),
+    Tls(Box<TlsAttempt>),
+}
+
+async fn run_engine<'a>(
+    ctx: &Ctx<'a>,
+    dialer: &Dialer,
+    first: Option<BoxStream>,
+    mut tls_fut: Option<TlsFut<'a>>,
+) -> EngineEnd {
+    let db = ctx.db;
+    let mut res = EngineResult::default();
+    let mut inflight = FuturesUnordered::new();
+    let mut null_done = true;
+    let mut first = first;
+    if let Some(n) = ctx.null_idx {
+        inflight.push(run_probe(ctx, dialer, n, first.take()));
+        null_done = false;
+    }
+    // Candidate probes: port-hinted ones first (any rarity, as nmap does), then by rarity.
+    let hinted = |i: usize| {
+        let p = &db.probes[i];
+        p.ports.contains(ctx.port) || (dialer.tls && p.sslports.contains(ctx.port))
+    };
+    let mut cands: Vec<usize> = (0..db.probes.len())
+        .filter(|&i| {
+            let p = &db.probes[i];
+            p.protocol == Protocol::Tcp
+                && Some(i) != ctx.null_idx
+                && !p.payload.is_empty()
+                && (hinted(i) || p.rarity <= ctx.opts.intensity)
+        })
+        .collect();
+    cands.sort_by_key(|&i| (!hinted(i), db.probes[i].rarity, i));
+    let mut queue: VecDeque<usize> = cands.into();
+    // Port-hinted probes start right away, beside the NULL probe.
+    let stage1 = (ctx.opts.parallelism / 2).max(1);
+    while inflight.len() < stage1 + 1 {
+        match queue.front() {
+            Some(&i) if hinted(i) => {
+                queue.pop_front();
+                inflight.push(run_probe(ctx, dialer, i, None));
+            }
+            _ => break,
+        }
+    }
+    let mut tls_done: Option<TlsAttempt> = None;
+    // The other probes start when the NULL probe ends or after the banner wait, whichever is first.
+    let stage2_at = Instant::now() + ctx.waits.banner;
+    let mut soft_service: Option<String> = None;
+    let par = ctx.opts.parallelism.max(1);
+    loop {
+        if res.hard.is_some() {
+            break;
+        }
+        if null_done {
+            while inflight.len() < par {
+                let Some(i) = queue.pop_front() else { break };
+                if let Some(s) = &soft_service {
+                    // After a softmatch only probes that can name that service are worth sending.
+                    if !db.probes[i]
+                        .matches
+                        .iter()
+                        .any(|m| !m.soft && &m.service == s)
+                    {
+                        continue;
+                    }
+                }
+                inflight.push(run_probe(ctx, dialer, i, None));
+            }
+        }
+        if inflight.is_empty() && tls_fut.is_none() {
+            break;
+        }
+        tokio::select! {
+            Some(o) = inflight.next(), if !inflight.is_empty() => {
+                if Some(o.probe) == ctx.null_idx {
+                    null_done = true;
+                    res.null_first_byte = o.resp.first_byte;
+                    res.null_closed_empty = o.resp.closed && o.resp.data.is_empty() && o.dial_error.is_none();
+                }
+                res.sent.push(o.probe);
+                res.capped |= o.resp.capped;
+                res.drip |= o.resp.deadline_hit;
+                if let Some(e) = o.dial_error { res.dial_errors.push(e); }
+                if res.soft.is_none()
+                    && let Some(s) = o.soft {
+                        soft_service = Some(s.rule.service.clone());
+                        res.soft = Some((s, o.probe));
+                    }
+                if let Some(h) = o.hard {
+                    res.hard = Some((h, o.probe));
+                }
+                if !o.resp.data.is_empty() {
+                    res.responses.push((o.probe, o.resp));
+                }
+            }
+            t = async { tls_fut.as_mut().expect("guarded").await }, if tls_fut.is_some() => {
+                tls_fut = None;
+                if t.result.is_ok() {
+                    return EngineEnd::Tls(Box::new(t));
+                }
+                tls_done = Some(t);
+            }
+            _ = sleep_until(stage2_at), if !null_done => {
+                null_done = true;
+            }
+            _ = sleep_until(ctx.deadline) => {
+                res.deadline_hit = true;
+                break;
+            }
+        }
+    }
+    drop(inflight);
+    // A plain hard match does not settle a TLS port (nginx answers plain HTTP on 443 with a 400):
+    // let a pending handshake finish (it is bounded by its own limit).
+    // A TLS server answers a ClientHello within a round trip, so by the time a plain probe has
+    // matched, a real TLS port has (nearly) finished its handshake: wait only a short while more.
+    if let Some(f) = tls_fut {
+        let grace = ctx.waits.response * 2;
+        match timeout(grace, f).await {
+            Ok(t) if t.result.is_ok() => return EngineEnd::Tls(Box::new(t)),
+            Ok(t) => tls_done = Some(t),
+            Err(_) => {}
+        }
+    }
+    EngineEnd::Done(res, tls_done.map(Box::new))
+}
+
+/// Identifies the service on one TCP port. Never panics on peer behaviour; every outcome is a
+/// [`ServiceReport`] with a [`Status`].
+pub async fn identify(addr: SocketAddr, opts: &IdentifyOptions, db: &ProbeDb) -> ServiceReport {
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_millis(opts.total_timeout_ms);
+    let mut report = ServiceReport::new(addr, Status::NoResponse);
+    let connect_timeout = Duration::from_millis(opts.connect_timeout_ms);
+    let first = match connect_tcp(addr, connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            report.status = match e {
+                DialError::Refused | DialError::SelfConnect => Status::Closed,
+                DialError::Timeout(_) => Status::Filtered,
+                _ => Status::Closed,
+            };
+            report.status_detail = Some(e.to_string());
+            report.timings.total_ms = ms(t0.elapsed());
+            return report;
+        }
+    };
+    let rtt = t0.elapsed();
+    report.timings.connect_ms = ms(rtt);
+    let waits = Waits::new(rtt, opts);
+    let ctx = Ctx {
+        db,
+        opts,
+        port: addr.port(),
+        waits,
+        deadline,
+        null_idx: db.probe_index(Protocol::Tcp, "NULL"),
+    };
+    let tls_limit = (waits.response * 4).max(Duration::from_millis(1500));
+    let mut dialer = Dialer {
+        addr,
+        connect_timeout,
+        tls: false,
+        sni: opts.sni.clone(),
+        tls_limit,
+        tls_cap: opts.tls_handshake_cap,
+    };
+    let tls_fut: Option<TlsFut<'_>> = (opts.tls == TlsMode::Auto).then(|| {
+        let d = dialer.clone();
+        Box::pin(async move {
+            tls::handshake(
+                d.addr,
+                d.sni.as_deref(),
+                d.connect_timeout,
+                d.tls_limit,
+                d.tls_cap,
+            )
+            .await
+        }) as TlsFut<'_>
+    });
+    let t_probe = Instant::now();
+    let mut tls_failure: Option<Box<TlsAttempt>> = None;
+    let res = match run_engine(&ctx, &dialer, Some(Box::new(first)), tls_fut).await {
+        EngineEnd::Done(r, t) => {
+            tls_failure = t;
+            r
+        }
+        EngineEnd::Tls(t) => {
+            let (stream, info): (_, TlsInfo) = t.result.expect("Tls end carries a stream");
+            report.tls = Some(info);
+            report.tunnel = Some("ssl".into());
+            dialer.tls = true;
+            match run_engine(&ctx, &dialer, Some(Box::new(stream)), None).await {
+                EngineEnd::Done(r, _) => r,
+                EngineEnd::Tls(_) => unreachable!("no TLS attempt inside the tunnel"),
+            }
+        }
+    };
+    report.timings.probes_ms = ms(t_probe.elapsed());
+    report.timings.banner_ms = res.null_first_byte.map(ms);
+    report.probes_sent = res
+        .sent
+        .iter()
+        .map(|&i| db.probes[i].name.clone())
+        .collect();
+    if let Some(t) = &tls_failure
+        && let Err(e) = &t.result
+        && (t.peer_speaks_tls || t.byte_capped)
+    {
+        report.tls_error = Some(e.to_string());
+    }
+
+    // The reply to report: the matching one, else the banner, else the first reply.
+    let matched_probe = res.hard.as_ref().or(res.soft.as_ref()).map(|(_, p)| *p);
+    let shown = matched_probe
+        .and_then(|p| res.responses.iter().find(|(i, _)| *i == p))
+        .or_else(|| res.responses.iter().find(|(i, _)| Some(*i) == ctx.null_idx))
+        .or_else(|| res.responses.first());
+    if let Some((i, r)) = shown {
+        let cap = opts.banner_cap.min(r.data.len());
+        report.banner = Some(Banner {
+            probe: db.probes[*i].name.clone(),
+            bytes: r.data.len(),
+            truncated: r.capped || cap < r.data.len(),
+            text: escape_bytes(&r.data[..cap]),
+        });
+    }
+
+    let tls_only = |f: &Found| matches!(f.rule.service.as_str(), "ssl" | "tls");
+    if let Some((f, _)) = res
+        .hard
+        .as_ref()
+        .filter(|(f, _)| !(tls_only(f) && report.tls_error.is_some()))
+    {
+        apply(&mut report, f);
+        report.status = Status::Identified;
+    } else if let Some((f, _)) = &res.soft {
+        apply(&mut report, f);
+        report.rule = None;
+        report.status = Status::SoftMatch;
+    } else if report.tls_error.is_some() {
+        // The peer speaks TLS (a rule may even say `ssl`) but we could not get through.
+        if let Some((f, _)) = &res.hard {
+            apply(&mut report, f);
+        }
+        report.status = Status::TlsFailed;
+        report.status_detail = report.tls_error.clone();
+    } else if res.capped {
+        report.status = Status::ByteCap;
+        report.status_detail = Some(format!(
+            "peer sent more than {} bytes without matching any rule",
+            opts.max_response_bytes
+        ));
+    } else if res.drip || (res.deadline_hit && !res.responses.is_empty()) {
+        report.status = Status::Timeout;
+        report.status_detail = Some("peer was still sending at the deadline (slow drip?)".into());
+    } else if !res.responses.is_empty() {
+        report.status = Status::Unrecognized;
+    } else if res.null_closed_empty {
+        report.status = Status::Tcpwrapped;
+        report.status_detail = Some("peer closed the connection without sending anything".into());
+    } else if res.deadline_hit {
+        report.status = Status::Timeout;
+        report.status_detail = Some("identification deadline reached".into());
+    } else {
+        report.status = Status::NoResponse;
+    }
+    if let Some((f, _)) = &res.soft {
+        report.softmatch = Some(f.rule.clone());
+    }
+    if report.status == Status::Identified && res.capped {
+        report.status_detail = Some("a reply was truncated at the byte cap".into());
+    }
+
+    // Structured grabber of the identified protocol (or the port's usual one).
+    if opts.grabbers {
+        let kind = report
+            .service
+            .as_deref()
+            .and_then(GrabKind::for_service)
+            .or_else(|| {
+                matches!(report.status, Status::NoResponse | Status::Unrecognized)
+                    .then(|| GrabKind::for_port(addr.port()))
+                    .flatten()
+            });
+        if let Some(kind) = kind {
+            let t_grab = Instant::now();
+            let limit = Duration::from_millis(opts.grab_timeout_ms).min(
+                deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(500),
+            );
+            match timeout(limit, grabbers::grab(kind, &dialer, &waits, opts)).await {
+                Ok(Ok(g)) => {
+                    grabbers::merge(&mut report, kind, g);
+                }
+                Ok(Err(e)) => report.grab_error = Some(e.to_string()),
+                Err(_) => {
+                    report.grab_error = Some(format!("{kind:?} grabber timed out after {limit:?}"))
+                }
+            }
+            report.timings.grab_ms = ms(t_grab.elapsed());
+        }
+    }
+    report.timings.total_ms = ms(t0.elapsed());
+    tracing::debug!(%addr, status = ?report.status, service = ?report.service, product = ?report.product,
+        total_ms = report.timings.total_ms, "service identified");
+    report
+}
+
+fn apply(report: &mut ServiceReport, f: &Found) {
+    report.service = Some(f.rule.service.clone());
+    report.product = f.product.clone();
+    report.version = f.version.clone();
+    report.info = f.info.clone();
+    report.hostname = f.hostname.clone();
+    report.os = f.os.clone();
+    report.device = f.device.clone();
+    report.cpe = f.cpe.clone();
+    report.rule = Some(f.rule.clone());
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: Send>(_: T) {}
+    let db = ProbeDb::default();
+    let o = IdentifyOptions::default();
+    is_send(identify("127.0.0.1:1".parse().unwrap(), &o, &db));
+}

@@ -1,0 +1,591 @@
+//! Launchers for real services on loopback and for hostile test servers (feature `testsupport`).
+//!
+//! Every launcher picks a free loopback port, writes its config into its own temp dir, starts the
+//! daemon in the foreground, waits until the port accepts connections and kills the process when
+//! the returned guard is dropped. A missing binary is an error that names the Debian package.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+
+/// A launcher failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SupportError {
+    #[error("{bin} not found: install the Debian package `{package}`")]
+    Missing { bin: String, package: String },
+    #[error("{what} did not start: {detail}")]
+    Start { what: String, detail: String },
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running daemon; killed on drop.
+pub struct Daemon {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// X display number for X servers (`:N`).
+    pub display: Option<u16>,
+    child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    /// The daemon's log (stderr) so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+}
+
+/// Finds a binary in the usual places.
+pub fn require_bin(bin: &str, package: &str) -> Result<PathBuf, SupportError> {
+    for d in [
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+        "/usr/local/bin",
+        "/usr/local/sbin",
+    ] {
+        let p = Path::new(d).join(bin);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    Err(SupportError::Missing {
+        bin: bin.into(),
+        package: package.into(),
+    })
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+fn port_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// Polls until `addr` accepts a TCP connection (not a self-connect), or the child exits.
+fn wait_ready(child: &mut Child, addr: SocketAddr, limit: Duration) -> Result<(), String> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(format!("exited early with {st}"));
+        }
+        if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            && s.local_addr().ok() != Some(addr)
+        {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Err(format!("{addr} not accepting connections after {limit:?}"))
+}
+
+/// Spawns `cmd` (stdout/stderr to files in `dir`) and waits for `addr`; retries on a new port
+/// via `make` when the first attempt fails (e.g. the port was taken in between).
+type Launch = (Command, SocketAddr, Option<u16>);
+
+fn launch(
+    name: &str,
+    make: &mut dyn FnMut(&Path, u16) -> Result<Launch, SupportError>,
+) -> Result<Daemon, SupportError> {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("ov-{name}-"))
+            .tempdir()?;
+        let (mut cmd, addr, display) = make(dir.path(), free_port())?;
+        let err = std::fs::File::create(dir.path().join("stderr.log"))?;
+        let out = std::fs::File::create(dir.path().join("stdout.log"))?;
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let mut child = cmd.spawn().map_err(|e| SupportError::Start {
+            what: name.into(),
+            detail: e.to_string(),
+        })?;
+        match wait_ready(&mut child, addr, Duration::from_secs(10)) {
+            Ok(()) => {
+                return Ok(Daemon {
+                    name: name.into(),
+                    addr,
+                    display,
+                    child,
+                    dir,
+                });
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log =
+                    std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+                last = format!("{e}; log: {}", log.chars().take(800).collect::<String>());
+            }
+        }
+    }
+    Err(SupportError::Start {
+        what: name.into(),
+        detail: last,
+    })
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+/// OpenSSH's sshd with a fresh ed25519 + ECDSA host key and its own config.
+pub fn sshd() -> Result<Daemon, SupportError> {
+    let bin = require_bin("sshd", "openssh-server")?;
+    let keygen = require_bin("ssh-keygen", "openssh-client")?;
+    if is_root() {
+        // Privilege-separation directory sshd insists on.
+        let _ = std::fs::create_dir_all("/run/sshd");
+    }
+    launch("sshd", &mut |dir, port| {
+        for t in ["ed25519", "ecdsa"] {
+            let key = dir.join(format!("host_{t}"));
+            if !key.exists() {
+                let st = Command::new(&keygen)
+                    .args(["-q", "-t", t, "-N", "", "-f"])
+                    .arg(&key)
+                    .status()?;
+                if !st.success() {
+                    return Err(SupportError::Start {
+                        what: "ssh-keygen".into(),
+                        detail: format!("{st}"),
+                    });
+                }
+            }
+        }
+        let cfg = dir.join("sshd_config");
+        std::fs::write(
+            &cfg,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nHostKey {d}/host_ecdsa\n\
+                 PidFile {d}/sshd.pid\nUsePAM no\nStrictModes no\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nAuthorizedKeysFile none\nLogLevel ERROR\n",
+                d = dir.display()
+            ),
+        )?;
+        let mut c = Command::new(&bin);
+        c.arg("-D").arg("-e").arg("-f").arg(&cfg);
+        Ok((c, loopback(port), None))
+    })
+}
+
+/// redis-server without persistence; with `password` set, INFO needs AUTH.
+pub fn redis(password: Option<&str>) -> Result<Daemon, SupportError> {
+    let bin = require_bin("redis-server", "redis-server")?;
+    launch("redis", &mut |dir, port| {
+        let mut c = Command::new(&bin);
+        c.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir);
+        if let Some(p) = password {
+            c.args(["--requirepass", p]);
+        }
+        Ok((c, loopback(port), None))
+    })
+}
+
+/// mosquitto with anonymous access allowed.
+pub fn mosquitto() -> Result<Daemon, SupportError> {
+    let bin = require_bin("mosquitto", "mosquitto")?;
+    launch("mosquitto", &mut |dir, port| {
+        let cfg = dir.join("mosquitto.conf");
+        std::fs::write(
+            &cfg,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"
+            ),
+        )?;
+        let mut c = Command::new(&bin);
+        c.arg("-c").arg(&cfg);
+        Ok((c, loopback(port), None))
+    })
+}
+
+/// A self-signed certificate + key (PEM) for `localhost` / 127.0.0.1.
+pub fn self_signed_pem() -> (String, String) {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("rcgen self-signed");
+    (ck.cert.pem(), ck.key_pair.serialize_pem())
+}
+
+/// nginx serving a small site (`/` redirects to `/home.html`, a favicon); with `tls`, the listener
+/// speaks TLS with a fresh self-signed certificate.
+pub fn nginx(tls: bool) -> Result<Daemon, SupportError> {
+    let bin = require_bin("nginx", "nginx-light")?;
+    launch(if tls { "nginx-tls" } else { "nginx" }, &mut |dir, port| {
+        let www = dir.join("www");
+        std::fs::create_dir_all(&www)?;
+        std::fs::write(
+            www.join("index.html"),
+            "<html><head><title>Overlord test page</title></head><body>hello</body></html>\n",
+        )?;
+        std::fs::write(
+            www.join("home.html"),
+            "<html><head><title>Overlord home</title></head></html>\n",
+        )?;
+        std::fs::write(
+            www.join("favicon.ico"),
+            b"\x00\x00\x01\x00overlord-test-icon",
+        )?;
+        let tls_cfg = if tls {
+            let (cert, key) = self_signed_pem();
+            std::fs::write(dir.join("cert.pem"), cert)?;
+            std::fs::write(dir.join("key.pem"), key)?;
+            format!(
+                " ssl;\n ssl_certificate {d}/cert.pem;\n ssl_certificate_key {d}/key.pem",
+                d = dir.display()
+            )
+        } else {
+            String::new()
+        };
+        let user = if is_root() { "user root;\n" } else { "" };
+        let d = dir.display();
+        std::fs::write(
+            dir.join("nginx.conf"),
+            format!(
+                "{user}daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+                 events {{ worker_connections 64; }}\n\
+                 http {{\n access_log off;\n client_body_temp_path {d}/t1;\n proxy_temp_path {d}/t2;\n\
+                 fastcgi_temp_path {d}/t3;\n uwsgi_temp_path {d}/t4;\n scgi_temp_path {d}/t5;\n\
+                 server {{\n listen 127.0.0.1:{port}{tls_cfg};\n root {d}/www;\n index index.html;\n\
+                 location = / {{ return 302 /home.html; }}\n }}\n}}\n"
+            ),
+        )?;
+        let mut c = Command::new(&bin);
+        c.arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.join("error.log"));
+        Ok((c, loopback(port), None))
+    })
+}
+
+/// vsftpd with anonymous login enabled (read-only, empty root).
+pub fn vsftpd() -> Result<Daemon, SupportError> {
+    let bin = require_bin("vsftpd", "vsftpd")?;
+    launch("vsftpd", &mut |dir, port| {
+        let root = dir.join("ftproot");
+        let empty = dir.join("empty");
+        std::fs::create_dir_all(&root)?;
+        std::fs::create_dir_all(&empty)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        let cfg = dir.join("vsftpd.conf");
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen=YES\nlisten_ipv6=NO\nlisten_address=127.0.0.1\nlisten_port={port}\nbackground=NO\n\
+                 anonymous_enable=YES\nanon_root={r}\nlocal_enable=NO\nwrite_enable=NO\n\
+                 secure_chroot_dir={e}\nseccomp_sandbox=NO\nisolate=NO\nisolate_network=NO\n\
+                 xferlog_enable=NO\nnopriv_user=nobody\nftp_username=ftp\nconnect_from_port_20=NO\n",
+                r = root.display(),
+                e = empty.display()
+            ),
+        )?;
+        let mut c = Command::new(&bin);
+        c.arg(&cfg);
+        Ok((c, loopback(port), None))
+    })
+}
+
+/// aiosmtpd (Debian `python3-aiosmtpd`) as an SMTP server.
+pub fn smtpd() -> Result<Daemon, SupportError> {
+    let py = Path::new("/usr/bin/python3");
+    let ok = py.exists()
+        && Command::new(py)
+            .args(["-c", "import aiosmtpd"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+    if !ok {
+        return Err(SupportError::Missing {
+            bin: "python3 -m aiosmtpd".into(),
+            package: "python3-aiosmtpd".into(),
+        });
+    }
+    launch("aiosmtpd", &mut |_dir, port| {
+        let mut c = Command::new(py);
+        c.args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")]);
+        Ok((c, loopback(port), None))
+    })
+}
+
+/// A free X display number whose TCP port (6000+N) and lock file are free.
+fn free_display(ports_too: &[u16]) -> u16 {
+    let start = 20 + (std::process::id() % 40) as u16;
+    for i in 0..200u16 {
+        let d = 20 + (start - 20 + i * 7) % 180;
+        if Path::new(&format!("/tmp/.X{d}-lock")).exists()
+            || Path::new(&format!("/tmp/.X11-unix/X{d}")).exists()
+        {
+            continue;
+        }
+        if port_free(6000 + d) && !ports_too.contains(&(6000 + d)) {
+            return d;
+        }
+    }
+    panic!("no free X display number");
+}
+
+/// Xvfb listening on TCP (port 6000+N). `open`: no access control (`-ac`); otherwise the default
+/// host-based access control is kept.
+pub fn xvfb(open: bool) -> Result<Daemon, SupportError> {
+    let bin = require_bin("Xvfb", "xvfb")?;
+    launch("xvfb", &mut |_dir, _port| {
+        let d = free_display(&[]);
+        let mut c = Command::new(&bin);
+        c.arg(format!(":{d}")).args([
+            "-listen",
+            "tcp",
+            "-screen",
+            "0",
+            "800x600x24",
+            "-nolisten",
+            "unix",
+            "-noreset",
+        ]);
+        if open {
+            c.arg("-ac");
+        }
+        Ok((c, loopback(6000 + d), Some(d)))
+    })
+}
+
+/// x11vnc exporting an X display without a password (`-nopw`, shared, loopback only).
+pub fn x11vnc(display: u16) -> Result<Daemon, SupportError> {
+    let bin = require_bin("x11vnc", "x11vnc")?;
+    launch("x11vnc", &mut |_dir, port| {
+        let mut c = Command::new(&bin);
+        c.args(["-display", &format!("127.0.0.1:{display}")]).args([
+            "-rfbport",
+            &port.to_string(),
+            "-localhost",
+            "-nopw",
+            "-forever",
+            "-shared",
+            "-noipv6",
+            "-noshm",
+            "-quiet",
+        ]);
+        Ok((c, loopback(port), Some(display)))
+    })
+}
+
+/// TigerVNC's Xvnc (an X server with a VNC frontend). `open`: security type None; otherwise
+/// VncAuth with a password file (we never try it).
+pub fn xvnc(open: bool) -> Result<Daemon, SupportError> {
+    let bin = require_bin("Xvnc", "tigervnc-standalone-server")?;
+    launch("xvnc", &mut |dir, port| {
+        let d = free_display(&[port]);
+        let mut c = Command::new(&bin);
+        c.arg(format!(":{d}"))
+            .args([
+                "-rfbport",
+                &port.to_string(),
+                "-localhost",
+                "-geometry",
+                "640x480",
+                "-depth",
+                "24",
+            ])
+            .args(["-nolisten", "unix", "-noreset"]);
+        if open {
+            c.args(["-SecurityTypes", "None"]);
+        } else {
+            let pw = dir.join("passwd");
+            // VNC password file: the DES-obfuscated password; content is irrelevant to the test.
+            std::fs::write(&pw, [0x17u8, 0x52, 0x6b, 0x06, 0x23, 0x4e, 0x58, 0x07])?;
+            c.args(["-SecurityTypes", "VncAuth", "-PasswordFile"])
+                .arg(&pw);
+        }
+        Ok((c, loopback(port), Some(d)))
+    })
+}
+
+/// An in-process test server; aborted on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What an in-process server does with each connection.
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// Accepts and never sends anything.
+    Silent,
+    /// Sends back everything it receives.
+    Echo,
+    /// Sends this banner, then reads and discards.
+    Banner(Vec<u8>),
+    /// Sends an endless stream of bytes as fast as the peer reads.
+    Endless,
+    /// Sends these bytes one per `interval`.
+    Drip(Vec<u8>, Duration),
+    /// Closes the connection at once.
+    CloseAtOnce,
+    /// Sends this many pseudo-random bytes then stays silent.
+    Garbage(usize),
+    /// Reads the ClientHello and answers with a TLS handshake_failure alert.
+    TlsAlert,
+    /// A real TLS server whose certificate chain has this many certificates.
+    TlsChain(usize),
+}
+
+/// Starts an in-process server on 127.0.0.1:0 (needs a Tokio runtime).
+pub async fn serve(b: Behaviour) -> std::io::Result<TestServer> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    let tls = match &b {
+        Behaviour::TlsChain(n) => Some(tls_acceptor(*n)),
+        _ => None,
+    };
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let b = b.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                match b {
+                    Behaviour::Silent => {
+                        while let Ok(n) = s.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                        }
+                    }
+                    Behaviour::Echo => {
+                        while let Ok(n) = s.read(&mut buf).await {
+                            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Behaviour::Banner(text) => {
+                        let _ = s.write_all(&text).await;
+                        while let Ok(n) = s.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                        }
+                    }
+                    Behaviour::Endless => {
+                        let chunk = vec![b'A'; 16 * 1024];
+                        while s.write_all(&chunk).await.is_ok() {}
+                    }
+                    Behaviour::Drip(text, every) => {
+                        for c in text.iter().cycle() {
+                            if s.write_all(&[*c]).await.is_err() {
+                                break;
+                            }
+                            tokio::time::sleep(every).await;
+                        }
+                    }
+                    Behaviour::CloseAtOnce => drop(s),
+                    Behaviour::Garbage(n) => {
+                        let mut x: u32 = 0x9e37_79b9;
+                        let data: Vec<u8> = (0..n)
+                            .map(|_| {
+                                x ^= x << 13;
+                                x ^= x >> 17;
+                                x ^= x << 5;
+                                (x >> 11) as u8
+                            })
+                            .collect();
+                        let _ = s.write_all(&data).await;
+                        while let Ok(n) = s.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                        }
+                    }
+                    Behaviour::TlsAlert => {
+                        if let Ok(n) = s.read(&mut buf).await
+                            && n > 0
+                            && buf[0] == 0x16
+                        {
+                            let _ = s.write_all(b"\x15\x03\x03\x00\x02\x02\x28").await;
+                        }
+                    }
+                    Behaviour::TlsChain(_) => {
+                        if let Some(acc) = tls
+                            && let Ok(mut t) = acc.accept(s).await
+                        {
+                            let _ = t.write_all(b"hello over tls\r\n").await;
+                            let _ = t.read(&mut buf).await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok(TestServer { addr, task })
+}
+
+fn tls_acceptor(chain_len: usize) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
+    let leaf = CertificateDer::from(ck.cert.der().to_vec());
+    let mut chain = vec![leaf.clone()];
+    for _ in 1..chain_len.max(1) {
+        chain.push(leaf.clone());
+    }
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server cert");
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}

@@ -1,0 +1,457 @@
+//! Real X servers and VNC servers on loopback for the screenshot tests: each started on a free
+//! display number / port in a temp dir and killed (by its own pid) when dropped.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+/// A child process killed and reaped on drop.
+pub struct Proc {
+    #[allow(dead_code)]
+    pub name: String,
+    child: Child,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command, name: &str) -> Result<Proc> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawning {name}"))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Panics with the Debian package to install when a binary is missing (tests never skip).
+pub fn need(bin: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{bin}` not found: install the Debian package `{package}` (scripts/install-deps.sh)"
+    );
+}
+
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn port_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// Display numbers tried: spread by pid so parallel test binaries rarely collide.
+fn candidate_displays() -> impl Iterator<Item = u16> {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = (std::process::id() % 500) as u16
+        + NEXT.fetch_add(101, std::sync::atomic::Ordering::Relaxed);
+    (0..400u16).map(move |i| 100 + (base + i * 37) % 800)
+}
+
+fn display_in_use(n: u16) -> bool {
+    Path::new(&format!("/tmp/.X{n}-lock")).exists()
+        || Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+}
+
+/// An X server (Xvfb or Xvnc) on display `:n`.
+pub struct XServer {
+    pub display: u16,
+    #[allow(dead_code)]
+    pub proc: Proc,
+    pub dir: tempfile::TempDir,
+    /// RFB port when the server is Xvnc.
+    pub rfb_port: Option<u16>,
+}
+
+impl XServer {
+    pub fn name(&self) -> String {
+        format!(":{}", self.display)
+    }
+
+    fn start(kind: &str, build: impl Fn(u16, &Path, u16) -> Command, tcp: bool) -> Result<XServer> {
+        let dir = tempfile::tempdir()?;
+        for n in candidate_displays() {
+            if display_in_use(n) || (tcp && !port_free(6000 + n)) {
+                continue;
+            }
+            let rfb = free_port();
+            let mut proc = Proc::spawn(&mut build(n, dir.path(), rfb), kind)?;
+            let sock = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
+            // Ours only when the lock file names our child (another server may own the display).
+            let lock = PathBuf::from(format!("/tmp/.X{n}-lock"));
+            let pid = proc.pid();
+            let ours = || {
+                std::fs::read_to_string(&lock)
+                    .map(|s| s.trim() == pid.to_string())
+                    .unwrap_or(false)
+            };
+            let ready = wait_until(Duration::from_secs(10), "X socket", || {
+                (sock.exists() && ours()) || proc.exited()
+            });
+            if ready.is_ok() && !proc.exited() {
+                let server = XServer {
+                    display: n,
+                    proc,
+                    dir,
+                    rfb_port: (kind == "Xvnc").then_some(rfb),
+                };
+                wait_until(Duration::from_secs(10), "X server answering", || {
+                    Command::new("xdpyinfo")
+                        .args(["-display", &server.name()])
+                        .env("XAUTHORITY", server.dir.path().join("auth"))
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .map(|s| s.success())
+                        .unwrap_or(false)
+                })?;
+                return Ok(server);
+            }
+        }
+        bail!("no free display number for {kind}")
+    }
+
+    /// Xvfb, optionally listening on TCP 6000+n with access control disabled.
+    pub fn xvfb(w: u32, h: u32, tcp: bool) -> Result<XServer> {
+        need("Xvfb", "xvfb");
+        need("xdpyinfo", "x11-utils");
+        Self::start(
+            "Xvfb",
+            |n, _, _| {
+                let mut c = Command::new("Xvfb");
+                c.arg(format!(":{n}")).arg("-noreset").args([
+                    "-screen",
+                    "0",
+                    &format!("{w}x{h}x24"),
+                ]);
+                if tcp {
+                    c.args(["-listen", "tcp", "-ac"]);
+                } else {
+                    c.args(["-nolisten", "tcp"]);
+                }
+                c
+            },
+            tcp,
+        )
+    }
+
+    /// Xvfb on TCP with access control on: only clients presenting a fresh MIT cookie may connect.
+    pub fn xvfb_auth(w: u32, h: u32) -> Result<XServer> {
+        need("Xvfb", "xvfb");
+        need("xauth", "xauth");
+        Self::start(
+            "Xvfb",
+            |n, dir, _| {
+                let auth = dir.join("auth");
+                let cookie: String = (0..16)
+                    .map(|i| format!("{:02x}", (std::process::id() as u8).wrapping_mul(i + 31)))
+                    .collect();
+                let ok = Command::new("xauth")
+                    .arg("-f")
+                    .arg(&auth)
+                    .args(["add", &format!(":{n}"), ".", &cookie])
+                    .stderr(Stdio::null())
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
+                assert!(ok, "xauth add failed");
+                let mut c = Command::new("Xvfb");
+                c.arg(format!(":{n}"))
+                    .arg("-noreset")
+                    .args([
+                        "-screen",
+                        "0",
+                        &format!("{w}x{h}x24"),
+                        "-listen",
+                        "tcp",
+                        "-auth",
+                    ])
+                    .arg(auth);
+                c
+            },
+            true,
+        )
+    }
+
+    /// TigerVNC's Xvnc serving RFB on a free loopback port; `security` e.g. "None" or "VncAuth".
+    pub fn xvnc(w: u32, h: u32, security: &str) -> Result<XServer> {
+        need("Xvnc", "tigervnc-standalone-server");
+        need("xdpyinfo", "x11-utils");
+        let security = security.to_string();
+        let s = Self::start(
+            "Xvnc",
+            move |n, dir, port| {
+                let mut c = Command::new("Xvnc");
+                c.arg(format!(":{n}"))
+                    .arg("-noreset")
+                    .args(["-geometry", &format!("{w}x{h}"), "-depth", "24"])
+                    .args([
+                        "-rfbport",
+                        &port.to_string(),
+                        "-localhost",
+                        "-nolisten",
+                        "tcp",
+                    ])
+                    .args(["-SecurityTypes", &security]);
+                if security.contains("VncAuth") {
+                    let pw = dir.join("passwd");
+                    let out = Command::new("vncpasswd")
+                        .arg("-f")
+                        .stdin(Stdio::piped())
+                        .stdout(Stdio::piped())
+                        .spawn()
+                        .and_then(|mut ch| {
+                            use std::io::Write;
+                            ch.stdin.take().unwrap().write_all(b"secret12\n")?;
+                            ch.wait_with_output()
+                        })
+                        .expect("vncpasswd -f");
+                    std::fs::write(&pw, out.stdout).unwrap();
+                    c.arg("-PasswordFile").arg(pw);
+                }
+                c
+            },
+            false,
+        )?;
+        wait_rfb(s.rfb_port.unwrap())?;
+        Ok(s)
+    }
+
+    pub fn tcp_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 6000 + self.display))
+    }
+}
+
+/// Waits until an RFB server on `port` sends its banner.
+pub fn wait_rfb(port: u16) -> Result<()> {
+    wait_until(Duration::from_secs(15), "RFB banner", || {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).is_ok() && &b == b"RFB "
+    })
+}
+
+/// x11vnc serving an X display on a free loopback port, without password.
+pub fn x11vnc(x: &XServer) -> Result<(Proc, u16)> {
+    need("x11vnc", "x11vnc");
+    let port = free_port();
+    let p = Proc::spawn(
+        Command::new("x11vnc")
+            .args([
+                "-display",
+                &x.name(),
+                "-localhost",
+                "-rfbport",
+                &port.to_string(),
+            ])
+            .args([
+                "-nopw",
+                "-shared",
+                "-forever",
+                "-quiet",
+                "-noxdamage",
+                "-nowf",
+            ]),
+        "x11vnc",
+    )?;
+    wait_rfb(port)?;
+    Ok((p, port))
+}
+
+/// Paints a many-coloured pattern as the root window background (via x11rb, over the local
+/// socket) and returns when the server has processed it.
+pub fn paint_pattern(x: &XServer, seed: u32) -> Result<()> {
+    use x11rb::connection::Connection;
+    use x11rb::protocol::xproto::{self, ConnectionExt as _};
+    use x11rb::wrapper::ConnectionExt as _;
+    let (conn, screen_num) =
+        x11rb::connect(Some(&x.name())).map_err(|e| anyhow!("x11 connect: {e}"))?;
+    let screen = &conn.setup().roots[screen_num];
+    let (w, h) = (screen.width_in_pixels, screen.height_in_pixels);
+    let pix = conn.generate_id()?;
+    conn.create_pixmap(screen.root_depth, pix, screen.root, w, h)?;
+    let gc = conn.generate_id()?;
+    conn.create_gc(gc, pix, &xproto::CreateGCAux::new())?;
+    let rows = 32u16;
+    for y0 in (0..h).step_by(rows as usize) {
+        let n = rows.min(h - y0);
+        let mut data = Vec::with_capacity(usize::from(w) * usize::from(n) * 4);
+        for y in y0..y0 + n {
+            for xx in 0..w {
+                let (xx, y) = (u32::from(xx), u32::from(y));
+                let r = (xx * 255 / u32::from(w)) as u8;
+                let g = (y * 255 / u32::from(h)) as u8;
+                let b = ((xx ^ y).wrapping_mul(seed) >> 2) as u8;
+                data.extend_from_slice(&[b, g, r, 0]);
+            }
+        }
+        conn.put_image(
+            xproto::ImageFormat::Z_PIXMAP,
+            pix,
+            gc,
+            w,
+            n,
+            0,
+            y0 as i16,
+            0,
+            screen.root_depth,
+            &data,
+        )?;
+    }
+    conn.change_window_attributes(
+        screen.root,
+        &xproto::ChangeWindowAttributesAux::new().background_pixmap(pix),
+    )?;
+    conn.clear_area(false, screen.root, 0, 0, 0, 0)?;
+    conn.set_close_down_mode(xproto::CloseDown::RETAIN_PERMANENT)?;
+    conn.sync()?;
+    Ok(())
+}
+
+/// An xterm showing `text`, waited for until its window is mapped.
+pub fn xterm(x: &XServer, text: &str) -> Result<Proc> {
+    need("xterm", "xterm");
+    need("xwininfo", "x11-utils");
+    let script = format!("printf '%s\\n' '{text}'; exec sleep 600");
+    let p = Proc::spawn(
+        Command::new("xterm")
+            .args([
+                "-display",
+                &x.name(),
+                "-geometry",
+                "60x8+40+40",
+                "-title",
+                "overlord-test",
+            ])
+            .args(["-e", "sh", "-c", &script]),
+        "xterm",
+    )?;
+    wait_until(Duration::from_secs(10), "xterm window", || {
+        Command::new("xwininfo")
+            .args(["-display", &x.name(), "-name", "overlord-test"])
+            .output()
+            .map(|o| {
+                o.status.success() && String::from_utf8_lossy(&o.stdout).contains("IsViewable")
+            })
+            .unwrap_or(false)
+    })?;
+    Ok(p)
+}
+
+/// The X server's own image of its root window: `xwd -root`, parsed here (XWD version 7).
+pub fn xwd_rgb(x: &XServer) -> Result<(u32, u32, Vec<u8>)> {
+    need("xwd", "x11-apps");
+    let out = Command::new("xwd")
+        .args(["-root", "-silent", "-display", &x.name()])
+        .output()?;
+    if !out.status.success() {
+        bail!("xwd failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_xwd(&out.stdout)
+}
+
+pub fn parse_xwd(d: &[u8]) -> Result<(u32, u32, Vec<u8>)> {
+    let f = |i: usize| u32::from_be_bytes(d[i * 4..i * 4 + 4].try_into().unwrap());
+    let header_size = f(0) as usize;
+    if f(1) != 7 {
+        bail!("XWD version {}", f(1));
+    }
+    let (w, h) = (f(4), f(5));
+    let byte_order = f(7); // 0 = LSBFirst
+    let bpp = f(11) as usize;
+    let bpl = f(12) as usize;
+    let masks = [f(14), f(15), f(16)];
+    let ncolors = f(19) as usize;
+    if bpp != 32 {
+        bail!("XWD with {bpp} bits per pixel");
+    }
+    let data = &d[header_size + ncolors * 12..];
+    let mut rgb = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h as usize {
+        for x in 0..w as usize {
+            let p = &data[y * bpl + x * 4..y * bpl + x * 4 + 4];
+            let v = if byte_order == 0 {
+                u32::from_le_bytes(p.try_into().unwrap())
+            } else {
+                u32::from_be_bytes(p.try_into().unwrap())
+            };
+            for m in masks {
+                rgb.push(((v & m) >> m.trailing_zeros()) as u8);
+            }
+        }
+    }
+    Ok((w, h, rgb))
+}
+
+/// Decodes a PNG into 8-bit RGB.
+pub fn png_rgb(png_bytes: &[u8]) -> Result<(u32, u32, Vec<u8>)> {
+    let dec = png::Decoder::new(std::io::Cursor::new(png_bytes));
+    let mut reader = dec.read_info()?;
+    let mut buf = vec![0; reader.output_buffer_size().context("png size")?];
+    let info = reader.next_frame(&mut buf)?;
+    if info.color_type != png::ColorType::Rgb || info.bit_depth != png::BitDepth::Eight {
+        bail!("unexpected PNG {:?} {:?}", info.color_type, info.bit_depth);
+    }
+    buf.truncate(info.buffer_size());
+    Ok((info.width, info.height, buf))
+}
+
+/// Pixels that differ, as (count, bounding box).
+pub fn diff(a: &[u8], b: &[u8], w: u32) -> (usize, Option<(u32, u32, u32, u32)>) {
+    let mut n = 0;
+    let mut bb: Option<(u32, u32, u32, u32)> = None;
+    for (i, (pa, pb)) in a.chunks_exact(3).zip(b.chunks_exact(3)).enumerate() {
+        if pa != pb {
+            n += 1;
+            let (x, y) = (i as u32 % w, i as u32 / w);
+            bb = Some(match bb {
+                None => (x, y, x, y),
+                Some((x0, y0, x1, y1)) => (x0.min(x), y0.min(y), x1.max(x), y1.max(y)),
+            });
+        }
+    }
+    (n, bb)
+}

@@ -1,0 +1,620 @@
+//! Hostile fake servers (tokio listeners on 127.0.0.1:0): each must end with a precise error
+//! within the configured caps on time, bytes and memory.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use flate2::{Compress, Compression, FlushCompress};
+use overlord_probes::screen::{
+    Encoding, PixelFormat, RdpProtocol, ScreenError, ScreenOptions, rdp_probe, vnc_screenshot,
+    x11_screenshot,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::net::tcp::OwnedWriteHalf;
+
+/// Serves every connection with `script` (the client's bytes are drained and ignored).
+async fn fake<F, Fut>(script: F) -> SocketAddr
+where
+    F: Fn(OwnedWriteHalf) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let script = std::sync::Arc::new(script);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (mut r, w) = s.into_split();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+            tokio::spawn(script(w));
+        }
+    });
+    addr
+}
+
+fn server_init(w: u16, h: u16, name: &[u8]) -> Vec<u8> {
+    let mut m = Vec::new();
+    m.extend_from_slice(&w.to_be_bytes());
+    m.extend_from_slice(&h.to_be_bytes());
+    m.extend_from_slice(&PixelFormat::RGB888.to_bytes());
+    m.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    m.extend_from_slice(name);
+    m
+}
+
+/// RFB 3.8 handshake with security None up to ServerInit (the client's replies are drained).
+fn handshake(w: u16, h: u16) -> Vec<u8> {
+    let mut m = b"RFB 003.008\n".to_vec();
+    m.extend_from_slice(&[1, 1]);
+    m.extend_from_slice(&0u32.to_be_bytes());
+    m.extend(server_init(w, h, b"fake"));
+    m
+}
+
+fn rect(x: u16, y: u16, w: u16, h: u16, enc: i32) -> Vec<u8> {
+    let mut m = Vec::new();
+    for v in [x, y, w, h] {
+        m.extend_from_slice(&v.to_be_bytes());
+    }
+    m.extend_from_slice(&enc.to_be_bytes());
+    m
+}
+
+fn update_header(n: u16) -> Vec<u8> {
+    let mut m = vec![0u8, 0];
+    m.extend_from_slice(&n.to_be_bytes());
+    m
+}
+
+fn quick() -> ScreenOptions {
+    ScreenOptions {
+        io_timeout: Duration::from_secs(1),
+        total_timeout: Duration::from_secs(3),
+        settle: Duration::ZERO,
+        ..Default::default()
+    }
+}
+
+async fn send_then_hold(mut w: OwnedWriteHalf, data: Vec<u8>) {
+    let _ = w.write_all(&data).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+}
+
+#[tokio::test]
+async fn huge_framebuffer_is_refused() {
+    let addr = fake(|w| send_then_hold(w, handshake(65535, 65535))).await;
+    let t = Instant::now();
+    let err = vnc_screenshot(addr, &quick()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ScreenError::Limit {
+                what: "framebuffer dimension",
+                value: 65535,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(1));
+    // within the dimension cap but over the pixel cap
+    let addr = fake(|w| send_then_hold(w, handshake(16000, 16000))).await;
+    let err = vnc_screenshot(addr, &quick()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ScreenError::Limit {
+                what: "framebuffer pixels",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn rectangle_outside_screen_is_refused() {
+    let addr = fake(|w| {
+        let mut m = handshake(100, 100);
+        m.extend(update_header(1));
+        m.extend(rect(90, 90, 20, 20, 0));
+        m.extend(vec![0u8; 20 * 20 * 4]);
+        send_then_hold(w, m)
+    })
+    .await;
+    let err = vnc_screenshot(addr, &quick()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ScreenError::RectOutOfBounds {
+                x: 90,
+                y: 90,
+                w: 20,
+                h: 20,
+                fb_w: 100,
+                fb_h: 100
+            }
+        ),
+        "{err}"
+    );
+    // a CopyRect whose source lies outside
+    let addr = fake(|w| {
+        let mut m = handshake(100, 100);
+        m.extend(update_header(1));
+        m.extend(rect(0, 0, 50, 50, 1));
+        m.extend([0, 80, 0, 80]);
+        send_then_hold(w, m)
+    })
+    .await;
+    let opts = ScreenOptions {
+        encodings: vec![Encoding::CopyRect, Encoding::Raw],
+        ..quick()
+    };
+    let err = vnc_screenshot(addr, &opts).await.unwrap_err();
+    assert!(
+        matches!(err, ScreenError::RectOutOfBounds { x: 80, y: 80, .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn server_stopping_mid_update() {
+    // closes the connection half-way through a Raw rectangle
+    let addr = fake(|mut w| async move {
+        let mut m = handshake(64, 64);
+        m.extend(update_header(1));
+        m.extend(rect(0, 0, 64, 64, 0));
+        m.extend(vec![7u8; 64 * 32 * 4]);
+        let _ = w.write_all(&m).await;
+        let _ = w.shutdown().await;
+    })
+    .await;
+    let err = vnc_screenshot(addr, &quick()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ScreenError::Closed {
+                phase: "framebuffer update",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // stays connected but goes silent: the idle timeout fires
+    let addr = fake(|w| {
+        let mut m = handshake(64, 64);
+        m.extend(update_header(1));
+        m.extend(rect(0, 0, 64, 64, 0));
+        m.extend(vec![7u8; 100]);
+        send_then_hold(w, m)
+    })
+    .await;
+    let t = Instant::now();
+    let err = vnc_screenshot(addr, &quick()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ScreenError::Timeout {
+                phase: "framebuffer update",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+
+    // a partial update that never covers the whole screen
+    let addr = fake(|w| {
+        let mut m = handshake(64, 64);
+        m.extend(update_header(1));
+        m.extend(rect(0, 0, 64, 32, 0));
+        m.extend(vec![7u8; 64 * 32 * 4]);
+        send_then_hold(w, m)
+    })
+    .await;
+    let err = vnc_screenshot(addr, &quick()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ScreenError::Timeout {
+                phase: "framebuffer update (partial screen so far)",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn dripping_server_hits_total_deadline() {
+    // a valid but endless stream of tiny Raw updates, one byte every 20 ms
+    let addr = fake(|mut w| async move {
+        let mut m = handshake(1024, 768);
+        m.extend(update_header(1));
+        m.extend(rect(0, 0, 1024, 768, 0));
+        for b in m.iter().copied().chain(std::iter::repeat(0u8)) {
+            if w.write_all(&[b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let t = Instant::now();
+    let opts = ScreenOptions {
+        total_timeout: Duration::from_secs(2),
+        ..quick()
+    };
+    let err = vnc_screenshot(addr, &opts).await.unwrap_err();
+    assert!(
+        matches!(err, ScreenError::Timeout { limit, .. } if limit == Duration::from_secs(2)),
+        "{err}"
+    );
+    let el = t.elapsed();
+    assert!(
+        el >= Duration::from_millis(1900) && el < Duration::from_secs(3),
+        "{el:?}"
+    );
+}
+
+fn zlib(data: &[u8]) -> Vec<u8> {
+    let mut c = Compress::new(Compression::best(), true);
+    let mut out = Vec::with_capacity(data.len() / 100 + 1024);
+    c.compress_vec(data, &mut out, FlushCompress::Sync).unwrap();
+    out
+}
+
+#[tokio::test]
+async fn zlib_bomb_is_bounded() {
+    // 64x64 ZRLE rectangle whose stream inflates to 64 MiB
+    let bomb = zlib(&vec![0u8; 64 << 20]);
+    assert!(bomb.len() < 200 * 1024);
+    let payload = bomb.clone();
+    let addr = fake(move |w| {
+        let mut m = handshake(64, 64);
+        m.extend(update_header(1));
+        m.extend(rect(0, 0, 64, 64, 16));
+        m.extend((payload.len() as u32).to_be_bytes());
+        m.extend(&payload);
+        send_then_hold(w, m)
+    })
+    .await;
+    let err = vnc_screenshot(addr, &quick()).await.unwrap_err();
+    // either the compressed length is already implausible for the rectangle, or inflating stops at the bound
+    assert!(matches!(err, ScreenError::Limit { .. }), "{err}");
+
+    // a length within the plausible range: inflating stops at the rectangle's bound
+    let small_bomb = zlib(&vec![0u8; 8 << 20]);
+    assert!(small_bomb.len() < 21 * 1024, "{}", small_bomb.len());
+    let addr = fake(move |w| {
+        let mut m = handshake(64, 64);
+        m.extend(update_header(1));
+        m.extend(rect(0, 0, 64, 64, 16));
+        m.extend((small_bomb.len() as u32).to_be_bytes());
+        m.extend(&small_bomb);
+        send_then_hold(w, m)
+    })
+    .await;
+    let err = vnc_screenshot(addr, &quick()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ScreenError::Limit {
+                what: "decompressed bytes for one rectangle",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // the session-wide decompression budget applies across rectangles
+    let tile = {
+        let mut t = vec![1u8]; // solid tile
+        t.extend([1, 2, 3]);
+        t
+    };
+    let addr = fake(move |w| {
+        let mut m = handshake(64, 64);
+        m.extend(update_header(3));
+        let mut c = Compress::new(Compression::fast(), true);
+        for _ in 0..3 {
+            let mut out = Vec::with_capacity(1024);
+            c.compress_vec(&tile, &mut out, FlushCompress::Sync)
+                .unwrap();
+            m.extend(rect(0, 0, 64, 64, 16));
+            m.extend((out.len() as u32).to_be_bytes());
+            m.extend(&out);
+        }
+        send_then_hold(w, m)
+    })
+    .await;
+    let opts = ScreenOptions {
+        max_decompressed_bytes: 10,
+        ..quick()
+    };
+    let err = vnc_screenshot(addr, &opts).await.unwrap_err();
+    assert!(matches!(err, ScreenError::Limit { limit: 2, .. }), "{err}");
+}
+
+#[tokio::test]
+async fn byte_budget_and_names() {
+    let addr = fake(|w| {
+        let mut m = b"RFB 003.008\n".to_vec();
+        m.extend_from_slice(&[1, 1]);
+        m.extend_from_slice(&0u32.to_be_bytes());
+        m.extend_from_slice(&[0, 64, 0, 64]);
+        m.extend_from_slice(&PixelFormat::RGB888.to_bytes());
+        m.extend_from_slice(&u32::MAX.to_be_bytes());
+        send_then_hold(w, m)
+    })
+    .await;
+    let err = vnc_screenshot(addr, &quick()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ScreenError::Limit {
+                what: "desktop name length",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // an endless Raw screen larger than the byte budget
+    let addr = fake(|w| {
+        let mut m = handshake(1024, 768);
+        m.extend(update_header(1));
+        m.extend(rect(0, 0, 1024, 768, 0));
+        send_then_hold(w, m)
+    })
+    .await;
+    let opts = ScreenOptions {
+        max_bytes: 1 << 20,
+        ..quick()
+    };
+    let err = vnc_screenshot(addr, &opts).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ScreenError::Limit {
+                what: "bytes read from server",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // not RFB at all
+    let addr = fake(|w| send_then_hold(w, b"SSH-2.0-OpenSSH_9.2p1 Debian\r\n".to_vec())).await;
+    let err = vnc_screenshot(addr, &quick()).await.unwrap_err();
+    assert!(
+        matches!(err, ScreenError::Protocol(ref m) if m.contains("not an RFB server")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn auth_and_refusals_are_recorded() {
+    // RFB 3.3 server imposing VNC authentication
+    let addr = fake(|w| {
+        let mut m = b"RFB 003.003\n".to_vec();
+        m.extend_from_slice(&2u32.to_be_bytes());
+        m.extend_from_slice(&[0x55; 16]); // challenge, never answered
+        send_then_hold(w, m)
+    })
+    .await;
+    let cap = vnc_screenshot(addr, &quick()).await.unwrap();
+    assert!(cap.auth_required && cap.screenshot.is_none());
+    assert_eq!(cap.security_types, vec![2]);
+    assert_eq!(cap.protocol_version.as_str(), "3.3");
+
+    // RFB 3.7 server refusing with a reason
+    let addr = fake(|w| {
+        let mut m = b"RFB 003.007\n".to_vec();
+        m.push(0);
+        m.extend_from_slice(&(14u32).to_be_bytes());
+        m.extend_from_slice(b"Too many users");
+        send_then_hold(w, m)
+    })
+    .await;
+    let cap = vnc_screenshot(addr, &quick()).await.unwrap();
+    assert!(cap.auth_required);
+    assert_eq!(cap.security_failure.as_deref(), Some("Too many users"));
+
+    // RFB 3.7 with None: no SecurityResult, straight to ServerInit; a 3.3 with None likewise
+    for (banner, sec) in [
+        (&b"RFB 003.007\n"[..], vec![2u8, 2, 1]),
+        (&b"RFB 003.003\n"[..], vec![0, 0, 0, 1]),
+    ] {
+        let (banner, sec) = (banner.to_vec(), sec.clone());
+        let addr = fake(move |w| {
+            let mut m = banner.clone();
+            m.extend(&sec);
+            m.extend(server_init(2, 1, b"tiny"));
+            m.extend(update_header(1));
+            m.extend(rect(0, 0, 2, 1, 0));
+            m.extend([0, 0, 255, 0, 255, 0, 0, 0]);
+            send_then_hold(w, m)
+        })
+        .await;
+        let cap = vnc_screenshot(addr, &quick()).await.unwrap();
+        assert!(!cap.auth_required);
+        assert_eq!(cap.desktop_name.as_deref(), Some("tiny"));
+        let shot = cap.screenshot.unwrap();
+        assert_eq!((shot.width, shot.height), (2, 1));
+    }
+}
+
+#[tokio::test]
+async fn x11_silent_server_times_out() {
+    let addr = fake(|w| send_then_hold(w, Vec::new())).await;
+    let t = Instant::now();
+    let opts = ScreenOptions {
+        total_timeout: Duration::from_millis(800),
+        ..quick()
+    };
+    let err = x11_screenshot(addr, &opts).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ScreenError::Timeout {
+                phase: "x11 capture",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+/// A fake RDP server: answers each X.224 Connection Request per `policy(requested)`.
+async fn rdp_fake(policy: fn(u32) -> Vec<u8>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut req = [0u8; 19];
+                if s.read_exact(&mut req).await.is_err() {
+                    return;
+                }
+                let requested = u32::from_le_bytes(req[15..19].try_into().unwrap());
+                let _ = s.write_all(&policy(requested)).await;
+                let mut sink = [0u8; 64];
+                let _ = s.read(&mut sink).await;
+            });
+        }
+    });
+    addr
+}
+
+fn confirm(neg: Option<(u8, u32)>) -> Vec<u8> {
+    let mut tpdu = vec![6u8, 0xd0, 0, 0, 0x12, 0x34, 0];
+    if let Some((t, v)) = neg {
+        tpdu[0] = 14;
+        tpdu.extend([t, 0x1f, 8, 0]);
+        tpdu.extend(v.to_le_bytes());
+    }
+    let mut m = vec![3, 0];
+    m.extend(((tpdu.len() + 4) as u16).to_be_bytes());
+    m.extend(tpdu);
+    m
+}
+
+#[tokio::test]
+async fn rdp_probe_against_fake_servers() -> Result<()> {
+    let opts = quick();
+    // NLA required: CredSSP selected when offered, HYBRID_REQUIRED_BY_SERVER otherwise
+    let addr = rdp_fake(|req| {
+        if req & 2 != 0 {
+            confirm(Some((2, 2)))
+        } else {
+            confirm(Some((3, 5)))
+        }
+    })
+    .await;
+    let info = rdp_probe(addr, &opts).await?;
+    assert_eq!(info.preferred, Some(RdpProtocol::Hybrid));
+    assert!(info.nla_required);
+    assert_eq!(info.supported, vec![RdpProtocol::Hybrid]);
+    assert_eq!(info.flags, Some(0x1f));
+
+    // TLS without NLA (xrdp's default): TLS picked, standard RDP refused
+    let addr = rdp_fake(|req| {
+        if req & 1 != 0 {
+            confirm(Some((2, 1)))
+        } else {
+            confirm(Some((3, 1)))
+        }
+    })
+    .await;
+    let info = rdp_probe(addr, &opts).await?;
+    assert_eq!(info.preferred, Some(RdpProtocol::Tls));
+    assert!(!info.nla_required);
+    assert_eq!(info.supported, vec![RdpProtocol::Tls]);
+
+    // legacy server: no negotiation data at all
+    let addr = rdp_fake(|_| confirm(None)).await;
+    let info = rdp_probe(addr, &opts).await?;
+    assert_eq!(info.preferred, Some(RdpProtocol::Rdp));
+    assert!(!info.nla_required);
+
+    // not RDP
+    let addr = rdp_fake(|_| b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec()).await;
+    assert!(matches!(
+        rdp_probe(addr, &opts).await,
+        Err(ScreenError::Protocol(_))
+    ));
+
+    // nothing listening
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let err = rdp_probe(SocketAddr::from(([127, 0, 0, 1], port)), &opts)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ScreenError::Connect { .. }), "{err}");
+    Ok(())
+}
+
+/// A stable-toolchain companion of the cargo-fuzz target: thousands of mutated server
+/// transcripts (from the fuzz seeds) through the whole client; each must end (Ok or a typed
+/// error) quickly, never panic or hang.
+#[test]
+fn mutated_transcripts_never_panic_or_hang() {
+    use overlord_probes::screen::rfb::vnc_session;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/rfb_session");
+    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("fuzz seeds missing at {}: {e}", dir.display()))
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    seeds.sort();
+    assert!(seeds.len() >= 4);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let (mut ok, mut errs) = (0, 0);
+    for i in 0..4000 {
+        let mut d = seeds[i % seeds.len()].clone();
+        for _ in 0..1 + next() % 4 {
+            let pos = (next() as usize) % d.len();
+            match next() % 4 {
+                0 => d[pos] = next() as u8,
+                1 => d[pos] ^= 1 << (next() % 8),
+                2 => d.insert(pos, next() as u8),
+                _ => {
+                    d.truncate(pos.max(1));
+                }
+            }
+        }
+        let (knobs, server) = d.split_first().unwrap();
+        let opts = ScreenOptions {
+            max_pixels: 1 << 16,
+            max_bytes: 1 << 20,
+            max_decompressed_bytes: 4 << 20,
+            pixel_format: if knobs & 1 == 0 { Some(PixelFormat::RGB888) } else { None },
+            io_timeout: Duration::from_millis(50),
+            total_timeout: Duration::from_millis(200),
+            settle: Duration::ZERO,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let r = rt.block_on(vnc_session(tokio::io::join(server, tokio::io::sink()), &opts));
+        assert!(t.elapsed() < Duration::from_millis(500), "input {i} took {:?}", t.elapsed());
+        if r.is_ok() { ok += 1 } else { errs += 1 }
+    }
+    // the seeds themselves decode; most mutations fail with typed errors
+    assert!(ok > 0 && errs > 0, "ok {ok} errors {errs}");
+}
