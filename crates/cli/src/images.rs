@@ -11,7 +11,9 @@ pub type ImageClient = ImageServiceClient<Channel>;
 
 pub async fn connect(url: &str) -> Result<ImageClient> {
     let ch = tonic::transport::Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("bad coordinator URL {url:?} (expected e.g. http://127.0.0.1:50051)"))?
+        .with_context(|| {
+            format!("bad coordinator URL {url:?} (expected e.g. http://127.0.0.1:50051)")
+        })?
         .connect_timeout(Duration::from_secs(3))
         .connect()
         .await
@@ -70,9 +72,9 @@ pub async fn similar(
     use v1::similar_images_request::Query;
     let query = match (id, file) {
         (Some(id), None) => Query::Id(id.to_string()),
-        (None, Some(f)) => Query::Png(
-            std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?,
-        ),
+        (None, Some(f)) => {
+            Query::Png(std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?)
+        }
         _ => anyhow::bail!("give exactly one of an image ID or --file"),
     };
     c.similar_images(v1::SimilarImagesRequest {
@@ -127,7 +129,12 @@ pub fn hit_line(h: &v1::ImageHit) -> String {
 
 /// Readable `watch` detail for image findings.
 pub fn finding_detail(kind: &str, data: &serde_json::Value, blob_sha256: &str) -> String {
-    let s = |k: &str| data.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let s = |k: &str| {
+        data.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
     let n = |k: &str| data.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
     let id = if blob_sha256.is_empty() {
         "-".to_string()
@@ -146,10 +153,19 @@ pub fn finding_detail(kind: &str, data: &serde_json::Value, blob_sha256: &str) -
             let list = |k: &str| {
                 data.get(k)
                     .and_then(|v| v.as_array())
-                    .map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","))
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
                     .unwrap_or_default()
             };
-            let count = |k: &str| data.get(k).and_then(|v| v.as_array()).map_or(0, |a| a.len());
+            let count = |k: &str| {
+                data.get(k)
+                    .and_then(|v| v.as_array())
+                    .map_or(0, |a| a.len())
+            };
             let text: String = s("text").split_whitespace().collect::<Vec<_>>().join(" ");
             let text = if text.chars().count() > 50 {
                 format!("{}…", text.chars().take(50).collect::<String>())
@@ -164,6 +180,11 @@ pub fn finding_detail(kind: &str, data: &serde_json::Value, blob_sha256: &str) -
                 list("emails"),
             )
         }
-        _ => format!("{} in {} ({}) image:{id}", s("address"), s("source"), s("date")),
+        _ => format!(
+            "{} in {} ({}) image:{id}",
+            s("address"),
+            s("source"),
+            s("date")
+        ),
     }
 }

@@ -426,7 +426,12 @@ async fn main() -> Result<()> {
             eprintln!("{} images", l.images.len());
         }
         Cmd::Images {
-            cmd: ImagesCmd::List { after, limit, coord },
+            cmd:
+                ImagesCmd::List {
+                    after,
+                    limit,
+                    coord,
+                },
         } => {
             let mut c = overlord_cli::images::connect(&coord.coordinator).await?;
             let l = overlord_cli::images::list(&mut c, &after, limit).await?;

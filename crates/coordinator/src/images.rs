@@ -211,7 +211,8 @@ impl Images {
             after = last;
         }
         if after != from {
-            self.cursors.insert(job.to_be_bytes(), &after.to_be_bytes())?;
+            self.cursors
+                .insert(job.to_be_bytes(), &after.to_be_bytes())?;
         }
         if wrote || after != from {
             self.enrich.flush()?;
@@ -260,7 +261,10 @@ impl Images {
         }))
     }
 
-    fn hits(&self, ids: impl IntoIterator<Item = (String, f64, u32)>) -> Result<v1::ImageList, ApiError> {
+    fn hits(
+        &self,
+        ids: impl IntoIterator<Item = (String, f64, u32)>,
+    ) -> Result<v1::ImageList, ApiError> {
         let mut images = Vec::new();
         for (id, score, distance) in ids {
             if let Some(meta) = self.meta_proto(&id).map_err(api_err)? {
@@ -445,7 +449,9 @@ impl v1::image_service_server::ImageService for ImageApi {
                 Vec::new()
             };
             let enrichment_json = match images.enrich.get(&id).map_err(api_err)? {
-                Some(a) => serde_json::to_string(&a).map_err(|e| ApiError::Storage(e.to_string()))?,
+                Some(a) => {
+                    serde_json::to_string(&a).map_err(|e| ApiError::Storage(e.to_string()))?
+                }
                 None => String::new(),
             };
             Ok(v1::Image {

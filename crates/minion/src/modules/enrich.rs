@@ -144,7 +144,8 @@ impl Module for Enrich {
             if let (serde_json::Value::Object(m), Some(input)) = (&mut data, &task.input) {
                 m.insert("input".into(), input.clone().into());
             }
-            let mut f = FindingOut::new("enrichment", task.target, task.ports.first().copied(), data);
+            let mut f =
+                FindingOut::new("enrichment", task.target, task.ports.first().copied(), data);
             f.blob = Some(blob);
             Ok(vec![f])
         })
