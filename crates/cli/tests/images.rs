@@ -228,9 +228,19 @@ async fn enrich_job_images_are_served_over_grpc_and_survive_restart() {
     emb.shutdown().await;
 
     // restart on the same data dir: everything still served, nothing ingested twice
-    let emb = Embedded::start(dir.path().join("coord"), 0, 4)
-        .await
-        .unwrap();
+    // per-connection server tasks may hold the store for a moment after shutdown
+    let t0 = Instant::now();
+    let emb = loop {
+        match Embedded::start(dir.path().join("coord"), 0, 4).await {
+            Ok(e) => break e,
+            Err(e)
+                if t0.elapsed() < Duration::from_secs(15) && format!("{e:#}").contains("lock") =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("restart: {e:#}"),
+        }
+    };
     let mut c = images::connect(&emb.url).await.unwrap();
     let l = wait_indexed(&mut c, 2).await;
     assert_eq!(l.images.len(), 2);
