@@ -80,6 +80,9 @@ pub fn finding_line(f: &v1::Finding, fmt: Format) -> String {
                         s("status")
                     )
                 }
+                "screenshot" | "enrichment" | "leak" => {
+                    crate::images::finding_detail(&f.kind, &data, &f.blob_sha256)
+                }
                 _ => {
                     let s = data.to_string();
                     if s.len() > 120 {

@@ -7,3 +7,4 @@ pub mod client;
 pub mod embedded;
 pub mod files;
 pub mod otel;
+pub mod images;

@@ -138,6 +138,63 @@ enum ImagesCmd {
         #[arg(long)]
         leaks: Option<PathBuf>,
     },
+    /// Gets a stored image: prints its metadata and enrichment JSON; `-o` writes the PNG.
+    Get {
+        id: String,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        coord: CoordArg,
+    },
+    /// Searches stored images by OCR text (ranked), tag, or face presence.
+    Search {
+        #[arg(long, group = "q")]
+        text: Option<String>,
+        #[arg(long, group = "q")]
+        tag: Option<String>,
+        /// Images with faces (at least --min-faces).
+        #[arg(long, group = "q")]
+        faces: bool,
+        #[arg(long, default_value_t = 1)]
+        min_faces: u32,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        coord: CoordArg,
+    },
+    /// Images similar to a stored image ID or to a local PNG/JPEG (--file).
+    Similar {
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        id: Option<String>,
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Hamming radius on the 64-bit perceptual hash (0..=32).
+        #[arg(long, default_value_t = 8)]
+        radius: u32,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        coord: CoordArg,
+    },
+    /// Lists stored images (paged by id).
+    List {
+        #[arg(long, default_value = "")]
+        after: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        coord: CoordArg,
+    },
+}
+
+#[derive(clap::Args)]
+struct CoordArg {
+    #[arg(
+        long,
+        env = "OVERLORD_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    coordinator: String,
 }
 
 #[derive(Subcommand)]
@@ -311,6 +368,94 @@ async fn main() -> Result<()> {
             .await?;
             drop(out);
             eprintln!("{n} findings");
+        }
+        Cmd::Images {
+            cmd: ImagesCmd::Get { id, output, coord },
+        } => {
+            let mut c = overlord_cli::images::connect(&coord.coordinator).await?;
+            let img = overlord_cli::images::get(&mut c, &id, output.is_some()).await?;
+            let meta = img.meta.clone().unwrap_or_default();
+            let enrichment = serde_json::from_str::<serde_json::Value>(&img.enrichment_json)
+                .unwrap_or(serde_json::Value::Null);
+            let obj = serde_json::json!({
+                "meta": overlord_cli::images::meta_json(&meta),
+                "enrichment": enrichment,
+            });
+            println!("{}", serde_json::to_string_pretty(&obj)?);
+            if let Some(path) = output {
+                if img.png.is_empty() {
+                    bail!("the coordinator has no PNG bytes for image {id}");
+                }
+                std::fs::write(&path, &img.png)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!("wrote {} bytes to {}", img.png.len(), path.display());
+            }
+        }
+        Cmd::Images {
+            cmd:
+                ImagesCmd::Search {
+                    text,
+                    tag,
+                    faces,
+                    min_faces,
+                    limit,
+                    coord,
+                },
+        } => {
+            use overlord_cli::images::Search;
+            let q = match (text, tag, faces) {
+                (Some(t), _, _) => Search::Text(t),
+                (_, Some(t), _) => Search::Tag(t),
+                (_, _, true) => Search::Faces(min_faces),
+                _ => bail!("give --text, --tag or --faces"),
+            };
+            let mut c = overlord_cli::images::connect(&coord.coordinator).await?;
+            let l = overlord_cli::images::search(&mut c, q, limit).await?;
+            for h in &l.images {
+                println!("{}", overlord_cli::images::hit_line(h));
+            }
+            eprintln!("{} images", l.images.len());
+        }
+        Cmd::Images {
+            cmd:
+                ImagesCmd::Similar {
+                    id,
+                    file,
+                    radius,
+                    limit,
+                    coord,
+                },
+        } => {
+            let mut c = overlord_cli::images::connect(&coord.coordinator).await?;
+            let l = overlord_cli::images::similar(
+                &mut c,
+                id.as_deref(),
+                file.as_deref(),
+                radius,
+                limit,
+            )
+            .await?;
+            for h in &l.images {
+                println!("{}", overlord_cli::images::hit_line(h));
+            }
+            eprintln!("{} images", l.images.len());
+        }
+        Cmd::Images {
+            cmd:
+                ImagesCmd::List {
+                    after,
+                    limit,
+                    coord,
+                },
+        } => {
+            let mut c = overlord_cli::images::connect(&coord.coordinator).await?;
+            let l = overlord_cli::images::list(&mut c, &after, limit).await?;
+            for h in &l.images {
+                println!("{}", overlord_cli::images::hit_line(h));
+            }
+            if !l.next_after.is_empty() {
+                eprintln!("more: --after {}", l.next_after);
+            }
         }
         Cmd::Images {
             cmd: ImagesCmd::Analyze { files, leaks },

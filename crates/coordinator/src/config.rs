@@ -33,6 +33,9 @@ pub struct CoordinatorConfig {
     pub blocklist: Option<PathBuf>,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Image serving (`[images]`, see crate::images).
+    #[serde(default)]
+    pub images: crate::images::ImagesConfig,
 }
 
 /// OpenTelemetry OTLP export; off by default.
@@ -85,6 +88,7 @@ pub struct Settings {
     pub engine: EngineConfig,
     pub scope: Scope,
     pub telemetry: TelemetryConfig,
+    pub images: crate::images::ImagesConfig,
 }
 
 impl Settings {
@@ -96,6 +100,7 @@ impl Settings {
             engine: EngineConfig::default(),
             scope: Scope::loopback(),
             telemetry: Default::default(),
+            images: Default::default(),
         }
     }
 }
@@ -150,6 +155,9 @@ impl CoordinatorConfig {
             },
             scope,
             telemetry: self.telemetry.clone(),
+            images: crate::images::ImagesConfig {
+                leaks: self.images.leaks.as_ref().map(|p| base.join(p)),
+            },
         })
     }
 }

@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod engine;
 pub mod hub;
+pub mod images;
 pub mod telemetry;
 
 pub use config::{CoordinatorConfig, Settings};
@@ -34,6 +35,8 @@ pub enum CoordError {
     Io(#[from] std::io::Error),
     #[error("gRPC server: {0}")]
     Server(String),
+    #[error(transparent)]
+    Images(#[from] images::ImagesError),
 }
 
 /// A running coordinator (actors + gRPC server on its listener).
@@ -45,6 +48,7 @@ pub struct Running {
     sup_join: tokio::task::JoinHandle<()>,
     shutdown: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    indexer: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
@@ -57,6 +61,8 @@ impl Running {
         let _ = (&mut self.server).await;
         self.sup.stop(None);
         let _ = (&mut self.sup_join).await;
+        self.indexer.abort();
+        let _ = (&mut self.indexer).await;
     }
 
     /// Waits until the server task ends (e.g. a fatal error).
@@ -108,6 +114,12 @@ pub async fn start_with_store(
 ) -> Result<Running, CoordError> {
     let addr = listener.local_addr()?;
     let (hub, _) = broadcast::channel(4096);
+    let images = images::Images::open(
+        &settings.data_dir.join("images"),
+        store.clone(),
+        settings.images.leaks.as_deref(),
+    )?;
+    let indexer = images::spawn_indexer(images.clone(), hub.subscribe());
     let durable = Durable::default();
     let engine = EngineHandle::default();
     let restarts = Arc::new(AtomicU64::new(0));
@@ -150,6 +162,11 @@ pub async fn start_with_store(
                     .max_decoding_message_size(max)
                     .max_encoding_message_size(max),
             )
+            .add_service(
+                v1::image_service_server::ImageServiceServer::new(images::ImageApi::new(images))
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            )
             .add_service(reflection)
             .add_service(reflection_alpha)
             .serve_with_incoming_shutdown(incoming, async {
@@ -165,5 +182,6 @@ pub async fn start_with_store(
         sup_join,
         shutdown: Some(tx),
         server,
+        indexer,
     })
 }

@@ -153,7 +153,7 @@ impl Cascade {
                 );
                 let leaves: Vec<f32> =
                     nums(child(w, "leafValues").and_then(|n| n.text()).unwrap_or(""));
-                if inn.is_empty() || inn.len() % 4 != 0 {
+                if inn.is_empty() || !inn.len().is_multiple_of(4) {
                     return Err("bad internalNodes".into());
                 }
                 let nodes: Vec<Node> = inn

@@ -5,6 +5,9 @@
 //! a BM25 full-text index over OCR text, tag/face queries and a leak database (all in sled).
 //! See docs/DESIGN.md, section "Image enrichment".
 
+// Index loops over parallel pixel/channel arrays read better than zipped iterators here.
+#![allow(clippy::needless_range_loop)]
+
 pub mod analyze;
 pub mod blank;
 pub mod decode;

@@ -140,11 +140,7 @@ impl OcrEngine {
     }
 
     /// Recognises a grey frame; returns words with boxes in frame coordinates.
-    fn recognise(
-        &mut self,
-        g: &Grey,
-        psm: u32,
-    ) -> Result<Vec<(Word, (u32, u32, u32))>, EnrichError> {
+    fn recognise(&mut self, g: &Grey, psm: u32) -> Result<Vec<(Word, LineKey)>, EnrichError> {
         let tess = match self.tess.take() {
             Some(t) => t,
             None => new_tess()?,
@@ -326,8 +322,11 @@ fn fill_with_surround(g: &mut Grey, m: &[u32; 4]) {
     }
 }
 
+/// Tesseract's (block, paragraph, line) numbers of a word.
+type LineKey = (u32, u32, u32);
+
 /// Parses tesseract TSV; returns level-5 (word) rows with their (block, paragraph, line) key.
-fn parse_tsv(tsv: &str) -> Vec<(Word, (u32, u32, u32))> {
+fn parse_tsv(tsv: &str) -> Vec<(Word, LineKey)> {
     let mut out = Vec::new();
     for line in tsv.lines() {
         let f: Vec<&str> = line.split('\t').collect();
@@ -558,10 +557,11 @@ fn line_boxes(g: &Grey) -> Vec<[usize; 4]> {
         let mut last: Option<usize> = None;
         for x in 0..w {
             if row[x] {
-                if let Some(l) = last {
-                    if x - l > 1 && x - l <= GAP {
-                        row[l + 1..x].iter_mut().for_each(|v| *v = true);
-                    }
+                if let Some(l) = last
+                    && x - l > 1
+                    && x - l <= GAP
+                {
+                    row[l + 1..x].iter_mut().for_each(|v| *v = true);
                 }
                 last = Some(x);
             }

@@ -19,6 +19,8 @@ pub enum ApiError {
     Exhausted(&'static str),
     #[error("protocol violation: {0}")]
     Protocol(String),
+    #[error("image {0:?} not found")]
+    ImageNotFound(String),
 }
 
 impl From<ApiError> for tonic::Status {
@@ -29,7 +31,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::Spec(_) | ApiError::InvalidArgument(_) | ApiError::Protocol(_) => {
                 tonic::Status::invalid_argument(msg)
             }
-            ApiError::JobNotFound(_) => tonic::Status::not_found(msg),
+            ApiError::JobNotFound(_) | ApiError::ImageNotFound(_) => tonic::Status::not_found(msg),
             ApiError::Unavailable(_) => tonic::Status::unavailable(msg),
             ApiError::Storage(_) => tonic::Status::internal(msg),
             ApiError::Exhausted(_) => tonic::Status::resource_exhausted(msg),

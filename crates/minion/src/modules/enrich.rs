@@ -119,6 +119,9 @@ impl Module for Enrich {
                     ));
                 }
             };
+            // the image travels with its enrichment (the coordinator stores blobs by sha256, so a
+            // screenshot's PNG is stored once) so that images from files can be served too
+            let blob = bytes::Bytes::from(bytes.clone());
             let (tx, rx) = tokio::sync::oneshot::channel();
             let pool = self.pool()?.clone();
             // the channel is bounded: wait for room off the runtime
@@ -141,12 +144,10 @@ impl Module for Enrich {
             if let (serde_json::Value::Object(m), Some(input)) = (&mut data, &task.input) {
                 m.insert("input".into(), input.clone().into());
             }
-            Ok(vec![FindingOut::new(
-                "enrichment",
-                task.target,
-                task.ports.first().copied(),
-                data,
-            )])
+            let mut f =
+                FindingOut::new("enrichment", task.target, task.ports.first().copied(), data);
+            f.blob = Some(blob);
+            Ok(vec![f])
         })
     }
 }

@@ -1,0 +1,190 @@
+//! `overlord images get|search|similar|list`: the gRPC `ImageService` client, and the readable
+//! `watch` lines of screenshot / enrichment / leak findings.
+
+use anyhow::{Context, Result, anyhow};
+use overlord_proto::v1::{self, image_service_client::ImageServiceClient};
+use std::path::Path;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+pub type ImageClient = ImageServiceClient<Channel>;
+
+pub async fn connect(url: &str) -> Result<ImageClient> {
+    let ch = tonic::transport::Endpoint::from_shared(url.to_string())
+        .with_context(|| {
+            format!("bad coordinator URL {url:?} (expected e.g. http://127.0.0.1:50051)")
+        })?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach coordinator at {url} (pass --coordinator URL)"))?;
+    Ok(ImageServiceClient::new(ch)
+        .max_decoding_message_size(overlord_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(overlord_proto::MAX_MESSAGE_BYTES))
+}
+
+fn status_err(s: tonic::Status) -> anyhow::Error {
+    anyhow!("{} ({:?})", s.message(), s.code())
+}
+
+/// What to search for.
+#[derive(Debug, Clone)]
+pub enum Search {
+    Text(String),
+    Tag(String),
+    Faces(u32),
+}
+
+pub async fn get(c: &mut ImageClient, id: &str, with_png: bool) -> Result<v1::Image> {
+    c.get_image(v1::GetImageRequest {
+        id: id.to_string(),
+        metadata_only: !with_png,
+    })
+    .await
+    .map(|r| r.into_inner())
+    .map_err(status_err)
+}
+
+pub async fn search(c: &mut ImageClient, q: Search, limit: u32) -> Result<v1::ImageList> {
+    use v1::search_images_request::Query;
+    let query = match q {
+        Search::Text(t) => Query::Text(t),
+        Search::Tag(t) => Query::Tag(t),
+        Search::Faces(n) => Query::MinFaces(n),
+    };
+    c.search_images(v1::SearchImagesRequest {
+        query: Some(query),
+        limit,
+    })
+    .await
+    .map(|r| r.into_inner())
+    .map_err(status_err)
+}
+
+/// Similar images of a stored image id, or of a local PNG/JPEG file (uploaded).
+pub async fn similar(
+    c: &mut ImageClient,
+    id: Option<&str>,
+    file: Option<&Path>,
+    radius: u32,
+    limit: u32,
+) -> Result<v1::ImageList> {
+    use v1::similar_images_request::Query;
+    let query = match (id, file) {
+        (Some(id), None) => Query::Id(id.to_string()),
+        (None, Some(f)) => {
+            Query::Png(std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?)
+        }
+        _ => anyhow::bail!("give exactly one of an image ID or --file"),
+    };
+    c.similar_images(v1::SimilarImagesRequest {
+        query: Some(query),
+        radius,
+        limit,
+    })
+    .await
+    .map(|r| r.into_inner())
+    .map_err(status_err)
+}
+
+pub async fn list(c: &mut ImageClient, after: &str, limit: u32) -> Result<v1::ImageList> {
+    c.list_images(v1::ListImagesRequest {
+        after: after.to_string(),
+        limit,
+    })
+    .await
+    .map(|r| r.into_inner())
+    .map_err(status_err)
+}
+
+/// The metadata of an image as JSON.
+pub fn meta_json(m: &v1::ImageMeta) -> serde_json::Value {
+    serde_json::json!({
+        "id": m.id, "target": m.target, "port": m.port, "protocol": m.protocol,
+        "width": m.width, "height": m.height, "png_bytes": m.png_bytes,
+        "captured_at_ms": m.captured_at_ms, "job_id": m.job_id, "task_id": m.task_id,
+        "minion": m.minion_id, "provider": m.provider, "module": m.module,
+        "capture": serde_json::from_str::<serde_json::Value>(&m.capture_json)
+            .unwrap_or(serde_json::Value::Null),
+        "tags": m.tags,
+    })
+}
+
+/// One line per hit: id, distance/score, where, tags.
+pub fn hit_line(h: &v1::ImageHit) -> String {
+    let m = h.meta.clone().unwrap_or_default();
+    format!(
+        "{}  d={:<2} score={:<7.3} {}:{} {}x{} {} [{}]",
+        m.id,
+        h.distance,
+        h.score,
+        m.target,
+        m.port,
+        m.width,
+        m.height,
+        m.protocol,
+        m.tags.join(",")
+    )
+}
+
+/// Readable `watch` detail for image findings.
+pub fn finding_detail(kind: &str, data: &serde_json::Value, blob_sha256: &str) -> String {
+    let s = |k: &str| {
+        data.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let n = |k: &str| data.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let id = if blob_sha256.is_empty() {
+        "-".to_string()
+    } else {
+        blob_sha256[..blob_sha256.len().min(16)].to_string()
+    };
+    match kind {
+        "screenshot" => format!(
+            "{} {}x{} {} bytes image:{id}",
+            s("protocol"),
+            n("width"),
+            n("height"),
+            n("png_bytes")
+        ),
+        "enrichment" => {
+            let list = |k: &str| {
+                data.get(k)
+                    .and_then(|v| v.as_array())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default()
+            };
+            let count = |k: &str| {
+                data.get(k)
+                    .and_then(|v| v.as_array())
+                    .map_or(0, |a| a.len())
+            };
+            let text: String = s("text").split_whitespace().collect::<Vec<_>>().join(" ");
+            let text = if text.chars().count() > 50 {
+                format!("{}…", text.chars().take(50).collect::<String>())
+            } else {
+                text
+            };
+            format!(
+                "image:{id} tags=[{}] faces={} logos={} emails=[{}] text={text:?}",
+                list("tags"),
+                count("faces"),
+                count("logos"),
+                list("emails"),
+            )
+        }
+        _ => format!(
+            "{} in {} ({}) image:{id}",
+            s("address"),
+            s("source"),
+            s("date")
+        ),
+    }
+}

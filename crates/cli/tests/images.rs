@@ -1,0 +1,255 @@
+//! Image serving end to end: a real in-process cluster (coordinator + minion over loopback gRPC)
+//! runs the `enrich` module on fixture screenshots; the coordinator indexes the enrichment
+//! findings and serves them through `ImageService`, also after a restart.
+
+use overlord_cli::embedded::Embedded;
+use overlord_cli::images::{self, Search};
+use overlord_proto::v1;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+fn screens() -> PathBuf {
+    overlord_enrich::metrics::fixtures_dir()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .join("screens")
+}
+
+fn sha_hex(b: &[u8]) -> String {
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+async fn wait_job(url: &str, job: u64) {
+    let mut c = overlord_cli::client::connect(url).await.unwrap();
+    let t0 = Instant::now();
+    loop {
+        let st = overlord_cli::client::get(&mut c, job).await.unwrap();
+        if st.state == v1::JobState::Completed as i32 {
+            assert_eq!(st.tasks_failed, 0, "no enrich task may fail: {st:?}");
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "job not done: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls until `n` images are listed with their enrichment (tags) indexed.
+async fn wait_indexed(c: &mut images::ImageClient, n: usize) -> v1::ImageList {
+    let t0 = Instant::now();
+    loop {
+        let l = images::list(c, "", 100).await.unwrap();
+        let enriched = l
+            .images
+            .iter()
+            .filter(|h| !h.meta.as_ref().unwrap().tags.is_empty())
+            .count();
+        if enriched == n {
+            return l;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{enriched} of {n} images indexed: {l:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrich_job_images_are_served_over_grpc_and_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let login = screens().join("04_console_login_web01.png");
+    let mail = screens().join("07_mail_from_light.png");
+    let login_png = std::fs::read(&login).unwrap();
+    let mail_png = std::fs::read(&mail).unwrap();
+    let login_id = sha_hex(&login_png);
+    let mail_id = sha_hex(&mail_png);
+
+    let emb = Embedded::start(dir.path().join("coord"), 1, 4)
+        .await
+        .unwrap();
+    let mut jc = overlord_cli::client::connect(&emb.url).await.unwrap();
+    let st = overlord_cli::client::submit(
+        &mut jc,
+        v1::JobSpec {
+            name: "images".into(),
+            modules: vec!["enrich".into()],
+            inputs: vec![login.display().to_string(), mail.display().to_string()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    wait_job(&emb.url, st.job_id).await;
+
+    let mut c = images::connect(&emb.url).await.unwrap();
+    let l = wait_indexed(&mut c, 2).await;
+    let mut ids: Vec<_> = l
+        .images
+        .iter()
+        .map(|h| h.meta.clone().unwrap().id)
+        .collect();
+    ids.sort();
+    let mut want = vec![login_id.clone(), mail_id.clone()];
+    want.sort();
+    assert_eq!(ids, want);
+
+    // get: identical bytes, provenance, enrichment JSON
+    let img = images::get(&mut c, &login_id, true).await.unwrap();
+    assert!(img.png == login_png, "served PNG differs from the input");
+    let m = img.meta.unwrap();
+    assert_eq!(m.job_id, st.job_id);
+    assert_eq!(m.module, "enrich");
+    assert_eq!((m.width, m.height), (1024, 768));
+    assert!(m.protocol.ends_with("04_console_login_web01.png"), "{m:?}");
+    let a: overlord_enrich::Analysis = serde_json::from_str(&img.enrichment_json).unwrap();
+    assert!(a.text.contains("login"), "{:?}", a.text);
+    let meta_only = images::get(&mut c, &mail_id, false).await.unwrap();
+    assert!(meta_only.png.is_empty());
+    let a: overlord_enrich::Analysis = serde_json::from_str(&meta_only.enrichment_json).unwrap();
+    assert!(
+        a.emails
+            .contains(&"alice.smith@example-corp.com".to_string()),
+        "{:?}",
+        a.emails
+    );
+
+    // ranked text search: a word only on one screen finds exactly that screen first
+    let hits = images::search(&mut c, Search::Text("login".into()), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        hits.images[0].meta.as_ref().unwrap().id,
+        login_id,
+        "{hits:?}"
+    );
+    assert!(hits.images[0].score > 0.0);
+    let hits = images::search(&mut c, Search::Text("alice".into()), 10)
+        .await
+        .unwrap();
+    let got: Vec<_> = hits
+        .images
+        .iter()
+        .map(|h| h.meta.clone().unwrap().id)
+        .collect();
+    assert_eq!(got, vec![mail_id.clone()]);
+    // tags and faces
+    let tagged = images::search(&mut c, Search::Tag("text".into()), 10)
+        .await
+        .unwrap();
+    assert_eq!(tagged.images.len(), 2, "{tagged:?}");
+    let faces = images::search(&mut c, Search::Faces(1), 10).await.unwrap();
+    assert!(
+        faces.images.is_empty(),
+        "no faces on text screens: {faces:?}"
+    );
+
+    // similar: own PNG uploaded → itself at distance 0; by id → itself first at 0
+    let sim = images::similar(&mut c, None, Some(&login), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(sim.images.len(), 1, "{sim:?}");
+    assert_eq!(sim.images[0].meta.as_ref().unwrap().id, login_id);
+    assert_eq!(sim.images[0].distance, 0);
+    let sim = images::similar(&mut c, Some(&mail_id), None, 8, 10)
+        .await
+        .unwrap();
+    assert_eq!(sim.images[0].meta.as_ref().unwrap().id, mail_id);
+    assert_eq!(sim.images[0].distance, 0);
+
+    // errors through the one mapping
+    let unknown = "0".repeat(64);
+    let e = c
+        .get_image(v1::GetImageRequest {
+            id: unknown.clone(),
+            metadata_only: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = c
+        .similar_images(v1::SimilarImagesRequest {
+            query: Some(v1::similar_images_request::Query::Id(unknown)),
+            radius: 4,
+            limit: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = c
+        .similar_images(v1::SimilarImagesRequest {
+            query: Some(v1::similar_images_request::Query::Id(login_id.clone())),
+            radius: 99,
+            limit: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let e = c
+        .similar_images(v1::SimilarImagesRequest {
+            query: Some(v1::similar_images_request::Query::Png(
+                b"\x89PNG\r\n\x1a\nnot really".to_vec(),
+            )),
+            radius: 4,
+            limit: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let e = c
+        .get_image(v1::GetImageRequest {
+            id: "../etc".into(),
+            metadata_only: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let e = images::search(&mut c, Search::Text("  ".into()), 10)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("InvalidArgument"), "{e}");
+
+    // paging
+    let p1 = images::list(&mut c, "", 1).await.unwrap();
+    assert_eq!(p1.images.len(), 1);
+    assert!(!p1.next_after.is_empty());
+    let p2 = images::list(&mut c, &p1.next_after, 1).await.unwrap();
+    assert_eq!(p2.images.len(), 1);
+    assert_ne!(p1.images[0].meta, p2.images[0].meta);
+    assert!(p2.next_after.is_empty());
+
+    drop(c);
+    drop(jc);
+    emb.shutdown().await;
+
+    // restart on the same data dir: everything still served, nothing ingested twice
+    // per-connection server tasks may hold the store for a moment after shutdown
+    let t0 = Instant::now();
+    let emb = loop {
+        match Embedded::start(dir.path().join("coord"), 0, 4).await {
+            Ok(e) => break e,
+            Err(e)
+                if t0.elapsed() < Duration::from_secs(15) && format!("{e:#}").contains("lock") =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("restart: {e:#}"),
+        }
+    };
+    let mut c = images::connect(&emb.url).await.unwrap();
+    let l = wait_indexed(&mut c, 2).await;
+    assert_eq!(l.images.len(), 2);
+    let hits = images::search(&mut c, Search::Text("login".into()), 10)
+        .await
+        .unwrap();
+    assert_eq!(hits.images[0].meta.as_ref().unwrap().id, login_id);
+    let img = images::get(&mut c, &login_id, true).await.unwrap();
+    assert!(img.png == login_png);
+    drop(c);
+    emb.shutdown().await;
+}

@@ -1,0 +1,602 @@
+//! Image serving: indexes screenshots and their enrichment into an
+//! [`overlord_enrich::EnrichStore`] (its own sled database in `<data_dir>/images`) and serves them
+//! through the gRPC `ImageService`.
+//!
+//! The indexer is a task fed by the hub, which only publishes findings after the flush that made
+//! them durable, so everything indexed here is already in the job store. It keeps a cursor per job
+//! (tree `img.cursor`) and re-reads the job store from that cursor whenever it sees a gap (hub
+//! lag, restart), so every finding is looked at and replays are harmless: an image's id is the
+//! sha256 of its PNG, and an id already ingested is skipped.
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `img.meta` | image id | JSON of [`MetaRec`] (where/when it was captured) |
+//! | `img.cursor` | job id (u64 BE) | last finding cursor looked at (u64 BE) |
+//! | `img.*`, `sim.*`, `txt.*`, `leak` | see `overlord_enrich::store` | |
+
+use crate::hub::HubEvent;
+use overlord_core::job::FindingRecord;
+use overlord_enrich::{Analysis, DecodeCaps, EnrichError, EnrichStore};
+use overlord_proto::error::ApiError;
+use overlord_proto::v1;
+use overlord_storage::Store;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+use tonic::{Request, Response, Status};
+
+/// Largest Hamming radius a similar-image query may ask for (64-bit hash).
+pub const MAX_RADIUS: u32 = 32;
+/// Largest page / result count.
+pub const MAX_LIMIT: u32 = 1000;
+const DEFAULT_LIMIT: u32 = 50;
+
+/// `[images]` in the coordinator config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// A leak database file (`address,source,date` lines, see `overlord_enrich::leak`)
+    /// imported at start; relative to the config file.
+    #[serde(default)]
+    pub leaks: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImagesError {
+    #[error("image store {path}: {source}")]
+    Open { path: String, source: EnrichError },
+    #[error("leak database {path}: {source}")]
+    Leaks { path: String, source: EnrichError },
+    #[error("image store: {0}")]
+    Sled(#[from] sled::Error),
+}
+
+/// Where and when an image was captured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MetaRec {
+    pub target: String,
+    pub port: u16,
+    pub protocol: String,
+    pub width: u32,
+    pub height: u32,
+    pub png_bytes: u64,
+    pub captured_at_ms: u64,
+    pub job_id: u64,
+    pub task_id: u64,
+    pub minion_id: String,
+    pub provider: String,
+    pub module: String,
+    /// The screenshot finding's data (null when the image came from elsewhere).
+    pub capture: serde_json::Value,
+}
+
+/// The image store plus the job store (for PNG blobs and catch-up).
+pub struct Images {
+    enrich: EnrichStore,
+    meta: sled::Tree,
+    cursors: sled::Tree,
+    jobs: Arc<dyn Store>,
+    db: sled::Db,
+}
+
+impl Images {
+    /// Opens `<dir>` and imports `leaks` when given.
+    pub fn open(
+        dir: &Path,
+        jobs: Arc<dyn Store>,
+        leaks: Option<&Path>,
+    ) -> Result<Arc<Images>, ImagesError> {
+        let open_err = |source| ImagesError::Open {
+            path: dir.display().to_string(),
+            source,
+        };
+        let db = sled::open(dir)
+            .map_err(EnrichError::from)
+            .map_err(open_err)?;
+        let enrich = EnrichStore::from_db(db.clone()).map_err(open_err)?;
+        if let Some(path) = leaks {
+            let rep = enrich
+                .leaks()
+                .import_file(path)
+                .map_err(|source| ImagesError::Leaks {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            tracing::info!(
+                path = %path.display(),
+                imported = rep.imported,
+                rejected = rep.rejected.len(),
+                "leak database imported"
+            );
+            for (line, why) in rep.rejected.iter().take(10) {
+                tracing::warn!(path = %path.display(), line, reason = %why, "leak line rejected");
+            }
+        }
+        Ok(Arc::new(Images {
+            enrich,
+            meta: db.open_tree("img.meta")?,
+            cursors: db.open_tree("img.cursor")?,
+            jobs,
+            db,
+        }))
+    }
+
+    pub fn enrich(&self) -> &EnrichStore {
+        &self.enrich
+    }
+
+    fn cursor(&self, job: u64) -> u64 {
+        self.cursors
+            .get(job.to_be_bytes())
+            .ok()
+            .flatten()
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0)
+    }
+
+    /// Looks at one durable finding: screenshots record where the image came from, enrichments
+    /// are ingested (once per image id). Returns true when something was written.
+    pub fn index_finding(&self, f: &FindingRecord) -> Result<bool, EnrichError> {
+        let Some(id) = f.blob_sha256.as_deref() else {
+            return Ok(false);
+        };
+        match f.kind.as_str() {
+            "screenshot" => {
+                let rec = meta_of(f, f.data.clone());
+                // a screenshot's provenance wins over one recorded from an enrichment
+                let old = self.meta(id)?;
+                if old.as_ref().is_none_or(|m| m.module != "screenshot") {
+                    self.meta
+                        .insert(id, serde_json::to_vec(&rec)?)
+                        .map_err(EnrichError::from)?;
+                    return Ok(true);
+                }
+                Ok(false)
+            }
+            "enrichment" => {
+                let mut wrote = false;
+                if self.meta(id)?.is_none() {
+                    let mut rec = meta_of(f, serde_json::Value::Null);
+                    if let Some(input) = f.data.get("input").and_then(|v| v.as_str()) {
+                        rec.protocol = format!("file:{input}");
+                    }
+                    self.meta.insert(id, serde_json::to_vec(&rec)?)?;
+                    wrote = true;
+                }
+                if self.enrich.get(id)?.is_some() {
+                    return Ok(wrote);
+                }
+                let mut a: Analysis = serde_json::from_value(f.data.clone())?;
+                let rep = self.enrich.ingest(id, &mut a)?;
+                for l in &rep.leaks {
+                    tracing::warn!(
+                        image = id,
+                        job = f.job_id,
+                        address = %l.address,
+                        source = %l.source,
+                        date = %l.date,
+                        "leaked address on screen"
+                    );
+                }
+                tracing::info!(
+                    image = id,
+                    job = f.job_id,
+                    tags = ?a.tags,
+                    duplicates = rep.same_hash.len(),
+                    "image indexed"
+                );
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Indexes every finding of `job` after the stored cursor; returns the new cursor.
+    pub fn catch_up(&self, job: u64, from: u64) -> Result<u64, EnrichError> {
+        let mut after = from;
+        let mut wrote = false;
+        loop {
+            let page = self
+                .jobs
+                .findings(job, after, 1024)
+                .map_err(|e| EnrichError::Decode(format!("job store: {e}")))?;
+            let Some(last) = page.last().map(|f| f.cursor) else {
+                break;
+            };
+            for f in &page {
+                wrote |= self.index_finding(f)?;
+            }
+            after = last;
+        }
+        if after != from {
+            self.cursors
+                .insert(job.to_be_bytes(), &after.to_be_bytes())?;
+        }
+        if wrote || after != from {
+            self.enrich.flush()?;
+        }
+        Ok(after)
+    }
+
+    fn meta(&self, id: &str) -> Result<Option<MetaRec>, EnrichError> {
+        match self.meta.get(id)? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn meta_proto(&self, id: &str) -> Result<Option<v1::ImageMeta>, EnrichError> {
+        let m = self.meta(id)?;
+        let a = self.enrich.get(id)?;
+        if m.is_none() && a.is_none() {
+            return Ok(None);
+        }
+        let m = m.unwrap_or_default();
+        let (width, height) = match &a {
+            Some(a) if m.width == 0 => (a.width, a.height),
+            _ => (m.width, m.height),
+        };
+        Ok(Some(v1::ImageMeta {
+            id: id.to_string(),
+            target: m.target,
+            port: m.port as u32,
+            protocol: m.protocol,
+            width,
+            height,
+            png_bytes: m.png_bytes,
+            captured_at_ms: m.captured_at_ms,
+            job_id: m.job_id,
+            task_id: m.task_id,
+            minion_id: m.minion_id,
+            provider: m.provider,
+            module: m.module,
+            capture_json: if m.capture.is_null() {
+                String::new()
+            } else {
+                m.capture.to_string()
+            },
+            tags: a.map(|a| a.tags).unwrap_or_default(),
+        }))
+    }
+
+    fn hits(
+        &self,
+        ids: impl IntoIterator<Item = (String, f64, u32)>,
+    ) -> Result<v1::ImageList, ApiError> {
+        let mut images = Vec::new();
+        for (id, score, distance) in ids {
+            if let Some(meta) = self.meta_proto(&id).map_err(api_err)? {
+                images.push(v1::ImageHit {
+                    meta: Some(meta),
+                    score,
+                    distance,
+                });
+            }
+        }
+        Ok(v1::ImageList {
+            images,
+            next_after: String::new(),
+        })
+    }
+}
+
+fn meta_of(f: &FindingRecord, capture: serde_json::Value) -> MetaRec {
+    let d = &f.data;
+    let num = |k: &str| d.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    MetaRec {
+        target: f.target.map(|t| t.to_string()).unwrap_or_default(),
+        port: f.port.unwrap_or(0),
+        protocol: d
+            .get("protocol")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string(),
+        width: num("width") as u32,
+        height: num("height") as u32,
+        png_bytes: num("png_bytes"),
+        captured_at_ms: f.finished_at_ms,
+        job_id: f.job_id,
+        task_id: f.task_id,
+        minion_id: f.minion_id.clone(),
+        provider: f.provider.clone(),
+        module: f.module.clone(),
+        capture,
+    }
+}
+
+fn api_err(e: EnrichError) -> ApiError {
+    match e {
+        EnrichError::UnknownImage(id) => ApiError::ImageNotFound(id),
+        EnrichError::Storage(_)
+        | EnrichError::CorruptRecord { .. }
+        | EnrichError::Json(_)
+        | EnrichError::Io { .. }
+        | EnrichError::Ocr(_)
+        | EnrichError::Model { .. } => ApiError::Storage(e.to_string()),
+        other => ApiError::InvalidArgument(other.to_string()),
+    }
+}
+
+/// Runs the indexer until the hub closes: catches up every known job, then follows the hub.
+pub fn spawn_indexer(
+    images: Arc<Images>,
+    mut rx: broadcast::Receiver<HubEvent>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut cursors: HashMap<u64, u64> = HashMap::new();
+        let start = {
+            let images = images.clone();
+            tokio::task::spawn_blocking(move || -> Result<HashMap<u64, u64>, EnrichError> {
+                let mut out = HashMap::new();
+                let jobs = images
+                    .jobs
+                    .jobs()
+                    .map_err(|e| EnrichError::Decode(format!("job store: {e}")))?;
+                for j in jobs {
+                    let c = images.catch_up(j.id, images.cursor(j.id))?;
+                    out.insert(j.id, c);
+                }
+                Ok(out)
+            })
+            .await
+        };
+        match start {
+            Ok(Ok(c)) => cursors = c,
+            Ok(Err(e)) => tracing::error!(error = %e, "image catch-up failed"),
+            Err(e) => tracing::error!(error = %e, "image catch-up panicked"),
+        }
+        loop {
+            let ev = match rx.recv().await {
+                Ok(HubEvent::Finding(f)) => f,
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "image indexer lagged; re-reading job store");
+                    // each job catches up on its next finding (gap detected below)
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            };
+            let job = ev.job_id;
+            let known = match cursors.get(&job) {
+                Some(c) => *c,
+                None => images.cursor(job),
+            };
+            if ev.cursor <= known {
+                continue;
+            }
+            let images2 = images.clone();
+            let r = if ev.cursor == known + 1 {
+                if matches!(ev.kind.as_str(), "screenshot" | "enrichment") {
+                    tokio::task::spawn_blocking(move || images2.catch_up(job, known)).await
+                } else {
+                    Ok(Ok(ev.cursor))
+                }
+            } else {
+                tokio::task::spawn_blocking(move || images2.catch_up(job, known)).await
+            };
+            match r {
+                Ok(Ok(c)) => {
+                    cursors.insert(job, c.max(ev.cursor));
+                }
+                Ok(Err(e)) => tracing::error!(job, error = %e, "image indexing failed"),
+                Err(e) => tracing::error!(job, error = %e, "image indexing panicked"),
+            }
+        }
+        let _ = images.db.flush();
+    })
+}
+
+/// The gRPC `ImageService`.
+#[derive(Clone)]
+pub struct ImageApi {
+    images: Arc<Images>,
+}
+
+impl ImageApi {
+    pub fn new(images: Arc<Images>) -> Self {
+        ImageApi { images }
+    }
+}
+
+fn limit_of(l: u32) -> Result<usize, ApiError> {
+    match l {
+        0 => Ok(DEFAULT_LIMIT as usize),
+        l if l <= MAX_LIMIT => Ok(l as usize),
+        l => Err(ApiError::InvalidArgument(format!(
+            "limit {l} is over {MAX_LIMIT}"
+        ))),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl v1::image_service_server::ImageService for ImageApi {
+    async fn get_image(
+        &self,
+        req: Request<v1::GetImageRequest>,
+    ) -> Result<Response<v1::Image>, Status> {
+        let r = req.into_inner();
+        let images = self.images.clone();
+        blocking(move || {
+            if r.id.len() != 64 || !r.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ApiError::InvalidArgument(format!(
+                    "image id {:?} must be 64 hex digits (sha256 of the PNG)",
+                    r.id
+                )));
+            }
+            let id = r.id.to_ascii_lowercase();
+            let meta = images
+                .meta_proto(&id)
+                .map_err(api_err)?
+                .ok_or_else(|| ApiError::ImageNotFound(id.clone()))?;
+            let png = if !r.metadata_only {
+                images
+                    .jobs
+                    .blob(&id)
+                    .map_err(|e| ApiError::Storage(e.to_string()))?
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            let enrichment_json = match images.enrich.get(&id).map_err(api_err)? {
+                Some(a) => {
+                    serde_json::to_string(&a).map_err(|e| ApiError::Storage(e.to_string()))?
+                }
+                None => String::new(),
+            };
+            Ok(v1::Image {
+                meta: Some(meta),
+                png,
+                enrichment_json,
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn search_images(
+        &self,
+        req: Request<v1::SearchImagesRequest>,
+    ) -> Result<Response<v1::ImageList>, Status> {
+        use v1::search_images_request::Query;
+        let r = req.into_inner();
+        let images = self.images.clone();
+        blocking(move || {
+            let limit = limit_of(r.limit)?;
+            let e = &images.enrich;
+            let ids: Vec<(String, f64, u32)> = match r.query {
+                None => {
+                    return Err(ApiError::InvalidArgument(
+                        "search needs text, tag or min_faces".into(),
+                    ));
+                }
+                Some(Query::Text(t)) if t.trim().is_empty() => {
+                    return Err(ApiError::InvalidArgument("empty text query".into()));
+                }
+                Some(Query::Text(t)) => e
+                    .search_text(&t, limit)
+                    .map_err(api_err)?
+                    .into_iter()
+                    .map(|h| (h.id, h.score, 0))
+                    .collect(),
+                Some(Query::Tag(t)) if t.is_empty() || t.contains('\0') => {
+                    return Err(ApiError::InvalidArgument(format!("bad tag {t:?}")));
+                }
+                Some(Query::Tag(t)) => e
+                    .by_tag(&t, limit)
+                    .map_err(api_err)?
+                    .into_iter()
+                    .map(|id| (id, 0.0, 0))
+                    .collect(),
+                Some(Query::MinFaces(n)) => e
+                    .with_faces(n.max(1), limit)
+                    .map_err(api_err)?
+                    .into_iter()
+                    .map(|(id, n)| (id, n as f64, 0))
+                    .collect(),
+            };
+            images.hits(ids)
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn similar_images(
+        &self,
+        req: Request<v1::SimilarImagesRequest>,
+    ) -> Result<Response<v1::ImageList>, Status> {
+        use v1::similar_images_request::Query;
+        let r = req.into_inner();
+        let images = self.images.clone();
+        blocking(move || {
+            let limit = limit_of(r.limit)?;
+            if r.radius > MAX_RADIUS {
+                return Err(ApiError::InvalidArgument(format!(
+                    "radius {} is over {MAX_RADIUS}",
+                    r.radius
+                )));
+            }
+            let e = &images.enrich;
+            let mut found = match r.query {
+                None => {
+                    return Err(ApiError::InvalidArgument(
+                        "similar needs an image id or PNG bytes".into(),
+                    ));
+                }
+                Some(Query::Id(id)) => {
+                    let id = id.to_ascii_lowercase();
+                    // the image itself is a match at distance 0
+                    let mut v = e.similar_to_id(&id, r.radius).map_err(api_err)?;
+                    v.insert(
+                        0,
+                        overlord_enrich::SimilarMatch {
+                            id: id.clone(),
+                            distance: 0,
+                            distance256: 0,
+                        },
+                    );
+                    v
+                }
+                Some(Query::Png(b)) if b.is_empty() => {
+                    return Err(ApiError::InvalidArgument("empty PNG upload".into()));
+                }
+                Some(Query::Png(b)) => e
+                    .similar_to_image(&b, r.radius, &DecodeCaps::default())
+                    .map_err(api_err)?,
+            };
+            found.sort_by(|a, b| a.distance.cmp(&b.distance).then_with(|| a.id.cmp(&b.id)));
+            found.truncate(limit);
+            images.hits(found.into_iter().map(|m| (m.id, 0.0, m.distance)))
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn list_images(
+        &self,
+        req: Request<v1::ListImagesRequest>,
+    ) -> Result<Response<v1::ImageList>, Status> {
+        let r = req.into_inner();
+        let images = self.images.clone();
+        blocking(move || {
+            let limit = limit_of(r.limit)?;
+            let range = match r.after.as_str() {
+                "" => images.meta.range::<&[u8], _>(..),
+                a => images.meta.range::<&[u8], _>((
+                    std::ops::Bound::Excluded(a.as_bytes()),
+                    std::ops::Bound::Unbounded,
+                )),
+            };
+            let mut ids = Vec::new();
+            let mut more = false;
+            for kv in range {
+                let (k, _) = kv.map_err(|e| ApiError::Storage(e.to_string()))?;
+                if ids.len() == limit {
+                    more = true;
+                    break;
+                }
+                ids.push((String::from_utf8_lossy(&k).into_owned(), 0.0, 0));
+            }
+            let next = if more {
+                ids.last().map(|x| x.0.clone()).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            let mut list = images.hits(ids)?;
+            list.next_after = next;
+            Ok(list)
+        })
+        .await
+        .map(Response::new)
+    }
+}
