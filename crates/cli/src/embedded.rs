@@ -1,5 +1,6 @@
-//! A one-process cluster: a coordinator and two minions (of different providers) talking real
-//! gRPC over loopback sockets, with the coordinator's sled data in a data directory.
+//! A one-process cluster: a coordinator (with its lookup minion for `leak` tasks) and N minions
+//! (of different providers) talking real gRPC over loopback sockets, with the coordinator's sled
+//! data in a data directory.
 
 use anyhow::{Context, Result};
 use overlord_coordinator::Settings;
@@ -34,15 +35,28 @@ pub fn minion_settings(url: &str, id: &str, provider: &str, capacity: u32) -> Mi
 
 impl Embedded {
     pub async fn start(data_dir: PathBuf, minions: usize, capacity: u32) -> Result<Self> {
+        Self::start_with(Settings::local(data_dir), minions, capacity).await
+    }
+
+    /// Like [`Embedded::start`] with coordinator settings (e.g. `images.leaks`, a leak file).
+    pub async fn start_with(settings: Settings, minions: usize, capacity: u32) -> Result<Self> {
+        let data_dir = settings.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let coordinator = overlord_coordinator::start(Settings::local(data_dir.clone()), listener)
+        let coordinator = overlord_coordinator::start(settings, listener)
             .await
             .with_context(|| format!("starting embedded coordinator on {}", data_dir.display()))?;
         let url = format!("http://{}", coordinator.addr);
         let (stop, _) = watch::channel(false);
         let mut handles = Vec::new();
+        let mut rx = stop.subscribe();
+        handles.push(crate::lookup::spawn_lookup_minion(
+            &coordinator,
+            async move {
+                let _ = rx.wait_for(|v| *v).await;
+            },
+        ));
         for i in 0..minions {
             let s = minion_settings(
                 &url,

@@ -180,11 +180,29 @@ pub fn finding_detail(kind: &str, data: &serde_json::Value, blob_sha256: &str) -
                 list("emails"),
             )
         }
-        _ => format!(
-            "{} in {} ({}) image:{id}",
-            s("address"),
-            s("source"),
-            s("date")
-        ),
+        "leak" => {
+            let image = s("image");
+            let image = if image.is_empty() {
+                "-"
+            } else {
+                &image[..image.floor_char_boundary(16)]
+            };
+            let more = data
+                .get("leaks")
+                .and_then(|v| v.as_array())
+                .map_or(0, |a| a.len().saturating_sub(1));
+            let more = if more > 0 {
+                format!(" (+{more} more)")
+            } else {
+                String::new()
+            };
+            format!(
+                "{} leaked in {} ({}){more} image:{image}",
+                s("email"),
+                s("source"),
+                s("date")
+            )
+        }
+        _ => format!("image:{id}"),
     }
 }

@@ -56,7 +56,12 @@ enum Cmd {
         #[arg(short, long, default_value = "1-1024")]
         ports: String,
         /// Modules to enable (comma separated).
-        #[arg(short, long, default_value = "portscan,service,screenshot,enrich", value_delimiter = ',')]
+        #[arg(
+            short,
+            long,
+            default_value = "portscan,service,screenshot,enrich,leak",
+            value_delimiter = ','
+        )]
         modules: Vec<String>,
         /// Connections per second for the whole job (0 = unlimited).
         #[arg(long, default_value_t = 0)]
@@ -66,6 +71,11 @@ enum Cmd {
         /// Data directory of the embedded cluster.
         #[arg(long, default_value = ".overlord-data")]
         data_dir: PathBuf,
+        /// Leak file (`address,source,date` lines) imported by the embedded cluster: e-mail
+        /// addresses on screens that it knows become `leak` findings. (A standalone coordinator
+        /// takes `[images] leaks = "FILE"` in its config instead.)
+        #[arg(long)]
+        leaks: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
         /// Extra module params (JSON object).
@@ -247,6 +257,10 @@ async fn main() -> Result<()> {
                 .with_context(|| format!("cannot listen on {}", s.listen))?;
             let addr = listener.local_addr()?;
             let mut running = overlord_coordinator::start(s, listener).await?;
+            let (stop_lookup, stopped) = tokio::sync::oneshot::channel::<()>();
+            let lookup = overlord_cli::lookup::spawn_lookup_minion(&running, async move {
+                let _ = stopped.await;
+            });
             println!("listening on {addr}");
             std::io::stdout().flush()?;
             if let Some(f) = addr_file {
@@ -256,6 +270,8 @@ async fn main() -> Result<()> {
             let r = tokio::select! {
                 r = running.wait() => r,
                 _ = ctrl_c() => {
+                    let _ = stop_lookup.send(());
+                    let _ = lookup.await;
                     running.shutdown().await;
                     Ok(())
                 }
@@ -298,6 +314,7 @@ async fn main() -> Result<()> {
             rate,
             coordinator,
             data_dir,
+            leaks,
             format,
             params,
             detach,
@@ -313,9 +330,14 @@ async fn main() -> Result<()> {
                 ..Default::default()
             };
             let (url, emb) = match coordinator {
+                Some(_) if leaks.is_some() => bail!(
+                    "--leaks is for the embedded cluster; a coordinator imports its leak file from `[images] leaks` in its config"
+                ),
                 Some(u) => (u, None),
                 None => {
-                    let e = Embedded::start(data_dir, 2, 64).await?;
+                    let mut s = overlord_coordinator::Settings::local(data_dir);
+                    s.images.leaks = leaks;
+                    let e = Embedded::start_with(s, 2, 64).await?;
                     (e.url.clone(), Some(e))
                 }
             };

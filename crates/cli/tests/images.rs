@@ -253,3 +253,138 @@ async fn enrich_job_images_are_served_over_grpc_and_survive_restart() {
     drop(c);
     emb.shutdown().await;
 }
+
+/// Issue #5 items 6-7: e-mail addresses on a screen that the coordinator's leak database knows
+/// become `leak` findings, produced by the coordinator's lookup minion (spawned by the
+/// `enrichment` → `leak` rule, parent = the enrich task), streamed to `watch` and stored in the
+/// results; addresses the database does not know give none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_addresses_on_a_screen_become_leak_findings_streamed_to_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = screens().join("07_mail_from_light.png");
+    let login = screens().join("04_console_login_web01.png");
+    let mail_id = sha_hex(&std::fs::read(&mail).unwrap());
+    // 07 shows alice.smith@, bob.jones@ and noreply@; the database knows alice (twice) and
+    // noreply, plus an address that is on no screen; bob is unknown
+    let leaks = dir.path().join("leaks.csv");
+    std::fs::write(
+        &leaks,
+        "address,source,date\n\
+         Alice.Smith@example-corp.com,combo-2019,2019-01-07\n\
+         alice.smith@example-corp.com,forum-dump,2021-06-30\n\
+         noreply@alerts.example.net,breach-x,2022-02-02\n\
+         carol.absent@example.com,combo-2019,2019-01-07\n",
+    )
+    .unwrap();
+    let mut s = overlord_coordinator::Settings::local(dir.path().join("coord"));
+    s.images.leaks = Some(leaks);
+    let emb = Embedded::start_with(s, 1, 4).await.unwrap();
+    let mut jc = overlord_cli::client::connect(&emb.url).await.unwrap();
+    let st = overlord_cli::client::submit(
+        &mut jc,
+        v1::JobSpec {
+            name: "leaks".into(),
+            modules: vec!["enrich".into(), "leak".into()],
+            inputs: vec![mail.display().to_string(), login.display().to_string()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let job = st.job_id;
+    // a watch client following the job from the start
+    let url = emb.url.clone();
+    let watcher = tokio::spawn(async move {
+        let mut c = overlord_cli::client::connect(&url).await.unwrap();
+        let mut seen = Vec::new();
+        let st = overlord_cli::client::watch(&mut c, job, 0, false, |f| seen.push(f.clone()))
+            .await
+            .unwrap();
+        (st, seen)
+    });
+    wait_job(&emb.url, job).await;
+    let (fin, watched) = tokio::time::timeout(Duration::from_secs(30), watcher)
+        .await
+        .expect("watch ends when the job finishes")
+        .unwrap();
+    assert_eq!(fin.state, v1::JobState::Completed as i32);
+    // 2 enrich roots + 1 leak lookup (the login screen has no e-mail: no lookup)
+    assert_eq!(fin.tasks_total, 3, "{fin:?}");
+
+    let mut results = Vec::new();
+    overlord_cli::client::results(&mut jc, job, |f| results.push(f.clone()))
+        .await
+        .unwrap();
+    let enrich_task = results
+        .iter()
+        .find(|f| f.kind == "enrichment" && f.blob_sha256 == mail_id)
+        .expect("enrichment of the mail screen")
+        .task_id;
+    for (what, list) in [("results", &results), ("watch", &watched)] {
+        let mut leaks: Vec<&v1::Finding> = list.iter().filter(|f| f.kind == "leak").collect();
+        leaks.sort_by_key(|f| f.data_json.clone());
+        let emails: Vec<String> = leaks
+            .iter()
+            .map(|f| {
+                let d: serde_json::Value = serde_json::from_str(&f.data_json).unwrap();
+                d["email"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(
+            emails,
+            vec![
+                "alice.smith@example-corp.com".to_string(),
+                "noreply@alerts.example.net".to_string()
+            ],
+            "{what}: exactly one leak finding per known address on the screen"
+        );
+        for f in &leaks {
+            assert_eq!(f.module, "leak", "{what}");
+            assert_eq!(
+                f.parent_task_id, enrich_task,
+                "{what}: spawned by the enrich task"
+            );
+            assert_eq!(f.minion_id, "coordinator-lookup", "{what}");
+            assert_eq!(f.provider, "coordinator", "{what}");
+            let d: serde_json::Value = serde_json::from_str(&f.data_json).unwrap();
+            assert_eq!(d["image"], mail_id.as_str(), "{what}");
+        }
+        let alice: serde_json::Value = serde_json::from_str(&leaks[0].data_json).unwrap();
+        assert_eq!(alice["source"], "combo-2019");
+        assert_eq!(alice["date"], "2019-01-07");
+        assert_eq!(alice["leaks"].as_array().unwrap().len(), 2, "{alice}");
+        let line =
+            overlord_cli::client::finding_line(leaks[0], overlord_cli::client::Format::Table);
+        assert!(
+            line.contains(
+                "alice.smith@example-corp.com leaked in combo-2019 (2019-01-07) (+1 more)"
+            ),
+            "{line}"
+        );
+    }
+    // the image store agrees (stored analysis + tag)
+    let mut c = images::connect(&emb.url).await.unwrap();
+    let t0 = Instant::now();
+    loop {
+        let tagged = images::search(&mut c, Search::Tag("leaked_email".into()), 10)
+            .await
+            .unwrap();
+        if !tagged.images.is_empty() {
+            let ids: Vec<_> = tagged
+                .images
+                .iter()
+                .map(|h| h.meta.clone().unwrap().id)
+                .collect();
+            assert_eq!(ids, vec![mail_id.clone()]);
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "never tagged leaked_email"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(c);
+    drop(jc);
+    emb.shutdown().await;
+}

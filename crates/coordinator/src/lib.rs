@@ -49,9 +49,29 @@ pub struct Running {
     shutdown: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     indexer: tokio::task::JoinHandle<()>,
+    images: Arc<images::Images>,
 }
 
 impl Running {
+    /// The leak database of the image store (a shared handle: it reads the coordinator's sled
+    /// tree). The process's lookup minion runs the `leak` module over it.
+    pub fn leak_db(&self) -> overlord_enrich::LeakDb {
+        self.images.enrich().leaks().clone()
+    }
+
+    /// A URL for reaching this coordinator from its own process (an unspecified listen address
+    /// becomes the loopback address of the same family).
+    pub fn local_url(&self) -> String {
+        let mut a = self.addr;
+        if a.ip().is_unspecified() {
+            a.set_ip(match a.ip() {
+                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        format!("http://{a}")
+    }
+
     /// Graceful stop: stops serving, flushes storage via the actors' shutdown.
     pub async fn shutdown(mut self) {
         if let Some(s) = self.shutdown.take() {
@@ -163,9 +183,11 @@ pub async fn start_with_store(
                     .max_encoding_message_size(max),
             )
             .add_service(
-                v1::image_service_server::ImageServiceServer::new(images::ImageApi::new(images))
-                    .max_decoding_message_size(max)
-                    .max_encoding_message_size(max),
+                v1::image_service_server::ImageServiceServer::new(images::ImageApi::new(
+                    images.clone(),
+                ))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
             )
             .add_service(reflection)
             .add_service(reflection_alpha)
@@ -183,5 +205,6 @@ pub async fn start_with_store(
         shutdown: Some(tx),
         server,
         indexer,
+        images,
     })
 }

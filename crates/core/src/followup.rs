@@ -73,6 +73,23 @@ pub fn follow_ups(enabled: &[String], f: &FindingView<'_>) -> Vec<FollowUp> {
                 });
             }
         }
+        "enrichment" => {
+            let emails: Vec<Value> = f
+                .data
+                .get("emails")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter(|e| e.is_string()).cloned().collect())
+                .unwrap_or_default();
+            if !emails.is_empty() && on("leak") {
+                out.push(FollowUp {
+                    module: "leak",
+                    target: f.target,
+                    ports: f.port.into_iter().collect(),
+                    params: json!({ "emails": emails, "image": f.blob_sha256 }),
+                    blob_sha256: None,
+                });
+            }
+        }
         _ => {}
     }
     out
@@ -141,5 +158,32 @@ mod tests {
             .is_empty()
         );
         assert!(follow_ups(&en(&["banner", "portscan"]), &view("banner", &n, None)).is_empty());
+    }
+
+    #[test]
+    fn enrichment_with_emails_spawns_one_leak_lookup() {
+        let d = json!({"emails": ["a@b.example", "c@d.example"], "text": "x"});
+        let f = view("enrichment", &d, Some("ab"));
+        let fu = follow_ups(&en(&["enrich", "leak"]), &f);
+        assert_eq!(fu.len(), 1);
+        assert_eq!(fu[0].module, "leak");
+        assert_eq!(fu[0].ports, vec![5900]);
+        assert_eq!(fu[0].blob_sha256, None, "the lookup needs no image bytes");
+        assert_eq!(
+            fu[0].params,
+            json!({"emails": ["a@b.example", "c@d.example"], "image": "ab"})
+        );
+        assert!(
+            follow_ups(&en(&["enrich"]), &f).is_empty(),
+            "leak not enabled"
+        );
+        let none = json!({"emails": [], "text": "x"});
+        assert!(
+            follow_ups(
+                &en(&["enrich", "leak"]),
+                &view("enrichment", &none, Some("ab"))
+            )
+            .is_empty()
+        );
     }
 }

@@ -52,6 +52,11 @@ pub const CATALOG: &[ModuleInfo] = &[
         root: RootKind::Input,
     },
     ModuleInfo {
+        name: "leak",
+        capability: "leak",
+        root: RootKind::FollowUpOnly,
+    },
+    ModuleInfo {
         name: "beacon",
         capability: "analytics",
         root: RootKind::Input,

@@ -4,14 +4,16 @@ use crate::module::Module;
 use std::sync::Arc;
 
 pub mod banner;
-pub mod enrich;
 pub mod beacon;
+pub mod enrich;
+pub mod leak;
 pub mod noop;
 pub mod portscan;
 pub mod screenshot;
 pub mod service;
 
-/// Every module this minion binary ships.
+/// Every module an ordinary minion runs. `leak` is not here: it needs the coordinator's leak
+/// database and runs only on the coordinator's lookup minion (see [`leak::lookup_modules`]).
 pub fn builtin() -> Vec<Arc<dyn Module>> {
     vec![
         Arc::new(portscan::PortScan),
