@@ -41,6 +41,7 @@ impl Embedded {
     /// Like [`Embedded::start`] with coordinator settings (e.g. `images.leaks`, a leak file).
     pub async fn start_with(settings: Settings, minions: usize, capacity: u32) -> Result<Self> {
         let data_dir = settings.data_dir.clone();
+        let scope = settings.scope.clone();
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -53,6 +54,7 @@ impl Embedded {
         let mut rx = stop.subscribe();
         handles.push(crate::lookup::spawn_lookup_minion(
             &coordinator,
+            scope,
             async move {
                 let _ = rx.wait_for(|v| *v).await;
             },

@@ -87,10 +87,18 @@ pub async fn similar(
     .map_err(status_err)
 }
 
-pub async fn list(c: &mut ImageClient, after: &str, limit: u32) -> Result<v1::ImageList> {
+/// One page of stored images in id order (`enriched_only`: only images whose enrichment is
+/// indexed).
+pub async fn list(
+    c: &mut ImageClient,
+    after: &str,
+    limit: u32,
+    enriched_only: bool,
+) -> Result<v1::ImageList> {
     c.list_images(v1::ListImagesRequest {
         after: after.to_string(),
         limit,
+        enriched_only,
     })
     .await
     .map(|r| r.into_inner())
@@ -106,24 +114,22 @@ pub fn meta_json(m: &v1::ImageMeta) -> serde_json::Value {
         "minion": m.minion_id, "provider": m.provider, "module": m.module,
         "capture": serde_json::from_str::<serde_json::Value>(&m.capture_json)
             .unwrap_or(serde_json::Value::Null),
+        "enriched": m.enriched,
         "tags": m.tags,
     })
 }
 
-/// One line per hit: id, distance/score, where, tags.
+/// One line per hit: id, distance/score, where, tags (`not-enriched` when not enriched yet).
 pub fn hit_line(h: &v1::ImageHit) -> String {
     let m = h.meta.clone().unwrap_or_default();
+    let tags = if m.enriched {
+        format!("[{}]", m.tags.join(","))
+    } else {
+        "not-enriched".to_string()
+    };
     format!(
-        "{}  d={:<2} score={:<7.3} {}:{} {}x{} {} [{}]",
-        m.id,
-        h.distance,
-        h.score,
-        m.target,
-        m.port,
-        m.width,
-        m.height,
-        m.protocol,
-        m.tags.join(",")
+        "{}  d={:<2} score={:<7.3} {}:{} {}x{} {} {tags}",
+        m.id, h.distance, h.score, m.target, m.port, m.width, m.height, m.protocol,
     )
 }
 

@@ -186,12 +186,16 @@ enum ImagesCmd {
         #[command(flatten)]
         coord: CoordArg,
     },
-    /// Lists stored images (paged by id).
+    /// Lists stored images (paged by id); images whose enrichment is not indexed (yet) show
+    /// `not-enriched`.
     List {
         #[arg(long, default_value = "")]
         after: String,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Only images whose enrichment is indexed.
+        #[arg(long)]
+        enriched_only: bool,
         #[command(flatten)]
         coord: CoordArg,
     },
@@ -256,9 +260,10 @@ async fn main() -> Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {}", s.listen))?;
             let addr = listener.local_addr()?;
+            let scope = s.scope.clone();
             let mut running = overlord_coordinator::start(s, listener).await?;
             let (stop_lookup, stopped) = tokio::sync::oneshot::channel::<()>();
-            let lookup = overlord_cli::lookup::spawn_lookup_minion(&running, async move {
+            let lookup = overlord_cli::lookup::spawn_lookup_minion(&running, scope, async move {
                 let _ = stopped.await;
             });
             println!("listening on {addr}");
@@ -467,11 +472,12 @@ async fn main() -> Result<()> {
                 ImagesCmd::List {
                     after,
                     limit,
+                    enriched_only,
                     coord,
                 },
         } => {
             let mut c = overlord_cli::images::connect(&coord.coordinator).await?;
-            let l = overlord_cli::images::list(&mut c, &after, limit).await?;
+            let l = overlord_cli::images::list(&mut c, &after, limit, enriched_only).await?;
             for h in &l.images {
                 println!("{}", overlord_cli::images::hit_line(h));
             }

@@ -4,6 +4,7 @@
 
 use overlord_cli::embedded::Embedded;
 use overlord_cli::images::{self, Search};
+use overlord_probes::service::testsupport as ts;
 use overlord_proto::v1;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -39,15 +40,15 @@ async fn wait_job(url: &str, job: u64) {
     }
 }
 
-/// Polls until `n` images are listed with their enrichment (tags) indexed.
+/// Polls until `n` images are listed with their enrichment indexed.
 async fn wait_indexed(c: &mut images::ImageClient, n: usize) -> v1::ImageList {
     let t0 = Instant::now();
     loop {
-        let l = images::list(c, "", 100).await.unwrap();
+        let l = images::list(c, "", 100, false).await.unwrap();
         let enriched = l
             .images
             .iter()
-            .filter(|h| !h.meta.as_ref().unwrap().tags.is_empty())
+            .filter(|h| h.meta.as_ref().unwrap().enriched)
             .count();
         if enriched == n {
             return l;
@@ -215,10 +216,12 @@ async fn enrich_job_images_are_served_over_grpc_and_survive_restart() {
     assert!(e.to_string().contains("InvalidArgument"), "{e}");
 
     // paging
-    let p1 = images::list(&mut c, "", 1).await.unwrap();
+    let p1 = images::list(&mut c, "", 1, false).await.unwrap();
     assert_eq!(p1.images.len(), 1);
     assert!(!p1.next_after.is_empty());
-    let p2 = images::list(&mut c, &p1.next_after, 1).await.unwrap();
+    let p2 = images::list(&mut c, &p1.next_after, 1, false)
+        .await
+        .unwrap();
     assert_eq!(p2.images.len(), 1);
     assert_ne!(p1.images[0].meta, p2.images[0].meta);
     assert!(p2.next_after.is_empty());
@@ -384,6 +387,139 @@ async fn known_addresses_on_a_screen_become_leak_findings_streamed_to_watch() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    drop(c);
+    drop(jc);
+    emb.shutdown().await;
+}
+
+/// ListImages lists every stored image and says which are enriched: a screenshot from a job
+/// without `enrich` (a real X11 capture of an Xvfb screen) is listed with `enriched: false` and no
+/// tags, skipped by `enriched_only`, and never returned by SearchImages/SimilarImages; an enriched
+/// image is listed with `enriched: true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screenshots_not_enriched_are_listed_as_such_and_never_searched() {
+    let xvfb = ts::xvfb(true).expect("Xvfb (package xvfb)");
+    let x11_port = 6000 + xvfb.display.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let emb = Embedded::start(dir.path().join("coord"), 1, 4)
+        .await
+        .unwrap();
+    let mut jc = overlord_cli::client::connect(&emb.url).await.unwrap();
+    let shot = overlord_cli::client::submit(
+        &mut jc,
+        v1::JobSpec {
+            name: "shot only".into(),
+            targets: vec!["127.0.0.1".into()],
+            ports: x11_port.to_string(),
+            modules: vec!["screenshot".into()],
+            // display numbers above 63 are not guessed as X11 from the port
+            params_json: r#"{"protocol": "x11"}"#.into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    wait_job(&emb.url, shot.job_id).await;
+    let mut results = Vec::new();
+    overlord_cli::client::results(&mut jc, shot.job_id, |f| results.push(f.clone()))
+        .await
+        .unwrap();
+    let shot_id = results
+        .iter()
+        .find(|f| f.kind == "screenshot")
+        .unwrap_or_else(|| panic!("an X11 screenshot finding: {results:?}"))
+        .blob_sha256
+        .clone();
+    let mail = screens().join("07_mail_from_light.png");
+    let mail_id = sha_hex(&std::fs::read(&mail).unwrap());
+    let st = overlord_cli::client::submit(
+        &mut jc,
+        v1::JobSpec {
+            name: "enrich".into(),
+            modules: vec!["enrich".into()],
+            inputs: vec![mail.display().to_string()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    wait_job(&emb.url, st.job_id).await;
+
+    let mut c = images::connect(&emb.url).await.unwrap();
+    let l = wait_indexed(&mut c, 1).await;
+    let t0 = Instant::now();
+    let l = loop {
+        // the screenshot's record is written by the same indexer; wait for both
+        if l.images.len() == 2 {
+            break l;
+        }
+        let l = images::list(&mut c, "", 100, false).await.unwrap();
+        if l.images.len() == 2 {
+            break l;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{l:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let by_id = |id: &str| {
+        l.images
+            .iter()
+            .map(|h| h.meta.clone().unwrap())
+            .find(|m| m.id == id)
+            .unwrap_or_else(|| panic!("{id} not listed: {l:?}"))
+    };
+    let s = by_id(&shot_id);
+    assert!(!s.enriched, "{s:?}");
+    assert!(s.tags.is_empty());
+    assert_eq!(
+        (s.module.as_str(), s.protocol.as_str()),
+        ("screenshot", "x11")
+    );
+    assert_eq!(s.port, x11_port as u32);
+    let m = by_id(&mail_id);
+    assert!(m.enriched, "{m:?}");
+    assert!(!m.tags.is_empty());
+    let line = images::hit_line(
+        &l.images[l
+            .images
+            .iter()
+            .position(|h| h.meta.as_ref().unwrap().id == shot_id)
+            .unwrap()],
+    );
+    assert!(line.ends_with("not-enriched"), "{line}");
+    // enriched_only: only the enriched image, also across pages
+    let only = images::list(&mut c, "", 100, true).await.unwrap();
+    let ids: Vec<_> = only
+        .images
+        .iter()
+        .map(|h| h.meta.clone().unwrap().id)
+        .collect();
+    assert_eq!(ids, vec![mail_id.clone()]);
+    let mut after = String::new();
+    let mut paged = Vec::new();
+    loop {
+        let p = images::list(&mut c, &after, 1, true).await.unwrap();
+        paged.extend(p.images.iter().map(|h| h.meta.clone().unwrap().id));
+        if p.next_after.is_empty() {
+            break;
+        }
+        after = p.next_after;
+    }
+    assert_eq!(paged, vec![mail_id.clone()]);
+    // search and similar never return the un-enriched screenshot (an all-black screen is
+    // what a `blank` tag search would find if it had been enriched)
+    let blank = images::search(&mut c, Search::Tag("blank".into()), 10)
+        .await
+        .unwrap();
+    assert!(blank.images.is_empty(), "{blank:?}");
+    let e = images::similar(&mut c, Some(&shot_id), None, 32, 10)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("NotFound"), "{e}");
+    // get still serves it: PNG bytes, no enrichment
+    let img = images::get(&mut c, &shot_id, true).await.unwrap();
+    assert!(!img.png.is_empty());
+    assert!(img.enrichment_json.is_empty());
+    assert!(!img.meta.unwrap().enriched);
     drop(c);
     drop(jc);
     emb.shutdown().await;

@@ -257,6 +257,7 @@ impl Images {
             } else {
                 m.capture.to_string()
             },
+            enriched: a.is_some(),
             tags: a.map(|a| a.tags).unwrap_or_default(),
         }))
     }
@@ -581,11 +582,15 @@ impl v1::image_service_server::ImageService for ImageApi {
             let mut more = false;
             for kv in range {
                 let (k, _) = kv.map_err(|e| ApiError::Storage(e.to_string()))?;
+                let id = String::from_utf8_lossy(&k).into_owned();
+                if r.enriched_only && !images.enrich.contains(&id).map_err(api_err)? {
+                    continue;
+                }
                 if ids.len() == limit {
                     more = true;
                     break;
                 }
-                ids.push((String::from_utf8_lossy(&k).into_owned(), 0.0, 0));
+                ids.push((id, 0.0, 0));
             }
             let next = if more {
                 ids.last().map(|x| x.0.clone()).unwrap_or_default()

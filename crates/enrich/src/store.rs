@@ -110,6 +110,11 @@ impl EnrichStore {
         }
     }
 
+    /// Is an analysis stored under `id` (one key lookup, no decoding)?
+    pub fn contains(&self, id: &str) -> Result<bool, EnrichError> {
+        Ok(self.analyses.contains_key(id)?)
+    }
+
     /// Full-text search over OCR text, best first.
     pub fn search_text(&self, query: &str, limit: usize) -> Result<Vec<TextHit>, EnrichError> {
         self.text.search(query, limit)

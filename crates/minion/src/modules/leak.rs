@@ -123,8 +123,10 @@ impl Module for LeakLookup {
 }
 
 /// Settings of the lookup minion: connects to `coordinator_url` (the coordinator's own address),
-/// provider [`LOOKUP_PROVIDER`], declares only the `leak` capability and module.
-pub fn lookup_settings(coordinator_url: &str, capacity: u32) -> MinionSettings {
+/// provider [`LOOKUP_PROVIDER`], declares only the `leak` capability and module. `scope` is the
+/// coordinator's: a `leak` task carries the target of the screen it looks at, which the runtime
+/// checks before running the module (the module itself connects nowhere).
+pub fn lookup_settings(coordinator_url: &str, capacity: u32, scope: Scope) -> MinionSettings {
     MinionSettings {
         id: LOOKUP_MINION_ID.into(),
         provider: LOOKUP_PROVIDER.into(),
@@ -132,9 +134,7 @@ pub fn lookup_settings(coordinator_url: &str, capacity: u32) -> MinionSettings {
         capacity: capacity.max(1),
         capabilities: vec!["leak".into()],
         modules: vec!["leak".into()],
-        // it connects nowhere but the coordinator; tasks carry the screen's target, which the
-        // runtime checks against this scope before calling the module
-        scope: Scope::loopback(),
+        scope,
         reconnect_max: Duration::from_millis(1000),
     }
 }
@@ -210,7 +210,7 @@ mod tests {
 
     #[test]
     fn lookup_minion_declares_only_leak_and_builtin_has_no_leak() {
-        let s = lookup_settings("http://127.0.0.1:1", 0);
+        let s = lookup_settings("http://127.0.0.1:1", 0, Scope::loopback());
         assert_eq!(s.capabilities, vec!["leak".to_string()]);
         assert_eq!(s.modules, vec!["leak".to_string()]);
         assert_eq!(s.capacity, 1);
