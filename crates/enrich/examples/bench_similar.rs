@@ -1,6 +1,9 @@
 //! Similar-image queries over 1,000,000 64-bit hashes at radius 4 and 8: multi-index hashing
 //! vs brute force (exact recall checked on every query), memory, and the sled load path.
-//! `cargo run --release -p overlord-enrich --example bench_similar [N] [--sled]`
+//! `cargo run --release -p overlord-enrich --example bench_similar [N] [--sled [--v1]]`
+//! `--sled`: bulk-loads the hashes into a sled directory, closes it and reopens it (sled open +
+//! index open, the chunked format); `--v1` also times an open of the same index in the previous
+//! on-disk format (no `sim.chunk`: every `sim.ord` record read one by one).
 use overlord_enrich::mih::Mih;
 use overlord_enrich::{PHashes, SimilarityIndex, SledMihIndex};
 use std::time::Instant;
@@ -22,6 +25,7 @@ fn main() -> anyhow::Result<()> {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
     let with_sled = args.iter().any(|a| a == "--sled");
+    let with_v1 = args.iter().any(|a| a == "--v1");
     let mut s = 0x9e37_79b9_7f4a_7c15u64;
     // uniformly random hashes, plus 1,000 clusters of 20 near-duplicates (1..10 bits flipped)
     let mut hashes: Vec<u64> = (0..n - 20_000).map(|_| rng(&mut s)).collect();
@@ -130,11 +134,24 @@ fn main() -> anyhow::Result<()> {
             t.elapsed().as_secs_f64()
         );
         drop(idx);
+        drop(db);
+        let open_db = || {
+            sled::Config::new()
+                .path(dir.path())
+                .cache_capacity(64 << 20)
+                .open()
+        };
         let t = Instant::now();
-        let idx = SledMihIndex::open(&db)?;
+        let db = open_db()?;
+        let sled_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let (idx, rep) = SledMihIndex::open_with_report(&db)?;
         println!(
-            "reopen (read sled, rebuild MIH): {:.1} s, {:.1} MB in memory",
+            "reopen after close: sled open {sled_s:.2} s + index open {:.2} s ({} hashes: {} from sim.chunk, {} from sim.ord records; MIH rebuilt), {:.1} MB in memory",
             t.elapsed().as_secs_f64(),
+            rep.hashes,
+            rep.from_chunks,
+            rep.from_records,
             idx.heap_bytes() as f64 / 1e6
         );
         for r in [4u32, 8] {
@@ -156,6 +173,24 @@ fn main() -> anyhow::Result<()> {
                 (thread_cpu() - c) * 1e6 / queries.len() as f64,
                 found as f64 / queries.len() as f64
             );
+        }
+        if with_v1 {
+            // the previous format: no chunk records, no format key
+            drop(idx);
+            db.open_tree("sim.chunk")?.clear()?;
+            db.open_tree("sim.meta")?.clear()?;
+            db.flush()?;
+            drop(db);
+            let db = open_db()?;
+            let t = Instant::now();
+            let (idx, rep) = SledMihIndex::open_with_report(&db)?;
+            println!(
+                "open of the same index in format 1 (every sim.ord record read one by one, then chunked): {:.2} s ({} from records, {} chunks written)",
+                t.elapsed().as_secs_f64(),
+                rep.from_records,
+                rep.chunks_written
+            );
+            drop(idx);
         }
     }
     Ok(())

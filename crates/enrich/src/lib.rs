@@ -34,6 +34,6 @@ pub use leak::{ImportReport, LeakDb, LeakRecord};
 pub use logo::{LogoHit, LogoParams, Template};
 pub use ocr::{OcrEngine, OcrParams, OcrText, Word};
 pub use phash::{PHashes, hamming64, hamming256, phashes};
-pub use simindex::{InsertOutcome, SimilarMatch, SimilarityIndex, SledMihIndex};
+pub use simindex::{InsertOutcome, OpenReport, SimilarMatch, SimilarityIndex, SledMihIndex};
 pub use store::{EnrichStore, IngestReport};
 pub use textindex::{TextHit, TextIndex};

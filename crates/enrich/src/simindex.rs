@@ -9,9 +9,18 @@
 //! | `sim.hash` | phash64 BE ++ phash256 | ordinal (u32 BE) — the exact-duplicate short-circuit |
 //! | `sim.members` | ordinal BE ++ image id | empty |
 //! | `sim.id` | image id | ordinal BE |
+//! | `sim.chunk` | chunk number (u32 BE) | `[2]` ++ the phash64 of ordinals `c·4096 .. (c+1)·4096`, 4096 × u64 LE |
+//! | `sim.meta` | `format` | index format (u32 BE), [`FORMAT`] = 2 |
 //!
 //! Identical hashes share one ordinal, so exact duplicates cost one MIH entry and are answered by
 //! one key lookup.
+//!
+//! **Opening** reads the 64-bit hashes of every *full* chunk of [`CHUNK`] ordinals from
+//! `sim.chunk` (one sled value per 4096 hashes: 245 reads for 10⁶ hashes instead of 10⁶ record
+//! reads) and the tail (< 4096 ordinals) from `sim.ord`. `sim.ord` stays the source of truth:
+//! a chunk is written once its last ordinal is, and a missing or unreadable chunk (crash between
+//! the two writes, an index written by format 1 which had no chunks) is rebuilt from `sim.ord` on
+//! open. A store of an unknown (newer) format is refused with a clear error.
 
 use crate::error::EnrichError;
 use crate::mih::Mih;
@@ -53,9 +62,29 @@ pub trait SimilarityIndex: Send + Sync {
     fn flush(&self) -> Result<(), EnrichError>;
 }
 
+/// Ordinals per `sim.chunk` record.
+pub const CHUNK: u32 = 4096;
+/// On-disk format of the index (`sim.meta` key `format`). 1 (no key): `sim.ord` only.
+pub const FORMAT: u32 = 2;
+const CHUNK_BYTES: usize = 1 + 8 * CHUNK as usize;
+
+/// What [`SledMihIndex::open`] did, for logs and the benchmark.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenReport {
+    /// Distinct hashes loaded.
+    pub hashes: usize,
+    /// Hashes read from `sim.chunk` records.
+    pub from_chunks: usize,
+    /// Hashes read one by one from `sim.ord` (the tail, or everything when chunks were missing).
+    pub from_records: usize,
+    /// Chunks (re)written from `sim.ord` (migration from format 1 or repair).
+    pub chunks_written: usize,
+}
+
 /// [`SimilarityIndex`] persisted in sled with an in-memory MIH.
 pub struct SledMihIndex {
     ord: sled::Tree,
+    chunks: sled::Tree,
     by_hash: sled::Tree,
     members: sled::Tree,
     by_id: sled::Tree,
@@ -107,31 +136,133 @@ fn ord_of(b: &[u8], tree: &'static str) -> Result<u32, EnrichError> {
         })
 }
 
+fn encode_chunk(hashes: &[u64]) -> Vec<u8> {
+    debug_assert_eq!(hashes.len(), CHUNK as usize);
+    let mut v = Vec::with_capacity(CHUNK_BYTES);
+    v.push(2u8);
+    for h in hashes {
+        v.extend_from_slice(&h.to_le_bytes());
+    }
+    v
+}
+
 impl SledMihIndex {
     /// Opens (or creates) the index in `db` and builds the in-memory MIH from it.
     pub fn open(db: &sled::Db) -> Result<SledMihIndex, EnrichError> {
+        Self::open_with_report(db).map(|(idx, _)| idx)
+    }
+
+    /// [`SledMihIndex::open`], also saying where the hashes came from.
+    pub fn open_with_report(db: &sled::Db) -> Result<(SledMihIndex, OpenReport), EnrichError> {
         let ord = db.open_tree("sim.ord")?;
-        let mut h64 = Vec::with_capacity(ord.len());
-        for (i, kv) in ord.iter().enumerate() {
+        let chunks = db.open_tree("sim.chunk")?;
+        let meta = db.open_tree("sim.meta")?;
+        let format = match meta.get("format")? {
+            None => 1,
+            Some(v) => ord_of(&v, "sim.meta")?,
+        };
+        if format > FORMAT {
+            return Err(EnrichError::CorruptRecord {
+                tree: "sim.meta",
+                reason: format!(
+                    "similarity index format {format} is newer than this build's {FORMAT}; \
+                     use a newer overlord or remove the image store to rebuild it"
+                ),
+            });
+        }
+        let mut rep = OpenReport::default();
+        let mut h64: Vec<u64> = Vec::new();
+        // full chunks, in order; stop at the first missing or malformed one
+        if format == FORMAT {
+            for (c, kv) in chunks.iter().enumerate() {
+                let (k, v) = kv?;
+                if ord_of(&k, "sim.chunk")? as usize != c || v.len() != CHUNK_BYTES || v[0] != 2 {
+                    break;
+                }
+                h64.extend(
+                    v[1..]
+                        .chunks_exact(8)
+                        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))),
+                );
+            }
+            // a chunk is written after its records: its last ordinal must exist
+            if !h64.is_empty() && !ord.contains_key((h64.len() as u32 - 1).to_be_bytes())? {
+                tracing::warn!(
+                    chunked = h64.len(),
+                    "sim.chunk ahead of sim.ord; rebuilding chunks from records"
+                );
+                h64.clear();
+                chunks.clear()?;
+            }
+        }
+        rep.from_chunks = h64.len();
+        let first = h64.len() as u32;
+        for kv in ord.range(first.to_be_bytes()..) {
             let (k, v) = kv?;
             let o = ord_of(&k, "sim.ord")?;
-            if o as usize != i {
+            if o as usize != h64.len() {
                 return Err(EnrichError::CorruptRecord {
                     tree: "sim.ord",
-                    reason: format!("gap at ordinal {i}"),
+                    reason: format!("gap at ordinal {}", h64.len()),
                 });
             }
             h64.push(decode_ord_record(&v)?.phash64);
         }
-        Ok(SledMihIndex {
-            ord,
-            by_hash: db.open_tree("sim.hash")?,
-            members: db.open_tree("sim.members")?,
-            by_id: db.open_tree("sim.id")?,
-            mem: RwLock::new(Mem {
-                mih: Mih::build(h64),
-            }),
-        })
+        rep.from_records = h64.len() - rep.from_chunks;
+        // chunk every full run of records read one by one (format 1, repair, crash)
+        let mut batch = sled::Batch::default();
+        let mut c = first / CHUNK;
+        while ((c + 1) * CHUNK) as usize <= h64.len() {
+            let a = (c * CHUNK) as usize;
+            batch.insert(&c.to_be_bytes(), encode_chunk(&h64[a..a + CHUNK as usize]));
+            c += 1;
+            rep.chunks_written += 1;
+        }
+        if rep.chunks_written > 0 {
+            chunks.apply_batch(batch)?;
+        }
+        if format != FORMAT {
+            meta.insert("format", &FORMAT.to_be_bytes())?;
+        }
+        if rep.chunks_written > 0 || format != FORMAT {
+            // later opens must not redo this
+            db.flush()?;
+        }
+        rep.hashes = h64.len();
+        Ok((
+            SledMihIndex {
+                ord,
+                chunks,
+                by_hash: db.open_tree("sim.hash")?,
+                members: db.open_tree("sim.members")?,
+                by_id: db.open_tree("sim.id")?,
+                mem: RwLock::new(Mem {
+                    mih: Mih::build(h64),
+                }),
+            },
+            rep,
+        ))
+    }
+
+    /// Writes the chunk records completed by the ordinals `from..mih.len()`.
+    fn write_chunks(&self, mih: &Mih, from: usize) -> Result<(), EnrichError> {
+        let chunk = CHUNK as usize;
+        let mut batch = sled::Batch::default();
+        let mut any = false;
+        for c in from / chunk..mih.len() / chunk {
+            if (c + 1) * chunk <= from {
+                continue; // already complete before
+            }
+            let hashes: Vec<u64> = (c * chunk..(c + 1) * chunk)
+                .map(|i| mih.hash(i as u32))
+                .collect();
+            batch.insert(&(c as u32).to_be_bytes(), encode_chunk(&hashes));
+            any = true;
+        }
+        if any {
+            self.chunks.apply_batch(batch)?;
+        }
+        Ok(())
     }
 
     fn members_of(&self, o: u32) -> Result<Vec<String>, EnrichError> {
@@ -189,9 +320,11 @@ impl SledMihIndex {
         self.by_hash.apply_batch(b_hash)?;
         self.members.apply_batch(b_mem)?;
         self.by_id.apply_batch(b_id)?;
-        let mut all: Vec<u64> = (0..mem.mih.len() as u32).map(|i| mem.mih.hash(i)).collect();
+        let before = mem.mih.len();
+        let mut all: Vec<u64> = (0..before as u32).map(|i| mem.mih.hash(i)).collect();
         all.extend(h64);
         mem.mih = Mih::build(all);
+        self.write_chunks(&mem.mih, before)?;
         Ok(added)
     }
 
@@ -228,6 +361,7 @@ impl SimilarityIndex for SledMihIndex {
                     .insert(o.to_be_bytes(), encode_ord_record(hashes))?;
                 self.by_hash.insert(hk, &o.to_be_bytes())?;
                 mem.mih.push(hashes.phash64);
+                self.write_chunks(&mem.mih, o as usize)?;
                 (o, Vec::new())
             }
         };
@@ -293,9 +427,165 @@ impl SimilarityIndex for SledMihIndex {
 
     fn flush(&self) -> Result<(), EnrichError> {
         self.ord.flush()?;
+        self.chunks.flush()?;
         self.by_hash.flush()?;
         self.members.flush()?;
         self.by_id.flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rng(s: &mut u64) -> u64 {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        *s
+    }
+
+    fn ph(h: u64) -> PHashes {
+        PHashes {
+            phash64: h,
+            phash256: [h, !h, h.rotate_left(7), 42],
+        }
+    }
+
+    fn db(dir: &std::path::Path) -> sled::Db {
+        sled::Config::new().path(dir).open().unwrap()
+    }
+
+    /// Every stored hash is found again at radius 0 and near hashes at radius 3, as brute force.
+    fn check(idx: &SledMihIndex, hashes: &[u64]) {
+        assert_eq!(idx.distinct_hashes(), hashes.len());
+        let mut s = 77u64;
+        for _ in 0..50 {
+            let q =
+                hashes[(rng(&mut s) % hashes.len() as u64) as usize] ^ (1 << (rng(&mut s) % 64));
+            let got: Vec<String> = idx
+                .query(&ph(q), 3)
+                .unwrap()
+                .into_iter()
+                .map(|m| m.id)
+                .collect();
+            let mut got = got;
+            got.sort();
+            let mut want: Vec<String> = hashes
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| (**h ^ q).count_ones() <= 3)
+                .map(|(i, _)| format!("img{i:06}"))
+                .collect();
+            want.sort();
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn reopen_reads_full_chunks_and_the_tail_and_finds_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = 5u64;
+        let hashes: Vec<u64> = (0..3 * CHUNK as usize + 100).map(|_| rng(&mut s)).collect();
+        let ids: Vec<String> = (0..hashes.len()).map(|i| format!("img{i:06}")).collect();
+        {
+            let db = db(dir.path());
+            let idx = SledMihIndex::open(&db).unwrap();
+            // bulk part, then single inserts across a chunk boundary
+            let split = 2 * CHUNK as usize - 10;
+            idx.bulk_insert(
+                ids[..split]
+                    .iter()
+                    .map(|i| i.as_str())
+                    .zip(hashes[..split].iter().map(|&h| ph(h))),
+            )
+            .unwrap();
+            for i in split..hashes.len() {
+                idx.insert(&ids[i], &ph(hashes[i])).unwrap();
+            }
+            idx.flush().unwrap();
+            check(&idx, &hashes);
+        }
+        let db = db(dir.path());
+        let (idx, rep) = SledMihIndex::open_with_report(&db).unwrap();
+        assert_eq!(
+            rep,
+            OpenReport {
+                hashes: hashes.len(),
+                from_chunks: 3 * CHUNK as usize,
+                from_records: 100,
+                chunks_written: 0
+            }
+        );
+        check(&idx, &hashes);
+    }
+
+    #[test]
+    fn a_format_1_index_is_chunked_on_first_open_and_a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = 9u64;
+        let hashes: Vec<u64> = (0..CHUNK as usize + 5).map(|_| rng(&mut s)).collect();
+        {
+            // format 1 as written by the previous version: only the four record trees, with
+            // frozen v1 `sim.ord` bytes
+            let db = db(dir.path());
+            let (ord, by_hash, members, by_id) = (
+                db.open_tree("sim.ord").unwrap(),
+                db.open_tree("sim.hash").unwrap(),
+                db.open_tree("sim.members").unwrap(),
+                db.open_tree("sim.id").unwrap(),
+            );
+            for (i, &h) in hashes.iter().enumerate() {
+                let o = (i as u32).to_be_bytes();
+                let mut rec = vec![1u8];
+                rec.extend_from_slice(&h.to_be_bytes());
+                for w in ph(h).phash256 {
+                    rec.extend_from_slice(&w.to_be_bytes());
+                }
+                assert_eq!(rec.len(), 41);
+                ord.insert(o, rec).unwrap();
+                by_hash.insert(hash_key(&ph(h)), &o).unwrap();
+                let id = format!("img{i:06}");
+                let mut mk = o.to_vec();
+                mk.extend_from_slice(id.as_bytes());
+                members.insert(mk, &[]).unwrap();
+                by_id.insert(id.as_bytes(), &o).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        {
+            let db = db(dir.path());
+            let (idx, rep) = SledMihIndex::open_with_report(&db).unwrap();
+            assert_eq!(
+                (rep.from_chunks, rep.from_records, rep.chunks_written),
+                (0, hashes.len(), 1)
+            );
+            check(&idx, &hashes);
+        }
+        {
+            let db = db(dir.path());
+            let (idx, rep) = SledMihIndex::open_with_report(&db).unwrap();
+            assert_eq!(
+                (rep.from_chunks, rep.from_records, rep.chunks_written),
+                (CHUNK as usize, 5, 0)
+            );
+            check(&idx, &hashes);
+            // a chunk ahead of its records (records lost in a crash) is not trusted
+            drop(idx);
+            let ord = db.open_tree("sim.ord").unwrap();
+            for i in CHUNK - 3..CHUNK + 5 {
+                ord.remove(i.to_be_bytes()).unwrap();
+            }
+            let (idx, rep) = SledMihIndex::open_with_report(&db).unwrap();
+            assert_eq!((rep.hashes, rep.from_chunks), (CHUNK as usize - 3, 0));
+            assert_eq!(idx.distinct_hashes(), CHUNK as usize - 3);
+            db.open_tree("sim.meta")
+                .unwrap()
+                .insert("format", &3u32.to_be_bytes())
+                .unwrap();
+            let e = SledMihIndex::open(&db).err().expect("newer format refused");
+            assert!(e.to_string().contains("format 3 is newer"), "{e}");
+        }
     }
 }
