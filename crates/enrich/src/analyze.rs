@@ -117,15 +117,108 @@ fn ms(t: Instant) -> f64 {
     (t.elapsed().as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// E-mail addresses in text, in order of appearance, de-duplicated case-insensitively.
+/// Common top-level domains: a label after a spaced dot (`example. io`) is joined to the
+/// domain only when it is one of these, and a domain already ending in a generic one is complete.
+const TLDS: &[&str] = &[
+    "com", "org", "net", "edu", "gov", "mil", "int", "info", "biz", "io", "co", "uk", "de", "fr",
+    "nl", "be", "ch", "at", "it", "es", "pt", "se", "no", "dk", "fi", "pl", "cz", "ru", "ua", "cn",
+    "jp", "kr", "in", "au", "nz", "ca", "us", "br", "mx", "ar", "za", "eu", "me", "ai", "ac",
+    "local", "lan", "corp", "example", "test",
+];
+const GENERIC_TLDS: &[&str] = &[
+    "com", "org", "net", "edu", "gov", "mil", "info", "biz", "io",
+];
+
+fn regex(cell: &'static std::sync::OnceLock<regex::Regex>, re: &str) -> &'static regex::Regex {
+    cell.get_or_init(|| regex::Regex::new(re).expect("regex"))
+}
+
+/// Undoes OCR damage to e-mail addresses before they are extracted: `@` read as `©`, `®` or a
+/// full-width `＠`; `(at)` / `[at]` spellings; single spaces around `@`; a spaced dot before the
+/// top-level domain (`mx1.example. io`); a comma for the only dot of a domain (`example,com`).
+/// Text without anything address-like is returned unchanged.
+pub fn repair_addresses(text: &str) -> String {
+    static AT_WORD: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    static AT_SIGN: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    static AT_SPACED: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    static DOT_SPACED: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    static COMMA: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    static LOCAL_SPLIT: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    const LOCAL: &str = r"[A-Za-z0-9._%+\-]";
+    let at_word = regex(
+        &AT_WORD,
+        &format!(r"({LOCAL}) ?(?:\(at\)|\[at\]|\{{at\}}) ?([A-Za-z0-9])"),
+    );
+    let at_sign = regex(&AT_SIGN, &format!(r"({LOCAL})[©®＠]([A-Za-z0-9])"));
+    let at_spaced = regex(
+        &AT_SPACED,
+        &format!(r"({LOCAL})(?: @ ?| ?@ )([A-Za-z0-9][A-Za-z0-9\-]*\.[A-Za-z])"),
+    );
+    let mut t = text.to_string();
+    if t.contains(['©', '®', '＠']) {
+        t = at_sign.replace_all(&t, "$1@$2").into_owned();
+    }
+    if t.contains("at)") || t.contains("at]") || t.contains("at}") {
+        t = at_word.replace_all(&t, "$1@$2").into_owned();
+    }
+    if !t.contains('@') {
+        return t;
+    }
+    t = at_spaced.replace_all(&t, "$1@$2").into_owned();
+    // a local part split after `_`, `+` or `-` (`d_ miller@…`)
+    let local_split = regex(
+        &LOCAL_SPLIT,
+        r"([A-Za-z0-9][A-Za-z0-9._%+\-]*[_+\-]) ([A-Za-z0-9._%+\-]+@[A-Za-z0-9])",
+    );
+    t = local_split.replace_all(&t, "$1$2").into_owned();
+    // `@domain.labels` then a spaced dot and one more label
+    let dot_spaced = regex(
+        &DOT_SPACED,
+        r"@([A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*)(?: \. ?| ?\. )([a-z]{2,6})\b",
+    );
+    for _ in 0..3 {
+        let next = dot_spaced.replace_all(&t, |c: &regex::Captures<'_>| {
+            let (domain, label) = (&c[1], &c[2]);
+            let last = domain.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
+            let complete = domain.contains('.') && GENERIC_TLDS.contains(&last.as_str());
+            if TLDS.contains(&label) && !complete {
+                format!("@{domain}.{label}")
+            } else {
+                c[0].to_string()
+            }
+        });
+        if next == t {
+            break;
+        }
+        t = next.into_owned();
+    }
+    // `@example,com` (no dot in the domain) followed by a non-address character
+    let comma = regex(
+        &COMMA,
+        r"@([A-Za-z0-9\-]+),([a-z]{2,6})([^A-Za-z0-9@.\-]|$)",
+    );
+    comma
+        .replace_all(&t, |c: &regex::Captures<'_>| {
+            if TLDS.contains(&&c[2]) {
+                format!("@{}.{}{}", &c[1], &c[2], &c[3])
+            } else {
+                c[0].to_string()
+            }
+        })
+        .into_owned()
+}
+
+/// E-mail addresses in text (after [`repair_addresses`]), in order of appearance, de-duplicated
+/// case-insensitively.
 pub fn extract_emails(text: &str) -> Vec<String> {
     static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    let re = RE.get_or_init(|| {
-        regex::Regex::new(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,24}")
-            .expect("regex")
-    });
+    let re = regex(
+        &RE,
+        r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,24}",
+    );
+    let text = repair_addresses(text);
     let mut out: Vec<String> = Vec::new();
-    for m in re.find_iter(text) {
+    for m in re.find_iter(&text) {
         let a = m
             .as_str()
             .trim_start_matches(['.', '-'])
@@ -136,6 +229,29 @@ pub fn extract_emails(text: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Lower-case text for keyword rules: inside a token with at least two letters, `1`/`|` → `l`
+/// and `0` → `o`; whitespace runs → one space; no space before `:`.
+fn keyword_text(lower: &str) -> String {
+    let mut out = String::with_capacity(lower.len() + 1);
+    for tok in lower.split_whitespace() {
+        if tok.starts_with(':') && out.ends_with(' ') {
+            out.pop();
+        }
+        let letters = tok.chars().filter(|c| c.is_alphabetic()).count();
+        if letters >= 2 {
+            out.extend(tok.chars().map(|c| match c {
+                '1' | '|' => 'l',
+                '0' => 'o',
+                c => c,
+            }));
+        } else {
+            out.push_str(tok);
+        }
+        out.push(' ');
+    }
+    format!(" {out}")
 }
 
 /// Tags derived from an analysis (see docs/DESIGN.md for the rules).
@@ -154,30 +270,44 @@ pub fn derive_tags(a: &Analysis) -> Vec<String> {
     if alnum >= 3 {
         t.push("text");
     }
-    let has = |k: &str| lower.contains(k);
+    // keyword text robust to OCR: `1`/`0` inside words read as `l`/`o` (`1ogin`, `passw0rd`),
+    // one space between words, none before `:`; `compact` has no spaces at all
+    let kw = keyword_text(&lower);
+    let compact: String = kw.chars().filter(|c| *c != ' ').collect();
+    let has = |k: &str| kw.contains(k);
+    let has_c = |k: &str| compact.contains(k);
     if has("login:")
-        || has("password")
-        || has("username")
+        || has_c("password")
+        || has_c("username")
         || has("log on")
         || has("sign in")
         || has("log in")
     {
         t.push("login_prompt");
     }
-    if has("ctrl + alt + del") || has("ctrl+alt+del") || has("locked") {
+    if has_c("ctrl+alt+del")
+        || has_c("ctrl-alt-del")
+        || has_c("control+alt+del")
+        || has_c("control-alt-del")
+        || has("locked")
+    {
         t.push("lock_screen");
     }
+    static PROMPT: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let prompt = regex(&PROMPT, r"(?m)[A-Za-z0-9_.\-]+@[A-Za-z0-9_.\-]+:\s?[~/]");
     if a.text.lines().any(|l| {
         let l = l.trim_start();
         l.starts_with("$ ") || l == "$" || l.starts_with("# ")
     }) || has(" tty")
+        || lower.starts_with("tty")
+        || prompt.is_match(&a.text)
     {
         t.push("terminal");
     }
     let bottom = a.height.saturating_mul(9) / 10;
     let logo_in_taskbar = a.logos.iter().any(|l| l.bbox[1] >= bottom);
     if logo_in_taskbar
-        || has("recycle bin")
+        || has_c("recyclebin")
         || a.words
             .iter()
             .any(|w| w.text.ends_with("Start") && w.bbox[1] >= bottom)
@@ -368,4 +498,132 @@ pub fn analyze_files(
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod email_tests {
+    use super::{extract_emails as ex, repair_addresses};
+
+    #[test]
+    fn ocr_damaged_addresses_are_repaired() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "From: alice.smith@example-corp.com",
+                &["alice.smith@example-corp.com"],
+            ),
+            (
+                "From: alice.smith©example-corp.com",
+                &["alice.smith@example-corp.com"],
+            ),
+            (
+                "contact: ops®corp.example.net now",
+                &["ops@corp.example.net"],
+            ),
+            ("mail: bob＠example.org", &["bob@example.org"]),
+            (
+                "write to carol (at) example.co.uk",
+                &["carol@example.co.uk"],
+            ),
+            ("write to carol[at]example.co.uk", &["carol@example.co.uk"]),
+            ("<d.miller @ mx1.example.io>", &["d.miller@mx1.example.io"]),
+            (
+                "<d_ miller+alerts@mx1.example.io>",
+                &["d_miller+alerts@mx1.example.io"],
+            ),
+            (
+                "<d_miller+alerts@mx1.example. io>  ALARM",
+                &["d_miller+alerts@mx1.example.io"],
+            ),
+            (
+                "carol.white@finance.example .co. uk",
+                &["carol.white@finance.example.co.uk"],
+            ),
+            ("root@example,com", &["root@example.com"]),
+            (
+                "a@x.example.com, b@y.example.org",
+                &["a@x.example.com", "b@y.example.org"],
+            ),
+        ];
+        for (text, want) in cases {
+            let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+            assert_eq!(ex(text), want, "{text:?} -> {:?}", repair_addresses(text));
+        }
+    }
+
+    #[test]
+    fn ordinary_text_is_not_turned_into_addresses() {
+        let cases: &[(&str, &[&str])] = &[
+            ("© 2024 Example Corp. All rights reserved.", &[]),
+            ("Copyright © example.com", &[]),
+            ("mail bob@example.com. then log out", &["bob@example.com"]),
+            ("mail bob@example.com. it works", &["bob@example.com"]),
+            ("ping me @ home. it works", &[]),
+            ("user@host:~$ ls", &[]),
+            ("a@b,c@d.example.org", &["c@d.example.org"]),
+            ("see alice@example.com, bob", &["alice@example.com"]),
+            ("alice@example,commander", &[]),
+            ("- bob@example.org", &["bob@example.org"]),
+            ("Mr. bob@example.org", &["bob@example.org"]),
+        ];
+        for (text, want) in cases {
+            let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+            assert_eq!(ex(text), want, "{text:?} -> {:?}", repair_addresses(text));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tag_tests {
+    use super::*;
+
+    fn tags_of(text: &str) -> Vec<String> {
+        let a = Analysis {
+            version: ANALYSIS_VERSION,
+            width: 1024,
+            height: 768,
+            blank: false,
+            entropy: 3.0,
+            differing_pixels: 1000,
+            phash64: "0".repeat(16),
+            phash256: "0".repeat(64),
+            text: text.into(),
+            words: Vec::new(),
+            emails: extract_emails(text),
+            faces: Vec::new(),
+            logos: Vec::new(),
+            tags: Vec::new(),
+            leaks: Vec::new(),
+            timings: Timings::default(),
+        };
+        derive_tags(&a)
+    }
+
+    #[test]
+    fn keyword_tags_survive_ocr_confusions() {
+        for (text, tag) in [
+            ("web01 login: ", "login_prompt"),
+            ("web01 login : ", "login_prompt"),
+            ("web01 1ogin:", "login_prompt"),
+            ("Passw0rd:", "login_prompt"),
+            ("User name:", "login_prompt"),
+            ("Press CTRL + ALT + DELETE to log on", "lock_screen"),
+            ("Press Ctrl-Alt-Del", "lock_screen"),
+            ("admin@db02:~S5", "terminal"),
+            ("root@web-01:/var/log# ", "terminal"),
+            ("Debian GNU/Linux 12 web01 ttyl", "terminal"),
+            ("Recycle  Bin", "desktop"),
+            ("mail ops©corp.example.com", "has_emails"),
+        ] {
+            let t = tags_of(text);
+            assert!(t.iter().any(|x| x == tag), "{text:?}: {t:?}");
+        }
+        for (text, tag) in [
+            ("the design is signing off", "login_prompt"),
+            ("© 2024 Example Corp.", "has_emails"),
+            ("report: 12 items", "terminal"),
+        ] {
+            let t = tags_of(text);
+            assert!(!t.iter().any(|x| x == tag), "{text:?}: {t:?}");
+        }
+    }
 }

@@ -270,8 +270,10 @@ impl OcrEngine {
 }
 
 /// Monospace console fonts draw a dotted or slashed zero that tesseract reads as `@`, `0@` or
-/// `@0`. In a word that is not an e-mail address (no `@` followed by a dotted domain), those
-/// readings are turned back into `0`.
+/// `@0`. In a word that is not an e-mail address (no `@` followed by a dotted domain) nor a shell
+/// prompt (`user@host:~$`), those readings are turned back into `0`; a lone `@` only when a
+/// neighbour is a digit (`web@2`, `Mar@1`), since a zero between two letters is rare and an `@`
+/// between letters is usually an `@`.
 pub fn fix_zero_confusions(word: &str) -> String {
     let Some(at) = word.find('@') else {
         return word.to_string();
@@ -279,7 +281,14 @@ pub fn fix_zero_confusions(word: &str) -> String {
     let domain = &word[at + 1..];
     let emailish =
         domain.contains('.') && domain.chars().filter(|c| c.is_alphabetic()).count() >= 2;
-    if emailish {
+    let host = domain.split(':').next().unwrap_or("");
+    let prompt = at > 0
+        && domain.contains(':')
+        && host.chars().next().is_some_and(|c| c.is_alphabetic())
+        && host
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '-' || c == '.' || c == '_');
+    if emailish || prompt {
         return word.to_string();
     }
     let s = word.replace("0@", "0").replace("@0", "0");
@@ -292,7 +301,15 @@ pub fn fix_zero_confusions(word: &str) -> String {
                 j.and_then(|j| chars.get(j))
                     .is_some_and(|c| c.is_alphanumeric())
             };
-            if c == '@' && alnum(i.checked_sub(1)) && alnum(Some(i + 1)) {
+            let digit = |j: Option<usize>| {
+                j.and_then(|j| chars.get(j))
+                    .is_some_and(|c| c.is_ascii_digit())
+            };
+            if c == '@'
+                && alnum(i.checked_sub(1))
+                && alnum(Some(i + 1))
+                && (digit(i.checked_sub(1)) || digit(Some(i + 1)))
+            {
                 '0'
             } else {
                 c
@@ -675,5 +692,9 @@ mod tests {
         );
         assert_eq!(f("@"), "@");
         assert_eq!(f("user@"), "user@");
+        // shell prompts and letters on both sides keep their @
+        assert_eq!(f("admin@db02:~$"), "admin@db02:~$");
+        assert_eq!(f("root@web01:/var/log#"), "root@web01:/var/log#");
+        assert_eq!(f("me@home"), "me@home");
     }
 }
