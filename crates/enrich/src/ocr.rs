@@ -188,10 +188,27 @@ impl OcrEngine {
         blocks.sort_by_key(|b| (b[1], b[0]));
         let mut blocks = reading_order(blocks);
         blocks.truncate(p.max_blocks);
+        // textures are painted over with each block's background before recognition
+        let texture = if p.own_layout {
+            texture_mask(grey)
+        } else {
+            None
+        };
         let mut out = OcrText::default();
         let mut texts = Vec::new();
         for b in &blocks {
-            let crop = crop(grey, b);
+            let mut crop = crop(grey, b);
+            if let Some(t) = &texture {
+                let bg = background(&crop);
+                for y in 0..b[3] {
+                    let row = ((b[1] + y) * grey.width + b[0]) as usize;
+                    for x in 0..b[2] as usize {
+                        if t[row + x] {
+                            crop.data[(y * b[2]) as usize + x] = bg;
+                        }
+                    }
+                }
+            }
             let scale = if p.own_layout {
                 if p.target_line_px == 0 {
                     1.0
@@ -513,6 +530,63 @@ fn components(map: &[bool], w: usize, h: usize) -> Vec<[usize; 4]> {
     out
 }
 
+/// Dense textures (hatched or stippled bars, dithered areas, photo grain): pixels that differ
+/// by more than 40 levels from both their right and their lower neighbour ("corner" pixels,
+/// every pixel of a checkerboard, only stroke ends and corners of text), taken where a 7x7
+/// window is at least 70 % such pixels, dilated by the window so the whole texture is covered.
+/// A hatched dialog bar beside a text column would otherwise be smeared together with the text
+/// into one block, and its pixels make tesseract drop the text. `None` when there is none.
+fn texture_mask(g: &Grey) -> Option<Vec<bool>> {
+    const R: usize = 3;
+    const MIN: u32 = 35; // of 49
+    let (w, h) = (g.width as usize, g.height as usize);
+    if w < 2 * R + 1 || h < 2 * R + 1 {
+        return None;
+    }
+    let mut m = vec![false; w * h];
+    for y in 0..h - 1 {
+        for x in 0..w - 1 {
+            let v = g.data[y * w + x] as i32;
+            let r = g.data[y * w + x + 1] as i32;
+            let d = g.data[(y + 1) * w + x] as i32;
+            m[y * w + x] = (v - r).abs() > 40 && (v - d).abs() > 40;
+        }
+    }
+    // integral image of ink counts, (w+1) x (h+1)
+    let iw = w + 1;
+    let mut ii = vec![0u32; iw * (h + 1)];
+    for y in 0..h {
+        let mut row = 0u32;
+        for x in 0..w {
+            row += m[y * w + x] as u32;
+            ii[(y + 1) * iw + x + 1] = ii[y * iw + x + 1] + row;
+        }
+    }
+    let mut out: Option<Vec<bool>> = None;
+    for y in R..h - R {
+        for x in R..w - R {
+            let (x0, y0, x1, y1) = (x - R, y - R, x + R + 1, y + R + 1);
+            let n = ii[y1 * iw + x1] + ii[y0 * iw + x0] - ii[y0 * iw + x1] - ii[y1 * iw + x0];
+            if n >= MIN {
+                let t = out.get_or_insert_with(|| vec![false; w * h]);
+                for yy in y0..y1 {
+                    t[yy * w + x0..yy * w + x1]
+                        .iter_mut()
+                        .for_each(|v| *v = true);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Erases dense textures ([`texture_mask`]) from an ink map.
+fn remove_textures(m: &mut [bool], g: &Grey) {
+    if let Some(t) = texture_mask(g) {
+        m.iter_mut().zip(t).for_each(|(v, t)| *v &= !t);
+    }
+}
+
 /// Removes hollow rectangles (button and window frames) from an ink map: components at least
 /// 30x20 px whose ink is mostly on the border of their bounding box.
 fn remove_frames(m: &mut [bool], w: usize, h: usize) {
@@ -567,6 +641,7 @@ fn median_line_height(g: &Grey) -> u32 {
 fn line_boxes(g: &Grey) -> Vec<[usize; 4]> {
     let (w, h) = (g.width as usize, g.height as usize);
     let mut m = ink_map(g);
+    remove_textures(&mut m, g);
     remove_frames(&mut m, w, h);
     const GAP: usize = 10;
     for y in 0..h {
@@ -676,6 +751,56 @@ fn reading_order(mut blocks: Vec<[u32; 4]>) -> Vec<[u32; 4]> {
 #[cfg(test)]
 mod tests {
     use super::fix_zero_confusions as f;
+    use super::*;
+
+    /// A light dialog: a checkerboard bar at x 10..30 (a hatched scrollbar), and dense 1-px
+    /// strokes (like small `m`/`#` glyphs: verticals every 2 px, a bar every 4 rows) at x 40..120.
+    fn hatched_dialog() -> Grey {
+        let (w, h) = (160u32, 60u32);
+        let mut data = vec![220u8; (w * h) as usize];
+        for y in 5..55u32 {
+            for x in 10..30u32 {
+                if (x + y) % 2 == 0 {
+                    data[(y * w + x) as usize] = 0;
+                }
+            }
+            for x in 40..120u32 {
+                if (y < 20 || y > 40) && (x % 2 == 0 || y % 4 == 0) {
+                    data[(y * w + x) as usize] = 0;
+                }
+            }
+        }
+        Grey {
+            width: w,
+            height: h,
+            data,
+        }
+    }
+
+    #[test]
+    fn textures_are_masked_and_text_strokes_are_not() {
+        let g = hatched_dialog();
+        let t = texture_mask(&g).expect("the checkerboard is a texture");
+        let w = g.width as usize;
+        let at = |x: usize, y: usize| t[y * w + x];
+        assert!(
+            (10..30).all(|x| (8..52).all(|y| at(x, y))),
+            "whole bar covered"
+        );
+        assert!(
+            (40..120).all(|x| (0..60).all(|y| !at(x, y))),
+            "dense strokes are not a texture"
+        );
+        // the bar no longer joins the strokes into one line box
+        let boxes = line_boxes(&g);
+        assert!(boxes.iter().all(|b| b[0] >= 35), "{boxes:?}");
+        let plain = Grey {
+            width: 50,
+            height: 50,
+            data: vec![0; 2500],
+        };
+        assert!(texture_mask(&plain).is_none());
+    }
 
     #[test]
     fn zero_confusions_are_fixed_outside_email_addresses() {
