@@ -1,7 +1,9 @@
 //! The main job's whole chain on real services: an X server (Xvfb) showing an xterm with known
-//! text, exported by x11vnc on loopback; one job with `portscan,service,screenshot,enrich` on the
-//! embedded cluster. The open port must be identified as VNC, screenshotted, enriched (OCR finds
-//! the text and the e-mail) and the image served by `ImageService` — every step through real gRPC.
+//! text, exported by x11vnc on loopback; one job with `portscan,service,screenshot,enrich,leak` on
+//! the embedded cluster with a leak file. The open port must be identified as VNC, screenshotted,
+//! enriched (OCR finds the text and the e-mail), the e-mail found in the leak database (a `leak`
+//! finding from the coordinator's lookup minion) and the image served by `ImageService` — every
+//! step through real gRPC.
 //! Regression: the enrich lease must carry the PNG even when the screenshot result that spawned
 //! it is still in the coordinator's unapplied write batch.
 
@@ -59,7 +61,11 @@ async fn scan_identifies_screenshots_and_enriches_a_live_vnc_desktop() {
     let vnc = ts::x11vnc(xvfb.display.unwrap()).expect("x11vnc (package x11vnc)");
 
     let dir = tempfile::tempdir().unwrap();
-    let emb = Embedded::start(dir.path().join("coord"), 2, 8).await.unwrap();
+    let leaks = dir.path().join("leaks.csv");
+    std::fs::write(&leaks, "night.shift@example.org,pastebin-2023,2023-11-02\n").unwrap();
+    let mut settings = overlord_coordinator::Settings::local(dir.path().join("coord"));
+    settings.images.leaks = Some(leaks);
+    let emb = Embedded::start_with(settings, 2, 8).await.unwrap();
     let mut jc = overlord_cli::client::connect(&emb.url).await.unwrap();
     let st = overlord_cli::client::submit(
         &mut jc,
@@ -67,7 +73,7 @@ async fn scan_identifies_screenshots_and_enriches_a_live_vnc_desktop() {
             name: "live".into(),
             targets: vec!["127.0.0.1".into()],
             ports: vnc.addr.port().to_string(),
-            modules: ["portscan", "service", "screenshot", "enrich"]
+            modules: ["portscan", "service", "screenshot", "enrich", "leak"]
                 .map(String::from)
                 .to_vec(),
             ..Default::default()
@@ -92,7 +98,7 @@ async fn scan_identifies_screenshots_and_enriches_a_live_vnc_desktop() {
         .await
         .unwrap();
     let kinds: Vec<&str> = results.iter().map(|f| f.kind.as_str()).collect();
-    for k in ["open_port", "service", "screenshot", "enrichment"] {
+    for k in ["open_port", "service", "screenshot", "enrichment", "leak"] {
         assert_eq!(
             kinds.iter().filter(|x| **x == k).count(),
             1,
@@ -104,6 +110,12 @@ async fn scan_identifies_screenshots_and_enriches_a_live_vnc_desktop() {
     assert!(!a.blank, "the xterm screen is not blank");
     assert!(a.text.contains("ALARM"), "OCR text: {:?}", a.text);
     assert_eq!(a.emails, vec!["night.shift@example.org".to_string()]);
+    let leak = results.iter().find(|f| f.kind == "leak").unwrap();
+    assert_eq!(leak.parent_task_id, enrichment.task_id, "spawned by the enrich task");
+    assert_eq!(leak.port, vnc.addr.port() as u32);
+    let d: serde_json::Value = serde_json::from_str(&leak.data_json).unwrap();
+    assert_eq!(d["email"], "night.shift@example.org");
+    assert_eq!(d["source"], "pastebin-2023");
 
     // Served by ImageService once indexed: the OCR word finds it.
     let mut c = images::connect(&emb.url).await.unwrap();
