@@ -765,7 +765,7 @@ mod tests {
                 }
             }
             for x in 40..120u32 {
-                if (y < 20 || y > 40) && (x % 2 == 0 || y % 4 == 0) {
+                if !(20..=40).contains(&y) && (x % 2 == 0 || y % 4 == 0) {
                     data[(y * w + x) as usize] = 0;
                 }
             }
