@@ -133,8 +133,8 @@ fn regex(cell: &'static std::sync::OnceLock<regex::Regex>, re: &str) -> &'static
     cell.get_or_init(|| regex::Regex::new(re).expect("regex"))
 }
 
-/// Undoes OCR damage to e-mail addresses before they are extracted: `@` read as `©`, `®` or a
-/// full-width `＠`; `(at)` / `[at]` spellings; single spaces around `@`; a spaced dot before the
+/// Undoes OCR damage to e-mail addresses before they are extracted: a hyphen read as a dash
+/// (`—`, `–`, `−`, …, alone or beside a `-`); `@` read as `©`, `®` or a full-width `＠`; `(at)` / `[at]` spellings; single spaces around `@`; a spaced dot before the
 /// top-level domain (`mx1.example. io`); a comma for the only dot of a domain (`example,com`).
 /// Text without anything address-like is returned unchanged.
 pub fn repair_addresses(text: &str) -> String {
@@ -144,6 +144,7 @@ pub fn repair_addresses(text: &str) -> String {
     static DOT_SPACED: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     static COMMA: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     static LOCAL_SPLIT: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    static DASHES: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     const LOCAL: &str = r"[A-Za-z0-9._%+\-]";
     let at_word = regex(
         &AT_WORD,
@@ -155,6 +156,13 @@ pub fn repair_addresses(text: &str) -> String {
         &format!(r"({LOCAL})(?: @ ?| ?@ )([A-Za-z0-9][A-Za-z0-9\-]*\.[A-Za-z])"),
     );
     let mut t = text.to_string();
+    // a hyphen read as a dash (or a dash and a hyphen): `ops—-team`
+    if t.contains([
+        '\u{2010}', '\u{2011}', '\u{2012}', '\u{2013}', '\u{2014}', '\u{2015}', '\u{2212}',
+    ]) {
+        let dashes = regex(&DASHES, "-?[\u{2010}-\u{2015}\u{2212}]+-?");
+        t = dashes.replace_all(&t, "-").into_owned();
+    }
     if t.contains(['©', '®', '＠']) {
         t = at_sign.replace_all(&t, "$1@$2").into_owned();
     }
@@ -526,6 +534,14 @@ mod email_tests {
             ),
             ("write to carol[at]example.co.uk", &["carol@example.co.uk"]),
             ("<d.miller @ mx1.example.io>", &["d.miller@mx1.example.io"]),
+            (
+                "6 From: ops—-team@mx1.example.io",
+                &["ops-team@mx1.example.io"],
+            ),
+            (
+                "ops\u{2013}team@mail\u{2010}example.org",
+                &["ops-team@mail-example.org"],
+            ),
             (
                 "<d_ miller+alerts@mx1.example.io>",
                 &["d_miller+alerts@mx1.example.io"],
