@@ -448,11 +448,14 @@ impl Analyzer {
         Ok(a)
     }
 
-    /// Fills `a.leaks` from the leak database and re-derives the tags.
+    /// Fills `a.leaks` from the leak database (each address as read, or a reading it may stand
+    /// for: [`LeakDb::lookup_read`]) and re-derives the tags.
     pub fn lookup_leaks(a: &mut Analysis, leaks: &LeakDb) -> Result<(), EnrichError> {
         a.leaks.clear();
         for e in &a.emails {
-            a.leaks.extend(leaks.lookup(e)?);
+            if let Some((_, recs)) = leaks.lookup_read(e)? {
+                a.leaks.extend(recs);
+            }
         }
         a.tags = derive_tags(a);
         Ok(())

@@ -8,8 +8,10 @@
 //!
 //! Params (from the `enrichment` → `leak` follow-up rule): `emails` (array of addresses, at most
 //! [`MAX_EMAILS`]) and `image` (the image id, sha256 of its PNG; optional).
-//! Finding data: `email`, `source`, `date` (first record of the address), `leaks` (every
-//! `{source, date}` record of the address), `image`.
+//! Finding data: `email` (the known address), `read_as` (the address as OCR read it, when that
+//! differs: a reading with up to two typical confusions, see `LeakDb::lookup_read`; else null),
+//! `source`, `date` (first record of the address), `leaks` (every `{source, date}` record of the
+//! address), `image`.
 
 use crate::config::MinionSettings;
 use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
@@ -53,13 +55,22 @@ impl LeakLookup {
                 continue;
             }
             seen.push(key.clone());
-            let recs = self
+            let Some((known, recs)) = self
                 .db
-                .lookup(&key)
-                .map_err(|err| ModuleError::Failed(format!("leak database: {err}")))?;
+                .lookup_read(&key)
+                .map_err(|err| ModuleError::Failed(format!("leak database: {err}")))?
+            else {
+                continue;
+            };
             let Some(first) = recs.first() else { continue };
+            if seen.contains(&known) && known != key {
+                continue; // two readings of one known address
+            }
+            seen.push(known.clone());
             let data = json!({
-                "email": key,
+                "email": known,
+                // as read on the screen, when OCR confusions were undone to find it
+                "read_as": (known != key).then_some(&key),
                 "source": first.source,
                 "date": first.date,
                 "leaks": recs
@@ -174,7 +185,7 @@ mod tests {
     async fn one_finding_per_known_address_none_for_unknown() {
         let db = LeakDb::temporary().unwrap();
         db.import(
-            "address,source,date\nAlice@Example.com,combo-2019,2019-01-07\nalice@example.com,forum,2021-03-01\nbob@example.org,shop,2020-05-05\n"
+            "address,source,date\nAlice@Example.com,combo-2019,2019-01-07\nalice@example.com,forum,2021-03-01\nbob+shop@mx1.example.org,shop,2020-05-05\n"
                 .as_bytes(),
         )
         .unwrap();
@@ -194,6 +205,18 @@ mod tests {
         assert_eq!(out[0].data["date"], "2019-01-07");
         assert_eq!(out[0].data["leaks"].as_array().unwrap().len(), 2);
         assert_eq!(out[0].data["image"], "ab");
+        // OCR read `+` as `t` and `1` as `l`: still the known address, with what was read
+        let fuzzy = m
+            .run(
+                &task(json!({"emails": ["bobtshop@mxl.example.org", "bob+shop@mx1.example.org"]})),
+                &ctx(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(fuzzy.len(), 1, "two readings of one address: {fuzzy:?}");
+        assert_eq!(fuzzy[0].data["email"], "bob+shop@mx1.example.org");
+        assert_eq!(fuzzy[0].data["read_as"], "bobtshop@mxl.example.org");
+        assert_eq!(out[0].data["read_as"], Value::Null);
         let none = m
             .run(&task(json!({"emails": ["carol@example.net"]})), &ctx())
             .await
