@@ -202,8 +202,12 @@ pub fn finding_detail(kind: &str, data: &serde_json::Value, blob_sha256: &str) -
             } else {
                 String::new()
             };
+            let read = match s("read_as") {
+                r if r.is_empty() => String::new(),
+                r => format!(" (read as {r})"),
+            };
             format!(
-                "{} leaked in {} ({}){more} image:{image}",
+                "{}{read} leaked in {} ({}){more} image:{image}",
                 s("email"),
                 s("source"),
                 s("date")
