@@ -111,7 +111,10 @@ async fn scan_identifies_screenshots_and_enriches_a_live_vnc_desktop() {
     assert!(a.text.contains("ALARM"), "OCR text: {:?}", a.text);
     assert_eq!(a.emails, vec!["night.shift@example.org".to_string()]);
     let leak = results.iter().find(|f| f.kind == "leak").unwrap();
-    assert_eq!(leak.parent_task_id, enrichment.task_id, "spawned by the enrich task");
+    assert_eq!(
+        leak.parent_task_id, enrichment.task_id,
+        "spawned by the enrich task"
+    );
     assert_eq!(leak.port, vnc.addr.port() as u32);
     let d: serde_json::Value = serde_json::from_str(&leak.data_json).unwrap();
     assert_eq!(d["email"], "night.shift@example.org");
