@@ -682,8 +682,10 @@ pub fn layout_blocks(g: &Grey) -> Vec<[u32; 4]> {
                 let lh = ha.min(hb).min(40);
                 let vgap = (a[1].max(b[1]) as i64) - (a[3].min(b[3]) as i64);
                 let hgap = (a[0].max(b[0]) as i64) - (a[2].min(b[2]) as i64);
-                // words of one line: gaps up to about a line height (wide monospace spacing)
-                let hmax = 12.max(ha.min(hb).min(40) * 6 / 5) as i64;
+                // words of one line: gaps up to about a line height (wide monospace spacing) of
+                // the taller box — a short lower-case word after a thin `|` is otherwise left
+                // out of its line and read after the whole block
+                let hmax = 12.max(ha.max(hb).min(40) * 6 / 5) as i64;
                 if vgap <= lh as i64 && hgap <= hmax {
                     boxes[i] = [
                         a[0].min(b[0]),
@@ -775,6 +777,42 @@ mod tests {
             height: h,
             data,
         }
+    }
+
+    /// Three lines of "glyphs" (outlined 8x14 boxes, 2 px apart) and, on the last line, a short
+    /// word 18 px to the right (a wide monospace gap after a thin `|`).
+    fn three_lines_and_a_far_word() -> Grey {
+        let (w, h) = (320u32, 100u32);
+        let mut g = Grey {
+            width: w,
+            height: h,
+            data: vec![255u8; (w * h) as usize],
+        };
+        let mut glyph = |x0: u32, y0: u32, gw: u32, gh: u32| {
+            for y in y0..y0 + gh {
+                for x in x0..x0 + gw {
+                    if y == y0 || y == y0 + gh - 1 || x == x0 || x == x0 + gw - 1 {
+                        g.data[(y * w + x) as usize] = 0;
+                    }
+                }
+            }
+        };
+        for line in 0..3 {
+            for i in 0..19 {
+                glyph(10 + i * 10, 20 + line * 22, 8, 14);
+            }
+        }
+        // ends at x = 197; the far word starts at 216 and is lower case (10 px tall)
+        for i in 0..4 {
+            glyph(216 + i * 10, 68, 8, 10);
+        }
+        g
+    }
+
+    #[test]
+    fn a_word_after_a_wide_gap_joins_its_block() {
+        let blocks = layout_blocks(&three_lines_and_a_far_word());
+        assert_eq!(blocks.len(), 1, "{blocks:?}");
     }
 
     #[test]
