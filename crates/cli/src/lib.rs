@@ -6,5 +6,5 @@ pub mod bench;
 pub mod client;
 pub mod embedded;
 pub mod files;
-pub mod images;
 pub mod otel;
+pub mod images;

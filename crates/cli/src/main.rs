@@ -56,12 +56,7 @@ enum Cmd {
         #[arg(short, long, default_value = "1-1024")]
         ports: String,
         /// Modules to enable (comma separated).
-        #[arg(
-            short,
-            long,
-            default_value = "portscan,service,screenshot,enrich",
-            value_delimiter = ','
-        )]
+        #[arg(short, long, default_value = "portscan,service,screenshot,enrich", value_delimiter = ',')]
         modules: Vec<String>,
         /// Connections per second for the whole job (0 = unlimited).
         #[arg(long, default_value_t = 0)]

@@ -4,8 +4,8 @@ use crate::module::Module;
 use std::sync::Arc;
 
 pub mod banner;
-pub mod beacon;
 pub mod enrich;
+pub mod beacon;
 pub mod noop;
 pub mod portscan;
 pub mod screenshot;

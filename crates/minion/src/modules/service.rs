@@ -185,17 +185,9 @@ mod tests {
         assert_eq!(out[0].data["service"], "ssh");
         assert_eq!(out[0].data["product"], "OpenSSH");
         assert_eq!(out[0].data["status"], "identified");
-        assert!(
-            m.run(&task(closed, params), &ctx())
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(m.run(&task(closed, params), &ctx()).await.unwrap().is_empty());
         let bad = m
-            .run(
-                &task(port, serde_json::json!({"intensity": "high"})),
-                &ctx(),
-            )
+            .run(&task(port, serde_json::json!({"intensity": "high"})), &ctx())
             .await
             .unwrap_err();
         assert!(bad.permanent(), "{bad}");
