@@ -66,10 +66,13 @@ pub fn noop_spec(count: u64, sleep_ms: u64) -> v1::JobSpec {
 }
 
 pub async fn submit(c: &mut Client, spec: v1::JobSpec) -> Result<u64> {
-    Ok(c.submit_job(v1::SubmitJobRequest { spec: Some(spec) })
-        .await?
-        .into_inner()
-        .job_id)
+    Ok(c.submit_job(v1::SubmitJobRequest {
+        spec: Some(spec),
+        ..Default::default()
+    })
+    .await?
+    .into_inner()
+    .job_id)
 }
 
 pub async fn status(c: &mut Client, job: u64) -> Result<v1::JobStatus> {

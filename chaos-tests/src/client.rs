@@ -42,7 +42,10 @@ pub fn scan_spec(name: &str, targets: Vec<String>, ports: String, modules: &[&st
 
 pub async fn submit(c: &mut JobClient, spec: JobSpec) -> Result<JobStatus, tonic::Status> {
     let r = c
-        .submit_job(SubmitJobRequest { spec: Some(spec) })
+        .submit_job(SubmitJobRequest {
+            spec: Some(spec),
+            ..Default::default()
+        })
         .await?
         .into_inner();
     r.status

@@ -132,7 +132,10 @@ async fn bad_input_gets_precise_status_bounded_memory_and_disturbs_nothing() {
         expect_status(&mut violations, what, r, &want, mention);
     }
     let r = c
-        .submit_job(overlord_proto::v1::SubmitJobRequest { spec: None })
+        .submit_job(overlord_proto::v1::SubmitJobRequest {
+            spec: None,
+            ..Default::default()
+        })
         .await
         .map(|_| ());
     expect_status(
@@ -198,6 +201,7 @@ async fn bad_input_gets_precise_status_bounded_memory_and_disturbs_nothing() {
             "80".into(),
             &["portscan"],
         )),
+        ..Default::default()
     });
     let r = r.await.map(|_| ());
     expect_status(

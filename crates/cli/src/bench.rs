@@ -91,11 +91,13 @@ pub async fn throughput(tasks: u64) -> Result<()> {
     let stored = client::results(&mut c, job, |_| {}).await?;
     if let Some(s) = cluster.coordinator.stats().await {
         eprintln!(
-            "   engine: {} batches, apply {} ms, results {} ms, schedule {} ms",
+            "   actors: {} write batches (apply {} ms), {} flushes, {} slot offers, {} leases, {} results accepted",
             s.batches,
             s.apply_us / 1000,
-            s.results_us / 1000,
-            s.schedule_us / 1000
+            s.flushes,
+            s.offers,
+            s.leases_granted,
+            s.results_accepted
         );
     }
     let rate = st.tasks_done as f64 / secs;

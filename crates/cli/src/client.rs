@@ -22,14 +22,38 @@ fn status_err(s: tonic::Status) -> anyhow::Error {
     anyhow!("{} ({:?})", s.message(), s.code())
 }
 
+/// Submits a job under a fresh request id, retrying transient failures (coordinator restarting,
+/// connection reset) with the same id: the coordinator creates the job at most once.
 pub async fn submit(c: &mut Client, spec: v1::JobSpec) -> Result<v1::JobStatus> {
-    let r = c
-        .submit_job(v1::SubmitJobRequest { spec: Some(spec) })
-        .await
-        .map_err(status_err)?
-        .into_inner();
-    r.status
-        .ok_or_else(|| anyhow!("coordinator returned no status"))
+    let request_id = format!("cli-{:032x}", rand::random::<u128>());
+    let mut delay = std::time::Duration::from_millis(100);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let r = c
+            .submit_job(v1::SubmitJobRequest {
+                spec: Some(spec.clone()),
+                request_id: request_id.clone(),
+            })
+            .await;
+        match r {
+            Ok(r) => {
+                return r
+                    .into_inner()
+                    .status
+                    .ok_or_else(|| anyhow!("coordinator returned no status"));
+            }
+            Err(s)
+                if attempt < 5
+                    && matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) =>
+            {
+                tracing::debug!(attempt, error = %s.message(), "submit failed; retrying with the same request id");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(s) => return Err(status_err(s)),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -1,290 +1,185 @@
-//! The ractor supervision tree:
+//! The ractor supervision tree of the coordinator:
 //!
 //! ```text
-//! CoordinatorSupervisor      restart policy: core::sched::restart_decision
-//! ├── Engine                 job manager + scheduler + registry + result ingestion (state in engine.rs)
-//! └── Flusher                group commit: one sled flush covers every write before it
+//! CoordinatorSupervisor        restart policy: core::sched::restart_decision, per child
+//! ├── Flusher                  group commit: one sled flush wakes every actor that wrote before it
+//! ├── FanOut                   stream fan-out: each job's durable events to that job's watchers
+//! ├── Ingestor                 result ingestion: validates result batches, hashes blobs
+//! ├── Registry                 minion registry + scheduler: sessions, health, leases, slot offers
+//! └── JobManager               submit/get/list/cancel, idempotent submission
+//!     └── Job × running job    a job's tasks: expansion, leases, results, follow-ups, completion
 //! ```
-//! A child that fails (panics) is restarted by the supervisor with backoff; a restarted Engine
-//! recovers its whole state from storage, and minions re-register on new sessions.
+//! ractor has no restart strategy of its own (a supervisor just gets an event when a child
+//! fails), so each supervisor here applies `restart_decision`: restart with backoff, give up
+//! (and fail upwards) after too many failures in a window. A restarted actor rebuilds its state
+//! from storage; see each module for how it reconciles with the others.
 
-use crate::engine::{Engine, EngineConfig, SessionTx};
-use crate::hub::{Durable, HubEvent};
+use crate::commit::{FlushMsg, FlusherActor};
+use crate::engine::{Counters, EngineConfig};
+use crate::hub::{Durable, FanMsg, FanOutActor, HubEvent};
+use crate::ingest::{IngestMsg, IngestorActor};
+use crate::job::JobMsg;
+use crate::manager::{JobManagerActor, MgrMsg};
+use crate::registry::{RegMsg, RegistryActor};
 use overlord_core::JobId;
-use overlord_core::job::JobSpec;
 use overlord_core::sched::{RestartDecision, restart_decision};
-use overlord_proto::error::ApiError;
-use overlord_proto::v1;
 use overlord_storage::Store;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tracing::{error, warn};
 
-pub enum EngineMsg {
-    Submit(Box<JobSpec>, RpcReplyPort<Result<v1::JobStatus, ApiError>>),
-    Get(JobId, RpcReplyPort<Result<v1::JobStatus, ApiError>>),
-    List(RpcReplyPort<Vec<v1::JobStatus>>),
-    Cancel(JobId, RpcReplyPort<Result<v1::JobStatus, ApiError>>),
-    Register(Box<v1::Register>, SessionTx, u64, RpcReplyPort<u64>),
-    Heartbeat(String, u64),
-    Results(String, u64, v1::ResultBatch, SessionTx),
-    Kick(String, u64, String),
-    Disconnected(String, u64),
-    Tick,
-    Flushed(u64),
-    FlusherRestarted,
-    Stats(RpcReplyPort<crate::engine::Stats>),
-    /// Applies the pending write batch and answers its epoch (the flush that follows covers it).
-    WriteEpoch(RpcReplyPort<u64>),
-    /// Test hook: panics inside the handler (supervision test).
-    InjectPanic,
-}
+/// Where an actor currently lives (it changes when its supervisor restarts it).
+pub struct Slot<M>(Arc<RwLock<Option<ActorRef<M>>>>);
 
-/// Where the current Engine lives (it changes when the supervisor restarts it).
-#[derive(Clone, Default)]
-pub struct EngineHandle(Arc<RwLock<Option<ActorRef<EngineMsg>>>>);
-
-impl EngineHandle {
-    pub fn get(&self) -> Result<ActorRef<EngineMsg>, ApiError> {
-        self.0
-            .read()
-            .expect("handle lock")
-            .clone()
-            .ok_or_else(|| ApiError::Unavailable("job manager restarting".into()))
-    }
-    fn set(&self, r: Option<ActorRef<EngineMsg>>) {
-        *self.0.write().expect("handle lock") = r;
+impl<M> Clone for Slot<M> {
+    fn clone(&self) -> Self {
+        Slot(self.0.clone())
     }
 }
 
+impl<M> Default for Slot<M> {
+    fn default() -> Self {
+        Slot(Arc::new(RwLock::new(None)))
+    }
+}
+
+impl<M> Slot<M> {
+    pub fn get(&self) -> Option<ActorRef<M>> {
+        self.0.read().expect("slot lock").clone()
+    }
+    pub fn set(&self, r: Option<ActorRef<M>>) {
+        *self.0.write().expect("slot lock") = r;
+    }
+}
+
+/// Running job actors by job id (for routing results and offers).
+pub type JobDir = Arc<RwLock<HashMap<JobId, ActorRef<JobMsg>>>>;
+
+/// What every actor of the tree can reach.
 #[derive(Clone)]
 pub struct Shared {
     pub store: Arc<dyn Store>,
     pub cfg: EngineConfig,
+    /// Process-wide stream of durable events (fed by the fan-out; the image indexer follows it).
     pub hub: broadcast::Sender<HubEvent>,
     pub durable: Durable,
-    pub engine: EngineHandle,
-    pub flusher: Arc<RwLock<Option<ActorRef<FlushMsg>>>>,
-    pub restarts: Arc<std::sync::atomic::AtomicU64>,
+    pub flusher: Slot<FlushMsg>,
+    pub fanout: Slot<FanMsg>,
+    pub ingest: Slot<IngestMsg>,
+    pub registry: Slot<RegMsg>,
+    pub manager: Slot<MgrMsg>,
+    pub jobs: JobDir,
+    /// This coordinator process's start epoch (fencing tokens carry it in their high bits).
+    pub epoch: u64,
+    pub token_ctr: Arc<AtomicU64>,
+    pub restarts: Arc<AtomicU64>,
+    pub counters: Arc<Counters>,
 }
 
-// ---------------- Engine ----------------
-
-pub struct EngineActor;
-
-pub struct EngineState {
-    eng: Engine,
-    flush_in_flight: bool,
-    shared: Shared,
-}
-
-impl EngineState {
-    fn after(&mut self, myself: &ActorRef<EngineMsg>) -> Result<(), ActorProcessingErr> {
-        if self.eng.commit()? {
-            self.request_flush(myself);
-        }
-        Ok(())
+impl Shared {
+    pub fn job(&self, id: JobId) -> Option<ActorRef<JobMsg>> {
+        self.jobs.read().expect("job dir").get(&id).cloned()
     }
-
-    fn request_flush(&mut self, myself: &ActorRef<EngineMsg>) {
-        if self.flush_in_flight || !self.eng.has_unreleased() {
-            return;
-        }
-        let flusher = self.shared.flusher.read().expect("lock").clone();
-        if let Some(f) = flusher
-            && f.cast(FlushMsg::Flush(self.eng.write_epoch(), myself.clone()))
-                .is_ok()
-        {
-            self.flush_in_flight = true;
-        }
+    pub fn next_token(&self) -> overlord_core::Token {
+        let n = self
+            .token_ctr
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        overlord_core::sched::token(self.epoch, n)
     }
-}
-
-impl Actor for EngineActor {
-    type Msg = EngineMsg;
-    type State = EngineState;
-    type Arguments = Shared;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        shared: Shared,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        let eng = Engine::recover(
-            shared.store.clone(),
-            shared.cfg.clone(),
-            shared.hub.clone(),
-            shared.durable.clone(),
-        )?;
-        let every = Duration::from_millis((shared.cfg.heartbeat_interval_ms / 2).clamp(10, 100));
-        myself.send_interval(every, || EngineMsg::Tick);
-        Ok(EngineState {
-            eng,
-            flush_in_flight: false,
-            shared,
-        })
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        st: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            EngineMsg::Submit(spec, reply) => {
-                st.eng.submit(*spec, reply);
-                st.eng.schedule();
-            }
-            EngineMsg::Get(id, reply) => {
-                let _ = reply.send(st.eng.status(id));
-            }
-            EngineMsg::List(reply) => {
-                let _ = reply.send(st.eng.list());
-            }
-            EngineMsg::Cancel(id, reply) => st.eng.cancel(id, reply),
-            EngineMsg::Register(reg, tx, sid, reply) => {
-                let g = st.eng.register(*reg, tx, sid);
-                let _ = reply.send(g);
-                st.eng.schedule();
-            }
-            EngineMsg::Heartbeat(id, g) => st.eng.heartbeat(&id, g),
-            EngineMsg::Results(id, g, batch, tx) => {
-                st.eng.results(&id, g, batch, tx);
-                st.eng.schedule();
-            }
-            EngineMsg::Kick(id, g, reason) => st.eng.kick(&id, g, &reason),
-            EngineMsg::Disconnected(id, sid) => st.eng.disconnected(&id, sid),
-            EngineMsg::Tick => st.eng.tick(),
-            EngineMsg::Flushed(epoch) => {
-                st.flush_in_flight = false;
-                st.eng.flushed(epoch);
-            }
-            EngineMsg::FlusherRestarted => st.flush_in_flight = false,
-            EngineMsg::WriteEpoch(reply) => {
-                let e = st.eng.apply_pending()?;
-                let _ = reply.send(e);
-            }
-            EngineMsg::Stats(reply) => {
-                let _ = reply.send(st.eng.stats.clone());
-            }
-            EngineMsg::InjectPanic => panic!("injected panic (supervision test)"),
-        }
-        st.after(&myself)?;
-        st.request_flush(&myself);
-        Ok(())
-    }
-}
-
-// ---------------- Flusher ----------------
-
-pub enum FlushMsg {
-    Flush(u64, ActorRef<EngineMsg>),
-}
-
-pub struct FlusherActor;
-
-/// Minimum spacing of flushes: writes arriving meanwhile share the next flush (group commit).
-/// Bounds the extra acknowledgement latency.
-pub const FLUSH_WINDOW: Duration = Duration::from_millis(5);
-
-pub struct FlusherState {
-    store: Arc<dyn Store>,
-    last: std::time::Instant,
-}
-
-impl Actor for FlusherActor {
-    type Msg = FlushMsg;
-    type State = FlusherState;
-    type Arguments = Arc<dyn Store>;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        store: Arc<dyn Store>,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(FlusherState {
-            store,
-            last: std::time::Instant::now(),
-        })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        st: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let FlushMsg::Flush(_requested, engine) = msg;
-        let since = st.last.elapsed();
-        if since < FLUSH_WINDOW {
-            tokio::time::sleep(FLUSH_WINDOW - since).await;
-        }
-        // The engine applies everything it has pending and tells us its epoch; the flush below
-        // covers it.
-        let epoch = match engine
-            .call(EngineMsg::WriteEpoch, Some(Duration::from_secs(30)))
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(e)) => e,
-            _ => {
-                warn!("engine did not report its write epoch; skipping flush round");
-                let _ = engine.cast(EngineMsg::FlusherRestarted);
-                return Ok(());
-            }
-        };
-        let s = st.store.clone();
-        // sled's flush blocks on fsync: keep it off the async workers.
-        tokio::task::spawn_blocking(move || s.flush()).await??;
-        st.last = std::time::Instant::now();
-        let _ = engine.cast(EngineMsg::Flushed(epoch));
-        Ok(())
+    pub fn restarted(&self) {
+        self.restarts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 // ---------------- Supervisor ----------------
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Child {
+    Flusher,
+    FanOut,
+    Ingestor,
+    Registry,
+    Manager,
+}
+
 pub struct CoordinatorSupervisor;
 
 pub enum SupMsg {
-    RestartEngine,
-    RestartFlusher,
+    Restart(Child),
 }
 
 pub struct SupState {
     shared: Shared,
-    engine: Option<ActorRef<EngineMsg>>,
-    flusher: Option<ActorRef<FlushMsg>>,
+    children: Vec<(Child, ActorCell)>,
     failures: Vec<u64>,
 }
 
 impl CoordinatorSupervisor {
-    async fn spawn_engine(
+    async fn spawn(
         myself: &ActorRef<SupMsg>,
         st: &mut SupState,
+        which: Child,
+        fresh: bool,
     ) -> Result<(), ActorProcessingErr> {
-        let (e, _) =
-            Actor::spawn_linked(None, EngineActor, st.shared.clone(), myself.get_cell()).await?;
-        st.shared.engine.set(Some(e.clone()));
-        st.engine = Some(e);
+        let sh = st.shared.clone();
+        let sup = myself.get_cell();
+        let cell = match which {
+            Child::Flusher => {
+                let (a, _) = Actor::spawn_linked(
+                    None,
+                    FlusherActor,
+                    (sh.store.clone(), sh.counters.clone()),
+                    sup,
+                )
+                .await?;
+                sh.flusher.set(Some(a.clone()));
+                a.get_cell()
+            }
+            Child::FanOut => {
+                let (a, _) = Actor::spawn_linked(None, FanOutActor, sh.hub.clone(), sup).await?;
+                sh.fanout.set(Some(a.clone()));
+                a.get_cell()
+            }
+            Child::Ingestor => {
+                let (a, _) = Actor::spawn_linked(None, IngestorActor, sh.clone(), sup).await?;
+                sh.ingest.set(Some(a.clone()));
+                a.get_cell()
+            }
+            Child::Registry => {
+                let (a, _) = Actor::spawn_linked(None, RegistryActor, sh.clone(), sup).await?;
+                sh.registry.set(Some(a.clone()));
+                if !fresh && let Some(m) = sh.manager.get() {
+                    // Job actors report their live leases to the new registry.
+                    let _ = m.cast(MgrMsg::Readopt);
+                }
+                a.get_cell()
+            }
+            Child::Manager => {
+                let (a, _) =
+                    Actor::spawn_linked(None, JobManagerActor, (sh.clone(), fresh), sup).await?;
+                sh.manager.set(Some(a.clone()));
+                a.get_cell()
+            }
+        };
+        st.children.retain(|(c, _)| *c != which);
+        st.children.push((which, cell));
         Ok(())
     }
-    async fn spawn_flusher(
-        myself: &ActorRef<SupMsg>,
-        st: &mut SupState,
-    ) -> Result<(), ActorProcessingErr> {
-        let (f, _) = Actor::spawn_linked(
-            None,
-            FlusherActor,
-            st.shared.store.clone(),
-            myself.get_cell(),
-        )
-        .await?;
-        *st.shared.flusher.write().expect("lock") = Some(f.clone());
-        st.flusher = Some(f);
-        Ok(())
+
+    fn slot_clear(sh: &Shared, which: Child) {
+        match which {
+            Child::Flusher => sh.flusher.set(None),
+            Child::FanOut => sh.fanout.set(None),
+            Child::Ingestor => sh.ingest.set(None),
+            Child::Registry => sh.registry.set(None),
+            Child::Manager => sh.manager.set(None),
+        }
     }
 }
 
@@ -300,12 +195,18 @@ impl Actor for CoordinatorSupervisor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut st = SupState {
             shared,
-            engine: None,
-            flusher: None,
+            children: Vec::new(),
             failures: Vec::new(),
         };
-        Self::spawn_flusher(&myself, &mut st).await?;
-        Self::spawn_engine(&myself, &mut st).await?;
+        for c in [
+            Child::Flusher,
+            Child::FanOut,
+            Child::Ingestor,
+            Child::Registry,
+            Child::Manager,
+        ] {
+            Self::spawn(&myself, &mut st, c, true).await?;
+        }
         Ok(st)
     }
 
@@ -315,23 +216,9 @@ impl Actor for CoordinatorSupervisor {
         msg: Self::Msg,
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            SupMsg::RestartEngine => {
-                Self::spawn_engine(&myself, st).await?;
-                st.shared
-                    .restarts
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            SupMsg::RestartFlusher => {
-                Self::spawn_flusher(&myself, st).await?;
-                if let Some(e) = &st.engine {
-                    let _ = e.cast(EngineMsg::FlusherRestarted);
-                }
-                st.shared
-                    .restarts
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
+        let SupMsg::Restart(which) = msg;
+        Self::spawn(&myself, st, which, false).await?;
+        st.shared.restarted();
         Ok(())
     }
 
@@ -348,47 +235,28 @@ impl Actor for CoordinatorSupervisor {
             }
             _ => return Ok(()),
         };
-        let is_engine = st
-            .engine
-            .as_ref()
-            .map(|e| e.get_id() == cell.get_id())
-            .unwrap_or(false);
-        let is_flusher = st
-            .flusher
-            .as_ref()
-            .map(|f| f.get_id() == cell.get_id())
-            .unwrap_or(false);
-        if !is_engine && !is_flusher {
+        let Some(pos) = st
+            .children
+            .iter()
+            .position(|(_, c)| c.get_id() == cell.get_id())
+        else {
             return Ok(());
-        }
+        };
+        let (which, _) = st.children.remove(pos);
+        Self::slot_clear(&st.shared, which);
         let now = overlord_core::now_ms();
         st.failures.push(now);
         st.failures.retain(|t| now - *t <= 60_000);
         match restart_decision(&st.failures, now, 10, 60_000) {
             RestartDecision::RestartAfterMs(ms) => {
-                warn!(
-                    child = if is_engine { "engine" } else { "flusher" },
-                    reason,
-                    backoff_ms = ms,
-                    "child failed; restarting"
-                );
-                let msg = if is_engine {
-                    st.shared.engine.set(None);
-                    st.engine = None;
-                    SupMsg::RestartEngine
-                } else {
-                    *st.shared.flusher.write().expect("lock") = None;
-                    st.flusher = None;
-                    SupMsg::RestartFlusher
-                };
-                myself.send_after(Duration::from_millis(ms), move || msg);
+                warn!(child = ?which, reason, backoff_ms = ms, "child failed; restarting");
+                myself.send_after(Duration::from_millis(ms), move || SupMsg::Restart(which));
             }
             RestartDecision::GiveUp => {
                 error!(
                     reason,
                     "children keep failing; coordinator supervisor stops"
                 );
-                st.shared.engine.set(None);
                 myself.stop(Some("restart intensity exceeded".into()));
             }
         }
@@ -400,12 +268,20 @@ impl Actor for CoordinatorSupervisor {
         _myself: ActorRef<Self::Msg>,
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        st.shared.engine.set(None);
-        if let Some(e) = st.engine.take() {
-            e.stop(None);
+        for (which, cell) in st.children.drain(..).rev() {
+            Self::slot_clear(&st.shared, which);
+            cell.stop(None);
         }
-        if let Some(f) = st.flusher.take() {
-            f.stop(None);
+        let jobs: Vec<_> = st
+            .shared
+            .jobs
+            .write()
+            .expect("job dir")
+            .drain()
+            .map(|(_, a)| a)
+            .collect();
+        for j in jobs {
+            j.stop(None);
         }
         Ok(())
     }

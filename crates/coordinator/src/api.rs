@@ -1,8 +1,12 @@
-//! Thin gRPC adapters: validate and convert at the edge, then ask the Engine actor.
+//! Thin gRPC adapters: validate and convert at the edge, then ask the actors (job manager for
+//! jobs, fan-out for watches, registry and ingestor for minion sessions).
 
-use crate::actors::{EngineHandle, EngineMsg};
+use crate::actors::Shared;
 use crate::engine::SessionTx;
-use crate::hub::{Durable, HubEvent};
+use crate::hub::{Durable, FanMsg, HubEvent, WATCH_QUEUE};
+use crate::ingest::IngestMsg;
+use crate::manager::{MAX_REQUEST_ID, MgrMsg};
+use crate::registry::RegMsg;
 use overlord_core::job::{JobSpec, prepare};
 use overlord_core::scope::Scope;
 use overlord_proto::convert;
@@ -14,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::{Request, Response, Status};
@@ -25,10 +29,13 @@ const MAX_WATCHERS: usize = 1024;
 const MAX_SUBMITS_IN_FLIGHT: usize = 64;
 
 async fn ask<T: Send + 'static>(
-    engine: &EngineHandle,
-    f: impl FnOnce(ractor::RpcReplyPort<T>) -> EngineMsg,
+    sh: &Shared,
+    f: impl FnOnce(ractor::RpcReplyPort<T>) -> MgrMsg,
 ) -> Result<T, ApiError> {
-    let e = engine.get()?;
+    let e = sh
+        .manager
+        .get()
+        .ok_or_else(|| ApiError::Unavailable("job manager restarting".into()))?;
     match e.call(f, Some(CALL_TIMEOUT)).await {
         Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
         Ok(_) => Err(ApiError::Unavailable(
@@ -40,9 +47,8 @@ async fn ask<T: Send + 'static>(
 
 #[derive(Clone)]
 pub struct JobApi {
-    pub engine: EngineHandle,
+    pub shared: Shared,
     pub store: Arc<dyn Store>,
-    pub hub: broadcast::Sender<HubEvent>,
     pub durable: Durable,
     pub scope: Arc<Scope>,
     pub watchers: Arc<Semaphore>,
@@ -50,18 +56,11 @@ pub struct JobApi {
 }
 
 impl JobApi {
-    pub fn new(
-        engine: EngineHandle,
-        store: Arc<dyn Store>,
-        hub: broadcast::Sender<HubEvent>,
-        durable: Durable,
-        scope: Scope,
-    ) -> Self {
+    pub fn new(shared: Shared, scope: Scope) -> Self {
         JobApi {
-            engine,
-            store,
-            hub,
-            durable,
+            store: shared.store.clone(),
+            durable: shared.durable.clone(),
+            shared,
             scope: Arc::new(scope),
             watchers: Arc::new(Semaphore::new(MAX_WATCHERS)),
             submits: Arc::new(Semaphore::new(MAX_SUBMITS_IN_FLIGHT)),
@@ -98,8 +97,17 @@ impl v1::job_service_server::JobService for JobApi {
             .submits
             .try_acquire()
             .map_err(|_| ApiError::Exhausted("submissions"))?;
-        let spec = validate(req.into_inner().spec, self.scope.clone()).await?;
-        let status = ask(&self.engine, |r| EngineMsg::Submit(Box::new(spec), r)).await??;
+        let req = req.into_inner();
+        if req.request_id.len() > MAX_REQUEST_ID {
+            return Err(ApiError::InvalidArgument(format!(
+                "request_id is {} chars; at most {MAX_REQUEST_ID}",
+                req.request_id.len()
+            ))
+            .into());
+        }
+        let rid = (!req.request_id.is_empty()).then_some(req.request_id);
+        let spec = validate(req.spec, self.scope.clone()).await?;
+        let status = ask(&self.shared, |r| MgrMsg::Submit(Box::new(spec), rid, r)).await??;
         Ok(Response::new(v1::SubmitJobResponse {
             job_id: status.job_id,
             status: Some(status),
@@ -111,7 +119,7 @@ impl v1::job_service_server::JobService for JobApi {
         req: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::GetJobResponse>, Status> {
         let id = req.into_inner().job_id;
-        let status = ask(&self.engine, |r| EngineMsg::Get(id, r)).await??;
+        let status = ask(&self.shared, |r| MgrMsg::Get(id, r)).await??;
         Ok(Response::new(v1::GetJobResponse {
             status: Some(status),
         }))
@@ -121,7 +129,7 @@ impl v1::job_service_server::JobService for JobApi {
         &self,
         _req: Request<v1::ListJobsRequest>,
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
-        let jobs = ask(&self.engine, EngineMsg::List).await?;
+        let jobs = ask(&self.shared, MgrMsg::List).await?;
         Ok(Response::new(v1::ListJobsResponse { jobs }))
     }
 
@@ -130,7 +138,7 @@ impl v1::job_service_server::JobService for JobApi {
         req: Request<v1::CancelJobRequest>,
     ) -> Result<Response<v1::CancelJobResponse>, Status> {
         let id = req.into_inner().job_id;
-        let status = ask(&self.engine, |r| EngineMsg::Cancel(id, r)).await??;
+        let status = ask(&self.shared, |r| MgrMsg::Cancel(id, r)).await??;
         Ok(Response::new(v1::CancelJobResponse {
             status: Some(status),
         }))
@@ -151,116 +159,13 @@ impl v1::job_service_server::JobService for JobApi {
             job_id,
             after_cursor,
         } = req.into_inner();
-        // Subscribe before reading the status so nothing falls between the two.
-        let mut sub = self.hub.subscribe();
-        let status = ask(&self.engine, |r| EngineMsg::Get(job_id, r)).await??;
+        // Fails fast for an unknown job.
+        ask(&self.shared, |r| MgrMsg::Get(job_id, r)).await??;
         let (tx, rx) = mpsc::channel::<Result<v1::JobEvent, Status>>(256);
-        let store = self.store.clone();
-        let durable = self.durable.clone();
+        let sh = self.shared.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let mut cursor = after_cursor;
-            let send = |e: Event| {
-                let tx = tx.clone();
-                async move { tx.send(Ok(v1::JobEvent { event: Some(e) })).await.is_ok() }
-            };
-            // Replays stored findings after `cursor` up to the durable cursor.
-            async fn replay(
-                store: &Arc<dyn Store>,
-                durable: &Durable,
-                job: u64,
-                cursor: &mut u64,
-                tx: &mpsc::Sender<Result<v1::JobEvent, Status>>,
-            ) -> bool {
-                let upto = durable.get(job).unwrap_or(0);
-                while *cursor < upto {
-                    let page = match store.findings(job, *cursor, 1000) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            let _ = tx.send(Err(ApiError::Storage(e.to_string()).into())).await;
-                            return false;
-                        }
-                    };
-                    if page.is_empty() {
-                        break;
-                    }
-                    for f in page {
-                        if f.cursor > upto {
-                            return true;
-                        }
-                        *cursor = f.cursor;
-                        if tx
-                            .send(Ok(v1::JobEvent {
-                                event: Some(Event::Finding(convert::finding(&f))),
-                            }))
-                            .await
-                            .is_err()
-                        {
-                            return false;
-                        }
-                    }
-                }
-                true
-            }
-            if !replay(&store, &durable, job_id, &mut cursor, &tx).await {
-                return;
-            }
-            let done = status.state != v1::JobState::Running as i32;
-            if done {
-                let _ = send(Event::Finished(status)).await;
-                return;
-            }
-            if !send(Event::Progress(status)).await {
-                return;
-            }
-            loop {
-                match sub.recv().await {
-                    Ok(ev) if ev.job_id() != job_id => {}
-                    Ok(HubEvent::Finding(f)) => {
-                        if f.cursor <= cursor {
-                            continue;
-                        }
-                        if f.cursor != cursor + 1
-                            && !replay(&store, &durable, job_id, &mut cursor, &tx).await
-                        {
-                            return;
-                        }
-                        if f.cursor == cursor + 1 {
-                            cursor = f.cursor;
-                            if !send(Event::Finding(convert::finding(&f))).await {
-                                return;
-                            }
-                        }
-                    }
-                    Ok(HubEvent::Progress(_, st)) => {
-                        if !send(Event::Progress(st)).await {
-                            return;
-                        }
-                    }
-                    Ok(HubEvent::Finished(_, st)) => {
-                        if replay(&store, &durable, job_id, &mut cursor, &tx).await {
-                            let _ = send(Event::Finished(st)).await;
-                        }
-                        return;
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        debug!(
-                            job_id,
-                            skipped = n,
-                            "watcher lagged; replaying from storage"
-                        );
-                        if !replay(&store, &durable, job_id, &mut cursor, &tx).await {
-                            return;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        let _ = tx
-                            .send(Err(Status::unavailable("coordinator shutting down")))
-                            .await;
-                        return;
-                    }
-                }
-            }
+            watch_loop(sh, job_id, after_cursor, tx).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -300,9 +205,145 @@ impl v1::job_service_server::JobService for JobApi {
     }
 }
 
+/// Replays stored findings after `cursor` up to the durable cursor.
+async fn replay(
+    store: &Arc<dyn Store>,
+    durable: &Durable,
+    job: u64,
+    cursor: &mut u64,
+    tx: &mpsc::Sender<Result<v1::JobEvent, Status>>,
+) -> bool {
+    let upto = durable.get(job).unwrap_or(0);
+    while *cursor < upto {
+        let page = match store.findings(job, *cursor, 1000) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = tx.send(Err(ApiError::Storage(e.to_string()).into())).await;
+                return false;
+            }
+        };
+        if page.is_empty() {
+            break;
+        }
+        for f in page {
+            if f.cursor > upto {
+                return true;
+            }
+            *cursor = f.cursor;
+            if tx
+                .send(Ok(v1::JobEvent {
+                    event: Some(Event::Finding(convert::finding(&f))),
+                }))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// One watcher: subscribe at the fan-out, read the status, replay the gap from storage, then
+/// follow live events. When the fan-out drops the subscription (this watcher fell a whole queue
+/// behind, or the fan-out restarted) it starts over from its cursor: nothing missed, nothing twice,
+/// and memory per watcher stays bounded.
+async fn watch_loop(
+    sh: Shared,
+    job_id: u64,
+    mut cursor: u64,
+    tx: mpsc::Sender<Result<v1::JobEvent, Status>>,
+) {
+    let send = |e: Event| {
+        let tx = tx.clone();
+        async move { tx.send(Ok(v1::JobEvent { event: Some(e) })).await.is_ok() }
+    };
+    let mut first = true;
+    loop {
+        if tx.is_closed() {
+            return;
+        }
+        let (etx, mut erx) = mpsc::channel::<HubEvent>(WATCH_QUEUE);
+        let subscribed = match sh.fanout.get() {
+            Some(f) => matches!(
+                f.call(|r| FanMsg::Subscribe(job_id, etx, r), Some(CALL_TIMEOUT))
+                    .await,
+                Ok(ractor::rpc::CallResult::Success(()))
+            ),
+            None => false,
+        };
+        if !subscribed {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let status = match ask(&sh, |r| MgrMsg::Get(job_id, r)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) | Err(e) => {
+                if matches!(e, ApiError::Unavailable(_)) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+        };
+        if !replay(&sh.store, &sh.durable, job_id, &mut cursor, &tx).await {
+            return;
+        }
+        if status.state != v1::JobState::Running as i32 {
+            let _ = send(Event::Finished(status)).await;
+            return;
+        }
+        if first {
+            first = false;
+            if !send(Event::Progress(status)).await {
+                return;
+            }
+        }
+        loop {
+            match erx.recv().await {
+                Some(HubEvent::Finding(f)) => {
+                    if f.cursor <= cursor {
+                        continue;
+                    }
+                    if f.cursor != cursor + 1
+                        && !replay(&sh.store, &sh.durable, job_id, &mut cursor, &tx).await
+                    {
+                        return;
+                    }
+                    if f.cursor == cursor + 1 {
+                        cursor = f.cursor;
+                        if !send(Event::Finding(convert::finding(&f))).await {
+                            return;
+                        }
+                    }
+                }
+                Some(HubEvent::Progress(_, st)) => {
+                    if !send(Event::Progress(st)).await {
+                        return;
+                    }
+                }
+                Some(HubEvent::Finished(_, st)) => {
+                    if replay(&sh.store, &sh.durable, job_id, &mut cursor, &tx).await {
+                        let _ = send(Event::Finished(st)).await;
+                    }
+                    return;
+                }
+                None => {
+                    debug!(
+                        job_id,
+                        cursor, "watch subscription dropped; replaying from storage"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct MinionApi {
-    pub engine: EngineHandle,
+    pub shared: Shared,
     pub sessions: Arc<AtomicU64>,
 }
 
@@ -351,11 +392,19 @@ impl v1::minion_service_server::MinionService for MinionApi {
         let sid = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::unbounded_channel();
         let txc: SessionTx = tx.clone();
-        let generation = ask(&self.engine, |r| {
-            EngineMsg::Register(Box::new(reg), txc, sid, r)
-        })
-        .await?;
-        let engine = self.engine.get()?;
+        let unavailable = || Status::unavailable("scheduler restarting; reconnect");
+        let registry = self.shared.registry.get().ok_or_else(unavailable)?;
+        let ingest = self.shared.ingest.get().ok_or_else(unavailable)?;
+        let generation = match registry
+            .call(
+                |r| RegMsg::Register(Box::new(reg), txc, sid, r),
+                Some(CALL_TIMEOUT),
+            )
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(g)) => g,
+            _ => return Err(unavailable()),
+        };
         tokio::spawn(async move {
             loop {
                 let m = match inbound.message().await {
@@ -369,7 +418,7 @@ impl v1::minion_service_server::MinionService for MinionApi {
                     Err(e) => {
                         // Oversized or undecodable messages end up here: close only this session.
                         warn!(minion = %id, error = %e, "minion stream error");
-                        let _ = engine.cast(EngineMsg::Kick(
+                        let _ = registry.cast(RegMsg::Kick(
                             id.clone(),
                             generation,
                             format!("stream error: {}", e.message()),
@@ -378,14 +427,14 @@ impl v1::minion_service_server::MinionService for MinionApi {
                     }
                 };
                 let sent = match m.msg {
-                    Some(MMsg::Heartbeat(_)) => {
-                        engine.cast(EngineMsg::Heartbeat(id.clone(), generation))
-                    }
-                    Some(MMsg::Results(b)) => {
-                        engine.cast(EngineMsg::Results(id.clone(), generation, b, tx.clone()))
-                    }
+                    Some(MMsg::Heartbeat(_)) => registry
+                        .cast(RegMsg::Heartbeat(id.clone(), generation))
+                        .map_err(|_| ()),
+                    Some(MMsg::Results(b)) => ingest
+                        .cast(IngestMsg::Results(id.clone(), generation, b, tx.clone()))
+                        .map_err(|_| ()),
                     Some(MMsg::Register(_)) | None => {
-                        let _ = engine.cast(EngineMsg::Kick(
+                        let _ = registry.cast(RegMsg::Kick(
                             id.clone(),
                             generation,
                             "unexpected message after Register".into(),
@@ -394,12 +443,13 @@ impl v1::minion_service_server::MinionService for MinionApi {
                     }
                 };
                 if sent.is_err() {
-                    // The engine was restarted: end the session; the minion reconnects.
-                    let _ = tx.send(Err(Status::unavailable("job manager restarted; reconnect")));
+                    // The registry or ingestor was restarted: end the session; the minion
+                    // reconnects and re-sends what was not acknowledged.
+                    let _ = tx.send(Err(Status::unavailable("scheduler restarted; reconnect")));
                     break;
                 }
             }
-            let _ = engine.cast(EngineMsg::Disconnected(id, sid));
+            let _ = registry.cast(RegMsg::Disconnected(id, sid));
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }

@@ -3,16 +3,21 @@
 
 pub mod actors;
 pub mod api;
+pub mod commit;
 pub mod config;
 pub mod engine;
 pub mod hub;
 pub mod images;
+pub mod ingest;
+pub mod job;
+pub mod manager;
+pub mod registry;
 pub mod telemetry;
 
 pub use config::{CoordinatorConfig, Settings};
 pub use engine::EngineConfig;
 
-use actors::{CoordinatorSupervisor, EngineHandle, EngineMsg, Shared, SupMsg};
+use actors::{CoordinatorSupervisor, Shared, SupMsg};
 use hub::Durable;
 use overlord_proto::v1;
 use overlord_storage::{SledStore, Store};
@@ -42,7 +47,7 @@ pub enum CoordError {
 /// A running coordinator (actors + gRPC server on its listener).
 pub struct Running {
     pub addr: SocketAddr,
-    pub engine: EngineHandle,
+    pub shared: Shared,
     pub restarts: Arc<AtomicU64>,
     sup: ActorRef<SupMsg>,
     sup_join: tokio::task::JoinHandle<()>,
@@ -95,20 +100,21 @@ impl Running {
     }
 
     pub async fn stats(&self) -> Option<engine::Stats> {
-        let e = self.engine.get().ok()?;
-        match e
-            .call(EngineMsg::Stats, Some(std::time::Duration::from_secs(10)))
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
-            _ => None,
+        Some(self.shared.counters.snapshot())
+    }
+
+    /// Test hook: makes a running job's actor panic (the job manager restarts it), or the job
+    /// manager itself when no job runs (the root supervisor restarts it).
+    pub fn inject_panic(&self) {
+        if let Some(m) = self.shared.manager.get() {
+            let _ = m.cast(manager::MgrMsg::InjectPanic);
         }
     }
 
-    /// Test hook: makes the job manager actor panic (the supervisor restarts it).
-    pub fn inject_panic(&self) {
-        if let Ok(e) = self.engine.get() {
-            let _ = e.cast(EngineMsg::InjectPanic);
+    /// Test hook: makes the registry/scheduler panic (the root supervisor restarts it).
+    pub fn inject_registry_panic(&self) {
+        if let Some(r) = self.shared.registry.get() {
+            let _ = r.cast(registry::RegMsg::InjectPanic);
         }
     }
 }
@@ -141,23 +147,47 @@ pub async fn start_with_store(
     )?;
     let indexer = images::spawn_indexer(images.clone(), hub.subscribe());
     let durable = Durable::default();
-    let engine = EngineHandle::default();
     let restarts = Arc::new(AtomicU64::new(0));
+    // A new epoch per start: fencing tokens of this run are above every earlier one.
+    let epoch = store
+        .meta("epoch")
+        .map_err(|source| CoordError::Storage {
+            path: settings.data_dir.display().to_string(),
+            source,
+        })?
+        .unwrap_or(0)
+        + 1;
+    let mut b = overlord_storage::Batch::default();
+    b.push(overlord_storage::Op::Meta("epoch", epoch));
+    store
+        .apply(b)
+        .and_then(|_| store.flush())
+        .map_err(|source| CoordError::Storage {
+            path: settings.data_dir.display().to_string(),
+            source,
+        })?;
     let shared = Shared {
         store: store.clone(),
         cfg: settings.engine.clone(),
         hub: hub.clone(),
         durable: durable.clone(),
-        engine: engine.clone(),
         flusher: Default::default(),
+        fanout: Default::default(),
+        ingest: Default::default(),
+        registry: Default::default(),
+        manager: Default::default(),
+        jobs: Default::default(),
+        epoch,
+        token_ctr: Arc::new(AtomicU64::new(0)),
         restarts: restarts.clone(),
+        counters: Default::default(),
     };
-    let (sup, sup_join) = Actor::spawn(None, CoordinatorSupervisor, shared)
+    let (sup, sup_join) = Actor::spawn(None, CoordinatorSupervisor, shared.clone())
         .await
         .map_err(|e| CoordError::Actors(e.to_string()))?;
-    let job_api = api::JobApi::new(engine.clone(), store, hub, durable, settings.scope.clone());
+    let job_api = api::JobApi::new(shared.clone(), settings.scope.clone());
     let minion_api = api::MinionApi {
-        engine: engine.clone(),
+        shared: shared.clone(),
         sessions: Arc::new(AtomicU64::new(0)),
     };
     let max = overlord_proto::MAX_MESSAGE_BYTES;
@@ -198,7 +228,7 @@ pub async fn start_with_store(
     tracing::info!(%addr, "coordinator serving");
     Ok(Running {
         addr,
-        engine,
+        shared,
         restarts,
         sup,
         sup_join,

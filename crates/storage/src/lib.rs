@@ -11,6 +11,7 @@
 //! | `f:` + job id + cursor (u64 BE each) | [`FindingRecord`] |
 //! | `b:` + sha256 hex | blob bytes (content-addressed, raw) |
 //! | `n:` + minion id | [`MinionRecord`] (incarnation, generation) |
+//! | `r:` + client request id | job id (u64 BE): idempotent submission |
 //!
 //! ## Record encoding
 //! Every record is `[version: u8] ++ JSON`. Version 1 is the only one so far; decoders match on the
@@ -53,6 +54,8 @@ pub enum Op {
     Finding(FindingRecord),
     Blob(String, Vec<u8>),
     Minion(MinionRecord),
+    /// A client's submission request id → the job it created.
+    Request(String, JobId),
 }
 
 /// Writes applied together (atomically).
@@ -92,6 +95,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<FindingRecord>, StoreError>;
     fn blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn minions(&self) -> Result<Vec<MinionRecord>, StoreError>;
+    /// Every (request id, job id) of accepted submissions.
+    fn requests(&self) -> Result<Vec<(String, JobId)>, StoreError>;
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -177,6 +182,7 @@ impl Store for SledStore {
                 Op::Finding(f) => b.insert(key2(b"f:", f.job_id, f.cursor), encode(&f)),
                 Op::Blob(sha, bytes) => b.insert(key_str(b"b:", &sha), bytes),
                 Op::Minion(m) => b.insert(key_str(b"n:", &m.id), encode(&m)),
+                Op::Request(rid, job) => b.insert(key_str(b"r:", &rid), &job.to_be_bytes()),
             }
         }
         self.db.apply_batch(b)?;
@@ -243,6 +249,20 @@ impl Store for SledStore {
 
     fn minions(&self) -> Result<Vec<MinionRecord>, StoreError> {
         self.scan(b"n:".to_vec())
+    }
+
+    fn requests(&self) -> Result<Vec<(String, JobId)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(b"r:") {
+            let (k, v) = kv?;
+            let id =
+                u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: "request value is not 8 bytes".into(),
+                })?);
+            out.push((String::from_utf8_lossy(&k[2..]).into_owned(), id));
+        }
+        Ok(out)
     }
 }
 
@@ -317,10 +337,12 @@ mod tests {
                 generation: 2,
                 provider: "p".into(),
             }));
+            b.push(Op::Request("req-1".into(), 7));
             s.apply(b).unwrap();
             s.flush().unwrap();
         }
         let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.requests().unwrap(), vec![("req-1".to_string(), 7)]);
         assert_eq!(s.meta("epoch").unwrap(), Some(3));
         assert_eq!(s.meta("nope").unwrap(), None);
         assert_eq!(s.jobs().unwrap().len(), 1);

@@ -1,0 +1,1012 @@
+//! One actor per running job: owns the job's tasks (lazy expansion of root tasks, the pending
+//! queue, leases with fencing tokens and deadlines), takes slot offers from the registry, ingests
+//! the job's results (verdicts, findings, follow-up rules, retries), and completes or cancels the
+//! job. Every change goes through its [`Committer`]: acknowledgements, replies and published
+//! events wait for the flush that covers them.
+//!
+//! A job actor that fails is restarted by the job manager and rebuilds itself from storage; it
+//! then gives back every lease it held (`Adopt` without `keep`): those tasks run again under new
+//! tokens, and a late result under an old token is rejected, so nothing is stored twice.
+
+use crate::actors::Shared;
+use crate::commit::Committer;
+use crate::engine::{Counters, IngestedResult, ParsedFinding, SessionTx, pending_blob, status_of};
+use crate::hub::{FanMsg, HubEvent};
+use crate::manager::MgrMsg;
+use crate::registry::{Demand, RegMsg, SlotOffer};
+use crate::telemetry;
+use overlord_core::followup::{FindingView, follow_ups};
+use overlord_core::job::{
+    FindingRecord, JobRecord, JobSpec, JobState, RootPlan, TaskRecord, TaskSpec, TaskState,
+    lease_params, root_index, root_plan, root_task,
+};
+use overlord_core::perm::Permutation;
+use overlord_core::sched::{self, Retry, Verdict};
+use overlord_core::{JobId, TaskId, Token, now_ms};
+use overlord_proto::error::ApiError;
+use overlord_proto::v1::{self, coordinator_message::Msg as CMsg};
+use overlord_storage::{Op, StoreError};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+pub const TICK: Duration = Duration::from_millis(100);
+/// Progress events per job at most every this many ms.
+const PROGRESS_EVERY_MS: u64 = 250;
+/// Re-announce demand at least this often while tasks are pending (covers lost messages).
+const DEMAND_REFRESH_MS: u64 = 500;
+/// Pending tasks an offer may skip over (no offered minion runs their module) before it stops.
+const MAX_SKIP: usize = 1024;
+
+pub enum JobInit {
+    /// Just submitted: the manager wrote the spec and the first record.
+    New {
+        rec: JobRecord,
+        spec: Arc<JobSpec>,
+        plan: RootPlan,
+    },
+    /// Rebuilt from storage. `keep_leases`: after a coordinator restart, leases of minions that
+    /// come back stay valid; after this actor's own failure they are all given back.
+    Recover { id: JobId, keep_leases: bool },
+}
+
+pub enum JobMsg {
+    Offer {
+        offer: u64,
+        slots: Vec<SlotOffer>,
+        alive: u32,
+    },
+    Results {
+        minion: String,
+        provider: String,
+        generation: u64,
+        items: Vec<IngestedResult>,
+        tx: SessionTx,
+    },
+    /// Leases the registry took back (minion dead or replaced): (tokens, reason, count attempt).
+    Requeue(Vec<Token>, String, bool),
+    /// Results rejected by the registry as stale (counted in the job's record).
+    Stale(u64),
+    Status(RpcReplyPort<Result<v1::JobStatus, ApiError>>),
+    Cancel(RpcReplyPort<Result<v1::JobStatus, ApiError>>),
+    /// The registry restarted: report live leases again.
+    Readopt,
+    Flushed(u64),
+    Tick,
+    /// Sent by the manager once it recorded the job as finished.
+    Stop,
+    InjectPanic,
+}
+
+pub struct JobActor;
+
+pub struct JobSt {
+    sh: Shared,
+    c: Committer,
+    rec: JobRecord,
+    spec: Arc<JobSpec>,
+    plan: RootPlan,
+    perm: Permutation,
+    pending: VecDeque<TaskId>,
+    pending_by_module: HashMap<String, u64>,
+    /// Non-terminal tasks (pending or leased).
+    tasks: HashMap<TaskId, TaskRecord>,
+    leases: HashMap<Token, TaskId>,
+    dirty: bool,
+    progress_dirty: bool,
+    last_progress_ms: u64,
+    /// Events to publish once this message's writes are durable.
+    publish: Vec<HubEvent>,
+    /// Completed or cancelled in memory; `final_durable` once the flush covering it returned.
+    finishing: bool,
+    final_durable: bool,
+    notify_manager: bool,
+    /// Minions alive (from the last offer) and the largest offer seen: rate limit, expansion.
+    alive: u32,
+    capacity_hint: usize,
+    last_demand: Option<Demand>,
+    last_demand_ms: u64,
+}
+
+impl Actor for JobActor {
+    type Msg = JobMsg;
+    type State = JobSt;
+    type Arguments = (Shared, JobInit);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        (sh, init): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let c = Committer::new(sh.store.clone(), sh.counters.clone());
+        let (mut st, adopt) = match init {
+            JobInit::New { rec, spec, plan } => {
+                let perm = Permutation::new(plan.total, rec.perm_key);
+                (JobSt::new(sh, c, rec, spec, plan, perm), None)
+            }
+            JobInit::Recover { id, keep_leases } => {
+                let mut st = JobSt::recover(sh, c, id)?;
+                let leased: Vec<(Token, String, u64)> = st
+                    .tasks
+                    .values()
+                    .filter_map(|t| match &t.state {
+                        TaskState::Leased {
+                            minion,
+                            generation,
+                            token,
+                            ..
+                        } => Some((*token, minion.clone(), *generation)),
+                        _ => None,
+                    })
+                    .collect();
+                for t in st.tasks.values() {
+                    if let TaskState::Leased { token, .. } = &t.state {
+                        st.leases.insert(*token, t.spec.task_id);
+                    }
+                }
+                (st, Some((leased, keep_leases)))
+            }
+        };
+        st.sh
+            .jobs
+            .write()
+            .expect("job dir")
+            .insert(st.rec.id, myself.clone());
+        if let Some((leases, keep)) = adopt
+            && let Some(r) = st.sh.registry.get()
+        {
+            let _ = r.cast(RegMsg::Adopt {
+                job: st.rec.id,
+                leases,
+                keep,
+            });
+        }
+        st.expand();
+        st.check_complete();
+        myself.send_interval(TICK, || JobMsg::Tick);
+        st.end_turn(&myself)?;
+        Ok(st)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            JobMsg::Offer {
+                offer,
+                slots,
+                alive,
+            } => st.offer(offer, slots, alive)?,
+            JobMsg::Results {
+                minion,
+                provider,
+                generation,
+                items,
+                tx,
+            } => st.results(&minion, &provider, generation, items, tx),
+            JobMsg::Requeue(tokens, reason, count) => {
+                for tok in tokens {
+                    if let Some(task) = st.leases.remove(&tok) {
+                        st.requeue(task, &reason, count);
+                    }
+                }
+                st.check_complete();
+            }
+            JobMsg::Stale(n) => {
+                st.rec.stale_rejected += n;
+                st.dirty = true;
+            }
+            JobMsg::Status(reply) => {
+                let _ = reply.send(Ok(st.status()));
+            }
+            JobMsg::Cancel(reply) => st.cancel(reply),
+            JobMsg::Readopt => {
+                let leases: Vec<(Token, String, u64)> = st
+                    .tasks
+                    .values()
+                    .filter_map(|t| match &t.state {
+                        TaskState::Leased {
+                            minion,
+                            generation,
+                            token,
+                            ..
+                        } => Some((*token, minion.clone(), *generation)),
+                        _ => None,
+                    })
+                    .collect();
+                if let Some(r) = st.sh.registry.get() {
+                    let _ = r.cast(RegMsg::Adopt {
+                        job: st.rec.id,
+                        leases,
+                        keep: true,
+                    });
+                }
+                st.last_demand = None;
+            }
+            JobMsg::Flushed(seq) => {
+                st.c.flushed(seq);
+                if st.finishing && !st.c.has_unreleased() {
+                    st.final_durable = true;
+                }
+            }
+            JobMsg::Tick => st.tick(),
+            JobMsg::Stop => {
+                myself.stop(None);
+                return Ok(());
+            }
+            JobMsg::InjectPanic => panic!("injected panic in job {} (supervision test)", st.rec.id),
+        }
+        st.end_turn(&myself)?;
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let mut dir = st.sh.jobs.write().expect("job dir");
+        if dir.get(&st.rec.id).map(|a| a.get_id()) == Some(myself.get_id()) {
+            dir.remove(&st.rec.id);
+        }
+        Ok(())
+    }
+}
+
+impl JobSt {
+    fn new(
+        sh: Shared,
+        c: Committer,
+        rec: JobRecord,
+        spec: Arc<JobSpec>,
+        plan: RootPlan,
+        perm: Permutation,
+    ) -> Self {
+        JobSt {
+            sh,
+            c,
+            rec,
+            spec,
+            plan,
+            perm,
+            pending: VecDeque::new(),
+            pending_by_module: HashMap::new(),
+            tasks: HashMap::new(),
+            leases: HashMap::new(),
+            dirty: true,
+            progress_dirty: true,
+            last_progress_ms: 0,
+            publish: Vec::new(),
+            finishing: false,
+            final_durable: false,
+            notify_manager: false,
+            alive: 1,
+            capacity_hint: 0,
+            last_demand: None,
+            last_demand_ms: 0,
+        }
+    }
+
+    /// Rebuilds a running job from storage.
+    fn recover(sh: Shared, c: Committer, id: JobId) -> Result<Self, StoreError> {
+        let store = sh.store.clone();
+        let corrupt = |reason: String| StoreError::Corrupt {
+            key: format!("j:{id}"),
+            reason,
+        };
+        let rec = store
+            .job(id)?
+            .ok_or_else(|| corrupt("missing job record".into()))?;
+        let spec = store
+            .spec(id)?
+            .ok_or_else(|| corrupt("missing job spec".into()))?;
+        let plan = root_plan(&spec).map_err(|e| corrupt(e.to_string()))?;
+        let perm = Permutation::new(plan.total, rec.perm_key);
+        let now = now_ms();
+        let task_timeout = sh.cfg.task_timeout_ms;
+        let mut st = JobSt::new(sh, c, rec, Arc::new(spec), plan, perm);
+        st.dirty = false;
+        // Root tasks below the expansion cursor with no record were created but never leased
+        // (creation is not persisted): they are pending again.
+        let mut stored_roots = HashSet::new();
+        for mut t in store.tasks(id)? {
+            if let Some(index) = root_index(t.spec.task_id, st.rec.root_total)
+                && index < st.rec.root_next
+            {
+                stored_roots.insert(index);
+            }
+            match &mut t.state {
+                TaskState::Pending => {
+                    let tid = t.spec.task_id;
+                    st.tasks.insert(tid, t);
+                    st.push_back(tid);
+                }
+                TaskState::Leased { deadline_ms, .. } => {
+                    // The minion may still hold it; it gets a heartbeat timeout to come back.
+                    *deadline_ms = now + task_timeout;
+                    st.tasks.insert(t.spec.task_id, t);
+                }
+                _ => {}
+            }
+        }
+        for index in 0..st.rec.root_next {
+            if !stored_roots.contains(&index) {
+                let t = root_task(id, &st.spec, &st.plan, &st.perm, index);
+                let tid = t.task_id;
+                st.tasks.insert(tid, TaskRecord::new(t));
+                st.push_back(tid);
+            }
+        }
+        info!(
+            job_id = id,
+            tasks = st.tasks.len(),
+            pending = st.pending.len(),
+            "job actor recovered"
+        );
+        Ok(st)
+    }
+
+    // ---------- the pending queue ----------
+
+    fn module_of(&self, task: TaskId) -> String {
+        self.tasks
+            .get(&task)
+            .map(|t| t.spec.module.clone())
+            .unwrap_or_default()
+    }
+
+    fn push_back(&mut self, task: TaskId) {
+        *self
+            .pending_by_module
+            .entry(self.module_of(task))
+            .or_default() += 1;
+        self.pending.push_back(task);
+    }
+
+    fn push_front(&mut self, task: TaskId) {
+        *self
+            .pending_by_module
+            .entry(self.module_of(task))
+            .or_default() += 1;
+        self.pending.push_front(task);
+    }
+
+    fn pop_front(&mut self) -> Option<TaskId> {
+        let t = self.pending.pop_front()?;
+        let m = self.module_of(t);
+        if let Some(n) = self.pending_by_module.get_mut(&m) {
+            *n = n.saturating_sub(1);
+        }
+        Some(t)
+    }
+
+    fn leased_count(&self) -> u64 {
+        (self.tasks.len() - self.pending.len()) as u64
+    }
+
+    fn demand(&self) -> Demand {
+        let mut by_module: Vec<(String, u64)> = self
+            .pending_by_module
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(m, n)| (m.clone(), *n))
+            .collect();
+        by_module.sort();
+        let max_new = if self.finishing {
+            0
+        } else if self.spec.rate_limit > 0 {
+            // A rate-limited job keeps at most one task per live minion in flight, each with
+            // its share of the rate.
+            (self.alive as u64).saturating_sub(self.leased_count())
+        } else {
+            u64::MAX
+        };
+        Demand { by_module, max_new }
+    }
+
+    fn status(&self) -> v1::JobStatus {
+        let live = (!self.finishing || !self.final_durable)
+            .then(|| (self.pending.len() as u64, self.leased_count()));
+        let mut st = status_of(&self.rec, &self.spec, live);
+        if self.finishing && !self.final_durable {
+            // Not durable yet: nobody may see it finished before its results are readable.
+            st.state = v1::JobState::Running as i32;
+        }
+        st
+    }
+
+    // ---------- turn end: durability, events, demand ----------
+
+    fn end_turn(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
+        if self.dirty {
+            self.dirty = false;
+            self.c.batch.push(Op::Job(self.rec.clone()));
+        }
+        if !self.publish.is_empty() || self.notify_manager {
+            let events = std::mem::take(&mut self.publish);
+            let durable = self.sh.durable.clone();
+            let fanout = self.sh.fanout.clone();
+            let id = self.rec.id;
+            let last_cursor = events
+                .iter()
+                .filter_map(|e| match e {
+                    HubEvent::Finding(f) => Some(f.cursor),
+                    _ => None,
+                })
+                .max();
+            let finished = self.notify_manager.then(|| {
+                self.notify_manager = false;
+                (
+                    self.sh.manager.clone(),
+                    self.rec.clone(),
+                    self.spec.clone(),
+                    self.sh.registry.clone(),
+                )
+            });
+            self.c.defer(move || {
+                if let Some(c) = last_cursor {
+                    durable.set(id, c);
+                }
+                if !events.is_empty()
+                    && let Some(f) = fanout.get()
+                {
+                    let _ = f.cast(FanMsg::Publish(events));
+                }
+                if let Some((mgr, rec, spec, reg)) = finished {
+                    if let Some(r) = reg.get() {
+                        let _ = r.cast(RegMsg::JobGone(id));
+                    }
+                    if let Some(m) = mgr.get() {
+                        let _ = m.cast(MgrMsg::Finished(id, rec, spec));
+                    }
+                }
+            });
+        }
+        self.c.commit()?;
+        let me = myself.clone();
+        self.c.request_flush(&self.sh.flusher, move |seq| {
+            Box::new(move || {
+                let _ = me.cast(JobMsg::Flushed(seq));
+            })
+        });
+        if !self.finishing {
+            let d = self.demand();
+            let now = now_ms();
+            let changed = self.last_demand.as_ref() != Some(&d);
+            let refresh =
+                d.total() > 0 && now.saturating_sub(self.last_demand_ms) >= DEMAND_REFRESH_MS;
+            if (changed || refresh)
+                && let Some(r) = self.sh.registry.get()
+            {
+                let _ = r.cast(RegMsg::Demand(self.rec.id, d.clone()));
+                self.last_demand = Some(d);
+                self.last_demand_ms = now;
+            }
+        }
+        Ok(())
+    }
+
+    // ---------- expansion and completion ----------
+
+    /// Expands root tasks up to the watermark (lazy: a /8 never materialises at once).
+    fn expand(&mut self) {
+        if self.finishing {
+            return;
+        }
+        let watermark = self.sh.cfg.expand_watermark.max(self.capacity_hint * 2);
+        while self.pending.len() < watermark && self.rec.root_next < self.rec.root_total {
+            let t = root_task(
+                self.rec.id,
+                &self.spec,
+                &self.plan,
+                &self.perm,
+                self.rec.root_next,
+            );
+            self.rec.root_next += 1;
+            self.rec.tasks_created += 1;
+            let tid = t.task_id;
+            // Not written: a root task is a pure function of (job spec, index); until its
+            // first state change (lease) it is recomputed from the persisted expansion cursor
+            // (`root_next`, in the job record) at recovery.
+            self.tasks.insert(tid, TaskRecord::new(t));
+            self.push_back(tid);
+            self.dirty = true;
+        }
+    }
+
+    fn check_complete(&mut self) {
+        if self.finishing || !self.rec.is_complete() {
+            return;
+        }
+        self.rec.state = JobState::Completed;
+        self.rec.finished_ms = now_ms();
+        self.dirty = true;
+        info!(
+            job_id = self.rec.id,
+            done = self.rec.done,
+            failed = self.rec.failed,
+            findings = self.rec.findings,
+            "job completed"
+        );
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        self.finishing = true;
+        let st = status_of(&self.rec, &self.spec, None);
+        self.publish.push(HubEvent::Finished(self.rec.id, st));
+        self.notify_manager = true;
+    }
+
+    fn cancel(&mut self, reply: RpcReplyPort<Result<v1::JobStatus, ApiError>>) {
+        if self.finishing {
+            let _ = reply.send(Ok(self.status()));
+            return;
+        }
+        let mut revoke = Vec::new();
+        for (_, mut t) in self.tasks.drain() {
+            if let TaskState::Leased { token, .. } = &t.state {
+                revoke.push(*token);
+            }
+            t.state = TaskState::Cancelled;
+            self.rec.failed += 1;
+            self.c.batch.push(Op::Task(t));
+        }
+        self.pending.clear();
+        self.pending_by_module.clear();
+        self.leases.clear();
+        if let Some(r) = self.sh.registry.get() {
+            let _ = r.cast(RegMsg::Release(self.rec.id, revoke));
+        }
+        self.rec.state = JobState::Cancelled;
+        self.rec.finished_ms = now_ms();
+        self.dirty = true;
+        info!(job_id = self.rec.id, "job cancelled");
+        self.finish();
+        let st = status_of(&self.rec, &self.spec, None);
+        self.c.defer(move || {
+            let _ = reply.send(Ok(st));
+        });
+    }
+
+    // ---------- leases ----------
+
+    fn offer(&mut self, offer: u64, slots: Vec<SlotOffer>, alive: u32) -> Result<(), StoreError> {
+        self.alive = alive.max(1);
+        let offered: usize = slots.iter().map(|s| s.free as usize).sum();
+        self.capacity_hint = self
+            .capacity_hint
+            .max(offered + self.leased_count() as usize);
+        let now = now_ms();
+        let max_new = self.demand().max_new;
+        let rate_share = sched::rate_share(self.spec.rate_limit, self.alive);
+        let mut free: Vec<u32> = slots.iter().map(|s| s.free).collect();
+        let mut out: Vec<Vec<v1::TaskLease>> = vec![Vec::new(); slots.len()];
+        let mut tokens: Vec<Vec<Token>> = vec![Vec::new(); slots.len()];
+        let mut skipped = Vec::new();
+        let mut granted = 0u64;
+        while granted < max_new && free.iter().any(|f| *f > 0) {
+            let Some(task_id) = self.pop_front() else {
+                break;
+            };
+            let t = self.tasks.get(&task_id).expect("pending task");
+            let views: Vec<sched::MinionView<'_>> = slots
+                .iter()
+                .zip(&free)
+                .map(|(s, f)| sched::MinionView {
+                    id: &s.minion,
+                    provider: &s.provider,
+                    modules: &s.modules,
+                    free: *f,
+                    alive: true,
+                })
+                .collect();
+            let Some(i) = sched::place(
+                &t.spec.module,
+                t.last_minion.as_deref(),
+                t.last_provider.as_deref(),
+                &views,
+            ) else {
+                skipped.push(task_id);
+                if skipped.len() >= MAX_SKIP {
+                    break;
+                }
+                continue;
+            };
+            let token = self.sh.next_token();
+            let deadline = now + self.sh.cfg.task_timeout_ms;
+            let t = self.tasks.get_mut(&task_id).expect("pending task");
+            t.state = TaskState::Leased {
+                minion: slots[i].minion.clone(),
+                generation: slots[i].generation,
+                token,
+                deadline_ms: deadline,
+            };
+            self.c.batch.push(Op::Task(t.clone()));
+            let params = lease_params(&self.spec, &t.spec, rate_share);
+            // The blob may have arrived in a result of this very turn (not yet applied to the
+            // store): look there first, then in the store.
+            let blob = t
+                .spec
+                .blob_sha256
+                .as_ref()
+                .and_then(|sha| {
+                    pending_blob(&self.c.batch, sha)
+                        .or_else(|| self.c.store().blob(sha).ok().flatten())
+                })
+                .unwrap_or_default();
+            out[i].push(v1::TaskLease {
+                job_id: self.rec.id,
+                task_id,
+                parent_task_id: t.spec.parent.unwrap_or(0),
+                module: t.spec.module.clone(),
+                target: t.spec.target.map(|a| a.to_string()).unwrap_or_default(),
+                ports: t.spec.ports.iter().map(|p| *p as u32).collect(),
+                params_json: params.to_string(),
+                blob,
+                input: t.spec.input.clone().unwrap_or_default(),
+                token,
+                deadline_ms: deadline,
+                traceparent: telemetry::lease_traceparent(
+                    self.rec.id,
+                    task_id,
+                    token,
+                    &t.spec.module,
+                ),
+            });
+            telemetry::record(
+                telemetry::Event::TaskLeased {
+                    module: &t.spec.module,
+                },
+                1,
+            );
+            tokens[i].push(token);
+            self.leases.insert(token, task_id);
+            free[i] -= 1;
+            granted += 1;
+        }
+        for tid in skipped.into_iter().rev() {
+            self.push_front(tid);
+        }
+        if granted > 0 {
+            self.progress_dirty = true;
+            Counters::add(&self.sh.counters.leases_granted, granted);
+        }
+        self.expand();
+        // Leased state is applied before the registry learns the tokens, and the registry
+        // learns them before the minions get them (so it knows a token before its result).
+        self.c.commit()?;
+        let demand = self.demand();
+        let used = slots
+            .iter()
+            .zip(tokens)
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(s, t)| (s.minion.clone(), s.generation, t))
+            .collect();
+        if let Some(r) = self.sh.registry.get() {
+            let _ = r.cast(RegMsg::Taken {
+                job: self.rec.id,
+                offer,
+                used,
+                demand: demand.clone(),
+            });
+        }
+        self.last_demand = Some(demand);
+        self.last_demand_ms = now;
+        for (s, leases) in slots.iter().zip(out) {
+            if !leases.is_empty() {
+                let _ = s.tx.send(Ok(v1::CoordinatorMessage {
+                    msg: Some(CMsg::Leases(v1::LeaseBatch { leases })),
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns a task to the queue (or fails it after max attempts). The token is already gone.
+    fn requeue(&mut self, task: TaskId, reason: &str, count_attempt: bool) {
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        if let TaskState::Leased { minion, .. } = &t.state {
+            t.last_minion = Some(minion.clone());
+        }
+        if count_attempt {
+            t.attempts += 1;
+        }
+        t.last_error = Some(reason.to_string());
+        self.dirty = true;
+        self.progress_dirty = true;
+        if sched::on_failure(t.attempts, self.sh.cfg.max_attempts, false) == Retry::Fail {
+            t.state = TaskState::Failed {
+                reason: format!("{reason} (after {} attempts)", t.attempts),
+            };
+            telemetry::record(
+                telemetry::Event::TaskFailed {
+                    module: &t.spec.module,
+                },
+                1,
+            );
+            let t = self.tasks.remove(&task).expect("task");
+            self.c.batch.push(Op::Task(t));
+            self.rec.failed += 1;
+        } else {
+            t.state = TaskState::Pending;
+            self.c.batch.push(Op::Task(t.clone()));
+            self.push_front(task);
+        }
+    }
+
+    fn tick(&mut self) {
+        if self.finishing {
+            return;
+        }
+        let now = now_ms();
+        let expired: Vec<(Token, TaskId)> = self
+            .leases
+            .iter()
+            .filter(|(_, t)| {
+                self.tasks.get(t).is_some_and(
+                    |t| matches!(t.state, TaskState::Leased { deadline_ms, .. } if deadline_ms < now),
+                )
+            })
+            .map(|(tok, t)| (*tok, *t))
+            .collect();
+        if !expired.is_empty() {
+            if let Some(r) = self.sh.registry.get() {
+                let _ = r.cast(RegMsg::Release(
+                    self.rec.id,
+                    expired.iter().map(|(t, _)| *t).collect(),
+                ));
+            }
+            for (tok, task) in expired {
+                self.leases.remove(&tok);
+                self.requeue(task, "lease deadline passed", true);
+            }
+        }
+        self.expand();
+        self.check_complete();
+        if self.progress_dirty
+            && !self.finishing
+            && now.saturating_sub(self.last_progress_ms) >= PROGRESS_EVERY_MS
+        {
+            self.progress_dirty = false;
+            self.last_progress_ms = now;
+            self.publish
+                .push(HubEvent::Progress(self.rec.id, self.status()));
+        }
+    }
+
+    // ---------- results ----------
+
+    fn results(
+        &mut self,
+        minion: &str,
+        provider: &str,
+        generation: u64,
+        items: Vec<IngestedResult>,
+        tx: SessionTx,
+    ) {
+        let mut acks = Vec::with_capacity(items.len());
+        let mut malformed = None;
+        for r in items {
+            let token = r.token;
+            let state = self.tasks.get(&r.task_id).map(|t| &t.state);
+            match sched::judge_result(state, token, minion, generation) {
+                Verdict::Accept => {}
+                Verdict::Duplicate => {
+                    acks.push(ack(token, true, "duplicate"));
+                    continue;
+                }
+                Verdict::Stale | Verdict::Unknown => {
+                    Counters::add(&self.sh.counters.results_rejected, 1);
+                    telemetry::record(telemetry::Event::ResultRejected { reason: "stale" }, 1);
+                    self.rec.stale_rejected += 1;
+                    self.dirty = true;
+                    acks.push(ack(
+                        token,
+                        false,
+                        "no live lease for this token (revoked, re-leased or completed)",
+                    ));
+                    continue;
+                }
+            }
+            self.leases.remove(&token);
+            match r.findings {
+                Err(e) => {
+                    telemetry::record(
+                        telemetry::Event::ResultRejected {
+                            reason: "malformed",
+                        },
+                        1,
+                    );
+                    acks.push(ack(token, false, &format!("malformed result: {e}")));
+                    self.requeue(r.task_id, &format!("malformed result: {e}"), true);
+                    malformed = Some(e);
+                }
+                Ok(findings) if r.ok => {
+                    self.complete_task(
+                        r.task_id,
+                        findings,
+                        minion,
+                        provider,
+                        r.started_at_ms,
+                        r.finished_at_ms,
+                    );
+                    Counters::add(&self.sh.counters.results_accepted, 1);
+                    telemetry::record(telemetry::Event::ResultAccepted, 1);
+                    acks.push(ack(token, true, ""));
+                }
+                Ok(_) => {
+                    Counters::add(&self.sh.counters.results_accepted, 1);
+                    telemetry::record(telemetry::Event::ResultAccepted, 1);
+                    acks.push(ack(token, true, ""));
+                    self.fail_attempt(r.task_id, minion, provider, &r.error, r.permanent);
+                }
+            }
+        }
+        self.c.defer(move || {
+            let _ = tx.send(Ok(v1::CoordinatorMessage {
+                msg: Some(CMsg::Ack(v1::ResultAck { items: acks })),
+            }));
+        });
+        self.expand();
+        self.check_complete();
+        if let Some(e) = malformed
+            && let Some(r) = self.sh.registry.get()
+        {
+            let _ = r.cast(RegMsg::Kick(
+                minion.to_string(),
+                generation,
+                format!("malformed result: {e}"),
+            ));
+        }
+    }
+
+    fn fail_attempt(
+        &mut self,
+        task: TaskId,
+        minion: &str,
+        provider: &str,
+        error: &str,
+        permanent: bool,
+    ) {
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        t.attempts += 1;
+        t.last_error = Some(error.to_string());
+        t.last_minion = Some(minion.to_string());
+        t.last_provider = Some(provider.to_string());
+        self.dirty = true;
+        self.progress_dirty = true;
+        match sched::on_failure(t.attempts, self.sh.cfg.max_attempts, permanent) {
+            Retry::Requeue => {
+                t.state = TaskState::Pending;
+                self.c.batch.push(Op::Task(t.clone()));
+                self.push_back(task);
+            }
+            Retry::Fail => {
+                warn!(
+                    job_id = self.rec.id,
+                    task_id = task,
+                    attempts = t.attempts,
+                    error,
+                    "task failed"
+                );
+                t.state = TaskState::Failed {
+                    reason: error.to_string(),
+                };
+                telemetry::record(
+                    telemetry::Event::TaskFailed {
+                        module: &t.spec.module,
+                    },
+                    1,
+                );
+                let t = self.tasks.remove(&task).expect("task");
+                self.c.batch.push(Op::Task(t));
+                self.rec.failed += 1;
+            }
+        }
+    }
+
+    fn complete_task(
+        &mut self,
+        task: TaskId,
+        findings: Vec<ParsedFinding>,
+        minion: &str,
+        provider: &str,
+        started: u64,
+        finished: u64,
+    ) {
+        let Some(mut t) = self.tasks.remove(&task) else {
+            return;
+        };
+        let job = self.rec.id;
+        t.state = TaskState::Done;
+        telemetry::record(
+            telemetry::Event::TaskDone {
+                module: &t.spec.module,
+            },
+            1,
+        );
+        t.attempts += 1;
+        t.last_minion = Some(minion.to_string());
+        t.last_provider = Some(provider.to_string());
+        self.rec.done += 1;
+        self.dirty = true;
+        self.progress_dirty = true;
+        let now = now_ms();
+        let mut spawned = Vec::new();
+        for f in findings {
+            let blob_sha = f.blob.map(|(sha, b)| {
+                self.c.batch.push(Op::Blob(sha.clone(), b));
+                sha
+            });
+            self.rec.findings += 1;
+            let rec = FindingRecord {
+                cursor: self.rec.findings,
+                job_id: job,
+                task_id: task,
+                parent_task_id: t.spec.parent,
+                module: t.spec.module.clone(),
+                kind: f.kind,
+                target: f.target,
+                port: f.port,
+                data: f.data,
+                blob_sha256: blob_sha,
+                minion_id: minion.to_string(),
+                provider: provider.to_string(),
+                started_at_ms: started,
+                finished_at_ms: finished,
+                stored_at_ms: now,
+            };
+            let view = FindingView {
+                kind: &rec.kind,
+                target: rec.target,
+                port: rec.port,
+                data: &rec.data,
+                blob_sha256: rec.blob_sha256.as_deref(),
+            };
+            for fu in follow_ups(&self.spec.modules, &view) {
+                let id = self.rec.next_task_id;
+                self.rec.next_task_id += 1;
+                self.rec.tasks_created += 1;
+                let spec = TaskSpec {
+                    job_id: job,
+                    task_id: id,
+                    parent: Some(task),
+                    module: fu.module.to_string(),
+                    target: fu.target,
+                    ports: fu.ports,
+                    input: None,
+                    params: fu.params,
+                    blob_sha256: fu.blob_sha256,
+                };
+                let tr = TaskRecord::new(spec);
+                self.c.batch.push(Op::Task(tr.clone()));
+                self.tasks.insert(id, tr);
+                spawned.push(id);
+            }
+            self.c.batch.push(Op::Finding(rec.clone()));
+            self.publish.push(HubEvent::Finding(rec));
+        }
+        for id in spawned {
+            self.push_back(id);
+        }
+        self.c.batch.push(Op::Task(t));
+    }
+}
+
+fn ack(token: Token, accepted: bool, reason: &str) -> v1::AckItem {
+    v1::AckItem {
+        token,
+        accepted,
+        reason: reason.to_string(),
+    }
+}
