@@ -320,15 +320,9 @@ impl MgrState {
         {
             // A retry of a submission already accepted: the same job, once its record is durable.
             info!(job_id = id, request_id = %rid, "duplicate submission answered with its job");
-            let job = self.running.get(&id).cloned();
-            let done = self.finished_status(id);
-            self.c.defer(move || match job {
-                Some(a) => {
-                    let _ = a.cast(JobMsg::Status(reply));
-                }
-                None => {
-                    let _ = reply.send(done);
-                }
+            let me = myself.clone();
+            self.c.defer(move || {
+                let _ = me.cast(MgrMsg::Get(id, reply));
             });
             return Ok(());
         }
@@ -356,11 +350,14 @@ impl MgrState {
         self.sh.durable.set(id, 0);
         info!(job_id = id, root_tasks = plan.total, module = %plan.module, "job submitted");
         let spec = Arc::new(spec);
-        let status = status_of(&rec, &spec, Some((0, 0)));
         self.spawn_job(myself, id, JobInit::New { rec, spec, plan })
             .await?;
+        // Answered once durable, with the status the job actor reports then (its first tasks
+        // expanded). Routed through this actor so a job that already finished is answered from
+        // the finished records.
+        let me = myself.clone();
         self.c.defer(move || {
-            let _ = reply.send(Ok(status));
+            let _ = me.cast(MgrMsg::Get(id, reply));
         });
         Ok(())
     }
