@@ -435,3 +435,60 @@ async fn slow_watcher_misses_nothing_and_sees_nothing_twice() -> anyhow::Result<
     cluster.shutdown().await;
     Ok(())
 }
+
+/// Invariant: a job's rate limit (connections/s) holds across the cluster — never exceeded in
+/// any window — and a job with fewer tasks than minions still gets its whole rate (a single scan
+/// task is not slowed to rate / number of minions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_rate_limit_is_respected_and_used() -> anyhow::Result<()> {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+    let cluster = InProc::start(&[("m1", "prov-a"), ("m2", "prov-b")], 16).await?;
+    let seen: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let mut ports = Vec::new();
+    for _ in 0..300 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        ports.push(l.local_addr()?.port().to_string());
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((_s, _)) = l.accept().await {
+                seen.lock().unwrap().push(Instant::now());
+            }
+        });
+    }
+    let rate = 200u32;
+    let mut s = spec(&["127.0.0.1"], &ports.join(","), &["portscan"]);
+    s.rate_limit = rate;
+    let mut c = client(&cluster.url).await?;
+    let job = submit(&mut c, s).await?;
+    let st = wait_finished(&cluster.url, job, Duration::from_secs(60)).await?;
+    assert_eq!(st.state, v1::JobState::Completed as i32);
+    let open = all_results(&mut c, job)
+        .await?
+        .iter()
+        .filter(|f| f.kind == "open_port")
+        .count();
+    assert_eq!(open, 300, "every listener found once");
+    let mut t = seen.lock().unwrap().clone();
+    t.sort();
+    assert_eq!(t.len(), 300, "one connection per open port");
+    // Never above the rate: at most rate (+10 % for the accept loops' own scheduling jitter,
+    // which bunches timestamps) in any one-second window.
+    let window = Duration::from_secs(1);
+    let max_in_window = (0..t.len())
+        .map(|i| t[i..].iter().take_while(|x| **x - t[i] < window).count())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        max_in_window <= (rate as usize) * 11 / 10,
+        "{max_in_window} connections within 1 s exceed {rate}/s"
+    );
+    // And the whole rate is used: 300 connections at 200/s take ~1.5 s (at rate/2, ~3 s).
+    let span = t[t.len() - 1] - t[0];
+    assert!(
+        span >= Duration::from_millis(1300) && span <= Duration::from_millis(2500),
+        "300 connections at {rate}/s took {span:?}"
+    );
+    cluster.shutdown().await;
+    Ok(())
+}

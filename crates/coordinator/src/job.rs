@@ -584,7 +584,12 @@ impl JobSt {
             .max(offered + self.leased_count() as usize);
         let now = now_ms();
         let max_new = self.demand().max_new;
-        let rate_share = sched::rate_share(self.spec.rate_limit, self.alive);
+        // A rate-limited job has at most one task per live minion in flight, and never more than
+        // it has tasks left: each lease gets the rate divided by that many, so the job's tasks
+        // together stay within its limit, and a job's last task runs at the full rate.
+        let left = self.tasks.len() as u64 + (self.rec.root_total - self.rec.root_next);
+        let in_flight_cap = (self.alive as u64).min(left).max(1) as u32;
+        let rate_share = sched::rate_share(self.spec.rate_limit, in_flight_cap);
         let mut free: Vec<u32> = slots.iter().map(|s| s.free).collect();
         let mut out: Vec<Vec<v1::TaskLease>> = vec![Vec::new(); slots.len()];
         let mut tokens: Vec<Vec<Token>> = vec![Vec::new(); slots.len()];
