@@ -38,4 +38,7 @@ echo "lab: x11vnc on 127.0.0.1:$vnc (display :$d), redis on :$redis, http on :$h
 # OVERLORD_BIN=path skips the release build (e.g. a debug binary).
 bin=${OVERLORD_BIN:-}
 if [ -z "$bin" ]; then cargo build --release -q -p overlord-cli; bin=target/release/overlord; fi
-"$bin" scan 127.0.0.1 -p 1-65535 --data-dir "$lab/data" "$@"
+# A local leak database (address,source,date): the e-mail shown on the lab's screen is in it, so
+# the scan's OCR -> e-mail -> leak lookup chain ends in a `leak` finding.
+printf 'ops.team@example.org,quickstart-dump-2024,2024-05-01\nnobody@example.org,other-dump,2023-01-01\n' >"$lab/leaks.csv"
+"$bin" scan 127.0.0.1 -p 1-65535 --data-dir "$lab/data" --leaks "$lab/leaks.csv" "$@"
