@@ -492,3 +492,45 @@ async fn job_rate_limit_is_respected_and_used() -> anyhow::Result<()> {
     cluster.shutdown().await;
     Ok(())
 }
+
+/// Invariant: cancel answers `Cancelled` at once, revokes the job's leases (the minions drop the
+/// running tasks, so no result of the cancelled job is stored afterwards and their slots are free
+/// for the next job right away), and another job runs to completion on the same minions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_revokes_leases_promptly() -> anyhow::Result<()> {
+    let cluster = InProc::start(&[("m1", "prov-a"), ("m2", "prov-b")], 4).await?;
+    let mut c = client(&cluster.url).await?;
+    // 40 tasks of 5 s each: 8 in flight, the rest pending, when we cancel.
+    let job = submit(&mut c, noop_spec(40, 5000)).await?;
+    wait_until(Duration::from_secs(20), "leases out", || async {
+        let mut c = client(&cluster.url).await.ok()?;
+        (status(&mut c, job).await.ok()?.tasks_leased == 8).then_some(())
+    })
+    .await?;
+    let t = std::time::Instant::now();
+    let st = c
+        .cancel_job(v1::CancelJobRequest { job_id: job })
+        .await?
+        .into_inner()
+        .status
+        .expect("status");
+    assert_eq!(st.state, v1::JobState::Cancelled as i32);
+    assert_eq!(st.tasks_leased, 0);
+    // The next job needs the slots the cancelled one held: it finishes long before their 5 s.
+    let next = submit(&mut c, noop_spec(16, 0)).await?;
+    let st2 = wait_finished(&cluster.url, next, Duration::from_secs(30)).await?;
+    assert_eq!(st2.state, v1::JobState::Completed as i32);
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "slots freed promptly: next job done {:?} after cancel",
+        t.elapsed()
+    );
+    // Wait past the cancelled tasks' 5 s: none of their results is stored.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let st = status(&mut c, job).await?;
+    assert_eq!(st.state, v1::JobState::Cancelled as i32);
+    assert_eq!(st.findings, 0, "no finding of a cancelled job stored");
+    assert!(all_results(&mut c, job).await?.is_empty());
+    cluster.shutdown().await;
+    Ok(())
+}
