@@ -1,7 +1,8 @@
 //! OTLP export end to end: a real coordinator process and a real minion process (the `overlord`
 //! binary, telemetry switched on in their configs) export to a tiny OTLP gRPC receiver started
 //! here on 127.0.0.1:0. The minion's `task` span must be a child of the coordinator's `lease`
-//! span (same trace id, parent span id = lease span id), and the coordinator's metrics arrive.
+//! span (same trace id, parent span id = lease span id), and the coordinator's and the minion's
+//! metrics arrive.
 
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -16,8 +17,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,6 +37,8 @@ struct SpanSeen {
 struct Seen {
     spans: Vec<SpanSeen>,
     metrics: HashSet<(String, String)>,
+    /// Latest value of each integer sum (a cumulative counter), keyed by service, name and labels.
+    sums: HashMap<(String, String, String), i64>,
 }
 
 #[derive(Clone, Default)]
@@ -87,6 +91,30 @@ impl MetricsService for Receiver {
             let service = service_of(&rm.resource);
             for sm in rm.scope_metrics {
                 for m in sm.metrics {
+                    if let Some(Data::Sum(sum)) = &m.data {
+                        for p in &sum.data_points {
+                            if let Some(number_data_point::Value::AsInt(v)) = p.value {
+                                let mut labels: Vec<String> = p
+                                    .attributes
+                                    .iter()
+                                    .map(|kv| {
+                                        let v = match kv
+                                            .value
+                                            .as_ref()
+                                            .and_then(|v| v.value.as_ref())
+                                        {
+                                            Some(Value::StringValue(s)) => s.clone(),
+                                            other => format!("{other:?}"),
+                                        };
+                                        format!("{}={v}", kv.key)
+                                    })
+                                    .collect();
+                                labels.sort();
+                                seen.sums
+                                    .insert((service.clone(), m.name.clone(), labels.join(",")), v);
+                            }
+                        }
+                    }
                     seen.metrics.insert((service.clone(), m.name));
                 }
             }
@@ -258,4 +286,58 @@ async fn spans_and_metrics_reach_an_otlp_receiver_with_context_across_the_hop() 
     })
     .await
     .unwrap();
+
+    // The minion's own metrics: every name arrives, and the counts describe the job just run
+    // (one portscan task, finished ok, its result and finding sent).
+    let seen = recv.0.clone();
+    let missing = tokio::task::spawn_blocking(move || {
+        let t0 = Instant::now();
+        loop {
+            let missing: Vec<&str> = {
+                let s = seen.lock().unwrap();
+                overlord_minion::telemetry::metrics::ALL
+                    .iter()
+                    .copied()
+                    .filter(|n| !s.metrics.contains(&("test-minion".into(), n.to_string())))
+                    .collect()
+            };
+            if missing.is_empty() || t0.elapsed() > Duration::from_secs(30) {
+                return missing;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        missing.is_empty(),
+        "minion metrics never exported: {missing:?}"
+    );
+    let s = recv.0.lock().unwrap();
+    let sum = |name: &str, labels: &str| {
+        s.sums
+            .get(&("test-minion".into(), name.into(), labels.into()))
+            .copied()
+    };
+    assert!(
+        sum("overlord.minion.tasks.started", "minion=m1,module=portscan").unwrap_or(0) >= 1,
+        "tasks.started: {:?}",
+        s.sums
+    );
+    assert!(
+        sum(
+            "overlord.minion.tasks.finished",
+            "minion=m1,module=portscan,outcome=ok"
+        )
+        .unwrap_or(0)
+            >= 1,
+        "tasks.finished: {:?}",
+        s.sums
+    );
+    assert!(sum("overlord.minion.results.sent", "minion=m1").unwrap_or(0) >= 1);
+    assert!(sum("overlord.minion.findings.sent", "minion=m1").unwrap_or(0) >= 1);
+    assert_eq!(
+        sum("overlord.minion.session.reconnects", "minion=m1"),
+        Some(0)
+    );
 }
