@@ -935,6 +935,12 @@ async fn watch_and_submit_floods_keep_memory_bounded() {
         ));
     }
     figs.observe_rss(cl.coordinator_rss());
+    let rss_watch = cl.coordinator_rss().unwrap_or(0);
+    eprintln!(
+        "coordinator RSS with {} watch streams open: {} MiB",
+        STALLED_ADDRS as usize * STALLED_PER_ADDR + 257,
+        rss_watch >> 20
+    );
 
     // A bystander scan, watched by a reader that keeps up.
     let mut spec = client::scan_spec(
@@ -1066,6 +1072,11 @@ async fn watch_and_submit_floods_keep_memory_bounded() {
         accepted.len()
     );
     figs.observe_rss(cl.coordinator_rss());
+    let rss_hose = cl.coordinator_rss().unwrap_or(0);
+    eprintln!(
+        "coordinator RSS after the firehose and the submit burst: {} MiB",
+        rss_hose >> 20
+    );
 
     // A stalled stream, read now: it lagged and resumes from its cursor through storage — every
     // finding exactly once, in cursor order, then Finished.

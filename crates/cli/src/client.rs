@@ -18,8 +18,17 @@ pub async fn connect(url: &str) -> Result<Client> {
     Ok(JobServiceClient::new(ch).max_decoding_message_size(overlord_proto::MAX_MESSAGE_BYTES))
 }
 
+/// A coordinator's refusal as a CLI error: its message, its code, and what to do about it.
 fn status_err(s: tonic::Status) -> anyhow::Error {
-    anyhow!("{} ({:?})", s.message(), s.code())
+    let hint = match s.code() {
+        tonic::Code::NotFound => "; `overlord jobs list` shows the known job ids",
+        tonic::Code::ResourceExhausted => "; the coordinator is busy, retry in a moment",
+        tonic::Code::Unavailable => {
+            "; is the coordinator running and reachable? (pass --coordinator URL)"
+        }
+        _ => "",
+    };
+    anyhow!("{} ({:?}){hint}", s.message(), s.code())
 }
 
 pub async fn submit(c: &mut Client, spec: v1::JobSpec) -> Result<v1::JobStatus> {

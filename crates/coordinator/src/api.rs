@@ -551,3 +551,47 @@ impl v1::minion_service_server::MinionService for MinionApi {
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_slots_per_client_address_are_capped_and_released() {
+        let w = WatchersByClient::default();
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        let held: Vec<_> = (0..3).map(|_| w.acquire(Some(a), 3).unwrap()).collect();
+        assert!(w.acquire(Some(a), 3).is_none(), "a 4th slot over the cap");
+        assert!(
+            w.acquire(Some(b), 3).is_some(),
+            "another address is not affected"
+        );
+        assert!(w.acquire(None, 3).is_some(), "unknown address: not counted");
+        drop(held);
+        assert_eq!(w.count(a), 0);
+        assert!(w.acquire(Some(a), 3).is_some());
+    }
+
+    #[test]
+    fn session_read_errors_map_to_precise_codes() {
+        let big = inbound_error(Status::out_of_range(
+            "Error, decoded message length too large: found 40000000 bytes, the limit is: 33554432 bytes",
+        ));
+        assert_eq!(big.code(), tonic::Code::ResourceExhausted);
+        assert!(big.message().contains("33554432"));
+        let cut = inbound_error(Status::internal("Unexpected EOF decoding stream."));
+        assert_eq!(cut.code(), tonic::Code::InvalidArgument);
+        assert!(cut.message().contains("EOF"));
+        let bad = inbound_error(Status::invalid_argument("malformed protobuf for X"));
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            describe(Some(Some(&MMsg::Heartbeat(Default::default())))),
+            "Heartbeat"
+        );
+        assert_eq!(
+            describe(Some(None)),
+            "an empty MinionMessage (no field set)"
+        );
+    }
+}
