@@ -1011,45 +1011,34 @@ async fn watch_and_submit_floods_keep_memory_bounded() {
     )
     .await
     .expect("firehose minion");
-    let mut sent = std::collections::BTreeSet::new();
-    let t0 = std::time::Instant::now();
-    loop {
-        let fresh: Vec<_> = hose
-            .leases()
-            .into_iter()
-            .filter(|l| l.job_id == job && !sent.contains(&l.token))
-            .collect();
-        for chunk in fresh.chunks(4) {
-            let mut items = Vec::new();
-            for l in chunk {
-                sent.insert(l.token);
-                let mut r = overlord_chaos_tests::rogue::empty_result(l);
-                for n in 0..FINDINGS_PER_TASK {
-                    r.findings.push(overlord_proto::v1::FindingOut {
-                        kind: "open_port".into(),
-                        target: "127.0.0.1".into(),
-                        port: 1 + n as u32,
-                        data_json: data.clone(),
-                        blob: vec![],
-                    });
-                }
-                items.push(r);
-            }
-            if let Err(e) = hose.send(items).await {
-                violations.push(format!("firehose send: {e:#}"));
-            }
-        }
-        figs.observe_rss(cl.coordinator_rss());
-        let st = client::get(&mut c, job).await.expect("get firehose");
-        if client::is_terminal(&st) {
-            break;
-        }
-        if t0.elapsed() > Duration::from_secs(120) {
-            violations.push(format!("firehose job not done in 120 s: {st:?}"));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    drive_firehose(&hose, &mut c, job, FINDINGS_PER_TASK, &data, || {
+        figs.observe_rss(cl.coordinator_rss())
+    })
+    .await
+    .unwrap_or_else(|e| violations.push(e));
+    // A second firehose after the first job ended: more hub events than the hub holds (4,096) pass
+    // while the stalled streams do not read, so the first job's `Finished` is among what they skip.
+    let second = client::submit(
+        &mut c,
+        overlord_proto::v1::JobSpec {
+            name: "firehose-2".into(),
+            modules: vec!["noop".into()],
+            params_json: r#"{"count": 60}"#.into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("second firehose job");
+    drive_firehose(
+        &hose,
+        &mut c,
+        second.job_id,
+        FINDINGS_PER_TASK,
+        &data,
+        || figs.observe_rss(cl.coordinator_rss()),
+    )
+    .await
+    .unwrap_or_else(|e| violations.push(e));
     hose.hang_up();
     let mut accepted = Vec::new();
     let mut refused = 0;
@@ -1156,4 +1145,56 @@ async fn watch_and_submit_floods_keep_memory_bounded() {
         "flood violations:\n  {}",
         violations.join("\n  ")
     );
+}
+
+/// Answers every `noop` lease of `job` the hand-driven minion gets with `per_task` findings carrying
+/// `data`, until the job is terminal (120 s at most).
+async fn drive_firehose(
+    hose: &RogueMinion,
+    c: &mut client::JobClient,
+    job: u64,
+    per_task: usize,
+    data: &str,
+    mut tick: impl FnMut(),
+) -> Result<(), String> {
+    let mut sent = std::collections::BTreeSet::new();
+    let t0 = std::time::Instant::now();
+    loop {
+        let fresh: Vec<_> = hose
+            .leases()
+            .into_iter()
+            .filter(|l| l.job_id == job && !sent.contains(&l.token))
+            .collect();
+        for chunk in fresh.chunks(4) {
+            let mut items = Vec::new();
+            for l in chunk {
+                sent.insert(l.token);
+                let mut r = overlord_chaos_tests::rogue::empty_result(l);
+                for n in 0..per_task {
+                    r.findings.push(overlord_proto::v1::FindingOut {
+                        kind: "open_port".into(),
+                        target: "127.0.0.1".into(),
+                        port: 1 + n as u32,
+                        data_json: data.to_string(),
+                        blob: vec![],
+                    });
+                }
+                items.push(r);
+            }
+            hose.send(items)
+                .await
+                .map_err(|e| format!("firehose send: {e:#}"))?;
+        }
+        tick();
+        let st = client::get(c, job)
+            .await
+            .map_err(|e| format!("get firehose: {e}"))?;
+        if client::is_terminal(&st) {
+            return Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            return Err(format!("firehose job {job} not done in 120 s: {st:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
