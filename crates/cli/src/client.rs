@@ -184,7 +184,22 @@ pub async fn watch(
                     }
                 },
                 Ok(Some(_)) => {}
-                Ok(None) | Err(_) if retries < 50 => {
+                Ok(None) if retries < 50 => {
+                    retries += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
+                }
+                // Connection-level trouble is retried from the cursor; a refusal is not.
+                Err(s)
+                    if retries < 50
+                        && matches!(
+                            s.code(),
+                            tonic::Code::Unavailable
+                                | tonic::Code::Unknown
+                                | tonic::Code::Cancelled
+                                | tonic::Code::Internal
+                        ) =>
+                {
                     retries += 1;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     break;

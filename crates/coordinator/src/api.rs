@@ -516,9 +516,9 @@ impl v1::minion_service_server::MinionService for MinionApi {
                         // with the precise status (the first error on the stream is the one sent).
                         let st = inbound_error(e);
                         warn!(minion = %id, code = ?st.code(), error = %st.message(), "closing minion session");
-                        let reason = st.message().to_string();
+                        // The status ends the response stream; `Disconnected` below (matched
+                        // by session id, so a quick reconnect is never hit) detaches it.
                         let _ = tx.send(Err(st));
-                        let _ = engine.cast(EngineMsg::Kick(id.clone(), generation, reason));
                         break;
                     }
                 };
@@ -535,8 +535,7 @@ impl v1::minion_service_server::MinionService for MinionApi {
                             describe(Some(other.as_ref()))
                         );
                         warn!(minion = %id, %reason, "closing minion session");
-                        let _ = tx.send(Err(Status::invalid_argument(reason.clone())));
-                        let _ = engine.cast(EngineMsg::Kick(id.clone(), generation, reason));
+                        let _ = tx.send(Err(Status::invalid_argument(reason)));
                         break;
                     }
                 };
