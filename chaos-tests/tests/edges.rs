@@ -55,7 +55,7 @@ async fn bad_input_gets_precise_status_bounded_memory_and_disturbs_nothing() {
         ledger.ports_arg(),
         &["portscan"],
     );
-    spec.rate_limit = 20; // ~1.6 s: it runs during the abuse below
+    spec.rate_limit = 4; // 32 connections at 4/s, ~8 s: it runs during the abuse below
     let bystander = client::submit(&mut c, spec)
         .await
         .expect("submit bystander");
@@ -311,6 +311,14 @@ async fn bad_input_gets_precise_status_bounded_memory_and_disturbs_nothing() {
             }
             Err(e) => violations.push(format!("{what}: no gRPC answer: {e}")),
         }
+    }
+
+    // The malformed frames above landed while the real minions were running the bystander.
+    match client::get(&mut c, bystander.job_id).await {
+        Ok(st) if !client::is_terminal(&st) && st.tasks_done < st.tasks_total => {}
+        other => violations.push(format!(
+            "the bystander was no longer running during the malformed frames: {other:?}"
+        )),
     }
 
     // 4. Garbage bytes on the port: the connection is closed, nothing else notices.
