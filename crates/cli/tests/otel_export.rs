@@ -37,7 +37,8 @@ struct SpanSeen {
 struct Seen {
     spans: Vec<SpanSeen>,
     metrics: HashSet<(String, String)>,
-    /// Latest value of each integer sum (a cumulative counter), keyed by service, name and labels.
+    /// Latest value of each integer sum (a cumulative counter) or gauge, keyed by service, name and
+    /// labels.
     sums: HashMap<(String, String, String), i64>,
 }
 
@@ -91,8 +92,13 @@ impl MetricsService for Receiver {
             let service = service_of(&rm.resource);
             for sm in rm.scope_metrics {
                 for m in sm.metrics {
-                    if let Some(Data::Sum(sum)) = &m.data {
-                        for p in &sum.data_points {
+                    let points = match &m.data {
+                        Some(Data::Sum(sum)) => Some(&sum.data_points),
+                        Some(Data::Gauge(g)) => Some(&g.data_points),
+                        _ => None,
+                    };
+                    if let Some(points) = points {
+                        for p in points {
                             if let Some(number_data_point::Value::AsInt(v)) = p.value {
                                 let mut labels: Vec<String> = p
                                     .attributes
@@ -340,4 +346,21 @@ async fn spans_and_metrics_reach_an_otlp_receiver_with_context_across_the_hop() 
         sum("overlord.minion.session.reconnects", "minion=m1"),
         Some(0)
     );
+    assert_eq!(sum("overlord.minion.tasks.revoked", "minion=m1"), Some(0));
+    drop(s);
+    // The job is over: the in-flight gauge comes back to 0 (a finished task is never left behind).
+    let seen = recv.0.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("in-flight gauge back to 0", Duration::from_secs(30), || {
+            let s = seen.lock().unwrap();
+            (s.sums.get(&(
+                "test-minion".into(),
+                "overlord.minion.leases.in_flight".into(),
+                "minion=m1".into(),
+            )) == Some(&0))
+            .then_some(())
+        })
+    })
+    .await
+    .unwrap();
 }
