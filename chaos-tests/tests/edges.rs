@@ -1110,6 +1110,73 @@ async fn watch_and_submit_floods_keep_memory_bounded() {
     drop(stalled);
     drop(one_addr_ok);
 
+    // Slots of streams that went away are freed even on an idle job (no event ever reaches them):
+    // 256 watchers from one address on a job nobody runs, dropped, then 256 again.
+    let idle = client::submit(
+        &mut c,
+        overlord_proto::v1::JobSpec {
+            name: "idle".into(),
+            modules: vec!["noop".into()],
+            params_json: r#"{"count": 1}"#.into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("idle job");
+    let idle_src = std::net::IpAddr::from([127, 0, 0, 21]);
+    let open_idle = |n: usize| {
+        let url = cl.direct_url();
+        let job = idle.job_id;
+        async move {
+            let ch = tonic::transport::Endpoint::from_shared(url)
+                .unwrap()
+                .local_address(Some(idle_src))
+                .connect()
+                .await
+                .expect("connect");
+            let mut ok = Vec::new();
+            let mut refused = 0;
+            for _ in 0..n {
+                let mut wc =
+                    overlord_proto::v1::job_service_client::JobServiceClient::new(ch.clone());
+                match wc
+                    .watch_job(WatchJobRequest {
+                        job_id: job,
+                        after_cursor: 0,
+                    })
+                    .await
+                {
+                    Ok(s) => ok.push(s.into_inner()),
+                    Err(_) => refused += 1,
+                }
+            }
+            (ok, refused)
+        }
+    };
+    let (mut first, refused) = open_idle(256).await;
+    for s in &mut first {
+        // The first event (Progress) proves the stream is established server-side.
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.message()).await;
+    }
+    if refused != 0 {
+        violations.push(format!("idle job: {refused} of 256 watchers refused"));
+    }
+    drop(first);
+    let again = overlord_chaos_tests::wait::wait_until(
+        Duration::from_secs(10),
+        "256 watch slots free again after the streams went away",
+        || async { open_idle(256).await.1 == 0 },
+    )
+    .await;
+    if let Err(e) = again {
+        violations.push(format!("slots of closed streams on an idle job: {e}"));
+    }
+    let _ = c
+        .cancel_job(overlord_proto::v1::CancelJobRequest {
+            job_id: idle.job_id,
+        })
+        .await;
+
     // The bystander and every accepted flood job complete; the invariants hold.
     wait_terminal(&c, bystander.job_id, Duration::from_secs(60))
         .await

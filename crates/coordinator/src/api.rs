@@ -294,7 +294,13 @@ impl v1::job_service_server::JobService for JobApi {
                 return;
             }
             loop {
-                match sub.recv().await {
+                let next = tokio::select! {
+                    r = sub.recv() => r,
+                    // The client went away: end now and free its slot, even if its job is idle
+                    // (no event would otherwise reveal the closed stream).
+                    _ = tx.closed() => return,
+                };
+                match next {
                     Ok(ev) if ev.job_id() != job_id => {}
                     Ok(HubEvent::Finding(f)) => {
                         if f.cursor <= cursor {
