@@ -319,16 +319,15 @@ async fn spans_and_metrics_reach_an_otlp_receiver_with_context_across_the_hop() 
         missing.is_empty(),
         "minion metrics never exported: {missing:?}"
     );
-    let s = recv.0.lock().unwrap();
+    let sums = recv.0.lock().unwrap().sums.clone();
     let sum = |name: &str, labels: &str| {
-        s.sums
-            .get(&("test-minion".into(), name.into(), labels.into()))
+        sums.get(&("test-minion".into(), name.into(), labels.into()))
             .copied()
     };
     assert!(
         sum("overlord.minion.tasks.started", "minion=m1,module=portscan").unwrap_or(0) >= 1,
         "tasks.started: {:?}",
-        s.sums
+        sums
     );
     assert!(
         sum(
@@ -338,7 +337,7 @@ async fn spans_and_metrics_reach_an_otlp_receiver_with_context_across_the_hop() 
         .unwrap_or(0)
             >= 1,
         "tasks.finished: {:?}",
-        s.sums
+        sums
     );
     assert!(sum("overlord.minion.results.sent", "minion=m1").unwrap_or(0) >= 1);
     assert!(sum("overlord.minion.findings.sent", "minion=m1").unwrap_or(0) >= 1);
@@ -347,7 +346,6 @@ async fn spans_and_metrics_reach_an_otlp_receiver_with_context_across_the_hop() 
         Some(0)
     );
     assert_eq!(sum("overlord.minion.tasks.revoked", "minion=m1"), Some(0));
-    drop(s);
     // The job is over: the in-flight gauge comes back to 0 (a finished task is never left behind).
     let seen = recv.0.clone();
     tokio::task::spawn_blocking(move || {
