@@ -361,4 +361,41 @@ async fn spans_and_metrics_reach_an_otlp_receiver_with_context_across_the_hop() 
     })
     .await
     .unwrap();
+
+    // The coordinator dies and comes back on the same address: the minion's session reconnects,
+    // and the counter says so.
+    let _ = kids.0[0].kill();
+    let _ = kids.0[0].wait();
+    let addr_file2 = d.join("addr2");
+    kids.0.push(
+        overlord(&[
+            "coordinator",
+            "--config",
+            coord_cfg.to_str().unwrap(),
+            "--listen",
+            addr.trim(),
+            "--addr-file",
+            addr_file2.to_str().unwrap(),
+        ])
+        .spawn()
+        .expect("respawn coordinator"),
+    );
+    let seen = recv.0.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for(
+            "session.reconnects = 1 after a coordinator restart",
+            Duration::from_secs(60),
+            || {
+                let s = seen.lock().unwrap();
+                (s.sums.get(&(
+                    "test-minion".into(),
+                    "overlord.minion.session.reconnects".into(),
+                    "minion=m1".into(),
+                )) == Some(&1))
+                .then_some(())
+            },
+        )
+    })
+    .await
+    .unwrap();
 }
