@@ -55,7 +55,7 @@ async fn bad_input_gets_precise_status_bounded_memory_and_disturbs_nothing() {
         ledger.ports_arg(),
         &["portscan"],
     );
-    spec.rate_limit = 20; // ~1.6 s: it runs during the abuse below
+    spec.rate_limit = 4; // 32 connections at 4/s, ~8 s: it runs during the abuse below
     let bystander = client::submit(&mut c, spec)
         .await
         .expect("submit bystander");
@@ -208,14 +208,14 @@ async fn bad_input_gets_precise_status_bounded_memory_and_disturbs_nothing() {
         &mut violations,
         "oversized SubmitJob (~40 MB)",
         r,
-        &[
-            Code::OutOfRange,
-            Code::ResourceExhausted,
-            Code::InvalidArgument,
-        ],
-        "",
+        &[Code::OutOfRange],
+        "limit is: 1048576",
     );
-    for path in [SUBMIT, SESSION] {
+    // The limits: 1 MiB for JobService requests, MAX_MESSAGE_BYTES (32 MiB) on a minion session.
+    for (path, want, limit) in [
+        (SUBMIT, Code::OutOfRange, "1048576"),
+        (SESSION, Code::ResourceExhausted, "33554432"),
+    ] {
         match grpc_call_raw(
             addr,
             path,
@@ -224,20 +224,13 @@ async fn bad_input_gets_precise_status_bounded_memory_and_disturbs_nothing() {
         )
         .await
         {
-            Ok(reply) => {
-                let code = reply.grpc_status.map(Code::from);
-                if !matches!(
-                    code,
-                    Some(
-                        Code::OutOfRange
-                            | Code::ResourceExhausted
-                            | Code::Internal
-                            | Code::InvalidArgument
-                    )
-                ) {
-                    violations.push(format!("{path} with a 4 GiB length prefix: {reply:?}"));
-                }
-            }
+            Ok(reply) => expect_raw(
+                &mut violations,
+                &format!("{path} with a 4 GiB length prefix"),
+                &reply,
+                want,
+                limit,
+            ),
             Err(e) => violations.push(format!(
                 "{path} with a 4 GiB length prefix: no gRPC answer: {e}"
             )),
@@ -250,16 +243,86 @@ async fn bad_input_gets_precise_status_bounded_memory_and_disturbs_nothing() {
         for path in [SUBMIT, SESSION] {
             figs.fault(FaultKind::MalformedProtobuf);
             match grpc_call_raw(addr, path, grpc_frame(&payload), Duration::from_secs(10)).await {
-                Ok(reply) => {
-                    let code = reply.grpc_status.map(Code::from);
-                    // tonic reports undecodable messages as Internal; InvalidArgument is as precise.
-                    if !matches!(code, Some(Code::Internal | Code::InvalidArgument)) {
-                        violations.push(format!("{path} {what}: {reply:?}"));
-                    }
-                }
+                Ok(reply) => expect_raw(
+                    &mut violations,
+                    &format!("{path} {what}"),
+                    &reply,
+                    Code::InvalidArgument,
+                    "malformed protobuf",
+                ),
                 Err(e) => violations.push(format!("{path} {what}: no gRPC answer: {e}")),
             }
         }
+    }
+    // ... and in the middle of a live session: a valid Register, then one bad message. The session
+    // is registered (the reply carries Registered), then closed with the precise status.
+    let register = |id: &str, capacity: u32| overlord_proto::v1::MinionMessage {
+        msg: Some(MinionMsg::Register(overlord_proto::v1::Register {
+            minion_id: id.into(),
+            incarnation: format!("raw-{id}"),
+            provider: "px-raw".into(),
+            capabilities: vec!["noop".into()],
+            modules: vec!["noop".into()],
+            capacity,
+            version: "edges".into(),
+        })),
+    };
+    let frame =
+        |m: &overlord_proto::v1::MinionMessage| grpc_frame(&prost::Message::encode_to_vec(m));
+    let empty = MinionMessage { msg: None };
+    let mid_session: Vec<(&str, bytes::Bytes, Code, &str)> = vec![
+        (
+            "malformed protobuf after Register",
+            grpc_frame(&malformed_protobufs()[2].1),
+            Code::InvalidArgument,
+            "malformed protobuf for MinionMessage",
+        ),
+        (
+            "4 GiB length prefix after Register",
+            grpc_frame_declared(b"", u32::MAX),
+            Code::ResourceExhausted,
+            "33554432",
+        ),
+        (
+            "empty message after Register",
+            frame(&empty),
+            Code::InvalidArgument,
+            "empty MinionMessage",
+        ),
+        (
+            "second Register",
+            frame(&register("raw-dup", 1)),
+            Code::InvalidArgument,
+            "second Register",
+        ),
+        (
+            "half a gRPC frame header, then EOF",
+            bytes::Bytes::from_static(&[0, 0, 0]),
+            Code::InvalidArgument,
+            "EOF",
+        ),
+    ];
+    for (i, (what, bad, want, mention)) in mid_session.into_iter().enumerate() {
+        figs.fault(FaultKind::MalformedProtobuf);
+        let mut body = frame(&register(&format!("raw-{i}"), 2)).to_vec();
+        body.extend_from_slice(&bad);
+        match grpc_call_raw(addr, SESSION, body.into(), Duration::from_secs(10)).await {
+            Ok(reply) => {
+                if reply.data_len == 0 {
+                    violations.push(format!("{what}: no Registered before the close: {reply:?}"));
+                }
+                expect_raw(&mut violations, what, &reply, want, mention);
+            }
+            Err(e) => violations.push(format!("{what}: no gRPC answer: {e}")),
+        }
+    }
+
+    // The malformed frames above landed while the real minions were running the bystander.
+    match client::get(&mut c, bystander.job_id).await {
+        Ok(st) if !client::is_terminal(&st) && st.tasks_done < st.tasks_total => {}
+        other => violations.push(format!(
+            "the bystander was no longer running during the malformed frames: {other:?}"
+        )),
     }
 
     // 4. Garbage bytes on the port: the connection is closed, nothing else notices.
@@ -357,6 +420,59 @@ async fn bad_input_gets_precise_status_bounded_memory_and_disturbs_nothing() {
         figs.fault(FaultKind::MalformedProtobuf);
     }
 
+    for (what, who, mention) in [
+        (
+            "register with zero capacity",
+            RogueIdentity::noop("zero-cap", "px", 0),
+            "capacity 0",
+        ),
+        (
+            "register with absurd capacity",
+            RogueIdentity::noop("huge-cap", "px", u32::MAX),
+            "capacity 4294967295",
+        ),
+        (
+            "register with an empty provider",
+            RogueIdentity::noop("no-provider", "", 1),
+            "provider",
+        ),
+    ] {
+        figs.fault(FaultKind::MalformedProtobuf);
+        let r = match RogueMinion::connect(&cl.url(), &who, None).await {
+            Ok(m) => {
+                let _ = overlord_chaos_tests::wait::wait_until(
+                    Duration::from_secs(10),
+                    "session closed",
+                    || async { m.log().closed.is_some() },
+                )
+                .await;
+                if m.generation().is_some() {
+                    violations.push(format!("{what}: accepted"));
+                }
+                let closed = m.log().closed.clone();
+                match closed {
+                    Some((_, msg))
+                        if msg.starts_with("InvalidArgument") && msg.contains(mention) =>
+                    {
+                        Ok(())
+                    }
+                    other => Err(format!("{other:?}")),
+                }
+            }
+            Err(e) => match e.downcast_ref::<tonic::Status>() {
+                Some(s) if s.code() == Code::InvalidArgument && s.message().contains(mention) => {
+                    Ok(())
+                }
+                _ => Err(format!("{e:#}")),
+            },
+        };
+        if let Err(e) = r {
+            violations.push(format!(
+                "{what}: {e} (want InvalidArgument naming {mention:?})"
+            ));
+        }
+    }
+
     // 6. Malformed results from a minion holding real leases: the bad result is rejected, the session
     //    closed with InvalidArgument, the task re-leased; an over-limit message ends the session; an
     //    honest minion then completes the job.
@@ -373,7 +489,8 @@ async fn bad_input_gets_precise_status_bounded_memory_and_disturbs_nothing() {
         let hostile = [
             ("malformed JSON in a finding", 0usize),
             ("finding target not an IP", 1),
-            ("40 MiB blob (over the message limit)", 2),
+            ("20 MiB blob (over MAX_BLOB_BYTES)", 2),
+            ("40 MiB blob (over the message limit)", 3),
         ];
         for (what, how) in hostile {
             figs.fault(FaultKind::MalformedProtobuf);
@@ -411,7 +528,35 @@ async fn bad_input_gets_precise_status_bounded_memory_and_disturbs_nothing() {
             match how {
                 0 => bad.data_json = "{not json".into(),
                 1 => bad.target = "not-an-ip".into(),
+                2 => bad.blob = vec![0x42; 20 << 20],
                 _ => bad.blob = vec![0x42; 40 << 20],
+            }
+            // A result for a token that was never leased first: rejected per item, session kept.
+            let mut forged = overlord_chaos_tests::rogue::empty_result(&lease);
+            forged.token = lease.token + 1_000_000_000;
+            let _ = r.send(vec![forged.clone()]).await;
+            let acked = overlord_chaos_tests::wait::wait_until(
+                Duration::from_secs(10),
+                "ack of the forged token",
+                || async { r.log().acks.iter().any(|(_, a)| a.token == forged.token) },
+            )
+            .await;
+            match r
+                .log()
+                .acks
+                .iter()
+                .find(|(_, a)| a.token == forged.token)
+                .map(|(_, a)| a.clone())
+            {
+                Some(a) if !a.accepted && a.reason.contains("no live lease") => {}
+                other => violations.push(format!(
+                    "{what}: result for a never-leased token: {other:?} ({acked:?})"
+                )),
+            }
+            if let Some(c) = r.log().closed.clone() {
+                violations.push(format!(
+                    "{what}: a never-leased token closed the session: {c:?}"
+                ));
             }
             res.findings.push(bad);
             let _ = r.send(vec![res]).await;
@@ -426,11 +571,16 @@ async fn bad_input_gets_precise_status_bounded_memory_and_disturbs_nothing() {
             if accepted {
                 violations.push(format!("{what}: the malformed result was accepted"));
             }
-            match (how, closed) {
-                (0 | 1, Some(m)) if m.starts_with("InvalidArgument") => {}
-                (2, Some(m)) if !m.starts_with("Ok") => eprintln!("{what}: session ended with {m}"),
-                (_, other) => violations.push(format!(
-                    "{what}: session end {other:?}, want InvalidArgument"
+            let (want, mention) = match how {
+                0 => ("InvalidArgument", "malformed result"),
+                1 => ("InvalidArgument", "not-an-ip"),
+                2 => ("InvalidArgument", "16777216"),
+                _ => ("ResourceExhausted", "33554432"),
+            };
+            match closed {
+                Some(m) if m.starts_with(want) && m.contains(mention) => {}
+                other => violations.push(format!(
+                    "{what}: session end {other:?}, want {want} naming {mention:?}"
                 )),
             }
             figs.observe_rss(cl.coordinator_rss());
@@ -601,6 +751,46 @@ async fn bad_input_gets_precise_status_bounded_memory_and_disturbs_nothing() {
     );
 }
 
+fn expect_raw(
+    v: &mut Vec<String>,
+    what: &str,
+    reply: &overlord_chaos_tests::garbage::RawGrpcReply,
+    want: Code,
+    must_mention: &str,
+) {
+    let code = reply.grpc_status.map(Code::from);
+    let msg = reply
+        .grpc_message
+        .as_deref()
+        .map(percent_decode)
+        .unwrap_or_default();
+    if code != Some(want) || !msg.contains(must_mention) {
+        v.push(format!(
+            "{what}: got {code:?} {msg:?}, want {want:?} naming {must_mention:?} ({reply:?})"
+        ));
+    }
+}
+
+/// `grpc-message` is percent-encoded on the wire.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(x) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(x);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn expect_status(
     v: &mut Vec<String>,
     what: &str,
@@ -627,5 +817,463 @@ fn expect_status(
             ))
         }
         Err(_) => {}
+    }
+}
+
+/// A client flooding watch and submit: 500 watch streams that never read (from four loopback source
+/// addresses) on a job producing 20,000 findings of ~0.5 KiB, 300 more from one address (over the
+/// per-address cap), and a burst of 2,000 submissions. The coordinator's RSS stays bounded, the
+/// stalled streams resume from their cursor (every finding once, in order), and the other jobs
+/// complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_and_submit_floods_keep_memory_bounded() {
+    const TASKS: u64 = 200;
+    const FINDINGS_PER_TASK: usize = 100;
+    const TOTAL: usize = TASKS as usize * FINDINGS_PER_TASK;
+    const STALLED_ADDRS: u8 = 4;
+    const STALLED_PER_ADDR: usize = 125;
+    const ONE_ADDR: usize = 300; // per-address cap is 256
+    const SUBMITS: usize = 2_000;
+    const RSS_GROWTH_BOUND: u64 = 256 << 20;
+
+    let mut figs = Figures::new("edges-floods", None);
+    let mut rng = Rng::new(12);
+    let mut b = ClusterBuilder::new("floods", &[1, 1], 8);
+    b.minion_extra = r#"modules = ["portscan", "banner"]"#.into();
+    let cl = b.start().await.expect("cluster");
+    let mut c = cl.jobs();
+    let mut violations: Vec<String> = Vec::new();
+    let ledger = Ledger::dense(
+        &LedgerSpec {
+            ips: loopback_ips(&mut rng, 8),
+            ports: 4,
+            open_ratio: 0.4,
+            banner: false,
+            cidr: None,
+        },
+        &mut rng,
+    )
+    .await
+    .expect("ledger");
+    let rss0 = cl.coordinator_rss().expect("coordinator RSS");
+    figs.observe_rss(Some(rss0));
+
+    // The firehose: noop tasks go only to the hand-driven minion below, which reports 100
+    // findings per task.
+    let firehose = client::submit(
+        &mut c,
+        overlord_proto::v1::JobSpec {
+            name: "firehose".into(),
+            modules: vec!["noop".into()],
+            params_json: format!(r#"{{"count": {TASKS}}}"#),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("firehose job");
+    let job = firehose.job_id;
+
+    // Stalled watchers, direct to the coordinator so each source address is seen as a client.
+    let open_watchers = |src: std::net::IpAddr, n: usize| {
+        let url = cl.direct_url();
+        async move {
+            let ch = tonic::transport::Endpoint::from_shared(url)
+                .unwrap()
+                .local_address(Some(src))
+                .connect()
+                .await
+                .expect("connect watcher channel");
+            let mut calls = tokio::task::JoinSet::new();
+            for _ in 0..n {
+                let mut wc =
+                    overlord_proto::v1::job_service_client::JobServiceClient::new(ch.clone());
+                calls.spawn(async move {
+                    wc.watch_job(WatchJobRequest {
+                        job_id: job,
+                        after_cursor: 0,
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+                });
+            }
+            let mut out = Vec::new();
+            while let Some(r) = calls.join_next().await {
+                out.push(r.expect("join"));
+            }
+            out
+        }
+    };
+    // One stalled stream alone on its connection, to be read at the end (streams sharing a
+    // connection share its HTTP/2 flow-control window: the unread ones would starve it).
+    let mut late = open_watchers(std::net::IpAddr::from([127, 0, 0, 30]), 1)
+        .await
+        .pop()
+        .expect("one")
+        .expect("the late reader's watch stream");
+    let mut stalled = Vec::new();
+    for k in 0..STALLED_ADDRS {
+        let src = std::net::IpAddr::from([127, 0, 0, 10 + k]);
+        for r in open_watchers(src, STALLED_PER_ADDR).await {
+            match r {
+                Ok(s) => stalled.push(s),
+                Err(e) => violations.push(format!(
+                    "watcher from {src} refused under the caps: {:?} {}",
+                    e.code(),
+                    e.message()
+                )),
+            }
+        }
+    }
+    figs.fault(FaultKind::SlowWatcher);
+    let mut one_addr_ok = Vec::new();
+    let mut one_addr_refused = 0;
+    for r in open_watchers(std::net::IpAddr::from([127, 0, 0, 20]), ONE_ADDR).await {
+        match r {
+            Ok(s) => one_addr_ok.push(s),
+            Err(e) if e.code() == Code::ResourceExhausted && e.message().contains("max 256") => {
+                one_addr_refused += 1
+            }
+            Err(e) => violations.push(format!(
+                "watcher over the per-address cap: {:?} {} (want ResourceExhausted naming max 256)",
+                e.code(),
+                e.message()
+            )),
+        }
+    }
+    if one_addr_ok.len() != 256 || one_addr_refused != ONE_ADDR - 256 {
+        violations.push(format!(
+            "{ONE_ADDR} watchers from one address: {} open, {one_addr_refused} refused; want 256 open",
+            one_addr_ok.len()
+        ));
+    }
+    figs.observe_rss(cl.coordinator_rss());
+    let rss_watch = cl.coordinator_rss().unwrap_or(0);
+    eprintln!(
+        "coordinator RSS with {} watch streams open: {} MiB",
+        STALLED_ADDRS as usize * STALLED_PER_ADDR + 257,
+        rss_watch >> 20
+    );
+
+    // A bystander scan, watched by a reader that keeps up.
+    let mut spec = client::scan_spec(
+        "bystander",
+        ledger.targets(),
+        ledger.ports_arg(),
+        &["portscan"],
+    );
+    spec.rate_limit = 20;
+    let bystander = client::submit(&mut c, spec)
+        .await
+        .expect("submit bystander");
+    let watch = tokio::spawn(client::resumable_watch(
+        cl.url(),
+        bystander.job_id,
+        WatchOptions::default(),
+    ));
+
+    // The submission burst: 2,000 calls over 20 connections at once; each is accepted or refused
+    // with ResourceExhausted (64 in flight); plus one over the target-count cap.
+    let mut over = client::scan_spec(
+        "too-many-targets",
+        (0..10_001)
+            .map(|i| format!("127.2.{}.{}", i / 250, i % 250 + 1))
+            .collect(),
+        "1".into(),
+        &["portscan"],
+    );
+    over.rate_limit = 0;
+    let r = c
+        .submit_job(overlord_proto::v1::SubmitJobRequest { spec: Some(over) })
+        .await
+        .map(|_| ());
+    expect_status(
+        &mut violations,
+        "10,001 targets",
+        r,
+        &[Code::InvalidArgument],
+        "max 10000",
+    );
+    let mut floods = tokio::task::JoinSet::new();
+    for k in 0..20 {
+        let ch = tonic::transport::Endpoint::from_shared(cl.url())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
+        for i in 0..SUBMITS / 20 {
+            let mut sc = overlord_proto::v1::job_service_client::JobServiceClient::new(ch.clone());
+            let target = ledger.targets()[(k + i) % ledger.targets().len()].clone();
+            floods.spawn(async move {
+                client::submit(
+                    &mut sc,
+                    client::scan_spec("flood", vec![target], "1".into(), &["portscan"]),
+                )
+                .await
+                .map(|s| s.job_id)
+            });
+        }
+    }
+
+    // Drive the firehose while the burst lands; sample RSS.
+    let data = format!(r#"{{"pad": "{}"}}"#, "x".repeat(480));
+    let mut hose = RogueMinion::connect(
+        &cl.url(),
+        &RogueIdentity::noop("firehose", "px", 32),
+        Some(Duration::from_millis(200)),
+    )
+    .await
+    .expect("firehose minion");
+    drive_firehose(&hose, &mut c, job, FINDINGS_PER_TASK, &data, || {
+        figs.observe_rss(cl.coordinator_rss())
+    })
+    .await
+    .unwrap_or_else(|e| violations.push(e));
+    // A second firehose after the first job ended: more hub events than the hub holds (4,096) pass
+    // while the stalled streams do not read, so the first job's `Finished` is among what they skip.
+    let second = client::submit(
+        &mut c,
+        overlord_proto::v1::JobSpec {
+            name: "firehose-2".into(),
+            modules: vec!["noop".into()],
+            params_json: r#"{"count": 60}"#.into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("second firehose job");
+    drive_firehose(
+        &hose,
+        &mut c,
+        second.job_id,
+        FINDINGS_PER_TASK,
+        &data,
+        || figs.observe_rss(cl.coordinator_rss()),
+    )
+    .await
+    .unwrap_or_else(|e| violations.push(e));
+    hose.hang_up();
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    while let Some(r) = floods.join_next().await {
+        figs.observe_rss(cl.coordinator_rss());
+        match r.expect("join") {
+            Ok(id) => accepted.push(id),
+            Err(e) if e.code() == Code::ResourceExhausted && e.message().contains("max 64") => {
+                refused += 1
+            }
+            Err(e) => violations.push(format!(
+                "submit burst: {:?} {} (want OK or ResourceExhausted naming max 64)",
+                e.code(),
+                e.message()
+            )),
+        }
+    }
+    eprintln!(
+        "submit burst: {} accepted, {refused} refused of {SUBMITS}",
+        accepted.len()
+    );
+    figs.observe_rss(cl.coordinator_rss());
+    let rss_hose = cl.coordinator_rss().unwrap_or(0);
+    eprintln!(
+        "coordinator RSS after the firehose and the submit burst: {} MiB",
+        rss_hose >> 20
+    );
+
+    // A stalled stream, read now: it lagged and resumes from its cursor through storage — every
+    // finding exactly once, in cursor order, then Finished.
+    let stored = client::all_results(&mut c, job).await.expect("results");
+    if stored.len() != TOTAL {
+        violations.push(format!(
+            "firehose stored {} findings, want {TOTAL}",
+            stored.len()
+        ));
+    }
+    let mut cursors = Vec::new();
+    let mut finished = false;
+    while let Ok(Ok(Some(ev))) = tokio::time::timeout(Duration::from_secs(30), late.message()).await
+    {
+        match ev.event {
+            Some(overlord_proto::v1::job_event::Event::Finding(f)) => cursors.push(f.cursor),
+            Some(overlord_proto::v1::job_event::Event::Finished(_)) => {
+                finished = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let want: Vec<u64> = stored.iter().map(|f| f.cursor).collect();
+    if cursors != want || !finished {
+        violations.push(format!(
+            "stalled watcher read late: {} findings (want {}), in order and once: {}, finished: {finished}",
+            cursors.len(),
+            want.len(),
+            cursors == want
+        ));
+    }
+    figs.observe_rss(cl.coordinator_rss());
+    drop(stalled);
+    drop(one_addr_ok);
+
+    // Slots of streams that went away are freed even on an idle job (no event ever reaches them):
+    // 256 watchers from one address on a job nobody runs, dropped, then 256 again.
+    let idle = client::submit(
+        &mut c,
+        overlord_proto::v1::JobSpec {
+            name: "idle".into(),
+            modules: vec!["noop".into()],
+            params_json: r#"{"count": 1}"#.into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("idle job");
+    let idle_src = std::net::IpAddr::from([127, 0, 0, 21]);
+    let open_idle = |n: usize| {
+        let url = cl.direct_url();
+        let job = idle.job_id;
+        async move {
+            let ch = tonic::transport::Endpoint::from_shared(url)
+                .unwrap()
+                .local_address(Some(idle_src))
+                .connect()
+                .await
+                .expect("connect");
+            let mut ok = Vec::new();
+            let mut refused = 0;
+            for _ in 0..n {
+                let mut wc =
+                    overlord_proto::v1::job_service_client::JobServiceClient::new(ch.clone());
+                match wc
+                    .watch_job(WatchJobRequest {
+                        job_id: job,
+                        after_cursor: 0,
+                    })
+                    .await
+                {
+                    Ok(s) => ok.push(s.into_inner()),
+                    Err(_) => refused += 1,
+                }
+            }
+            (ok, refused)
+        }
+    };
+    let (mut first, refused) = open_idle(256).await;
+    for s in &mut first {
+        // The first event (Progress) proves the stream is established server-side.
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.message()).await;
+    }
+    if refused != 0 {
+        violations.push(format!("idle job: {refused} of 256 watchers refused"));
+    }
+    drop(first);
+    let again = overlord_chaos_tests::wait::wait_until(
+        Duration::from_secs(10),
+        "256 watch slots free again after the streams went away",
+        || async { open_idle(256).await.1 == 0 },
+    )
+    .await;
+    if let Err(e) = again {
+        violations.push(format!("slots of closed streams on an idle job: {e}"));
+    }
+    let _ = c
+        .cancel_job(overlord_proto::v1::CancelJobRequest {
+            job_id: idle.job_id,
+        })
+        .await;
+
+    // The bystander and every accepted flood job complete; the invariants hold.
+    wait_terminal(&c, bystander.job_id, Duration::from_secs(60))
+        .await
+        .expect("bystander terminal");
+    let log = watch.await.expect("watch");
+    let v = verify_job(
+        &mut c,
+        bystander.job_id,
+        Some(&ledger),
+        Some(&log),
+        &mut figs,
+    )
+    .await
+    .expect("verify");
+    violations.extend(v.violations);
+    for id in accepted {
+        if let Err(e) = wait_terminal(&c, id, Duration::from_secs(120)).await {
+            violations.push(format!("flood job {id}: {e}"));
+        }
+    }
+    figs.observe_rss(cl.coordinator_rss());
+    let rss_max = figs.coordinator_rss_max.unwrap_or(0);
+    eprintln!(
+        "coordinator RSS: {} MiB before, {} MiB max under the floods (bound: +{} MiB)",
+        rss0 >> 20,
+        rss_max >> 20,
+        RSS_GROWTH_BOUND >> 20
+    );
+    if rss_max > rss0 + RSS_GROWTH_BOUND {
+        violations.push(format!(
+            "coordinator RSS grew from {} MiB to {} MiB under the floods",
+            rss0 >> 20,
+            rss_max >> 20
+        ));
+    }
+    let mut cl = cl;
+    violations.extend(cl.crashed());
+    eprintln!("{figs}");
+    assert!(
+        violations.is_empty(),
+        "flood violations:\n  {}",
+        violations.join("\n  ")
+    );
+}
+
+/// Answers every `noop` lease of `job` the hand-driven minion gets with `per_task` findings carrying
+/// `data`, until the job is terminal (120 s at most).
+async fn drive_firehose(
+    hose: &RogueMinion,
+    c: &mut client::JobClient,
+    job: u64,
+    per_task: usize,
+    data: &str,
+    mut tick: impl FnMut(),
+) -> Result<(), String> {
+    let mut sent = std::collections::BTreeSet::new();
+    let t0 = std::time::Instant::now();
+    loop {
+        let fresh: Vec<_> = hose
+            .leases()
+            .into_iter()
+            .filter(|l| l.job_id == job && !sent.contains(&l.token))
+            .collect();
+        for chunk in fresh.chunks(4) {
+            let mut items = Vec::new();
+            for l in chunk {
+                sent.insert(l.token);
+                let mut r = overlord_chaos_tests::rogue::empty_result(l);
+                for n in 0..per_task {
+                    r.findings.push(overlord_proto::v1::FindingOut {
+                        kind: "open_port".into(),
+                        target: "127.0.0.1".into(),
+                        port: 1 + n as u32,
+                        data_json: data.to_string(),
+                        blob: vec![],
+                    });
+                }
+                items.push(r);
+            }
+            hose.send(items)
+                .await
+                .map_err(|e| format!("firehose send: {e:#}"))?;
+        }
+        tick();
+        let st = client::get(c, job)
+            .await
+            .map_err(|e| format!("get firehose: {e}"))?;
+        if client::is_terminal(&st) {
+            return Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            return Err(format!("firehose job {job} not done in 120 s: {st:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -18,8 +18,17 @@ pub async fn connect(url: &str) -> Result<Client> {
     Ok(JobServiceClient::new(ch).max_decoding_message_size(overlord_proto::MAX_MESSAGE_BYTES))
 }
 
+/// A coordinator's refusal as a CLI error: its message, its code, and what to do about it.
 fn status_err(s: tonic::Status) -> anyhow::Error {
-    anyhow!("{} ({:?})", s.message(), s.code())
+    let hint = match s.code() {
+        tonic::Code::NotFound => "; `overlord jobs list` shows the known job ids",
+        tonic::Code::ResourceExhausted => "; the coordinator is busy, retry in a moment",
+        tonic::Code::Unavailable => {
+            "; is the coordinator running and reachable? (pass --coordinator URL)"
+        }
+        _ => "",
+    };
+    anyhow!("{} ({:?}){hint}", s.message(), s.code())
 }
 
 /// Submits a job under a fresh request id, retrying transient failures (coordinator restarting,
@@ -199,7 +208,22 @@ pub async fn watch(
                     }
                 },
                 Ok(Some(_)) => {}
-                Ok(None) | Err(_) if retries < 50 => {
+                Ok(None) if retries < 50 => {
+                    retries += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
+                }
+                // Connection-level trouble is retried from the cursor; a refusal is not.
+                Err(s)
+                    if retries < 50
+                        && matches!(
+                            s.code(),
+                            tonic::Code::Unavailable
+                                | tonic::Code::Unknown
+                                | tonic::Code::Cancelled
+                                | tonic::Code::Internal
+                        ) =>
+                {
                     retries += 1;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     break;

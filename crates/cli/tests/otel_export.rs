@@ -1,7 +1,8 @@
 //! OTLP export end to end: a real coordinator process and a real minion process (the `overlord`
 //! binary, telemetry switched on in their configs) export to a tiny OTLP gRPC receiver started
 //! here on 127.0.0.1:0. The minion's `task` span must be a child of the coordinator's `lease`
-//! span (same trace id, parent span id = lease span id), and the coordinator's metrics arrive.
+//! span (same trace id, parent span id = lease span id), and the coordinator's and the minion's
+//! metrics arrive.
 
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -16,8 +17,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,6 +37,9 @@ struct SpanSeen {
 struct Seen {
     spans: Vec<SpanSeen>,
     metrics: HashSet<(String, String)>,
+    /// Latest value of each integer sum (a cumulative counter) or gauge, keyed by service, name and
+    /// labels.
+    sums: HashMap<(String, String, String), i64>,
 }
 
 #[derive(Clone, Default)]
@@ -87,6 +92,35 @@ impl MetricsService for Receiver {
             let service = service_of(&rm.resource);
             for sm in rm.scope_metrics {
                 for m in sm.metrics {
+                    let points = match &m.data {
+                        Some(Data::Sum(sum)) => Some(&sum.data_points),
+                        Some(Data::Gauge(g)) => Some(&g.data_points),
+                        _ => None,
+                    };
+                    if let Some(points) = points {
+                        for p in points {
+                            if let Some(number_data_point::Value::AsInt(v)) = p.value {
+                                let mut labels: Vec<String> = p
+                                    .attributes
+                                    .iter()
+                                    .map(|kv| {
+                                        let v = match kv
+                                            .value
+                                            .as_ref()
+                                            .and_then(|v| v.value.as_ref())
+                                        {
+                                            Some(Value::StringValue(s)) => s.clone(),
+                                            other => format!("{other:?}"),
+                                        };
+                                        format!("{}={v}", kv.key)
+                                    })
+                                    .collect();
+                                labels.sort();
+                                seen.sums
+                                    .insert((service.clone(), m.name.clone(), labels.join(",")), v);
+                            }
+                        }
+                    }
                     seen.metrics.insert((service.clone(), m.name));
                 }
             }
@@ -255,6 +289,112 @@ async fn spans_and_metrics_reach_an_otlp_receiver_with_context_across_the_hop() 
                 && has("overlord.minions.alive"))
             .then_some(())
         })
+    })
+    .await
+    .unwrap();
+
+    // The minion's own metrics: every name arrives, and the counts describe the job just run
+    // (one portscan task, finished ok, its result and finding sent).
+    let seen = recv.0.clone();
+    let missing = tokio::task::spawn_blocking(move || {
+        let t0 = Instant::now();
+        loop {
+            let missing: Vec<&str> = {
+                let s = seen.lock().unwrap();
+                overlord_minion::telemetry::metrics::ALL
+                    .iter()
+                    .copied()
+                    .filter(|n| !s.metrics.contains(&("test-minion".into(), n.to_string())))
+                    .collect()
+            };
+            if missing.is_empty() || t0.elapsed() > Duration::from_secs(30) {
+                return missing;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        missing.is_empty(),
+        "minion metrics never exported: {missing:?}"
+    );
+    let sums = recv.0.lock().unwrap().sums.clone();
+    let sum = |name: &str, labels: &str| {
+        sums.get(&("test-minion".into(), name.into(), labels.into()))
+            .copied()
+    };
+    assert!(
+        sum("overlord.minion.tasks.started", "minion=m1,module=portscan").unwrap_or(0) >= 1,
+        "tasks.started: {:?}",
+        sums
+    );
+    assert!(
+        sum(
+            "overlord.minion.tasks.finished",
+            "minion=m1,module=portscan,outcome=ok"
+        )
+        .unwrap_or(0)
+            >= 1,
+        "tasks.finished: {:?}",
+        sums
+    );
+    assert!(sum("overlord.minion.results.sent", "minion=m1").unwrap_or(0) >= 1);
+    assert!(sum("overlord.minion.findings.sent", "minion=m1").unwrap_or(0) >= 1);
+    assert_eq!(
+        sum("overlord.minion.session.reconnects", "minion=m1"),
+        Some(0)
+    );
+    assert_eq!(sum("overlord.minion.tasks.revoked", "minion=m1"), Some(0));
+    // The job is over: the in-flight gauge comes back to 0 (a finished task is never left behind).
+    let seen = recv.0.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("in-flight gauge back to 0", Duration::from_secs(30), || {
+            let s = seen.lock().unwrap();
+            (s.sums.get(&(
+                "test-minion".into(),
+                "overlord.minion.leases.in_flight".into(),
+                "minion=m1".into(),
+            )) == Some(&0))
+            .then_some(())
+        })
+    })
+    .await
+    .unwrap();
+
+    // The coordinator dies and comes back on the same address: the minion's session reconnects,
+    // and the counter says so.
+    let _ = kids.0[0].kill();
+    let _ = kids.0[0].wait();
+    let addr_file2 = d.join("addr2");
+    kids.0.push(
+        overlord(&[
+            "coordinator",
+            "--config",
+            coord_cfg.to_str().unwrap(),
+            "--listen",
+            addr.trim(),
+            "--addr-file",
+            addr_file2.to_str().unwrap(),
+        ])
+        .spawn()
+        .expect("respawn coordinator"),
+    );
+    let seen = recv.0.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for(
+            "session.reconnects = 1 after a coordinator restart",
+            Duration::from_secs(60),
+            || {
+                let s = seen.lock().unwrap();
+                (s.sums.get(&(
+                    "test-minion".into(),
+                    "overlord.minion.session.reconnects".into(),
+                    "minion=m1".into(),
+                )) == Some(&1))
+                .then_some(())
+            },
+        )
     })
     .await
     .unwrap();

@@ -25,8 +25,21 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Concurrent WatchJob streams per coordinator, and per client address.
 const MAX_WATCHERS: usize = 1024;
+const MAX_WATCHERS_PER_CLIENT: usize = 256;
+/// SubmitJob calls being validated at once (host names are resolved during validation).
 const MAX_SUBMITS_IN_FLIGHT: usize = 64;
+/// Entries in a job's target list (each may be a host name resolved at submission; use CIDRs for
+/// large ranges).
+pub const MAX_SUBMIT_TARGETS: usize = 10_000;
+/// Modules named by one job.
+pub const MAX_SUBMIT_MODULES: usize = 32;
+/// Events queued per watch stream before the sender waits for the client, and findings read per
+/// storage page on replay: with the fan-out's per-watcher queue (`hub::WATCH_QUEUE`) they bound
+/// what one slow watcher holds.
+const STREAM_QUEUE: usize = 16;
+const REPLAY_PAGE: usize = 32;
 
 async fn ask<T: Send + 'static>(
     sh: &Shared,
@@ -52,7 +65,53 @@ pub struct JobApi {
     pub durable: Durable,
     pub scope: Arc<Scope>,
     pub watchers: Arc<Semaphore>,
+    pub watchers_by_client: WatchersByClient,
     pub submits: Arc<Semaphore>,
+}
+
+/// Live watch streams per client IP address.
+#[derive(Clone, Default)]
+pub struct WatchersByClient(Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>);
+
+/// One watch stream counted against its client address; released on drop.
+pub struct ClientSlot(WatchersByClient, Option<IpAddr>);
+
+impl WatchersByClient {
+    /// Takes a slot for `client` (None: address unknown, not counted) unless it holds `max`.
+    pub fn acquire(&self, client: Option<IpAddr>, max: usize) -> Option<ClientSlot> {
+        if let Some(ip) = client {
+            let mut m = self.0.lock().expect("watchers lock");
+            let n = m.entry(ip).or_insert(0);
+            if *n >= max {
+                return None;
+            }
+            *n += 1;
+        }
+        Some(ClientSlot(self.clone(), client))
+    }
+
+    pub fn count(&self, client: IpAddr) -> usize {
+        self.0
+            .lock()
+            .expect("watchers lock")
+            .get(&client)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        if let Some(ip) = self.1 {
+            let mut m = (self.0).0.lock().expect("watchers lock");
+            if let Some(n) = m.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
+        }
+    }
 }
 
 impl JobApi {
@@ -63,6 +122,7 @@ impl JobApi {
             shared,
             scope: Arc::new(scope),
             watchers: Arc::new(Semaphore::new(MAX_WATCHERS)),
+            watchers_by_client: WatchersByClient::default(),
             submits: Arc::new(Semaphore::new(MAX_SUBMITS_IN_FLIGHT)),
         }
     }
@@ -79,6 +139,18 @@ fn resolve(host: &str) -> Result<Vec<IpAddr>, String> {
 pub async fn validate(spec: Option<v1::JobSpec>, scope: Arc<Scope>) -> Result<JobSpec, ApiError> {
     let raw =
         convert::raw_spec(spec.ok_or_else(|| ApiError::InvalidArgument("missing spec".into()))?);
+    if raw.targets.len() > MAX_SUBMIT_TARGETS {
+        return Err(ApiError::InvalidArgument(format!(
+            "too many targets: {} entries (max {MAX_SUBMIT_TARGETS}); give ranges as CIDRs or split the job",
+            raw.targets.len()
+        )));
+    }
+    if raw.modules.len() > MAX_SUBMIT_MODULES {
+        return Err(ApiError::InvalidArgument(format!(
+            "too many modules: {} (max {MAX_SUBMIT_MODULES})",
+            raw.modules.len()
+        )));
+    }
     tokio::task::spawn_blocking(move || prepare(&raw, &scope, &resolve))
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?
@@ -96,7 +168,7 @@ impl v1::job_service_server::JobService for JobApi {
         let _permit = self
             .submits
             .try_acquire()
-            .map_err(|_| ApiError::Exhausted("submissions"))?;
+            .map_err(|_| ApiError::Exhausted("submissions (max 64 in flight)"))?;
         let req = req.into_inner();
         if req.request_id.len() > MAX_REQUEST_ID {
             return Err(ApiError::InvalidArgument(format!(
@@ -154,17 +226,24 @@ impl v1::job_service_server::JobService for JobApi {
             .watchers
             .clone()
             .try_acquire_owned()
-            .map_err(|_| ApiError::Exhausted("watchers"))?;
+            .map_err(|_| ApiError::Exhausted("watch streams (max 1024 per coordinator)"))?;
+        let client = req.remote_addr().map(|a| a.ip());
+        let slot = self
+            .watchers_by_client
+            .acquire(client, MAX_WATCHERS_PER_CLIENT)
+            .ok_or(ApiError::Exhausted(
+                "watch streams from this client address (max 256)",
+            ))?;
         let v1::WatchJobRequest {
             job_id,
             after_cursor,
         } = req.into_inner();
         // Fails fast for an unknown job.
         ask(&self.shared, |r| MgrMsg::Get(job_id, r)).await??;
-        let (tx, rx) = mpsc::channel::<Result<v1::JobEvent, Status>>(256);
+        let (tx, rx) = mpsc::channel::<Result<v1::JobEvent, Status>>(STREAM_QUEUE);
         let sh = self.shared.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permit = (permit, slot);
             watch_loop(sh, job_id, after_cursor, tx).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -215,7 +294,7 @@ async fn replay(
 ) -> bool {
     let upto = durable.get(job).unwrap_or(0);
     while *cursor < upto {
-        let page = match store.findings(job, *cursor, 1000) {
+        let page = match store.findings(job, *cursor, REPLAY_PAGE) {
             Ok(p) => p,
             Err(e) => {
                 let _ = tx.send(Err(ApiError::Storage(e.to_string()).into())).await;
@@ -301,7 +380,13 @@ async fn watch_loop(
             }
         }
         loop {
-            match erx.recv().await {
+            let next = tokio::select! {
+                e = erx.recv() => e,
+                // The client went away: end now and free its slots, even if its job is idle
+                // (no event would otherwise reveal the closed stream).
+                _ = tx.closed() => return,
+            };
+            match next {
                 Some(HubEvent::Finding(f)) => {
                     if f.cursor <= cursor {
                         continue;
@@ -364,6 +449,40 @@ fn check_register(r: &v1::Register) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// How long a new session may take to send its Register.
+const REGISTER_WITHIN: Duration = Duration::from_secs(10);
+
+/// Names a minion message (or its absence) for protocol-violation statuses.
+fn describe(m: Option<Option<&MMsg>>) -> &'static str {
+    match m {
+        None => "the end of the stream",
+        Some(None) => "an empty MinionMessage (no field set)",
+        Some(Some(MMsg::Register(_))) => "a second Register",
+        Some(Some(MMsg::Heartbeat(_))) => "Heartbeat",
+        Some(Some(MMsg::Results(_))) => "ResultBatch",
+    }
+}
+
+/// Maps an error reading the session stream to the status the minion gets: undecodable bytes are
+/// `InvalidArgument` (see `overlord_proto::codec`), a message over the size limit is
+/// `ResourceExhausted` naming the limit, broken framing `InvalidArgument`, anything else keeps its
+/// code.
+fn inbound_error(e: Status) -> Status {
+    match e.code() {
+        tonic::Code::OutOfRange => Status::resource_exhausted(format!(
+            "minion message over the session limit of {} bytes (overlord_proto::MAX_MESSAGE_BYTES): {}",
+            overlord_proto::MAX_MESSAGE_BYTES,
+            e.message()
+        )),
+        // Request-side Internal comes from the framing (bad compressed flag, a message cut short
+        // by EOF): the peer's bytes, not a coordinator fault.
+        tonic::Code::Internal => {
+            Status::invalid_argument(format!("bad gRPC framing from the minion: {}", e.message()))
+        }
+        _ => e,
+    }
+}
+
 #[tonic::async_trait]
 impl v1::minion_service_server::MinionService for MinionApi {
     type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::CoordinatorMessage, Status>> + Send>>;
@@ -373,17 +492,22 @@ impl v1::minion_service_server::MinionService for MinionApi {
         req: Request<tonic::Streaming<v1::MinionMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let mut inbound = req.into_inner();
-        let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+        let first = tokio::time::timeout(REGISTER_WITHIN, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no Register within 10s"))??;
-        let reg = match first {
-            Some(v1::MinionMessage {
-                msg: Some(MMsg::Register(r)),
-            }) => r,
-            _ => {
-                return Err(ApiError::Protocol(
-                    "the first message of a session must be Register".into(),
-                )
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no Register within {}s of opening the session",
+                    REGISTER_WITHIN.as_secs()
+                ))
+            })?
+            .map_err(inbound_error)?;
+        let reg = match first.map(|m| m.msg) {
+            Some(Some(MMsg::Register(r))) => r,
+            other => {
+                return Err(ApiError::Protocol(format!(
+                    "the first message of a session must be Register, got {}",
+                    describe(other.as_ref().map(|m| m.as_ref()))
+                ))
                 .into());
             }
         };
@@ -416,13 +540,13 @@ impl v1::minion_service_server::MinionService for MinionApi {
                         break;
                     }
                     Err(e) => {
-                        // Oversized or undecodable messages end up here: close only this session.
-                        warn!(minion = %id, error = %e, "minion stream error");
-                        let _ = registry.cast(RegMsg::Kick(
-                            id.clone(),
-                            generation,
-                            format!("stream error: {}", e.message()),
-                        ));
+                        // Oversized or undecodable messages end up here: close only this session,
+                        // with the precise status (the first error on the stream is the one sent).
+                        let st = inbound_error(e);
+                        warn!(minion = %id, code = ?st.code(), error = %st.message(), "closing minion session");
+                        // The status ends the response stream; `Disconnected` below (matched
+                        // by session id, so a quick reconnect is never hit) detaches it.
+                        let _ = tx.send(Err(st));
                         break;
                     }
                 };
@@ -433,12 +557,13 @@ impl v1::minion_service_server::MinionService for MinionApi {
                     Some(MMsg::Results(b)) => ingest
                         .cast(IngestMsg::Results(id.clone(), generation, b, tx.clone()))
                         .map_err(|_| ()),
-                    Some(MMsg::Register(_)) | None => {
-                        let _ = registry.cast(RegMsg::Kick(
-                            id.clone(),
-                            generation,
-                            "unexpected message after Register".into(),
-                        ));
+                    other => {
+                        let reason = format!(
+                            "protocol violation: unexpected {} after Register",
+                            describe(Some(other.as_ref()))
+                        );
+                        warn!(minion = %id, %reason, "closing minion session");
+                        let _ = tx.send(Err(Status::invalid_argument(reason)));
                         break;
                     }
                 };
@@ -452,5 +577,49 @@ impl v1::minion_service_server::MinionService for MinionApi {
             let _ = registry.cast(RegMsg::Disconnected(id, sid));
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_slots_per_client_address_are_capped_and_released() {
+        let w = WatchersByClient::default();
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        let held: Vec<_> = (0..3).map(|_| w.acquire(Some(a), 3).unwrap()).collect();
+        assert!(w.acquire(Some(a), 3).is_none(), "a 4th slot over the cap");
+        assert!(
+            w.acquire(Some(b), 3).is_some(),
+            "another address is not affected"
+        );
+        assert!(w.acquire(None, 3).is_some(), "unknown address: not counted");
+        drop(held);
+        assert_eq!(w.count(a), 0);
+        assert!(w.acquire(Some(a), 3).is_some());
+    }
+
+    #[test]
+    fn session_read_errors_map_to_precise_codes() {
+        let big = inbound_error(Status::out_of_range(
+            "Error, decoded message length too large: found 40000000 bytes, the limit is: 33554432 bytes",
+        ));
+        assert_eq!(big.code(), tonic::Code::ResourceExhausted);
+        assert!(big.message().contains("33554432"));
+        let cut = inbound_error(Status::internal("Unexpected EOF decoding stream."));
+        assert_eq!(cut.code(), tonic::Code::InvalidArgument);
+        assert!(cut.message().contains("EOF"));
+        let bad = inbound_error(Status::invalid_argument("malformed protobuf for X"));
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            describe(Some(Some(&MMsg::Heartbeat(Default::default())))),
+            "Heartbeat"
+        );
+        assert_eq!(
+            describe(Some(None)),
+            "an empty MinionMessage (no field set)"
+        );
     }
 }

@@ -47,7 +47,7 @@ use tokio::sync::{broadcast, mpsc};
 
 /// Queue per watcher. A watcher that lets it fill up is dropped (its channel closes); it then
 /// replays from storage by cursor and subscribes again, so a slow client costs bounded memory.
-pub const WATCH_QUEUE: usize = 512;
+pub const WATCH_QUEUE: usize = 64;
 
 pub enum FanMsg {
     /// Durable events of one job, in order (sent by its job actor after the flush).

@@ -4,6 +4,7 @@
 
 use crate::config::MinionSettings;
 use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
+use crate::telemetry::metrics;
 use futures::FutureExt;
 use overlord_core::Token;
 use overlord_proto::v1::{self, coordinator_message::Msg as CMsg, minion_message::Msg as MMsg};
@@ -23,6 +24,9 @@ pub enum MinionError {
 }
 
 struct Shared {
+    minion: String,
+    /// Sessions registered so far (the second and later are reconnects).
+    sessions: std::sync::atomic::AtomicU64,
     unacked: Mutex<BTreeMap<Token, v1::TaskResult>>,
     running: Mutex<HashMap<Token, AbortHandle>>,
     session: Mutex<Option<mpsc::Sender<v1::MinionMessage>>>,
@@ -65,6 +69,8 @@ pub async fn run(
         scope: settings.scope.clone(),
     });
     let shared = Arc::new(Shared {
+        minion: settings.id.clone(),
+        sessions: Default::default(),
         unacked: Mutex::default(),
         running: Mutex::default(),
         session: Mutex::default(),
@@ -152,6 +158,15 @@ async fn session(
         other => return Err(format!("expected Registered, got {other:?}").into()),
     };
     info!(minion = %settings.id, generation = registered.generation, "registered");
+    if shared
+        .sessions
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        > 0
+    {
+        metrics::reconnected(&shared.minion);
+    } else {
+        metrics::init(&shared.minion);
+    }
     // Re-send results the previous session did not get acknowledged.
     let pending: Vec<v1::TaskResult> = shared
         .unacked
@@ -161,6 +176,7 @@ async fn session(
         .cloned()
         .collect();
     for chunk in pending.chunks(MAX_BATCH) {
+        record_batch(&shared.minion, chunk);
         tx.send(msg(MMsg::Results(v1::ResultBatch {
             items: chunk.to_vec(),
         })))
@@ -201,12 +217,16 @@ async fn session(
             Some(CMsg::Revoke(r)) => {
                 let mut running = shared.running.lock().expect("lock");
                 let mut unacked = shared.unacked.lock().expect("lock");
+                let mut aborted = 0;
                 for t in r.tokens {
                     if let Some(h) = running.remove(&t) {
                         h.abort();
+                        aborted += 1;
                     }
                     unacked.remove(&t);
                 }
+                metrics::tasks_revoked(&shared.minion, aborted);
+                metrics::leases_in_flight(&shared.minion, running.len());
             }
             Some(CMsg::Ack(a)) => {
                 let mut unacked = shared.unacked.lock().expect("lock");
@@ -239,7 +259,10 @@ fn start_task(
     sem: &Arc<tokio::sync::Semaphore>,
 ) {
     let token = lease.token;
-    if shared.running.lock().expect("lock").contains_key(&token) {
+    // Held across the spawn and the insert, so a task finishing at once cannot remove its entry
+    // before it is inserted (which would leave a stale token in every heartbeat).
+    let mut running = shared.running.lock().expect("lock");
+    if running.contains_key(&token) {
         return; // already running (lease re-sent)
     }
     let (modules, ctx, res_tx, sem, shared2) = (
@@ -252,6 +275,8 @@ fn start_task(
     let handle = tokio::spawn(async move {
         let _permit = sem.acquire_owned().await;
         let started = overlord_core::now_ms();
+        let clock = std::time::Instant::now();
+        metrics::task_started(&shared2.minion, &lease.module);
         let span = tracing::info_span!(
             "task",
             job_id = lease.job_id,
@@ -270,6 +295,18 @@ fn start_task(
             finished_at_ms: finished,
             ..Default::default()
         };
+        let outcome_word = match &outcome {
+            Ok(_) => "ok",
+            Err(ModuleError::Failed(_)) => "failed",
+            Err(ModuleError::Invalid(_)) => "invalid",
+            Err(ModuleError::Blocked(_)) => "blocked",
+        };
+        metrics::task_finished(
+            &shared2.minion,
+            &lease.module,
+            outcome_word,
+            clock.elapsed().as_secs_f64(),
+        );
         match outcome {
             Ok(findings) => {
                 r.ok = true;
@@ -290,14 +327,29 @@ fn start_task(
                 r.error = e.to_string();
             }
         }
-        shared2.running.lock().expect("lock").remove(&token);
+        {
+            let mut running = shared2.running.lock().expect("lock");
+            running.remove(&token);
+            metrics::leases_in_flight(&shared2.minion, running.len());
+        }
         let _ = res_tx.send(r).await;
     });
-    shared
-        .running
-        .lock()
-        .expect("lock")
-        .insert(token, handle.abort_handle());
+    running.insert(token, handle.abort_handle());
+    metrics::leases_in_flight(&shared.minion, running.len());
+}
+
+/// Counts one result batch put on a session (results, their findings and blob bytes).
+fn record_batch(minion: &str, items: &[v1::TaskResult]) {
+    if !crate::telemetry::enabled() {
+        return;
+    }
+    let findings = items.iter().map(|r| r.findings.len() as u64).sum();
+    let blob_bytes = items
+        .iter()
+        .flat_map(|r| &r.findings)
+        .map(|f| f.blob.len() as u64)
+        .sum();
+    metrics::batch_sent(minion, items.len() as u64, findings, blob_bytes);
 }
 
 async fn execute(
@@ -381,6 +433,7 @@ async fn reporter(mut rx: mpsc::Receiver<v1::TaskResult>, shared: Arc<Shared>) {
         }
         let tx = shared.session.lock().expect("lock").clone();
         if let Some(tx) = tx {
+            record_batch(&shared.minion, &items);
             let _ = tx.send(msg(MMsg::Results(v1::ResultBatch { items }))).await;
         }
     }

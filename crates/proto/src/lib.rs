@@ -1,6 +1,7 @@
 //! overlord-proto: the generated gRPC code (from `proto/overlord/v1/*.proto`), conversions between
 //! wire and domain types, and the one mapping from domain errors to `tonic::Status`.
 
+pub mod codec;
 pub mod convert;
 pub mod error;
 
