@@ -983,7 +983,10 @@ async fn watch_and_submit_floods_keep_memory_bounded() {
     );
     over.rate_limit = 0;
     let r = c
-        .submit_job(overlord_proto::v1::SubmitJobRequest { spec: Some(over) })
+        .submit_job(overlord_proto::v1::SubmitJobRequest {
+            spec: Some(over),
+            ..Default::default()
+        })
         .await
         .map(|_| ());
     expect_status(
