@@ -403,7 +403,7 @@ impl Scorer {
 }
 
 /// Number of features the learned combiner reads.
-pub const NF: usize = 14;
+pub const NF: usize = 16;
 
 /// Features of a candidate for the learned combiner (all roughly within [0, 1]).
 fn features_of(cfg: &BeaconConfig, c: &Cand) -> [f32; NF] {
@@ -424,6 +424,8 @@ fn features_of(cfg: &BeaconConfig, c: &Cand) -> [f32; NF] {
         c.cnn * (1.0 - lnchk),
         if c.stat.size.is_some() { 1.0 } else { 0.0 },
         c.stat.growth,
+        c.stat.ladder,
+        c.stat.ladder * lnchk,
     ]
 }
 
