@@ -249,7 +249,7 @@ impl Scorer {
         // Benign-periodic hint: how many sources reach the same destination periodically.
         let mut fan_in: FxHashMap<(LogKind, Dst, u32), u32> = FxHashMap::default();
         for c in cands.iter().filter(|c| c.members.is_empty()) {
-            if c.cnn >= 0.5 || c.stat.score >= 0.75 {
+            if c.cnn >= 0.5 || c.stat.score >= 0.75 || c.stat.backoff >= 0.5 {
                 let k = self.seqs[c.seq].key;
                 *fan_in.entry((k.kind, k.dst, c.window)).or_default() += 1;
             }
@@ -450,6 +450,8 @@ fn combine(cfg: &BeaconConfig, comb: Option<&(Vec<f32>, f32)>, c: &Cand, benign:
         // did not pass the prefilter: the CNN never saw it
         s = s.min(c.stat.score);
     }
+    // the back-off detector is a second, independent opinion
+    s = s.max(c.stat.backoff);
     if c.failed >= 0.8 {
         s *= 0.3;
     }

@@ -31,6 +31,9 @@ pub struct StatScore {
     /// as flat, one multiplicative back-off step, or a reset to the base sleep; ≈ 1 for back-off
     /// sleepers (and fixed periods), ≈ 0.35 for a Poisson process.
     pub ladder: f32,
+    /// The back-off detector's score in [0, 1] ([`backoff`]): how far above chance the ladder
+    /// explains the steps, given at least three back-off steps.
+    pub backoff: f32,
 }
 
 fn madm(sorted: &[f32], med: f32, scratch: &mut Vec<f32>) -> f32 {
@@ -126,6 +129,7 @@ pub fn score(
         .count() as f32
         + 0.3 * 8.0)
         / (intervals.len() - 1 + 8) as f32;
+    let lad = ladder(intervals);
     let ts = (ts_skew + ts_madm + count + spread) / 4.0;
     let score = match size {
         Some(s) => 0.7 * ts + 0.3 * s,
@@ -145,7 +149,8 @@ pub fn score(
             0.0
         },
         growth,
-        ladder: ladder(intervals),
+        ladder: lad.score(),
+        backoff: lad.backoff(),
     }
 }
 
@@ -155,21 +160,56 @@ const LADDER_TOL: f32 = 0.3;
 const LADDER_PRIOR: f32 = 0.35;
 const LADDER_SHRINK: f32 = 8.0;
 
-/// Back-off ladder score of check-in intervals (seconds), in [0, 1].
+/// How a sequence of check-in intervals fits a back-off ladder (see [`ladder`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ladder {
+    /// Steps between consecutive intervals.
+    pub steps: u32,
+    /// Steps explained as flat, one back-off step or a reset to the base level.
+    pub explained: u32,
+    /// Steps explained as one back-off step (a rise by the estimated factor).
+    pub rises: u32,
+}
+
+impl Ladder {
+    /// Share of steps explained, shrunk towards the Poisson level for short sequences.
+    pub fn score(&self) -> f32 {
+        (self.explained as f32 + LADDER_PRIOR * LADDER_SHRINK) / (self.steps as f32 + LADDER_SHRINK)
+    }
+
+    /// The back-off detector: a one-sided z-score of the explained steps against the chance
+    /// level of a random process (0.4, above the Poisson 0.35), mapped to [0, 1] (z 4 → 0.5,
+    /// z 5 → 0.95). Zero unless at least three steps are back-off rises and 75 % of the steps
+    /// are explained: flat periodic sequences are the other scorers' business.
+    pub fn backoff(&self) -> f32 {
+        let n = self.steps as f32;
+        if self.rises < 3 || (self.explained as f32) < 0.75 * n {
+            return 0.0;
+        }
+        const P0: f32 = 0.4;
+        let z = (self.explained as f32 - n * P0) / (n * P0 * (1.0 - P0)).sqrt();
+        1.0 / (1.0 + (-3.0 * (z - 4.0)).exp())
+    }
+}
+
+/// Fit check-in intervals (seconds) to a back-off ladder.
 ///
 /// A back-off sleeper multiplies its sleep by a factor (1.3–3) after each unanswered check-in,
 /// up to a cap, and drops back to its base sleep after a success. In log-interval space that is
 /// a piecewise-linear ladder: consecutive steps are ≈ 0 (plateau, cap, fixed period), ≈ ln(factor)
-/// (one back-off step) or a drop back to the base level (reset). The score is the share of
-/// steps explained by one of these, with the factor estimated as the median of the moderate
-/// rises and the base level as the 10th percentile of the log intervals. It only looks at
-/// ratios of intervals, so it is invariant to scaling all intervals (any base period) and to
-/// the start time. Poisson and browsing activity explain about a third of their steps by
-/// chance; short sequences are shrunk towards that level.
-pub fn ladder(intervals: &[f32]) -> f32 {
+/// (one back-off step) or a drop back to the base level (reset). A step is explained when it is
+/// one of these (±0.3 in log space), with the factor estimated as the median of the moderate
+/// rises and the base level as the 10th percentile of the log intervals. Only ratios of
+/// intervals matter, so the fit is invariant to scaling all intervals (any base period) and to
+/// the start time. Poisson and browsing activity explain about a third of their steps by chance.
+pub fn ladder(intervals: &[f32]) -> Ladder {
     let n = intervals.len();
     if n < 3 {
-        return LADDER_PRIOR;
+        return Ladder {
+            steps: 0,
+            explained: 0,
+            rises: 0,
+        };
     }
     let l: Vec<f32> = intervals.iter().map(|&x| x.max(1.0).ln()).collect();
     let mut ups: Vec<f32> = l
@@ -186,16 +226,21 @@ pub fn ladder(intervals: &[f32]) -> f32 {
     let mut sorted = l.clone();
     sorted.sort_by(f32::total_cmp);
     let base = sorted[n / 10];
-    let explained = l
-        .windows(2)
-        .filter(|w| {
-            let d = w[1] - w[0];
-            d.abs() <= LADDER_TOL
-                || g.is_some_and(|g| (d - g).abs() <= LADDER_TOL)
-                || (d < -LADDER_TOL && (w[1] - base).abs() <= LADDER_TOL)
-        })
-        .count();
-    (explained as f32 + LADDER_PRIOR * LADDER_SHRINK) / ((n - 1) as f32 + LADDER_SHRINK)
+    let (mut explained, mut rises) = (0u32, 0u32);
+    for w in l.windows(2) {
+        let d = w[1] - w[0];
+        if d.abs() <= LADDER_TOL || (d < -LADDER_TOL && (w[1] - base).abs() <= LADDER_TOL) {
+            explained += 1;
+        } else if g.is_some_and(|g| (d - g).abs() <= LADDER_TOL) {
+            explained += 1;
+            rises += 1;
+        }
+    }
+    Ladder {
+        steps: (n - 1) as u32,
+        explained,
+        rises,
+    }
 }
 
 #[cfg(test)]
@@ -254,11 +299,14 @@ mod tests {
         }
         let a = ladder(&iv);
         let scaled: Vec<f32> = iv.iter().map(|x| x * 37.0).collect();
-        assert!(a > 0.85, "{a}");
-        assert!((ladder(&scaled) - a).abs() < 0.03);
+        assert!(a.score() > 0.85 && a.backoff() > 0.9, "{a:?}");
+        assert_eq!(ladder(&scaled), a);
         let poisson = crate::synth::poisson(&mut r, 300.0, 0.0, 86_400.0);
         let piv: Vec<f32> = poisson.windows(2).map(|w| (w[1] - w[0]) as f32).collect();
         let p = ladder(&piv);
-        assert!(p < 0.5, "{p}");
+        assert!(p.score() < 0.5 && p.backoff() == 0.0, "{p:?}");
+        // a fixed period is explained but is not a back-off
+        let flat = ladder(&[300.0; 50]);
+        assert!(flat.score() > 0.95 && flat.backoff() == 0.0, "{flat:?}");
     }
 }
