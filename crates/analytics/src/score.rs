@@ -450,8 +450,11 @@ fn combine(cfg: &BeaconConfig, comb: Option<&(Vec<f32>, f32)>, c: &Cand, benign:
         // did not pass the prefilter: the CNN never saw it
         s = s.min(c.stat.score);
     }
-    // the back-off detector is a second, independent opinion
-    s = s.max(c.stat.backoff);
+    // the back-off detector is a second, independent opinion (on single keys: merged rotation
+    // groups of unrelated sites can line up into ladders by chance)
+    if c.members.is_empty() {
+        s = s.max(c.stat.backoff);
+    }
     if c.failed >= 0.8 {
         s *= 0.3;
     }
