@@ -31,7 +31,7 @@ pub struct StatScore {
     /// as flat, one multiplicative back-off step, or a reset to the base sleep; ≈ 1 for back-off
     /// sleepers (and fixed periods), ≈ 0.35 for a Poisson process.
     pub ladder: f32,
-    /// The back-off detector's score in [0, 1] ([`backoff`]): how far above chance the ladder
+    /// The back-off detector's score in [0, 1] ([`backoff`]): how far above chance a ladder
     /// explains the steps, given at least three back-off steps.
     pub backoff: f32,
 }
@@ -150,7 +150,7 @@ pub fn score(
         },
         growth,
         ladder: lad.score(),
-        backoff: lad.backoff(),
+        backoff: backoff(intervals, &lad),
     }
 }
 
@@ -203,7 +203,13 @@ impl Ladder {
 /// intervals matter, so the fit is invariant to scaling all intervals (any base period) and to
 /// the start time. Poisson and browsing activity explain about a third of their steps by chance.
 pub fn ladder(intervals: &[f32]) -> Ladder {
-    let n = intervals.len();
+    let l: Vec<f32> = intervals.iter().map(|&x| x.max(1.0).ln()).collect();
+    ladder_log(&l, LADDER_TOL)
+}
+
+/// [`ladder`] on log intervals with a given tolerance.
+fn ladder_log(l: &[f32], tol: f32) -> Ladder {
+    let n = l.len();
     if n < 3 {
         return Ladder {
             steps: 0,
@@ -211,7 +217,6 @@ pub fn ladder(intervals: &[f32]) -> Ladder {
             rises: 0,
         };
     }
-    let l: Vec<f32> = intervals.iter().map(|&x| x.max(1.0).ln()).collect();
     let mut ups: Vec<f32> = l
         .windows(2)
         .map(|w| w[1] - w[0])
@@ -223,15 +228,15 @@ pub fn ladder(intervals: &[f32]) -> Ladder {
     } else {
         None
     };
-    let mut sorted = l.clone();
+    let mut sorted = l.to_vec();
     sorted.sort_by(f32::total_cmp);
     let base = sorted[n / 10];
     let (mut explained, mut rises) = (0u32, 0u32);
     for w in l.windows(2) {
         let d = w[1] - w[0];
-        if d.abs() <= LADDER_TOL || (d < -LADDER_TOL && (w[1] - base).abs() <= LADDER_TOL) {
+        if d.abs() <= tol || (d < -tol && (w[1] - base).abs() <= tol) {
             explained += 1;
-        } else if g.is_some_and(|g| (d - g).abs() <= LADDER_TOL) {
+        } else if g.is_some_and(|g| (d - g).abs() <= tol) {
             explained += 1;
             rises += 1;
         }
@@ -241,6 +246,57 @@ pub fn ladder(intervals: &[f32]) -> Ladder {
         explained,
         rises,
     }
+}
+
+/// Shuffles of the intervals forming the permutation null of [`backoff`].
+const NULL_SHUFFLES: usize = 4;
+
+/// The back-off detector, in [0, 1]: the larger of
+/// * [`Ladder::backoff`] at the tight tolerance (±0.3, against a fixed chance level), and
+/// * the same test at wider tolerances (±0.45, ±0.6: back-off with 30–50 % jitter) against a
+///   *permutation* null: the chance level is what the same intervals explain in shuffled order
+///   (deterministic shuffles). A ladder lives in the order of the intervals; Poisson-like
+///   activity has exchangeable intervals and explains as much shuffled as in order, whatever the
+///   tolerance.
+///
+/// As for [`Ladder::backoff`], it needs ≥ 3 back-off rises and ≥ 75 % of the steps explained;
+/// the permutation test also needs an effect of ≥ 20 % of the steps over the shuffled level
+/// (otherwise any long sequence with slowly drifting rates, like a host's DNS, passes on z).
+pub fn backoff(intervals: &[f32], tight: &Ladder) -> f32 {
+    let mut best = tight.backoff();
+    if intervals.len() < 5 || best >= 0.99 {
+        return best;
+    }
+    let l: Vec<f32> = intervals.iter().map(|&x| x.max(1.0).ln()).collect();
+    let mut shuffled: Vec<Vec<f32>> = Vec::new();
+    for tol in [0.45f32, 0.6] {
+        let lad = ladder_log(&l, tol);
+        let n = lad.steps as f32;
+        if lad.rises < 3 || (lad.explained as f32) < 0.75 * n {
+            continue;
+        }
+        if shuffled.is_empty() {
+            let mut rng = crate::rng::Rng::new(0x1add_e5 ^ l.len() as u64);
+            for _ in 0..NULL_SHUFFLES {
+                let mut s = l.clone();
+                rng.shuffle(&mut s);
+                shuffled.push(s);
+            }
+        }
+        let mu = shuffled
+            .iter()
+            .map(|s| ladder_log(s, tol).explained as f32)
+            .sum::<f32>()
+            / NULL_SHUFFLES as f32;
+        if (lad.explained as f32 - mu) < 0.2 * n {
+            // a small effect on a long sequence (diurnal rates drifting) is not a ladder
+            continue;
+        }
+        let p = (mu / n).clamp(0.05, 0.95);
+        let z = (lad.explained as f32 - mu) / (n * p * (1.0 - p)).sqrt();
+        best = best.max(1.0 / (1.0 + (-3.0 * (z - 4.0)).exp()));
+    }
+    best
 }
 
 #[cfg(test)]
@@ -300,11 +356,26 @@ mod tests {
         let a = ladder(&iv);
         let scaled: Vec<f32> = iv.iter().map(|x| x * 37.0).collect();
         assert!(a.score() > 0.85 && a.backoff() > 0.9, "{a:?}");
+        assert!(backoff(&iv, &a) > 0.9);
         assert_eq!(ladder(&scaled), a);
         let poisson = crate::synth::poisson(&mut r, 300.0, 0.0, 86_400.0);
         let piv: Vec<f32> = poisson.windows(2).map(|w| (w[1] - w[0]) as f32).collect();
         let p = ladder(&piv);
         assert!(p.score() < 0.5 && p.backoff() == 0.0, "{p:?}");
+        assert!(backoff(&piv, &p) < 0.1, "{p:?}");
+        // 45 % jitter: found by the permutation test at a wider tolerance
+        let mut iv = Vec::new();
+        let mut cur: f32 = 45.0;
+        for _ in 0..300 {
+            iv.push(cur * (1.0 + r.range(-0.45, 0.45) as f32));
+            cur = if r.bool(0.1) {
+                45.0
+            } else {
+                (cur * 2.0).min(720.0)
+            };
+        }
+        let tight = ladder(&iv);
+        assert!(backoff(&iv, &tight) > 0.9, "{tight:?}");
         // a fixed period is explained but is not a back-off
         let flat = ladder(&[300.0; 50]);
         assert!(flat.score() > 0.9 && flat.backoff() == 0.0, "{flat:?}");
