@@ -260,13 +260,29 @@ impl Scorer {
 
         let mut findings: Vec<Finding> = Vec::with_capacity(cands.len());
         let mut group_credit: FxHashMap<(usize, u32), (f32, usize)> = FxHashMap::default();
+        // single keys are scored before the groups (pass 2 appended them)
+        let mut alone: FxHashMap<(usize, u32), f32> = FxHashMap::default();
         for (ci, c) in cands.iter().enumerate() {
             let k = self.seqs[c.seq].key;
             let fi = fan_in.get(&(k.kind, k.dst, c.window)).copied().unwrap_or(0);
             let benign = fi >= benign_min;
             let combined = combine(&cfg, self.combiner.as_ref(), c, benign);
             if !c.members.is_empty() {
-                for &m in &c.members {
+                // When the group adds no evidence over its best member alone (a C2 plus a
+                // browsed site sharing its port and size class scores as high as the C2), it
+                // credits only the members with a fair share of the check-ins (a rotating C2
+                // spreads them evenly), not a site visited a few times.
+                let best_alone = c
+                    .members
+                    .iter()
+                    .filter_map(|&m| alone.get(&(m, c.window)).copied())
+                    .fold(0.0f32, f32::max);
+                let dominated = best_alone >= cfg.threshold && combined <= best_alone + 0.05;
+                let total: usize = c.members.iter().map(|&m| self.seqs[m].events.len()).sum();
+                let fair = |m: usize| {
+                    self.seqs[m].events.len() as f32 * c.members.len() as f32 >= 0.5 * total as f32
+                };
+                for &m in c.members.iter().filter(|&&m| !dominated || fair(m)) {
                     let e = group_credit.entry((m, c.window)).or_insert((0.0, ci));
                     if combined > e.0 {
                         *e = (combined, ci);
@@ -274,6 +290,7 @@ impl Scorer {
                 }
                 continue;
             }
+            alone.insert((c.seq, c.window), combined);
             findings.push(self.finding(c, fi, benign, combined, &cfg));
         }
         // Credit rotation-group members with the group's score.
