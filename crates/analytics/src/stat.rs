@@ -150,7 +150,7 @@ pub fn score(
         },
         growth,
         ladder: lad.score(),
-        backoff: backoff(intervals, &lad),
+        backoff: backoff(intervals),
     }
 }
 
@@ -175,20 +175,6 @@ impl Ladder {
     /// Share of steps explained, shrunk towards the Poisson level for short sequences.
     pub fn score(&self) -> f32 {
         (self.explained as f32 + LADDER_PRIOR * LADDER_SHRINK) / (self.steps as f32 + LADDER_SHRINK)
-    }
-
-    /// The back-off detector: a one-sided z-score of the explained steps against the chance
-    /// level of a random process (0.4, above the Poisson 0.35), mapped to [0, 1] (z 4 → 0.5,
-    /// z 5 → 0.95). Zero unless at least three steps are back-off rises and 75 % of the steps
-    /// are explained: flat periodic sequences are the other scorers' business.
-    pub fn backoff(&self) -> f32 {
-        let n = self.steps as f32;
-        if self.rises < 3 || (self.explained as f32) < 0.75 * n {
-            return 0.0;
-        }
-        const P0: f32 = 0.4;
-        let z = (self.explained as f32 - n * P0) / (n * P0 * (1.0 - P0)).sqrt();
-        1.0 / (1.0 + (-3.0 * (z - 4.0)).exp())
     }
 }
 
@@ -250,26 +236,27 @@ fn ladder_log(l: &[f32], tol: f32) -> Ladder {
 
 /// Shuffles of the intervals forming the permutation null of [`backoff`].
 const NULL_SHUFFLES: usize = 4;
+/// Least excess of explained steps over the shuffled level, as a share of the steps.
+const MIN_EFFECT: f32 = 0.1;
 
-/// The back-off detector, in [0, 1]: the larger of
-/// * [`Ladder::backoff`] at the tight tolerance (±0.3, against a fixed chance level), and
-/// * the same test at wider tolerances (±0.45, ±0.6: back-off with 30–50 % jitter) against a
-///   *permutation* null: the chance level is what the same intervals explain in shuffled order
-///   (deterministic shuffles). A ladder lives in the order of the intervals; Poisson-like
-///   activity has exchangeable intervals and explains as much shuffled as in order, whatever the
-///   tolerance.
-///
-/// As for [`Ladder::backoff`], it needs ≥ 3 back-off rises and ≥ 75 % of the steps explained;
-/// the permutation test also needs an effect of ≥ 20 % of the steps over the shuffled level
-/// (otherwise any long sequence with slowly drifting rates, like a host's DNS, passes on z).
-pub fn backoff(intervals: &[f32], tight: &Ladder) -> f32 {
-    let mut best = tight.backoff();
-    if intervals.len() < 5 || best >= 0.99 {
-        return best;
+/// The back-off detector, in [0, 1]. At tolerances ±0.3, ±0.45 and ±0.6 (back-off with up to
+/// 30–50 % jitter) the ladder fit in time order is tested against a *permutation* null: the
+/// chance level is what the same intervals explain in shuffled order (deterministic shuffles).
+/// A ladder lives in the order of the intervals; Poisson, Pareto or browsing activity has
+/// exchangeable intervals and explains as much shuffled as in order, whatever its spread. A
+/// tolerance counts when ≥ 3 steps are back-off rises, ≥ 75 % of the steps are explained and
+/// the excess over the shuffled level is ≥ 20 % of the steps (otherwise any long sequence with
+/// slowly drifting rates, like a host's DNS, passes on z alone); its one-sided z-score maps
+/// to [0, 1] (z 4 → 0.5, z 5 → 0.95) and the best tolerance wins. Flat periodic sequences
+/// score 0 (shuffling changes nothing): they are the other scorers' business.
+pub fn backoff(intervals: &[f32]) -> f32 {
+    if intervals.len() < 5 {
+        return 0.0;
     }
     let l: Vec<f32> = intervals.iter().map(|&x| x.max(1.0).ln()).collect();
     let mut shuffled: Vec<Vec<f32>> = Vec::new();
-    for tol in [0.45f32, 0.6] {
+    let mut best = 0.0f32;
+    for tol in [LADDER_TOL, 0.45, 0.6] {
         let lad = ladder_log(&l, tol);
         let n = lad.steps as f32;
         if lad.rises < 3 || (lad.explained as f32) < 0.75 * n {
@@ -288,8 +275,7 @@ pub fn backoff(intervals: &[f32], tight: &Ladder) -> f32 {
             .map(|s| ladder_log(s, tol).explained as f32)
             .sum::<f32>()
             / NULL_SHUFFLES as f32;
-        if (lad.explained as f32 - mu) < 0.2 * n {
-            // a small effect on a long sequence (diurnal rates drifting) is not a ladder
+        if (lad.explained as f32 - mu) < MIN_EFFECT * n {
             continue;
         }
         let p = (mu / n).clamp(0.05, 0.95);
@@ -355,14 +341,12 @@ mod tests {
         }
         let a = ladder(&iv);
         let scaled: Vec<f32> = iv.iter().map(|x| x * 37.0).collect();
-        assert!(a.score() > 0.85 && a.backoff() > 0.9, "{a:?}");
-        assert!(backoff(&iv, &a) > 0.9);
+        assert!(a.score() > 0.85 && backoff(&iv) > 0.9, "{a:?}");
         assert_eq!(ladder(&scaled), a);
         let poisson = crate::synth::poisson(&mut r, 300.0, 0.0, 86_400.0);
         let piv: Vec<f32> = poisson.windows(2).map(|w| (w[1] - w[0]) as f32).collect();
         let p = ladder(&piv);
-        assert!(p.score() < 0.5 && p.backoff() == 0.0, "{p:?}");
-        assert!(backoff(&piv, &p) < 0.1, "{p:?}");
+        assert!(p.score() < 0.5 && backoff(&piv) < 0.1, "{p:?}");
         // 45 % jitter: found by the permutation test at a wider tolerance
         let mut iv = Vec::new();
         let mut cur: f32 = 45.0;
@@ -374,10 +358,18 @@ mod tests {
                 (cur * 2.0).min(720.0)
             };
         }
-        let tight = ladder(&iv);
-        assert!(backoff(&iv, &tight) > 0.9, "{tight:?}");
+        assert!(backoff(&iv) > 0.9, "{:?}", ladder(&iv));
+        // heavy-tailed (Pareto) intervals piled up near their scale explain most steps as
+        // "flat" or "reset", in any order: not a back-off
+        let pareto: Vec<f32> = (0..500)
+            .map(|_| 300.0 / (1.0 - r.f64() as f32).powf(1.0 / 2.5))
+            .collect();
+        assert!(backoff(&pareto) < 0.1, "{:?}", ladder(&pareto));
         // a fixed period is explained but is not a back-off
         let flat = ladder(&[300.0; 50]);
-        assert!(flat.score() > 0.9 && flat.backoff() == 0.0, "{flat:?}");
+        assert!(
+            flat.score() > 0.9 && backoff(&[300.0; 50]) == 0.0,
+            "{flat:?}"
+        );
     }
 }
