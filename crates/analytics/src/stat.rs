@@ -263,7 +263,7 @@ pub fn backoff(intervals: &[f32]) -> f32 {
             continue;
         }
         if shuffled.is_empty() {
-            let mut rng = crate::rng::Rng::new(0x1add_e5 ^ l.len() as u64);
+            let mut rng = crate::rng::Rng::new(0x001a_dde5 ^ l.len() as u64);
             for _ in 0..NULL_SHUFFLES {
                 let mut s = l.clone();
                 rng.shuffle(&mut s);
