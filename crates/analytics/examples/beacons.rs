@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p overlord-analytics --example beacons -- [--json] [--top N] [--weights F] LOG...
-//! cargo run --release -p overlord-analytics --example beacons -- train [--seed S] [--out F] [--samples N] [--epochs E]
+//! cargo run --release -p overlord-analytics --example beacons -- train [--seed S] [--out F] [--samples N] [--epochs E] [--cnn-from W]
 //! cargo run --release -p overlord-analytics --example beacons -- eval DIR [--weights F] [--json]
 //! cargo run --release -p overlord-analytics --example beacons -- generate OUT_DIR [--seed S] [--hosts N] [--beacons N] [--browsing X] [--gzip] [--json]
 //! ```
@@ -60,7 +60,15 @@ fn main() -> Result<()> {
                 cfg.epochs = n.parse()?;
             }
             let t = std::time::Instant::now();
-            let w = train(seed, &cfg)?;
+            let w = match take_value(&mut args, "--cnn-from")? {
+                // keep that file's CNN (trained from the same seed), refit the combiner only
+                Some(f) => overlord_analytics::train::refit_combiner(
+                    seed,
+                    &overlord_analytics::Weights::load(std::path::Path::new(&f))?,
+                    &cfg,
+                )?,
+                None => train(seed, &cfg)?,
+            };
             w.save(std::path::Path::new(&out))?;
             eprintln!(
                 "trained seed {seed} in {:.1}s -> {out}",

@@ -384,11 +384,35 @@ pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary
             "backoff" => {
                 spec.period = r.log_range(10.0, 600.0);
                 spec.jitter = r.range(0.0, 0.2);
-                spec.backoff = Some(Backoff {
+                let mut b = Backoff {
                     factor: r.range(1.5, 2.0),
                     max_period: spec.period * r.range(8.0, 32.0),
                     reset_p: r.range(0.05, 0.25),
-                });
+                    outages: Vec::new(),
+                };
+                // three back-off styles, the last two with up to 40 % jitter
+                match r.int(0, 2) {
+                    // sleep grows while idle, tasking (reset_p per check-in) resets it
+                    0 => {}
+                    // grows while the C2 is unreachable (outages of 30 min - 4 h every few
+                    // hours), resets on the first successful check-in
+                    1 => {
+                        spec.jitter = r.range(0.0, 0.4);
+                        let mut t = r.range(0.0, 6.0 * 3600.0);
+                        while t < DAY {
+                            let len = r.range(1800.0, 4.0 * 3600.0);
+                            b.outages.push((t, t + len));
+                            t += len + r.exp(3.0 * 3600.0);
+                        }
+                    }
+                    // sleeper: backs off to its cap and mostly stays there
+                    _ => {
+                        spec.jitter = r.range(0.0, 0.4);
+                        b.reset_p = r.range(0.0, 0.03);
+                        b.max_period = spec.period * r.range(4.0, 16.0);
+                    }
+                }
+                spec.backoff = Some(b);
             }
             "rotating" => {
                 spec.period = r.log_range(10.0, 1800.0);

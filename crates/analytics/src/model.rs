@@ -133,6 +133,13 @@ impl Weights {
         self
     }
 
+    /// The same CNN without a combiner.
+    pub fn without_combiner(mut self) -> Weights {
+        self.tensors.remove("combiner.weight");
+        self.tensors.remove("combiner.bias");
+        self
+    }
+
     pub(crate) fn tensor(&self, name: &str) -> &Tensor {
         &self.tensors[name]
     }

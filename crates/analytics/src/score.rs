@@ -249,7 +249,7 @@ impl Scorer {
         // Benign-periodic hint: how many sources reach the same destination periodically.
         let mut fan_in: FxHashMap<(LogKind, Dst, u32), u32> = FxHashMap::default();
         for c in cands.iter().filter(|c| c.members.is_empty()) {
-            if c.cnn >= 0.5 || c.stat.score >= 0.75 {
+            if c.cnn >= 0.5 || c.stat.score >= 0.75 || c.stat.backoff >= 0.5 {
                 let k = self.seqs[c.seq].key;
                 *fan_in.entry((k.kind, k.dst, c.window)).or_default() += 1;
             }
@@ -260,13 +260,29 @@ impl Scorer {
 
         let mut findings: Vec<Finding> = Vec::with_capacity(cands.len());
         let mut group_credit: FxHashMap<(usize, u32), (f32, usize)> = FxHashMap::default();
+        // single keys are scored before the groups (pass 2 appended them)
+        let mut alone: FxHashMap<(usize, u32), f32> = FxHashMap::default();
         for (ci, c) in cands.iter().enumerate() {
             let k = self.seqs[c.seq].key;
             let fi = fan_in.get(&(k.kind, k.dst, c.window)).copied().unwrap_or(0);
             let benign = fi >= benign_min;
             let combined = combine(&cfg, self.combiner.as_ref(), c, benign);
             if !c.members.is_empty() {
-                for &m in &c.members {
+                // When the group adds no evidence over its best member alone (a C2 plus a
+                // browsed site sharing its port and size class scores as high as the C2), it
+                // credits only the members with a fair share of the check-ins (a rotating C2
+                // spreads them evenly), not a site visited a few times.
+                let best_alone = c
+                    .members
+                    .iter()
+                    .filter_map(|&m| alone.get(&(m, c.window)).copied())
+                    .fold(0.0f32, f32::max);
+                let dominated = best_alone >= cfg.threshold && combined <= best_alone + 0.05;
+                let total: usize = c.members.iter().map(|&m| self.seqs[m].events.len()).sum();
+                let fair = |m: usize| {
+                    self.seqs[m].events.len() as f32 * c.members.len() as f32 >= 0.5 * total as f32
+                };
+                for &m in c.members.iter().filter(|&&m| !dominated || fair(m)) {
                     let e = group_credit.entry((m, c.window)).or_insert((0.0, ci));
                     if combined > e.0 {
                         *e = (combined, ci);
@@ -274,6 +290,7 @@ impl Scorer {
                 }
                 continue;
             }
+            alone.insert((c.seq, c.window), combined);
             findings.push(self.finding(c, fi, benign, combined, &cfg));
         }
         // Credit rotation-group members with the group's score.
@@ -403,7 +420,7 @@ impl Scorer {
 }
 
 /// Number of features the learned combiner reads.
-pub const NF: usize = 14;
+pub const NF: usize = 16;
 
 /// Features of a candidate for the learned combiner (all roughly within [0, 1]).
 fn features_of(cfg: &BeaconConfig, c: &Cand) -> [f32; NF] {
@@ -424,6 +441,8 @@ fn features_of(cfg: &BeaconConfig, c: &Cand) -> [f32; NF] {
         c.cnn * (1.0 - lnchk),
         if c.stat.size.is_some() { 1.0 } else { 0.0 },
         c.stat.growth,
+        c.stat.ladder,
+        c.stat.ladder * lnchk,
     ]
 }
 
@@ -447,6 +466,11 @@ fn combine(cfg: &BeaconConfig, comb: Option<&(Vec<f32>, f32)>, c: &Cand, benign:
     if c.stat.score < cfg.cnn_min_stat {
         // did not pass the prefilter: the CNN never saw it
         s = s.min(c.stat.score);
+    }
+    // the back-off detector is a second, independent opinion (on single keys: merged rotation
+    // groups of unrelated sites can line up into ladders by chance)
+    if c.members.is_empty() {
+        s = s.max(c.stat.backoff);
     }
     if c.failed >= 0.8 {
         s *= 0.3;

@@ -8,11 +8,14 @@ pub const DAY: f64 = 86_400.0;
 
 /// Exponential back-off: the sleep grows by `factor` after each check-in without tasking, up to
 /// `max_period`; a check-in that gets tasking (probability `reset_p`) resets it to the base period.
+/// With `outages`, the growth is driven by the C2 being unreachable instead: a check-in inside an
+/// outage (start, end) fails and grows the sleep, the first one after it succeeds and resets it.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     pub factor: f64,
     pub max_period: f64,
     pub reset_p: f64,
+    pub outages: Vec<(f64, f64)>,
 }
 
 /// A beacon's timing.
@@ -61,6 +64,7 @@ pub fn beacon_times(rng: &mut Rng, spec: &BeaconSpec) -> Vec<(f64, u32)> {
     let mut current = spec.period;
     let mut checkin = 0u32;
     while t < spec.end {
+        let at = t;
         let in_gap = spec.gaps.iter().any(|&(a, b)| t >= a && t < b);
         if !in_gap {
             let base = t + rng.range(-spec.latency, spec.latency);
@@ -88,7 +92,12 @@ pub fn beacon_times(rng: &mut Rng, spec: &BeaconSpec) -> Vec<(f64, u32)> {
         let sleep = current * (1.0 + j);
         t += sleep.max(1.0);
         if let Some(b) = &spec.backoff {
-            if rng.bool(b.reset_p) {
+            let reset = if b.outages.is_empty() {
+                rng.bool(b.reset_p)
+            } else {
+                !b.outages.iter().any(|&(a, e)| at >= a && at < e)
+            };
+            if reset {
                 current = spec.period;
             } else {
                 current = (current * b.factor).min(b.max_period);
@@ -254,6 +263,7 @@ pub fn random_beacon_spec(rng: &mut Rng) -> BeaconSpec {
             factor: rng.range(1.3, 2.0),
             max_period: period * rng.range(4.0, 32.0),
             reset_p: rng.range(0.05, 0.3),
+            outages: Vec::new(),
         });
         spec.jitter = spec.jitter.min(0.2);
     }

@@ -159,9 +159,21 @@ pub fn train(seed: u64, cfg: &TrainConfig) -> Result<Weights, AnalyticsError> {
         }
     }
     let weights = Weights::from_vars(&vars);
+    refit_combiner(seed, &weights, cfg)
+}
+
+/// The second stage of [`train()`] alone: keep the CNN of `weights` (trained from `seed`) and
+/// fit the score combiner as `train(seed, cfg)` does. `train(seed, cfg)` ≡
+/// `refit_combiner(seed, cnn_of(train(seed, cfg)), cfg)` bit for bit, so a change of the
+/// combiner features needs no CNN retraining to reproduce the shipped weights.
+pub fn refit_combiner(
+    seed: u64,
+    weights: &Weights,
+    cfg: &TrainConfig,
+) -> Result<Weights, AnalyticsError> {
     fit_combiner(
         seed.wrapping_mul(1000).wrapping_add(17),
-        &weights,
+        &weights.clone().without_combiner(),
         cfg.combiner_hosts,
         cfg.verbose,
     )

@@ -408,3 +408,19 @@ fn metrics_are_right_on_known_inputs() {
     assert!((m.precision - 0.5).abs() < 1e-9 && (m.recall - 0.5).abs() < 1e-9);
     assert!((m.roc_auc - 0.75).abs() < 1e-9);
 }
+
+#[test]
+fn shipped_weights_are_what_train_produces() {
+    // `train(7)` = CNN from seed 7, then the combiner fitted by `refit_combiner(7, ..)`. The CNN
+    // stage is checked for determinism above (a full run takes minutes); here the shipped file
+    // must be exactly its own CNN plus the combiner that the default training refits, byte for
+    // byte (run `beacons train --seed 7` to reproduce the whole file).
+    let shipped = overlord_analytics::Weights::shipped().unwrap();
+    let refit =
+        overlord_analytics::train::refit_combiner(7, &shipped, &TrainConfig::default()).unwrap();
+    assert_eq!(
+        refit.to_bytes().unwrap(),
+        overlord_analytics::model::SHIPPED_WEIGHTS,
+        "shipped weights differ from `beacons train --seed 7`: retrain and commit them"
+    );
+}
