@@ -577,7 +577,10 @@ fn mutated_transcripts_never_panic_or_hang() {
         .collect();
     seeds.sort();
     assert!(seeds.len() >= 4);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
         rng ^= rng << 13;
@@ -604,15 +607,26 @@ fn mutated_transcripts_never_panic_or_hang() {
             max_pixels: 1 << 16,
             max_bytes: 1 << 20,
             max_decompressed_bytes: 4 << 20,
-            pixel_format: if knobs & 1 == 0 { Some(PixelFormat::RGB888) } else { None },
+            pixel_format: if knobs & 1 == 0 {
+                Some(PixelFormat::RGB888)
+            } else {
+                None
+            },
             io_timeout: Duration::from_millis(50),
             total_timeout: Duration::from_millis(200),
             settle: Duration::ZERO,
             ..Default::default()
         };
         let t = Instant::now();
-        let r = rt.block_on(vnc_session(tokio::io::join(server, tokio::io::sink()), &opts));
-        assert!(t.elapsed() < Duration::from_millis(500), "input {i} took {:?}", t.elapsed());
+        let r = rt.block_on(vnc_session(
+            tokio::io::join(server, tokio::io::sink()),
+            &opts,
+        ));
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "input {i} took {:?}",
+            t.elapsed()
+        );
         if r.is_ok() { ok += 1 } else { errs += 1 }
     }
     // the seeds themselves decode; most mutations fail with typed errors

@@ -3,8 +3,9 @@
 //! Flow: ProtocolVersion → security (None only; offered types recorded) → ClientInit (shared,
 //! so other viewers stay connected) → ServerInit → SetPixelFormat/SetEncodings → non-incremental
 //! FramebufferUpdateRequest until a frame covers the whole screen (optionally more full frames
-//! until two are identical, [`ScreenOptions::max_frames`]), then incremental updates until the
-//! server is quiet for [`ScreenOptions::settle`] (x11vnc can serve a stale first frame).
+//! until two are identical, [`ScreenOptions::max_frames`]), then, for servers that poll the
+//! screen (x11vnc), incremental updates until the server is quiet for [`ScreenOptions::settle`]
+//! (see [`SettlePolicy`]).
 
 mod decode;
 mod io;
@@ -19,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 use super::pixel::Converter;
-use super::{PixelFormat, ScreenError, ScreenOptions, Screenshot, ms};
+use super::{PixelFormat, ScreenError, ScreenOptions, Screenshot, SettlePolicy, ms};
 pub use decode::{
     Framebuffer, Rect, TightFilter, decode_tight_basic, decode_zrle, inflate_bounded,
 };
@@ -42,6 +43,8 @@ pub struct VncCapture {
     /// Reason string sent by the server when it refused the connection.
     pub security_failure: Option<String>,
     pub desktop_name: Option<String>,
+    /// Version string sent in answer to the ServerIdentity pseudo-encoding (LibVNCServer).
+    pub server_identity: Option<String>,
     pub width: u32,
     pub height: u32,
     /// The server's native pixel format (from ServerInit).
@@ -51,11 +54,25 @@ pub struct VncCapture {
     /// Full frames fetched, and whether the last two were identical.
     pub frames: u32,
     pub stable: bool,
+    /// Whether the settle phase ran (policy and server kind, see [`SettlePolicy`]).
+    pub settled: bool,
     /// Incremental updates applied while waiting for the screen to settle.
     pub settle_updates: u32,
+    /// The first of those updates (at most 32): when and how much they painted.
+    pub settle_log: Vec<SettleUpdate>,
     pub bytes_read: u64,
     pub screenshot: Option<Screenshot>,
     pub timings: VncTimings,
+}
+
+/// One incremental update applied during the settle phase.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SettleUpdate {
+    /// Milliseconds after the end of the full frame(s).
+    pub at_ms: f64,
+    pub rects: u32,
+    /// Pixels painted (sum of the rectangle areas).
+    pub pixels: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -142,13 +159,16 @@ where
         auth_required: false,
         security_failure: None,
         desktop_name: None,
+        server_identity: None,
         width: 0,
         height: 0,
         server_pixel_format: None,
         encodings_used: Vec::new(),
         frames: 0,
         stable: false,
+        settled: false,
         settle_updates: 0,
+        settle_log: Vec::new(),
         bytes_read: 0,
         screenshot: None,
         timings: VncTimings::default(),
@@ -191,7 +211,12 @@ where
         conn.write_all(&set_pixel_format(&pf)).await?;
     }
     let mut codes: Vec<i32> = opts.encodings.iter().map(|e| e.code()).collect();
-    codes.extend([ENC_CURSOR, ENC_DESKTOP_SIZE, ENC_LAST_RECT]);
+    codes.extend([
+        ENC_CURSOR,
+        ENC_DESKTOP_SIZE,
+        ENC_LAST_RECT,
+        ENC_SERVER_IDENTITY,
+    ]);
     conn.write_all(&set_encodings(&codes)).await?;
 
     let mut st = Session {
@@ -210,6 +235,9 @@ where
         max_decompressed: opts.max_decompressed_bytes,
         allowed: codes,
         used: Vec::new(),
+        identity: None,
+        update_rects: 0,
+        update_pixels: 0,
         opts,
     };
 
@@ -235,17 +263,41 @@ where
         }
         previous = Some(st.fb.rgb.clone());
     }
-    if !opts.settle.is_zero() {
+    cap.server_identity = st.identity.clone();
+    let polls = st.identity.as_deref().is_some_and(polling_server);
+    cap.settled = !opts.settle.is_zero()
+        && match opts.settle_policy {
+            SettlePolicy::Never => false,
+            SettlePolicy::Always => true,
+            SettlePolicy::Auto => polls,
+        };
+    if cap.settled {
         conn.phase = "settle (incremental updates)";
         let settle_start = Instant::now();
-        let (updates, last) = st.settle(&mut conn, opts.settle, opts.settle * 4).await?;
-        cap.settle_updates = updates;
-        cap.timings.last_settle_update_ms = last.map(|t| ms(t.duration_since(settle_start)));
+        // The poller answers requests and scans the screen in one loop: a first frame that
+        // took long means a slow loop, whose next scan pass is as late. Wait that long.
+        let max = opts.settle_max.max(opts.settle);
+        let first = std::time::Duration::from_secs_f64(cap.timings.first_frame_ms / 1000.0);
+        let quiet = opts.settle.max(first).min(max);
+        let log = st.settle(&mut conn, quiet, max).await?;
+        cap.settle_updates = log.len() as u32;
+        cap.timings.last_settle_update_ms = log.last().map(|u| u.at_ms);
+        cap.settle_log = log.into_iter().take(32).collect();
+        debug!(
+            updates = cap.settle_updates,
+            settle_ms = ms(settle_start.elapsed()),
+            "settled"
+        );
     }
     cap.timings.frames_ms = ms(frames_start.elapsed());
     cap.width = st.fb.width;
     cap.height = st.fb.height;
-    cap.encodings_used = st.used.iter().map(|&c| encoding_name(c)).collect();
+    cap.encodings_used = st
+        .used
+        .iter()
+        .filter(|&&c| c >= 0)
+        .map(|&c| encoding_name(c))
+        .collect();
     cap.bytes_read = conn.bytes_read;
     cap.screenshot = Some(Screenshot::from_rgb(
         st.fb.width,
@@ -307,6 +359,13 @@ async fn security<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(true)
 }
 
+/// Servers that poll the screen rather than being told about changes, by their
+/// ServerIdentity string: every LibVNCServer-based server answers it (x11vnc leaves the version
+/// part "unknown"; the library name is always there).
+fn polling_server(identity: &str) -> bool {
+    identity.contains("LibVNCServer") || identity.starts_with("x11vnc")
+}
+
 async fn read_reason<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
 ) -> Result<String, ScreenError> {
@@ -329,6 +388,10 @@ struct Session<'o> {
     max_decompressed: u64,
     allowed: Vec<i32>,
     used: Vec<i32>,
+    identity: Option<String>,
+    /// Rectangles and pixels painted by the last FramebufferUpdate.
+    update_rects: u32,
+    update_pixels: u64,
     opts: &'o ScreenOptions,
 }
 
@@ -366,17 +429,17 @@ impl Session<'_> {
     }
 
     /// Applies incremental updates until the server stays quiet for `quiet` (bounded by
-    /// `max`): a server that serves a stale first frame (x11vnc) sends the changes it finds.
-    /// Returns the number of updates applied.
+    /// `max`): a server that polls the screen (x11vnc) sends the changes its next passes find.
+    /// Returns the updates applied.
     async fn settle<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         conn: &mut Conn<S>,
         quiet: std::time::Duration,
         max: std::time::Duration,
-    ) -> Result<(u32, Option<Instant>), ScreenError> {
-        let end = Instant::now() + max;
-        let mut updates = 0;
-        let mut last = None;
+    ) -> Result<Vec<SettleUpdate>, ScreenError> {
+        let start = Instant::now();
+        let end = start + max;
+        let mut log = Vec::new();
         let mut pending = false;
         while Instant::now() < end {
             if !pending {
@@ -397,14 +460,17 @@ impl Session<'_> {
                     pending = false;
                 }
                 Some(false) => {
-                    updates += 1;
-                    last = Some(Instant::now());
+                    log.push(SettleUpdate {
+                        at_ms: ms(start.elapsed()),
+                        rects: self.update_rects,
+                        pixels: self.update_pixels,
+                    });
                     pending = false;
                 }
                 None => {}
             }
         }
-        Ok((updates, last))
+        Ok(log)
     }
 
     /// Handles one server message whose type byte was read. Returns `Some(resized)` for a
@@ -464,16 +530,28 @@ impl Session<'_> {
         let _pad = conn.u8().await?;
         let n = conn.u16().await?;
         let mut resized = false;
+        self.update_rects = 0;
+        self.update_pixels = 0;
         for _ in 0..n {
             let h = RectHeader::parse(&conn.read_array().await?);
             if !self.allowed.contains(&h.encoding) {
                 return Err(ScreenError::UnsupportedEncoding(h.encoding));
             }
-            if !self.used.contains(&h.encoding) && h.encoding >= 0 {
+            if !self.used.contains(&h.encoding) {
                 self.used.push(h.encoding);
+            }
+            if h.encoding >= 0 {
+                self.update_rects += 1;
+                self.update_pixels += u64::from(h.w) * u64::from(h.h);
             }
             match h.encoding {
                 ENC_LAST_RECT => break,
+                ENC_SERVER_IDENTITY => {
+                    // x = y = h = 0, w = length of the NUL-terminated string that follows.
+                    let text = conn.read_vec(usize::from(h.w)).await?;
+                    let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+                    self.identity = Some(String::from_utf8_lossy(&text[..end]).into_owned());
+                }
                 ENC_CURSOR => {
                     let bpp = self.conv.format().bytes_per_pixel() as u64;
                     let (w, hh) = (u64::from(h.w), u64::from(h.h));

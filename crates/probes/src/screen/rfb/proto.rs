@@ -102,6 +102,9 @@ pub const ENC_ZRLE: i32 = 16;
 pub const ENC_CURSOR: i32 = -239;
 pub const ENC_DESKTOP_SIZE: i32 = -223;
 pub const ENC_LAST_RECT: i32 = -224;
+/// LibVNCServer's ServerIdentity pseudo-encoding (0xFFFE0003): the server answers with one
+/// rectangle carrying its version string ("x11vnc: ... (LibVNCServer 0.9.14)").
+pub const ENC_SERVER_IDENTITY: i32 = 0xFFFE_0003_u32 as i32;
 
 impl Encoding {
     pub fn code(self) -> i32 {
@@ -125,6 +128,7 @@ pub fn encoding_name(code: i32) -> String {
         ENC_CURSOR => "Cursor".into(),
         ENC_DESKTOP_SIZE => "DesktopSize".into(),
         ENC_LAST_RECT => "LastRect".into(),
+        ENC_SERVER_IDENTITY => "ServerIdentity".into(),
         c => format!("{c}"),
     }
 }
