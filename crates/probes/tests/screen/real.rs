@@ -127,6 +127,37 @@ async fn xvnc_none_and_vncauth() -> Result<()> {
         );
     }
 
+    // Hextile and RRE alone (old and embedded servers speak only Raw/Hextile/RRE): the image
+    // equals xwd, hence the Raw capture of the same still screen.
+    let raw = assert_matches_xwd(
+        &x,
+        port,
+        &ScreenOptions {
+            encodings: vec![Encoding::Raw],
+            ..Default::default()
+        },
+    )
+    .await?;
+    for (enc, name) in [(Encoding::Hextile, "Hextile"), (Encoding::Rre, "RRE")] {
+        let opts = ScreenOptions {
+            encodings: vec![enc],
+            ..Default::default()
+        };
+        let cap = assert_matches_xwd(&x, port, &opts).await?;
+        // Raw is always allowed (RFC 6143), TigerVNC uses it for some small rectangles
+        assert!(
+            cap.encodings_used.iter().all(|e| e == name || e == "Raw")
+                && cap.encodings_used.iter().any(|e| e == name),
+            "{name}: {:?}",
+            cap.encodings_used
+        );
+        let (a, b) = (
+            harness::png_rgb(&cap.screenshot.unwrap().png)?.2,
+            harness::png_rgb(&raw.screenshot.as_ref().unwrap().png)?.2,
+        );
+        assert_eq!(harness::diff(&a, &b, 800).0, 0, "{name} differs from Raw");
+    }
+
     let locked = XServer::xvnc(640, 480, "VncAuth")?;
     let cap = vnc_screenshot(rfb(locked.rfb_port.unwrap()), &ScreenOptions::default()).await?;
     assert!(cap.auth_required);

@@ -233,7 +233,9 @@ where
         rbuf: Vec::new(),
         decompressed: 0,
         max_decompressed: opts.max_decompressed_bytes,
-        allowed: codes,
+        // Every client must accept Raw (RFC 6143 7.7.1), even unrequested: TigerVNC sends
+        // small rectangles Raw when Hextile or RRE would be larger.
+        allowed: [codes.as_slice(), &[ENC_RAW]].concat(),
         used: Vec::new(),
         identity: None,
         update_rects: 0,
@@ -608,6 +610,16 @@ impl Session<'_> {
                     self.read_tight(conn, r).await?;
                     self.fb.mark(r);
                 }
+                ENC_RRE => {
+                    let r = self.fb.rect(h.x, h.y, h.w, h.h)?;
+                    self.read_rre(conn, r).await?;
+                    self.fb.mark(r);
+                }
+                ENC_HEXTILE => {
+                    let r = self.fb.rect(h.x, h.y, h.w, h.h)?;
+                    self.read_hextile(conn, r).await?;
+                    self.fb.mark(r);
+                }
                 e => return Err(ScreenError::UnsupportedEncoding(e)),
             }
         }
@@ -640,6 +652,129 @@ impl Session<'_> {
                 self.conv.convert_row(src, self.fb.row_mut(r, row + i));
             }
             row += rows;
+        }
+        Ok(())
+    }
+
+    /// Reads one pixel of the session's pixel format as RGB.
+    async fn read_pixel<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+    ) -> Result<[u8; 3], ScreenError> {
+        let bpp = self.conv.format().bytes_per_pixel();
+        let mut p = [0u8; 4];
+        for b in p.iter_mut().take(bpp) {
+            *b = conn.u8().await?;
+        }
+        Ok(self.conv.rgb(self.conv.read_value(&p[..bpp])))
+    }
+
+    /// RRE (encoding 2): subrectangle count, background pixel, then the subrectangles. At most
+    /// one subrectangle per pixel of the rectangle, and their total area at most 4x the
+    /// rectangle's (plus 64 Ki): the work done is bounded by the rectangle size.
+    async fn read_rre<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        r: Rect,
+    ) -> Result<(), ScreenError> {
+        let n = u64::from(conn.u32().await?);
+        let area = (r.w * r.h) as u64;
+        if n > area {
+            return Err(ScreenError::Limit {
+                what: "RRE subrectangle count",
+                value: n,
+                limit: area,
+            });
+        }
+        let bg = self.read_pixel(conn).await?;
+        self.fb.fill(r, bg);
+        let rec = self.conv.format().bytes_per_pixel() + 8;
+        let (mut painted, max_painted) = (0u64, area * 4 + 65536);
+        let mut left = n as usize;
+        while left > 0 {
+            let k = left.min(65536);
+            conn.read_into(&mut self.rbuf, k * rec).await?;
+            decode::paint_rre_subrects(
+                &self.rbuf[..k * rec],
+                r,
+                &self.conv,
+                &mut self.fb,
+                &mut painted,
+                max_painted,
+            )?;
+            left -= k;
+        }
+        Ok(())
+    }
+
+    /// Hextile (encoding 5): 16x16 tiles, left to right, top to bottom; each Raw, or a
+    /// background (kept from the previous tile unless given) plus up to 255 subrectangles.
+    /// A tile costs at most 16x16 + 255x256 pixel writes.
+    async fn read_hextile<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        r: Rect,
+    ) -> Result<(), ScreenError> {
+        const RAW: u8 = 1;
+        const BG: u8 = 2;
+        const FG: u8 = 4;
+        const ANY_SUBRECTS: u8 = 8;
+        const COLOURED: u8 = 16;
+        let bpp = self.conv.format().bytes_per_pixel();
+        let (mut bg, mut fg): (Option<[u8; 3]>, Option<[u8; 3]>) = (None, None);
+        for ty in (0..r.h).step_by(16) {
+            for tx in (0..r.w).step_by(16) {
+                let tile = Rect {
+                    x: r.x + tx,
+                    y: r.y + ty,
+                    w: (r.w - tx).min(16),
+                    h: (r.h - ty).min(16),
+                };
+                let sub = conn.u8().await?;
+                if sub & !(RAW | BG | FG | ANY_SUBRECTS | COLOURED) != 0 {
+                    return Err(ScreenError::Protocol(format!(
+                        "Hextile tile at +{}+{}: undefined subencoding bits {sub:#04x}",
+                        tile.x, tile.y
+                    )));
+                }
+                if sub & RAW != 0 {
+                    let row = tile.w * bpp;
+                    conn.read_into(&mut self.rbuf, row * tile.h).await?;
+                    for i in 0..tile.h {
+                        let src = &self.rbuf[i * row..(i + 1) * row];
+                        self.conv.convert_row(src, self.fb.row_mut(tile, i));
+                    }
+                    continue;
+                }
+                if sub & BG != 0 {
+                    bg = Some(self.read_pixel(conn).await?);
+                }
+                let Some(b) = bg else {
+                    return Err(ScreenError::Protocol(format!(
+                        "Hextile tile at +{}+{} has no background (the first non-raw tile of a \
+                         rectangle must specify one)",
+                        tile.x, tile.y
+                    )));
+                };
+                self.fb.fill(tile, b);
+                if sub & FG != 0 {
+                    fg = Some(self.read_pixel(conn).await?);
+                }
+                if sub & ANY_SUBRECTS != 0 {
+                    let n = usize::from(conn.u8().await?);
+                    let coloured = sub & COLOURED != 0;
+                    let rec = if coloured { bpp + 2 } else { 2 };
+                    conn.read_into(&mut self.rbuf, n * rec).await?;
+                    decode::paint_hextile_subrects(
+                        &self.rbuf[..n * rec],
+                        coloured,
+                        fg,
+                        tile,
+                        &self.conv,
+                        &mut self.fb,
+                    )?;
+                }
+            }
         }
         Ok(())
     }

@@ -91,12 +91,16 @@ pub fn security_type_name(t: u8) -> &'static str {
 pub enum Encoding {
     Raw,
     CopyRect,
+    Rre,
+    Hextile,
     Tight,
     Zrle,
 }
 
 pub const ENC_RAW: i32 = 0;
 pub const ENC_COPYRECT: i32 = 1;
+pub const ENC_RRE: i32 = 2;
+pub const ENC_HEXTILE: i32 = 5;
 pub const ENC_TIGHT: i32 = 7;
 pub const ENC_ZRLE: i32 = 16;
 pub const ENC_CURSOR: i32 = -239;
@@ -111,6 +115,8 @@ impl Encoding {
         match self {
             Encoding::Raw => ENC_RAW,
             Encoding::CopyRect => ENC_COPYRECT,
+            Encoding::Rre => ENC_RRE,
+            Encoding::Hextile => ENC_HEXTILE,
             Encoding::Tight => ENC_TIGHT,
             Encoding::Zrle => ENC_ZRLE,
         }
@@ -121,8 +127,8 @@ pub fn encoding_name(code: i32) -> String {
     match code {
         ENC_RAW => "Raw".into(),
         ENC_COPYRECT => "CopyRect".into(),
-        2 => "RRE".into(),
-        5 => "Hextile".into(),
+        ENC_RRE => "RRE".into(),
+        ENC_HEXTILE => "Hextile".into(),
         ENC_TIGHT => "Tight".into(),
         ENC_ZRLE => "ZRLE".into(),
         ENC_CURSOR => "Cursor".into(),
