@@ -5,7 +5,8 @@
 //! Starts Xvfb + x11vnc (as the tests do), connects once so x11vnc has an old copy, then for
 //! each kind of change (the whole screen, a band of 8 rows, a single row) changes the screen
 //! while no client is connected and captures with a long settle window (3 s quiet), printing
-//! when each incremental update arrived and whether the first frame alone was stale.
+//! when each incremental update arrived; and whether the first frame alone (even rounds) or
+//! the default settle rule (odd rounds) was stale.
 
 #[path = "../tests/screen/harness.rs"]
 #[allow(dead_code)]
@@ -58,8 +59,10 @@ async fn main() -> Result<()> {
         settle_policy: SettlePolicy::Never,
         ..Default::default()
     };
+    let default = ScreenOptions::default();
     let long = ScreenOptions {
         settle_policy: SettlePolicy::Always,
+        settle_passes: 64,
         settle: Duration::from_secs(3),
         settle_max: Duration::from_secs(6),
         ..Default::default()
@@ -77,7 +80,8 @@ async fn main() -> Result<()> {
                 draw(&x, 200, y, 600, change as u16, colour)?;
             }
             let (w, _, want) = harness::xwd_rgb(&x)?;
-            let first = vnc_screenshot(addr, &never).await?;
+            let first =
+                vnc_screenshot(addr, if round % 2 == 0 { &never } else { &default }).await?;
             let (_, _, got) = harness::png_rgb(&first.screenshot.unwrap().png)?;
             let stale_first = harness::diff(&got, &want, w).0;
             // change it again (same kind) and capture with the long window
@@ -97,9 +101,15 @@ async fn main() -> Result<()> {
                 .map(|u| format!("{:.0}ms/{}px", u.at_ms, u.pixels))
                 .collect();
             println!(
-                "round {round} {kind:<13} first-frame-only: {stale_first:>6} px stale (first frame {:.0} ms) | \
-                 settled: {stale_settled} px stale, first frame {:.0} ms, updates [{}] identity {:?}",
+                "round {round} {kind:<13} {}: {stale_first:>6} px stale (first frame {:.0} ms, {} rounds) | \
+                 64 quiet rounds: {stale_settled} px stale, first frame {:.0} ms, updates [{}] identity {:?}",
+                if round % 2 == 0 {
+                    "first frame only"
+                } else {
+                    "default rule"
+                },
                 first.timings.first_frame_ms,
+                first.settle_rounds,
                 cap.timings.first_frame_ms,
                 log.join(", "),
                 cap.server_identity

@@ -34,7 +34,9 @@ pub use x11::{X11Capture, X11Screen, x11_screenshot};
 /// last client left. After a new client connects it resumes polling, one scanline in 32 per
 /// tile row per pass (every 20 ms, 100 ms when idle): a change spanning many rows is caught by
 /// the first pass, before the first frame is sent, while a thin change (a few pixel rows) can
-/// take several passes and arrives as incremental updates after the first frame.
+/// take several passes and arrives as incremental updates after the first frame. When x11vnc
+/// is busy (e.g. just started), even its first pass can come after the first frame, which is
+/// then wholly stale; the settle rounds wait for its passes, however slow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum SettlePolicy {
     /// Settle only for servers known to poll: LibVNCServer-based servers (x11vnc and
@@ -72,9 +74,13 @@ pub struct ScreenOptions {
     pub max_frames: u32,
     /// When to wait for late incremental updates after the full frame(s); see [`SettlePolicy`].
     pub settle_policy: SettlePolicy,
-    /// Quiet window of the settle phase: after the full frame, keep applying incremental
-    /// updates until the server has sent nothing for this long, or for as long as the first
-    /// frame took if that is longer (a slow poller scans late). Zero disables settling.
+    /// Settle phase: stop after this many consecutive "ping" rounds brought nothing new. A
+    /// round (an incremental request for the screen + a non-incremental one for one pixel)
+    /// spans at least one scan pass of a polling server; x11vnc scans one row in 32 of each
+    /// tile row per pass, so a change N rows tall is found within about 32/N passes.
+    pub settle_passes: u32,
+    /// Longest wait for the answer to one settle round (a server that does not answer has
+    /// nothing to send). Zero disables settling.
     pub settle: Duration,
     /// Upper bound of the whole settle phase (measured from the end of the full frame).
     pub settle_max: Duration,
@@ -102,7 +108,8 @@ impl Default for ScreenOptions {
             pixel_format: Some(PixelFormat::RGB888),
             max_frames: 1,
             settle_policy: SettlePolicy::Auto,
-            settle: Duration::from_millis(200),
+            settle_passes: 3,
+            settle: Duration::from_millis(500),
             settle_max: Duration::from_millis(2000),
             png_compression: png::Compression::Fast,
         }

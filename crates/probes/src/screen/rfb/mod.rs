@@ -4,8 +4,8 @@
 //! so other viewers stay connected) → ServerInit → SetPixelFormat/SetEncodings → non-incremental
 //! FramebufferUpdateRequest until a frame covers the whole screen (optionally more full frames
 //! until two are identical, [`ScreenOptions::max_frames`]), then, for servers that poll the
-//! screen (x11vnc), incremental updates until the server is quiet for [`ScreenOptions::settle`]
-//! (see [`SettlePolicy`]).
+//! screen (x11vnc), "ping" rounds until [`ScreenOptions::settle_passes`] consecutive scans of
+//! the server found nothing new (see [`SettlePolicy`]).
 
 mod decode;
 mod io;
@@ -56,7 +56,9 @@ pub struct VncCapture {
     pub stable: bool,
     /// Whether the settle phase ran (policy and server kind, see [`SettlePolicy`]).
     pub settled: bool,
-    /// Incremental updates applied while waiting for the screen to settle.
+    /// Settle rounds (each spans at least one scan pass of a polling server).
+    pub settle_rounds: u32,
+    /// Updates received while settling that changed something (beyond the pinged pixel).
     pub settle_updates: u32,
     /// The first of those updates (at most 32): when and how much they painted.
     pub settle_log: Vec<SettleUpdate>,
@@ -83,6 +85,8 @@ pub struct VncTimings {
     pub first_frame_ms: f64,
     /// From the end of the full frame(s) to the last incremental update applied while settling.
     pub last_settle_update_ms: Option<f64>,
+    /// Length of the settle phase.
+    pub settle_ms: f64,
     pub frames_ms: f64,
     pub total_ms: f64,
 }
@@ -167,6 +171,7 @@ where
         frames: 0,
         stable: false,
         settled: false,
+        settle_rounds: 0,
         settle_updates: 0,
         settle_log: Vec::new(),
         bytes_read: 0,
@@ -276,14 +281,24 @@ where
     if cap.settled {
         conn.phase = "settle (incremental updates)";
         let settle_start = Instant::now();
-        // The poller answers requests and scans the screen in one loop: a first frame that
-        // took long means a slow loop, whose next scan pass is as late. Wait that long.
         let max = opts.settle_max.max(opts.settle);
+        // A first frame that took long means a busy poller (x11vnc right after it started:
+        // ~1.2 s, wholly stale, the fresh picture ~0.8 s later) whose loop answers requests
+        // without scanning for a while: keep settling at least that long too.
         let first = std::time::Duration::from_secs_f64(cap.timings.first_frame_ms / 1000.0);
-        let quiet = opts.settle.max(first).min(max);
-        let log = st.settle(&mut conn, quiet, max).await?;
+        let (rounds, log) = st
+            .settle(
+                &mut conn,
+                opts.settle_passes.max(1),
+                first.min(max),
+                opts.settle,
+                max,
+            )
+            .await?;
+        cap.settle_rounds = rounds;
         cap.settle_updates = log.len() as u32;
         cap.timings.last_settle_update_ms = log.last().map(|u| u.at_ms);
+        cap.timings.settle_ms = ms(settle_start.elapsed());
         cap.settle_log = log.into_iter().take(32).collect();
         debug!(
             updates = cap.settle_updates,
@@ -430,49 +445,70 @@ impl Session<'_> {
         }
     }
 
-    /// Applies incremental updates until the server stays quiet for `quiet` (bounded by
-    /// `max`): a server that polls the screen (x11vnc) sends the changes its next passes find.
-    /// Returns the updates applied.
+    /// Settle phase: "ping" rounds until `passes` consecutive rounds bring no change (or
+    /// `max` has elapsed). A round sends an incremental request for the whole screen plus a
+    /// non-incremental one for the pixel at (0, 0), which the server must answer: a
+    /// LibVNCServer poller (x11vnc) answers in a later turn of the loop that also scans the
+    /// screen, merging every change found so far into that answer. Each round therefore spans
+    /// at least one scan pass of the server, whatever its speed, and `passes` quiet rounds mean
+    /// that many scans found nothing new. A round unanswered within `quiet` counts as quiet.
+    /// Rounds go on for at least `min`.
+    /// Returns the rounds and the updates that changed something.
     async fn settle<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         conn: &mut Conn<S>,
+        passes: u32,
+        min: std::time::Duration,
         quiet: std::time::Duration,
         max: std::time::Duration,
-    ) -> Result<Vec<SettleUpdate>, ScreenError> {
+    ) -> Result<(u32, Vec<SettleUpdate>), ScreenError> {
         let start = Instant::now();
         let end = start + max;
         let mut log = Vec::new();
-        let mut pending = false;
-        while Instant::now() < end {
-            if !pending {
-                let (w, h) = (self.fb.width as u16, self.fb.height as u16);
-                conn.write_all(&update_request(true, 0, 0, w, h)).await?;
-                pending = true;
-            }
-            let wait = quiet.min(end.saturating_duration_since(Instant::now()));
-            // Reading one byte is cancel-safe: it is either consumed or left in the buffer.
-            let msg = match tokio::time::timeout(wait, conn.u8()).await {
-                Err(_) => break,
-                Ok(m) => m?,
-            };
-            match self.handle_message(conn, msg).await? {
-                Some(true) => {
-                    // Resized: fetch the new screen in full.
-                    self.read_frame(conn).await?;
-                    pending = false;
+        let (mut rounds, mut quiet_rounds) = (0u32, 0u32);
+        'rounds: while (quiet_rounds < passes || start.elapsed() < min) && Instant::now() < end {
+            let (w, h) = (self.fb.width as u16, self.fb.height as u16);
+            let mut ping = update_request(true, 0, 0, w, h).to_vec();
+            ping.extend(update_request(false, 0, 0, 1, 1));
+            conn.write_all(&ping).await?;
+            rounds += 1;
+            loop {
+                let wait = quiet.min(end.saturating_duration_since(Instant::now()));
+                // Reading one byte is cancel-safe: it is either consumed or left in the buffer.
+                let msg = match tokio::time::timeout(wait, conn.u8()).await {
+                    Err(_) if Instant::now() >= end => break 'rounds,
+                    Err(_) => {
+                        quiet_rounds += 1;
+                        continue 'rounds;
+                    }
+                    Ok(m) => m?,
+                };
+                match self.handle_message(conn, msg).await? {
+                    Some(true) => {
+                        // Resized: fetch the new screen in full, then start counting again.
+                        self.read_frame(conn).await?;
+                        quiet_rounds = 0;
+                        continue 'rounds;
+                    }
+                    Some(false) => {
+                        // only the (0, 0) pixel we asked for: this scan found nothing new
+                        if self.update_pixels <= 1 {
+                            quiet_rounds += 1;
+                        } else {
+                            quiet_rounds = 0;
+                            log.push(SettleUpdate {
+                                at_ms: ms(start.elapsed()),
+                                rects: self.update_rects,
+                                pixels: self.update_pixels,
+                            });
+                        }
+                        continue 'rounds;
+                    }
+                    None => {}
                 }
-                Some(false) => {
-                    log.push(SettleUpdate {
-                        at_ms: ms(start.elapsed()),
-                        rects: self.update_rects,
-                        pixels: self.update_pixels,
-                    });
-                    pending = false;
-                }
-                None => {}
             }
         }
-        Ok(log)
+        Ok((rounds, log))
     }
 
     /// Handles one server message whose type byte was read. Returns `Some(resized)` for a
