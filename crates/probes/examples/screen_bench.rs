@@ -172,11 +172,9 @@ async fn bench_server(name: &str, port: u16, a: &Args) -> Result<()> {
             ScreenOptions::default(),
         ),
         (
-            "overlord default + 1 s settle (old rule)",
+            "overlord Hextile, settle if polling",
             ScreenOptions {
-                settle_policy: SettlePolicy::Always,
-                settle: Duration::from_secs(1),
-                settle_max: Duration::from_secs(4),
+                encodings: vec![Encoding::Hextile],
                 ..Default::default()
             },
         ),

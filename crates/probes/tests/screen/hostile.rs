@@ -588,6 +588,20 @@ fn mutated_transcripts_never_panic_or_hang() {
         rng ^= rng << 17;
         rng
     };
+    // every seed, unmutated, is a valid session (Hextile and RRE seeds included)
+    for seed in &seeds {
+        let opts = ScreenOptions {
+            settle: Duration::ZERO,
+            encodings: all_encodings(),
+            io_timeout: Duration::from_millis(200),
+            ..Default::default()
+        };
+        let r = rt.block_on(vnc_session(
+            tokio::io::join(&seed[1..], tokio::io::sink()),
+            &opts,
+        ));
+        assert!(r.is_ok(), "seed {:?}: {r:?}", &seed[..16.min(seed.len())]);
+    }
     let (mut ok, mut errs) = (0, 0);
     for i in 0..4000 {
         let mut d = seeds[i % seeds.len()].clone();
@@ -615,6 +629,7 @@ fn mutated_transcripts_never_panic_or_hang() {
             io_timeout: Duration::from_millis(50),
             total_timeout: Duration::from_millis(200),
             settle: Duration::ZERO,
+            encodings: all_encodings(),
             ..Default::default()
         };
         let t = Instant::now();
@@ -863,4 +878,15 @@ async fn hextile_and_rre_decode_a_scripted_screen() {
     assert_eq!(at(19, 17), [0, 0, 0]);
     assert_eq!(at(18, 17), [255, 255, 255]);
     assert_eq!(cap.encodings_used, vec!["Hextile", "RRE"]);
+}
+
+fn all_encodings() -> Vec<Encoding> {
+    vec![
+        Encoding::Zrle,
+        Encoding::Tight,
+        Encoding::Hextile,
+        Encoding::Rre,
+        Encoding::CopyRect,
+        Encoding::Raw,
+    ]
 }

@@ -282,18 +282,20 @@ where
         conn.phase = "settle (incremental updates)";
         let settle_start = Instant::now();
         let max = opts.settle_max.max(opts.settle);
-        // A first frame that took long means a busy poller (x11vnc right after it started:
+        // A first frame slower than BUSY means a busy poller (x11vnc right after it started:
         // ~1.2 s, wholly stale, the fresh picture ~0.8 s later) whose loop answers requests
-        // without scanning for a while: keep settling at least that long too.
+        // without scanning for a while: keep settling 1.5x that long (measured: the fresh
+        // picture came 0.54-0.94x the first frame's time after it). A normal 1024x768 first
+        // frame takes 3-120 ms on loopback.
+        const BUSY: std::time::Duration = std::time::Duration::from_millis(300);
         let first = std::time::Duration::from_secs_f64(cap.timings.first_frame_ms / 1000.0);
+        let min = if first >= BUSY {
+            (first * 3 / 2).min(max)
+        } else {
+            std::time::Duration::ZERO
+        };
         let (rounds, log) = st
-            .settle(
-                &mut conn,
-                opts.settle_passes.max(1),
-                first.min(max),
-                opts.settle,
-                max,
-            )
+            .settle(&mut conn, opts.settle_passes.max(1), min, opts.settle, max)
             .await?;
         cap.settle_rounds = rounds;
         cap.settle_updates = log.len() as u32;
