@@ -890,3 +890,50 @@ fn all_encodings() -> Vec<Encoding> {
         Encoding::Raw,
     ]
 }
+
+#[tokio::test]
+async fn endless_changes_while_settling_are_bounded() {
+    // A "LibVNCServer" (ServerIdentity answered) that never stops changing: the settle phase
+    // ends at settle_max with the capture kept, not at the total deadline.
+    let addr = fake(|mut w| async move {
+        let mut m = handshake(64, 64);
+        m.extend(update_header(2));
+        let id = b"unknown (LibVNCServer 0.9.14)\0";
+        m.extend(rect(0, 0, id.len() as u16, 0, 0xFFFE_0003_u32 as i32));
+        m.extend_from_slice(id);
+        m.extend(rect(0, 0, 64, 64, 0));
+        m.extend(vec![9u8; 64 * 64 * 4]);
+        if w.write_all(&m).await.is_err() {
+            return;
+        }
+        for i in 0u32.. {
+            let mut u = update_header(1);
+            u.extend(rect(8, 8, 8, 8, 0));
+            u.extend(vec![i as u8; 8 * 8 * 4]);
+            if w.write_all(&u).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let opts = ScreenOptions {
+        settle: Duration::from_millis(200),
+        settle_max: Duration::from_millis(300),
+        ..quick()
+    };
+    let t = Instant::now();
+    let cap = vnc_screenshot(addr, &opts).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(cap.settled);
+    assert_eq!(
+        cap.server_identity.as_deref(),
+        Some("unknown (LibVNCServer 0.9.14)")
+    );
+    assert!(cap.settle_updates >= 3, "{}", cap.settle_updates);
+    assert!(
+        cap.timings.settle_ms >= 290.0 && cap.timings.settle_ms < 600.0,
+        "{}",
+        cap.timings.settle_ms
+    );
+}
