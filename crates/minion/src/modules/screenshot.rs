@@ -2,7 +2,8 @@
 //! port(s) via `overlord_probes::screen`.
 //!
 //! Params: `protocol` ("vnc" | "x11" | "rdp"; default from the port: 6000–6063 → x11,
-//! 3389 → rdp, else vnc), `settle_ms` (1000), `total_ms` (30000), `max_pixels` (7680*4320).
+//! 3389 → rdp, else vnc), `settle_ms` (500: settle round timeout, 0 disables; see the
+//! probes' `SettlePolicy`), `total_ms` (30000), `max_pixels` (7680*4320).
 //!
 //! Findings:
 //! - `screenshot` (blob = PNG, ≤ 16 MiB): protocol, width, height, sha256, png_bytes and the

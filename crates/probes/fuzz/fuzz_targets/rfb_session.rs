@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use overlord_probes::screen::rfb::vnc_session;
-use overlord_probes::screen::{PixelFormat, ScreenOptions};
+use overlord_probes::screen::{Encoding, PixelFormat, ScreenOptions};
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -25,6 +25,14 @@ fuzz_target!(|data: &[u8]| {
         settle: if knobs & 4 != 0 { Duration::from_millis(1) } else { Duration::ZERO },
         io_timeout: Duration::from_millis(50),
         total_timeout: Duration::from_millis(200),
+        encodings: vec![
+            Encoding::Zrle,
+            Encoding::Tight,
+            Encoding::Hextile,
+            Encoding::Rre,
+            Encoding::CopyRect,
+            Encoding::Raw,
+        ],
         ..Default::default()
     };
     let stream = tokio::io::join(server, tokio::io::sink());

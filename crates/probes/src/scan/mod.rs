@@ -30,7 +30,13 @@ pub struct ScanOptions {
 
 impl Default for ScanOptions {
     fn default() -> Self {
-        ScanOptions { concurrency: 1024, timeout: Duration::from_millis(1000), retries: 1, rate_limit: 0, limiter: None }
+        ScanOptions {
+            concurrency: 1024,
+            timeout: Duration::from_millis(1000),
+            retries: 1,
+            rate_limit: 0,
+            limiter: None,
+        }
     }
 }
 
@@ -87,7 +93,9 @@ pub async fn probe_port(ip: IpAddr, port: u16, opts: &ScanOptions) -> PortState 
                 }
                 return PortState::Open;
             }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return PortState::Closed,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return PortState::Closed;
+            }
             // Out of local resources (ephemeral ports, fds): back off briefly and retry.
             Ok(Err(e)) if matches!(e.raw_os_error(), Some(99) | Some(24) | Some(23)) => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -159,7 +167,16 @@ pub struct Banner {
 impl Banner {
     /// Printable text form (lossy UTF-8, control chars escaped).
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes).chars().flat_map(|c| if c.is_control() && c != '\n' && c != '\r' && c != '\t' { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
+        String::from_utf8_lossy(&self.bytes)
+            .chars()
+            .flat_map(|c| {
+                if c.is_control() && c != '\n' && c != '\r' && c != '\t' {
+                    c.escape_default().collect::<Vec<_>>()
+                } else {
+                    vec![c]
+                }
+            })
+            .collect()
     }
 }
 
@@ -174,14 +191,24 @@ pub enum GrabError {
 }
 
 /// Reads until `deadline`, the cap, EOF, or `quiet` of silence after some data arrived.
-async fn read_some(s: &mut TcpStream, buf: &mut Vec<u8>, cap: usize, deadline: Instant, quiet: Duration) -> bool {
+async fn read_some(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    cap: usize,
+    deadline: Instant,
+    quiet: Duration,
+) -> bool {
     let mut chunk = [0u8; 2048];
     loop {
         let now = Instant::now();
         if now >= deadline || buf.len() >= cap {
             return buf.len() >= cap;
         }
-        let wait = if buf.is_empty() { deadline - now } else { (deadline - now).min(quiet) };
+        let wait = if buf.is_empty() {
+            deadline - now
+        } else {
+            (deadline - now).min(quiet)
+        };
         match tokio::time::timeout(wait, s.read(&mut chunk)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return false,
             Ok(Ok(n)) => {
@@ -219,7 +246,11 @@ pub async fn grab_banner(addr: SocketAddr, opts: &BannerOptions) -> Result<Banne
             truncated = read_some(&mut s, &mut buf, opts.max_bytes, end, quiet).await;
         }
     }
-    Ok(Banner { bytes: buf, probed, truncated })
+    Ok(Banner {
+        bytes: buf,
+        probed,
+        truncated,
+    })
 }
 
 #[cfg(test)]
@@ -231,9 +262,17 @@ mod tests {
     async fn finds_open_ports_only() {
         let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (p1, p2) = (l1.local_addr().unwrap().port(), l2.local_addr().unwrap().port());
+        let (p1, p2) = (
+            l1.local_addr().unwrap().port(),
+            l2.local_addr().unwrap().port(),
+        );
         // A closed port: bind then drop.
-        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let open = scan_ports(ip, &[p1, closed, p2], &ScanOptions::default()).await;
         let mut want = vec![p1, p2];
@@ -244,11 +283,23 @@ mod tests {
     #[tokio::test]
     async fn rate_limit_paces_attempts() {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let t = Instant::now();
-        let opts = ScanOptions { rate_limit: 50, ..Default::default() };
+        let opts = ScanOptions {
+            rate_limit: 50,
+            ..Default::default()
+        };
         scan_ports(ip, &[closed; 11], &opts).await;
-        assert!(t.elapsed() >= Duration::from_millis(190), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(190),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[tokio::test]
@@ -275,7 +326,10 @@ mod tests {
             assert!(buf[..n].starts_with(b"HEAD"));
             s.write_all(b"HTTP/1.0 200 OK\r\n\r\n").await.unwrap();
         });
-        let opts = BannerOptions { wait_first: Duration::from_millis(100), ..Default::default() };
+        let opts = BannerOptions {
+            wait_first: Duration::from_millis(100),
+            ..Default::default()
+        };
         let b = grab_banner(a, &opts).await.unwrap();
         assert!(b.probed);
         assert!(b.text().starts_with("HTTP/1.0 200"));

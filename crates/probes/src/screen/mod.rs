@@ -24,8 +24,29 @@ pub use error::ScreenError;
 pub use image::{Screenshot, encode_png, sha256_hex};
 pub use pixel::PixelFormat;
 pub use rdp::{RdpInfo, RdpProtocol, rdp_probe};
-pub use rfb::{Encoding, VncCapture, vnc_screenshot};
+pub use rfb::{Encoding, SettleUpdate, VncCapture, vnc_screenshot};
 pub use x11::{X11Capture, X11Screen, x11_screenshot};
+
+/// Whether an RFB capture waits for late updates after the first full frame.
+///
+/// x11vnc polls the X screen instead of being told about changes, and does not poll at all
+/// while no client is connected: its framebuffer is a copy of the screen as it was when the
+/// last client left. After a new client connects it resumes polling, one scanline in 32 per
+/// tile row per pass (every 20 ms, 100 ms when idle): a change spanning many rows is caught by
+/// the first pass, before the first frame is sent, while a thin change (a few pixel rows) can
+/// take several passes and arrives as incremental updates after the first frame. When x11vnc
+/// is busy (e.g. just started), even its first pass can come after the first frame, which is
+/// then wholly stale; the settle rounds wait for its passes, however slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum SettlePolicy {
+    /// Settle only for servers known to poll: LibVNCServer-based servers (x11vnc and
+    /// others), recognised by their answer to the ServerIdentity pseudo-encoding.
+    Auto,
+    /// Settle for every server.
+    Always,
+    /// Trust the first full frame.
+    Never,
+}
 
 /// Limits and preferences shared by the screenshot clients.
 #[derive(Debug, Clone)]
@@ -51,13 +72,18 @@ pub struct ScreenOptions {
     /// How many full frames an RFB capture may fetch to get two identical consecutive ones
     /// (1 = trust the first frame). x11vnc may serve a stale first frame; see DESIGN.md.
     pub max_frames: u32,
-    /// After the full frame(s), keep applying incremental updates until the server has been
-    /// quiet this long (at most 4x this in total). Zero disables it. This is what catches
-    /// x11vnc's stale first frame: x11vnc does not poll the screen while no client is
-    /// connected, so it answers the first request with an old copy and sends the changes later,
-    /// spread over about a second while it rescans (measured: updates up to 1.5 s after the
-    /// first frame, gaps of ~250 ms). A still screen costs exactly this wait.
+    /// When to wait for late incremental updates after the full frame(s); see [`SettlePolicy`].
+    pub settle_policy: SettlePolicy,
+    /// Settle phase: stop after this many consecutive "ping" rounds brought nothing new. A
+    /// round (an incremental request for the screen + a non-incremental one for one pixel)
+    /// spans at least one scan pass of a polling server; x11vnc scans one row in 32 of each
+    /// tile row per pass, so a change N rows tall is found within about 32/N passes.
+    pub settle_passes: u32,
+    /// Longest wait for the answer to one settle round (a server that does not answer has
+    /// nothing to send). Zero disables settling.
     pub settle: Duration,
+    /// Upper bound of the whole settle phase (measured from the end of the full frame).
+    pub settle_max: Duration,
     /// PNG compression level.
     pub png_compression: png::Compression,
 }
@@ -81,7 +107,10 @@ impl Default for ScreenOptions {
             ],
             pixel_format: Some(PixelFormat::RGB888),
             max_frames: 1,
-            settle: Duration::from_millis(1000),
+            settle_policy: SettlePolicy::Auto,
+            settle_passes: 3,
+            settle: Duration::from_millis(500),
+            settle_max: Duration::from_millis(2000),
             png_compression: png::Compression::Fast,
         }
     }

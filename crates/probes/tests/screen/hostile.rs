@@ -577,7 +577,10 @@ fn mutated_transcripts_never_panic_or_hang() {
         .collect();
     seeds.sort();
     assert!(seeds.len() >= 4);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
         rng ^= rng << 13;
@@ -585,6 +588,20 @@ fn mutated_transcripts_never_panic_or_hang() {
         rng ^= rng << 17;
         rng
     };
+    // every seed, unmutated, is a valid session (Hextile and RRE seeds included)
+    for seed in &seeds {
+        let opts = ScreenOptions {
+            settle: Duration::ZERO,
+            encodings: all_encodings(),
+            io_timeout: Duration::from_millis(200),
+            ..Default::default()
+        };
+        let r = rt.block_on(vnc_session(
+            tokio::io::join(&seed[1..], tokio::io::sink()),
+            &opts,
+        ));
+        assert!(r.is_ok(), "seed {:?}: {r:?}", &seed[..16.min(seed.len())]);
+    }
     let (mut ok, mut errs) = (0, 0);
     for i in 0..4000 {
         let mut d = seeds[i % seeds.len()].clone();
@@ -604,17 +621,319 @@ fn mutated_transcripts_never_panic_or_hang() {
             max_pixels: 1 << 16,
             max_bytes: 1 << 20,
             max_decompressed_bytes: 4 << 20,
-            pixel_format: if knobs & 1 == 0 { Some(PixelFormat::RGB888) } else { None },
+            pixel_format: if knobs & 1 == 0 {
+                Some(PixelFormat::RGB888)
+            } else {
+                None
+            },
             io_timeout: Duration::from_millis(50),
             total_timeout: Duration::from_millis(200),
             settle: Duration::ZERO,
+            encodings: all_encodings(),
             ..Default::default()
         };
         let t = Instant::now();
-        let r = rt.block_on(vnc_session(tokio::io::join(server, tokio::io::sink()), &opts));
-        assert!(t.elapsed() < Duration::from_millis(500), "input {i} took {:?}", t.elapsed());
+        let r = rt.block_on(vnc_session(
+            tokio::io::join(server, tokio::io::sink()),
+            &opts,
+        ));
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "input {i} took {:?}",
+            t.elapsed()
+        );
         if r.is_ok() { ok += 1 } else { errs += 1 }
     }
     // the seeds themselves decode; most mutations fail with typed errors
     assert!(ok > 0 && errs > 0, "ok {ok} errors {errs}");
+}
+
+/// Serves `body` (one FramebufferUpdate after the handshake of a `w`x`h` screen) and returns
+/// the client's error, checking it came within the caps on time.
+async fn rfb_error(w: u16, h: u16, body: Vec<u8>, encodings: Vec<Encoding>) -> ScreenError {
+    let addr = fake(move |wr| {
+        let mut m = handshake(w, h);
+        m.extend(body.clone());
+        send_then_hold(wr, m)
+    })
+    .await;
+    let t = Instant::now();
+    let opts = ScreenOptions {
+        encodings,
+        ..quick()
+    };
+    let err = vnc_screenshot(addr, &opts).await.unwrap_err();
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "{:?}: {err}",
+        t.elapsed()
+    );
+    err
+}
+
+fn px(v: u32) -> [u8; 4] {
+    v.to_le_bytes()
+}
+
+#[tokio::test]
+async fn hostile_rre() {
+    let rre = || vec![Encoding::Rre];
+    // 4 billion subrectangles announced: refused before reading any
+    let mut m = update_header(1);
+    m.extend(rect(0, 0, 64, 64, 2));
+    m.extend(u32::MAX.to_be_bytes());
+    m.extend(px(0));
+    let err = rfb_error(64, 64, m, rre()).await;
+    assert!(
+        matches!(
+            err,
+            ScreenError::Limit {
+                what: "RRE subrectangle count",
+                value: 4294967295,
+                limit: 4096
+            }
+        ),
+        "{err}"
+    );
+    // a subrectangle reaching outside its rectangle
+    let mut m = update_header(1);
+    m.extend(rect(0, 0, 64, 64, 2));
+    m.extend(1u32.to_be_bytes());
+    m.extend(px(0));
+    m.extend(px(0xff));
+    for v in [60u16, 0, 8, 8] {
+        m.extend(v.to_be_bytes());
+    }
+    let err = rfb_error(64, 64, m, rre()).await;
+    assert!(
+        err.to_string()
+            .contains("RRE subrectangle 8x8+60+0 lies outside its 64x64 rectangle"),
+        "{err}"
+    );
+    // 4096 full-size subrectangles: 16.7 M pixel writes for a 4096-pixel rectangle
+    let mut m = update_header(1);
+    m.extend(rect(0, 0, 64, 64, 2));
+    m.extend(4096u32.to_be_bytes());
+    m.extend(px(0));
+    for _ in 0..4096 {
+        m.extend(px(0xff));
+        for v in [0u16, 0, 64, 64] {
+            m.extend(v.to_be_bytes());
+        }
+    }
+    let err = rfb_error(64, 64, m, rre()).await;
+    assert!(
+        matches!(
+            err,
+            ScreenError::Limit {
+                what: "RRE subrectangle pixels for one rectangle",
+                limit: 81920,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // truncated: stops after the background
+    let mut m = update_header(1);
+    m.extend(rect(0, 0, 64, 64, 2));
+    m.extend(3u32.to_be_bytes());
+    m.extend(px(0));
+    let err = rfb_error(64, 64, m, rre()).await;
+    assert!(
+        matches!(
+            err,
+            ScreenError::Timeout {
+                phase: "framebuffer update",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // RRE sent although only Hextile was offered
+    let mut m = update_header(1);
+    m.extend(rect(0, 0, 64, 64, 2));
+    let err = rfb_error(64, 64, m, vec![Encoding::Hextile]).await;
+    assert!(matches!(err, ScreenError::UnsupportedEncoding(2)), "{err}");
+}
+
+#[tokio::test]
+async fn hostile_hextile() {
+    let hx = || vec![Encoding::Hextile];
+    let tile_rect = |w, h| {
+        let mut m = update_header(1);
+        m.extend(rect(0, 0, w, h, 5));
+        m
+    };
+    // first non-raw tile without a background
+    let mut m = tile_rect(32, 16);
+    m.push(8); // AnySubrects only
+    let err = rfb_error(32, 16, m, hx()).await;
+    assert!(err.to_string().contains("has no background"), "{err}");
+    // undefined subencoding bits
+    let mut m = tile_rect(32, 16);
+    m.push(0x40);
+    let err = rfb_error(32, 16, m, hx()).await;
+    assert!(
+        err.to_string().contains("undefined subencoding bits 0x40"),
+        "{err}"
+    );
+    // subrectangle outside a 16x16 tile of a 20x16 rectangle's last (4-wide) tile
+    let mut m = tile_rect(20, 16);
+    m.push(2);
+    m.extend(px(0));
+    m.extend([2 | 8 | 4]);
+    m.extend(px(0));
+    m.extend(px(0xffffff));
+    m.extend([1, 0x20, 0x20]); // at (2, 0), 3x1 in a 4-wide tile
+    let err = rfb_error(20, 16, m, hx()).await;
+    assert!(
+        err.to_string()
+            .contains("Hextile subrectangle 3x1+2+0 lies outside its 4x16 tile"),
+        "{err}"
+    );
+    // subrectangles in the foreground colour, which was never given
+    let mut m = tile_rect(16, 16);
+    m.push(2 | 8);
+    m.extend(px(0));
+    m.extend([1, 0x00, 0x00]);
+    let err = rfb_error(16, 16, m, hx()).await;
+    assert!(err.to_string().contains("without a foreground"), "{err}");
+    // the largest legal tiles (255 coloured 16x16 subrectangles each) over a 1024x768 screen
+    // are bounded work: a 3072-tile rectangle costs ~200 M pixel writes at most; here the
+    // server stops after 10 tiles and the client times out, not hangs or grows.
+    let mut m = tile_rect(1024, 768);
+    for _ in 0..10 {
+        m.push(2 | 8 | 16);
+        m.extend(px(0));
+        m.push(255);
+        for _ in 0..255 {
+            m.extend(px(0x123456));
+            m.extend([0x00, 0xff]);
+        }
+    }
+    let err = rfb_error(1024, 768, m, hx()).await;
+    assert!(
+        matches!(
+            err,
+            ScreenError::Timeout {
+                phase: "framebuffer update",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn hextile_and_rre_decode_a_scripted_screen() {
+    // A 20x18 screen: one Hextile rectangle (raw tile, background + foreground subrects,
+    // coloured subrects, background kept from the previous tile) and one RRE rectangle.
+    let addr = fake(|w| {
+        let mut m = handshake(20, 18);
+        m.extend(update_header(2));
+        m.extend(rect(0, 0, 20, 16, 5));
+        // tile 1 (16x16): background blue, foreground red, one 2x3 subrect at (1, 2)
+        m.push(2 | 4 | 8);
+        m.extend(px(0x0000ff));
+        m.extend(px(0xff0000));
+        m.extend([1, 0x12, 0x12]);
+        // tile 2 (4x16): raw, all green
+        m.push(1);
+        for _ in 0..4 * 16 {
+            m.extend(px(0x00ff00));
+        }
+        m.extend(rect(0, 16, 20, 2, 2));
+        m.extend(1u32.to_be_bytes());
+        m.extend(px(0xffffff));
+        m.extend(px(0x000000));
+        for v in [19u16, 1, 1, 1] {
+            m.extend(v.to_be_bytes());
+        }
+        send_then_hold(w, m)
+    })
+    .await;
+    let opts = ScreenOptions {
+        encodings: vec![Encoding::Hextile, Encoding::Rre],
+        ..quick()
+    };
+    let cap = vnc_screenshot(addr, &opts).await.unwrap();
+    let png = cap.screenshot.unwrap().png;
+    let dec = png::Decoder::new(std::io::Cursor::new(png));
+    let mut r = dec.read_info().unwrap();
+    let mut buf = vec![0; r.output_buffer_size().unwrap()];
+    r.next_frame(&mut buf).unwrap();
+    let at = |x: usize, y: usize| -> [u8; 3] {
+        let o = (y * 20 + x) * 3;
+        [buf[o], buf[o + 1], buf[o + 2]]
+    };
+    // RGB888 little-endian pixel 0xRRGGBB
+    assert_eq!(at(0, 0), [0, 0, 255]);
+    assert_eq!(at(1, 2), [255, 0, 0]);
+    assert_eq!(at(2, 4), [255, 0, 0]);
+    assert_eq!(at(3, 4), [0, 0, 255]);
+    assert_eq!(at(1, 5), [0, 0, 255]);
+    assert_eq!(at(16, 0), [0, 255, 0]);
+    assert_eq!(at(19, 15), [0, 255, 0]);
+    assert_eq!(at(0, 16), [255, 255, 255]);
+    assert_eq!(at(19, 17), [0, 0, 0]);
+    assert_eq!(at(18, 17), [255, 255, 255]);
+    assert_eq!(cap.encodings_used, vec!["Hextile", "RRE"]);
+}
+
+fn all_encodings() -> Vec<Encoding> {
+    vec![
+        Encoding::Zrle,
+        Encoding::Tight,
+        Encoding::Hextile,
+        Encoding::Rre,
+        Encoding::CopyRect,
+        Encoding::Raw,
+    ]
+}
+
+#[tokio::test]
+async fn endless_changes_while_settling_are_bounded() {
+    // A "LibVNCServer" (ServerIdentity answered) that never stops changing: the settle phase
+    // ends at settle_max with the capture kept, not at the total deadline.
+    let addr = fake(|mut w| async move {
+        let mut m = handshake(64, 64);
+        m.extend(update_header(2));
+        let id = b"unknown (LibVNCServer 0.9.14)\0";
+        m.extend(rect(0, 0, id.len() as u16, 0, 0xFFFE_0003_u32 as i32));
+        m.extend_from_slice(id);
+        m.extend(rect(0, 0, 64, 64, 0));
+        m.extend(vec![9u8; 64 * 64 * 4]);
+        if w.write_all(&m).await.is_err() {
+            return;
+        }
+        for i in 0u32.. {
+            let mut u = update_header(1);
+            u.extend(rect(8, 8, 8, 8, 0));
+            u.extend(vec![i as u8; 8 * 8 * 4]);
+            if w.write_all(&u).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let opts = ScreenOptions {
+        settle: Duration::from_millis(200),
+        settle_max: Duration::from_millis(300),
+        ..quick()
+    };
+    let t = Instant::now();
+    let cap = vnc_screenshot(addr, &opts).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(cap.settled);
+    assert_eq!(
+        cap.server_identity.as_deref(),
+        Some("unknown (LibVNCServer 0.9.14)")
+    );
+    assert!(cap.settle_updates >= 3, "{}", cap.settle_updates);
+    assert!(
+        cap.timings.settle_ms >= 290.0 && cap.timings.settle_ms < 600.0,
+        "{}",
+        cap.timings.settle_ms
+    );
 }

@@ -57,6 +57,13 @@ async fn x11vnc_screenshot_equals_xwd() -> Result<()> {
         };
         let cap = assert_matches_xwd(&x, port, &opts).await?;
         assert!(!cap.auth_required);
+        // x11vnc is recognised as a LibVNCServer poller and settled
+        assert!(cap.settled, "{:?}", cap.server_identity);
+        assert!(
+            cap.server_identity
+                .as_deref()
+                .is_some_and(|s| s.contains("LibVNCServer"))
+        );
         assert_eq!(cap.security_types, vec![1]);
         assert_eq!((cap.width, cap.height), (1024, 768));
         // frame 2 equal to frame 1, or frame 1 was x11vnc's stale copy and frame 2 is current
@@ -121,10 +128,43 @@ async fn xvnc_none_and_vncauth() -> Result<()> {
         };
         let cap = assert_matches_xwd(&x, port, &opts).await?;
         assert_eq!(cap.protocol_version.as_str(), "3.8");
+        // TigerVNC is the X server itself: never stale, no settle phase
+        assert!(!cap.settled && cap.server_identity.is_none());
         assert_eq!(
             cap.desktop_name.as_deref().map(|n| n.is_empty()),
             Some(false)
         );
+    }
+
+    // Hextile and RRE alone (old and embedded servers speak only Raw/Hextile/RRE): the image
+    // equals xwd, hence the Raw capture of the same still screen.
+    let raw = assert_matches_xwd(
+        &x,
+        port,
+        &ScreenOptions {
+            encodings: vec![Encoding::Raw],
+            ..Default::default()
+        },
+    )
+    .await?;
+    for (enc, name) in [(Encoding::Hextile, "Hextile"), (Encoding::Rre, "RRE")] {
+        let opts = ScreenOptions {
+            encodings: vec![enc],
+            ..Default::default()
+        };
+        let cap = assert_matches_xwd(&x, port, &opts).await?;
+        // Raw is always allowed (RFC 6143), TigerVNC uses it for some small rectangles
+        assert!(
+            cap.encodings_used.iter().all(|e| e == name || e == "Raw")
+                && cap.encodings_used.iter().any(|e| e == name),
+            "{name}: {:?}",
+            cap.encodings_used
+        );
+        let (a, b) = (
+            harness::png_rgb(&cap.screenshot.unwrap().png)?.2,
+            harness::png_rgb(&raw.screenshot.as_ref().unwrap().png)?.2,
+        );
+        assert_eq!(harness::diff(&a, &b, 800).0, 0, "{name} differs from Raw");
     }
 
     let locked = XServer::xvnc(640, 480, "VncAuth")?;

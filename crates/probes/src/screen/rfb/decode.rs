@@ -439,6 +439,91 @@ pub fn decode_tight_basic(
     Ok(())
 }
 
+/// RRE: paints the subrectangles in `data` (records of pixel + x, y, w, h, all relative to
+/// `r`), adding their areas to `painted`, which may not exceed `max_painted`.
+pub fn paint_rre_subrects(
+    data: &[u8],
+    r: Rect,
+    conv: &Converter,
+    fb: &mut Framebuffer,
+    painted: &mut u64,
+    max_painted: u64,
+) -> Result<(), ScreenError> {
+    let bpp = conv.format().bytes_per_pixel();
+    for rec in data.chunks_exact(bpp + 8) {
+        let c = conv.rgb(conv.read_value(&rec[..bpp]));
+        let f = |i: usize| usize::from(u16::from_be_bytes([rec[bpp + i], rec[bpp + i + 1]]));
+        let (x, y, w, h) = (f(0), f(2), f(4), f(6));
+        if x + w > r.w || y + h > r.h {
+            return Err(ScreenError::Protocol(format!(
+                "RRE subrectangle {w}x{h}+{x}+{y} lies outside its {}x{} rectangle",
+                r.w, r.h
+            )));
+        }
+        *painted += (w * h) as u64;
+        if *painted > max_painted {
+            return Err(ScreenError::Limit {
+                what: "RRE subrectangle pixels for one rectangle",
+                value: *painted,
+                limit: max_painted,
+            });
+        }
+        let sub = Rect {
+            x: r.x + x,
+            y: r.y + y,
+            w,
+            h,
+        };
+        fb.fill(sub, c);
+    }
+    Ok(())
+}
+
+/// Hextile: paints the subrectangles of one tile. `data` holds `n` records of
+/// [pixel if `coloured`] + x<<4|y + (w-1)<<4|(h-1), relative to `tile`.
+pub fn paint_hextile_subrects(
+    data: &[u8],
+    coloured: bool,
+    fg: Option<[u8; 3]>,
+    tile: Rect,
+    conv: &Converter,
+    fb: &mut Framebuffer,
+) -> Result<(), ScreenError> {
+    let bpp = if coloured {
+        conv.format().bytes_per_pixel()
+    } else {
+        0
+    };
+    for rec in data.chunks_exact(bpp + 2) {
+        let c = if coloured {
+            conv.rgb(conv.read_value(&rec[..bpp]))
+        } else {
+            fg.ok_or_else(|| {
+                ScreenError::Protocol(
+                    "Hextile subrectangle without a foreground colour (never specified)".into(),
+                )
+            })?
+        };
+        let (xy, wh) = (rec[bpp], rec[bpp + 1]);
+        let (x, y) = (usize::from(xy >> 4), usize::from(xy & 15));
+        let (w, h) = (usize::from(wh >> 4) + 1, usize::from(wh & 15) + 1);
+        if x + w > tile.w || y + h > tile.h {
+            return Err(ScreenError::Protocol(format!(
+                "Hextile subrectangle {w}x{h}+{x}+{y} lies outside its {}x{} tile",
+                tile.w, tile.h
+            )));
+        }
+        let sub = Rect {
+            x: tile.x + x,
+            y: tile.y + y,
+            w,
+            h,
+        };
+        fb.fill(sub, c);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,6 +600,62 @@ mod tests {
         assert!(decode_zrle(&[128, 0, 0, 0, 6], r, &conv(), &mut fb).is_err()); // run overflow
         assert!(decode_zrle(&[129], r, &conv(), &mut fb).is_err()); // undefined
         assert!(decode_zrle(&[130, 0, 0, 0, 1, 1, 1, 0x05], r, &conv(), &mut fb).is_err()); // index
+    }
+
+    #[test]
+    fn rre_and_hextile_subrects() {
+        let mut fb = Framebuffer::new(8, 4);
+        let r = fb.rect(2, 1, 4, 3).unwrap();
+        // pixel (LE b, g, r, x) = red, at (1, 1) 2x1
+        let rec = [0u8, 0, 255, 0, 0, 1, 0, 1, 0, 2, 0, 1];
+        let mut painted = 0;
+        paint_rre_subrects(&rec, r, &conv(), &mut fb, &mut painted, 100).unwrap();
+        assert_eq!(painted, 2);
+        let px = |fb: &Framebuffer, x: usize, y: usize| {
+            let o = (y * 8 + x) * 3;
+            [fb.rgb[o], fb.rgb[o + 1], fb.rgb[o + 2]]
+        };
+        assert_eq!(px(&fb, 3, 2), [255, 0, 0]);
+        assert_eq!(px(&fb, 4, 2), [255, 0, 0]);
+        assert_eq!(px(&fb, 5, 2), [0, 0, 0]);
+        // outside the rectangle (x 3 + w 2 > 4)
+        let bad = [0u8, 0, 255, 0, 0, 3, 0, 0, 0, 2, 0, 1];
+        assert!(paint_rre_subrects(&bad, r, &conv(), &mut fb, &mut painted, 100).is_err());
+        // painted-pixel cap
+        let mut painted = 0;
+        let err = paint_rre_subrects(&rec, r, &conv(), &mut fb, &mut painted, 1).unwrap_err();
+        assert!(matches!(err, ScreenError::Limit { .. }), "{err}");
+
+        // hextile: foreground subrect at (1, 0) 2x2, then a coloured one
+        let tile = fb.rect(0, 0, 4, 4).unwrap();
+        paint_hextile_subrects(
+            &[0x10, 0x11],
+            false,
+            Some([1, 2, 3]),
+            tile,
+            &conv(),
+            &mut fb,
+        )
+        .unwrap();
+        assert_eq!(px(&fb, 1, 0), [1, 2, 3]);
+        assert_eq!(px(&fb, 2, 1), [1, 2, 3]);
+        assert_eq!(px(&fb, 3, 1), [0, 0, 0]);
+        paint_hextile_subrects(
+            &[9, 8, 7, 0, 0x30, 0x00],
+            true,
+            None,
+            tile,
+            &conv(),
+            &mut fb,
+        )
+        .unwrap();
+        assert_eq!(px(&fb, 3, 0), [7, 8, 9]);
+        // no foreground ever specified; subrect overflowing the tile
+        assert!(paint_hextile_subrects(&[0, 0], false, None, tile, &conv(), &mut fb).is_err());
+        assert!(
+            paint_hextile_subrects(&[0x30, 0x10], false, Some([0; 3]), tile, &conv(), &mut fb)
+                .is_err()
+        );
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! Flow: ProtocolVersion → security (None only; offered types recorded) → ClientInit (shared,
 //! so other viewers stay connected) → ServerInit → SetPixelFormat/SetEncodings → non-incremental
 //! FramebufferUpdateRequest until a frame covers the whole screen (optionally more full frames
-//! until two are identical, [`ScreenOptions::max_frames`]), then incremental updates until the
-//! server is quiet for [`ScreenOptions::settle`] (x11vnc can serve a stale first frame).
+//! until two are identical, [`ScreenOptions::max_frames`]), then, for servers that poll the
+//! screen (x11vnc), "ping" rounds until [`ScreenOptions::settle_passes`] consecutive scans of
+//! the server found nothing new (see [`SettlePolicy`]).
 
 mod decode;
 mod io;
@@ -19,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 use super::pixel::Converter;
-use super::{PixelFormat, ScreenError, ScreenOptions, Screenshot, ms};
+use super::{PixelFormat, ScreenError, ScreenOptions, Screenshot, SettlePolicy, ms};
 pub use decode::{
     Framebuffer, Rect, TightFilter, decode_tight_basic, decode_zrle, inflate_bounded,
 };
@@ -42,6 +43,8 @@ pub struct VncCapture {
     /// Reason string sent by the server when it refused the connection.
     pub security_failure: Option<String>,
     pub desktop_name: Option<String>,
+    /// Version string sent in answer to the ServerIdentity pseudo-encoding (LibVNCServer).
+    pub server_identity: Option<String>,
     pub width: u32,
     pub height: u32,
     /// The server's native pixel format (from ServerInit).
@@ -51,11 +54,27 @@ pub struct VncCapture {
     /// Full frames fetched, and whether the last two were identical.
     pub frames: u32,
     pub stable: bool,
-    /// Incremental updates applied while waiting for the screen to settle.
+    /// Whether the settle phase ran (policy and server kind, see [`SettlePolicy`]).
+    pub settled: bool,
+    /// Settle rounds (each spans at least one scan pass of a polling server).
+    pub settle_rounds: u32,
+    /// Updates received while settling that changed something (beyond the pinged pixel).
     pub settle_updates: u32,
+    /// The first of those updates (at most 32): when and how much they painted.
+    pub settle_log: Vec<SettleUpdate>,
     pub bytes_read: u64,
     pub screenshot: Option<Screenshot>,
     pub timings: VncTimings,
+}
+
+/// One incremental update applied during the settle phase.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SettleUpdate {
+    /// Milliseconds after the end of the full frame(s).
+    pub at_ms: f64,
+    pub rects: u32,
+    /// Pixels painted (sum of the rectangle areas).
+    pub pixels: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -66,6 +85,8 @@ pub struct VncTimings {
     pub first_frame_ms: f64,
     /// From the end of the full frame(s) to the last incremental update applied while settling.
     pub last_settle_update_ms: Option<f64>,
+    /// Length of the settle phase.
+    pub settle_ms: f64,
     pub frames_ms: f64,
     pub total_ms: f64,
 }
@@ -142,13 +163,17 @@ where
         auth_required: false,
         security_failure: None,
         desktop_name: None,
+        server_identity: None,
         width: 0,
         height: 0,
         server_pixel_format: None,
         encodings_used: Vec::new(),
         frames: 0,
         stable: false,
+        settled: false,
+        settle_rounds: 0,
         settle_updates: 0,
+        settle_log: Vec::new(),
         bytes_read: 0,
         screenshot: None,
         timings: VncTimings::default(),
@@ -191,7 +216,12 @@ where
         conn.write_all(&set_pixel_format(&pf)).await?;
     }
     let mut codes: Vec<i32> = opts.encodings.iter().map(|e| e.code()).collect();
-    codes.extend([ENC_CURSOR, ENC_DESKTOP_SIZE, ENC_LAST_RECT]);
+    codes.extend([
+        ENC_CURSOR,
+        ENC_DESKTOP_SIZE,
+        ENC_LAST_RECT,
+        ENC_SERVER_IDENTITY,
+    ]);
     conn.write_all(&set_encodings(&codes)).await?;
 
     let mut st = Session {
@@ -208,8 +238,13 @@ where
         rbuf: Vec::new(),
         decompressed: 0,
         max_decompressed: opts.max_decompressed_bytes,
-        allowed: codes,
+        // Every client must accept Raw (RFC 6143 7.7.1), even unrequested: TigerVNC sends
+        // small rectangles Raw when Hextile or RRE would be larger.
+        allowed: [codes.as_slice(), &[ENC_RAW]].concat(),
         used: Vec::new(),
+        identity: None,
+        update_rects: 0,
+        update_pixels: 0,
         opts,
     };
 
@@ -235,17 +270,53 @@ where
         }
         previous = Some(st.fb.rgb.clone());
     }
-    if !opts.settle.is_zero() {
+    cap.server_identity = st.identity.clone();
+    let polls = st.identity.as_deref().is_some_and(polling_server);
+    cap.settled = !opts.settle.is_zero()
+        && match opts.settle_policy {
+            SettlePolicy::Never => false,
+            SettlePolicy::Always => true,
+            SettlePolicy::Auto => polls,
+        };
+    if cap.settled {
         conn.phase = "settle (incremental updates)";
         let settle_start = Instant::now();
-        let (updates, last) = st.settle(&mut conn, opts.settle, opts.settle * 4).await?;
-        cap.settle_updates = updates;
-        cap.timings.last_settle_update_ms = last.map(|t| ms(t.duration_since(settle_start)));
+        let max = opts.settle_max.max(opts.settle);
+        // A first frame slower than BUSY means a busy poller (x11vnc right after it started:
+        // ~1.2 s, wholly stale, the fresh picture ~0.8 s later) whose loop answers requests
+        // without scanning for a while: keep settling 1.5x that long (measured: the fresh
+        // picture came 0.54-0.94x the first frame's time after it). A normal 1024x768 first
+        // frame takes 3-120 ms on loopback.
+        const BUSY: std::time::Duration = std::time::Duration::from_millis(300);
+        let first = std::time::Duration::from_secs_f64(cap.timings.first_frame_ms / 1000.0);
+        let min = if first >= BUSY {
+            (first * 3 / 2).min(max)
+        } else {
+            std::time::Duration::ZERO
+        };
+        let (rounds, log) = st
+            .settle(&mut conn, opts.settle_passes.max(1), min, opts.settle, max)
+            .await?;
+        cap.settle_rounds = rounds;
+        cap.settle_updates = log.len() as u32;
+        cap.timings.last_settle_update_ms = log.last().map(|u| u.at_ms);
+        cap.timings.settle_ms = ms(settle_start.elapsed());
+        cap.settle_log = log.into_iter().take(32).collect();
+        debug!(
+            updates = cap.settle_updates,
+            settle_ms = ms(settle_start.elapsed()),
+            "settled"
+        );
     }
     cap.timings.frames_ms = ms(frames_start.elapsed());
     cap.width = st.fb.width;
     cap.height = st.fb.height;
-    cap.encodings_used = st.used.iter().map(|&c| encoding_name(c)).collect();
+    cap.encodings_used = st
+        .used
+        .iter()
+        .filter(|&&c| c >= 0)
+        .map(|&c| encoding_name(c))
+        .collect();
     cap.bytes_read = conn.bytes_read;
     cap.screenshot = Some(Screenshot::from_rgb(
         st.fb.width,
@@ -307,6 +378,13 @@ async fn security<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(true)
 }
 
+/// Servers that poll the screen rather than being told about changes, by their
+/// ServerIdentity string: every LibVNCServer-based server answers it (x11vnc leaves the version
+/// part "unknown"; the library name is always there).
+fn polling_server(identity: &str) -> bool {
+    identity.contains("LibVNCServer") || identity.starts_with("x11vnc")
+}
+
 async fn read_reason<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
 ) -> Result<String, ScreenError> {
@@ -329,6 +407,10 @@ struct Session<'o> {
     max_decompressed: u64,
     allowed: Vec<i32>,
     used: Vec<i32>,
+    identity: Option<String>,
+    /// Rectangles and pixels painted by the last FramebufferUpdate.
+    update_rects: u32,
+    update_pixels: u64,
     opts: &'o ScreenOptions,
 }
 
@@ -365,46 +447,70 @@ impl Session<'_> {
         }
     }
 
-    /// Applies incremental updates until the server stays quiet for `quiet` (bounded by
-    /// `max`): a server that serves a stale first frame (x11vnc) sends the changes it finds.
-    /// Returns the number of updates applied.
+    /// Settle phase: "ping" rounds until `passes` consecutive rounds bring no change (or
+    /// `max` has elapsed). A round sends an incremental request for the whole screen plus a
+    /// non-incremental one for the pixel at (0, 0), which the server must answer: a
+    /// LibVNCServer poller (x11vnc) answers in a later turn of the loop that also scans the
+    /// screen, merging every change found so far into that answer. Each round therefore spans
+    /// at least one scan pass of the server, whatever its speed, and `passes` quiet rounds mean
+    /// that many scans found nothing new. A round unanswered within `quiet` counts as quiet.
+    /// Rounds go on for at least `min`.
+    /// Returns the rounds and the updates that changed something.
     async fn settle<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         conn: &mut Conn<S>,
+        passes: u32,
+        min: std::time::Duration,
         quiet: std::time::Duration,
         max: std::time::Duration,
-    ) -> Result<(u32, Option<Instant>), ScreenError> {
-        let end = Instant::now() + max;
-        let mut updates = 0;
-        let mut last = None;
-        let mut pending = false;
-        while Instant::now() < end {
-            if !pending {
-                let (w, h) = (self.fb.width as u16, self.fb.height as u16);
-                conn.write_all(&update_request(true, 0, 0, w, h)).await?;
-                pending = true;
-            }
-            let wait = quiet.min(end.saturating_duration_since(Instant::now()));
-            // Reading one byte is cancel-safe: it is either consumed or left in the buffer.
-            let msg = match tokio::time::timeout(wait, conn.u8()).await {
-                Err(_) => break,
-                Ok(m) => m?,
-            };
-            match self.handle_message(conn, msg).await? {
-                Some(true) => {
-                    // Resized: fetch the new screen in full.
-                    self.read_frame(conn).await?;
-                    pending = false;
+    ) -> Result<(u32, Vec<SettleUpdate>), ScreenError> {
+        let start = Instant::now();
+        let end = start + max;
+        let mut log = Vec::new();
+        let (mut rounds, mut quiet_rounds) = (0u32, 0u32);
+        'rounds: while (quiet_rounds < passes || start.elapsed() < min) && Instant::now() < end {
+            let (w, h) = (self.fb.width as u16, self.fb.height as u16);
+            let mut ping = update_request(true, 0, 0, w, h).to_vec();
+            ping.extend(update_request(false, 0, 0, 1, 1));
+            conn.write_all(&ping).await?;
+            rounds += 1;
+            loop {
+                let wait = quiet.min(end.saturating_duration_since(Instant::now()));
+                // Reading one byte is cancel-safe: it is either consumed or left in the buffer.
+                let msg = match tokio::time::timeout(wait, conn.u8()).await {
+                    Err(_) if Instant::now() >= end => break 'rounds,
+                    Err(_) => {
+                        quiet_rounds += 1;
+                        continue 'rounds;
+                    }
+                    Ok(m) => m?,
+                };
+                match self.handle_message(conn, msg).await? {
+                    Some(true) => {
+                        // Resized: fetch the new screen in full, then start counting again.
+                        self.read_frame(conn).await?;
+                        quiet_rounds = 0;
+                        continue 'rounds;
+                    }
+                    Some(false) => {
+                        // only the (0, 0) pixel we asked for: this scan found nothing new
+                        if self.update_pixels <= 1 {
+                            quiet_rounds += 1;
+                        } else {
+                            quiet_rounds = 0;
+                            log.push(SettleUpdate {
+                                at_ms: ms(start.elapsed()),
+                                rects: self.update_rects,
+                                pixels: self.update_pixels,
+                            });
+                        }
+                        continue 'rounds;
+                    }
+                    None => {}
                 }
-                Some(false) => {
-                    updates += 1;
-                    last = Some(Instant::now());
-                    pending = false;
-                }
-                None => {}
             }
         }
-        Ok((updates, last))
+        Ok((rounds, log))
     }
 
     /// Handles one server message whose type byte was read. Returns `Some(resized)` for a
@@ -464,16 +570,28 @@ impl Session<'_> {
         let _pad = conn.u8().await?;
         let n = conn.u16().await?;
         let mut resized = false;
+        self.update_rects = 0;
+        self.update_pixels = 0;
         for _ in 0..n {
             let h = RectHeader::parse(&conn.read_array().await?);
             if !self.allowed.contains(&h.encoding) {
                 return Err(ScreenError::UnsupportedEncoding(h.encoding));
             }
-            if !self.used.contains(&h.encoding) && h.encoding >= 0 {
+            if !self.used.contains(&h.encoding) {
                 self.used.push(h.encoding);
+            }
+            if h.encoding >= 0 {
+                self.update_rects += 1;
+                self.update_pixels += u64::from(h.w) * u64::from(h.h);
             }
             match h.encoding {
                 ENC_LAST_RECT => break,
+                ENC_SERVER_IDENTITY => {
+                    // x = y = h = 0, w = length of the NUL-terminated string that follows.
+                    let text = conn.read_vec(usize::from(h.w)).await?;
+                    let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+                    self.identity = Some(String::from_utf8_lossy(&text[..end]).into_owned());
+                }
                 ENC_CURSOR => {
                     let bpp = self.conv.format().bytes_per_pixel() as u64;
                     let (w, hh) = (u64::from(h.w), u64::from(h.h));
@@ -530,6 +648,16 @@ impl Session<'_> {
                     self.read_tight(conn, r).await?;
                     self.fb.mark(r);
                 }
+                ENC_RRE => {
+                    let r = self.fb.rect(h.x, h.y, h.w, h.h)?;
+                    self.read_rre(conn, r).await?;
+                    self.fb.mark(r);
+                }
+                ENC_HEXTILE => {
+                    let r = self.fb.rect(h.x, h.y, h.w, h.h)?;
+                    self.read_hextile(conn, r).await?;
+                    self.fb.mark(r);
+                }
                 e => return Err(ScreenError::UnsupportedEncoding(e)),
             }
         }
@@ -562,6 +690,129 @@ impl Session<'_> {
                 self.conv.convert_row(src, self.fb.row_mut(r, row + i));
             }
             row += rows;
+        }
+        Ok(())
+    }
+
+    /// Reads one pixel of the session's pixel format as RGB.
+    async fn read_pixel<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+    ) -> Result<[u8; 3], ScreenError> {
+        let bpp = self.conv.format().bytes_per_pixel();
+        let mut p = [0u8; 4];
+        for b in p.iter_mut().take(bpp) {
+            *b = conn.u8().await?;
+        }
+        Ok(self.conv.rgb(self.conv.read_value(&p[..bpp])))
+    }
+
+    /// RRE (encoding 2): subrectangle count, background pixel, then the subrectangles. At most
+    /// one subrectangle per pixel of the rectangle, and their total area at most 4x the
+    /// rectangle's (plus 64 Ki): the work done is bounded by the rectangle size.
+    async fn read_rre<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        r: Rect,
+    ) -> Result<(), ScreenError> {
+        let n = u64::from(conn.u32().await?);
+        let area = (r.w * r.h) as u64;
+        if n > area {
+            return Err(ScreenError::Limit {
+                what: "RRE subrectangle count",
+                value: n,
+                limit: area,
+            });
+        }
+        let bg = self.read_pixel(conn).await?;
+        self.fb.fill(r, bg);
+        let rec = self.conv.format().bytes_per_pixel() + 8;
+        let (mut painted, max_painted) = (0u64, area * 4 + 65536);
+        let mut left = n as usize;
+        while left > 0 {
+            let k = left.min(65536);
+            conn.read_into(&mut self.rbuf, k * rec).await?;
+            decode::paint_rre_subrects(
+                &self.rbuf[..k * rec],
+                r,
+                &self.conv,
+                &mut self.fb,
+                &mut painted,
+                max_painted,
+            )?;
+            left -= k;
+        }
+        Ok(())
+    }
+
+    /// Hextile (encoding 5): 16x16 tiles, left to right, top to bottom; each Raw, or a
+    /// background (kept from the previous tile unless given) plus up to 255 subrectangles.
+    /// A tile costs at most 16x16 + 255x256 pixel writes.
+    async fn read_hextile<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        r: Rect,
+    ) -> Result<(), ScreenError> {
+        const RAW: u8 = 1;
+        const BG: u8 = 2;
+        const FG: u8 = 4;
+        const ANY_SUBRECTS: u8 = 8;
+        const COLOURED: u8 = 16;
+        let bpp = self.conv.format().bytes_per_pixel();
+        let (mut bg, mut fg): (Option<[u8; 3]>, Option<[u8; 3]>) = (None, None);
+        for ty in (0..r.h).step_by(16) {
+            for tx in (0..r.w).step_by(16) {
+                let tile = Rect {
+                    x: r.x + tx,
+                    y: r.y + ty,
+                    w: (r.w - tx).min(16),
+                    h: (r.h - ty).min(16),
+                };
+                let sub = conn.u8().await?;
+                if sub & !(RAW | BG | FG | ANY_SUBRECTS | COLOURED) != 0 {
+                    return Err(ScreenError::Protocol(format!(
+                        "Hextile tile at +{}+{}: undefined subencoding bits {sub:#04x}",
+                        tile.x, tile.y
+                    )));
+                }
+                if sub & RAW != 0 {
+                    let row = tile.w * bpp;
+                    conn.read_into(&mut self.rbuf, row * tile.h).await?;
+                    for i in 0..tile.h {
+                        let src = &self.rbuf[i * row..(i + 1) * row];
+                        self.conv.convert_row(src, self.fb.row_mut(tile, i));
+                    }
+                    continue;
+                }
+                if sub & BG != 0 {
+                    bg = Some(self.read_pixel(conn).await?);
+                }
+                let Some(b) = bg else {
+                    return Err(ScreenError::Protocol(format!(
+                        "Hextile tile at +{}+{} has no background (the first non-raw tile of a \
+                         rectangle must specify one)",
+                        tile.x, tile.y
+                    )));
+                };
+                self.fb.fill(tile, b);
+                if sub & FG != 0 {
+                    fg = Some(self.read_pixel(conn).await?);
+                }
+                if sub & ANY_SUBRECTS != 0 {
+                    let n = usize::from(conn.u8().await?);
+                    let coloured = sub & COLOURED != 0;
+                    let rec = if coloured { bpp + 2 } else { 2 };
+                    conn.read_into(&mut self.rbuf, n * rec).await?;
+                    decode::paint_hextile_subrects(
+                        &self.rbuf[..n * rec],
+                        coloured,
+                        fg,
+                        tile,
+                        &self.conv,
+                        &mut self.fb,
+                    )?;
+                }
+            }
         }
         Ok(())
     }

@@ -91,23 +91,32 @@ pub fn security_type_name(t: u8) -> &'static str {
 pub enum Encoding {
     Raw,
     CopyRect,
+    Rre,
+    Hextile,
     Tight,
     Zrle,
 }
 
 pub const ENC_RAW: i32 = 0;
 pub const ENC_COPYRECT: i32 = 1;
+pub const ENC_RRE: i32 = 2;
+pub const ENC_HEXTILE: i32 = 5;
 pub const ENC_TIGHT: i32 = 7;
 pub const ENC_ZRLE: i32 = 16;
 pub const ENC_CURSOR: i32 = -239;
 pub const ENC_DESKTOP_SIZE: i32 = -223;
 pub const ENC_LAST_RECT: i32 = -224;
+/// LibVNCServer's ServerIdentity pseudo-encoding (0xFFFE0003): the server answers with one
+/// rectangle carrying its version string ("x11vnc: ... (LibVNCServer 0.9.14)").
+pub const ENC_SERVER_IDENTITY: i32 = 0xFFFE_0003_u32 as i32;
 
 impl Encoding {
     pub fn code(self) -> i32 {
         match self {
             Encoding::Raw => ENC_RAW,
             Encoding::CopyRect => ENC_COPYRECT,
+            Encoding::Rre => ENC_RRE,
+            Encoding::Hextile => ENC_HEXTILE,
             Encoding::Tight => ENC_TIGHT,
             Encoding::Zrle => ENC_ZRLE,
         }
@@ -118,13 +127,14 @@ pub fn encoding_name(code: i32) -> String {
     match code {
         ENC_RAW => "Raw".into(),
         ENC_COPYRECT => "CopyRect".into(),
-        2 => "RRE".into(),
-        5 => "Hextile".into(),
+        ENC_RRE => "RRE".into(),
+        ENC_HEXTILE => "Hextile".into(),
         ENC_TIGHT => "Tight".into(),
         ENC_ZRLE => "ZRLE".into(),
         ENC_CURSOR => "Cursor".into(),
         ENC_DESKTOP_SIZE => "DesktopSize".into(),
         ENC_LAST_RECT => "LastRect".into(),
+        ENC_SERVER_IDENTITY => "ServerIdentity".into(),
         c => format!("{c}"),
     }
 }
