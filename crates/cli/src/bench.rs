@@ -308,13 +308,19 @@ fn persist_pending_tasks(data: &std::path::Path, job: u64) -> Result<u64> {
     use overlord_core::perm::Permutation;
     use overlord_storage::{Batch, Op, SledStore, Store};
     let store = SledStore::open(data)?;
-    let rec = store.job(job)?.ok_or_else(|| anyhow!("job {job} not stored"))?;
-    let spec = store.spec(job)?.ok_or_else(|| anyhow!("spec of {job} not stored"))?;
+    let rec = store
+        .job(job)?
+        .ok_or_else(|| anyhow!("job {job} not stored"))?;
+    let spec = store
+        .spec(job)?
+        .ok_or_else(|| anyhow!("spec of {job} not stored"))?;
     let plan = root_plan(&spec)?;
     let perm = Permutation::new(plan.total, rec.perm_key);
     let mut b = Batch::default();
     for i in 0..rec.root_next {
-        b.push(Op::Task(TaskRecord::new(root_task(job, &spec, &plan, &perm, i))));
+        b.push(Op::Task(TaskRecord::new(root_task(
+            job, &spec, &plan, &perm, i,
+        ))));
         if b.len() >= 10_000 {
             store.apply(std::mem::take(&mut b))?;
         }

@@ -231,8 +231,30 @@ async fn ctrl_c() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// mimalloc keeps freed memory committed for a while and commits whole arenas eagerly; a
+/// coordinator under a watch flood then showed ~2x the RSS of glibc. Purge at once and commit on
+/// demand (measured: RSS +151 MiB instead of +262 MiB in the flood test, throughput 34-37k instead
+/// of 40-46k tasks/s on a quiet machine, still well over the bar).
+fn tune_allocator() {
+    // mimalloc.h `mi_option_e`: arena_eager_commit = 4, purge_delay = 15.
+    const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: option setters of the allocator; they take plain integers and are thread-safe.
+    unsafe {
+        libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
+        libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
+    }
+}
+
+fn main() -> Result<()> {
+    tune_allocator();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async_main())
+}
+
+async fn async_main() -> Result<()> {
     let cli = Cli::parse();
     raise_fd_limit();
     if !matches!(cli.cmd, Cmd::Coordinator { .. } | Cmd::Minion { .. }) {

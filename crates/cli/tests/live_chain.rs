@@ -33,7 +33,10 @@ fn wait_window(display: &str, name: &str) {
         if String::from_utf8_lossy(&out.stdout).contains(name) {
             return;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "no {name} window on {display}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no {name} window on {display}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -44,12 +47,22 @@ async fn scan_identifies_screenshots_and_enriches_a_live_vnc_desktop() {
     let display = format!("127.0.0.1:{}", xvfb.display.unwrap());
     let text_dir = tempfile::tempdir().unwrap();
     let motd = text_dir.path().join("motd");
-    std::fs::write(&motd, "REACTOR PUMP STATUS: ALARM\noperator contact: night.shift@example.org\n")
-        .unwrap();
+    std::fs::write(
+        &motd,
+        "REACTOR PUMP STATUS: ALARM\noperator contact: night.shift@example.org\n",
+    )
+    .unwrap();
     let _xterm = Kill(
         Command::new("xterm")
             .env("DISPLAY", &display)
-            .args(["-title", "overlordlive", "-geometry", "80x10+30+30", "-fa", "Monospace"])
+            .args([
+                "-title",
+                "overlordlive",
+                "-geometry",
+                "80x10+30+30",
+                "-fa",
+                "Monospace",
+            ])
             .args(["-fs", "14", "-e", "sh", "-c"])
             .arg(format!("cat '{}'; exec sleep 600", motd.display()))
             .stdout(Stdio::null())
@@ -88,7 +101,10 @@ async fn scan_identifies_screenshots_and_enriches_a_live_vnc_desktop() {
         if s.state == v1::JobState::Completed as i32 {
             break s;
         }
-        assert!(t0.elapsed() < Duration::from_secs(180), "job not done: {s:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "job not done: {s:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(st.tasks_failed, 0, "no task may fail: {st:?}");
@@ -132,7 +148,10 @@ async fn scan_identifies_screenshots_and_enriches_a_live_vnc_desktop() {
             assert_eq!(m.port, vnc.addr.port() as u32, "{m:?}");
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "image never indexed");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "image never indexed"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

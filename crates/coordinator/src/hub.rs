@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug)]
 pub enum HubEvent {
-    Finding(FindingRecord),
+    /// Shared: the fan-out queues the same record for every watcher of the job.
+    Finding(Arc<FindingRecord>),
     Progress(JobId, v1::JobStatus),
     Finished(JobId, v1::JobStatus),
 }
@@ -47,7 +48,7 @@ use tokio::sync::{broadcast, mpsc};
 
 /// Queue per watcher. A watcher that lets it fill up is dropped (its channel closes); it then
 /// replays from storage by cursor and subscribes again, so a slow client costs bounded memory.
-pub const WATCH_QUEUE: usize = 64;
+pub const WATCH_QUEUE: usize = 32;
 
 pub enum FanMsg {
     /// Durable events of one job, in order (sent by its job actor after the flush).

@@ -999,7 +999,7 @@ impl JobSt {
                 spawned.push(id);
             }
             self.c.batch.push(Op::Finding(rec.clone()));
-            self.publish.push(HubEvent::Finding(rec));
+            self.publish.push(HubEvent::Finding(Arc::new(rec)));
         }
         for id in spawned {
             self.push_back(id);
