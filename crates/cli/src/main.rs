@@ -231,10 +231,10 @@ async fn ctrl_c() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// mimalloc keeps freed memory committed for a while and commits whole arenas eagerly; a
-/// coordinator under a watch flood then showed ~2x the RSS of glibc. Purge at once and commit on
-/// demand (measured: RSS +151 MiB instead of +262 MiB in the flood test, throughput 34-37k instead
-/// of 40-46k tasks/s on a quiet machine, still well over the bar).
+/// mimalloc keeps freed memory for a while before returning it and commits whole arenas eagerly; a
+/// coordinator under the watch/submit flood test then grew +241..+262 MiB (bound +256 MiB; glibc
+/// +124..+167). Purging at once and committing on demand keeps it near +180 MiB; the cost is
+/// throughput (23-28k instead of 35-37k tasks/s in the same runs, still over the 20k bar).
 fn tune_allocator() {
     // mimalloc.h `mi_option_e`: arena_eager_commit = 4, purge_delay = 15.
     const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
