@@ -128,19 +128,7 @@ impl Actor for JobActor {
             }
             JobInit::Recover { id, keep_leases } => {
                 let mut st = JobSt::recover(sh, c, id)?;
-                let leased: Vec<(Token, String, u64)> = st
-                    .tasks
-                    .values()
-                    .filter_map(|t| match &t.state {
-                        TaskState::Leased {
-                            minion,
-                            generation,
-                            token,
-                            ..
-                        } => Some((*token, minion.clone(), *generation)),
-                        _ => None,
-                    })
-                    .collect();
+                let leased = st.leased();
                 for t in st.tasks.values() {
                     if let TaskState::Leased { token, .. } = &t.state {
                         st.leases.insert(*token, t.spec.task_id);
@@ -206,19 +194,7 @@ impl Actor for JobActor {
             }
             JobMsg::Cancel(reply) => st.cancel(reply),
             JobMsg::Readopt => {
-                let leases: Vec<(Token, String, u64)> = st
-                    .tasks
-                    .values()
-                    .filter_map(|t| match &t.state {
-                        TaskState::Leased {
-                            minion,
-                            generation,
-                            token,
-                            ..
-                        } => Some((*token, minion.clone(), *generation)),
-                        _ => None,
-                    })
-                    .collect();
+                let leases = st.leased();
                 if let Some(r) = st.sh.registry.get() {
                     let _ = r.cast(RegMsg::Adopt {
                         job: st.rec.id,
@@ -349,6 +325,22 @@ impl JobSt {
             "job actor recovered"
         );
         Ok(st)
+    }
+
+    /// Leases held: (token, minion, generation).
+    fn leased(&self) -> Vec<(Token, String, u64)> {
+        self.tasks
+            .values()
+            .filter_map(|t| match &t.state {
+                TaskState::Leased {
+                    minion,
+                    generation,
+                    token,
+                    ..
+                } => Some((*token, minion.clone(), *generation)),
+                _ => None,
+            })
+            .collect()
     }
 
     // ---------- the pending queue ----------
