@@ -97,6 +97,17 @@ impl Shared {
     }
 }
 
+/// The restart policy of every supervisor here: records a child failure (times of failures within
+/// the last minute are kept) and decides, after `core::sched::restart_decision`, whether to restart
+/// it with backoff or give up once more than `max` failures fall in that minute.
+pub fn note_failure(failures: &mut Vec<u64>, max: usize) -> RestartDecision {
+    const WINDOW_MS: u64 = 60_000;
+    let now = overlord_core::now_ms();
+    failures.push(now);
+    failures.retain(|t| now - *t <= WINDOW_MS);
+    restart_decision(failures, now, max, WINDOW_MS)
+}
+
 // ---------------- Supervisor ----------------
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -244,10 +255,7 @@ impl Actor for CoordinatorSupervisor {
         };
         let (which, _) = st.children.remove(pos);
         Self::slot_clear(&st.shared, which);
-        let now = overlord_core::now_ms();
-        st.failures.push(now);
-        st.failures.retain(|t| now - *t <= 60_000);
-        match restart_decision(&st.failures, now, 10, 60_000) {
+        match note_failure(&mut st.failures, 10) {
             RestartDecision::RestartAfterMs(ms) => {
                 warn!(child = ?which, reason, backoff_ms = ms, "child failed; restarting");
                 myself.send_after(Duration::from_millis(ms), move || SupMsg::Restart(which));

@@ -100,6 +100,24 @@ impl Committer {
         }
     }
 
+    /// Ends an actor's message: [`Committer::commit`], then a flush request whose wake-up sends
+    /// `flushed(seq)` to `me`.
+    pub fn end_turn<M: ractor::Message>(
+        &mut self,
+        flusher: &Slot<FlushMsg>,
+        me: &ActorRef<M>,
+        flushed: fn(u64) -> M,
+    ) -> Result<(), StoreError> {
+        self.commit()?;
+        let me = me.clone();
+        self.request_flush(flusher, move |seq| {
+            Box::new(move || {
+                let _ = me.cast(flushed(seq));
+            })
+        });
+        Ok(())
+    }
+
     /// The flush for `seq` returned: releases the outputs filed up to it.
     pub fn flushed(&mut self, seq: u64) {
         self.flushed = self.flushed.max(seq);

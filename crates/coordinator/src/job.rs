@@ -345,35 +345,35 @@ impl JobSt {
 
     // ---------- the pending queue ----------
 
-    fn module_of(&self, task: TaskId) -> String {
-        self.tasks
-            .get(&task)
-            .map(|t| t.spec.module.clone())
-            .unwrap_or_default()
+    /// Adds one pending task of `task`'s module to the per-module counts (or takes one away).
+    fn count_pending(&mut self, task: TaskId, add: bool) {
+        let Some(t) = self.tasks.get(&task) else {
+            return;
+        };
+        let module = t.spec.module.as_str();
+        match self.pending_by_module.get_mut(module) {
+            Some(n) if add => *n += 1,
+            Some(n) => *n = n.saturating_sub(1),
+            None if add => {
+                self.pending_by_module.insert(module.to_string(), 1);
+            }
+            None => {}
+        }
     }
 
     fn push_back(&mut self, task: TaskId) {
-        *self
-            .pending_by_module
-            .entry(self.module_of(task))
-            .or_default() += 1;
+        self.count_pending(task, true);
         self.pending.push_back(task);
     }
 
     fn push_front(&mut self, task: TaskId) {
-        *self
-            .pending_by_module
-            .entry(self.module_of(task))
-            .or_default() += 1;
+        self.count_pending(task, true);
         self.pending.push_front(task);
     }
 
     fn pop_front(&mut self) -> Option<TaskId> {
         let t = self.pending.pop_front()?;
-        let m = self.module_of(t);
-        if let Some(n) = self.pending_by_module.get_mut(&m) {
-            *n = n.saturating_sub(1);
-        }
+        self.count_pending(t, false);
         Some(t)
     }
 
@@ -414,11 +414,16 @@ impl JobSt {
 
     // ---------- turn end: durability, events, demand ----------
 
-    fn end_turn(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
+    /// Puts the job record in the write batch if it changed.
+    fn write_record(&mut self) {
         if self.dirty {
             self.dirty = false;
             self.c.batch.push(Op::Job(self.rec.clone()));
         }
+    }
+
+    fn end_turn(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
+        self.write_record();
         if !self.publish.is_empty() || self.notify_manager {
             let events = std::mem::take(&mut self.publish);
             let durable = self.sh.durable.clone();
@@ -459,13 +464,7 @@ impl JobSt {
                 }
             });
         }
-        self.c.commit()?;
-        let me = myself.clone();
-        self.c.request_flush(&self.sh.flusher, move |seq| {
-            Box::new(move || {
-                let _ = me.cast(JobMsg::Flushed(seq));
-            })
-        });
+        self.c.end_turn(&self.sh.flusher, myself, JobMsg::Flushed)?;
         if !self.finishing {
             let d = self.demand();
             let now = now_ms();
@@ -677,6 +676,7 @@ impl JobSt {
         self.expand();
         // Leased state is applied before the registry learns the tokens, and the registry
         // learns them before the minions get them (so it knows a token before its result).
+        self.write_record();
         self.c.commit()?;
         let demand = self.demand();
         let used = slots
@@ -720,18 +720,8 @@ impl JobSt {
         self.dirty = true;
         self.progress_dirty = true;
         if sched::on_failure(t.attempts, self.sh.cfg.max_attempts, false) == Retry::Fail {
-            t.state = TaskState::Failed {
-                reason: format!("{reason} (after {} attempts)", t.attempts),
-            };
-            telemetry::record(
-                telemetry::Event::TaskFailed {
-                    module: &t.spec.module,
-                },
-                1,
-            );
-            let t = self.tasks.remove(&task).expect("task");
-            self.c.batch.push(Op::Task(t));
-            self.rec.failed += 1;
+            let reason = format!("{reason} (after {} attempts)", t.attempts);
+            self.fail_task(task, reason);
         } else {
             t.state = TaskState::Pending;
             self.c.batch.push(Op::Task(t.clone()));
@@ -896,20 +886,25 @@ impl JobSt {
                     error,
                     "task failed"
                 );
-                t.state = TaskState::Failed {
-                    reason: error.to_string(),
-                };
-                telemetry::record(
-                    telemetry::Event::TaskFailed {
-                        module: &t.spec.module,
-                    },
-                    1,
-                );
-                let t = self.tasks.remove(&task).expect("task");
-                self.c.batch.push(Op::Task(t));
-                self.rec.failed += 1;
+                self.fail_task(task, error.to_string());
             }
         }
+    }
+
+    /// Ends a task as failed for good (its last state is written; it leaves the live tasks).
+    fn fail_task(&mut self, task: TaskId, reason: String) {
+        let Some(mut t) = self.tasks.remove(&task) else {
+            return;
+        };
+        telemetry::record(
+            telemetry::Event::TaskFailed {
+                module: &t.spec.module,
+            },
+            1,
+        );
+        t.state = TaskState::Failed { reason };
+        self.c.batch.push(Op::Task(t));
+        self.rec.failed += 1;
     }
 
     fn complete_task(

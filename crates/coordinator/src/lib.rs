@@ -149,23 +149,17 @@ pub async fn start_with_store(
     let durable = Durable::default();
     let restarts = Arc::new(AtomicU64::new(0));
     // A new epoch per start: fencing tokens of this run are above every earlier one.
-    let epoch = store
-        .meta("epoch")
-        .map_err(|source| CoordError::Storage {
-            path: settings.data_dir.display().to_string(),
-            source,
-        })?
-        .unwrap_or(0)
-        + 1;
+    let storage_err = |source| CoordError::Storage {
+        path: settings.data_dir.display().to_string(),
+        source,
+    };
+    let epoch = store.meta("epoch").map_err(storage_err)?.unwrap_or(0) + 1;
     let mut b = overlord_storage::Batch::default();
     b.push(overlord_storage::Op::Meta("epoch", epoch));
     store
         .apply(b)
         .and_then(|_| store.flush())
-        .map_err(|source| CoordError::Storage {
-            path: settings.data_dir.display().to_string(),
-            source,
-        })?;
+        .map_err(storage_err)?;
     let shared = Shared {
         store: store.clone(),
         cfg: settings.engine.clone(),

@@ -4,11 +4,12 @@
 //! final record here and stops.
 
 use crate::actors::Shared;
+use crate::actors::note_failure;
 use crate::commit::Committer;
 use crate::engine::status_of;
 use crate::job::{JobActor, JobInit, JobMsg};
 use overlord_core::job::{JobRecord, JobSpec, JobState, root_plan};
-use overlord_core::sched::{RestartDecision, restart_decision};
+use overlord_core::sched::RestartDecision;
 use overlord_core::{JobId, now_ms};
 use overlord_proto::error::ApiError;
 use overlord_proto::v1;
@@ -194,7 +195,7 @@ impl Actor for JobManagerActor {
                             all.push(s);
                         }
                     }
-                    all.sort_unstable_by(|a, b| b.job_id.cmp(&a.job_id));
+                    all.sort_unstable_by_key(|s| std::cmp::Reverse(s.job_id));
                     let _ = reply.send(all);
                 });
             }
@@ -248,13 +249,7 @@ impl Actor for JobManagerActor {
                 None => panic!("injected panic in the job manager (supervision test)"),
             },
         }
-        st.c.commit()?;
-        let me = myself.clone();
-        st.c.request_flush(&st.sh.flusher, move |seq| {
-            Box::new(move || {
-                let _ = me.cast(MgrMsg::Flushed(seq));
-            })
-        });
+        st.c.end_turn(&st.sh.flusher, &myself, MgrMsg::Flushed)?;
         Ok(())
     }
 
@@ -284,11 +279,7 @@ impl Actor for JobManagerActor {
         } else {
             return Ok(());
         }
-        let now = now_ms();
-        let f = st.failures.entry(id).or_default();
-        f.push(now);
-        f.retain(|t| now - *t <= 60_000);
-        match restart_decision(f, now, 5, 60_000) {
+        match note_failure(st.failures.entry(id).or_default(), 5) {
             RestartDecision::RestartAfterMs(ms) => {
                 warn!(
                     job_id = id,

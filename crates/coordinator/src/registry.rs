@@ -244,13 +244,7 @@ impl Actor for RegistryActor {
         if sched {
             st.schedule();
         }
-        st.c.commit()?;
-        let me = myself.clone();
-        st.c.request_flush(&st.sh.flusher, move |seq| {
-            Box::new(move || {
-                let _ = me.cast(RegMsg::Flushed(seq));
-            })
-        });
+        st.c.end_turn(&st.sh.flusher, &myself, RegMsg::Flushed)?;
         Ok(())
     }
 }
