@@ -43,7 +43,22 @@ pub struct EnrichStore {
 impl EnrichStore {
     /// Opens (or creates) the store in a directory.
     pub fn open(path: &std::path::Path) -> Result<EnrichStore, EnrichError> {
-        EnrichStore::from_db(sled::open(path)?)
+        // sled's background flusher keeps a dropped database, and its file lock, alive until its
+        // next flush tick: a reopen right after a drop waits for the lock (seen in CI as
+        // "could not acquire lock ... WouldBlock") instead of failing.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match sled::open(path) {
+                Ok(db) => return EnrichStore::from_db(db),
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Uses an already open sled database (e.g. the coordinator's).
