@@ -208,12 +208,12 @@ async fn bad_input_gets_precise_status_bounded_memory_and_disturbs_nothing() {
         &mut violations,
         "oversized SubmitJob (~40 MB)",
         r,
-        &[Code::OutOfRange],
-        "limit is: 1048576",
+        &[Code::ResourceExhausted],
+        "limit of 1048576 bytes",
     );
     // The limits: 1 MiB for JobService requests, MAX_MESSAGE_BYTES (32 MiB) on a minion session.
     for (path, want, limit) in [
-        (SUBMIT, Code::OutOfRange, "1048576"),
+        (SUBMIT, Code::ResourceExhausted, "1048576"),
         (SESSION, Code::ResourceExhausted, "33554432"),
     ] {
         match grpc_call_raw(

@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tonic::codegen::http;
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
@@ -30,6 +31,9 @@ const MAX_WATCHERS: usize = 1024;
 const MAX_WATCHERS_PER_CLIENT: usize = 256;
 /// SubmitJob calls being validated at once (host names are resolved during validation).
 const MAX_SUBMITS_IN_FLIGHT: usize = 64;
+/// Largest JobService request message (a job spec; a lying length prefix is refused before any
+/// allocation with `ResourceExhausted`, see [`SizeLimited`]).
+pub const MAX_JOB_REQUEST_BYTES: usize = 1 << 20;
 /// Entries in a job's target list (each may be a host name resolved at submission; use CIDRs for
 /// large ranges).
 pub const MAX_SUBMIT_TARGETS: usize = 10_000;
@@ -423,6 +427,76 @@ async fn watch_loop(
                 }
             }
         }
+    }
+}
+
+/// Wraps a generated client-API service so that a request message over its decoding limit is
+/// answered `ResourceExhausted` naming the limit. tonic refuses such a message on its length prefix
+/// (before allocating it) with `OutOfRange`, before our handler runs; it puts that `Status` in the
+/// response's extensions, which is where this wrapper finds it. Our handlers never return
+/// `OutOfRange` (see `ApiError`), so the code alone identifies the refusal.
+#[derive(Clone)]
+pub struct SizeLimited<S> {
+    inner: S,
+    limit: usize,
+}
+
+impl<S> SizeLimited<S> {
+    /// `limit` must be the `max_decoding_message_size` set on `inner`.
+    pub fn new(inner: S, limit: usize) -> Self {
+        SizeLimited { inner, limit }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for SizeLimited<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+/// The status a client gets for a request message over `limit` bytes on `path`.
+pub fn oversized_request(path: &str, limit: usize, tonic_msg: &str) -> Status {
+    Status::resource_exhausted(format!(
+        "request message to {path} over the limit of {limit} bytes ({} MiB) for this service: {tonic_msg}",
+        limit >> 20
+    ))
+}
+
+impl<S, B> tonic::codegen::Service<http::Request<B>> for SizeLimited<S>
+where
+    S: tonic::codegen::Service<
+            http::Request<B>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        >,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        let limit = self.limit;
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            let oversized = resp
+                .extensions()
+                .get::<Status>()
+                .filter(|st| st.code() == tonic::Code::OutOfRange)
+                .map(|st| oversized_request(&path, limit, st.message()));
+            Ok(match oversized {
+                Some(st) => st.into_http(),
+                None => resp,
+            })
+        })
     }
 }
 

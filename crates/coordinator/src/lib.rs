@@ -196,23 +196,25 @@ pub async fn start_with_store(
             .tcp_nodelay(true)
             .concurrency_limit_per_connection(256)
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
-            .add_service(
+            .add_service(api::SizeLimited::new(
                 v1::job_service_server::JobServiceServer::new(job_api)
-                    .max_decoding_message_size(1 << 20)
+                    .max_decoding_message_size(api::MAX_JOB_REQUEST_BYTES)
                     .max_encoding_message_size(max),
-            )
+                api::MAX_JOB_REQUEST_BYTES,
+            ))
             .add_service(
                 v1::minion_service_server::MinionServiceServer::new(minion_api)
                     .max_decoding_message_size(max)
                     .max_encoding_message_size(max),
             )
-            .add_service(
+            .add_service(api::SizeLimited::new(
                 v1::image_service_server::ImageServiceServer::new(images::ImageApi::new(
                     images.clone(),
                 ))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-            )
+                max,
+            ))
             .add_service(reflection)
             .add_service(reflection_alpha)
             .serve_with_incoming_shutdown(incoming, async {
