@@ -29,8 +29,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Concurrent WatchJob streams per coordinator, and per client address.
 const MAX_WATCHERS: usize = 1024;
 const MAX_WATCHERS_PER_CLIENT: usize = 256;
-/// SubmitJob calls being validated at once (host names are resolved during validation).
-const MAX_SUBMITS_IN_FLIGHT: usize = 64;
+/// SubmitJob calls in flight at once (host names are resolved during validation), in all and per
+/// client address: one flooding address holds at most a quarter of the slots, so other clients
+/// still get through (a flood from 4+ addresses is bounded by the global cap only).
+pub const MAX_SUBMITS_IN_FLIGHT: usize = 64;
+pub const MAX_SUBMITS_PER_CLIENT: usize = 16;
 /// Largest JobService request message (a job spec; a lying length prefix is refused before any
 /// allocation with `ResourceExhausted`, see [`SizeLimited`]).
 pub const MAX_JOB_REQUEST_BYTES: usize = 1 << 20;
@@ -69,18 +72,20 @@ pub struct JobApi {
     pub durable: Durable,
     pub scope: Arc<Scope>,
     pub watchers: Arc<Semaphore>,
-    pub watchers_by_client: WatchersByClient,
+    pub watchers_by_client: SlotsByClient,
     pub submits: Arc<Semaphore>,
+    pub submits_by_client: SlotsByClient,
 }
 
-/// Live watch streams per client IP address.
-#[derive(Clone, Default)]
-pub struct WatchersByClient(Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>);
+/// Calls (live watch streams, submissions in flight) per client IP address.
+#[derive(Clone, Default, Debug)]
+pub struct SlotsByClient(Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>);
 
 /// One watch stream counted against its client address; released on drop.
-pub struct ClientSlot(WatchersByClient, Option<IpAddr>);
+#[derive(Debug)]
+pub struct ClientSlot(SlotsByClient, Option<IpAddr>);
 
-impl WatchersByClient {
+impl SlotsByClient {
     /// Takes a slot for `client` (None: address unknown, not counted) unless it holds `max`.
     pub fn acquire(&self, client: Option<IpAddr>, max: usize) -> Option<ClientSlot> {
         if let Some(ip) = client {
@@ -126,10 +131,31 @@ impl JobApi {
             shared,
             scope: Arc::new(scope),
             watchers: Arc::new(Semaphore::new(MAX_WATCHERS)),
-            watchers_by_client: WatchersByClient::default(),
+            watchers_by_client: SlotsByClient::default(),
             submits: Arc::new(Semaphore::new(MAX_SUBMITS_IN_FLIGHT)),
+            submits_by_client: SlotsByClient::default(),
         }
     }
+}
+
+/// Takes a submission slot for `client`: first its address's (at most
+/// [`MAX_SUBMITS_PER_CLIENT`]), then one of the coordinator's [`MAX_SUBMITS_IN_FLIGHT`]. Both are
+/// released when the returned guard drops (the call ended).
+pub fn submit_slot(
+    global: &Arc<Semaphore>,
+    by_client: &SlotsByClient,
+    client: Option<IpAddr>,
+) -> Result<(ClientSlot, tokio::sync::OwnedSemaphorePermit), ApiError> {
+    let slot = by_client
+        .acquire(client, MAX_SUBMITS_PER_CLIENT)
+        .ok_or(ApiError::Exhausted(
+            "submissions from this client address (max 16 in flight per address)",
+        ))?;
+    let permit = global
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Exhausted("submissions (max 64 in flight)"))?;
+    Ok((slot, permit))
 }
 
 fn resolve(host: &str) -> Result<Vec<IpAddr>, String> {
@@ -169,10 +195,11 @@ impl v1::job_service_server::JobService for JobApi {
         &self,
         req: Request<v1::SubmitJobRequest>,
     ) -> Result<Response<v1::SubmitJobResponse>, Status> {
-        let _permit = self
-            .submits
-            .try_acquire()
-            .map_err(|_| ApiError::Exhausted("submissions (max 64 in flight)"))?;
+        let _slots = submit_slot(
+            &self.submits,
+            &self.submits_by_client,
+            req.remote_addr().map(|a| a.ip()),
+        )?;
         let req = req.into_inner();
         if req.request_id.len() > MAX_REQUEST_ID {
             return Err(ApiError::InvalidArgument(format!(
@@ -660,7 +687,7 @@ mod tests {
 
     #[test]
     fn watch_slots_per_client_address_are_capped_and_released() {
-        let w = WatchersByClient::default();
+        let w = SlotsByClient::default();
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.3".parse().unwrap();
         let held: Vec<_> = (0..3).map(|_| w.acquire(Some(a), 3).unwrap()).collect();
@@ -673,6 +700,44 @@ mod tests {
         drop(held);
         assert_eq!(w.count(a), 0);
         assert!(w.acquire(Some(a), 3).is_some());
+    }
+
+    #[test]
+    fn submit_slots_per_client_address_leave_room_for_others() {
+        let global = Arc::new(Semaphore::new(MAX_SUBMITS_IN_FLIGHT));
+        let by = SlotsByClient::default();
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let flood: Vec<_> = (0..MAX_SUBMITS_PER_CLIENT)
+            .map(|_| submit_slot(&global, &by, ip("127.0.0.2")).expect("under the cap"))
+            .collect();
+        let e = submit_slot(&global, &by, ip("127.0.0.2")).expect_err("over the per-address cap");
+        let st = Status::from(e);
+        assert_eq!(st.code(), tonic::Code::ResourceExhausted);
+        assert!(st.message().contains("client address (max 16"), "{st:?}");
+        // The refused call took no global slot: 64 - 16 remain for everyone else.
+        assert_eq!(
+            global.available_permits(),
+            MAX_SUBMITS_IN_FLIGHT - MAX_SUBMITS_PER_CLIENT
+        );
+        let other = submit_slot(&global, &by, ip("127.0.0.3")).expect("another address");
+        // Three more addresses fill the coordinator; then everybody is refused by the global cap.
+        let mut rest = Vec::new();
+        for a in ["127.0.0.4", "127.0.0.5", "127.0.0.6"] {
+            for _ in 0..MAX_SUBMITS_PER_CLIENT {
+                if let Ok(s) = submit_slot(&global, &by, ip(a)) {
+                    rest.push(s);
+                }
+            }
+        }
+        assert_eq!(global.available_permits(), 0);
+        let st = Status::from(submit_slot(&global, &by, ip("127.0.0.7")).expect_err("full"));
+        assert!(st.message().contains("max 64 in flight"), "{st:?}");
+        // A call refused by the global cap does not keep its per-address slot.
+        assert_eq!(by.count("127.0.0.7".parse().unwrap()), 0);
+        drop((flood, other, rest));
+        assert_eq!(global.available_permits(), MAX_SUBMITS_IN_FLIGHT);
+        assert_eq!(by.count("127.0.0.2".parse().unwrap()), 0);
+        assert!(submit_slot(&global, &by, ip("127.0.0.2")).is_ok());
     }
 
     #[test]

@@ -105,3 +105,73 @@ async fn oversized_client_requests_get_resource_exhausted_naming_the_limit() {
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     c.running.shutdown().await;
 }
+
+/// A channel to `url` whose connections come from `src` (any 127.0.0.0/8 address is local).
+async fn channel_from(url: &str, src: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(url.to_string())
+        .expect("url")
+        .local_address(Some(src.parse().expect("ip")))
+        .connect()
+        .await
+        .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_flooding_address_cannot_starve_other_submitters() {
+    let c = coordinator().await;
+    let url = c.running.local_url();
+    let submit = |ch: tonic::transport::Channel, target: String| async move {
+        JobServiceClient::new(ch)
+            .submit_job(SubmitJobRequest {
+                spec: Some(spec(vec![target])),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().job_id)
+    };
+    // The flood: 400 concurrent submissions from 127.0.0.2 over 4 connections. Beside it, a
+    // polite client at 127.0.0.3 with 16 concurrent submissions (its per-address cap): with the
+    // flood held to 16 slots, 16 + 16 < 64, so none of the polite ones may be refused.
+    let mut flood = tokio::task::JoinSet::new();
+    for k in 0..4 {
+        let ch = channel_from(&url, "127.0.0.2").await;
+        for i in 0..100 {
+            flood.spawn(submit(ch.clone(), format!("127.0.{k}.{}", i + 1)));
+        }
+    }
+    let polite_ch = channel_from(&url, "127.0.0.3").await;
+    let mut polite = tokio::task::JoinSet::new();
+    for i in 0..overlord_coordinator::api::MAX_SUBMITS_PER_CLIENT {
+        polite.spawn(submit(polite_ch.clone(), format!("127.0.9.{}", i + 1)));
+    }
+    let (mut ok, mut capped) = (0, 0);
+    while let Some(r) = flood.join_next().await {
+        match r.expect("join") {
+            Ok(_) => ok += 1,
+            Err(e)
+                if e.code() == Code::ResourceExhausted
+                    && e.message().contains("from this client address (max 16") =>
+            {
+                capped += 1
+            }
+            Err(e) => panic!("flood submission: {:?} {}", e.code(), e.message()),
+        }
+    }
+    eprintln!("flood from 127.0.0.2: {ok} accepted, {capped} refused by the per-address cap");
+    assert!(
+        capped > 0,
+        "400 concurrent submissions never hit the cap of 16"
+    );
+    assert!(ok > 0, "the flooding client itself still gets some through");
+    while let Some(r) = polite.join_next().await {
+        let id = r
+            .expect("join")
+            .expect("the polite client is never refused");
+        assert!(id > 0);
+    }
+    // Slots are released: the flooding address can submit again.
+    submit(channel_from(&url, "127.0.0.2").await, "127.0.8.1".into())
+        .await
+        .expect("a submission after the flood");
+    c.running.shutdown().await;
+}
