@@ -187,6 +187,32 @@ pub async fn validate(spec: Option<v1::JobSpec>, scope: Arc<Scope>) -> Result<Jo
         .map_err(ApiError::Spec)
 }
 
+/// Fills `waiting_for_modules` of running jobs: modules they have pending tasks for that no live
+/// minion declares (asked of the registry, which knows both; left empty if it does not answer).
+async fn note_waiting(sh: &Shared, job: Option<u64>, statuses: &mut [v1::JobStatus]) {
+    if !statuses
+        .iter()
+        .any(|s| s.state == v1::JobState::Running as i32)
+    {
+        return;
+    }
+    let Some(reg) = sh.registry.get() else { return };
+    let Ok(ractor::rpc::CallResult::Success(unserved)) = reg
+        .call(|r| RegMsg::Unserved(job, r), Some(Duration::from_secs(2)))
+        .await
+    else {
+        return;
+    };
+    for (id, modules) in unserved {
+        if let Some(st) = statuses
+            .iter_mut()
+            .find(|s| s.job_id == id && s.state == v1::JobState::Running as i32)
+        {
+            st.waiting_for_modules = modules;
+        }
+    }
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::JobEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -222,7 +248,8 @@ impl v1::job_service_server::JobService for JobApi {
         req: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::GetJobResponse>, Status> {
         let id = req.into_inner().job_id;
-        let status = ask(&self.shared, |r| MgrMsg::Get(id, r)).await??;
+        let mut status = ask(&self.shared, |r| MgrMsg::Get(id, r)).await??;
+        note_waiting(&self.shared, Some(id), std::slice::from_mut(&mut status)).await;
         Ok(Response::new(v1::GetJobResponse {
             status: Some(status),
         }))
@@ -232,7 +259,8 @@ impl v1::job_service_server::JobService for JobApi {
         &self,
         _req: Request<v1::ListJobsRequest>,
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
-        let jobs = ask(&self.shared, MgrMsg::List).await?;
+        let mut jobs = ask(&self.shared, MgrMsg::List).await?;
+        note_waiting(&self.shared, None, &mut jobs).await;
         Ok(Response::new(v1::ListJobsResponse { jobs }))
     }
 
