@@ -521,3 +521,110 @@ async fn cancel_revokes_leases_promptly() -> anyhow::Result<()> {
     cluster.shutdown().await;
     Ok(())
 }
+
+/// A coordinator started through the library answers `leak` tasks by itself (its own lookup
+/// minion, over real gRPC on loopback): an enrich → leak chain on a fixture screen ends in `leak`
+/// findings. Before any minion with `enrich` exists, `GetJob`/`ListJobs` say what the job waits
+/// for instead of hanging silently. An ordinary minion cannot declare `leak`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_coordinator_runs_leak_lookups_and_names_modules_nobody_serves()
+-> anyhow::Result<()> {
+    let screens = overlord_enrich::metrics::fixtures_dir()
+        .map_err(anyhow::Error::msg)?
+        .join("screens");
+    let mail = screens.join("07_mail_from_light.png");
+    let dir = tempfile::tempdir()?;
+    let leaks = dir.path().join("leaks.csv");
+    // 07 shows alice.smith@example-corp.com (known here) and bob.jones@ (unknown).
+    std::fs::write(
+        &leaks,
+        "address,source,date\nalice.smith@example-corp.com,combo-2019,2019-01-07\n",
+    )?;
+    let mut settings = overlord_coordinator::Settings::local(dir.path().join("data"));
+    settings.images.leaks = Some(leaks);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let coordinator = overlord_coordinator::start(settings, listener).await?;
+    let url = coordinator.local_url();
+    let mut c = client(&url).await?;
+    let job = submit(
+        &mut c,
+        v1::JobSpec {
+            name: "leak-chain".into(),
+            modules: vec!["enrich".into(), "leak".into()],
+            inputs: vec![mail.display().to_string()],
+            ..Default::default()
+        },
+    )
+    .await?;
+    // Only the lookup minion is live: the enrich root waits, and the status says for what.
+    let waiting = wait_until(
+        Duration::from_secs(10),
+        "the job to name what it waits for",
+        || {
+            let mut c = c.clone();
+            async move {
+                let st = status(&mut c, job).await.ok()?;
+                (!st.waiting_for_modules.is_empty()).then_some(st)
+            }
+        },
+    )
+    .await?;
+    assert_eq!(waiting.waiting_for_modules, vec!["enrich".to_string()]);
+    let listed = c.list_jobs(v1::ListJobsRequest {}).await?.into_inner().jobs;
+    assert_eq!(listed[0].waiting_for_modules, vec!["enrich".to_string()]);
+
+    // An ordinary minion may not declare `leak`: the builtin modules do not have it.
+    let mut bad = minion_settings(&url, "would-be-lookup", "px", 1);
+    bad.modules = vec!["leak".into()];
+    let refused = overlord_minion::run(bad, overlord_minion::modules::builtin(), async {}).await;
+    assert!(
+        matches!(refused, Err(overlord_minion::MinionError::MissingModule(ref m)) if m == "leak"),
+        "{refused:?}"
+    );
+
+    // A minion with the builtin modules (enrich among them) arrives: the chain runs to the end.
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let mut rx = stop.subscribe();
+    let s = minion_settings(&url, "enricher", "px", 2);
+    let minion = tokio::spawn(async move {
+        let _ = overlord_minion::run(s, overlord_minion::modules::builtin(), async move {
+            let _ = rx.wait_for(|v| *v).await;
+        })
+        .await;
+    });
+    let fin = wait_finished(&url, job, Duration::from_secs(120)).await?;
+    assert_eq!(fin.state, v1::JobState::Completed as i32, "{fin:?}");
+    assert_eq!(
+        (fin.tasks_total, fin.tasks_failed),
+        (2, 0),
+        "enrich + leak: {fin:?}"
+    );
+    assert!(status(&mut c, job).await?.waiting_for_modules.is_empty());
+    let results = all_results(&mut c, job).await?;
+    let enrich = results
+        .iter()
+        .find(|f| f.kind == "enrichment")
+        .expect("an enrichment finding");
+    let leak: Vec<&v1::Finding> = results.iter().filter(|f| f.kind == "leak").collect();
+    assert_eq!(
+        leak.len(),
+        1,
+        "one known address on the screen: {results:?}"
+    );
+    let l = leak[0];
+    assert_eq!(
+        (l.module.as_str(), l.minion_id.as_str(), l.provider.as_str()),
+        ("leak", "coordinator-lookup", "coordinator")
+    );
+    assert_eq!(
+        l.parent_task_id, enrich.task_id,
+        "leak task spawned by the enrich task"
+    );
+    let data: serde_json::Value = serde_json::from_str(&l.data_json)?;
+    assert_eq!(data["email"], "alice.smith@example-corp.com");
+    assert_eq!(data["source"], "combo-2019");
+    let _ = stop.send(true);
+    let _ = minion.await;
+    coordinator.shutdown().await;
+    Ok(())
+}

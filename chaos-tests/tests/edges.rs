@@ -208,12 +208,12 @@ async fn bad_input_gets_precise_status_bounded_memory_and_disturbs_nothing() {
         &mut violations,
         "oversized SubmitJob (~40 MB)",
         r,
-        &[Code::OutOfRange],
-        "limit is: 1048576",
+        &[Code::ResourceExhausted],
+        "limit of 1048576 bytes",
     );
     // The limits: 1 MiB for JobService requests, MAX_MESSAGE_BYTES (32 MiB) on a minion session.
     for (path, want, limit) in [
-        (SUBMIT, Code::OutOfRange, "1048576"),
+        (SUBMIT, Code::ResourceExhausted, "1048576"),
         (SESSION, Code::ResourceExhausted, "33554432"),
     ] {
         match grpc_call_raw(
@@ -996,10 +996,14 @@ async fn watch_and_submit_floods_keep_memory_bounded() {
         &[Code::InvalidArgument],
         "max 10000",
     );
+    // Straight to the coordinator from five source addresses (127.0.0.20–24, four connections
+    // each): every address hits its cap of 16 in flight, and 5 × 16 > 64 reaches the global one.
     let mut floods = tokio::task::JoinSet::new();
     for k in 0..20 {
-        let ch = tonic::transport::Endpoint::from_shared(cl.url())
+        let src: std::net::IpAddr = format!("127.0.0.{}", 20 + k % 5).parse().unwrap();
+        let ch = tonic::transport::Endpoint::from_shared(cl.direct_url())
             .unwrap()
+            .local_address(Some(src))
             .connect()
             .await
             .expect("connect");
@@ -1056,7 +1060,7 @@ async fn watch_and_submit_floods_keep_memory_bounded() {
     .unwrap_or_else(|e| violations.push(e));
     hose.hang_up();
     let mut accepted = Vec::new();
-    let mut refused = 0;
+    let (mut refused, mut refused_per_address) = (0, 0);
     while let Some(r) = floods.join_next().await {
         figs.observe_rss(cl.coordinator_rss());
         match r.expect("join") {
@@ -1064,17 +1068,28 @@ async fn watch_and_submit_floods_keep_memory_bounded() {
             Err(e) if e.code() == Code::ResourceExhausted && e.message().contains("max 64") => {
                 refused += 1
             }
+            Err(e)
+                if e.code() == Code::ResourceExhausted
+                    && e.message().contains("client address (max 16") =>
+            {
+                refused_per_address += 1
+            }
             Err(e) => violations.push(format!(
-                "submit burst: {:?} {} (want OK or ResourceExhausted naming max 64)",
+                "submit burst: {:?} {} (want OK or ResourceExhausted naming max 64 or max 16 per \
+                 address)",
                 e.code(),
                 e.message()
             )),
         }
     }
     eprintln!(
-        "submit burst: {} accepted, {refused} refused of {SUBMITS}",
+        "submit burst: {} accepted, {refused} refused (64 in flight), {refused_per_address} \
+         refused (16 per address) of {SUBMITS}",
         accepted.len()
     );
+    if refused_per_address == 0 {
+        violations.push("2,000 submissions from 5 addresses never hit the per-address cap".into());
+    }
     figs.observe_rss(cl.coordinator_rss());
     let rss_hose = cl.coordinator_rss().unwrap_or(0);
     eprintln!(

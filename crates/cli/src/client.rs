@@ -297,6 +297,14 @@ pub fn state_name(s: i32) -> &'static str {
 
 pub fn status_line(st: &v1::JobStatus) -> String {
     let spec = st.spec.clone().unwrap_or_default();
+    let waiting = if st.waiting_for_modules.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "  WAITING for a minion with module {} (no live minion declares it)",
+            st.waiting_for_modules.join(", ")
+        )
+    };
     format!(
         "job {:<4} {:<9} tasks {}/{} done, {} failed, {} leased  findings {}  stale-rejected {}  modules {}  targets {}",
         st.job_id,
@@ -308,6 +316,6 @@ pub fn status_line(st: &v1::JobStatus) -> String {
         st.findings,
         st.stale_results_rejected,
         spec.modules.join(","),
-        spec.targets.join(",")
-    )
+        spec.targets.join(","),
+    ) + &waiting
 }

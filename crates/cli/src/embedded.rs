@@ -1,4 +1,4 @@
-//! A one-process cluster: a coordinator (with its lookup minion for `leak` tasks) and N minions
+//! A one-process cluster: a coordinator (which runs its own lookup minion for `leak` tasks) and N minions
 //! (of different providers) talking real gRPC over loopback sockets, with the coordinator's sled
 //! data in a data directory.
 
@@ -41,7 +41,6 @@ impl Embedded {
     /// Like [`Embedded::start`] with coordinator settings (e.g. `images.leaks`, a leak file).
     pub async fn start_with(settings: Settings, minions: usize, capacity: u32) -> Result<Self> {
         let data_dir = settings.data_dir.clone();
-        let scope = settings.scope.clone();
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -51,14 +50,6 @@ impl Embedded {
         let url = format!("http://{}", coordinator.addr);
         let (stop, _) = watch::channel(false);
         let mut handles = Vec::new();
-        let mut rx = stop.subscribe();
-        handles.push(crate::lookup::spawn_lookup_minion(
-            &coordinator,
-            scope,
-            async move {
-                let _ = rx.wait_for(|v| *v).await;
-            },
-        ));
         for i in 0..minions {
             let s = minion_settings(
                 &url,

@@ -7,5 +7,4 @@ pub mod client;
 pub mod embedded;
 pub mod files;
 pub mod images;
-pub mod lookup;
 pub mod otel;

@@ -287,12 +287,7 @@ async fn async_main() -> Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {}", s.listen))?;
             let addr = listener.local_addr()?;
-            let scope = s.scope.clone();
             let mut running = overlord_coordinator::start(s, listener).await?;
-            let (stop_lookup, stopped) = tokio::sync::oneshot::channel::<()>();
-            let lookup = overlord_cli::lookup::spawn_lookup_minion(&running, scope, async move {
-                let _ = stopped.await;
-            });
             println!("listening on {addr}");
             std::io::stdout().flush()?;
             if let Some(f) = addr_file {
@@ -302,8 +297,6 @@ async fn async_main() -> Result<()> {
             let r = tokio::select! {
                 r = running.wait() => r,
                 _ = ctrl_c() => {
-                    let _ = stop_lookup.send(());
-                    let _ = lookup.await;
                     running.shutdown().await;
                     Ok(())
                 }

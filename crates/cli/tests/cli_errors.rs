@@ -115,9 +115,23 @@ fn jobs_and_results_commands_and_their_errors() {
     let (out, err) = text(&o);
     assert!(o.status.success(), "jobs list: {err}");
     assert!(out.contains(&id), "jobs list does not show job {id}: {out}");
-    let o = overlord(&["jobs", "get", &id, "--coordinator", url]);
-    assert!(o.status.success(), "jobs get: {}", text(&o).1);
-    assert!(text(&o).0.contains(&id));
+    // No minion runs `portscan`: `jobs get` says so instead of showing a silently pending job
+    // (the job reports its demand to the scheduler asynchronously: poll briefly).
+    let t0 = Instant::now();
+    loop {
+        let o = overlord(&["jobs", "get", &id, "--coordinator", url]);
+        assert!(o.status.success(), "jobs get: {}", text(&o).1);
+        let out = text(&o).0;
+        assert!(out.contains(&id));
+        if out.contains("WAITING for a minion with module portscan") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "jobs get never names the module nobody serves: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for format in ["table", "jsonl"] {
         let o = overlord(&["results", &id, "--format", format, "--coordinator", url]);
         let (out, err) = text(&o);

@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tonic::codegen::http;
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
@@ -28,8 +29,14 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Concurrent WatchJob streams per coordinator, and per client address.
 const MAX_WATCHERS: usize = 1024;
 const MAX_WATCHERS_PER_CLIENT: usize = 256;
-/// SubmitJob calls being validated at once (host names are resolved during validation).
-const MAX_SUBMITS_IN_FLIGHT: usize = 64;
+/// SubmitJob calls in flight at once (host names are resolved during validation), in all and per
+/// client address: one flooding address holds at most a quarter of the slots, so other clients
+/// still get through (a flood from 4+ addresses is bounded by the global cap only).
+pub const MAX_SUBMITS_IN_FLIGHT: usize = 64;
+pub const MAX_SUBMITS_PER_CLIENT: usize = 16;
+/// Largest JobService request message (a job spec; a lying length prefix is refused before any
+/// allocation with `ResourceExhausted`, see [`SizeLimited`]).
+pub const MAX_JOB_REQUEST_BYTES: usize = 1 << 20;
 /// Entries in a job's target list (each may be a host name resolved at submission; use CIDRs for
 /// large ranges).
 pub const MAX_SUBMIT_TARGETS: usize = 10_000;
@@ -65,18 +72,20 @@ pub struct JobApi {
     pub durable: Durable,
     pub scope: Arc<Scope>,
     pub watchers: Arc<Semaphore>,
-    pub watchers_by_client: WatchersByClient,
+    pub watchers_by_client: SlotsByClient,
     pub submits: Arc<Semaphore>,
+    pub submits_by_client: SlotsByClient,
 }
 
-/// Live watch streams per client IP address.
-#[derive(Clone, Default)]
-pub struct WatchersByClient(Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>);
+/// Calls (live watch streams, submissions in flight) per client IP address.
+#[derive(Clone, Default, Debug)]
+pub struct SlotsByClient(Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>);
 
 /// One watch stream counted against its client address; released on drop.
-pub struct ClientSlot(WatchersByClient, Option<IpAddr>);
+#[derive(Debug)]
+pub struct ClientSlot(SlotsByClient, Option<IpAddr>);
 
-impl WatchersByClient {
+impl SlotsByClient {
     /// Takes a slot for `client` (None: address unknown, not counted) unless it holds `max`.
     pub fn acquire(&self, client: Option<IpAddr>, max: usize) -> Option<ClientSlot> {
         if let Some(ip) = client {
@@ -122,10 +131,31 @@ impl JobApi {
             shared,
             scope: Arc::new(scope),
             watchers: Arc::new(Semaphore::new(MAX_WATCHERS)),
-            watchers_by_client: WatchersByClient::default(),
+            watchers_by_client: SlotsByClient::default(),
             submits: Arc::new(Semaphore::new(MAX_SUBMITS_IN_FLIGHT)),
+            submits_by_client: SlotsByClient::default(),
         }
     }
+}
+
+/// Takes a submission slot for `client`: first its address's (at most
+/// [`MAX_SUBMITS_PER_CLIENT`]), then one of the coordinator's [`MAX_SUBMITS_IN_FLIGHT`]. Both are
+/// released when the returned guard drops (the call ended).
+pub fn submit_slot(
+    global: &Arc<Semaphore>,
+    by_client: &SlotsByClient,
+    client: Option<IpAddr>,
+) -> Result<(ClientSlot, tokio::sync::OwnedSemaphorePermit), ApiError> {
+    let slot = by_client
+        .acquire(client, MAX_SUBMITS_PER_CLIENT)
+        .ok_or(ApiError::Exhausted(
+            "submissions from this client address (max 16 in flight per address)",
+        ))?;
+    let permit = global
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Exhausted("submissions (max 64 in flight)"))?;
+    Ok((slot, permit))
 }
 
 fn resolve(host: &str) -> Result<Vec<IpAddr>, String> {
@@ -157,6 +187,32 @@ pub async fn validate(spec: Option<v1::JobSpec>, scope: Arc<Scope>) -> Result<Jo
         .map_err(ApiError::Spec)
 }
 
+/// Fills `waiting_for_modules` of running jobs: modules they have pending tasks for that no live
+/// minion declares (asked of the registry, which knows both; left empty if it does not answer).
+async fn note_waiting(sh: &Shared, job: Option<u64>, statuses: &mut [v1::JobStatus]) {
+    if !statuses
+        .iter()
+        .any(|s| s.state == v1::JobState::Running as i32)
+    {
+        return;
+    }
+    let Some(reg) = sh.registry.get() else { return };
+    let Ok(ractor::rpc::CallResult::Success(unserved)) = reg
+        .call(|r| RegMsg::Unserved(job, r), Some(Duration::from_secs(2)))
+        .await
+    else {
+        return;
+    };
+    for (id, modules) in unserved {
+        if let Some(st) = statuses
+            .iter_mut()
+            .find(|s| s.job_id == id && s.state == v1::JobState::Running as i32)
+        {
+            st.waiting_for_modules = modules;
+        }
+    }
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::JobEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -165,10 +221,11 @@ impl v1::job_service_server::JobService for JobApi {
         &self,
         req: Request<v1::SubmitJobRequest>,
     ) -> Result<Response<v1::SubmitJobResponse>, Status> {
-        let _permit = self
-            .submits
-            .try_acquire()
-            .map_err(|_| ApiError::Exhausted("submissions (max 64 in flight)"))?;
+        let _slots = submit_slot(
+            &self.submits,
+            &self.submits_by_client,
+            req.remote_addr().map(|a| a.ip()),
+        )?;
         let req = req.into_inner();
         if req.request_id.len() > MAX_REQUEST_ID {
             return Err(ApiError::InvalidArgument(format!(
@@ -191,7 +248,8 @@ impl v1::job_service_server::JobService for JobApi {
         req: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::GetJobResponse>, Status> {
         let id = req.into_inner().job_id;
-        let status = ask(&self.shared, |r| MgrMsg::Get(id, r)).await??;
+        let mut status = ask(&self.shared, |r| MgrMsg::Get(id, r)).await??;
+        note_waiting(&self.shared, Some(id), std::slice::from_mut(&mut status)).await;
         Ok(Response::new(v1::GetJobResponse {
             status: Some(status),
         }))
@@ -201,7 +259,8 @@ impl v1::job_service_server::JobService for JobApi {
         &self,
         _req: Request<v1::ListJobsRequest>,
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
-        let jobs = ask(&self.shared, MgrMsg::List).await?;
+        let mut jobs = ask(&self.shared, MgrMsg::List).await?;
+        note_waiting(&self.shared, None, &mut jobs).await;
         Ok(Response::new(v1::ListJobsResponse { jobs }))
     }
 
@@ -426,6 +485,76 @@ async fn watch_loop(
     }
 }
 
+/// Wraps a generated client-API service so that a request message over its decoding limit is
+/// answered `ResourceExhausted` naming the limit. tonic refuses such a message on its length prefix
+/// (before allocating it) with `OutOfRange`, before our handler runs; it puts that `Status` in the
+/// response's extensions, which is where this wrapper finds it. Our handlers never return
+/// `OutOfRange` (see `ApiError`), so the code alone identifies the refusal.
+#[derive(Clone)]
+pub struct SizeLimited<S> {
+    inner: S,
+    limit: usize,
+}
+
+impl<S> SizeLimited<S> {
+    /// `limit` must be the `max_decoding_message_size` set on `inner`.
+    pub fn new(inner: S, limit: usize) -> Self {
+        SizeLimited { inner, limit }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for SizeLimited<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+/// The status a client gets for a request message over `limit` bytes on `path`.
+pub fn oversized_request(path: &str, limit: usize, tonic_msg: &str) -> Status {
+    Status::resource_exhausted(format!(
+        "request message to {path} over the limit of {limit} bytes ({} MiB) for this service: {tonic_msg}",
+        limit >> 20
+    ))
+}
+
+impl<S, B> tonic::codegen::Service<http::Request<B>> for SizeLimited<S>
+where
+    S: tonic::codegen::Service<
+            http::Request<B>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        >,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        let limit = self.limit;
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            let oversized = resp
+                .extensions()
+                .get::<Status>()
+                .filter(|st| st.code() == tonic::Code::OutOfRange)
+                .map(|st| oversized_request(&path, limit, st.message()));
+            Ok(match oversized {
+                Some(st) => st.into_http(),
+                None => resp,
+            })
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct MinionApi {
     pub shared: Shared,
@@ -586,7 +715,7 @@ mod tests {
 
     #[test]
     fn watch_slots_per_client_address_are_capped_and_released() {
-        let w = WatchersByClient::default();
+        let w = SlotsByClient::default();
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.3".parse().unwrap();
         let held: Vec<_> = (0..3).map(|_| w.acquire(Some(a), 3).unwrap()).collect();
@@ -599,6 +728,44 @@ mod tests {
         drop(held);
         assert_eq!(w.count(a), 0);
         assert!(w.acquire(Some(a), 3).is_some());
+    }
+
+    #[test]
+    fn submit_slots_per_client_address_leave_room_for_others() {
+        let global = Arc::new(Semaphore::new(MAX_SUBMITS_IN_FLIGHT));
+        let by = SlotsByClient::default();
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let flood: Vec<_> = (0..MAX_SUBMITS_PER_CLIENT)
+            .map(|_| submit_slot(&global, &by, ip("127.0.0.2")).expect("under the cap"))
+            .collect();
+        let e = submit_slot(&global, &by, ip("127.0.0.2")).expect_err("over the per-address cap");
+        let st = Status::from(e);
+        assert_eq!(st.code(), tonic::Code::ResourceExhausted);
+        assert!(st.message().contains("client address (max 16"), "{st:?}");
+        // The refused call took no global slot: 64 - 16 remain for everyone else.
+        assert_eq!(
+            global.available_permits(),
+            MAX_SUBMITS_IN_FLIGHT - MAX_SUBMITS_PER_CLIENT
+        );
+        let other = submit_slot(&global, &by, ip("127.0.0.3")).expect("another address");
+        // Three more addresses fill the coordinator; then everybody is refused by the global cap.
+        let mut rest = Vec::new();
+        for a in ["127.0.0.4", "127.0.0.5", "127.0.0.6"] {
+            for _ in 0..MAX_SUBMITS_PER_CLIENT {
+                if let Ok(s) = submit_slot(&global, &by, ip(a)) {
+                    rest.push(s);
+                }
+            }
+        }
+        assert_eq!(global.available_permits(), 0);
+        let st = Status::from(submit_slot(&global, &by, ip("127.0.0.7")).expect_err("full"));
+        assert!(st.message().contains("max 64 in flight"), "{st:?}");
+        // A call refused by the global cap does not keep its per-address slot.
+        assert_eq!(by.count("127.0.0.7".parse().unwrap()), 0);
+        drop((flood, other, rest));
+        assert_eq!(global.available_permits(), MAX_SUBMITS_IN_FLIGHT);
+        assert_eq!(by.count("127.0.0.2".parse().unwrap()), 0);
+        assert!(submit_slot(&global, &by, ip("127.0.0.2")).is_ok());
     }
 
     #[test]

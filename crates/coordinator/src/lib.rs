@@ -55,11 +55,55 @@ pub struct Running {
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     indexer: tokio::task::JoinHandle<()>,
     images: Arc<images::Images>,
+    lookup: Option<LookupMinion>,
+}
+
+/// Tasks the lookup minion runs at once (a lookup is a few sled reads).
+pub const LOOKUP_CAPACITY: u32 = 16;
+
+/// The coordinator's lookup minion: a minion inside the coordinator process, next to the leak
+/// database of its image store, that runs `leak` tasks. It is the normal minion runtime over real
+/// gRPC to the coordinator's own address (id `coordinator-lookup`, provider `coordinator`,
+/// capability and module `leak` only), so the scheduler, leases, fencing and result ingestion treat
+/// it like any other minion. Ordinary minions do not ship the `leak` module
+/// (`overlord_minion::modules::builtin` has none), so they are never leased a `leak` task.
+struct LookupMinion {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn spawn_lookup_minion(
+    url: &str,
+    scope: overlord_core::scope::Scope,
+    db: overlord_enrich::LeakDb,
+) -> LookupMinion {
+    use overlord_minion::modules::leak;
+    let settings = leak::lookup_settings(url, LOOKUP_CAPACITY, scope);
+    let modules = leak::lookup_modules(db);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        if let Err(e) = overlord_minion::run(settings, modules, shutdown).await {
+            tracing::error!(error = %e, "lookup minion stopped");
+        }
+    });
+    LookupMinion { stop, task }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Dropped without `shutdown` (a test, a panic): the lookup minion must not outlive it.
+        if let Some(l) = self.lookup.take() {
+            l.task.abort();
+        }
+    }
 }
 
 impl Running {
     /// The leak database of the image store (a shared handle: it reads the coordinator's sled
-    /// tree). The process's lookup minion runs the `leak` module over it.
+    /// tree). The coordinator's lookup minion runs the `leak` module over it.
     pub fn leak_db(&self) -> overlord_enrich::LeakDb {
         self.images.enrich().leaks().clone()
     }
@@ -77,8 +121,13 @@ impl Running {
         format!("http://{a}")
     }
 
-    /// Graceful stop: stops serving, flushes storage via the actors' shutdown.
+    /// Graceful stop: stops the lookup minion, stops serving, flushes storage via the actors'
+    /// shutdown.
     pub async fn shutdown(mut self) {
+        if let Some(l) = self.lookup.take() {
+            let _ = l.stop.send(());
+            let _ = l.task.await;
+        }
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(());
         }
@@ -196,23 +245,25 @@ pub async fn start_with_store(
             .tcp_nodelay(true)
             .concurrency_limit_per_connection(256)
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
-            .add_service(
+            .add_service(api::SizeLimited::new(
                 v1::job_service_server::JobServiceServer::new(job_api)
-                    .max_decoding_message_size(1 << 20)
+                    .max_decoding_message_size(api::MAX_JOB_REQUEST_BYTES)
                     .max_encoding_message_size(max),
-            )
+                api::MAX_JOB_REQUEST_BYTES,
+            ))
             .add_service(
                 v1::minion_service_server::MinionServiceServer::new(minion_api)
                     .max_decoding_message_size(max)
                     .max_encoding_message_size(max),
             )
-            .add_service(
+            .add_service(api::SizeLimited::new(
                 v1::image_service_server::ImageServiceServer::new(images::ImageApi::new(
                     images.clone(),
                 ))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-            )
+                max,
+            ))
             .add_service(reflection)
             .add_service(reflection_alpha)
             .serve_with_incoming_shutdown(incoming, async {
@@ -220,7 +271,7 @@ pub async fn start_with_store(
             }),
     );
     tracing::info!(%addr, "coordinator serving");
-    Ok(Running {
+    let mut running = Running {
         addr,
         shared,
         restarts,
@@ -230,5 +281,12 @@ pub async fn start_with_store(
         server,
         indexer,
         images,
-    })
+        lookup: None,
+    };
+    running.lookup = Some(spawn_lookup_minion(
+        &running.local_url(),
+        settings.scope.clone(),
+        running.leak_db(),
+    ));
+    Ok(running)
 }

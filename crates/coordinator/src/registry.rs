@@ -91,6 +91,9 @@ pub enum RegMsg {
         keep: bool,
     },
     JobGone(JobId),
+    /// Per job (one, or all with `None`): modules it has pending tasks for that no live minion
+    /// declares (only jobs with such modules are listed).
+    Unserved(Option<JobId>, RpcReplyPort<Vec<(JobId, Vec<String>)>>),
     Tick,
     Flushed(u64),
     InjectPanic,
@@ -233,6 +236,10 @@ impl Actor for RegistryActor {
                 if let Some(js) = st.jobs.remove(&job) {
                     st.withdraw(js.offer);
                 }
+            }
+            RegMsg::Unserved(job, reply) => {
+                sched = false;
+                let _ = reply.send(st.unserved(job));
             }
             RegMsg::Tick => st.tick(),
             RegMsg::Flushed(seq) => {
@@ -576,6 +583,29 @@ impl RegState {
             warn!(job_id = j, "slot offer unanswered; withdrawn");
             self.withdraw(o);
         }
+    }
+
+    /// Modules with pending tasks of `job` (or every job) that no live minion declares.
+    fn unserved(&self, job: Option<JobId>) -> Vec<(JobId, Vec<String>)> {
+        let served = |m: &str| {
+            self.minions
+                .values()
+                .any(|r| !r.dead && r.modules.iter().any(|x| x == m))
+        };
+        self.jobs
+            .iter()
+            .filter(|(id, _)| job.is_none_or(|j| j == **id))
+            .filter_map(|(id, js)| {
+                let missing: Vec<String> = js
+                    .demand
+                    .by_module
+                    .iter()
+                    .filter(|(m, n)| *n > 0 && !served(m))
+                    .map(|(m, _)| m.clone())
+                    .collect();
+                (!missing.is_empty()).then_some((*id, missing))
+            })
+            .collect()
     }
 
     /// Offers free slots to jobs with demand (a fair share each, round-robin order).

@@ -319,6 +319,16 @@ async fn smtp_banner_and_ehlo_extensions() {
 #[tokio::test]
 async fn xvfb_open_x11_sets_screenshot_hint() {
     let d = ts::xvfb(true).unwrap();
+    // Safety: Xvfb holds no TCP listener; its port is served by a relay bound to 127.0.0.1 only.
+    let own = ts::tcp_listeners_of(d.pid()).unwrap();
+    assert!(own.is_empty(), "Xvfb itself listens on TCP: {own:?}");
+    let on_port = ts::tcp_listeners_on(d.addr.port()).unwrap();
+    assert_eq!(
+        on_port,
+        vec![d.addr],
+        "only the loopback relay on the X11 port"
+    );
+    assert!(d.addr.ip().is_loopback());
     let r = id(d.addr).await;
     assert_named(&r, "X11", "X.Org");
     let Some(Grab::X11(g)) = &r.grab else {

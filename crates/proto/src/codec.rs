@@ -1,7 +1,9 @@
 //! The gRPC codec of every Overlord service: prost encoding, with one change at the edge — a
 //! message that is not valid protobuf is the peer's fault, so it is answered `InvalidArgument`
 //! (tonic's `ProstCodec` says `Internal`, which reads as a coordinator bug). Oversized messages
-//! are refused before decoding by tonic itself (`OutOfRange`, naming the limit).
+//! are refused before decoding by tonic itself (`OutOfRange`, naming the limit); the coordinator
+//! answers them `ResourceExhausted` (`overlord_coordinator::api::SizeLimited`, and `inbound_error`
+//! on a minion session).
 
 use prost::Message;
 use std::marker::PhantomData;

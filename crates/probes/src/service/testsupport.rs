@@ -32,6 +32,8 @@ pub struct Daemon {
     pub display: Option<u16>,
     child: Child,
     pub dir: tempfile::TempDir,
+    /// The loopback TCP front of a daemon that itself listens only on a Unix socket (Xvfb).
+    _forward: Option<UnixForwarder>,
 }
 
 impl Drop for Daemon {
@@ -42,6 +44,11 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The daemon's log (stderr) so far, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
@@ -127,6 +134,7 @@ fn launch(
                     display,
                     child,
                     dir,
+                    _forward: None,
                 });
             }
             Err(e) => {
@@ -368,28 +376,273 @@ fn free_display(ports_too: &[u16]) -> u16 {
     panic!("no free X display number");
 }
 
-/// Xvfb listening on TCP (port 6000+N). `open`: no access control (`-ac`); otherwise the default
-/// host-based access control is kept.
+/// Xvfb reachable over TCP on 127.0.0.1:6000+N — and only there. Xvfb's own `-listen tcp` would
+/// bind the port on every interface, so Xvfb runs with `-nolisten tcp` (its Unix socket
+/// `/tmp/.X11-unix/X<N>` only) and a [`UnixForwarder`] on 127.0.0.1:6000+N relays each TCP
+/// connection to that socket. `open`: no access control (`-ac`); otherwise an empty authorization
+/// file (`-auth`): every client, presenting no cookie, is refused.
 pub fn xvfb(open: bool) -> Result<Daemon, SupportError> {
     let bin = require_bin("Xvfb", "xvfb")?;
-    launch("xvfb", &mut |_dir, _port| {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let dir = tempfile::Builder::new().prefix("ov-xvfb-").tempdir()?;
         let d = free_display(&[]);
         let mut c = Command::new(&bin);
-        c.arg(format!(":{d}")).args([
-            "-listen",
-            "tcp",
-            "-screen",
-            "0",
-            "800x600x24",
-            "-nolisten",
-            "unix",
-            "-noreset",
-        ]);
+        c.arg(format!(":{d}"))
+            .args(["-nolisten", "tcp", "-screen", "0", "800x600x24", "-noreset"]);
         if open {
             c.arg("-ac");
+        } else {
+            let auth = dir.path().join("empty-auth");
+            std::fs::write(&auth, b"")?;
+            c.arg("-auth").arg(auth);
         }
-        Ok((c, loopback(6000 + d), Some(d)))
+        let err = std::fs::File::create(dir.path().join("stderr.log"))?;
+        let out = std::fs::File::create(dir.path().join("stdout.log"))?;
+        c.stdin(Stdio::null()).stdout(out).stderr(err);
+        let mut child = c.spawn().map_err(|e| SupportError::Start {
+            what: "xvfb".into(),
+            detail: e.to_string(),
+        })?;
+        let sock = PathBuf::from(format!("/tmp/.X11-unix/X{d}"));
+        let lock = PathBuf::from(format!("/tmp/.X{d}-lock"));
+        let pid = child.id().to_string();
+        let end = Instant::now() + Duration::from_secs(10);
+        let mut ready = false;
+        while Instant::now() < end {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            // Ours only when the lock file names our child (another server may own the display).
+            let ours = std::fs::read_to_string(&lock)
+                .map(|l| l.trim() == pid)
+                .unwrap_or(false);
+            if ours && std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+                ready = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let forward = if ready {
+            UnixForwarder::start(loopback(6000 + d), sock.clone())
+                .map_err(|e| last = format!("forwarder on 127.0.0.1:{}: {e}", 6000 + d))
+                .ok()
+        } else {
+            last = format!(
+                "no X socket {} after 10 s; log: {}",
+                sock.display(),
+                std::fs::read_to_string(dir.path().join("stderr.log"))
+                    .unwrap_or_default()
+                    .chars()
+                    .take(800)
+                    .collect::<String>()
+            );
+            None
+        };
+        match forward {
+            Some(f) => {
+                return Ok(Daemon {
+                    name: "xvfb".into(),
+                    addr: f.addr,
+                    display: Some(d),
+                    child,
+                    dir,
+                    _forward: Some(f),
+                });
+            }
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+    Err(SupportError::Start {
+        what: "xvfb".into(),
+        detail: last,
     })
+}
+
+/// Relays every TCP connection accepted on a loopback listener to a Unix socket (e.g. an X
+/// server's `/tmp/.X11-unix/X<N>`), so a daemon that can only listen on all interfaces can run
+/// without TCP and still be reached at a loopback address. One thread accepts; two per connection
+/// copy the bytes (when either direction ends, both sockets are shut down). Dropping it closes
+/// the listener; open connections end when either side closes.
+pub struct UnixForwarder {
+    pub addr: SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UnixForwarder {
+    /// Listens on `listen`, which must be a loopback address (port 0 picks a free port).
+    pub fn start(listen: SocketAddr, target: PathBuf) -> std::io::Result<UnixForwarder> {
+        if !listen.ip().is_loopback() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("forwarder address {listen} is not loopback"),
+            ));
+        }
+        let l = TcpListener::bind(listen)?;
+        l.set_nonblocking(true)?;
+        let addr = l.local_addr()?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let accept = std::thread::Builder::new()
+            .name(format!("fwd-{}", addr.port()))
+            .spawn(move || {
+                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((tcp, _)) => {
+                            let unix = std::os::unix::net::UnixStream::connect(&target);
+                            if let (Ok(unix), Ok(())) = (unix, tcp.set_nonblocking(false)) {
+                                relay(tcp, unix);
+                            }
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })?;
+        Ok(UnixForwarder {
+            addr,
+            stop,
+            accept: Some(accept),
+        })
+    }
+}
+
+impl Drop for UnixForwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn relay(tcp: std::net::TcpStream, unix: std::os::unix::net::UnixStream) {
+    use std::net::Shutdown;
+    let (Ok(tcp_w), Ok(unix_w)) = (tcp.try_clone(), unix.try_clone()) else {
+        return;
+    };
+    let (Ok(tcp_c), Ok(unix_c)) = (tcp.try_clone(), unix.try_clone()) else {
+        return;
+    };
+    let both = Arc::new((tcp_c, unix_c));
+    let close = move |b: &(std::net::TcpStream, std::os::unix::net::UnixStream)| {
+        let _ = b.0.shutdown(Shutdown::Both);
+        let _ = b.1.shutdown(Shutdown::Both);
+    };
+    let b1 = both.clone();
+    std::thread::spawn(move || {
+        let (mut from, mut to) = (tcp, unix_w);
+        let _ = std::io::copy(&mut from, &mut to);
+        close(&b1);
+    });
+    std::thread::spawn(move || {
+        let (mut from, mut to) = (unix, tcp_w);
+        let _ = std::io::copy(&mut from, &mut to);
+        close(&both);
+    });
+}
+
+/// TCP sockets in LISTEN state held by process `pid` (its `/proc/<pid>/fd` socket inodes matched
+/// against `/proc/net/tcp` and `/proc/net/tcp6`).
+pub fn tcp_listeners_of(pid: u32) -> std::io::Result<Vec<SocketAddr>> {
+    let mut inodes = std::collections::HashSet::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let Ok(link) = std::fs::read_link(e?.path()) else {
+            continue;
+        };
+        let link = link.to_string_lossy().into_owned();
+        if let Some(n) = link
+            .strip_prefix("socket:[")
+            .and_then(|r| r.strip_suffix(']'))
+        {
+            inodes.insert(n.to_string());
+        }
+    }
+    Ok(tcp_listeners()?
+        .into_iter()
+        .filter(|(_, inode)| inodes.contains(inode))
+        .map(|(a, _)| a)
+        .collect())
+}
+
+/// Every TCP listener of this network namespace on `port` (any process, any address).
+pub fn tcp_listeners_on(port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    Ok(tcp_listeners()?
+        .into_iter()
+        .map(|(a, _)| a)
+        .filter(|a| a.port() == port)
+        .collect())
+}
+
+/// (local address, socket inode) of every LISTEN socket in `/proc/net/tcp` and `/proc/net/tcp6`.
+fn tcp_listeners() -> std::io::Result<Vec<(SocketAddr, String)>> {
+    let mut out = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(file)?;
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "0A" {
+                continue; // 0A = TCP_LISTEN
+            }
+            if let Some(a) = parse_proc_addr(f[1]) {
+                out.push((a, f[9].to_string()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `0100007F:1770` (IPv4) or 32 hex digits + port (IPv6): 32-bit words in host (little-endian)
+/// byte order, port big-endian hex.
+fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
+    let (ip, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<u32> = (0..ip.len() / 8)
+        .map(|i| u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let ip: std::net::IpAddr = match bytes.len() {
+        4 => std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into(),
+        16 => std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?).into(),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod proc_net_tests {
+    #[test]
+    fn proc_net_addresses_parse() {
+        assert_eq!(
+            super::parse_proc_addr("0100007F:1770"),
+            Some("127.0.0.1:6000".parse().unwrap())
+        );
+        assert_eq!(
+            super::parse_proc_addr("00000000:0050"),
+            Some("0.0.0.0:80".parse().unwrap())
+        );
+        assert_eq!(
+            super::parse_proc_addr("00000000000000000000000001000000:1770"),
+            Some("[::1]:6000".parse().unwrap())
+        );
+        assert_eq!(
+            super::parse_proc_addr("00000000000000000000000000000000:1770"),
+            Some("[::]:6000".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn our_own_listener_is_found_with_its_address() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        let mine = super::tcp_listeners_of(std::process::id()).unwrap();
+        assert!(mine.contains(&a), "{a} not in {mine:?}");
+        assert_eq!(super::tcp_listeners_on(a.port()).unwrap(), vec![a]);
+    }
 }
 
 /// x11vnc exporting an X display without a password (`-nopw`, shared, loopback only).
@@ -429,7 +682,7 @@ pub fn xvnc(open: bool) -> Result<Daemon, SupportError> {
                 "-depth",
                 "24",
             ])
-            .args(["-nolisten", "unix", "-noreset"]);
+            .args(["-nolisten", "unix", "-nolisten", "tcp", "-noreset"]);
         if open {
             c.args(["-SecurityTypes", "None"]);
         } else {

@@ -8,6 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+pub use overlord_probes::service::testsupport::{
+    UnixForwarder, tcp_listeners_of, tcp_listeners_on,
+};
 
 /// A child process killed and reaped on drop.
 pub struct Proc {
@@ -101,6 +104,9 @@ pub struct XServer {
     pub dir: tempfile::TempDir,
     /// RFB port when the server is Xvnc.
     pub rfb_port: Option<u16>,
+    /// X11 over TCP: a relay on 127.0.0.1:6000+n to the server's Unix socket (the X server itself
+    /// never listens on TCP: its `-listen tcp` binds every interface).
+    pub tcp: Option<UnixForwarder>,
 }
 
 impl XServer {
@@ -129,11 +135,20 @@ impl XServer {
                 (sock.exists() && ours()) || proc.exited()
             });
             if ready.is_ok() && !proc.exited() {
+                let forward = if tcp {
+                    match UnixForwarder::start(SocketAddr::from(([127, 0, 0, 1], 6000 + n)), sock) {
+                        Ok(f) => Some(f),
+                        Err(_) => continue, // port taken meanwhile: next display (proc killed)
+                    }
+                } else {
+                    None
+                };
                 let server = XServer {
                     display: n,
                     proc,
                     dir,
                     rfb_port: (kind == "Xvnc").then_some(rfb),
+                    tcp: forward,
                 };
                 wait_until(Duration::from_secs(10), "X server answering", || {
                     Command::new("xdpyinfo")
@@ -151,7 +166,8 @@ impl XServer {
         bail!("no free display number for {kind}")
     }
 
-    /// Xvfb, optionally listening on TCP 6000+n with access control disabled.
+    /// Xvfb, optionally reachable over TCP at 127.0.0.1:6000+n (through the loopback relay) with
+    /// access control disabled.
     pub fn xvfb(w: u32, h: u32, tcp: bool) -> Result<XServer> {
         need("Xvfb", "xvfb");
         need("xdpyinfo", "x11-utils");
@@ -164,10 +180,9 @@ impl XServer {
                     "0",
                     &format!("{w}x{h}x24"),
                 ]);
+                c.args(["-nolisten", "tcp"]);
                 if tcp {
-                    c.args(["-listen", "tcp", "-ac"]);
-                } else {
-                    c.args(["-nolisten", "tcp"]);
+                    c.arg("-ac");
                 }
                 c
             },
@@ -175,7 +190,8 @@ impl XServer {
         )
     }
 
-    /// Xvfb on TCP with access control on: only clients presenting a fresh MIT cookie may connect.
+    /// Xvfb reachable over TCP (loopback relay) with access control on: only clients presenting a
+    /// fresh MIT cookie may connect.
     pub fn xvfb_auth(w: u32, h: u32) -> Result<XServer> {
         need("Xvfb", "xvfb");
         need("xauth", "xauth");
@@ -202,7 +218,7 @@ impl XServer {
                         "-screen",
                         "0",
                         &format!("{w}x{h}x24"),
-                        "-listen",
+                        "-nolisten",
                         "tcp",
                         "-auth",
                     ])
@@ -257,9 +273,46 @@ impl XServer {
         Ok(s)
     }
 
+    /// Where X11 over TCP reaches this server: its loopback relay (127.0.0.1:6000+n).
     pub fn tcp_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], 6000 + self.display))
+        self.tcp
+            .as_ref()
+            .map(|f| f.addr)
+            .expect("X server started without TCP")
     }
+
+    /// Fails unless the X server process holds no TCP listener at all and every listener on its
+    /// TCP port (the relay) is bound to loopback — nothing on 0.0.0.0 or ::.
+    pub fn assert_loopback_only(&self) {
+        let own = tcp_listeners_of(self.proc.pid()).expect("/proc/<pid>/fd");
+        assert!(
+            own.is_empty(),
+            "the X server itself listens on TCP: {own:?}"
+        );
+        if let Some(f) = &self.tcp {
+            let on_port = tcp_listeners_on(f.addr.port()).expect("/proc/net/tcp");
+            assert!(
+                !on_port.is_empty(),
+                "no listener on the relay port {}",
+                f.addr
+            );
+            assert!(
+                on_port.iter().all(|a| a.ip().is_loopback()),
+                "a listener on the X port beyond loopback: {on_port:?}"
+            );
+        }
+    }
+}
+
+/// Fails unless every TCP listener of process `pid` is on a loopback address (none on 0.0.0.0/::)
+/// and it has at least one.
+pub fn assert_listeners_loopback(pid: u32, what: &str) {
+    let l = tcp_listeners_of(pid).expect("/proc/<pid>/fd");
+    assert!(!l.is_empty(), "{what} has no TCP listener");
+    assert!(
+        l.iter().all(|a| a.ip().is_loopback()),
+        "{what} listens beyond loopback: {l:?}"
+    );
 }
 
 /// Waits until an RFB server on `port` sends its banner.

@@ -42,7 +42,9 @@ async fn x11vnc_screenshot_equals_xwd() -> Result<()> {
     let x = XServer::xvfb(1024, 768, false)?;
     harness::paint_pattern(&x, 7)?;
     let _term = harness::xterm(&x, "OVERLORD SCREENSHOT TEST 4242")?;
-    let (_vnc, port) = harness::x11vnc(&x)?;
+    let (vnc, port) = harness::x11vnc(&x)?;
+    x.assert_loopback_only();
+    harness::assert_listeners_loopback(vnc.pid(), "x11vnc");
     for encodings in [
         vec![Encoding::Zrle],
         vec![Encoding::Raw],
@@ -114,6 +116,15 @@ async fn x11vnc_screenshot_equals_xwd() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xvnc_none_and_vncauth() -> Result<()> {
     let x = XServer::xvnc(800, 600, "None")?;
+    // RFB on loopback only (`-localhost`), no X11 TCP listener (`-nolisten tcp`).
+    harness::assert_listeners_loopback(x.proc.pid(), "Xvnc");
+    assert!(
+        harness::tcp_listeners_of(x.proc.pid())
+            .unwrap()
+            .iter()
+            .all(|a| Some(a.port()) == x.rfb_port),
+        "Xvnc listens on more than its RFB port"
+    );
     harness::paint_pattern(&x, 3)?;
     let _term = harness::xterm(&x, "XVNC NO AUTH")?;
     let port = x.rfb_port.unwrap();
@@ -182,6 +193,8 @@ async fn xvnc_none_and_vncauth() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x11_over_tcp_equals_xwd() -> Result<()> {
     let x = XServer::xvfb(640, 480, true)?;
+    // Safety: X11 over TCP is reachable on loopback only (the relay), never on 0.0.0.0/::.
+    x.assert_loopback_only();
     harness::paint_pattern(&x, 11)?;
     let _term = harness::xterm(&x, "X11 ROOT WINDOW")?;
     let (w, h, want) = harness::xwd_rgb(&x)?;
@@ -203,6 +216,7 @@ async fn x11_refused_without_cookie() -> Result<()> {
     // Without -ac, Xvfb refuses a client that presents no authorization.
     harness::need("Xvfb", "xvfb");
     let x = XServer::xvfb_auth(320, 240)?;
+    x.assert_loopback_only();
     let cap = x11_screenshot(x.tcp_addr(), &ScreenOptions::default()).await?;
     assert!(!cap.open);
     assert!(cap.screenshot.is_none());
