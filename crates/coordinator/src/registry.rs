@@ -627,11 +627,6 @@ impl RegState {
             return;
         }
         avail.sort();
-        let alive = self
-            .minions
-            .values()
-            .filter(|m| !m.dead && m.tx.is_some())
-            .count() as u32;
         let mut wanting: Vec<JobId> = self
             .jobs
             .iter()
@@ -653,6 +648,14 @@ impl RegState {
                 continue;
             };
             let js = &self.jobs[&job];
+            // Live minions that can run something this job wants (the coordinator's lookup
+            // minion does not count for a port scan): a rate-limited job runs one task per
+            // such minion, each at its share of the rate.
+            let alive = self
+                .minions
+                .values()
+                .filter(|m| !m.dead && m.tx.is_some() && js.demand.wants(&m.modules))
+                .count() as u32;
             let share = free_now.div_ceil((n - k) as u64).max(1);
             let budget = share.min(js.demand.total());
             let elig: Vec<usize> = (0..avail.len())
