@@ -7,7 +7,7 @@
 //! | `m:` + name | meta counter (u64 BE), e.g. `m:epoch`, `m:next_job` |
 //! | `j:` + job id (u64 BE) | [`JobRecord`] (progress, small, rewritten often) |
 //! | `s:` + job id | [`JobSpec`] (written once) |
-//! | `t:` + job id + task id (u64 BE each) | [`TaskRecord`] (state incl. lease) |
+//! | `t:` + job id + task id (u64 BE each) | [`TaskRecord`] (state incl. lease), or the done marker |
 //! | `f:` + job id + cursor (u64 BE each) | [`FindingRecord`] |
 //! | `b:` + sha256 hex | blob bytes (content-addressed, raw) |
 //! | `n:` + minion id | [`MinionRecord`] (incarnation, generation) |
@@ -17,7 +17,9 @@
 //! Every record starts with a version byte. Version 1 is `[1] ++ JSON` (every record type; still
 //! written for jobs, specs and minions). Version 2 is a compact binary layout ([`compact`]) for the
 //! hot records, tasks and findings (written several times per task); their decoders read both, so a
-//! store written by an older coordinator keeps working. Tests keep frozen bytes of each version.
+//! store written by an older coordinator keeps working. A task that finished is stored as the
+//! one-byte done marker `[3]` ([`DONE_MARKER`]): nothing else about it is read again (its findings
+//! carry the provenance). Tests keep frozen bytes of each version.
 //!
 //! ## Durability
 //! `apply` makes a batch visible; it is durable only after `flush`. Callers group many batches per
@@ -32,6 +34,8 @@ pub mod compact;
 
 /// Version byte of JSON records.
 pub const RECORD_VERSION: u8 = 1;
+/// The whole value stored for a task that finished ([`Op::TaskDone`]), version byte 3.
+pub const DONE_MARKER: &[u8] = &[3];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -56,11 +60,29 @@ pub enum Op {
     Job(JobRecord),
     Spec(JobId, Box<JobSpec>),
     Task(TaskRecord),
+    /// A task finished: its record is replaced by the [`DONE_MARKER`].
+    TaskDone(JobId, TaskId),
     Finding(FindingRecord),
     Blob(String, Vec<u8>),
     Minion(MinionRecord),
     /// A client's submission request id → the job it created.
     Request(String, JobId),
+}
+
+/// A stored task: its record, or only the fact that it finished ([`Op::TaskDone`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoredTask {
+    Record(TaskRecord),
+    Done(TaskId),
+}
+
+impl StoredTask {
+    pub fn task_id(&self) -> TaskId {
+        match self {
+            StoredTask::Record(t) => t.spec.task_id,
+            StoredTask::Done(id) => *id,
+        }
+    }
 }
 
 /// Writes applied together (atomically).
@@ -89,8 +111,8 @@ pub trait Store: Send + Sync + 'static {
     fn jobs(&self) -> Result<Vec<JobRecord>, StoreError>;
     fn job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError>;
     fn spec(&self, id: JobId) -> Result<Option<JobSpec>, StoreError>;
-    fn tasks(&self, job: JobId) -> Result<Vec<TaskRecord>, StoreError>;
-    fn task(&self, job: JobId, task: TaskId) -> Result<Option<TaskRecord>, StoreError>;
+    fn tasks(&self, job: JobId) -> Result<Vec<StoredTask>, StoreError>;
+    fn task(&self, job: JobId, task: TaskId) -> Result<Option<StoredTask>, StoreError>;
     /// Findings of `job` with cursor > `after`, at most `limit`, ascending.
     fn findings(
         &self,
@@ -163,6 +185,22 @@ pub fn decode<T: Record>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
     }
 }
 
+/// Decodes a `t:` entry: the done marker or a task record.
+fn stored_task(key: &[u8], value: &[u8]) -> Result<StoredTask, StoreError> {
+    if value == DONE_MARKER {
+        let id = key
+            .len()
+            .checked_sub(8)
+            .map(|i| u64::from_be_bytes(key[i..].try_into().expect("8 bytes")))
+            .ok_or_else(|| StoreError::Corrupt {
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason: "task key too short".into(),
+            })?;
+        return Ok(StoredTask::Done(id));
+    }
+    decode(key, value).map(StoredTask::Record)
+}
+
 fn key2(prefix: &[u8], a: u64, b: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + 16);
     k.extend_from_slice(prefix);
@@ -228,6 +266,7 @@ impl Store for SledStore {
                     key2(b"t:", t.spec.job_id, t.spec.task_id),
                     compact::encode_task(&t),
                 ),
+                Op::TaskDone(job, task) => b.insert(key2(b"t:", job, task), DONE_MARKER),
                 Op::Finding(f) => {
                     b.insert(key2(b"f:", f.job_id, f.cursor), compact::encode_finding(&f))
                 }
@@ -270,12 +309,21 @@ impl Store for SledStore {
         self.get(key1(b"s:", id))
     }
 
-    fn tasks(&self, job: JobId) -> Result<Vec<TaskRecord>, StoreError> {
-        self.scan(key1(b"t:", job))
+    fn tasks(&self, job: JobId) -> Result<Vec<StoredTask>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(key1(b"t:", job)) {
+            let (k, v) = kv?;
+            out.push(stored_task(&k, &v)?);
+        }
+        Ok(out)
     }
 
-    fn task(&self, job: JobId, task: TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        self.get(key2(b"t:", job, task))
+    fn task(&self, job: JobId, task: TaskId) -> Result<Option<StoredTask>, StoreError> {
+        let key = key2(b"t:", job, task);
+        match self.db.get(&key)? {
+            Some(v) => Ok(Some(stored_task(&key, &v)?)),
+            None => Ok(None),
+        }
     }
 
     fn findings(
@@ -400,7 +448,13 @@ mod tests {
         assert_eq!(s.spec(7).unwrap().unwrap(), spec());
         assert_eq!(s.tasks(7).unwrap().len(), 3);
         assert_eq!(s.tasks(8).unwrap().len(), 1);
-        assert_eq!(s.task(7, 2).unwrap().unwrap().state, TaskState::Pending);
+        assert!(matches!(
+            s.task(7, 2).unwrap().unwrap(),
+            StoredTask::Record(TaskRecord {
+                state: TaskState::Pending,
+                ..
+            })
+        ));
         let page = s.findings(7, 2, 2).unwrap();
         assert_eq!(
             page.iter().map(|f| f.cursor).collect::<Vec<_>>(),
@@ -568,6 +622,13 @@ mod tests {
             (1, 2, 3)
         );
         assert_eq!(&compact::encode_finding(&f)[..], &finding[..]);
+        // The done marker is the task key's whole value.
+        assert_eq!(DONE_MARKER, b"\x03");
+        assert!(decode::<TaskRecord>(b"k", DONE_MARKER).is_err());
+        assert_eq!(
+            stored_task(&key2(b"t:", 1, 77), DONE_MARKER).unwrap(),
+            StoredTask::Done(77)
+        );
         // JSON records have no version 2.
         assert!(matches!(
             decode::<JobRecord>(b"k", b"\x02\x01"),
@@ -597,7 +658,15 @@ mod tests {
             s.flush().unwrap();
         }
         let s = SledStore::open(dir.path()).unwrap();
-        let tasks = s.tasks(5).unwrap();
+        let tasks: Vec<TaskRecord> = s
+            .tasks(5)
+            .unwrap()
+            .into_iter()
+            .map(|t| match t {
+                StoredTask::Record(t) => t,
+                StoredTask::Done(id) => panic!("task {id} read as a done marker"),
+            })
+            .collect();
         assert_eq!(
             tasks.iter().map(|t| t.state.clone()).collect::<Vec<_>>(),
             states
@@ -606,27 +675,41 @@ mod tests {
             s.findings(5, 0, 10).unwrap(),
             vec![finding(5, 1), finding(5, 2), finding(5, 3)]
         );
-        // The upgraded coordinator goes on: the pending task is leased, finished (v2 records)
-        // and a fourth finding is stored; old and new records read together.
+        // The upgraded coordinator goes on: the pending task is leased (v2 record), the leased
+        // one finishes (done marker) and a fourth finding is stored; old and new records read
+        // together.
         let mut t = tasks[0].clone();
-        t.state = TaskState::Done;
+        t.state = states[1].clone();
         let mut b = Batch::default();
         b.push(Op::Task(t.clone()));
+        b.push(Op::TaskDone(5, 2));
         b.push(Op::Finding(finding(5, 4)));
         s.apply(b).unwrap();
         s.flush().unwrap();
         drop(s);
         let s = SledStore::open(dir.path()).unwrap();
-        assert_eq!(s.task(5, 1).unwrap().unwrap(), t);
+        assert_eq!(
+            s.task(5, 1).unwrap().unwrap(),
+            StoredTask::Record(t.clone())
+        );
+        assert_eq!(s.task(5, 2).unwrap().unwrap(), StoredTask::Done(2));
         assert_eq!(
             s.db.get(key2(b"t:", 5, 1)).unwrap().unwrap()[0],
             compact::VERSION
         );
         assert_eq!(
-            s.db.get(key2(b"t:", 5, 2)).unwrap().unwrap()[0],
+            s.db.get(key2(b"t:", 5, 3)).unwrap().unwrap()[0],
             RECORD_VERSION
         );
-        assert_eq!(s.tasks(5).unwrap().len(), states.len());
+        let all = s.tasks(5).unwrap();
+        assert_eq!(all.len(), states.len());
+        assert_eq!(
+            all.iter().map(StoredTask::task_id).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
+        assert_eq!(all[0], StoredTask::Record(t));
+        assert_eq!(all[1], StoredTask::Done(2));
+        assert!(matches!(&all[2], StoredTask::Record(r) if r.state == TaskState::Done));
         let all = s.findings(5, 0, 10).unwrap();
         assert_eq!(
             all.iter().map(|f| f.cursor).collect::<Vec<_>>(),
