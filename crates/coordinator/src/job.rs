@@ -584,28 +584,26 @@ impl JobSt {
         let left = self.tasks.len() as u64 + (self.rec.root_total - self.rec.root_next);
         let in_flight_cap = (self.alive as u64).min(left).max(1) as u32;
         let rate_share = sched::rate_share(self.spec.rate_limit, in_flight_cap);
-        let mut free: Vec<u32> = slots.iter().map(|s| s.free).collect();
+        let mut views: Vec<sched::MinionView<'_>> = slots
+            .iter()
+            .map(|s| sched::MinionView {
+                id: &s.minion,
+                provider: &s.provider,
+                modules: &s.modules,
+                free: s.free,
+                alive: true,
+            })
+            .collect();
         let mut out: Vec<Vec<v1::TaskLease>> = vec![Vec::new(); slots.len()];
         let mut tokens: Vec<Vec<Token>> = vec![Vec::new(); slots.len()];
         let mut skipped = Vec::new();
         let mut granted = 0u64;
         let mut shared_params: Option<String> = None;
-        while granted < max_new && free.iter().any(|f| *f > 0) {
+        while granted < max_new && views.iter().any(|v| v.free > 0) {
             let Some(task_id) = self.pop_front() else {
                 break;
             };
             let t = self.tasks.get(&task_id).expect("pending task");
-            let views: Vec<sched::MinionView<'_>> = slots
-                .iter()
-                .zip(&free)
-                .map(|(s, f)| sched::MinionView {
-                    id: &s.minion,
-                    provider: &s.provider,
-                    modules: &s.modules,
-                    free: *f,
-                    alive: true,
-                })
-                .collect();
             let Some(i) = sched::place(
                 &t.spec.module,
                 t.last_minion.as_deref(),
@@ -677,7 +675,7 @@ impl JobSt {
             );
             tokens[i].push(token);
             self.leases.insert(token, task_id);
-            free[i] -= 1;
+            views[i].free -= 1;
             granted += 1;
         }
         for tid in skipped.into_iter().rev() {
@@ -995,8 +993,9 @@ impl JobSt {
                 self.tasks.insert(id, tr);
                 spawned.push(id);
             }
+            let rec = Arc::new(rec);
             self.c.batch.push(Op::Finding(rec.clone()));
-            self.publish.push(HubEvent::Finding(Arc::new(rec)));
+            self.publish.push(HubEvent::Finding(rec));
         }
         for id in spawned {
             self.push_back(id);

@@ -29,6 +29,7 @@ use overlord_core::job::{FindingRecord, JobRecord, JobSpec, TaskRecord};
 use overlord_core::{JobId, TaskId};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::path::Path;
+use std::sync::Arc;
 
 pub mod compact;
 
@@ -62,7 +63,8 @@ pub enum Op {
     Task(TaskRecord),
     /// A task finished: its record is replaced by the [`DONE_MARKER`].
     TaskDone(JobId, TaskId),
-    Finding(FindingRecord),
+    /// Shared with the fan-out that publishes it once durable.
+    Finding(Arc<FindingRecord>),
     Blob(String, Vec<u8>),
     Minion(MinionRecord),
     /// A client's submission request id → the job it created.
@@ -411,7 +413,7 @@ mod tests {
             }
             b.push(Op::Task(task(8, 0)));
             for c in 1..=5 {
-                b.push(Op::Finding(FindingRecord {
+                b.push(Op::Finding(Arc::new(FindingRecord {
                     cursor: c,
                     job_id: 7,
                     task_id: 0,
@@ -427,7 +429,7 @@ mod tests {
                     started_at_ms: 1,
                     finished_at_ms: 2,
                     stored_at_ms: 3,
-                }));
+                })));
             }
             b.push(Op::Blob("abc".into(), vec![1, 2, 3]));
             b.push(Op::Minion(MinionRecord {
@@ -683,7 +685,7 @@ mod tests {
         let mut b = Batch::default();
         b.push(Op::Task(t.clone()));
         b.push(Op::TaskDone(5, 2));
-        b.push(Op::Finding(finding(5, 4)));
+        b.push(Op::Finding(Arc::new(finding(5, 4))));
         s.apply(b).unwrap();
         s.flush().unwrap();
         drop(s);
