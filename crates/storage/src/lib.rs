@@ -56,6 +56,8 @@ pub struct MinionRecord {
 }
 
 #[derive(Clone, Debug)]
+// Most ops are task records: boxing them would add an allocation per write.
+#[allow(clippy::large_enum_variant)]
 pub enum Op {
     Meta(&'static str, u64),
     Job(JobRecord),
@@ -73,6 +75,8 @@ pub enum Op {
 
 /// A stored task: its record, or only the fact that it finished ([`Op::TaskDone`]).
 #[derive(Clone, Debug, PartialEq)]
+// Read once per job at recovery; boxing would add an allocation per live task.
+#[allow(clippy::large_enum_variant)]
 pub enum StoredTask {
     Record(TaskRecord),
     Done(TaskId),
