@@ -317,6 +317,81 @@ async fn coordinator_killed_and_restarted_mid_job() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Invariant: a coordinator upgraded on a sled directory written by the JSON-record version
+/// (record version 1, before the compact task/finding records and the done marker) continues its
+/// job: the first coordinator is killed mid-job, every task and finding record it wrote is
+/// rewritten as the old version wrote it, and the new coordinator completes the job with each
+/// result stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_upgraded_on_json_records_continues_its_job() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut coord = CoordProc::spawn(dir.path(), "127.0.0.1:0")?;
+    let addr = coord.addr;
+    let _a = spawn_minion(dir.path(), &coord.url, "a", "prov-a", 8)?;
+    let _b = spawn_minion(dir.path(), &coord.url, "b", "prov-b", 8)?;
+    let mut c = client(&coord.url).await?;
+    let n = 300;
+    let job = submit(&mut c, noop_spec(n, 15)).await?;
+    wait_until(Duration::from_secs(30), "60 findings", || async {
+        let st = status(&mut client(&coord.url).await.ok()?, job)
+            .await
+            .ok()?;
+        (st.findings >= 60).then_some(())
+    })
+    .await?;
+    coord.proc.kill9();
+    let (tasks, done, findings) = rewrite_as_json_records(&dir.path().join("data"), job)?;
+    assert!(
+        tasks > 0 && done >= 60 && findings >= 60,
+        "rewrote {tasks} task records, {done} done markers, {findings} findings"
+    );
+    let coord2 = CoordProc::spawn(dir.path(), &addr.to_string())?;
+    let st = wait_finished(&coord2.url, job, Duration::from_secs(60)).await?;
+    assert_eq!(st.state, v1::JobState::Completed as i32);
+    let mut c = client(&coord2.url).await?;
+    check_noop_exactly_once(&mut c, job, n).await?;
+    Ok(())
+}
+
+/// Rewrites `job`'s task and finding records as the JSON-record version stored them (done
+/// markers become full task records in state `done`). Returns (task records, done markers,
+/// findings) rewritten.
+fn rewrite_as_json_records(data: &std::path::Path, job: u64) -> anyhow::Result<(u64, u64, u64)> {
+    use overlord_core::job::{
+        FindingRecord, JobRecord, JobSpec, TaskRecord, TaskState, root_plan, root_task,
+    };
+    use overlord_storage::{DONE_MARKER, decode, encode};
+    let db = sled::open(data)?;
+    let key = |p: &[u8]| [p, &job.to_be_bytes()[..]].concat();
+    let rec: JobRecord = decode(b"j", &db.get(key(b"j:"))?.expect("job record"))?;
+    let spec: JobSpec = decode(b"s", &db.get(key(b"s:"))?.expect("job spec"))?;
+    let plan = root_plan(&spec)?;
+    let perm = overlord_core::perm::Permutation::new(plan.total, rec.perm_key);
+    let (mut tasks, mut done, mut findings) = (0, 0, 0);
+    for kv in db.scan_prefix(key(b"t:")) {
+        let (k, v) = kv?;
+        let task_id = u64::from_be_bytes(k[k.len() - 8..].try_into()?);
+        let old = if &v[..] == DONE_MARKER {
+            done += 1;
+            let mut t = TaskRecord::new(root_task(job, &spec, &plan, &perm, task_id - 1));
+            t.state = TaskState::Done;
+            t.attempts = 1;
+            encode(&t)
+        } else {
+            tasks += 1;
+            encode(&decode::<TaskRecord>(&k, &v)?)
+        };
+        db.insert(k, old)?;
+    }
+    for kv in db.scan_prefix(key(b"f:")) {
+        let (k, v) = kv?;
+        findings += 1;
+        db.insert(&k, encode(&decode::<FindingRecord>(&k, &v)?))?;
+    }
+    db.flush()?;
+    Ok((tasks, done, findings))
+}
+
 /// Invariant: a minion re-checks its own scope before sending anything: a target the coordinator
 /// allows but the minion's blocklist refuses fails permanently (no retry, no finding), and the job
 /// still completes.

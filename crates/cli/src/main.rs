@@ -239,10 +239,16 @@ fn tune_allocator() {
     // mimalloc.h `mi_option_e`: arena_eager_commit = 4, purge_delay = 15.
     const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // mimalloc's own environment variables win (operators can trade memory for throughput).
+    let unset = |v: &str| std::env::var_os(v).is_none();
     // SAFETY: option setters of the allocator; they take plain integers and are thread-safe.
     unsafe {
-        libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
-        libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
+        if unset("MIMALLOC_ARENA_EAGER_COMMIT") {
+            libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
+        }
+        if unset("MIMALLOC_PURGE_DELAY") {
+            libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use overlord_core::sched::{self, Retry, Verdict};
 use overlord_core::{JobId, TaskId, Token, now_ms};
 use overlord_proto::error::ApiError;
 use overlord_proto::v1::{self, coordinator_message::Msg as CMsg};
-use overlord_storage::{Op, StoreError};
+use overlord_storage::{Op, StoreError, StoredTask};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -290,12 +290,15 @@ impl JobSt {
         // Root tasks below the expansion cursor with no record were created but never leased
         // (creation is not persisted): they are pending again.
         let mut stored_roots = HashSet::new();
-        for mut t in store.tasks(id)? {
-            if let Some(index) = root_index(t.spec.task_id, st.rec.root_total)
+        for stored in store.tasks(id)? {
+            if let Some(index) = root_index(stored.task_id(), st.rec.root_total)
                 && index < st.rec.root_next
             {
                 stored_roots.insert(index);
             }
+            let StoredTask::Record(mut t) = stored else {
+                continue; // finished
+            };
             match &mut t.state {
                 TaskState::Pending => {
                     let tid = t.spec.task_id;
@@ -581,27 +584,26 @@ impl JobSt {
         let left = self.tasks.len() as u64 + (self.rec.root_total - self.rec.root_next);
         let in_flight_cap = (self.alive as u64).min(left).max(1) as u32;
         let rate_share = sched::rate_share(self.spec.rate_limit, in_flight_cap);
-        let mut free: Vec<u32> = slots.iter().map(|s| s.free).collect();
+        let mut views: Vec<sched::MinionView<'_>> = slots
+            .iter()
+            .map(|s| sched::MinionView {
+                id: &s.minion,
+                provider: &s.provider,
+                modules: &s.modules,
+                free: s.free,
+                alive: true,
+            })
+            .collect();
         let mut out: Vec<Vec<v1::TaskLease>> = vec![Vec::new(); slots.len()];
         let mut tokens: Vec<Vec<Token>> = vec![Vec::new(); slots.len()];
         let mut skipped = Vec::new();
         let mut granted = 0u64;
-        while granted < max_new && free.iter().any(|f| *f > 0) {
+        let mut shared_params: Option<String> = None;
+        while granted < max_new && views.iter().any(|v| v.free > 0) {
             let Some(task_id) = self.pop_front() else {
                 break;
             };
             let t = self.tasks.get(&task_id).expect("pending task");
-            let views: Vec<sched::MinionView<'_>> = slots
-                .iter()
-                .zip(&free)
-                .map(|(s, f)| sched::MinionView {
-                    id: &s.minion,
-                    provider: &s.provider,
-                    modules: &s.modules,
-                    free: *f,
-                    alive: true,
-                })
-                .collect();
             let Some(i) = sched::place(
                 &t.spec.module,
                 t.last_minion.as_deref(),
@@ -624,7 +626,17 @@ impl JobSt {
                 deadline_ms: deadline,
             };
             self.c.batch.push(Op::Task(t.clone()));
-            let params = lease_params(&self.spec, &t.spec, rate_share);
+            // Without params of its own a task's lease params are the job's (plus the rate
+            // share), the same for the whole offer: serialized once.
+            let params_json = if t.spec.params.as_object().is_some_and(|o| !o.is_empty()) {
+                lease_params(&self.spec, &t.spec, rate_share).to_string()
+            } else {
+                shared_params
+                    .get_or_insert_with(|| {
+                        lease_params(&self.spec, &t.spec, rate_share).to_string()
+                    })
+                    .clone()
+            };
             // The blob may have arrived in a result of this very turn (not yet applied to the
             // store): look there first, then in the store.
             let blob = t
@@ -643,7 +655,7 @@ impl JobSt {
                 module: t.spec.module.clone(),
                 target: t.spec.target.map(|a| a.to_string()).unwrap_or_default(),
                 ports: t.spec.ports.iter().map(|p| *p as u32).collect(),
-                params_json: params.to_string(),
+                params_json,
                 blob,
                 input: t.spec.input.clone().unwrap_or_default(),
                 token,
@@ -663,7 +675,7 @@ impl JobSt {
             );
             tokens[i].push(token);
             self.leases.insert(token, task_id);
-            free[i] -= 1;
+            views[i].free -= 1;
             granted += 1;
         }
         for tid in skipped.into_iter().rev() {
@@ -916,20 +928,16 @@ impl JobSt {
         started: u64,
         finished: u64,
     ) {
-        let Some(mut t) = self.tasks.remove(&task) else {
+        let Some(t) = self.tasks.remove(&task) else {
             return;
         };
         let job = self.rec.id;
-        t.state = TaskState::Done;
         telemetry::record(
             telemetry::Event::TaskDone {
                 module: &t.spec.module,
             },
             1,
         );
-        t.attempts += 1;
-        t.last_minion = Some(minion.to_string());
-        t.last_provider = Some(provider.to_string());
         self.rec.done += 1;
         self.dirty = true;
         self.progress_dirty = true;
@@ -985,13 +993,16 @@ impl JobSt {
                 self.tasks.insert(id, tr);
                 spawned.push(id);
             }
+            let rec = Arc::new(rec);
             self.c.batch.push(Op::Finding(rec.clone()));
-            self.publish.push(HubEvent::Finding(Arc::new(rec)));
+            self.publish.push(HubEvent::Finding(rec));
         }
         for id in spawned {
             self.push_back(id);
         }
-        self.c.batch.push(Op::Task(t));
+        // Only the end of a finished task is read again (at recovery); its findings carry the
+        // provenance (minion, provider, times).
+        self.c.batch.push(Op::TaskDone(job, task));
     }
 }
 

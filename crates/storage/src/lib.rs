@@ -7,15 +7,19 @@
 //! | `m:` + name | meta counter (u64 BE), e.g. `m:epoch`, `m:next_job` |
 //! | `j:` + job id (u64 BE) | [`JobRecord`] (progress, small, rewritten often) |
 //! | `s:` + job id | [`JobSpec`] (written once) |
-//! | `t:` + job id + task id (u64 BE each) | [`TaskRecord`] (state incl. lease) |
+//! | `t:` + job id + task id (u64 BE each) | [`TaskRecord`] (state incl. lease), or the done marker |
 //! | `f:` + job id + cursor (u64 BE each) | [`FindingRecord`] |
 //! | `b:` + sha256 hex | blob bytes (content-addressed, raw) |
 //! | `n:` + minion id | [`MinionRecord`] (incarnation, generation) |
 //! | `r:` + client request id | job id (u64 BE): idempotent submission |
 //!
 //! ## Record encoding
-//! Every record is `[version: u8] ++ JSON`. Version 1 is the only one so far; decoders match on the
-//! version byte, and tests keep frozen bytes of each version.
+//! Every record starts with a version byte. Version 1 is `[1] ++ JSON` (every record type; still
+//! written for jobs, specs and minions). Version 2 is a compact binary layout ([`compact`]) for the
+//! hot records, tasks and findings (written several times per task); their decoders read both, so a
+//! store written by an older coordinator keeps working. A task that finished is stored as the
+//! one-byte done marker `[3]` ([`DONE_MARKER`]): nothing else about it is read again (its findings
+//! carry the provenance). Tests keep frozen bytes of each version.
 //!
 //! ## Durability
 //! `apply` makes a batch visible; it is durable only after `flush`. Callers group many batches per
@@ -25,8 +29,14 @@ use overlord_core::job::{FindingRecord, JobRecord, JobSpec, TaskRecord};
 use overlord_core::{JobId, TaskId};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::path::Path;
+use std::sync::Arc;
 
+pub mod compact;
+
+/// Version byte of JSON records.
 pub const RECORD_VERSION: u8 = 1;
+/// The whole value stored for a task that finished ([`Op::TaskDone`]), version byte 3.
+pub const DONE_MARKER: &[u8] = &[3];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -46,16 +56,39 @@ pub struct MinionRecord {
 }
 
 #[derive(Clone, Debug)]
+// Most ops are task records: boxing them would add an allocation per write.
+#[allow(clippy::large_enum_variant)]
 pub enum Op {
     Meta(&'static str, u64),
     Job(JobRecord),
     Spec(JobId, Box<JobSpec>),
     Task(TaskRecord),
-    Finding(FindingRecord),
+    /// A task finished: its record is replaced by the [`DONE_MARKER`].
+    TaskDone(JobId, TaskId),
+    /// Shared with the fan-out that publishes it once durable.
+    Finding(Arc<FindingRecord>),
     Blob(String, Vec<u8>),
     Minion(MinionRecord),
     /// A client's submission request id → the job it created.
     Request(String, JobId),
+}
+
+/// A stored task: its record, or only the fact that it finished ([`Op::TaskDone`]).
+#[derive(Clone, Debug, PartialEq)]
+// Read once per job at recovery; boxing would add an allocation per live task.
+#[allow(clippy::large_enum_variant)]
+pub enum StoredTask {
+    Record(TaskRecord),
+    Done(TaskId),
+}
+
+impl StoredTask {
+    pub fn task_id(&self) -> TaskId {
+        match self {
+            StoredTask::Record(t) => t.spec.task_id,
+            StoredTask::Done(id) => *id,
+        }
+    }
 }
 
 /// Writes applied together (atomically).
@@ -84,8 +117,8 @@ pub trait Store: Send + Sync + 'static {
     fn jobs(&self) -> Result<Vec<JobRecord>, StoreError>;
     fn job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError>;
     fn spec(&self, id: JobId) -> Result<Option<JobSpec>, StoreError>;
-    fn tasks(&self, job: JobId) -> Result<Vec<TaskRecord>, StoreError>;
-    fn task(&self, job: JobId, task: TaskId) -> Result<Option<TaskRecord>, StoreError>;
+    fn tasks(&self, job: JobId) -> Result<Vec<StoredTask>, StoreError>;
+    fn task(&self, job: JobId, task: TaskId) -> Result<Option<StoredTask>, StoreError>;
     /// Findings of `job` with cursor > `after`, at most `limit`, ascending.
     fn findings(
         &self,
@@ -105,16 +138,73 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     out
 }
 
-pub fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+/// A stored record type: how its versions decode.
+pub trait Record: Sized {
+    /// Decodes `body` (the bytes after the version byte) of a record of version `version`.
+    fn decode_version(version: u8, body: &[u8]) -> Result<Self, String>;
+}
+
+fn json_v1<T: DeserializeOwned>(version: u8, body: &[u8]) -> Result<T, String> {
+    match version {
+        RECORD_VERSION => serde_json::from_slice(body).map_err(|e| e.to_string()),
+        v => Err(format!("unknown record version {v}")),
+    }
+}
+
+macro_rules! json_record {
+    ($($t:ty),*) => {$(
+        impl Record for $t {
+            fn decode_version(version: u8, body: &[u8]) -> Result<Self, String> {
+                json_v1(version, body)
+            }
+        }
+    )*};
+}
+json_record!(JobRecord, JobSpec, MinionRecord);
+
+impl Record for TaskRecord {
+    fn decode_version(version: u8, body: &[u8]) -> Result<Self, String> {
+        match version {
+            compact::VERSION => compact::decode_task(body),
+            v => json_v1(v, body),
+        }
+    }
+}
+
+impl Record for FindingRecord {
+    fn decode_version(version: u8, body: &[u8]) -> Result<Self, String> {
+        match version {
+            compact::VERSION => compact::decode_finding(body),
+            v => json_v1(v, body),
+        }
+    }
+}
+
+pub fn decode<T: Record>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         reason,
     };
     match bytes.split_first() {
-        Some((1, rest)) => serde_json::from_slice(rest).map_err(|e| corrupt(e.to_string())),
-        Some((v, _)) => Err(corrupt(format!("unknown record version {v}"))),
+        Some((v, rest)) => T::decode_version(*v, rest).map_err(corrupt),
         None => Err(corrupt("empty record".into())),
     }
+}
+
+/// Decodes a `t:` entry: the done marker or a task record.
+fn stored_task(key: &[u8], value: &[u8]) -> Result<StoredTask, StoreError> {
+    if value == DONE_MARKER {
+        let id = key
+            .len()
+            .checked_sub(8)
+            .map(|i| u64::from_be_bytes(key[i..].try_into().expect("8 bytes")))
+            .ok_or_else(|| StoreError::Corrupt {
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason: "task key too short".into(),
+            })?;
+        return Ok(StoredTask::Done(id));
+    }
+    decode(key, value).map(StoredTask::Record)
 }
 
 fn key2(prefix: &[u8], a: u64, b: u64) -> Vec<u8> {
@@ -153,7 +243,7 @@ impl SledStore {
         Ok(SledStore { db })
     }
 
-    fn scan<T: DeserializeOwned>(&self, prefix: Vec<u8>) -> Result<Vec<T>, StoreError> {
+    fn scan<T: Record>(&self, prefix: Vec<u8>) -> Result<Vec<T>, StoreError> {
         let mut out = Vec::new();
         for kv in self.db.scan_prefix(prefix) {
             let (k, v) = kv?;
@@ -162,7 +252,7 @@ impl SledStore {
         Ok(out)
     }
 
-    fn get<T: DeserializeOwned>(&self, key: Vec<u8>) -> Result<Option<T>, StoreError> {
+    fn get<T: Record>(&self, key: Vec<u8>) -> Result<Option<T>, StoreError> {
         match self.db.get(&key)? {
             Some(v) => Ok(Some(decode(&key, &v)?)),
             None => Ok(None),
@@ -178,8 +268,14 @@ impl Store for SledStore {
                 Op::Meta(name, v) => b.insert(key_str(b"m:", name), &v.to_be_bytes()),
                 Op::Job(j) => b.insert(key1(b"j:", j.id), encode(&j)),
                 Op::Spec(id, s) => b.insert(key1(b"s:", id), encode(&*s)),
-                Op::Task(t) => b.insert(key2(b"t:", t.spec.job_id, t.spec.task_id), encode(&t)),
-                Op::Finding(f) => b.insert(key2(b"f:", f.job_id, f.cursor), encode(&f)),
+                Op::Task(t) => b.insert(
+                    key2(b"t:", t.spec.job_id, t.spec.task_id),
+                    compact::encode_task(&t),
+                ),
+                Op::TaskDone(job, task) => b.insert(key2(b"t:", job, task), DONE_MARKER),
+                Op::Finding(f) => {
+                    b.insert(key2(b"f:", f.job_id, f.cursor), compact::encode_finding(&f))
+                }
                 Op::Blob(sha, bytes) => b.insert(key_str(b"b:", &sha), bytes),
                 Op::Minion(m) => b.insert(key_str(b"n:", &m.id), encode(&m)),
                 Op::Request(rid, job) => b.insert(key_str(b"r:", &rid), &job.to_be_bytes()),
@@ -219,12 +315,21 @@ impl Store for SledStore {
         self.get(key1(b"s:", id))
     }
 
-    fn tasks(&self, job: JobId) -> Result<Vec<TaskRecord>, StoreError> {
-        self.scan(key1(b"t:", job))
+    fn tasks(&self, job: JobId) -> Result<Vec<StoredTask>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(key1(b"t:", job)) {
+            let (k, v) = kv?;
+            out.push(stored_task(&k, &v)?);
+        }
+        Ok(out)
     }
 
-    fn task(&self, job: JobId, task: TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        self.get(key2(b"t:", job, task))
+    fn task(&self, job: JobId, task: TaskId) -> Result<Option<StoredTask>, StoreError> {
+        let key = key2(b"t:", job, task);
+        match self.db.get(&key)? {
+            Some(v) => Ok(Some(stored_task(&key, &v)?)),
+            None => Ok(None),
+        }
     }
 
     fn findings(
@@ -312,7 +417,7 @@ mod tests {
             }
             b.push(Op::Task(task(8, 0)));
             for c in 1..=5 {
-                b.push(Op::Finding(FindingRecord {
+                b.push(Op::Finding(Arc::new(FindingRecord {
                     cursor: c,
                     job_id: 7,
                     task_id: 0,
@@ -328,7 +433,7 @@ mod tests {
                     started_at_ms: 1,
                     finished_at_ms: 2,
                     stored_at_ms: 3,
-                }));
+                })));
             }
             b.push(Op::Blob("abc".into(), vec![1, 2, 3]));
             b.push(Op::Minion(MinionRecord {
@@ -349,7 +454,13 @@ mod tests {
         assert_eq!(s.spec(7).unwrap().unwrap(), spec());
         assert_eq!(s.tasks(7).unwrap().len(), 3);
         assert_eq!(s.tasks(8).unwrap().len(), 1);
-        assert_eq!(s.task(7, 2).unwrap().unwrap().state, TaskState::Pending);
+        assert!(matches!(
+            s.task(7, 2).unwrap().unwrap(),
+            StoredTask::Record(TaskRecord {
+                state: TaskState::Pending,
+                ..
+            })
+        ));
         let page = s.findings(7, 2, 2).unwrap();
         assert_eq!(
             page.iter().map(|f| f.cursor).collect::<Vec<_>>(),
@@ -385,5 +496,231 @@ mod tests {
             decode::<JobRecord>(b"k", b""),
             Err(StoreError::Corrupt { .. })
         ));
+    }
+
+    fn finding(job: u64, cursor: u64) -> FindingRecord {
+        FindingRecord {
+            cursor,
+            job_id: job,
+            task_id: cursor,
+            parent_task_id: Some(1),
+            module: "banner".into(),
+            kind: "banner".into(),
+            target: Some("::1".parse().unwrap()),
+            port: Some(8080),
+            data: serde_json::json!({"banner": "SSH-2.0-x\r\n", "n": [1, 2.5, null]}),
+            blob_sha256: Some("ab".repeat(32)),
+            minion_id: "m-1".into(),
+            provider: "p".into(),
+            started_at_ms: 1_700_000_000_000,
+            finished_at_ms: 1_700_000_000_001,
+            stored_at_ms: u64::MAX,
+        }
+    }
+
+    fn all_states() -> Vec<TaskState> {
+        vec![
+            TaskState::Pending,
+            TaskState::Leased {
+                minion: "minion-ü".into(),
+                generation: 3,
+                token: (7 << 40) | 12345,
+                deadline_ms: 1_700_000_000_000,
+            },
+            TaskState::Done,
+            TaskState::Failed {
+                reason: "refused".into(),
+            },
+            TaskState::Cancelled,
+        ]
+    }
+
+    #[test]
+    fn compact_records_roundtrip() {
+        let mut t = task(u64::MAX, 1 << 40);
+        t.spec.parent = Some(3);
+        t.spec.input = Some("/tmp/conn.log".into());
+        t.spec.params = serde_json::json!({"screenshot": "vnc", "x": [1, {"y": null}]});
+        t.spec.blob_sha256 = Some("cd".repeat(32));
+        t.spec.ports = (0..=65535).step_by(4099).collect();
+        t.attempts = 2;
+        t.last_minion = Some("m".into());
+        t.last_provider = Some(String::new());
+        t.last_error = Some("timeout".into());
+        for state in all_states() {
+            for target in [
+                None,
+                Some("10.1.2.3".parse().unwrap()),
+                Some("::1".parse().unwrap()),
+            ] {
+                let mut t = t.clone();
+                t.state = state.clone();
+                t.spec.target = target;
+                let bytes = compact::encode_task(&t);
+                assert_eq!(bytes[0], compact::VERSION);
+                assert_eq!(decode::<TaskRecord>(b"k", &bytes).unwrap(), t);
+                // Every strict prefix is refused, and so are trailing bytes.
+                for cut in 0..bytes.len() {
+                    assert!(
+                        decode::<TaskRecord>(b"k", &bytes[..cut]).is_err(),
+                        "cut {cut}"
+                    );
+                }
+                let mut long = bytes.clone();
+                long.push(0);
+                assert!(decode::<TaskRecord>(b"k", &long).is_err());
+            }
+        }
+        let bare = task(1, 2);
+        assert_eq!(
+            decode::<TaskRecord>(b"k", &compact::encode_task(&bare)).unwrap(),
+            bare
+        );
+        let f = finding(9, 4);
+        let bytes = compact::encode_finding(&f);
+        assert_eq!(decode::<FindingRecord>(b"k", &bytes).unwrap(), f);
+        for cut in 0..bytes.len() {
+            assert!(decode::<FindingRecord>(b"k", &bytes[..cut]).is_err());
+        }
+        let mut g = f.clone();
+        g.parent_task_id = None;
+        g.target = None;
+        g.port = None;
+        g.data = serde_json::Value::Null;
+        g.blob_sha256 = None;
+        assert_eq!(
+            decode::<FindingRecord>(b"k", &compact::encode_finding(&g)).unwrap(),
+            g
+        );
+        // The compact form is what makes it worth it: a no-op task's records shrink ~5x.
+        let noop = TaskRecord {
+            state: all_states()[1].clone(),
+            ..task(1, 70_000)
+        };
+        assert!(compact::encode_task(&noop).len() * 4 < encode(&noop).len());
+    }
+
+    /// Frozen bytes of version-2 records: changing the layout must keep these decoding.
+    #[test]
+    fn frozen_v2_records_decode() {
+        let task = b"\x02\x01\x02\x00\x08portscan\x04\x7f\x00\x00\x01\x01\x16\x00\x00\x00\x00\x01\x01m\x01\x09\x05\x01\x00\x00\x00";
+        let t: TaskRecord = decode(b"k", task).unwrap();
+        assert_eq!(t.spec.target, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(t.spec.ports, vec![22]);
+        assert_eq!(
+            t.state,
+            TaskState::Leased {
+                minion: "m".into(),
+                generation: 1,
+                token: 9,
+                deadline_ms: 5
+            }
+        );
+        assert_eq!(t.attempts, 1);
+        assert_eq!(&compact::encode_task(&t)[..], &task[..]);
+        let finding =
+            b"\x02\x03\x01\x02\x00\x04noop\x04noop\x00\x00\x07{\"i\":1}\x00\x01m\x01p\x01\x02\x03";
+        let f: FindingRecord = decode(b"k", finding).unwrap();
+        assert_eq!((f.cursor, f.job_id, f.task_id), (3, 1, 2));
+        assert_eq!(f.data, serde_json::json!({"i": 1}));
+        assert_eq!(
+            (f.started_at_ms, f.finished_at_ms, f.stored_at_ms),
+            (1, 2, 3)
+        );
+        assert_eq!(&compact::encode_finding(&f)[..], &finding[..]);
+        // The done marker is the task key's whole value.
+        assert_eq!(DONE_MARKER, b"\x03");
+        assert!(decode::<TaskRecord>(b"k", DONE_MARKER).is_err());
+        assert_eq!(
+            stored_task(&key2(b"t:", 1, 77), DONE_MARKER).unwrap(),
+            StoredTask::Done(77)
+        );
+        // JSON records have no version 2.
+        assert!(matches!(
+            decode::<JobRecord>(b"k", b"\x02\x01"),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    /// A store written by a coordinator that wrote JSON (version 1) task and finding records:
+    /// after the upgrade it reads them, and records rewritten as version 2 sit beside them.
+    #[test]
+    fn store_with_v1_records_reads_after_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let states = all_states();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            // Exactly what the JSON-writing `apply` stored.
+            for (i, st) in states.iter().enumerate() {
+                let mut t = task(5, i as u64 + 1);
+                t.state = st.clone();
+                s.db.insert(key2(b"t:", 5, i as u64 + 1), encode(&t))
+                    .unwrap();
+            }
+            for c in 1..=3 {
+                s.db.insert(key2(b"f:", 5, c), encode(&finding(5, c)))
+                    .unwrap();
+            }
+            s.flush().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        let tasks: Vec<TaskRecord> = s
+            .tasks(5)
+            .unwrap()
+            .into_iter()
+            .map(|t| match t {
+                StoredTask::Record(t) => t,
+                StoredTask::Done(id) => panic!("task {id} read as a done marker"),
+            })
+            .collect();
+        assert_eq!(
+            tasks.iter().map(|t| t.state.clone()).collect::<Vec<_>>(),
+            states
+        );
+        assert_eq!(
+            s.findings(5, 0, 10).unwrap(),
+            vec![finding(5, 1), finding(5, 2), finding(5, 3)]
+        );
+        // The upgraded coordinator goes on: the pending task is leased (v2 record), the leased
+        // one finishes (done marker) and a fourth finding is stored; old and new records read
+        // together.
+        let mut t = tasks[0].clone();
+        t.state = states[1].clone();
+        let mut b = Batch::default();
+        b.push(Op::Task(t.clone()));
+        b.push(Op::TaskDone(5, 2));
+        b.push(Op::Finding(Arc::new(finding(5, 4))));
+        s.apply(b).unwrap();
+        s.flush().unwrap();
+        drop(s);
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            s.task(5, 1).unwrap().unwrap(),
+            StoredTask::Record(t.clone())
+        );
+        assert_eq!(s.task(5, 2).unwrap().unwrap(), StoredTask::Done(2));
+        assert_eq!(
+            s.db.get(key2(b"t:", 5, 1)).unwrap().unwrap()[0],
+            compact::VERSION
+        );
+        assert_eq!(
+            s.db.get(key2(b"t:", 5, 3)).unwrap().unwrap()[0],
+            RECORD_VERSION
+        );
+        let all = s.tasks(5).unwrap();
+        assert_eq!(all.len(), states.len());
+        assert_eq!(
+            all.iter().map(StoredTask::task_id).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
+        assert_eq!(all[0], StoredTask::Record(t));
+        assert_eq!(all[1], StoredTask::Done(2));
+        assert!(matches!(&all[2], StoredTask::Record(r) if r.state == TaskState::Done));
+        let all = s.findings(5, 0, 10).unwrap();
+        assert_eq!(
+            all.iter().map(|f| f.cursor).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        assert_eq!(all[3], finding(5, 4));
     }
 }
