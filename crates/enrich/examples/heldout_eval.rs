@@ -157,6 +157,7 @@ fn main() -> anyhow::Result<()> {
     let mut nx = 24usize;
     let mut save: Option<std::path::PathBuf> = None;
     let mut verbose = false;
+    let cfg = AnalyzerConfig::default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -180,7 +181,7 @@ fn main() -> anyhow::Result<()> {
         screens.len(),
         t.elapsed().as_secs_f64()
     );
-    let mut analyzer = Analyzer::new(AnalyzerConfig::default())?;
+    let mut analyzer = Analyzer::new(cfg)?;
     let mut total = Score::default();
     let mut by_kind: BTreeMap<&str, Score> = BTreeMap::new();
     let mut truth_json = Vec::new();

@@ -543,11 +543,22 @@ pub fn composited(seed: u64, per_kind: usize, screens: &Path) -> Vec<Screen> {
                 "window outline 160x100 with title bar".into()
             }
             _ => {
-                // low contrast panel (+16 grey levels) with a few stripes ("lines of text")
-                let lo = |v: u8| v.saturating_add(16).max(v.saturating_sub(16));
-                let p = [lo(base[0]), lo(base[1]), lo(base[2])];
-                for k in 0..4 {
-                    c.rect(x, y + k * 14, 120 - (k as u32) * 17, 6, p);
+                // low-contrast stripes ("lines of text"): 16 grey levels off the local background
+                for k in 0..4i64 {
+                    for yy in y + k * 14..y + k * 14 + 6 {
+                        for xx in x..x + 120 - k * 17 {
+                            let p = c.get(xx as u32, yy as u32);
+                            let lum = (p[0] as u32 + p[1] as u32 + p[2] as u32) / 3;
+                            let q = p.map(|v| {
+                                if lum < 128 {
+                                    v.saturating_add(16)
+                                } else {
+                                    v.saturating_sub(16)
+                                }
+                            });
+                            c.set(xx, yy, q);
+                        }
+                    }
                 }
                 "low-contrast stripes".into()
             }
