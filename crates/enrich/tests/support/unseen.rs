@@ -767,7 +767,15 @@ impl Xvfb {
         let t = Instant::now();
         let mut prev: Option<Canvas> = None;
         loop {
-            let c = self.capture()?;
+            // a capture can fail while a client maps its window: retry until the deadline
+            let c = match self.capture() {
+                Ok(c) => c,
+                Err(e) if t.elapsed() > Duration::from_secs(15) => return Err(e),
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(150));
+                    continue;
+                }
+            };
             if let Some(p) = &prev {
                 if p.px == c.px && ready(&c) {
                     return Ok(c);
