@@ -90,7 +90,7 @@ fn regression_logo_lookalikes_are_not_the_logo() {
 fn regression_bitmap_font_xterm_in_the_corner_is_read() {
     let tmp = tempfile::tempdir().unwrap();
     let txt = tmp.path().join("t.txt");
-    let text = "Ubuntu 22.04.4 LTS backup tty4\n\nbackup login: deploy";
+    let text = "Ubuntu 22.04.4 LTS vpn1 tty4\n\nvpn1 login: deploy";
     std::fs::write(&txt, format!("{text}\n")).unwrap();
     let mut x = Xvfb::start(false).unwrap_or_else(|e| panic!("{e}"));
     let cmd = format!("cat '{}'; exec sleep 600", txt.display());
@@ -100,7 +100,7 @@ fn regression_bitmap_font_xterm_in_the_corner_is_read() {
             "-fn",
             "7x13",
             "-geometry",
-            "34x5+0+0",
+            "30x5+0+0",
             "-fg",
             "#000080",
             "-bg",
@@ -114,8 +114,19 @@ fn regression_bitmap_font_xterm_in_the_corner_is_read() {
         ],
     )
     .unwrap_or_else(|e| panic!("{e}"));
+    x.run("xclock", &["-geometry", "120x120+880+20"])
+        .unwrap_or_else(|e| panic!("{e}"));
     let shot = x
-        .settled(|c| c.px.chunks(3).filter(|p| p != &[0, 0, 0]).count() > 5000)
+        .settled(|c| {
+            // the xterm and the clock are both mapped
+            let lit = |x0: u32, y0: u32| {
+                (y0..y0 + 40)
+                    .flat_map(|y| (x0..x0 + 40).map(move |x| (x, y)))
+                    .filter(|&(x, y)| c.get(x, y) != [0, 0, 0])
+                    .count()
+            };
+            lit(60, 10) > 400 && lit(900, 60) > 400
+        })
         .unwrap_or_else(|e| panic!("{e}"));
     drop(x);
     let r = analyzer().analyze_rgb(&shot.into_rgb()).unwrap();
