@@ -181,10 +181,11 @@ impl OcrEngine {
             &masked
         };
         // blocks with the height of their text lines
-        let laid: Vec<([u32; 4], u32)> = if p.own_layout {
+        let laid: Vec<Laid> = if p.own_layout {
             layout(grey)
         } else {
-            vec![([0, 0, grey.width, grey.height], grey.height)]
+            let all = [0, 0, grey.width, grey.height];
+            vec![(all, grey.height, all)]
         };
         let mut blocks: Vec<[u32; 4]> = laid.iter().map(|l| l.0).collect();
         blocks.sort_by_key(|b| (b[1], b[0]));
@@ -200,6 +201,25 @@ impl OcrEngine {
         let mut texts = Vec::new();
         for b in &blocks {
             let mut crop = crop(grey, b);
+            // beyond a window border inside the padding: the text's own background
+            if let Some((_, _, inner)) = laid.iter().find(|l| l.0 == *b)
+                && inner != b
+            {
+                let (ix0, iy0) = (inner[0] - b[0], inner[1] - b[1]);
+                let (ix1, iy1) = (ix0 + inner[2], iy0 + inner[3]);
+                let inside = self::crop(&crop, &[ix0, iy0, inner[2], inner[3]]);
+                let bg = background(&inside);
+                // only text on a plain background (a window), not a photo's edge
+                let plain = inside.data.iter().filter(|&&v| v.abs_diff(bg) <= 8).count() * 2
+                    >= inside.data.len();
+                for y in (0..b[3]).filter(|_| plain) {
+                    for x in 0..b[2] {
+                        if x < ix0 || x >= ix1 || y < iy0 || y >= iy1 {
+                            crop.data[(y * b[2] + x) as usize] = bg;
+                        }
+                    }
+                }
+            }
             if let Some(t) = &texture {
                 let bg = background(&crop);
                 for y in 0..b[3] {
@@ -594,18 +614,13 @@ fn remove_textures(m: &mut [bool], g: &Grey) {
     }
 }
 
-/// Removes straight ink runs of at least `len` px (horizontal and vertical): window borders,
+/// Straight ink runs of at least `len` px (horizontal and vertical): window borders,
 /// separators, the edges of filled bars. Text strokes are shorter, so text that touches a
 /// window's border (an xterm's 1 px border, 2 px from its first column) is cut free of it;
 /// otherwise text and frame form one component that `remove_frames` cannot take for a frame,
 /// and the frame's height is taken for the line height (no upscaling: a whole screen of a
 /// 7x13 bitmap font read as nothing).
-fn remove_long_runs(m: &mut [bool], w: usize, h: usize, len: usize) {
-    let cut = long_runs(m, w, h, len);
-    m.iter_mut().zip(cut).for_each(|(v, c)| *v &= !c);
-}
-
-/// Pixels of straight ink runs of at least `len` px.
+/// Returns the pixels of those runs.
 fn long_runs(m: &[bool], w: usize, h: usize, len: usize) -> Vec<bool> {
     let mut cut = vec![false; w * h];
     for y in 0..h {
@@ -678,7 +693,7 @@ fn remove_frames(m: &mut [bool], w: usize, h: usize) {
     }
 }
 
-/// Ink runs this long are borders, not text (see [`remove_long_runs`]).
+/// Ink runs this long are borders, not text (see [`long_runs`]).
 const LONG_RUN: usize = 64;
 
 /// Text-line candidates: the ink map smeared horizontally (gaps up to 10 px closed).
@@ -689,11 +704,19 @@ fn line_boxes(g: &Grey) -> Vec<[usize; 4]> {
 }
 
 /// The smeared ink map behind the text-line candidates (width, map).
+#[cfg(test)]
 fn line_map(g: &Grey) -> (usize, Vec<bool>) {
+    let (w, m, _) = line_map_and_borders(g);
+    (w, m)
+}
+
+/// [`line_map`] and the long runs (borders) cut from it.
+fn line_map_and_borders(g: &Grey) -> (usize, Vec<bool>, Vec<bool>) {
     let (w, h) = (g.width as usize, g.height as usize);
     let mut m = ink_map(g);
     remove_textures(&mut m, g);
-    remove_long_runs(&mut m, w, h, LONG_RUN);
+    let borders = long_runs(&m, w, h, LONG_RUN);
+    m.iter_mut().zip(&borders).for_each(|(v, c)| *v &= !c);
     remove_frames(&mut m, w, h);
     const GAP: usize = 10;
     for y in 0..h {
@@ -711,7 +734,7 @@ fn line_map(g: &Grey) -> (usize, Vec<bool>) {
             }
         }
     }
-    (w, m)
+    (w, m, borders)
 }
 
 /// Text blocks of a screenshot: line candidates merged when they are vertically close and
@@ -720,13 +743,17 @@ pub fn layout_blocks(g: &Grey) -> Vec<[u32; 4]> {
     layout(g).into_iter().map(|l| l.0).collect()
 }
 
+/// A laid-out block: padded box, text-line height, the part of the box inside any window
+/// border found in its padding (x, y, w, h).
+type Laid = ([u32; 4], u32, [u32; 4]);
+
 /// [`layout_blocks`] with each block's text-line height: the lower median height of its line
 /// candidates that are at least 20 % ink (a window edge that survives as an L or a stub is a
 /// tall, hollow box; a text cursor under the last line doubles that line's height: with two
 /// lines the lower median keeps the text's height). Measured on the whole image, not on the
-/// block's crop, where the long runs that [`remove_long_runs`] removes are cut short.
-fn layout(g: &Grey) -> Vec<([u32; 4], u32)> {
-    let (w, m) = line_map(g);
+/// block's crop, where the long runs that [`long_runs`] finds are cut short.
+fn layout(g: &Grey) -> Vec<Laid> {
+    let (w, m, borders) = line_map_and_borders(g);
     let mut boxes: Vec<([usize; 4], Vec<u32>)> = components(&m, w, g.height as usize)
         .into_iter()
         .filter(|b| b[3] - b[1] + 1 >= 5 && b[2] - b[0] + 1 >= 3)
@@ -800,15 +827,39 @@ fn layout(g: &Grey) -> Vec<([u32; 4], u32)> {
             let y0 = b[1].saturating_sub(6);
             let x1 = (b[2] + 6).min(w - 1);
             let y1 = (b[3] + 6).min(h - 1);
-            (
+            // a window border in the padding (a long run covering more than half of the
+            // block's side): what lies beyond it is painted with the text's background before
+            // recognition — a strip of another background beside the text (a dark xterm on a
+            // white root) makes tesseract read the border as `[` or lose the line; the crop
+            // keeps its margins (text flush with the crop's edge is read worse)
+            let row_border = |y: usize| {
+                (b[0]..=b[2]).filter(|&x| borders[y * w + x]).count() * 2 > b[2] - b[0] + 1
+            };
+            let col_border = |x: usize| {
+                (b[1]..=b[3]).filter(|&y| borders[y * w + x]).count() * 2 > b[3] - b[1] + 1
+            };
+            let (mut ix0, mut iy0, mut ix1, mut iy1) = (x0, y0, x1, y1);
+            if let Some(y) = (y0..b[1]).rev().find(|&y| row_border(y)) {
+                iy0 = y + 1;
+            }
+            if let Some(y) = (b[3] + 1..=y1).find(|&y| row_border(y)) {
+                iy1 = y;
+            }
+            if let Some(x) = (x0..b[0]).rev().find(|&x| col_border(x)) {
+                ix0 = x + 1;
+            }
+            if let Some(x) = (b[2] + 1..=x1).find(|&x| col_border(x)) {
+                ix1 = x;
+            }
+            let r = |x0: usize, y0: usize, x1: usize, y1: usize| {
                 [
                     x0 as u32,
                     y0 as u32,
                     (x1 - x0 + 1) as u32,
                     (y1 - y0 + 1) as u32,
-                ],
-                lh,
-            )
+                ]
+            };
+            (r(x0, y0, x1, y1), lh, r(ix0, iy0, ix1, iy1))
         })
         .collect()
 }
