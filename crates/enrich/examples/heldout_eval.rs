@@ -37,11 +37,11 @@ fn matches(det: &[[u32; 4]], truth: &[[u32; 4]], t: f64) -> (usize, usize, usize
             .filter(|(i, _)| !used[*i])
             .map(|(i, d)| (i, iou(*d, *tb)))
             .max_by(|a, b| a.1.total_cmp(&b.1));
-        if let Some((i, v)) = best {
-            if v >= t {
-                used[i] = true;
-                m += 1;
-            }
+        if let Some((i, v)) = best
+            && v >= t
+        {
+            used[i] = true;
+            m += 1;
         }
     }
     (m, det.len() - m, truth.len() - m)

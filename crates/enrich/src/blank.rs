@@ -198,7 +198,7 @@ mod tests {
         assert!(!s.blank, "{s:?}");
         // low contrast (+16 levels) stripes on a flat grey
         let stripes = |x: u32, y: u32| {
-            if (100..220).contains(&x) && (100..160).contains(&y) && (y / 7) % 2 == 0 {
+            if (100..220).contains(&x) && (100..160).contains(&y) && (y / 7).is_multiple_of(2) {
                 96
             } else {
                 80

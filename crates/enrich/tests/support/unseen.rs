@@ -15,7 +15,7 @@
 //! gradient — and at most a mouse pointer; mild sensor-like noise or JPEG ringing of such a
 //! screen is still blank. Anything a person could look at (a clock, an icon, a word, a window
 //! outline) is not blank.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::needless_range_loop, clippy::too_many_arguments)]
 
 use overlord_enrich::Rgb;
 use std::io::BufRead;
@@ -776,10 +776,11 @@ impl Xvfb {
                     continue;
                 }
             };
-            if let Some(p) = &prev {
-                if p.px == c.px && ready(&c) {
-                    return Ok(c);
-                }
+            if let Some(p) = &prev
+                && p.px == c.px
+                && ready(&c)
+            {
+                return Ok(c);
             }
             if t.elapsed() > Duration::from_secs(15) {
                 return Err("X screen did not settle in 15 s".into());
