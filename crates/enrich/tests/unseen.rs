@@ -127,7 +127,9 @@ fn regression_bitmap_font_xterm_in_the_corner_is_read() {
             };
             lit(60, 10) > 400 && lit(900, 60) > 400
         })
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| {
+            panic!("{e} (xterm with the 7x13 font: Debian packages xterm, xfonts-base, x11-apps)")
+        });
     drop(x);
     let r = analyzer().analyze_rgb(&shot.into_rgb()).unwrap();
     let cer = metrics::cer(&r.text, text);
