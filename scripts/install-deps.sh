@@ -9,4 +9,5 @@ $SUDO apt-get install -y -qq \
     pkg-config libclang-dev clang libtesseract-dev libleptonica-dev tesseract-ocr-eng libpcre2-dev \
     nmap openssh-server redis-server mosquitto nginx-light vsftpd python3-aiosmtpd \
     xvfb x11vnc tigervnc-standalone-server xterm x11-apps x11-utils xauth vncsnapshot imagemagick opencv-data \
+    xfonts-base fonts-dejavu-core fonts-urw-base35 fonts-noto-mono \
     nftables iproute2 netcat-openbsd >/dev/null

@@ -4,7 +4,15 @@ use overlord_enrich::{DecodeCaps, decode};
 fn main() -> anyhow::Result<()> {
     let path = std::env::args().nth(1).expect("file");
     let img = decode(&std::fs::read(path)?, &DecodeCaps::default())?;
-    let mut e = OcrEngine::new(OcrParams::default())?;
+    let mut p = OcrParams::default();
+    // debugging knobs
+    if let Ok(v) = std::env::var("MIN_BLOCK_CONF") {
+        p.min_block_conf = v.parse()?;
+    }
+    if let Ok(v) = std::env::var("TARGET_LINE_PX") {
+        p.target_line_px = v.parse()?;
+    }
+    let mut e = OcrEngine::new(p)?;
     let masks: Vec<[u32; 4]> = std::env::args()
         .skip(2)
         .map(|a| {

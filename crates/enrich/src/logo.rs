@@ -55,6 +55,105 @@ pub struct Template {
     w: u32,
     h: u32,
     rgba: Vec<f32>,
+    /// Uniform-colour parts (the panes of the Windows logo), for the colour check of a hit.
+    parts: Vec<Part>,
+}
+
+/// A connected region of the template with about one colour.
+#[derive(Debug, Clone)]
+struct Part {
+    /// Template pixels whose 3x3 neighbourhood is in the part, as fractions of the size.
+    interior: Vec<(f32, f32)>,
+    /// Mean colour, 0..255.
+    mean: [f32; 3],
+}
+
+/// Parts of an RGBA template: 4-connected opaque pixels whose colours differ by < 40 levels
+/// per channel; parts under 2 % of the opaque pixels are ignored.
+fn parts_of(w: usize, h: usize, rgba: &[f32]) -> Vec<Part> {
+    let opaque = |i: usize| rgba[i * 4 + 3] >= 0.5;
+    let col = |i: usize| {
+        [
+            rgba[i * 4] * 255.0,
+            rgba[i * 4 + 1] * 255.0,
+            rgba[i * 4 + 2] * 255.0,
+        ]
+    };
+    let close = |a: usize, b: usize| {
+        let (ca, cb) = (col(a), col(b));
+        (0..3).all(|k| (ca[k] - cb[k]).abs() < 40.0)
+    };
+    let mut label = vec![usize::MAX; w * h];
+    let mut comps: Vec<Vec<usize>> = Vec::new();
+    for start in 0..w * h {
+        if label[start] != usize::MAX || !opaque(start) {
+            continue;
+        }
+        let id = comps.len();
+        let mut stack = vec![start];
+        let mut members = Vec::new();
+        label[start] = id;
+        while let Some(i) = stack.pop() {
+            members.push(i);
+            let (x, y) = (i % w, i / w);
+            let mut nb = Vec::with_capacity(4);
+            if x > 0 {
+                nb.push(i - 1);
+            }
+            if x + 1 < w {
+                nb.push(i + 1);
+            }
+            if y > 0 {
+                nb.push(i - w);
+            }
+            if y + 1 < h {
+                nb.push(i + w);
+            }
+            for j in nb {
+                if label[j] == usize::MAX && opaque(j) && close(i, j) {
+                    label[j] = id;
+                    stack.push(j);
+                }
+            }
+        }
+        comps.push(members);
+    }
+    let total: usize = comps.iter().map(Vec::len).sum();
+    comps
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.len() * 50 >= total)
+        .filter_map(|(id, m)| {
+            let mut mean = [0f32; 3];
+            for &i in m {
+                let c = col(i);
+                for k in 0..3 {
+                    mean[k] += c[k] / m.len() as f32;
+                }
+            }
+            let inside = |x: i64, y: i64| {
+                x >= 0
+                    && y >= 0
+                    && (x as usize) < w
+                    && (y as usize) < h
+                    && label[y as usize * w + x as usize] == id
+            };
+            let interior: Vec<(f32, f32)> = m
+                .iter()
+                .filter(|&&i| {
+                    let (x, y) = ((i % w) as i64, (i / w) as i64);
+                    (-1..=1).all(|dy| (-1..=1).all(|dx| inside(x + dx, y + dy)))
+                })
+                .map(|&i| {
+                    (
+                        ((i % w) as f32 + 0.5) / w as f32,
+                        ((i / w) as f32 + 0.5) / h as f32,
+                    )
+                })
+                .collect();
+            (!interior.is_empty()).then_some(Part { interior, mean })
+        })
+        .collect()
 }
 
 /// Template resampled to one size, as opaque pixels with zero-meaned colours.
@@ -100,15 +199,17 @@ impl Template {
         let img = image::load_from_memory(bytes)
             .map_err(|e| model(e.to_string()))?
             .into_rgba8();
+        let rgba: Vec<f32> = img
+            .into_raw()
+            .into_iter()
+            .map(|v| v as f32 / 255.0)
+            .collect();
         Ok(Template {
             name: name.into(),
+            parts: parts_of(w as usize, h as usize, &rgba),
             w,
             h,
-            rgba: img
-                .into_raw()
-                .into_iter()
-                .map(|v| v as f32 / 255.0)
-                .collect(),
+            rgba,
         })
     }
 
@@ -287,6 +388,65 @@ fn zncc(img: &FImg, t: &Prepared, x: usize, y: usize) -> f32 {
     num / (var.sqrt() * t.norm)
 }
 
+/// Colour check of a hit (templates with two or more parts of distinct colours): the image's
+/// mean colour over each part's interior (shrunk by one image pixel) must be nearer to that
+/// part's colour than to any other part's. A look-alike made of the same colours in another
+/// arrangement (panes swapped, a 3x3 grid, a row of dots) fails it; a dimmed or JPEG-damaged
+/// logo keeps its colour order.
+fn parts_match(img: &FImg, t: &Template, bbox: [u32; 4]) -> bool {
+    if t.parts.len() < 2 {
+        return true;
+    }
+    let (bx, by, bw, bh) = (
+        bbox[0] as f32,
+        bbox[1] as f32,
+        bbox[2] as f32,
+        bbox[3] as f32,
+    );
+    let mut means = Vec::with_capacity(t.parts.len());
+    for p in &t.parts {
+        // part extent in image pixels, to keep one pixel off its edge
+        let (mut x0, mut x1, mut y0, mut y1) = (f32::MAX, f32::MIN, f32::MAX, f32::MIN);
+        for &(fx, fy) in &p.interior {
+            x0 = x0.min(fx);
+            x1 = x1.max(fx);
+            y0 = y0.min(fy);
+            y1 = y1.max(fy);
+        }
+        let (mut acc, mut n) = ([0f32; 3], 0f32);
+        let mut seen = std::collections::HashSet::new();
+        for &(fx, fy) in &p.interior {
+            let (ix, iy) = ((bx + fx * bw).floor(), (by + fy * bh).floor());
+            let margin_x = (ix - (bx + x0 * bw)).min(bx + x1 * bw - ix);
+            let margin_y = (iy - (by + y0 * bh)).min(by + y1 * bh - iy);
+            if (margin_x < 1.0 || margin_y < 1.0) && (x1 - x0) * bw > 3.0 && (y1 - y0) * bh > 3.0 {
+                continue;
+            }
+            let (ix, iy) = (ix as usize, iy as usize);
+            if ix >= img.w || iy >= img.h || !seen.insert((ix, iy)) {
+                continue;
+            }
+            let c = img.d[iy * img.w + ix];
+            for k in 0..3 {
+                acc[k] += c[k];
+            }
+            n += 1.0;
+        }
+        if n == 0.0 {
+            return true; // too small to say
+        }
+        means.push([acc[0] / n, acc[1] / n, acc[2] / n]);
+    }
+    let d2 = |a: [f32; 3], b: [f32; 3]| (0..3).map(|k| (a[k] - b[k]).powi(2)).sum::<f32>();
+    means.iter().enumerate().all(|(i, m)| {
+        let own = d2(*m, t.parts[i].mean);
+        t.parts
+            .iter()
+            .enumerate()
+            .all(|(j, q)| j == i || own < d2(*m, q.mean))
+    })
+}
+
 /// Finds `template` in `img`.
 pub fn find_logo(img: &Rgb, template: &Template, p: &LogoParams) -> Vec<LogoHit> {
     let full = to_f(img);
@@ -428,6 +588,16 @@ pub fn find_logo(img: &Rgb, template: &Template, p: &LogoParams) -> Vec<LogoHit>
         h.bbox = [cur.1 as u32, cur.2 as u32, cur.3 as u32, cur.4 as u32];
         h.score = cur.0.min(1.0);
     }
+    // the colours must sit where the template has them: the summed ZNCC lets a look-alike
+    // with the same colours in another arrangement through (a 3x3 grid of the four colours
+    // whose 2x2 corner has one wrong pane scored 0.93: two channels still correlate perfectly)
+    out.retain(|h| {
+        let ok = parts_match(&full, template, h.bbox);
+        if !ok {
+            tracing::debug!(bbox = ?h.bbox, score = h.score, "logo hit fails the colour check");
+        }
+        ok
+    });
     out
 }
 

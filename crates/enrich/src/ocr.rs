@@ -180,11 +180,14 @@ impl OcrEngine {
             masked = g;
             &masked
         };
-        let mut blocks: Vec<[u32; 4]> = if p.own_layout {
-            layout_blocks(grey)
+        // blocks with the height of their text lines
+        let laid: Vec<Laid> = if p.own_layout {
+            layout(grey)
         } else {
-            vec![[0, 0, grey.width, grey.height]]
+            let all = [0, 0, grey.width, grey.height];
+            vec![(all, grey.height, all)]
         };
+        let mut blocks: Vec<[u32; 4]> = laid.iter().map(|l| l.0).collect();
         blocks.sort_by_key(|b| (b[1], b[0]));
         let mut blocks = reading_order(blocks);
         blocks.truncate(p.max_blocks);
@@ -198,6 +201,25 @@ impl OcrEngine {
         let mut texts = Vec::new();
         for b in &blocks {
             let mut crop = crop(grey, b);
+            // beyond a window border inside the padding: the text's own background
+            if let Some((_, _, inner)) = laid.iter().find(|l| l.0 == *b)
+                && inner != b
+            {
+                let (ix0, iy0) = (inner[0] - b[0], inner[1] - b[1]);
+                let (ix1, iy1) = (ix0 + inner[2], iy0 + inner[3]);
+                let inside = self::crop(&crop, &[ix0, iy0, inner[2], inner[3]]);
+                let bg = background(&inside);
+                // only text on a plain background (a window), not a photo's edge
+                let plain = inside.data.iter().filter(|&&v| v.abs_diff(bg) <= 8).count() * 2
+                    >= inside.data.len();
+                for y in (0..b[3]).filter(|_| plain) {
+                    for x in 0..b[2] {
+                        if x < ix0 || x >= ix1 || y < iy0 || y >= iy1 {
+                            crop.data[(y * b[2] + x) as usize] = bg;
+                        }
+                    }
+                }
+            }
             if let Some(t) = &texture {
                 let bg = background(&crop);
                 for y in 0..b[3] {
@@ -213,7 +235,8 @@ impl OcrEngine {
                 if p.target_line_px == 0 {
                     1.0
                 } else {
-                    (p.target_line_px as f32 / median_line_height(&crop).max(4) as f32)
+                    let lh = laid.iter().find(|l| l.0 == *b).map_or(b[3], |l| l.1);
+                    (p.target_line_px as f32 / lh.max(4) as f32)
                         .round()
                         .clamp(1.0, 4.0)
                 }
@@ -242,6 +265,10 @@ impl OcrEngine {
             // a block that yields one short, unsure word is a pointer, an icon or a glyph-like
             // graphic, not text
             if words.len() == 1 && words[0].0.text.chars().count() <= 3 && words[0].0.conf < 60.0 {
+                words.clear();
+            }
+            // a block that is one character (`A` read in a photo, an icon's glyph) unless sure
+            if words.len() == 1 && words[0].0.text.chars().count() == 1 && words[0].0.conf < 85.0 {
                 words.clear();
             }
             // a block read with low mean confidence is a photo or a drawing, not text
@@ -587,6 +614,50 @@ fn remove_textures(m: &mut [bool], g: &Grey) {
     }
 }
 
+/// Straight ink runs of at least `len` px (horizontal and vertical): window borders,
+/// separators, the edges of filled bars. Text strokes are shorter, so text that touches a
+/// window's border (an xterm's 1 px border, 2 px from its first column) is cut free of it;
+/// otherwise text and frame form one component that `remove_frames` cannot take for a frame,
+/// and the frame's height is taken for the line height (no upscaling: a whole screen of a
+/// 7x13 bitmap font read as nothing).
+/// Returns the pixels of those runs.
+fn long_runs(m: &[bool], w: usize, h: usize, len: usize) -> Vec<bool> {
+    let mut cut = vec![false; w * h];
+    for y in 0..h {
+        let mut x = 0;
+        while x < w {
+            if m[y * w + x] {
+                let s = x;
+                while x < w && m[y * w + x] {
+                    x += 1;
+                }
+                if x - s >= len {
+                    cut[y * w + s..y * w + x].iter_mut().for_each(|v| *v = true);
+                }
+            } else {
+                x += 1;
+            }
+        }
+    }
+    for x in 0..w {
+        let mut y = 0;
+        while y < h {
+            if m[y * w + x] {
+                let s = y;
+                while y < h && m[y * w + x] {
+                    y += 1;
+                }
+                if y - s >= len {
+                    (s..y).for_each(|yy| cut[yy * w + x] = true);
+                }
+            } else {
+                y += 1;
+            }
+        }
+    }
+    cut
+}
+
 /// Removes hollow rectangles (button and window frames) from an ink map: components at least
 /// 30x20 px whose ink is mostly on the border of their bounding box.
 fn remove_frames(m: &mut [bool], w: usize, h: usize) {
@@ -622,26 +693,30 @@ fn remove_frames(m: &mut [bool], w: usize, h: usize) {
     }
 }
 
-/// Median height of the text lines (smeared components) of a block.
-fn median_line_height(g: &Grey) -> u32 {
-    let lines = line_boxes(g);
-    let mut hs: Vec<u32> = lines
-        .iter()
-        .map(|b| (b[3] - b[1] + 1) as u32)
-        .filter(|&h| h >= 4)
-        .collect();
-    if hs.is_empty() {
-        return g.height;
-    }
-    hs.sort();
-    hs[hs.len() / 2]
-}
+/// Ink runs this long are borders, not text (see [`long_runs`]).
+const LONG_RUN: usize = 64;
 
 /// Text-line candidates: the ink map smeared horizontally (gaps up to 10 px closed).
+#[cfg(test)]
 fn line_boxes(g: &Grey) -> Vec<[usize; 4]> {
+    let (w, m) = line_map(g);
+    components(&m, w, g.height as usize)
+}
+
+/// The smeared ink map behind the text-line candidates (width, map).
+#[cfg(test)]
+fn line_map(g: &Grey) -> (usize, Vec<bool>) {
+    let (w, m, _) = line_map_and_borders(g);
+    (w, m)
+}
+
+/// [`line_map`] and the long runs (borders) cut from it.
+fn line_map_and_borders(g: &Grey) -> (usize, Vec<bool>, Vec<bool>) {
     let (w, h) = (g.width as usize, g.height as usize);
     let mut m = ink_map(g);
     remove_textures(&mut m, g);
+    let borders = long_runs(&m, w, h, LONG_RUN);
+    m.iter_mut().zip(&borders).for_each(|(v, c)| *v &= !c);
     remove_frames(&mut m, w, h);
     const GAP: usize = 10;
     for y in 0..h {
@@ -659,15 +734,48 @@ fn line_boxes(g: &Grey) -> Vec<[usize; 4]> {
             }
         }
     }
-    components(&m, w, h)
+    (w, m, borders)
 }
 
 /// Text blocks of a screenshot: line candidates merged when they are vertically close and
 /// horizontally overlapping; boxes padded by 6 px.
 pub fn layout_blocks(g: &Grey) -> Vec<[u32; 4]> {
-    let mut boxes: Vec<[usize; 4]> = line_boxes(g)
+    layout(g).into_iter().map(|l| l.0).collect()
+}
+
+/// A laid-out block: padded box, text-line height, the part of the box inside any window
+/// border found in its padding (x, y, w, h).
+type Laid = ([u32; 4], u32, [u32; 4]);
+
+/// [`layout_blocks`] with each block's text-line height: the lower median height of its line
+/// candidates that are at least 20 % ink (a window edge that survives as an L or a stub is a
+/// tall, hollow box; a text cursor under the last line doubles that line's height: with two
+/// lines the lower median keeps the text's height). Measured on the whole image, not on the
+/// block's crop, where the long runs that [`long_runs`] finds are cut short.
+fn layout(g: &Grey) -> Vec<Laid> {
+    let (w, m, borders) = line_map_and_borders(g);
+    let mut boxes: Vec<([usize; 4], Vec<u32>)> = components(&m, w, g.height as usize)
         .into_iter()
         .filter(|b| b[3] - b[1] + 1 >= 5 && b[2] - b[0] + 1 >= 3)
+        .map(|b| {
+            let ink: usize = (b[1]..=b[3])
+                .map(|y| {
+                    m[y * w + b[0]..=y * w + b[2]]
+                        .iter()
+                        .filter(|v| **v)
+                        .count()
+                })
+                .sum();
+            let dense = ink * 5 >= (b[2] - b[0] + 1) * (b[3] - b[1] + 1);
+            (
+                b,
+                if dense {
+                    vec![(b[3] - b[1] + 1) as u32]
+                } else {
+                    Vec::new()
+                },
+            )
+        })
         .collect();
     // merge until stable
     loop {
@@ -676,7 +784,7 @@ pub fn layout_blocks(g: &Grey) -> Vec<[u32; 4]> {
         while i < boxes.len() {
             let mut j = i + 1;
             while j < boxes.len() {
-                let (a, b) = (boxes[i], boxes[j]);
+                let (a, b) = (boxes[i].0, boxes[j].0);
                 let ha = a[3] - a[1] + 1;
                 let hb = b[3] - b[1] + 1;
                 let lh = ha.min(hb).min(40);
@@ -687,13 +795,14 @@ pub fn layout_blocks(g: &Grey) -> Vec<[u32; 4]> {
                 // out of its line and read after the whole block
                 let hmax = 12.max(ha.max(hb).min(40) * 6 / 5) as i64;
                 if vgap <= lh as i64 && hgap <= hmax {
-                    boxes[i] = [
+                    boxes[i].0 = [
                         a[0].min(b[0]),
                         a[1].min(b[1]),
                         a[2].max(b[2]),
                         a[3].max(b[3]),
                     ];
-                    boxes.swap_remove(j);
+                    let hs = boxes.swap_remove(j).1;
+                    boxes[i].1.extend(hs);
                     merged = true;
                 } else {
                     j += 1;
@@ -708,17 +817,49 @@ pub fn layout_blocks(g: &Grey) -> Vec<[u32; 4]> {
     let (w, h) = (g.width as usize, g.height as usize);
     boxes
         .into_iter()
-        .map(|b| {
+        .map(|(b, mut hs)| {
+            hs.sort_unstable();
+            let lh = hs
+                .get(hs.len().saturating_sub(1) / 2)
+                .copied()
+                .unwrap_or((b[3] - b[1] + 1) as u32);
             let x0 = b[0].saturating_sub(6);
             let y0 = b[1].saturating_sub(6);
             let x1 = (b[2] + 6).min(w - 1);
             let y1 = (b[3] + 6).min(h - 1);
-            [
-                x0 as u32,
-                y0 as u32,
-                (x1 - x0 + 1) as u32,
-                (y1 - y0 + 1) as u32,
-            ]
+            // a window border in the padding (a long run covering more than half of the
+            // block's side): what lies beyond it is painted with the text's background before
+            // recognition — a strip of another background beside the text (a dark xterm on a
+            // white root) makes tesseract read the border as `[` or lose the line; the crop
+            // keeps its margins (text flush with the crop's edge is read worse)
+            let row_border = |y: usize| {
+                (b[0]..=b[2]).filter(|&x| borders[y * w + x]).count() * 2 > b[2] - b[0] + 1
+            };
+            let col_border = |x: usize| {
+                (b[1]..=b[3]).filter(|&y| borders[y * w + x]).count() * 2 > b[3] - b[1] + 1
+            };
+            let (mut ix0, mut iy0, mut ix1, mut iy1) = (x0, y0, x1, y1);
+            if let Some(y) = (y0..b[1]).rev().find(|&y| row_border(y)) {
+                iy0 = y + 1;
+            }
+            if let Some(y) = (b[3] + 1..=y1).find(|&y| row_border(y)) {
+                iy1 = y;
+            }
+            if let Some(x) = (x0..b[0]).rev().find(|&x| col_border(x)) {
+                ix0 = x + 1;
+            }
+            if let Some(x) = (b[2] + 1..=x1).find(|&x| col_border(x)) {
+                ix1 = x;
+            }
+            let r = |x0: usize, y0: usize, x1: usize, y1: usize| {
+                [
+                    x0 as u32,
+                    y0 as u32,
+                    (x1 - x0 + 1) as u32,
+                    (y1 - y0 + 1) as u32,
+                ]
+            };
+            (r(x0, y0, x1, y1), lh, r(ix0, iy0, ix1, iy1))
         })
         .collect()
 }
