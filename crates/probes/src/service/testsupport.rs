@@ -359,21 +359,37 @@ pub fn smtpd() -> Result<Daemon, SupportError> {
     })
 }
 
-/// A free X display number whose TCP port (6000+N) and lock file are free.
+/// Whether X display `:n` is taken: a lock file naming a live process (or one we cannot read), or
+/// a Unix socket that accepts. A lock or socket left behind by a killed server does not count: the
+/// next X server on `:n` removes both (stale locks piled up on a long-lived machine until no
+/// display looked free).
+pub fn x_display_in_use(n: u16) -> bool {
+    let lock = format!("/tmp/.X{n}-lock");
+    match std::fs::read_to_string(&lock) {
+        Ok(text) => match text.trim().parse::<u32>() {
+            Ok(pid) if !Path::new(&format!("/proc/{pid}")).exists() => {}
+            _ => return true,
+        },
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return true,
+        Err(_) => {}
+    }
+    let sock = format!("/tmp/.X11-unix/X{n}");
+    Path::new(&sock).exists() && std::os::unix::net::UnixStream::connect(&sock).is_ok()
+}
+
+/// A free X display number whose TCP port (6000+N) is free too.
 fn free_display(ports_too: &[u16]) -> u16 {
-    let start = 20 + (std::process::id() % 40) as u16;
-    for i in 0..200u16 {
-        let d = 20 + (start - 20 + i * 7) % 180;
-        if Path::new(&format!("/tmp/.X{d}-lock")).exists()
-            || Path::new(&format!("/tmp/.X11-unix/X{d}")).exists()
-        {
+    let start = (std::process::id() % 900) as u16;
+    for i in 0..900u16 {
+        let d = 20 + (start + i * 7) % 900;
+        if x_display_in_use(d) {
             continue;
         }
         if port_free(6000 + d) && !ports_too.contains(&(6000 + d)) {
             return d;
         }
     }
-    panic!("no free X display number");
+    panic!("no free X display number in :20..:919");
 }
 
 /// Xvfb reachable over TCP on 127.0.0.1:6000+N — and only there. Xvfb's own `-listen tcp` would

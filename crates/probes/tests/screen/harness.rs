@@ -92,8 +92,7 @@ fn candidate_displays() -> impl Iterator<Item = u16> {
 }
 
 fn display_in_use(n: u16) -> bool {
-    Path::new(&format!("/tmp/.X{n}-lock")).exists()
-        || Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+    overlord_probes::service::testsupport::x_display_in_use(n)
 }
 
 /// An X server (Xvfb or Xvnc) on display `:n`.
