@@ -382,16 +382,32 @@ impl OcrEngine {
                             })
                         };
                         if let Some(r) = restricted.clone()
+                            && damaged(&words[i])
                             && use_restricted(
                                 &words.join(" "),
                                 with(&restricted).as_deref(),
                                 with(&plain).as_deref(),
                             )
                         {
+                            // an underscore read as a space: the re-read word starts with the
+                            // `_` that reaches into its margin (`bob jonesGalerts…` →
+                            // `_jones@alerts…`); it joins the word before it
+                            let pb = if i > 0 { Some(l.3[i - 1].0) } else { None };
+                            let joins = r.starts_with('_')
+                                && pb.is_some_and(|pb| {
+                                    words[i - 1].ends_with(|c: char| c.is_alphanumeric())
+                                        && wb[0] <= pb[0] + pb[2] + (lh as f32 * s) as u32
+                                });
+                            if joins {
+                                words[i] = format!("{}{r}", words[i - 1]);
+                                words[i - 1].clear();
+                                continue;
+                            }
                             words[i] = r;
                         }
                     }
                 }
+                words.retain(|w| !w.is_empty());
                 mail_lines.push(words.join(" "));
             }
             let t: Vec<String> = lines.into_iter().map(|l| l.1.join(" ")).collect();
@@ -490,6 +506,24 @@ pub(crate) fn address_like(w: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// Whether a first reading of an address-like word shows OCR damage that a re-reading may
+/// undo: no address in it (`bob jonesGalerts.example.net`, `alice,smith@corp,example`), a
+/// character no address holds (`j}.doe@…`), or a capital letter in the domain
+/// (`helpdesk@Gexample.nl`: `@` read as `@G`). A clean reading is kept: re-readings at another
+/// scale can agree on a worse one (`ops-team@…` re-read as `team@…`).
+fn damaged(word: &str) -> bool {
+    let es = crate::analyze::extract_emails(word);
+    let Some(e) = es.first() else {
+        return true;
+    };
+    let t = word.trim_matches(|c: char| "<>()[]\"'.,;:".contains(c));
+    if t != e.as_str() {
+        return true;
+    }
+    e.split_once('@')
+        .is_some_and(|(_, d)| d.chars().any(|c| c.is_ascii_uppercase()))
 }
 
 /// Chooses the reading of a line to extract addresses from, given the first reading, the
@@ -1190,6 +1224,52 @@ mod tests {
             data: vec![0; 2500],
         };
         assert!(texture_mask(&plain).is_none());
+    }
+
+    #[test]
+    fn address_rereadings_are_chosen_by_agreement_and_only_for_damaged_words() {
+        // which words are re-read
+        for w in [
+            "bob@example.org",
+            "jonesGalerts.example.net",
+            "alice,smith@corp,example,co,uk",
+            "<j.doe@example.de>",
+        ] {
+            assert!(address_like(w), "{w}");
+        }
+        for w in ["failed.", "10,0,65,200", "fs-7", "a.b", "From:", "Mr."] {
+            assert!(!address_like(w), "{w}");
+        }
+        // a clean first reading is never replaced
+        assert!(!damaged("ops-team@example.com"));
+        assert!(!damaged("<l.martin@alerts.example.net>"));
+        for w in [
+            "helpdesk@Gexample.nl",
+            "j}.doe@alerts.example.net",
+            "alice,smith@corp,example,co,uk",
+            "jonesGalerts.example.net",
+        ] {
+            assert!(damaged(w), "{w}");
+        }
+        // both re-readings agree: theirs
+        let l = "From: helpdesk@Gexample.nl";
+        let fixed = "From: helpdesk@example.nl";
+        assert!(use_restricted(l, Some(fixed), Some(fixed)));
+        // they disagree and the first reading yields an address: the first
+        assert!(!use_restricted(
+            l,
+            Some(fixed),
+            Some("From: helpdesk@exarnple.nl")
+        ));
+        // the first yields nothing, only the restricted one does (no `,` for `.`)
+        assert!(use_restricted(
+            "From: alice,smith@corp,example,co,uk",
+            Some("From: alice.smith@corp.example.co.uk"),
+            Some("From: alice.smith@corp,example,co,uk"),
+        ));
+        // nothing agreed, nothing to gain
+        assert!(!use_restricted(l, Some("From: x"), Some("From: y")));
+        assert!(!use_restricted(l, None, None));
     }
 
     #[test]
