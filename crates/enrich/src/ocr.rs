@@ -362,7 +362,8 @@ impl OcrEngine {
                 if let Some(prep) = &prep {
                     let lh = laid.iter().find(|x| x.0 == *b).map_or(b[3], |x| x.1);
                     for i in 0..words.len() {
-                        if !address_like(&words[i]) {
+                        // a clean reading is kept (and not re-read: time)
+                        if !address_like(&words[i]) || !damaged(&words[i]) {
                             continue;
                         }
                         // the word's columns, the line's rows
@@ -382,7 +383,6 @@ impl OcrEngine {
                             })
                         };
                         if let Some(r) = restricted.clone()
-                            && damaged(&words[i])
                             && use_restricted(
                                 &words.join(" "),
                                 with(&restricted).as_deref(),
