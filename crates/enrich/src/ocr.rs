@@ -180,11 +180,7 @@ impl OcrEngine {
         r
     }
 
-    fn run(
-        tess: Tesseract,
-        g: &Grey,
-        psm: u32,
-    ) -> (Option<Tesseract>, Result<Vec<(Word, LineKey)>, EnrichError>) {
+    fn run(tess: Tesseract, g: &Grey, psm: u32) -> (Option<Tesseract>, Recognised) {
         let mut tess =
             match tess.set_frame(&g.data, g.width as i32, g.height as i32, 1, g.width as i32) {
                 Ok(t) => t,
@@ -323,9 +319,8 @@ impl OcrEngine {
             if mean_conf < p.min_block_conf {
                 words.clear();
             }
-            // (block, par, line) → words, with the line's box in `img` pixels and its words'
-            // confidences
-            let mut lines: Vec<(LineKey, Vec<String>, [u32; 4], Vec<([u32; 4], f32)>)> = Vec::new();
+            // (block, par, line) → words, with the line's box and each word's box in `img` pixels
+            let mut lines: Vec<ReadLine> = Vec::new();
             let s = img.width as f32 / b[2] as f32;
             for (mut w, key) in words {
                 let alnum = w.text.chars().any(char::is_alphanumeric);
@@ -350,9 +345,9 @@ impl OcrEngine {
                     Some(l) if l.0 == key => {
                         l.1.push(w.text.clone());
                         l.2 = union(l.2, ib);
-                        l.3.push((ib, w.conf));
+                        l.3.push(ib);
                     }
-                    _ => lines.push((key, vec![w.text.clone()], ib, vec![(ib, w.conf)])),
+                    _ => lines.push((key, vec![w.text.clone()], ib, vec![ib])),
                 }
                 out.words.push(w);
             }
@@ -367,7 +362,7 @@ impl OcrEngine {
                             continue;
                         }
                         // the word's columns, the line's rows
-                        let wb = l.3[i].0;
+                        let wb = l.3[i];
                         let rb = [wb[0], l.2[1], wb[2], l.2[3]];
                         let restricted = self
                             .reread_box(prep, rb, s, lh, true)?
@@ -392,7 +387,7 @@ impl OcrEngine {
                             // an underscore read as a space: the re-read word starts with the
                             // `_` that reaches into its margin (`bob jonesGalerts…` →
                             // `_jones@alerts…`); it joins the word before it
-                            let pb = if i > 0 { Some(l.3[i - 1].0) } else { None };
+                            let pb = if i > 0 { Some(l.3[i - 1]) } else { None };
                             let joins = r.starts_with('_')
                                 && pb.is_some_and(|pb| {
                                     words[i - 1].ends_with(|c: char| c.is_alphanumeric())
@@ -630,6 +625,12 @@ fn fill_with_surround(g: &mut Grey, m: &[u32; 4]) {
 
 /// Tesseract's (block, paragraph, line) numbers of a word.
 type LineKey = (u32, u32, u32);
+
+/// Words read from one frame, with their line keys.
+type Recognised = Result<Vec<(Word, LineKey)>, EnrichError>;
+
+/// One line of a block: its key, its words, its box and each word's box (in the upscaled block).
+type ReadLine = (LineKey, Vec<String>, [u32; 4], Vec<[u32; 4]>);
 
 /// Parses tesseract TSV; returns level-5 (word) rows with their (block, paragraph, line) key.
 fn parse_tsv(tsv: &str) -> Vec<(Word, LineKey)> {
