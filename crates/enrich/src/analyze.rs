@@ -441,7 +441,7 @@ impl Analyzer {
             a.timings.ocr_ms = ms(t);
             a.text = o.text;
             a.words = o.words;
-            a.emails = extract_emails(&a.text);
+            a.emails = extract_emails(&o.email_text);
         }
         a.tags = derive_tags(&a);
         a.timings.total_ms = ms(t_all);

@@ -36,6 +36,11 @@ pub struct OcrText {
     pub words: Vec<Word>,
     /// Text blocks found by the layout step (x, y, w, h).
     pub blocks: Vec<[u32; 4]>,
+    /// The text e-mail addresses are extracted from: `text` with each line that holds an
+    /// address-like word replaced by its re-reading when that reads better (see
+    /// [`OcrEngine::ocr_masked`]).
+    #[serde(default)]
+    pub email_text: String,
 }
 
 /// How a screenshot is prepared for tesseract.
@@ -63,6 +68,9 @@ pub struct OcrParams {
     pub max_blocks: usize,
     /// Turn `@`/`0@` misreadings of monospace zeros back into `0` outside e-mail addresses.
     pub fix_zero: bool,
+    /// Re-read lines holding an address-like word at this line height (px) with an engine
+    /// restricted to address characters (0: off).
+    pub email_reread_px: u32,
 }
 
 impl Default for OcrParams {
@@ -79,6 +87,7 @@ impl Default for OcrParams {
             min_block_conf: 50.0,
             max_blocks: 200,
             fix_zero: true,
+            email_reread_px: 56,
         }
     }
 }
@@ -99,8 +108,15 @@ mod omp {
 /// A tesseract engine owned by one thread (tesseract's engine is `Send`, not `Sync`).
 pub struct OcrEngine {
     tess: Option<Tesseract>,
+    /// Second engine restricted to address characters (created on first use).
+    mail_tess: Option<Tesseract>,
     params: OcrParams,
 }
+
+/// Characters the address re-reading may produce: no `,`/`;` (a `.` read as `,` is the most
+/// common damage in small fonts) and no look-alike symbols (`©`, `®`).
+const MAIL_WHITELIST: &str =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789@._+-:<>()[]'\"/!?#$%&*=|~";
 
 fn psm_of(n: u32) -> PageSegMode {
     match n {
@@ -127,6 +143,7 @@ impl OcrEngine {
     pub fn new(params: OcrParams) -> Result<OcrEngine, EnrichError> {
         Ok(OcrEngine {
             tess: Some(new_tess()?),
+            mail_tess: None,
             params,
         })
     }
@@ -145,19 +162,39 @@ impl OcrEngine {
             Some(t) => t,
             None => new_tess()?,
         };
-        let mut tess = tess
-            .set_frame(&g.data, g.width as i32, g.height as i32, 1, g.width as i32)
-            .map_err(|e| EnrichError::Ocr(e.to_string()))?;
+        let (tess, r) = Self::run(tess, g, psm);
+        self.tess = tess;
+        r
+    }
+
+    /// Recognises with the address engine (whitelist of address characters).
+    fn recognise_mail(&mut self, g: &Grey, psm: u32) -> Result<Vec<(Word, LineKey)>, EnrichError> {
+        let tess = match self.mail_tess.take() {
+            Some(t) => t,
+            None => new_tess()?
+                .set_variable("tessedit_char_whitelist", MAIL_WHITELIST)
+                .map_err(|e| EnrichError::Ocr(e.to_string()))?,
+        };
+        let (tess, r) = Self::run(tess, g, psm);
+        self.mail_tess = tess;
+        r
+    }
+
+    fn run(tess: Tesseract, g: &Grey, psm: u32) -> (Option<Tesseract>, Recognised) {
+        let mut tess =
+            match tess.set_frame(&g.data, g.width as i32, g.height as i32, 1, g.width as i32) {
+                Ok(t) => t,
+                Err(e) => return (None, Err(EnrichError::Ocr(e.to_string()))),
+            };
         tess.set_page_seg_mode(psm_of(psm));
-        let mut tess = tess
-            .set_source_resolution(70)
-            .recognize()
-            .map_err(|e| EnrichError::Ocr(e.to_string()))?;
+        let mut tess = match tess.set_source_resolution(70).recognize() {
+            Ok(t) => t,
+            Err(e) => return (None, Err(EnrichError::Ocr(e.to_string()))),
+        };
         let tsv = tess
             .get_tsv_text(0)
             .map_err(|e| EnrichError::Ocr(e.to_string()));
-        self.tess = Some(tess);
-        Ok(parse_tsv(&tsv?))
+        (Some(tess), tsv.map(|t| parse_tsv(&t)))
     }
 
     /// OCR of a grey screenshot.
@@ -199,6 +236,7 @@ impl OcrEngine {
         };
         let mut out = OcrText::default();
         let mut texts = Vec::new();
+        let mut mail_texts = Vec::new();
         for b in &blocks {
             let mut crop = crop(grey, b);
             // beyond a window border inside the padding: the text's own background
@@ -246,6 +284,11 @@ impl OcrEngine {
             let scale = scale
                 .min(p.max_side as f32 / crop.width.max(crop.height) as f32)
                 .max(0.25);
+            let prep = if p.email_reread_px > 0 {
+                Some(crop.clone())
+            } else {
+                None
+            };
             let mut img = if (scale - 1.0).abs() > 0.05 {
                 resize_bilinear(&crop, scale)
             } else {
@@ -276,7 +319,9 @@ impl OcrEngine {
             if mean_conf < p.min_block_conf {
                 words.clear();
             }
-            let mut lines: Vec<(u32, u32, u32, Vec<String>)> = Vec::new(); // (block, par, line) → words
+            // (block, par, line) → words, with the line's box and each word's box in `img` pixels
+            let mut lines: Vec<ReadLine> = Vec::new();
+            let s = img.width as f32 / b[2] as f32;
             for (mut w, key) in words {
                 let alnum = w.text.chars().any(char::is_alphanumeric);
                 if !alnum && w.conf < p.junk_conf {
@@ -289,7 +334,7 @@ impl OcrEngine {
                 if p.fix_zero {
                     w.text = fix_zero_confusions(&w.text);
                 }
-                let s = img.width as f32 / b[2] as f32;
+                let ib = w.bbox;
                 w.bbox = [
                     b[0] + (w.bbox[0] as f32 / s) as u32,
                     b[1] + (w.bbox[1] as f32 / s) as u32,
@@ -297,19 +342,214 @@ impl OcrEngine {
                     ((w.bbox[3] as f32 / s).ceil() as u32).max(1),
                 ];
                 match lines.last_mut() {
-                    Some(l) if (l.0, l.1, l.2) == key => l.3.push(w.text.clone()),
-                    _ => lines.push((key.0, key.1, key.2, vec![w.text.clone()])),
+                    Some(l) if l.0 == key => {
+                        l.1.push(w.text.clone());
+                        l.2 = union(l.2, ib);
+                        l.3.push(ib);
+                    }
+                    _ => lines.push((key, vec![w.text.clone()], ib, vec![ib])),
                 }
                 out.words.push(w);
             }
-            let t: Vec<String> = lines.into_iter().map(|l| l.3.join(" ")).collect();
+            let mut mail_lines = Vec::with_capacity(lines.len());
+            for l in &lines {
+                let mut words = l.1.clone();
+                if let Some(prep) = &prep {
+                    let lh = laid.iter().find(|x| x.0 == *b).map_or(b[3], |x| x.1);
+                    for i in 0..words.len() {
+                        // a clean reading is kept (and not re-read: time)
+                        if !address_like(&words[i]) || !damaged(&words[i]) {
+                            continue;
+                        }
+                        // the word's columns, the line's rows
+                        let wb = l.3[i];
+                        let rb = [wb[0], l.2[1], wb[2], l.2[3]];
+                        let restricted = self
+                            .reread_box(prep, rb, s, lh, true)?
+                            .map(|r| r.0.join(" "));
+                        let plain = self
+                            .reread_box(prep, rb, s, lh, false)?
+                            .map(|r| r.0.join(" "));
+                        let with = |r: &Option<String>| {
+                            r.as_ref().map(|r| {
+                                let mut alt = words.clone();
+                                alt[i] = r.clone();
+                                alt.join(" ")
+                            })
+                        };
+                        if let Some(r) = restricted.clone()
+                            && use_restricted(
+                                &words.join(" "),
+                                with(&restricted).as_deref(),
+                                with(&plain).as_deref(),
+                            )
+                        {
+                            // an underscore read as a space: the re-read word starts with the
+                            // `_` that reaches into its margin (`bob jonesGalerts…` →
+                            // `_jones@alerts…`); it joins the word before it
+                            let pb = if i > 0 { Some(l.3[i - 1]) } else { None };
+                            let joins = r.starts_with('_')
+                                && pb.is_some_and(|pb| {
+                                    words[i - 1].ends_with(|c: char| c.is_alphanumeric())
+                                        && wb[0] <= pb[0] + pb[2] + (lh as f32 * s) as u32
+                                });
+                            if joins {
+                                words[i] = format!("{}{r}", words[i - 1]);
+                                words[i - 1].clear();
+                                continue;
+                            }
+                            words[i] = r;
+                        }
+                    }
+                }
+                words.retain(|w| !w.is_empty());
+                mail_lines.push(words.join(" "));
+            }
+            let t: Vec<String> = lines.into_iter().map(|l| l.1.join(" ")).collect();
             if !t.is_empty() {
                 texts.push(t.join("\n"));
+                mail_texts.push(mail_lines.join("\n"));
             }
         }
         out.text = texts.join("\n");
+        out.email_text = mail_texts.join("\n");
         out.blocks = blocks;
         Ok(out)
+    }
+}
+
+impl OcrEngine {
+    /// Re-reads one line (`lb`: its box in the block image upscaled by `s`) from the prepared
+    /// block `prep` at [`OcrParams::email_reread_px`] with the address engine, as one line
+    /// (PSM 7). Returns the words and their confidences, or `None` when nothing was read.
+    fn reread_box(
+        &mut self,
+        prep: &Grey,
+        lb: [u32; 4],
+        s: f32,
+        lh: u32,
+        restricted: bool,
+    ) -> Result<Option<(Vec<String>, f32)>, EnrichError> {
+        let p = self.params;
+        let (padx, pady) = ((lh / 3).max(2) as f32, (lh / 2).max(3) as f32);
+        let x0 = ((lb[0] as f32 / s) - padx).max(0.0) as u32;
+        let y0 = ((lb[1] as f32 / s) - pady).max(0.0) as u32;
+        let x1 = (((lb[0] + lb[2]) as f32 / s + padx).ceil() as u32).min(prep.width);
+        let y1 = (((lb[1] + lb[3]) as f32 / s + pady).ceil() as u32).min(prep.height);
+        if x1 <= x0 + 2 || y1 <= y0 + 2 {
+            return Ok(None);
+        }
+        let mut sub = crop(prep, &[x0, y0, x1 - x0, y1 - y0]);
+        // only the word: its neighbours' glyphs in the margin are painted over (a `:` before
+        // the word was read as `J`)
+        let bg = background(&sub);
+        let wx0 = ((lb[0] as f32 / s).floor() as u32).saturating_sub(1 + x0);
+        let wx1 = (((lb[0] + lb[2]) as f32 / s).ceil() as u32 + 1).saturating_sub(x0);
+        for y in 0..sub.height {
+            for x in (0..sub.width).filter(|&x| x < wx0 || x >= wx1) {
+                sub.data[(y * sub.width + x) as usize] = bg;
+            }
+        }
+        let scale = (p.email_reread_px as f32 / lh.max(4) as f32)
+            .clamp(1.0, 6.0)
+            .min(p.max_side as f32 / sub.width.max(sub.height) as f32);
+        let mut img = if (scale - 1.0).abs() > 0.05 {
+            resize_bilinear(&sub, scale)
+        } else {
+            sub
+        };
+        if p.invert_dark && background(&img) < 128 {
+            img.data.iter_mut().for_each(|v| *v = 255 - *v);
+        }
+        let words = if restricted {
+            self.recognise_mail(&img, 7)?
+        } else {
+            self.recognise(&img, 7)?
+        };
+        if words.is_empty() {
+            return Ok(None);
+        }
+        let conf = words.iter().map(|w| w.0.conf).sum::<f32>() / words.len() as f32;
+        Ok(Some((words.into_iter().map(|w| w.0.text).collect(), conf)))
+    }
+}
+
+fn union(a: [u32; 4], b: [u32; 4]) -> [u32; 4] {
+    let x0 = a[0].min(b[0]);
+    let y0 = a[1].min(b[1]);
+    let x1 = (a[0] + a[2]).max(b[0] + b[2]);
+    let y1 = (a[1] + a[3]).max(b[1] + b[3]);
+    [x0, y0, x1 - x0, y1 - y0]
+}
+
+/// A word that may be (or hold) an e-mail address: an `@` (or a look-alike) between word
+/// characters, or a dotted domain shape (`name.tld` after at least two characters).
+pub(crate) fn address_like(w: &str) -> bool {
+    let t = w.trim_matches(|c: char| !c.is_alphanumeric());
+    if t.chars().count() < 5 {
+        return false;
+    }
+    if t.contains(['@', '©', '®', '＠']) {
+        return true;
+    }
+    // `name.tld`: the last dot-separated label 2..6 letters, something before it
+    match t.rsplit_once(['.', ',']) {
+        Some((head, tld)) => {
+            head.chars().filter(|c| c.is_alphanumeric()).count() >= 3
+                && (2..=6).contains(&tld.len())
+                && tld.chars().all(|c| c.is_ascii_lowercase())
+        }
+        None => false,
+    }
+}
+
+/// Whether a first reading of an address-like word shows OCR damage that a re-reading may
+/// undo: no address in it (`bob jonesGalerts.example.net`, `alice,smith@corp,example`), a
+/// character no address holds (`j}.doe@…`), or a capital letter in the domain
+/// (`helpdesk@Gexample.nl`: `@` read as `@G`). A clean reading is kept: re-readings at another
+/// scale can agree on a worse one (`ops-team@…` re-read as `team@…`).
+fn damaged(word: &str) -> bool {
+    let es = crate::analyze::extract_emails(word);
+    let Some(e) = es.first() else {
+        return true;
+    };
+    let t = word.trim_matches(|c: char| "<>()[]\"'.,;:".contains(c));
+    if t != e.as_str() {
+        return true;
+    }
+    e.split_once('@')
+        .is_some_and(|(_, d)| d.chars().any(|c| c.is_ascii_uppercase()))
+}
+
+/// Chooses the reading of a line to extract addresses from, given the first reading, the
+/// re-reading of one address-like word with address characters only (`restricted`) and with
+/// the plain engine (`plain`), both at a larger scale. Majority: when the two re-readings yield
+/// the same addresses, theirs; when one agrees with the first reading, the first; when all
+/// differ, the first unless it yields nothing and only the restricted reading (no `,` for `.`)
+/// yields something. Returns whether the restricted re-reading replaces the word.
+fn use_restricted(line: &str, restricted: Option<&str>, plain: Option<&str>) -> bool {
+    let key = |t: &str| -> Vec<String> {
+        crate::analyze::extract_emails(t)
+            .into_iter()
+            .map(|e| e.to_lowercase())
+            .collect()
+    };
+    let e0 = key(line);
+    let e1 = restricted.map(key);
+    let e2 = plain.map(key);
+    tracing::debug!(
+        line,
+        ?e0,
+        ?restricted,
+        ?e1,
+        ?plain,
+        ?e2,
+        "address re-reading"
+    );
+    match (e1, e2) {
+        (Some(e1), Some(e2)) if e1 == e2 && !e1.is_empty() => true,
+        (Some(e1), e2) => e0.is_empty() && !e1.is_empty() && e2.is_none_or(|e| e.is_empty()),
+        _ => false,
     }
 }
 
@@ -385,6 +625,12 @@ fn fill_with_surround(g: &mut Grey, m: &[u32; 4]) {
 
 /// Tesseract's (block, paragraph, line) numbers of a word.
 type LineKey = (u32, u32, u32);
+
+/// Words read from one frame, with their line keys.
+type Recognised = Result<Vec<(Word, LineKey)>, EnrichError>;
+
+/// One line of a block: its key, its words, its box and each word's box (in the upscaled block).
+type ReadLine = (LineKey, Vec<String>, [u32; 4], Vec<[u32; 4]>);
 
 /// Parses tesseract TSV; returns level-5 (word) rows with their (block, paragraph, line) key.
 fn parse_tsv(tsv: &str) -> Vec<(Word, LineKey)> {
@@ -979,6 +1225,52 @@ mod tests {
             data: vec![0; 2500],
         };
         assert!(texture_mask(&plain).is_none());
+    }
+
+    #[test]
+    fn address_rereadings_are_chosen_by_agreement_and_only_for_damaged_words() {
+        // which words are re-read
+        for w in [
+            "bob@example.org",
+            "jonesGalerts.example.net",
+            "alice,smith@corp,example,co,uk",
+            "<j.doe@example.de>",
+        ] {
+            assert!(address_like(w), "{w}");
+        }
+        for w in ["failed.", "10,0,65,200", "fs-7", "a.b", "From:", "Mr."] {
+            assert!(!address_like(w), "{w}");
+        }
+        // a clean first reading is never replaced
+        assert!(!damaged("ops-team@example.com"));
+        assert!(!damaged("<l.martin@alerts.example.net>"));
+        for w in [
+            "helpdesk@Gexample.nl",
+            "j}.doe@alerts.example.net",
+            "alice,smith@corp,example,co,uk",
+            "jonesGalerts.example.net",
+        ] {
+            assert!(damaged(w), "{w}");
+        }
+        // both re-readings agree: theirs
+        let l = "From: helpdesk@Gexample.nl";
+        let fixed = "From: helpdesk@example.nl";
+        assert!(use_restricted(l, Some(fixed), Some(fixed)));
+        // they disagree and the first reading yields an address: the first
+        assert!(!use_restricted(
+            l,
+            Some(fixed),
+            Some("From: helpdesk@exarnple.nl")
+        ));
+        // the first yields nothing, only the restricted one does (no `,` for `.`)
+        assert!(use_restricted(
+            "From: alice,smith@corp,example,co,uk",
+            Some("From: alice.smith@corp.example.co.uk"),
+            Some("From: alice.smith@corp,example,co,uk"),
+        ));
+        // nothing agreed, nothing to gain
+        assert!(!use_restricted(l, Some("From: x"), Some("From: y")));
+        assert!(!use_restricted(l, None, None));
     }
 
     #[test]
