@@ -97,7 +97,8 @@ async fn every_open_port_and_banner_exactly_once() -> anyhow::Result<()> {
 /// error naming the problem, and nothing is persisted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_scope_and_bad_input_refused() -> anyhow::Result<()> {
-    // No minion is started: even a job wrongly accepted here could not send anything, so the
+    // No scanning minion is started (the coordinator's own lookup minion runs only `leak`, a
+    // database lookup): even a job wrongly accepted here could not send anything, so the
     // non-loopback targets below never see traffic; they only have to appear in the refusal.
     let cluster = InProc::start(&[], 1).await?;
     let mut c = client(&cluster.url).await?;

@@ -138,24 +138,44 @@ impl JobApi {
     }
 }
 
-/// Takes a submission slot for `client`: first its address's (at most
-/// [`MAX_SUBMITS_PER_CLIENT`]), then one of the coordinator's [`MAX_SUBMITS_IN_FLIGHT`]. Both are
-/// released when the returned guard drops (the call ended).
+/// A call's slots: one of its client address's (at most `per_client`; an unknown address is not
+/// counted), then one of the coordinator's `global` ones. The address's first, so a call refused
+/// there takes no global slot. Both are released when the returned guard drops (the call ended).
+/// `refused`: what the error names, per address and in all.
+fn take_slots(
+    global: &Arc<Semaphore>,
+    by_client: &SlotsByClient,
+    client: Option<IpAddr>,
+    per_client: usize,
+    refused: [&'static str; 2],
+) -> Result<(ClientSlot, tokio::sync::OwnedSemaphorePermit), ApiError> {
+    let slot = by_client
+        .acquire(client, per_client)
+        .ok_or(ApiError::Exhausted(refused[0]))?;
+    let permit = global
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Exhausted(refused[1]))?;
+    Ok((slot, permit))
+}
+
+/// Takes a submission slot for `client`: its address's (at most [`MAX_SUBMITS_PER_CLIENT`]), then
+/// one of the coordinator's [`MAX_SUBMITS_IN_FLIGHT`].
 pub fn submit_slot(
     global: &Arc<Semaphore>,
     by_client: &SlotsByClient,
     client: Option<IpAddr>,
 ) -> Result<(ClientSlot, tokio::sync::OwnedSemaphorePermit), ApiError> {
-    let slot = by_client
-        .acquire(client, MAX_SUBMITS_PER_CLIENT)
-        .ok_or(ApiError::Exhausted(
+    take_slots(
+        global,
+        by_client,
+        client,
+        MAX_SUBMITS_PER_CLIENT,
+        [
             "submissions from this client address (max 16 in flight per address)",
-        ))?;
-    let permit = global
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::Exhausted("submissions (max 64 in flight)"))?;
-    Ok((slot, permit))
+            "submissions (max 64 in flight)",
+        ],
+    )
 }
 
 fn resolve(host: &str) -> Result<Vec<IpAddr>, String> {
@@ -281,18 +301,16 @@ impl v1::job_service_server::JobService for JobApi {
         &self,
         req: Request<v1::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let permit = self
-            .watchers
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ApiError::Exhausted("watch streams (max 1024 per coordinator)"))?;
-        let client = req.remote_addr().map(|a| a.ip());
-        let slot = self
-            .watchers_by_client
-            .acquire(client, MAX_WATCHERS_PER_CLIENT)
-            .ok_or(ApiError::Exhausted(
+        let slots = take_slots(
+            &self.watchers,
+            &self.watchers_by_client,
+            req.remote_addr().map(|a| a.ip()),
+            MAX_WATCHERS_PER_CLIENT,
+            [
                 "watch streams from this client address (max 256)",
-            ))?;
+                "watch streams (max 1024 per coordinator)",
+            ],
+        )?;
         let v1::WatchJobRequest {
             job_id,
             after_cursor,
@@ -302,7 +320,7 @@ impl v1::job_service_server::JobService for JobApi {
         let (tx, rx) = mpsc::channel::<Result<v1::JobEvent, Status>>(STREAM_QUEUE);
         let sh = self.shared.clone();
         tokio::spawn(async move {
-            let _permit = (permit, slot);
+            let _slots = slots;
             watch_loop(sh, job_id, after_cursor, tx).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
