@@ -43,22 +43,9 @@ pub struct EnrichStore {
 impl EnrichStore {
     /// Opens (or creates) the store in a directory.
     pub fn open(path: &std::path::Path) -> Result<EnrichStore, EnrichError> {
-        // sled's background flusher keeps a dropped database, and its file lock, alive until its
-        // next flush tick: a reopen right after a drop waits for the lock (seen in CI as
-        // "could not acquire lock ... WouldBlock") instead of failing.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            match sled::open(path) {
-                Ok(db) => return EnrichStore::from_db(db),
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        // Waits for the lock a just-dropped database may still hold.
+        let db = overlord_storage::open_sled(&sled::Config::new().path(path))?;
+        EnrichStore::from_db(db)
     }
 
     /// Uses an already open sled database (e.g. the coordinator's).

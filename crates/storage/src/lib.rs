@@ -232,30 +232,34 @@ pub struct SledStore {
     db: sled::Db,
 }
 
+/// Opens a sled database, waiting up to 5 s for its file lock: sled's threads keep a just-dropped
+/// database, and its lock, alive for a moment, so a reopen right after a drop (an in-process
+/// restart, a test) would otherwise fail with "could not acquire lock ... WouldBlock" (seen in CI).
+pub fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
+    }
+}
+
 impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        // sled's threads keep a just-dropped database, and its file lock, alive for a moment: a
-        // reopen right after a drop (an in-process restart, a test) waits up to 5 s for the lock
-        // (seen in CI as "could not acquire lock ... WouldBlock") instead of failing.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            let opened = sled::Config::new()
+        let db = open_sled(
+            &sled::Config::new()
                 .path(dir)
                 .cache_capacity(256 * 1024 * 1024)
                 .mode(sled::Mode::HighThroughput)
-                .flush_every_ms(None)
-                .open();
-            match opened {
-                Ok(db) => return Ok(SledStore { db }),
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+                .flush_every_ms(None),
+        )?;
+        Ok(SledStore { db })
     }
 
     fn scan<T: Record>(&self, prefix: Vec<u8>) -> Result<Vec<T>, StoreError> {
