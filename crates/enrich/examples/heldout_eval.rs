@@ -14,18 +14,6 @@ mod unseen;
 use overlord_enrich::{Analysis, Analyzer, AnalyzerConfig, metrics};
 use std::collections::BTreeMap;
 
-fn iou(a: [u32; 4], b: [u32; 4]) -> f64 {
-    let x0 = a[0].max(b[0]);
-    let y0 = a[1].max(b[1]);
-    let x1 = (a[0] + a[2]).min(b[0] + b[2]);
-    let y1 = (a[1] + a[3]).min(b[1] + b[3]);
-    if x1 <= x0 || y1 <= y0 {
-        return 0.0;
-    }
-    let i = ((x1 - x0) * (y1 - y0)) as f64;
-    i / ((a[2] * a[3] + b[2] * b[3]) as f64 - i)
-}
-
 /// Greedy matching at IoU ≥ t: (matched, unmatched detections, unmatched truths).
 fn matches(det: &[[u32; 4]], truth: &[[u32; 4]], t: f64) -> (usize, usize, usize) {
     let mut used = vec![false; det.len()];
@@ -35,7 +23,7 @@ fn matches(det: &[[u32; 4]], truth: &[[u32; 4]], t: f64) -> (usize, usize, usize
             .iter()
             .enumerate()
             .filter(|(i, _)| !used[*i])
-            .map(|(i, d)| (i, iou(*d, *tb)))
+            .map(|(i, d)| (i, metrics::iou(*d, *tb)))
             .max_by(|a, b| a.1.total_cmp(&b.1));
         if let Some((i, v)) = best
             && v >= t

@@ -491,7 +491,7 @@ pub fn find_logo(img: &Rgb, template: &Template, p: &LogoParams) -> Vec<LogoHit>
         let covered = hits.iter().any(|h| {
             let hs = h.bbox[2] as f32 / s as f32;
             (0.85..1.18).contains(&hs)
-                && iou(&h.bbox, &[cx as u32, cy as u32, s as u32, s as u32]) > 0.2
+                && crate::metrics::iou(h.bbox, [cx as u32, cy as u32, s as u32, s as u32]) > 0.2
         });
         if covered {
             continue;
@@ -638,16 +638,4 @@ fn overlap(a: &[u32; 4], b: &[u32; 4]) -> f32 {
         return 0.0;
     }
     ((x1 - x0) * (y1 - y0)) as f32 / (a[2] * a[3]).min(b[2] * b[3]) as f32
-}
-
-fn iou(a: &[u32; 4], b: &[u32; 4]) -> f32 {
-    let x0 = a[0].max(b[0]);
-    let y0 = a[1].max(b[1]);
-    let x1 = (a[0] + a[2]).min(b[0] + b[2]);
-    let y1 = (a[1] + a[3]).min(b[1] + b[3]);
-    if x1 <= x0 || y1 <= y0 {
-        return 0.0;
-    }
-    let inter = ((x1 - x0) * (y1 - y0)) as f32;
-    inter / ((a[2] * a[3] + b[2] * b[3]) as f32 - inter)
 }

@@ -48,18 +48,6 @@ fn name(f: &Fx) -> &str {
     f.truth["file"].as_str().unwrap()
 }
 
-fn iou(a: [u32; 4], b: [u32; 4]) -> f64 {
-    let x0 = a[0].max(b[0]);
-    let y0 = a[1].max(b[1]);
-    let x1 = (a[0] + a[2]).min(b[0] + b[2]);
-    let y1 = (a[1] + a[3]).min(b[1] + b[3]);
-    if x1 <= x0 || y1 <= y0 {
-        return 0.0;
-    }
-    let i = ((x1 - x0) * (y1 - y0)) as f64;
-    i / ((a[2] * a[3] + b[2] * b[3]) as f64 - i)
-}
-
 fn box_of(v: &serde_json::Value) -> [u32; 4] {
     let a: Vec<u32> = v
         .as_array()
@@ -128,7 +116,7 @@ fn faces_all_found_and_no_false_boxes() {
                     .analysis
                     .faces
                     .iter()
-                    .map(|d| iou(d.bbox, tb))
+                    .map(|d| metrics::iou(d.bbox, tb))
                     .fold(0.0, f64::max);
                 assert!(
                     best >= 0.5,
@@ -162,7 +150,7 @@ fn logos_on_both_logo_screens_and_nowhere_else() {
                 let l = &f.analysis.logos[0];
                 assert_eq!(l.name, logo);
                 assert!(
-                    iou(l.bbox, tb) >= 0.6,
+                    metrics::iou(l.bbox, tb) >= 0.6,
                     "{}: {:?} vs {tb:?}",
                     name(f),
                     l.bbox
