@@ -28,7 +28,7 @@ operator contact: ops.team@example.org
 TXT
 DISPLAY=":$d" xterm -geometry 90x20+40+40 -fa Monospace -fs 14 -e sh -c "cat '$lab/motd'; exec sleep 100000" >/dev/null 2>&1 & pids+=($!)
 vnc=$(free_port)
-x11vnc -display ":$d" -localhost -rfbport "$vnc" -nopw -shared -forever -quiet >"$lab/x11vnc.log" 2>&1 & pids+=($!)
+x11vnc -display ":$d" -localhost -rfbport "$vnc" -nopw -shared -forever -noshm -quiet >"$lab/x11vnc.log" 2>&1 & pids+=($!)
 redis=$(free_port)
 redis-server --port "$redis" --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 & pids+=($!)
 http=$(free_port)

@@ -21,10 +21,19 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(cmd: &mut Command, name: &str) -> Result<Proc> {
+        Self::spawn_with(cmd.stdout(Stdio::null()).stderr(Stdio::null()), name)
+    }
+
+    /// Like `spawn`, with stdout and stderr appended to `log` (read back when it fails to start).
+    pub fn spawn_logged(cmd: &mut Command, name: &str, log: &Path) -> Result<Proc> {
+        let f =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        Self::spawn_with(cmd.stdout(f.try_clone()?).stderr(f), name)
+    }
+
+    fn spawn_with(cmd: &mut Command, name: &str) -> Result<Proc> {
         let child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("spawning {name}"))?;
         Ok(Proc {
@@ -316,41 +325,77 @@ pub fn assert_listeners_loopback(pid: u32, what: &str) {
 
 /// Waits until an RFB server on `port` sends its banner.
 pub fn wait_rfb(port: u16) -> Result<()> {
-    wait_until(Duration::from_secs(15), "RFB banner", || {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut b = [0u8; 4];
-        s.read_exact(&mut b).is_ok() && &b == b"RFB "
-    })
+    wait_until(Duration::from_secs(15), "RFB banner", || rfb_banner(port))
+}
+
+fn rfb_banner(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).is_ok() && &b == b"RFB "
 }
 
 /// x11vnc serving an X display on a free loopback port, without password.
+///
+/// The port comes from `free_port`, so another test may take it before x11vnc binds it (x11vnc
+/// then exits, or a foreign server answers). Each attempt therefore waits until the banner comes
+/// from a listener of *this* x11vnc process, gives up early when it exits, and a failed attempt is
+/// retried on a new port; the error carries x11vnc's own log.
 pub fn x11vnc(x: &XServer) -> Result<(Proc, u16)> {
     need("x11vnc", "x11vnc");
-    let port = free_port();
-    let p = Proc::spawn(
-        Command::new("x11vnc")
-            .args([
-                "-display",
-                &x.name(),
-                "-localhost",
-                "-rfbport",
-                &port.to_string(),
-            ])
-            .args([
-                "-nopw",
-                "-shared",
-                "-forever",
-                "-quiet",
-                "-noxdamage",
-                "-nowf",
-            ]),
-        "x11vnc",
-    )?;
-    wait_rfb(port)?;
-    Ok((p, port))
+    let mut last = String::new();
+    for attempt in 1..=3 {
+        let port = free_port();
+        let log = x.dir.path().join(format!("x11vnc-{attempt}.log"));
+        let mut p = Proc::spawn_logged(
+            Command::new("x11vnc")
+                .args([
+                    "-display",
+                    &x.name(),
+                    "-localhost",
+                    "-rfbport",
+                    &port.to_string(),
+                ])
+                // -noshm: a SIGKILLed x11vnc leaves its SysV shm segments behind; after a few
+                // thousand test runs shmget fails (ENOSPC) and x11vnc exits at start.
+                .args(["-nopw", "-shared", "-forever", "-noxdamage", "-nowf", "-noshm"]),
+            "x11vnc",
+            &log,
+        )?;
+        let pid = p.pid();
+        let mut exited = false;
+        let ready = wait_until(Duration::from_secs(20), "x11vnc's RFB banner", || {
+            exited = p.exited();
+            exited
+                || (tcp_listeners_of(pid).is_ok_and(|l| l.iter().any(|a| a.port() == port))
+                    && rfb_banner(port))
+        });
+        if ready.is_ok() && !exited {
+            return Ok((p, port));
+        }
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: String = text
+            .lines()
+            .rev()
+            .take(12)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        last = format!(
+            "attempt {attempt} on port {port}: {}; x11vnc log:\n{tail}",
+            if exited {
+                "x11vnc exited".to_string()
+            } else {
+                format!("{}", ready.unwrap_err())
+            }
+        );
+        eprintln!("{last}");
+    }
+    bail!("x11vnc did not start on {}: {last}", x.name())
 }
 
 /// Paints a many-coloured pattern as the root window background (via x11rb, over the local
