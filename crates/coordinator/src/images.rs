@@ -170,8 +170,10 @@ impl Images {
                 }
                 let mut a: Analysis = serde_json::from_value(f.data.clone())?;
                 let rep = self.enrich.ingest(id, &mut a)?;
+                // A leak hit is a finding (it reaches the job stream as a `leak` finding), not an
+                // operational problem: logged at info, not warn.
                 for l in &rep.leaks {
-                    tracing::warn!(
+                    tracing::info!(
                         image = id,
                         job = f.job_id,
                         address = %l.address,
