@@ -29,6 +29,12 @@ impl TaskInput {
     pub fn param_u64(&self, key: &str) -> Option<u64> {
         self.params.get(key).and_then(Value::as_u64)
     }
+
+    /// The task's target address; a task without one is invalid for `module`.
+    pub fn require_target(&self, module: &str) -> Result<IpAddr, ModuleError> {
+        self.target
+            .ok_or_else(|| ModuleError::Invalid(format!("{module} needs a target")))
+    }
 }
 
 /// One result item. The minion adds provenance (job, task, parent, minion, provider, module,

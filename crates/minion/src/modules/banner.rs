@@ -23,9 +23,7 @@ impl Module for BannerGrab {
         _ctx: &'a ModuleCtx,
     ) -> BoxFuture<'a, Result<Vec<FindingOut>, ModuleError>> {
         Box::pin(async move {
-            let ip = task
-                .target
-                .ok_or_else(|| ModuleError::Invalid("banner needs a target".into()))?;
+            let ip = task.require_target("banner")?;
             let d = BannerOptions::default();
             let opts = BannerOptions {
                 max_bytes: task

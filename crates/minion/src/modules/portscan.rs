@@ -33,9 +33,7 @@ impl Module for PortScan {
         _ctx: &'a ModuleCtx,
     ) -> BoxFuture<'a, Result<Vec<FindingOut>, ModuleError>> {
         Box::pin(async move {
-            let ip = task
-                .target
-                .ok_or_else(|| ModuleError::Invalid("portscan needs a target".into()))?;
+            let ip = task.require_target("portscan")?;
             let d = ScanOptions::default();
             let opts = ScanOptions {
                 concurrency: task

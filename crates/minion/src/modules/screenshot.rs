@@ -156,9 +156,7 @@ impl Module for Screenshot {
         _ctx: &'a ModuleCtx,
     ) -> BoxFuture<'a, Result<Vec<FindingOut>, ModuleError>> {
         Box::pin(async move {
-            let ip = task
-                .target
-                .ok_or_else(|| ModuleError::Invalid("screenshot needs a target".into()))?;
+            let ip = task.require_target("screenshot")?;
             if task.ports.is_empty() {
                 return Err(ModuleError::Invalid("screenshot needs a port".into()));
             }

@@ -81,9 +81,7 @@ impl Module for ServiceId {
         _ctx: &'a ModuleCtx,
     ) -> BoxFuture<'a, Result<Vec<FindingOut>, ModuleError>> {
         Box::pin(async move {
-            let ip = task
-                .target
-                .ok_or_else(|| ModuleError::Invalid("service needs a target".into()))?;
+            let ip = task.require_target("service")?;
             let opts: IdentifyOptions = if task.params.is_object() {
                 serde_json::from_value(task.params.clone())
                     .map_err(|e| ModuleError::Invalid(format!("service params: {e}")))?
@@ -185,9 +183,17 @@ mod tests {
         assert_eq!(out[0].data["service"], "ssh");
         assert_eq!(out[0].data["product"], "OpenSSH");
         assert_eq!(out[0].data["status"], "identified");
-        assert!(m.run(&task(closed, params), &ctx()).await.unwrap().is_empty());
+        assert!(
+            m.run(&task(closed, params), &ctx())
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let bad = m
-            .run(&task(port, serde_json::json!({"intensity": "high"})), &ctx())
+            .run(
+                &task(port, serde_json::json!({"intensity": "high"})),
+                &ctx(),
+            )
             .await
             .unwrap_err();
         assert!(bad.permanent(), "{bad}");
