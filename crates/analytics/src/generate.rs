@@ -111,7 +111,7 @@ fn internal(i: usize) -> u32 {
 /// Generate the dataset into `out_dir` (created if needed).
 pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary, AnalyticsError> {
     std::fs::create_dir_all(out_dir).map_err(|e| AnalyticsError::io(out_dir, e))?;
-    let mut rng = Rng::new(seed ^ 0x5eed_0f_be_ac0);
+    let mut rng = Rng::new(seed ^ 0x05ee_d0fb_eac0);
     let mut conns: Vec<Conn> = Vec::new();
     let mut labels: Vec<Label> = Vec::new();
     let label = |src: u32, dst: u32, mal: bool, pattern: &str| Label {

@@ -133,6 +133,8 @@ impl Default for BeaconConfig {
 }
 
 impl BeaconConfig {
+    // `!(x >= bound)` on purpose: it also rejects NaN, which `x < bound` would let through.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     pub fn validate(&self) -> Result<(), AnalyticsError> {
         let bad = |m: &str| Err(AnalyticsError::Config(m.to_string()));
         if !(self.burst_gap >= 0.0) {

@@ -79,7 +79,7 @@ pub fn score(
     };
     // Count: relative to what the observed span could hold at this period, and absolute.
     let n = times.len() as f32;
-    let count = ((n.ln() / 36f32.ln()).min(1.0)).max(0.0);
+    let count = (n.ln() / 36f32.ln()).clamp(0.0, 1.0);
     // Spread: connections evenly spread over the active span (24 buckets), RITA v5 style.
     let first = times[0];
     let last = *times.last().unwrap_or(&first);

@@ -358,7 +358,6 @@ async fn async_main() -> Result<()> {
                 rate_limit: rate,
                 inputs: vec![],
                 params_json: params.unwrap_or_default(),
-                ..Default::default()
             };
             let (url, emb) = match coordinator {
                 Some(_) if leaks.is_some() => bail!(
