@@ -360,7 +360,14 @@ pub fn x11vnc(x: &XServer) -> Result<(Proc, u16)> {
                 ])
                 // -noshm: a SIGKILLed x11vnc leaves its SysV shm segments behind; after a few
                 // thousand test runs shmget fails (ENOSPC) and x11vnc exits at start.
-                .args(["-nopw", "-shared", "-forever", "-noxdamage", "-nowf", "-noshm"]),
+                .args([
+                    "-nopw",
+                    "-shared",
+                    "-forever",
+                    "-noxdamage",
+                    "-nowf",
+                    "-noshm",
+                ]),
             "x11vnc",
             &log,
         )?;
