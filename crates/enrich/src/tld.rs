@@ -6,7 +6,9 @@
 use std::collections::HashSet;
 use std::sync::OnceLock;
 
-/// Names used inside organisations and in documentation that are not delegated TLDs.
+/// Names used inside organisations that are not delegated TLDs (not `example`: an address
+/// ending in `.example` is a domain whose last label was lost, `corp.example.co.uk` read as
+/// `corp.example.d`).
 const SPECIAL_USE: &[&str] = &[
     "local",
     "localdomain",
@@ -18,8 +20,6 @@ const SPECIAL_USE: &[&str] = &[
     "intranet",
     "private",
     "test",
-    "example",
-    "invalid",
 ];
 
 /// The original generic TLDs: a rarely used TLD one confusion away from one of these is
