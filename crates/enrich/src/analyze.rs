@@ -144,6 +144,8 @@ pub fn repair_addresses(text: &str) -> String {
     static DOT_SPACED: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     static COMMA: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     static LOCAL_COMMA: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    static DOT_SPLIT: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    static DOT_LOST: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     static LOCAL_SPLIT: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     static DASHES: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     const LOCAL: &str = r"[A-Za-z0-9._%+\-]";
@@ -180,6 +182,20 @@ pub fn repair_addresses(text: &str) -> String {
         r"([A-Za-z0-9][A-Za-z0-9._%+\-]*[_+\-]) ([A-Za-z0-9._%+\-]+@[A-Za-z0-9])",
     );
     t = local_split.replace_all(&t, "$1$2").into_owned();
+    // a local part split after a dot before a one-character part (`anna. k@…`): a local
+    // part of one character is rarer than a space read after a dot
+    let dot_split = regex(
+        &DOT_SPLIT,
+        r"(^|\s)([A-Za-z0-9][A-Za-z0-9._%+\-]*\.) ([A-Za-z0-9]@[A-Za-z0-9])",
+    );
+    t = dot_split.replace_all(&t, "$1$2$3").into_owned();
+    // the dot before a generic top-level domain read as a space, after a domain of one
+    // label (`bob@example org`)
+    let dot_lost = regex(
+        &DOT_LOST,
+        r"@([A-Za-z0-9][A-Za-z0-9\-]*) (com|org|net|edu|gov)\b",
+    );
+    t = dot_lost.replace_all(&t, "@$1.$2").into_owned();
     // `@domain.labels` then spaced dots and labels ending in a known top-level domain
     // (`mx1.example. io`, `lab. example. edu`), unless the domain is already complete
     let dot_spaced = regex(
@@ -631,6 +647,9 @@ mod email_tests {
             ("ivan@acme.con", &["ivan@acme.com"]),
             ("ivan@acme.arg", &["ivan@acme.org"]),
             ("ivan@acme.cam", &["ivan@acme.com"]),
+            // a space after the dot of a local part, the dot before `org` read as a space
+            ("abuse: maria. b@acme.nl", &["maria.b@acme.nl"]),
+            ("abuse: t-berg@acme org", &["t-berg@acme.org"]),
         ];
         for (text, want) in cases {
             let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
@@ -658,6 +677,7 @@ mod email_tests {
             ("ivan@acme.qqq and x@y.zzzz", &[]),
             // a comma after a name that holds no address is left alone
             ("To: bob, alice@acme.org", &["alice@acme.org"]),
+            ("ask bob@acme.com org", &["bob@acme.com"]),
         ];
         for (text, want) in cases {
             let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();

@@ -258,6 +258,11 @@ impl OcrEngine {
                     }
                 }
             }
+            // straight thin rules inside the block (a dialog's text-area frame beside and
+            // under the text) are painted with the background: read as `[`/`l` glued to the
+            // first word and as `_` between words
+            let lh = laid.iter().find(|l| l.0 == *b).map_or(b[3], |l| l.1);
+            paint_rules(&mut crop, lh);
             if let Some(t) = &texture {
                 let bg = background(&crop);
                 for y in 0..b[3] {
@@ -714,6 +719,89 @@ fn background(g: &Grey) -> u8 {
         h[v as usize] += 1;
     }
     (0..256).max_by_key(|&i| h[i]).unwrap_or(0) as u8
+}
+
+/// Paints straight thin rules with the background of `g` (a block whose text lines are `lh`
+/// px tall): vertical ink runs at least 1.6 line heights (and 20 px) long, horizontal ones at
+/// least 8 line heights (and 64 px) long, each at most 3 px thick. No glyph is that long for
+/// its line height (a `|` spans one line; a row of connected dashes would need 13 or more).
+fn paint_rules(g: &mut Grey, lh: u32) {
+    let (w, h) = (g.width as usize, g.height as usize);
+    if w < 3 || h < 3 {
+        return;
+    }
+    let bg = background(g);
+    let ink: Vec<bool> = g.data.iter().map(|&v| v.abs_diff(bg) > 48).collect();
+    let mut paint = vec![false; w * h];
+    let vmin = ((lh as usize * 8).div_ceil(5)).max(20);
+    let hmin = (lh as usize * 8).max(64);
+    // thickness of the ink band through (x, y) along the other axis, at most 4
+    let thick = |x: usize, y: usize, vertical: bool| -> usize {
+        let at = |d: isize| -> bool {
+            if vertical {
+                let xx = x as isize + d;
+                xx >= 0 && (xx as usize) < w && ink[y * w + xx as usize]
+            } else {
+                let yy = y as isize + d;
+                yy >= 0 && (yy as usize) < h && ink[yy as usize * w + x]
+            }
+        };
+        let mut n = 1;
+        let mut d = 1;
+        while n <= 4 && at(d) {
+            n += 1;
+            d += 1;
+        }
+        d = -1;
+        while n <= 4 && at(d) {
+            n += 1;
+            d -= 1;
+        }
+        n
+    };
+    for x in 0..w {
+        let mut y = 0;
+        while y < h {
+            if !ink[y * w + x] {
+                y += 1;
+                continue;
+            }
+            let s = y;
+            while y < h && ink[y * w + x] {
+                y += 1;
+            }
+            if y - s >= vmin {
+                let thin = (s..y).filter(|&yy| thick(x, yy, true) <= 3).count();
+                if thin * 10 >= (y - s) * 9 {
+                    (s..y).for_each(|yy| paint[yy * w + x] = true);
+                }
+            }
+        }
+    }
+    for y in 0..h {
+        let mut x = 0;
+        while x < w {
+            if !ink[y * w + x] {
+                x += 1;
+                continue;
+            }
+            let s = x;
+            while x < w && ink[y * w + x] {
+                x += 1;
+            }
+            if x - s >= hmin {
+                let thin = (s..x).filter(|&xx| thick(xx, y, false) <= 3).count();
+                if thin * 10 >= (x - s) * 9 {
+                    (s..x).for_each(|xx| paint[y * w + xx] = true);
+                }
+            }
+        }
+    }
+    for (v, p) in g.data.iter_mut().zip(&paint) {
+        if *p {
+            *v = bg;
+        }
+    }
 }
 
 /// Bilinear resize by `s`.
