@@ -200,6 +200,6 @@ fn regression_no_letters_read_on_faces() {
             }
         }
     }
-    // before: 9 of these 6 screens' blocks were read (16 characters)
+    // before: all six read something (`A`, `A`, `|`, `5 rT`, `a.`, `A. ut`)
     assert!(read.len() <= 1, "{read:?}");
 }
