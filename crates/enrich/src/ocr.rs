@@ -490,7 +490,8 @@ fn keep_word(w: &Word, p: &OcrParams) -> bool {
 }
 
 /// Whether what [`keep_word`] keeps of a block's words is a picture read as text: no letter
-/// or digit at all, at most three with a mean confidence under 75, or one under 95.
+/// or digit at all, at most three with a mean confidence under 75, one under 95, or words of
+/// at most two letters or digits each under 70.
 /// (Held-out screens without text: 6-22 characters per 64 screens came from such blocks —
 /// `\` for a clock hand at 93 %, `(\)` for a round window, `ey`/`cy`/`ut` in hair and
 /// photos at 41-72 %, `A` on a cheek at 87-94 %.)
@@ -508,7 +509,12 @@ fn short_unsure_block(words: &[(Word, LineKey)], p: &OcrParams) -> bool {
         .map(|w| w.text.chars().filter(|c| c.is_alphanumeric()).count())
         .sum();
     let mean = kept.iter().map(|w| w.conf).sum::<f32>() / kept.len() as f32;
-    alnum == 0 || alnum <= 3 && mean < 75.0 || alnum == 1 && mean < 95.0
+    // only fragments of at most two letters or digits each, read unsure (`a =a nh` in the
+    // hair above a face)
+    let fragments = kept
+        .iter()
+        .all(|w| w.text.chars().filter(|c| c.is_alphanumeric()).count() <= 2);
+    alnum == 0 || alnum <= 3 && mean < 75.0 || alnum == 1 && mean < 95.0 || fragments && mean < 70.0
 }
 
 fn union(a: [u32; 4], b: [u32; 4]) -> [u32; 4] {
@@ -1497,6 +1503,39 @@ mod tests {
         // nothing agreed, nothing to gain
         assert!(!use_restricted(l, Some("From: x"), Some("From: y")));
         assert!(!use_restricted(l, None, None));
+    }
+
+    #[test]
+    fn pictures_read_as_short_unsure_blocks_are_dropped() {
+        let ws = |v: &[(&str, f32)]| -> Vec<(Word, LineKey)> {
+            v.iter()
+                .map(|(t, c)| {
+                    let w = Word {
+                        text: t.to_string(),
+                        conf: *c,
+                        bbox: [0, 0, 10, 10],
+                    };
+                    (w, (1, 1, 1))
+                })
+                .collect()
+        };
+        let p = OcrParams::default();
+        // held-out text-free screens: a clock hand, hair above a face, a cheek
+        assert!(short_unsure_block(&ws(&[("\\", 93.0)]), &p));
+        assert!(short_unsure_block(&ws(&[("(\\)", 91.0)]), &p));
+        assert!(short_unsure_block(
+            &ws(&[("a", 74.0), ("=a", 56.0), ("nh", 60.0)]),
+            &p
+        ));
+        assert!(short_unsure_block(&ws(&[("ey", 60.0)]), &p));
+        assert!(short_unsure_block(&ws(&[("A", 94.0)]), &p));
+        // text
+        assert!(!short_unsure_block(&ws(&[("OK", 96.0)]), &p));
+        assert!(!short_unsure_block(&ws(&[("Login", 60.0)]), &p));
+        assert!(!short_unsure_block(
+            &ws(&[("Last", 62.0), ("login:", 55.0), ("Mon", 70.0)]),
+            &p
+        ));
     }
 
     #[test]
