@@ -14,6 +14,8 @@
 mod unseen;
 
 use overlord_enrich::{Analysis, Analyzer, AnalyzerConfig, metrics};
+
+mod common;
 use std::collections::BTreeMap;
 
 /// Greedy matching at IoU ≥ t: (matched, unmatched detections, unmatched truths).
@@ -222,8 +224,11 @@ fn main() -> anyhow::Result<()> {
     let mut total = Score::default();
     let mut by_kind: BTreeMap<&str, Score> = BTreeMap::new();
     let mut truth_json = Vec::new();
+    let mut cpu = 0.0;
     for s in &screens {
+        let c0 = common::thread_cpu();
         let a = analyzer.analyze_rgb(&s.rgb)?;
+        cpu += common::thread_cpu() - c0;
         let errs = total.add(s, &a);
         by_kind.entry(s.kind).or_default().add(s, &a);
         if verbose || !errs.is_empty() {
@@ -250,6 +255,12 @@ fn main() -> anyhow::Result<()> {
             serde_json::to_string_pretty(&truth_json)?,
         )?;
     }
+    println!(
+        "CPU time of the whole workflow: {:.0} ms/screen on one core ({} screens, load {})",
+        cpu * 1e3 / screens.len().max(1) as f64,
+        screens.len(),
+        common::loadavg()
+    );
     println!();
     println!(
         "| kind | screens | blank acc. | e-mail P | e-mail R | face count acc. | face boxes R (IoU≥0.4) | false face boxes | logo P | logo R | false logo boxes | mean CER | chars on text-free screens | ms/screen (OCR) |"
