@@ -206,7 +206,7 @@ pub fn repair_addresses(text: &str) -> String {
         .replace_all(&t, |c: &regex::Captures<'_>| {
             let domain = &c[1];
             let labels: Vec<&str> = c[2]
-                .split(|ch: char| ch == '.' || ch == ' ')
+                .split(['.', ' '])
                 .filter(|l| !l.is_empty())
                 .collect();
             let last = domain.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
