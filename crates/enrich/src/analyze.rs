@@ -205,10 +205,7 @@ pub fn repair_addresses(text: &str) -> String {
     t = dot_spaced
         .replace_all(&t, |c: &regex::Captures<'_>| {
             let domain = &c[1];
-            let labels: Vec<&str> = c[2]
-                .split(['.', ' '])
-                .filter(|l| !l.is_empty())
-                .collect();
+            let labels: Vec<&str> = c[2].split(['.', ' ']).filter(|l| !l.is_empty()).collect();
             let last = domain.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
             let complete = domain.contains('.') && GENERIC_TLDS.contains(&last.as_str());
             // the longest run of labels that ends in a top-level domain
@@ -245,10 +242,11 @@ pub fn repair_addresses(text: &str) -> String {
             format!("{}{local}@", &c[1])
         })
         .into_owned();
-    let comma = regex(&COMMA, r"@([A-Za-z0-9\-]+(?:[.,][A-Za-z0-9\-]+)+)(@?)");
+    let comma = regex(&COMMA, r"@([A-Za-z0-9\-]+(?:[.,]+[A-Za-z0-9\-]+)+)(@?)");
     comma
         .replace_all(&t, |c: &regex::Captures<'_>| {
-            let labels: Vec<&str> = c[1].split([',', '.']).collect();
+            // `,.`/`.,` for one dot too (`@ufficio.,example.it`)
+            let labels: Vec<&str> = c[1].split([',', '.']).filter(|l| !l.is_empty()).collect();
             let last = labels.last().copied().unwrap_or("");
             let common = TLDS.contains(&last) || (last.len() == 2 && crate::tld::is_tld(last));
             if c[1].contains(',') && c[2].is_empty() && common {
@@ -640,6 +638,7 @@ mod email_tests {
             // held-out e-mail work: `.` read as `,` in a local part and in a domain
             ("From: 1,garcia@mail,acme,net", &["l.garcia@mail.acme.net"]),
             ("To: t,nguyen@acme,co,uk", &["t.nguyen@acme.co.uk"]),
+            ("ask ivan@lab.,acme.it now", &["ivan@lab.acme.it"]),
             ("cc: r.,diaz@acme,com", &["r.diaz@acme.com"]),
             // a digit initial, a spaced domain of several labels, a confused TLD
             ("owner 0.berg@acme.se", &["o.berg@acme.se"]),
