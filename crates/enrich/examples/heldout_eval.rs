@@ -6,12 +6,16 @@
 //!
 //! `--per-kind` composited screens of each kind (blank, near-blank, faces, logo, look-alike) and
 //! `--x` screens of real X programs on a private Xvfb (see tests/support/unseen.rs). `--save` writes
-//! the screens as PNG with a `truth.json`; `-v` prints every screen, otherwise only those with an
-//! error.
+//! the screens as PNG with a `truth.json`; `--load DIR` evaluates such a saved set instead of
+//! generating one (X captures differ slightly between runs: a saved set makes two versions of
+//! the code comparable screen for screen); `--only KIND` keeps the screens of kinds starting
+//! with KIND; `-v` prints every screen, otherwise only those with an error.
 #[path = "../tests/support/unseen.rs"]
 mod unseen;
 
 use overlord_enrich::{Analysis, Analyzer, AnalyzerConfig, metrics};
+
+mod common;
 use std::collections::BTreeMap;
 
 /// Greedy matching at IoU ≥ t: (matched, unmatched detections, unmatched truths).
@@ -77,7 +81,10 @@ impl Score {
         self.email_fp += got.len() - tp;
         self.email_fn += want.len() - tp;
         if tp != want.len() || tp != got.len() {
-            errs.push(format!("e-mails {got:?} (truth {want:?})"));
+            errs.push(format!(
+                "e-mails {got:?} (truth {want:?}); read {:?}",
+                metrics::normalise_ws(&a.text)
+            ));
         }
         let fb: Vec<[u32; 4]> = a.faces.iter().map(|f| f.bbox).collect();
         let (m, fp, fnn) = matches(&fb, &t.faces, 0.4);
@@ -139,12 +146,47 @@ fn ratio(a: usize, b: usize) -> String {
     }
 }
 
+/// A set written by `--save`: the PNGs and their `truth.json`.
+fn load_screens(dir: &std::path::Path) -> anyhow::Result<Vec<unseen::Screen>> {
+    let truth: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(dir.join("truth.json"))?)?;
+    let boxes = |v: &serde_json::Value| -> Vec<[u32; 4]> {
+        serde_json::from_value(v.clone()).unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for t in truth {
+        let file = t["file"].as_str().unwrap_or_default();
+        let img = image::open(dir.join(file))?.to_rgb8();
+        let kind: &'static str = Box::leak(t["kind"].as_str().unwrap_or("?").to_string().into());
+        out.push(unseen::Screen {
+            name: file.trim_end_matches(".png").to_string(),
+            kind,
+            desc: t["desc"].as_str().unwrap_or_default().to_string(),
+            rgb: overlord_enrich::Rgb {
+                width: img.width(),
+                height: img.height(),
+                data: img.into_raw(),
+            },
+            truth: unseen::Truth {
+                blank: t["blank"].as_bool().unwrap_or(false),
+                text: t["text"].as_str().map(str::to_string),
+                emails: serde_json::from_value(t["emails"].clone()).unwrap_or_default(),
+                faces: boxes(&t["face_boxes_xywh"]),
+                logos: boxes(&t["logo_boxes_xywh"]),
+            },
+        });
+    }
+    Ok(out)
+}
+
 fn main() -> anyhow::Result<()> {
     let mut seed = 1u64;
     let mut per_kind = 8usize;
     let mut nx = 24usize;
     let mut save: Option<std::path::PathBuf> = None;
     let mut verbose = false;
+    let mut load: Option<std::path::PathBuf> = None;
+    let mut only = String::new();
     let cfg = AnalyzerConfig::default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -153,17 +195,26 @@ fn main() -> anyhow::Result<()> {
             "--per-kind" => per_kind = args.next().unwrap_or_default().parse()?,
             "--x" => nx = args.next().unwrap_or_default().parse()?,
             "--save" => save = args.next().map(Into::into),
+            "--load" => load = args.next().map(Into::into),
+            "--only" => only = args.next().unwrap_or_default(),
             "-v" => verbose = true,
             o => anyhow::bail!("unknown argument {o}"),
         }
     }
-    let screens_dir = unseen::screens_dir();
     let tmp = tempfile::tempdir()?;
     let t = std::time::Instant::now();
-    let mut screens = unseen::composited(seed, per_kind, &screens_dir);
-    if nx > 0 {
-        screens.extend(unseen::x_screens(seed, nx, tmp.path()).map_err(anyhow::Error::msg)?);
-    }
+    let mut screens = match &load {
+        Some(dir) => load_screens(dir)?,
+        None => {
+            let screens_dir = unseen::screens_dir();
+            let mut s = unseen::composited(seed, per_kind, &screens_dir);
+            if nx > 0 {
+                s.extend(unseen::x_screens(seed, nx, tmp.path()).map_err(anyhow::Error::msg)?);
+            }
+            s
+        }
+    };
+    screens.retain(|s| s.kind.starts_with(only.as_str()));
     eprintln!(
         "generated {} screens in {:.1} s (seed {seed})",
         screens.len(),
@@ -173,8 +224,11 @@ fn main() -> anyhow::Result<()> {
     let mut total = Score::default();
     let mut by_kind: BTreeMap<&str, Score> = BTreeMap::new();
     let mut truth_json = Vec::new();
+    let mut cpu = 0.0;
     for s in &screens {
+        let c0 = common::thread_cpu();
         let a = analyzer.analyze_rgb(&s.rgb)?;
+        cpu += common::thread_cpu() - c0;
         let errs = total.add(s, &a);
         by_kind.entry(s.kind).or_default().add(s, &a);
         if verbose || !errs.is_empty() {
@@ -201,6 +255,12 @@ fn main() -> anyhow::Result<()> {
             serde_json::to_string_pretty(&truth_json)?,
         )?;
     }
+    println!(
+        "CPU time of the whole workflow: {:.0} ms/screen on one core ({} screens, load {})",
+        cpu * 1e3 / screens.len().max(1) as f64,
+        screens.len(),
+        common::loadavg()
+    );
     println!();
     println!(
         "| kind | screens | blank acc. | e-mail P | e-mail R | face count acc. | face boxes R (IoU≥0.4) | false face boxes | logo P | logo R | false logo boxes | mean CER | chars on text-free screens | ms/screen (OCR) |"

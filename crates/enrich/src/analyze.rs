@@ -143,6 +143,9 @@ pub fn repair_addresses(text: &str) -> String {
     static AT_SPACED: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     static DOT_SPACED: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     static COMMA: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    static LOCAL_COMMA: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    static DOT_SPLIT: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    static DOT_LOST: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     static LOCAL_SPLIT: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     static DASHES: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     const LOCAL: &str = r"[A-Za-z0-9._%+\-]";
@@ -179,36 +182,75 @@ pub fn repair_addresses(text: &str) -> String {
         r"([A-Za-z0-9][A-Za-z0-9._%+\-]*[_+\-]) ([A-Za-z0-9._%+\-]+@[A-Za-z0-9])",
     );
     t = local_split.replace_all(&t, "$1$2").into_owned();
-    // `@domain.labels` then a spaced dot and one more label
+    // a local part split after a dot before a one-character part (`anna. k@…`): a local
+    // part of one character is rarer than a space read after a dot
+    let dot_split = regex(
+        &DOT_SPLIT,
+        r"(^|\s)([A-Za-z0-9][A-Za-z0-9._%+\-]*\.) ([A-Za-z0-9]@[A-Za-z0-9])",
+    );
+    t = dot_split.replace_all(&t, "$1$2$3").into_owned();
+    // the dot before a generic top-level domain read as a space, after a domain of one
+    // label (`bob@example org`)
+    let dot_lost = regex(
+        &DOT_LOST,
+        r"@([A-Za-z0-9][A-Za-z0-9\-]*) (com|org|net|edu|gov)\b",
+    );
+    t = dot_lost.replace_all(&t, "@$1.$2").into_owned();
+    // `@domain.labels` then spaced dots and labels ending in a known top-level domain
+    // (`mx1.example. io`, `lab. example. edu`), unless the domain is already complete
     let dot_spaced = regex(
         &DOT_SPACED,
-        r"@([A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*)(?: \. ?| ?\. )([a-z]{2,6})\b",
+        r"@([A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*)((?:(?: \. ?| ?\. )[a-z0-9\-]+)+)\b",
     );
-    for _ in 0..3 {
-        let next = dot_spaced.replace_all(&t, |c: &regex::Captures<'_>| {
-            let (domain, label) = (&c[1], &c[2]);
+    t = dot_spaced
+        .replace_all(&t, |c: &regex::Captures<'_>| {
+            let domain = &c[1];
+            let labels: Vec<&str> = c[2].split(['.', ' ']).filter(|l| !l.is_empty()).collect();
             let last = domain.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
             let complete = domain.contains('.') && GENERIC_TLDS.contains(&last.as_str());
-            if TLDS.contains(&label) && !complete {
-                format!("@{domain}.{label}")
-            } else {
-                c[0].to_string()
+            // the longest run of labels that ends in a top-level domain
+            match labels.iter().rposition(|l| TLDS.contains(l)) {
+                Some(end) if !complete => {
+                    let joined = labels[..=end].join(".");
+                    // what followed the last joined label stays as it was
+                    let tail: Vec<&str> = labels[end + 1..].to_vec();
+                    let mut out = format!("@{domain}.{joined}");
+                    if !tail.is_empty() {
+                        out.push_str(". ");
+                        out.push_str(&tail.join(". "));
+                    }
+                    out
+                }
+                _ => c[0].to_string(),
             }
-        });
-        if next == t {
-            break;
-        }
-        t = next.into_owned();
-    }
-    // `@example,com` (no dot in the domain) followed by a non-address character
-    let comma = regex(
-        &COMMA,
-        r"@([A-Za-z0-9\-]+),([a-z]{2,6})([^A-Za-z0-9@.\-]|$)",
+        })
+        .into_owned();
+    // a `.` read as `,` (small bitmap fonts): in the local part of a word glued to the `@`
+    // (`1,martin@`, `p.,novak@`; not `a@b,c@…`, whose part before the comma holds an `@`) and
+    // between the labels of a domain that ends in a known top-level domain
+    // (`@alerts,example,net`; not `@example,commander`, nor a comma before another `@`)
+    let local_comma = regex(
+        &LOCAL_COMMA,
+        r"(^|[\s<(\[:;=\x22'])([A-Za-z0-9._%+\-]*[A-Za-z0-9](?:[.,]*,[.,]*[A-Za-z0-9._%+\-]+)+)@",
     );
+    t = local_comma
+        .replace_all(&t, |c: &regex::Captures<'_>| {
+            let mut local = c[2].replace(',', ".");
+            while local.contains("..") {
+                local = local.replace("..", ".");
+            }
+            format!("{}{local}@", &c[1])
+        })
+        .into_owned();
+    let comma = regex(&COMMA, r"@([A-Za-z0-9\-]+(?:[.,]+[A-Za-z0-9\-]+)+)(@?)");
     comma
         .replace_all(&t, |c: &regex::Captures<'_>| {
-            if TLDS.contains(&&c[2]) {
-                format!("@{}.{}{}", &c[1], &c[2], &c[3])
+            // `,.`/`.,` for one dot too (`@ufficio.,example.it`)
+            let labels: Vec<&str> = c[1].split([',', '.']).filter(|l| !l.is_empty()).collect();
+            let last = labels.last().copied().unwrap_or("");
+            let common = TLDS.contains(&last) || (last.len() == 2 && crate::tld::is_tld(last));
+            if c[1].contains(',') && c[2].is_empty() && common {
+                format!("@{}", labels.join("."))
             } else {
                 c[0].to_string()
             }
@@ -227,16 +269,47 @@ pub fn extract_emails(text: &str) -> Vec<String> {
     let text = repair_addresses(text);
     let mut out: Vec<String> = Vec::new();
     for m in re.find_iter(&text) {
+        // a word that starts with the `.` of a local part lost its first character (`j.doe`
+        // read `.doe`): not an address to report
+        let word_start = text[..m.start()]
+            .chars()
+            .next_back()
+            .is_none_or(|c| c.is_whitespace() || "<([:;=\"'".contains(c));
+        if word_start && m.as_str().starts_with('.') {
+            continue;
+        }
         let a = m
             .as_str()
             .trim_start_matches(['.', '-'])
-            .trim_end_matches(['.', '-'])
-            .to_string();
+            .trim_end_matches(['.', '-']);
+        let Some(a) = repair_read_address(a) else {
+            continue;
+        };
         if crate::leak::plausible_address(&a) && !out.iter().any(|o| o.eq_ignore_ascii_case(&a)) {
             out.push(a);
         }
     }
     out
+}
+
+/// One address as extracted from OCR text, checked and repaired: its top-level domain must be
+/// a known one or one OCR confusion away from exactly one ([`crate::tld::repair_tld`]:
+/// `.con` → `.com`; otherwise the address is dropped), and a local part that starts with a
+/// single digit `1`/`0` before a dot and a letter is an initial (`1.martin` → `l.martin`).
+fn repair_read_address(a: &str) -> Option<String> {
+    let (local, domain) = a.split_once('@')?;
+    let (head, tld) = domain.rsplit_once('.')?;
+    let tld = crate::tld::repair_tld(tld)?;
+    let mut local = local.to_string();
+    let b = local.as_bytes();
+    if b.len() >= 3 && b[1] == b'.' && b[2].is_ascii_alphabetic() {
+        match b[0] {
+            b'1' => local.replace_range(0..1, "l"),
+            b'0' => local.replace_range(0..1, "o"),
+            _ => {}
+        }
+    }
+    Some(format!("{local}@{head}.{tld}"))
 }
 
 /// Lower-case text for keyword rules: inside a token with at least two letters, `1`/`|` → `l`
@@ -562,6 +635,20 @@ mod email_tests {
                 "a@x.example.com, b@y.example.org",
                 &["a@x.example.com", "b@y.example.org"],
             ),
+            // held-out e-mail work: `.` read as `,` in a local part and in a domain
+            ("From: 1,garcia@mail,acme,net", &["l.garcia@mail.acme.net"]),
+            ("To: t,nguyen@acme,co,uk", &["t.nguyen@acme.co.uk"]),
+            ("ask ivan@lab.,acme.it now", &["ivan@lab.acme.it"]),
+            ("cc: r.,diaz@acme,com", &["r.diaz@acme.com"]),
+            // a digit initial, a spaced domain of several labels, a confused TLD
+            ("owner 0.berg@acme.se", &["o.berg@acme.se"]),
+            ("mail: ivan@lab. acme. edu", &["ivan@lab.acme.edu"]),
+            ("ivan@acme.con", &["ivan@acme.com"]),
+            ("ivan@acme.arg", &["ivan@acme.org"]),
+            ("ivan@acme.cam", &["ivan@acme.com"]),
+            // a space after the dot of a local part, the dot before `org` read as a space
+            ("abuse: maria. b@acme.nl", &["maria.b@acme.nl"]),
+            ("abuse: t-berg@acme org", &["t-berg@acme.org"]),
         ];
         for (text, want) in cases {
             let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
@@ -583,6 +670,13 @@ mod email_tests {
             ("alice@example,commander", &[]),
             ("- bob@example.org", &["bob@example.org"]),
             ("Mr. bob@example.org", &["bob@example.org"]),
+            // an initial lost (`k.berg` read `.berg`): not reported
+            ("abuse: .berg@acme.net", &[]),
+            // no known top-level domain, not even one confusion away
+            ("ivan@acme.qqq and x@y.zzzz", &[]),
+            // a comma after a name that holds no address is left alone
+            ("To: bob, alice@acme.org", &["alice@acme.org"]),
+            ("ask bob@acme.com org", &["bob@acme.com"]),
         ];
         for (text, want) in cases {
             let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();

@@ -22,6 +22,7 @@ pub mod phash;
 pub mod simindex;
 pub mod store;
 pub mod textindex;
+pub mod tld;
 
 pub use analyze::{
     Analysis, Analyzer, AnalyzerConfig, Timings, analyze_files, derive_tags, extract_emails,

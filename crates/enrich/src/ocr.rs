@@ -269,6 +269,12 @@ impl OcrEngine {
                     }
                 }
             }
+            // straight thin rules inside the block (a dialog's text-area frame beside and
+            // under the text) are painted with the background (after the textures: a
+            // hatched bar beside a frame line makes it look thick): read as `[`/`l` glued to the
+            // first word and as `_` between words
+            let lh = laid.iter().find(|l| l.0 == *b).map_or(b[3], |l| l.1);
+            paint_rules(&mut crop, lh);
             let scale = if p.own_layout {
                 if p.target_line_px == 0 {
                     1.0
@@ -319,16 +325,17 @@ impl OcrEngine {
             if mean_conf < p.min_block_conf {
                 words.clear();
             }
+            // what the word filters below keep of a block: no letter or digit at all (a clock
+            // hand read `\`, a round window `(\)`), or at most three of them unless sure
+            // (`ey` in hair, `A` on a cheek): a picture, not text
+            if short_unsure_block(&words, &p) {
+                words.clear();
+            }
             // (block, par, line) → words, with the line's box and each word's box in `img` pixels
             let mut lines: Vec<ReadLine> = Vec::new();
             let s = img.width as f32 / b[2] as f32;
             for (mut w, key) in words {
-                let alnum = w.text.chars().any(char::is_alphanumeric);
-                if !alnum && w.conf < p.junk_conf {
-                    continue;
-                }
-                // one or two unsure glyphs: a text cursor, a pointer or an icon edge
-                if w.text.chars().count() <= 2 && w.conf < 40.0 {
+                if !keep_word(&w, &p) {
                     continue;
                 }
                 if p.fix_zero {
@@ -358,7 +365,7 @@ impl OcrEngine {
                     let lh = laid.iter().find(|x| x.0 == *b).map_or(b[3], |x| x.1);
                     for i in 0..words.len() {
                         // a clean reading is kept (and not re-read: time)
-                        if !address_like(&words[i]) || !damaged(&words[i]) {
+                        if !address_like(&words[i]) || !damaged(&words[i..].join(" ")) {
                             continue;
                         }
                         // the word's columns, the line's rows
@@ -378,6 +385,7 @@ impl OcrEngine {
                             })
                         };
                         if let Some(r) = restricted.clone()
+                            && similar_reading(&words[i], &r)
                             && use_restricted(
                                 &words.join(" "),
                                 with(&restricted).as_deref(),
@@ -474,6 +482,41 @@ impl OcrEngine {
     }
 }
 
+/// Word filter: no letter or digit and unsure (pointer arrows, icons), or one or two unsure
+/// glyphs (a text cursor, a pointer or an icon edge).
+fn keep_word(w: &Word, p: &OcrParams) -> bool {
+    let alnum = w.text.chars().any(char::is_alphanumeric);
+    !(!alnum && w.conf < p.junk_conf || w.text.chars().count() <= 2 && w.conf < 40.0)
+}
+
+/// Whether what [`keep_word`] keeps of a block's words is a picture read as text: no letter
+/// or digit at all, at most three with a mean confidence under 75, one under 95, or words of
+/// at most two letters or digits each under 70.
+/// (Held-out screens without text: 6-22 characters per 64 screens came from such blocks —
+/// `\` for a clock hand at 93 %, `(\)` for a round window, `ey`/`cy`/`ut` in hair and
+/// photos at 41-72 %, `A` on a cheek at 87-94 %.)
+fn short_unsure_block(words: &[(Word, LineKey)], p: &OcrParams) -> bool {
+    let kept: Vec<&Word> = words
+        .iter()
+        .map(|w| &w.0)
+        .filter(|w| keep_word(w, p))
+        .collect();
+    if kept.is_empty() {
+        return false;
+    }
+    let alnum: usize = kept
+        .iter()
+        .map(|w| w.text.chars().filter(|c| c.is_alphanumeric()).count())
+        .sum();
+    let mean = kept.iter().map(|w| w.conf).sum::<f32>() / kept.len() as f32;
+    // only fragments of at most two letters or digits each, read unsure (`a =a nh` in the
+    // hair above a face)
+    let fragments = kept
+        .iter()
+        .all(|w| w.text.chars().filter(|c| c.is_alphanumeric()).count() <= 2);
+    alnum == 0 || alnum <= 3 && mean < 75.0 || alnum == 1 && mean < 95.0 || fragments && mean < 70.0
+}
+
 fn union(a: [u32; 4], b: [u32; 4]) -> [u32; 4] {
     let x0 = a[0].min(b[0]);
     let y0 = a[1].min(b[1]);
@@ -483,14 +526,22 @@ fn union(a: [u32; 4], b: [u32; 4]) -> [u32; 4] {
 }
 
 /// A word that may be (or hold) an e-mail address: an `@` (or a look-alike) between word
-/// characters, or a dotted domain shape (`name.tld` after at least two characters).
+/// characters that is not a shell prompt's (`root@web01:~#`), or a dotted domain shape
+/// (`name.tld` after at least two characters) whose last label is a top-level domain or one
+/// OCR confusion from one (not a file name: `db.sql.gz`, `etc.tar`).
 pub(crate) fn address_like(w: &str) -> bool {
     let t = w.trim_matches(|c: char| !c.is_alphanumeric());
     if t.chars().count() < 5 {
         return false;
     }
-    if t.contains(['@', '©', '®', '＠']) {
-        return true;
+    if let Some(at) = t.find(['@', '©', '®', '＠']) {
+        // `user@host:` is a prompt
+        let host = &t[at..];
+        let prompt = w.contains(":~") || w.contains(":/") || w.ends_with(':') || {
+            let rest: String = host.chars().skip(1).collect();
+            rest.split_once(':').is_some_and(|(h, _)| !h.contains('.'))
+        };
+        return !prompt;
     }
     // `name.tld`: the last dot-separated label 2..6 letters, something before it
     match t.rsplit_once(['.', ',']) {
@@ -498,27 +549,51 @@ pub(crate) fn address_like(w: &str) -> bool {
             head.chars().filter(|c| c.is_alphanumeric()).count() >= 3
                 && (2..=6).contains(&tld.len())
                 && tld.chars().all(|c| c.is_ascii_lowercase())
+                && crate::tld::repair_tld(tld).is_some()
         }
         None => false,
     }
 }
 
-/// Whether a first reading of an address-like word shows OCR damage that a re-reading may
-/// undo: no address in it (`bob jonesGalerts.example.net`, `alice,smith@corp,example`), a
-/// character no address holds (`j}.doe@…`), or a capital letter in the domain
+/// Whether the first reading of the address-like word that starts `rest` (the line from that
+/// word on) shows OCR damage that a re-reading may undo. The line is judged after the text
+/// repairs that extraction applies anyway (`,` for `.`, a spaced dot before the top-level
+/// domain): damaged when no address starts at the word (`bob jonesGalerts.example.net`), the
+/// word holds a character no address holds (`j}.doe@…`), the local part does not start with a
+/// letter or digit (`.doe@…`: an initial lost), or the domain holds a capital letter
 /// (`helpdesk@Gexample.nl`: `@` read as `@G`). A clean reading is kept: re-readings at another
-/// scale can agree on a worse one (`ops-team@…` re-read as `team@…`).
-fn damaged(word: &str) -> bool {
-    let es = crate::analyze::extract_emails(word);
-    let Some(e) = es.first() else {
+/// scale can agree on a worse one (`ops-team@…` re-read as `team@…`, `c,white@…` as
+/// `c.uhite@…`).
+fn damaged(rest: &str) -> bool {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| {
+        regex::Regex::new(
+            r"^[A-Za-z0-9][A-Za-z0-9._%+\-]*@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.([A-Za-z]{2,24})",
+        )
+        .expect("regex")
+    });
+    let r = crate::analyze::repair_addresses(rest);
+    let t = r.trim_start_matches(['<', '(', '[', '"', '\'']);
+    let Some(c) = re.captures(t) else {
         return true;
     };
-    let t = word.trim_matches(|c: char| "<>()[]\"'.,;:".contains(c));
-    if t != e.as_str() {
-        return true;
-    }
-    e.split_once('@')
-        .is_some_and(|(_, d)| d.chars().any(|c| c.is_ascii_uppercase()))
+    let m = c.get(0).map_or("", |m| m.as_str());
+    let after = t[m.len()..].chars().next();
+    let ends_clean = after.is_none_or(|ch| ch.is_whitespace() || ">)]\"',;:.".contains(ch));
+    let domain = m.split_once('@').map_or("", |x| x.1);
+    !ends_clean
+        || domain.chars().any(|ch| ch.is_ascii_uppercase())
+        || crate::tld::repair_tld(&c[1]).is_none()
+        || crate::analyze::extract_emails(m).is_empty()
+}
+
+/// Whether a re-read word is close enough to the first reading to stand for the same text: at
+/// most a quarter of its characters (at least 2) differ. Re-readings of a font tesseract cannot
+/// read come back as other garbage (`jenkins@exanple.con` → `oitins@esanele.con`).
+fn similar_reading(first: &str, reread: &str) -> bool {
+    let (a, b) = (first.to_lowercase(), reread.to_lowercase());
+    let n = a.chars().count().max(b.chars().count());
+    crate::metrics::levenshtein(&a, &b) <= (n / 4).max(2)
 }
 
 /// Chooses the reading of a line to extract addresses from, given the first reading, the
@@ -678,6 +753,89 @@ fn background(g: &Grey) -> u8 {
         h[v as usize] += 1;
     }
     (0..256).max_by_key(|&i| h[i]).unwrap_or(0) as u8
+}
+
+/// Paints straight thin rules with the background of `g` (a block whose text lines are `lh`
+/// px tall): vertical ink runs at least 1.6 line heights (and 20 px) long, horizontal ones at
+/// least 8 line heights (and 64 px) long, each at most 3 px thick. No glyph is that long for
+/// its line height (a `|` spans one line; a row of connected dashes would need 13 or more).
+fn paint_rules(g: &mut Grey, lh: u32) {
+    let (w, h) = (g.width as usize, g.height as usize);
+    if w < 3 || h < 3 {
+        return;
+    }
+    let bg = background(g);
+    let ink: Vec<bool> = g.data.iter().map(|&v| v.abs_diff(bg) > 48).collect();
+    let mut paint = vec![false; w * h];
+    let vmin = ((lh as usize * 8).div_ceil(5)).max(20);
+    let hmin = (lh as usize * 8).max(64);
+    // thickness of the ink band through (x, y) along the other axis, at most 4
+    let thick = |x: usize, y: usize, vertical: bool| -> usize {
+        let at = |d: isize| -> bool {
+            if vertical {
+                let xx = x as isize + d;
+                xx >= 0 && (xx as usize) < w && ink[y * w + xx as usize]
+            } else {
+                let yy = y as isize + d;
+                yy >= 0 && (yy as usize) < h && ink[yy as usize * w + x]
+            }
+        };
+        let mut n = 1;
+        let mut d = 1;
+        while n <= 4 && at(d) {
+            n += 1;
+            d += 1;
+        }
+        d = -1;
+        while n <= 4 && at(d) {
+            n += 1;
+            d -= 1;
+        }
+        n
+    };
+    for x in 0..w {
+        let mut y = 0;
+        while y < h {
+            if !ink[y * w + x] {
+                y += 1;
+                continue;
+            }
+            let s = y;
+            while y < h && ink[y * w + x] {
+                y += 1;
+            }
+            if y - s >= vmin {
+                let thin = (s..y).filter(|&yy| thick(x, yy, true) <= 3).count();
+                if thin * 10 >= (y - s) * 9 {
+                    (s..y).for_each(|yy| paint[yy * w + x] = true);
+                }
+            }
+        }
+    }
+    for y in 0..h {
+        let mut x = 0;
+        while x < w {
+            if !ink[y * w + x] {
+                x += 1;
+                continue;
+            }
+            let s = x;
+            while x < w && ink[y * w + x] {
+                x += 1;
+            }
+            if x - s >= hmin {
+                let thin = (s..x).filter(|&xx| thick(xx, y, false) <= 3).count();
+                if thin * 10 >= (x - s) * 9 {
+                    (s..x).for_each(|xx| paint[y * w + xx] = true);
+                }
+            }
+        }
+    }
+    for (v, p) in g.data.iter_mut().zip(&paint) {
+        if *p {
+            *v = bg;
+        }
+    }
 }
 
 /// Bilinear resize by `s`.
@@ -942,6 +1100,52 @@ fn remove_frames(m: &mut [bool], w: usize, h: usize) {
 /// Ink runs this long are borders, not text (see [`long_runs`]).
 const LONG_RUN: usize = 64;
 
+/// Vertical ink runs this long and at most 3 px thick are borders too
+/// ([`thin_vertical_runs`]).
+const THIN_RUN: usize = 28;
+
+/// Marks in `cut` the vertical runs of the ink map at least `len` px long whose ink band is at
+/// most 3 px wide on 90 % of their rows: a dialog's text-area frame 2 px from the text (34 px
+/// tall beside two lines of xmessage) joined both lines into one 32 px "line", so the block
+/// was not upscaled and the frame was read as `[`/`l`. A glyph this tall has thicker strokes
+/// (a `|` of a 12x24 font is 24 px).
+fn thin_vertical_runs(m: &[bool], w: usize, h: usize, len: usize, cut: &mut [bool]) {
+    let band = |x: usize, y: usize| -> usize {
+        let row = &m[y * w..(y + 1) * w];
+        let mut n = 1;
+        let mut l = x;
+        while l > 0 && row[l - 1] && n <= 4 {
+            l -= 1;
+            n += 1;
+        }
+        let mut r = x;
+        while r + 1 < w && row[r + 1] && n <= 4 {
+            r += 1;
+            n += 1;
+        }
+        n
+    };
+    for x in 0..w {
+        let mut y = 0;
+        while y < h {
+            if !m[y * w + x] {
+                y += 1;
+                continue;
+            }
+            let s = y;
+            while y < h && m[y * w + x] {
+                y += 1;
+            }
+            if y - s >= len {
+                let thin = (s..y).filter(|&yy| band(x, yy) <= 3).count();
+                if thin * 10 >= (y - s) * 9 {
+                    (s..y).for_each(|yy| cut[yy * w + x] = true);
+                }
+            }
+        }
+    }
+}
+
 /// Text-line candidates: the ink map smeared horizontally (gaps up to 10 px closed).
 #[cfg(test)]
 fn line_boxes(g: &Grey) -> Vec<[usize; 4]> {
@@ -961,7 +1165,8 @@ fn line_map_and_borders(g: &Grey) -> (usize, Vec<bool>, Vec<bool>) {
     let (w, h) = (g.width as usize, g.height as usize);
     let mut m = ink_map(g);
     remove_textures(&mut m, g);
-    let borders = long_runs(&m, w, h, LONG_RUN);
+    let mut borders = long_runs(&m, w, h, LONG_RUN);
+    thin_vertical_runs(&m, w, h, THIN_RUN, &mut borders);
     m.iter_mut().zip(&borders).for_each(|(v, c)| *v &= !c);
     remove_frames(&mut m, w, h);
     const GAP: usize = 10;
@@ -1241,17 +1446,44 @@ mod tests {
         for w in ["failed.", "10,0,65,200", "fs-7", "a.b", "From:", "Mr."] {
             assert!(!address_like(w), "{w}");
         }
-        // a clean first reading is never replaced
-        assert!(!damaged("ops-team@example.com"));
-        assert!(!damaged("<l.martin@alerts.example.net>"));
+        // held-out: prompts and file names were re-read (time) and could be replaced
+        for w in [
+            "root@web01:~#",
+            "admin@db02:/var/log#",
+            "db.sql.gz",
+            "etc.tar",
+        ] {
+            assert!(!address_like(w), "{w}");
+        }
+        // a clean first reading is never replaced; clean is judged on the rest of the line
+        // after the repairs extraction applies anyway (held-out: `c,white@…` re-read as
+        // `c.uhite@…` by both re-readings, `k.tanaka@example. de` as `anaka@exampe.de`)
+        for rest in [
+            "ops-team@example.com",
+            "<l.martin@alerts.example.net>",
+            "alice,smith@corp,example,co,uk",
+            "tanaka@example. de is the on-call contact",
+        ] {
+            assert!(!damaged(rest), "{rest}");
+        }
         for w in [
             "helpdesk@Gexample.nl",
             "j}.doe@alerts.example.net",
-            "alice,smith@corp,example,co,uk",
             "jonesGalerts.example.net",
+            ".doe@alerts.example.net",
+            "bob@example.qqq",
         ] {
             assert!(damaged(w), "{w}");
         }
+        // a re-reading far from the first (a font tesseract cannot read) is not taken
+        assert!(similar_reading(
+            "jonesGalerts.example.net",
+            "_jones@alerts.example.net"
+        ));
+        assert!(!similar_reading(
+            "jenkins@exanple.con",
+            "oitins@esanele.con"
+        ));
         // both re-readings agree: theirs
         let l = "From: helpdesk@Gexample.nl";
         let fixed = "From: helpdesk@example.nl";
@@ -1271,6 +1503,39 @@ mod tests {
         // nothing agreed, nothing to gain
         assert!(!use_restricted(l, Some("From: x"), Some("From: y")));
         assert!(!use_restricted(l, None, None));
+    }
+
+    #[test]
+    fn pictures_read_as_short_unsure_blocks_are_dropped() {
+        let ws = |v: &[(&str, f32)]| -> Vec<(Word, LineKey)> {
+            v.iter()
+                .map(|(t, c)| {
+                    let w = Word {
+                        text: t.to_string(),
+                        conf: *c,
+                        bbox: [0, 0, 10, 10],
+                    };
+                    (w, (1, 1, 1))
+                })
+                .collect()
+        };
+        let p = OcrParams::default();
+        // held-out text-free screens: a clock hand, hair above a face, a cheek
+        assert!(short_unsure_block(&ws(&[("\\", 93.0)]), &p));
+        assert!(short_unsure_block(&ws(&[("(\\)", 91.0)]), &p));
+        assert!(short_unsure_block(
+            &ws(&[("a", 74.0), ("=a", 56.0), ("nh", 60.0)]),
+            &p
+        ));
+        assert!(short_unsure_block(&ws(&[("ey", 60.0)]), &p));
+        assert!(short_unsure_block(&ws(&[("A", 94.0)]), &p));
+        // text
+        assert!(!short_unsure_block(&ws(&[("OK", 96.0)]), &p));
+        assert!(!short_unsure_block(&ws(&[("Login", 60.0)]), &p));
+        assert!(!short_unsure_block(
+            &ws(&[("Last", 62.0), ("login:", 55.0), ("Mon", 70.0)]),
+            &p
+        ));
     }
 
     #[test]
