@@ -86,6 +86,24 @@ impl Rgb {
         }
     }
 
+    /// Grey exactly as OpenCV's `cvtColor(COLOR_RGB2GRAY)` on 8 bits (BT.601 weights in 14-bit
+    /// fixed point, rounded): the face detector's input, so that it sees the pixels OpenCV's
+    /// `detectMultiScale` sees (it differs from `to_grey` by one level on some pixels).
+    pub fn to_grey_opencv(&self) -> Grey {
+        let data = self
+            .data
+            .chunks_exact(3)
+            .map(|p| {
+                ((p[0] as u32 * 4899 + p[1] as u32 * 9617 + p[2] as u32 * 1868 + 8192) >> 14) as u8
+            })
+            .collect();
+        Grey {
+            width: self.width,
+            height: self.height,
+            data,
+        }
+    }
+
     #[inline]
     pub fn px(&self, x: u32, y: u32) -> [u8; 3] {
         let i = (y as usize * self.width as usize + x as usize) * 3;
