@@ -470,7 +470,7 @@ fn clip(r: [i32; 4], w: i32, h: i32) -> Option<[i32; 4]> {
 /// even), horizontal pass into 8.8 fixed point, vertical pass rounded from 16 fraction bits;
 /// positions past the last pixel take the edge pixel. A same-size resize is a copy and an exact
 /// halving is OpenCV's 2x2 area mean, as in OpenCV.
-pub(crate) fn resize_linear_exact(g: &Grey, nw: u32, nh: u32) -> Grey {
+pub fn resize_linear_exact(g: &Grey, nw: u32, nh: u32) -> Grey {
     let (sw, sh) = (g.width as usize, g.height as usize);
     let (dw, dh) = (nw as usize, nh as usize);
     if dw == sw && dh == sh {
