@@ -203,15 +203,7 @@ impl Cascade {
 
     /// Detects faces in a grey image (for OpenCV parity feed it `Rgb::to_grey_opencv`).
     pub fn detect(&self, g: &Grey, p: &FaceParams) -> Vec<Face> {
-        let raw = self.detect_raw(g, p);
-        group_rectangles(&raw, p.min_neighbours as usize, 0.2)
-            .into_iter()
-            .filter_map(|(r, n)| clip(r, g.width as i32, g.height as i32).map(|r| (r, n)))
-            .map(|(r, n)| Face {
-                bbox: [r[0] as u32, r[1] as u32, r[2] as u32, r[3] as u32],
-                neighbours: n as u32,
-            })
-            .collect()
+        group_faces(&self.detect_raw(g, p), p.min_neighbours, g.width, g.height)
     }
 
     /// Every window that passes all stages, in image coordinates `[x, y, w, h]`, before
@@ -455,6 +447,20 @@ struct FTree {
 struct FStage {
     threshold: f32,
     trees: Vec<FTree>,
+}
+
+/// The faces of raw window hits (`Cascade::detect_raw`) of a `width`x`height` image: OpenCV's
+/// `groupRectangles(min_neighbours, eps 0.2)`, then the boxes clipped to the image (OpenCV's
+/// `clipObjects`). `detect` is `detect_raw` followed by this.
+pub fn group_faces(raw: &[[i32; 4]], min_neighbours: u32, width: u32, height: u32) -> Vec<Face> {
+    group_rectangles(raw, min_neighbours as usize, 0.2)
+        .into_iter()
+        .filter_map(|(r, n)| clip(r, width as i32, height as i32).map(|r| (r, n)))
+        .map(|(r, n)| Face {
+            bbox: [r[0] as u32, r[1] as u32, r[2] as u32, r[3] as u32],
+            neighbours: n as u32,
+        })
+        .collect()
 }
 
 /// `cv::Rect & Rect(0, 0, w, h)`: the box clipped to the image, None when nothing is left.
