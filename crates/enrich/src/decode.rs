@@ -94,7 +94,8 @@ impl Rgb {
             .data
             .chunks_exact(3)
             .map(|p| {
-                ((p[0] as u32 * 9798 + p[1] as u32 * 19235 + p[2] as u32 * 3735 + 16384) >> 15) as u8
+                ((p[0] as u32 * 9798 + p[1] as u32 * 19235 + p[2] as u32 * 3735 + 16384) >> 15)
+                    as u8
             })
             .collect();
         Grey {

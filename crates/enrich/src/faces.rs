@@ -487,7 +487,9 @@ pub fn resize_linear_exact(g: &Grey, nw: u32, nh: u32) -> Grey {
         for y in 0..dh {
             let (r0, r1) = (&g.data[2 * y * sw..], &g.data[(2 * y + 1) * sw..]);
             for x in 0..dw {
-                let s = r0[2 * x] as u32 + r0[2 * x + 1] as u32 + r1[2 * x] as u32
+                let s = r0[2 * x] as u32
+                    + r0[2 * x + 1] as u32
+                    + r1[2 * x] as u32
                     + r1[2 * x + 1] as u32;
                 data[y * dw + x] = ((s + 2) >> 2) as u8;
             }
@@ -645,4 +647,100 @@ fn group_rectangles(rects: &[[i32; 4]], min_neighbours: usize, eps: f64) -> Vec<
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Rgb;
+
+    /// Values computed once with cv2 4.14.0 (`cv2.resize(a, (w, h),
+    /// interpolation=cv2.INTER_LINEAR_EXACT)`), a = (37x + 91y + (xy mod 7)·29) mod 256, 13x9.
+    #[test]
+    fn resize_is_bit_exact_with_opencv_linear_exact() {
+        let src = |w: u32, h: u32| Grey {
+            width: w,
+            height: h,
+            data: (0..h)
+                .flat_map(|y| {
+                    (0..w).map(move |x| ((x * 37 + y * 91 + (x * y) % 7 * 29) % 256) as u8)
+                })
+                .collect(),
+        };
+        let a = src(13, 9);
+        let cases: [(u32, u32, &[u8]); 2] = [
+            (
+                6,
+                4,
+                &[
+                    89, 88, 168, 64, 144, 143, 89, 147, 213, 48, 67, 133, 156, 86, 199, 178, 89,
+                    99, 131, 195, 50, 158, 174, 78,
+                ],
+            ),
+            (
+                11,
+                8,
+                &[
+                    9, 55, 94, 131, 177, 223, 16, 62, 99, 137, 183, 110, 151, 141, 88, 158, 195,
+                    115, 160, 131, 94, 168, 124, 65, 137, 130, 186, 56, 120, 70, 152, 122, 200, 59,
+                    86, 122, 91, 192, 126, 64, 90, 130, 85, 210, 151, 94, 125, 54, 193, 196, 146,
+                    104, 123, 51, 215, 97, 207, 126, 18, 76, 90, 111, 146, 33, 20, 87, 114, 186,
+                    202, 80, 42, 79, 124, 175, 181, 67, 48, 195, 52, 128, 194, 68, 99, 181, 61,
+                    137, 201, 54,
+                ],
+            ),
+        ];
+        for (w, h, want) in cases {
+            assert_eq!(resize_linear_exact(&a, w, h).data, want, "{w}x{h}");
+        }
+        // an exact halving is OpenCV's 2x2 area mean
+        let mut b = src(12, 8);
+        b.data = (0..8)
+            .flat_map(|y| a.data[y * 13..y * 13 + 12].to_vec())
+            .collect();
+        assert_eq!(
+            resize_linear_exact(&b, 6, 4).data,
+            [
+                71, 110, 149, 138, 126, 101, 90, 131, 147, 85, 75, 142, 109, 127, 131, 174, 114,
+                68, 142, 173, 26, 71, 154, 71
+            ]
+        );
+        assert_eq!(resize_linear_exact(&a, 13, 9).data, a.data);
+    }
+
+    /// cv2 4.14.0 `cvtColor(BGR2GRAY)` on pixels where PIL's luma and OpenCV 3's 14-bit formula
+    /// both give another value.
+    #[test]
+    fn opencv_grey_matches_cv2() {
+        let px: [[u8; 4]; 6] = [
+            [105, 11, 225, 63],
+            [91, 38, 149, 66],
+            [189, 214, 12, 184],
+            [104, 10, 224, 62],
+            [33, 104, 242, 98],
+            [34, 134, 234, 115],
+        ];
+        let rgb = Rgb::from_raw(6, 1, px.iter().flat_map(|p| p[..3].to_vec()).collect()).unwrap();
+        let want: Vec<u8> = px.iter().map(|p| p[3]).collect();
+        assert_eq!(rgb.to_grey_opencv().data, want);
+        assert_ne!(rgb.to_grey().data, want);
+    }
+
+    #[test]
+    fn grouping_follows_opencv() {
+        // three similar boxes: mean x = 31/3 = 10.33 → 10, w = (20+21+21)/3 = 20.67 → 21
+        let raw = [[10, 10, 20, 20], [10, 11, 21, 21], [11, 10, 21, 21]];
+        assert_eq!(group_rectangles(&raw, 2, 0.2), vec![([10, 10, 21, 21], 3)]);
+        // at most min_neighbours members: dropped
+        assert!(group_rectangles(&raw, 3, 0.2).is_empty());
+        // means rounded half to even: x 10.5 → 10, y 12.5 → 12, h 23.5 → 24 (half away from
+        // zero would give 11, 13, 24)
+        let two = [[10, 12, 24, 24], [11, 13, 24, 23]];
+        assert_eq!(group_rectangles(&two, 1, 0.2), vec![([10, 12, 24, 24], 2)]);
+        // min_neighbours 0: the raw boxes, one neighbour each
+        assert_eq!(group_rectangles(&two, 0, 0.2).len(), 2);
+        // clipping to the image
+        assert_eq!(clip([-2, 5, 30, 30], 20, 40), Some([0, 5, 20, 30]));
+        assert_eq!(clip([25, 5, 30, 30], 20, 40), None);
+    }
 }

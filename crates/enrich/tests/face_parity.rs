@@ -24,8 +24,8 @@ fn background(w: u32, h: u32, a: [u8; 3], b: [u8; 3], noise: u32, rng: &mut Rng)
     for y in 0..h {
         for _ in 0..w {
             for k in 0..3 {
-                let v = (a[k] as i64 * (h - 1 - y) as i64 + b[k] as i64 * y as i64)
-                    / (h - 1) as i64;
+                let v =
+                    (a[k] as i64 * (h - 1 - y) as i64 + b[k] as i64 * y as i64) / (h - 1) as i64;
                 let n = if noise > 0 {
                     rng.range(0, 2 * noise + 1) as i64 - noise as i64
                 } else {
@@ -92,9 +92,18 @@ fn scenes() -> Vec<(String, Canvas)> {
 
     // LFW faces with contrast 0.08..0.6 on mid-grey noise: around OpenCV's σ > 10 window test
     let mut c = background(640, 480, [128, 128, 128], [128, 128, 128], 3, &mut rng);
-    for (i, k) in [0.08, 0.12, 0.16, 0.2, 0.25, 0.3, 0.4, 0.6].iter().enumerate() {
+    for (i, k) in [0.08, 0.12, 0.16, 0.2, 0.25, 0.3, 0.4, 0.6]
+        .iter()
+        .enumerate()
+    {
         let f = face_crop(&lfw.canvas, lfw.boxes[i], *k);
-        paste(&mut c, &f, 10 + 155 * (i % 4) as i64, 20 + 230 * (i / 4) as i64, 140);
+        paste(
+            &mut c,
+            &f,
+            10 + 155 * (i % 4) as i64,
+            20 + 230 * (i / 4) as i64,
+            140,
+        );
     }
     out.push(("low_contrast_640x480".to_string(), c));
 
@@ -102,7 +111,13 @@ fn scenes() -> Vec<(String, Canvas)> {
     let mut c = background(777, 555, [90, 100, 110], [150, 140, 120], 20, &mut rng);
     for (i, f) in l.iter().enumerate() {
         let s = 28 + 11 * i as u32;
-        paste(&mut c, f, 8 + 190 * (i % 4) as i64, 6 + 180 * (i / 4) as i64, s);
+        paste(
+            &mut c,
+            f,
+            8 + 190 * (i % 4) as i64,
+            6 + 180 * (i / 4) as i64,
+            s,
+        );
     }
     out.push(("lfw_noise_777x555".to_string(), c));
 
