@@ -221,7 +221,7 @@ impl Cascade {
             return raw;
         }
         let sf = p.scale_factor;
-        if !(sf > 1.0) {
+        if sf.is_nan() || sf <= 1.0 {
             return raw;
         }
         let stages = self.flatten();
@@ -328,7 +328,8 @@ impl Cascade {
             left: i32,
             right: i32,
         }
-        let stages: Vec<(f32, Vec<(Vec<ONode>, &[f32])>)> = stages
+        type OTree<'a> = (Vec<ONode>, &'a [f32]);
+        let stages: Vec<(f32, Vec<OTree>)> = stages
             .iter()
             .map(|st| {
                 let trees = st

@@ -10,7 +10,6 @@
 //! `OVERLORD_DUMP_FACE_SCENES=/tmp/scenes cargo test -p overlord-enrich --test face_parity`,
 //! then `python3 scripts/faces_opencv_ref.py /tmp/scenes crates/enrich/tests/data/faces_opencv.json`.
 #[path = "support/unseen.rs"]
-#[allow(dead_code)]
 mod unseen;
 
 use overlord_enrich::faces::{Cascade, DEFAULT_CASCADE, FaceParams, group_faces};
