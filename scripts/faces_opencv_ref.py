@@ -19,7 +19,7 @@ cc = cv2.CascadeClassifier(cascade)
 assert not cc.empty(), cascade
 res = {}
 for f in sorted(os.listdir(d)):
-    if not f.endswith(".png"):
+    if not f.lower().endswith((".png", ".jpg", ".jpeg")):
         continue
     g = cv2.cvtColor(cv2.imread(os.path.join(d, f), cv2.IMREAD_COLOR), cv2.COLOR_BGR2GRAY)
     boxes, n = cc.detectMultiScale2(g, scaleFactor=1.1, minNeighbors=3, minSize=(24, 24))
