@@ -2,7 +2,9 @@
 //! `opencv-data`, e.g. `/usr/share/opencv4/haarcascades/haarcascade_frontalface_alt2.xml`),
 //! evaluated by our own code: integral images over an image pyramid, variance-normalised Haar
 //! features, boosted stages of small trees, then OpenCV's `groupRectangles` (min neighbours,
-//! eps 0.2) — the same algorithm as `cv::CascadeClassifier::detectMultiScale`.
+//! eps 0.2) — `cv::CascadeClassifier::detectMultiScale` reproduced bit for bit (OpenCV 4.14: same
+//! pyramid pixels, same window hits, same boxes and neighbour counts; see `tests/face_parity.rs`
+//! and `examples/face_parity.rs`), given OpenCV's grey (`Rgb::to_grey_opencv`).
 
 use crate::decode::Grey;
 use crate::error::EnrichError;
