@@ -12,7 +12,7 @@ const PY: &str = r#"
 import sys, time, cv2
 cv2.setNumThreads(1)
 c = cv2.CascadeClassifier(sys.argv[1])
-imgs = [cv2.imread(p, cv2.IMREAD_GRAYSCALE) for p in sys.argv[2:]]
+imgs = [cv2.cvtColor(cv2.imread(p, cv2.IMREAD_COLOR), cv2.COLOR_BGR2GRAY) for p in sys.argv[2:]]
 faces = sum(len(c.detectMultiScale(g, scaleFactor=1.1, minNeighbors=3, minSize=(24, 24))) for g in imgs)
 n = 0; t = time.thread_time()
 for _ in range(3):
@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
         .map(|p| {
             decode(&std::fs::read(p).unwrap(), &DecodeCaps::default())
                 .unwrap()
-                .to_grey()
+                .to_grey_opencv()
         })
         .collect();
     let c = Cascade::load(std::path::Path::new(DEFAULT_CASCADE))?;

@@ -18,7 +18,7 @@ fn main() -> anyhow::Result<()> {
     let c = Cascade::load(std::path::Path::new(&path))?;
     for f in gt["fixtures"].as_array().unwrap() {
         let file = f["file"].as_str().unwrap();
-        let g = decode(&std::fs::read(dir.join(file))?, &DecodeCaps::default())?.to_grey();
+        let g = decode(&std::fs::read(dir.join(file))?, &DecodeCaps::default())?.to_grey_opencv();
         let t = Instant::now();
         let faces = c.detect(&g, &p);
         let ms = t.elapsed().as_secs_f64() * 1e3;

@@ -495,7 +495,8 @@ impl Analyzer {
             let detect = rgb.width as u64 * rgb.height as u64 <= self.cfg.max_detect_pixels;
             if detect {
                 let t = Instant::now();
-                a.faces = self.cascade.detect(&grey, &self.cfg.faces);
+                // OpenCV's grey (not PIL's), so the cascade sees what detectMultiScale sees
+                a.faces = self.cascade.detect(&rgb.to_grey_opencv(), &self.cfg.faces);
                 a.timings.faces_ms = ms(t);
                 let t = Instant::now();
                 for tpl in &self.templates {
