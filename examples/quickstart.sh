@@ -24,7 +24,7 @@ wait_listen() {
     local pid=$1 port=$2 log=$3 what=$4
     for _ in $(seq 300); do
         kill -0 "$pid" 2>/dev/null || { echo "$what exited; its log:" >&2; cat "$log" >&2; exit 1; }
-        ss -Hltnp "sport = :$port" 2>/dev/null | grep -q "pid=$pid," && return 0
+        ss -Hltnp "src 127.0.0.1:$port" 2>/dev/null | grep -q "pid=$pid," && return 0
         sleep 0.1
     done
     echo "$what not listening on 127.0.0.1:$port after 30 s; its log:" >&2; cat "$log" >&2; exit 1
@@ -42,7 +42,7 @@ operator contact: ops.team@example.org
 TXT
 DISPLAY=":$d" xterm -title overlord-lab -geometry 90x20+40+40 -fa Monospace -fs 14 -e sh -c "cat '$lab/motd'; exec sleep 100000" >"$lab/xterm.log" 2>&1 & pids+=($!)
 vnc=$(free_port)
-x11vnc -display ":$d" -localhost -rfbport "$vnc" -nopw -shared -forever -noshm -quiet >"$lab/x11vnc.log" 2>&1 & pids+=($!)
+x11vnc -display ":$d" -localhost -noipv6 -rfbport "$vnc" -nopw -shared -forever -noshm -quiet >"$lab/x11vnc.log" 2>&1 & pids+=($!)
 wait_listen "$!" "$vnc" "$lab/x11vnc.log" x11vnc
 redis=$(free_port)
 redis-server --port "$redis" --bind 127.0.0.1 --save '' --appendonly no >"$lab/redis.log" 2>&1 & pids+=($!)

@@ -74,8 +74,10 @@ fn wait_own_rfb(p: &mut Proc, port: u16, limit: Duration) -> Result<()> {
         if p.exited() {
             bail!("{} exited", p.name);
         }
-        if tcp_listeners_of(pid).is_ok_and(|l| l.iter().any(|a| a.port() == port))
-            && rfb_banner(port)
+        // 127.0.0.1 exactly: x11vnc whose IPv4 bind failed kept serving on [::1]:port alone
+        // (a port-only check matched that, and the banner check then met the stranger on IPv4).
+        let own = SocketAddr::from(([127, 0, 0, 1], port));
+        if tcp_listeners_of(pid).is_ok_and(|l| l.contains(&own)) && rfb_banner(port)
         {
             return Ok(());
         }
@@ -389,10 +391,13 @@ fn rfb_banner(port: u16) -> bool {
 
 /// x11vnc serving an X display on a free loopback port, without password.
 ///
-/// The port comes from `free_port`, so another test may take it before x11vnc binds it (x11vnc
-/// then exits, or a foreign server answers). Each attempt therefore waits until the banner comes
-/// from a listener of *this* x11vnc process, gives up early when it exits, and a failed attempt is
-/// retried on a new port; the error carries x11vnc's own log.
+/// The port comes from `free_port`, so another test may take it before x11vnc binds it. Without
+/// `-noipv6` x11vnc does not even exit then: it logs "ListenOnTCPPort: Address already in use",
+/// "Listening only on IPv6 port N" and serves on [::1]:N alone, while a client of 127.0.0.1:N
+/// meets the stranger (or nothing). That is how CI's `x11vnc_stale_first_frame` waited 15 s for
+/// a banner that never came. With `-noipv6` it exits ("could not obtain listening port"); each
+/// attempt waits until the banner comes from a 127.0.0.1 listener of *this* process, gives up as
+/// soon as it exits, and a failed attempt is retried on a new port; the error carries its log.
 pub fn x11vnc(x: &XServer) -> Result<(Proc, u16)> {
     need("x11vnc", "x11vnc");
     let mut last = String::new();
@@ -417,6 +422,7 @@ pub fn x11vnc(x: &XServer) -> Result<(Proc, u16)> {
                     "-noxdamage",
                     "-nowf",
                     "-noshm",
+                    "-noipv6",
                 ]),
             "x11vnc",
             &log,
