@@ -77,8 +77,7 @@ fn wait_own_rfb(p: &mut Proc, port: u16, limit: Duration) -> Result<()> {
         // 127.0.0.1 exactly: x11vnc whose IPv4 bind failed kept serving on [::1]:port alone
         // (a port-only check matched that, and the banner check then met the stranger on IPv4).
         let own = SocketAddr::from(([127, 0, 0, 1], port));
-        if tcp_listeners_of(pid).is_ok_and(|l| l.contains(&own)) && rfb_banner(port)
-        {
+        if tcp_listeners_of(pid).is_ok_and(|l| l.contains(&own)) && rfb_banner(port) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));
