@@ -490,12 +490,24 @@ pub fn paint_pattern(x: &XServer, seed: u32) -> Result<()> {
     Ok(())
 }
 
-/// An xterm showing `text`, waited for until its window is mapped.
+/// An xterm showing `text`, waited for until the text is on the screen.
+///
+/// A mapped window is not enough: xterm draws what its shell printed a moment later. Tests that
+/// compare two captures (e.g. `xwd`, then an X11 or VNC screenshot) failed under load with the
+/// text drawn between them ("305 pixels differ, box (43, 43, 131, 68)": the 15 characters of
+/// `X11 ROOT WINDOW`). So the shell marks when the text is in the pty, and then the screen must
+/// stay unchanged over three captures.
 pub fn xterm(x: &XServer, text: &str) -> Result<Proc> {
     need("xterm", "xterm");
     need("xwininfo", "x11-utils");
-    let script = format!("printf '%s\\n' '{text}'; exec sleep 600");
-    let log = x.dir.path().join("xterm.log");
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let printed = x.dir.path().join(format!("xterm-{n}.printed"));
+    let script = format!(
+        "printf '%s\\n' '{text}'; : > '{}'; exec sleep 600",
+        printed.display()
+    );
+    let log = x.dir.path().join(format!("xterm-{n}.log"));
     let mut p = Proc::spawn_logged(
         Command::new("xterm")
             .args([
@@ -511,19 +523,44 @@ pub fn xterm(x: &XServer, text: &str) -> Result<Proc> {
         &log,
     )?;
     let mut died = false;
-    wait_until(Duration::from_secs(20), "xterm window", || {
-        died = p.exited();
-        died || Command::new("xwininfo")
-            .args(["-display", &x.name(), "-name", "overlord-test"])
-            .output()
-            .map(|o| {
-                o.status.success() && String::from_utf8_lossy(&o.stdout).contains("IsViewable")
-            })
-            .unwrap_or(false)
-    })?;
+    wait_until(
+        Duration::from_secs(20),
+        "xterm window with its text",
+        || {
+            died = p.exited();
+            died || (printed.exists()
+                && Command::new("xwininfo")
+                    .args(["-display", &x.name(), "-name", "overlord-test"])
+                    .output()
+                    .map(|o| {
+                        o.status.success()
+                            && String::from_utf8_lossy(&o.stdout).contains("IsViewable")
+                    })
+                    .unwrap_or(false))
+        },
+    )?;
     if died {
         bail!("xterm exited; log:\n{}", log_tail(&log, 8));
     }
+    let mut last: Option<Vec<u8>> = None;
+    let mut same = 0;
+    wait_until(
+        Duration::from_secs(20),
+        "xterm drawn (screen unchanged)",
+        || {
+            let now = xwd_rgb(x).map(|(_, _, px)| px).ok();
+            same = if now.is_some() && now == last {
+                same + 1
+            } else {
+                0
+            };
+            last = now;
+            if same < 2 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            same >= 2
+        },
+    )?;
     Ok(p)
 }
 
