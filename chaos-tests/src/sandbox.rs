@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 use crate::client::{JobClient, job_client};
 use crate::process::{ManagedProcess, ProcSpec, RunState};
 use crate::proxy::FaultProxy;
-use crate::wait::wait_for;
+use crate::wait::wait_for_alive;
 
 /// One minion of the sandbox.
 #[derive(Debug, Clone)]
@@ -153,13 +153,6 @@ pub fn overlord_bin() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// A free loopback port (bound then released; the kernel does not hand it out again soon).
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
@@ -212,25 +205,53 @@ impl Cluster {
         std::fs::create_dir_all(&logs)?;
         let data = dir.path().join("coordinator-data");
         std::fs::create_dir_all(&data)?;
-        let coord_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        // The coordinator binds 127.0.0.1:0 itself and reports the port (`--addr-file`). A port
+        // picked beforehand (bound, released, handed over: this sandbox did that) can be taken
+        // by a parallel test's listener before the coordinator binds it: the coordinator then exits at start and the
+        // whole test fails. Once the port is known the config names it, so a restart (kill -9,
+        // start again with the same command line) comes back where the proxies forward to.
         let cfg = dir.path().join("coordinator.toml");
+        let addr_file = dir.path().join("coordinator.addr");
+        let unbound: SocketAddr = "127.0.0.1:0".parse()?;
         std::fs::write(
             &cfg,
-            coordinator_config(coord_addr, &data, &b.timing, &b.coordinator_extra),
+            coordinator_config(unbound, &data, &b.timing, &b.coordinator_extra),
         )?;
-        let coordinator = ManagedProcess::spawn(
+        let mut coordinator = ManagedProcess::spawn(
             ProcSpec {
                 name: "coordinator".into(),
                 program: bin.clone(),
                 args: vec![
                     "coordinator".into(),
                     "--config".into(),
-                    cfg.into_os_string(),
+                    cfg.clone().into_os_string(),
+                    "--addr-file".into(),
+                    addr_file.clone().into_os_string(),
                 ],
                 env: vec![("RUST_LOG".into(), "info".into())],
                 cwd: Some(dir.path().to_path_buf()),
             },
             &logs,
+        )?;
+        let coord_addr: SocketAddr = wait_for_alive(
+            Duration::from_secs(30),
+            "coordinator address file",
+            || coordinator.is_alive(),
+            || {
+                let text = std::fs::read_to_string(&addr_file).unwrap_or_default();
+                async move { Ok::<_, String>(text.trim().parse::<SocketAddr>().ok()) }
+            },
+        )
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\n--- coordinator log ---\n{}",
+                coordinator.log_tail(8 * 1024)
+            )
+        })?;
+        std::fs::write(
+            &cfg,
+            coordinator_config(coord_addr, &data, &b.timing, &b.coordinator_extra),
         )?;
         let client_proxy = FaultProxy::start("client", coord_addr).await?;
         let mut me = Self {
@@ -442,17 +463,13 @@ impl Drop for Cluster {
 pub async fn wait_serving_url(
     url: &str,
     timeout: Duration,
-    mut alive: impl FnMut() -> bool,
+    alive: impl FnMut() -> bool,
 ) -> Result<Duration, crate::wait::WaitTimeout> {
     let start = Instant::now();
     let c = job_client(url);
-    wait_for(timeout, "coordinator serving ListJobs", || {
-        let alive = alive();
+    wait_for_alive(timeout, "coordinator serving ListJobs", alive, || {
         let mut c = c.clone();
         async move {
-            if !alive {
-                return Err("coordinator process exited".to_string());
-            }
             match tokio::time::timeout(
                 Duration::from_secs(2),
                 c.list_jobs(overlord_proto::v1::ListJobsRequest {}),
@@ -461,7 +478,7 @@ pub async fn wait_serving_url(
             {
                 Ok(Ok(_)) => Ok(Some(())),
                 Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
-                Err(_) => Err("timeout".into()),
+                Err(_) => Err("timeout".to_string()),
             }
         }
     })

@@ -3,13 +3,19 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-/// A condition did not hold before its deadline.
+/// A condition did not hold before its deadline (or, with `exited`, the process that was to bring
+/// it about died first).
 #[derive(Debug, thiserror::Error)]
-#[error("timed out after {waited:?} waiting for: {what}{}", last.as_ref().map(|l| format!(" (last: {l})")).unwrap_or_default())]
+#[error(
+    "{} after {waited:?} waiting for: {what}{}",
+    if *exited { "the process exited" } else { "timed out" },
+    last.as_ref().map(|l| format!(" (last: {l})")).unwrap_or_default()
+)]
 pub struct WaitTimeout {
     pub what: String,
     pub waited: Duration,
     pub last: Option<String>,
+    pub exited: bool,
 }
 
 const POLL_MIN: Duration = Duration::from_millis(5);
@@ -36,6 +42,7 @@ where
                 what: what.to_string(),
                 waited: start.elapsed(),
                 last: None,
+                exited: false,
             });
         }
         tokio::time::sleep(pause).await;
@@ -68,6 +75,45 @@ where
                 what: what.to_string(),
                 waited: start.elapsed(),
                 last,
+                exited: false,
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(POLL_MAX);
+    }
+}
+
+/// [`wait_for`] for what only a running process can bring about: gives up at once when `alive()`
+/// turns false. Waiting out the deadline for a dead process only delayed the failure and hid its
+/// cause behind "timed out" (e.g. a coordinator that could not bind its port).
+pub async fn wait_for_alive<T, E, F, Fut>(
+    timeout: Duration,
+    what: &str,
+    mut alive: impl FnMut() -> bool,
+    mut probe: F,
+) -> Result<T, WaitTimeout>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>, E>>,
+    E: std::fmt::Display,
+{
+    let start = Instant::now();
+    let mut pause = POLL_MIN;
+    let mut last = None;
+    loop {
+        let was_alive = alive();
+        match probe().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = Some(e.to_string()),
+        }
+        // Checked before the probe: a process that wrote its answer and then exited still counts.
+        if !was_alive || start.elapsed() >= timeout {
+            return Err(WaitTimeout {
+                what: what.to_string(),
+                waited: start.elapsed(),
+                last,
+                exited: !was_alive,
             });
         }
         tokio::time::sleep(pause).await;
@@ -92,6 +138,7 @@ pub fn wait_until_sync(
                 what: what.to_string(),
                 waited: start.elapsed(),
                 last: None,
+                exited: false,
             });
         }
         std::thread::sleep(pause);

@@ -69,13 +69,18 @@ fn start_coordinator(dir: &std::path::Path) -> (Kill, String) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn coordinator");
-    let kill = Kill(child);
+    let mut kill = Kill(child);
     let t0 = Instant::now();
     loop {
         if let Ok(a) = std::fs::read_to_string(&addr_file)
             && !a.is_empty()
         {
             return (kill, format!("http://{a}"));
+        }
+        // A coordinator that exited will never write the file: fail now (its stderr is above),
+        // not after the whole deadline.
+        if let Ok(Some(st)) = kill.0.try_wait() {
+            panic!("coordinator exited with {st} before writing its address file");
         }
         assert!(
             t0.elapsed() < Duration::from_secs(60),

@@ -17,15 +17,18 @@ use std::time::{Duration, Instant};
 struct Kill(Child);
 impl Drop for Kill {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        ts::stop_child(&mut self.0);
     }
 }
 
-/// Waits until a window named `name` is mapped on `display` (xwininfo from x11-utils).
-fn wait_window(display: &str, name: &str) {
+/// Waits until a window named `name` is mapped on `display` (xwininfo from x11-utils); fails at
+/// once if `client`, the program that is to show it, exits.
+fn wait_window(display: &str, name: &str, client: &mut Child) {
     let t0 = Instant::now();
     loop {
+        if let Ok(Some(st)) = client.try_wait() {
+            panic!("the client for window {name} exited with {st}");
+        }
         let out = Command::new("xwininfo")
             .args(["-display", display, "-root", "-tree"])
             .output()
@@ -52,7 +55,7 @@ async fn scan_identifies_screenshots_and_enriches_a_live_vnc_desktop() {
         "REACTOR PUMP STATUS: ALARM\noperator contact: night.shift@example.org\n",
     )
     .unwrap();
-    let _xterm = Kill(
+    let mut xterm = Kill(
         Command::new("xterm")
             .env("DISPLAY", &display)
             .args([
@@ -70,7 +73,7 @@ async fn scan_identifies_screenshots_and_enriches_a_live_vnc_desktop() {
             .spawn()
             .expect("xterm (package xterm)"),
     );
-    wait_window(&display, "overlordlive");
+    wait_window(&display, "overlordlive", &mut xterm.0);
     let vnc = ts::x11vnc(xvfb.display.unwrap()).expect("x11vnc (package x11vnc)");
 
     let dir = tempfile::tempdir().unwrap();

@@ -207,6 +207,10 @@ async fn spans_and_metrics_reach_an_otlp_receiver_with_context_across_the_hop() 
         .expect("spawn coordinator"),
     );
     let addr = wait_for("coordinator address file", Duration::from_secs(60), || {
+        // Exited: it will never write the file; fail now (its stderr is above), not in 60 s.
+        if let Ok(Some(st)) = kids.0[0].try_wait() {
+            panic!("coordinator exited with {st} before writing its address file");
+        }
         std::fs::read_to_string(&addr_file)
             .ok()
             .filter(|s| !s.is_empty())

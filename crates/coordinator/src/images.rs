@@ -92,7 +92,9 @@ impl Images {
             path: dir.display().to_string(),
             source,
         };
-        let db = sled::open(dir)
+        // Waits for the file lock: a restart in the same process finds the previous instance's
+        // sled threads still holding it for a moment.
+        let db = overlord_storage::open_sled(&sled::Config::new().path(dir))
             .map_err(EnrichError::from)
             .map_err(open_err)?;
         let enrich = EnrichStore::from_db(db.clone()).map_err(open_err)?;

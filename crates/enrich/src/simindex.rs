@@ -453,8 +453,11 @@ mod tests {
         }
     }
 
+    /// Through `open_sled`: each block below reopens the dir the previous one just dropped, and
+    /// sled's flusher thread holds the file lock a moment longer. A plain `open` failed with
+    /// "could not acquire lock ... WouldBlock" (seen in a full `cargo test` run on 2 loaded cores).
     fn db(dir: &std::path::Path) -> sled::Db {
-        sled::Config::new().path(dir).open().unwrap()
+        overlord_storage::open_sled(&sled::Config::new().path(dir)).unwrap()
     }
 
     /// Every stored hash is found again at radius 0 and near hashes at radius 3, as brute force.

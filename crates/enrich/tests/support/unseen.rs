@@ -794,6 +794,19 @@ impl Xvfb {
 impl Drop for Xvfb {
     fn drop(&mut self) {
         self.clear();
+        // SIGTERM, not SIGKILL: a SIGKILLed Xvfb leaves /tmp/.X<n>-lock and its socket behind
+        // (hundreds piled up on the dev machine). Bounded: SIGKILL after 3 s.
+        // SAFETY: kill(2) on our own child, not yet reaped (its pid cannot have been reused).
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(3) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

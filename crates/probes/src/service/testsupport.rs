@@ -38,9 +38,37 @@ pub struct Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child);
     }
+}
+
+/// How long a stopped child gets to exit after SIGTERM before it is SIGKILLed.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Stops a child we spawned: SIGTERM, up to [`STOP_GRACE`] to exit, then SIGKILL; always reaped.
+///
+/// Not plain `Child::kill` (SIGKILL): a SIGKILLed daemon cannot clean up after itself. An X server
+/// leaves `/tmp/.X<n>-lock` and `/tmp/.X11-unix/X<n>` behind (hundreds had piled up on the dev
+/// machine), x11vnc its SysV shm segments (4096 of them: every later shmget failed with ENOSPC and
+/// x11vnc exited at start, the cause of a CI failure), nginx its worker processes (orphans that
+/// keep the listening socket).
+pub fn stop_child(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    // SAFETY: kill(2) on our own child, not yet reaped (so its pid cannot have been reused).
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let end = Instant::now() + STOP_GRACE;
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Daemon {
@@ -88,21 +116,35 @@ fn port_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// Polls until `addr` accepts a TCP connection (not a self-connect), or the child exits.
+/// Polls until `addr` accepts a TCP connection (not a self-connect) on a listener held by the
+/// child itself, or the child exits.
+///
+/// The port came from [`free_port`]: bound, released, handed to the daemon. In between, another
+/// test (or the daemon of a parallel test) may take it; our daemon then fails to bind and exits,
+/// but a bare "connect succeeds" check would have accepted the foreign listener and the test would
+/// talk to the wrong server. So readiness means: the child's own fds hold the listening socket.
 fn wait_ready(child: &mut Child, addr: SocketAddr, limit: Duration) -> Result<(), String> {
     let end = Instant::now() + limit;
+    let pid = child.id();
     while Instant::now() < end {
         if let Ok(Some(st)) = child.try_wait() {
             return Err(format!("exited early with {st}"));
         }
-        if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+        let ours = tcp_listeners_of(pid).is_ok_and(|l| l.contains(&addr));
+        if ours
+            && let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
             && s.local_addr().ok() != Some(addr)
         {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    Err(format!("{addr} not accepting connections after {limit:?}"))
+    let others = tcp_listeners_on(addr.port()).unwrap_or_default();
+    Err(if others.is_empty() {
+        format!("{addr} not accepting connections after {limit:?}")
+    } else {
+        format!("{addr} held by another process ({others:?}), not pid {pid}, after {limit:?}")
+    })
 }
 
 /// Spawns `cmd` (stdout/stderr to files in `dir`) and waits for `addr`; retries on a new port
@@ -114,7 +156,7 @@ fn launch(
     make: &mut dyn FnMut(&Path, u16) -> Result<Launch, SupportError>,
 ) -> Result<Daemon, SupportError> {
     let mut last = String::new();
-    for _ in 0..3 {
+    for attempt in 1..=3 {
         let dir = tempfile::Builder::new()
             .prefix(&format!("ov-{name}-"))
             .tempdir()?;
@@ -126,7 +168,9 @@ fn launch(
             what: name.into(),
             detail: e.to_string(),
         })?;
-        match wait_ready(&mut child, addr, Duration::from_secs(10)) {
+        // Generous: under load (2 cores, a parallel cargo build) sshd or python start slowly,
+        // and a retry would only start the same slow program again.
+        match wait_ready(&mut child, addr, Duration::from_secs(20)) {
             Ok(()) => {
                 return Ok(Daemon {
                     name: name.into(),
@@ -138,11 +182,13 @@ fn launch(
                 });
             }
             Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                stop_child(&mut child);
                 let log =
                     std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-                last = format!("{e}; log: {}", log.chars().take(800).collect::<String>());
+                last += &format!(
+                    "\nattempt {attempt} on {addr}: {e}; log: {}",
+                    log.chars().take(800).collect::<String>()
+                );
             }
         }
     }
@@ -379,7 +425,11 @@ pub fn x_display_in_use(n: u16) -> bool {
 
 /// A free X display number whose TCP port (6000+N) is free too.
 fn free_display(ports_too: &[u16]) -> u16 {
-    let start = (std::process::id() % 900) as u16;
+    // Spread by pid and by call: parallel tests of one binary share the pid, and with the same
+    // start they all raced for the same display (the losers' X servers exit, costing a retry).
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let start = (std::process::id() % 900) as u16
+        + NEXT.fetch_add(53, std::sync::atomic::Ordering::Relaxed) % 900;
     for i in 0..900u16 {
         let d = 20 + (start + i * 7) % 900;
         if x_display_in_use(d) {
@@ -423,7 +473,7 @@ pub fn xvfb(open: bool) -> Result<Daemon, SupportError> {
         let sock = PathBuf::from(format!("/tmp/.X11-unix/X{d}"));
         let lock = PathBuf::from(format!("/tmp/.X{d}-lock"));
         let pid = child.id().to_string();
-        let end = Instant::now() + Duration::from_secs(10);
+        let end = Instant::now() + Duration::from_secs(20);
         let mut ready = false;
         while Instant::now() < end {
             if let Ok(Some(_)) = child.try_wait() {
@@ -445,8 +495,9 @@ pub fn xvfb(open: bool) -> Result<Daemon, SupportError> {
                 .ok()
         } else {
             last = format!(
-                "no X socket {} after 10 s; log: {}",
+                "no X socket {} after 20 s (exited: {:?}); log: {}",
                 sock.display(),
+                child.try_wait().ok().flatten(),
                 std::fs::read_to_string(dir.path().join("stderr.log"))
                     .unwrap_or_default()
                     .chars()
@@ -466,10 +517,7 @@ pub fn xvfb(open: bool) -> Result<Daemon, SupportError> {
                     _forward: Some(f),
                 });
             }
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            None => stop_child(&mut child),
         }
     }
     Err(SupportError::Start {

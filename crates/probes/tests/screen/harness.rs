@@ -9,22 +9,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 pub use overlord_probes::service::testsupport::{
-    UnixForwarder, tcp_listeners_of, tcp_listeners_on,
+    UnixForwarder, stop_child, tcp_listeners_of, tcp_listeners_on,
 };
 
 /// A child process killed and reaped on drop.
 pub struct Proc {
-    #[allow(dead_code)]
     pub name: String,
     child: Child,
 }
 
 impl Proc {
-    pub fn spawn(cmd: &mut Command, name: &str) -> Result<Proc> {
-        Self::spawn_with(cmd.stdout(Stdio::null()).stderr(Stdio::null()), name)
-    }
-
-    /// Like `spawn`, with stdout and stderr appended to `log` (read back when it fails to start).
+    /// Spawns with stdout and stderr written to `log` (read back when it fails to start).
     pub fn spawn_logged(cmd: &mut Command, name: &str, log: &Path) -> Result<Proc> {
         let f =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
@@ -53,9 +48,45 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // SIGTERM first: a SIGKILLed X server leaves its lock file and socket, x11vnc its shm.
+        stop_child(&mut self.child);
     }
+}
+
+/// The last `n` lines of a log file (for failure messages).
+pub fn log_tail(log: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Waits until process `pid` itself listens on 127.0.0.1:`port` and an RFB banner comes from
+/// it; fails at once when the process exits.
+///
+/// The port came from `free_port` (bound, released, handed over): another test may have taken it
+/// in between. The server then fails to bind (and exits, or keeps running without RFB), while a
+/// bare banner check could be answered by the other test's server. So the listener must be one
+/// of the process's own fds.
+fn wait_own_rfb(p: &mut Proc, port: u16, limit: Duration) -> Result<()> {
+    let pid = p.pid();
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if p.exited() {
+            bail!("{} exited", p.name);
+        }
+        // 127.0.0.1 exactly: x11vnc whose IPv4 bind failed kept serving on [::1]:port alone
+        // (a port-only check matched that, and the banner check then met the stranger on IPv4).
+        let own = SocketAddr::from(([127, 0, 0, 1], port));
+        if tcp_listeners_of(pid).is_ok_and(|l| l.contains(&own)) && rfb_banner(port) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let others = tcp_listeners_on(port).unwrap_or_default();
+    bail!(
+        "no RFB banner from {} (pid {pid}) on port {port} after {limit:?}; listeners on the port: {others:?}",
+        p.name
+    )
 }
 
 /// Panics with the Debian package to install when a binary is missing (tests never skip).
@@ -124,12 +155,17 @@ impl XServer {
 
     fn start(kind: &str, build: impl Fn(u16, &Path, u16) -> Command, tcp: bool) -> Result<XServer> {
         let dir = tempfile::tempdir()?;
+        let mut failures = Vec::new();
         for n in candidate_displays() {
             if display_in_use(n) || (tcp && !port_free(6000 + n)) {
                 continue;
             }
+            if failures.len() >= 5 {
+                break;
+            }
             let rfb = free_port();
-            let mut proc = Proc::spawn(&mut build(n, dir.path(), rfb), kind)?;
+            let log = dir.path().join(format!("{kind}-{n}.log"));
+            let mut proc = Proc::spawn_logged(&mut build(n, dir.path(), rfb), kind, &log)?;
             let sock = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
             // Ours only when the lock file names our child (another server may own the display).
             let lock = PathBuf::from(format!("/tmp/.X{n}-lock"));
@@ -139,39 +175,60 @@ impl XServer {
                     .map(|s| s.trim() == pid.to_string())
                     .unwrap_or(false)
             };
-            let ready = wait_until(Duration::from_secs(10), "X socket", || {
+            // A display taken meanwhile by a parallel test makes our server exit at once: that
+            // is caught here and the next display tried; other failures are reported with the log.
+            let ready = wait_until(Duration::from_secs(20), "X socket", || {
                 (sock.exists() && ours()) || proc.exited()
             });
-            if ready.is_ok() && !proc.exited() {
-                let forward = if tcp {
-                    match UnixForwarder::start(SocketAddr::from(([127, 0, 0, 1], 6000 + n)), sock) {
-                        Ok(f) => Some(f),
-                        Err(_) => continue, // port taken meanwhile: next display (proc killed)
-                    }
-                } else {
-                    None
-                };
-                let server = XServer {
-                    display: n,
-                    proc,
-                    dir,
-                    rfb_port: (kind == "Xvnc").then_some(rfb),
-                    tcp: forward,
-                };
-                wait_until(Duration::from_secs(10), "X server answering", || {
-                    Command::new("xdpyinfo")
-                        .args(["-display", &server.name()])
-                        .env("XAUTHORITY", server.dir.path().join("auth"))
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status()
-                        .map(|s| s.success())
-                        .unwrap_or(false)
-                })?;
-                return Ok(server);
+            if ready.is_err() || proc.exited() {
+                failures.push(format!(
+                    ":{n}: {kind} did not start; log:\n{}",
+                    log_tail(&log, 8)
+                ));
+                continue;
             }
+            if kind == "Xvnc"
+                && let Err(e) = wait_own_rfb(&mut proc, rfb, Duration::from_secs(20))
+            {
+                failures.push(format!(":{n}: {e}; log:\n{}", log_tail(&log, 8)));
+                continue; // next display, new RFB port (this server is stopped on drop)
+            }
+            let forward = if tcp {
+                match UnixForwarder::start(SocketAddr::from(([127, 0, 0, 1], 6000 + n)), sock) {
+                    Ok(f) => Some(f),
+                    Err(_) => continue, // port taken meanwhile: next display (proc stopped)
+                }
+            } else {
+                None
+            };
+            let mut server = XServer {
+                display: n,
+                proc,
+                dir,
+                rfb_port: (kind == "Xvnc").then_some(rfb),
+                tcp: forward,
+            };
+            let name = server.name();
+            let auth = server.dir.path().join("auth");
+            let mut died = false;
+            wait_until(Duration::from_secs(20), "X server answering", || {
+                died = server.proc.exited();
+                died || Command::new("xdpyinfo")
+                    .args(["-display", &name])
+                    .env("XAUTHORITY", &auth)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false)
+            })
+            .with_context(|| format!("{kind} on {name}; log:\n{}", log_tail(&log, 8)))?;
+            if died {
+                bail!("{kind} on {name} exited; log:\n{}", log_tail(&log, 8));
+            }
+            return Ok(server);
         }
-        bail!("no free display number for {kind}")
+        bail!("{kind} did not start: {}", failures.join("\n"))
     }
 
     /// Xvfb, optionally reachable over TCP at 127.0.0.1:6000+n (through the loopback relay) with
@@ -277,7 +334,6 @@ impl XServer {
             },
             false,
         )?;
-        wait_rfb(s.rfb_port.unwrap())?;
         Ok(s)
     }
 
@@ -323,11 +379,6 @@ pub fn assert_listeners_loopback(pid: u32, what: &str) {
     );
 }
 
-/// Waits until an RFB server on `port` sends its banner.
-pub fn wait_rfb(port: u16) -> Result<()> {
-    wait_until(Duration::from_secs(15), "RFB banner", || rfb_banner(port))
-}
-
 fn rfb_banner(port: u16) -> bool {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
@@ -339,10 +390,13 @@ fn rfb_banner(port: u16) -> bool {
 
 /// x11vnc serving an X display on a free loopback port, without password.
 ///
-/// The port comes from `free_port`, so another test may take it before x11vnc binds it (x11vnc
-/// then exits, or a foreign server answers). Each attempt therefore waits until the banner comes
-/// from a listener of *this* x11vnc process, gives up early when it exits, and a failed attempt is
-/// retried on a new port; the error carries x11vnc's own log.
+/// The port comes from `free_port`, so another test may take it before x11vnc binds it. Without
+/// `-noipv6` x11vnc does not even exit then: it logs "ListenOnTCPPort: Address already in use",
+/// "Listening only on IPv6 port N" and serves on [::1]:N alone, while a client of 127.0.0.1:N
+/// meets the stranger (or nothing). That is how CI's `x11vnc_stale_first_frame` waited 15 s for
+/// a banner that never came. With `-noipv6` it exits ("could not obtain listening port"); each
+/// attempt waits until the banner comes from a 127.0.0.1 listener of *this* process, gives up as
+/// soon as it exits, and a failed attempt is retried on a new port; the error carries its log.
 pub fn x11vnc(x: &XServer) -> Result<(Proc, u16)> {
     need("x11vnc", "x11vnc");
     let mut last = String::new();
@@ -367,40 +421,21 @@ pub fn x11vnc(x: &XServer) -> Result<(Proc, u16)> {
                     "-noxdamage",
                     "-nowf",
                     "-noshm",
+                    "-noipv6",
                 ]),
             "x11vnc",
             &log,
         )?;
-        let pid = p.pid();
-        let mut exited = false;
-        let ready = wait_until(Duration::from_secs(20), "x11vnc's RFB banner", || {
-            exited = p.exited();
-            exited
-                || (tcp_listeners_of(pid).is_ok_and(|l| l.iter().any(|a| a.port() == port))
-                    && rfb_banner(port))
-        });
-        if ready.is_ok() && !exited {
-            return Ok((p, port));
-        }
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let tail: String = text
-            .lines()
-            .rev()
-            .take(12)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
-        last = format!(
-            "attempt {attempt} on port {port}: {}; x11vnc log:\n{tail}",
-            if exited {
-                "x11vnc exited".to_string()
-            } else {
-                format!("{}", ready.unwrap_err())
+        match wait_own_rfb(&mut p, port, Duration::from_secs(20)) {
+            Ok(()) => return Ok((p, port)),
+            Err(e) => {
+                last = format!(
+                    "attempt {attempt} on port {port}: {e}; x11vnc log:\n{}",
+                    log_tail(&log, 12)
+                );
+                eprintln!("{last}");
             }
-        );
-        eprintln!("{last}");
+        }
     }
     bail!("x11vnc did not start on {}: {last}", x.name())
 }
@@ -455,12 +490,25 @@ pub fn paint_pattern(x: &XServer, seed: u32) -> Result<()> {
     Ok(())
 }
 
-/// An xterm showing `text`, waited for until its window is mapped.
+/// An xterm showing `text`, waited for until the text is on the screen.
+///
+/// A mapped window is not enough: xterm draws what its shell printed a moment later. Tests that
+/// compare two captures (e.g. `xwd`, then an X11 or VNC screenshot) failed under load with the
+/// text drawn between them ("305 pixels differ, box (43, 43, 131, 68)": the 15 characters of
+/// `X11 ROOT WINDOW`). So the shell marks when the text is in the pty, and then the screen must
+/// stay unchanged over three captures.
 pub fn xterm(x: &XServer, text: &str) -> Result<Proc> {
     need("xterm", "xterm");
     need("xwininfo", "x11-utils");
-    let script = format!("printf '%s\\n' '{text}'; exec sleep 600");
-    let p = Proc::spawn(
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let printed = x.dir.path().join(format!("xterm-{n}.printed"));
+    let script = format!(
+        "printf '%s\\n' '{text}'; : > '{}'; exec sleep 600",
+        printed.display()
+    );
+    let log = x.dir.path().join(format!("xterm-{n}.log"));
+    let mut p = Proc::spawn_logged(
         Command::new("xterm")
             .args([
                 "-display",
@@ -472,16 +520,47 @@ pub fn xterm(x: &XServer, text: &str) -> Result<Proc> {
             ])
             .args(["-e", "sh", "-c", &script]),
         "xterm",
+        &log,
     )?;
-    wait_until(Duration::from_secs(10), "xterm window", || {
-        Command::new("xwininfo")
-            .args(["-display", &x.name(), "-name", "overlord-test"])
-            .output()
-            .map(|o| {
-                o.status.success() && String::from_utf8_lossy(&o.stdout).contains("IsViewable")
-            })
-            .unwrap_or(false)
-    })?;
+    let mut died = false;
+    wait_until(
+        Duration::from_secs(20),
+        "xterm window with its text",
+        || {
+            died = p.exited();
+            died || (printed.exists()
+                && Command::new("xwininfo")
+                    .args(["-display", &x.name(), "-name", "overlord-test"])
+                    .output()
+                    .map(|o| {
+                        o.status.success()
+                            && String::from_utf8_lossy(&o.stdout).contains("IsViewable")
+                    })
+                    .unwrap_or(false))
+        },
+    )?;
+    if died {
+        bail!("xterm exited; log:\n{}", log_tail(&log, 8));
+    }
+    let mut last: Option<Vec<u8>> = None;
+    let mut same = 0;
+    wait_until(
+        Duration::from_secs(20),
+        "xterm drawn (screen unchanged)",
+        || {
+            let now = xwd_rgb(x).map(|(_, _, px)| px).ok();
+            same = if now.is_some() && now == last {
+                same + 1
+            } else {
+                0
+            };
+            last = now;
+            if same < 2 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            same >= 2
+        },
+    )?;
     Ok(p)
 }
 
