@@ -361,6 +361,16 @@ impl OcrEngine {
             let mut mail_lines = Vec::with_capacity(lines.len());
             for l in &lines {
                 let mut words = l.1.clone();
+                // `j .doe@…`: a space read between an initial and the dot after it. A local
+                // part cannot start with a dot, so the lone initial belongs to it (else the
+                // word reads as damaged and its re-reading drops the initial: `doe@…`).
+                // The emptied word keeps its slot so words and boxes stay aligned.
+                for i in 1..words.len() {
+                    if joins_initial(&words[i - 1], &words[i]) {
+                        words[i] = format!("{}{}", words[i - 1], words[i]);
+                        words[i - 1].clear();
+                    }
+                }
                 if let Some(prep) = &prep {
                     let lh = laid.iter().find(|x| x.0 == *b).map_or(b[3], |x| x.1);
                     for i in 0..words.len() {
@@ -585,6 +595,17 @@ fn damaged(rest: &str) -> bool {
         || domain.chars().any(|ch| ch.is_ascii_uppercase())
         || crate::tld::repair_tld(&c[1]).is_none()
         || crate::analyze::extract_emails(m).is_empty()
+}
+
+/// Whether `word` is a local part that lost its initial to a space: `prev` is one letter or
+/// digit and `word` starts with a dot, then a letter or digit, and holds an `@` (`j` `.doe@…`).
+fn joins_initial(prev: &str, word: &str) -> bool {
+    let mut p = prev.chars();
+    let lone = p.next().is_some_and(|c| c.is_ascii_alphanumeric()) && p.next().is_none();
+    let mut w = word.chars();
+    lone && w.next() == Some('.')
+        && w.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && word.contains('@')
 }
 
 /// Whether a re-read word is close enough to the first reading to stand for the same text: at
@@ -1346,6 +1367,17 @@ fn reading_order(mut blocks: Vec<[u32; 4]>) -> Vec<[u32; 4]> {
 mod tests {
     use super::fix_zero_confusions as f;
     use super::*;
+
+    #[test]
+    fn a_lone_initial_joins_the_dotted_local_part_after_it() {
+        assert!(joins_initial("j", ".doe@hq.acme.fr"));
+        assert!(joins_initial("1", ".martin@acme.ch"));
+        assert!(!joins_initial("jo", ".doe@hq.acme.fr"));
+        assert!(!joins_initial("-", ".doe@hq.acme.fr"));
+        assert!(!joins_initial("j", ".profile"));
+        assert!(!joins_initial("j", "..doe@acme.fr"));
+        assert!(!joins_initial("j", "doe@acme.fr"));
+    }
 
     /// A light dialog: a checkerboard bar at x 10..30 (a hatched scrollbar), and dense 1-px
     /// strokes (like small `m`/`#` glyphs: verticals every 2 px, a bar every 4 rows) at x 40..120.
