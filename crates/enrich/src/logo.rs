@@ -630,12 +630,9 @@ fn refine_full(
 
 /// Intersection over the smaller box.
 fn overlap(a: &[u32; 4], b: &[u32; 4]) -> f32 {
-    let x0 = a[0].max(b[0]);
-    let y0 = a[1].max(b[1]);
-    let x1 = (a[0] + a[2]).min(b[0] + b[2]);
-    let y1 = (a[1] + a[3]).min(b[1] + b[3]);
-    if x1 <= x0 || y1 <= y0 {
+    let i = crate::metrics::intersection(*a, *b);
+    if i == 0 {
         return 0.0;
     }
-    ((x1 - x0) * (y1 - y0)) as f32 / (a[2] * a[3]).min(b[2] * b[3]) as f32
+    i as f32 / (a[2] * a[3]).min(b[2] * b[3]) as f32
 }

@@ -23,16 +23,24 @@ pub fn levenshtein(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// Intersection over union of two `[x, y, w, h]` boxes.
-pub fn iou(a: [u32; 4], b: [u32; 4]) -> f64 {
+/// Area shared by two `[x, y, w, h]` boxes.
+pub fn intersection(a: [u32; 4], b: [u32; 4]) -> u32 {
     let x0 = a[0].max(b[0]);
     let y0 = a[1].max(b[1]);
     let x1 = (a[0] + a[2]).min(b[0] + b[2]);
     let y1 = (a[1] + a[3]).min(b[1] + b[3]);
     if x1 <= x0 || y1 <= y0 {
+        return 0;
+    }
+    (x1 - x0) * (y1 - y0)
+}
+
+/// Intersection over union of two `[x, y, w, h]` boxes.
+pub fn iou(a: [u32; 4], b: [u32; 4]) -> f64 {
+    let i = intersection(a, b) as f64;
+    if i == 0.0 {
         return 0.0;
     }
-    let i = ((x1 - x0) * (y1 - y0)) as f64;
     i / ((a[2] * a[3] + b[2] * b[3]) as f64 - i)
 }
 
