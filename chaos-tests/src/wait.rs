@@ -54,33 +54,14 @@ where
 pub async fn wait_for<T, E, F, Fut>(
     timeout: Duration,
     what: &str,
-    mut probe: F,
+    probe: F,
 ) -> Result<T, WaitTimeout>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<T>, E>>,
     E: std::fmt::Display,
 {
-    let start = Instant::now();
-    let mut pause = POLL_MIN;
-    let mut last = None;
-    loop {
-        match probe().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = Some(e.to_string()),
-        }
-        if start.elapsed() >= timeout {
-            return Err(WaitTimeout {
-                what: what.to_string(),
-                waited: start.elapsed(),
-                last,
-                exited: false,
-            });
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(POLL_MAX);
-    }
+    wait_for_alive(timeout, what, || true, probe).await
 }
 
 /// [`wait_for`] for what only a running process can bring about: gives up at once when `alive()`
