@@ -180,6 +180,43 @@ fn match_response(ctx: &Ctx<'_>, probe: usize, data: &[u8]) -> (Option<Found>, O
     (None, soft)
 }
 
+/// What a rule of a probe file says about a reply (used by the UDP scan for nmap's UDP probes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleMatch {
+    pub rule: RuleRef,
+    pub product: Option<String>,
+    pub version: Option<String>,
+    pub info: Option<String>,
+    pub hostname: Option<String>,
+    pub os: Option<String>,
+    pub device: Option<String>,
+    pub cpe: Vec<String>,
+}
+
+/// Tries the rules of probe `probe` (its own, then its fallbacks') on a reply: the first hard
+/// match, else the first softmatch. No NULL-probe rules (UDP has no banner).
+pub fn match_reply(db: &ProbeDb, probe: usize, data: &[u8]) -> Option<RuleMatch> {
+    let ctx = Ctx {
+        db,
+        opts: &IdentifyOptions::default(),
+        port: 0,
+        waits: Waits::new(Duration::ZERO, &IdentifyOptions::default()),
+        deadline: Instant::now(),
+        null_idx: None,
+    };
+    let (h, s) = match_response(&ctx, probe, data);
+    h.or(s).map(|f| RuleMatch {
+        rule: f.rule,
+        product: f.product,
+        version: f.version,
+        info: f.info,
+        hostname: f.hostname,
+        os: f.os,
+        device: f.device,
+        cpe: f.cpe,
+    })
+}
+
 fn found_plain(rule: RuleRef) -> Found {
     Found {
         rule,

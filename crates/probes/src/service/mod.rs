@@ -18,6 +18,8 @@ pub mod io;
 pub mod probefile;
 pub mod template;
 #[cfg(feature = "testsupport")]
+pub mod lab;
+#[cfg(feature = "testsupport")]
 pub mod testsupport;
 pub mod tls;
 
