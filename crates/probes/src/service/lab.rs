@@ -313,10 +313,323 @@ pub fn closed_udp_port() -> u16 {
 
 // ------------------------------------------------------------------------------------- TCP lab
 
-pub(crate) fn tree_launch(
+pub fn tree_launch(
     name: &str,
     limit: Duration,
     make: &mut dyn FnMut(&Path, u16) -> Result<Launch, SupportError>,
 ) -> Result<Daemon, SupportError> {
     launch_ready(name, make, &ready_tree, limit)
+}
+
+fn cmd(bin: &Path) -> Command {
+    Command::new(bin)
+}
+
+/// ngircd (IRC) on 127.0.0.1:P; it looks the client up (DNS, ident) before greeting: a late greeter.
+pub fn ngircd() -> Result<Daemon, SupportError> {
+    let bin = require_bin("ngircd", "ngircd")?;
+    tree_launch("ngircd", Duration::from_secs(20), &mut |dir, port| {
+        let d = dir.display();
+        let conf = write(
+            dir,
+            "ngircd.conf",
+            &format!(
+                "[Global]\nName = irc.overlord.test\nInfo = lab\nListen = 127.0.0.1\nPorts = {port}\nPidFile = {d}/ngircd.pid\nMotdPhrase = lab\n[Options]\nPAM = no\n"
+            ),
+        )?;
+        let mut c = cmd(&bin);
+        c.args(["-n", "-f"]).arg(conf);
+        Ok((c, loopback(port), None))
+    })
+}
+
+/// InspIRCd (IRC) on 127.0.0.1:P.
+pub fn inspircd() -> Result<Daemon, SupportError> {
+    let bin = require_bin("inspircd", "inspircd")?;
+    tree_launch("inspircd", Duration::from_secs(20), &mut |dir, port| {
+        let d = dir.display();
+        let conf = write(
+            dir,
+            "inspircd.conf",
+            &format!(
+                "<server name=\"irc.overlord.test\" description=\"lab\" network=\"Lab\">\n<admin name=\"a\" nick=\"a\" email=\"a@overlord.test\">\n<bind address=\"127.0.0.1\" port=\"{port}\" type=\"clients\">\n<connect allow=\"*\" timeout=\"60\" pingfreq=\"120\" recvq=\"8192\" sendq=\"262144\" localmax=\"100\" globalmax=\"100\">\n<class name=\"Users\" commands=\"*\">\n<pid file=\"{d}/inspircd.pid\">\n<log method=\"file\" type=\"* -USERINPUT -USEROUTPUT\" level=\"default\" target=\"{d}/ircd.log\">\n<dns timeout=\"2\">\n"
+            ),
+        )?;
+        let mut c = cmd(&bin);
+        c.args(["--nofork", "--runasroot", "--config"]).arg(conf);
+        Ok((c, loopback(port), None))
+    })
+}
+
+/// HAProxy in HTTP mode on 127.0.0.1:P with a backend that has no server (it answers its 503).
+pub fn haproxy() -> Result<Daemon, SupportError> {
+    let bin = require_bin("haproxy", "haproxy")?;
+    tree_launch("haproxy", Duration::from_secs(20), &mut |dir, port| {
+        let conf = write(
+            dir,
+            "haproxy.cfg",
+            &format!(
+                "global\n  maxconn 64\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\nfrontend f\n  bind 127.0.0.1:{port}\n  default_backend b\nbackend b\n"
+            ),
+        )?;
+        let mut c = cmd(&bin);
+        c.args(["-db", "-f"]).arg(conf);
+        Ok((c, loopback(port), None))
+    })
+}
+
+/// lighttpd on 127.0.0.1:P serving an empty directory.
+pub fn lighttpd() -> Result<Daemon, SupportError> {
+    let bin = require_bin("lighttpd", "lighttpd")?;
+    tree_launch("lighttpd", Duration::from_secs(20), &mut |dir, port| {
+        let d = dir.display();
+        std::fs::create_dir_all(dir.join("www"))?;
+        std::fs::write(dir.join("www/index.html"), "<html><title>lab</title></html>\n")?;
+        let conf = write(
+            dir,
+            "lighttpd.conf",
+            &format!(
+                "server.document-root = \"{d}/www\"\nserver.port = {port}\nserver.bind = \"127.0.0.1\"\nserver.errorlog = \"{d}/error.log\"\nindex-file.names = ( \"index.html\" )\n"
+            ),
+        )?;
+        let mut c = cmd(&bin);
+        c.args(["-D", "-f"]).arg(conf);
+        Ok((c, loopback(port), None))
+    })
+}
+
+/// ProFTPD standalone on 127.0.0.1:P.
+pub fn proftpd() -> Result<Daemon, SupportError> {
+    let bin = require_bin("proftpd", "proftpd-core")?;
+    tree_launch("proftpd", Duration::from_secs(20), &mut |dir, port| {
+        let d = dir.display();
+        let conf = write(
+            dir,
+            "proftpd.conf",
+            &format!(
+                "ServerName \"lab\"\nServerType standalone\nDefaultServer on\nPort {port}\nDefaultAddress 127.0.0.1\nSocketBindTight on\nUseIPv6 off\nUser nobody\nGroup nogroup\nPidFile {d}/proftpd.pid\nScoreboardFile {d}/scoreboard\nDelayTable {d}/delay\nWtmpLog off\nUseReverseDNS off\n"
+            ),
+        )?;
+        let mut c = cmd(&bin);
+        c.args(["-n", "-q", "-c"]).arg(conf);
+        Ok((c, loopback(port), None))
+    })
+}
+
+/// Dovecot IMAP on 127.0.0.1:P (no TLS, no POP3).
+pub fn dovecot() -> Result<Daemon, SupportError> {
+    let bin = require_bin("dovecot", "dovecot-imapd")?;
+    tree_launch("dovecot", Duration::from_secs(20), &mut |dir, port| {
+        let d = dir.display();
+        std::fs::create_dir_all(dir.join("run"))?;
+        let conf = write(
+            dir,
+            "dovecot.conf",
+            &format!(
+                "protocols = imap\nlisten = 127.0.0.1\nbase_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\nssl = no\nmail_location = maildir:{d}/mail\npassdb {{\n  driver = static\n  args = password=x\n}}\nuserdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home={d}/home\n}}\nservice imap-login {{\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\nservice anvil {{\n  chroot =\n}}\nservice imap-login {{\n  chroot =\n}}\n"
+            ),
+        )?;
+        let mut c = cmd(&bin);
+        c.args(["-F", "-c"]).arg(conf);
+        Ok((c, loopback(port), None))
+    })
+}
+
+/// Exim 4 SMTP daemon on 127.0.0.1:P (`-bdf`), accepting nothing.
+pub fn exim() -> Result<Daemon, SupportError> {
+    let bin = require_bin("exim4", "exim4-daemon-light")?;
+    tree_launch("exim", Duration::from_secs(20), &mut |dir, port| {
+        let d = dir.display();
+        std::fs::create_dir_all(dir.join("spool"))?;
+        let conf = write(
+            dir,
+            "exim.conf",
+            &format!(
+                "primary_hostname = lab.overlord.test\nlocal_interfaces = <; 127.0.0.1.{port}\ndaemon_smtp_ports = {port}\nspool_directory = {d}/spool\nlog_file_path = {d}/%slog\nexim_user = root\nexim_group = root\nnever_users =\ntrusted_users = root\nbegin acl\nbegin routers\nbegin transports\n"
+            ),
+        )?;
+        let mut c = cmd(&bin);
+        c.arg("-bdf").arg("-oX").arg(port.to_string()).arg("-C").arg(conf);
+        Ok((c, loopback(port), None))
+    })
+}
+
+/// PostgreSQL 15 on 127.0.0.1:P (initdb as the `postgres` user into the temp dir first).
+pub fn postgres() -> Result<Daemon, SupportError> {
+    let base = Path::new("/usr/lib/postgresql/15/bin");
+    if !base.join("postgres").exists() {
+        return Err(SupportError::Missing {
+            bin: "postgres".into(),
+            package: "postgresql".into(),
+        });
+    }
+    tree_launch("postgres", Duration::from_secs(40), &mut |dir, port| {
+        let data = dir.join("data");
+        let chown = |p: &Path| {
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(p)
+                .status()
+        };
+        chown(dir)?;
+        let st = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(base.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        if !st.success() {
+            return Err(SupportError::Start {
+                what: "initdb".into(),
+                detail: st.to_string(),
+            });
+        }
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"])
+            .arg(base.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-k")
+            .arg(dir)
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+        Ok((c, loopback(port), None))
+    })
+}
+
+/// MariaDB on 127.0.0.1:P (a fresh datadir made by mariadb-install-db).
+pub fn mariadb() -> Result<Daemon, SupportError> {
+    let bin = require_bin("mariadbd", "mariadb-server")?;
+    let install = require_bin("mariadb-install-db", "mariadb-server")?;
+    tree_launch("mariadb", Duration::from_secs(60), &mut |dir, port| {
+        let data = dir.join("data");
+        let st = Command::new(&install)
+            .args(["--no-defaults", "--user=root", "--skip-test-db"])
+            .arg(format!("--datadir={}", data.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        if !st.success() {
+            return Err(SupportError::Start {
+                what: "mariadb-install-db".into(),
+                detail: st.to_string(),
+            });
+        }
+        let mut c = cmd(&bin);
+        c.args(["--no-defaults", "--user=root", "--bind-address=127.0.0.1", "--skip-name-resolve"])
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", dir.join("sock").display()))
+            .arg(format!("--pid-file={}", dir.join("pid").display()))
+            .arg(format!("--port={port}"));
+        Ok((c, loopback(port), None))
+    })
+}
+
+/// CUPS (IPP over HTTP) on 127.0.0.1:P.
+pub fn cupsd() -> Result<Daemon, SupportError> {
+    let bin = require_bin("cupsd", "cups-daemon")?;
+    tree_launch("cupsd", Duration::from_secs(20), &mut |dir, port| {
+        let d = dir.display();
+        for sub in ["spool", "cache", "state", "tmp"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        let conf = write(
+            dir,
+            "cupsd.conf",
+            &format!(
+                "Listen 127.0.0.1:{port}\nBrowsing No\nDefaultAuthType None\nWebInterface Yes\n<Location />\n  Order allow,deny\n  Allow all\n</Location>\n"
+            ),
+        )?;
+        let files = write(
+            dir,
+            "cups-files.conf",
+            &format!(
+                "ServerRoot {d}\nRequestRoot {d}/spool\nCacheDir {d}/cache\nStateDir {d}/state\nTempDir {d}/tmp\nErrorLog stderr\nAccessLog stderr\nPageLog stderr\nSystemGroup root\n"
+            ),
+        )?;
+        let mut c = cmd(&bin);
+        c.arg("-f").arg("-c").arg(conf).arg("-s").arg(files);
+        Ok((c, loopback(port), None))
+    })
+}
+
+/// RabbitMQ (AMQP 0-9-1) on 127.0.0.1:P. Erlang distribution and epmd stay on loopback
+/// (`ERL_EPMD_ADDRESS`, `inet_dist_use_interface`) on ports of their own.
+pub fn rabbitmq() -> Result<Daemon, SupportError> {
+    let bin = require_bin("rabbitmq-server", "rabbitmq-server")?;
+    let epmd = super::testsupport::free_port();
+    let mut d = tree_launch("rabbitmq", Duration::from_secs(90), &mut |dir, port| {
+        let dist = super::testsupport::free_port();
+        let mut c = cmd(&bin);
+        c.env("RABBITMQ_NODE_PORT", port.to_string())
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODENAME", format!("lab{port}@localhost"))
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_DIST_PORT", dist.to_string())
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("plugins"))
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq"))
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .env("ERL_EPMD_PORT", epmd.to_string())
+            // No epmd at all (it would daemonize and outlive the test): the node's
+            // distribution port is fixed instead.
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                format!("-start_epmd false -erl_epmd_port {dist} -kernel inet_dist_use_interface {{127,0,0,1}}"),
+            )
+            .env("HOME", dir)
+            .current_dir(dir);
+        std::fs::create_dir_all(dir.join("mnesia"))?;
+        std::fs::create_dir_all(dir.join("log"))?;
+        std::fs::write(dir.join("plugins"), "[].\n")?;
+        // The server script runs the node as the `rabbitmq` user.
+        Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(dir)
+            .status()?;
+        Ok((c, loopback(port), None))
+    })?;
+    // The scripts start an epmd that daemonizes (parent 1) on our private port: stop it too.
+    // The node (beam.smp) runs under a wrapper that SIGTERM does not pass on: stop the whole
+    // tree as it was when the node was ready.
+    let tree = process_tree(d.pid());
+    d.after_stop = Some(Box::new(move || {
+        for p in tree.into_iter().skip(1) {
+            // SAFETY: kill(2) of a descendant of our own child, recorded at start.
+            unsafe {
+                libc::kill(p as i32, libc::SIGTERM);
+            }
+        }
+        kill_tcp_listener_holders(epmd)
+    }));
+    Ok(d)
+}
+
+/// SIGTERMs the processes holding a TCP listener on 127.0.0.1:`port` (a private port we chose
+/// for a helper we started).
+fn kill_tcp_listener_holders(port: u16) {
+    let want: std::collections::HashSet<String> = tcp_listeners()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(a, _)| a.port() == port)
+        .map(|(_, i)| i)
+        .collect();
+    if want.is_empty() {
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if socket_inodes(pid as u32).is_ok_and(|i| i.iter().any(|x| want.contains(x))) {
+            // SAFETY: kill(2) of a helper process found holding our private port.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
 }

@@ -34,11 +34,16 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     /// The loopback TCP front of a daemon that itself listens only on a Unix socket (Xvfb).
     _forward: Option<UnixForwarder>,
+    /// Clean-up after the child stopped (helpers it spawned that detached, e.g. epmd).
+    pub(crate) after_stop: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         stop_child(&mut self.child);
+        if let Some(f) = self.after_stop.take() {
+            f();
+        }
     }
 }
 
@@ -192,6 +197,7 @@ pub(crate) fn launch_ready(
                     child,
                     dir,
                     _forward: None,
+                    after_stop: None,
                 });
             }
             Err(e) => {
@@ -528,6 +534,7 @@ pub fn xvfb(open: bool) -> Result<Daemon, SupportError> {
                     child,
                     dir,
                     _forward: Some(f),
+                    after_stop: None,
                 });
             }
             None => stop_child(&mut child),
