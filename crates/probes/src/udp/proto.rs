@@ -653,7 +653,7 @@ mod tests {
 
     #[test]
     fn ntp_reply_needs_our_origin_timestamp() {
-        let id = 0x0102_0304_0506_0708;
+        let id: u64 = 0x0102_0304_0506_0708;
         let mut r = vec![0u8; 48];
         r[0] = 0x24;
         r[1] = 3;
