@@ -158,6 +158,13 @@ impl Gate {
         })
     }
 
+    /// Ids with a session now.
+    pub fn live_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.live.lock().expect("sessions").keys().cloned().collect();
+        v.sort();
+        v
+    }
+
     /// Session `sid` of `id` ended.
     pub fn leave(&self, id: &str, sid: u64) {
         let mut live = self.live.lock().expect("sessions");
