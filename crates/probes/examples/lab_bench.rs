@@ -108,19 +108,38 @@ async fn run_set(
             .await;
     let ours_time = t.elapsed();
     let (nm, nmap_time) = if run_nmap {
-        let ports: Vec<String> = daemons.iter().map(|(_, d)| d.addr.port().to_string()).collect();
+        let ports: Vec<String> = daemons
+            .iter()
+            .map(|(_, d)| d.addr.port().to_string())
+            .collect();
         let t = Instant::now();
         let out = Command::new("nmap")
-            .args(["-sV", "-Pn", "-n", "-oX", "-", "-p", &ports.join(","), "127.0.0.1"])
+            .args([
+                "-sV",
+                "-Pn",
+                "-n",
+                "-oX",
+                "-",
+                "-p",
+                &ports.join(","),
+                "127.0.0.1",
+            ])
             .output()
             .context("running nmap")?;
         let took = t.elapsed();
-        (parse_nmap_xml(&String::from_utf8_lossy(&out.stdout)), Some(took))
+        (
+            parse_nmap_xml(&String::from_utf8_lossy(&out.stdout)),
+            Some(took),
+        )
     } else {
         (Vec::new(), None)
     };
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("\n== set {set}: {} daemons; load average {}", daemons.len(), load.trim());
+    println!(
+        "\n== set {set}: {} daemons; load average {}",
+        daemons.len(),
+        load.trim()
+    );
     println!(
         "{:<12} {:>5} | {:<48} | {:>6} | {:<40}",
         "daemon", "port", "overlord (status)", "ms", "nmap -sV"
@@ -161,7 +180,11 @@ async fn run_set(
             "set {set}: nmap -sV {:.3} s; speed-up {:.1}x (bar >= 10x) => {}",
             nt.as_secs_f64(),
             nt.as_secs_f64() / ours_time.as_secs_f64(),
-            if ours_time * 10 <= nt && p_o >= p_n { "PASS" } else { "FAIL" }
+            if ours_time * 10 <= nt && p_o >= p_n {
+                "PASS"
+            } else {
+                "FAIL"
+            }
         );
     }
     let _ = Duration::ZERO;

@@ -70,7 +70,10 @@ async fn main() -> anyhow::Result<()> {
     let list: Vec<String> = ports.iter().map(u16::to_string).collect();
     let list = list.join(",");
     let (su, sv) = if run_nmap {
-        (Some(nmap(&["-sU"], &list)?), Some(nmap(&["-sU", "-sV"], &list)?))
+        (
+            Some(nmap(&["-sU"], &list)?),
+            Some(nmap(&["-sU", "-sV"], &list)?),
+        )
     } else {
         (None, None)
     };
@@ -78,7 +81,11 @@ async fn main() -> anyhow::Result<()> {
     println!("load average: {}", load.trim());
     println!(
         "{:<10} {:>5} | {:<52} | {:<22} | {:<40}",
-        "daemon", "port", "overlord udp (state reason: service product version)", "nmap -sU", "nmap -sU -sV"
+        "daemon",
+        "port",
+        "overlord udp (state reason: service product version)",
+        "nmap -sU",
+        "nmap -sU -sV"
     );
     let (mut named_ours, mut named_nmap) = (0, 0);
     for (label, port, want_s, want_p) in &rows {
@@ -104,7 +111,10 @@ async fn main() -> anyhow::Result<()> {
         let ok = |s: &str, p: &str| {
             !want_s.is_empty() && s == *want_s && p.to_lowercase().contains(&want_p.to_lowercase())
         };
-        named_ours += ok(r.service.as_deref().unwrap_or(""), r.product.as_deref().unwrap_or("")) as u32;
+        named_ours += ok(
+            r.service.as_deref().unwrap_or(""),
+            r.product.as_deref().unwrap_or(""),
+        ) as u32;
         named_nmap += ok(&b.service, &b.product) as u32;
         println!(
             "{:<10} {:>5} | {:<52.52} | {:<22.22} | {:<40.40}",
@@ -112,13 +122,18 @@ async fn main() -> anyhow::Result<()> {
             port,
             o,
             format!("{} {}", a.state, a.reason),
-            format!("{} {}: {} {} {}", b.state, b.reason, b.service, b.product, b.version)
+            format!(
+                "{} {}: {} {} {}",
+                b.state, b.reason, b.service, b.product, b.version
+            )
         );
     }
+    println!("named (service + product): overlord {named_ours}/5, nmap -sU -sV {named_nmap}/5");
     println!(
-        "named (service + product): overlord {named_ours}/5, nmap -sU -sV {named_nmap}/5"
+        "overlord udp: {:.3} s for {} ports",
+        ours_time.as_secs_f64(),
+        ports.len()
     );
-    println!("overlord udp: {:.3} s for {} ports", ours_time.as_secs_f64(), ports.len());
     if let (Some((_, t1)), Some((_, t2))) = (&su, &sv) {
         println!(
             "nmap -sU:     {:.3} s   ratio overlord/nmap = {:.3}",

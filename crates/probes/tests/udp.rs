@@ -37,12 +37,18 @@ async fn real_udp_daemons_are_open_and_named_with_validated_replies() {
     assert_eq!(r.state, UdpState::Open, "{show}");
     assert_eq!(r.service.as_deref(), Some("domain"), "{show}");
     assert_eq!(r.product.as_deref(), Some("Unbound"), "{show}");
-    assert!(r.validated && r.evidence.as_deref().unwrap().starts_with("dns id"), "{show}");
+    assert!(
+        r.validated && r.evidence.as_deref().unwrap().starts_with("dns id"),
+        "{show}"
+    );
 
     let r = find(&rs, chrony.addr);
     assert_eq!(r.state, UdpState::Open, "{show}");
     assert_eq!(r.service.as_deref(), Some("ntp"), "{show}");
-    assert!(r.validated && r.evidence.as_deref().unwrap().contains("origin timestamp"), "{show}");
+    assert!(
+        r.validated && r.evidence.as_deref().unwrap().contains("origin timestamp"),
+        "{show}"
+    );
     assert!(r.info.as_deref().unwrap().contains("stratum 10"), "{show}");
 
     let r = find(&rs, snmpd.addr);
@@ -55,13 +61,20 @@ async fn real_udp_daemons_are_open_and_named_with_validated_replies() {
     assert_eq!(r.state, UdpState::Open, "{show}");
     assert_eq!(r.service.as_deref(), Some("memcached"), "{show}");
     assert_eq!(r.product.as_deref(), Some("Memcached"), "{show}");
-    assert!(r.version.as_deref().is_some_and(|v| v.starts_with("1.")), "{show}");
+    assert!(
+        r.version.as_deref().is_some_and(|v| v.starts_with("1.")),
+        "{show}"
+    );
     assert!(r.validated, "{show}");
 
     let r = find(&rs, silent.addr);
     assert_eq!(r.state, UdpState::OpenFiltered, "{show}");
     assert_eq!(r.reason, "no-response");
-    assert_eq!(r.tries, opts.retries + 1, "silent ports are retried: {show}");
+    assert_eq!(
+        r.tries,
+        opts.retries + 1,
+        "silent ports are retried: {show}"
+    );
     assert!(r.spent_ms <= opts.budget_ms as f64 + 200.0, "{show}");
     assert!(
         r.probes_sent.iter().any(|p| p.starts_with("nmap:")),
@@ -83,7 +96,9 @@ async fn reply_with_a_wrong_id_is_open_but_not_validated() {
     let server = tokio::spawn(async move {
         let mut buf = [0u8; 2048];
         loop {
-            let Ok((n, from)) = s.recv_from(&mut buf).await else { return };
+            let Ok((n, from)) = s.recv_from(&mut buf).await else {
+                return;
+            };
             // Only DNS-shaped requests (the version.bind query) get an answer.
             if n >= 12 && buf[4..6] == [0, 1] && buf[12..n].starts_with(b"\x07version") {
                 let mut r = buf[..n].to_vec();

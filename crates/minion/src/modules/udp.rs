@@ -129,7 +129,9 @@ mod tests {
         let server = tokio::spawn(async move {
             let mut buf = [0u8; 2048];
             loop {
-                let Ok((n, from)) = s.recv_from(&mut buf).await else { return };
+                let Ok((n, from)) = s.recv_from(&mut buf).await else {
+                    return;
+                };
                 if n >= 8 && buf[8..n].starts_with(b"version\r\n") {
                     let mut r = buf[..8].to_vec();
                     r.extend_from_slice(b"VERSION 1.6.99\r\n");
@@ -144,7 +146,10 @@ mod tests {
             .port();
         let m = UdpScan::default();
         let params = serde_json::json!({"nmap_probes": false, "retries": 0, "wait_ms": 300});
-        let out = m.run(&task(vec![open, closed], params), &ctx()).await.unwrap();
+        let out = m
+            .run(&task(vec![open, closed], params), &ctx())
+            .await
+            .unwrap();
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!(out[0].kind, "udp");
         assert_eq!(out[0].port, Some(open));
@@ -160,7 +165,10 @@ mod tests {
         assert_eq!(out[0].data["reason"], "port-unreach");
 
         let bad = m
-            .run(&task(vec![open], serde_json::json!({"intensity": 12})), &ctx())
+            .run(
+                &task(vec![open], serde_json::json!({"intensity": 12})),
+                &ctx(),
+            )
             .await
             .unwrap_err();
         assert!(bad.permanent(), "{bad}");

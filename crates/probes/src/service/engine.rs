@@ -704,15 +704,16 @@ pub async fn identify(addr: SocketAddr, opts: &IdentifyOptions, db: &ProbeDb) ->
                 report.grab_error = Some(format!("{kind:?} grabber not run: budget spent"));
                 report.budget_exhausted = true;
             } else {
-            match timeout(limit, grabbers::grab(kind, &dialer, &waits, opts)).await {
-                Ok(Ok(g)) => {
-                    grabbers::merge(&mut report, kind, g);
+                match timeout(limit, grabbers::grab(kind, &dialer, &waits, opts)).await {
+                    Ok(Ok(g)) => {
+                        grabbers::merge(&mut report, kind, g);
+                    }
+                    Ok(Err(e)) => report.grab_error = Some(e.to_string()),
+                    Err(_) => {
+                        report.grab_error =
+                            Some(format!("{kind:?} grabber timed out after {limit:?}"))
+                    }
                 }
-                Ok(Err(e)) => report.grab_error = Some(e.to_string()),
-                Err(_) => {
-                    report.grab_error = Some(format!("{kind:?} grabber timed out after {limit:?}"))
-                }
-            }
             }
             report.timings.grab_ms = ms(t_grab.elapsed());
         }

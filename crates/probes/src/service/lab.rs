@@ -99,7 +99,10 @@ fn process_tree(pid: u32) -> Vec<u32> {
             };
             if let Ok(st) = std::fs::read_to_string(format!("/proc/{p}/stat"))
                 && let Some(rest) = st.rsplit_once(')').map(|(_, r)| r)
-                && let Some(pp) = rest.split_whitespace().nth(1).and_then(|x| x.parse::<u32>().ok())
+                && let Some(pp) = rest
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|x| x.parse::<u32>().ok())
             {
                 parent.push((p, pp));
             }
@@ -157,7 +160,9 @@ fn ready_tree(child: &mut Child, addr: SocketAddr, limit: Duration) -> Result<()
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Err(format!("{addr} not held by pid {pid} or its children after {limit:?}"))
+    Err(format!(
+        "{addr} not held by pid {pid} or its children after {limit:?}"
+    ))
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> Result<std::path::PathBuf, SupportError> {
@@ -253,9 +258,7 @@ pub fn snmpd() -> Result<Daemon, SupportError> {
             let conf = write(
                 dir,
                 "snmpd.conf",
-                &format!(
-                    "rocommunity public 127.0.0.1\nsysLocation overlord lab\nmaster no\n"
-                ),
+                &format!("rocommunity public 127.0.0.1\nsysLocation overlord lab\nmaster no\n"),
             )?;
             let mut c = Command::new(&bin);
             c.args(["-f", "-Le", "-C", "-c"])
@@ -384,7 +387,10 @@ pub fn lighttpd() -> Result<Daemon, SupportError> {
     tree_launch("lighttpd", Duration::from_secs(20), &mut |dir, port| {
         let d = dir.display();
         std::fs::create_dir_all(dir.join("www"))?;
-        std::fs::write(dir.join("www/index.html"), "<html><title>lab</title></html>\n")?;
+        std::fs::write(
+            dir.join("www/index.html"),
+            "<html><title>lab</title></html>\n",
+        )?;
         let conf = write(
             dir,
             "lighttpd.conf",
@@ -449,7 +455,11 @@ pub fn exim() -> Result<Daemon, SupportError> {
             ),
         )?;
         let mut c = cmd(&bin);
-        c.arg("-bdf").arg("-oX").arg(port.to_string()).arg("-C").arg(conf);
+        c.arg("-bdf")
+            .arg("-oX")
+            .arg(port.to_string())
+            .arg("-C")
+            .arg(conf);
         Ok((c, loopback(port), None))
     })
 }
@@ -517,11 +527,16 @@ pub fn mariadb() -> Result<Daemon, SupportError> {
             });
         }
         let mut c = cmd(&bin);
-        c.args(["--no-defaults", "--user=root", "--bind-address=127.0.0.1", "--skip-name-resolve"])
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", dir.join("sock").display()))
-            .arg(format!("--pid-file={}", dir.join("pid").display()))
-            .arg(format!("--port={port}"));
+        c.args([
+            "--no-defaults",
+            "--user=root",
+            "--bind-address=127.0.0.1",
+            "--skip-name-resolve",
+        ])
+        .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--socket={}", dir.join("sock").display()))
+        .arg(format!("--pid-file={}", dir.join("pid").display()))
+        .arg(format!("--port={port}"));
         Ok((c, loopback(port), None))
     })
 }

@@ -431,7 +431,18 @@ pub async fn scan_port(addr: SocketAddr, opts: &UdpOptions, db: &ProbeDb) -> Udp
             break;
         }
         r.tries = attempt + 1;
-        outcome = burst(&s, &sent, 0, (Instant::now() + wait).min(deadline), settle, t0, opts, db, &mut r).await;
+        outcome = burst(
+            &s,
+            &sent,
+            0,
+            (Instant::now() + wait).min(deadline),
+            settle,
+            t0,
+            opts,
+            db,
+            &mut r,
+        )
+        .await;
         if !matches!(outcome, Burst::Silent) {
             break;
         }

@@ -216,7 +216,10 @@ pub fn dns_product(v: &str) -> (Option<String>, Option<String>, Option<String>) 
         ("unbound", "Unbound"),
         ("dnsmasq", "dnsmasq"),
         ("powerdns recursor", "PowerDNS Recursor"),
-        ("powerdns authoritative server", "PowerDNS Authoritative Server"),
+        (
+            "powerdns authoritative server",
+            "PowerDNS Authoritative Server",
+        ),
         ("knot dns", "Knot DNS"),
         ("knot resolver", "Knot Resolver"),
         ("nsd", "NSD"),
@@ -260,7 +263,10 @@ fn ntp_answer(m: &[u8], id: u64) -> Option<Answer> {
     let li = m[0] >> 6;
     let vn = (m[0] >> 3) & 7;
     let stratum = m[1];
-    let mut a = answer("ntp", "ntp mode 4, origin timestamp = our transmit timestamp".into());
+    let mut a = answer(
+        "ntp",
+        "ntp mode 4, origin timestamp = our transmit timestamp".into(),
+    );
     a.product = Some("NTP".into());
     a.version = Some(format!("v{vn}"));
     let kind = match stratum {
@@ -343,7 +349,10 @@ fn ber_u32(v: u32) -> Vec<u8> {
 const SYSDESCR_OID: &[u8] = &[0x2b, 6, 1, 2, 1, 1, 1, 0];
 
 fn snmp_v2c_get(reqid: u32) -> Vec<u8> {
-    let varbind = ber_wrap(0x30, &[ber_wrap(0x06, SYSDESCR_OID), vec![0x05, 0x00]].concat());
+    let varbind = ber_wrap(
+        0x30,
+        &[ber_wrap(0x06, SYSDESCR_OID), vec![0x05, 0x00]].concat(),
+    );
     let pdu = ber_wrap(
         0xa0,
         &[
@@ -380,10 +389,7 @@ fn snmp_v2c_answer(m: &[u8], reqid: u32) -> Option<Answer> {
     let (_, err, rest) = ber(rest)?;
     let (_, _idx, rest) = ber(rest)?;
     let mut a = answer("snmp", format!("snmp request-id {reqid:#x}"));
-    a.info = Some(format!(
-        "community {}",
-        String::from_utf8_lossy(community)
-    ));
+    a.info = Some(format!("community {}", String::from_utf8_lossy(community)));
     if ber_int(err) == Some(0)
         && let Some((0x30, vbl, _)) = ber(rest)
         && let Some((0x30, vb, _)) = ber(vbl)
@@ -503,13 +509,18 @@ fn ssdp_answer(m: &[u8]) -> Option<Answer> {
     let header = |name: &str| {
         text.split("\r\n").skip(1).find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
         })
     };
     // A search response carries ST and USN (UPnP 1.1, 1.3.3); anything else is not SSDP.
     let st = header("ST")?;
     header("USN")?;
-    let mut a = answer("upnp", "ssdp search response (ST + USN; the protocol has no id)".into());
+    let mut a = answer(
+        "upnp",
+        "ssdp search response (ST + USN; the protocol has no id)".into(),
+    );
     if let Some(server) = header("SERVER") {
         // `OS/version UPnP/1.0 product/version`
         let parts: Vec<&str> = server.split_whitespace().collect();
@@ -638,7 +649,10 @@ mod tests {
         assert_eq!(a.product.as_deref(), Some("Unbound"));
         assert_eq!(a.version.as_deref(), Some("1.17.1"));
         assert!(Proto::Dns.validate(&r, 0xbeee).is_none());
-        assert!(Proto::Dns.validate(&q, 0xbeef).is_none(), "a query echoed back is no answer");
+        assert!(
+            Proto::Dns.validate(&q, 0xbeef).is_none(),
+            "a query echoed back is no answer"
+        );
     }
 
     #[test]
@@ -690,7 +704,10 @@ mod tests {
         reply.extend_from_slice(&rd);
         let a = Proto::NetBios.validate(&reply, 7).unwrap();
         assert_eq!(a.hostname.as_deref(), Some("HOST1"));
-        assert_eq!(a.info.as_deref(), Some("NetBIOS name: HOST1; workgroup: WORKGROUP"));
+        assert_eq!(
+            a.info.as_deref(),
+            Some("NetBIOS name: HOST1; workgroup: WORKGROUP")
+        );
         assert!(Proto::NetBios.validate(&reply, 8).is_none());
     }
 
@@ -700,7 +717,11 @@ mod tests {
         let a = Proto::Ssdp.validate(ok, 0).unwrap();
         assert_eq!(a.product.as_deref(), Some("MiniDLNA"));
         assert_eq!(a.version.as_deref(), Some("1.3.2"));
-        assert!(Proto::Ssdp.validate(b"HTTP/1.1 200 OK\r\nServer: nginx\r\n\r\n", 0).is_none());
+        assert!(
+            Proto::Ssdp
+                .validate(b"HTTP/1.1 200 OK\r\nServer: nginx\r\n\r\n", 0)
+                .is_none()
+        );
     }
 
     #[test]

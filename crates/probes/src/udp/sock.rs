@@ -77,7 +77,9 @@ pub fn connect(addr: SocketAddr) -> io::Result<UdpSocket> {
         s.set_nonblocking(true)?;
         return UdpSocket::from_std(s);
     }
-    Err(io::Error::other("self-connect on loopback four times in a row"))
+    Err(io::Error::other(
+        "self-connect on loopback four times in a row",
+    ))
 }
 
 /// Reads one queued ICMP error, if any (non-blocking).
@@ -111,8 +113,10 @@ pub fn take_icmp_error(s: &UdpSocket) -> Option<IcmpError> {
             let v4 = h.cmsg_level == libc::SOL_IP && h.cmsg_type == libc::IP_RECVERR;
             let v6 = h.cmsg_level == libc::SOL_IPV6 && h.cmsg_type == libc::IPV6_RECVERR;
             if v4 || v6 {
-                let e = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::sock_extended_err);
-                if e.ee_origin == libc::SO_EE_ORIGIN_ICMP || e.ee_origin == libc::SO_EE_ORIGIN_ICMP6 {
+                let e =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::sock_extended_err);
+                if e.ee_origin == libc::SO_EE_ORIGIN_ICMP || e.ee_origin == libc::SO_EE_ORIGIN_ICMP6
+                {
                     return Some(IcmpError {
                         v6: e.ee_origin == libc::SO_EE_ORIGIN_ICMP6,
                         icmp_type: e.ee_type,

@@ -26,14 +26,21 @@ pub async fn grab(d: &Dialer, wait: Duration) -> Result<AmqpGrab, GrabError> {
     let mut s = d.dial().await?;
     s.write_all(b"AMQP\x00\x00\x09\x01").await?;
     let mut buf = Vec::new();
-    let n = read_until(&mut *s, &mut buf, Instant::now() + wait, CAP, "Connection.Start", |b| {
-        if b.starts_with(b"AMQP") {
-            return (b.len() >= 8).then_some(8);
-        }
-        let size = u32::from_be_bytes(b.get(3..7)?.try_into().ok()?) as usize;
-        let end = 7usize.checked_add(size)?.checked_add(1)?;
-        (b.len() >= end).then_some(end)
-    })
+    let n = read_until(
+        &mut *s,
+        &mut buf,
+        Instant::now() + wait,
+        CAP,
+        "Connection.Start",
+        |b| {
+            if b.starts_with(b"AMQP") {
+                return (b.len() >= 8).then_some(8);
+            }
+            let size = u32::from_be_bytes(b.get(3..7)?.try_into().ok()?) as usize;
+            let end = 7usize.checked_add(size)?.checked_add(1)?;
+            (b.len() >= end).then_some(end)
+        },
+    )
     .await?;
     parse(&buf[..n])
 }
@@ -62,13 +69,19 @@ pub fn parse(b: &[u8]) -> Result<AmqpGrab, GrabError> {
         protocol: format!("0-{}", p[5]).replace("0-", &format!("{}-", p[4])),
         ..Default::default()
     };
-    let tlen = u32::from_be_bytes(p.get(6..10).ok_or(bad("short"))?.try_into().unwrap_or([0; 4]))
-        as usize;
+    let tlen = u32::from_be_bytes(
+        p.get(6..10)
+            .ok_or(bad("short"))?
+            .try_into()
+            .unwrap_or([0; 4]),
+    ) as usize;
     let table = p.get(10..10 + tlen).ok_or(bad("table past the frame"))?;
     let mut i = 0;
     while i < table.len() {
         let kl = table[i] as usize;
-        let Some(key) = table.get(i + 1..i + 1 + kl) else { break };
+        let Some(key) = table.get(i + 1..i + 1 + kl) else {
+            break;
+        };
         i += 1 + kl;
         let Some(&ty) = table.get(i) else { break };
         i += 1;
@@ -80,7 +93,10 @@ pub fn parse(b: &[u8]) -> Result<AmqpGrab, GrabError> {
                 if ty == b'S'
                     && let Some(v) = table.get(i + 4..i + 4 + l)
                 {
-                    let v = String::from_utf8_lossy(v).chars().take(200).collect::<String>();
+                    let v = String::from_utf8_lossy(v)
+                        .chars()
+                        .take(200)
+                        .collect::<String>();
                     match key {
                         b"product" => g.product = Some(v),
                         b"version" => g.version = Some(v),

@@ -182,7 +182,10 @@ pub(crate) fn merge(report: &mut ServiceReport, kind: GrabKind, g: Grab) {
         }
         Grab::Amqp(a) => {
             if report.info.is_none() {
-                report.info = a.protocol.strip_prefix("0-").map(|_| format!("AMQP {}", a.protocol));
+                report.info = a
+                    .protocol
+                    .strip_prefix("0-")
+                    .map(|_| format!("AMQP {}", a.protocol));
             }
             ("amqp", a.product.clone(), a.version.clone())
         }
@@ -199,15 +202,12 @@ pub(crate) fn merge(report: &mut ServiceReport, kind: GrabKind, g: Grab) {
             service: service.to_string(),
         });
     }
-    let generic = report
-        .product
-        .as_deref()
-        .is_none_or(|p| {
-            matches!(
-                p,
-                "VNC" | "MQTT broker" | "X11 server" | "Advanced Message Queue Protocol"
-            )
-        });
+    let generic = report.product.as_deref().is_none_or(|p| {
+        matches!(
+            p,
+            "VNC" | "MQTT broker" | "X11 server" | "Advanced Message Queue Protocol"
+        )
+    });
     if generic && product.is_some() {
         report.product = product;
         if version.is_some() {
