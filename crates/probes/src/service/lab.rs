@@ -258,7 +258,7 @@ pub fn snmpd() -> Result<Daemon, SupportError> {
             let conf = write(
                 dir,
                 "snmpd.conf",
-                &format!("rocommunity public 127.0.0.1\nsysLocation overlord lab\nmaster no\n"),
+                "rocommunity public 127.0.0.1\nsysLocation overlord lab\nmaster no\n",
             )?;
             let mut c = Command::new(&bin);
             c.args(["-f", "-Le", "-C", "-c"])
