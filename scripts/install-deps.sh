@@ -11,3 +11,6 @@ $SUDO apt-get install -y -qq \
     xvfb x11vnc tigervnc-standalone-server xterm x11-apps x11-utils xauth vncsnapshot imagemagick opencv-data \
     xfonts-base fonts-dejavu-core fonts-urw-base35 fonts-noto-mono \
     nftables iproute2 netcat-openbsd >/dev/null
+# The firehose: tests start a real nats-server (JetStream); the Python consumer example uses nats-py.
+$SUDO apt-get install -y -qq nats-server python3-pip >/dev/null
+$SUDO pip install --break-system-packages -q nats-py

@@ -75,6 +75,8 @@ pub struct JobApi {
     pub watchers_by_client: SlotsByClient,
     pub submits: Arc<Semaphore>,
     pub submits_by_client: SlotsByClient,
+    /// The firehose's progress (GetJob/ListJobs fill `JobStatus.firehose`); None when it is off.
+    pub firehose: Option<crate::firehose::FirehoseStatus>,
 }
 
 /// Calls (live watch streams, submissions in flight) per client IP address.
@@ -134,6 +136,7 @@ impl JobApi {
             watchers_by_client: SlotsByClient::default(),
             submits: Arc::new(Semaphore::new(MAX_SUBMITS_IN_FLIGHT)),
             submits_by_client: SlotsByClient::default(),
+            firehose: None,
         }
     }
 }
@@ -270,6 +273,7 @@ impl v1::job_service_server::JobService for JobApi {
         let id = req.into_inner().job_id;
         let mut status = ask(&self.shared, |r| MgrMsg::Get(id, r)).await??;
         note_waiting(&self.shared, Some(id), std::slice::from_mut(&mut status)).await;
+        crate::firehose::note(&self.firehose, std::slice::from_mut(&mut status));
         Ok(Response::new(v1::GetJobResponse {
             status: Some(status),
         }))
@@ -281,6 +285,7 @@ impl v1::job_service_server::JobService for JobApi {
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
         let mut jobs = ask(&self.shared, MgrMsg::List).await?;
         note_waiting(&self.shared, None, &mut jobs).await;
+        crate::firehose::note(&self.firehose, &mut jobs);
         Ok(Response::new(v1::ListJobsResponse { jobs }))
     }
 

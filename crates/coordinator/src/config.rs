@@ -36,6 +36,9 @@ pub struct CoordinatorConfig {
     /// Image serving (`[images]`, see crate::images).
     #[serde(default)]
     pub images: crate::images::ImagesConfig,
+    /// NATS JetStream firehose (`[firehose]`, see crate::firehose); absent = off.
+    #[serde(default)]
+    pub firehose: Option<crate::firehose::FirehoseConfig>,
 }
 
 /// OpenTelemetry OTLP export; off by default.
@@ -89,6 +92,7 @@ pub struct Settings {
     pub scope: Scope,
     pub telemetry: TelemetryConfig,
     pub images: crate::images::ImagesConfig,
+    pub firehose: Option<crate::firehose::FirehoseConfig>,
 }
 
 impl Settings {
@@ -101,6 +105,7 @@ impl Settings {
             scope: Scope::loopback(),
             telemetry: Default::default(),
             images: Default::default(),
+            firehose: None,
         }
     }
 }
@@ -141,6 +146,9 @@ impl CoordinatorConfig {
             }
             None => Vec::new(),
         };
+        if let Some(f) = &self.firehose {
+            f.validate().map_err(ConfigError::Invalid)?;
+        }
         let scope = Scope::new(&self.allow, block)
             .map_err(|e| ConfigError::Invalid(format!("allow: {e}")))?;
         Ok(Settings {
@@ -158,6 +166,7 @@ impl CoordinatorConfig {
             images: crate::images::ImagesConfig {
                 leaks: self.images.leaks.as_ref().map(|p| base.join(p)),
             },
+            firehose: self.firehose.clone(),
         })
     }
 }
