@@ -131,7 +131,7 @@ async fn ours(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let consumer = if consume {
-        let mut s = js.get_stream(stream).await?;
+        let s = js.get_stream(stream).await?;
         let c = s
             .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
             .await?;

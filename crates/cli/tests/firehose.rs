@@ -57,12 +57,22 @@ async fn read_stream(url: &str) -> Vec<(String, String, FindingRecord)> {
         .await
         .expect("connect to read the stream");
     let js = jetstream::new(client);
-    let mut stream = js.get_stream(STREAM).await.expect("stream exists");
-    let total = stream.info().await.expect("stream info").state.messages;
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
-        .await
-        .expect("ordered consumer");
+    // A cluster that just lost a node may take a moment to answer stream/consumer requests.
+    let consumer = wait_until(
+        "the stream and a consumer on it",
+        Duration::from_secs(30),
+        async || {
+            let mut stream = js.get_stream(STREAM).await.ok()?;
+            let total = stream.info().await.ok()?.state.messages;
+            let c = stream
+                .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+                .await
+                .ok()?;
+            Some((total, c))
+        },
+    )
+    .await;
+    let (total, consumer) = consumer;
     let mut msgs = consumer.messages().await.expect("messages");
     let mut out = Vec::new();
     while (out.len() as u64) < total {
@@ -297,9 +307,16 @@ async fn three_node_cluster_loses_a_node_mid_job() {
     let mut cluster = NatsCluster::start(&dir.path().join("nats"), 3).unwrap();
     let mut cfg = FirehoseConfig::new(cluster.urls(), STREAM);
     cfg.replicas = 3;
+    let js = jetstream::new(async_nats::connect(cluster.nodes[1].url()).await.unwrap());
     let cl = embedded(dir.path(), cfg).await;
     let mut c = client::connect(&cl.url).await.unwrap();
-    let job = client::submit(&mut c, noop_job(3000, 3))
+    wait_until(
+        "the firehose's stream",
+        Duration::from_secs(30),
+        async || js.get_stream(STREAM).await.ok(),
+    )
+    .await;
+    let job = client::submit(&mut c, noop_job(3000, 100))
         .await
         .unwrap()
         .job_id;
@@ -429,7 +446,12 @@ async fn refused_credentials_and_a_foreign_stream_are_clear_errors() {
 
     // A stream named like ours that takes other subjects.
     let good = format!("nats://alice:right@127.0.0.1:{}", nats.port);
-    let js = jetstream::new(async_nats::connect(&good).await.unwrap());
+    let js = jetstream::new(
+        async_nats::ConnectOptions::with_user_and_password("alice".into(), "right".into())
+            .connect(nats.url())
+            .await
+            .unwrap(),
+    );
     js.create_stream(jetstream::stream::Config {
         name: STREAM.into(),
         subjects: vec!["other.>".into()],

@@ -371,7 +371,15 @@ fn redact(url: &str) -> String {
 async fn connect(cfg: &FirehoseConfig) -> Result<async_nats::Client, String> {
     let servers = cfg.servers()?;
     let events_url = redact(&cfg.url);
-    let opts = async_nats::ConnectOptions::new()
+    // async-nats does not read credentials from the URL itself.
+    let creds = servers
+        .iter()
+        .find_map(|s| Some((s.username()?.to_string(), s.password()?.to_string())));
+    let opts = match creds {
+        Some((u, p)) => async_nats::ConnectOptions::with_user_and_password(u, p),
+        None => async_nats::ConnectOptions::new(),
+    };
+    let opts = opts
         .connection_timeout(Duration::from_secs(3))
         .name("overlord-firehose")
         .event_callback(move |ev| {
