@@ -136,7 +136,7 @@ impl Drop for Kill {
 fn overlord(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_overlord"));
     c.args(args)
-        .env("OVERLORD_LOG", "info")
+        .env("OVERLORD_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());

@@ -115,7 +115,8 @@ impl FirehoseConfig {
             let scheme_ok = ["nats://", "tls://"].iter().any(|s| part.starts_with(s));
             let addr: Result<async_nats::ServerAddr, _> = part.parse();
             match addr {
-                Ok(a) if scheme_ok && a.port() != 0 => out.push(a),
+                // Explicit host and port: async-nats would fill in localhost:4222.
+                Ok(a) if scheme_ok && a.port() != 0 && has_host_and_port(part) => out.push(a),
                 Ok(_) | Err(_) => {
                     return Err(format!(
                         "firehose url {part:?} must look like nats://HOST:PORT (or nats://user:pass@HOST:PORT)"
@@ -124,6 +125,16 @@ impl FirehoseConfig {
             }
         }
         Ok(out)
+    }
+}
+
+/// `scheme://[user:pass@]HOST:PORT` with a non-empty host and a numeric port.
+fn has_host_and_port(url: &str) -> bool {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or("");
+    let hostport = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
+    match hostport.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
     }
 }
 
@@ -719,6 +730,8 @@ mod tests {
             "http://127.0.0.1:4222",
             "nats://",
             "nats://h:notaport",
+            "nats://127.0.0.1",
+            "nats://:4222",
         ] {
             c.url = bad.into();
             let e = c.validate().unwrap_err();
