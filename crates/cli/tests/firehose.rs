@@ -209,7 +209,7 @@ async fn exactly_once_across_coordinator_kill9_and_nats_down_up() {
     );
 
     let mut c = client::connect(&url).await.unwrap();
-    let job = client::submit(&mut c, noop_job(3000, 5))
+    let job = client::submit(&mut c, noop_job(3000, 30))
         .await
         .unwrap()
         .job_id;
