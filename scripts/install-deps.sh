@@ -16,3 +16,6 @@ $SUDO apt-get install -y -qq \
     postgresql mariadb-server cups-daemon rabbitmq-server >/dev/null
 # (UDP scan tests: unbound, chrony, snmpd, memcached; service lab: the rest. Package scripts do
 # not start them in containers (policy-rc.d); the tests start their own copies on loopback.)
+# The firehose: tests start a real nats-server (JetStream); the Python consumer example uses nats-py.
+$SUDO apt-get install -y -qq nats-server python3-pip >/dev/null
+$SUDO pip install --break-system-packages -q nats-py

@@ -28,6 +28,21 @@ pub enum Which {
     },
     /// Full TCP port scan of 127.0.0.1 on the embedded cluster vs `nmap -sT -p- -T4 -n -Pn`.
     Portscan,
+    /// Findings through the firehose publisher into a local JetStream (1 node, then a 3-node
+    /// cluster): findings/s beside a plain JetStream publisher, end-to-end latency p50/p99.
+    Firehose {
+        #[arg(long, default_value_t = 1_000_000)]
+        findings: u64,
+        /// Offered rate of the latency run (findings/s).
+        #[arg(long, default_value_t = 50_000)]
+        rate: u64,
+        /// Findings of the latency run.
+        #[arg(long, default_value_t = 250_000)]
+        latency_findings: u64,
+        /// Only the single node.
+        #[arg(long)]
+        no_cluster: bool,
+    },
     /// All of the above with default sizes.
     All,
 }
@@ -41,6 +56,12 @@ pub async fn run(w: Which) -> Result<()> {
         Which::Reassign { rounds } => reassign(rounds).await?,
         Which::Recovery { tasks } => recovery(tasks).await?,
         Which::Portscan => portscan().await?,
+        Which::Firehose {
+            findings,
+            rate,
+            latency_findings,
+            no_cluster,
+        } => crate::bench_firehose::run(findings, rate, latency_findings, !no_cluster).await?,
         Which::All => {
             throughput(100_000).await?;
             reassign(20).await?;

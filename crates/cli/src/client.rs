@@ -424,4 +424,17 @@ pub fn status_line(st: &v1::JobStatus) -> String {
         spec.modules.join(","),
         spec.targets.join(","),
     ) + &waiting
+        + &firehose_note(st.firehose.as_ref())
+}
+
+/// `  firehose published N lag L [ERROR …]` for `jobs get`/`jobs list` (empty when it is off).
+pub fn firehose_note(f: Option<&v1::FirehoseStatus>) -> String {
+    let Some(f) = f else {
+        return String::new();
+    };
+    let mut s = format!("  firehose published {} lag {}", f.published_cursor, f.lag);
+    if !f.error.is_empty() {
+        s += &format!("  FIREHOSE ERROR: {}", f.error);
+    }
+    s
 }

@@ -3,6 +3,7 @@
 
 pub mod beacons;
 pub mod bench;
+pub mod bench_firehose;
 pub mod client;
 pub mod embedded;
 pub mod files;

@@ -79,6 +79,8 @@ pub struct JobApi {
     pub watchers_by_client: SlotsByClient,
     pub submits: Arc<Semaphore>,
     pub submits_by_client: SlotsByClient,
+    /// The firehose's progress (GetJob/ListJobs fill `JobStatus.firehose`); None when it is off.
+    pub firehose: Option<crate::firehose::FirehoseStatus>,
     /// Per-owner caps (only with API tokens: without, every caller is the same anonymous owner).
     pub watchers_by_owner: SlotsByClient<String>,
     pub submits_by_owner: SlotsByClient<String>,
@@ -150,6 +152,7 @@ impl JobApi {
             watchers_by_client: SlotsByClient::default(),
             submits: Arc::new(Semaphore::new(MAX_SUBMITS_IN_FLIGHT)),
             submits_by_client: SlotsByClient::default(),
+            firehose: None,
             watchers_by_owner: SlotsByClient::default(),
             submits_by_owner: SlotsByClient::default(),
             limits: Default::default(),
@@ -353,6 +356,7 @@ impl v1::job_service_server::JobService for JobApi {
         self.check_access(&who, id)?;
         let mut status = ask(&self.shared, |r| MgrMsg::Get(id, r)).await??;
         note_waiting(&self.shared, Some(id), std::slice::from_mut(&mut status)).await;
+        crate::firehose::note(&self.firehose, std::slice::from_mut(&mut status));
         Ok(Response::new(v1::GetJobResponse {
             status: Some(status),
         }))
@@ -366,6 +370,7 @@ impl v1::job_service_server::JobService for JobApi {
         let mut jobs = ask(&self.shared, MgrMsg::List).await?;
         jobs.retain(|st| self.check_access(&who, st.job_id).is_ok());
         note_waiting(&self.shared, None, &mut jobs).await;
+        crate::firehose::note(&self.firehose, &mut jobs);
         Ok(Response::new(v1::ListJobsResponse { jobs }))
     }
 

@@ -111,6 +111,7 @@ pub fn status_of(rec: &JobRecord, spec: &JobSpec, live: Option<(u64, u64)>) -> v
         finished_at_ms: rec.finished_ms,
         stale_results_rejected: rec.stale_rejected,
         waiting_for_modules: Vec::new(),
+        firehose: None,
     }
 }
 

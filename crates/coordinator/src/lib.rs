@@ -6,6 +6,7 @@ pub mod api;
 pub mod commit;
 pub mod config;
 pub mod engine;
+pub mod firehose;
 pub mod hub;
 pub mod images;
 pub mod ingest;
@@ -73,6 +74,7 @@ pub struct Running {
     indexer: tokio::task::JoinHandle<()>,
     images: Arc<images::Images>,
     lookup: Option<LookupMinion>,
+    firehose: Option<firehose::Firehose>,
 }
 
 /// Tasks the lookup minion runs at once (a lookup is a few sled reads).
@@ -119,6 +121,9 @@ impl Drop for Running {
         if let Some(l) = self.lookup.take() {
             l.task.abort();
         }
+        if let Some(f) = &self.firehose {
+            f.abort();
+        }
         if let Some(r) = self.revocations.take() {
             r.abort();
         }
@@ -150,6 +155,9 @@ impl Running {
             let _ = l.stop.send(());
             let _ = l.task.await;
         }
+        if let Some(f) = self.firehose.take() {
+            f.shutdown().await;
+        }
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(true);
         }
@@ -175,6 +183,11 @@ impl Running {
             Ok(Err(e)) => Err(CoordError::Server(e.to_string())),
             Err(e) => Err(CoordError::Server(e.to_string())),
         }
+    }
+
+    /// The firehose's progress; None when it is off.
+    pub fn firehose(&self) -> Option<firehose::FirehoseStatus> {
+        self.firehose.as_ref().map(|f| f.status())
     }
 
     pub async fn stats(&self) -> Option<engine::Stats> {
@@ -291,6 +304,12 @@ pub async fn start_with_store(
         restarts: restarts.clone(),
         counters: Default::default(),
     };
+    // Off unless configured: publishes durable findings from the store (it never waits on, nor
+    // slows, the actors).
+    let firehose = settings
+        .firehose
+        .clone()
+        .map(|cfg| firehose::Firehose::spawn(cfg, store.clone(), durable.clone(), hub.subscribe()));
     let (sup, sup_join) = Actor::spawn(None, CoordinatorSupervisor, shared.clone())
         .await
         .map_err(|e| CoordError::Actors(e.to_string()))?;
@@ -305,8 +324,9 @@ pub async fn start_with_store(
         )),
         None => None,
     };
-    let job_api = api::JobApi::new(shared.clone(), settings.scope.clone())
+    let mut job_api = api::JobApi::new(shared.clone(), settings.scope.clone())
         .with_limits(&settings.limits);
+    job_api.firehose = firehose.as_ref().map(|f| f.status());
     let minion_api = api::MinionApi {
         shared: shared.clone(),
         sessions: Arc::new(AtomicU64::new(0)),
@@ -413,6 +433,7 @@ pub async fn start_with_store(
         indexer,
         images,
         lookup: None,
+        firehose,
     };
     let lookup_tls = match &ca {
         Some(ca) => {
