@@ -258,7 +258,7 @@ async fn enrich_job_images_are_served_over_grpc_and_survive_restart() {
 }
 
 /// Issue #5 items 6-7: e-mail addresses on a screen that the coordinator's leak database knows
-/// become `leak` findings, produced by the coordinator's lookup minion (spawned by the
+/// become `leak` findings, produced by the coordinator itself (`overlord_coordinator::lookup`; spawned by the
 /// `enrichment` → `leak` rule, parent = the enrich task), streamed to `watch` and stored in the
 /// results; addresses the database does not know give none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,7 +347,7 @@ async fn known_addresses_on_a_screen_become_leak_findings_streamed_to_watch() {
                 f.parent_task_id, enrich_task,
                 "{what}: spawned by the enrich task"
             );
-            assert_eq!(f.minion_id, "coordinator-lookup", "{what}");
+            assert_eq!(f.minion_id, "coordinator", "{what}: the coordinator ran the lookup itself");
             assert_eq!(f.provider, "coordinator", "{what}");
             let d: serde_json::Value = serde_json::from_str(&f.data_json).unwrap();
             assert_eq!(d["image"], mail_id.as_str(), "{what}");

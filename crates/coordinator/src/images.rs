@@ -171,20 +171,9 @@ impl Images {
                 if self.enrich.get(id)?.is_some() {
                     return Ok(wrote);
                 }
-                let mut a: Analysis = serde_json::from_value(serde_json::to_value(&*e)?)?;
-                let rep = self.enrich.ingest(id, &mut a)?;
-                // A leak hit is a finding (it reaches the job stream as a `leak` finding), not an
-                // operational problem: logged at info, not warn.
-                for l in &rep.leaks {
-                    tracing::info!(
-                        image = id,
-                        job = f.job_id,
-                        address = %l.address,
-                        source = %l.source,
-                        date = %l.date,
-                        "leaked address on screen"
-                    );
-                }
+                // stored as the enrichment computed it (tags included: computed once)
+                let a: Analysis = serde_json::from_value(serde_json::to_value(&*e)?)?;
+                let rep = self.enrich.ingest(id, &a)?;
                 tracing::info!(
                     image = id,
                     job = f.job_id,

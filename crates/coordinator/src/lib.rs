@@ -8,6 +8,7 @@ pub mod config;
 pub mod engine;
 pub mod hub;
 pub mod images;
+pub mod lookup;
 pub mod ingest;
 pub mod job;
 pub mod manager;
@@ -55,55 +56,11 @@ pub struct Running {
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     indexer: tokio::task::JoinHandle<()>,
     images: Arc<images::Images>,
-    lookup: Option<LookupMinion>,
-}
-
-/// Tasks the lookup minion runs at once (a lookup is a few sled reads).
-pub const LOOKUP_CAPACITY: u32 = 16;
-
-/// The coordinator's lookup minion: a minion inside the coordinator process, next to the leak
-/// database of its image store, that runs `leak` tasks. It is the normal minion runtime over real
-/// gRPC to the coordinator's own address (id `coordinator-lookup`, provider `coordinator`,
-/// capability and module `leak` only), so the scheduler, leases, fencing and result ingestion treat
-/// it like any other minion. Ordinary minions do not ship the `leak` module
-/// (`overlord_minion::modules::builtin` has none), so they are never leased a `leak` task.
-struct LookupMinion {
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-fn spawn_lookup_minion(
-    url: &str,
-    scope: overlord_core::scope::Scope,
-    db: overlord_enrich::LeakDb,
-) -> LookupMinion {
-    use overlord_minion::modules::leak;
-    let settings = leak::lookup_settings(url, LOOKUP_CAPACITY, scope);
-    let modules = leak::lookup_modules(db);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stopped.await;
-        };
-        if let Err(e) = overlord_minion::run(settings, modules, shutdown).await {
-            tracing::error!(error = %e, "lookup minion stopped");
-        }
-    });
-    LookupMinion { stop, task }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        // Dropped without `shutdown` (a test, a panic): the lookup minion must not outlive it.
-        if let Some(l) = self.lookup.take() {
-            l.task.abort();
-        }
-    }
 }
 
 impl Running {
     /// The leak database of the image store (a shared handle: it reads the coordinator's sled
-    /// tree). The coordinator's lookup minion runs the `leak` module over it.
+    /// tree); the coordinator runs `leak` tasks over it itself (`lookup`).
     pub fn leak_db(&self) -> overlord_enrich::LeakDb {
         self.images.enrich().leaks().clone()
     }
@@ -121,13 +78,8 @@ impl Running {
         format!("http://{a}")
     }
 
-    /// Graceful stop: stops the lookup minion, stops serving, flushes storage via the actors'
-    /// shutdown.
+    /// Graceful stop: stops serving, flushes storage via the actors' shutdown.
     pub async fn shutdown(mut self) {
-        if let Some(l) = self.lookup.take() {
-            let _ = l.stop.send(());
-            let _ = l.task.await;
-        }
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(());
         }
@@ -224,6 +176,7 @@ pub async fn start_with_store(
         token_ctr: Arc::new(AtomicU64::new(0)),
         restarts: restarts.clone(),
         counters: Default::default(),
+        lookup: Some(lookup::LeakLookup::new(images.enrich().leaks().clone())),
     };
     let (sup, sup_join) = Actor::spawn(None, CoordinatorSupervisor, shared.clone())
         .await
@@ -271,7 +224,7 @@ pub async fn start_with_store(
             }),
     );
     tracing::info!(%addr, "coordinator serving");
-    let mut running = Running {
+    let running = Running {
         addr,
         shared,
         restarts,
@@ -281,12 +234,6 @@ pub async fn start_with_store(
         server,
         indexer,
         images,
-        lookup: None,
     };
-    running.lookup = Some(spawn_lookup_minion(
-        &running.local_url(),
-        settings.scope.clone(),
-        running.leak_db(),
-    ));
     Ok(running)
 }

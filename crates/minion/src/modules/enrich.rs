@@ -5,7 +5,8 @@
 //!
 //! Tesseract's engine is `Send` but not `Sync`: the module owns a small pool of worker threads
 //! (OS threads, off the async runtime), each with its own `Analyzer`, created on first use.
-//! Params: none. Leak lookups happen where the leak database lives (the coordinator's store).
+//! Params: none. Leak lookups happen where the leak database lives (the coordinator itself runs
+//! `leak` tasks). A screenshot's PNG is not sent back with its enrichment.
 
 use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput, to_schema};
 use overlord_core::finding::{Enrichment, Payload};
@@ -120,9 +121,13 @@ impl Module for Enrich {
                     ));
                 }
             };
-            // the image travels with its enrichment (the coordinator stores blobs by sha256, so a
-            // screenshot's PNG is stored once) so that images from files can be served too
-            let blob = bytes::Bytes::from(bytes.clone());
+            // An image read from a file travels with its enrichment (so it can be served); a
+            // screenshot's PNG (the task's blob) is already stored: the finding refers to it (the
+            // coordinator gives it the task's blob id), so the PNG crosses the wire once each way.
+            let blob = task
+                .blob
+                .is_none()
+                .then(|| bytes::Bytes::from(bytes.clone()));
             let (tx, rx) = tokio::sync::oneshot::channel();
             let pool = self.pool()?.clone();
             // the channel is bounded: wait for room off the runtime
@@ -147,7 +152,7 @@ impl Module for Enrich {
                 task.ports.first().copied(),
                 Payload::Enrichment(Box::new(enrichment)),
             );
-            f.blob = Some(blob);
+            f.blob = blob;
             Ok(vec![f])
         })
     }
@@ -197,6 +202,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(out[0].port, Some(5900));
+        assert!(out[0].blob.is_none(), "a screenshot's PNG is not sent back");
         let emails = enrichment(&out[0]).emails;
         assert_eq!(emails.len(), 3);
         let path = dir.join("02_blank_black_pure.png").display().to_string();
@@ -205,6 +211,7 @@ mod tests {
             .await
             .expect("enrichment");
         let e = enrichment(&out[0]);
+        assert!(out[0].blob.is_some(), "a file's image travels with its enrichment");
         assert!(e.blank);
         assert_eq!(e.input.as_deref(), Some(path.as_str()));
         let err = m
