@@ -28,7 +28,7 @@ use ractor::{Actor, ActorRef};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::broadcast;
 
 
 #[derive(Debug, thiserror::Error)]
