@@ -628,7 +628,8 @@ async fn library_coordinator_runs_leak_lookups_and_names_modules_nobody_serves()
         v1::JobSpec {
             name: "leak-chain".into(),
             modules: vec!["enrich".into(), "leak".into()],
-            inputs: vec![mail.display().to_string()],
+            // relative to the minion's input directory (inputs are confined to it)
+            inputs: vec!["07_mail_from_light.png".into()],
             ..Default::default()
         },
     )
@@ -662,7 +663,9 @@ async fn library_coordinator_runs_leak_lookups_and_names_modules_nobody_serves()
     // A minion with the builtin modules (enrich among them) arrives: the chain runs to the end.
     let (stop, _) = tokio::sync::watch::channel(false);
     let mut rx = stop.subscribe();
-    let s = minion_settings(&url, "enricher", "px", 2);
+    let mut s = minion_settings(&url, "enricher", "px", 2);
+    s.input_dir = Some(std::fs::canonicalize(&screens)?);
+    let _ = &mail;
     let minion = tokio::spawn(async move {
         let _ = overlord_minion::run(s, overlord_minion::modules::builtin(), async move {
             let _ = rx.wait_for(|v| *v).await;
