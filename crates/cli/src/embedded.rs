@@ -1,4 +1,4 @@
-//! A one-process cluster: a coordinator (which runs its own lookup minion for `leak` tasks) and N minions
+//! A one-process cluster: a coordinator (which runs `leak` lookups itself) and N minions
 //! (of different providers) talking real gRPC over loopback sockets, with the coordinator's sled
 //! data in a data directory.
 

@@ -78,6 +78,8 @@ pub struct Shared {
     pub token_ctr: Arc<AtomicU64>,
     pub restarts: Arc<AtomicU64>,
     pub counters: Arc<Counters>,
+    /// The leak lookup the coordinator runs itself (`lookup`); None: `leak` tasks fail.
+    pub lookup: Option<crate::lookup::LeakLookup>,
 }
 
 impl Shared {

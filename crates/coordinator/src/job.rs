@@ -15,6 +15,7 @@ use crate::hub::{FanMsg, HubEvent};
 use crate::manager::MgrMsg;
 use crate::registry::{Demand, RegMsg, SlotOffer};
 use crate::telemetry;
+use overlord_core::finding::Payload;
 use overlord_core::followup::{FindingView, follow_ups};
 use overlord_core::job::{
     FindingRecord, JobRecord, JobSpec, JobState, RootPlan, TaskRecord, TaskSpec, TaskState,
@@ -919,6 +920,29 @@ impl JobSt {
         self.rec.failed += 1;
     }
 
+    /// Runs a task the coordinator does itself (`crate::lookup`) and completes or fails it.
+    fn run_here(&mut self, id: TaskId) {
+        let Some(spec) = self.tasks.get(&id).map(|t| t.spec.clone()) else {
+            return;
+        };
+        let started = now_ms();
+        let res = match &self.sh.lookup {
+            Some(l) => l.run(&spec),
+            None => Err("this coordinator has no leak database".into()),
+        };
+        match res {
+            Ok(findings) => {
+                let me = crate::lookup::LOOKUP_MINION_ID;
+                let provider = crate::lookup::LOOKUP_PROVIDER;
+                self.complete_task(id, findings, me, provider, started, now_ms())
+            }
+            Err(e) => {
+                warn!(job = self.rec.id, task = id, error = %e, "leak lookup failed");
+                self.fail_task(id, e);
+            }
+        }
+    }
+
     fn complete_task(
         &mut self,
         task: TaskId,
@@ -943,12 +967,24 @@ impl JobSt {
         self.progress_dirty = true;
         let now = now_ms();
         let mut spawned = Vec::new();
+        // tasks the coordinator runs itself (the leak lookup): done at once, never leased
+        let mut local = Vec::new();
         for f in findings {
-            let blob_sha = f.blob.map(|(sha, b)| {
-                self.c.batch.push(Op::Blob(sha.clone(), b));
-                sha
-            });
+            // A finding without a blob of a task given one (an enrichment of a screenshot) is
+            // about that blob: the PNG is not sent back, only referred to.
+            let blob_sha = f
+                .blob
+                .map(|(sha, b)| {
+                    self.c.batch.push(Op::Blob(sha.clone(), b));
+                    sha
+                })
+                .or_else(|| t.spec.blob_sha256.clone());
             self.rec.findings += 1;
+            match &f.parsed.payload {
+                Payload::Unknown(_) => self.rec.findings_unknown_kind += 1,
+                _ if !f.parsed.unknown_fields.is_empty() => self.rec.findings_unknown_fields += 1,
+                _ => {}
+            }
             let rec = FindingRecord {
                 cursor: self.rec.findings,
                 job_id: job,
@@ -967,13 +1003,12 @@ impl JobSt {
                 stored_at_ms: now,
             };
             let view = FindingView {
-                kind: &rec.kind,
+                payload: &f.parsed.payload,
                 target: rec.target,
                 port: rec.port,
-                data: &rec.data,
                 blob_sha256: rec.blob_sha256.as_deref(),
             };
-            for fu in follow_ups(&self.spec.modules, &view) {
+            for fu in follow_ups(&self.spec.rules, &self.spec.modules, &view) {
                 let id = self.rec.next_task_id;
                 self.rec.next_task_id += 1;
                 self.rec.tasks_created += 1;
@@ -991,7 +1026,11 @@ impl JobSt {
                 let tr = TaskRecord::new(spec);
                 self.c.batch.push(Op::Task(tr.clone()));
                 self.tasks.insert(id, tr);
-                spawned.push(id);
+                if crate::lookup::runs_here(&fu.module) {
+                    local.push(id);
+                } else {
+                    spawned.push(id);
+                }
             }
             let rec = Arc::new(rec);
             self.c.batch.push(Op::Finding(rec.clone()));
@@ -999,6 +1038,9 @@ impl JobSt {
         }
         for id in spawned {
             self.push_back(id);
+        }
+        for id in local {
+            self.run_here(id);
         }
         // Only the end of a finished task is read again (at recovery); its findings carry the
         // provenance (minion, provider, times).

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod firehose;
 pub mod hub;
 pub mod images;
+pub mod lookup;
 pub mod ingest;
 pub mod job;
 pub mod manager;
@@ -28,7 +29,7 @@ use ractor::{Actor, ActorRef};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::broadcast;
 
 
 #[derive(Debug, thiserror::Error)]
@@ -73,54 +74,13 @@ pub struct Running {
     revocations: Option<tokio::task::JoinHandle<()>>,
     indexer: tokio::task::JoinHandle<()>,
     images: Arc<images::Images>,
-    lookup: Option<LookupMinion>,
     firehose: Option<firehose::Firehose>,
-}
-
-/// Tasks the lookup minion runs at once (a lookup is a few sled reads).
-pub const LOOKUP_CAPACITY: u32 = 16;
-
-/// The coordinator's lookup minion: a minion inside the coordinator process, next to the leak
-/// database of its image store, that runs `leak` tasks. It is the normal minion runtime over real
-/// gRPC to the coordinator's own address (id `coordinator-lookup`, provider `coordinator`,
-/// capability and module `leak` only), so the scheduler, leases, fencing and result ingestion treat
-/// it like any other minion. Ordinary minions do not ship the `leak` module
-/// (`overlord_minion::modules::builtin` has none), so they are never leased a `leak` task.
-struct LookupMinion {
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-fn spawn_lookup_minion(
-    url: &str,
-    scope: overlord_core::scope::Scope,
-    db: overlord_enrich::LeakDb,
-    tls: Option<overlord_minion::config::ClientTls>,
-    internal_secret: String,
-) -> LookupMinion {
-    use overlord_minion::modules::leak;
-    let mut settings = leak::lookup_settings(url, LOOKUP_CAPACITY, scope);
-    settings.tls = tls;
-    settings.internal_secret = Some(internal_secret);
-    let modules = leak::lookup_modules(db);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stopped.await;
-        };
-        if let Err(e) = overlord_minion::run(settings, modules, shutdown).await {
-            tracing::error!(error = %e, "lookup minion stopped");
-        }
-    });
-    LookupMinion { stop, task }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        // Dropped without `shutdown` (a test, a panic): the lookup minion must not outlive it.
-        if let Some(l) = self.lookup.take() {
-            l.task.abort();
-        }
+        // Dropped without `shutdown` (a test, a panic): the firehose and the revocation watch must
+        // not outlive it.
         if let Some(f) = &self.firehose {
             f.abort();
         }
@@ -132,7 +92,7 @@ impl Drop for Running {
 
 impl Running {
     /// The leak database of the image store (a shared handle: it reads the coordinator's sled
-    /// tree). The coordinator's lookup minion runs the `leak` module over it.
+    /// tree); the coordinator runs `leak` tasks over it itself (`lookup`).
     pub fn leak_db(&self) -> overlord_enrich::LeakDb {
         self.images.enrich().leaks().clone()
     }
@@ -148,13 +108,8 @@ impl Running {
         url_of(self.minion_addr, self.tls)
     }
 
-    /// Graceful stop: stops the lookup minion, stops serving, flushes storage via the actors'
-    /// shutdown.
+    /// Graceful stop: stops serving, flushes storage via the actors' shutdown.
     pub async fn shutdown(mut self) {
-        if let Some(l) = self.lookup.take() {
-            let _ = l.stop.send(());
-            let _ = l.task.await;
-        }
         if let Some(f) = self.firehose.take() {
             f.shutdown().await;
         }
@@ -303,6 +258,7 @@ pub async fn start_with_store(
         token_ctr: Arc::new(AtomicU64::new(0)),
         restarts: restarts.clone(),
         counters: Default::default(),
+        lookup: Some(lookup::LeakLookup::new(images.enrich().leaks().clone())),
     };
     // Off unless configured: publishes durable findings from the store (it never waits on, nor
     // slows, the actors).
@@ -416,7 +372,7 @@ pub async fn start_with_store(
     };
     tracing::info!(%addr, %minion_addr, tls = settings.tls.is_some(), tokens = settings.tokens.is_some(), "coordinator serving");
     let revocations = gate.spawn_revocation_watch();
-    let mut running = Running {
+    let running = Running {
         addr,
         minion_addr,
         tls: settings.tls.is_some(),
@@ -432,28 +388,7 @@ pub async fn start_with_store(
         revocations,
         indexer,
         images,
-        lookup: None,
         firehose,
     };
-    let lookup_tls = match &ca {
-        Some(ca) => {
-            let id = ca
-                .issue_internal("coordinator-lookup", "coordinator")
-                .map_err(|e| CoordError::Tls(e.to_string()))?;
-            Some(overlord_minion::config::ClientTls {
-                ca_pem: ca.ca_pem.clone(),
-                cert_pem: id.cert_pem,
-                key_pem: id.key_pem,
-            })
-        }
-        None => None,
-    };
-    running.lookup = Some(spawn_lookup_minion(
-        &running.minion_url(),
-        settings.scope.clone(),
-        running.leak_db(),
-        lookup_tls,
-        gate.internal_secret().to_string(),
-    ));
     Ok(running)
 }
