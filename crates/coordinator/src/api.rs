@@ -1,12 +1,11 @@
 //! Thin gRPC adapters: validate and convert at the edge, then ask the actors (job manager for
 //! jobs, fan-out for watches, registry and ingestor for minion sessions).
 
-use crate::actors::Shared;
+use crate::actors::Handles;
 use crate::engine::SessionTx;
 use crate::hub::{Durable, FanMsg, HubEvent, WATCH_QUEUE};
-use crate::ingest::IngestMsg;
-use crate::manager::{MAX_REQUEST_ID, MgrMsg};
-use crate::registry::RegMsg;
+use crate::manager::MAX_REQUEST_ID;
+use crate::msg::{IngestMsg, MgrMsg, RegMsg};
 use overlord_core::job::{JobSpec, prepare};
 use overlord_core::scope::Scope;
 use overlord_proto::convert;
@@ -49,7 +48,7 @@ const STREAM_QUEUE: usize = 16;
 const REPLAY_PAGE: usize = 32;
 
 async fn ask<T: Send + 'static>(
-    sh: &Shared,
+    sh: &Handles,
     f: impl FnOnce(ractor::RpcReplyPort<T>) -> MgrMsg,
 ) -> Result<T, ApiError> {
     let e = sh
@@ -67,7 +66,7 @@ async fn ask<T: Send + 'static>(
 
 #[derive(Clone)]
 pub struct JobApi {
-    pub shared: Shared,
+    pub shared: Handles,
     pub store: Arc<dyn Store>,
     pub durable: Durable,
     pub scope: Arc<Scope>,
@@ -124,7 +123,7 @@ impl Drop for ClientSlot {
 }
 
 impl JobApi {
-    pub fn new(shared: Shared, scope: Scope) -> Self {
+    pub fn new(shared: Handles, scope: Scope) -> Self {
         JobApi {
             store: shared.store.clone(),
             durable: shared.durable.clone(),
@@ -209,7 +208,7 @@ pub async fn validate(spec: Option<v1::JobSpec>, scope: Arc<Scope>) -> Result<Jo
 
 /// Fills `waiting_for_modules` of running jobs: modules they have pending tasks for that no live
 /// minion declares (asked of the registry, which knows both; left empty if it does not answer).
-async fn note_waiting(sh: &Shared, job: Option<u64>, statuses: &mut [v1::JobStatus]) {
+async fn note_waiting(sh: &Handles, job: Option<u64>, statuses: &mut [v1::JobStatus]) {
     if !statuses
         .iter()
         .any(|s| s.state == v1::JobState::Running as i32)
@@ -405,7 +404,7 @@ async fn replay(
 /// behind, or the fan-out restarted) it starts over from its cursor: nothing missed, nothing twice,
 /// and memory per watcher stays bounded.
 async fn watch_loop(
-    sh: Shared,
+    sh: Handles,
     job_id: u64,
     mut cursor: u64,
     tx: mpsc::Sender<Result<v1::JobEvent, Status>>,
@@ -575,7 +574,7 @@ where
 
 #[derive(Clone)]
 pub struct MinionApi {
-    pub shared: Shared,
+    pub shared: Handles,
     pub sessions: Arc<AtomicU64>,
 }
 

@@ -8,8 +8,8 @@
 //! wakes each requester, which releases the outputs filed up to the sequence it asked for.
 //! Nothing is acknowledged before the flush that covers its writes has returned.
 
-use crate::actors::Slot;
 use crate::engine::Counters;
+use crate::slot::Slot;
 use overlord_storage::{Batch, Store, StoreError};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::VecDeque;

@@ -12,14 +12,15 @@ pub mod ingest;
 pub mod job;
 pub mod manager;
 pub mod model;
+pub mod msg;
 pub mod registry;
+pub mod slot;
 pub mod telemetry;
 
 pub use config::{CoordinatorConfig, Settings};
 pub use engine::EngineConfig;
 
-use actors::{CoordinatorSupervisor, Shared, SupMsg};
-use hub::Durable;
+use actors::{CoordinatorSupervisor, Handles, SupMsg, Tree};
 use overlord_proto::v1;
 use overlord_storage::{SledStore, Store};
 use ractor::{Actor, ActorRef};
@@ -48,7 +49,8 @@ pub enum CoordError {
 /// A running coordinator (actors + gRPC server on its listener).
 pub struct Running {
     pub addr: SocketAddr,
-    pub shared: Shared,
+    handles: Handles,
+    counters: Arc<engine::Counters>,
     pub restarts: Arc<AtomicU64>,
     sup: ActorRef<SupMsg>,
     sup_join: tokio::task::JoinHandle<()>,
@@ -150,21 +152,21 @@ impl Running {
     }
 
     pub async fn stats(&self) -> Option<engine::Stats> {
-        Some(self.shared.counters.snapshot())
+        Some(self.counters.snapshot())
     }
 
     /// Test hook: makes a running job's actor panic (the job manager restarts it), or the job
     /// manager itself when no job runs (the root supervisor restarts it).
     pub fn inject_panic(&self) {
-        if let Some(m) = self.shared.manager.get() {
-            let _ = m.cast(manager::MgrMsg::InjectPanic);
+        if let Some(m) = self.handles.manager.get() {
+            let _ = m.cast(msg::MgrMsg::InjectPanic);
         }
     }
 
     /// Test hook: makes the registry/scheduler panic (the root supervisor restarts it).
     pub fn inject_registry_panic(&self) {
-        if let Some(r) = self.shared.registry.get() {
-            let _ = r.cast(registry::RegMsg::InjectPanic);
+        if let Some(r) = self.handles.registry.get() {
+            let _ = r.cast(msg::RegMsg::InjectPanic);
         }
     }
 }
@@ -196,8 +198,6 @@ pub async fn start_with_store(
         settings.images.leaks.as_deref(),
     )?;
     let indexer = images::spawn_indexer(images.clone(), hub.subscribe());
-    let durable = Durable::default();
-    let restarts = Arc::new(AtomicU64::new(0));
     // A new epoch per start: fencing tokens of this run are above every earlier one.
     let storage_err = |source| CoordError::Storage {
         path: settings.data_dir.display().to_string(),
@@ -210,28 +210,16 @@ pub async fn start_with_store(
         .apply(b)
         .and_then(|_| store.flush())
         .map_err(storage_err)?;
-    let shared = Shared {
-        store: store.clone(),
-        cfg: settings.engine.clone(),
-        hub: hub.clone(),
-        durable: durable.clone(),
-        flusher: Default::default(),
-        fanout: Default::default(),
-        ingest: Default::default(),
-        registry: Default::default(),
-        manager: Default::default(),
-        jobs: Default::default(),
-        epoch,
-        token_ctr: Arc::new(AtomicU64::new(0)),
-        restarts: restarts.clone(),
-        counters: Default::default(),
-    };
-    let (sup, sup_join) = Actor::spawn(None, CoordinatorSupervisor, shared.clone())
+    let tree = Tree::new(store.clone(), settings.engine.clone(), hub.clone(), epoch);
+    let handles = tree.handles();
+    let restarts = tree.restarts.clone();
+    let counters = tree.counters.clone();
+    let (sup, sup_join) = Actor::spawn(None, CoordinatorSupervisor, tree)
         .await
         .map_err(|e| CoordError::Actors(e.to_string()))?;
-    let job_api = api::JobApi::new(shared.clone(), settings.scope.clone());
+    let job_api = api::JobApi::new(handles.clone(), settings.scope.clone());
     let minion_api = api::MinionApi {
-        shared: shared.clone(),
+        shared: handles.clone(),
         sessions: Arc::new(AtomicU64::new(0)),
     };
     let max = overlord_proto::MAX_MESSAGE_BYTES;
@@ -274,7 +262,8 @@ pub async fn start_with_store(
     tracing::info!(%addr, "coordinator serving");
     let mut running = Running {
         addr,
-        shared,
+        handles,
+        counters,
         restarts,
         sup,
         sup_join,
