@@ -22,7 +22,7 @@ use crate::job::JobCtx;
 use crate::manager::{JobManagerActor, ManagerCtx};
 use crate::msg::{IngestMsg, JobMsg, MgrMsg, RegMsg};
 use crate::registry::{RegistryActor, RegistryCtx};
-use crate::slot::{JobDir, Slot, TokenSource};
+use crate::slot::{JobDir, Slot, Tasks, TokenSource};
 use overlord_core::sched::{RestartDecision, note_failure};
 use overlord_storage::Store;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -50,6 +50,7 @@ pub struct Tree {
     pub tokens: TokenSource,
     pub restarts: Arc<AtomicU64>,
     pub counters: Arc<Counters>,
+    pub tasks: Tasks,
 }
 
 impl Tree {
@@ -73,6 +74,7 @@ impl Tree {
             tokens: TokenSource::new(epoch),
             restarts: Arc::new(AtomicU64::new(0)),
             counters: Arc::default(),
+            tasks: Tasks::default(),
         }
     }
 
@@ -102,6 +104,7 @@ impl Tree {
                 tokens: self.tokens.clone(),
             },
             restarts: self.restarts.clone(),
+            tasks: self.tasks.clone(),
         }
     }
 
@@ -114,6 +117,7 @@ impl Tree {
             ingest: self.ingest.clone(),
             registry: self.registry.clone(),
             manager: self.manager.clone(),
+            tasks: self.tasks.clone(),
         }
     }
 }
@@ -128,6 +132,8 @@ pub struct Handles {
     pub ingest: Slot<IngestMsg>,
     pub registry: Slot<RegMsg>,
     pub manager: Slot<MgrMsg>,
+    /// Owner of the tasks the gRPC layer spawns (sessions, watch streams).
+    pub tasks: Tasks,
 }
 
 // ---------------- Supervisor ----------------

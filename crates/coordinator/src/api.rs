@@ -318,9 +318,14 @@ impl v1::job_service_server::JobService for JobApi {
         ask(&self.shared, |r| MgrMsg::Get(job_id, r)).await??;
         let (tx, rx) = mpsc::channel::<Result<v1::JobEvent, Status>>(STREAM_QUEUE);
         let sh = self.shared.clone();
-        tokio::spawn(async move {
+        let closing = sh.tasks.closing();
+        self.shared.tasks.spawn(async move {
             let _slots = slots;
-            watch_loop(sh, job_id, after_cursor, tx).await;
+            // A graceful stop ends the stream; the client resumes from its last cursor.
+            tokio::select! {
+                _ = watch_loop(sh, job_id, after_cursor, tx) => {}
+                _ = closing => {}
+            }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -637,6 +642,9 @@ impl v1::minion_service_server::MinionService for MinionApi {
         &self,
         req: Request<tonic::Streaming<v1::MinionMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        if self.shared.tasks.is_closing() {
+            return Err(Status::unavailable("coordinator shutting down"));
+        }
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(REGISTER_WITHIN, inbound.message())
             .await
@@ -675,9 +683,17 @@ impl v1::minion_service_server::MinionService for MinionApi {
             Ok(ractor::rpc::CallResult::Success(g)) => g,
             _ => return Err(unavailable()),
         };
-        tokio::spawn(async move {
+        let closing = self.shared.tasks.closing();
+        self.shared.tasks.spawn(async move {
+            tokio::pin!(closing);
             loop {
-                let m = match inbound.message().await {
+                // A graceful stop takes no more messages; acks of those taken still go out (the
+                // response stream lives until the registry drops the session).
+                let next = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = &mut closing => break,
+                };
+                let m = match next {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     Err(e) if e.code() == tonic::Code::Unknown => {

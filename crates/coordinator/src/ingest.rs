@@ -29,7 +29,13 @@ impl Actor for IngestorActor {
         msg: Self::Msg,
         registry: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let IngestMsg::Results(minion, generation, batch, tx) = msg;
+        let (minion, generation, batch, tx) = match msg {
+            IngestMsg::Results(m, g, b, tx) => (m, g, b, tx),
+            IngestMsg::Barrier(reply) => {
+                let _ = reply.send(());
+                return Ok(());
+            }
+        };
         let items: Vec<IngestedResult> = batch.items.into_iter().map(ingest_item).collect();
         debug!(minion = %minion, items = items.len(), "result batch ingested");
         match registry.get() {

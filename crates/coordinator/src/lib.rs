@@ -26,7 +26,7 @@ use overlord_storage::{SledStore, Store};
 use ractor::{Actor, ActorRef};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{broadcast, oneshot};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +46,17 @@ pub enum CoordError {
     Images(#[from] images::ImagesError),
 }
 
+/// The longest a graceful stop waits for each of its steps.
+pub const SHUTDOWN_STEP: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A running coordinator (actors + gRPC server on its listener).
 pub struct Running {
     pub addr: SocketAddr,
     handles: Handles,
     counters: Arc<engine::Counters>,
+    tasks: slot::Tasks,
+    jobs: slot::JobDir<msg::JobMsg>,
+    store: Arc<dyn Store>,
     pub restarts: Arc<AtomicU64>,
     sup: ActorRef<SupMsg>,
     sup_join: tokio::task::JoinHandle<()>,
@@ -124,22 +130,71 @@ impl Running {
         format!("http://{a}")
     }
 
-    /// Graceful stop: stops the lookup minion, stops serving, flushes storage via the actors'
-    /// shutdown.
+    /// Graceful stop, in order:
+    /// 1. stop accepting: the lookup minion stops, the server takes no new connections, sessions
+    ///    read no more messages and new sessions and watch streams are refused or ended;
+    /// 2. finish acks: barriers through the ingestor, the registry and every job actor (each has
+    ///    handled every result taken in before it), then wait until every deferred output (result
+    ///    acks, replies, events) was released by the flush covering it;
+    /// 3. flush storage once more;
+    /// 4. close: the actors stop (dropping the minion sessions), the tracked tasks end, the server
+    ///    ends. Each wait is bounded ([`SHUTDOWN_STEP`]); past it the step is forced.
     pub async fn shutdown(mut self) {
+        use tokio::time::timeout;
         if let Some(l) = self.lookup.take() {
             let _ = l.stop.send(());
-            let _ = l.task.await;
+            let _ = timeout(SHUTDOWN_STEP, l.task).await;
         }
+        // 1. Stop accepting.
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(());
         }
-        self.server.abort();
-        let _ = (&mut self.server).await;
+        self.tasks.close();
+        // 2. Finish acks.
+        let _ = timeout(SHUTDOWN_STEP, self.barriers()).await;
+        let drained = timeout(SHUTDOWN_STEP, async {
+            while self.counters.unreleased.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                unreleased = self.counters.unreleased.load(Ordering::Relaxed),
+                "graceful stop: outputs still waiting for a flush"
+            );
+        }
+        // 3. Flush.
+        let store = self.store.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.flush()).await {
+            tracing::error!(error = %e, "graceful stop: final flush failed");
+        }
+        // 4. Close.
         self.sup.stop(None);
-        let _ = (&mut self.sup_join).await;
+        let _ = timeout(SHUTDOWN_STEP, &mut self.sup_join).await;
+        let _ = timeout(SHUTDOWN_STEP, self.tasks.wait()).await;
+        if timeout(SHUTDOWN_STEP, &mut self.server).await.is_err() {
+            self.server.abort();
+            let _ = (&mut self.server).await;
+        }
+        // The indexer follows durable events; a restart catches up from storage.
         self.indexer.abort();
         let _ = (&mut self.indexer).await;
+    }
+
+    /// Returns once the ingestor, the registry and then every job actor handled every message
+    /// sent to them before (results in flight reach their job and are judged).
+    async fn barriers(&self) {
+        let t = Some(SHUTDOWN_STEP);
+        if let Some(i) = self.handles.ingest.get() {
+            let _ = i.call(msg::IngestMsg::Barrier, t).await;
+        }
+        if let Some(r) = self.handles.registry.get() {
+            let _ = r.call(msg::RegMsg::Barrier, t).await;
+        }
+        for j in self.jobs.all() {
+            let _ = j.call(msg::JobMsg::Status, t).await;
+        }
     }
 
     /// Waits until the server task ends (e.g. a fatal error).
@@ -214,6 +269,7 @@ pub async fn start_with_store(
     let handles = tree.handles();
     let restarts = tree.restarts.clone();
     let counters = tree.counters.clone();
+    let (tasks, jobs) = (tree.tasks.clone(), tree.jobs.clone());
     let (sup, sup_join) = Actor::spawn(None, CoordinatorSupervisor, tree)
         .await
         .map_err(|e| CoordError::Actors(e.to_string()))?;
@@ -264,6 +320,9 @@ pub async fn start_with_store(
         addr,
         handles,
         counters,
+        tasks,
+        jobs,
+        store: store.clone(),
         restarts,
         sup,
         sup_join,

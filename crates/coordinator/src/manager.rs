@@ -29,6 +29,8 @@ pub const MAX_REQUEST_ID: usize = 128;
 pub struct ManagerCtx {
     pub job: JobCtx,
     pub restarts: Arc<AtomicU64>,
+    /// Owner of the list queries it spawns.
+    pub tasks: crate::slot::Tasks,
 }
 
 pub struct JobManagerActor;
@@ -172,7 +174,7 @@ impl Actor for JobManagerActor {
                     .filter_map(|id| st.finished_status(*id).ok())
                     .collect();
                 // Asking each job actor must not hold up the manager.
-                tokio::spawn(async move {
+                st.sh.tasks.spawn(async move {
                     let mut all = done;
                     for a in running {
                         if let Ok(ractor::rpc::CallResult::Success(Ok(s))) =

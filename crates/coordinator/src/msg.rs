@@ -55,6 +55,8 @@ pub enum RegMsg {
     Tick,
     Flushed(u64),
     InjectPanic,
+    /// Answered once every message before it was handled (a graceful stop's barrier).
+    Barrier(RpcReplyPort<()>),
 }
 
 pub enum JobInit {
@@ -122,4 +124,6 @@ pub enum MgrMsg {
 pub enum IngestMsg {
     /// (minion id, session generation, batch, session)
     Results(String, u64, v1::ResultBatch, SessionTx),
+    /// Answered once every message before it was handled (a graceful stop's barrier).
+    Barrier(RpcReplyPort<()>),
 }

@@ -137,6 +137,10 @@ impl Actor for RegistryActor {
                 st.c.flushed(seq);
             }
             RegMsg::InjectPanic => panic!("injected panic in the registry (supervision test)"),
+            RegMsg::Barrier(reply) => {
+                sched = false;
+                let _ = reply.send(());
+            }
         }
         if sched {
             let sh = &st.sh;

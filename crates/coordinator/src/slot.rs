@@ -61,6 +61,9 @@ impl<M> JobDir<M> {
             d.remove(&id);
         }
     }
+    pub fn all(&self) -> Vec<ActorRef<M>> {
+        self.0.read().expect("job dir").values().cloned().collect()
+    }
     pub fn drain(&self) -> Vec<ActorRef<M>> {
         self.0
             .write()
@@ -89,5 +92,82 @@ impl TokenSource {
     pub fn next(&self) -> Token {
         let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
         overlord_core::sched::token(self.epoch, n)
+    }
+}
+
+/// Tasks spawned on behalf of the tree or the gRPC layer (session readers, watch streams, list
+/// queries): each is counted here, so a graceful stop can tell them to finish (`closing`) and wait
+/// for them. Nothing the coordinator spawns is left without an owner.
+#[derive(Clone)]
+pub struct Tasks {
+    live: Arc<AtomicU64>,
+    ended: Arc<tokio::sync::Notify>,
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Tasks {
+    fn default() -> Self {
+        Tasks {
+            live: Arc::default(),
+            ended: Arc::default(),
+            closing: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
+/// Decrements the live count when a tracked task ends (also when it panics or is aborted).
+struct Live(Arc<AtomicU64>, Arc<tokio::sync::Notify>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.1.notify_waiters();
+    }
+}
+
+impl Tasks {
+    pub fn spawn<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.live.fetch_add(1, Ordering::AcqRel);
+        let guard = Live(self.live.clone(), self.ended.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            f.await
+        })
+    }
+    /// Resolves once a graceful stop began: stop taking new work.
+    pub fn closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
+    }
+    pub fn is_closing(&self) -> bool {
+        *self.closing.borrow()
+    }
+    /// Begins the stop: every task is told to finish.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+    /// Waits until every tracked task ended.
+    pub async fn wait(&self) {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.live.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.live.load(Ordering::Acquire) as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
