@@ -721,3 +721,110 @@ async fn library_coordinator_runs_leak_lookups_and_names_modules_nobody_serves()
     coordinator.shutdown().await;
     Ok(())
 }
+
+/// Invariant: a graceful stop (`Running::shutdown`: stop accepting, finish acks, flush, close)
+/// loses no acknowledged result. A minion keeps answering leases while the coordinator stops;
+/// afterwards every result the coordinator acknowledged as accepted is stored as done (read back
+/// through the storage API), the session ended with a status (not a reset), and the stop took
+/// bounded time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_loses_no_acknowledged_result() -> anyhow::Result<()> {
+    use overlord_chaos_tests::rogue::{RogueIdentity, RogueMinion, empty_result};
+    use overlord_storage::{SledStore, Store, StoredTask};
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    let cluster = InProc::start(&[], 1).await?;
+    let mut c = client(&cluster.url).await?;
+    let who = RogueIdentity::noop("r", "prov-r", 64);
+    let rogue =
+        Arc::new(RogueMinion::connect(&cluster.url, &who, Some(Duration::from_millis(100))).await?);
+    let job = submit(&mut c, noop_spec(20_000, 0)).await?;
+    // The minion answers every lease at once, in batches, until its session ends.
+    let sender = {
+        let r = rogue.clone();
+        tokio::spawn(async move {
+            let mut next = 0;
+            loop {
+                let (fresh, closed) = {
+                    let l = r.log();
+                    let fresh: Vec<_> = l.leases[next..]
+                        .iter()
+                        .map(|(_, x)| empty_result(x))
+                        .collect();
+                    next = l.leases.len();
+                    (fresh, l.closed.is_some())
+                };
+                if closed {
+                    break;
+                }
+                if fresh.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                } else if r.send(fresh).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let accepted = |r: &RogueMinion| r.log().acks.iter().filter(|(_, a)| a.accepted).count();
+    wait_until(
+        Duration::from_secs(30),
+        "some acknowledged results",
+        || async { (accepted(&rogue) > 500).then_some(()) },
+    )
+    .await?;
+    let InProc {
+        coordinator, dir, ..
+    } = cluster;
+    let t0 = std::time::Instant::now();
+    coordinator.shutdown().await;
+    let took = t0.elapsed();
+    tokio::time::timeout(Duration::from_secs(10), sender).await??;
+    let (acked, closed, n_leases) = {
+        let l = rogue.log();
+        let acked: HashSet<u64> = l
+            .acks
+            .iter()
+            .filter(|(_, a)| a.accepted)
+            .map(|(_, a)| a.token)
+            .collect();
+        (acked, l.closed.clone(), l.leases.len())
+    };
+    let task_of: HashMap<u64, u64> = rogue
+        .leases()
+        .iter()
+        .map(|l| (l.token, l.task_id))
+        .collect();
+    assert!(closed.is_some(), "the session ended");
+    assert!(
+        took < Duration::from_secs(30),
+        "graceful stop took {took:?}"
+    );
+    assert!(
+        acked.len() < 20_000,
+        "the stop came while results were still flowing ({} acked of {n_leases} leased)",
+        acked.len()
+    );
+    // The sled directory is free once the coordinator is gone; reopen it like a restart would.
+    let store = SledStore::open(&dir.path().join("data"))?;
+    let done: HashSet<u64> = store
+        .tasks(job)?
+        .into_iter()
+        .filter_map(|t| match t {
+            StoredTask::Done(id) => Some(id),
+            StoredTask::Record(_) => None,
+        })
+        .collect();
+    let lost: Vec<u64> = acked
+        .iter()
+        .map(|t| task_of[t])
+        .filter(|id| !done.contains(id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged results not stored after a graceful stop (of {}): {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(10)]
+    );
+    Ok(())
+}

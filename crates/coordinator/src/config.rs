@@ -298,7 +298,10 @@ impl CoordinatorConfig {
                         l.handshake_timeout_ms, l.idle_timeout_ms
                     )));
                 }
-                if l.watches_per_owner == 0 || l.submits_per_owner == 0 || l.results_page_bytes < 1024 {
+                if l.watches_per_owner == 0
+                    || l.submits_per_owner == 0
+                    || l.results_page_bytes < 1024
+                {
                     return Err(ConfigError::Invalid(
                         "[limits] watches_per_owner and submits_per_owner must be > 0, results_page_bytes >= 1024".into(),
                     ));

@@ -52,6 +52,8 @@ pub struct Counters {
     pub batches: AtomicU64,
     pub flushes: AtomicU64,
     pub offers: AtomicU64,
+    /// Outputs (acks, replies, events) deferred until a flush and not yet released.
+    pub unreleased: AtomicU64,
 }
 
 impl Counters {

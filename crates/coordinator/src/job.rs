@@ -8,12 +8,13 @@
 //! then gives back every lease it held (`Adopt` without `keep`): those tasks run again under new
 //! tokens, and a late result under an old token is rejected, so nothing is stored twice.
 
-use crate::actors::Shared;
-use crate::commit::Committer;
-use crate::engine::{Counters, IngestedResult, ParsedFinding, SessionTx, pending_blob, status_of};
-use crate::hub::{FanMsg, HubEvent};
-use crate::manager::MgrMsg;
-use crate::registry::{Demand, RegMsg, SlotOffer};
+use crate::commit::{Committer, FlushMsg};
+use crate::engine::{
+    Counters, EngineConfig, IngestedResult, ParsedFinding, SessionTx, pending_blob, status_of,
+};
+use crate::hub::{Durable, FanMsg, HubEvent};
+use crate::msg::{Demand, JobInit, JobMsg, MgrMsg, RegMsg, SlotOffer};
+use crate::slot::{JobDir, Slot, TokenSource};
 use crate::telemetry;
 use overlord_core::finding::Payload;
 use overlord_core::followup::{FindingView, follow_ups};
@@ -26,7 +27,7 @@ use overlord_core::sched::{self, Retry, Verdict};
 use overlord_core::{JobId, TaskId, Token, now_ms};
 use overlord_proto::error::ApiError;
 use overlord_proto::v1::{self, coordinator_message::Msg as CMsg};
-use overlord_storage::{Op, StoreError, StoredTask};
+use overlord_storage::{Op, Store, StoreError, StoredTask};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -41,50 +42,28 @@ const DEMAND_REFRESH_MS: u64 = 500;
 /// Pending tasks an offer may skip over (no offered minion runs their module) before it stops.
 const MAX_SKIP: usize = 1024;
 
-pub enum JobInit {
-    /// Just submitted: the manager wrote the spec and the first record.
-    New {
-        rec: JobRecord,
-        spec: Arc<JobSpec>,
-        plan: RootPlan,
-    },
-    /// Rebuilt from storage. `keep_leases`: after a coordinator restart, leases of minions that
-    /// come back stay valid; after this actor's own failure they are all given back.
-    Recover { id: JobId, keep_leases: bool },
-}
-
-pub enum JobMsg {
-    Offer {
-        offer: u64,
-        slots: Vec<SlotOffer>,
-        alive: u32,
-    },
-    Results {
-        minion: String,
-        provider: String,
-        generation: u64,
-        items: Vec<IngestedResult>,
-        tx: SessionTx,
-    },
-    /// Leases the registry took back (minion dead or replaced): (tokens, reason, count attempt).
-    Requeue(Vec<Token>, String, bool),
-    /// Results rejected by the registry as stale (counted in the job's record).
-    Stale(u64),
-    Status(RpcReplyPort<Result<v1::JobStatus, ApiError>>),
-    Cancel(RpcReplyPort<Result<v1::JobStatus, ApiError>>),
-    /// The registry restarted: report live leases again.
-    Readopt,
-    Flushed(u64),
-    Tick,
-    /// Sent by the manager once it recorded the job as finished.
-    Stop,
-    InjectPanic,
+/// What a job actor uses.
+#[derive(Clone)]
+pub struct JobCtx {
+    pub store: Arc<dyn Store>,
+    pub cfg: EngineConfig,
+    pub counters: Arc<Counters>,
+    pub flusher: Slot<FlushMsg>,
+    pub fanout: Slot<FanMsg>,
+    pub registry: Slot<RegMsg>,
+    pub manager: Slot<MgrMsg>,
+    pub durable: Durable,
+    /// The actor enters itself here (and leaves on stop) so results and offers reach it.
+    pub jobs: JobDir<JobMsg>,
+    pub tokens: TokenSource,
+    /// The leak lookup the coordinator runs itself (`crate::lookup`); None: `leak` tasks fail.
+    pub lookup: Option<crate::lookup::LeakLookup>,
 }
 
 pub struct JobActor;
 
 pub struct JobSt {
-    sh: Shared,
+    sh: JobCtx,
     c: Committer,
     rec: JobRecord,
     spec: Arc<JobSpec>,
@@ -114,7 +93,7 @@ pub struct JobSt {
 impl Actor for JobActor {
     type Msg = JobMsg;
     type State = JobSt;
-    type Arguments = (Shared, JobInit);
+    type Arguments = (JobCtx, JobInit);
 
     async fn pre_start(
         &self,
@@ -138,11 +117,7 @@ impl Actor for JobActor {
                 (st, Some((leased, keep_leases)))
             }
         };
-        st.sh
-            .jobs
-            .write()
-            .expect("job dir")
-            .insert(st.rec.id, myself.clone());
+        st.sh.jobs.insert(st.rec.id, myself.clone());
         if let Some((leases, keep)) = adopt
             && let Some(r) = st.sh.registry.get()
         {
@@ -227,17 +202,14 @@ impl Actor for JobActor {
         myself: ActorRef<Self::Msg>,
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let mut dir = st.sh.jobs.write().expect("job dir");
-        if dir.get(&st.rec.id).map(|a| a.get_id()) == Some(myself.get_id()) {
-            dir.remove(&st.rec.id);
-        }
+        st.sh.jobs.remove_if(st.rec.id, myself.get_id());
         Ok(())
     }
 }
 
 impl JobSt {
     fn new(
-        sh: Shared,
+        sh: JobCtx,
         c: Committer,
         rec: JobRecord,
         spec: Arc<JobSpec>,
@@ -270,7 +242,7 @@ impl JobSt {
     }
 
     /// Rebuilds a running job from storage.
-    fn recover(sh: Shared, c: Committer, id: JobId) -> Result<Self, StoreError> {
+    fn recover(sh: JobCtx, c: Committer, id: JobId) -> Result<Self, StoreError> {
         let store = sh.store.clone();
         let corrupt = |reason: String| StoreError::Corrupt {
             key: format!("j:{id}"),
@@ -617,7 +589,7 @@ impl JobSt {
                 }
                 continue;
             };
-            let token = self.sh.next_token();
+            let token = self.sh.tokens.next();
             let deadline = now + self.sh.cfg.task_timeout_ms;
             let t = self.tasks.get_mut(&task_id).expect("pending task");
             t.state = TaskState::Leased {

@@ -170,17 +170,32 @@ mod tests {
         );
         // OCR read `+` as `t` and `1` as `l`: still the known address, with what was read
         let fuzzy = leaks(
-            &m.run(&task(json!({"emails": ["bobtshop@mxl.example.org", "bob+shop@mx1.example.org"]})))
-                .unwrap(),
+            &m.run(&task(
+                json!({"emails": ["bobtshop@mxl.example.org", "bob+shop@mx1.example.org"]}),
+            ))
+            .unwrap(),
         );
         assert_eq!(fuzzy.len(), 1, "two readings of one address: {fuzzy:?}");
         assert_eq!(fuzzy[0].email, "bob+shop@mx1.example.org");
-        assert_eq!(fuzzy[0].read_as.as_deref(), Some("bobtshop@mxl.example.org"));
-        assert!(m.run(&task(json!({"emails": ["carol@example.net"]}))).unwrap().is_empty());
+        assert_eq!(
+            fuzzy[0].read_as.as_deref(),
+            Some("bobtshop@mxl.example.org")
+        );
+        assert!(
+            m.run(&task(json!({"emails": ["carol@example.net"]})))
+                .unwrap()
+                .is_empty()
+        );
         assert!(m.run(&task(json!({}))).is_err());
         assert!(m.run(&task(json!({"emails": [1]}))).is_err());
-        let many: Vec<String> = (0..=MAX_EMAILS).map(|i| format!("u{i}@x.example")).collect();
-        assert!(m.run(&task(json!({ "emails": many }))).unwrap_err().contains("cap"));
+        let many: Vec<String> = (0..=MAX_EMAILS)
+            .map(|i| format!("u{i}@x.example"))
+            .collect();
+        assert!(
+            m.run(&task(json!({ "emails": many })))
+                .unwrap_err()
+                .contains("cap")
+        );
     }
 
     #[test]

@@ -94,8 +94,8 @@ impl Gate {
             reg.minion_id = minion_id;
             reg.provider = provider;
             // Only the coordinator issues certificates for reserved ids (enrollment refuses them).
-            let internal = overlord_core::security::RESERVED_MINION_IDS
-                .contains(&reg.minion_id.as_str());
+            let internal =
+                overlord_core::security::RESERVED_MINION_IDS.contains(&reg.minion_id.as_str());
             (internal, Some(serial))
         } else {
             let internal = metadata
@@ -104,7 +104,8 @@ impl Gate {
                 .is_some_and(|v| v == self.internal_secret);
             (internal, None)
         };
-        check_reserved(&reg.minion_id, &reg.modules, internal).map_err(Status::permission_denied)?;
+        check_reserved(&reg.minion_id, &reg.modules, internal)
+            .map_err(Status::permission_denied)?;
         Ok(serial)
     }
 
@@ -160,7 +161,13 @@ impl Gate {
 
     /// Ids with a session now.
     pub fn live_ids(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.live.lock().expect("sessions").keys().cloned().collect();
+        let mut v: Vec<String> = self
+            .live
+            .lock()
+            .expect("sessions")
+            .keys()
+            .cloned()
+            .collect();
         v.sort();
         v
     }
