@@ -830,8 +830,8 @@ impl v1::minion_service_server::MinionService for MinionApi {
                     }
                 };
                 let sent = match m.msg {
-                    Some(MMsg::Heartbeat(_)) => registry
-                        .cast(RegMsg::Heartbeat(id.clone(), generation))
+                    Some(MMsg::Heartbeat(hb)) => registry
+                        .cast(RegMsg::Heartbeat(id.clone(), generation, hb.held_tokens))
                         .map_err(|_| ()),
                     Some(MMsg::Results(b)) => ingest
                         .cast(IngestMsg::Results(id.clone(), generation, b, tx.clone()))

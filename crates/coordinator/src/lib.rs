@@ -11,6 +11,7 @@ pub mod images;
 pub mod ingest;
 pub mod job;
 pub mod manager;
+pub mod model;
 pub mod registry;
 pub mod security;
 pub mod telemetry;
