@@ -134,6 +134,8 @@ pub struct ParsedFinding {
     pub target: Option<IpAddr>,
     pub port: Option<u16>,
     pub data: serde_json::Value,
+    /// Size of the data as reported (JSON bytes), for `overlord_core::trust::check_result`.
+    pub data_bytes: usize,
     /// (sha256 hex, bytes)
     pub blob: Option<(String, Vec<u8>)>,
 }
@@ -208,6 +210,7 @@ pub fn parse_findings(items: &[v1::FindingOut]) -> Result<Vec<ParsedFinding>, St
                 target,
                 port: (f.port != 0).then_some(f.port as u16),
                 data,
+                data_bytes: f.data_json.len(),
                 blob: (!f.blob.is_empty()).then(|| {
                     use sha2::Digest;
                     (hex(&sha2::Sha256::digest(&f.blob)), f.blob.clone())

@@ -46,6 +46,10 @@ pub struct Reported<'a> {
     pub data_bytes: usize,
 }
 
+/// Start of the ack reason of a result rejected by [`check_result`] (the session layer counts
+/// these as strikes against the minion).
+pub const REJECTED_PREFIX: &str = "rejected finding: ";
+
 /// Why a result was rejected (shown to the minion in its ack, counted against it).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Violation {
@@ -123,9 +127,21 @@ pub enum FollowupRefusal {
 pub struct FollowupGuard {
     seen: HashSet<(String, Option<IpAddr>, Vec<u16>, Option<String>)>,
     made: u64,
+    /// Depth of follow-up tasks made here (root tasks: 0, absent).
+    depth: std::collections::HashMap<u64, u32>,
 }
 
 impl FollowupGuard {
+    /// Depth of a task (0 for a root task or one this guard did not make).
+    pub fn depth_of(&self, task: u64) -> u32 {
+        self.depth.get(&task).copied().unwrap_or(0)
+    }
+
+    /// Remembers the depth of follow-up `task`.
+    pub fn set_depth(&mut self, task: u64, depth: u32) {
+        self.depth.insert(task, depth);
+    }
+
     /// `depth`: the new task's depth (a root task's follow-up is 1); `in_scope`: whether its
     /// target lies in the job's ranges (and the coordinator's scope).
     pub fn admit(
