@@ -620,7 +620,15 @@ impl JobSt {
                 continue;
             };
             let token = self.sh.next_token();
-            let deadline = now + self.sh.cfg.task_timeout_ms;
+            // A lease lasts as long as its module is expected to take (x4), not the global max:
+            // a minion that heartbeats but never answers loses it in seconds.
+            let deadline = now
+                + overlord_core::trust::lease_timeout_ms(
+                    &t.spec.module,
+                    t.spec.ports.len(),
+                    &self.spec.params,
+                    self.sh.cfg.task_timeout_ms,
+                );
             let t = self.tasks.get_mut(&task_id).expect("pending task");
             t.state = TaskState::Leased {
                 minion: slots[i].minion.clone(),
@@ -1008,6 +1016,9 @@ impl JobSt {
             let depth = self.followups.depth_of(task) + 1;
             for fu in follow_ups(&self.spec.modules, &view) {
                 // Re-checked against the job's scope, deduplicated, capped in depth and number.
+                if fu.module == "leak" && !overlord_core::trust::leak_lookup_allowed(&t.spec) {
+                    continue;
+                }
                 let in_scope = fu
                     .target
                     .is_none_or(|ip| self.spec.ranges.iter().any(|r| r.contains_ip(ip)));

@@ -176,6 +176,33 @@ impl FollowupGuard {
     }
 }
 
+/// Leak lookups run only for e-mails of an `enrichment` from an `enrich` task that worked on a
+/// stored screenshot of this job (its blob), never for one reported by any other task.
+pub fn leak_lookup_allowed(parent: &TaskSpec) -> bool {
+    parent.module == "enrich" && parent.blob_sha256.is_some()
+}
+
+/// How long a lease of `module` over `ports` ports may run before it is taken back, even from a
+/// minion that keeps heartbeating: four times the module's expected duration, at least 30 s, at
+/// most `max_ms` (the configured `task_timeout_ms`). Unknown modules get `max_ms`.
+pub fn lease_timeout_ms(module: &str, ports: usize, params: &serde_json::Value, max_ms: u64) -> u64 {
+    let p = ports.max(1) as u64;
+    let expected_ms = match module {
+        // A connect scan of a chunk: a few ms per port with the module's concurrency, plus
+        // connect timeouts.
+        "portscan" => 5_000 + 5 * p,
+        "banner" => 10_000 * p,
+        "service" => 20_000 * p,
+        "screenshot" => 30_000 * p,
+        "enrich" => 60_000,
+        "leak" => 5_000,
+        "beacon" => 300_000, // its own time limit (minion `modules::beacon::TIME_LIMIT`)
+        "noop" => 1_000 + params.get("sleep_ms").and_then(|v| v.as_u64()).unwrap_or(0),
+        _ => return max_ms,
+    };
+    (expected_ms.saturating_mul(4)).clamp(30_000, max_ms.max(30_000)).min(max_ms)
+}
+
 /// Violations a minion may send within [`STRIKE_WINDOW_MS`] before it is quarantined for
 /// [`QUARANTINE_MS`].
 pub const MAX_STRIKES: u32 = 3;
@@ -295,6 +322,31 @@ mod tests {
             g.admit("service", Some(ip), &[82], None, 1, true),
             Err(FollowupRefusal::TooMany)
         );
+    }
+
+    #[test]
+    fn leak_lookups_only_from_enrichment_of_a_stored_screenshot() {
+        let mut t = task("enrich", Some("127.0.0.1"), &[5900]);
+        assert!(!leak_lookup_allowed(&t), "an enrich task over a file input");
+        t.blob_sha256 = Some("ab".into());
+        assert!(leak_lookup_allowed(&t));
+        let mut s = task("screenshot", Some("127.0.0.1"), &[5900]);
+        s.blob_sha256 = Some("ab".into());
+        assert!(!leak_lookup_allowed(&s));
+    }
+
+    #[test]
+    fn lease_timeouts_follow_the_modules_expected_duration() {
+        let none = serde_json::Value::Null;
+        assert_eq!(lease_timeout_ms("noop", 0, &none, 600_000), 30_000);
+        assert_eq!(
+            lease_timeout_ms("noop", 0, &serde_json::json!({"sleep_ms": 20_000}), 600_000),
+            84_000
+        );
+        assert_eq!(lease_timeout_ms("portscan", 2048, &none, 600_000), 60_960);
+        assert_eq!(lease_timeout_ms("service", 16, &none, 600_000), 600_000, "capped");
+        assert_eq!(lease_timeout_ms("udp", 1, &none, 600_000), 600_000, "unknown: the max");
+        assert_eq!(lease_timeout_ms("noop", 0, &none, 5_000), 5_000, "never above the max");
     }
 
     #[test]
