@@ -99,10 +99,39 @@ async fn wait_done(c: &mut client::Client, job: u64, timeout: Duration) -> Resul
     }
 }
 
+/// Throughput without and with transport security (mTLS for minions, TLS + an API token for
+/// the client), in the same run, and their ratio (bar: secured >= 80 % of plain).
 pub async fn throughput(tasks: u64) -> Result<()> {
+    let plain = throughput_once(tasks, false).await?;
+    let secured = throughput_once(tasks, true).await?;
+    println!(
+        "== throughput with mTLS + API tokens: {secured:.0} tasks/s vs {plain:.0} without = {:.1} % (bar >= 80 %)",
+        100.0 * secured / plain
+    );
+    Ok(())
+}
+
+async fn throughput_once(tasks: u64, secured: bool) -> Result<f64> {
     let dir = tempfile::tempdir()?;
-    let cluster = Embedded::start(dir.path().join("data"), 2, 1024).await?;
-    let mut c = client::connect(&cluster.url).await?;
+    let mut settings = overlord_coordinator::Settings::local(dir.path().join("data"));
+    let mut creds = client::Credentials::default();
+    if secured {
+        let ca_dir = dir.path().join("pki");
+        overlord_coordinator::security::pki::init(&ca_dir, &[])?;
+        let tf = dir.path().join("tokens.toml");
+        let token = overlord_coordinator::security::tokens::add_token(
+            &tf,
+            "bench",
+            overlord_core::security::Role::Operator,
+            None,
+        )?;
+        settings.tls = Some(overlord_coordinator::security::TlsSettings { ca_dir: ca_dir.clone() });
+        settings.tokens = Some(overlord_coordinator::security::tokens::Tokens::load(&tf)?);
+        creds.token = Some(token);
+        creds.ca_pem = Some(std::fs::read_to_string(ca_dir.join("ca.pem"))?);
+    }
+    let cluster = Embedded::start_with(settings, 2, 1024).await?;
+    let mut c = client::connect_with(&cluster.url, &creds).await?;
     // Let both minions register.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = Instant::now();
@@ -122,8 +151,9 @@ pub async fn throughput(tasks: u64) -> Result<()> {
         );
     }
     let rate = st.tasks_done as f64 / secs;
+    let how = if secured { "mTLS + token" } else { "plaintext" };
     println!(
-        "== throughput: {tasks} no-op tasks, coordinator -> 2 minions (gRPC over loopback) -> sled (grouped flushes, acked after flush)"
+        "== throughput ({how}): {tasks} no-op tasks, coordinator -> 2 minions (gRPC over loopback) -> sled (grouped flushes, acked after flush)"
     );
     println!(
         "   done {} failed {} findings stored {} in {secs:.2}s = {rate:.0} tasks/s (bar >= 20000; Celery 5.7+Redis 556, Ray 2.60 2193 on a similar 2-core box)",
@@ -136,7 +166,7 @@ pub async fn throughput(tasks: u64) -> Result<()> {
         );
     }
     cluster.shutdown().await;
-    Ok(())
+    Ok(rate)
 }
 
 fn spawn_self(args: &[&str]) -> Result<Child> {

@@ -50,16 +50,25 @@ impl Embedded {
         let coordinator = overlord_coordinator::start(settings, listener)
             .await
             .with_context(|| format!("starting embedded coordinator on {}", data_dir.display()))?;
-        let url = format!("http://{}", coordinator.addr);
+        let url = coordinator.local_url();
+        let minion_url = coordinator.minion_url();
         let (stop, _) = watch::channel(false);
         let mut handles = Vec::new();
         for i in 0..minions {
-            let s = minion_settings(
-                &url,
-                &format!("embedded-{}", i + 1),
-                &format!("local-{}", (b'a' + i as u8) as char),
-                capacity,
+            let (id, provider) = (
+                format!("embedded-{}", i + 1),
+                format!("local-{}", (b'a' + i as u8) as char),
             );
+            let mut s = minion_settings(&minion_url, &id, &provider, capacity);
+            // A secured embedded cluster: each minion gets a certificate from the cluster CA.
+            if let Some(ca) = &coordinator.ca {
+                let cert = ca.issue_internal(&id, &provider)?;
+                s.tls = Some(overlord_minion::config::ClientTls {
+                    ca_pem: ca.ca_pem.clone(),
+                    cert_pem: cert.cert_pem,
+                    key_pem: cert.key_pem,
+                });
+            }
             let mut rx = stop.subscribe();
             handles.push(tokio::spawn(async move {
                 let _ = overlord_minion::run(s, overlord_minion::modules::builtin(), async move {

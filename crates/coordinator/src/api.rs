@@ -797,6 +797,7 @@ impl v1::minion_service_server::MinionService for MinionApi {
         let serial = gate.identify(certs, &metadata, &mut reg)?;
         check_register(&reg)?;
         let id = reg.minion_id.clone();
+        let id_out = id.clone();
         let sid = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::unbounded_channel();
         let txc: SessionTx = tx.clone();
@@ -878,7 +879,18 @@ impl v1::minion_service_server::MinionService for MinionApi {
             gate.leave(&id, sid);
             let _ = registry.cast(RegMsg::Disconnected(id, sid));
         });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        // A session closed for a rejected result (a violation: the job kicks the minion) counts
+        // against this minion; repeated, it is quarantined.
+        let (gate, who) = (self.gate.clone(), id_out);
+        let out = tokio_stream::StreamExt::map(UnboundedReceiverStream::new(rx), move |m| {
+            if let Err(st) = &m
+                && st.message().contains(overlord_core::trust::REJECTED_PREFIX)
+            {
+                gate.strike(&who, 1);
+            }
+            m
+        });
+        Ok(Response::new(Box::pin(out)))
     }
 }
 

@@ -144,6 +144,8 @@ pub struct ParsedFinding {
     pub data: serde_json::Value,
     /// `data` typed by the schema (the follow-up rules read this).
     pub parsed: overlord_core::finding::Parsed,
+    /// Size of the data as reported (JSON bytes), for `overlord_core::trust::check_result`.
+    pub data_bytes: usize,
     /// (sha256 hex, bytes)
     pub blob: Option<(String, Vec<u8>)>,
 }
@@ -223,6 +225,7 @@ pub fn parse_findings(items: &[v1::FindingOut]) -> Result<Vec<ParsedFinding>, St
                 target,
                 port: (f.port != 0).then_some(f.port as u16),
                 data,
+                data_bytes: f.data_json.len(),
                 blob: (!f.blob.is_empty()).then(|| {
                     use sha2::Digest;
                     (hex(&sha2::Sha256::digest(&f.blob)), f.blob.clone())

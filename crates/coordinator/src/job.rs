@@ -88,6 +88,8 @@ pub struct JobSt {
     capacity_hint: usize,
     last_demand: Option<Demand>,
     last_demand_ms: u64,
+    /// Follow-up admission (scope, dedup, depth, per-job cap); in memory only.
+    followups: overlord_core::trust::FollowupGuard,
 }
 
 impl Actor for JobActor {
@@ -238,6 +240,7 @@ impl JobSt {
             capacity_hint: 0,
             last_demand: None,
             last_demand_ms: 0,
+            followups: Default::default(),
         }
     }
 
@@ -590,7 +593,15 @@ impl JobSt {
                 continue;
             };
             let token = self.sh.tokens.next();
-            let deadline = now + self.sh.cfg.task_timeout_ms;
+            // A lease lasts as long as its module is expected to take (x4), not the global max:
+            // a minion that heartbeats but never answers loses it in seconds.
+            let deadline = now
+                + overlord_core::trust::lease_timeout_ms(
+                    &t.spec.module,
+                    t.spec.ports.len(),
+                    &self.spec.params,
+                    self.sh.cfg.task_timeout_ms,
+                );
             let t = self.tasks.get_mut(&task_id).expect("pending task");
             t.state = TaskState::Leased {
                 minion: slots[i].minion.clone(),
@@ -801,6 +812,35 @@ impl JobSt {
                     self.requeue(r.task_id, &format!("malformed result: {e}"), true);
                     malformed = Some(e);
                 }
+                // Untrusted input: every finding is held against the task it answers.
+                Ok(findings)
+                    if r.ok
+                        && let Some(Err(v)) = self.tasks.get(&r.task_id).map(|t| {
+                            let seen: Vec<overlord_core::trust::Reported<'_>> = findings
+                                .iter()
+                                .map(|f| overlord_core::trust::Reported {
+                                    kind: &f.kind,
+                                    target: f.target,
+                                    port: f.port,
+                                    data_bytes: f.data_bytes,
+                                })
+                                .collect();
+                            overlord_core::trust::check_result(&t.spec, &seen)
+                        }) =>
+                {
+                    telemetry::record(
+                        telemetry::Event::ResultRejected {
+                            reason: "violation",
+                        },
+                        1,
+                    );
+                    warn!(job_id = self.rec.id, task_id = r.task_id, minion, violation = %v, "result rejected");
+                    let reason = format!("{}{v}", overlord_core::trust::REJECTED_PREFIX);
+                    acks.push(ack(token, false, &reason));
+                    // Another minion gets the task; this attempt is not counted against it.
+                    self.requeue(r.task_id, &reason, false);
+                    malformed = Some(reason);
+                }
                 Ok(findings) if r.ok => {
                     self.complete_task(
                         r.task_id,
@@ -980,8 +1020,31 @@ impl JobSt {
                 port: rec.port,
                 blob_sha256: rec.blob_sha256.as_deref(),
             };
+            let depth = self.followups.depth_of(task) + 1;
             for fu in follow_ups(&self.spec.rules, &self.spec.modules, &view) {
+                // Re-checked against the job's scope, deduplicated, capped in depth and number.
+                if fu.module == "leak" && !overlord_core::trust::leak_lookup_allowed(&t.spec) {
+                    continue;
+                }
+                let in_scope = fu
+                    .target
+                    .is_none_or(|ip| self.spec.ranges.iter().any(|r| r.contains_ip(ip)));
+                if self
+                    .followups
+                    .admit(
+                        &fu.module,
+                        fu.target,
+                        &fu.ports,
+                        fu.blob_sha256.as_deref(),
+                        depth,
+                        in_scope,
+                    )
+                    .is_err()
+                {
+                    continue;
+                }
                 let id = self.rec.next_task_id;
+                self.followups.set_depth(id, depth);
                 self.rec.next_task_id += 1;
                 self.rec.tasks_created += 1;
                 let spec = TaskSpec {

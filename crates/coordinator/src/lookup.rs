@@ -97,7 +97,9 @@ impl LeakLookup {
             };
             let payload = Payload::Leak(leak);
             let data = payload.to_data();
+            let data_bytes = data.to_string().len();
             out.push(ParsedFinding {
+                data_bytes,
                 kind: payload.kind_name().to_string(),
                 target: task.target,
                 port: task.ports.first().copied(),

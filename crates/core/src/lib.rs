@@ -11,6 +11,7 @@
 //! - [`finding`]: the typed, versioned finding schema (kinds, payloads, JSON Schema).
 //! - [`followup`]: follow-up rules (finding → new tasks).
 //! - [`sched`]: placement, lease checks, retry policy, failure detection.
+//! - [`trust`]: results as untrusted input (findings vs. their task, follow-up guard, strikes).
 //! - [`security`]: roles and what they may do, minion session admission, reserved identities,
 //!   input-path confinement, error-text clipping.
 
@@ -24,6 +25,7 @@ pub mod sched;
 pub mod scope;
 pub mod security;
 pub mod target;
+pub mod trust;
 
 /// Job identifier (monotonic per coordinator data directory).
 pub type JobId = u64;

@@ -41,6 +41,8 @@ pub struct Gate {
     live: Mutex<HashMap<String, Live>>,
     revoked: Mutex<HashSet<String>>,
     ca_dir: Option<PathBuf>,
+    /// Violations per minion id (`overlord_core::trust::Strikes`).
+    strikes: Mutex<HashMap<String, overlord_core::trust::Strikes>>,
 }
 
 impl Gate {
@@ -53,6 +55,7 @@ impl Gate {
             live: Mutex::default(),
             revoked: Mutex::new(revoked),
             ca_dir,
+            strikes: Mutex::default(),
         })
     }
 
@@ -120,6 +123,14 @@ impl Gate {
         tx: SessionTx,
     ) -> Result<Admitted, Status> {
         let now = overlord_core::now_ms();
+        if let Some(s) = self.strikes.lock().expect("strikes").get(id)
+            && s.quarantined(now)
+        {
+            return Err(Status::permission_denied(format!(
+                "minion {id:?} is quarantined for {} more seconds after repeated result violations",
+                s.until.unwrap_or(now).saturating_sub(now) / 1000
+            )));
+        }
         let mut live = self.live.lock().expect("sessions");
         let seen = live.get(id).map(|l| l.last_seen.load(Ordering::Relaxed));
         match admit_session(seen, now, self.live_within_ms) {
@@ -157,6 +168,30 @@ impl Gate {
             last_seen,
             kill,
         })
+    }
+
+    /// Counts `n` rejected results against `id`; once it is quarantined its session is closed
+    /// and new ones are refused until the quarantine ends. True if it is now quarantined.
+    pub fn strike(&self, id: &str, n: usize) -> bool {
+        let now = overlord_core::now_ms();
+        let mut quarantined = false;
+        {
+            let mut st = self.strikes.lock().expect("strikes");
+            let s = st.entry(id.to_string()).or_default();
+            for _ in 0..n {
+                quarantined |= s.strike(now);
+            }
+        }
+        if quarantined {
+            warn!(minion = %id, "quarantined after repeated result violations");
+            if let Some(l) = self.live.lock().expect("sessions").remove(id) {
+                let _ = l.tx.send(Err(Status::permission_denied(
+                    "quarantined after repeated result violations",
+                )));
+                l.kill.notify_one();
+            }
+        }
+        quarantined
     }
 
     /// Ids with a session now.
