@@ -178,6 +178,8 @@ async fn ours(
         bail!("publisher acknowledged {sent} ({dups} duplicates) for {n} findings");
     }
     fh.shutdown().await;
+    // The next run's stream takes the same subjects: JetStream refuses overlapping streams.
+    js.delete_stream(stream).await?;
     Ok((n as f64 / secs, lat))
 }
 
