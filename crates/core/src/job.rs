@@ -242,7 +242,7 @@ pub fn root_plan(spec: &JobSpec) -> Result<RootPlan, SpecError> {
         }
     }
     Err(SpecError::Shape(format!(
-        "no enabled module can start this job: targets need one of portscan/service/banner/screenshot (with ports), inputs need enrich/beacon, noop needs params.count (enabled: {})",
+        "no enabled module can start this job: targets need one of portscan/udp/service/banner/screenshot (with ports), inputs need enrich/beacon, noop needs params.count (enabled: {})",
         spec.modules.join(",")
     )))
 }
