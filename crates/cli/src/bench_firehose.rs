@@ -160,9 +160,15 @@ async fn ours(
     let t0 = Instant::now();
     let (s2, d2, h2) = (store.clone(), durable.clone(), hub.clone());
     let producer = tokio::task::spawn_blocking(move || produce(s2, d2, h2, job, n, rate));
+    // Errors are retried by the publisher (a cluster still placing the stream's replicas); only
+    // a stall ends the run.
+    let (mut last, mut moved) = (0, Instant::now());
     while status.published(job) < n {
-        if let Some(e) = status.error() {
-            bail!("firehose error during the bench: {e}");
+        let p = status.published(job);
+        if p != last {
+            (last, moved) = (p, Instant::now());
+        } else if moved.elapsed() > Duration::from_secs(60) {
+            bail!("firehose stalled at {p} of {n}: {:?}", status.error());
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -178,6 +184,8 @@ async fn ours(
         bail!("publisher acknowledged {sent} ({dups} duplicates) for {n} findings");
     }
     fh.shutdown().await;
+    // The next run's stream takes the same subjects: JetStream refuses overlapping streams.
+    js.delete_stream(stream).await?;
     Ok((n as f64 / secs, lat))
 }
 
