@@ -728,6 +728,7 @@ async fn a_rogue_minions_forged_findings_are_rejected_and_it_is_quarantined() {
                                             port,
                                             data_json: "{}".into(),
                                             blob: vec![],
+                                            schema_version: overlord_core::finding::SCHEMA_VERSION,
                                         }],
                                         ..Default::default()
                                     }],

@@ -28,6 +28,7 @@ pub fn kinds_of(module: &str) -> Option<&'static [&'static str]> {
         "leak" => &["leak"],
         "beacon" => &["beacon", "beacon_summary"],
         "noop" => &["noop"],
+        "udp" => &["udp"],
         _ => return None,
     })
 }

@@ -29,7 +29,7 @@ pub use doc::markdown;
 
 pub use beacon::{Beacon, BeaconSummary};
 pub use enrichment::{Enrichment, Leak};
-pub use scan::{Banner, Noop, OpenPort};
+pub use scan::{Banner, Noop, OpenPort, UdpPort, UdpState};
 pub use screen::{Rdp, ScreenProtocol, Screenshot, ScreenshotError, VncCapture, X11Capture};
 pub use service::Service;
 
@@ -155,6 +155,8 @@ kinds! {
     Beacon(Box<Beacon>) = "beacon",
     /// Counters of one scored log (`beacon`).
     BeaconSummary(BeaconSummary) = "beacon_summary",
+    /// One UDP port probed with protocol payloads (`udp`).
+    Udp(Box<UdpPort>) = "udp",
     /// Exactly-once marker of the `noop` module.
     Noop(Noop) = "noop",
 }

@@ -57,3 +57,61 @@ pub struct Noop {
     /// The task that emitted it.
     pub task: u64,
 }
+
+/// State of a UDP port as the `udp` module judged it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum UdpState {
+    /// A reply came back.
+    #[serde(rename = "open")]
+    Open,
+    /// Silence after every retransmission: open or dropped.
+    #[serde(rename = "open|filtered")]
+    OpenFiltered,
+    /// ICMP port unreachable.
+    #[serde(rename = "closed")]
+    Closed,
+    /// Another ICMP error (administratively prohibited, host unreachable, ...).
+    #[serde(rename = "filtered")]
+    Filtered,
+}
+
+/// `udp`: one UDP port probed with protocol payloads (`udp` module).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UdpPort {
+    /// `ip:port` probed.
+    pub addr: String,
+    pub state: UdpState,
+    /// `udp-response`, `port-unreach`, `admin-prohibited`, `no-response`, ...
+    pub reason: String,
+    pub service: Option<String>,
+    pub product: Option<String>,
+    pub version: Option<String>,
+    pub info: Option<String>,
+    pub hostname: Option<String>,
+    pub os: Option<String>,
+    #[serde(default)]
+    pub cpe: Vec<String>,
+    /// The probe whose reply named the service.
+    pub probe: Option<String>,
+    /// How the reply was tied to our request, or the rule that matched.
+    pub evidence: Option<String>,
+    /// Only a softmatch named the service.
+    #[serde(default)]
+    pub soft: bool,
+    /// The naming reply echoed our request's identifier.
+    #[serde(default)]
+    pub validated: bool,
+    /// The first reply (escaped, capped).
+    pub reply: Option<String>,
+    #[serde(default)]
+    pub reply_bytes: usize,
+    /// Distinct probes sent, in order.
+    #[serde(default)]
+    pub probes_sent: Vec<String>,
+    /// Bursts sent (1 = no retransmission).
+    pub tries: u32,
+    /// First reply (or ICMP error) after the first send.
+    pub rtt_ms: Option<f64>,
+    pub budget_ms: u64,
+    pub spent_ms: f64,
+}

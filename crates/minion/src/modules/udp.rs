@@ -11,6 +11,7 @@ use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
 use futures::future::BoxFuture;
 use overlord_probes::service::ProbeDb;
 use overlord_probes::udp::{UdpOptions, UdpState, scan};
+use overlord_core::finding::UdpPort;
 use std::sync::Arc;
 use tokio::sync::OnceCell;
 
@@ -84,9 +85,11 @@ impl Module for UdpScan {
                 if !keep && !report_closed {
                     continue;
                 }
-                let data = serde_json::to_value(&r)
-                    .map_err(|e| ModuleError::Failed(format!("serialize report: {e}")))?;
-                out.push(FindingOut::new("udp", Some(ip), Some(r.addr.port()), data));
+                // The probe's report as the schema's typed payload (same field names).
+                let payload: Box<UdpPort> = serde_json::to_value(&r)
+                    .and_then(serde_json::from_value)
+                    .map_err(|e| ModuleError::Failed(format!("udp report to schema: {e}")))?;
+                out.push(FindingOut::new(Some(ip), Some(r.addr.port()), payload));
             }
             Ok(out)
         })
@@ -95,6 +98,7 @@ impl Module for UdpScan {
 
 #[cfg(test)]
 mod tests {
+    use overlord_core::finding::Payload;
     use super::*;
     use overlord_core::scope::Scope;
 
@@ -152,18 +156,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out.len(), 1, "{out:?}");
-        assert_eq!(out[0].kind, "udp");
         assert_eq!(out[0].port, Some(open));
-        assert_eq!(out[0].data["state"], "open");
-        assert_eq!(out[0].data["service"], "memcached");
-        assert_eq!(out[0].data["version"], "1.6.99");
-        assert_eq!(out[0].data["validated"], true);
+        let Payload::Udp(u) = &out[0].payload else {
+            panic!("not a udp finding: {out:?}")
+        };
+        assert_eq!(u.state, overlord_core::finding::UdpState::Open);
+        assert_eq!(u.service.as_deref(), Some("memcached"));
+        assert_eq!(u.version.as_deref(), Some("1.6.99"));
+        assert!(u.validated);
 
         let params = serde_json::json!({"nmap_probes": false, "retries": 0, "report_closed": true});
         let out = m.run(&task(vec![closed], params), &ctx()).await.unwrap();
         assert_eq!(out.len(), 1, "{out:?}");
-        assert_eq!(out[0].data["state"], "closed");
-        assert_eq!(out[0].data["reason"], "port-unreach");
+        let Payload::Udp(u) = &out[0].payload else {
+            panic!("not a udp finding: {out:?}")
+        };
+        assert_eq!(u.state, overlord_core::finding::UdpState::Closed);
+        assert_eq!(u.reason, "port-unreach");
 
         let bad = m
             .run(
