@@ -704,7 +704,8 @@ async fn library_coordinator_runs_leak_lookups_and_names_modules_nobody_serves()
         l.parent_task_id, enrich.task_id,
         "leak task spawned by the enrich task"
     );
-    let Payload::Leak(found) = Payload::parse(&l.kind, &serde_json::from_str(&l.data_json)?).payload
+    let Payload::Leak(found) =
+        Payload::parse(&l.kind, &serde_json::from_str(&l.data_json)?).payload
     else {
         panic!("a typed leak finding: {l:?}")
     };

@@ -90,7 +90,11 @@ impl Cluster {
         })
     }
 
-    fn minion_settings(&self, id: &pki::Issued, claimed_id: &str) -> overlord_minion::MinionSettings {
+    fn minion_settings(
+        &self,
+        id: &pki::Issued,
+        claimed_id: &str,
+    ) -> overlord_minion::MinionSettings {
         let mut s = overlord_minion::MinionSettings::local(
             &self.running.minion_url(),
             claimed_id,
@@ -184,7 +188,10 @@ async fn anonymous_wrong_role_and_other_owner_clients_are_refused_and_nothing_is
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
-    assert!(all_jobs(&c).await.is_empty(), "a refused submission stored nothing");
+    assert!(
+        all_jobs(&c).await.is_empty(),
+        "a refused submission stored nothing"
+    );
     // The operator of team-a submits; team-a's viewer reads it; team-b sees nothing of it.
     let st = j
         .submit_job(submit_req(noop_spec(1), "", &c.op_a))
@@ -515,11 +522,19 @@ async fn no_minion_can_claim_the_coordinators_lookup_work() {
             Err(e) => e,
             Ok(s) => s.into_inner().message().await.unwrap_err(),
         };
-        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{id} {modules:?}: {e:?}");
+        assert_eq!(
+            e.code(),
+            tonic::Code::PermissionDenied,
+            "{id} {modules:?}: {e:?}"
+        );
         drop(tx);
     }
     // The lookup is not a minion at all: the coordinator runs `leak` tasks itself (never leased).
-    assert!(running.gate.live_ids().is_empty(), "{:?}", running.gate.live_ids());
+    assert!(
+        running.gate.live_ids().is_empty(),
+        "{:?}",
+        running.gate.live_ids()
+    );
     running.shutdown().await;
 }
 
@@ -554,7 +569,10 @@ async fn half_preface_connections_are_closed_and_others_still_served() {
     }
     let t0 = Instant::now();
     let closed = futures_closed(conns, Duration::from_secs(15)).await;
-    eprintln!("{closed}/{N} half-preface connections closed after {:?}", t0.elapsed());
+    eprintln!(
+        "{closed}/{N} half-preface connections closed after {:?}",
+        t0.elapsed()
+    );
     assert_eq!(closed, N, "every half-open handshake was closed");
     // A real client is served.
     let mut j = JobServiceClient::new(
@@ -630,11 +648,18 @@ async fn file_inputs_outside_the_input_dir_devices_and_fifos_are_refused() {
         .job_id;
     let t0 = Instant::now();
     let st = loop {
-        let st = all_jobs(&c).await.into_iter().find(|s| s.job_id == id).unwrap();
+        let st = all_jobs(&c)
+            .await
+            .into_iter()
+            .find(|s| s.job_id == id)
+            .unwrap();
         if st.state != v1::JobState::Running as i32 {
             break st;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "job did not finish: {st:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "job did not finish: {st:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(st.tasks_failed, 4, "{st:?}");
@@ -738,13 +763,19 @@ async fn a_rogue_minions_forged_findings_are_rejected_and_it_is_quarantined() {
                     }
                 }
                 Some(CMsg::Ack(a)) => {
-                    assert!(a.items.iter().all(|i| !i.accepted), "a forged finding was accepted");
+                    assert!(
+                        a.items.iter().all(|i| !i.accepted),
+                        "a forged finding was accepted"
+                    );
                 }
                 _ => {}
             }
         };
         ends.push(end);
-        if ends.last().is_some_and(|e| e.message().contains("quarantined")) {
+        if ends
+            .last()
+            .is_some_and(|e| e.message().contains("quarantined"))
+        {
             // Closed by the quarantine itself: the next attempt must be refused.
             continue;
         }
@@ -754,11 +785,16 @@ async fn a_rogue_minions_forged_findings_are_rejected_and_it_is_quarantined() {
     assert_eq!(q.code(), tonic::Code::PermissionDenied, "{q:?}");
     assert!(q.message().contains("quarantined"), "{q:?}");
     assert!(
-        ends.iter().any(|e| e.message().contains("rejected finding")),
+        ends.iter()
+            .any(|e| e.message().contains("rejected finding")),
         "the sessions were closed naming the violation: {ends:?}"
     );
     // Nothing forged was stored, and the rogue cannot come back for now.
-    let st = all_jobs(&c).await.into_iter().find(|s| s.job_id == id).unwrap();
+    let st = all_jobs(&c)
+        .await
+        .into_iter()
+        .find(|s| s.job_id == id)
+        .unwrap();
     assert_eq!(st.findings, 0, "{st:?}");
     assert_eq!(st.tasks_done, 0, "{st:?}");
     let e = raw_session(&c, Some(&rogue), register("rogue-1", &["portscan"]))

@@ -125,7 +125,9 @@ async fn throughput_once(tasks: u64, secured: bool) -> Result<f64> {
             overlord_core::security::Role::Operator,
             None,
         )?;
-        settings.tls = Some(overlord_coordinator::security::TlsSettings { ca_dir: ca_dir.clone() });
+        settings.tls = Some(overlord_coordinator::security::TlsSettings {
+            ca_dir: ca_dir.clone(),
+        });
         settings.tokens = Some(overlord_coordinator::security::tokens::Tokens::load(&tf)?);
         creds.token = Some(token);
         creds.ca_pem = Some(std::fs::read_to_string(ca_dir.join("ca.pem"))?);

@@ -87,7 +87,9 @@ impl Bearer {
 /// falls back to plaintext; a token is never sent over plaintext to a non-loopback address.
 pub async fn channel(url: &str, c: &Credentials) -> Result<Channel> {
     let mut ep = tonic::transport::Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("bad coordinator URL {url:?} (expected e.g. http://127.0.0.1:50051)"))?
+        .with_context(|| {
+            format!("bad coordinator URL {url:?} (expected e.g. http://127.0.0.1:50051)")
+        })?
         .connect_timeout(Duration::from_secs(3));
     if url.starts_with("https://") {
         let ca = c.ca_pem.as_ref().ok_or_else(|| {
@@ -100,7 +102,9 @@ pub async fn channel(url: &str, c: &Credentials) -> Result<Channel> {
     } else if c.token.is_some() {
         let host = ep.uri().host().unwrap_or("").trim_matches(['[', ']']);
         let loopback = host == "localhost"
-            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
         if !loopback {
             bail!("refusing to send an API token over plaintext to {url}; use https://");
         }

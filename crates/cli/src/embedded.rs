@@ -41,8 +41,28 @@ impl Embedded {
         Self::start_with(Settings::local(data_dir), minions, capacity).await
     }
 
-    /// Like [`Embedded::start`] with coordinator settings (e.g. `images.leaks`, a leak file).
+    /// Like [`Embedded::start`] with coordinator settings (e.g. `images.leaks`, a leak file). The
+    /// minions read file inputs (enrich images, beacon logs) only below the current directory.
     pub async fn start_with(settings: Settings, minions: usize, capacity: u32) -> Result<Self> {
+        let here = std::env::current_dir().ok();
+        Self::start_with_inputs(settings, minions, capacity, here).await
+    }
+
+    /// Like [`Embedded::start_with`], with the directory the minions may read file inputs from
+    /// (`None`: no file inputs at all).
+    pub async fn start_with_inputs(
+        settings: Settings,
+        minions: usize,
+        capacity: u32,
+        input_dir: Option<PathBuf>,
+    ) -> Result<Self> {
+        let input_dir = match input_dir {
+            Some(d) => Some(
+                std::fs::canonicalize(&d)
+                    .with_context(|| format!("input directory {}", d.display()))?,
+            ),
+            None => None,
+        };
         let data_dir = settings.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
@@ -60,6 +80,7 @@ impl Embedded {
                 format!("local-{}", (b'a' + i as u8) as char),
             );
             let mut s = minion_settings(&minion_url, &id, &provider, capacity);
+            s.input_dir = input_dir.clone();
             // A secured embedded cluster: each minion gets a certificate from the cluster CA.
             if let Some(ca) = &coordinator.ca {
                 let cert = ca.issue_internal(&id, &provider)?;

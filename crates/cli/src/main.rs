@@ -381,7 +381,9 @@ async fn async_main() -> Result<()> {
     let cli = Cli::parse();
     raise_fd_limit();
     client::set_credentials(client::credentials_from(
-        std::env::var("OVERLORD_TOKEN").ok().filter(|t| !t.is_empty()),
+        std::env::var("OVERLORD_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
         cli.token_file.as_deref(),
         cli.ca.as_deref(),
     )?);

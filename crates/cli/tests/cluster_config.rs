@@ -98,7 +98,11 @@ fn bad_configs_give_precise_errors() {
     assert!(e.contains("warp") && e.contains("portscan"), "{e}");
 
     // Not loopback, without TLS and tokens: refused, saying how to enable them.
-    std::fs::write(&p, "version = 1\nlisten = \"0.0.0.0:50051\"\ndata_dir = \"d\"\n").unwrap();
+    std::fs::write(
+        &p,
+        "version = 1\nlisten = \"0.0.0.0:50051\"\ndata_dir = \"d\"\n",
+    )
+    .unwrap();
     let s = overlord_cli::files::coordinator(&p).unwrap();
     let e = s.check_exposure().unwrap_err().to_string();
     assert!(
@@ -106,7 +110,11 @@ fn bad_configs_give_precise_errors() {
         "{e}"
     );
     // An https:// minion without [tls] is refused (never plaintext).
-    std::fs::write(&m, "version = 1\nid = \"x\"\nprovider = \"p\"\ncoordinator = \"https://127.0.0.1:1\"\n").unwrap();
+    std::fs::write(
+        &m,
+        "version = 1\nid = \"x\"\nprovider = \"p\"\ncoordinator = \"https://127.0.0.1:1\"\n",
+    )
+    .unwrap();
     let e = format!("{:#}", overlord_cli::files::minion(&m).unwrap_err());
     assert!(e.contains("https") && e.contains("[tls]"), "{e}");
 }

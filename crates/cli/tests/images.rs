@@ -4,8 +4,8 @@
 
 use overlord_cli::embedded::Embedded;
 use overlord_cli::images::{self, Search};
-use overlord_probes::service::testsupport as ts;
 use overlord_core::finding::Payload;
+use overlord_probes::service::testsupport as ts;
 use overlord_proto::v1;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -72,9 +72,14 @@ async fn enrich_job_images_are_served_over_grpc_and_survive_restart() {
     let login_id = sha_hex(&login_png);
     let mail_id = sha_hex(&mail_png);
 
-    let emb = Embedded::start(dir.path().join("coord"), 1, 4)
-        .await
-        .unwrap();
+    let emb = Embedded::start_with_inputs(
+        overlord_coordinator::Settings::local(dir.path().join("coord")),
+        1,
+        4,
+        Some(screens()),
+    )
+    .await
+    .unwrap();
     let mut jc = overlord_cli::client::connect(&emb.url).await.unwrap();
     let st = overlord_cli::client::submit(
         &mut jc,
@@ -282,7 +287,9 @@ async fn known_addresses_on_a_screen_become_leak_findings_streamed_to_watch() {
     .unwrap();
     let mut s = overlord_coordinator::Settings::local(dir.path().join("coord"));
     s.images.leaks = Some(leaks);
-    let emb = Embedded::start_with(s, 1, 4).await.unwrap();
+    let emb = Embedded::start_with_inputs(s, 1, 4, Some(screens()))
+        .await
+        .unwrap();
     let mut jc = overlord_cli::client::connect(&emb.url).await.unwrap();
     let st = overlord_cli::client::submit(
         &mut jc,
@@ -348,7 +355,10 @@ async fn known_addresses_on_a_screen_become_leak_findings_streamed_to_watch() {
                 f.parent_task_id, enrich_task,
                 "{what}: spawned by the enrich task"
             );
-            assert_eq!(f.minion_id, "coordinator", "{what}: the coordinator ran the lookup itself");
+            assert_eq!(
+                f.minion_id, "coordinator",
+                "{what}: the coordinator ran the lookup itself"
+            );
             assert_eq!(f.provider, "coordinator", "{what}");
             let d: serde_json::Value = serde_json::from_str(&f.data_json).unwrap();
             assert_eq!(d["image"], mail_id.as_str(), "{what}");
@@ -387,7 +397,11 @@ async fn known_addresses_on_a_screen_become_leak_findings_streamed_to_watch() {
         if let Ok(img) = got
             && img.meta.as_ref().is_some_and(|m| m.enriched)
         {
-            assert_eq!(img.meta.unwrap().tags, e.tags, "served as the enrichment computed them");
+            assert_eq!(
+                img.meta.unwrap().tags,
+                e.tags,
+                "served as the enrichment computed them"
+            );
             break;
         }
         assert!(t0.elapsed() < Duration::from_secs(30), "never indexed");
@@ -407,9 +421,14 @@ async fn screenshots_not_enriched_are_listed_as_such_and_never_searched() {
     let xvfb = ts::xvfb(true).expect("Xvfb (package xvfb)");
     let x11_port = 6000 + xvfb.display.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let emb = Embedded::start(dir.path().join("coord"), 1, 4)
-        .await
-        .unwrap();
+    let emb = Embedded::start_with_inputs(
+        overlord_coordinator::Settings::local(dir.path().join("coord")),
+        1,
+        4,
+        Some(screens()),
+    )
+    .await
+    .unwrap();
     let mut jc = overlord_cli::client::connect(&emb.url).await.unwrap();
     let shot = overlord_cli::client::submit(
         &mut jc,

@@ -25,7 +25,11 @@ fn bin() -> Command {
     c
 }
 
-fn spawn_waiting_for_addr(dir: &std::path::Path, args: &[&str], addr_file: &std::path::Path) -> (Kill, String) {
+fn spawn_waiting_for_addr(
+    dir: &std::path::Path,
+    args: &[&str],
+    addr_file: &std::path::Path,
+) -> (Kill, String) {
     let child = bin()
         .args(args)
         .stdout(Stdio::null())
@@ -66,25 +70,46 @@ fn with_closed_stdout(args: &[&str]) {
         }
         if t0.elapsed() > Duration::from_secs(30) {
             let _ = child.kill();
-            panic!("`overlord {}` did not end with its stdout closed", args.join(" "));
+            panic!(
+                "`overlord {}` did not end with its stdout closed",
+                args.join(" ")
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(!err.contains("panicked"), "`overlord {}`: {err}", args.join(" "));
-    assert!(status.success(), "`overlord {}` {status}: {err}", args.join(" "));
+    assert!(
+        !err.contains("panicked"),
+        "`overlord {}`: {err}",
+        args.join(" ")
+    );
+    assert!(
+        status.success(),
+        "`overlord {}` {status}: {err}",
+        args.join(" ")
+    );
 }
 
 #[test]
 fn closed_stdout_ends_list_and_watch_commands_quietly() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("coordinator.toml");
-    std::fs::write(&cfg, "version = 1\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "version = 1\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n",
+    )
+    .unwrap();
     let addr_file = dir.path().join("addr");
     let (_coord, addr) = spawn_waiting_for_addr(
         dir.path(),
-        &["coordinator", "--config", cfg.to_str().unwrap(), "--addr-file", addr_file.to_str().unwrap()],
+        &[
+            "coordinator",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--addr-file",
+            addr_file.to_str().unwrap(),
+        ],
         &addr_file,
     );
     let url = format!("http://{addr}");
@@ -111,7 +136,10 @@ fn closed_stdout_ends_list_and_watch_commands_quietly() {
             params_json: r#"{"count":20,"emit":true}"#.into(),
             ..Default::default()
         };
-        overlord_cli::client::submit(&mut c, spec).await.unwrap().job_id
+        overlord_cli::client::submit(&mut c, spec)
+            .await
+            .unwrap()
+            .job_id
     });
     let id = id.to_string();
     with_closed_stdout(&["jobs", "list", "--coordinator", &url]);
@@ -157,6 +185,12 @@ fn an_unreachable_coordinator_is_reported_at_the_default_level_without_colour() 
         .recv_timeout(Duration::from_secs(20))
         .expect("the minion said nothing about its unreachable coordinator");
     assert!(line.contains("cannot hold a session"), "{line}");
-    assert!(line.contains(&port.to_string()), "names the coordinator: {line}");
-    assert!(!line.contains('\u{1b}'), "ANSI codes on a non-terminal: {line:?}");
+    assert!(
+        line.contains(&port.to_string()),
+        "names the coordinator: {line}"
+    );
+    assert!(
+        !line.contains('\u{1b}'),
+        "ANSI codes on a non-terminal: {line:?}"
+    );
 }

@@ -1023,7 +1023,12 @@ impl JobSt {
             let depth = self.followups.depth_of(task) + 1;
             for fu in follow_ups(&self.spec.rules, &self.spec.modules, &view) {
                 // Re-checked against the job's scope, deduplicated, capped in depth and number.
-                if fu.module == "leak" && !overlord_core::trust::leak_lookup_allowed(&t.spec) {
+                if fu.module == "leak"
+                    && !overlord_core::trust::leak_lookup_allowed(
+                        &t.spec,
+                        rec.blob_sha256.as_deref(),
+                    )
+                {
                     continue;
                 }
                 let in_scope = fu

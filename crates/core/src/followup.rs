@@ -269,7 +269,10 @@ pub fn parse_rule(text: &str, default_name: &str) -> Result<Rule, RuleError> {
         .map(|(i, _)| i)
         .collect();
     let [arrow] = arrows[..] else {
-        return Err(syntax(&name, "expected `KIND [CONDITION ...] -> MODULE [PARAM ...]` (one `->`, spaced)"));
+        return Err(syntax(
+            &name,
+            "expected `KIND [CONDITION ...] -> MODULE [PARAM ...]` (one `->`, spaced)",
+        ));
     };
     let (lhs, rhs) = (&tokens[..arrow], &tokens[arrow + 1..]);
     let Some((kind, conds)) = lhs.split_first() else {
@@ -333,7 +336,10 @@ pub fn parse_rule(text: &str, default_name: &str) -> Result<Rule, RuleError> {
                 None => Param::Value(parse_value(v)),
             };
             if ps.insert(k.to_string(), v).is_some() {
-                return Err(syntax(&name, format!("param `{k}` of {module} given twice")));
+                return Err(syntax(
+                    &name,
+                    format!("param `{k}` of {module} given twice"),
+                ));
             }
         }
         then.push(Action {
@@ -412,7 +418,11 @@ fn top_fields(kind: FindingKind) -> Vec<String> {
     out.into_iter().collect()
 }
 
-fn check_field(rule: &Rule, field: &str, reserved: &[&str]) -> Result<Vec<&'static Value>, RuleError> {
+fn check_field(
+    rule: &Rule,
+    field: &str,
+    reserved: &[&str],
+) -> Result<Vec<&'static Value>, RuleError> {
     if reserved.contains(&field) {
         return Ok(Vec::new());
     }
@@ -431,8 +441,7 @@ fn check_field(rule: &Rule, field: &str, reserved: &[&str]) -> Result<Vec<&'stat
 fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
-        && n
-            .bytes()
+        && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
@@ -467,9 +476,9 @@ pub fn validate(rule: &Rule) -> Result<(), RuleError> {
                 .flatten()
                 .chain(alts.iter().filter_map(|a| a.get("const")))
                 .collect();
-            let open = alts
-                .iter()
-                .any(|a| a.get("enum").is_none() && a.get("const").is_none() && a["type"] != "null");
+            let open = alts.iter().any(|a| {
+                a.get("enum").is_none() && a.get("const").is_none() && a["type"] != "null"
+            });
             if !allowed.is_empty() && !open {
                 for v in vals {
                     if !allowed.contains(&v) {
@@ -733,7 +742,10 @@ pub fn follow_ups(rules: &RuleSet, enabled: &[String], f: &FindingView<'_>) -> V
                     Some(v) => v,
                     None => {
                         let d = data.get_or_insert_with(|| f.payload.to_data());
-                        lookup(d, field).first().map(|v| (*v).clone()).unwrap_or(Value::Null)
+                        lookup(d, field)
+                            .first()
+                            .map(|v| (*v).clone())
+                            .unwrap_or(Value::Null)
                     }
                 },
             };
@@ -818,7 +830,11 @@ mod tests {
             if let Payload::Service(s) = &mut p {
                 s.screenshot = Some(proto);
             }
-            let fu = follow_ups(&builtin_only(), &en(&["service", "screenshot"]), &view(&p, None));
+            let fu = follow_ups(
+                &builtin_only(),
+                &en(&["service", "screenshot"]),
+                &view(&p, None),
+            );
             assert_eq!(fu.len(), 1, "{proto:?}");
             assert_eq!(fu[0].module, "screenshot");
             assert_eq!(fu[0].rule, "open-desktop-screenshot");
@@ -861,7 +877,11 @@ mod tests {
         let p3 = payload("service", json!({"screenshot": null}));
         assert!(follow_ups(&rs, &en(&["service", "screenshot"]), &view(&p3, None)).is_empty());
         let shot = payload("screenshot", json!({}));
-        let fu = follow_ups(&rs, &en(&["screenshot", "enrich"]), &view(&shot, Some("ab")));
+        let fu = follow_ups(
+            &rs,
+            &en(&["screenshot", "enrich"]),
+            &view(&shot, Some("ab")),
+        );
         assert_eq!(fu[0].module, "enrich");
         assert_eq!(fu[0].blob_sha256.as_deref(), Some("ab"));
         assert!(follow_ups(&rs, &en(&["screenshot", "enrich"]), &view(&shot, None)).is_empty());
@@ -886,7 +906,10 @@ mod tests {
             fu[0].params,
             json!({"emails": ["a@b.example", "c@d.example"], "image": "ab"})
         );
-        assert!(follow_ups(&rs, &en(&["enrich"]), &f).is_empty(), "leak not enabled");
+        assert!(
+            follow_ups(&rs, &en(&["enrich"]), &f).is_empty(),
+            "leak not enabled"
+        );
         let none = payload("enrichment", json!({"emails": [], "text": "x"}));
         assert!(follow_ups(&rs, &en(&["enrich", "leak"]), &view(&none, Some("ab"))).is_empty());
     }
@@ -899,7 +922,11 @@ mod tests {
         )
         .unwrap();
         let p = payload("open_port", json!({}));
-        let fu = follow_ups(&rs, &en(&["portscan", "service", "screenshot"]), &view(&p, None));
+        let fu = follow_ups(
+            &rs,
+            &en(&["portscan", "service", "screenshot"]),
+            &view(&p, None),
+        );
         assert_eq!(fu.len(), 1, "{fu:?}");
         assert_eq!(fu[0].rule, "vnc-direct");
         assert_eq!(fu[0].module, "screenshot");
@@ -928,14 +955,23 @@ mod tests {
         }
         let fu = follow_ups(&rs, &en(&["service", "banner"]), &view(&svc, None));
         assert_eq!(fu.len(), 1);
-        assert_eq!((fu[0].rule.as_str(), fu[0].module.as_str()), ("job-1", "banner"));
+        assert_eq!(
+            (fu[0].rule.as_str(), fu[0].module.as_str()),
+            ("job-1", "banner")
+        );
     }
 
     #[test]
     fn list_fields_match_any_element() {
-        let rs = RuleSet::from_text(&["enrichment tags=login_prompt -> leak emails=$emails".into()], &[])
-            .unwrap();
-        let p = payload("enrichment", json!({"tags": ["has_text", "login_prompt"], "emails": []}));
+        let rs = RuleSet::from_text(
+            &["enrichment tags=login_prompt -> leak emails=$emails".into()],
+            &[],
+        )
+        .unwrap();
+        let p = payload(
+            "enrichment",
+            json!({"tags": ["has_text", "login_prompt"], "emails": []}),
+        );
         let fu = follow_ups(&rs, &en(&["enrich", "leak"]), &view(&p, None));
         assert_eq!(fu.len(), 1);
         assert_eq!(fu[0].params, json!({"emails": []}));
@@ -949,13 +985,18 @@ mod tests {
             matches!(&e, RuleError::UnknownField { rule, field, .. } if rule == "typo" && field == "screnshot"),
             "{e}"
         );
-        assert!(e.to_string().contains("screenshot"), "the hint lists the real fields: {e}");
-        let e = RuleSet::from_text(&["service screenshot=vcn -> screenshot".into()], &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("screenshot"),
+            "the hint lists the real fields: {e}"
+        );
+        let e =
+            RuleSet::from_text(&["service screenshot=vcn -> screenshot".into()], &[]).unwrap_err();
         assert!(
             matches!(&e, RuleError::BadValue { rule, field, .. } if rule == "job-1" && field == "screenshot"),
             "{e}"
         );
-        let e = RuleSet::from_text(&["r: service tls.chain.subjct? -> banner".into()], &[]).unwrap_err();
+        let e = RuleSet::from_text(&["r: service tls.chain.subjct? -> banner".into()], &[])
+            .unwrap_err();
         assert!(e.to_string().contains("tls.chain.subjct"), "{e}");
         RuleSet::from_text(&["r: service tls.chain.subject? -> banner".into()], &[]).unwrap();
         let e = RuleSet::from_text(&["r: service -> redis".into()], &[]).unwrap_err();
@@ -972,14 +1013,20 @@ mod tests {
         assert!(matches!(e, RuleError::Syntax { .. }), "{e}");
         let e = RuleSet::from_text(&["r: open_port -> screenshot protocol=$nope".into()], &[])
             .unwrap_err();
-        assert!(matches!(&e, RuleError::UnknownField { field, .. } if field == "nope"), "{e}");
+        assert!(
+            matches!(&e, RuleError::UnknownField { field, .. } if field == "nope"),
+            "{e}"
+        );
         let e = RuleSet::from_text(&[], &["no-such-rule".into()]).unwrap_err();
         assert!(e.to_string().contains("port-service"), "{e}");
         let e = RuleSet::from_text(&["port-service: open_port -> banner".into()], &[]).unwrap_err();
         assert!(e.to_string().contains("two rules"), "{e}");
         // replacing a built-in rule: disable it and add one under its name
-        RuleSet::from_text(&["port-service: open_port -> banner".into()], &["port-service".into()])
-            .unwrap();
+        RuleSet::from_text(
+            &["port-service: open_port -> banner".into()],
+            &["port-service".into()],
+        )
+        .unwrap();
     }
 
     #[test]

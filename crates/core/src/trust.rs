@@ -23,7 +23,13 @@ pub fn kinds_of(module: &str) -> Option<&'static [&'static str]> {
         "portscan" => &["open_port"],
         "banner" => &["banner"],
         "service" => &["service"],
-        "screenshot" => &["screenshot", "screenshot_error", "vnc_auth", "x11_refused", "rdp"],
+        "screenshot" => &[
+            "screenshot",
+            "screenshot_error",
+            "vnc_auth",
+            "x11_refused",
+            "rdp",
+        ],
         "enrich" => &["enrichment"],
         "leak" => &["leak"],
         "beacon" => &["beacon", "beacon_summary"],
@@ -177,16 +183,23 @@ impl FollowupGuard {
     }
 }
 
-/// Leak lookups run only for e-mails of an `enrichment` from an `enrich` task that worked on a
-/// stored screenshot of this job (its blob), never for one reported by any other task.
-pub fn leak_lookup_allowed(parent: &TaskSpec) -> bool {
-    parent.module == "enrich" && parent.blob_sha256.is_some()
+/// Leak lookups run only for e-mails of an `enrichment` from an `enrich` task that worked on an
+/// image this job stored: a screenshot of the job (the task's blob) or the file input's PNG the
+/// coordinator stored and hashed itself with the enrichment (`stored_blob`); never for one reported
+/// by any other task, nor for an enrichment with no stored image.
+pub fn leak_lookup_allowed(parent: &TaskSpec, stored_blob: Option<&str>) -> bool {
+    parent.module == "enrich" && (parent.blob_sha256.is_some() || stored_blob.is_some())
 }
 
 /// How long a lease of `module` over `ports` ports may run before it is taken back, even from a
 /// minion that keeps heartbeating: four times the module's expected duration, at least 30 s, at
 /// most `max_ms` (the configured `task_timeout_ms`). Unknown modules get `max_ms`.
-pub fn lease_timeout_ms(module: &str, ports: usize, params: &serde_json::Value, max_ms: u64) -> u64 {
+pub fn lease_timeout_ms(
+    module: &str,
+    ports: usize,
+    params: &serde_json::Value,
+    max_ms: u64,
+) -> u64 {
     let p = ports.max(1) as u64;
     let expected_ms = match module {
         // A connect scan of a chunk: a few ms per port with the module's concurrency, plus
@@ -201,7 +214,9 @@ pub fn lease_timeout_ms(module: &str, ports: usize, params: &serde_json::Value, 
         "noop" => 1_000 + params.get("sleep_ms").and_then(|v| v.as_u64()).unwrap_or(0),
         _ => return max_ms,
     };
-    (expected_ms.saturating_mul(4)).clamp(30_000, max_ms.max(30_000)).min(max_ms)
+    (expected_ms.saturating_mul(4))
+        .clamp(30_000, max_ms.max(30_000))
+        .min(max_ms)
 }
 
 /// Violations a minion may send within [`STRIKE_WINDOW_MS`] before it is quarantined for
@@ -222,7 +237,8 @@ pub struct Strikes {
 impl Strikes {
     /// Records a violation at `now`; true if the minion is now quarantined.
     pub fn strike(&mut self, now: u64) -> bool {
-        self.recent.retain(|t| now.saturating_sub(*t) < STRIKE_WINDOW_MS);
+        self.recent
+            .retain(|t| now.saturating_sub(*t) < STRIKE_WINDOW_MS);
         self.recent.push(now);
         if self.recent.len() as u32 >= MAX_STRIKES {
             self.until = Some(now + QUARANTINE_MS);
@@ -267,7 +283,10 @@ mod tests {
     #[test]
     fn findings_must_stay_within_their_task() {
         let t = task("portscan", Some("127.0.0.1"), &[22, 80]);
-        assert_eq!(check_result(&t, &[f("open_port", Some("127.0.0.1"), Some(80))]), Ok(()));
+        assert_eq!(
+            check_result(&t, &[f("open_port", Some("127.0.0.1"), Some(80))]),
+            Ok(())
+        );
         assert!(matches!(
             check_result(&t, &[f("open_port", Some("10.9.9.9"), Some(80))]),
             Err(Violation::Target { .. })
@@ -282,22 +301,41 @@ mod tests {
         ));
         // One port scanned, three findings: a flood.
         let many = vec![f("open_port", Some("127.0.0.1"), Some(80)); 3];
-        assert!(matches!(check_result(&t, &many), Err(Violation::Count(3, 2))));
+        assert!(matches!(
+            check_result(&t, &many),
+            Err(Violation::Count(3, 2))
+        ));
         let mut big = f("open_port", Some("127.0.0.1"), Some(22));
         big.data_bytes = MAX_FINDING_DATA_BYTES + 1;
-        assert!(matches!(check_result(&t, &[big]), Err(Violation::DataSize(_))));
+        assert!(matches!(
+            check_result(&t, &[big]),
+            Err(Violation::DataSize(_))
+        ));
         // A task without a target (noop) may not report one.
         let n = task("noop", None, &[]);
         assert_eq!(check_result(&n, &[f("noop", None, None)]), Ok(()));
         assert!(check_result(&n, &[f("noop", Some("8.8.8.8"), None)]).is_err());
         // beacon reports the addresses of its log.
         let b = task("beacon", None, &[]);
-        assert_eq!(check_result(&b, &[f("beacon", Some("10.1.2.3"), Some(443))]), Ok(()));
+        assert_eq!(
+            check_result(&b, &[f("beacon", Some("10.1.2.3"), Some(443))]),
+            Ok(())
+        );
         assert!(check_result(&b, &[f("open_port", None, None)]).is_err());
         // A module this table does not know: any kind, but still the task's target.
-        let u = task("udp", Some("127.0.0.1"), &[53]);
-        assert_eq!(check_result(&u, &[f("udp_service", Some("127.0.0.1"), Some(53))]), Ok(()));
-        assert!(check_result(&u, &[f("udp_service", Some("127.0.0.2"), Some(53))]).is_err());
+        let u = task("futurescan", Some("127.0.0.1"), &[53]);
+        assert_eq!(
+            check_result(&u, &[f("future_kind", Some("127.0.0.1"), Some(53))]),
+            Ok(())
+        );
+        assert!(check_result(&u, &[f("future_kind", Some("127.0.0.2"), Some(53))]).is_err());
+        // udp reports only `udp` findings.
+        let d = task("udp", Some("127.0.0.1"), &[53]);
+        assert_eq!(
+            check_result(&d, &[f("udp", Some("127.0.0.1"), Some(53))]),
+            Ok(())
+        );
+        assert!(check_result(&d, &[f("open_port", Some("127.0.0.1"), Some(53))]).is_err());
     }
 
     #[test]
@@ -311,11 +349,25 @@ mod tests {
         );
         assert_eq!(g.admit("service", Some(ip), &[81], None, 1, true), Ok(()));
         assert_eq!(
-            g.admit("banner", Some("10.9.9.9".parse().unwrap()), &[80], None, 1, false),
+            g.admit(
+                "banner",
+                Some("10.9.9.9".parse().unwrap()),
+                &[80],
+                None,
+                1,
+                false
+            ),
             Err(FollowupRefusal::OutOfScope)
         );
         assert_eq!(
-            g.admit("enrich", Some(ip), &[80], Some("ab"), MAX_FOLLOWUP_DEPTH + 1, true),
+            g.admit(
+                "enrich",
+                Some(ip),
+                &[80],
+                Some("ab"),
+                MAX_FOLLOWUP_DEPTH + 1,
+                true
+            ),
             Err(FollowupRefusal::TooDeep)
         );
         g.made = MAX_FOLLOWUPS_PER_JOB;
@@ -328,12 +380,19 @@ mod tests {
     #[test]
     fn leak_lookups_only_from_enrichment_of_a_stored_screenshot() {
         let mut t = task("enrich", Some("127.0.0.1"), &[5900]);
-        assert!(!leak_lookup_allowed(&t), "an enrich task over a file input");
+        assert!(
+            !leak_lookup_allowed(&t, None),
+            "an enrich task over a file input whose image was not stored"
+        );
+        assert!(
+            leak_lookup_allowed(&t, Some("cd")),
+            "an enrich task over a file input whose PNG the coordinator stored"
+        );
         t.blob_sha256 = Some("ab".into());
-        assert!(leak_lookup_allowed(&t));
+        assert!(leak_lookup_allowed(&t, None));
         let mut s = task("screenshot", Some("127.0.0.1"), &[5900]);
         s.blob_sha256 = Some("ab".into());
-        assert!(!leak_lookup_allowed(&s));
+        assert!(!leak_lookup_allowed(&s, Some("ab")));
     }
 
     #[test]
@@ -345,9 +404,21 @@ mod tests {
             84_000
         );
         assert_eq!(lease_timeout_ms("portscan", 2048, &none, 600_000), 60_960);
-        assert_eq!(lease_timeout_ms("service", 16, &none, 600_000), 600_000, "capped");
-        assert_eq!(lease_timeout_ms("udp", 1, &none, 600_000), 600_000, "unknown: the max");
-        assert_eq!(lease_timeout_ms("noop", 0, &none, 5_000), 5_000, "never above the max");
+        assert_eq!(
+            lease_timeout_ms("service", 16, &none, 600_000),
+            600_000,
+            "capped"
+        );
+        assert_eq!(
+            lease_timeout_ms("udp", 1, &none, 600_000),
+            600_000,
+            "unknown: the max"
+        );
+        assert_eq!(
+            lease_timeout_ms("noop", 0, &none, 5_000),
+            5_000,
+            "never above the max"
+        );
     }
 
     #[test]

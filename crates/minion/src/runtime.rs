@@ -149,7 +149,9 @@ async fn session(
         // An https URL never falls back to plaintext; a certificate is never sent in the clear.
         (None, true) => return Err("https:// coordinator but no TLS configured".into()),
         (Some(_), false) => {
-            return Err("TLS is configured but the coordinator URL is http://; use https://".into());
+            return Err(
+                "TLS is configured but the coordinator URL is http://; use https://".into(),
+            );
         }
         (None, false) => {}
     }
@@ -357,10 +359,7 @@ fn start_task(
         match outcome {
             Ok(findings) => {
                 r.ok = true;
-                r.findings = findings
-                    .into_iter()
-                    .map(FindingOut::into_wire)
-                    .collect();
+                r.findings = findings.into_iter().map(FindingOut::into_wire).collect();
             }
             Err(e) => {
                 r.ok = false;

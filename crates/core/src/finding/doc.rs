@@ -87,7 +87,12 @@ fn write_body(out: &mut String, def: &Value) {
                     .unwrap_or_default();
                 let with = v
                     .get("$ref")
-                    .map(|r| format!(", with the fields of {}", type_text(&serde_json::json!({ "$ref": r }))))
+                    .map(|r| {
+                        format!(
+                            ", with the fields of {}",
+                            type_text(&serde_json::json!({ "$ref": r }))
+                        )
+                    })
                     .unwrap_or_default();
                 let _ = writeln!(out, "- {tag}{with}{desc}\n");
                 if v["properties"].as_object().is_some_and(|p| p.len() <= 1) {

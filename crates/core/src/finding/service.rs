@@ -67,6 +67,12 @@ pub struct Service {
     /// Probe names sent, in order of completion.
     pub probes_sent: Vec<String>,
     pub timings: ServiceTimings,
+    /// The port's time budget (ms): no probe or grabber runs past it.
+    #[serde(default)]
+    pub budget_ms: u64,
+    /// The budget ran out before every probe or the grabber was tried.
+    #[serde(default)]
+    pub budget_exhausted: bool,
 }
 
 /// The probe-file rule that matched.
@@ -150,6 +156,30 @@ pub enum Grab {
     Smtp(SmtpGrab),
     Vnc(VncGrab),
     X11(X11Grab),
+    Dns(DnsGrab),
+    Amqp(AmqpGrab),
+}
+
+/// DNS over TCP: the `version.bind` CHAOS TXT answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DnsGrab {
+    pub product: Option<String>,
+    pub version: Option<String>,
+    /// The `version.bind` answer or the reason there is none (REFUSED, ...).
+    pub info: Option<String>,
+}
+
+/// AMQP 0-9-1: the server's `Connection.Start` properties.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AmqpGrab {
+    /// Protocol version the server offered (`0-9`), or the header it sent back instead.
+    pub protocol: String,
+    pub product: Option<String>,
+    pub version: Option<String>,
+    pub platform: Option<String>,
+    pub cluster_name: Option<String>,
+    #[serde(default)]
+    pub mechanisms: Vec<String>,
 }
 
 /// SSH: identification line, KEXINIT lists, HASSH server fingerprint, host keys.

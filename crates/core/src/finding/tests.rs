@@ -75,6 +75,8 @@ fn service_sample() -> Service {
             grab_ms: 2.0,
             total_ms: 3.5,
         },
+        budget_ms: 8000,
+        budget_exhausted: false,
     }
 }
 
@@ -294,6 +296,29 @@ pub(crate) fn samples() -> Vec<Payload> {
             threshold: 0.5,
             seconds: 0.25,
         }),
+        Payload::Udp(Box::new(UdpPort {
+            addr: "127.0.0.1:53".into(),
+            state: UdpState::Open,
+            reason: "udp-response".into(),
+            service: Some("domain".into()),
+            product: Some("Unbound".into()),
+            version: Some("1.17.1".into()),
+            info: None,
+            hostname: None,
+            os: None,
+            cpe: vec![],
+            probe: Some("dns".into()),
+            evidence: Some("dns id 0x1a2b, QR set".into()),
+            soft: false,
+            validated: true,
+            reply: None,
+            reply_bytes: 60,
+            probes_sent: vec!["dns".into()],
+            tries: 1,
+            rtt_ms: Some(0.4),
+            budget_ms: 3000,
+            spent_ms: 1.2,
+        })),
         Payload::Noop(Noop { task: 7 }),
     ]
 }
@@ -369,7 +394,13 @@ fn a_document_that_does_not_fit_its_kind_is_unknown_with_the_reason() {
         other => panic!("{other:?}"),
     }
     let parsed = Payload::parse("screenshot", &Value::Null);
-    assert!(matches!(parsed.payload, Payload::Unknown(UnknownFinding { mismatch: Some(_), .. })));
+    assert!(matches!(
+        parsed.payload,
+        Payload::Unknown(UnknownFinding {
+            mismatch: Some(_),
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -391,6 +422,7 @@ fn the_wire_names_of_kinds_are_frozen() {
             "leak",
             "beacon",
             "beacon_summary",
+            "udp",
             "noop"
         ]
     );

@@ -3,8 +3,8 @@
 
 use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
 use futures::future::BoxFuture;
-use overlord_probes::scan::{BannerOptions, GrabError, grab_banner};
 use overlord_core::finding::Banner;
+use overlord_probes::scan::{BannerOptions, GrabError, grab_banner};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -60,7 +60,9 @@ impl Module for BannerGrab {
                     )),
                     // The port closed since the scan, or was a self-connect: nothing to report.
                     Err(GrabError::Connect(..)) | Err(GrabError::SelfConnect(_)) => {}
-                    Err(e @ GrabError::ConnectTimeout(_)) => return Err(ModuleError::Failed(e.to_string())),
+                    Err(e @ GrabError::ConnectTimeout(_)) => {
+                        return Err(ModuleError::Failed(e.to_string()));
+                    }
                 }
             }
             Ok(out)

@@ -12,8 +12,8 @@
 use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput, to_schema};
 use futures::future::BoxFuture;
 use overlord_analytics::{AnalyticsError, BeaconConfig, LogKind, score_logs};
-use overlord_core::finding::beacon::{BadLine, Beacon as BeaconFinding, BeaconSummary};
 use overlord_core::finding::Payload;
+use overlord_core::finding::beacon::{BadLine, Beacon as BeaconFinding, BeaconSummary};
 use serde_json::Value;
 
 pub struct Beacon;
@@ -141,8 +141,8 @@ impl Module for Beacon {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
     use overlord_core::scope::Scope;
+    use serde_json::json;
 
     fn task(input: Option<String>, params: Value) -> TaskInput {
         TaskInput {
@@ -216,10 +216,7 @@ mod tests {
             )
             .await
             .unwrap_err();
-        assert!(
-            e.permanent() && e.to_string().contains("input_dir"),
-            "{e}"
-        );
+        assert!(e.permanent() && e.to_string().contains("input_dir"), "{e}");
         let e = Beacon
             .run(
                 &task(Some("x".into()), json!({"threshold": "high"})),

@@ -9,8 +9,8 @@
 //! `leak` tasks). A screenshot's PNG is not sent back with its enrichment.
 
 use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput, to_schema};
-use overlord_core::finding::{Enrichment, Payload};
 use futures::future::BoxFuture;
+use overlord_core::finding::{Enrichment, Payload};
 use overlord_enrich::{Analysis, Analyzer, AnalyzerConfig, EnrichError};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -108,7 +108,10 @@ impl Module for Enrich {
                     tokio::task::spawn_blocking(move || {
                         use std::io::Read;
                         let mut buf = Vec::with_capacity(input.size as usize);
-                        (&input.file).take(cap + 1).read_to_end(&mut buf).map(|_| buf)
+                        (&input.file)
+                            .take(cap + 1)
+                            .read_to_end(&mut buf)
+                            .map(|_| buf)
                     })
                     .await
                     .map_err(|e| ModuleError::Failed(e.to_string()))?
@@ -221,7 +224,10 @@ mod tests {
             .await
             .expect("enrichment");
         let e = enrichment(&out[0]);
-        assert!(out[0].blob.is_some(), "a file's image travels with its enrichment");
+        assert!(
+            out[0].blob.is_some(),
+            "a file's image travels with its enrichment"
+        );
         assert!(e.blank);
         assert_eq!(e.input.as_deref(), Some("02_blank_black_pure.png"));
         let err = m

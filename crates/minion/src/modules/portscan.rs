@@ -3,8 +3,8 @@
 
 use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
 use futures::future::BoxFuture;
-use overlord_probes::scan::{ScanOptions, scan_ports};
 use overlord_core::finding::OpenPort;
+use overlord_probes::scan::{ScanOptions, scan_ports};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::Semaphore;

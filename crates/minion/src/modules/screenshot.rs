@@ -16,13 +16,13 @@
 use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput, to_schema};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use overlord_probes::screen::{
-    ScreenError, ScreenOptions, rdp_probe, vnc_screenshot, x11_screenshot,
-};
 use overlord_core::finding::Payload;
 use overlord_core::finding::screen::{
     Capture, Rdp, ScreenProtocol, Screenshot as ShotFinding, ScreenshotError, VncCapture,
     X11Capture,
+};
+use overlord_probes::screen::{
+    ScreenError, ScreenOptions, rdp_probe, vnc_screenshot, x11_screenshot,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -35,9 +35,7 @@ pub struct Screenshot;
 fn protocol_for(task: &TaskInput, port: u16) -> Result<ScreenProtocol, ModuleError> {
     match task.params.get("protocol") {
         Some(v) if !v.is_null() => serde_json::from_value(v.clone()).map_err(|_| {
-            ModuleError::Invalid(format!(
-                "unknown screenshot protocol {v} (vnc, x11, rdp)"
-            ))
+            ModuleError::Invalid(format!("unknown screenshot protocol {v} (vnc, x11, rdp)"))
         }),
         _ => Ok(match port {
             6000..=6063 => ScreenProtocol::X11,
@@ -190,8 +188,8 @@ impl Module for Screenshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{Value, json};
     use overlord_core::scope::Scope;
+    use serde_json::{Value, json};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn task(port: u16, params: Value) -> TaskInput {

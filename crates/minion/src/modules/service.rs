@@ -9,8 +9,8 @@
 //! minion's disk. Probes: ours + `/usr/share/nmap/nmap-service-probes` when present, loaded once.
 
 use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput, to_schema};
-use overlord_core::finding::{Payload, Service};
 use futures::future::BoxFuture;
+use overlord_core::finding::{Payload, Service};
 use overlord_probes::service::{IdentifyOptions, ProbeDb, Status, identify};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -185,7 +185,10 @@ mod tests {
         };
         assert_eq!(s.service.as_deref(), Some("ssh"));
         assert_eq!(s.product.as_deref(), Some("OpenSSH"));
-        assert_eq!(s.status, overlord_core::finding::service::ServiceStatus::Identified);
+        assert_eq!(
+            s.status,
+            overlord_core::finding::service::ServiceStatus::Identified
+        );
         assert!(
             m.run(&task(closed, params), &ctx())
                 .await

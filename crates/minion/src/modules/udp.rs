@@ -7,11 +7,11 @@
 //! `intensity`, `nmap_probes`, `hinted_only`, `concurrency`), `report_closed`. Probes: ours +
 //! the UDP probes of `/usr/share/nmap/nmap-service-probes` when present, loaded once.
 
-use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
+use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput, to_schema};
 use futures::future::BoxFuture;
+use overlord_core::finding::UdpPort;
 use overlord_probes::service::ProbeDb;
 use overlord_probes::udp::{UdpOptions, UdpState, scan};
-use overlord_core::finding::UdpPort;
 use std::sync::Arc;
 use tokio::sync::OnceCell;
 
@@ -85,10 +85,9 @@ impl Module for UdpScan {
                 if !keep && !report_closed {
                     continue;
                 }
-                // The probe's report as the schema's typed payload (same field names).
-                let payload: Box<UdpPort> = serde_json::to_value(&r)
-                    .and_then(serde_json::from_value)
-                    .map_err(|e| ModuleError::Failed(format!("udp report to schema: {e}")))?;
+                // The probe's report as the schema's typed payload (same field names; a field the
+                // schema lacks is reported by `to_schema`).
+                let payload: Box<UdpPort> = to_schema(&r)?;
                 out.push(FindingOut::new(Some(ip), Some(r.addr.port()), payload));
             }
             Ok(out)
@@ -98,8 +97,8 @@ impl Module for UdpScan {
 
 #[cfg(test)]
 mod tests {
-    use overlord_core::finding::Payload;
     use super::*;
+    use overlord_core::finding::Payload;
     use overlord_core::scope::Scope;
 
     fn task(ports: Vec<u16>, params: serde_json::Value) -> TaskInput {

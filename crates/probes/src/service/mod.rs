@@ -15,10 +15,10 @@ pub mod engine;
 pub mod fuzzing;
 pub mod grabbers;
 pub mod io;
-pub mod probefile;
-pub mod template;
 #[cfg(feature = "testsupport")]
 pub mod lab;
+pub mod probefile;
+pub mod template;
 #[cfg(feature = "testsupport")]
 pub mod testsupport;
 pub mod tls;

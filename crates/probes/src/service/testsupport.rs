@@ -128,7 +128,11 @@ fn port_free(port: u16) -> bool {
 /// test (or the daemon of a parallel test) may take it; our daemon then fails to bind and exits,
 /// but a bare "connect succeeds" check would have accepted the foreign listener and the test would
 /// talk to the wrong server. So readiness means: the child's own fds hold the listening socket.
-pub(crate) fn wait_ready(child: &mut Child, addr: SocketAddr, limit: Duration) -> Result<(), String> {
+pub(crate) fn wait_ready(
+    child: &mut Child,
+    addr: SocketAddr,
+    limit: Duration,
+) -> Result<(), String> {
     let end = Instant::now() + limit;
     let pid = child.id();
     while Instant::now() < end {
