@@ -11,10 +11,12 @@ use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// The fixture screens, canonical: minions refuse input paths with `..` (inputs are confined).
 fn screens() -> PathBuf {
-    overlord_enrich::metrics::fixtures_dir()
+    let d = overlord_enrich::metrics::fixtures_dir()
         .unwrap_or_else(|e| panic!("{e}"))
-        .join("screens")
+        .join("screens");
+    std::fs::canonicalize(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display()))
 }
 
 fn sha_hex(b: &[u8]) -> String {
