@@ -97,6 +97,8 @@ pub fn require_bin(bin: &str, package: &str) -> Result<PathBuf, SupportError> {
         "/bin",
         "/usr/local/bin",
         "/usr/local/sbin",
+        // Unpacked, not installed, by scripts/install-deps.sh (conflicts with an installed package).
+        "/opt/overlord-lab/proftpd/usr/sbin",
     ] {
         let p = Path::new(d).join(bin);
         if p.exists() {
