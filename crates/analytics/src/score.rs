@@ -278,8 +278,9 @@ impl Scorer {
                     );
                 }
                 merged.sort_unstable_by_key(|e| e.t_us);
+                let has_sizes = self.seqs[members[0]].key.kind == LogKind::Conn;
                 if let Some(mut c) =
-                    prepare(&cfg, members[0], window, &merged, wstart, true, &mut work)
+                    prepare(&cfg, members[0], window, &merged, wstart, has_sizes, &mut work)
                 {
                     c.members = members;
                     let idx = cands.len();
@@ -349,6 +350,11 @@ impl Scorer {
                     .filter_map(|&m| alone.get(&(m, c.window)).copied())
                     .fold(0.0f32, f32::max);
                 let dominated = best_alone >= cfg.threshold && combined <= best_alone + 0.05;
+                // dns: a host's rare names are many (typos, long-tail sites); a merge of them
+                // must look like one clock, not just score well
+                if k.kind == LogKind::Dns && (c.stat.score < 0.8 || c.cnn < 0.8) {
+                    continue;
+                }
                 let total: usize = c.members.iter().map(|&m| self.seqs[m].events.len()).sum();
                 let fair = |m: usize| {
                     self.seqs[m].events.len() as f32 * c.members.len() as f32 >= 0.5 * total as f32
@@ -746,13 +752,18 @@ fn prepare(
 /// then members are removed greedily while that makes the merged check-ins more regular, so
 /// rarely visited web sites that share the port and size class drop out.
 fn rotation_groups(seqs: &[Seq], cfg: &BeaconConfig) -> Vec<(Vec<usize>, u32)> {
-    let mut prevalence: FxHashMap<Dst, u32> = FxHashMap::default();
-    for s in seqs.iter().filter(|s| s.key.kind == LogKind::Conn) {
-        *prevalence.entry(s.key.dst).or_default() += 1;
+    // conn: C2 over several IPs; dns: C2 over several domains (rare names of one source)
+    let rotates = |k: LogKind| matches!(k, LogKind::Conn | LogKind::Dns);
+    let mut prevalence: FxHashMap<(LogKind, Dst), u32> = FxHashMap::default();
+    for s in seqs.iter().filter(|s| rotates(s.key.kind)) {
+        *prevalence.entry((s.key.kind, s.key.dst)).or_default() += 1;
     }
-    let mut by: FxHashMap<(IpAddr, u16, i32), Vec<usize>> = FxHashMap::default();
+    let mut by: FxHashMap<(LogKind, IpAddr, u16, i32), Vec<usize>> = FxHashMap::default();
     for (i, s) in seqs.iter().enumerate() {
-        if s.key.kind != LogKind::Conn || s.events.len() < 3 || prevalence[&s.key.dst] > 2 {
+        if !rotates(s.key.kind)
+            || s.events.len() < 3
+            || prevalence[&(s.key.kind, s.key.dst)] > 2
+        {
             continue;
         }
         let first = s.events[0].t_us;
@@ -764,7 +775,9 @@ fn rotation_groups(seqs: &[Seq], cfg: &BeaconConfig) -> Vec<(Vec<usize>, u32)> {
         let mid = b.len() / 2;
         let med = *b.select_nth_unstable(mid).1;
         let class = ((med as f32 + 1.0).log2() * 2.0).round() as i32;
-        by.entry((s.key.src, s.port, class)).or_default().push(i);
+        by.entry((s.key.kind, s.key.src, s.port, class))
+            .or_default()
+            .push(i);
     }
     let mut out = Vec::new();
     let mut scratch = Vec::new();
