@@ -10,4 +10,9 @@ $SUDO apt-get install -y -qq \
     nmap openssh-server redis-server mosquitto nginx-light vsftpd python3-aiosmtpd \
     xvfb x11vnc tigervnc-standalone-server xterm x11-apps x11-utils xauth vncsnapshot imagemagick opencv-data \
     xfonts-base fonts-dejavu-core fonts-urw-base35 fonts-noto-mono \
-    nftables iproute2 netcat-openbsd >/dev/null
+    nftables iproute2 netcat-openbsd \
+    unbound bind9 chrony snmpd memcached \
+    ngircd inspircd haproxy lighttpd proftpd-core dovecot-imapd exim4-daemon-light \
+    postgresql mariadb-server cups-daemon rabbitmq-server >/dev/null
+# (UDP scan tests: unbound, chrony, snmpd, memcached; service lab: the rest. Package scripts do
+# not start them in containers (policy-rc.d); the tests start their own copies on loopback.)

@@ -42,6 +42,13 @@ pub const CATALOG: &[ModuleInfo] = &[
         root: RootKind::Network { ports_per_task: 16 },
     },
     ModuleInfo {
+        name: "udp",
+        capability: "scan",
+        root: RootKind::Network {
+            ports_per_task: 256,
+        },
+    },
+    ModuleInfo {
         name: "screenshot",
         capability: "screenshot",
         root: RootKind::Network { ports_per_task: 1 },

@@ -11,6 +11,7 @@ pub mod noop;
 pub mod portscan;
 pub mod screenshot;
 pub mod service;
+pub mod udp;
 
 /// Every module an ordinary minion runs. `leak` is not here: it needs the coordinator's leak
 /// database and runs only on the coordinator's lookup minion (see [`leak::lookup_modules`]).
@@ -23,5 +24,6 @@ pub fn builtin() -> Vec<Arc<dyn Module>> {
         Arc::new(noop::Noop),
         Arc::new(enrich::Enrich::default()),
         Arc::new(beacon::Beacon),
+        Arc::new(udp::UdpScan::default()),
     ]
 }
