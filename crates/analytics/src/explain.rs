@@ -119,9 +119,7 @@ pub fn explain(
     let findings: Vec<Finding> = report
         .findings
         .into_iter()
-        .filter(|f| {
-            f.src == key.src && f.dst == key.dst && key.kind.is_none_or(|k| k == f.kind)
-        })
+        .filter(|f| f.src == key.src && f.dst == key.dst && key.kind.is_none_or(|k| k == f.kind))
         .collect();
     Ok(build(key.clone(), events, findings, cfg.burst_gap))
 }
@@ -191,19 +189,27 @@ pub fn format_text(e: &Explanation) -> String {
     let _ = writeln!(
         s,
         "{}{} -> {}: {} events, {} check-ins",
-        k.kind.map(|k| format!("{} ", k.as_str())).unwrap_or_default(),
+        k.kind
+            .map(|k| format!("{} ", k.as_str()))
+            .unwrap_or_default(),
         k.src,
         k.dst,
         e.events.len(),
         e.checkins.len()
     );
     if e.findings.is_empty() {
-        let _ = writeln!(s, "not scored (fewer than the minimum check-ins in every window)");
+        let _ = writeln!(
+            s,
+            "not scored (fewer than the minimum check-ins in every window)"
+        );
     }
     for f in &e.findings {
         s.push_str(&crate::report::format_evidence(f));
     }
-    let _ = writeln!(s, "\ninterval histogram (check-in to check-in, log-spaced bins):");
+    let _ = writeln!(
+        s,
+        "\ninterval histogram (check-in to check-in, log-spaced bins):"
+    );
     let max = e.histogram.iter().map(|h| h.2).max().unwrap_or(0).max(1);
     let first = e.histogram.iter().position(|h| h.2 > 0).unwrap_or(0);
     let last = e.histogram.iter().rposition(|h| h.2 > 0).unwrap_or(0);
@@ -237,7 +243,11 @@ pub fn write_png(e: &Explanation, path: &Path) -> Result<(), AnalyticsError> {
     const W: usize = 800;
     const H: usize = 420;
     let mut px = vec![255u8; W * H * 3];
-    let mut canvas = Canvas { px: &mut px, w: W, h: H };
+    let mut canvas = Canvas {
+        px: &mut px,
+        w: W,
+        h: H,
+    };
     // --- histogram panel: y 30..200 ---
     let (hx0, hx1, hy0, hy1) = (60usize, 780usize, 30usize, 200usize);
     canvas.text(10, 8, "INTERVALS BETWEEN CHECK-INS (LOG SCALE)", [0, 0, 0]);
@@ -248,12 +258,25 @@ pub fn write_png(e: &Explanation, path: &Path) -> Result<(), AnalyticsError> {
     for (i, &(_, _, n)) in e.histogram.iter().enumerate() {
         let hgt = ((n as f64 / max as f64) * (hy1 - hy0) as f64).round() as usize;
         if hgt > 0 {
-            canvas.rect(hx0 + i * bw + 1, hy1 - hgt, bw.saturating_sub(2).max(1), hgt, [40, 90, 200]);
+            canvas.rect(
+                hx0 + i * bw + 1,
+                hy1 - hgt,
+                bw.saturating_sub(2).max(1),
+                hgt,
+                [40, 90, 200],
+            );
         }
     }
     canvas.text(10, hy0, &max.to_string(), [0, 0, 0]);
     canvas.text(10, hy1 - 6, "0", [0, 0, 0]);
-    for (secs, lab) in [(1.0, "1S"), (10.0, "10S"), (60.0, "1M"), (600.0, "10M"), (3600.0, "1H"), (86_400.0, "1D")] {
+    for (secs, lab) in [
+        (1.0, "1S"),
+        (10.0, "10S"),
+        (60.0, "1M"),
+        (600.0, "10M"),
+        (3600.0, "1H"),
+        (86_400.0, "1D"),
+    ] {
         let pos = (secs as f64).log10() * 4.0; // 4 bins per decade from 1 s
         let x = hx0 + (pos * bw as f64) as usize;
         if x < W {
@@ -272,7 +295,13 @@ pub fn write_png(e: &Explanation, path: &Path) -> Result<(), AnalyticsError> {
         let hgt = ((n as f64 / tmax as f64) * (ty1 - ty0) as f64).round() as usize;
         if hgt > 0 {
             let x = tx0 + (i as f64 * sw) as usize;
-            canvas.rect(x, ty1 - hgt, (sw as usize).saturating_sub(1).max(1), hgt, [200, 60, 40]);
+            canvas.rect(
+                x,
+                ty1 - hgt,
+                (sw as usize).saturating_sub(1).max(1),
+                hgt,
+                [200, 60, 40],
+            );
         }
     }
     canvas.text(10, ty0, &tmax.to_string(), [0, 0, 0]);
@@ -284,7 +313,12 @@ pub fn write_png(e: &Explanation, path: &Path) -> Result<(), AnalyticsError> {
         let tall = h % 6 == 0;
         canvas.rect(x, ty1, 1, if tall { 8 } else { 4 }, [0, 0, 0]);
         if tall {
-            canvas.text(x.saturating_sub(4), ty1 + 11, &format!("{}H", h % 24), [0, 0, 0]);
+            canvas.text(
+                x.saturating_sub(4),
+                ty1 + 11,
+                &format!("{}H", h % 24),
+                [0, 0, 0],
+            );
         }
     }
     let f = std::fs::File::create(path).map_err(|e| AnalyticsError::io(path, e))?;

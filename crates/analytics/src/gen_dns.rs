@@ -254,7 +254,13 @@ pub fn generate_dns(
                 }
             }
             nx_keys.push((h, name));
-            labels.push(label(&ip(h), &names[name as usize], true, false, "nx_random"));
+            labels.push(label(
+                &ip(h),
+                &names[name as usize],
+                true,
+                false,
+                "nx_random",
+            ));
         }
         // chromium's random probes at start-up: unique names, once each
         for _ in 0..3 {
@@ -288,7 +294,11 @@ pub fn generate_dns(
         let mut r = cr.fork(c.host as u64);
         let dead = r.bool(0.15);
         // rotating C2: one round-robin domain, or (harder) one domain per address
-        let n_dom = if c.domains > 1 && r.bool(0.6) { 1 } else { c.domains.max(1) };
+        let n_dom = if c.domains > 1 && r.bool(0.6) {
+            1
+        } else {
+            c.domains.max(1)
+        };
         let ttl = if variant == 0 {
             *r.choose(&[0.0, 1.0, 5.0, 30.0, 60.0, 300.0])
         } else {
@@ -390,12 +400,24 @@ pub fn generate_dns(
         let c2_names: rustc_hash::FxHashSet<u32> = c2_client.iter().map(|c| c.2).collect();
         let mut seen = rustc_hash::FxHashSet::default();
         let mut per: rustc_hash::FxHashMap<u32, u32> = Default::default();
-        for l in lines.iter().filter(|l| l.src == resolver && c2_names.contains(&l.name)) {
+        for l in lines
+            .iter()
+            .filter(|l| l.src == resolver && c2_names.contains(&l.name))
+        {
             *per.entry(l.name).or_default() += 1;
         }
-        for l in lines.iter().filter(|l| l.src == resolver && c2_names.contains(&l.name)) {
+        for l in lines
+            .iter()
+            .filter(|l| l.src == resolver && c2_names.contains(&l.name))
+        {
             if seen.insert(l.name) && per[&l.name] >= 3 {
-                let mut lab = label(&ip(resolver), &names[l.name as usize], l.nx, true, "dns_via_resolver");
+                let mut lab = label(
+                    &ip(resolver),
+                    &names[l.name as usize],
+                    l.nx,
+                    true,
+                    "dns_via_resolver",
+                );
                 lab.label = "malicious".into();
                 labels.push(lab);
             }

@@ -650,13 +650,21 @@ fn write_dns(
         let ts = cfg.start + l.ts;
         let sport = 1024 + (r.next_u64() % 60_000) as u16;
         let name = &day.names[l.name as usize];
-        let (rc, rcn) = if l.nx { (3, "NXDOMAIN") } else { (0, "NOERROR") };
+        let (rc, rcn) = if l.nx {
+            (3, "NXDOMAIN")
+        } else {
+            (0, "NOERROR")
+        };
         let ans = if l.nx {
             "-".to_string()
         } else {
             format!("{}", ip(0x5db8_0000 | (l.name & 0xffff)))
         };
-        let ttl = if l.nx { "-".to_string() } else { format!("{}.000000", l.ttl) };
+        let ttl = if l.nx {
+            "-".to_string()
+        } else {
+            format!("{}.000000", l.ttl)
+        };
         match cfg.format {
             OutFormat::Tsv => writeln!(
                 w,

@@ -19,8 +19,8 @@
 pub mod bench;
 pub mod eval;
 pub mod explain;
-pub mod follow;
 pub mod features;
+pub mod follow;
 pub mod gen_dns;
 pub mod generate;
 pub mod model;

@@ -96,7 +96,11 @@ pub fn format_evidence(f: &Finding) -> String {
         "window {}: combined {:.3} ({}), CNN {:.3}, RITA-style {:.3}",
         f.window,
         f.combined,
-        if f.is_beacon { "BEACON" } else { "not a beacon" },
+        if f.is_beacon {
+            "BEACON"
+        } else {
+            "not a beacon"
+        },
         f.cnn_score,
         f.stat_score
     );

@@ -279,9 +279,9 @@ impl Scorer {
                 }
                 merged.sort_unstable_by_key(|e| e.t_us);
                 let has_sizes = self.seqs[members[0]].key.kind == LogKind::Conn;
-                if let Some(mut c) =
-                    prepare(&cfg, members[0], window, &merged, wstart, has_sizes, &mut work)
-                {
+                if let Some(mut c) = prepare(
+                    &cfg, members[0], window, &merged, wstart, has_sizes, &mut work,
+                ) {
                     c.members = members;
                     let idx = cands.len();
                     cands.push(c);
@@ -371,7 +371,11 @@ impl Scorer {
             let mut f = self.finding(c, fi, benign, combined, &cfg);
             f.popularity = pop;
             f.fan_in_needed = benign_min;
-            f.popularity_needed = if k.kind == LogKind::Conn { 0 } else { popular_min };
+            f.popularity_needed = if k.kind == LogKind::Conn {
+                0
+            } else {
+                popular_min
+            };
             if fi >= benign_min {
                 f.hints.push(crate::report::Hint::PeriodicFanIn);
             }
@@ -760,10 +764,7 @@ fn rotation_groups(seqs: &[Seq], cfg: &BeaconConfig) -> Vec<(Vec<usize>, u32)> {
     }
     let mut by: FxHashMap<(LogKind, IpAddr, u16, i32), Vec<usize>> = FxHashMap::default();
     for (i, s) in seqs.iter().enumerate() {
-        if !rotates(s.key.kind)
-            || s.events.len() < 3
-            || prevalence[&(s.key.kind, s.key.dst)] > 2
-        {
+        if !rotates(s.key.kind) || s.events.len() < 3 || prevalence[&(s.key.kind, s.key.dst)] > 2 {
             continue;
         }
         let first = s.events[0].t_us;

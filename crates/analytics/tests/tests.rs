@@ -459,8 +459,17 @@ fn follow_reads_appends_rotation_and_gzip_once_and_emits_on_class_change() {
         let mut gz = flate2_write(f);
         gz.write_all(CONN_HEADER.as_bytes()).unwrap();
         for i in 0..3 {
-            gz.write_all(conn_line(t0 - 3600.0 + i as f64 * 1000.0, "10.0.0.9", "198.51.100.1", "500", "SF").as_bytes())
-                .unwrap();
+            gz.write_all(
+                conn_line(
+                    t0 - 3600.0 + i as f64 * 1000.0,
+                    "10.0.0.9",
+                    "198.51.100.1",
+                    "500",
+                    "SF",
+                )
+                .as_bytes(),
+            )
+            .unwrap();
         }
         gz.finish().unwrap();
     }
@@ -469,7 +478,13 @@ fn follow_reads_appends_rotation_and_gzip_once_and_emits_on_class_change() {
     // 3 check-ins: not scored yet
     let mut body = String::new();
     for i in 0..3 {
-        body.push_str(&conn_line(t0 + i as f64 * 60.0, "10.0.0.5", "203.0.113.7", "700", "SF"));
+        body.push_str(&conn_line(
+            t0 + i as f64 * 60.0,
+            "10.0.0.5",
+            "203.0.113.7",
+            "700",
+            "SF",
+        ));
     }
     append(&log, &body);
     let mut f = Follower::new(d, &BeaconConfig::default()).unwrap();
@@ -479,7 +494,13 @@ fn follow_reads_appends_rotation_and_gzip_once_and_emits_on_class_change() {
     // the beacon goes on, every 60 s for 3 hours; the last line is cut in half
     let mut body = String::new();
     for i in 3..180 {
-        body.push_str(&conn_line(t0 + i as f64 * 60.0, "10.0.0.5", "203.0.113.7", "700", "SF"));
+        body.push_str(&conn_line(
+            t0 + i as f64 * 60.0,
+            "10.0.0.5",
+            "203.0.113.7",
+            "700",
+            "SF",
+        ));
     }
     let cut = conn_line(t0 + 180.0 * 60.0, "10.0.0.5", "203.0.113.7", "700", "SF");
     let (a, b) = cut.split_at(20);
@@ -494,12 +515,18 @@ fn follow_reads_appends_rotation_and_gzip_once_and_emits_on_class_change() {
     append(&log, b);
     f.poll().unwrap();
     assert_eq!(f.held().1, 6 + 178);
-    assert!(f.score().unwrap().is_empty(), "same class: not emitted again");
+    assert!(
+        f.score().unwrap().is_empty(),
+        "same class: not emitted again"
+    );
     // rotation: the log is renamed, more lines land in it before Zeek closes it, then a new
     // JSON log starts; a gzip archive appearing now is a copy of what was followed: skipped
     let rotated = d.join("conn.01:00:00-02:00:00.log");
     std::fs::rename(&log, &rotated).unwrap();
-    append(&rotated, &conn_line(t0 + 181.0 * 60.0, "10.0.0.5", "203.0.113.7", "700", "SF"));
+    append(
+        &rotated,
+        &conn_line(t0 + 181.0 * 60.0, "10.0.0.5", "203.0.113.7", "700", "SF"),
+    );
     let jlog = d.join("conn.json");
     let mut body = String::new();
     for i in 182..200 {
@@ -516,7 +543,11 @@ fn follow_reads_appends_rotation_and_gzip_once_and_emits_on_class_change() {
         gz.finish().unwrap();
     }
     f.poll().unwrap();
-    assert_eq!(f.held().1, 6 + 178 + 1 + 18, "rotated tail + JSON read once, late archive skipped");
+    assert_eq!(
+        f.held().1,
+        6 + 178 + 1 + 18,
+        "rotated tail + JSON read once, late archive skipped"
+    );
     assert!(f.score().unwrap().is_empty());
     // 25 hours later the beacon has stopped and a noisy key appears: the window slides, the
     // old events are evicted, and the beacon key (gone) is not re-emitted
@@ -529,7 +560,11 @@ fn follow_reads_appends_rotation_and_gzip_once_and_emits_on_class_change() {
     f.poll().unwrap();
     let out = f.score().unwrap();
     assert_eq!(f.held().1, 8, "only the last 24 h are held");
-    assert_eq!(out.len(), 1, "the class changed: reported once more {out:?}");
+    assert_eq!(
+        out.len(),
+        1,
+        "the class changed: reported once more {out:?}"
+    );
     assert!(!out[0].is_beacon);
     assert!(f.score().unwrap().is_empty());
 }

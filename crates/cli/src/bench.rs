@@ -73,7 +73,8 @@ pub async fn run(w: Which) -> Result<()> {
             // one core for candle's kernels (read at its first use)
             // SAFETY: set before the scorer's first matrix call; no other thread reads it concurrently.
             unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
-            let r = tokio::task::spawn_blocking(move || overlord_analytics::bench::run(&o)).await??;
+            let r =
+                tokio::task::spawn_blocking(move || overlord_analytics::bench::run(&o)).await??;
             print!("{r}");
         }
         Which::All => {
