@@ -109,6 +109,10 @@ fn main() -> Result<()> {
             if let Some(v) = take_value(&mut args, "--browsing")? {
                 cfg.browsing = v.parse()?;
             }
+            if let Some(v) = take_value(&mut args, "--variant")? {
+                cfg.variant = v.parse()?;
+            }
+            cfg.dns = !take_flag(&mut args, "--no-dns");
             cfg.gzip = take_flag(&mut args, "--gzip");
             if take_flag(&mut args, "--json") {
                 cfg.format = OutFormat::Json;

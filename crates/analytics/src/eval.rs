@@ -52,6 +52,9 @@ pub struct EvalReport {
     pub cnn_only: Metrics,
     pub stat_only: Metrics,
     pub per_pattern: Vec<PatternMetrics>,
+    /// The combined score per log type (conn, dns, ...).
+    #[serde(default)]
+    pub per_kind: Vec<(String, Metrics)>,
     pub lines: u64,
     pub bad_lines: u64,
     pub seconds: f64,
@@ -221,7 +224,7 @@ pub fn evaluate_with(
         e[1] = e[1].max(f.cnn_score);
         e[2] = e[2].max(f.stat_score);
     }
-    let mut rows: Vec<([f32; 3], bool, String)> = Vec::new();
+    let mut rows: Vec<([f32; 3], bool, String, String)> = Vec::new();
     let mut labelled: FxHashMap<(String, String, String), ()> = FxHashMap::default();
     for l in &labels {
         let k = (l.kind.clone(), l.src.clone(), l.dst.clone());
@@ -229,11 +232,11 @@ pub fn evaluate_with(
             continue;
         }
         let s = best.get(&k).copied().unwrap_or([0.0; 3]);
-        rows.push((s, l.label == "malicious", l.pattern.clone()));
+        rows.push((s, l.label == "malicious", l.pattern.clone(), l.kind.clone()));
     }
     for (k, s) in &best {
         if !labelled.contains_key(k) {
-            rows.push((*s, false, "browsing".into()));
+            rows.push((*s, false, format!("{}_browsing", k.0), k.0.clone()));
         }
     }
     let col = |i: usize| -> Vec<(f32, bool)> { rows.iter().map(|r| (r.0[i], r.1)).collect() };
@@ -241,6 +244,20 @@ pub fn evaluate_with(
     let combined = metrics(&col(0), t);
     let cnn_only = metrics(&col(1), t);
     let stat_only = metrics(&col(2), t);
+    let mut kinds: Vec<String> = rows.iter().map(|r| r.3.clone()).collect();
+    kinds.sort();
+    kinds.dedup();
+    let per_kind = kinds
+        .into_iter()
+        .map(|k| {
+            let v: Vec<(f32, bool)> = rows
+                .iter()
+                .filter(|r| r.3 == k)
+                .map(|r| (r.0[0], r.1))
+                .collect();
+            (k, metrics(&v, t))
+        })
+        .collect();
     let negatives: Vec<(f32, bool)> = rows
         .iter()
         .filter(|r| !r.1)
@@ -278,6 +295,7 @@ pub fn evaluate_with(
         cnn_only,
         stat_only,
         per_pattern,
+        per_kind,
         lines: report.lines,
         bad_lines: report.bad_lines,
         seconds: report.seconds,
@@ -310,6 +328,23 @@ pub fn format_eval(r: &EvalReport) -> String {
         let _ = writeln!(
             s,
             "{name:<10} {:>6.2} {:>7} {:>5} {:>5} {:>5} {:>9.3} {:>7.3} {:>6.3} {:>8.4} {:>7.4}",
+            m.threshold,
+            format!("{}/{}", m.positives, m.negatives),
+            m.tp,
+            m.fp,
+            m.fn_,
+            m.precision,
+            m.recall,
+            m.f1,
+            m.roc_auc,
+            m.pr_auc
+        );
+    }
+    for (k, m) in &r.per_kind {
+        let _ = writeln!(
+            s,
+            "{:<10} {:>6.2} {:>7} {:>5} {:>5} {:>5} {:>9.3} {:>7.3} {:>6.3} {:>8.4} {:>7.4}",
+            format!("  {k}"),
             m.threshold,
             format!("{}/{}", m.positives, m.negatives),
             m.tp,

@@ -17,8 +17,9 @@ use crate::rng::Rng;
 use crate::synth::{self, Backoff, BeaconSpec, DAY};
 
 /// Malicious patterns (each beacon has one primary pattern; most also have jitter).
-pub const MALICIOUS_PATTERNS: [&str; 9] = [
+pub const MALICIOUS_PATTERNS: [&str; 11] = [
     "fixed", "jitter", "burst", "partial", "gapped", "backoff", "rotating", "mixed", "combo",
+    "long", "medium",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +42,10 @@ pub struct GenConfig {
     pub browsing: f64,
     pub format: OutFormat,
     pub gzip: bool,
+    /// Also write `dns.log` (lookups through host and resolver caches, C2 domains).
+    pub dns: bool,
+    /// 0 = the tuning network; 1 = a differently-built network kept for held-out checks.
+    pub variant: u8,
 }
 
 impl Default for GenConfig {
@@ -52,6 +57,8 @@ impl Default for GenConfig {
             browsing: 1.0,
             format: OutFormat::Tsv,
             gzip: false,
+            dns: true,
+            variant: 0,
         }
     }
 }
@@ -348,13 +355,18 @@ pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary
     // Beacons: one infected host each, patterns cycled so every pattern is represented.
     let mut br = rng.fork(3);
     let nb = cfg.beacons.min(hosts.len());
+    let mut c2_dns: Vec<crate::gen_dns::C2Dns> = Vec::new();
     let mut infected: Vec<usize> = (0..hosts.len()).collect();
     br.shuffle(&mut infected);
     for (bi, &hidx) in infected.iter().take(nb).enumerate() {
         let h = hosts[hidx];
         let pattern = MALICIOUS_PATTERNS[bi % MALICIOUS_PATTERNS.len()];
         let mut r = br.fork(bi as u64);
-        let period = r.log_range(10.0, 4.0 * 3600.0);
+        let period = if cfg.variant == 1 && r.bool(0.3) {
+            r.log_range(900.0, 4.0 * 3600.0)
+        } else {
+            r.log_range(10.0, 4.0 * 3600.0)
+        };
         let mut spec = BeaconSpec::simple(period);
         spec.jitter = r.range(0.0, 0.5);
         spec.jitter_down_only = r.bool(0.3);
@@ -424,6 +436,30 @@ pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary
                 // the C2 sits behind an address the user also browses (CDN, fronting)
                 dsts[0] = sites[(r.exp(1.0) * 50.0) as usize % sites.len()];
                 spec.period = r.log_range(10.0, 3600.0);
+                if r.bool(0.3) {
+                    spec.burst = (2, 4);
+                }
+            }
+            "long" => {
+                // 1-4 h: 6-24 check-ins a day, often jittered, sometimes only part of the day
+                spec.period = r.log_range(3600.0, 4.0 * 3600.0);
+                spec.jitter = r.range(0.0, 0.5);
+                if r.bool(0.3) {
+                    spec.burst = (2, 5);
+                }
+            }
+            "medium" => {
+                // 15-60 min, partial-day or gapped half of the time
+                spec.period = r.log_range(900.0, 3600.0);
+                spec.jitter = r.range(0.0, 0.5);
+                if r.bool(0.5) {
+                    let len = r.range(8.0 * 3600.0, 20.0 * 3600.0);
+                    spec.start = r.range(0.0, DAY - len);
+                    spec.end = spec.start + len;
+                }
+                if r.bool(0.3) {
+                    spec.burst = (2, 5);
+                }
             }
             _ => {
                 // combo: burst + partial + big jitter
@@ -435,7 +471,14 @@ pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary
                 spec.end = spec.start + len;
             }
         }
-        for (t, checkin) in synth::beacon_times(&mut r, &spec) {
+        let times = synth::beacon_times(&mut r, &spec);
+        c2_dns.push(crate::gen_dns::C2Dns {
+            host: h,
+            pattern: pattern.to_string(),
+            times: times.iter().map(|x| x.0).collect(),
+            domains: dsts.len(),
+        });
+        for (t, checkin) in times {
             let dst = if dsts.len() > 1 {
                 *r.choose(&dsts)
             } else {
@@ -512,6 +555,27 @@ pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary
         (OutFormat::Json, true) => "conn.json.gz",
     });
     write_conns(&conn_path, &conns, cfg, &mut rng.fork(4))?;
+    let mut files = vec![conn_path];
+    if cfg.dns {
+        let upstream = ext(&mut rng.fork(5));
+        let day = crate::gen_dns::generate_dns(
+            &mut rng.fork(6),
+            &hosts,
+            resolver,
+            upstream,
+            &c2_dns,
+            cfg.variant,
+        );
+        let dns_path = out_dir.join(match (cfg.format, cfg.gzip) {
+            (OutFormat::Tsv, false) => "dns.log",
+            (OutFormat::Tsv, true) => "dns.log.gz",
+            (OutFormat::Json, false) => "dns.json",
+            (OutFormat::Json, true) => "dns.json.gz",
+        });
+        write_dns(&dns_path, &day, cfg, &mut rng.fork(7))?;
+        labels.extend(day.labels);
+        files.push(dns_path);
+    }
     let labels_path = out_dir.join("labels.jsonl");
     {
         let f = File::create(&labels_path).map_err(|e| AnalyticsError::io(&labels_path, e))?;
@@ -526,7 +590,10 @@ pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary
         conn_lines: conns.len() as u64,
         labels: labels.len(),
         malicious_keys: labels.iter().filter(|l| l.label == "malicious").count(),
-        files: vec![conn_path, labels_path],
+        files: {
+            files.push(labels_path);
+            files
+        },
     })
 }
 
@@ -558,6 +625,68 @@ fn push_beacon(
 }
 
 const STATES: [&str; 3] = ["SF", "S0", "REJ"];
+
+fn write_dns(
+    path: &Path,
+    day: &crate::gen_dns::DnsDay,
+    cfg: &GenConfig,
+    r: &mut Rng,
+) -> Result<(), AnalyticsError> {
+    let f = File::create(path).map_err(|e| AnalyticsError::io(path, e))?;
+    let inner: Box<dyn Write> = if cfg.gzip {
+        Box::new(flate2::write::GzEncoder::new(
+            f,
+            flate2::Compression::fast(),
+        ))
+    } else {
+        Box::new(f)
+    };
+    let mut w = BufWriter::with_capacity(1 << 20, inner);
+    let io = |e| AnalyticsError::io(path, e);
+    if cfg.format == OutFormat::Tsv {
+        w.write_all(b"#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n#path\tdns\n#open\t2023-11-15-00-00-00\n#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto\ttrans_id\trtt\tquery\tqclass\tqclass_name\tqtype\tqtype_name\trcode\trcode_name\tAA\tTC\tRD\tRA\tZ\tanswers\tTTLs\trejected\n#types\ttime\tstring\taddr\tport\taddr\tport\tenum\tcount\tinterval\tstring\tcount\tstring\tcount\tstring\tcount\tstring\tbool\tbool\tbool\tbool\tcount\tvector[string]\tvector[interval]\tbool\n").map_err(io)?;
+    }
+    for (i, l) in day.lines.iter().enumerate() {
+        let ts = cfg.start + l.ts;
+        let sport = 1024 + (r.next_u64() % 60_000) as u16;
+        let name = &day.names[l.name as usize];
+        let (rc, rcn) = if l.nx {
+            (3, "NXDOMAIN")
+        } else {
+            (0, "NOERROR")
+        };
+        let ans = if l.nx {
+            "-".to_string()
+        } else {
+            format!("{}", ip(0x5db8_0000 | (l.name & 0xffff)))
+        };
+        let ttl = if l.nx {
+            "-".to_string()
+        } else {
+            format!("{}.000000", l.ttl)
+        };
+        match cfg.format {
+            OutFormat::Tsv => writeln!(
+                w,
+                "{ts:.6}\tD{i:x}\t{}\t{sport}\t{}\t53\tudp\t{}\t0.001\t{name}\t1\tC_INTERNET\t1\tA\t{rc}\t{rcn}\tF\tF\tT\tT\t0\t{ans}\t{ttl}\tF",
+                ip(l.src),
+                ip(l.dst),
+                i % 65536
+            )
+            .map_err(io)?,
+            OutFormat::Json => writeln!(
+                w,
+                "{{\"ts\":{ts:.6},\"uid\":\"D{i:x}\",\"id.orig_h\":\"{}\",\"id.orig_p\":{sport},\"id.resp_h\":\"{}\",\"id.resp_p\":53,\"proto\":\"udp\",\"query\":\"{name}\",\"qtype_name\":\"A\",\"rcode\":{rc},\"rcode_name\":\"{rcn}\"}}",
+                ip(l.src),
+                ip(l.dst)
+            )
+            .map_err(io)?,
+        }
+    }
+    w.flush().map_err(io)?;
+    drop(w);
+    Ok(())
+}
 
 fn write_conns(
     path: &Path,

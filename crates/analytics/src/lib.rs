@@ -16,8 +16,12 @@
 //! Entry points: [`score_logs`], [`train()`], [`evaluate`], [`generate()`], and the formatters
 //! [`report::format_table`] / [`report::format_jsonl`]. The crate does not depend on the cluster.
 
+pub mod bench;
 pub mod eval;
+pub mod explain;
 pub mod features;
+pub mod follow;
+pub mod gen_dns;
 pub mod generate;
 pub mod model;
 pub mod report;
@@ -35,7 +39,7 @@ use serde::{Deserialize, Serialize};
 pub use eval::{EvalReport, evaluate, evaluate_with};
 pub use generate::{GenConfig, GenSummary, generate};
 pub use model::{BeaconCnn, Weights};
-pub use report::{BeaconReport, Finding, format_jsonl, format_table};
+pub use report::{BeaconReport, Finding, Hint, format_jsonl, format_table};
 pub use score::{Scorer, score_logs};
 pub use train::{TrainConfig, train};
 pub use zeek::LogKind;
@@ -104,6 +108,10 @@ pub struct BeaconConfig {
     pub benign_min_sources: usize,
     /// ...and by at least this fraction of all sources seen.
     pub benign_source_fraction: f64,
+    /// Popular-name hint (dns/http/ssl): a name asked for by at least this many sources...
+    pub popular_min_sources: usize,
+    /// ...and by at least this fraction of all sources seen, whether periodic or not.
+    pub popular_source_fraction: f64,
     /// Also score each source's traffic to several destinations on one port together (C2
     /// rotating over a few IPs) and credit the member pairs.
     pub group_rotation: bool,
@@ -126,6 +134,8 @@ impl Default for BeaconConfig {
             cnn_weight: 0.6,
             benign_min_sources: 5,
             benign_source_fraction: 0.05,
+            popular_min_sources: 5,
+            popular_source_fraction: 0.01,
             group_rotation: true,
             weights: None,
         }

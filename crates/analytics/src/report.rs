@@ -47,6 +47,23 @@ pub struct Finding {
     pub fan_in: u32,
     /// Many sources reach this destination periodically: likely NTP/updates/telemetry.
     pub benign_hint: bool,
+    /// dns/http/ssl: distinct sources asking for this name at all (0 for conn).
+    #[serde(default)]
+    pub popularity: u32,
+    /// Distinct hours of the day (UTC) with a check-in.
+    #[serde(default)]
+    pub active_hours: u32,
+    /// Share of intervals within ±20 % of the period (1 = a clock).
+    #[serde(default)]
+    pub period_stability: f32,
+    /// Which hints lowered the score (empty: none applied).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hints: Vec<Hint>,
+    /// The fan-in / popularity from which the benign hints apply (for the explanation).
+    #[serde(default)]
+    pub fan_in_needed: u32,
+    #[serde(default)]
+    pub popularity_needed: u32,
     /// Destinations of the rotation group this finding was credited from (C2 over several IPs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub group: Vec<String>,
@@ -57,6 +74,91 @@ pub struct Finding {
     /// Inputs of the learned combiner (for training it; not serialized).
     #[serde(skip)]
     pub features: Vec<f32>,
+}
+
+/// A rule that lowered a finding's score (×0.3 each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hint {
+    /// Many sources reach the destination periodically (NTP, updates, telemetry).
+    PeriodicFanIn,
+    /// Many sources ask for this name at all (browsing behind TTL caches, WPAD, mail).
+    PopularName,
+    /// Most connections were never established.
+    FailedConnections,
+}
+
+/// The evidence of a finding as a few lines of text.
+pub fn format_evidence(f: &Finding) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "window {}: combined {:.3} ({}), CNN {:.3}, RITA-style {:.3}",
+        f.window,
+        f.combined,
+        if f.is_beacon {
+            "BEACON"
+        } else {
+            "not a beacon"
+        },
+        f.cnn_score,
+        f.stat_score
+    );
+    let _ = writeln!(
+        s,
+        "  period {} (median interval), {:.0} % of intervals within ±20 % of it; jitter (IQR/median) {:.2}",
+        human_secs(f.period_secs),
+        f.period_stability * 100.0,
+        f.jitter
+    );
+    let _ = writeln!(
+        s,
+        "  {} events in {} check-ins (largest burst {}), active {} of 24 hours, {} .. {}",
+        f.events,
+        f.checkins,
+        f.max_burst,
+        f.active_hours,
+        utc(f.first_seen),
+        utc(f.last_seen)
+    );
+    let _ = writeln!(s, "  failed connections {:.0} %", f.failed_fraction * 100.0);
+    if !f.group.is_empty() {
+        let _ = writeln!(
+            s,
+            "  credited from a rotation group {:?} (merged period {})",
+            f.group,
+            human_secs(f.group_period_secs.unwrap_or(0.0))
+        );
+    }
+    let fan = if f.hints.contains(&Hint::PeriodicFanIn) {
+        "applied"
+    } else {
+        "not applied"
+    };
+    let _ = writeln!(
+        s,
+        "  benign-periodic hint {fan}: {} sources reach this destination periodically (needs {})",
+        f.fan_in, f.fan_in_needed
+    );
+    if f.kind != LogKind::Conn {
+        let pop = if f.hints.contains(&Hint::PopularName) {
+            "applied"
+        } else {
+            "not applied"
+        };
+        let _ = writeln!(
+            s,
+            "  popular-name hint {pop}: {} sources ask for this name (needs {})",
+            f.popularity, f.popularity_needed
+        );
+    }
+    let failed = if f.hints.contains(&Hint::FailedConnections) {
+        "applied"
+    } else {
+        "not applied"
+    };
+    let _ = writeln!(s, "  failed-connection hint {failed} (needs >= 80 %)");
+    s
 }
 
 impl Finding {
@@ -111,7 +213,7 @@ fn human_secs(s: f64) -> String {
     }
 }
 
-fn utc(epoch: f64) -> String {
+pub(crate) fn utc(epoch: f64) -> String {
     let secs = epoch.floor() as i64;
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);

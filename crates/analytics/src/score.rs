@@ -89,6 +89,8 @@ struct Cand {
     stat: StatScore,
     cnn: f32,
     jitter: f32,
+    active_hours: u32,
+    stability: f32,
 }
 
 impl Scorer {
@@ -166,6 +168,58 @@ impl Scorer {
 
     /// Score everything read so far and return every scored sequence (for evaluation).
     pub fn finish_all(mut self) -> Result<BeaconReport, AnalyticsError> {
+        let mut r = self.score_now()?;
+        r.files = std::mem::take(&mut self.files);
+        Ok(r)
+    }
+
+    /// Live mode: forget events older than `keep_from_us` (and keys left empty), so memory stays
+    /// bounded by one window; the one window scored next starts there.
+    pub fn evict_before(&mut self, keep_from_us: i64) {
+        let mut any = false;
+        for s in &mut self.seqs {
+            let n = s.events.partition_point(|e| e.t_us < keep_from_us);
+            let sorted = s.events.windows(2).all(|w| w[0].t_us <= w[1].t_us);
+            if !sorted {
+                s.events.retain(|e| e.t_us >= keep_from_us);
+            } else if n > 0 {
+                s.events.drain(..n);
+            }
+            any |= s.events.is_empty();
+        }
+        if any {
+            self.seqs.retain(|s| !s.events.is_empty());
+            self.map.clear();
+            for (i, s) in self.seqs.iter().enumerate() {
+                self.map.insert(s.key, i as u32);
+            }
+        }
+        self.min_ts = keep_from_us;
+    }
+
+    /// Live mode: drop the per-file read counters (they grow with every poll).
+    pub fn forget_files(&mut self) {
+        self.files.clear();
+    }
+
+    /// Newest event timestamp read so far (µs), if any.
+    pub fn max_ts_us(&self) -> Option<i64> {
+        self.seqs
+            .iter()
+            .filter_map(|s| s.events.iter().map(|e| e.t_us).max())
+            .max()
+    }
+
+    /// Distinct keys and events currently held.
+    pub fn held(&self) -> (usize, usize) {
+        (
+            self.seqs.len(),
+            self.seqs.iter().map(|s| s.events.len()).sum(),
+        )
+    }
+
+    /// Score everything held now without consuming the scorer (live mode); `files` is left empty.
+    pub fn score_now(&mut self) -> Result<BeaconReport, AnalyticsError> {
         let cfg = self.cfg.clone();
         let window_us = (cfg.window_secs * 1e6) as i64;
         let origin = if self.min_ts == i64::MAX {
@@ -224,9 +278,10 @@ impl Scorer {
                     );
                 }
                 merged.sort_unstable_by_key(|e| e.t_us);
-                if let Some(mut c) =
-                    prepare(&cfg, members[0], window, &merged, wstart, true, &mut work)
-                {
+                let has_sizes = self.seqs[members[0]].key.kind == LogKind::Conn;
+                if let Some(mut c) = prepare(
+                    &cfg, members[0], window, &merged, wstart, has_sizes, &mut work,
+                ) {
                     c.members = members;
                     let idx = cands.len();
                     cands.push(c);
@@ -257,6 +312,22 @@ impl Scorer {
         let benign_min = (cfg.benign_min_sources as f64)
             .max(cfg.benign_source_fraction * sources.len() as f64)
             .ceil() as u32;
+        // Popularity of a name (dns/http/ssl): distinct sources asking for it at all. Behind
+        // resolver and TTL caches the lookups of a popular name are one per TTL — periodic —
+        // for every host that keeps using it; a C2 domain is asked for by its implants only.
+        let mut popularity: FxHashMap<(LogKind, u32), u32> = FxHashMap::default();
+        for s in &self.seqs {
+            if let Dst::Name(id, _) = s.key.dst {
+                *popularity.entry((s.key.kind, id)).or_default() += 1;
+            }
+        }
+        let popular_min = (cfg.popular_min_sources as f64)
+            .max(cfg.popular_source_fraction * sources.len() as f64)
+            .ceil() as u32;
+        let popularity_of = |k: &Key| match k.dst {
+            Dst::Name(id, _) => popularity.get(&(k.kind, id)).copied().unwrap_or(0),
+            Dst::Ip(_) => 0,
+        };
 
         let mut findings: Vec<Finding> = Vec::with_capacity(cands.len());
         let mut group_credit: FxHashMap<(usize, u32), (f32, usize)> = FxHashMap::default();
@@ -265,7 +336,8 @@ impl Scorer {
         for (ci, c) in cands.iter().enumerate() {
             let k = self.seqs[c.seq].key;
             let fi = fan_in.get(&(k.kind, k.dst, c.window)).copied().unwrap_or(0);
-            let benign = fi >= benign_min;
+            let pop = popularity_of(&k);
+            let benign = fi >= benign_min || pop >= popular_min;
             let combined = combine(&cfg, self.combiner.as_ref(), c, benign);
             if !c.members.is_empty() {
                 // When the group adds no evidence over its best member alone (a C2 plus a
@@ -278,6 +350,11 @@ impl Scorer {
                     .filter_map(|&m| alone.get(&(m, c.window)).copied())
                     .fold(0.0f32, f32::max);
                 let dominated = best_alone >= cfg.threshold && combined <= best_alone + 0.05;
+                // dns: a host's rare names are many (typos, long-tail sites); a merge of them
+                // must look like one clock, not just score well
+                if k.kind == LogKind::Dns && (c.stat.score < 0.8 || c.cnn < 0.8) {
+                    continue;
+                }
                 let total: usize = c.members.iter().map(|&m| self.seqs[m].events.len()).sum();
                 let fair = |m: usize| {
                     self.seqs[m].events.len() as f32 * c.members.len() as f32 >= 0.5 * total as f32
@@ -291,7 +368,24 @@ impl Scorer {
                 continue;
             }
             alone.insert((c.seq, c.window), combined);
-            findings.push(self.finding(c, fi, benign, combined, &cfg));
+            let mut f = self.finding(c, fi, benign, combined, &cfg);
+            f.popularity = pop;
+            f.fan_in_needed = benign_min;
+            f.popularity_needed = if k.kind == LogKind::Conn {
+                0
+            } else {
+                popular_min
+            };
+            if fi >= benign_min {
+                f.hints.push(crate::report::Hint::PeriodicFanIn);
+            }
+            if pop >= popular_min {
+                f.hints.push(crate::report::Hint::PopularName);
+            }
+            if c.failed >= 0.8 {
+                f.hints.push(crate::report::Hint::FailedConnections);
+            }
+            findings.push(f);
         }
         // Credit rotation-group members with the group's score.
         if !group_credit.is_empty() {
@@ -351,7 +445,7 @@ impl Scorer {
         }
         Ok(BeaconReport {
             findings,
-            files: self.files,
+            files: Vec::new(),
             records: totals.records,
             lines: totals.lines,
             bad_lines: totals.bad_lines,
@@ -411,6 +505,12 @@ impl Scorer {
             failed_fraction: c.failed,
             fan_in,
             benign_hint: benign,
+            popularity: 0,
+            active_hours: c.active_hours,
+            period_stability: c.stability,
+            hints: Vec::new(),
+            fan_in_needed: 0,
+            popularity_needed: 0,
             group: Vec::new(),
             group_period_secs: None,
             features: features_of(cfg, c).to_vec(),
@@ -617,6 +717,22 @@ fn prepare(
         &mut w.scratch,
     );
     w.times.clear();
+    let mut hours = 0u32;
+    for &t in &w.checkins {
+        let tod = (wstart_us as f64 / 1e6 + t).rem_euclid(86_400.0);
+        hours |= 1 << ((tod / 3600.0) as u32).min(23);
+    }
+    let active_hours = hours.count_ones();
+    let stability = if w.intervals.is_empty() || st.period <= 0.0 {
+        0.0
+    } else {
+        let p = st.period;
+        w.intervals
+            .iter()
+            .filter(|&&x| (x - p).abs() <= 0.2 * p)
+            .count() as f32
+            / w.intervals.len() as f32
+    };
     Some(Cand {
         seq,
         window,
@@ -630,6 +746,8 @@ fn prepare(
         stat: st,
         cnn: 0.0,
         jitter: 0.0,
+        active_hours,
+        stability,
     })
 }
 
@@ -638,13 +756,15 @@ fn prepare(
 /// then members are removed greedily while that makes the merged check-ins more regular, so
 /// rarely visited web sites that share the port and size class drop out.
 fn rotation_groups(seqs: &[Seq], cfg: &BeaconConfig) -> Vec<(Vec<usize>, u32)> {
-    let mut prevalence: FxHashMap<Dst, u32> = FxHashMap::default();
-    for s in seqs.iter().filter(|s| s.key.kind == LogKind::Conn) {
-        *prevalence.entry(s.key.dst).or_default() += 1;
+    // conn: C2 over several IPs; dns: C2 over several domains (rare names of one source)
+    let rotates = |k: LogKind| matches!(k, LogKind::Conn | LogKind::Dns);
+    let mut prevalence: FxHashMap<(LogKind, Dst), u32> = FxHashMap::default();
+    for s in seqs.iter().filter(|s| rotates(s.key.kind)) {
+        *prevalence.entry((s.key.kind, s.key.dst)).or_default() += 1;
     }
-    let mut by: FxHashMap<(IpAddr, u16, i32), Vec<usize>> = FxHashMap::default();
+    let mut by: FxHashMap<(LogKind, IpAddr, u16, i32), Vec<usize>> = FxHashMap::default();
     for (i, s) in seqs.iter().enumerate() {
-        if s.key.kind != LogKind::Conn || s.events.len() < 3 || prevalence[&s.key.dst] > 2 {
+        if !rotates(s.key.kind) || s.events.len() < 3 || prevalence[&(s.key.kind, s.key.dst)] > 2 {
             continue;
         }
         let first = s.events[0].t_us;
@@ -656,7 +776,9 @@ fn rotation_groups(seqs: &[Seq], cfg: &BeaconConfig) -> Vec<(Vec<usize>, u32)> {
         let mid = b.len() / 2;
         let med = *b.select_nth_unstable(mid).1;
         let class = ((med as f32 + 1.0).log2() * 2.0).round() as i32;
-        by.entry((s.key.src, s.port, class)).or_default().push(i);
+        by.entry((s.key.kind, s.key.src, s.port, class))
+            .or_default()
+            .push(i);
     }
     let mut out = Vec::new();
     let mut scratch = Vec::new();

@@ -424,3 +424,170 @@ fn shipped_weights_are_what_train_produces() {
         "shipped weights differ from `beacons train --seed 7`: retrain and commit them"
     );
 }
+
+// --- live mode ---
+
+fn append(path: &Path, s: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(s.as_bytes()).unwrap();
+    f.flush().unwrap();
+}
+
+fn json_conn(ts: f64, src: &str, dst: &str) -> String {
+    format!(
+        "{{\"ts\":{ts:.6},\"uid\":\"Cj\",\"id.orig_h\":\"{src}\",\"id.orig_p\":50000,\"id.resp_h\":\"{dst}\",\"id.resp_p\":443,\"proto\":\"tcp\",\"duration\":0.5,\"orig_bytes\":700,\"resp_bytes\":900,\"conn_state\":\"SF\"}}\n"
+    )
+}
+
+/// Follows a directory while a "Zeek" appends, splits a line across polls, rotates the log
+/// (rename + new JSON log), and leaves a gzip archive: every line is read exactly once, the
+/// beacon is emitted once when it crosses the threshold and again only when it changes class,
+/// and the 24 h window evicts old events.
+#[test]
+fn follow_reads_appends_rotation_and_gzip_once_and_emits_on_class_change() {
+    use overlord_analytics::follow::Follower;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let t0 = 1_700_000_000.0;
+    // a back-fill archive present at start: read once
+    {
+        let f = std::fs::File::create(d.join("conn.00:00:00-01:00:00.log.gz")).unwrap();
+        let mut gz = flate2_write(f);
+        gz.write_all(CONN_HEADER.as_bytes()).unwrap();
+        for i in 0..3 {
+            gz.write_all(
+                conn_line(
+                    t0 - 3600.0 + i as f64 * 1000.0,
+                    "10.0.0.9",
+                    "198.51.100.1",
+                    "500",
+                    "SF",
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        }
+        gz.finish().unwrap();
+    }
+    let log = d.join("conn.log");
+    append(&log, CONN_HEADER);
+    // 3 check-ins: not scored yet
+    let mut body = String::new();
+    for i in 0..3 {
+        body.push_str(&conn_line(
+            t0 + i as f64 * 60.0,
+            "10.0.0.5",
+            "203.0.113.7",
+            "700",
+            "SF",
+        ));
+    }
+    append(&log, &body);
+    let mut f = Follower::new(d, &BeaconConfig::default()).unwrap();
+    assert!(f.poll().unwrap() >= 6);
+    assert!(f.score().unwrap().is_empty());
+    assert_eq!(f.held().1, 6);
+    // the beacon goes on, every 60 s for 3 hours; the last line is cut in half
+    let mut body = String::new();
+    for i in 3..180 {
+        body.push_str(&conn_line(
+            t0 + i as f64 * 60.0,
+            "10.0.0.5",
+            "203.0.113.7",
+            "700",
+            "SF",
+        ));
+    }
+    let cut = conn_line(t0 + 180.0 * 60.0, "10.0.0.5", "203.0.113.7", "700", "SF");
+    let (a, b) = cut.split_at(20);
+    body.push_str(a);
+    append(&log, &body);
+    f.poll().unwrap();
+    assert_eq!(f.held().1, 6 + 177, "the half line waits");
+    let out = f.score().unwrap();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].dst, "203.0.113.7");
+    assert!(out[0].is_beacon);
+    append(&log, b);
+    f.poll().unwrap();
+    assert_eq!(f.held().1, 6 + 178);
+    assert!(
+        f.score().unwrap().is_empty(),
+        "same class: not emitted again"
+    );
+    // rotation: the log is renamed, more lines land in it before Zeek closes it, then a new
+    // JSON log starts; a gzip archive appearing now is a copy of what was followed: skipped
+    let rotated = d.join("conn.01:00:00-02:00:00.log");
+    std::fs::rename(&log, &rotated).unwrap();
+    append(
+        &rotated,
+        &conn_line(t0 + 181.0 * 60.0, "10.0.0.5", "203.0.113.7", "700", "SF"),
+    );
+    let jlog = d.join("conn.json");
+    let mut body = String::new();
+    for i in 182..200 {
+        body.push_str(&json_conn(t0 + i as f64 * 60.0, "10.0.0.5", "203.0.113.7"));
+    }
+    append(&jlog, &body);
+    std::fs::copy(&rotated, d.join("conn.01:00:00-02:00:00.log.gz.tmp")).unwrap();
+    {
+        let f = std::fs::File::create(d.join("conn.late.log.gz")).unwrap();
+        let mut gz = flate2_write(f);
+        gz.write_all(CONN_HEADER.as_bytes()).unwrap();
+        gz.write_all(conn_line(t0, "10.0.0.77", "198.51.100.2", "1", "SF").as_bytes())
+            .unwrap();
+        gz.finish().unwrap();
+    }
+    f.poll().unwrap();
+    assert_eq!(
+        f.held().1,
+        6 + 178 + 1 + 18,
+        "rotated tail + JSON read once, late archive skipped"
+    );
+    assert!(f.score().unwrap().is_empty());
+    // 25 hours later the beacon has stopped and a noisy key appears: the window slides, the
+    // old events are evicted, and the beacon key (gone) is not re-emitted
+    let later = t0 + 25.0 * 3600.0;
+    let mut body = String::new();
+    for dt in [0.0, 50.0, 2000.0, 2100.0, 9000.0, 30000.0, 30010.0, 61000.0] {
+        body.push_str(&json_conn(later + dt, "10.0.0.5", "203.0.113.7"));
+    }
+    append(&jlog, &body);
+    f.poll().unwrap();
+    let out = f.score().unwrap();
+    assert_eq!(f.held().1, 8, "only the last 24 h are held");
+    assert_eq!(
+        out.len(),
+        1,
+        "the class changed: reported once more {out:?}"
+    );
+    assert!(!out[0].is_beacon);
+    assert!(f.score().unwrap().is_empty());
+}
+
+fn flate2_write(f: std::fs::File) -> flate2::write::GzEncoder<std::fs::File> {
+    flate2::write::GzEncoder::new(f, flate2::Compression::fast())
+}
+
+#[test]
+fn transitions_emit_on_crossing_and_on_class_change_only() {
+    use overlord_analytics::follow::Transitions;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("conn.log");
+    write_beacon_log(&p);
+    let r = score_logs(&[p], &BeaconConfig::default()).unwrap();
+    let mut findings = r.findings.clone();
+    let mut t = Transitions::default();
+    let first = t.update(&findings).len();
+    assert_eq!(first, findings.iter().filter(|f| f.is_beacon).count());
+    assert!(first > 0);
+    assert!(t.update(&findings).is_empty());
+    findings[0].is_beacon = false;
+    let again = t.update(&findings);
+    assert_eq!(again.len(), 1);
+    assert!(!again[0].is_beacon);
+}

@@ -43,6 +43,17 @@ pub struct BeaconsArgs {
     /// Data directory of the embedded cluster (with --cluster and no --coordinator).
     #[arg(long, default_value = ".overlord-data")]
     pub data_dir: PathBuf,
+    /// Follow a Zeek log directory as Zeek writes it (rotation, gzip archives, TSV and JSON):
+    /// a sliding 24 h window per key; a finding is printed when a key crosses the threshold
+    /// and again only when its class changes.
+    #[arg(long, conflicts_with = "cluster")]
+    pub follow: Option<PathBuf>,
+    /// With --follow: seconds between polls of the directory.
+    #[arg(long, default_value_t = 5.0)]
+    pub poll_secs: f64,
+    /// With --follow: seconds between re-scorings of the window.
+    #[arg(long, default_value_t = 60.0)]
+    pub rescore_secs: f64,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -69,7 +80,19 @@ pub enum BeaconsCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Generates a labelled synthetic Zeek day (conn.log + labels.jsonl).
+    /// Explains one key: its evidence, the interval histogram and the timeline (text; PNG with
+    /// --png). KEY is `[KIND] SRC -> DST` as the table prints it.
+    Explain {
+        key: String,
+        #[arg(required = true)]
+        logs: Vec<PathBuf>,
+        /// Also draw the histogram and timeline into this PNG.
+        #[arg(long)]
+        png: Option<PathBuf>,
+        #[arg(long)]
+        weights: Option<PathBuf>,
+    },
+    /// Generates a labelled synthetic Zeek day (conn.log, dns.log + labels.jsonl).
     Generate {
         dir: PathBuf,
         #[arg(long, default_value_t = 1)]
@@ -86,6 +109,12 @@ pub enum BeaconsCmd {
         /// JSON lines instead of TSV.
         #[arg(long)]
         json: bool,
+        /// 1 = the differently-built held-out network.
+        #[arg(long, default_value_t = 0)]
+        variant: u8,
+        /// conn.log only.
+        #[arg(long)]
+        no_dns: bool,
     },
 }
 
@@ -145,8 +174,12 @@ pub async fn run(a: BeaconsArgs) -> Result<()> {
             browsing,
             gzip,
             json,
+            variant,
+            no_dns,
         }) => {
             let cfg = GenConfig {
+                variant,
+                dns: !no_dns,
                 hosts,
                 beacons,
                 browsing,
@@ -173,6 +206,28 @@ pub async fn run(a: BeaconsArgs) -> Result<()> {
                     .join(", ")
             );
         }
+        Some(BeaconsCmd::Explain {
+            key,
+            logs,
+            png,
+            weights,
+        }) => {
+            let key = overlord_analytics::explain::KeySpec::parse(&key)?;
+            let cfg = BeaconConfig {
+                weights,
+                ..BeaconConfig::default()
+            };
+            let e = tokio::task::spawn_blocking(move || {
+                overlord_analytics::explain::explain(&key, &logs, &cfg)
+            })
+            .await??;
+            print!("{}", overlord_analytics::explain::format_text(&e));
+            if let Some(p) = png {
+                overlord_analytics::explain::write_png(&e, &p)?;
+                eprintln!("wrote {}", p.display());
+            }
+        }
+        None if a.follow.is_some() => follow(a).await?,
         None if a.logs.is_empty() => bail!("give Zeek logs to score, or train|eval|generate"),
         None if a.cluster || a.coordinator.is_some() => cluster(a).await?,
         None => {
@@ -194,6 +249,62 @@ pub async fn run(a: BeaconsArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--follow DIR`: poll, re-score on a cadence, print class changes; stops on Ctrl-C.
+async fn follow(a: BeaconsArgs) -> Result<()> {
+    let dir = a.follow.clone().expect("checked by the caller");
+    let mut cfg = BeaconConfig {
+        weights: a.weights.clone(),
+        ..BeaconConfig::default()
+    };
+    if let Some(t) = a.threshold {
+        cfg.threshold = t;
+    }
+    let mut f = overlord_analytics::follow::Follower::new(&dir, &cfg)?;
+    let poll = std::time::Duration::from_secs_f64(a.poll_secs.max(0.05));
+    let rescore = std::time::Duration::from_secs_f64(a.rescore_secs.max(0.05));
+    let mut last_score = std::time::Instant::now() - rescore;
+    let mut dirty = false;
+    let format = a.format;
+    loop {
+        let (n, out, held, f2) = tokio::task::spawn_blocking(move || {
+            let n = f.poll()?;
+            let mut out = Vec::new();
+            if (dirty || n > 0) && last_score.elapsed() >= rescore {
+                out = f.score()?;
+            }
+            let held = f.held();
+            Ok::<_, overlord_analytics::AnalyticsError>((n, out, held, f))
+        })
+        .await??;
+        f = f2;
+        if n > 0 {
+            dirty = true;
+        }
+        if last_score.elapsed() >= rescore && dirty {
+            last_score = std::time::Instant::now();
+            dirty = false;
+            tracing::debug!(keys = held.0, events = held.1, "window rescored");
+        }
+        for x in &out {
+            match format {
+                Format::Jsonl => println!("{}", serde_json::to_string(x)?),
+                Format::Table => println!(
+                    "{} {} combined {:.3} period {:.0}s checkins {}",
+                    if x.is_beacon { "BEACON" } else { "cleared" },
+                    x.key(),
+                    x.combined,
+                    x.period_secs,
+                    x.checkins
+                ),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
 }
 
 async fn cluster(a: BeaconsArgs) -> Result<()> {

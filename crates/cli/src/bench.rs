@@ -43,6 +43,20 @@ pub enum Which {
         #[arg(long)]
         no_cluster: bool,
     },
+    /// Beacon analytics: read + score a generated conn.log (one thread) beside the Python
+    /// RITA-style peer on the same file; prints lines/s, the ratio and peak RSS.
+    Beacons {
+        #[arg(long, default_value_t = 400)]
+        hosts: usize,
+        /// Browsing volume (1.0 ≈ 2.5 M lines with 400 hosts; 4.0 ≈ 10 M).
+        #[arg(long, default_value_t = 1.0)]
+        browsing: f64,
+        /// Directory holding (or to receive) conn.log.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        #[arg(long)]
+        no_peer: bool,
+    },
     /// All of the above with default sizes.
     All,
 }
@@ -62,6 +76,28 @@ pub async fn run(w: Which) -> Result<()> {
             latency_findings,
             no_cluster,
         } => crate::bench_firehose::run(findings, rate, latency_findings, !no_cluster).await?,
+        Which::Beacons {
+            hosts,
+            browsing,
+            dir,
+            no_peer,
+        } => {
+            let mut o = overlord_analytics::bench::BenchOptions {
+                hosts,
+                browsing,
+                peer: !no_peer,
+                ..Default::default()
+            };
+            if let Some(d) = dir {
+                o.dir = d;
+            }
+            // one core for candle's kernels (read at its first use)
+            // SAFETY: set before the scorer's first matrix call; no other thread reads it concurrently.
+            unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
+            let r =
+                tokio::task::spawn_blocking(move || overlord_analytics::bench::run(&o)).await??;
+            print!("{r}");
+        }
         Which::All => {
             throughput(100_000).await?;
             reassign(20).await?;
