@@ -68,7 +68,7 @@ pub fn score(
         return StatScore::default();
     }
     let mut iv = intervals.to_vec();
-    iv.sort_by(f32::total_cmp);
+    iv.sort_unstable_by(f32::total_cmp);
     let (q1, q2, q3) = quartiles(&iv);
     let ts_skew = skew_score(q1, q2, q3);
     let m = madm(&iv, q2, scratch);
@@ -106,7 +106,7 @@ pub fn score(
     let spread = spread_even * (0.5 + 0.5 * coverage);
     let size = if sizes.len() >= 2 {
         let mut s = sizes.to_vec();
-        s.sort_by(f32::total_cmp);
+        s.sort_unstable_by(f32::total_cmp);
         let (a, b, c) = quartiles(&s);
         let sk = skew_score(a, b, c);
         let sm = madm(&s, b, scratch);
@@ -215,7 +215,7 @@ fn ladder_log(l: &[f32], tol: f32) -> Ladder {
         None
     };
     let mut sorted = l.to_vec();
-    sorted.sort_by(f32::total_cmp);
+    sorted.sort_unstable_by(f32::total_cmp);
     let base = sorted[n / 10];
     let (mut explained, mut rises) = (0u32, 0u32);
     for w in l.windows(2) {
