@@ -1,0 +1,12 @@
+//! overlord-query: a search index over every durable finding of every job (tantivy, in the
+//! coordinator's data directory), the query language, and the answers built on it (services,
+//! hosts, facets, host history, job diffs). See `docs/QUERY.md` and the Query section of
+//! `docs/DESIGN.md`.
+
+pub mod compile;
+pub mod export;
+pub mod fields;
+pub mod index;
+pub mod lang;
+pub mod search;
+pub mod state;
