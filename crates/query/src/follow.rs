@@ -123,3 +123,19 @@ impl Follower {
         lag
     }
 }
+
+/// The latest job before `a` over the same targets and ports (else the latest before `a`), among
+/// the jobs in the index: what `diff A` compares `A` with.
+pub fn previous_job(store: &dyn Store, a: u64, indexed: &[u64]) -> Option<u64> {
+    let spec_a = store.spec(a).ok().flatten();
+    let key = |s: &overlord_core::job::JobSpec| (s.targets.clone(), s.ports.clone());
+    let earlier: Vec<u64> = indexed.iter().copied().filter(|j| *j < a).collect();
+    if let Some(sa) = &spec_a {
+        for j in earlier.iter().rev() {
+            if store.spec(*j).ok().flatten().is_some_and(|s| key(&s) == key(sa)) {
+                return Some(*j);
+            }
+        }
+    }
+    earlier.last().copied()
+}

@@ -3,7 +3,9 @@
 //! hosts, facets, host history, job diffs). See `docs/QUERY.md` and the Query section of
 //! `docs/DESIGN.md`.
 
+pub mod bench;
 pub mod compile;
+pub mod corpus;
 pub mod export;
 pub mod fields;
 pub mod index;

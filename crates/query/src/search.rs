@@ -162,12 +162,6 @@ fn cols(seg: &SegmentReader) -> tantivy::Result<Cols> {
 }
 
 impl Cols {
-    fn key(&self, seg_ord: SegmentOrdinal, doc: DocId) -> RowKey {
-        match self.ip.as_ref().and_then(|c| c.first(doc)) {
-            Some(ip) => RowKey { ip: u128::from(ip), port: self.port.first(doc).unwrap_or(0) },
-            None => RowKey { ip: u128::MAX, port: ((seg_ord as u64) << 32) | doc as u64 },
-        }
-    }
     fn last(&self, doc: DocId) -> i64 {
         self.last.first(doc).map(|d| d.into_timestamp_millis()).unwrap_or(0)
     }
@@ -211,7 +205,17 @@ fn put(best: &mut Best, limit: usize, k: RowKey, port: u64, last: i64, addr: Doc
 impl SegmentCollector for PageSeg {
     type Fruit = Best;
     fn collect(&mut self, doc: DocId, _: Score) {
-        let mut k = self.cols.key(self.seg, doc);
+        let ip = self.cols.ip.as_ref().and_then(|c| c.first(doc)).map(u128::from);
+        // most matches of a broad query fall outside a full page: decided on the address alone
+        if let (Some(ip), true) = (ip, self.best.len() >= self.limit)
+            && self.best.last_key_value().is_some_and(|(m, _)| ip > m.ip)
+        {
+            return;
+        }
+        let mut k = match ip {
+            Some(ip) => RowKey { ip, port: self.cols.port.first(doc).unwrap_or(0) },
+            None => RowKey { ip: u128::MAX, port: ((self.seg as u64) << 32) | doc as u64 },
+        };
         let port = k.port;
         if self.hosts && k.ip != u128::MAX {
             k.port = 0;
@@ -457,8 +461,10 @@ impl Engine {
         let ra = self.job_rows(&s, a, &dl)?;
         let rb = self.job_rows(&s, b, &dl)?;
         let mut d = Diff { job_a: a, job_b: b, rows_a: ra.len() as u64, rows_b: rb.len() as u64, ..Default::default() };
-        let mut cov: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        let prefix = |ip: u128| -> String {
+        let mut cov: BTreeMap<u128, (u64, u64)> = BTreeMap::new();
+        let v4 = |ip: u128| ip >> 32 == 0xffff;
+        let prefix = |ip: u128| -> u128 { if v4(ip) { ip & !0xff } else { ip & !((1u128 << 64) - 1) } };
+        let prefix_name = |ip: u128| -> String {
             let a = ip_of(Ipv6Addr::from(ip));
             match a {
                 IpAddr::V4(v) => {
@@ -511,7 +517,7 @@ impl Engine {
         d.coverage_net = cov
             .into_iter()
             .filter(|(_, (x, y))| x != y)
-            .map(|(k, (x, y))| Coverage { key: k, a: x, b: y })
+            .map(|(k, (x, y))| Coverage { key: prefix_name(k), a: x, b: y })
             .collect();
         for (field, out) in [("minion", &mut d.coverage_minion), ("provider", &mut d.coverage_provider)] {
             let ca = self.count(&format!("job:{a} AND open:true"), &[(field.into(), 1000)], deadline)?;
