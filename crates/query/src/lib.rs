@@ -8,6 +8,7 @@ pub mod compile;
 pub mod corpus;
 pub mod export;
 pub mod fields;
+pub mod import;
 pub mod index;
 pub mod lang;
 pub mod search;
