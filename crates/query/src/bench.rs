@@ -439,6 +439,56 @@ pub fn run(a: QueryBenchArgs) -> Result<()> {
         ours.push(ts);
     }
     println!("RSS after queries: {rss_max:.0} MiB");
+    // ingestion while queries run: the same amount folded alone, then with 4 query threads
+    // looping over the selective queries
+    let extra = (a.n / 10).clamp(10_000, 500_000);
+    let base_job = c.jobs() + 1;
+    let fold = |job_off: u64, e: &Engine| -> Result<f64> {
+        let t = Instant::now();
+        let mut i = 0;
+        while i < extra {
+            let b: Vec<_> = (i..(i + batch).min(extra))
+                .map(|k| {
+                    let (mut p, o) = c.finding(k);
+                    p.job = base_job + job_off;
+                    (p, o)
+                })
+                .collect();
+            e.index.add(&b)?;
+            e.index.maybe_commit()?;
+            i += batch;
+        }
+        e.index.commit()?;
+        Ok(extra as f64 / t.elapsed().as_secs_f64())
+    };
+    let alone = fold(0, &e)?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let served = std::sync::atomic::AtomicU64::new(0);
+    let busy = std::thread::scope(|sc| -> Result<f64> {
+        for t in 0..4 {
+            let (e, qs, stop, served) = (&e, &qs, &stop, &served);
+            sc.spawn(move || {
+                let mut k = t;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Op::Search(s, v) = &qs[k % 13].op {
+                        let mut r = SearchRequest::new(s);
+                        r.view = *v;
+                        let _ = e.search(&r);
+                        served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    k += 1;
+                }
+            });
+        }
+        let r = fold(1, &e);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    })?;
+    println!(
+        "ingest of {extra} findings: {alone:.0}/s alone, {busy:.0}/s with 4 query threads ({} queries served meanwhile): {:.0}% of the alone rate",
+        served.load(std::sync::atomic::Ordering::Relaxed),
+        100.0 * busy / alone
+    );
     let duck = if a.no_peers { None } else {
         match duckdb(&dir, &rows_path, &qs, a.runs) {
             Ok((l, t)) => {
