@@ -1269,11 +1269,12 @@ async fn drive_firehose(
                 let mut r = overlord_chaos_tests::rogue::empty_result(l);
                 for n in 0..per_task {
                     r.findings.push(overlord_proto::v1::FindingOut {
-                        kind: "open_port".into(),
+                        kind: overlord_core::finding::FindingKind::OpenPort.as_str().into(),
                         target: "127.0.0.1".into(),
                         port: 1 + n as u32,
                         data_json: data.to_string(),
                         blob: vec![],
+                        schema_version: overlord_core::finding::SCHEMA_VERSION,
                     });
                 }
                 items.push(r);

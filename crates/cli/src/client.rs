@@ -87,34 +87,31 @@ pub fn finding_line(f: &v1::Finding, fmt: Format) -> String {
     match fmt {
         Format::Jsonl => finding_json(f).to_string(),
         Format::Table => {
+            use overlord_core::finding::Payload;
             let data: serde_json::Value =
                 serde_json::from_str(&f.data_json).unwrap_or(serde_json::Value::Null);
-            let detail = match f.kind.as_str() {
-                "banner" => data
-                    .get("banner")
-                    .and_then(|b| b.as_str())
-                    .map(|b| b.trim_end().replace('\r', "\\r").replace('\n', "\\n"))
-                    .unwrap_or_default(),
-                "open_port" => String::new(),
-                "service" => {
-                    let s = |k: &str| data.get(k).and_then(|v| v.as_str()).unwrap_or("");
-                    let svc = match s("tunnel") {
-                        "" => s("service").to_string(),
-                        t => format!("{t}/{}", s("service")),
+            let payload = Payload::parse(&f.kind, &data).payload;
+            let detail = match &payload {
+                Payload::Banner(b) => b.banner.trim_end().to_string(),
+                Payload::OpenPort(_) => String::new(),
+                Payload::Service(s) => {
+                    let o = |v: &Option<String>| v.clone().unwrap_or_default();
+                    let svc = match &s.tunnel {
+                        None => o(&s.service),
+                        Some(t) => format!("{t}/{}", o(&s.service)),
                     };
-                    let shot = match s("screenshot") {
-                        "" => String::new(),
-                        x => format!(" screenshot:{x}"),
+                    let shot = match s.screenshot {
+                        None => String::new(),
+                        Some(x) => format!(" screenshot:{}", x.as_str()),
                     };
-                    format!(
-                        "{svc} {} {} [{}]{shot}",
-                        s("product"),
-                        s("version"),
-                        s("status")
-                    )
+                    let status = serde_json::to_value(s.status)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    format!("{svc} {} {} [{status}]{shot}", o(&s.product), o(&s.version))
                 }
-                "screenshot" | "enrichment" | "leak" => {
-                    crate::images::finding_detail(&f.kind, &data, &f.blob_sha256)
+                Payload::Screenshot(_) | Payload::Enrichment(_) | Payload::Leak(_) => {
+                    crate::images::finding_detail(&payload, &f.blob_sha256)
                 }
                 _ => {
                     let s = data.to_string();

@@ -15,6 +15,7 @@ use crate::hub::{FanMsg, HubEvent};
 use crate::manager::MgrMsg;
 use crate::registry::{Demand, RegMsg, SlotOffer};
 use crate::telemetry;
+use overlord_core::finding::Payload;
 use overlord_core::followup::{FindingView, follow_ups};
 use overlord_core::job::{
     FindingRecord, JobRecord, JobSpec, JobState, RootPlan, TaskRecord, TaskSpec, TaskState,
@@ -949,6 +950,11 @@ impl JobSt {
                 sha
             });
             self.rec.findings += 1;
+            match &f.parsed.payload {
+                Payload::Unknown(_) => self.rec.findings_unknown_kind += 1,
+                _ if !f.parsed.unknown_fields.is_empty() => self.rec.findings_unknown_fields += 1,
+                _ => {}
+            }
             let rec = FindingRecord {
                 cursor: self.rec.findings,
                 job_id: job,
@@ -967,13 +973,12 @@ impl JobSt {
                 stored_at_ms: now,
             };
             let view = FindingView {
-                kind: &rec.kind,
+                payload: &f.parsed.payload,
                 target: rec.target,
                 port: rec.port,
-                data: &rec.data,
                 blob_sha256: rec.blob_sha256.as_deref(),
             };
-            for fu in follow_ups(&self.spec.modules, &view) {
+            for fu in follow_ups(&self.spec.rules, &self.spec.modules, &view) {
                 let id = self.rec.next_task_id;
                 self.rec.next_task_id += 1;
                 self.rec.tasks_created += 1;

@@ -8,9 +8,11 @@
 //! - [`scope`]: allow-list (default loopback) and blocklist checks.
 //! - [`modules`]: the module catalog (names, capabilities, how root tasks are made).
 //! - [`job`]: job spec, job and task records, lazy randomized expansion into bounded tasks.
+//! - [`finding`]: the typed, versioned finding schema (kinds, payloads, JSON Schema).
 //! - [`followup`]: follow-up rules (finding → new tasks).
 //! - [`sched`]: placement, lease checks, retry policy, failure detection.
 
+pub mod finding;
 pub mod followup;
 pub mod job;
 pub mod modules;

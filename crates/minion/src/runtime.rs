@@ -312,13 +312,7 @@ fn start_task(
                 r.ok = true;
                 r.findings = findings
                     .into_iter()
-                    .map(|f| v1::FindingOut {
-                        kind: f.kind,
-                        target: f.target.map(|t| t.to_string()).unwrap_or_default(),
-                        port: f.port.map(u32::from).unwrap_or(0),
-                        data_json: f.data.to_string(),
-                        blob: f.blob.map(|b| b.to_vec()).unwrap_or_default(),
-                    })
+                    .map(FindingOut::into_wire)
                     .collect();
             }
             Err(e) => {

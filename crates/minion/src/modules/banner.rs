@@ -4,7 +4,7 @@
 use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
 use futures::future::BoxFuture;
 use overlord_probes::scan::{BannerOptions, GrabError, grab_banner};
-use serde_json::json;
+use overlord_core::finding::Banner;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -49,10 +49,14 @@ impl Module for BannerGrab {
             for (port, g) in grabs {
                 match g {
                     Ok(b) => out.push(FindingOut::new(
-                        "banner",
                         Some(ip),
                         Some(port),
-                        json!({"banner": b.text(), "bytes": b.bytes.len(), "probed": b.probed, "truncated": b.truncated}),
+                        Banner {
+                            banner: b.text(),
+                            bytes: b.bytes.len() as u64,
+                            probed: b.probed,
+                            truncated: b.truncated,
+                        },
                     )),
                     // The port closed since the scan, or was a self-connect: nothing to report.
                     Err(GrabError::Connect(..)) | Err(GrabError::SelfConnect(_)) => {}

@@ -7,7 +7,8 @@
 //! (OS threads, off the async runtime), each with its own `Analyzer`, created on first use.
 //! Params: none. Leak lookups happen where the leak database lives (the coordinator's store).
 
-use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
+use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput, to_schema};
+use overlord_core::finding::{Enrichment, Payload};
 use futures::future::BoxFuture;
 use overlord_enrich::{Analysis, Analyzer, AnalyzerConfig, EnrichError};
 use std::sync::mpsc;
@@ -139,13 +140,13 @@ impl Module for Enrich {
                     }
                     _ => ModuleError::Invalid(e.to_string()),
                 })?;
-            let mut data =
-                serde_json::to_value(&analysis).map_err(|e| ModuleError::Failed(e.to_string()))?;
-            if let (serde_json::Value::Object(m), Some(input)) = (&mut data, &task.input) {
-                m.insert("input".into(), input.clone().into());
-            }
-            let mut f =
-                FindingOut::new("enrichment", task.target, task.ports.first().copied(), data);
+            let mut enrichment: Enrichment = to_schema(&analysis)?;
+            enrichment.input = task.input.clone();
+            let mut f = FindingOut::new(
+                task.target,
+                task.ports.first().copied(),
+                Payload::Enrichment(Box::new(enrichment)),
+            );
             f.blob = Some(blob);
             Ok(vec![f])
         })
@@ -191,17 +192,21 @@ mod tests {
             .await
             .expect("enrichment");
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].kind, "enrichment");
+        let enrichment = |f: &FindingOut| match &f.payload {
+            Payload::Enrichment(e) => e.clone(),
+            other => panic!("{other:?}"),
+        };
         assert_eq!(out[0].port, Some(5900));
-        let emails = out[0].data["emails"].as_array().unwrap();
+        let emails = enrichment(&out[0]).emails;
         assert_eq!(emails.len(), 3);
         let path = dir.join("02_blank_black_pure.png").display().to_string();
         let out = m
             .run(&task(None, Some(path.clone())), &ctx())
             .await
             .expect("enrichment");
-        assert_eq!(out[0].data["blank"], true);
-        assert_eq!(out[0].data["input"], path.as_str());
+        let e = enrichment(&out[0]);
+        assert!(e.blank);
+        assert_eq!(e.input.as_deref(), Some(path.as_str()));
         let err = m
             .run(
                 &task(Some(b"\x89PNG\r\n\x1a\ntruncated".to_vec()), None),

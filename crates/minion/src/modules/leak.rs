@@ -18,7 +18,8 @@ use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
 use futures::future::BoxFuture;
 use overlord_core::scope::Scope;
 use overlord_enrich::LeakDb;
-use serde_json::{Value, json};
+use overlord_core::finding::enrichment::{Leak, LeakSource};
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,19 +68,22 @@ impl LeakLookup {
                 continue; // two readings of one known address
             }
             seen.push(known.clone());
-            let data = json!({
-                "email": known,
+            let leak = Leak {
                 // as read on the screen, when OCR confusions were undone to find it
-                "read_as": (known != key).then_some(&key),
-                "source": first.source,
-                "date": first.date,
-                "leaks": recs
+                read_as: (known != key).then(|| key.clone()),
+                email: known,
+                source: first.source.clone(),
+                date: first.date.clone(),
+                leaks: recs
                     .iter()
-                    .map(|r| json!({"source": r.source, "date": r.date}))
-                    .collect::<Vec<_>>(),
-                "image": image,
-            });
-            out.push(FindingOut::new("leak", target, port, data));
+                    .map(|r| LeakSource {
+                        source: r.source.clone(),
+                        date: r.date.clone(),
+                    })
+                    .collect(),
+                image: image.map(str::to_string),
+            };
+            out.push(FindingOut::new(target, port, leak));
         }
         Ok(out)
     }
@@ -158,6 +162,7 @@ pub fn lookup_modules(db: LeakDb) -> Vec<Arc<dyn Module>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn task(params: Value) -> TaskInput {
         TaskInput {
@@ -198,13 +203,21 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out.len(), 1, "{out:?}");
-        assert_eq!(out[0].kind, "leak");
+        let leaks = |out: &[FindingOut]| -> Vec<Leak> {
+            out.iter()
+                .map(|f| match &f.payload {
+                    overlord_core::finding::Payload::Leak(l) => l.clone(),
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        let l = leaks(&out);
         assert_eq!(out[0].port, Some(5900));
-        assert_eq!(out[0].data["email"], "alice@example.com");
-        assert_eq!(out[0].data["source"], "combo-2019");
-        assert_eq!(out[0].data["date"], "2019-01-07");
-        assert_eq!(out[0].data["leaks"].as_array().unwrap().len(), 2);
-        assert_eq!(out[0].data["image"], "ab");
+        assert_eq!(l[0].email, "alice@example.com");
+        assert_eq!(l[0].source, "combo-2019");
+        assert_eq!(l[0].date, "2019-01-07");
+        assert_eq!(l[0].leaks.len(), 2);
+        assert_eq!(l[0].image.as_deref(), Some("ab"));
         // OCR read `+` as `t` and `1` as `l`: still the known address, with what was read
         let fuzzy = m
             .run(
@@ -214,9 +227,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(fuzzy.len(), 1, "two readings of one address: {fuzzy:?}");
-        assert_eq!(fuzzy[0].data["email"], "bob+shop@mx1.example.org");
-        assert_eq!(fuzzy[0].data["read_as"], "bobtshop@mxl.example.org");
-        assert_eq!(out[0].data["read_as"], Value::Null);
+        let f = leaks(&fuzzy);
+        assert_eq!(f[0].email, "bob+shop@mx1.example.org");
+        assert_eq!(f[0].read_as.as_deref(), Some("bobtshop@mxl.example.org"));
+        assert_eq!(l[0].read_as, None);
         let none = m
             .run(&task(json!({"emails": ["carol@example.net"]})), &ctx())
             .await

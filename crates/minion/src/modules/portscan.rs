@@ -4,7 +4,7 @@
 use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
 use futures::future::BoxFuture;
 use overlord_probes::scan::{ScanOptions, scan_ports};
-use serde_json::json;
+use overlord_core::finding::OpenPort;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -54,14 +54,7 @@ impl Module for PortScan {
             let open = scan_ports(ip, &task.ports, &opts).await;
             Ok(open
                 .into_iter()
-                .map(|p| {
-                    FindingOut::new(
-                        "open_port",
-                        Some(ip),
-                        Some(p),
-                        json!({"state": "open", "proto": "tcp"}),
-                    )
-                })
+                .map(|p| FindingOut::new(Some(ip), Some(p), OpenPort::tcp()))
                 .collect())
         })
     }
