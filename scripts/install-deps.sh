@@ -11,3 +11,6 @@ $SUDO apt-get install -y -qq \
     xvfb x11vnc tigervnc-standalone-server xterm x11-apps x11-utils xauth vncsnapshot imagemagick opencv-data \
     xfonts-base fonts-dejavu-core fonts-urw-base35 fonts-noto-mono \
     nftables iproute2 netcat-openbsd >/dev/null
+# `overlord bench query` compares against PostgreSQL 15 (JSONB + GIN) and DuckDB (Python package).
+$SUDO apt-get install -y -qq postgresql-15 python3-pip >/dev/null
+pip install -q --break-system-packages duckdb >/dev/null 2>&1 || pip install -q duckdb >/dev/null

@@ -8,3 +8,4 @@ pub mod embedded;
 pub mod files;
 pub mod images;
 pub mod otel;
+pub mod query;

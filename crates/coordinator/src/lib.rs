@@ -11,6 +11,7 @@ pub mod images;
 pub mod ingest;
 pub mod job;
 pub mod manager;
+pub mod query;
 pub mod registry;
 pub mod telemetry;
 
@@ -42,6 +43,8 @@ pub enum CoordError {
     Server(String),
     #[error(transparent)]
     Images(#[from] images::ImagesError),
+    #[error("query index: {0}")]
+    Query(#[from] overlord_query::index::IndexError),
 }
 
 /// A running coordinator (actors + gRPC server on its listener).
@@ -56,6 +59,8 @@ pub struct Running {
     indexer: tokio::task::JoinHandle<()>,
     images: Arc<images::Images>,
     lookup: Option<LookupMinion>,
+    /// The query index follower (stopped after a last commit on shutdown).
+    query: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
 }
 
 /// Tasks the lookup minion runs at once (a lookup is a few sled reads).
@@ -137,6 +142,10 @@ impl Running {
         let _ = (&mut self.sup_join).await;
         self.indexer.abort();
         let _ = (&mut self.indexer).await;
+        if let Some((stop, task)) = self.query.take() {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
     }
 
     /// Waits until the server task ends (e.g. a fatal error).
@@ -195,6 +204,9 @@ pub async fn start_with_store(
         settings.images.leaks.as_deref(),
     )?;
     let indexer = images::spawn_indexer(images.clone(), hub.subscribe());
+    let query = query::Query::open(&settings.data_dir.join("query"), store.clone())?;
+    let (query_stop, stopped) = oneshot::channel();
+    let query_task = query::spawn_follower(query.clone(), hub.subscribe(), stopped);
     let durable = Durable::default();
     let restarts = Arc::new(AtomicU64::new(0));
     // A new epoch per start: fencing tokens of this run are above every earlier one.
@@ -264,6 +276,11 @@ pub async fn start_with_store(
                 .max_encoding_message_size(max),
                 max,
             ))
+            .add_service(
+                v1::query_service_server::QueryServiceServer::new(query::QueryApi::new(query))
+                    .max_decoding_message_size(api::MAX_JOB_REQUEST_BYTES)
+                    .max_encoding_message_size(max),
+            )
             .add_service(reflection)
             .add_service(reflection_alpha)
             .serve_with_incoming_shutdown(incoming, async {
@@ -282,6 +299,7 @@ pub async fn start_with_store(
         indexer,
         images,
         lookup: None,
+        query: Some((query_stop, query_task)),
     };
     running.lookup = Some(spawn_lookup_minion(
         &running.local_url(),

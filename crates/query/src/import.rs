@@ -416,3 +416,65 @@ not json"#;
         assert_eq!(p.rejected[0].0, "line 4");
     }
 }
+
+/// The typed finding payload of an imported service: a `service` report (what the other tool
+/// identified; its HTTP title/server as an HTTP grab), or an `open_port` when it only saw the port.
+pub fn to_payload(s: &Imported) -> overlord_core::finding::Payload {
+    use overlord_core::finding::scan::{OpenPort, PortState, Transport};
+    use overlord_core::finding::service::{Grab, HttpGrab, Service, ServiceBanner, ServiceStatus, ServiceTimings};
+    use overlord_core::finding::Payload;
+    let identified = s.service.is_some() || s.product.is_some() || s.banner.is_some() || s.http_title.is_some() || s.http_status.is_some();
+    if !identified {
+        return Payload::OpenPort(OpenPort {
+            state: PortState::Open,
+            proto: if s.transport == "udp" { Transport::Udp } else { Transport::Tcp },
+        });
+    }
+    let addr = match s.ip {
+        Some(IpAddr::V6(a)) => format!("[{a}]:{}", s.port),
+        Some(a) => format!("{a}:{}", s.port),
+        None => String::new(),
+    };
+    let http = (s.http_title.is_some() || s.http_status.is_some() || s.http_server.is_some()).then(|| {
+        Grab::Http(HttpGrab {
+            status: s.http_status.unwrap_or(0),
+            reason: String::new(),
+            http_version: String::new(),
+            path: "/".into(),
+            headers: s.http_server.iter().map(|v| ("Server".to_string(), v.clone())).collect(),
+            server: s.http_server.clone(),
+            powered_by: None,
+            content_type: None,
+            title: s.http_title.clone(),
+            body_bytes: 0,
+            body_truncated: false,
+            body_sha256: String::new(),
+            redirects: vec![],
+            favicon: None,
+        })
+    });
+    Payload::Service(Box::new(Service {
+        addr,
+        status: if s.product.is_some() || s.service.is_some() { ServiceStatus::Identified } else { ServiceStatus::Unrecognized },
+        status_detail: Some("imported".into()),
+        service: s.service.clone(),
+        tunnel: s.tunnel.clone(),
+        product: s.product.clone(),
+        version: s.version.clone(),
+        info: None,
+        hostname: None,
+        os: None,
+        device: None,
+        cpe: s.cpe.clone(),
+        rule: None,
+        softmatch: None,
+        tls: None,
+        tls_error: None,
+        grab: http,
+        grab_error: None,
+        screenshot: None,
+        banner: s.banner.as_ref().map(|b| ServiceBanner { probe: "import".into(), bytes: b.len() as u64, truncated: false, text: b.clone() }),
+        probes_sent: vec![],
+        timings: ServiceTimings { connect_ms: 0.0, banner_ms: None, probes_ms: 0.0, grab_ms: 0.0, total_ms: 0.0 },
+    }))
+}
