@@ -8,4 +8,5 @@ pub mod embedded;
 pub mod files;
 pub mod images;
 pub mod otel;
+pub mod secure;
 pub mod query;

@@ -540,6 +540,8 @@ pub fn import_cmd(data_dir: &Path, files: &[PathBuf]) -> Result<()> {
             rate_limit: 0,
             inputs: vec![f.display().to_string()],
             params: serde_json::Value::Null,
+            rules: Default::default(),
+            owner: String::new(),
         };
         let mut rec = JobRecord::new(id, 0, 0, now);
         rec.state = JobState::Completed;

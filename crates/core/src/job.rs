@@ -49,6 +49,10 @@ pub struct JobSpec {
     /// The job's follow-up rules (added and disabled; the built-in ones apply otherwise).
     #[serde(default)]
     pub rules: RuleSet,
+    /// Who owns the job: the `owner` of the API token that submitted it (empty: submitted
+    /// without tokens configured). Older records have none.
+    #[serde(default)]
+    pub owner: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -164,6 +168,7 @@ pub fn prepare(
         rate_limit: raw.rate_limit,
         inputs: raw.inputs.clone(),
         params,
+        owner: String::new(),
     };
     root_plan(&spec)?;
     Ok(spec)

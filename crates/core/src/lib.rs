@@ -11,6 +11,8 @@
 //! - [`finding`]: the typed, versioned finding schema (kinds, payloads, JSON Schema).
 //! - [`followup`]: follow-up rules (finding → new tasks).
 //! - [`sched`]: placement, lease checks, retry policy, failure detection.
+//! - [`security`]: roles and what they may do, minion session admission, reserved identities,
+//!   input-path confinement, error-text clipping.
 
 pub mod finding;
 pub mod followup;
@@ -20,6 +22,7 @@ pub mod perm;
 pub mod ports;
 pub mod sched;
 pub mod scope;
+pub mod security;
 pub mod target;
 
 /// Job identifier (monotonic per coordinator data directory).
