@@ -57,6 +57,26 @@ pub enum Which {
         #[arg(long)]
         no_peer: bool,
     },
+    /// Query index vs DuckDB and PostgreSQL (JSONB + GIN) on a generated corpus.
+    Query {
+        /// Findings in the corpus.
+        #[arg(long, default_value_t = 10_000_000)]
+        n: u64,
+        /// Findings per job (the diff compares jobs 1 and 2).
+        #[arg(long, default_value_t = 1_000_000)]
+        per_job: u64,
+        /// Timed runs per query (after one warm-up run).
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Skip DuckDB and PostgreSQL.
+        #[arg(long)]
+        no_peers: bool,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Work directory (default: a temporary one, removed after).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// All of the above with default sizes.
     All,
 }
@@ -97,6 +117,24 @@ pub async fn run(w: Which) -> Result<()> {
             let r =
                 tokio::task::spawn_blocking(move || overlord_analytics::bench::run(&o)).await??;
             print!("{r}");
+        }
+        Which::Query {
+            n,
+            per_job,
+            runs,
+            no_peers,
+            seed,
+            dir,
+        } => {
+            let a = overlord_query::bench::QueryBenchArgs {
+                n,
+                per_job,
+                runs,
+                no_peers,
+                seed,
+                dir,
+            };
+            tokio::task::spawn_blocking(move || overlord_query::bench::run(a)).await??
         }
         Which::All => {
             throughput(100_000).await?;

@@ -9,4 +9,5 @@ pub mod embedded;
 pub mod files;
 pub mod images;
 pub mod otel;
+pub mod query;
 pub mod secure;

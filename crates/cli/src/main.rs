@@ -177,6 +177,77 @@ enum Cmd {
     },
     /// Finds C2 beaconing in Zeek logs (CNN + RITA-style scorer); also train|eval|generate.
     Beacons(overlord_cli::beacons::BeaconsArgs),
+    /// Searches every finding of every job (docs/QUERY.md): services, or hosts with --hosts.
+    Search {
+        /// The query, e.g. 'product:nginx port:[8000 TO 8100]' ('' = everything).
+        query: String,
+        /// One row per address instead of per ip:port.
+        #[arg(long)]
+        hosts: bool,
+        /// Top values of a field over the matches: FIELD or FIELD:N (repeatable).
+        #[arg(long = "facet")]
+        facets: Vec<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: overlord_cli::query::OutFormat,
+        /// Rows per page.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Page after this key (printed at the end of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        /// Every page.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        src: overlord_cli::query::Source,
+    },
+    /// Counts and facets over a query (default facets: service, product, port, provider).
+    Stats {
+        #[arg(default_value = "")]
+        query: String,
+        #[arg(long = "facet")]
+        facets: Vec<String>,
+        #[command(flatten)]
+        src: overlord_cli::query::Source,
+    },
+    /// Everything known about an address, per port with its history across jobs.
+    Host {
+        ip: String,
+        /// The host as it was at this time (YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS]Z, unix ms).
+        #[arg(long)]
+        as_of: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        src: overlord_cli::query::Source,
+    },
+    /// What changed between two jobs (or a job and the previous job over the same targets).
+    Diff {
+        job_a: u64,
+        job_b: Option<u64>,
+        /// Changes listed (counts are exact).
+        #[arg(long, default_value_t = 200)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        src: overlord_cli::query::Source,
+    },
+    /// Every row of a query as JSON lines, CSV or nmap XML.
+    Export {
+        query: String,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: overlord_cli::query::ExportAs,
+        #[command(flatten)]
+        src: overlord_cli::query::Source,
+    },
+    /// Imports nmap XML, masscan JSON or zgrab2 JSON lines as an import job (data directory).
+    Import {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = ".overlord-data")]
+        data_dir: PathBuf,
+    },
     /// The cluster CA: init, join tokens for minions, revocation.
     Ca {
         #[command(subcommand)]
@@ -718,6 +789,49 @@ async fn async_main() -> Result<()> {
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
                 r => r?,
             }
+        }
+        Cmd::Search {
+            query,
+            hosts,
+            facets,
+            format,
+            limit,
+            after,
+            all,
+            src,
+        } => {
+            let a = overlord_cli::query::SearchArgs {
+                query,
+                hosts,
+                facets,
+                format,
+                limit,
+                after,
+                all,
+            };
+            overlord_cli::query::search_cmd(&src, a).await?
+        }
+        Cmd::Stats { query, facets, src } => {
+            overlord_cli::query::stats_cmd(&src, &query, &facets).await?
+        }
+        Cmd::Host {
+            ip,
+            as_of,
+            json,
+            src,
+        } => overlord_cli::query::host_cmd(&src, &ip, as_of.as_deref(), json).await?,
+        Cmd::Diff {
+            job_a,
+            job_b,
+            limit,
+            json,
+            src,
+        } => overlord_cli::query::diff_cmd(&src, job_a, job_b, limit, json).await?,
+        Cmd::Export { query, format, src } => {
+            overlord_cli::query::export_cmd(&src, &query, format).await?
+        }
+        Cmd::Import { files, data_dir } => {
+            tokio::task::block_in_place(|| overlord_cli::query::import_cmd(&data_dir, &files))?
         }
         Cmd::Beacons(args) => overlord_cli::beacons::run(args).await?,
         Cmd::Ca {

@@ -15,6 +15,7 @@ pub mod lookup;
 pub mod manager;
 pub mod model;
 pub mod msg;
+pub mod query;
 pub mod registry;
 pub mod security;
 pub mod slot;
@@ -47,6 +48,8 @@ pub enum CoordError {
     Server(String),
     #[error(transparent)]
     Images(#[from] images::ImagesError),
+    #[error("query index: {0}")]
+    Query(#[from] overlord_query::index::IndexError),
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error("TLS: {0}")]
@@ -82,6 +85,11 @@ pub struct Running {
     indexer: tokio::task::JoinHandle<()>,
     images: Arc<images::Images>,
     firehose: Option<firehose::Firehose>,
+    /// The query index follower (stopped after a last commit on shutdown).
+    query: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )>,
 }
 
 impl Drop for Running {
@@ -173,6 +181,10 @@ impl Running {
         // The indexer follows durable events; a restart catches up from storage.
         self.indexer.abort();
         let _ = (&mut self.indexer).await;
+        if let Some((stop, task)) = self.query.take() {
+            let _ = stop.send(());
+            let _ = timeout(SHUTDOWN_STEP, task).await;
+        }
     }
 
     /// Returns once the ingestor, the registry and then every job actor handled every message
@@ -290,6 +302,9 @@ pub async fn start_with_store(
         settings.images.leaks.as_deref(),
     )?;
     let indexer = images::spawn_indexer(images.clone(), hub.subscribe());
+    let query = query::Query::open(&settings.data_dir.join("query"), store.clone())?;
+    let (query_stop, stopped) = tokio::sync::oneshot::channel();
+    let query_task = query::spawn_follower(query.clone(), hub.subscribe(), stopped);
     // A new epoch per start: fencing tokens of this run are above every earlier one.
     let storage_err = |source| CoordError::Storage {
         path: settings.data_dir.display().to_string(),
@@ -362,6 +377,12 @@ pub async fn start_with_store(
                 .max_encoding_message_size(max),
                 max,
             ),
+            tokens.clone(),
+        ))
+        .add_service(Authn::new(
+            v1::query_service_server::QueryServiceServer::new(query::QueryApi::new(query))
+                .max_decoding_message_size(api::MAX_JOB_REQUEST_BYTES)
+                .max_encoding_message_size(max),
             tokens.clone(),
         ))
         .add_service(Authn::new(reflection, tokens.clone()))
@@ -440,6 +461,7 @@ pub async fn start_with_store(
         indexer,
         images,
         firehose,
+        query: Some((query_stop, query_task)),
     };
     Ok(running)
 }

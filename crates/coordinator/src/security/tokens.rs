@@ -215,7 +215,18 @@ pub fn action_of(path: &str) -> Option<Action> {
         "SubmitJob" => Some(Action::Submit),
         "CancelJob" => Some(Action::Cancel),
         m if [
-            "Get", "List", "Watch", "Search", "Similar", "Stats", "Host", "Diff", "Query",
+            "Get",
+            "List",
+            "Watch",
+            "Search",
+            "Similar",
+            "Stats",
+            "Host",
+            "Diff",
+            "Query",
+            "Count",
+            "Export",
+            "IndexStatus",
         ]
         .iter()
         .any(|p| m.starts_with(p)) =>

@@ -1,0 +1,156 @@
+//! Keeps the index in step with the job store: folds every durable finding of every job after
+//! the index's per-job cursor. The coordinator calls [`Follower::catch_up`] for jobs the hub
+//! reports new findings of (and [`Follower::catch_up_all`] at start); the CLI calls
+//! `catch_up_all` before querying a data directory directly.
+
+use crate::extract::extract;
+use crate::index::{IndexError, QueryIndex, now_ms};
+use overlord_storage::Store;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+const PAGE: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("job store: {0}")]
+    Store(#[from] overlord_storage::StoreError),
+}
+
+/// How far the index is behind the store.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Lag {
+    /// Durable findings known to the follower that searches do not see yet.
+    pub findings: u64,
+    /// Age of the oldest of them, ms (0 when none).
+    pub age_ms: u64,
+    /// Rows in the index.
+    pub rows: u64,
+    /// Jobs in the index.
+    pub jobs: u64,
+}
+
+pub struct Follower {
+    pub index: Arc<QueryIndex>,
+    store: Arc<dyn Store>,
+    /// job → (highest durable cursor reported, when the oldest not-yet-visible one was reported)
+    seen: Mutex<BTreeMap<u64, (u64, u64)>>,
+}
+
+impl Follower {
+    pub fn new(index: Arc<QueryIndex>, store: Arc<dyn Store>) -> Self {
+        Follower {
+            index,
+            store,
+            seen: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The hub says findings of `job` up to `cursor` are durable.
+    pub fn notify(&self, job: u64, cursor: u64) {
+        let mut s = self.seen.lock().expect("seen");
+        let e = s.entry(job).or_insert((0, 0));
+        if cursor > e.0 {
+            e.0 = cursor;
+        }
+        if e.1 == 0 {
+            e.1 = now_ms();
+        }
+    }
+
+    /// Folds the findings of `job` after the index's cursor. Returns how many were folded.
+    pub fn catch_up(&self, job: u64) -> Result<u64, FollowError> {
+        let mut after = self.index.cursor(job);
+        let mut n = 0u64;
+        loop {
+            let page = self.store.findings(job, after, PAGE)?;
+            let Some(last) = page.last().map(|f| f.cursor) else {
+                break;
+            };
+            let batch: Vec<_> = page.iter().map(extract).collect();
+            n += self.index.add(&batch)? as u64;
+            after = last;
+            self.index.maybe_commit()?;
+            if page.len() < PAGE {
+                break;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Every job of the store.
+    pub fn catch_up_all(&self) -> Result<u64, FollowError> {
+        let mut n = 0;
+        for j in self.store.jobs()? {
+            n += self.catch_up(j.id)?;
+        }
+        Ok(n)
+    }
+
+    /// Commits when due and forgets lag that became visible.
+    pub fn maybe_commit(&self) -> Result<bool, FollowError> {
+        let c = self.index.maybe_commit()?;
+        self.prune();
+        Ok(c)
+    }
+
+    pub fn commit(&self) -> Result<(), FollowError> {
+        self.index.commit()?;
+        self.prune();
+        Ok(())
+    }
+
+    fn prune(&self) {
+        let committed = self.index.committed();
+        let mut s = self.seen.lock().expect("seen");
+        for (job, e) in s.iter_mut() {
+            if committed.get(job).is_some_and(|c| *c >= e.0) {
+                e.1 = 0;
+            }
+        }
+    }
+
+    pub fn lag(&self) -> Lag {
+        let committed = self.index.committed();
+        let s = self.seen.lock().expect("seen");
+        let now = now_ms();
+        let mut lag = Lag {
+            rows: self.index.num_rows(),
+            jobs: committed.len() as u64,
+            ..Default::default()
+        };
+        for (job, (cur, since)) in s.iter() {
+            let c = committed.get(job).copied().unwrap_or(0);
+            if *cur > c {
+                lag.findings += cur - c;
+                if *since > 0 {
+                    lag.age_ms = lag.age_ms.max(now.saturating_sub(*since));
+                }
+            }
+        }
+        lag
+    }
+}
+
+/// The latest job before `a` over the same targets and ports (else the latest before `a`), among
+/// the jobs in the index: what `diff A` compares `A` with.
+pub fn previous_job(store: &dyn Store, a: u64, indexed: &[u64]) -> Option<u64> {
+    let spec_a = store.spec(a).ok().flatten();
+    let key = |s: &overlord_core::job::JobSpec| (s.targets.clone(), s.ports.clone());
+    let earlier: Vec<u64> = indexed.iter().copied().filter(|j| *j < a).collect();
+    if let Some(sa) = &spec_a {
+        for j in earlier.iter().rev() {
+            if store
+                .spec(*j)
+                .ok()
+                .flatten()
+                .is_some_and(|s| key(&s) == key(sa))
+            {
+                return Some(*j);
+            }
+        }
+    }
+    earlier.last().copied()
+}

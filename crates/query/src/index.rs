@@ -1,0 +1,637 @@
+//! The tantivy index: one document per service row ([`ServiceState`]), upserted by key as
+//! findings are folded in.
+//!
+//! ## Durability: derived state
+//! The index is derived from the job store. Each commit carries, in tantivy's commit payload,
+//! the highest finding cursor folded in per job (written atomically with the documents). On open
+//! the indexer resumes every job from those cursors, so after `kill -9` the findings after the
+//! last commit are folded again from the store. A directory that does not open (deleted, corrupt,
+//! other schema version) is removed and rebuilt from the store.
+//!
+//! ## Upserts
+//! Rows changed since the last commit live in `pending`; a row not pending is loaded from the
+//! committed index (one term lookup) unless its job has nothing committed yet (then it is new).
+//! At commit every pending row is written (`delete_term(key)` first when it was in the index).
+
+use crate::state::{ExtValue, Observation, Provenance, ServiceState};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tantivy::collector::TopDocs;
+use tantivy::query::TermQuery;
+use tantivy::schema::{
+    FAST, Field, INDEXED, IndexRecordOption, JsonObjectOptions, OwnedValue, STORED, STRING, Schema,
+    TextFieldIndexing, TextOptions,
+};
+use tantivy::tokenizer::{LowerCaser, RawTokenizer, TextAnalyzer};
+use tantivy::{DateTime, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+/// Bumped when the schema or the row format changes: an index of another version is rebuilt.
+pub const INDEX_VERSION: u32 = 1;
+/// Commit after this many pending rows or this long after the first uncommitted change.
+pub const COMMIT_ROWS: usize = 200_000;
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(1000);
+const WRITER_BUDGET: usize = 128 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index: {0}")]
+    Tantivy(#[from] tantivy::TantivyError),
+    #[error("index directory {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("stored row: {0}")]
+    Row(String),
+}
+
+/// The schema's fields by name (see [`crate::fields::BUILTIN`] for the query names).
+#[derive(Clone)]
+pub struct Fields {
+    pub key: Field,
+    pub state: Field,
+    pub text: Field,
+    pub ext: Field,
+    pub chash: Field,
+    pub open: Field,
+    by_name: HashMap<&'static str, Field>,
+}
+
+impl Fields {
+    pub fn get(&self, name: &str) -> Field {
+        *self
+            .by_name
+            .get(name)
+            .unwrap_or_else(|| panic!("no index column {name}"))
+    }
+}
+
+const KEYWORDS: &[&str] = &[
+    "transport",
+    "service",
+    "product",
+    "version",
+    "cpe",
+    "http_server",
+    "tls_subject",
+    "tls_issuer",
+    "tls_sha256",
+    "ssh_hassh",
+    "ssh_key",
+    "logo",
+    "tag",
+    "email",
+    "leak",
+    "module",
+    "minion",
+    "provider",
+];
+const TEXTS: &[&str] = &["banner", "http_title", "screen_text"];
+const U64S: &[&str] = &["port", "http_status", "faces", "job"];
+const BOOLS: &[&str] = &["tls_expired", "tls_self_signed", "has_screenshot"];
+const DATES: &[&str] = &["first_seen", "last_seen"];
+/// Tokenizer of keyword columns: the whole value, lower-cased.
+pub const KW: &str = "kw";
+
+pub fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let mut by_name = HashMap::new();
+    let key = b.add_text_field("key", STRING | STORED);
+    let state = b.add_bytes_field("state", STORED);
+    let kw_opts = TextOptions::default()
+        .set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(KW)
+                .set_index_option(IndexRecordOption::Basic),
+        )
+        .set_fast("raw");
+    for n in KEYWORDS {
+        by_name.insert(*n, b.add_text_field(n, kw_opts.clone()));
+    }
+    let text_opts = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer("default")
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    for n in TEXTS {
+        by_name.insert(*n, b.add_text_field(n, text_opts.clone()));
+    }
+    let text = b.add_text_field("text", text_opts);
+    for n in U64S {
+        by_name.insert(*n, b.add_u64_field(n, INDEXED | FAST));
+    }
+    for n in BOOLS {
+        by_name.insert(*n, b.add_bool_field(n, INDEXED | FAST));
+    }
+    for n in DATES {
+        by_name.insert(*n, b.add_date_field(n, INDEXED | FAST));
+    }
+    by_name.insert("ip", b.add_ip_addr_field("ip", INDEXED | FAST));
+    let chash = b.add_u64_field("chash", FAST);
+    let open = b.add_bool_field("open", INDEXED | FAST);
+    by_name.insert("open", open);
+    let ext = b.add_json_field(
+        "ext",
+        JsonObjectOptions::default()
+            .set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer(KW)
+                    .set_index_option(IndexRecordOption::Basic),
+            )
+            .set_fast("raw"),
+    );
+    (
+        b.build(),
+        Fields {
+            key,
+            state,
+            text,
+            ext,
+            chash,
+            open,
+            by_name,
+        },
+    )
+}
+
+fn register_tokenizers(index: &Index) {
+    index.tokenizers().register(
+        KW,
+        TextAnalyzer::builder(RawTokenizer::default())
+            .filter(LowerCaser)
+            .build(),
+    );
+}
+
+/// The address as the index stores it (IPv4 mapped into IPv6).
+pub fn ip6(ip: IpAddr) -> Ipv6Addr {
+    match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+        IpAddr::V6(a) => a,
+    }
+}
+
+pub fn ip_of(a: Ipv6Addr) -> IpAddr {
+    match a.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(a),
+    }
+}
+
+pub fn date(ms: u64) -> DateTime {
+    DateTime::from_timestamp_millis(ms as i64)
+}
+
+/// A hash of what a diff compares (service, product, version, certificate, banner, screen).
+pub fn content_hash(s: &ServiceState) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.open.hash(&mut h);
+    s.service.hash(&mut h);
+    s.product.hash(&mut h);
+    s.version.hash(&mut h);
+    s.tls.as_ref().map(|t| &t.sha256).hash(&mut h);
+    s.banner.hash(&mut h);
+    s.screen
+        .as_ref()
+        .and_then(|x| x.image.as_ref())
+        .hash(&mut h);
+    h.finish()
+}
+
+fn document(f: &Fields, s: &ServiceState) -> TantivyDocument {
+    let mut d = TantivyDocument::default();
+    d.add_text(f.key, &s.key);
+    d.add_bytes(f.state, &serde_json::to_vec(s).expect("row serializes"));
+    let kw = |d: &mut TantivyDocument, n: &str, v: &str| {
+        if !v.is_empty() {
+            d.add_text(f.get(n), v);
+        }
+    };
+    let mut text = String::new();
+    let mut push_text = |t: &str| {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(t);
+    };
+    kw(&mut d, "transport", &s.transport);
+    for (n, v) in [
+        ("service", &s.service),
+        ("product", &s.product),
+        ("version", &s.version),
+    ] {
+        if let Some(v) = v {
+            kw(&mut d, n, v);
+            push_text(v);
+        }
+    }
+    for c in &s.cpe {
+        kw(&mut d, "cpe", c);
+    }
+    if let Some(b) = &s.banner {
+        d.add_text(f.get("banner"), b);
+        push_text(b);
+    }
+    if let Some(h) = &s.http {
+        if let Some(t) = &h.title {
+            d.add_text(f.get("http_title"), t);
+            push_text(t);
+        }
+        if let Some(st) = h.status {
+            d.add_u64(f.get("http_status"), st as u64);
+        }
+        if let Some(sv) = &h.server {
+            kw(&mut d, "http_server", sv);
+            push_text(sv);
+        }
+    }
+    if let Some(t) = &s.tls {
+        kw(&mut d, "tls_subject", &t.subject);
+        kw(&mut d, "tls_issuer", &t.issuer);
+        kw(&mut d, "tls_sha256", &t.sha256);
+        d.add_bool(f.get("tls_expired"), t.expired);
+        d.add_bool(f.get("tls_self_signed"), t.self_signed);
+        push_text(&t.subject);
+    }
+    if let Some(ssh) = &s.ssh {
+        if let Some(h) = &ssh.hassh {
+            kw(&mut d, "ssh_hassh", h);
+        }
+        if let Some(k) = &ssh.key {
+            kw(&mut d, "ssh_key", k);
+        }
+    }
+    d.add_bool(f.get("has_screenshot"), s.has_screenshot());
+    if let Some(sc) = &s.screen {
+        if let Some(t) = &sc.text {
+            d.add_text(f.get("screen_text"), t);
+            push_text(t);
+        }
+        if let Some(n) = sc.faces {
+            d.add_u64(f.get("faces"), n as u64);
+        }
+        for l in &sc.logos {
+            kw(&mut d, "logo", l);
+        }
+        for t in &sc.tags {
+            kw(&mut d, "tag", t);
+        }
+        for e in &sc.emails {
+            kw(&mut d, "email", e);
+        }
+    }
+    for l in &s.leaks {
+        kw(&mut d, "leak", l);
+    }
+    for m in &s.modules {
+        kw(&mut d, "module", m);
+    }
+    for m in &s.minions {
+        kw(&mut d, "minion", m);
+    }
+    for p in &s.providers {
+        kw(&mut d, "provider", p);
+    }
+    d.add_u64(f.get("port"), s.port as u64);
+    d.add_u64(f.get("job"), s.job);
+    d.add_date(f.get("first_seen"), date(s.first_seen_ms));
+    d.add_date(f.get("last_seen"), date(s.last_seen_ms));
+    if let Some(ip) = s.ip {
+        d.add_ip_addr(f.get("ip"), ip6(ip));
+    }
+    d.add_bool(f.open, s.open);
+    d.add_u64(f.chash, content_hash(s));
+    if !text.is_empty() {
+        d.add_text(f.text, &text);
+    }
+    if !s.ext.is_empty() {
+        let obj: BTreeMap<String, OwnedValue> = s
+            .ext
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    ExtValue::U64(n) => OwnedValue::U64(*n),
+                    ExtValue::F64(x) => OwnedValue::F64(*x),
+                    ExtValue::Bool(b) => OwnedValue::Bool(*b),
+                    ExtValue::Str(s) => OwnedValue::Str(s.clone()),
+                };
+                (crate::fields::ext_key(k), v)
+            })
+            .collect();
+        d.add_object(f.ext, obj);
+    }
+    d
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Payload {
+    version: u32,
+    /// job id → highest cursor folded in (committed).
+    cursors: BTreeMap<u64, u64>,
+}
+
+struct Writer {
+    w: IndexWriter,
+    /// key → (row, was it in the committed index)
+    pending: HashMap<String, (ServiceState, bool)>,
+    /// job → highest cursor folded in (committed + pending)
+    cursors: BTreeMap<u64, u64>,
+    committed: BTreeMap<u64, u64>,
+    first_change: Option<Instant>,
+    committed_at_ms: u64,
+}
+
+/// The index plus its writer. Thread-safe; one writer at a time.
+pub struct QueryIndex {
+    pub(crate) index: Index,
+    pub(crate) reader: IndexReader,
+    pub(crate) fields: Fields,
+    writer: Mutex<Writer>,
+    dir: PathBuf,
+    pub(crate) committed_cursors: Mutex<BTreeMap<u64, u64>>,
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> IndexError + '_ {
+    move |source| IndexError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl QueryIndex {
+    /// Opens the index in `dir`, or (missing, corrupt, other version) removes it and creates an
+    /// empty one: the caller's catch-up then rebuilds it from the store.
+    pub fn open_or_rebuild(dir: &Path) -> Result<QueryIndex, IndexError> {
+        let (index, cursors) = match Self::open(dir) {
+            Ok(x) => x,
+            Err(e) => {
+                if dir.exists() {
+                    tracing::warn!(dir = %dir.display(), error = %e, "query index unusable; rebuilding from the store");
+                    std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
+                }
+                std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+                (Index::create_in_dir(dir, schema().0)?, BTreeMap::new())
+            }
+        };
+        // Errors from here on (a writer lock held by another instance) are not corruption: the
+        // directory is left alone.
+        Self::finish(index, dir, cursors)
+    }
+
+    fn open(dir: &Path) -> Result<(Index, BTreeMap<u64, u64>), IndexError> {
+        let index = Index::open_in_dir(dir)?;
+        let (schema, _) = schema();
+        if index.schema() != schema {
+            return Err(IndexError::Row("schema differs".into()));
+        }
+        let metas = index.load_metas()?;
+        let payload: Payload = match &metas.payload {
+            Some(p) => serde_json::from_str(p).map_err(|e| IndexError::Row(e.to_string()))?,
+            None => Payload {
+                version: INDEX_VERSION,
+                ..Default::default()
+            },
+        };
+        if payload.version != INDEX_VERSION {
+            return Err(IndexError::Row(format!(
+                "index version {}",
+                payload.version
+            )));
+        }
+        // every segment the commit names must be readable (a truncated or deleted file fails
+        // here, not in a later search)
+        let reader: IndexReader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        let s = reader.searcher();
+        for seg in s.segment_readers() {
+            let store = seg
+                .get_store_reader(1)
+                .map_err(|e| IndexError::Row(e.to_string()))?;
+            if seg.max_doc() > 0 {
+                store.get::<TantivyDocument>(0)?;
+            }
+        }
+        Ok((index, payload.cursors))
+    }
+
+    /// An index in memory (tests, benchmarks of the query side).
+    pub fn in_ram() -> Result<QueryIndex, IndexError> {
+        let (schema, _) = schema();
+        Self::finish(
+            Index::create_in_ram(schema),
+            Path::new(":memory:"),
+            BTreeMap::new(),
+        )
+    }
+
+    fn finish(
+        index: Index,
+        dir: &Path,
+        cursors: BTreeMap<u64, u64>,
+    ) -> Result<QueryIndex, IndexError> {
+        register_tokenizers(&index);
+        let (_, fields) = schema();
+        // A restart in the same process finds the previous writer's lock for a moment.
+        let mut tries = 0;
+        let w = loop {
+            match index.writer(WRITER_BUDGET) {
+                Ok(w) => break w,
+                Err(tantivy::TantivyError::LockFailure(..)) if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        Ok(QueryIndex {
+            index,
+            reader,
+            fields,
+            writer: Mutex::new(Writer {
+                w,
+                pending: HashMap::new(),
+                cursors: cursors.clone(),
+                committed: cursors.clone(),
+                first_change: None,
+                committed_at_ms: 0,
+            }),
+            dir: dir.to_path_buf(),
+            committed_cursors: Mutex::new(cursors),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Highest cursor of `job` folded in (committed or pending).
+    pub fn cursor(&self, job: u64) -> u64 {
+        self.writer
+            .lock()
+            .expect("writer")
+            .cursors
+            .get(&job)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Highest cursor per job that a search sees (committed).
+    pub fn committed(&self) -> BTreeMap<u64, u64> {
+        self.committed_cursors.lock().expect("cursors").clone()
+    }
+
+    /// Folds a batch of findings (of any jobs) in. Findings at or below their job's cursor are
+    /// skipped. Returns how many were folded.
+    pub fn add(&self, batch: &[(Provenance, Observation)]) -> Result<usize, IndexError> {
+        let mut w = self.writer.lock().expect("writer");
+        let w = &mut *w;
+        let mut n = 0;
+        let searcher = self.reader.searcher();
+        for (p, o) in batch {
+            let cur = w.cursors.entry(p.job).or_insert(0);
+            if p.cursor <= *cur {
+                continue;
+            }
+            *cur = p.cursor;
+            let key = p.key();
+            let row = match w.pending.get_mut(&key) {
+                Some(r) => &mut r.0,
+                None => {
+                    let has_committed = w.committed.get(&p.job).is_some_and(|c| *c > 0);
+                    let old = if has_committed {
+                        self.load(&searcher, &key)?
+                    } else {
+                        None
+                    };
+                    let existed = old.is_some();
+                    let st = old.unwrap_or_else(|| ServiceState::new(p));
+                    &mut w.pending.entry(key).or_insert((st, existed)).0
+                }
+            };
+            row.fold(p, o);
+            n += 1;
+            w.first_change.get_or_insert_with(Instant::now);
+        }
+        Ok(n)
+    }
+
+    fn load(
+        &self,
+        searcher: &tantivy::Searcher,
+        key: &str,
+    ) -> Result<Option<ServiceState>, IndexError> {
+        let q = TermQuery::new(
+            Term::from_field_text(self.fields.key, key),
+            IndexRecordOption::Basic,
+        );
+        let top = searcher.search(&q, &TopDocs::with_limit(1).order_by_score())?;
+        match top.first() {
+            Some((_, addr)) => Ok(Some(self.row(searcher, *addr)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn row(
+        &self,
+        searcher: &tantivy::Searcher,
+        addr: tantivy::DocAddress,
+    ) -> Result<ServiceState, IndexError> {
+        use tantivy::schema::Value;
+        let d: TantivyDocument = searcher.doc(addr)?;
+        let b = d
+            .get_first(self.fields.state)
+            .and_then(|v| v.as_bytes())
+            .ok_or_else(|| IndexError::Row("row without state".into()))?;
+        serde_json::from_slice(b).map_err(|e| IndexError::Row(e.to_string()))
+    }
+
+    /// True when a commit is due (enough rows, or the oldest change is old enough).
+    pub fn commit_due(&self) -> bool {
+        let w = self.writer.lock().expect("writer");
+        w.pending.len() >= COMMIT_ROWS
+            || w.first_change
+                .is_some_and(|t| t.elapsed() >= COMMIT_INTERVAL)
+    }
+
+    /// Milliseconds since the oldest change not yet visible to searches (0 = none).
+    pub fn pending_age_ms(&self) -> u64 {
+        let w = self.writer.lock().expect("writer");
+        w.first_change
+            .map(|t| t.elapsed().as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    pub fn pending_rows(&self) -> usize {
+        self.writer.lock().expect("writer").pending.len()
+    }
+
+    /// Writes every pending row and commits them with the cursors; searches see them after.
+    pub fn commit(&self) -> Result<(), IndexError> {
+        let mut w = self.writer.lock().expect("writer");
+        let w = &mut *w;
+        if w.first_change.is_none() && w.pending.is_empty() {
+            return Ok(());
+        }
+        for (key, (row, existed)) in w.pending.drain() {
+            if existed {
+                w.w.delete_term(Term::from_field_text(self.fields.key, &key));
+            }
+            w.w.add_document(document(&self.fields, &row))?;
+        }
+        let payload = Payload {
+            version: INDEX_VERSION,
+            cursors: w.cursors.clone(),
+        };
+        let mut pc = w.w.prepare_commit()?;
+        pc.set_payload(&serde_json::to_string(&payload).expect("payload"));
+        pc.commit()?;
+        self.reader.reload()?;
+        w.committed = w.cursors.clone();
+        *self.committed_cursors.lock().expect("cursors") = w.cursors.clone();
+        w.first_change = None;
+        w.committed_at_ms = now_ms();
+        Ok(())
+    }
+
+    /// Commits when due; returns true if it committed.
+    pub fn maybe_commit(&self) -> Result<bool, IndexError> {
+        if self.commit_due() {
+            self.commit()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    pub fn searcher(&self) -> tantivy::Searcher {
+        self.reader.searcher()
+    }
+
+    pub fn num_rows(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    /// Waits for merging threads (a clean close).
+    pub fn close(self) -> Result<(), IndexError> {
+        self.commit()?;
+        let w = self.writer.into_inner().expect("writer");
+        w.w.wait_merging_threads()?;
+        Ok(())
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,943 @@
+//! Answers over the index: services (one row per ip:port, latest state), hosts (one row per
+//! address), counts with facets, the host view with history, and job diffs.
+//!
+//! Memory is bounded by the page, not by the number of matches: the page collectors keep at most
+//! `limit` keys (plus the one being displaced), reading only fast columns; stored rows are read
+//! for the page alone. Every search has a deadline, checked while collecting.
+
+use crate::compile::Compiler;
+use crate::fields::{Column as FCol, Kind, Registry};
+use crate::index::{IndexError, QueryIndex, ip_of};
+use crate::lang::{self, ParseError};
+use crate::state::ServiceState;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv6Addr};
+use std::time::{Duration, Instant};
+use tantivy::collector::{Collector, Count, SegmentCollector};
+use tantivy::columnar::Column;
+use tantivy::query::{Query, TermQuery};
+use tantivy::schema::IndexRecordOption;
+use tantivy::{DocAddress, DocId, Score, SegmentOrdinal, SegmentReader, Term};
+
+/// Largest page; default page.
+pub const MAX_LIMIT: usize = 10_000;
+pub const DEFAULT_LIMIT: usize = 100;
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
+/// Largest number of facet values per facet.
+pub const MAX_FACET_SIZE: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("bad query: {0}")]
+    Parse(#[from] ParseError),
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("query deadline of {0:?} exceeded")]
+    Deadline(Duration),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+impl From<tantivy::TantivyError> for QueryError {
+    fn from(e: tantivy::TantivyError) -> Self {
+        QueryError::Index(IndexError::Tantivy(e))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum View {
+    Services,
+    Hosts,
+}
+
+/// The sort/page key of a service row: address and port (rows without an address after all
+/// addressed ones, by their position in the index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RowKey {
+    pub ip: u128,
+    pub port: u64,
+}
+
+impl RowKey {
+    pub fn encode(&self) -> String {
+        format!("{:032x}:{:x}", self.ip, self.port)
+    }
+    pub fn decode(s: &str) -> Option<RowKey> {
+        let (a, b) = s.split_once(':')?;
+        Some(RowKey {
+            ip: u128::from_str_radix(a, 16).ok()?,
+            port: u64::from_str_radix(b, 16).ok()?,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SearchRequest {
+    pub query: String,
+    pub view: View,
+    pub limit: usize,
+    /// Page after this key ([`Page::next`]).
+    pub after: Option<RowKey>,
+    pub deadline: Duration,
+}
+
+impl SearchRequest {
+    pub fn new(query: &str) -> Self {
+        SearchRequest {
+            query: query.into(),
+            view: View::Services,
+            limit: DEFAULT_LIMIT,
+            after: None,
+            deadline: DEFAULT_DEADLINE,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HostRow {
+    pub ip: IpAddr,
+    pub last_seen_ms: u64,
+    /// Latest state per port.
+    pub services: Vec<ServiceState>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    pub services: Vec<ServiceState>,
+    pub hosts: Vec<HostRow>,
+    /// Index rows (job × service) the query matched.
+    pub matched: u64,
+    /// Key to pass as `after` for the next page (None = last page).
+    pub next: Option<RowKey>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct FacetCount {
+    pub value: String,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Facet {
+    pub field: String,
+    pub values: Vec<FacetCount>,
+    /// Rows whose value is not among `values`.
+    pub other: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Counted {
+    pub matched: u64,
+    pub facets: Vec<Facet>,
+}
+
+/// `product:10` → ("product", 10); `port` → ("port", default).
+pub fn parse_facet(spec: &str) -> Result<(String, usize), QueryError> {
+    let (f, n) = match spec.rsplit_once(':') {
+        Some((f, n)) => (
+            f,
+            n.parse::<usize>().map_err(|_| {
+                QueryError::Invalid(format!("facet {spec:?}: size must be a number"))
+            })?,
+        ),
+        None => (spec, 10),
+    };
+    if n == 0 || n > MAX_FACET_SIZE {
+        return Err(QueryError::Invalid(format!(
+            "facet {spec:?}: size must be 1..={MAX_FACET_SIZE}"
+        )));
+    }
+    Ok((f.to_string(), n))
+}
+
+struct Deadline {
+    end: Instant,
+    budget: Duration,
+}
+
+impl Deadline {
+    fn new(d: Duration) -> Self {
+        Deadline {
+            end: Instant::now() + d,
+            budget: d,
+        }
+    }
+    fn check(&self) -> Result<(), QueryError> {
+        if Instant::now() > self.end {
+            Err(QueryError::Deadline(self.budget))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The fast columns a row collector reads.
+struct Cols {
+    ip: Option<Column<Ipv6Addr>>,
+    port: Column<u64>,
+    last: Column<tantivy::DateTime>,
+}
+
+fn cols(seg: &SegmentReader) -> tantivy::Result<Cols> {
+    let ff = seg.fast_fields();
+    Ok(Cols {
+        ip: ff.column_opt::<Ipv6Addr>("ip")?,
+        port: ff.u64("port")?,
+        last: ff.date("last_seen")?,
+    })
+}
+
+impl Cols {
+    fn last(&self, doc: DocId) -> i64 {
+        self.last
+            .first(doc)
+            .map(|d| d.into_timestamp_millis())
+            .unwrap_or(0)
+    }
+}
+
+/// Keeps the `limit` smallest keys above `after`, with the latest doc per key.
+struct PageCollector {
+    limit: usize,
+    after: Option<RowKey>,
+    /// Group by address only (hosts view): the port is kept inside the group.
+    hosts: bool,
+}
+
+type Best = BTreeMap<RowKey, BTreeMap<u64, (i64, DocAddress)>>;
+
+struct PageSeg {
+    cols: Cols,
+    seg: SegmentOrdinal,
+    limit: usize,
+    after: Option<RowKey>,
+    hosts: bool,
+    best: Best,
+}
+
+fn put(best: &mut Best, limit: usize, k: RowKey, port: u64, last: i64, addr: DocAddress) {
+    if best.len() >= limit
+        && !best.contains_key(&k)
+        && best.last_key_value().is_some_and(|(m, _)| k > *m)
+    {
+        return;
+    }
+    let e = best
+        .entry(k)
+        .or_default()
+        .entry(port)
+        .or_insert((i64::MIN, addr));
+    if last > e.0 || (last == e.0 && addr > e.1) {
+        *e = (last, addr);
+    }
+    while best.len() > limit {
+        best.pop_last();
+    }
+}
+
+impl SegmentCollector for PageSeg {
+    type Fruit = Best;
+    fn collect(&mut self, doc: DocId, _: Score) {
+        let ip = self
+            .cols
+            .ip
+            .as_ref()
+            .and_then(|c| c.first(doc))
+            .map(u128::from);
+        // most matches of a broad query fall outside a full page: decided on the address alone
+        if let (Some(ip), true) = (ip, self.best.len() >= self.limit)
+            && self.best.last_key_value().is_some_and(|(m, _)| ip > m.ip)
+        {
+            return;
+        }
+        let mut k = match ip {
+            Some(ip) => RowKey {
+                ip,
+                port: self.cols.port.first(doc).unwrap_or(0),
+            },
+            None => RowKey {
+                ip: u128::MAX,
+                port: ((self.seg as u64) << 32) | doc as u64,
+            },
+        };
+        let port = k.port;
+        if self.hosts && k.ip != u128::MAX {
+            k.port = 0;
+        }
+        if self.after.is_some_and(|a| k <= a) {
+            return;
+        }
+        let last = self.cols.last(doc);
+        put(
+            &mut self.best,
+            self.limit,
+            k,
+            port,
+            last,
+            DocAddress::new(self.seg, doc),
+        );
+    }
+    fn harvest(self) -> Best {
+        self.best
+    }
+}
+
+impl Collector for PageCollector {
+    type Fruit = Best;
+    type Child = PageSeg;
+    fn for_segment(
+        &self,
+        seg_ord: SegmentOrdinal,
+        seg: &SegmentReader,
+    ) -> tantivy::Result<PageSeg> {
+        Ok(PageSeg {
+            cols: cols(seg)?,
+            seg: seg_ord,
+            limit: self.limit + 1,
+            after: self.after,
+            hosts: self.hosts,
+            best: BTreeMap::new(),
+        })
+    }
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+    fn merge_fruits(&self, fruits: Vec<Best>) -> tantivy::Result<Best> {
+        let mut out = Best::new();
+        for f in fruits {
+            for (k, ports) in f {
+                for (p, (last, addr)) in ports {
+                    put(&mut out, self.limit + 1, k, p, last, addr);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Every matching doc (address, last seen); for bounded sets (one host, one job).
+struct AllDocs;
+struct AllSeg {
+    seg: SegmentOrdinal,
+    out: Vec<DocAddress>,
+}
+impl SegmentCollector for AllSeg {
+    type Fruit = Vec<DocAddress>;
+    fn collect(&mut self, doc: DocId, _: Score) {
+        self.out.push(DocAddress::new(self.seg, doc));
+    }
+    fn harvest(self) -> Vec<DocAddress> {
+        self.out
+    }
+}
+impl Collector for AllDocs {
+    type Fruit = Vec<DocAddress>;
+    type Child = AllSeg;
+    fn for_segment(&self, seg: SegmentOrdinal, _: &SegmentReader) -> tantivy::Result<AllSeg> {
+        Ok(AllSeg {
+            seg,
+            out: Vec::new(),
+        })
+    }
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+    fn merge_fruits(&self, f: Vec<Vec<DocAddress>>) -> tantivy::Result<Vec<DocAddress>> {
+        Ok(f.into_iter().flatten().collect())
+    }
+}
+
+/// The query engine: an index plus the field registry.
+pub struct Engine {
+    pub index: std::sync::Arc<QueryIndex>,
+    pub registry: Registry,
+}
+
+impl Engine {
+    pub fn new(index: std::sync::Arc<QueryIndex>) -> Self {
+        Engine {
+            index,
+            registry: Registry::default(),
+        }
+    }
+
+    /// Parses and compiles `text` (errors carry the position).
+    pub fn compile(&self, text: &str) -> Result<Box<dyn Query>, QueryError> {
+        let e = lang::parse(text)?;
+        let c = Compiler {
+            registry: &self.registry,
+            fields: &self.index.fields,
+            tokenizers: self.index.index.tokenizers(),
+            text,
+        };
+        Ok(c.compile(&e)?)
+    }
+
+    pub fn search(&self, r: &SearchRequest) -> Result<Page, QueryError> {
+        if r.limit == 0 || r.limit > MAX_LIMIT {
+            return Err(QueryError::Invalid(format!(
+                "limit must be 1..={MAX_LIMIT}"
+            )));
+        }
+        let dl = Deadline::new(r.deadline);
+        let q = self.compile(&r.query)?;
+        let s = self.index.searcher();
+        let hosts = r.view == View::Hosts;
+        let (best, matched) = s.search(
+            &q,
+            &(
+                PageCollector {
+                    limit: r.limit,
+                    after: r.after,
+                    hosts,
+                },
+                Count,
+            ),
+        )?;
+        dl.check()?;
+        let mut page = Page {
+            matched: matched as u64,
+            ..Default::default()
+        };
+        let mut best: Vec<_> = best.into_iter().collect();
+        if best.len() > r.limit {
+            best.truncate(r.limit);
+            page.next = best.last().map(|(k, _)| *k);
+        }
+        for (k, ports) in best {
+            dl.check()?;
+            if hosts && k.ip != u128::MAX {
+                // every port of the host, not only those the query matched: the host row shows
+                // the host; latest state per port
+                let ip = Ipv6Addr::from(k.ip);
+                let services = self.latest_per_port(&s, ip, None)?;
+                let last = services.iter().map(|x| x.last_seen_ms).max().unwrap_or(0);
+                page.hosts.push(HostRow {
+                    ip: ip_of(ip),
+                    last_seen_ms: last,
+                    services,
+                });
+            } else {
+                for (_, (_, addr)) in ports {
+                    let row = self.index.row(&s, addr)?;
+                    if hosts {
+                        if let Some(ip) = row.ip {
+                            page.hosts.push(HostRow {
+                                ip,
+                                last_seen_ms: row.last_seen_ms,
+                                services: vec![row],
+                            });
+                        }
+                    } else {
+                        page.services.push(row);
+                    }
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    /// Every row of `ip` (all jobs), oldest first.
+    pub fn host_rows(
+        &self,
+        s: &tantivy::Searcher,
+        ip: Ipv6Addr,
+    ) -> Result<Vec<ServiceState>, QueryError> {
+        let q = TermQuery::new(
+            Term::from_field_ip_addr(self.index.fields.get("ip"), ip),
+            IndexRecordOption::Basic,
+        );
+        let docs = s.search(&q, &AllDocs)?;
+        let mut rows = docs
+            .into_iter()
+            .map(|a| self.index.row(s, a))
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.sort_by(|a, b| (a.last_seen_ms, a.job, a.port).cmp(&(b.last_seen_ms, b.job, b.port)));
+        Ok(rows)
+    }
+
+    fn latest_per_port(
+        &self,
+        s: &tantivy::Searcher,
+        ip: Ipv6Addr,
+        as_of: Option<u64>,
+    ) -> Result<Vec<ServiceState>, QueryError> {
+        let mut by_port: BTreeMap<u16, ServiceState> = BTreeMap::new();
+        for r in self.host_rows(s, ip)? {
+            if as_of.is_some_and(|t| r.first_seen_ms > t) {
+                continue;
+            }
+            by_port.insert(r.port, r);
+        }
+        Ok(by_port.into_values().collect())
+    }
+
+    /// Count and facets (`(field, size)`) over a query.
+    pub fn count(
+        &self,
+        query: &str,
+        facets: &[(String, usize)],
+        deadline: Duration,
+    ) -> Result<Counted, QueryError> {
+        use tantivy::aggregation::agg_req::Aggregations;
+        use tantivy::aggregation::{
+            AggContextParams, AggregationCollector, AggregationLimitsGuard,
+        };
+        let dl = Deadline::new(deadline);
+        let q = self.compile(query)?;
+        let mut req = serde_json::Map::new();
+        for (i, (f, n)) in facets.iter().enumerate() {
+            let def = self.registry.get(f).ok_or_else(|| {
+                QueryError::Invalid(format!(
+                    "unknown facet field {f:?}; expected one of: {}",
+                    self.registry.names().join(", ")
+                ))
+            })?;
+            if !def.facetable() {
+                return Err(QueryError::Invalid(format!(
+                    "field {f:?} ({}) cannot be a facet",
+                    def.kind.name()
+                )));
+            }
+            let col = match def.column {
+                FCol::Builtin(c) => c.to_string(),
+                FCol::Ext => format!("ext.{}", crate::fields::ext_key(&def.name)),
+            };
+            req.insert(format!("f{i}"), serde_json::json!({"terms": {"field": col, "size": n, "segment_size": (n * 10).max(100)}}));
+        }
+        let s = self.index.searcher();
+        if req.is_empty() {
+            let n = s.search(&q, &Count)?;
+            return Ok(Counted {
+                matched: n as u64,
+                facets: vec![],
+            });
+        }
+        let aggs: Aggregations = serde_json::from_value(serde_json::Value::Object(req))
+            .map_err(|e| QueryError::Invalid(e.to_string()))?;
+        let ctx = AggContextParams::new(
+            AggregationLimitsGuard::new(Some(512 << 20), Some(65_000)),
+            self.index.index.tokenizers().clone(),
+        );
+        let coll = AggregationCollector::from_aggs(aggs, ctx);
+        let (res, n) = s.search(&q, &(coll, Count))?;
+        dl.check()?;
+        let v = serde_json::to_value(&res).map_err(|e| QueryError::Invalid(e.to_string()))?;
+        let mut out = Counted {
+            matched: n as u64,
+            facets: vec![],
+        };
+        for (i, (f, _)) in facets.iter().enumerate() {
+            let kind = self.registry.get(f).map(|d| d.kind);
+            let a = &v[format!("f{i}")];
+            let mut facet = Facet {
+                field: f.clone(),
+                other: a["sum_other_doc_count"].as_u64().unwrap_or(0),
+                values: vec![],
+            };
+            for b in a["buckets"].as_array().into_iter().flatten() {
+                let key = &b["key"];
+                let value = match (kind, key) {
+                    (_, serde_json::Value::String(s)) => s.clone(),
+                    (Some(Kind::Ip), k) => k.to_string(),
+                    (Some(Kind::Bool), serde_json::Value::Number(n)) => {
+                        (n.as_f64() == Some(1.0)).to_string()
+                    }
+                    (Some(Kind::Date), serde_json::Value::Number(n)) => {
+                        // terms over dates: nanoseconds
+                        format_ms((n.as_f64().unwrap_or(0.0) / 1e6) as u64)
+                    }
+                    (_, serde_json::Value::Number(n)) => match n.as_f64() {
+                        Some(x) if x.fract() == 0.0 => format!("{}", x as i64),
+                        _ => n.to_string(),
+                    },
+                    (_, k) => k.to_string(),
+                };
+                facet.values.push(FacetCount {
+                    value,
+                    count: b["doc_count"].as_u64().unwrap_or(0),
+                });
+            }
+            out.facets.push(facet);
+        }
+        Ok(out)
+    }
+
+    /// Everything known about an address: per port, its history across jobs.
+    pub fn host(&self, ip: IpAddr, as_of: Option<u64>) -> Result<HostView, QueryError> {
+        let s = self.index.searcher();
+        let rows = self.host_rows(&s, crate::index::ip6(ip))?;
+        Ok(host_view(ip, rows, as_of))
+    }
+
+    /// Jobs present in the index (from the committed cursors).
+    pub fn jobs(&self) -> Vec<u64> {
+        self.index.committed().keys().copied().collect()
+    }
+
+    /// Rows of one job (fast columns only): key → (content hash, open, doc).
+    fn job_rows(
+        &self,
+        s: &tantivy::Searcher,
+        job: u64,
+        dl: &Deadline,
+    ) -> Result<HashMap<(u128, u16), (u64, bool, DocAddress)>, QueryError> {
+        let q = TermQuery::new(
+            Term::from_field_u64(self.index.fields.get("job"), job),
+            IndexRecordOption::Basic,
+        );
+        let docs = s.search(&q, &AllDocs)?;
+        dl.check()?;
+        let mut out = HashMap::with_capacity(docs.len());
+        let mut cur: Option<(
+            u32,
+            Option<Column<Ipv6Addr>>,
+            Column<u64>,
+            Column<u64>,
+            Column<bool>,
+        )> = None;
+        for (i, a) in docs.into_iter().enumerate() {
+            if i % 65536 == 0 {
+                dl.check()?;
+            }
+            if cur.as_ref().is_none_or(|c| c.0 != a.segment_ord) {
+                let ff = s.segment_reader(a.segment_ord).fast_fields();
+                cur = Some((
+                    a.segment_ord,
+                    ff.column_opt("ip")?,
+                    ff.u64("port")?,
+                    ff.u64("chash")?,
+                    ff.bool("open")?,
+                ));
+            }
+            let c = cur.as_ref().expect("columns");
+            let Some(ip) = c.1.as_ref().and_then(|col| col.first(a.doc_id)) else {
+                continue;
+            };
+            let port = c.2.first(a.doc_id).unwrap_or(0) as u16;
+            out.insert(
+                (u128::from(ip), port),
+                (
+                    c.3.first(a.doc_id).unwrap_or(0),
+                    c.4.first(a.doc_id).unwrap_or(false),
+                    a,
+                ),
+            );
+        }
+        Ok(out)
+    }
+
+    /// What changed from job `a` to job `b`. At most `limit` changes are described; the counts
+    /// are exact.
+    pub fn diff(
+        &self,
+        a: u64,
+        b: u64,
+        limit: usize,
+        deadline: Duration,
+    ) -> Result<Diff, QueryError> {
+        let dl = Deadline::new(deadline);
+        let s = self.index.searcher();
+        let ra = self.job_rows(&s, a, &dl)?;
+        let rb = self.job_rows(&s, b, &dl)?;
+        let mut d = Diff {
+            job_a: a,
+            job_b: b,
+            rows_a: ra.len() as u64,
+            rows_b: rb.len() as u64,
+            ..Default::default()
+        };
+        let mut cov: BTreeMap<u128, (u64, u64)> = BTreeMap::new();
+        let v4 = |ip: u128| ip >> 32 == 0xffff;
+        let prefix = |ip: u128| -> u128 {
+            if v4(ip) {
+                ip & !0xff
+            } else {
+                ip & !((1u128 << 64) - 1)
+            }
+        };
+        let prefix_name = |ip: u128| -> String {
+            let a = ip_of(Ipv6Addr::from(ip));
+            match a {
+                IpAddr::V4(v) => {
+                    let o = v.octets();
+                    format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+                }
+                IpAddr::V6(v) => {
+                    let s = v.segments();
+                    format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+                }
+            }
+        };
+        let change = |d: &mut Diff,
+                      kind: ChangeKind,
+                      k: (u128, u16),
+                      da: Option<DocAddress>,
+                      db: Option<DocAddress>|
+         -> Result<(), QueryError> {
+            match kind {
+                ChangeKind::Opened => d.opened += 1,
+                ChangeKind::Closed => d.closed += 1,
+                ChangeKind::Changed => d.changed += 1,
+            }
+            if d.changes.len() < limit {
+                let before = da.map(|x| self.index.row(&s, x)).transpose()?;
+                let after = db.map(|x| self.index.row(&s, x)).transpose()?;
+                let fields = match (&before, &after) {
+                    (Some(x), Some(y)) => changed_fields(x, y),
+                    _ => vec![],
+                };
+                d.changes.push(ServiceChange {
+                    ip: ip_of(Ipv6Addr::from(k.0)),
+                    port: k.1,
+                    kind,
+                    fields,
+                    before,
+                    after,
+                });
+            }
+            Ok(())
+        };
+        let mut keys: Vec<_> = ra.keys().chain(rb.keys()).copied().collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for (i, k) in keys.iter().enumerate() {
+            if i % 65536 == 0 {
+                dl.check()?;
+            }
+            let x = ra.get(k).filter(|x| x.1);
+            let y = rb.get(k).filter(|y| y.1);
+            let c = cov.entry(prefix(k.0)).or_default();
+            c.0 += x.is_some() as u64;
+            c.1 += y.is_some() as u64;
+            match (x, y) {
+                (None, Some(y)) => change(&mut d, ChangeKind::Opened, *k, None, Some(y.2))?,
+                (Some(x), None) => change(&mut d, ChangeKind::Closed, *k, Some(x.2), None)?,
+                (Some(x), Some(y)) if x.0 != y.0 => {
+                    change(&mut d, ChangeKind::Changed, *k, Some(x.2), Some(y.2))?
+                }
+                (Some(_), Some(_)) => d.unchanged += 1,
+                (None, None) => {}
+            }
+        }
+        d.coverage_net = cov
+            .into_iter()
+            .filter(|(_, (x, y))| x != y)
+            .map(|(k, (x, y))| Coverage {
+                key: prefix_name(k),
+                a: x,
+                b: y,
+            })
+            .collect();
+        for (field, out) in [
+            ("minion", &mut d.coverage_minion),
+            ("provider", &mut d.coverage_provider),
+        ] {
+            let ca = self.count(
+                &format!("job:{a} AND open:true"),
+                &[(field.into(), 1000)],
+                deadline,
+            )?;
+            let cb = self.count(
+                &format!("job:{b} AND open:true"),
+                &[(field.into(), 1000)],
+                deadline,
+            )?;
+            let mut m: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+            for v in &ca.facets[0].values {
+                m.entry(v.value.clone()).or_default().0 = v.count;
+            }
+            for v in &cb.facets[0].values {
+                m.entry(v.value.clone()).or_default().1 = v.count;
+            }
+            *out = m
+                .into_iter()
+                .map(|(k, (x, y))| Coverage { key: k, a: x, b: y })
+                .collect();
+        }
+        Ok(d)
+    }
+}
+
+pub fn format_ms(ms: u64) -> String {
+    let days = (ms / 86_400_000) as i64;
+    let rem = ms % 86_400_000;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60
+    )
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719468;
+    let era = if z >= 0 { z } else { z - 146096 } / 146097;
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    Opened,
+    Closed,
+    Changed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FieldChange {
+    pub field: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceChange {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub kind: ChangeKind,
+    pub fields: Vec<FieldChange>,
+    pub before: Option<ServiceState>,
+    pub after: Option<ServiceState>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Coverage {
+    pub key: String,
+    pub a: u64,
+    pub b: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Diff {
+    pub job_a: u64,
+    pub job_b: u64,
+    pub rows_a: u64,
+    pub rows_b: u64,
+    pub opened: u64,
+    pub closed: u64,
+    pub changed: u64,
+    pub unchanged: u64,
+    pub changes: Vec<ServiceChange>,
+    /// Open services per /24 (IPv4) or /64 (IPv6), only prefixes whose count differs.
+    pub coverage_net: Vec<Coverage>,
+    pub coverage_minion: Vec<Coverage>,
+    pub coverage_provider: Vec<Coverage>,
+}
+
+/// The compared values of a row (what a change is made of).
+pub fn compared(s: &ServiceState) -> Vec<(&'static str, Option<String>)> {
+    vec![
+        ("open", Some(s.open.to_string())),
+        ("service", s.service.clone()),
+        ("product", s.product.clone()),
+        ("version", s.version.clone()),
+        ("tls.sha256", s.tls.as_ref().map(|t| t.sha256.clone())),
+        ("banner", s.banner.clone()),
+        ("screen", s.screen.as_ref().and_then(|x| x.image.clone())),
+    ]
+}
+
+pub fn changed_fields(a: &ServiceState, b: &ServiceState) -> Vec<FieldChange> {
+    compared(a)
+        .into_iter()
+        .zip(compared(b))
+        .filter(|((_, x), (_, y))| x != y)
+        .map(|((f, x), (_, y))| FieldChange {
+            field: f.into(),
+            from: x,
+            to: y,
+        })
+        .collect()
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub at_ms: u64,
+    pub job: u64,
+    pub fields: Vec<FieldChange>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PortHistory {
+    pub port: u16,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    /// The state as of the view's time.
+    pub current: ServiceState,
+    /// Every change, oldest first (the first event is the port's first sighting).
+    pub events: Vec<Event>,
+    pub jobs: Vec<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostView {
+    pub ip: IpAddr,
+    pub as_of_ms: Option<u64>,
+    pub ports: Vec<PortHistory>,
+}
+
+/// Pure: a host's rows (any order) → per-port history as of `as_of` (rows first seen after it
+/// are left out).
+pub fn host_view(ip: IpAddr, mut rows: Vec<ServiceState>, as_of: Option<u64>) -> HostView {
+    rows.retain(|r| as_of.is_none_or(|t| r.first_seen_ms <= t));
+    rows.sort_by(|a, b| (a.port, a.last_seen_ms, a.job).cmp(&(b.port, b.last_seen_ms, b.job)));
+    let mut ports: Vec<PortHistory> = Vec::new();
+    for r in rows {
+        match ports.last_mut() {
+            Some(p) if p.port == r.port => {
+                let fields = changed_fields(&p.current, &r);
+                if !fields.is_empty() {
+                    p.events.push(Event {
+                        at_ms: r.first_seen_ms,
+                        job: r.job,
+                        fields,
+                    });
+                }
+                p.first_seen_ms = p.first_seen_ms.min(r.first_seen_ms);
+                p.last_seen_ms = p.last_seen_ms.max(r.last_seen_ms);
+                if !p.jobs.contains(&r.job) {
+                    p.jobs.push(r.job);
+                }
+                p.current = r;
+            }
+            _ => {
+                let fields = compared(&r)
+                    .into_iter()
+                    .filter(|(_, v)| v.is_some())
+                    .map(|(f, v)| FieldChange {
+                        field: f.into(),
+                        from: None,
+                        to: v,
+                    })
+                    .collect();
+                ports.push(PortHistory {
+                    port: r.port,
+                    first_seen_ms: r.first_seen_ms,
+                    last_seen_ms: r.last_seen_ms,
+                    events: vec![Event {
+                        at_ms: r.first_seen_ms,
+                        job: r.job,
+                        fields,
+                    }],
+                    jobs: vec![r.job],
+                    current: r,
+                });
+            }
+        }
+    }
+    HostView {
+        ip,
+        as_of_ms: as_of,
+        ports,
+    }
+}

@@ -1,0 +1,502 @@
+//! The index and the answers over it, on a real on-disk tantivy index in a temp dir.
+
+use overlord_query::index::QueryIndex;
+use overlord_query::search::{ChangeKind, Engine, QueryError, SearchRequest, View, parse_facet};
+use overlord_query::state::{ExtValue, Http, Observation, Provenance, Screen, Tls};
+use std::sync::Arc;
+use std::time::Duration;
+
+const DAY: u64 = 86_400_000;
+/// 2026-11-01T00:00:00Z
+const NOV1: u64 = 1_793_491_200_000;
+
+fn prov(job: u64, cursor: u64, ip: &str, port: u16, module: &str, at: u64) -> Provenance {
+    Provenance {
+        job,
+        cursor,
+        ip: Some(ip.parse().unwrap()),
+        port,
+        module: module.into(),
+        minion: format!("m-{}", port % 2),
+        provider: if port % 2 == 0 {
+            "a".into()
+        } else {
+            "b".into()
+        },
+        at_ms: at,
+    }
+}
+
+fn svc(product: &str, version: &str, banner: &str) -> Observation {
+    Observation {
+        open: Some(true),
+        service: Some("http".into()),
+        product: Some(product.into()),
+        version: Some(version.into()),
+        banner: Some(banner.into()),
+        ..Default::default()
+    }
+}
+
+/// Job 1 (Oct 30) and job 2 (Nov 2) over 127.0.0.0/24 and 127.0.1.0/24.
+fn corpus(idx: &QueryIndex) {
+    let mut b = vec![];
+    let t1 = NOV1 - 2 * DAY;
+    let t2 = NOV1 + DAY;
+    // job 1
+    b.push((
+        prov(1, 1, "127.0.0.1", 80, "portscan", t1),
+        Observation {
+            open: Some(true),
+            ..Default::default()
+        },
+    ));
+    b.push((
+        prov(1, 2, "127.0.0.1", 80, "service", t1),
+        svc("nginx", "1.24.0", "HTTP/1.1 200 OK Server: nginx"),
+    ));
+    b.push((
+        prov(1, 3, "127.0.0.1", 22, "service", t1),
+        Observation {
+            open: Some(true),
+            service: Some("ssh".into()),
+            product: Some("OpenSSH".into()),
+            version: Some("9.2p1".into()),
+            banner: Some("SSH-2.0-OpenSSH_9.2p1 Debian".into()),
+            ..Default::default()
+        },
+    ));
+    b.push((
+        prov(1, 4, "127.0.0.2", 8080, "service", t1),
+        svc("Apache httpd", "2.4.57", "Apache default page"),
+    ));
+    b.push((
+        prov(1, 5, "127.0.1.9", 5900, "screenshot", t1),
+        Observation {
+            open: Some(true),
+            screen: Some(Screen {
+                image: Some("ab".repeat(32)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ));
+    b.push((
+        prov(1, 6, "127.0.1.9", 5900, "enrich", t1),
+        Observation {
+            screen: Some(Screen {
+                text: Some("PLANT ALARM acknowledged".into()),
+                faces: Some(2),
+                tags: vec!["login_prompt".into()],
+                emails: vec!["Ops@Example.com".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ));
+    b.push((
+        prov(1, 7, "127.0.0.3", 443, "service", t1),
+        Observation {
+            open: Some(true),
+            service: Some("ssl/http".into()),
+            product: Some("nginx".into()),
+            tls: Some(Tls {
+                subject: "CN=old.example".into(),
+                issuer: "CN=old.example".into(),
+                expired: true,
+                self_signed: true,
+                sha256: "11".into(),
+                not_after: 0,
+            }),
+            http: Some(Http {
+                title: Some("Router Login".into()),
+                status: Some(200),
+                server: Some("nginx".into()),
+            }),
+            ..Default::default()
+        },
+    ));
+    b.push((
+        prov(1, 8, "127.0.0.4", 9000, "beacon", t1),
+        Observation {
+            ext: [
+                ("beacon.period".to_string(), ExtValue::F64(30.0)),
+                ("country".to_string(), ExtValue::Str("NL".into())),
+            ]
+            .into(),
+            ..Default::default()
+        },
+    ));
+    // job 2: 127.0.0.1:80 upgraded, 22 closed, 127.0.0.2:8080 same, new 127.0.1.20:21
+    b.push((
+        prov(2, 1, "127.0.0.1", 80, "service", t2),
+        svc("nginx", "1.25.3", "HTTP/1.1 200 OK Server: nginx"),
+    ));
+    b.push((
+        prov(2, 2, "127.0.0.2", 8080, "service", t2),
+        svc("Apache httpd", "2.4.57", "Apache default page"),
+    ));
+    b.push((
+        prov(2, 3, "127.0.1.20", 21, "service", t2),
+        Observation {
+            open: Some(true),
+            service: Some("ftp".into()),
+            product: Some("vsftpd".into()),
+            version: Some("3.0.3".into()),
+            ..Default::default()
+        },
+    ));
+    b.push((
+        prov(2, 4, "127.0.0.3", 443, "service", t2),
+        Observation {
+            open: Some(true),
+            service: Some("ssl/http".into()),
+            product: Some("nginx".into()),
+            tls: Some(Tls {
+                subject: "CN=new.example".into(),
+                issuer: "CN=R3".into(),
+                expired: false,
+                self_signed: false,
+                sha256: "22".into(),
+                not_after: 0,
+            }),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(idx.add(&b).unwrap(), b.len());
+    idx.commit().unwrap();
+}
+
+fn engine() -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = QueryIndex::open_or_rebuild(&dir.path().join("q")).unwrap();
+    corpus(&idx);
+    (dir, Engine::new(Arc::new(idx)))
+}
+
+/// `ip:port` of every service row the query finds (latest state per ip:port), sorted.
+fn hits(e: &Engine, q: &str) -> Vec<String> {
+    let p = e
+        .search(&SearchRequest::new(q))
+        .unwrap_or_else(|err| panic!("{q}: {err}"));
+    p.services.iter().map(|s| s.endpoint()).collect()
+}
+
+#[test]
+fn field_values_ranges_cidr_text_and_booleans() {
+    let (_d, e) = engine();
+    assert_eq!(hits(&e, "port:80"), ["127.0.0.1:80"]);
+    assert_eq!(
+        hits(&e, "product:NGINX"),
+        ["127.0.0.1:80", "127.0.0.3:443"],
+        "keywords are case-insensitive"
+    );
+    assert_eq!(hits(&e, r#"product:"apache httpd""#), ["127.0.0.2:8080"]);
+    assert_eq!(hits(&e, "port:[8000 TO 8100]"), ["127.0.0.2:8080"]);
+    assert_eq!(hits(&e, "port:{80 TO 443]"), ["127.0.0.3:443"]);
+    assert_eq!(
+        hits(&e, "net:127.0.1.0/24"),
+        ["127.0.1.9:5900", "127.0.1.20:21"]
+    );
+    assert_eq!(hits(&e, "ip:127.0.0.2"), ["127.0.0.2:8080"]);
+    assert_eq!(
+        hits(&e, "ALARM"),
+        ["127.0.1.9:5900"],
+        "free text over screen text"
+    );
+    assert_eq!(
+        hits(&e, r#"screen.text:"alarm acknowledged""#),
+        ["127.0.1.9:5900"]
+    );
+    assert!(
+        hits(&e, r#"screen.text:"acknowledged alarm""#).is_empty(),
+        "phrases keep word order"
+    );
+    assert_eq!(hits(&e, "banner:debian"), ["127.0.0.1:22"]);
+    assert_eq!(hits(&e, "product:open*"), ["127.0.0.1:22"], "prefix");
+    assert_eq!(hits(&e, "version:2.?.5*"), ["127.0.0.2:8080"], "wildcard");
+    assert_eq!(hits(&e, "http.title:router"), ["127.0.0.3:443"]);
+    assert_eq!(hits(&e, "tls.expired:true"), ["127.0.0.3:443"]);
+    assert_eq!(
+        hits(&e, "tls.subject:\"CN=new.example\""),
+        ["127.0.0.3:443"]
+    );
+    assert_eq!(
+        hits(&e, "faces:[1 TO *] AND tag:login_prompt"),
+        ["127.0.1.9:5900"]
+    );
+    assert_eq!(
+        hits(&e, "email:ops@example.com has_screenshot:true"),
+        ["127.0.1.9:5900"]
+    );
+    assert_eq!(hits(&e, "product:nginx -port:443"), ["127.0.0.1:80"]);
+    assert_eq!(
+        hits(&e, "NOT net:127.0.0.0/24"),
+        ["127.0.1.9:5900", "127.0.1.20:21"]
+    );
+    assert_eq!(
+        hits(&e, "(port:21 OR port:22) AND provider:b"),
+        ["127.0.1.20:21"]
+    );
+    assert_eq!(hits(&e, "job:2 service:ftp"), ["127.0.1.20:21"]);
+    // extension fields (in the ext column, no parser change)
+    assert_eq!(hits(&e, "beacon.period:<60"), ["127.0.0.4:9000"]);
+    assert!(hits(&e, "beacon.period:>60").is_empty());
+    assert_eq!(hits(&e, "country:nl"), ["127.0.0.4:9000"]);
+    // dates: job 1 was Oct 30, job 2 Nov 2
+    assert_eq!(
+        hits(&e, "last_seen:>2026-11-01"),
+        [
+            "127.0.0.1:80",
+            "127.0.0.2:8080",
+            "127.0.0.3:443",
+            "127.0.1.20:21"
+        ]
+    );
+    assert_eq!(hits(&e, "first_seen:2026-10-30 port:22"), ["127.0.0.1:22"]);
+    assert!(hits(&e, "last_seen:<2026-10-30").is_empty());
+}
+
+#[test]
+fn services_are_one_row_per_endpoint_with_the_latest_state() {
+    let (_d, e) = engine();
+    let p = e.search(&SearchRequest::new("port:80")).unwrap();
+    assert_eq!(p.matched, 2, "two jobs saw it");
+    assert_eq!(p.services.len(), 1);
+    assert_eq!(p.services[0].version.as_deref(), Some("1.25.3"));
+    assert_eq!(p.services[0].job, 2);
+}
+
+#[test]
+fn hosts_view_and_paging_cover_every_row_once() {
+    let (_d, e) = engine();
+    let mut r = SearchRequest::new("");
+    r.view = View::Hosts;
+    let p = e.search(&r).unwrap();
+    let ips: Vec<String> = p.hosts.iter().map(|h| h.ip.to_string()).collect();
+    assert_eq!(
+        ips,
+        [
+            "127.0.0.1",
+            "127.0.0.2",
+            "127.0.0.3",
+            "127.0.0.4",
+            "127.0.1.9",
+            "127.0.1.20"
+        ]
+    );
+    assert_eq!(p.hosts[0].services.len(), 2, "127.0.0.1 has 22 and 80");
+
+    let all = hits(&e, "");
+    let mut paged = vec![];
+    let mut r = SearchRequest::new("");
+    r.limit = 2;
+    loop {
+        let p = e.search(&r).unwrap();
+        paged.extend(p.services.iter().map(|s| s.endpoint()));
+        match p.next {
+            Some(k) => r.after = Some(k),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all);
+    assert_eq!(all.len(), 7);
+}
+
+#[test]
+fn facets_and_counts() {
+    let (_d, e) = engine();
+    let c = e
+        .count(
+            "",
+            &[
+                parse_facet("product:2").unwrap(),
+                parse_facet("port").unwrap(),
+            ],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert_eq!(c.matched, 10);
+    assert_eq!(c.facets[0].field, "product");
+    assert_eq!(c.facets[0].values[0].value, "nginx");
+    assert_eq!(c.facets[0].values[0].count, 4);
+    assert_eq!(c.facets[0].values.len(), 2);
+    assert!(
+        c.facets[1]
+            .values
+            .iter()
+            .any(|v| v.value == "8080" && v.count == 2),
+        "{:?}",
+        c.facets[1]
+    );
+    let c = e
+        .count(
+            "country:nl",
+            &[parse_facet("country").unwrap()],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert_eq!(c.facets[0].values[0].value, "NL");
+    assert!(matches!(
+        e.count("", &[("banner".into(), 5)], Duration::from_secs(1)),
+        Err(QueryError::Invalid(_))
+    ));
+    assert!(parse_facet("port:0").is_err());
+}
+
+#[test]
+fn host_view_history_and_as_of() {
+    let (_d, e) = engine();
+    let h = e.host("127.0.0.1".parse().unwrap(), None).unwrap();
+    let ports: Vec<u16> = h.ports.iter().map(|p| p.port).collect();
+    assert_eq!(ports, [22, 80]);
+    let p80 = &h.ports[1];
+    assert_eq!(p80.jobs, [1, 2]);
+    assert_eq!(p80.current.version.as_deref(), Some("1.25.3"));
+    assert_eq!(p80.events.len(), 2);
+    let ch = &p80.events[1];
+    assert_eq!(ch.job, 2);
+    assert_eq!(ch.fields.len(), 1);
+    assert_eq!(ch.fields[0].field, "version");
+    assert_eq!(ch.fields[0].from.as_deref(), Some("1.24.0"));
+    // as of Nov 1: only job 1
+    let h = e.host("127.0.0.1".parse().unwrap(), Some(NOV1)).unwrap();
+    assert_eq!(h.ports[1].current.version.as_deref(), Some("1.24.0"));
+    assert_eq!(h.ports[1].events.len(), 1);
+    let h = e.host("127.0.0.3".parse().unwrap(), None).unwrap();
+    assert!(
+        h.ports[0].events[1]
+            .fields
+            .iter()
+            .any(|f| f.field == "tls.sha256")
+    );
+}
+
+#[test]
+fn diff_two_jobs() {
+    let (_d, e) = engine();
+    let d = e.diff(1, 2, 100, Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        (d.opened, d.closed, d.changed, d.unchanged),
+        (1, 2, 2, 1),
+        "{d:#?}"
+    );
+    let find = |ip: &str, port: u16| {
+        d.changes
+            .iter()
+            .find(|c| c.ip.to_string() == ip && c.port == port)
+            .unwrap()
+    };
+    assert_eq!(find("127.0.1.20", 21).kind, ChangeKind::Opened);
+    assert_eq!(find("127.0.0.1", 22).kind, ChangeKind::Closed);
+    assert_eq!(find("127.0.0.1", 80).kind, ChangeKind::Changed);
+    assert_eq!(find("127.0.0.1", 80).fields[0].field, "version");
+    // coverage: open services in 127.0.0.0/24: job 1 has 22, 80, 8080, 443 (the beacon row is
+    // not an open port); job 2 has 80, 8080, 443
+    let net = |k: &str| {
+        d.coverage_net
+            .iter()
+            .find(|c| c.key == k)
+            .map(|c| (c.a, c.b))
+    };
+    assert_eq!(net("127.0.0.0/24"), Some((4, 3)));
+    assert_eq!(
+        net("127.0.1.0/24"),
+        None,
+        "same count in both jobs: not listed"
+    );
+    assert!(d.coverage_provider.iter().any(|c| c.key == "b"));
+    let lim = e.diff(1, 2, 1, Duration::from_secs(5)).unwrap();
+    assert_eq!(lim.changes.len(), 1);
+    assert_eq!(
+        (lim.opened, lim.closed, lim.changed),
+        (1, 2, 2),
+        "counts exact under a limit"
+    );
+}
+
+#[test]
+fn bad_queries_are_positioned_errors() {
+    let (_d, e) = engine();
+    let err = |q: &str| match e.search(&SearchRequest::new(q)) {
+        Err(QueryError::Parse(p)) => p,
+        other => panic!("{q}: {other:?}"),
+    };
+    let p = err("port:80 AND prodct:nginx");
+    assert_eq!(p.column, 13);
+    assert!(p.expected.contains("a field name"), "{p}");
+    let p = err("port:99999");
+    assert_eq!(p.column, 6);
+    assert!(p.expected.contains("port number"), "{p}");
+    let p = err("net:127.0.0.0/40");
+    assert!(p.expected.contains("prefix length"), "{p}");
+    let p = err("last_seen:>tomorrow");
+    assert!(p.expected.contains("date"), "{p}");
+    let p = err("tls.expired:maybe");
+    assert!(p.expected.contains("true or false"), "{p}");
+    let p = err("banner:[a TO b]");
+    assert!(p.expected.contains("text field"), "{p}");
+    let mut r = SearchRequest::new("");
+    r.limit = 0;
+    assert!(matches!(e.search(&r), Err(QueryError::Invalid(_))));
+}
+
+#[test]
+fn replays_are_skipped_and_a_reopened_index_resumes_from_its_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q");
+    {
+        let idx = QueryIndex::open_or_rebuild(&path).unwrap();
+        corpus(&idx);
+        assert_eq!(idx.cursor(1), 8);
+        // uncommitted work is lost with the process (as with kill -9)
+        let extra = vec![(
+            prov(2, 5, "127.0.0.9", 1, "service", NOV1),
+            svc("x", "1", "b"),
+        )];
+        idx.add(&extra).unwrap();
+        assert_eq!(idx.cursor(2), 5);
+    }
+    let idx = QueryIndex::open_or_rebuild(&path).unwrap();
+    assert_eq!(idx.cursor(2), 4, "resumes after the last commit");
+    // replaying everything folds nothing twice
+    let before = idx.num_rows();
+    corpus_replay(&idx);
+    idx.commit().unwrap();
+    assert_eq!(idx.num_rows(), before);
+    let e = Engine::new(Arc::new(idx));
+    assert_eq!(e.search(&SearchRequest::new("port:80")).unwrap().matched, 2);
+}
+
+fn corpus_replay(idx: &QueryIndex) {
+    let n = idx
+        .add(&[(
+            prov(1, 2, "127.0.0.1", 80, "service", 1),
+            svc("evil", "0", "replayed"),
+        )])
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn a_corrupt_index_is_rebuilt_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q");
+    {
+        let idx = QueryIndex::open_or_rebuild(&path).unwrap();
+        corpus(&idx);
+        idx.close().unwrap();
+    }
+    // damage every file
+    for f in std::fs::read_dir(&path).unwrap() {
+        let f = f.unwrap().path();
+        if f.extension().is_some_and(|e| e == "store" || e == "json") {
+            std::fs::write(&f, b"garbage").unwrap();
+        }
+    }
+    let idx = QueryIndex::open_or_rebuild(&path).unwrap();
+    assert_eq!(idx.num_rows(), 0);
+    assert_eq!(idx.cursor(1), 0, "rebuilt from the store by the follower");
+    corpus(&idx);
+    assert_eq!(idx.num_rows(), 10);
+}
