@@ -146,7 +146,7 @@ fn bar(total: u64, show: bool) -> ProgressBar {
     let pb = ProgressBar::new(total.max(1));
     pb.set_style(
         ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} tasks  {msg}",
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} tasks  ETA {eta}  {msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );

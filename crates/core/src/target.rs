@@ -44,6 +44,21 @@ impl IpRange {
         }
     }
 
+    /// `count` consecutive addresses from `first` (None if that runs past the family's end).
+    pub fn block(first: IpAddr, count: u32) -> Option<Self> {
+        let n = count.max(1) - 1;
+        match first {
+            IpAddr::V4(a) => {
+                let s = u32::from(a);
+                Some(IpRange::V4 { start: s, end: s.checked_add(n)? })
+            }
+            IpAddr::V6(a) => {
+                let s = u128::from(a);
+                Some(IpRange::V6 { start: s, end: s.checked_add(n as u128)? })
+            }
+        }
+    }
+
     /// Number of addresses (a full IPv6 range saturates at u128::MAX).
     pub fn len(&self) -> u128 {
         match *self {

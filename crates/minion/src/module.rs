@@ -15,6 +15,9 @@ pub struct TaskInput {
     pub parent_task_id: Option<TaskId>,
     pub module: String,
     pub target: Option<IpAddr>,
+    /// Sweeps: consecutive addresses from `target` this task covers (1 = just `target`); the
+    /// runtime checked all of them against the minion's scope.
+    pub target_count: u32,
     pub ports: Vec<u16>,
     /// Job params merged with task params (a JSON object; `rate_limit` is this task's share of the
     /// job's connections/s, when the job has a limit).
@@ -28,6 +31,22 @@ pub struct TaskInput {
 impl TaskInput {
     pub fn param_u64(&self, key: &str) -> Option<u64> {
         self.params.get(key).and_then(Value::as_u64)
+    }
+
+    /// Every address the task covers (`target_count` from `target`), in order.
+    pub fn targets(&self) -> Vec<IpAddr> {
+        let Some(t) = self.target else {
+            return Vec::new();
+        };
+        let n = self.target_count.max(1) as u128;
+        match t {
+            IpAddr::V4(a) => (0..n)
+                .filter_map(|i| u32::from(a).checked_add(i as u32).map(|v| IpAddr::V4(v.into())))
+                .collect(),
+            IpAddr::V6(a) => (0..n)
+                .filter_map(|i| u128::from(a).checked_add(i).map(|v| IpAddr::V6(v.into())))
+                .collect(),
+        }
     }
 
     /// The task's target address; a task without one is invalid for `module`.

@@ -373,14 +373,18 @@ async fn execute(
                 .map_err(|_| ModuleError::Invalid(format!("bad target {:?}", lease.target)))?,
         )
     };
-    // The minion re-checks its own scope before sending anything.
-    if let Some(ip) = target
-        && !ctx.scope.permits(ip)
-    {
-        warn!(target = %ip, task = lease.task_id, "target refused by minion scope");
-        return Err(ModuleError::Blocked(format!(
-            "{ip} is outside this minion's allow-list or inside its blocklist"
-        )));
+    // The minion re-checks its own scope before sending anything (the whole block of a sweep).
+    let target_count = lease.target_count.max(1);
+    if let Some(ip) = target {
+        let block = overlord_core::target::IpRange::block(ip, target_count).ok_or_else(|| {
+            ModuleError::Invalid(format!("{target_count} addresses from {ip} overflow the family"))
+        })?;
+        if let Err(e) = ctx.scope.check(&[block]) {
+            warn!(target = %block, task = lease.task_id, "target refused by minion scope");
+            return Err(ModuleError::Blocked(format!(
+                "{block} is outside this minion's allow-list or inside its blocklist: {e}"
+            )));
+        }
     }
     let input = TaskInput {
         job_id: lease.job_id,
@@ -388,6 +392,7 @@ async fn execute(
         parent_task_id: (lease.parent_task_id != 0).then_some(lease.parent_task_id),
         module: lease.module.clone(),
         target,
+        target_count,
         ports: lease
             .ports
             .iter()
