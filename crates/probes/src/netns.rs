@@ -114,15 +114,59 @@ EOF",
         .map(|_| ())
     }
 
+    /// Random loss for a raw-packet scan on `lo`: our injected SYNs only pass `input`, the
+    /// kernel's answers pass `output` then `input` and are read from the interface before
+    /// `input`; so SYNs are dropped on `input` and answers on `output` (each packet once).
+    pub fn random_drop_raw(&self, percent: u32) -> Result<(), NetNsError> {
+        let p = percent.min(100) * 10;
+        self.sh(&format!(
+            "nft -f - <<'EOF'
+table inet ovl_loss {{
+  chain input {{
+    type filter hook input priority 0; policy accept;
+    tcp flags & (syn | ack) == syn numgen random mod 1000 < {p} counter drop
+  }}
+  chain output {{
+    type filter hook output priority 0; policy accept;
+    meta l4proto tcp numgen random mod 1000 < {p} counter drop
+  }}
+}}
+EOF"
+        ))
+        .map(|_| ())
+    }
+
+    /// TX packet count of an interface of the namespace.
+    pub fn tx_packets(&self, dev: &str) -> Result<u64, NetNsError> {
+        let out = run(Command::new("ip").args(["-n", &self.name, "-s", "link", "show", dev]))?;
+        // "TX:  bytes packets ..." then the numbers on the next line.
+        let mut lines = out.lines();
+        while let Some(l) = lines.next() {
+            if l.trim_start().starts_with("TX:") {
+                return lines
+                    .next()
+                    .and_then(|n| n.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| NetNsError::Command {
+                        cmd: "ip -s link".into(),
+                        stderr: format!("no TX counters in {out:?}"),
+                    });
+            }
+        }
+        Err(NetNsError::Command {
+            cmd: "ip -s link".into(),
+            stderr: format!("no TX line in {out:?}"),
+        })
+    }
+
     /// Packets dropped by [`NetNs::random_drop`] so far.
     pub fn dropped(&self) -> Result<u64, NetNsError> {
         let out = run(self.command("nft").args(["list", "table", "inet", "ovl_loss"]))?;
         Ok(out
             .split("packets ")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0))
+            .skip(1)
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum())
     }
 }
 

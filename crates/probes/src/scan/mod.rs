@@ -6,6 +6,7 @@
 
 pub mod connect;
 pub mod retry;
+pub mod syn;
 
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
