@@ -266,7 +266,7 @@ pub fn root_plan(spec: &JobSpec) -> Result<RootPlan, SpecError> {
         }
     }
     Err(SpecError::Shape(format!(
-        "no enabled module can start this job: targets need one of portscan/service/banner/screenshot (with ports), inputs need enrich/beacon, noop needs params.count (enabled: {})",
+        "no enabled module can start this job: targets need one of portscan/syn/service/banner/screenshot (with ports), inputs need enrich/beacon, noop needs params.count (enabled: {})",
         spec.modules.join(",")
     )))
 }
@@ -558,7 +558,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            e.to_string().contains("bogus") && e.to_string().contains("portscan, service"),
+            e.to_string().contains("bogus") && e.to_string().contains("portscan, syn, service"),
             "{e}"
         );
         let e = prepare(&raw(&["nope.invalid"], "80", &["portscan"]), &s, &no_dns).unwrap_err();

@@ -38,6 +38,14 @@ pub const CATALOG: &[ModuleInfo] = &[
         },
     },
     ModuleInfo {
+        name: "syn",
+        capability: "raw",
+        root: RootKind::Network {
+            ports_per_task: 4096,
+            probes_per_task: 16384,
+        },
+    },
+    ModuleInfo {
         name: "service",
         capability: "grab",
         root: RootKind::Network {

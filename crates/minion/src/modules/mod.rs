@@ -11,12 +11,14 @@ pub mod noop;
 pub mod portscan;
 pub mod screenshot;
 pub mod service;
+pub mod syn;
 
 /// Every module an ordinary minion runs. `leak` is not here: it needs the coordinator's leak
 /// database and runs only on the coordinator's lookup minion (see [`leak::lookup_modules`]).
 pub fn builtin() -> Vec<Arc<dyn Module>> {
     vec![
         Arc::new(portscan::PortScan),
+        Arc::new(syn::Syn),
         Arc::new(banner::BannerGrab),
         Arc::new(screenshot::Screenshot),
         Arc::new(service::ServiceId::default()),
