@@ -10,4 +10,4 @@ $SUDO apt-get install -y -qq \
     nmap openssh-server redis-server mosquitto nginx-light vsftpd python3-aiosmtpd \
     xvfb x11vnc tigervnc-standalone-server xterm x11-apps x11-utils xauth vncsnapshot imagemagick opencv-data \
     xfonts-base fonts-dejavu-core fonts-urw-base35 fonts-noto-mono \
-    nftables iproute2 netcat-openbsd >/dev/null
+    nftables iproute2 netcat-openbsd zmap masscan >/dev/null
