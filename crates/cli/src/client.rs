@@ -319,3 +319,40 @@ pub fn status_line(st: &v1::JobStatus) -> String {
         spec.targets.join(","),
     ) + &waiting
 }
+
+/// The quality ledger of a scan job, one line per minion, provider and (worst) target network.
+pub fn quality_lines(q: &v1::QualityLedger) -> String {
+    let mut out = String::new();
+    let line = |kind: &str, r: &v1::LedgerRow| {
+        let miss = if r.sampled > 0 {
+            format!("{:.2} % ({} of {} re-checked)", r.missed as f64 * 100.0 / r.sampled as f64, r.missed, r.sampled)
+        } else {
+            "not sampled".into()
+        };
+        format!(
+            "  {kind:<8} {:<28} sent {:>10}  answered {:>10} ({:>6.2} %)  re-sent {:>8}  miss {miss}\n",
+            r.key,
+            r.sent,
+            r.answered,
+            if r.sent > 0 { r.answered as f64 * 100.0 / r.sent as f64 } else { 0.0 },
+            r.retried,
+        )
+    };
+    out.push_str("quality:\n");
+    for r in &q.minions {
+        out.push_str(&line("minion", r));
+    }
+    for r in &q.providers {
+        out.push_str(&line("provider", r));
+    }
+    for r in &q.nets {
+        out.push_str(&line("net", r));
+    }
+    if q.nets_total as usize > q.nets.len() {
+        out.push_str(&format!("  ({} networks with loss or silence; the {} worst shown)\n", q.nets_total, q.nets.len()));
+    }
+    for f in &q.flags {
+        out.push_str(&format!("  FLAGGED: {f}\n"));
+    }
+    out
+}

@@ -386,7 +386,11 @@ async fn async_main() -> Result<()> {
                     }
                 }
                 JobsCmd::Get { job } => {
-                    println!("{}", client::status_line(&client::get(&mut c, job).await?))
+                    let st = client::get(&mut c, job).await?;
+                    println!("{}", client::status_line(&st));
+                    if let Some(q) = &st.quality {
+                        print!("{}", client::quality_lines(q));
+                    }
                 }
                 JobsCmd::Cancel { job } => println!(
                     "{}",

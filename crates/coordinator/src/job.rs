@@ -830,6 +830,10 @@ impl JobSt {
                     malformed = Some(e);
                 }
                 Ok(findings) if r.ok => {
+                    if !r.probe_counts.is_empty() {
+                        self.rec.quality.record(minion, provider, &r.probe_counts);
+                        self.dirty = true;
+                    }
                     self.complete_task(
                         r.task_id,
                         findings,

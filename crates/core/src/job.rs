@@ -438,6 +438,9 @@ pub struct JobRecord {
     /// Number of stored findings == cursor of the last one.
     pub findings: u64,
     pub stale_rejected: u64,
+    /// Scan jobs: the quality ledger (absent from records of jobs without probe counts).
+    #[serde(default, skip_serializing_if = "crate::quality::Ledger::is_empty")]
+    pub quality: crate::quality::Ledger,
 }
 
 impl JobRecord {
@@ -456,6 +459,7 @@ impl JobRecord {
             failed: 0,
             findings: 0,
             stale_rejected: 0,
+            quality: Default::default(),
         }
     }
 

@@ -13,8 +13,10 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Per-/24 rows kept per job; beyond this, rows aggregate into [`OTHER_NETS`].
-pub const MAX_NETS: usize = 65_536;
+/// Per-network rows kept per job (the ledger lives in the job record, rewritten often); beyond
+/// this, rows aggregate into [`OTHER_NETS`]. Only networks where something was re-sent or stayed
+/// unanswered get a row: fully answered networks only add to the minion/provider totals.
+pub const MAX_NETS: usize = 256;
 pub const OTHER_NETS: &str = "other";
 /// Share of work (relative to a healthy minion) given to a flagged minion.
 pub const FLAGGED_SHARE: f64 = 0.25;
@@ -53,11 +55,18 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    pub fn is_empty(&self) -> bool {
+        self.by_minion.is_empty()
+    }
+
     /// Adds one task's counts (per target network) run by `minion` of `provider`.
     pub fn record(&mut self, minion: &str, provider: &str, nets: &[(String, Counts)]) {
         let mut total = Counts::default();
         for (net, c) in nets {
             total.add(c);
+            if c.retried == 0 && c.answered >= c.sent {
+                continue;
+            }
             let key = if self.by_net.len() < MAX_NETS || self.by_net.contains_key(net) {
                 net.as_str()
             } else {
@@ -171,10 +180,11 @@ mod tests {
     fn records_roll_up_by_minion_provider_and_net() {
         let mut l = Ledger::default();
         l.record("m1", "aws", &[("127.0.0.0/24".into(), c(10, 9)), ("127.0.1.0/24".into(), c(5, 5))]);
-        l.record("m2", "aws", &[("127.0.0.0/24".into(), c(4, 4))]);
+        l.record("m2", "aws", &[("127.0.0.0/24".into(), c(4, 3))]);
         assert_eq!(l.by_minion["m1"].sent, 15);
-        assert_eq!(l.by_provider["aws"].answered, 18);
+        assert_eq!(l.by_provider["aws"].answered, 17);
         assert_eq!(l.by_net["127.0.0.0/24"].sent, 14);
+        assert!(!l.by_net.contains_key("127.0.1.0/24"), "fully answered: no row");
         l.record_check("m1", "aws", "127.0.0.0/24", 100, 3);
         assert_eq!(l.by_minion["m1"].miss_rate(), Some(0.03));
         assert_eq!(l.by_net["127.0.0.0/24"].missed, 3);
@@ -184,7 +194,7 @@ mod tests {
     fn net_rows_are_bounded() {
         let mut l = Ledger::default();
         for i in 0..(MAX_NETS + 10) {
-            l.record("m", "p", &[(format!("n{i}"), c(1, 1))]);
+            l.record("m", "p", &[(format!("n{i}"), c(1, 0))]);
         }
         assert_eq!(l.by_net.len(), MAX_NETS + 1);
         assert_eq!(l.by_net[OTHER_NETS].sent, 10);

@@ -110,6 +110,23 @@ impl ModuleError {
     }
 }
 
+/// Probe counts of one target network (scan modules report them for the job's quality ledger).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetCounts {
+    /// "a.b.c.0/24" or "x:x:x:x::/64".
+    pub net: String,
+    pub sent: u64,
+    pub answered: u64,
+    pub retried: u64,
+}
+
+/// What a task produced: findings, and probe counts when the module scans.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Output {
+    pub findings: Vec<FindingOut>,
+    pub probe_counts: Vec<NetCounts>,
+}
+
 pub trait Module: Send + Sync + 'static {
     /// "portscan", "banner", "service", "screenshot", "enrich", "beacon", ...
     fn name(&self) -> &'static str;
@@ -120,4 +137,18 @@ pub trait Module: Send + Sync + 'static {
         task: &'a TaskInput,
         ctx: &'a ModuleCtx,
     ) -> BoxFuture<'a, Result<Vec<FindingOut>, ModuleError>>;
+
+    /// Like [`Module::run`], with probe counts; scan modules override it (the runtime calls this).
+    fn run_counted<'a>(
+        &'a self,
+        task: &'a TaskInput,
+        ctx: &'a ModuleCtx,
+    ) -> BoxFuture<'a, Result<Output, ModuleError>> {
+        Box::pin(async move {
+            Ok(Output {
+                findings: self.run(task, ctx).await?,
+                probe_counts: Vec::new(),
+            })
+        })
+    }
 }

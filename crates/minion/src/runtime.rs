@@ -3,7 +3,7 @@
 //! until the coordinator acknowledges it (accepted or rejected) and is re-sent on a new session.
 
 use crate::config::MinionSettings;
-use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
+use crate::module::{Module, ModuleCtx, ModuleError, Output, TaskInput};
 use crate::telemetry::metrics;
 use futures::FutureExt;
 use overlord_core::Token;
@@ -308,9 +308,20 @@ fn start_task(
             clock.elapsed().as_secs_f64(),
         );
         match outcome {
-            Ok(findings) => {
+            Ok(out) => {
                 r.ok = true;
-                r.findings = findings
+                r.probe_counts = out
+                    .probe_counts
+                    .into_iter()
+                    .map(|c| v1::NetCounts {
+                        net: c.net,
+                        sent: c.sent,
+                        answered: c.answered,
+                        retried: c.retried,
+                    })
+                    .collect();
+                r.findings = out
+                    .findings
                     .into_iter()
                     .map(|f| v1::FindingOut {
                         kind: f.kind,
@@ -356,7 +367,7 @@ async fn execute(
     lease: &v1::TaskLease,
     modules: &HashMap<String, Arc<dyn Module>>,
     ctx: &ModuleCtx,
-) -> Result<Vec<FindingOut>, ModuleError> {
+) -> Result<Output, ModuleError> {
     let module = modules.get(&lease.module).ok_or_else(|| {
         ModuleError::Invalid(format!(
             "module {:?} not available on minion {}",
@@ -405,7 +416,7 @@ async fn execute(
         input: (!lease.input.is_empty()).then(|| lease.input.clone()),
     };
     // A panicking module fails its task instead of killing the minion.
-    match std::panic::AssertUnwindSafe(module.run(&input, ctx))
+    match std::panic::AssertUnwindSafe(module.run_counted(&input, ctx))
         .catch_unwind()
         .await
     {

@@ -4,7 +4,7 @@
 //! Params: `timeout_ms` (upper bound of the adaptive per-probe timeout, default 1000),
 //! `concurrency` (connects in flight for this task, 2048), `rate_limit` (connections/s, 0 = none).
 
-use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
+use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, Output, TaskInput};
 use futures::future::BoxFuture;
 use overlord_probes::scan::connect::SharedLimit;
 use overlord_probes::scan::{ScanOptions, sweep};
@@ -37,6 +37,19 @@ pub fn shuffle<T>(v: &mut [T], key: u64) {
     }
 }
 
+/// The sweep's per-network counts as the result reports them.
+pub fn net_counts(rep: &overlord_probes::scan::connect::SweepReport) -> Vec<crate::module::NetCounts> {
+    rep.nets
+        .iter()
+        .map(|(n, c)| crate::module::NetCounts {
+            net: n.to_string(),
+            sent: c.sent,
+            answered: c.answered,
+            retried: c.retried,
+        })
+        .collect()
+}
+
 pub struct PortScan;
 
 impl Module for PortScan {
@@ -49,8 +62,16 @@ impl Module for PortScan {
     fn run<'a>(
         &'a self,
         task: &'a TaskInput,
-        _ctx: &'a ModuleCtx,
+        ctx: &'a ModuleCtx,
     ) -> BoxFuture<'a, Result<Vec<FindingOut>, ModuleError>> {
+        Box::pin(async move { Ok(self.run_counted(task, ctx).await?.findings) })
+    }
+
+    fn run_counted<'a>(
+        &'a self,
+        task: &'a TaskInput,
+        _ctx: &'a ModuleCtx,
+    ) -> BoxFuture<'a, Result<Output, ModuleError>> {
         Box::pin(async move {
             task.require_target("portscan")?;
             let d = ScanOptions::default();
@@ -88,7 +109,8 @@ impl Module for PortScan {
                 rounds = rep.rounds,
                 "portscan sweep"
             );
-            Ok(open
+            let probe_counts = super::portscan::net_counts(&rep);
+            let findings = open
                 .into_iter()
                 .map(|(ip, p)| {
                     FindingOut::new(
@@ -98,7 +120,11 @@ impl Module for PortScan {
                         json!({"state": "open", "proto": "tcp"}),
                     )
                 })
-                .collect())
+                .collect();
+            Ok(Output {
+                findings,
+                probe_counts,
+            })
         })
     }
 }

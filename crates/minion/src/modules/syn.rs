@@ -4,7 +4,7 @@
 //! all zeros as on `lo`), `wait_ms` (answer wait after a round, 200), `rate_limit` (packets/s).
 //! Needs CAP_NET_RAW: without it the task fails permanently with an error saying so.
 
-use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
+use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, Output, TaskInput};
 use futures::future::BoxFuture;
 use overlord_probes::scan::syn::{SynError, SynOptions, SynScanner};
 use serde_json::json;
@@ -33,8 +33,16 @@ impl Module for Syn {
     fn run<'a>(
         &'a self,
         task: &'a TaskInput,
-        _ctx: &'a ModuleCtx,
+        ctx: &'a ModuleCtx,
     ) -> BoxFuture<'a, Result<Vec<FindingOut>, ModuleError>> {
+        Box::pin(async move { Ok(self.run_counted(task, ctx).await?.findings) })
+    }
+
+    fn run_counted<'a>(
+        &'a self,
+        task: &'a TaskInput,
+        _ctx: &'a ModuleCtx,
+    ) -> BoxFuture<'a, Result<Output, ModuleError>> {
         Box::pin(async move {
             task.require_target("syn")?;
             let mut o = SynOptions::default();
@@ -83,7 +91,8 @@ impl Module for Syn {
             })?;
             let mut open: Vec<_> = rep.open(&probes).collect();
             open.sort_unstable();
-            Ok(open
+            let probe_counts = super::portscan::net_counts(&rep);
+            let findings = open
                 .into_iter()
                 .map(|(ip, p)| {
                     FindingOut::new(
@@ -93,7 +102,11 @@ impl Module for Syn {
                         json!({"state": "open", "proto": "tcp", "method": "syn"}),
                     )
                 })
-                .collect())
+                .collect();
+            Ok(Output {
+                findings,
+                probe_counts,
+            })
         })
     }
 }

@@ -98,6 +98,31 @@ pub struct SweepReport {
     pub rounds: u32,
     /// Smoothed RTT at the end (µs).
     pub srtt_us: u64,
+    /// The same counts per target network (for the job's quality ledger).
+    pub nets: std::collections::BTreeMap<Net, NetCount>,
+}
+
+/// Probe counts of one target network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetCount {
+    pub sent: u64,
+    pub answered: u64,
+    pub retried: u64,
+}
+
+impl SweepReport {
+    pub(crate) fn count_send(&mut self, net: Net, resend: bool) {
+        self.sent += 1;
+        self.retried += resend as u64;
+        let n = self.nets.entry(net).or_default();
+        n.sent += 1;
+        n.retried += resend as u64;
+    }
+
+    pub(crate) fn count_answer(&mut self, net: Net) {
+        self.answered += 1;
+        self.nets.entry(net).or_default().answered += 1;
+    }
 }
 
 impl SweepReport {
@@ -300,7 +325,9 @@ fn pass(
     let finish = |rep: &mut SweepReport, book: &mut LossBook, i: usize, out: Outcome| {
         rep.outcomes[i] = out;
         let answered = out != Outcome::Unanswered;
-        rep.answered += answered as u64;
+        if answered {
+            rep.count_answer(Net::of(probes[i].0));
+        }
         book.record(Net::of(probes[i].0), answered);
     };
     let release = |o: &SweepOptions| {
@@ -358,8 +385,7 @@ fn pass(
                 continue;
             }
             next += 1;
-            rep.sent += 1;
-            rep.retried += resend as u64;
+            rep.count_send(Net::of(dst.ip()), resend);
             // Loopback often answers inside connect(2): check before involving epoll.
             let e = if e == libc::EINPROGRESS { so_error(fd) } else { e };
             // (SO_ERROR is 0 while the handshake is still in progress.)

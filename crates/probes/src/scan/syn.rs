@@ -413,7 +413,7 @@ impl SynScanner {
             };
             if rep.outcomes[i] == Outcome::Unanswered {
                 rep.outcomes[i] = out;
-                rep.answered += 1;
+                rep.count_answer(Net::of(probes[i].0));
                 book.record(Net::of(probes[i].0), true);
             }
         }
@@ -466,8 +466,7 @@ impl SynScanner {
                     self.drain(&index, &mut rep, &mut book, probes)?;
                     std::thread::sleep(Duration::from_micros(50));
                 }
-                rep.sent += 1;
-                rep.retried += (round > 0) as u64;
+                rep.count_send(Net::of(dst), round > 0);
                 if k % 64 == 63 {
                     self.drain(&index, &mut rep, &mut book, probes)?;
                 }
