@@ -223,6 +223,9 @@ pub fn minion_settings(
             .collect(),
         scope: overlord_core::scope::Scope::loopback(),
         reconnect_max: Duration::from_millis(500),
+        tls: None,
+        internal_secret: None,
+        input_dir: None,
     }
 }
 

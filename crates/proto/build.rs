@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "overlord/v1/job.proto",
         "overlord/v1/minion.proto",
         "overlord/v1/image.proto",
+        "overlord/v1/security.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

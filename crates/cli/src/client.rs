@@ -3,25 +3,131 @@
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use overlord_proto::v1::{self, job_event::Event, job_service_client::JobServiceClient};
+use std::path::Path;
 use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-pub type Client = JobServiceClient<Channel>;
+pub type Client = JobServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// How the CLI authenticates: an API token (sent as `authorization: Bearer`) and the cluster CA
+/// that verifies an `https://` coordinator.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    pub token: Option<String>,
+    pub ca_pem: Option<String>,
+}
+
+static CREDENTIALS: std::sync::OnceLock<Credentials> = std::sync::OnceLock::new();
+
+/// Sets the process's credentials (from `--token-file`/`OVERLORD_TOKEN_FILE`, `OVERLORD_TOKEN`,
+/// `--ca`/`OVERLORD_CA`); [`connect`] uses them.
+pub fn set_credentials(c: Credentials) {
+    let _ = CREDENTIALS.set(c);
+}
+
+/// Credentials from the environment: `OVERLORD_TOKEN`, else the file `OVERLORD_TOKEN_FILE`;
+/// `OVERLORD_CA` (a PEM file).
+pub fn credentials_from(
+    token: Option<String>,
+    token_file: Option<&Path>,
+    ca: Option<&Path>,
+) -> Result<Credentials> {
+    let token = match (token, token_file) {
+        (Some(t), _) => Some(t.trim().to_string()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read token file {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    let ca_pem = match ca {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read CA certificate {}", p.display()))?,
+        ),
+        None => None,
+    };
+    Ok(Credentials { token, ca_pem })
+}
+
+pub fn current_credentials() -> Credentials {
+    CREDENTIALS.get().cloned().unwrap_or_default()
+}
+
+/// Adds the API token to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+impl Bearer {
+    pub fn new(c: &Credentials) -> Result<Self> {
+        Ok(Bearer(match &c.token {
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| anyhow!("the API token has characters a header cannot carry"))?,
+            ),
+            None => None,
+        }))
+    }
+}
+
+/// A channel to `url`: TLS (verified against the credentials' CA) for `https://`, which never
+/// falls back to plaintext; a token is never sent over plaintext to a non-loopback address.
+pub async fn channel(url: &str, c: &Credentials) -> Result<Channel> {
+    let mut ep = tonic::transport::Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("bad coordinator URL {url:?} (expected e.g. http://127.0.0.1:50051)"))?
+        .connect_timeout(Duration::from_secs(3));
+    if url.starts_with("https://") {
+        let ca = c.ca_pem.as_ref().ok_or_else(|| {
+            anyhow!("{url} is https:// but no CA certificate was given: pass --ca FILE or set OVERLORD_CA (the ca.pem of `overlord ca init`)")
+        })?;
+        ep = ep.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+        )?;
+    } else if c.token.is_some() {
+        let host = ep.uri().host().unwrap_or("").trim_matches(['[', ']']);
+        let loopback = host == "localhost"
+            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            bail!("refusing to send an API token over plaintext to {url}; use https://");
+        }
+    }
+    ep.connect()
+        .await
+        .with_context(|| format!("cannot reach coordinator at {url} (is `overlord coordinator` running? pass --coordinator URL)"))
+}
 
 pub async fn connect(url: &str) -> Result<Client> {
-    let ch = tonic::transport::Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("bad coordinator URL {url:?} (expected e.g. http://127.0.0.1:50051)"))?
-        .connect_timeout(Duration::from_secs(3))
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach coordinator at {url} (is `overlord coordinator` running? pass --coordinator URL)"))?;
-    Ok(JobServiceClient::new(ch).max_decoding_message_size(overlord_proto::MAX_MESSAGE_BYTES))
+    connect_with(url, &current_credentials()).await
+}
+
+pub async fn connect_with(url: &str, c: &Credentials) -> Result<Client> {
+    let ch = channel(url, c).await?;
+    Ok(JobServiceClient::with_interceptor(ch, Bearer::new(c)?)
+        .max_decoding_message_size(overlord_proto::MAX_MESSAGE_BYTES))
 }
 
 /// A coordinator's refusal as a CLI error: its message, its code, and what to do about it.
 fn status_err(s: tonic::Status) -> anyhow::Error {
     let hint = match s.code() {
         tonic::Code::NotFound => "; `overlord jobs list` shows the known job ids",
+        tonic::Code::Unauthenticated => {
+            "; pass an API token: --token-file FILE or OVERLORD_TOKEN (from `overlord token add`)"
+        }
+        tonic::Code::PermissionDenied => "; this token's role does not allow it",
         tonic::Code::ResourceExhausted => "; the coordinator is busy, retry in a moment",
         tonic::Code::Unavailable => {
             "; is the coordinator running and reachable? (pass --coordinator URL)"

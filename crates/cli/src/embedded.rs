@@ -30,6 +30,9 @@ pub fn minion_settings(url: &str, id: &str, provider: &str, capacity: u32) -> Mi
             .collect(),
         scope: Scope::loopback(),
         reconnect_max: Duration::from_millis(1000),
+        tls: None,
+        internal_secret: None,
+        input_dir: None,
     }
 }
 

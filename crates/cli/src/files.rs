@@ -28,6 +28,12 @@ pub fn minion_with_telemetry(path: &Path) -> Result<(MinionSettings, TelemetryCo
         .with_context(|| format!("invalid minion config {}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     cfg.blocklist = cfg.blocklist.map(|b| base.join(b));
+    cfg.input_dir = cfg.input_dir.map(|d| base.join(d));
+    if let Some(t) = cfg.tls.as_mut() {
+        t.ca = base.join(&t.ca);
+        t.cert = base.join(&t.cert);
+        t.key = base.join(&t.key);
+    }
     let names: Vec<&str> = overlord_minion::modules::builtin()
         .iter()
         .map(|m| m.name())

@@ -4,23 +4,23 @@
 use anyhow::{Context, Result, anyhow};
 use overlord_proto::v1::{self, image_service_client::ImageServiceClient};
 use std::path::Path;
-use std::time::Duration;
 use tonic::transport::Channel;
 
-pub type ImageClient = ImageServiceClient<Channel>;
+pub type ImageClient = ImageServiceClient<
+    tonic::service::interceptor::InterceptedService<Channel, crate::client::Bearer>,
+>;
 
 pub async fn connect(url: &str) -> Result<ImageClient> {
-    let ch = tonic::transport::Endpoint::from_shared(url.to_string())
-        .with_context(|| {
-            format!("bad coordinator URL {url:?} (expected e.g. http://127.0.0.1:50051)")
-        })?
-        .connect_timeout(Duration::from_secs(3))
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach coordinator at {url} (pass --coordinator URL)"))?;
-    Ok(ImageServiceClient::new(ch)
-        .max_decoding_message_size(overlord_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(overlord_proto::MAX_MESSAGE_BYTES))
+    connect_with(url, &crate::client::current_credentials()).await
+}
+
+pub async fn connect_with(url: &str, c: &crate::client::Credentials) -> Result<ImageClient> {
+    let ch = crate::client::channel(url, c).await?;
+    Ok(
+        ImageServiceClient::with_interceptor(ch, crate::client::Bearer::new(c)?)
+            .max_decoding_message_size(overlord_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(overlord_proto::MAX_MESSAGE_BYTES),
+    )
 }
 
 fn status_err(s: tonic::Status) -> anyhow::Error {

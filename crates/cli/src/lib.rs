@@ -9,3 +9,4 @@ pub mod embedded;
 pub mod files;
 pub mod images;
 pub mod otel;
+pub mod secure;

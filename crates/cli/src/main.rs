@@ -23,6 +23,26 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// File holding the API token for client commands (or OVERLORD_TOKEN with the token itself).
+    #[arg(long, env = "OVERLORD_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
+    /// The cluster CA certificate (ca.pem of `overlord ca init`) that verifies an https://
+    /// coordinator.
+    #[arg(long, env = "OVERLORD_CA", global = true)]
+    ca: Option<PathBuf>,
+}
+
+/// Prints one line of command output; a closed stdout (`| head -1`) ends the command quietly.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        let mut o = std::io::stdout().lock();
+        if let Err(e) = writeln!(o, $($t)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            panic!("cannot write to stdout: {e}");
+        }
+    }};
 }
 
 #[derive(Subcommand)]
@@ -41,10 +61,13 @@ enum Cmd {
         #[arg(long)]
         addr_file: Option<PathBuf>,
     },
-    /// Runs a minion.
+    /// Runs a minion (`--config FILE`), or `enroll`s one.
+    #[command(args_conflicts_with_subcommands = true)]
     Minion {
+        #[command(subcommand)]
+        sub: Option<MinionCmd>,
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// Overrides `coordinator`.
         #[arg(long)]
         coordinator: Option<String>,
@@ -135,10 +158,85 @@ enum Cmd {
     },
     /// Finds C2 beaconing in Zeek logs (CNN + RITA-style scorer); also train|eval|generate.
     Beacons(overlord_cli::beacons::BeaconsArgs),
+    /// The cluster CA: init, join tokens for minions, revocation.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
+    /// Client API tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
     /// Runs a benchmark and prints figures.
     Bench {
         #[command(subcommand)]
         which: bench::Which,
+    },
+}
+
+#[derive(Subcommand)]
+enum MinionCmd {
+    /// Turns a one-time join token into this minion's certificate: makes a key (it never leaves
+    /// this machine), sends a CSR, writes ca.pem, minion.pem, minion.key into --out.
+    Enroll {
+        /// The coordinator's https:// URL (its minion listener).
+        #[arg(long)]
+        coordinator: String,
+        /// The join token from `overlord ca join-token` (or OVERLORD_JOIN_TOKEN).
+        #[arg(long, env = "OVERLORD_JOIN_TOKEN", hide_env_values = true)]
+        join_token: String,
+        /// Where to write the files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Makes a cluster CA and the coordinator's server certificate in --dir.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// IP addresses and DNS names the coordinator is reached at (loopback always included).
+        #[arg(long)]
+        san: Vec<String>,
+    },
+    /// Prints a one-time join token for one minion (id and provider go into its certificate).
+    JoinToken {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        minion_id: String,
+        #[arg(long)]
+        provider: String,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
+    /// Revokes every certificate of a minion; a running coordinator closes its session within a
+    /// second.
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        minion_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Adds an API token to a token file (only its hash is stored) and prints the token once.
+    Add {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// admin | operator | viewer
+        #[arg(long)]
+        role: String,
+        /// Owner of the jobs it submits (default: the name); viewers of an owner see its jobs.
+        #[arg(long)]
+        owner: Option<String>,
     },
 }
 
@@ -263,6 +361,11 @@ fn main() -> Result<()> {
 async fn async_main() -> Result<()> {
     let cli = Cli::parse();
     raise_fd_limit();
+    client::set_credentials(client::credentials_from(
+        std::env::var("OVERLORD_TOKEN").ok().filter(|t| !t.is_empty()),
+        cli.token_file.as_deref(),
+        cli.ca.as_deref(),
+    )?);
     if !matches!(cli.cmd, Cmd::Coordinator { .. } | Cmd::Minion { .. }) {
         otel::init(None)?;
     }
@@ -313,10 +416,27 @@ async fn async_main() -> Result<()> {
             r?
         }
         Cmd::Minion {
+            sub:
+                Some(MinionCmd::Enroll {
+                    coordinator,
+                    join_token,
+                    out,
+                }),
+            ..
+        } => {
+            let ca = cli.ca.as_deref().context(
+                "enrollment needs the cluster CA certificate to verify the coordinator: pass --ca ca.pem",
+            )?;
+            let r = overlord_cli::secure::enroll(&coordinator, &join_token, ca, &out).await?;
+            out!("{r}");
+        }
+        Cmd::Minion {
+            sub: None,
             config,
             coordinator,
             id,
         } => {
+            let config = config.context("pass --config FILE (or `overlord minion enroll ...`)")?;
             let (mut s, tel) = files::minion_with_telemetry(&config)?;
             let guard = otel::init(Some(&otel::OtelSettings {
                 enabled: tel.otlp_enabled,
@@ -382,17 +502,17 @@ async fn async_main() -> Result<()> {
             match cmd {
                 JobsCmd::List => {
                     for st in client::list(&mut c).await? {
-                        println!("{}", client::status_line(&st));
+                        out!("{}", client::status_line(&st));
                     }
                 }
                 JobsCmd::Get { job } => {
                     let st = client::get(&mut c, job).await?;
-                    println!("{}", client::status_line(&st));
+                    out!("{}", client::status_line(&st));
                     if let Some(q) = &st.quality {
-                        print!("{}", client::quality_lines(q));
+                        out!("{}", client::quality_lines(q).trim_end());
                     }
                 }
-                JobsCmd::Cancel { job } => println!(
+                JobsCmd::Cancel { job } => out!(
                     "{}",
                     client::status_line(&client::cancel(&mut c, job).await?)
                 ),
@@ -406,7 +526,7 @@ async fn async_main() -> Result<()> {
         } => {
             let mut c = client::connect(&coordinator).await?;
             let st = client::watch(&mut c, job, after, true, |f| {
-                println!("{}", client::finding_line(f, format))
+                out!("{}", client::finding_line(f, format))
             })
             .await?;
             eprintln!("{}", client::status_line(&st));
@@ -437,7 +557,7 @@ async fn async_main() -> Result<()> {
                 "meta": overlord_cli::images::meta_json(&meta),
                 "enrichment": enrichment,
             });
-            println!("{}", serde_json::to_string_pretty(&obj)?);
+            out!("{}", serde_json::to_string_pretty(&obj)?);
             if let Some(path) = output {
                 if img.png.is_empty() {
                     bail!("the coordinator has no PNG bytes for image {id}");
@@ -468,7 +588,7 @@ async fn async_main() -> Result<()> {
             let mut c = overlord_cli::images::connect(&coord.coordinator).await?;
             let l = overlord_cli::images::search(&mut c, q, limit).await?;
             for h in &l.images {
-                println!("{}", overlord_cli::images::hit_line(h));
+                out!("{}", overlord_cli::images::hit_line(h));
             }
             eprintln!("{} images", l.images.len());
         }
@@ -492,7 +612,7 @@ async fn async_main() -> Result<()> {
             )
             .await?;
             for h in &l.images {
-                println!("{}", overlord_cli::images::hit_line(h));
+                out!("{}", overlord_cli::images::hit_line(h));
             }
             eprintln!("{} images", l.images.len());
         }
@@ -508,7 +628,7 @@ async fn async_main() -> Result<()> {
             let mut c = overlord_cli::images::connect(&coord.coordinator).await?;
             let l = overlord_cli::images::list(&mut c, &after, limit, enriched_only).await?;
             for h in &l.images {
-                println!("{}", overlord_cli::images::hit_line(h));
+                out!("{}", overlord_cli::images::hit_line(h));
             }
             if !l.next_after.is_empty() {
                 eprintln!("more: --after {}", l.next_after);
@@ -548,6 +668,57 @@ async fn async_main() -> Result<()> {
             }
         }
         Cmd::Beacons(args) => overlord_cli::beacons::run(args).await?,
+        Cmd::Ca {
+            cmd: CaCmd::Init { dir, san },
+        } => {
+            overlord_coordinator::security::pki::init(&dir, &san)?;
+            out!(
+                "cluster CA in {d}: ca.pem (give to minions and clients), server.pem/server.key (the coordinator's), ca.key (keep secret)\nconfigure the coordinator with:\n[tls]\nca_dir = \"{d}\"",
+                d = dir.display()
+            );
+        }
+        Cmd::Ca {
+            cmd:
+                CaCmd::JoinToken {
+                    dir,
+                    minion_id,
+                    provider,
+                    ttl_secs,
+                },
+        } => {
+            let t = overlord_coordinator::security::pki::new_join_token(
+                &dir,
+                &minion_id,
+                &provider,
+                std::time::Duration::from_secs(ttl_secs),
+            )?;
+            out!("{t}");
+        }
+        Cmd::Ca {
+            cmd: CaCmd::Revoke { dir, minion_id },
+        } => {
+            let n = overlord_coordinator::security::pki::revoke(&dir, &minion_id)?;
+            out!("revoked {n} certificate(s) of minion {minion_id}");
+        }
+        Cmd::Token {
+            cmd:
+                TokenCmd::Add {
+                    file,
+                    name,
+                    role,
+                    owner,
+                },
+        } => {
+            let role = overlord_core::security::Role::parse(&role)
+                .with_context(|| format!("role {role:?} must be admin, operator or viewer"))?;
+            let t = overlord_coordinator::security::tokens::add_token(
+                &file,
+                &name,
+                role,
+                owner.as_deref(),
+            )?;
+            out!("{t}");
+        }
         Cmd::Bench { which } => bench::run(which).await?,
     }
     Ok(())
@@ -559,7 +730,7 @@ async fn scan(url: &str, spec: v1::JobSpec, format: Format, detach: bool) -> Res
     let st = client::submit(&mut c, spec).await?;
     let id = st.job_id;
     if detach {
-        println!("{id}");
+        out!("{id}");
         return Ok(());
     }
     eprintln!("job {id} submitted: {} root tasks", st.tasks_total);
@@ -568,7 +739,7 @@ async fn scan(url: &str, spec: v1::JobSpec, format: Format, detach: bool) -> Res
         if f.kind == "open_port" {
             open += 1;
         }
-        println!("{}", client::finding_line(f, format));
+        out!("{}", client::finding_line(f, format));
     })
     .await?;
     eprintln!("{}", client::status_line(&st));

@@ -54,8 +54,10 @@ fn env_filter() -> tracing_subscriber::EnvFilter {
 /// and, when `otel.enabled`, OTLP export of spans (level `info` and above) and metrics. Must run
 /// inside a tokio runtime (the gRPC channels live on it).
 pub fn init(otel: Option<&OtelSettings>) -> Result<Option<OtelGuard>> {
+    // Colour codes only on a terminal: log files and pipes get plain text.
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter(env_filter());
     let Some(o) = otel.filter(|o| o.enabled) else {
         let _ = tracing_subscriber::registry().with(fmt).try_init();

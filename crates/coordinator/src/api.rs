@@ -25,6 +25,10 @@ use tonic::codegen::http;
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
+use crate::security::sessions::Gate;
+use crate::security::tokens::{Principal, principal};
+use overlord_core::security::may_access;
+
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Concurrent WatchJob streams per coordinator, and per client address.
 const MAX_WATCHERS: usize = 1024;
@@ -75,20 +79,32 @@ pub struct JobApi {
     pub watchers_by_client: SlotsByClient,
     pub submits: Arc<Semaphore>,
     pub submits_by_client: SlotsByClient,
+    /// Per-owner caps (only with API tokens: without, every caller is the same anonymous owner).
+    pub watchers_by_owner: SlotsByClient<String>,
+    pub submits_by_owner: SlotsByClient<String>,
+    pub limits: crate::config::LimitsConfig,
+    /// Job owners already read from storage (a job's owner never changes).
+    owners: Arc<std::sync::Mutex<std::collections::HashMap<u64, String>>>,
 }
 
-/// Calls (live watch streams, submissions in flight) per client IP address.
-#[derive(Clone, Default, Debug)]
-pub struct SlotsByClient(Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>);
+/// Calls (live watch streams, submissions in flight) per client IP address (or per owner).
+#[derive(Clone, Debug)]
+pub struct SlotsByClient<K = IpAddr>(Arc<std::sync::Mutex<std::collections::HashMap<K, usize>>>);
 
-/// One watch stream counted against its client address; released on drop.
+impl<K> Default for SlotsByClient<K> {
+    fn default() -> Self {
+        SlotsByClient(Arc::default())
+    }
+}
+
+/// One call counted against its client address (or owner); released on drop.
 #[derive(Debug)]
-pub struct ClientSlot(SlotsByClient, Option<IpAddr>);
+pub struct ClientSlot<K: std::hash::Hash + Eq + Clone = IpAddr>(SlotsByClient<K>, Option<K>);
 
-impl SlotsByClient {
+impl<K: std::hash::Hash + Eq + Clone> SlotsByClient<K> {
     /// Takes a slot for `client` (None: address unknown, not counted) unless it holds `max`.
-    pub fn acquire(&self, client: Option<IpAddr>, max: usize) -> Option<ClientSlot> {
-        if let Some(ip) = client {
+    pub fn acquire(&self, client: Option<K>, max: usize) -> Option<ClientSlot<K>> {
+        if let Some(ip) = client.clone() {
             let mut m = self.0.lock().expect("watchers lock");
             let n = m.entry(ip).or_insert(0);
             if *n >= max {
@@ -99,7 +115,7 @@ impl SlotsByClient {
         Some(ClientSlot(self.clone(), client))
     }
 
-    pub fn count(&self, client: IpAddr) -> usize {
+    pub fn count(&self, client: K) -> usize {
         self.0
             .lock()
             .expect("watchers lock")
@@ -109,9 +125,9 @@ impl SlotsByClient {
     }
 }
 
-impl Drop for ClientSlot {
+impl<K: std::hash::Hash + Eq + Clone> Drop for ClientSlot<K> {
     fn drop(&mut self) {
-        if let Some(ip) = self.1 {
+        if let Some(ip) = self.1.take() {
             let mut m = (self.0).0.lock().expect("watchers lock");
             if let Some(n) = m.get_mut(&ip) {
                 *n -= 1;
@@ -134,7 +150,52 @@ impl JobApi {
             watchers_by_client: SlotsByClient::default(),
             submits: Arc::new(Semaphore::new(MAX_SUBMITS_IN_FLIGHT)),
             submits_by_client: SlotsByClient::default(),
+            watchers_by_owner: SlotsByClient::default(),
+            submits_by_owner: SlotsByClient::default(),
+            limits: Default::default(),
+            owners: Default::default(),
         }
+    }
+
+    pub fn with_limits(mut self, l: &crate::config::LimitsConfig) -> Self {
+        self.limits = l.clone();
+        self
+    }
+
+    /// A job's owner (from its stored spec).
+    fn owner_of(&self, job: u64) -> Result<String, ApiError> {
+        if let Some(o) = self.owners.lock().expect("owners").get(&job) {
+            return Ok(o.clone());
+        }
+        let spec = self
+            .store
+            .spec(job)
+            .map_err(|e| ApiError::Storage(e.to_string()))?
+            .ok_or(ApiError::JobNotFound(job))?;
+        self.owners
+            .lock()
+            .expect("owners")
+            .insert(job, spec.owner.clone());
+        Ok(spec.owner)
+    }
+
+    /// The caller may see job `job`; another owner's job is "not found" (its existence is not
+    /// revealed).
+    fn check_access(&self, who: &Principal, job: u64) -> Result<(), ApiError> {
+        if who.role == overlord_core::security::Role::Admin {
+            return Ok(());
+        }
+        let owner = self.owner_of(job)?;
+        if may_access(who.role, &who.owner, &owner) {
+            Ok(())
+        } else {
+            Err(ApiError::JobNotFound(job))
+        }
+    }
+
+    /// The per-owner slot key: only when tokens identify owners.
+    fn owner_key(&self, who: &Principal) -> Option<String> {
+        (who.name != "anonymous").then(|| who.owner.clone())
     }
 }
 
@@ -241,6 +302,13 @@ impl v1::job_service_server::JobService for JobApi {
         &self,
         req: Request<v1::SubmitJobRequest>,
     ) -> Result<Response<v1::SubmitJobResponse>, Status> {
+        let who = principal(&req);
+        let _owner_slot = self
+            .submits_by_owner
+            .acquire(self.owner_key(&who), self.limits.submits_per_owner)
+            .ok_or(ApiError::Exhausted(
+                "submissions by this owner (see [limits] submits_per_owner)",
+            ))?;
         let _slots = submit_slot(
             &self.submits,
             &self.submits_by_client,
@@ -255,8 +323,21 @@ impl v1::job_service_server::JobService for JobApi {
             .into());
         }
         let rid = (!req.request_id.is_empty()).then_some(req.request_id);
-        let spec = validate(req.spec, self.scope.clone()).await?;
-        let status = ask(&self.shared, |r| MgrMsg::Submit(Box::new(spec), rid, r)).await??;
+        let mut spec = validate(req.spec, self.scope.clone()).await?;
+        spec.owner = who.owner.clone();
+        let asked = spec.clone();
+        let status = ask(&self.shared, |r| MgrMsg::Submit(Box::new(spec), rid.clone(), r)).await??;
+        // A retry with the same request id gets the first try's job only if it asks for the
+        // same job (and comes from the same owner).
+        if let Some(rid) = rid {
+            let stored = self
+                .store
+                .spec(status.job_id)
+                .map_err(|e| ApiError::Storage(e.to_string()))?;
+            if stored.is_some_and(|s| !overlord_core::security::same_submission(&s, &asked)) {
+                return Err(ApiError::RequestIdReused(overlord_core::security::clip(&rid, 64)).into());
+            }
+        }
         Ok(Response::new(v1::SubmitJobResponse {
             job_id: status.job_id,
             status: Some(status),
@@ -267,7 +348,9 @@ impl v1::job_service_server::JobService for JobApi {
         &self,
         req: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::GetJobResponse>, Status> {
+        let who = principal(&req);
         let id = req.into_inner().job_id;
+        self.check_access(&who, id)?;
         let mut status = ask(&self.shared, |r| MgrMsg::Get(id, r)).await??;
         note_waiting(&self.shared, Some(id), std::slice::from_mut(&mut status)).await;
         Ok(Response::new(v1::GetJobResponse {
@@ -277,9 +360,11 @@ impl v1::job_service_server::JobService for JobApi {
 
     async fn list_jobs(
         &self,
-        _req: Request<v1::ListJobsRequest>,
+        req: Request<v1::ListJobsRequest>,
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
+        let who = principal(&req);
         let mut jobs = ask(&self.shared, MgrMsg::List).await?;
+        jobs.retain(|st| self.check_access(&who, st.job_id).is_ok());
         note_waiting(&self.shared, None, &mut jobs).await;
         Ok(Response::new(v1::ListJobsResponse { jobs }))
     }
@@ -288,7 +373,9 @@ impl v1::job_service_server::JobService for JobApi {
         &self,
         req: Request<v1::CancelJobRequest>,
     ) -> Result<Response<v1::CancelJobResponse>, Status> {
+        let who = principal(&req);
         let id = req.into_inner().job_id;
+        self.check_access(&who, id)?;
         let status = ask(&self.shared, |r| MgrMsg::Cancel(id, r)).await??;
         Ok(Response::new(v1::CancelJobResponse {
             status: Some(status),
@@ -301,6 +388,14 @@ impl v1::job_service_server::JobService for JobApi {
         &self,
         req: Request<v1::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let who = principal(&req);
+        self.check_access(&who, req.get_ref().job_id)?;
+        let owner_slot = self
+            .watchers_by_owner
+            .acquire(self.owner_key(&who), self.limits.watches_per_owner)
+            .ok_or(ApiError::Exhausted(
+                "watch streams of this owner (see [limits] watches_per_owner)",
+            ))?;
         let slots = take_slots(
             &self.watchers,
             &self.watchers_by_client,
@@ -320,7 +415,7 @@ impl v1::job_service_server::JobService for JobApi {
         let (tx, rx) = mpsc::channel::<Result<v1::JobEvent, Status>>(STREAM_QUEUE);
         let sh = self.shared.clone();
         tokio::spawn(async move {
-            let _slots = slots;
+            let _slots = (slots, owner_slot);
             watch_loop(sh, job_id, after_cursor, tx).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -330,7 +425,9 @@ impl v1::job_service_server::JobService for JobApi {
         &self,
         req: Request<v1::ListResultsRequest>,
     ) -> Result<Response<v1::ListResultsResponse>, Status> {
+        let who = principal(&req);
         let r = req.into_inner();
+        self.check_access(&who, r.job_id)?;
         let limit = if r.limit == 0 {
             1000
         } else {
@@ -344,12 +441,22 @@ impl v1::job_service_server::JobService for JobApi {
             .store
             .findings(r.job_id, r.after_cursor, limit)
             .map_err(|e| ApiError::Storage(e.to_string()))?;
-        let findings: Vec<v1::Finding> = page
-            .iter()
-            .filter(|f| f.cursor <= upto)
-            .map(convert::finding)
-            .collect();
-        let next_cursor = if findings.len() == limit {
+        // Paged by bytes as well as by count: a page stops before the finding that would take
+        // it over `results_page_bytes` (it always holds at least one).
+        let mut bytes = 0usize;
+        let mut cut = false;
+        let mut findings: Vec<v1::Finding> = Vec::new();
+        for f in page.iter().filter(|f| f.cursor <= upto) {
+            let w = convert::finding(f);
+            let n = prost::Message::encoded_len(&w) + 8;
+            if !findings.is_empty() && bytes + n > self.limits.results_page_bytes {
+                cut = true;
+                break;
+            }
+            bytes += n;
+            findings.push(w);
+        }
+        let next_cursor = if cut || findings.len() == limit {
             findings.last().map(|f| f.cursor).unwrap_or(0)
         } else {
             0
@@ -577,6 +684,8 @@ where
 pub struct MinionApi {
     pub shared: Shared,
     pub sessions: Arc<AtomicU64>,
+    /// Identity (certificate), reserved ids, one live session per id, revocation.
+    pub gate: Arc<Gate>,
 }
 
 fn check_register(r: &v1::Register) -> Result<(), ApiError> {
@@ -638,6 +747,15 @@ impl v1::minion_service_server::MinionService for MinionApi {
         &self,
         req: Request<tonic::Streaming<v1::MinionMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let gate = self.gate.clone();
+        // The certificate is checked before anything is read from the stream.
+        if gate.mtls && req.peer_certs().is_none() {
+            return Err(Status::unauthenticated(
+                "minion sessions need a client certificate (enroll with `overlord minion enroll`)",
+            ));
+        }
+        let certs = req.peer_certs();
+        let metadata = req.metadata().clone();
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(REGISTER_WITHIN, inbound.message())
             .await
@@ -658,11 +776,14 @@ impl v1::minion_service_server::MinionService for MinionApi {
                 .into());
             }
         };
+        let mut reg = reg;
+        let serial = gate.identify(certs, &metadata, &mut reg)?;
         check_register(&reg)?;
         let id = reg.minion_id.clone();
         let sid = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::unbounded_channel();
         let txc: SessionTx = tx.clone();
+        let admitted = gate.admit(&id, &reg.provider, sid, serial, tx.clone())?;
         let unavailable = || Status::unavailable("scheduler restarting; reconnect");
         let registry = self.shared.registry.get().ok_or_else(unavailable)?;
         let ingest = self.shared.ingest.get().ok_or_else(unavailable)?;
@@ -674,11 +795,22 @@ impl v1::minion_service_server::MinionService for MinionApi {
             .await
         {
             Ok(ractor::rpc::CallResult::Success(g)) => g,
-            _ => return Err(unavailable()),
+            _ => {
+                gate.leave(&id, sid);
+                return Err(unavailable());
+            }
         };
         tokio::spawn(async move {
             loop {
-                let m = match inbound.message().await {
+                let next = tokio::select! {
+                    m = inbound.message() => m,
+                    // Displaced or revoked: the status was already sent on the response stream.
+                    _ = admitted.kill.notified() => break,
+                };
+                admitted
+                    .last_seen
+                    .store(overlord_core::now_ms(), Ordering::Relaxed);
+                let m = match next {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     Err(e) if e.code() == tonic::Code::Unknown => {
@@ -698,8 +830,8 @@ impl v1::minion_service_server::MinionService for MinionApi {
                     }
                 };
                 let sent = match m.msg {
-                    Some(MMsg::Heartbeat(_)) => registry
-                        .cast(RegMsg::Heartbeat(id.clone(), generation))
+                    Some(MMsg::Heartbeat(hb)) => registry
+                        .cast(RegMsg::Heartbeat(id.clone(), generation, hb.held_tokens))
                         .map_err(|_| ()),
                     Some(MMsg::Results(b)) => ingest
                         .cast(IngestMsg::Results(id.clone(), generation, b, tx.clone()))
@@ -721,6 +853,7 @@ impl v1::minion_service_server::MinionService for MinionApi {
                     break;
                 }
             }
+            gate.leave(&id, sid);
             let _ = registry.cast(RegMsg::Disconnected(id, sid));
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))

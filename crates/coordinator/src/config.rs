@@ -36,6 +36,84 @@ pub struct CoordinatorConfig {
     /// Image serving (`[images]`, see crate::images).
     #[serde(default)]
     pub images: crate::images::ImagesConfig,
+    /// A separate listen address for minions (MinionService, EnrollService); default: minions
+    /// use `listen` too.
+    #[serde(default)]
+    pub minion_listen: Option<String>,
+    /// TLS (`[tls]`): server certificate and minion client certificates from the cluster CA.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Client API tokens (`[auth]`).
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// Connection and per-owner limits (`[limits]`).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `[tls]`: the CA directory made by `overlord ca init`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Relative to the config file.
+    pub ca_dir: PathBuf,
+}
+
+/// `[auth]`: the API token file written by `overlord token add`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Relative to the config file.
+    pub tokens: PathBuf,
+}
+
+/// `[limits]` (all optional).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// A new connection must send its HTTP/2 preface (or TLS handshake) within this.
+    #[serde(default = "d_handshake")]
+    pub handshake_timeout_ms: u64,
+    /// A connection silent this long is closed (the server pings every 10 s).
+    #[serde(default = "d_idle")]
+    pub idle_timeout_ms: u64,
+    /// Live WatchJob streams per owner.
+    #[serde(default = "d_watch_owner")]
+    pub watches_per_owner: usize,
+    /// SubmitJob calls in flight per owner.
+    #[serde(default = "d_submit_owner")]
+    pub submits_per_owner: usize,
+    /// Bytes of findings in one ListResults page (a page holds at least one finding).
+    #[serde(default = "d_page_bytes")]
+    pub results_page_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            handshake_timeout_ms: d_handshake(),
+            idle_timeout_ms: d_idle(),
+            watches_per_owner: d_watch_owner(),
+            submits_per_owner: d_submit_owner(),
+            results_page_bytes: d_page_bytes(),
+        }
+    }
+}
+
+fn d_handshake() -> u64 {
+    10_000
+}
+fn d_idle() -> u64 {
+    60_000
+}
+fn d_watch_owner() -> usize {
+    64
+}
+fn d_submit_owner() -> usize {
+    8
+}
+fn d_page_bytes() -> usize {
+    16 << 20
 }
 
 /// OpenTelemetry OTLP export; off by default.
@@ -89,6 +167,10 @@ pub struct Settings {
     pub scope: Scope,
     pub telemetry: TelemetryConfig,
     pub images: crate::images::ImagesConfig,
+    pub minion_listen: Option<String>,
+    pub tls: Option<crate::security::TlsSettings>,
+    pub tokens: Option<crate::security::tokens::Tokens>,
+    pub limits: LimitsConfig,
 }
 
 impl Settings {
@@ -101,7 +183,37 @@ impl Settings {
             scope: Scope::loopback(),
             telemetry: Default::default(),
             images: Default::default(),
+            minion_listen: None,
+            tls: None,
+            tokens: None,
+            limits: LimitsConfig::default(),
         }
+    }
+
+    /// With neither TLS nor tokens, only loopback listen addresses are allowed: anyone who can
+    /// reach the port would control the cluster. Checked at start (after command-line overrides).
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        let secured = self.tls.is_some() && self.tokens.is_some();
+        for (what, a) in std::iter::once(("listen", &self.listen))
+            .chain(self.minion_listen.iter().map(|m| ("minion_listen", m)))
+        {
+            let addr: std::net::SocketAddr = a.parse().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "{what} {a:?} must be an address like 127.0.0.1:50051"
+                ))
+            })?;
+            if !addr.ip().is_loopback() && !secured {
+                return Err(ConfigError::Invalid(format!(
+                    "{what} {a} is not a loopback address, and this coordinator has {}: anyone reaching the port would control the cluster. Enable both: `overlord ca init --dir pki` and `[tls] ca_dir = \"pki\"`, `overlord token add --file tokens.toml --name NAME --role admin` and `[auth] tokens = \"tokens.toml\"`",
+                    match (self.tls.is_some(), self.tokens.is_some()) {
+                        (false, false) => "neither TLS nor API tokens",
+                        (true, false) => "TLS but no API tokens",
+                        _ => "API tokens but no TLS",
+                    }
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -157,6 +269,32 @@ impl CoordinatorConfig {
             telemetry: self.telemetry.clone(),
             images: crate::images::ImagesConfig {
                 leaks: self.images.leaks.as_ref().map(|p| base.join(p)),
+            },
+            minion_listen: self.minion_listen.clone(),
+            tls: self.tls.as_ref().map(|t| crate::security::TlsSettings {
+                ca_dir: base.join(&t.ca_dir),
+            }),
+            tokens: match &self.auth {
+                Some(a) => Some(
+                    crate::security::tokens::Tokens::load(&base.join(&a.tokens))
+                        .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+                ),
+                None => None,
+            },
+            limits: {
+                let l = self.limits.clone();
+                if l.handshake_timeout_ms == 0 || l.idle_timeout_ms < 20_000 {
+                    return Err(ConfigError::Invalid(format!(
+                        "[limits] handshake_timeout_ms ({}) must be > 0 and idle_timeout_ms ({}) at least 20000 (the server pings every 10 s)",
+                        l.handshake_timeout_ms, l.idle_timeout_ms
+                    )));
+                }
+                if l.watches_per_owner == 0 || l.submits_per_owner == 0 || l.results_page_bytes < 1024 {
+                    return Err(ConfigError::Invalid(
+                        "[limits] watches_per_owner and submits_per_owner must be > 0, results_page_bytes >= 1024".into(),
+                    ));
+                }
+                l
             },
         })
     }

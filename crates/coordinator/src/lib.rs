@@ -11,7 +11,9 @@ pub mod images;
 pub mod ingest;
 pub mod job;
 pub mod manager;
+pub mod model;
 pub mod registry;
+pub mod security;
 pub mod telemetry;
 
 pub use config::{CoordinatorConfig, Settings};
@@ -26,6 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use tokio::sync::{broadcast, oneshot};
+
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordError {
@@ -42,17 +45,31 @@ pub enum CoordError {
     Server(String),
     #[error(transparent)]
     Images(#[from] images::ImagesError),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A running coordinator (actors + gRPC server on its listener).
 pub struct Running {
+    /// The client API's address (JobService, ImageService).
     pub addr: SocketAddr,
+    /// The minions' address (MinionService, EnrollService): `addr` unless `minion_listen` is set.
+    pub minion_addr: SocketAddr,
+    /// TLS on: URLs are `https://`.
+    pub tls: bool,
+    /// The cluster CA (TLS on): tests and the embedded cluster issue minion certificates with it.
+    pub ca: Option<Arc<security::pki::Ca>>,
+    pub gate: Arc<security::sessions::Gate>,
     pub shared: Shared,
     pub restarts: Arc<AtomicU64>,
     sup: ActorRef<SupMsg>,
     sup_join: tokio::task::JoinHandle<()>,
-    shutdown: Option<oneshot::Sender<()>>,
+    shutdown: Option<tokio::sync::watch::Sender<bool>>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    minion_server: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+    revocations: Option<tokio::task::JoinHandle<()>>,
     indexer: tokio::task::JoinHandle<()>,
     images: Arc<images::Images>,
     lookup: Option<LookupMinion>,
@@ -76,9 +93,13 @@ fn spawn_lookup_minion(
     url: &str,
     scope: overlord_core::scope::Scope,
     db: overlord_enrich::LeakDb,
+    tls: Option<overlord_minion::config::ClientTls>,
+    internal_secret: String,
 ) -> LookupMinion {
     use overlord_minion::modules::leak;
-    let settings = leak::lookup_settings(url, LOOKUP_CAPACITY, scope);
+    let mut settings = leak::lookup_settings(url, LOOKUP_CAPACITY, scope);
+    settings.tls = tls;
+    settings.internal_secret = Some(internal_secret);
     let modules = leak::lookup_modules(db);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -98,6 +119,9 @@ impl Drop for Running {
         if let Some(l) = self.lookup.take() {
             l.task.abort();
         }
+        if let Some(r) = self.revocations.take() {
+            r.abort();
+        }
     }
 }
 
@@ -111,14 +135,12 @@ impl Running {
     /// A URL for reaching this coordinator from its own process (an unspecified listen address
     /// becomes the loopback address of the same family).
     pub fn local_url(&self) -> String {
-        let mut a = self.addr;
-        if a.ip().is_unspecified() {
-            a.set_ip(match a.ip() {
-                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            });
-        }
-        format!("http://{a}")
+        url_of(self.addr, self.tls)
+    }
+
+    /// Same for the minion listener.
+    pub fn minion_url(&self) -> String {
+        url_of(self.minion_addr, self.tls)
     }
 
     /// Graceful stop: stops the lookup minion, stops serving, flushes storage via the actors'
@@ -129,10 +151,17 @@ impl Running {
             let _ = l.task.await;
         }
         if let Some(s) = self.shutdown.take() {
-            let _ = s.send(());
+            let _ = s.send(true);
+        }
+        if let Some(r) = self.revocations.take() {
+            r.abort();
         }
         self.server.abort();
         let _ = (&mut self.server).await;
+        if let Some(mut m) = self.minion_server.take() {
+            m.abort();
+            let _ = (&mut m).await;
+        }
         self.sup.stop(None);
         let _ = (&mut self.sup_join).await;
         self.indexer.abort();
@@ -166,6 +195,43 @@ impl Running {
             let _ = r.cast(registry::RegMsg::InjectPanic);
         }
     }
+}
+
+fn url_of(mut a: SocketAddr, tls: bool) -> String {
+    if a.ip().is_unspecified() {
+        a.set_ip(match a.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("{}://{a}", if tls { "https" } else { "http" })
+}
+
+/// Serves `routes` on `listener` (TLS when given; connections guarded by `limits`) until `stop`
+/// turns true.
+fn serve(
+    routes: tonic::service::RoutesBuilder,
+    listener: tokio::net::TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    limits: security::conn::ConnLimits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, CoordError> {
+    let mut b = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .concurrency_limit_per_connection(256)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)));
+    if let Some(t) = tls {
+        b = b.tls_config(t).map_err(|e| CoordError::Tls(e.to_string()))?;
+    }
+    let router = b.add_routes(routes.routes());
+    let incoming = security::conn::incoming(listener, limits);
+    Ok(tokio::spawn(router.serve_with_incoming_shutdown(
+        incoming,
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    )))
 }
 
 /// Opens storage, recovers state, starts the actor tree and serves gRPC on `listener`.
@@ -228,65 +294,145 @@ pub async fn start_with_store(
     let (sup, sup_join) = Actor::spawn(None, CoordinatorSupervisor, shared.clone())
         .await
         .map_err(|e| CoordError::Actors(e.to_string()))?;
-    let job_api = api::JobApi::new(shared.clone(), settings.scope.clone());
+    let gate = security::sessions::Gate::new(
+        settings.tls.is_some(),
+        settings.engine.heartbeat_timeout_ms,
+        settings.tls.as_ref().map(|t| t.ca_dir.clone()),
+    );
+    let ca = match &settings.tls {
+        Some(t) => Some(Arc::new(
+            security::pki::Ca::load(&t.ca_dir).map_err(|e| CoordError::Tls(e.to_string()))?,
+        )),
+        None => None,
+    };
+    let job_api = api::JobApi::new(shared.clone(), settings.scope.clone())
+        .with_limits(&settings.limits);
     let minion_api = api::MinionApi {
         shared: shared.clone(),
         sessions: Arc::new(AtomicU64::new(0)),
+        gate: gate.clone(),
     };
     let max = overlord_proto::MAX_MESSAGE_BYTES;
     let reflection =
         overlord_proto::reflection_service().map_err(|e| CoordError::Server(e.to_string()))?;
     let reflection_alpha = overlord_proto::reflection_service_alpha()
         .map_err(|e| CoordError::Server(e.to_string()))?;
-    let (tx, rx) = oneshot::channel::<()>();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .concurrency_limit_per_connection(256)
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
-            .add_service(api::SizeLimited::new(
+    let tokens = settings.tokens.clone();
+    use security::tokens::Authn;
+    let mut client_routes = tonic::service::RoutesBuilder::default();
+    client_routes
+        .add_service(Authn::new(
+            api::SizeLimited::new(
                 v1::job_service_server::JobServiceServer::new(job_api)
                     .max_decoding_message_size(api::MAX_JOB_REQUEST_BYTES)
                     .max_encoding_message_size(max),
                 api::MAX_JOB_REQUEST_BYTES,
-            ))
-            .add_service(
-                v1::minion_service_server::MinionServiceServer::new(minion_api)
-                    .max_decoding_message_size(max)
-                    .max_encoding_message_size(max),
-            )
-            .add_service(api::SizeLimited::new(
+            ),
+            tokens.clone(),
+        ))
+        .add_service(Authn::new(
+            api::SizeLimited::new(
                 v1::image_service_server::ImageServiceServer::new(images::ImageApi::new(
                     images.clone(),
                 ))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
                 max,
-            ))
-            .add_service(reflection)
-            .add_service(reflection_alpha)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = rx.await;
-            }),
-    );
-    tracing::info!(%addr, "coordinator serving");
+            ),
+            tokens.clone(),
+        ))
+        .add_service(Authn::new(reflection, tokens.clone()))
+        .add_service(Authn::new(reflection_alpha, tokens.clone()));
+    let minion_svc = v1::minion_service_server::MinionServiceServer::new(minion_api)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let enroll_svc = ca.as_ref().map(|ca| {
+        v1::enroll_service_server::EnrollServiceServer::new(security::enroll::EnrollApi {
+            ca: ca.clone(),
+        })
+        .max_decoding_message_size(64 * 1024)
+    });
+    let minion_listener = match &settings.minion_listen {
+        Some(a) => Some(tokio::net::TcpListener::bind(a).await?),
+        None => None,
+    };
+    let minion_addr = match &minion_listener {
+        Some(l) => l.local_addr()?,
+        None => addr,
+    };
+    // Exposure is judged on the addresses actually bound (command-line overrides included).
+    let mut bound = settings.clone();
+    bound.listen = addr.to_string();
+    bound.minion_listen = minion_listener.as_ref().map(|_| minion_addr.to_string());
+    bound.check_exposure()?;
+    let limits = security::conn::ConnLimits {
+        handshake: std::time::Duration::from_millis(settings.limits.handshake_timeout_ms),
+        idle: std::time::Duration::from_millis(settings.limits.idle_timeout_ms),
+    };
+    let tls_cfg = match &settings.tls {
+        Some(t) => Some(t.server_config(limits.handshake).map_err(CoordError::Tls)?),
+        None => None,
+    };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let (server, minion_server) = match minion_listener {
+        None => {
+            client_routes.add_service(minion_svc);
+            if let Some(e) = enroll_svc {
+                client_routes.add_service(e);
+            }
+            (serve(client_routes, listener, tls_cfg, limits, rx)?, None)
+        }
+        Some(ml) => {
+            let mut minion_routes = tonic::service::RoutesBuilder::default();
+            minion_routes.add_service(minion_svc);
+            if let Some(e) = enroll_svc {
+                minion_routes.add_service(e);
+            }
+            (
+                serve(client_routes, listener, tls_cfg.clone(), limits, rx.clone())?,
+                Some(serve(minion_routes, ml, tls_cfg, limits, rx)?),
+            )
+        }
+    };
+    tracing::info!(%addr, %minion_addr, tls = settings.tls.is_some(), tokens = settings.tokens.is_some(), "coordinator serving");
+    let revocations = gate.spawn_revocation_watch();
     let mut running = Running {
         addr,
+        minion_addr,
+        tls: settings.tls.is_some(),
+        ca: ca.clone(),
+        gate: gate.clone(),
         shared,
         restarts,
         sup,
         sup_join,
         shutdown: Some(tx),
         server,
+        minion_server,
+        revocations,
         indexer,
         images,
         lookup: None,
     };
+    let lookup_tls = match &ca {
+        Some(ca) => {
+            let id = ca
+                .issue_internal("coordinator-lookup", "coordinator")
+                .map_err(|e| CoordError::Tls(e.to_string()))?;
+            Some(overlord_minion::config::ClientTls {
+                ca_pem: ca.ca_pem.clone(),
+                cert_pem: id.cert_pem,
+                key_pem: id.key_pem,
+            })
+        }
+        None => None,
+    };
     running.lookup = Some(spawn_lookup_minion(
-        &running.local_url(),
+        &running.minion_url(),
         settings.scope.clone(),
         running.leak_db(),
+        lookup_tls,
+        gate.internal_secret().to_string(),
     ));
     Ok(running)
 }

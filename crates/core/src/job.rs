@@ -39,6 +39,10 @@ pub struct JobSpec {
     pub rate_limit: u32,
     pub inputs: Vec<String>,
     pub params: Value,
+    /// Who owns the job: the `owner` of the API token that submitted it (empty: submitted
+    /// without tokens configured). Older records have none.
+    #[serde(default)]
+    pub owner: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -150,6 +154,7 @@ pub fn prepare(
         rate_limit: raw.rate_limit,
         inputs: raw.inputs.clone(),
         params,
+        owner: String::new(),
     };
     root_plan(&spec)?;
     Ok(spec)

@@ -10,6 +10,8 @@
 //! - [`job`]: job spec, job and task records, lazy randomized expansion into bounded tasks.
 //! - [`followup`]: follow-up rules (finding → new tasks).
 //! - [`sched`]: placement, lease checks, retry policy, failure detection.
+//! - [`security`]: roles and what they may do, minion session admission, reserved identities,
+//!   input-path confinement, error-text clipping.
 
 pub mod followup;
 pub mod job;
@@ -19,6 +21,7 @@ pub mod ports;
 pub mod quality;
 pub mod sched;
 pub mod scope;
+pub mod security;
 pub mod target;
 
 /// Job identifier (monotonic per coordinator data directory).

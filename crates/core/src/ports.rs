@@ -38,8 +38,8 @@ impl PortSet {
         for tok in s.split(',') {
             let t = tok.trim();
             let err = |reason: &str| PortError::Bad {
-                input: input.into(),
-                token: t.into(),
+                input: crate::security::clip(input, 128),
+                token: crate::security::clip(t, 64),
                 reason: reason.into(),
             };
             if t.is_empty() {
@@ -54,6 +54,12 @@ impl PortSet {
             };
             let (a, b) = match t.split_once('-') {
                 Some((a, b)) => {
+                    // `-N` reads as a negative number, not as `1-N`: refused.
+                    if a.trim().is_empty() && !b.trim().is_empty() {
+                        return Err(err(
+                            "a range needs its start (write 1-N; ports are never negative)",
+                        ));
+                    }
                     let a = if a.trim().is_empty() { 1 } else { port(a)? };
                     let b = if b.trim().is_empty() { 65535 } else { port(b)? };
                     if a > b {
@@ -178,6 +184,8 @@ mod tests {
             ("70000", "70000"),
             ("90-80", "90-80"),
             ("22,,23", ""),
+            ("-1", "-1"),
+            ("80,-1024", "-1024"),
         ] {
             match PortSet::parse(input).unwrap_err() {
                 PortError::Bad { token, .. } => assert_eq!(token, tok),
@@ -185,5 +193,13 @@ mod tests {
             }
         }
         assert_eq!(PortSet::parse(" ").unwrap_err(), PortError::Empty);
+    }
+
+    #[test]
+    fn a_huge_port_spec_is_not_echoed_back() {
+        let huge = "x".repeat(1 << 20);
+        let e = PortSet::parse(&huge).unwrap_err().to_string();
+        assert!(e.len() < 600, "{} bytes", e.len());
+        assert!(e.contains("1048576 bytes"), "{e}");
     }
 }

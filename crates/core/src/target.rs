@@ -136,9 +136,10 @@ impl fmt::Display for IpRange {
 }
 
 fn bad(input: &str, reason: impl Into<String>) -> TargetError {
+    // Never echo a huge input back (a 1 MB target would come back in the error).
     TargetError::Bad {
-        input: input.to_string(),
-        reason: reason.into(),
+        input: crate::security::clip(input, 128),
+        reason: crate::security::clip(&reason.into(), 256),
     }
 }
 

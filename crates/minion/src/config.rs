@@ -33,6 +33,50 @@ pub struct MinionConfig {
     /// OpenTelemetry OTLP export (off by default); installed by the process (the CLI).
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// mTLS to the coordinator (`[tls]`, files written by `overlord minion enroll`). Required for
+    /// an `https://` coordinator URL: it never falls back to plaintext.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The only directory file inputs (beacon logs, enrich files) are read from; none = file
+    /// inputs refused.
+    #[serde(default)]
+    pub input_dir: Option<PathBuf>,
+}
+
+/// `[tls]` of a minion: PEM files (relative to the config file).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The cluster CA certificate (verifies the coordinator).
+    pub ca: PathBuf,
+    /// This minion's certificate and key (its identity).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Loaded client TLS material (PEM).
+#[derive(Clone)]
+pub struct ClientTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientTls { .. }") // never print the key
+    }
+}
+
+impl ClientTls {
+    pub fn endpoint_config(&self) -> tonic::transport::ClientTlsConfig {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .identity(tonic::transport::Identity::from_pem(
+                &self.cert_pem,
+                &self.key_pem,
+            ))
+    }
 }
 
 /// OpenTelemetry OTLP export; off by default. Same shape as the coordinator's `[telemetry]`.
@@ -85,6 +129,32 @@ pub struct MinionSettings {
     pub modules: Vec<String>,
     pub scope: Scope,
     pub reconnect_max: Duration,
+    /// mTLS material; required for `https://`.
+    pub tls: Option<ClientTls>,
+    /// Sent as `x-overlord-internal` (the coordinator's own lookup minion only).
+    pub internal_secret: Option<String>,
+    /// Canonical directory file inputs come from (None: file inputs refused).
+    pub input_dir: Option<PathBuf>,
+}
+
+impl MinionSettings {
+    /// Settings for a minion made in code (tests, the embedded cluster): loopback scope, no
+    /// TLS, no input directory.
+    pub fn local(coordinator: &str, id: &str, provider: &str, capacity: u32) -> Self {
+        MinionSettings {
+            id: id.into(),
+            provider: provider.into(),
+            coordinator: coordinator.into(),
+            capacity,
+            capabilities: Vec::new(),
+            modules: Vec::new(),
+            scope: Scope::loopback(),
+            reconnect_max: Duration::from_millis(1000),
+            tls: None,
+            internal_secret: None,
+            input_dir: None,
+        }
+    }
 }
 
 impl MinionConfig {
@@ -138,6 +208,35 @@ impl MinionConfig {
         };
         let scope = Scope::new(&self.allow, block)
             .map_err(|e| ConfigError::Invalid(format!("allow: {e}")))?;
+        let tls = match &self.tls {
+            Some(t) => {
+                let read = |p: &PathBuf| {
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                        path: p.clone(),
+                        source,
+                    })
+                };
+                Some(ClientTls {
+                    ca_pem: read(&t.ca)?,
+                    cert_pem: read(&t.cert)?,
+                    key_pem: read(&t.key)?,
+                })
+            }
+            None => None,
+        };
+        if self.coordinator.starts_with("https://") && tls.is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "coordinator {:?} is https:// but there is no [tls] section (enroll with `overlord minion enroll`); https never falls back to plaintext",
+                self.coordinator
+            )));
+        }
+        let input_dir = match &self.input_dir {
+            Some(d) => Some(std::fs::canonicalize(d).map_err(|source| ConfigError::Read {
+                path: d.clone(),
+                source,
+            })?),
+            None => None,
+        };
         Ok(MinionSettings {
             id: self.id.clone(),
             provider: self.provider.clone(),
@@ -147,6 +246,9 @@ impl MinionConfig {
             modules,
             scope,
             reconnect_max: Duration::from_millis(self.reconnect_max_ms.max(50)),
+            tls,
+            internal_secret: None,
+            input_dir,
         })
     }
 }

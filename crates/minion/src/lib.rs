@@ -6,6 +6,7 @@
 //! [`modules::builtin`], and (if the name is new) one line to `overlord_core::modules::CATALOG`.
 
 pub mod config;
+pub mod inputs;
 pub mod module;
 pub mod modules;
 pub mod runtime;

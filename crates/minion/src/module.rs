@@ -89,6 +89,9 @@ pub struct ModuleCtx {
     /// The minion's own scope (allow-list + blocklist). The runtime checks `TaskInput::target`
     /// before calling the module; a module that connects anywhere else must check it too.
     pub scope: Scope,
+    /// Canonical directory file inputs are read from (`crate::inputs::open_input`); None: file
+    /// inputs are refused.
+    pub input_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

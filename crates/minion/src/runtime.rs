@@ -67,6 +67,7 @@ pub async fn run(
         minion_id: settings.id.clone(),
         provider: settings.provider.clone(),
         scope: settings.scope.clone(),
+        input_dir: settings.input_dir.clone(),
     });
     let shared = Arc::new(Shared {
         minion: settings.id.clone(),
@@ -82,6 +83,7 @@ pub async fn run(
 
     let main = async {
         let mut backoff = Duration::from_millis(50);
+        let mut failures: u64 = 0;
         loop {
             match session(
                 &settings,
@@ -98,8 +100,18 @@ pub async fn run(
                 Ok(()) => {
                     info!(minion = %settings.id, "session closed by coordinator");
                     backoff = Duration::from_millis(50);
+                    failures = 0;
                 }
-                Err(e) => debug!(minion = %settings.id, error = %e, "session failed"),
+                Err(e) => {
+                    failures += 1;
+                    // Said at the default level (first failure, then every 10th), so a minion
+                    // that cannot reach or is refused by its coordinator is never silent.
+                    if report_failure(failures) {
+                        warn!(minion = %settings.id, coordinator = %settings.coordinator, failures, error = %error_chain(&*e), "cannot hold a session with the coordinator; retrying");
+                    } else {
+                        debug!(minion = %settings.id, error = %error_chain(&*e), "session failed");
+                    }
+                }
             }
             *shared.session.lock().expect("lock") = None;
             let jitter = rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1);
@@ -129,11 +141,19 @@ async fn session(
     res_tx: &mpsc::Sender<v1::TaskResult>,
     sem: &Arc<tokio::sync::Semaphore>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let channel = tonic::transport::Endpoint::from_shared(settings.coordinator.clone())?
+    let mut endpoint = tonic::transport::Endpoint::from_shared(settings.coordinator.clone())?
         .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+        .tcp_nodelay(true);
+    match (&settings.tls, settings.coordinator.starts_with("https://")) {
+        (Some(t), true) => endpoint = endpoint.tls_config(t.endpoint_config())?,
+        // An https URL never falls back to plaintext; a certificate is never sent in the clear.
+        (None, true) => return Err("https:// coordinator but no TLS configured".into()),
+        (Some(_), false) => {
+            return Err("TLS is configured but the coordinator URL is http://; use https://".into());
+        }
+        (None, false) => {}
+    }
+    let channel = endpoint.connect().await?;
     let mut client = v1::minion_service_client::MinionServiceClient::new(channel)
         .max_decoding_message_size(overlord_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(overlord_proto::MAX_MESSAGE_BYTES);
@@ -150,7 +170,14 @@ async fn session(
         version: env!("CARGO_PKG_VERSION").to_string(),
     })))
     .await?;
-    let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(secret) = &settings.internal_secret {
+        request.metadata_mut().insert(
+            overlord_core::security::INTERNAL_HEADER,
+            secret.parse().map_err(|_| "bad internal secret")?,
+        );
+    }
+    let mut inbound = client.session(request).await?.into_inner();
     let registered = match inbound.message().await? {
         Some(v1::CoordinatorMessage {
             msg: Some(CMsg::Registered(r)),
@@ -241,6 +268,26 @@ async fn session(
         }
     }
     Ok(())
+}
+
+/// Whether the `n`th consecutive session failure is reported at warn level.
+fn report_failure(n: u64) -> bool {
+    n == 1 || n % 10 == 0
+}
+
+/// An error with its sources ("transport error: tcp connect error: Connection refused").
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 struct AbortOnDrop(AbortHandle);

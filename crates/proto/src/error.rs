@@ -21,6 +21,9 @@ pub enum ApiError {
     Protocol(String),
     #[error("image {0:?} not found")]
     ImageNotFound(String),
+    /// A submission reused a request id of an earlier submission with a different spec.
+    #[error("request id {0:?} was used before for a different job spec; pick a new request id")]
+    RequestIdReused(String),
 }
 
 impl From<ApiError> for tonic::Status {
@@ -35,6 +38,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::Unavailable(_) => tonic::Status::unavailable(msg),
             ApiError::Storage(_) => tonic::Status::internal(msg),
             ApiError::Exhausted(_) => tonic::Status::resource_exhausted(msg),
+            ApiError::RequestIdReused(_) => tonic::Status::already_exists(msg),
         }
     }
 }

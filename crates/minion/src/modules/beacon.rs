@@ -16,6 +16,11 @@ use serde_json::{Value, json};
 
 pub struct Beacon;
 
+/// Largest log a beacon task reads (checked before reading; see `crate::inputs`).
+pub const MAX_INPUT_BYTES: u64 = 512 << 20;
+/// A beacon task's work is bounded in time as well as by the input's size.
+pub const TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 fn config(params: &Value) -> Result<(BeaconConfig, bool, usize), ModuleError> {
     let mut cfg = BeaconConfig::default();
     let num = |k: &str| -> Result<Option<f64>, ModuleError> {
@@ -50,22 +55,43 @@ impl Module for Beacon {
     fn run<'a>(
         &'a self,
         task: &'a TaskInput,
-        _ctx: &'a ModuleCtx,
+        ctx: &'a ModuleCtx,
     ) -> BoxFuture<'a, Result<Vec<FindingOut>, ModuleError>> {
         Box::pin(async move {
-            let path = task.input.clone().ok_or_else(|| {
+            let name = task.input.clone().ok_or_else(|| {
                 ModuleError::Invalid("beacon needs an input (a Zeek log path)".into())
             })?;
             let (cfg, all, max) = config(&task.params)?;
-            let p = std::path::PathBuf::from(&path);
-            let report = tokio::task::spawn_blocking(move || score_logs(&[p], &cfg))
-                .await
+            let input = crate::inputs::open_input(ctx, &name, MAX_INPUT_BYTES)?;
+            let path = input.name.clone();
+            let p = input.path.clone();
+            drop(input);
+            // Bounded in time; a cancelled task is aborted here (the blocking scorer then ends on
+            // its own, bounded by the checked input size).
+            let scored = tokio::time::timeout(
+                TIME_LIMIT,
+                tokio::task::spawn_blocking(move || score_logs(&[p], &cfg)),
+            )
+            .await
+            .map_err(|_| {
+                ModuleError::Failed(format!(
+                    "input {path:?}: scoring took longer than {}s",
+                    TIME_LIMIT.as_secs()
+                ))
+            })?;
+            // Errors name the input and the kind of failure, never a line of the file.
+            let report = scored
                 .map_err(|e| ModuleError::Failed(format!("beacon scoring panicked: {e}")))?
                 .map_err(|e| match e {
-                    AnalyticsError::Io { .. }
-                    | AnalyticsError::UnknownLogType { .. }
-                    | AnalyticsError::Config(_) => ModuleError::Invalid(e.to_string()),
-                    other => ModuleError::Failed(other.to_string()),
+                    AnalyticsError::Io { source, .. } => ModuleError::Invalid(format!(
+                        "input {path:?}: cannot read ({})",
+                        source.kind()
+                    )),
+                    AnalyticsError::UnknownLogType { .. } => ModuleError::Invalid(format!(
+                        "input {path:?}: not a Zeek conn/dns/http log"
+                    )),
+                    AnalyticsError::Config(c) => ModuleError::Invalid(c),
+                    _ => ModuleError::Failed(format!("input {path:?}: scoring failed")),
                 })?;
             let mut out: Vec<FindingOut> = report
                 .findings
@@ -129,6 +155,7 @@ mod tests {
             minion_id: "m1".into(),
             provider: "test".into(),
             scope: Scope::loopback(),
+            input_dir: None,
         }
     }
 
@@ -143,8 +170,11 @@ mod tests {
         };
         let s = overlord_analytics::generate(3, &cfg, dir.path()).unwrap();
         let log = dir.path().join("conn.log").display().to_string();
+        let _ = log;
+        let mut c = ctx();
+        c.input_dir = Some(std::fs::canonicalize(dir.path()).unwrap());
         let out = Beacon
-            .run(&task(Some(log), json!({})), &ctx())
+            .run(&task(Some("conn.log".into()), json!({})), &c)
             .await
             .unwrap();
         let summary = out.last().unwrap();
@@ -175,7 +205,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            e.permanent() && e.to_string().contains("/nonexistent/conn.log"),
+            e.permanent() && e.to_string().contains("input_dir"),
             "{e}"
         );
         let e = Beacon

@@ -93,25 +93,26 @@ impl Module for Enrich {
     fn run<'a>(
         &'a self,
         task: &'a TaskInput,
-        _ctx: &'a ModuleCtx,
+        ctx: &'a ModuleCtx,
     ) -> BoxFuture<'a, Result<Vec<FindingOut>, ModuleError>> {
         Box::pin(async move {
             let bytes = match (&task.blob, &task.input) {
                 (Some(b), _) => b.to_vec(),
-                (None, Some(path)) => {
+                (None, Some(name)) => {
+                    // Confined to the minion's input directory, size checked before reading.
                     let cap = AnalyzerConfig::default().caps.max_bytes as u64;
-                    let meta = tokio::fs::metadata(path)
-                        .await
-                        .map_err(|e| ModuleError::Invalid(format!("{path}: {e}")))?;
-                    if meta.len() > cap {
-                        return Err(ModuleError::Invalid(format!(
-                            "{path}: {} bytes, over the cap of {cap}",
-                            meta.len()
-                        )));
-                    }
-                    tokio::fs::read(path)
-                        .await
-                        .map_err(|e| ModuleError::Invalid(format!("{path}: {e}")))?
+                    let input = crate::inputs::open_input(ctx, name, cap)?;
+                    let shown = input.name.clone();
+                    tokio::task::spawn_blocking(move || {
+                        use std::io::Read;
+                        let mut buf = Vec::with_capacity(input.size as usize);
+                        (&input.file).take(cap + 1).read_to_end(&mut buf).map(|_| buf)
+                    })
+                    .await
+                    .map_err(|e| ModuleError::Failed(e.to_string()))?
+                    .map_err(|e| {
+                        ModuleError::Invalid(format!("input {shown:?}: cannot read ({})", e.kind()))
+                    })?
                 }
                 (None, None) => {
                     return Err(ModuleError::Invalid(
@@ -177,6 +178,7 @@ mod tests {
             minion_id: "m1".into(),
             provider: "local".into(),
             scope: Scope::loopback(),
+            input_dir: None,
         }
     }
 
@@ -196,13 +198,21 @@ mod tests {
         assert_eq!(out[0].port, Some(5900));
         let emails = out[0].data["emails"].as_array().unwrap();
         assert_eq!(emails.len(), 3);
+        // A file input: only from the minion's input directory.
         let path = dir.join("02_blank_black_pure.png").display().to_string();
-        let out = m
+        let err = m
             .run(&task(None, Some(path.clone())), &ctx())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("input_dir"), "{err}");
+        let mut c = ctx();
+        c.input_dir = Some(std::fs::canonicalize(&dir).unwrap());
+        let out = m
+            .run(&task(None, Some("02_blank_black_pure.png".into())), &c)
             .await
             .expect("enrichment");
         assert_eq!(out[0].data["blank"], true);
-        assert_eq!(out[0].data["input"], path.as_str());
+        assert_eq!(out[0].data["input"], "02_blank_black_pure.png");
         let err = m
             .run(
                 &task(Some(b"\x89PNG\r\n\x1a\ntruncated".to_vec()), None),

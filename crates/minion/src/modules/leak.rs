@@ -147,6 +147,9 @@ pub fn lookup_settings(coordinator_url: &str, capacity: u32, scope: Scope) -> Mi
         modules: vec!["leak".into()],
         scope,
         reconnect_max: Duration::from_millis(1000),
+        tls: None,
+        internal_secret: None,
+        input_dir: None,
     }
 }
 
@@ -179,6 +182,7 @@ mod tests {
             minion_id: LOOKUP_MINION_ID.into(),
             provider: LOOKUP_PROVIDER.into(),
             scope: Scope::loopback(),
+            input_dir: None,
         }
     }
 

@@ -197,6 +197,7 @@ mod tests {
             minion_id: "m".into(),
             provider: "p".into(),
             scope: Scope::loopback(),
+            input_dir: None,
         }
     }
 

@@ -155,6 +155,7 @@ mod tests {
             minion_id: "m1".into(),
             provider: "test".into(),
             scope: Scope::loopback(),
+            input_dir: None,
         }
     }
 
