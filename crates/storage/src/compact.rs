@@ -270,7 +270,11 @@ pub fn decode_task(body: &[u8]) -> Res<TaskRecord> {
     let target_count = if r.0.is_empty() {
         1
     } else {
-        u32::try_from(r.var()?).map_err(|_| "target_count does not fit in u32".to_string())?
+        // Written only when not 1, so 0 and 1 here are corruption (e.g. a trailing byte).
+        u32::try_from(r.var()?)
+            .ok()
+            .filter(|n| *n >= 2)
+            .ok_or_else(|| "bad target_count".to_string())?
     };
     r.end()?;
     Ok(TaskRecord {
