@@ -37,6 +37,7 @@ pub fn scan_spec(name: &str, targets: Vec<String>, ports: String, modules: &[&st
         rate_limit: 0,
         inputs: vec![],
         params_json: String::new(),
+        ..Default::default()
     }
 }
 

@@ -232,12 +232,16 @@ pub async fn execute_scan(lease: &TaskLease) -> TaskResult {
             .await
                 && s.local_addr().map(|l| l != addr).unwrap_or(false)
             {
+                let payload = overlord_core::finding::Payload::OpenPort(
+                    overlord_core::finding::OpenPort::tcp(),
+                );
                 findings.push(FindingOut {
-                    kind: "open_port".into(),
+                    kind: payload.kind_name().into(),
                     target: ip.to_string(),
                     port: p,
-                    data_json: "{}".into(),
+                    data_json: payload.to_json(),
                     blob: Default::default(),
+                    schema_version: overlord_core::finding::SCHEMA_VERSION,
                 });
             }
         }

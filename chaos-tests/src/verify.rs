@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use overlord_core::finding::FindingKind;
 use overlord_proto::v1::{Finding, JobState, JobStatus};
 
 use crate::client::{self, JobClient, WatchLog};
@@ -108,7 +109,7 @@ pub async fn verify_job(
     if let Some(ledger) = ledger {
         let reports: Vec<PortReport> = results
             .iter()
-            .filter(|f| f.kind == "open_port")
+            .filter(|f| f.kind == FindingKind::OpenPort.as_str())
             .filter_map(|f| {
                 Some(PortReport {
                     ip: f.target.parse().ok()?,
@@ -227,7 +228,7 @@ mod tests {
             job_id: 1,
             task_id: task,
             module: "portscan".into(),
-            kind: "open_port".into(),
+            kind: FindingKind::OpenPort.as_str().into(),
             target: "127.0.0.2".into(),
             port,
             minion_id: minion.into(),

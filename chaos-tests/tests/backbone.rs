@@ -2,6 +2,7 @@
 //! dirs). Each states an invariant and checks it.
 
 use overlord_chaos_tests::backbone_sandbox::*;
+use overlord_core::finding::{FindingKind, Payload};
 use overlord_proto::v1;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -627,12 +628,13 @@ async fn library_coordinator_runs_leak_lookups_and_names_modules_nobody_serves()
         v1::JobSpec {
             name: "leak-chain".into(),
             modules: vec!["enrich".into(), "leak".into()],
-            inputs: vec![mail.display().to_string()],
+            // relative to the minion's input directory (inputs are confined to it)
+            inputs: vec!["07_mail_from_light.png".into()],
             ..Default::default()
         },
     )
     .await?;
-    // Only the lookup minion is live: the enrich root waits, and the status says for what.
+    // No minion is live: the enrich root waits, and the status says for what.
     let waiting = wait_until(
         Duration::from_secs(10),
         "the job to name what it waits for",
@@ -649,7 +651,7 @@ async fn library_coordinator_runs_leak_lookups_and_names_modules_nobody_serves()
     let listed = c.list_jobs(v1::ListJobsRequest {}).await?.into_inner().jobs;
     assert_eq!(listed[0].waiting_for_modules, vec!["enrich".to_string()]);
 
-    // An ordinary minion may not declare `leak`: the builtin modules do not have it.
+    // A minion may not declare `leak` (the coordinator runs it itself): no minion module has it.
     let mut bad = minion_settings(&url, "would-be-lookup", "px", 1);
     bad.modules = vec!["leak".into()];
     let refused = overlord_minion::run(bad, overlord_minion::modules::builtin(), async {}).await;
@@ -661,7 +663,9 @@ async fn library_coordinator_runs_leak_lookups_and_names_modules_nobody_serves()
     // A minion with the builtin modules (enrich among them) arrives: the chain runs to the end.
     let (stop, _) = tokio::sync::watch::channel(false);
     let mut rx = stop.subscribe();
-    let s = minion_settings(&url, "enricher", "px", 2);
+    let mut s = minion_settings(&url, "enricher", "px", 2);
+    s.input_dir = Some(std::fs::canonicalize(&screens)?);
+    let _ = &mail;
     let minion = tokio::spawn(async move {
         let _ = overlord_minion::run(s, overlord_minion::modules::builtin(), async move {
             let _ = rx.wait_for(|v| *v).await;
@@ -679,9 +683,12 @@ async fn library_coordinator_runs_leak_lookups_and_names_modules_nobody_serves()
     let results = all_results(&mut c, job).await?;
     let enrich = results
         .iter()
-        .find(|f| f.kind == "enrichment")
+        .find(|f| f.kind == FindingKind::Enrichment.as_str())
         .expect("an enrichment finding");
-    let leak: Vec<&v1::Finding> = results.iter().filter(|f| f.kind == "leak").collect();
+    let leak: Vec<&v1::Finding> = results
+        .iter()
+        .filter(|f| f.kind == FindingKind::Leak.as_str())
+        .collect();
     assert_eq!(
         leak.len(),
         1,
@@ -690,17 +697,135 @@ async fn library_coordinator_runs_leak_lookups_and_names_modules_nobody_serves()
     let l = leak[0];
     assert_eq!(
         (l.module.as_str(), l.minion_id.as_str(), l.provider.as_str()),
-        ("leak", "coordinator-lookup", "coordinator")
+        ("leak", "coordinator", "coordinator"),
+        "the coordinator ran the lookup itself"
     );
     assert_eq!(
         l.parent_task_id, enrich.task_id,
         "leak task spawned by the enrich task"
     );
-    let data: serde_json::Value = serde_json::from_str(&l.data_json)?;
-    assert_eq!(data["email"], "alice.smith@example-corp.com");
-    assert_eq!(data["source"], "combo-2019");
+    let Payload::Leak(found) =
+        Payload::parse(&l.kind, &serde_json::from_str(&l.data_json)?).payload
+    else {
+        panic!("a typed leak finding: {l:?}")
+    };
+    assert_eq!(found.email, "alice.smith@example-corp.com");
+    assert_eq!(found.source, "combo-2019");
+    assert_eq!(
+        found.image.as_deref(),
+        Some(enrich.blob_sha256.as_str()),
+        "the lookup names the image, which the enrichment refers to without re-sending it"
+    );
+    assert!(!enrich.blob_sha256.is_empty());
     let _ = stop.send(true);
     let _ = minion.await;
     coordinator.shutdown().await;
+    Ok(())
+}
+
+/// Invariant: a graceful stop (`Running::shutdown`: stop accepting, finish acks, flush, close)
+/// loses no acknowledged result. A minion keeps answering leases while the coordinator stops;
+/// afterwards every result the coordinator acknowledged as accepted is stored as done (read back
+/// through the storage API), the session ended with a status (not a reset), and the stop took
+/// bounded time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_loses_no_acknowledged_result() -> anyhow::Result<()> {
+    use overlord_chaos_tests::rogue::{RogueIdentity, RogueMinion, empty_result};
+    use overlord_storage::{SledStore, Store, StoredTask};
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    let cluster = InProc::start(&[], 1).await?;
+    let mut c = client(&cluster.url).await?;
+    let who = RogueIdentity::noop("r", "prov-r", 64);
+    let rogue =
+        Arc::new(RogueMinion::connect(&cluster.url, &who, Some(Duration::from_millis(100))).await?);
+    let job = submit(&mut c, noop_spec(20_000, 0)).await?;
+    // The minion answers every lease at once, in batches, until its session ends.
+    let sender = {
+        let r = rogue.clone();
+        tokio::spawn(async move {
+            let mut next = 0;
+            loop {
+                let (fresh, closed) = {
+                    let l = r.log();
+                    let fresh: Vec<_> = l.leases[next..]
+                        .iter()
+                        .map(|(_, x)| empty_result(x))
+                        .collect();
+                    next = l.leases.len();
+                    (fresh, l.closed.is_some())
+                };
+                if closed {
+                    break;
+                }
+                if fresh.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                } else if r.send(fresh).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let accepted = |r: &RogueMinion| r.log().acks.iter().filter(|(_, a)| a.accepted).count();
+    wait_until(
+        Duration::from_secs(30),
+        "some acknowledged results",
+        || async { (accepted(&rogue) > 500).then_some(()) },
+    )
+    .await?;
+    let InProc {
+        coordinator, dir, ..
+    } = cluster;
+    let t0 = std::time::Instant::now();
+    coordinator.shutdown().await;
+    let took = t0.elapsed();
+    tokio::time::timeout(Duration::from_secs(10), sender).await??;
+    let (acked, closed, n_leases) = {
+        let l = rogue.log();
+        let acked: HashSet<u64> = l
+            .acks
+            .iter()
+            .filter(|(_, a)| a.accepted)
+            .map(|(_, a)| a.token)
+            .collect();
+        (acked, l.closed.clone(), l.leases.len())
+    };
+    let task_of: HashMap<u64, u64> = rogue
+        .leases()
+        .iter()
+        .map(|l| (l.token, l.task_id))
+        .collect();
+    assert!(closed.is_some(), "the session ended");
+    assert!(
+        took < Duration::from_secs(30),
+        "graceful stop took {took:?}"
+    );
+    assert!(
+        acked.len() < 20_000,
+        "the stop came while results were still flowing ({} acked of {n_leases} leased)",
+        acked.len()
+    );
+    // The sled directory is free once the coordinator is gone; reopen it like a restart would.
+    let store = SledStore::open(&dir.path().join("data"))?;
+    let done: HashSet<u64> = store
+        .tasks(job)?
+        .into_iter()
+        .filter_map(|t| match t {
+            StoredTask::Done(id) => Some(id),
+            StoredTask::Record(_) => None,
+        })
+        .collect();
+    let lost: Vec<u64> = acked
+        .iter()
+        .map(|t| task_of[t])
+        .filter(|id| !done.contains(id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged results not stored after a graceful stop (of {}): {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(10)]
+    );
     Ok(())
 }

@@ -1267,13 +1267,16 @@ async fn drive_firehose(
             for l in chunk {
                 sent.insert(l.token);
                 let mut r = overlord_chaos_tests::rogue::empty_result(l);
-                for n in 0..per_task {
+                for _ in 0..per_task {
                     r.findings.push(overlord_proto::v1::FindingOut {
-                        kind: "open_port".into(),
-                        target: "127.0.0.1".into(),
-                        port: 1 + n as u32,
+                        // A `noop` task may report only `noop` findings, with no target or
+                        // port (`core::trust::check_result`).
+                        kind: overlord_core::finding::FindingKind::Noop.as_str().into(),
+                        target: String::new(),
+                        port: 0,
                         data_json: data.to_string(),
                         blob: vec![],
+                        schema_version: overlord_core::finding::SCHEMA_VERSION,
                     });
                 }
                 items.push(r);

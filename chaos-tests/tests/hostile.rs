@@ -90,7 +90,11 @@ impl Cluster {
         })
     }
 
-    fn minion_settings(&self, id: &pki::Issued, claimed_id: &str) -> overlord_minion::MinionSettings {
+    fn minion_settings(
+        &self,
+        id: &pki::Issued,
+        claimed_id: &str,
+    ) -> overlord_minion::MinionSettings {
         let mut s = overlord_minion::MinionSettings::local(
             &self.running.minion_url(),
             claimed_id,
@@ -184,7 +188,10 @@ async fn anonymous_wrong_role_and_other_owner_clients_are_refused_and_nothing_is
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
-    assert!(all_jobs(&c).await.is_empty(), "a refused submission stored nothing");
+    assert!(
+        all_jobs(&c).await.is_empty(),
+        "a refused submission stored nothing"
+    );
     // The operator of team-a submits; team-a's viewer reads it; team-b sees nothing of it.
     let st = j
         .submit_job(submit_req(noop_spec(1), "", &c.op_a))
@@ -515,16 +522,19 @@ async fn no_minion_can_claim_the_coordinators_lookup_work() {
             Err(e) => e,
             Ok(s) => s.into_inner().message().await.unwrap_err(),
         };
-        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{id} {modules:?}: {e:?}");
+        assert_eq!(
+            e.code(),
+            tonic::Code::PermissionDenied,
+            "{id} {modules:?}: {e:?}"
+        );
         drop(tx);
     }
-    // The coordinator's own lookup minion is unaffected.
-    let gate = running.gate.clone();
-    wait_until("lookup minion live", Duration::from_secs(10), || {
-        let g = gate.clone();
-        async move { g.live_ids().contains(&"coordinator-lookup".to_string()) }
-    })
-    .await;
+    // The lookup is not a minion at all: the coordinator runs `leak` tasks itself (never leased).
+    assert!(
+        running.gate.live_ids().is_empty(),
+        "{:?}",
+        running.gate.live_ids()
+    );
     running.shutdown().await;
 }
 
@@ -559,7 +569,10 @@ async fn half_preface_connections_are_closed_and_others_still_served() {
     }
     let t0 = Instant::now();
     let closed = futures_closed(conns, Duration::from_secs(15)).await;
-    eprintln!("{closed}/{N} half-preface connections closed after {:?}", t0.elapsed());
+    eprintln!(
+        "{closed}/{N} half-preface connections closed after {:?}",
+        t0.elapsed()
+    );
     assert_eq!(closed, N, "every half-open handshake was closed");
     // A real client is served.
     let mut j = JobServiceClient::new(
@@ -635,16 +648,159 @@ async fn file_inputs_outside_the_input_dir_devices_and_fifos_are_refused() {
         .job_id;
     let t0 = Instant::now();
     let st = loop {
-        let st = all_jobs(&c).await.into_iter().find(|s| s.job_id == id).unwrap();
+        let st = all_jobs(&c)
+            .await
+            .into_iter()
+            .find(|s| s.job_id == id)
+            .unwrap();
         if st.state != v1::JobState::Running as i32 {
             break st;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "job did not finish: {st:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "job did not finish: {st:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(st.tasks_failed, 4, "{st:?}");
     assert_eq!(st.findings, 0, "nothing read, nothing stored");
     let _ = stop.send(());
     let _ = m.await;
+    c.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rogue_minions_forged_findings_are_rejected_and_it_is_quarantined() {
+    use v1::coordinator_message::Msg as CMsg;
+    use v1::minion_message::Msg as MMsg;
+    let c = secured().await;
+    let rogue = c.enroll("rogue-1", "evil").await;
+    let mut j = c.jobs().await;
+    let spec = v1::JobSpec {
+        name: "bait".into(),
+        targets: vec!["127.0.0.1".into()],
+        ports: "1-10".into(),
+        modules: vec!["portscan".into()],
+        ..Default::default()
+    };
+    let id = j
+        .submit_job(submit_req(spec, "", &c.op_a))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    // The rogue registers for portscan and answers every lease with forged findings; each
+    // violation closes its session, it reconnects, until it is quarantined.
+    let forged = [
+        ("open_port", "10.9.9.9", 5),     // out of the task's target
+        ("leak", "127.0.0.1", 5),         // a kind portscan never produces
+        ("open_port", "127.0.0.1", 9999), // a port the task did not scan
+    ];
+    let mut ends = Vec::new();
+    let mut quarantined = None;
+    for round in 0..8 {
+        let ch = Endpoint::from_shared(c.running.minion_url())
+            .unwrap()
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&c.ca_pem))
+                    .identity(Identity::from_pem(&rogue.cert_pem, &rogue.key_pem)),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut reg = register("rogue-1", &["portscan"]);
+        reg.capabilities = vec!["scan".into()];
+        tx.send(v1::MinionMessage {
+            msg: Some(MMsg::Register(reg)),
+        })
+        .await
+        .unwrap();
+        let opened = MinionServiceClient::new(ch)
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await;
+        let mut inbound = match opened {
+            Ok(s) => s.into_inner(),
+            Err(st) => {
+                quarantined = Some(st);
+                break;
+            }
+        };
+        let end = loop {
+            let m = match tokio::time::timeout(Duration::from_secs(15), inbound.message()).await {
+                Ok(Ok(Some(m))) => m,
+                Ok(Ok(None)) => break tonic::Status::ok("ended"),
+                Ok(Err(st)) => break st,
+                Err(_) => panic!("round {round}: the rogue's session was never closed"),
+            };
+            match m.msg {
+                Some(CMsg::Leases(b)) => {
+                    for l in b.leases {
+                        let (kind, target, port) = forged[round % forged.len()];
+                        let _ = tx
+                            .send(v1::MinionMessage {
+                                msg: Some(MMsg::Results(v1::ResultBatch {
+                                    items: vec![v1::TaskResult {
+                                        job_id: l.job_id,
+                                        task_id: l.task_id,
+                                        token: l.token,
+                                        ok: true,
+                                        findings: vec![v1::FindingOut {
+                                            kind: kind.into(),
+                                            target: target.into(),
+                                            port,
+                                            data_json: "{}".into(),
+                                            blob: vec![],
+                                            schema_version: overlord_core::finding::SCHEMA_VERSION,
+                                        }],
+                                        ..Default::default()
+                                    }],
+                                })),
+                            })
+                            .await;
+                    }
+                }
+                Some(CMsg::Ack(a)) => {
+                    assert!(
+                        a.items.iter().all(|i| !i.accepted),
+                        "a forged finding was accepted"
+                    );
+                }
+                _ => {}
+            }
+        };
+        ends.push(end);
+        if ends
+            .last()
+            .is_some_and(|e| e.message().contains("quarantined"))
+        {
+            // Closed by the quarantine itself: the next attempt must be refused.
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let q = quarantined.expect("the rogue was never quarantined");
+    assert_eq!(q.code(), tonic::Code::PermissionDenied, "{q:?}");
+    assert!(q.message().contains("quarantined"), "{q:?}");
+    assert!(
+        ends.iter()
+            .any(|e| e.message().contains("rejected finding")),
+        "the sessions were closed naming the violation: {ends:?}"
+    );
+    // Nothing forged was stored, and the rogue cannot come back for now.
+    let st = all_jobs(&c)
+        .await
+        .into_iter()
+        .find(|s| s.job_id == id)
+        .unwrap();
+    assert_eq!(st.findings, 0, "{st:?}");
+    assert_eq!(st.tasks_done, 0, "{st:?}");
+    let e = raw_session(&c, Some(&rogue), register("rogue-1", &["portscan"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("quarantined"), "{}", e.message());
     c.running.shutdown().await;
 }

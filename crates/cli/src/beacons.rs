@@ -227,7 +227,7 @@ async fn cluster(a: BeaconsArgs) -> Result<()> {
         eprintln!("job {id} submitted: {} task(s)", st.tasks_total);
         let mut beacons = 0u64;
         let st = client::watch(&mut c, id, 0, true, |f| {
-            if f.kind == "beacon" {
+            if f.kind == overlord_core::finding::FindingKind::Beacon.as_str() {
                 beacons += 1;
             }
             println!("{}", client::finding_line(f, a.format));

@@ -33,6 +33,21 @@ pub enum Which {
     Sweep(crate::bench_scan::SweepArgs),
     /// Recall and time under nftables random loss vs nmap -sT and masscan, in namespaces (root).
     Loss(crate::bench_scan::LossArgs),
+    /// Findings through the firehose publisher into a local JetStream (1 node, then a 3-node
+    /// cluster): findings/s beside a plain JetStream publisher, end-to-end latency p50/p99.
+    Firehose {
+        #[arg(long, default_value_t = 1_000_000)]
+        findings: u64,
+        /// Offered rate of the latency run (findings/s).
+        #[arg(long, default_value_t = 50_000)]
+        rate: u64,
+        /// Findings of the latency run.
+        #[arg(long, default_value_t = 250_000)]
+        latency_findings: u64,
+        /// Only the single node.
+        #[arg(long)]
+        no_cluster: bool,
+    },
     /// All of the above with default sizes.
     All,
 }
@@ -48,6 +63,12 @@ pub async fn run(w: Which) -> Result<()> {
         Which::Portscan => portscan().await?,
         Which::Sweep(a) => crate::bench_scan::sweep(a).await?,
         Which::Loss(a) => crate::bench_scan::loss(a).await?,
+        Which::Firehose {
+            findings,
+            rate,
+            latency_findings,
+            no_cluster,
+        } => crate::bench_firehose::run(findings, rate, latency_findings, !no_cluster).await?,
         Which::All => {
             throughput(100_000).await?;
             reassign(20).await?;
@@ -85,10 +106,41 @@ async fn wait_done(c: &mut client::Client, job: u64, timeout: Duration) -> Resul
     }
 }
 
+/// Throughput without and with transport security (mTLS for minions, TLS + an API token for
+/// the client), in the same run, and their ratio (bar: secured >= 80 % of plain).
 pub async fn throughput(tasks: u64) -> Result<()> {
+    let plain = throughput_once(tasks, false).await?;
+    let secured = throughput_once(tasks, true).await?;
+    println!(
+        "== throughput with mTLS + API tokens: {secured:.0} tasks/s vs {plain:.0} without = {:.1} % (bar >= 80 %)",
+        100.0 * secured / plain
+    );
+    Ok(())
+}
+
+async fn throughput_once(tasks: u64, secured: bool) -> Result<f64> {
     let dir = tempfile::tempdir()?;
-    let cluster = Embedded::start(dir.path().join("data"), 2, 1024).await?;
-    let mut c = client::connect(&cluster.url).await?;
+    let mut settings = overlord_coordinator::Settings::local(dir.path().join("data"));
+    let mut creds = client::Credentials::default();
+    if secured {
+        let ca_dir = dir.path().join("pki");
+        overlord_coordinator::security::pki::init(&ca_dir, &[])?;
+        let tf = dir.path().join("tokens.toml");
+        let token = overlord_coordinator::security::tokens::add_token(
+            &tf,
+            "bench",
+            overlord_core::security::Role::Operator,
+            None,
+        )?;
+        settings.tls = Some(overlord_coordinator::security::TlsSettings {
+            ca_dir: ca_dir.clone(),
+        });
+        settings.tokens = Some(overlord_coordinator::security::tokens::Tokens::load(&tf)?);
+        creds.token = Some(token);
+        creds.ca_pem = Some(std::fs::read_to_string(ca_dir.join("ca.pem"))?);
+    }
+    let cluster = Embedded::start_with(settings, 2, 1024).await?;
+    let mut c = client::connect_with(&cluster.url, &creds).await?;
     // Let both minions register.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = Instant::now();
@@ -108,8 +160,9 @@ pub async fn throughput(tasks: u64) -> Result<()> {
         );
     }
     let rate = st.tasks_done as f64 / secs;
+    let how = if secured { "mTLS + token" } else { "plaintext" };
     println!(
-        "== throughput: {tasks} no-op tasks, coordinator -> 2 minions (gRPC over loopback) -> sled (grouped flushes, acked after flush)"
+        "== throughput ({how}): {tasks} no-op tasks, coordinator -> 2 minions (gRPC over loopback) -> sled (grouped flushes, acked after flush)"
     );
     println!(
         "   done {} failed {} findings stored {} in {secs:.2}s = {rate:.0} tasks/s (bar >= 20000; Celery 5.7+Redis 556, Ray 2.60 2193 on a similar 2-core box)",
@@ -122,7 +175,7 @@ pub async fn throughput(tasks: u64) -> Result<()> {
         );
     }
     cluster.shutdown().await;
-    Ok(())
+    Ok(rate)
 }
 
 fn spawn_self(args: &[&str]) -> Result<Child> {

@@ -87,7 +87,9 @@ impl Bearer {
 /// falls back to plaintext; a token is never sent over plaintext to a non-loopback address.
 pub async fn channel(url: &str, c: &Credentials) -> Result<Channel> {
     let mut ep = tonic::transport::Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("bad coordinator URL {url:?} (expected e.g. http://127.0.0.1:50051)"))?
+        .with_context(|| {
+            format!("bad coordinator URL {url:?} (expected e.g. http://127.0.0.1:50051)")
+        })?
         .connect_timeout(Duration::from_secs(3));
     if url.starts_with("https://") {
         let ca = c.ca_pem.as_ref().ok_or_else(|| {
@@ -100,7 +102,9 @@ pub async fn channel(url: &str, c: &Credentials) -> Result<Channel> {
     } else if c.token.is_some() {
         let host = ep.uri().host().unwrap_or("").trim_matches(['[', ']']);
         let loopback = host == "localhost"
-            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
         if !loopback {
             bail!("refusing to send an API token over plaintext to {url}; use https://");
         }
@@ -193,34 +197,31 @@ pub fn finding_line(f: &v1::Finding, fmt: Format) -> String {
     match fmt {
         Format::Jsonl => finding_json(f).to_string(),
         Format::Table => {
+            use overlord_core::finding::Payload;
             let data: serde_json::Value =
                 serde_json::from_str(&f.data_json).unwrap_or(serde_json::Value::Null);
-            let detail = match f.kind.as_str() {
-                "banner" => data
-                    .get("banner")
-                    .and_then(|b| b.as_str())
-                    .map(|b| b.trim_end().replace('\r', "\\r").replace('\n', "\\n"))
-                    .unwrap_or_default(),
-                "open_port" => String::new(),
-                "service" => {
-                    let s = |k: &str| data.get(k).and_then(|v| v.as_str()).unwrap_or("");
-                    let svc = match s("tunnel") {
-                        "" => s("service").to_string(),
-                        t => format!("{t}/{}", s("service")),
+            let payload = Payload::parse(&f.kind, &data).payload;
+            let detail = match &payload {
+                Payload::Banner(b) => b.banner.trim_end().to_string(),
+                Payload::OpenPort(_) => String::new(),
+                Payload::Service(s) => {
+                    let o = |v: &Option<String>| v.clone().unwrap_or_default();
+                    let svc = match &s.tunnel {
+                        None => o(&s.service),
+                        Some(t) => format!("{t}/{}", o(&s.service)),
                     };
-                    let shot = match s("screenshot") {
-                        "" => String::new(),
-                        x => format!(" screenshot:{x}"),
+                    let shot = match s.screenshot {
+                        None => String::new(),
+                        Some(x) => format!(" screenshot:{}", x.as_str()),
                     };
-                    format!(
-                        "{svc} {} {} [{}]{shot}",
-                        s("product"),
-                        s("version"),
-                        s("status")
-                    )
+                    let status = serde_json::to_value(s.status)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    format!("{svc} {} {} [{status}]{shot}", o(&s.product), o(&s.version))
                 }
-                "screenshot" | "enrichment" | "leak" => {
-                    crate::images::finding_detail(&f.kind, &data, &f.blob_sha256)
+                Payload::Screenshot(_) | Payload::Enrichment(_) | Payload::Leak(_) => {
+                    crate::images::finding_detail(&payload, &f.blob_sha256)
                 }
                 _ => {
                     let s = data.to_string();
@@ -424,6 +425,19 @@ pub fn status_line(st: &v1::JobStatus) -> String {
         spec.modules.join(","),
         spec.targets.join(","),
     ) + &waiting
+        + &firehose_note(st.firehose.as_ref())
+}
+
+/// `  firehose published N lag L [ERROR …]` for `jobs get`/`jobs list` (empty when it is off).
+pub fn firehose_note(f: Option<&v1::FirehoseStatus>) -> String {
+    let Some(f) = f else {
+        return String::new();
+    };
+    let mut s = format!("  firehose published {} lag {}", f.published_cursor, f.lag);
+    if !f.error.is_empty() {
+        s += &format!("  FIREHOSE ERROR: {}", f.error);
+    }
+    s
 }
 
 /// The quality ledger of a scan job, one line per minion, provider and (worst) target network.

@@ -2,6 +2,7 @@
 //! `watch` lines of screenshot / enrichment / leak findings.
 
 use anyhow::{Context, Result, anyhow};
+use overlord_core::finding::Payload;
 use overlord_proto::v1::{self, image_service_client::ImageServiceClient};
 use std::path::Path;
 use tonic::transport::Channel;
@@ -134,45 +135,22 @@ pub fn hit_line(h: &v1::ImageHit) -> String {
 }
 
 /// Readable `watch` detail for image findings.
-pub fn finding_detail(kind: &str, data: &serde_json::Value, blob_sha256: &str) -> String {
-    let s = |k: &str| {
-        data.get(k)
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string()
-    };
-    let n = |k: &str| data.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+pub fn finding_detail(payload: &Payload, blob_sha256: &str) -> String {
     let id = if blob_sha256.is_empty() {
         "-".to_string()
     } else {
         blob_sha256[..blob_sha256.len().min(16)].to_string()
     };
-    match kind {
-        "screenshot" => format!(
+    match payload {
+        Payload::Screenshot(s) => format!(
             "{} {}x{} {} bytes image:{id}",
-            s("protocol"),
-            n("width"),
-            n("height"),
-            n("png_bytes")
+            s.protocol.as_str(),
+            s.width,
+            s.height,
+            s.png_bytes
         ),
-        "enrichment" => {
-            let list = |k: &str| {
-                data.get(k)
-                    .and_then(|v| v.as_array())
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|x| x.as_str())
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default()
-            };
-            let count = |k: &str| {
-                data.get(k)
-                    .and_then(|v| v.as_array())
-                    .map_or(0, |a| a.len())
-            };
-            let text: String = s("text").split_whitespace().collect::<Vec<_>>().join(" ");
+        Payload::Enrichment(e) => {
+            let text: String = e.text.split_whitespace().collect::<Vec<_>>().join(" ");
             let text = if text.chars().count() > 50 {
                 format!("{}…", text.chars().take(50).collect::<String>())
             } else {
@@ -180,37 +158,30 @@ pub fn finding_detail(kind: &str, data: &serde_json::Value, blob_sha256: &str) -
             };
             format!(
                 "image:{id} tags=[{}] faces={} logos={} emails=[{}] text={text:?}",
-                list("tags"),
-                count("faces"),
-                count("logos"),
-                list("emails"),
+                e.tags.join(","),
+                e.faces.len(),
+                e.logos.len(),
+                e.emails.join(","),
             )
         }
-        "leak" => {
-            let image = s("image");
-            let image = if image.is_empty() {
-                "-"
-            } else {
-                &image[..image.floor_char_boundary(16)]
+        Payload::Leak(l) => {
+            let image = match l.image.as_deref() {
+                None | Some("") => "-",
+                Some(i) => &i[..i.floor_char_boundary(16)],
             };
-            let more = data
-                .get("leaks")
-                .and_then(|v| v.as_array())
-                .map_or(0, |a| a.len().saturating_sub(1));
+            let more = l.leaks.len().saturating_sub(1);
             let more = if more > 0 {
                 format!(" (+{more} more)")
             } else {
                 String::new()
             };
-            let read = match s("read_as") {
-                r if r.is_empty() => String::new(),
-                r => format!(" (read as {r})"),
+            let read = match &l.read_as {
+                Some(r) if !r.is_empty() => format!(" (read as {r})"),
+                _ => String::new(),
             };
             format!(
                 "{}{read} leaked in {} ({}){more} image:{image}",
-                s("email"),
-                s("source"),
-                s("date")
+                l.email, l.source, l.date
             )
         }
         _ => format!("image:{id}"),

@@ -112,6 +112,16 @@ enum Cmd {
         /// Submit and print the job id without waiting.
         #[arg(long)]
         detach: bool,
+        /// A follow-up rule added to the built-in ones (repeatable), e.g.
+        /// 'open_port port=5900 -> screenshot protocol=vnc' (README "Follow-up rules").
+        #[arg(long = "rule", value_name = "RULE")]
+        rules: Vec<String>,
+        /// A file of follow-up rules, one per line (`#` starts a comment).
+        #[arg(long = "rules-file", value_name = "FILE")]
+        rules_file: Option<PathBuf>,
+        /// Disables a built-in follow-up rule by name (repeatable; `overlord schema --rules`).
+        #[arg(long = "disable-rule", value_name = "NAME")]
+        disable_rules: Vec<String>,
     },
     /// Lists, shows or cancels jobs.
     Jobs {
@@ -155,6 +165,15 @@ enum Cmd {
     Images {
         #[command(subcommand)]
         cmd: ImagesCmd,
+    },
+    /// Prints the finding schema: JSON Schema of every kind's payload (or the Markdown reference,
+    /// docs/SCHEMA.md, with --markdown).
+    Schema {
+        #[arg(long)]
+        markdown: bool,
+        /// Prints the built-in follow-up rules instead (one per line, in rule text).
+        #[arg(long, conflicts_with = "markdown")]
+        rules: bool,
     },
     /// Finds C2 beaconing in Zeek logs (CNN + RITA-style scorer); also train|eval|generate.
     Beacons(overlord_cli::beacons::BeaconsArgs),
@@ -362,7 +381,9 @@ async fn async_main() -> Result<()> {
     let cli = Cli::parse();
     raise_fd_limit();
     client::set_credentials(client::credentials_from(
-        std::env::var("OVERLORD_TOKEN").ok().filter(|t| !t.is_empty()),
+        std::env::var("OVERLORD_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
         cli.token_file.as_deref(),
         cli.ca.as_deref(),
     )?);
@@ -469,7 +490,22 @@ async fn async_main() -> Result<()> {
             format,
             params,
             detach,
+            mut rules,
+            rules_file,
+            disable_rules,
         } => {
+            if let Some(path) = rules_file {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("rules file {}", path.display()))?;
+                rules.extend(
+                    text.lines()
+                        .map(|l| l.split('#').next().unwrap_or("").trim())
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_string),
+                );
+            }
+            // checked here for a quick, local error; the coordinator checks again at submission
+            overlord_core::followup::RuleSet::from_text(&rules, &disable_rules)?;
             let spec = v1::JobSpec {
                 name: format!("scan {}", targets.join(" ")),
                 targets,
@@ -478,6 +514,8 @@ async fn async_main() -> Result<()> {
                 rate_limit: rate,
                 inputs: vec![],
                 params_json: params.unwrap_or_default(),
+                rules,
+                disable_rules,
             };
             let (url, emb) = match coordinator {
                 Some(_) if leaks.is_some() => bail!(
@@ -667,6 +705,24 @@ async fn async_main() -> Result<()> {
                 bail!("{failed} of {} files could not be analysed", objs.len());
             }
         }
+        Cmd::Schema { markdown, rules } => {
+            let text = if rules {
+                overlord_core::followup::builtin()
+                    .iter()
+                    .map(|r| format!("{r}\n"))
+                    .collect()
+            } else if markdown {
+                overlord_core::finding::markdown()
+            } else {
+                serde_json::to_string_pretty(&overlord_core::finding::json_schema())? + "\n"
+            };
+            // a closed pipe (`| head`) is not an error
+            use std::io::Write;
+            match std::io::stdout().write_all(text.as_bytes()) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                r => r?,
+            }
+        }
         Cmd::Beacons(args) => overlord_cli::beacons::run(args).await?,
         Cmd::Ca {
             cmd: CaCmd::Init { dir, san },
@@ -736,7 +792,7 @@ async fn scan(url: &str, spec: v1::JobSpec, format: Format, detach: bool) -> Res
     eprintln!("job {id} submitted: {} root tasks", st.tasks_total);
     let mut open = 0;
     let st = client::watch(&mut c, id, 0, true, |f| {
-        if f.kind == "open_port" {
+        if f.kind == overlord_core::finding::FindingKind::OpenPort.as_str() {
             open += 1;
         }
         out!("{}", client::finding_line(f, format));

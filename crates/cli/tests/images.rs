@@ -4,16 +4,19 @@
 
 use overlord_cli::embedded::Embedded;
 use overlord_cli::images::{self, Search};
+use overlord_core::finding::Payload;
 use overlord_probes::service::testsupport as ts;
 use overlord_proto::v1;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// The fixture screens, canonical: minions refuse input paths with `..` (inputs are confined).
 fn screens() -> PathBuf {
-    overlord_enrich::metrics::fixtures_dir()
+    let d = overlord_enrich::metrics::fixtures_dir()
         .unwrap_or_else(|e| panic!("{e}"))
-        .join("screens")
+        .join("screens");
+    std::fs::canonicalize(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display()))
 }
 
 fn sha_hex(b: &[u8]) -> String {
@@ -71,9 +74,14 @@ async fn enrich_job_images_are_served_over_grpc_and_survive_restart() {
     let login_id = sha_hex(&login_png);
     let mail_id = sha_hex(&mail_png);
 
-    let emb = Embedded::start(dir.path().join("coord"), 1, 4)
-        .await
-        .unwrap();
+    let emb = Embedded::start_with_inputs(
+        overlord_coordinator::Settings::local(dir.path().join("coord")),
+        1,
+        4,
+        Some(screens()),
+    )
+    .await
+    .unwrap();
     let mut jc = overlord_cli::client::connect(&emb.url).await.unwrap();
     let st = overlord_cli::client::submit(
         &mut jc,
@@ -258,7 +266,7 @@ async fn enrich_job_images_are_served_over_grpc_and_survive_restart() {
 }
 
 /// Issue #5 items 6-7: e-mail addresses on a screen that the coordinator's leak database knows
-/// become `leak` findings, produced by the coordinator's lookup minion (spawned by the
+/// become `leak` findings, produced by the coordinator itself (`overlord_coordinator::lookup`; spawned by the
 /// `enrichment` → `leak` rule, parent = the enrich task), streamed to `watch` and stored in the
 /// results; addresses the database does not know give none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,7 +289,9 @@ async fn known_addresses_on_a_screen_become_leak_findings_streamed_to_watch() {
     .unwrap();
     let mut s = overlord_coordinator::Settings::local(dir.path().join("coord"));
     s.images.leaks = Some(leaks);
-    let emb = Embedded::start_with(s, 1, 4).await.unwrap();
+    let emb = Embedded::start_with_inputs(s, 1, 4, Some(screens()))
+        .await
+        .unwrap();
     let mut jc = overlord_cli::client::connect(&emb.url).await.unwrap();
     let st = overlord_cli::client::submit(
         &mut jc,
@@ -347,7 +357,10 @@ async fn known_addresses_on_a_screen_become_leak_findings_streamed_to_watch() {
                 f.parent_task_id, enrich_task,
                 "{what}: spawned by the enrich task"
             );
-            assert_eq!(f.minion_id, "coordinator-lookup", "{what}");
+            assert_eq!(
+                f.minion_id, "coordinator",
+                "{what}: the coordinator ran the lookup itself"
+            );
             assert_eq!(f.provider, "coordinator", "{what}");
             let d: serde_json::Value = serde_json::from_str(&f.data_json).unwrap();
             assert_eq!(d["image"], mail_id.as_str(), "{what}");
@@ -365,26 +378,35 @@ async fn known_addresses_on_a_screen_become_leak_findings_streamed_to_watch() {
             "{line}"
         );
     }
-    // the image store agrees (stored analysis + tag)
+    // the image store serves the tags the enrichment computed, as they are (computed once; the
+    // leak lookup is the `leak` findings above, not a re-tagging of the image)
+    let enrichment = results
+        .iter()
+        .find(|f| f.kind == "enrichment" && f.blob_sha256 == mail_id)
+        .unwrap();
+    let Payload::Enrichment(e) = Payload::parse(
+        &enrichment.kind,
+        &serde_json::from_str(&enrichment.data_json).unwrap(),
+    )
+    .payload
+    else {
+        panic!("typed enrichment")
+    };
     let mut c = images::connect(&emb.url).await.unwrap();
     let t0 = Instant::now();
     loop {
-        let tagged = images::search(&mut c, Search::Tag("leaked_email".into()), 10)
-            .await
-            .unwrap();
-        if !tagged.images.is_empty() {
-            let ids: Vec<_> = tagged
-                .images
-                .iter()
-                .map(|h| h.meta.clone().unwrap().id)
-                .collect();
-            assert_eq!(ids, vec![mail_id.clone()]);
+        let got = images::get(&mut c, &mail_id, false).await;
+        if let Ok(img) = got
+            && img.meta.as_ref().is_some_and(|m| m.enriched)
+        {
+            assert_eq!(
+                img.meta.unwrap().tags,
+                e.tags,
+                "served as the enrichment computed them"
+            );
             break;
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "never tagged leaked_email"
-        );
+        assert!(t0.elapsed() < Duration::from_secs(30), "never indexed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(c);
@@ -401,9 +423,14 @@ async fn screenshots_not_enriched_are_listed_as_such_and_never_searched() {
     let xvfb = ts::xvfb(true).expect("Xvfb (package xvfb)");
     let x11_port = 6000 + xvfb.display.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let emb = Embedded::start(dir.path().join("coord"), 1, 4)
-        .await
-        .unwrap();
+    let emb = Embedded::start_with_inputs(
+        overlord_coordinator::Settings::local(dir.path().join("coord")),
+        1,
+        4,
+        Some(screens()),
+    )
+    .await
+    .unwrap();
     let mut jc = overlord_cli::client::connect(&emb.url).await.unwrap();
     let shot = overlord_cli::client::submit(
         &mut jc,

@@ -2,7 +2,7 @@
 //! text, exported by x11vnc on loopback; one job with `portscan,service,screenshot,enrich,leak` on
 //! the embedded cluster with a leak file. The open port must be identified as VNC, screenshotted,
 //! enriched (OCR finds the text and the e-mail), the e-mail found in the leak database (a `leak`
-//! finding from the coordinator's lookup minion) and the image served by `ImageService` — every
+//! finding from the coordinator's own lookup) and the image served by `ImageService` — every
 //! step through real gRPC.
 //! Regression: the enrich lease must carry the PNG even when the screenshot result that spawned
 //! it is still in the coordinator's unapplied write batch.

@@ -17,51 +17,25 @@
 use crate::commit::{FlushMsg, FlusherActor};
 use crate::engine::{Counters, EngineConfig};
 use crate::hub::{Durable, FanMsg, FanOutActor, HubEvent};
-use crate::ingest::{IngestMsg, IngestorActor};
-use crate::job::JobMsg;
-use crate::manager::{JobManagerActor, MgrMsg};
-use crate::registry::{RegMsg, RegistryActor};
-use overlord_core::JobId;
-use overlord_core::sched::{RestartDecision, restart_decision};
+use crate::ingest::IngestorActor;
+use crate::job::JobCtx;
+use crate::manager::{JobManagerActor, ManagerCtx};
+use crate::msg::{IngestMsg, JobMsg, MgrMsg, RegMsg};
+use crate::registry::{RegistryActor, RegistryCtx};
+use crate::slot::{JobDir, Slot, Tasks, TokenSource};
+use overlord_core::sched::{RestartDecision, note_failure};
 use overlord_storage::Store;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
-use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tracing::{error, warn};
 
-/// Where an actor currently lives (it changes when its supervisor restarts it).
-pub struct Slot<M>(Arc<RwLock<Option<ActorRef<M>>>>);
-
-impl<M> Clone for Slot<M> {
-    fn clone(&self) -> Self {
-        Slot(self.0.clone())
-    }
-}
-
-impl<M> Default for Slot<M> {
-    fn default() -> Self {
-        Slot(Arc::new(RwLock::new(None)))
-    }
-}
-
-impl<M> Slot<M> {
-    pub fn get(&self) -> Option<ActorRef<M>> {
-        self.0.read().expect("slot lock").clone()
-    }
-    pub fn set(&self, r: Option<ActorRef<M>>) {
-        *self.0.write().expect("slot lock") = r;
-    }
-}
-
-/// Running job actors by job id (for routing results and offers).
-pub type JobDir = Arc<RwLock<HashMap<JobId, ActorRef<JobMsg>>>>;
-
-/// What every actor of the tree can reach.
+/// The wiring of the tree, owned by the supervisor: it hands each child the typed handles that
+/// child uses (see `RegistryCtx`, `JobCtx`, `ManagerCtx`), never this whole struct.
 #[derive(Clone)]
-pub struct Shared {
+pub struct Tree {
     pub store: Arc<dyn Store>,
     pub cfg: EngineConfig,
     /// Process-wide stream of durable events (fed by the fan-out; the image indexer follows it).
@@ -72,40 +46,98 @@ pub struct Shared {
     pub ingest: Slot<IngestMsg>,
     pub registry: Slot<RegMsg>,
     pub manager: Slot<MgrMsg>,
-    pub jobs: JobDir,
-    /// This coordinator process's start epoch (fencing tokens carry it in their high bits).
-    pub epoch: u64,
-    pub token_ctr: Arc<AtomicU64>,
+    pub jobs: JobDir<JobMsg>,
+    pub tokens: TokenSource,
     pub restarts: Arc<AtomicU64>,
     pub counters: Arc<Counters>,
+    /// The leak lookup the coordinator runs itself (`lookup`); None: `leak` tasks fail.
+    pub lookup: Option<crate::lookup::LeakLookup>,
+    pub tasks: Tasks,
 }
 
-impl Shared {
-    pub fn job(&self, id: JobId) -> Option<ActorRef<JobMsg>> {
-        self.jobs.read().expect("job dir").get(&id).cloned()
+impl Tree {
+    pub fn new(
+        store: Arc<dyn Store>,
+        cfg: EngineConfig,
+        hub: broadcast::Sender<HubEvent>,
+        epoch: u64,
+    ) -> Self {
+        Tree {
+            store,
+            cfg,
+            hub,
+            durable: Durable::default(),
+            flusher: Slot::default(),
+            fanout: Slot::default(),
+            ingest: Slot::default(),
+            registry: Slot::default(),
+            manager: Slot::default(),
+            jobs: JobDir::default(),
+            tokens: TokenSource::new(epoch),
+            restarts: Arc::new(AtomicU64::new(0)),
+            counters: Arc::default(),
+            lookup: None,
+            tasks: Tasks::default(),
+        }
     }
-    pub fn next_token(&self) -> overlord_core::Token {
-        let n = self
-            .token_ctr
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
-        overlord_core::sched::token(self.epoch, n)
+
+    fn registry_ctx(&self) -> RegistryCtx {
+        RegistryCtx {
+            store: self.store.clone(),
+            cfg: self.cfg.clone(),
+            counters: self.counters.clone(),
+            flusher: self.flusher.clone(),
+            jobs: self.jobs.clone(),
+            manager: self.manager.clone(),
+        }
     }
-    pub fn restarted(&self) {
-        self.restarts
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+
+    fn manager_ctx(&self) -> ManagerCtx {
+        ManagerCtx {
+            job: JobCtx {
+                store: self.store.clone(),
+                cfg: self.cfg.clone(),
+                counters: self.counters.clone(),
+                flusher: self.flusher.clone(),
+                fanout: self.fanout.clone(),
+                registry: self.registry.clone(),
+                manager: self.manager.clone(),
+                durable: self.durable.clone(),
+                jobs: self.jobs.clone(),
+                tokens: self.tokens.clone(),
+                lookup: self.lookup.clone(),
+            },
+            restarts: self.restarts.clone(),
+            tasks: self.tasks.clone(),
+        }
+    }
+
+    /// What the gRPC layer uses.
+    pub fn handles(&self) -> Handles {
+        Handles {
+            store: self.store.clone(),
+            durable: self.durable.clone(),
+            fanout: self.fanout.clone(),
+            ingest: self.ingest.clone(),
+            registry: self.registry.clone(),
+            manager: self.manager.clone(),
+            tasks: self.tasks.clone(),
+        }
     }
 }
 
-/// The restart policy of every supervisor here: records a child failure (times of failures within
-/// the last minute are kept) and decides, after `core::sched::restart_decision`, whether to restart
-/// it with backoff or give up once more than `max` failures fall in that minute.
-pub fn note_failure(failures: &mut Vec<u64>, max: usize) -> RestartDecision {
-    const WINDOW_MS: u64 = 60_000;
-    let now = overlord_core::now_ms();
-    failures.push(now);
-    failures.retain(|t| now - *t <= WINDOW_MS);
-    restart_decision(failures, now, max, WINDOW_MS)
+/// The tree's entry points for the gRPC adapters (`api.rs`): they ask the manager, the registry
+/// and the ingestor, follow the fan-out, and read storage.
+#[derive(Clone)]
+pub struct Handles {
+    pub store: Arc<dyn Store>,
+    pub durable: Durable,
+    pub fanout: Slot<FanMsg>,
+    pub ingest: Slot<IngestMsg>,
+    pub registry: Slot<RegMsg>,
+    pub manager: Slot<MgrMsg>,
+    /// Owner of the tasks the gRPC layer spawns (sessions, watch streams).
+    pub tasks: Tasks,
 }
 
 // ---------------- Supervisor ----------------
@@ -126,7 +158,7 @@ pub enum SupMsg {
 }
 
 pub struct SupState {
-    shared: Shared,
+    tree: Tree,
     children: Vec<(Child, ActorCell)>,
     failures: Vec<u64>,
 }
@@ -138,7 +170,7 @@ impl CoordinatorSupervisor {
         which: Child,
         fresh: bool,
     ) -> Result<(), ActorProcessingErr> {
-        let sh = st.shared.clone();
+        let sh = &st.tree;
         let sup = myself.get_cell();
         let cell = match which {
             Child::Flusher => {
@@ -158,12 +190,14 @@ impl CoordinatorSupervisor {
                 a.get_cell()
             }
             Child::Ingestor => {
-                let (a, _) = Actor::spawn_linked(None, IngestorActor, sh.clone(), sup).await?;
+                let (a, _) =
+                    Actor::spawn_linked(None, IngestorActor, sh.registry.clone(), sup).await?;
                 sh.ingest.set(Some(a.clone()));
                 a.get_cell()
             }
             Child::Registry => {
-                let (a, _) = Actor::spawn_linked(None, RegistryActor, sh.clone(), sup).await?;
+                let (a, _) =
+                    Actor::spawn_linked(None, RegistryActor, sh.registry_ctx(), sup).await?;
                 sh.registry.set(Some(a.clone()));
                 if !fresh && let Some(m) = sh.manager.get() {
                     // Job actors report their live leases to the new registry.
@@ -173,7 +207,8 @@ impl CoordinatorSupervisor {
             }
             Child::Manager => {
                 let (a, _) =
-                    Actor::spawn_linked(None, JobManagerActor, (sh.clone(), fresh), sup).await?;
+                    Actor::spawn_linked(None, JobManagerActor, (sh.manager_ctx(), fresh), sup)
+                        .await?;
                 sh.manager.set(Some(a.clone()));
                 a.get_cell()
             }
@@ -183,7 +218,7 @@ impl CoordinatorSupervisor {
         Ok(())
     }
 
-    fn slot_clear(sh: &Shared, which: Child) {
+    fn slot_clear(sh: &Tree, which: Child) {
         match which {
             Child::Flusher => sh.flusher.set(None),
             Child::FanOut => sh.fanout.set(None),
@@ -197,15 +232,15 @@ impl CoordinatorSupervisor {
 impl Actor for CoordinatorSupervisor {
     type Msg = SupMsg;
     type State = SupState;
-    type Arguments = Shared;
+    type Arguments = Tree;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        shared: Shared,
+        tree: Tree,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut st = SupState {
-            shared,
+            tree,
             children: Vec::new(),
             failures: Vec::new(),
         };
@@ -229,7 +264,7 @@ impl Actor for CoordinatorSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         let SupMsg::Restart(which) = msg;
         Self::spawn(&myself, st, which, false).await?;
-        st.shared.restarted();
+        st.tree.restarts.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -254,8 +289,8 @@ impl Actor for CoordinatorSupervisor {
             return Ok(());
         };
         let (which, _) = st.children.remove(pos);
-        Self::slot_clear(&st.shared, which);
-        match note_failure(&mut st.failures, 10) {
+        Self::slot_clear(&st.tree, which);
+        match note_failure(&mut st.failures, 10, overlord_core::now_ms()) {
             RestartDecision::RestartAfterMs(ms) => {
                 warn!(child = ?which, reason, backoff_ms = ms, "child failed; restarting");
                 myself.send_after(Duration::from_millis(ms), move || SupMsg::Restart(which));
@@ -277,18 +312,10 @@ impl Actor for CoordinatorSupervisor {
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         for (which, cell) in st.children.drain(..).rev() {
-            Self::slot_clear(&st.shared, which);
+            Self::slot_clear(&st.tree, which);
             cell.stop(None);
         }
-        let jobs: Vec<_> = st
-            .shared
-            .jobs
-            .write()
-            .expect("job dir")
-            .drain()
-            .map(|(_, a)| a)
-            .collect();
-        for j in jobs {
+        for j in st.tree.jobs.drain() {
             j.stop(None);
         }
         Ok(())

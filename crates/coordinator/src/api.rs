@@ -1,12 +1,11 @@
 //! Thin gRPC adapters: validate and convert at the edge, then ask the actors (job manager for
 //! jobs, fan-out for watches, registry and ingestor for minion sessions).
 
-use crate::actors::Shared;
+use crate::actors::Handles;
 use crate::engine::SessionTx;
 use crate::hub::{Durable, FanMsg, HubEvent, WATCH_QUEUE};
-use crate::ingest::IngestMsg;
-use crate::manager::{MAX_REQUEST_ID, MgrMsg};
-use crate::registry::RegMsg;
+use crate::manager::MAX_REQUEST_ID;
+use crate::msg::{IngestMsg, MgrMsg, RegMsg};
 use overlord_core::job::{JobSpec, prepare};
 use overlord_core::scope::Scope;
 use overlord_proto::convert;
@@ -53,7 +52,7 @@ const STREAM_QUEUE: usize = 16;
 const REPLAY_PAGE: usize = 32;
 
 async fn ask<T: Send + 'static>(
-    sh: &Shared,
+    sh: &Handles,
     f: impl FnOnce(ractor::RpcReplyPort<T>) -> MgrMsg,
 ) -> Result<T, ApiError> {
     let e = sh
@@ -71,7 +70,7 @@ async fn ask<T: Send + 'static>(
 
 #[derive(Clone)]
 pub struct JobApi {
-    pub shared: Shared,
+    pub shared: Handles,
     pub store: Arc<dyn Store>,
     pub durable: Durable,
     pub scope: Arc<Scope>,
@@ -79,6 +78,8 @@ pub struct JobApi {
     pub watchers_by_client: SlotsByClient,
     pub submits: Arc<Semaphore>,
     pub submits_by_client: SlotsByClient,
+    /// The firehose's progress (GetJob/ListJobs fill `JobStatus.firehose`); None when it is off.
+    pub firehose: Option<crate::firehose::FirehoseStatus>,
     /// Per-owner caps (only with API tokens: without, every caller is the same anonymous owner).
     pub watchers_by_owner: SlotsByClient<String>,
     pub submits_by_owner: SlotsByClient<String>,
@@ -140,7 +141,7 @@ impl<K: std::hash::Hash + Eq + Clone> Drop for ClientSlot<K> {
 }
 
 impl JobApi {
-    pub fn new(shared: Shared, scope: Scope) -> Self {
+    pub fn new(shared: Handles, scope: Scope) -> Self {
         JobApi {
             store: shared.store.clone(),
             durable: shared.durable.clone(),
@@ -150,6 +151,7 @@ impl JobApi {
             watchers_by_client: SlotsByClient::default(),
             submits: Arc::new(Semaphore::new(MAX_SUBMITS_IN_FLIGHT)),
             submits_by_client: SlotsByClient::default(),
+            firehose: None,
             watchers_by_owner: SlotsByClient::default(),
             submits_by_owner: SlotsByClient::default(),
             limits: Default::default(),
@@ -270,7 +272,7 @@ pub async fn validate(spec: Option<v1::JobSpec>, scope: Arc<Scope>) -> Result<Jo
 
 /// Fills `waiting_for_modules` of running jobs: modules they have pending tasks for that no live
 /// minion declares (asked of the registry, which knows both; left empty if it does not answer).
-async fn note_waiting(sh: &Shared, job: Option<u64>, statuses: &mut [v1::JobStatus]) {
+async fn note_waiting(sh: &Handles, job: Option<u64>, statuses: &mut [v1::JobStatus]) {
     if !statuses
         .iter()
         .any(|s| s.state == v1::JobState::Running as i32)
@@ -326,7 +328,10 @@ impl v1::job_service_server::JobService for JobApi {
         let mut spec = validate(req.spec, self.scope.clone()).await?;
         spec.owner = who.owner.clone();
         let asked = spec.clone();
-        let status = ask(&self.shared, |r| MgrMsg::Submit(Box::new(spec), rid.clone(), r)).await??;
+        let status = ask(&self.shared, |r| {
+            MgrMsg::Submit(Box::new(spec), rid.clone(), r)
+        })
+        .await??;
         // A retry with the same request id gets the first try's job only if it asks for the
         // same job (and comes from the same owner).
         if let Some(rid) = rid {
@@ -335,7 +340,9 @@ impl v1::job_service_server::JobService for JobApi {
                 .spec(status.job_id)
                 .map_err(|e| ApiError::Storage(e.to_string()))?;
             if stored.is_some_and(|s| !overlord_core::security::same_submission(&s, &asked)) {
-                return Err(ApiError::RequestIdReused(overlord_core::security::clip(&rid, 64)).into());
+                return Err(
+                    ApiError::RequestIdReused(overlord_core::security::clip(&rid, 64)).into(),
+                );
             }
         }
         Ok(Response::new(v1::SubmitJobResponse {
@@ -353,6 +360,7 @@ impl v1::job_service_server::JobService for JobApi {
         self.check_access(&who, id)?;
         let mut status = ask(&self.shared, |r| MgrMsg::Get(id, r)).await??;
         note_waiting(&self.shared, Some(id), std::slice::from_mut(&mut status)).await;
+        crate::firehose::note(&self.firehose, std::slice::from_mut(&mut status));
         Ok(Response::new(v1::GetJobResponse {
             status: Some(status),
         }))
@@ -366,6 +374,7 @@ impl v1::job_service_server::JobService for JobApi {
         let mut jobs = ask(&self.shared, MgrMsg::List).await?;
         jobs.retain(|st| self.check_access(&who, st.job_id).is_ok());
         note_waiting(&self.shared, None, &mut jobs).await;
+        crate::firehose::note(&self.firehose, &mut jobs);
         Ok(Response::new(v1::ListJobsResponse { jobs }))
     }
 
@@ -414,9 +423,14 @@ impl v1::job_service_server::JobService for JobApi {
         ask(&self.shared, |r| MgrMsg::Get(job_id, r)).await??;
         let (tx, rx) = mpsc::channel::<Result<v1::JobEvent, Status>>(STREAM_QUEUE);
         let sh = self.shared.clone();
-        tokio::spawn(async move {
+        let closing = sh.tasks.closing();
+        self.shared.tasks.spawn(async move {
             let _slots = (slots, owner_slot);
-            watch_loop(sh, job_id, after_cursor, tx).await;
+            // A graceful stop ends the stream; the client resumes from its last cursor.
+            tokio::select! {
+                _ = watch_loop(sh, job_id, after_cursor, tx) => {}
+                _ = closing => {}
+            }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -512,7 +526,7 @@ async fn replay(
 /// behind, or the fan-out restarted) it starts over from its cursor: nothing missed, nothing twice,
 /// and memory per watcher stays bounded.
 async fn watch_loop(
-    sh: Shared,
+    sh: Handles,
     job_id: u64,
     mut cursor: u64,
     tx: mpsc::Sender<Result<v1::JobEvent, Status>>,
@@ -682,7 +696,7 @@ where
 
 #[derive(Clone)]
 pub struct MinionApi {
-    pub shared: Shared,
+    pub shared: Handles,
     pub sessions: Arc<AtomicU64>,
     /// Identity (certificate), reserved ids, one live session per id, revocation.
     pub gate: Arc<Gate>,
@@ -747,6 +761,9 @@ impl v1::minion_service_server::MinionService for MinionApi {
         &self,
         req: Request<tonic::Streaming<v1::MinionMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        if self.shared.tasks.is_closing() {
+            return Err(Status::unavailable("coordinator shutting down"));
+        }
         let gate = self.gate.clone();
         // The certificate is checked before anything is read from the stream.
         if gate.mtls && req.peer_certs().is_none() {
@@ -780,6 +797,7 @@ impl v1::minion_service_server::MinionService for MinionApi {
         let serial = gate.identify(certs, &metadata, &mut reg)?;
         check_register(&reg)?;
         let id = reg.minion_id.clone();
+        let id_out = id.clone();
         let sid = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::unbounded_channel();
         let txc: SessionTx = tx.clone();
@@ -800,12 +818,17 @@ impl v1::minion_service_server::MinionService for MinionApi {
                 return Err(unavailable());
             }
         };
-        tokio::spawn(async move {
+        let closing = self.shared.tasks.closing();
+        self.shared.tasks.spawn(async move {
+            tokio::pin!(closing);
             loop {
+                // A graceful stop takes no more messages; acks of those taken still go out (the
+                // response stream lives until the registry drops the session).
                 let next = tokio::select! {
                     m = inbound.message() => m,
                     // Displaced or revoked: the status was already sent on the response stream.
                     _ = admitted.kill.notified() => break,
+                    _ = &mut closing => break,
                 };
                 admitted
                     .last_seen
@@ -856,7 +879,18 @@ impl v1::minion_service_server::MinionService for MinionApi {
             gate.leave(&id, sid);
             let _ = registry.cast(RegMsg::Disconnected(id, sid));
         });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        // A session closed for a rejected result (a violation: the job kicks the minion) counts
+        // against this minion; repeated, it is quarantined.
+        let (gate, who) = (self.gate.clone(), id_out);
+        let out = tokio_stream::StreamExt::map(UnboundedReceiverStream::new(rx), move |m| {
+            if let Err(st) = &m
+                && st.message().contains(overlord_core::trust::REJECTED_PREFIX)
+            {
+                gate.strike(&who, 1);
+            }
+            m
+        });
+        Ok(Response::new(Box::pin(out)))
     }
 }
 

@@ -8,8 +8,8 @@
 //! wakes each requester, which releases the outputs filed up to the sequence it asked for.
 //! Nothing is acknowledged before the flush that covers its writes has returned.
 
-use crate::actors::Slot;
 use crate::engine::Counters;
+use crate::slot::Slot;
 use overlord_storage::{Batch, Store, StoreError};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::VecDeque;
@@ -57,7 +57,15 @@ impl Committer {
 
     /// Runs `f` once every write made so far (including the current batch) is durable.
     pub fn defer(&mut self, f: impl FnOnce() + Send + 'static) {
-        self.pending_out.push(Box::new(f));
+        // Counted until released, so a graceful stop can wait for every acknowledgement.
+        Counters::add(&self.counters.unreleased, 1);
+        let counters = self.counters.clone();
+        self.pending_out.push(Box::new(move || {
+            counters
+                .unreleased
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            f()
+        }));
     }
 
     /// Ends a message: applies the batch and files its deferred outputs. Call before
@@ -135,6 +143,16 @@ impl Committer {
 
     pub fn has_unreleased(&self) -> bool {
         !self.outbox.is_empty() || !self.pending_out.is_empty()
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        // Outputs that will never be released (the actor died) are no longer waited for.
+        let n = (self.outbox.len() + self.pending_out.len()) as u64;
+        self.counters
+            .unreleased
+            .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -36,6 +36,9 @@ pub struct CoordinatorConfig {
     /// Image serving (`[images]`, see crate::images).
     #[serde(default)]
     pub images: crate::images::ImagesConfig,
+    /// NATS JetStream firehose (`[firehose]`, see crate::firehose); absent = off.
+    #[serde(default)]
+    pub firehose: Option<crate::firehose::FirehoseConfig>,
     /// A separate listen address for minions (MinionService, EnrollService); default: minions
     /// use `listen` too.
     #[serde(default)]
@@ -167,6 +170,7 @@ pub struct Settings {
     pub scope: Scope,
     pub telemetry: TelemetryConfig,
     pub images: crate::images::ImagesConfig,
+    pub firehose: Option<crate::firehose::FirehoseConfig>,
     pub minion_listen: Option<String>,
     pub tls: Option<crate::security::TlsSettings>,
     pub tokens: Option<crate::security::tokens::Tokens>,
@@ -183,6 +187,7 @@ impl Settings {
             scope: Scope::loopback(),
             telemetry: Default::default(),
             images: Default::default(),
+            firehose: None,
             minion_listen: None,
             tls: None,
             tokens: None,
@@ -253,6 +258,9 @@ impl CoordinatorConfig {
             }
             None => Vec::new(),
         };
+        if let Some(f) = &self.firehose {
+            f.validate().map_err(ConfigError::Invalid)?;
+        }
         let scope = Scope::new(&self.allow, block)
             .map_err(|e| ConfigError::Invalid(format!("allow: {e}")))?;
         Ok(Settings {
@@ -270,6 +278,7 @@ impl CoordinatorConfig {
             images: crate::images::ImagesConfig {
                 leaks: self.images.leaks.as_ref().map(|p| base.join(p)),
             },
+            firehose: self.firehose.clone(),
             minion_listen: self.minion_listen.clone(),
             tls: self.tls.as_ref().map(|t| crate::security::TlsSettings {
                 ca_dir: base.join(&t.ca_dir),
@@ -289,7 +298,10 @@ impl CoordinatorConfig {
                         l.handshake_timeout_ms, l.idle_timeout_ms
                     )));
                 }
-                if l.watches_per_owner == 0 || l.submits_per_owner == 0 || l.results_page_bytes < 1024 {
+                if l.watches_per_owner == 0
+                    || l.submits_per_owner == 0
+                    || l.results_page_bytes < 1024
+                {
                     return Err(ConfigError::Invalid(
                         "[limits] watches_per_owner and submits_per_owner must be > 0, results_page_bytes >= 1024".into(),
                     ));

@@ -52,6 +52,8 @@ pub struct Counters {
     pub batches: AtomicU64,
     pub flushes: AtomicU64,
     pub offers: AtomicU64,
+    /// Outputs (acks, replies, events) deferred until a flush and not yet released.
+    pub unreleased: AtomicU64,
 }
 
 impl Counters {
@@ -110,8 +112,11 @@ pub fn status_of(rec: &JobRecord, spec: &JobSpec, live: Option<(u64, u64)>) -> v
         created_at_ms: rec.created_ms,
         finished_at_ms: rec.finished_ms,
         stale_results_rejected: rec.stale_rejected,
+        findings_unknown_kind: rec.findings_unknown_kind,
+        findings_unknown_fields: rec.findings_unknown_fields,
         waiting_for_modules: Vec::new(),
         quality: (!rec.quality.is_empty()).then(|| quality_of(&rec.quality)),
+        firehose: None,
     }
 }
 
@@ -170,6 +175,8 @@ pub fn wire_spec(s: &JobSpec) -> v1::JobSpec {
         rate_limit: s.rate_limit,
         inputs: s.inputs.iter().take(MAX_LISTED_INPUTS).cloned().collect(),
         params_json: s.params.to_string(),
+        rules: s.rules.add.iter().map(|r| r.to_string()).collect(),
+        disable_rules: s.rules.disable.clone(),
     }
 }
 
@@ -179,7 +186,12 @@ pub struct ParsedFinding {
     pub kind: String,
     pub target: Option<IpAddr>,
     pub port: Option<u16>,
+    /// Stored and served as sent (a newer minion's kinds and fields are kept).
     pub data: serde_json::Value,
+    /// `data` typed by the schema (the follow-up rules read this).
+    pub parsed: overlord_core::finding::Parsed,
+    /// Size of the data as reported (JSON bytes), for `overlord_core::trust::check_result`.
+    pub data_bytes: usize,
     /// (sha256 hex, bytes)
     pub blob: Option<(String, Vec<u8>)>,
 }
@@ -252,11 +264,17 @@ pub fn parse_findings(items: &[v1::FindingOut]) -> Result<Vec<ParsedFinding>, St
                     f.blob.len()
                 ));
             }
+            let parsed = overlord_core::finding::Payload::parse(&f.kind, &data);
+            if parsed.is_partial() {
+                tracing::debug!(kind = %f.kind, schema_version = f.schema_version, unknown_fields = ?parsed.unknown_fields, "finding not fully known to this schema; stored as sent");
+            }
             Ok(ParsedFinding {
+                parsed,
                 kind: f.kind.clone(),
                 target,
                 port: (f.port != 0).then_some(f.port as u16),
                 data,
+                data_bytes: f.data_json.len(),
                 blob: (!f.blob.is_empty()).then(|| {
                     use sha2::Digest;
                     (hex(&sha2::Sha256::digest(&f.blob)), f.blob.clone())

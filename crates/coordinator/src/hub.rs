@@ -39,6 +39,11 @@ impl Durable {
     pub fn get(&self, job: JobId) -> Option<u64> {
         self.0.lock().expect("durable lock").get(&job).copied()
     }
+    /// Every job's durable cursor.
+    pub fn snapshot(&self) -> Vec<(JobId, u64)> {
+        let m = self.0.lock().expect("durable lock");
+        m.iter().map(|(j, c)| (*j, *c)).collect()
+    }
 }
 
 // ---------------- Stream fan-out actor ----------------

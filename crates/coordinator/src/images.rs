@@ -15,6 +15,7 @@
 //! | `img.*`, `sim.*`, `txt.*`, `leak` | see `overlord_enrich::store` | |
 
 use crate::hub::HubEvent;
+use overlord_core::finding::{FindingKind, Payload, Screenshot};
 use overlord_core::job::FindingRecord;
 use overlord_enrich::{Analysis, DecodeCaps, EnrichError, EnrichStore};
 use overlord_proto::error::ApiError;
@@ -144,12 +145,12 @@ impl Images {
         let Some(id) = f.blob_sha256.as_deref() else {
             return Ok(false);
         };
-        match f.kind.as_str() {
-            "screenshot" => {
-                let rec = meta_of(f, f.data.clone());
+        match f.parsed().payload {
+            Payload::Screenshot(shot) => {
+                let rec = meta_of(f, Some(&shot));
                 // a screenshot's provenance wins over one recorded from an enrichment
                 let old = self.meta(id)?;
-                if old.as_ref().is_none_or(|m| m.module != "screenshot") {
+                if old.as_ref().is_none_or(|m| m.capture.is_null()) {
                     self.meta
                         .insert(id, serde_json::to_vec(&rec)?)
                         .map_err(EnrichError::from)?;
@@ -157,11 +158,11 @@ impl Images {
                 }
                 Ok(false)
             }
-            "enrichment" => {
+            Payload::Enrichment(e) => {
                 let mut wrote = false;
                 if self.meta(id)?.is_none() {
-                    let mut rec = meta_of(f, serde_json::Value::Null);
-                    if let Some(input) = f.data.get("input").and_then(|v| v.as_str()) {
+                    let mut rec = meta_of(f, None);
+                    if let Some(input) = &e.input {
                         rec.protocol = format!("file:{input}");
                     }
                     self.meta.insert(id, serde_json::to_vec(&rec)?)?;
@@ -170,20 +171,9 @@ impl Images {
                 if self.enrich.get(id)?.is_some() {
                     return Ok(wrote);
                 }
-                let mut a: Analysis = serde_json::from_value(f.data.clone())?;
-                let rep = self.enrich.ingest(id, &mut a)?;
-                // A leak hit is a finding (it reaches the job stream as a `leak` finding), not an
-                // operational problem: logged at info, not warn.
-                for l in &rep.leaks {
-                    tracing::info!(
-                        image = id,
-                        job = f.job_id,
-                        address = %l.address,
-                        source = %l.source,
-                        date = %l.date,
-                        "leaked address on screen"
-                    );
-                }
+                // stored as the enrichment computed it (tags included: computed once)
+                let a: Analysis = serde_json::from_value(serde_json::to_value(&*e)?)?;
+                let rep = self.enrich.ingest(id, &a)?;
                 tracing::info!(
                     image = id,
                     job = f.job_id,
@@ -287,27 +277,26 @@ impl Images {
     }
 }
 
-fn meta_of(f: &FindingRecord, capture: serde_json::Value) -> MetaRec {
-    let d = &f.data;
-    let num = |k: &str| d.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+/// Where an image came from: its screenshot finding (`shot`), else the enrichment finding `f`.
+fn meta_of(f: &FindingRecord, shot: Option<&Screenshot>) -> MetaRec {
     MetaRec {
         target: f.target.map(|t| t.to_string()).unwrap_or_default(),
         port: f.port.unwrap_or(0),
-        protocol: d
-            .get("protocol")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string(),
-        width: num("width") as u32,
-        height: num("height") as u32,
-        png_bytes: num("png_bytes"),
+        protocol: shot
+            .map(|s| s.protocol.as_str().to_string())
+            .unwrap_or_default(),
+        width: shot.map_or(0, |s| s.width),
+        height: shot.map_or(0, |s| s.height),
+        png_bytes: shot.map_or(0, |s| s.png_bytes),
         captured_at_ms: f.finished_at_ms,
         job_id: f.job_id,
         task_id: f.task_id,
         minion_id: f.minion_id.clone(),
         provider: f.provider.clone(),
         module: f.module.clone(),
-        capture,
+        capture: shot
+            .and_then(|s| serde_json::to_value(s).ok())
+            .unwrap_or(serde_json::Value::Null),
     }
 }
 
@@ -373,7 +362,10 @@ pub fn spawn_indexer(
             }
             let images2 = images.clone();
             let r = if ev.cursor == known + 1 {
-                if matches!(ev.kind.as_str(), "screenshot" | "enrichment") {
+                if matches!(
+                    FindingKind::from_name(&ev.kind),
+                    Some(FindingKind::Screenshot | FindingKind::Enrichment)
+                ) {
                     tokio::task::spawn_blocking(move || images2.catch_up(job, known)).await
                 } else {
                     Ok(Ok(ev.cursor))

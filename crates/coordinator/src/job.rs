@@ -8,13 +8,15 @@
 //! then gives back every lease it held (`Adopt` without `keep`): those tasks run again under new
 //! tokens, and a late result under an old token is rejected, so nothing is stored twice.
 
-use crate::actors::Shared;
-use crate::commit::Committer;
-use crate::engine::{Counters, IngestedResult, ParsedFinding, SessionTx, pending_blob, status_of};
-use crate::hub::{FanMsg, HubEvent};
-use crate::manager::MgrMsg;
-use crate::registry::{Demand, RegMsg, SlotOffer};
+use crate::commit::{Committer, FlushMsg};
+use crate::engine::{
+    Counters, EngineConfig, IngestedResult, ParsedFinding, SessionTx, pending_blob, status_of,
+};
+use crate::hub::{Durable, FanMsg, HubEvent};
+use crate::msg::{Demand, JobInit, JobMsg, MgrMsg, RegMsg, SlotOffer};
+use crate::slot::{JobDir, Slot, TokenSource};
 use crate::telemetry;
+use overlord_core::finding::Payload;
 use overlord_core::followup::{FindingView, follow_ups};
 use overlord_core::job::{
     FindingRecord, JobRecord, JobSpec, JobState, RootPlan, TaskRecord, TaskSpec, TaskState,
@@ -25,7 +27,7 @@ use overlord_core::sched::{self, Retry, Verdict};
 use overlord_core::{JobId, TaskId, Token, now_ms};
 use overlord_proto::error::ApiError;
 use overlord_proto::v1::{self, coordinator_message::Msg as CMsg};
-use overlord_storage::{Op, StoreError, StoredTask};
+use overlord_storage::{Op, Store, StoreError, StoredTask};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -40,50 +42,28 @@ const DEMAND_REFRESH_MS: u64 = 500;
 /// Pending tasks an offer may skip over (no offered minion runs their module) before it stops.
 const MAX_SKIP: usize = 1024;
 
-pub enum JobInit {
-    /// Just submitted: the manager wrote the spec and the first record.
-    New {
-        rec: JobRecord,
-        spec: Arc<JobSpec>,
-        plan: RootPlan,
-    },
-    /// Rebuilt from storage. `keep_leases`: after a coordinator restart, leases of minions that
-    /// come back stay valid; after this actor's own failure they are all given back.
-    Recover { id: JobId, keep_leases: bool },
-}
-
-pub enum JobMsg {
-    Offer {
-        offer: u64,
-        slots: Vec<SlotOffer>,
-        alive: u32,
-    },
-    Results {
-        minion: String,
-        provider: String,
-        generation: u64,
-        items: Vec<IngestedResult>,
-        tx: SessionTx,
-    },
-    /// Leases the registry took back (minion dead or replaced): (tokens, reason, count attempt).
-    Requeue(Vec<Token>, String, bool),
-    /// Results rejected by the registry as stale (counted in the job's record).
-    Stale(u64),
-    Status(RpcReplyPort<Result<v1::JobStatus, ApiError>>),
-    Cancel(RpcReplyPort<Result<v1::JobStatus, ApiError>>),
-    /// The registry restarted: report live leases again.
-    Readopt,
-    Flushed(u64),
-    Tick,
-    /// Sent by the manager once it recorded the job as finished.
-    Stop,
-    InjectPanic,
+/// What a job actor uses.
+#[derive(Clone)]
+pub struct JobCtx {
+    pub store: Arc<dyn Store>,
+    pub cfg: EngineConfig,
+    pub counters: Arc<Counters>,
+    pub flusher: Slot<FlushMsg>,
+    pub fanout: Slot<FanMsg>,
+    pub registry: Slot<RegMsg>,
+    pub manager: Slot<MgrMsg>,
+    pub durable: Durable,
+    /// The actor enters itself here (and leaves on stop) so results and offers reach it.
+    pub jobs: JobDir<JobMsg>,
+    pub tokens: TokenSource,
+    /// The leak lookup the coordinator runs itself (`crate::lookup`); None: `leak` tasks fail.
+    pub lookup: Option<crate::lookup::LeakLookup>,
 }
 
 pub struct JobActor;
 
 pub struct JobSt {
-    sh: Shared,
+    sh: JobCtx,
     c: Committer,
     rec: JobRecord,
     spec: Arc<JobSpec>,
@@ -108,12 +88,14 @@ pub struct JobSt {
     capacity_hint: usize,
     last_demand: Option<Demand>,
     last_demand_ms: u64,
+    /// Follow-up admission (scope, dedup, depth, per-job cap); in memory only.
+    followups: overlord_core::trust::FollowupGuard,
 }
 
 impl Actor for JobActor {
     type Msg = JobMsg;
     type State = JobSt;
-    type Arguments = (Shared, JobInit);
+    type Arguments = (JobCtx, JobInit);
 
     async fn pre_start(
         &self,
@@ -137,11 +119,7 @@ impl Actor for JobActor {
                 (st, Some((leased, keep_leases)))
             }
         };
-        st.sh
-            .jobs
-            .write()
-            .expect("job dir")
-            .insert(st.rec.id, myself.clone());
+        st.sh.jobs.insert(st.rec.id, myself.clone());
         if let Some((leases, keep)) = adopt
             && let Some(r) = st.sh.registry.get()
         {
@@ -226,17 +204,14 @@ impl Actor for JobActor {
         myself: ActorRef<Self::Msg>,
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let mut dir = st.sh.jobs.write().expect("job dir");
-        if dir.get(&st.rec.id).map(|a| a.get_id()) == Some(myself.get_id()) {
-            dir.remove(&st.rec.id);
-        }
+        st.sh.jobs.remove_if(st.rec.id, myself.get_id());
         Ok(())
     }
 }
 
 impl JobSt {
     fn new(
-        sh: Shared,
+        sh: JobCtx,
         c: Committer,
         rec: JobRecord,
         spec: Arc<JobSpec>,
@@ -265,11 +240,12 @@ impl JobSt {
             capacity_hint: 0,
             last_demand: None,
             last_demand_ms: 0,
+            followups: Default::default(),
         }
     }
 
     /// Rebuilds a running job from storage.
-    fn recover(sh: Shared, c: Committer, id: JobId) -> Result<Self, StoreError> {
+    fn recover(sh: JobCtx, c: Committer, id: JobId) -> Result<Self, StoreError> {
         let store = sh.store.clone();
         let corrupt = |reason: String| StoreError::Corrupt {
             key: format!("j:{id}"),
@@ -616,8 +592,16 @@ impl JobSt {
                 }
                 continue;
             };
-            let token = self.sh.next_token();
-            let deadline = now + self.sh.cfg.task_timeout_ms;
+            let token = self.sh.tokens.next();
+            // A lease lasts as long as its module is expected to take (x4), not the global max:
+            // a minion that heartbeats but never answers loses it in seconds.
+            let deadline = now
+                + overlord_core::trust::lease_timeout_ms(
+                    &t.spec.module,
+                    t.spec.ports.len(),
+                    &self.spec.params,
+                    self.sh.cfg.task_timeout_ms,
+                );
             let t = self.tasks.get_mut(&task_id).expect("pending task");
             t.state = TaskState::Leased {
                 minion: slots[i].minion.clone(),
@@ -829,6 +813,35 @@ impl JobSt {
                     self.requeue(r.task_id, &format!("malformed result: {e}"), true);
                     malformed = Some(e);
                 }
+                // Untrusted input: every finding is held against the task it answers.
+                Ok(findings)
+                    if r.ok
+                        && let Some(Err(v)) = self.tasks.get(&r.task_id).map(|t| {
+                            let seen: Vec<overlord_core::trust::Reported<'_>> = findings
+                                .iter()
+                                .map(|f| overlord_core::trust::Reported {
+                                    kind: &f.kind,
+                                    target: f.target,
+                                    port: f.port,
+                                    data_bytes: f.data_bytes,
+                                })
+                                .collect();
+                            overlord_core::trust::check_result(&t.spec, &seen)
+                        }) =>
+                {
+                    telemetry::record(
+                        telemetry::Event::ResultRejected {
+                            reason: "violation",
+                        },
+                        1,
+                    );
+                    warn!(job_id = self.rec.id, task_id = r.task_id, minion, violation = %v, "result rejected");
+                    let reason = format!("{}{v}", overlord_core::trust::REJECTED_PREFIX);
+                    acks.push(ack(token, false, &reason));
+                    // Another minion gets the task; this attempt is not counted against it.
+                    self.requeue(r.task_id, &reason, false);
+                    malformed = Some(reason);
+                }
                 Ok(findings) if r.ok => {
                     if !r.probe_counts.is_empty() {
                         self.rec.quality.record(minion, provider, &r.probe_counts);
@@ -924,6 +937,29 @@ impl JobSt {
         self.rec.failed += 1;
     }
 
+    /// Runs a task the coordinator does itself (`crate::lookup`) and completes or fails it.
+    fn run_here(&mut self, id: TaskId) {
+        let Some(spec) = self.tasks.get(&id).map(|t| t.spec.clone()) else {
+            return;
+        };
+        let started = now_ms();
+        let res = match &self.sh.lookup {
+            Some(l) => l.run(&spec),
+            None => Err("this coordinator has no leak database".into()),
+        };
+        match res {
+            Ok(findings) => {
+                let me = crate::lookup::LOOKUP_MINION_ID;
+                let provider = crate::lookup::LOOKUP_PROVIDER;
+                self.complete_task(id, findings, me, provider, started, now_ms())
+            }
+            Err(e) => {
+                warn!(job = self.rec.id, task = id, error = %e, "leak lookup failed");
+                self.fail_task(id, e);
+            }
+        }
+    }
+
     fn complete_task(
         &mut self,
         task: TaskId,
@@ -948,12 +984,24 @@ impl JobSt {
         self.progress_dirty = true;
         let now = now_ms();
         let mut spawned = Vec::new();
+        // tasks the coordinator runs itself (the leak lookup): done at once, never leased
+        let mut local = Vec::new();
         for f in findings {
-            let blob_sha = f.blob.map(|(sha, b)| {
-                self.c.batch.push(Op::Blob(sha.clone(), b));
-                sha
-            });
+            // A finding without a blob of a task given one (an enrichment of a screenshot) is
+            // about that blob: the PNG is not sent back, only referred to.
+            let blob_sha = f
+                .blob
+                .map(|(sha, b)| {
+                    self.c.batch.push(Op::Blob(sha.clone(), b));
+                    sha
+                })
+                .or_else(|| t.spec.blob_sha256.clone());
             self.rec.findings += 1;
+            match &f.parsed.payload {
+                Payload::Unknown(_) => self.rec.findings_unknown_kind += 1,
+                _ if !f.parsed.unknown_fields.is_empty() => self.rec.findings_unknown_fields += 1,
+                _ => {}
+            }
             let rec = FindingRecord {
                 cursor: self.rec.findings,
                 job_id: job,
@@ -972,14 +1020,41 @@ impl JobSt {
                 stored_at_ms: now,
             };
             let view = FindingView {
-                kind: &rec.kind,
+                payload: &f.parsed.payload,
                 target: rec.target,
                 port: rec.port,
-                data: &rec.data,
                 blob_sha256: rec.blob_sha256.as_deref(),
             };
-            for fu in follow_ups(&self.spec.modules, &view) {
+            let depth = self.followups.depth_of(task) + 1;
+            for fu in follow_ups(&self.spec.rules, &self.spec.modules, &view) {
+                // Re-checked against the job's scope, deduplicated, capped in depth and number.
+                if fu.module == "leak"
+                    && !overlord_core::trust::leak_lookup_allowed(
+                        &t.spec,
+                        rec.blob_sha256.as_deref(),
+                    )
+                {
+                    continue;
+                }
+                let in_scope = fu
+                    .target
+                    .is_none_or(|ip| self.spec.ranges.iter().any(|r| r.contains_ip(ip)));
+                if self
+                    .followups
+                    .admit(
+                        &fu.module,
+                        fu.target,
+                        &fu.ports,
+                        fu.blob_sha256.as_deref(),
+                        depth,
+                        in_scope,
+                    )
+                    .is_err()
+                {
+                    continue;
+                }
                 let id = self.rec.next_task_id;
+                self.followups.set_depth(id, depth);
                 self.rec.next_task_id += 1;
                 self.rec.tasks_created += 1;
                 let spec = TaskSpec {
@@ -997,7 +1072,11 @@ impl JobSt {
                 let tr = TaskRecord::new(spec);
                 self.c.batch.push(Op::Task(tr.clone()));
                 self.tasks.insert(id, tr);
-                spawned.push(id);
+                if crate::lookup::runs_here(&fu.module) {
+                    local.push(id);
+                } else {
+                    spawned.push(id);
+                }
             }
             let rec = Arc::new(rec);
             self.c.batch.push(Op::Finding(rec.clone()));
@@ -1005,6 +1084,9 @@ impl JobSt {
         }
         for id in spawned {
             self.push_back(id);
+        }
+        for id in local {
+            self.run_here(id);
         }
         // Only the end of a finished task is read again (at recovery); its findings carry the
         // provenance (minion, provider, times).

@@ -6,29 +6,31 @@ pub mod api;
 pub mod commit;
 pub mod config;
 pub mod engine;
+pub mod firehose;
 pub mod hub;
 pub mod images;
 pub mod ingest;
 pub mod job;
+pub mod lookup;
 pub mod manager;
 pub mod model;
+pub mod msg;
 pub mod registry;
 pub mod security;
+pub mod slot;
 pub mod telemetry;
 
 pub use config::{CoordinatorConfig, Settings};
 pub use engine::EngineConfig;
 
-use actors::{CoordinatorSupervisor, Shared, SupMsg};
-use hub::Durable;
+use actors::{CoordinatorSupervisor, Handles, SupMsg, Tree};
 use overlord_proto::v1;
 use overlord_storage::{SledStore, Store};
 use ractor::{Actor, ActorRef};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use tokio::sync::{broadcast, oneshot};
-
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::broadcast;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordError {
@@ -51,6 +53,9 @@ pub enum CoordError {
     Tls(String),
 }
 
+/// The longest a graceful stop waits for each of its steps.
+pub const SHUTDOWN_STEP: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A running coordinator (actors + gRPC server on its listener).
 pub struct Running {
     /// The client API's address (JobService, ImageService).
@@ -62,7 +67,11 @@ pub struct Running {
     /// The cluster CA (TLS on): tests and the embedded cluster issue minion certificates with it.
     pub ca: Option<Arc<security::pki::Ca>>,
     pub gate: Arc<security::sessions::Gate>,
-    pub shared: Shared,
+    handles: Handles,
+    counters: Arc<engine::Counters>,
+    tasks: slot::Tasks,
+    jobs: slot::JobDir<msg::JobMsg>,
+    store: Arc<dyn Store>,
     pub restarts: Arc<AtomicU64>,
     sup: ActorRef<SupMsg>,
     sup_join: tokio::task::JoinHandle<()>,
@@ -72,52 +81,15 @@ pub struct Running {
     revocations: Option<tokio::task::JoinHandle<()>>,
     indexer: tokio::task::JoinHandle<()>,
     images: Arc<images::Images>,
-    lookup: Option<LookupMinion>,
-}
-
-/// Tasks the lookup minion runs at once (a lookup is a few sled reads).
-pub const LOOKUP_CAPACITY: u32 = 16;
-
-/// The coordinator's lookup minion: a minion inside the coordinator process, next to the leak
-/// database of its image store, that runs `leak` tasks. It is the normal minion runtime over real
-/// gRPC to the coordinator's own address (id `coordinator-lookup`, provider `coordinator`,
-/// capability and module `leak` only), so the scheduler, leases, fencing and result ingestion treat
-/// it like any other minion. Ordinary minions do not ship the `leak` module
-/// (`overlord_minion::modules::builtin` has none), so they are never leased a `leak` task.
-struct LookupMinion {
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-fn spawn_lookup_minion(
-    url: &str,
-    scope: overlord_core::scope::Scope,
-    db: overlord_enrich::LeakDb,
-    tls: Option<overlord_minion::config::ClientTls>,
-    internal_secret: String,
-) -> LookupMinion {
-    use overlord_minion::modules::leak;
-    let mut settings = leak::lookup_settings(url, LOOKUP_CAPACITY, scope);
-    settings.tls = tls;
-    settings.internal_secret = Some(internal_secret);
-    let modules = leak::lookup_modules(db);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stopped.await;
-        };
-        if let Err(e) = overlord_minion::run(settings, modules, shutdown).await {
-            tracing::error!(error = %e, "lookup minion stopped");
-        }
-    });
-    LookupMinion { stop, task }
+    firehose: Option<firehose::Firehose>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        // Dropped without `shutdown` (a test, a panic): the lookup minion must not outlive it.
-        if let Some(l) = self.lookup.take() {
-            l.task.abort();
+        // Dropped without `shutdown` (a test, a panic): the firehose and the revocation watch must
+        // not outlive it.
+        if let Some(f) = &self.firehose {
+            f.abort();
         }
         if let Some(r) = self.revocations.take() {
             r.abort();
@@ -127,7 +99,7 @@ impl Drop for Running {
 
 impl Running {
     /// The leak database of the image store (a shared handle: it reads the coordinator's sled
-    /// tree). The coordinator's lookup minion runs the `leak` module over it.
+    /// tree); the coordinator runs `leak` tasks over it itself (`lookup`).
     pub fn leak_db(&self) -> overlord_enrich::LeakDb {
         self.images.enrich().leaks().clone()
     }
@@ -143,29 +115,79 @@ impl Running {
         url_of(self.minion_addr, self.tls)
     }
 
-    /// Graceful stop: stops the lookup minion, stops serving, flushes storage via the actors'
-    /// shutdown.
+    /// Graceful stop, in order:
+    /// 1. stop accepting: the firehose stops, the server takes no new connections, sessions
+    ///    read no more messages and new sessions and watch streams are refused or ended;
+    /// 2. finish acks: barriers through the ingestor, the registry and every job actor (each has
+    ///    handled every result taken in before it), then wait until every deferred output (result
+    ///    acks, replies, events) was released by the flush covering it;
+    /// 3. flush storage once more;
+    /// 4. close: the actors stop (dropping the minion sessions), the tracked tasks end, the server
+    ///    ends. Each wait is bounded ([`SHUTDOWN_STEP`]); past it the step is forced.
     pub async fn shutdown(mut self) {
-        if let Some(l) = self.lookup.take() {
-            let _ = l.stop.send(());
-            let _ = l.task.await;
+        use tokio::time::timeout;
+        if let Some(f) = self.firehose.take() {
+            let _ = timeout(SHUTDOWN_STEP, f.shutdown()).await;
         }
+        // 1. Stop accepting.
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(true);
         }
         if let Some(r) = self.revocations.take() {
             r.abort();
         }
-        self.server.abort();
-        let _ = (&mut self.server).await;
-        if let Some(mut m) = self.minion_server.take() {
-            m.abort();
-            let _ = (&mut m).await;
+        self.tasks.close();
+        // 2. Finish acks.
+        let _ = timeout(SHUTDOWN_STEP, self.barriers()).await;
+        let drained = timeout(SHUTDOWN_STEP, async {
+            while self.counters.unreleased.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                unreleased = self.counters.unreleased.load(Ordering::Relaxed),
+                "graceful stop: outputs still waiting for a flush"
+            );
         }
+        // 3. Flush.
+        let store = self.store.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.flush()).await {
+            tracing::error!(error = %e, "graceful stop: final flush failed");
+        }
+        // 4. Close.
         self.sup.stop(None);
-        let _ = (&mut self.sup_join).await;
+        let _ = timeout(SHUTDOWN_STEP, &mut self.sup_join).await;
+        let _ = timeout(SHUTDOWN_STEP, self.tasks.wait()).await;
+        if timeout(SHUTDOWN_STEP, &mut self.server).await.is_err() {
+            self.server.abort();
+            let _ = (&mut self.server).await;
+        }
+        if let Some(mut m) = self.minion_server.take()
+            && timeout(SHUTDOWN_STEP, &mut m).await.is_err()
+        {
+            m.abort();
+            let _ = m.await;
+        }
+        // The indexer follows durable events; a restart catches up from storage.
         self.indexer.abort();
         let _ = (&mut self.indexer).await;
+    }
+
+    /// Returns once the ingestor, the registry and then every job actor handled every message
+    /// sent to them before (results in flight reach their job and are judged).
+    async fn barriers(&self) {
+        let t = Some(SHUTDOWN_STEP);
+        if let Some(i) = self.handles.ingest.get() {
+            let _ = i.call(msg::IngestMsg::Barrier, t).await;
+        }
+        if let Some(r) = self.handles.registry.get() {
+            let _ = r.call(msg::RegMsg::Barrier, t).await;
+        }
+        for j in self.jobs.all() {
+            let _ = j.call(msg::JobMsg::Status, t).await;
+        }
     }
 
     /// Waits until the server task ends (e.g. a fatal error).
@@ -177,22 +199,27 @@ impl Running {
         }
     }
 
+    /// The firehose's progress; None when it is off.
+    pub fn firehose(&self) -> Option<firehose::FirehoseStatus> {
+        self.firehose.as_ref().map(|f| f.status())
+    }
+
     pub async fn stats(&self) -> Option<engine::Stats> {
-        Some(self.shared.counters.snapshot())
+        Some(self.counters.snapshot())
     }
 
     /// Test hook: makes a running job's actor panic (the job manager restarts it), or the job
     /// manager itself when no job runs (the root supervisor restarts it).
     pub fn inject_panic(&self) {
-        if let Some(m) = self.shared.manager.get() {
-            let _ = m.cast(manager::MgrMsg::InjectPanic);
+        if let Some(m) = self.handles.manager.get() {
+            let _ = m.cast(msg::MgrMsg::InjectPanic);
         }
     }
 
     /// Test hook: makes the registry/scheduler panic (the root supervisor restarts it).
     pub fn inject_registry_panic(&self) {
-        if let Some(r) = self.shared.registry.get() {
-            let _ = r.cast(registry::RegMsg::InjectPanic);
+        if let Some(r) = self.handles.registry.get() {
+            let _ = r.cast(msg::RegMsg::InjectPanic);
         }
     }
 }
@@ -222,7 +249,9 @@ fn serve(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)));
     if let Some(t) = tls {
-        b = b.tls_config(t).map_err(|e| CoordError::Tls(e.to_string()))?;
+        b = b
+            .tls_config(t)
+            .map_err(|e| CoordError::Tls(e.to_string()))?;
     }
     let router = b.add_routes(routes.routes());
     let incoming = security::conn::incoming(listener, limits);
@@ -261,8 +290,6 @@ pub async fn start_with_store(
         settings.images.leaks.as_deref(),
     )?;
     let indexer = images::spawn_indexer(images.clone(), hub.subscribe());
-    let durable = Durable::default();
-    let restarts = Arc::new(AtomicU64::new(0));
     // A new epoch per start: fencing tokens of this run are above every earlier one.
     let storage_err = |source| CoordError::Storage {
         path: settings.data_dir.display().to_string(),
@@ -275,23 +302,18 @@ pub async fn start_with_store(
         .apply(b)
         .and_then(|_| store.flush())
         .map_err(storage_err)?;
-    let shared = Shared {
-        store: store.clone(),
-        cfg: settings.engine.clone(),
-        hub: hub.clone(),
-        durable: durable.clone(),
-        flusher: Default::default(),
-        fanout: Default::default(),
-        ingest: Default::default(),
-        registry: Default::default(),
-        manager: Default::default(),
-        jobs: Default::default(),
-        epoch,
-        token_ctr: Arc::new(AtomicU64::new(0)),
-        restarts: restarts.clone(),
-        counters: Default::default(),
-    };
-    let (sup, sup_join) = Actor::spawn(None, CoordinatorSupervisor, shared.clone())
+    let mut tree = Tree::new(store.clone(), settings.engine.clone(), hub.clone(), epoch);
+    tree.lookup = Some(lookup::LeakLookup::new(images.enrich().leaks().clone()));
+    let handles = tree.handles();
+    let restarts = tree.restarts.clone();
+    let counters = tree.counters.clone();
+    let (tasks, jobs) = (tree.tasks.clone(), tree.jobs.clone());
+    // Off unless configured: publishes durable findings from the store (it never waits on, nor
+    // slows, the actors).
+    let firehose = settings.firehose.clone().map(|cfg| {
+        firehose::Firehose::spawn(cfg, store.clone(), tree.durable.clone(), hub.subscribe())
+    });
+    let (sup, sup_join) = Actor::spawn(None, CoordinatorSupervisor, tree)
         .await
         .map_err(|e| CoordError::Actors(e.to_string()))?;
     let gate = security::sessions::Gate::new(
@@ -305,10 +327,11 @@ pub async fn start_with_store(
         )),
         None => None,
     };
-    let job_api = api::JobApi::new(shared.clone(), settings.scope.clone())
-        .with_limits(&settings.limits);
+    let mut job_api =
+        api::JobApi::new(handles.clone(), settings.scope.clone()).with_limits(&settings.limits);
+    job_api.firehose = firehose.as_ref().map(|f| f.status());
     let minion_api = api::MinionApi {
-        shared: shared.clone(),
+        shared: handles.clone(),
         sessions: Arc::new(AtomicU64::new(0)),
         gate: gate.clone(),
     };
@@ -396,13 +419,17 @@ pub async fn start_with_store(
     };
     tracing::info!(%addr, %minion_addr, tls = settings.tls.is_some(), tokens = settings.tokens.is_some(), "coordinator serving");
     let revocations = gate.spawn_revocation_watch();
-    let mut running = Running {
+    let running = Running {
         addr,
         minion_addr,
         tls: settings.tls.is_some(),
         ca: ca.clone(),
         gate: gate.clone(),
-        shared,
+        handles,
+        counters,
+        tasks,
+        jobs,
+        store: store.clone(),
         restarts,
         sup,
         sup_join,
@@ -412,27 +439,7 @@ pub async fn start_with_store(
         revocations,
         indexer,
         images,
-        lookup: None,
+        firehose,
     };
-    let lookup_tls = match &ca {
-        Some(ca) => {
-            let id = ca
-                .issue_internal("coordinator-lookup", "coordinator")
-                .map_err(|e| CoordError::Tls(e.to_string()))?;
-            Some(overlord_minion::config::ClientTls {
-                ca_pem: ca.ca_pem.clone(),
-                cert_pem: id.cert_pem,
-                key_pem: id.key_pem,
-            })
-        }
-        None => None,
-    };
-    running.lookup = Some(spawn_lookup_minion(
-        &running.minion_url(),
-        settings.scope.clone(),
-        running.leak_db(),
-        lookup_tls,
-        gate.internal_secret().to_string(),
-    ));
     Ok(running)
 }

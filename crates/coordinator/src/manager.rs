@@ -3,13 +3,12 @@
 //! backoff, per job) and rebuilds itself from storage; when a job finishes, its actor reports the
 //! final record here and stops.
 
-use crate::actors::Shared;
-use crate::actors::note_failure;
 use crate::commit::Committer;
 use crate::engine::status_of;
-use crate::job::{JobActor, JobInit, JobMsg};
+use crate::job::{JobActor, JobCtx};
+use crate::msg::{JobInit, JobMsg, MgrMsg};
 use overlord_core::job::{JobRecord, JobSpec, JobState, root_plan};
-use overlord_core::sched::RestartDecision;
+use overlord_core::sched::{RestartDecision, note_failure};
 use overlord_core::{JobId, now_ms};
 use overlord_proto::error::ApiError;
 use overlord_proto::v1;
@@ -17,38 +16,27 @@ use overlord_storage::{Op, StoreError};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tracing::{error, info, warn};
 
 /// Longest accepted client request id.
 pub const MAX_REQUEST_ID: usize = 128;
 
-pub enum MgrMsg {
-    /// (spec, client request id for idempotent retries, reply)
-    Submit(
-        Box<JobSpec>,
-        Option<String>,
-        RpcReplyPort<Result<v1::JobStatus, ApiError>>,
-    ),
-    Get(JobId, RpcReplyPort<Result<v1::JobStatus, ApiError>>),
-    List(RpcReplyPort<Vec<v1::JobStatus>>),
-    Cancel(JobId, RpcReplyPort<Result<v1::JobStatus, ApiError>>),
-    /// A job actor's final record is durable.
-    Finished(JobId, JobRecord, Arc<JobSpec>),
-    /// Stale results for a job that is no longer running.
-    Stale(JobId, u64),
-    /// The registry restarted: every job actor reports its leases again.
-    Readopt,
-    RestartJob(JobId),
-    Flushed(u64),
-    /// Test hook: a running job's actor panics (or the manager itself when none runs).
-    InjectPanic,
+/// What the manager uses: what its job actors use (it spawns them with it), and the restart
+/// counter it bumps when it restarts one.
+#[derive(Clone)]
+pub struct ManagerCtx {
+    pub job: JobCtx,
+    pub restarts: Arc<AtomicU64>,
+    /// Owner of the list queries it spawns.
+    pub tasks: crate::slot::Tasks,
 }
 
 pub struct JobManagerActor;
 
 pub struct MgrState {
-    sh: Shared,
+    sh: ManagerCtx,
     c: Committer,
     running: BTreeMap<JobId, ActorRef<JobMsg>>,
     by_actor: HashMap<ActorId, JobId>,
@@ -66,8 +54,13 @@ impl MgrState {
         id: JobId,
         init: JobInit,
     ) -> Result<(), ActorProcessingErr> {
-        let (a, _) =
-            Actor::spawn_linked(None, JobActor, (self.sh.clone(), init), myself.get_cell()).await?;
+        let (a, _) = Actor::spawn_linked(
+            None,
+            JobActor,
+            (self.sh.job.clone(), init),
+            myself.get_cell(),
+        )
+        .await?;
         self.by_actor.insert(a.get_id(), id);
         self.running.insert(id, a);
         Ok(())
@@ -79,6 +72,7 @@ impl MgrState {
             Some(s) => s.clone(),
             None => Arc::new(
                 self.sh
+                    .job
                     .store
                     .spec(id)
                     .map_err(|e| ApiError::Storage(e.to_string()))?
@@ -106,7 +100,7 @@ impl Actor for JobManagerActor {
     type Msg = MgrMsg;
     type State = MgrState;
     /// (shared, fresh): `fresh` on coordinator start, false when the manager itself restarted.
-    type Arguments = (Shared, bool);
+    type Arguments = (ManagerCtx, bool);
 
     async fn pre_start(
         &self,
@@ -115,19 +109,13 @@ impl Actor for JobManagerActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let t0 = std::time::Instant::now();
         // Job actors of a previous incarnation of this manager are replaced.
-        let old: Vec<_> = sh
-            .jobs
-            .write()
-            .expect("job dir")
-            .drain()
-            .map(|(_, a)| a)
-            .collect();
+        let old = sh.job.jobs.drain();
         for a in old {
             a.stop(None);
         }
-        let store = sh.store.clone();
+        let store = sh.job.store.clone();
         let mut st = MgrState {
-            c: Committer::new(store.clone(), sh.counters.clone()),
+            c: Committer::new(store.clone(), sh.job.counters.clone()),
             sh,
             running: BTreeMap::new(),
             by_actor: HashMap::new(),
@@ -139,7 +127,7 @@ impl Actor for JobManagerActor {
         };
         let mut to_start = Vec::new();
         for rec in store.jobs()? {
-            st.sh.durable.set(rec.id, rec.findings);
+            st.sh.job.durable.set(rec.id, rec.findings);
             st.next_job_id = st.next_job_id.max(rec.id + 1);
             if rec.state == JobState::Running {
                 to_start.push(rec.id);
@@ -186,7 +174,7 @@ impl Actor for JobManagerActor {
                     .filter_map(|id| st.finished_status(*id).ok())
                     .collect();
                 // Asking each job actor must not hold up the manager.
-                tokio::spawn(async move {
+                st.sh.tasks.spawn(async move {
                     let mut all = done;
                     for a in running {
                         if let Ok(ractor::rpc::CallResult::Success(Ok(s))) =
@@ -238,7 +226,7 @@ impl Actor for JobManagerActor {
                         },
                     )
                     .await?;
-                    st.sh.restarted();
+                    st.sh.restarts.fetch_add(1, Ordering::Relaxed);
                 }
             }
             MgrMsg::Flushed(seq) => st.c.flushed(seq),
@@ -249,7 +237,7 @@ impl Actor for JobManagerActor {
                 None => panic!("injected panic in the job manager (supervision test)"),
             },
         }
-        st.c.end_turn(&st.sh.flusher, &myself, MgrMsg::Flushed)?;
+        st.c.end_turn(&st.sh.job.flusher, &myself, MgrMsg::Flushed)?;
         Ok(())
     }
 
@@ -279,7 +267,7 @@ impl Actor for JobManagerActor {
         } else {
             return Ok(());
         }
-        match note_failure(st.failures.entry(id).or_default(), 5) {
+        match note_failure(st.failures.entry(id).or_default(), 5, now_ms()) {
             RestartDecision::RestartAfterMs(ms) => {
                 warn!(
                     job_id = id,
@@ -338,7 +326,7 @@ impl MgrState {
         self.c
             .commit()
             .map_err(|e: StoreError| -> ActorProcessingErr { Box::new(e) })?;
-        self.sh.durable.set(id, 0);
+        self.sh.job.durable.set(id, 0);
         info!(job_id = id, root_tasks = plan.total, module = %plan.module, "job submitted");
         let spec = Arc::new(spec);
         self.spawn_job(myself, id, JobInit::New { rec, spec, plan })

@@ -17,72 +17,39 @@
 //! pure [`Planner`]'s (`model/planner.rs`); this actor routes messages to it and applies the
 //! effects it returns.
 
-use crate::actors::Shared;
-use crate::commit::Committer;
-use crate::engine::{Counters, IngestedResult, SessionTx};
-use crate::job::JobMsg;
-use crate::manager::MgrMsg;
-pub use crate::model::planner::Demand;
+use crate::commit::{Committer, FlushMsg};
+use crate::engine::{Counters, EngineConfig, IngestedResult, SessionTx};
 use crate::model::planner::{Effect, Planner, ResultRoute};
+use crate::msg::{JobMsg, MgrMsg, RegMsg, SlotOffer};
+use crate::slot::{JobDir, Slot};
 use crate::telemetry;
-use overlord_core::{JobId, Token, now_ms};
+use overlord_core::{JobId, now_ms};
 use overlord_proto::v1::{self, coordinator_message::Msg as CMsg};
 use overlord_storage::Op;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use overlord_storage::Store;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
-/// Free slots of one minion offered to a job.
+/// What the registry uses.
 #[derive(Clone)]
-pub struct SlotOffer {
-    pub minion: String,
-    pub provider: String,
-    pub generation: u64,
-    pub modules: Arc<Vec<String>>,
-    pub free: u32,
-    pub tx: SessionTx,
-}
-
-pub enum RegMsg {
-    Register(Box<v1::Register>, SessionTx, u64, RpcReplyPort<u64>),
-    /// (minion, generation, the lease tokens it holds)
-    Heartbeat(String, u64, Vec<Token>),
-    /// Validated results from the ingestor: (minion, generation, items, session).
-    Results(String, u64, Vec<IngestedResult>, SessionTx),
-    Kick(String, u64, String),
-    Disconnected(String, u64),
-    Demand(JobId, Demand),
-    /// Answer to an offer: the tokens leased per (minion, generation), and the job's new demand.
-    Taken {
-        job: JobId,
-        offer: u64,
-        used: Vec<(String, u64, Vec<Token>)>,
-        demand: Demand,
-    },
-    /// The job gave these leases up (deadline passed, cancelled): free the slots, tell the minions.
-    Release(JobId, Vec<Token>),
-    /// A job actor (re)started holding leases (token, minion, generation). With `keep`, leases of
-    /// minions still current stay; the others (all, without `keep`) are sent back for requeueing.
-    Adopt {
-        job: JobId,
-        leases: Vec<(Token, String, u64)>,
-        keep: bool,
-    },
-    JobGone(JobId),
-    /// Per job (one, or all with `None`): modules it has pending tasks for that no live minion
-    /// declares (only jobs with such modules are listed).
-    Unserved(Option<JobId>, RpcReplyPort<Vec<(JobId, Vec<String>)>>),
-    Tick,
-    Flushed(u64),
-    InjectPanic,
+pub struct RegistryCtx {
+    pub store: Arc<dyn Store>,
+    pub cfg: EngineConfig,
+    pub counters: Arc<Counters>,
+    pub flusher: Slot<FlushMsg>,
+    /// Running job actors: offers, requeues and results go to them.
+    pub jobs: JobDir<JobMsg>,
+    /// Stale results of finished jobs are counted by the manager.
+    pub manager: Slot<MgrMsg>,
 }
 
 pub struct RegistryActor;
 
 pub struct RegState {
-    sh: Shared,
+    sh: RegistryCtx,
     c: Committer,
     planner: Planner,
     /// The session attached per minion (id given by the gRPC layer, and its sender).
@@ -92,12 +59,12 @@ pub struct RegState {
 impl Actor for RegistryActor {
     type Msg = RegMsg;
     type State = RegState;
-    type Arguments = Shared;
+    type Arguments = RegistryCtx;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        sh: Shared,
+        sh: RegistryCtx,
     ) -> Result<Self::State, ActorProcessingErr> {
         // Known minions get one heartbeat timeout to come back before their leases move.
         let planner = Planner::new(sh.cfg.heartbeat_timeout_ms, sh.store.minions()?, now_ms());
@@ -170,10 +137,14 @@ impl Actor for RegistryActor {
                 st.c.flushed(seq);
             }
             RegMsg::InjectPanic => panic!("injected panic in the registry (supervision test)"),
+            RegMsg::Barrier(reply) => {
+                sched = false;
+                let _ = reply.send(());
+            }
         }
         if sched {
             let sh = &st.sh;
-            let e = st.planner.schedule(now, |j| sh.job(j).is_some());
+            let e = st.planner.schedule(now, |j| sh.jobs.get(j).is_some());
             st.apply(e);
         }
         st.c.end_turn(&st.sh.flusher, &myself, RegMsg::Flushed)?;
@@ -207,7 +178,7 @@ impl RegState {
                             })
                         })
                         .collect();
-                    let sent = match (slots, self.sh.job(job)) {
+                    let sent = match (slots, self.sh.jobs.get(job)) {
                         (Some(slots), Some(a)) => a
                             .cast(JobMsg::Offer {
                                 offer,
@@ -230,7 +201,7 @@ impl RegState {
                 } => {
                     Counters::add(&self.sh.counters.requeued, tokens.len() as u64);
                     telemetry::record(telemetry::Event::LeaseRevoked, tokens.len() as u64);
-                    if let Some(j) = self.sh.job(job) {
+                    if let Some(j) = self.sh.jobs.get(job) {
                         let _ = j.cast(JobMsg::Requeue(
                             tokens,
                             reason.as_str().to_string(),
@@ -308,7 +279,7 @@ impl RegState {
         let mut stale: BTreeMap<JobId, u64> = BTreeMap::new();
         let mut routed: BTreeMap<JobId, Vec<IngestedResult>> = BTreeMap::new();
         for r in items {
-            let job = self.sh.job(r.job_id);
+            let job = self.sh.jobs.get(r.job_id);
             match self
                 .planner
                 .result(minion, generation, r.token, r.job_id, job.is_some(), now)
@@ -349,7 +320,7 @@ impl RegState {
             }));
         }
         for (j, n) in stale {
-            match self.sh.job(j) {
+            match self.sh.jobs.get(j) {
                 Some(a) => {
                     let _ = a.cast(JobMsg::Stale(n));
                 }
@@ -361,7 +332,7 @@ impl RegState {
             }
         }
         for (j, items) in routed {
-            if let Some(a) = self.sh.job(j) {
+            if let Some(a) = self.sh.jobs.get(j) {
                 let _ = a.cast(JobMsg::Results {
                     minion: minion.to_string(),
                     provider: provider.clone(),

@@ -1,6 +1,7 @@
 //! Jobs and tasks: the validated spec, the stored records, and lazy randomized expansion of a
 //! spec into bounded root tasks.
 
+use crate::followup::{RuleError, RuleSet};
 use crate::modules::{self, RootKind};
 use crate::perm::Permutation;
 use crate::ports::{PortError, PortSet};
@@ -26,6 +27,12 @@ pub struct RawSpec {
     pub rate_limit: u32,
     pub inputs: Vec<String>,
     pub params_json: String,
+    /// Follow-up rules added to the built-in ones, in text form (`crate::followup`).
+    #[serde(default)]
+    pub rules: Vec<String>,
+    /// Built-in follow-up rules to disable, by name.
+    #[serde(default)]
+    pub disable_rules: Vec<String>,
 }
 
 /// A validated, scoped job spec with host names resolved.
@@ -39,6 +46,9 @@ pub struct JobSpec {
     pub rate_limit: u32,
     pub inputs: Vec<String>,
     pub params: Value,
+    /// The job's follow-up rules (added and disabled; the built-in ones apply otherwise).
+    #[serde(default)]
+    pub rules: RuleSet,
     /// Who owns the job: the `owner` of the API token that submitted it (empty: submitted
     /// without tokens configured). Older records have none.
     #[serde(default)]
@@ -68,6 +78,8 @@ pub enum SpecError {
     Params(String),
     #[error("job too large: {tasks} root tasks (max {max}); split it into smaller jobs")]
     TooLarge { tasks: u128, max: u64 },
+    #[error(transparent)]
+    Rule(#[from] RuleError),
 }
 
 /// Validates a raw spec. `resolve` maps a host name to its addresses (the one I/O step, done by
@@ -145,7 +157,9 @@ pub fn prepare(
             raw.inputs.len()
         )));
     }
+    let rules = RuleSet::from_text(&raw.rules, &raw.disable_rules)?;
     let spec = JobSpec {
+        rules,
         name: raw.name.clone(),
         targets: raw.targets.clone(),
         ranges,
@@ -271,7 +285,7 @@ pub fn root_plan(spec: &JobSpec) -> Result<RootPlan, SpecError> {
         }
     }
     Err(SpecError::Shape(format!(
-        "no enabled module can start this job: targets need one of portscan/syn/service/banner/screenshot (with ports), inputs need enrich/beacon, noop needs params.count (enabled: {})",
+        "no enabled module can start this job: targets need one of portscan/syn/udp/service/banner/screenshot (with ports), inputs need enrich/beacon, noop needs params.count (enabled: {})",
         spec.modules.join(",")
     )))
 }
@@ -443,6 +457,13 @@ pub struct JobRecord {
     /// Number of stored findings == cursor of the last one.
     pub findings: u64,
     pub stale_rejected: u64,
+    /// Findings of a kind this build does not know, or whose data does not fit its kind's type
+    /// (stored and served as sent; see `finding`).
+    #[serde(default)]
+    pub findings_unknown_kind: u64,
+    /// Findings with fields this build does not know (stored and served as sent).
+    #[serde(default)]
+    pub findings_unknown_fields: u64,
     /// Scan jobs: the quality ledger (absent from records of jobs without probe counts).
     #[serde(default, skip_serializing_if = "crate::quality::Ledger::is_empty")]
     pub quality: crate::quality::Ledger,
@@ -464,6 +485,8 @@ impl JobRecord {
             failed: 0,
             findings: 0,
             stale_rejected: 0,
+            findings_unknown_kind: 0,
+            findings_unknown_fields: 0,
             quality: Default::default(),
         }
     }

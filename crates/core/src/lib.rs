@@ -8,11 +8,14 @@
 //! - [`scope`]: allow-list (default loopback) and blocklist checks.
 //! - [`modules`]: the module catalog (names, capabilities, how root tasks are made).
 //! - [`job`]: job spec, job and task records, lazy randomized expansion into bounded tasks.
+//! - [`finding`]: the typed, versioned finding schema (kinds, payloads, JSON Schema).
 //! - [`followup`]: follow-up rules (finding → new tasks).
 //! - [`sched`]: placement, lease checks, retry policy, failure detection.
+//! - [`trust`]: results as untrusted input (findings vs. their task, follow-up guard, strikes).
 //! - [`security`]: roles and what they may do, minion session admission, reserved identities,
 //!   input-path confinement, error-text clipping.
 
+pub mod finding;
 pub mod followup;
 pub mod job;
 pub mod modules;
@@ -23,6 +26,7 @@ pub mod sched;
 pub mod scope;
 pub mod security;
 pub mod target;
+pub mod trust;
 
 /// Job identifier (monotonic per coordinator data directory).
 pub type JobId = u64;

@@ -62,6 +62,14 @@ pub const CATALOG: &[ModuleInfo] = &[
         },
     },
     ModuleInfo {
+        name: "udp",
+        capability: "scan",
+        root: RootKind::Network {
+            ports_per_task: 256,
+            probes_per_task: 0,
+        },
+    },
+    ModuleInfo {
         name: "screenshot",
         capability: "screenshot",
         root: RootKind::Network {

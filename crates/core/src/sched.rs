@@ -226,6 +226,16 @@ pub fn restart_decision(
     }
 }
 
+/// The restart policy of every supervisor: records a child failure at `now_ms` (failures within
+/// the last minute are kept) and decides with [`restart_decision`] whether to restart it with
+/// backoff or give up once more than `max` failures fall in that minute.
+pub fn note_failure(failures: &mut Vec<u64>, max: usize, now_ms: u64) -> RestartDecision {
+    const WINDOW_MS: u64 = 60_000;
+    failures.push(now_ms);
+    failures.retain(|t| now_ms.saturating_sub(*t) <= WINDOW_MS);
+    restart_decision(failures, now_ms, max, WINDOW_MS)
+}
+
 #[cfg(test)]
 mod restart_tests {
     use super::*;
@@ -240,6 +250,18 @@ mod restart_tests {
             restart_decision(&[0, 500, 900, 1000], 1000, 3, 10_000),
             RestartDecision::GiveUp
         );
+        let mut f = Vec::new();
+        for k in 0..2 {
+            assert!(matches!(
+                note_failure(&mut f, 2, 1000 + k),
+                RestartDecision::RestartAfterMs(_)
+            ));
+        }
+        assert_eq!(note_failure(&mut f, 2, 1002), RestartDecision::GiveUp);
+        assert!(matches!(
+            note_failure(&mut f, 2, 200_000),
+            RestartDecision::RestartAfterMs(20)
+        ));
         // Old failures fall out of the window.
         assert_eq!(
             restart_decision(&[0, 1, 2, 20_000], 20_000, 3, 10_000),

@@ -108,8 +108,7 @@ pub fn check_reserved(minion_id: &str, modules: &[String], internal: bool) -> Re
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
@@ -238,7 +237,10 @@ mod tests {
     fn only_admins_see_other_owners_objects() {
         assert!(may_access(Role::Viewer, "team-a", "team-a"));
         assert!(!may_access(Role::Operator, "team-a", "team-b"));
-        assert!(!may_access(Role::Operator, "", ""), "ownerless: admins only");
+        assert!(
+            !may_access(Role::Operator, "", ""),
+            "ownerless: admins only"
+        );
         assert!(may_access(Role::Admin, "ops", "team-b"));
         assert!(may_access(Role::Admin, "ops", ""));
     }
@@ -263,11 +265,23 @@ mod tests {
     #[test]
     fn a_live_id_is_refused_and_a_silent_one_displaced() {
         assert_eq!(admit_session(None, 10_000, 1000), Admission::Admit);
-        assert_eq!(admit_session(Some(9_500), 10_000, 1000), Admission::RefuseLive);
-        assert_eq!(admit_session(Some(9_000), 10_000, 1000), Admission::RefuseLive);
-        assert_eq!(admit_session(Some(8_999), 10_000, 1000), Admission::Displace);
+        assert_eq!(
+            admit_session(Some(9_500), 10_000, 1000),
+            Admission::RefuseLive
+        );
+        assert_eq!(
+            admit_session(Some(9_000), 10_000, 1000),
+            Admission::RefuseLive
+        );
+        assert_eq!(
+            admit_session(Some(8_999), 10_000, 1000),
+            Admission::Displace
+        );
         // A clock step backwards counts as live, not as displaceable.
-        assert_eq!(admit_session(Some(20_000), 10_000, 1000), Admission::RefuseLive);
+        assert_eq!(
+            admit_session(Some(20_000), 10_000, 1000),
+            Admission::RefuseLive
+        );
     }
 
     #[test]

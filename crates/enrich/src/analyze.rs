@@ -6,7 +6,9 @@ use crate::error::EnrichError;
 use crate::faces::{Cascade, DEFAULT_CASCADE, Face, FaceParams};
 use crate::leak::{LeakDb, LeakRecord};
 use crate::logo::{LogoHit, LogoParams, Template, find_logo};
-use crate::ocr::{OcrEngine, OcrParams, Word};
+#[cfg(feature = "ocr")]
+use crate::ocr::OcrEngine;
+use crate::ocr::{OcrParams, Word};
 use crate::phash::{PHashes, parse_hex64, phashes};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -106,6 +108,7 @@ impl Default for AnalyzerConfig {
 /// Runs the workflow. Holds a tesseract engine, so it is built once per worker thread (it is
 /// `Send`, not `Sync`) and used off the async runtime (e.g. in `spawn_blocking` or a dedicated
 /// thread pool).
+#[cfg(feature = "ocr")]
 pub struct Analyzer {
     cfg: AnalyzerConfig,
     ocr: OcrEngine,
@@ -418,6 +421,7 @@ pub fn derive_tags(a: &Analysis) -> Vec<String> {
     t.into_iter().map(String::from).collect()
 }
 
+#[cfg(feature = "ocr")]
 impl Analyzer {
     /// Builds an analyzer: loads tesseract (eng), the Haar cascade and the logo templates.
     pub fn new(cfg: AnalyzerConfig) -> Result<Analyzer, EnrichError> {
@@ -547,6 +551,7 @@ impl Analyzer {
 /// Runs the whole workflow on local files: one JSON object per file (`{"file", ...analysis}`
 /// or `{"file", "error"}`), in order. This is what `overlord images analyze FILE...` prints.
 /// With a leak database, known addresses become `leaks`.
+#[cfg(feature = "ocr")]
 pub fn analyze_files(
     paths: &[PathBuf],
     cfg: AnalyzerConfig,

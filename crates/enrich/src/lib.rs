@@ -24,16 +24,18 @@ pub mod store;
 pub mod textindex;
 pub mod tld;
 
-pub use analyze::{
-    Analysis, Analyzer, AnalyzerConfig, Timings, analyze_files, derive_tags, extract_emails,
-};
+pub use analyze::{Analysis, AnalyzerConfig, Timings, derive_tags, extract_emails};
+#[cfg(feature = "ocr")]
+pub use analyze::{Analyzer, analyze_files};
 pub use blank::{BlankParams, BlankStats, blank_stats};
 pub use decode::{DecodeCaps, Grey, Rgb, decode};
 pub use error::EnrichError;
 pub use faces::{Cascade, Face, FaceParams};
 pub use leak::{ImportReport, LeakDb, LeakRecord};
 pub use logo::{LogoHit, LogoParams, Template};
-pub use ocr::{OcrEngine, OcrParams, OcrText, Word};
+#[cfg(feature = "ocr")]
+pub use ocr::OcrEngine;
+pub use ocr::{OcrParams, OcrText, Word};
 pub use phash::{PHashes, hamming64, hamming256, phashes};
 pub use simindex::{InsertOutcome, OpenReport, SimilarMatch, SimilarityIndex, SledMihIndex};
 pub use store::{EnrichStore, IngestReport};

@@ -13,9 +13,14 @@
 //! Otsu binarisation was measured and hurts on these screens (anti-aliased small fonts), so it
 //! is not used.
 
+// Without the `ocr` feature only the types, the e-mail heuristics and the layout engine stay; the
+// helpers only the tesseract engine calls are unused then.
+#![cfg_attr(not(feature = "ocr"), allow(dead_code))]
+
 use crate::decode::Grey;
 use crate::error::EnrichError;
 use serde::{Deserialize, Serialize};
+#[cfg(feature = "ocr")]
 use tesseract::{PageSegMode, Tesseract};
 
 /// One recognised word.
@@ -92,7 +97,7 @@ impl Default for OcrParams {
     }
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "ocr"))]
 mod omp {
     #[link(name = "gomp")]
     unsafe extern "C" {
@@ -106,6 +111,7 @@ mod omp {
 }
 
 /// A tesseract engine owned by one thread (tesseract's engine is `Send`, not `Sync`).
+#[cfg(feature = "ocr")]
 pub struct OcrEngine {
     tess: Option<Tesseract>,
     /// Second engine restricted to address characters (created on first use).
@@ -115,9 +121,11 @@ pub struct OcrEngine {
 
 /// Characters the address re-reading may produce: no `,`/`;` (a `.` read as `,` is the most
 /// common damage in small fonts) and no look-alike symbols (`©`, `®`).
+#[cfg(feature = "ocr")]
 const MAIL_WHITELIST: &str =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789@._+-:<>()[]'\"/!?#$%&*=|~";
 
+#[cfg(feature = "ocr")]
 fn psm_of(n: u32) -> PageSegMode {
     match n {
         3 => PageSegMode::PsmAuto,
@@ -129,6 +137,7 @@ fn psm_of(n: u32) -> PageSegMode {
     }
 }
 
+#[cfg(feature = "ocr")]
 fn new_tess() -> Result<Tesseract, EnrichError> {
     #[cfg(target_os = "linux")]
     omp::single_thread();
@@ -138,6 +147,7 @@ fn new_tess() -> Result<Tesseract, EnrichError> {
         .map_err(|e| EnrichError::Ocr(e.to_string()))
 }
 
+#[cfg(feature = "ocr")]
 impl OcrEngine {
     /// Creates an engine (loads the English model once).
     pub fn new(params: OcrParams) -> Result<OcrEngine, EnrichError> {
@@ -436,6 +446,7 @@ impl OcrEngine {
     }
 }
 
+#[cfg(feature = "ocr")]
 impl OcrEngine {
     /// Re-reads one line (`lb`: its box in the block image upscaled by `s`) from the prepared
     /// block `prep` at [`OcrParams::email_reread_px`] with the address engine, as one line

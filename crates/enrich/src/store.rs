@@ -10,10 +10,10 @@
 //! | `txt.*` | see [`crate::textindex`] | |
 //! | `leak` | see [`crate::leak`] | |
 
-use crate::analyze::{Analysis, Analyzer, derive_tags};
+use crate::analyze::{Analysis, derive_tags};
 use crate::decode::{DecodeCaps, decode};
 use crate::error::EnrichError;
-use crate::leak::{LeakDb, LeakRecord};
+use crate::leak::LeakDb;
 use crate::phash::{PHashes, phashes};
 use crate::simindex::{SimilarMatch, SimilarityIndex, SledMihIndex};
 use crate::textindex::{TextHit, TextIndex};
@@ -25,8 +25,6 @@ pub struct IngestReport {
     /// Ids of stored images with identical perceptual hashes (64 and 256 bit): exact or
     /// perceptually indistinguishable duplicates, found by one key lookup.
     pub same_hash: Vec<String>,
-    /// Leak records of the image's e-mail addresses.
-    pub leaks: Vec<LeakRecord>,
     /// False when the id had already been ingested (the analysis is replaced, indexes kept).
     pub new: bool,
 }
@@ -68,11 +66,10 @@ impl EnrichStore {
         &self.sim
     }
 
-    /// Stores an analysis under `id`: looks up its e-mails in the leak database (filling
-    /// `analysis.leaks` and the tags), indexes its hash, text and tags. Not durable until
-    /// [`EnrichStore::flush`].
-    pub fn ingest(&self, id: &str, analysis: &mut Analysis) -> Result<IngestReport, EnrichError> {
-        Analyzer::lookup_leaks(analysis, &self.leaks)?;
+    /// Stores an analysis under `id` as it is (its tags were computed once, by the analysis, and
+    /// are served as stored; leak lookups are the coordinator's `leak` findings), indexes its
+    /// hash, text and tags. Not durable until [`EnrichStore::flush`].
+    pub fn ingest(&self, id: &str, analysis: &Analysis) -> Result<IngestReport, EnrichError> {
         let hashes = analysis
             .hashes()
             .ok_or_else(|| EnrichError::CorruptRecord {
@@ -95,7 +92,6 @@ impl EnrichStore {
         self.analyses.insert(id, rec)?;
         Ok(IngestReport {
             same_hash: outcome.duplicate_of,
-            leaks: analysis.leaks.clone(),
             new: outcome.inserted,
         })
     }
@@ -184,7 +180,7 @@ impl EnrichStore {
             .get(id)?
             .ok_or_else(|| EnrichError::UnknownImage(id.into()))?;
         a.tags = derive_tags(&a);
-        self.ingest(id, &mut a).map(|_| ())
+        self.ingest(id, &a).map(|_| ())
     }
 
     /// Number of stored analyses.

@@ -231,10 +231,12 @@ impl MinionConfig {
             )));
         }
         let input_dir = match &self.input_dir {
-            Some(d) => Some(std::fs::canonicalize(d).map_err(|source| ConfigError::Read {
-                path: d.clone(),
-                source,
-            })?),
+            Some(d) => Some(
+                std::fs::canonicalize(d).map_err(|source| ConfigError::Read {
+                    path: d.clone(),
+                    source,
+                })?,
+            ),
             None => None,
         };
         Ok(MinionSettings {

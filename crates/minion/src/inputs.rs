@@ -28,7 +28,10 @@ fn io_reason(e: &std::io::Error) -> String {
 /// Checks and opens input `name` for a module that reads at most `limit` bytes.
 pub fn open_input(ctx: &ModuleCtx, name: &str, limit: u64) -> Result<CheckedInput, ModuleError> {
     let invalid = |e: InputError| ModuleError::Invalid(e.to_string());
-    let root = ctx.input_dir.as_ref().ok_or(invalid(InputError::Disabled))?;
+    let root = ctx
+        .input_dir
+        .as_ref()
+        .ok_or(invalid(InputError::Disabled))?;
     let shown = clip(name, 128);
     let candidate = input_candidate(root, name).map_err(invalid)?;
     let canon = std::fs::canonicalize(&candidate)
@@ -131,7 +134,9 @@ mod tests {
         }
         let e = err("ok.log", 4);
         assert!(e.contains("12 bytes, over this module's limit of 4"), "{e}");
-        let e = open_input(&ctx(None), "ok.log", 100).unwrap_err().to_string();
+        let e = open_input(&ctx(None), "ok.log", 100)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("input_dir"), "{e}");
     }
 }

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use overlord_core::finding::Payload;
 use overlord_core::scope::Scope;
 use overlord_core::{JobId, TaskId};
 use serde_json::Value;
@@ -56,29 +57,69 @@ impl TaskInput {
     }
 }
 
-/// One result item. The minion adds provenance (job, task, parent, minion, provider, module,
-/// timestamps) itself.
+/// One result item: a typed payload (`overlord_core::finding`). The minion adds provenance (job,
+/// task, parent, minion, provider, module, timestamps) itself.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FindingOut {
-    /// "open_port", "banner", "service", "screenshot", "enrichment", "leak", "beacon", ...
-    pub kind: String,
+    pub payload: Payload,
     pub target: Option<IpAddr>,
     pub port: Option<u16>,
-    pub data: Value,
     /// ≤ 16 MiB; stored content-addressed (sha256) by the coordinator.
     pub blob: Option<Bytes>,
 }
 
 impl FindingOut {
-    pub fn new(kind: &str, target: Option<IpAddr>, port: Option<u16>, data: Value) -> Self {
+    pub fn new(target: Option<IpAddr>, port: Option<u16>, payload: impl Into<Payload>) -> Self {
         FindingOut {
-            kind: kind.to_string(),
+            payload: payload.into(),
             target,
             port,
-            data,
             blob: None,
         }
     }
+
+    /// The kind's wire name.
+    pub fn kind(&self) -> &str {
+        self.payload.kind_name()
+    }
+
+    /// The wire form (`schema_version` is this build's).
+    pub fn into_wire(self) -> overlord_proto::v1::FindingOut {
+        overlord_proto::v1::FindingOut {
+            kind: self.payload.kind_name().to_string(),
+            target: self.target.map(|t| t.to_string()).unwrap_or_default(),
+            port: self.port.map(u32::from).unwrap_or(0),
+            data_json: self.payload.to_json(),
+            blob: self.blob.map(|b| b.to_vec()).unwrap_or_default(),
+            schema_version: overlord_core::finding::SCHEMA_VERSION,
+        }
+    }
+}
+
+/// A probe library's serde record as the schema type `T` (the libraries keep their own types;
+/// the schema is the contract). A field the schema does not know is a producer/schema drift: it
+/// is logged (and fails debug builds, so the modules' tests catch it) and left out.
+pub fn to_schema<T>(record: &impl serde::Serialize) -> Result<T, ModuleError>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize,
+{
+    let v = serde_json::to_value(record)
+        .map_err(|e| ModuleError::Failed(format!("serialize record: {e}")))?;
+    let (t, unknown) = overlord_core::finding::typed::<T>(&v).map_err(|e| {
+        ModuleError::Failed(format!(
+            "record does not fit the schema type {}: {e}",
+            std::any::type_name::<T>()
+        ))
+    })?;
+    if !unknown.is_empty() {
+        tracing::warn!(schema_type = std::any::type_name::<T>(), fields = ?unknown, "fields missing from the finding schema");
+        debug_assert!(
+            false,
+            "fields missing from the finding schema type {}: {unknown:?}",
+            std::any::type_name::<T>()
+        );
+    }
+    Ok(t)
 }
 
 /// What the runtime gives a module besides the task.

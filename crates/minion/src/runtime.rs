@@ -3,7 +3,7 @@
 //! until the coordinator acknowledges it (accepted or rejected) and is re-sent on a new session.
 
 use crate::config::MinionSettings;
-use crate::module::{Module, ModuleCtx, ModuleError, Output, TaskInput};
+use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, Output, TaskInput};
 use crate::telemetry::metrics;
 use futures::FutureExt;
 use overlord_core::Token;
@@ -149,7 +149,9 @@ async fn session(
         // An https URL never falls back to plaintext; a certificate is never sent in the clear.
         (None, true) => return Err("https:// coordinator but no TLS configured".into()),
         (Some(_), false) => {
-            return Err("TLS is configured but the coordinator URL is http://; use https://".into());
+            return Err(
+                "TLS is configured but the coordinator URL is http://; use https://".into(),
+            );
         }
         (None, false) => {}
     }
@@ -367,17 +369,7 @@ fn start_task(
                         retried: c.retried,
                     })
                     .collect();
-                r.findings = out
-                    .findings
-                    .into_iter()
-                    .map(|f| v1::FindingOut {
-                        kind: f.kind,
-                        target: f.target.map(|t| t.to_string()).unwrap_or_default(),
-                        port: f.port.map(u32::from).unwrap_or(0),
-                        data_json: f.data.to_string(),
-                        blob: f.blob.map(|b| b.to_vec()).unwrap_or_default(),
-                    })
-                    .collect();
+                r.findings = out.findings.into_iter().map(FindingOut::into_wire).collect();
             }
             Err(e) => {
                 r.ok = false;

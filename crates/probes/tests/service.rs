@@ -597,3 +597,105 @@ async fn hostile_ports_do_not_hold_up_the_rest() {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|c| format!("{c:02x}")).collect()
 }
+
+// ------------------------------------------------------- late greeters, budget, DNS over TCP
+
+/// An IRC-like server (ngircd's behaviour, measured on the lab): it says nothing until the client
+/// sends a line, ignores empty lines, and refuses a second concurrent connection from the same
+/// address. The silent NULL connection is nudged with `HELP` and the server is named on it.
+#[tokio::test]
+async fn silent_line_server_with_one_connection_per_ip_is_named_on_the_null_connection() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let open = Arc::new(AtomicUsize::new(0));
+    let server = tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let open = open.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                if open.fetch_add(1, Ordering::SeqCst) >= 1 {
+                    let _ = w
+                        .write_all(b"ERROR :Connection refused, too many connections from your IP address\r\n")
+                        .await;
+                    open.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if !line.trim().is_empty() {
+                        let _ = w
+                            .write_all(b":irc.lab.test 451 * :Connection not registered\r\n")
+                            .await;
+                    }
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let o = IdentifyOptions {
+        tls: overlord_probes::service::TlsMode::Off,
+        ..Default::default()
+    };
+    let r = identify(addr, &o, db()).await;
+    assert_named(&r, "irc", "ngircd");
+    let null = r
+        .probes_sent
+        .iter()
+        .position(|p| p == "NULL")
+        .expect("NULL sent");
+    assert_eq!(
+        r.probes_sent.get(null + 1).map(String::as_str),
+        Some("Help"),
+        "{r:#?}"
+    );
+    assert_eq!(
+        r.banner.as_ref().unwrap().probe,
+        "NULL",
+        "named on the NULL connection: {r:#?}"
+    );
+    assert_eq!(r.timings.banner_ms, None, "a nudged reply is no banner");
+    assert_eq!(r.budget_ms, o.total_timeout_ms);
+    server.abort();
+}
+
+/// The budget holds a silent port: `identify` returns within it (+ slack for a loaded machine),
+/// says so, and lists the probes it tried.
+#[tokio::test]
+async fn budget_bounds_a_silent_port_with_its_grabber() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let _keep = l; // accepted by the kernel backlog, never read: silent
+    let o = IdentifyOptions {
+        total_timeout_ms: 1500,
+        tls: overlord_probes::service::TlsMode::Off,
+        ..Default::default()
+    };
+    let db = db(); // loading the probe files is not part of the port's time
+    let t = Instant::now();
+    let r = identify(addr, &o, db).await;
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_millis(1500 + 700),
+        "took {took:?}: {r:#?}"
+    );
+    assert_eq!(r.budget_ms, 1500);
+    assert!(
+        r.budget_exhausted || r.status == Status::NoResponse,
+        "{r:#?}"
+    );
+    assert!(r.probes_sent.len() > 3, "probes tried are recorded: {r:#?}");
+}
+
+/// Unbound over TCP: nmap's rules leave its `version.bind` answer (RA set) unmatched; our
+/// softmatch names `domain` and the DNS grabber reads the product.
+#[tokio::test]
+async fn unbound_over_tcp_is_named_by_the_dns_grabber() {
+    let d = overlord_probes::service::lab::unbound().unwrap();
+    let r = id(d.addr).await;
+    assert_named(&r, "domain", "Unbound");
+    assert!(matches!(r.grab, Some(Grab::Dns(_))), "{r:#?}");
+}

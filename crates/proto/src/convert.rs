@@ -12,6 +12,8 @@ pub fn raw_spec(s: v1::JobSpec) -> RawSpec {
         rate_limit: s.rate_limit,
         inputs: s.inputs,
         params_json: s.params_json,
+        rules: s.rules,
+        disable_rules: s.disable_rules,
     }
 }
 
@@ -24,6 +26,8 @@ pub fn wire_spec(s: &RawSpec) -> v1::JobSpec {
         rate_limit: s.rate_limit,
         inputs: s.inputs.clone(),
         params_json: s.params_json.clone(),
+        rules: s.rules.clone(),
+        disable_rules: s.disable_rules.clone(),
     }
 }
 
@@ -44,6 +48,7 @@ pub fn finding(f: &FindingRecord) -> v1::Finding {
         started_at_ms: f.started_at_ms,
         finished_at_ms: f.finished_at_ms,
         stored_at_ms: f.stored_at_ms,
+        schema_version: overlord_core::finding::SCHEMA_VERSION,
     }
 }
 

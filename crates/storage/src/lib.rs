@@ -12,6 +12,7 @@
 //! | `b:` + sha256 hex | blob bytes (content-addressed, raw) |
 //! | `n:` + minion id | [`MinionRecord`] (incarnation, generation) |
 //! | `r:` + client request id | job id (u64 BE): idempotent submission |
+//! | `c:` + reader + `\0` + job id | a reader's cursor in a job's findings (u64 BE), e.g. the firehose's last published |
 //!
 //! ## Record encoding
 //! Every record starts with a version byte. Version 1 is `[1] ++ JSON` (every record type; still
@@ -71,6 +72,12 @@ pub enum Op {
     Minion(MinionRecord),
     /// A client's submission request id → the job it created.
     Request(String, JobId),
+    /// A reader of the findings (e.g. `firehose`) got as far as `cursor` in `job`.
+    Cursor {
+        reader: &'static str,
+        job: JobId,
+        cursor: u64,
+    },
 }
 
 /// A stored task: its record, or only the fact that it finished ([`Op::TaskDone`]).
@@ -130,6 +137,8 @@ pub trait Store: Send + Sync + 'static {
     fn minions(&self) -> Result<Vec<MinionRecord>, StoreError>;
     /// Every (request id, job id) of accepted submissions.
     fn requests(&self) -> Result<Vec<(String, JobId)>, StoreError>;
+    /// Every (job id, cursor) stored by `reader` with [`Op::Cursor`].
+    fn cursors(&self, reader: &str) -> Result<Vec<(JobId, u64)>, StoreError>;
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -221,6 +230,12 @@ fn key1(prefix: &[u8], a: u64) -> Vec<u8> {
     k
 }
 
+fn cursor_prefix(reader: &str) -> Vec<u8> {
+    let mut k = key_str(b"c:", reader);
+    k.push(0);
+    k
+}
+
 fn key_str(prefix: &[u8], s: &str) -> Vec<u8> {
     let mut k = prefix.to_vec();
     k.extend_from_slice(s.as_bytes());
@@ -298,6 +313,11 @@ impl Store for SledStore {
                 Op::Blob(sha, bytes) => b.insert(key_str(b"b:", &sha), bytes),
                 Op::Minion(m) => b.insert(key_str(b"n:", &m.id), encode(&m)),
                 Op::Request(rid, job) => b.insert(key_str(b"r:", &rid), &job.to_be_bytes()),
+                Op::Cursor {
+                    reader,
+                    job,
+                    cursor,
+                } => b.insert(key1(&cursor_prefix(reader), job), &cursor.to_be_bytes()),
             }
         }
         self.db.apply_batch(b)?;
@@ -385,6 +405,22 @@ impl Store for SledStore {
                     reason: "request value is not 8 bytes".into(),
                 })?);
             out.push((String::from_utf8_lossy(&k[2..]).into_owned(), id));
+        }
+        Ok(out)
+    }
+
+    fn cursors(&self, reader: &str) -> Result<Vec<(JobId, u64)>, StoreError> {
+        let prefix = cursor_prefix(reader);
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            let corrupt = || StoreError::Corrupt {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason: "cursor key or value is not 8 bytes".into(),
+            };
+            let job = k[prefix.len()..].try_into().map_err(|_| corrupt())?;
+            let cursor = v.as_ref().try_into().map_err(|_| corrupt())?;
+            out.push((u64::from_be_bytes(job), u64::from_be_bytes(cursor)));
         }
         Ok(out)
     }
@@ -489,6 +525,34 @@ mod tests {
         assert_eq!(s.findings(7, 5, 10).unwrap().len(), 0);
         assert_eq!(s.blob("abc").unwrap(), Some(vec![1, 2, 3]));
         assert_eq!(s.minions().unwrap()[0].generation, 2);
+    }
+
+    #[test]
+    fn reader_cursors_are_per_reader_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            let mut b = Batch::default();
+            for (job, cursor) in [(2, 10), (1, 5), (2, 12)] {
+                b.push(Op::Cursor {
+                    reader: "firehose",
+                    job,
+                    cursor,
+                });
+            }
+            // A reader whose name extends another's is a different reader.
+            b.push(Op::Cursor {
+                reader: "firehose2",
+                job: 1,
+                cursor: 99,
+            });
+            s.apply(b).unwrap();
+            s.flush().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.cursors("firehose").unwrap(), vec![(1, 5), (2, 12)]);
+        assert_eq!(s.cursors("firehose2").unwrap(), vec![(1, 99)]);
+        assert!(s.cursors("fire").unwrap().is_empty());
     }
 
     /// Frozen bytes of version-1 records: changing a record type must keep these decoding.

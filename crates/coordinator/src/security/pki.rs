@@ -71,7 +71,9 @@ fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), PkiError> {
         o.mode(0o600);
     }
     let mut f = o.open(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
@@ -370,7 +372,11 @@ impl Ca {
         &self.dir.0
     }
 
-    fn minion_params(&self, minion_id: &str, provider: &str) -> Result<CertificateParams, PkiError> {
+    fn minion_params(
+        &self,
+        minion_id: &str,
+        provider: &str,
+    ) -> Result<CertificateParams, PkiError> {
         let mut p = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, minion_id);
@@ -475,7 +481,13 @@ mod tests {
         assert!(init(dir.path(), &[]).is_err(), "no silent overwrite");
         let tok = new_join_token(dir.path(), "minion-a", "lab-a", Duration::from_secs(60)).unwrap();
         assert!(
-            new_join_token(dir.path(), "coordinator-lookup", "x", Duration::from_secs(60)).is_err()
+            new_join_token(
+                dir.path(),
+                "coordinator-lookup",
+                "x",
+                Duration::from_secs(60)
+            )
+            .is_err()
         );
         let ca = Ca::load(dir.path()).unwrap();
         let csr = make_csr().unwrap();

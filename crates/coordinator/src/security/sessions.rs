@@ -41,6 +41,8 @@ pub struct Gate {
     live: Mutex<HashMap<String, Live>>,
     revoked: Mutex<HashSet<String>>,
     ca_dir: Option<PathBuf>,
+    /// Violations per minion id (`overlord_core::trust::Strikes`).
+    strikes: Mutex<HashMap<String, overlord_core::trust::Strikes>>,
 }
 
 impl Gate {
@@ -53,6 +55,7 @@ impl Gate {
             live: Mutex::default(),
             revoked: Mutex::new(revoked),
             ca_dir,
+            strikes: Mutex::default(),
         })
     }
 
@@ -94,8 +97,8 @@ impl Gate {
             reg.minion_id = minion_id;
             reg.provider = provider;
             // Only the coordinator issues certificates for reserved ids (enrollment refuses them).
-            let internal = overlord_core::security::RESERVED_MINION_IDS
-                .contains(&reg.minion_id.as_str());
+            let internal =
+                overlord_core::security::RESERVED_MINION_IDS.contains(&reg.minion_id.as_str());
             (internal, Some(serial))
         } else {
             let internal = metadata
@@ -104,7 +107,8 @@ impl Gate {
                 .is_some_and(|v| v == self.internal_secret);
             (internal, None)
         };
-        check_reserved(&reg.minion_id, &reg.modules, internal).map_err(Status::permission_denied)?;
+        check_reserved(&reg.minion_id, &reg.modules, internal)
+            .map_err(Status::permission_denied)?;
         Ok(serial)
     }
 
@@ -119,6 +123,14 @@ impl Gate {
         tx: SessionTx,
     ) -> Result<Admitted, Status> {
         let now = overlord_core::now_ms();
+        if let Some(s) = self.strikes.lock().expect("strikes").get(id)
+            && s.quarantined(now)
+        {
+            return Err(Status::permission_denied(format!(
+                "minion {id:?} is quarantined for {} more seconds after repeated result violations",
+                s.until.unwrap_or(now).saturating_sub(now) / 1000
+            )));
+        }
         let mut live = self.live.lock().expect("sessions");
         let seen = live.get(id).map(|l| l.last_seen.load(Ordering::Relaxed));
         match admit_session(seen, now, self.live_within_ms) {
@@ -158,9 +170,39 @@ impl Gate {
         })
     }
 
+    /// Counts `n` rejected results against `id`; once it is quarantined its session is closed
+    /// and new ones are refused until the quarantine ends. True if it is now quarantined.
+    pub fn strike(&self, id: &str, n: usize) -> bool {
+        let now = overlord_core::now_ms();
+        let mut quarantined = false;
+        {
+            let mut st = self.strikes.lock().expect("strikes");
+            let s = st.entry(id.to_string()).or_default();
+            for _ in 0..n {
+                quarantined |= s.strike(now);
+            }
+        }
+        if quarantined {
+            warn!(minion = %id, "quarantined after repeated result violations");
+            if let Some(l) = self.live.lock().expect("sessions").remove(id) {
+                let _ = l.tx.send(Err(Status::permission_denied(
+                    "quarantined after repeated result violations",
+                )));
+                l.kill.notify_one();
+            }
+        }
+        quarantined
+    }
+
     /// Ids with a session now.
     pub fn live_ids(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.live.lock().expect("sessions").keys().cloned().collect();
+        let mut v: Vec<String> = self
+            .live
+            .lock()
+            .expect("sessions")
+            .keys()
+            .cloned()
+            .collect();
         v.sort();
         v
     }

@@ -214,9 +214,11 @@ pub fn action_of(path: &str) -> Option<Action> {
     match method {
         "SubmitJob" => Some(Action::Submit),
         "CancelJob" => Some(Action::Cancel),
-        m if ["Get", "List", "Watch", "Search", "Similar", "Stats", "Host", "Diff", "Query"]
-            .iter()
-            .any(|p| m.starts_with(p)) =>
+        m if [
+            "Get", "List", "Watch", "Search", "Similar", "Stats", "Host", "Diff", "Query",
+        ]
+        .iter()
+        .any(|p| m.starts_with(p)) =>
         {
             Some(Action::Read)
         }
@@ -227,7 +229,11 @@ pub fn action_of(path: &str) -> Option<Action> {
 
 /// The status for a call that `tokens` refuses, or the caller. `header`: the `authorization`
 /// header's value.
-pub fn authenticate(tokens: &Tokens, header: Option<&str>, path: &str) -> Result<Principal, Status> {
+pub fn authenticate(
+    tokens: &Tokens,
+    header: Option<&str>,
+    path: &str,
+) -> Result<Principal, Status> {
     let token = match header.and_then(|h| h.strip_prefix("Bearer ")) {
         Some(t) => t.trim(),
         None => {
@@ -244,7 +250,9 @@ pub fn authenticate(tokens: &Tokens, header: Option<&str>, path: &str) -> Result
         None => p.role == Role::Admin,
     };
     if !ok {
-        let what = action_of(path).map(Action::name).unwrap_or("call this method");
+        let what = action_of(path)
+            .map(Action::name)
+            .unwrap_or("call this method");
         return Err(Status::permission_denied(format!(
             "token {:?} (role {}) may not {what}",
             p.name,
@@ -326,13 +334,20 @@ mod tests {
         let admin = add_token(&f, "root", Role::Admin, None).unwrap();
         let op = add_token(&f, "alice", Role::Operator, Some("team-a")).unwrap();
         let view = add_token(&f, "bob", Role::Viewer, Some("team-a")).unwrap();
-        assert!(add_token(&f, "bob", Role::Viewer, None).is_err(), "duplicate name");
+        assert!(
+            add_token(&f, "bob", Role::Viewer, None).is_err(),
+            "duplicate name"
+        );
         let t = Tokens::load(&f).unwrap();
         let submit = "/overlord.v1.JobService/SubmitJob";
         let list = "/overlord.v1.JobService/ListJobs";
         let bearer = |s: &str| format!("Bearer {s}");
-        let code = |r: Result<Principal, Status>| r.map(|_| tonic::Code::Ok).unwrap_or_else(|s| s.code());
-        assert_eq!(code(authenticate(&t, None, list)), tonic::Code::Unauthenticated);
+        let code =
+            |r: Result<Principal, Status>| r.map(|_| tonic::Code::Ok).unwrap_or_else(|s| s.code());
+        assert_eq!(
+            code(authenticate(&t, None, list)),
+            tonic::Code::Unauthenticated
+        );
         assert_eq!(
             code(authenticate(&t, Some("Bearer nope"), list)),
             tonic::Code::Unauthenticated
@@ -348,7 +363,11 @@ mod tests {
         let p = authenticate(&t, Some(&bearer(&admin)), "/x.Y/DeleteEverything").unwrap();
         assert_eq!(p.owner, "root");
         assert_eq!(
-            code(authenticate(&t, Some(&bearer(&op)), "/x.Y/DeleteEverything")),
+            code(authenticate(
+                &t,
+                Some(&bearer(&op)),
+                "/x.Y/DeleteEverything"
+            )),
             tonic::Code::PermissionDenied,
             "unknown methods are admin-only"
         );

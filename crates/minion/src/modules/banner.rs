@@ -3,8 +3,8 @@
 
 use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
 use futures::future::BoxFuture;
+use overlord_core::finding::Banner;
 use overlord_probes::scan::{BannerOptions, GrabError, grab_banner};
-use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -49,14 +49,20 @@ impl Module for BannerGrab {
             for (port, g) in grabs {
                 match g {
                     Ok(b) => out.push(FindingOut::new(
-                        "banner",
                         Some(ip),
                         Some(port),
-                        json!({"banner": b.text(), "bytes": b.bytes.len(), "probed": b.probed, "truncated": b.truncated}),
+                        Banner {
+                            banner: b.text(),
+                            bytes: b.bytes.len() as u64,
+                            probed: b.probed,
+                            truncated: b.truncated,
+                        },
                     )),
                     // The port closed since the scan, or was a self-connect: nothing to report.
                     Err(GrabError::Connect(..)) | Err(GrabError::SelfConnect(_)) => {}
-                    Err(e @ GrabError::ConnectTimeout(_)) => return Err(ModuleError::Failed(e.to_string())),
+                    Err(e @ GrabError::ConnectTimeout(_)) => {
+                        return Err(ModuleError::Failed(e.to_string()));
+                    }
                 }
             }
             Ok(out)

@@ -9,10 +9,12 @@
 //! conn logs, data = the analytics `Finding` as JSON), then one `beacon_summary` (lines, records,
 //! bad lines with the first reasons, keys, scored sequences, seconds).
 
-use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
+use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput, to_schema};
 use futures::future::BoxFuture;
 use overlord_analytics::{AnalyticsError, BeaconConfig, LogKind, score_logs};
-use serde_json::{Value, json};
+use overlord_core::finding::Payload;
+use overlord_core::finding::beacon::{BadLine, Beacon as BeaconFinding, BeaconSummary};
+use serde_json::Value;
 
 pub struct Beacon;
 
@@ -100,30 +102,36 @@ impl Module for Beacon {
                 .take(max)
                 .map(|f| {
                     let port = (f.kind == LogKind::Conn && f.dst_port != 0).then_some(f.dst_port);
-                    FindingOut::new(
-                        "beacon",
+                    let b: BeaconFinding = to_schema(f)?;
+                    Ok(FindingOut::new(
                         f.src.parse().ok(),
                         port,
-                        serde_json::to_value(f).unwrap_or(Value::Null),
-                    )
+                        Payload::Beacon(Box::new(b)),
+                    ))
                 })
-                .collect();
+                .collect::<Result<_, ModuleError>>()?;
             out.push(FindingOut::new(
-                "beacon_summary",
                 None,
                 None,
-                json!({
-                    "input": path,
-                    "lines": report.lines,
-                    "records": report.records,
-                    "bad_lines": report.bad_lines,
-                    "bad_examples": report.bad_examples,
-                    "keys": report.keys,
-                    "scored": report.scored,
-                    "beacons": report.beacons().count(),
-                    "threshold": report.threshold,
-                    "seconds": report.seconds,
-                }),
+                BeaconSummary {
+                    input: path,
+                    lines: report.lines,
+                    records: report.records,
+                    bad_lines: report.bad_lines,
+                    bad_examples: report
+                        .bad_examples
+                        .iter()
+                        .map(|b| BadLine {
+                            line: b.line,
+                            reason: b.reason.clone(),
+                        })
+                        .collect(),
+                    keys: report.keys,
+                    scored: report.scored,
+                    beacons: report.beacons().count() as u64,
+                    threshold: report.threshold,
+                    seconds: report.seconds,
+                },
             ));
             Ok(out)
         })
@@ -134,6 +142,7 @@ impl Module for Beacon {
 mod tests {
     use super::*;
     use overlord_core::scope::Scope;
+    use serde_json::json;
 
     fn task(input: Option<String>, params: Value) -> TaskInput {
         TaskInput {
@@ -177,17 +186,21 @@ mod tests {
             .run(&task(Some("conn.log".into()), json!({})), &c)
             .await
             .unwrap();
-        let summary = out.last().unwrap();
-        assert_eq!(summary.kind, "beacon_summary");
-        assert_eq!(summary.data["records"], s.conn_lines);
-        assert_eq!(summary.data["bad_lines"], 0);
-        let beacons: Vec<&FindingOut> = out.iter().filter(|f| f.kind == "beacon").collect();
+        let Payload::BeaconSummary(summary) = &out.last().unwrap().payload else {
+            panic!("summary last: {out:?}")
+        };
+        assert_eq!(summary.records, s.conn_lines);
+        assert_eq!(summary.bad_lines, 0);
+        let beacons: Vec<&BeaconFinding> = out
+            .iter()
+            .filter_map(|f| match &f.payload {
+                Payload::Beacon(b) if f.target.is_some() => Some(&**b),
+                _ => None,
+            })
+            .collect();
         assert!(beacons.len() >= 6, "{out:?}");
-        assert!(
-            beacons
-                .iter()
-                .all(|f| f.target.is_some() && f.data["is_beacon"] == true)
-        );
+        assert_eq!(beacons.len(), out.len() - 1, "every beacon has a target");
+        assert!(beacons.iter().all(|b| b.is_beacon));
     }
 
     #[tokio::test]
@@ -204,10 +217,7 @@ mod tests {
             )
             .await
             .unwrap_err();
-        assert!(
-            e.permanent() && e.to_string().contains("input_dir"),
-            "{e}"
-        );
+        assert!(e.permanent() && e.to_string().contains("input_dir"), "{e}");
         let e = Beacon
             .run(
                 &task(Some("x".into()), json!({"threshold": "high"})),

@@ -5,10 +5,12 @@
 //!
 //! Tesseract's engine is `Send` but not `Sync`: the module owns a small pool of worker threads
 //! (OS threads, off the async runtime), each with its own `Analyzer`, created on first use.
-//! Params: none. Leak lookups happen where the leak database lives (the coordinator's store).
+//! Params: none. Leak lookups happen where the leak database lives (the coordinator itself runs
+//! `leak` tasks). A screenshot's PNG is not sent back with its enrichment.
 
-use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
+use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput, to_schema};
 use futures::future::BoxFuture;
+use overlord_core::finding::{Enrichment, Payload};
 use overlord_enrich::{Analysis, Analyzer, AnalyzerConfig, EnrichError};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -106,7 +108,10 @@ impl Module for Enrich {
                     tokio::task::spawn_blocking(move || {
                         use std::io::Read;
                         let mut buf = Vec::with_capacity(input.size as usize);
-                        (&input.file).take(cap + 1).read_to_end(&mut buf).map(|_| buf)
+                        (&input.file)
+                            .take(cap + 1)
+                            .read_to_end(&mut buf)
+                            .map(|_| buf)
                     })
                     .await
                     .map_err(|e| ModuleError::Failed(e.to_string()))?
@@ -120,9 +125,13 @@ impl Module for Enrich {
                     ));
                 }
             };
-            // the image travels with its enrichment (the coordinator stores blobs by sha256, so a
-            // screenshot's PNG is stored once) so that images from files can be served too
-            let blob = bytes::Bytes::from(bytes.clone());
+            // An image read from a file travels with its enrichment (so it can be served); a
+            // screenshot's PNG (the task's blob) is already stored: the finding refers to it (the
+            // coordinator gives it the task's blob id), so the PNG crosses the wire once each way.
+            let blob = task
+                .blob
+                .is_none()
+                .then(|| bytes::Bytes::from(bytes.clone()));
             let (tx, rx) = tokio::sync::oneshot::channel();
             let pool = self.pool()?.clone();
             // the channel is bounded: wait for room off the runtime
@@ -140,14 +149,14 @@ impl Module for Enrich {
                     }
                     _ => ModuleError::Invalid(e.to_string()),
                 })?;
-            let mut data =
-                serde_json::to_value(&analysis).map_err(|e| ModuleError::Failed(e.to_string()))?;
-            if let (serde_json::Value::Object(m), Some(input)) = (&mut data, &task.input) {
-                m.insert("input".into(), input.clone().into());
-            }
-            let mut f =
-                FindingOut::new("enrichment", task.target, task.ports.first().copied(), data);
-            f.blob = Some(blob);
+            let mut enrichment: Enrichment = to_schema(&analysis)?;
+            enrichment.input = task.input.clone();
+            let mut f = FindingOut::new(
+                task.target,
+                task.ports.first().copied(),
+                Payload::Enrichment(Box::new(enrichment)),
+            );
+            f.blob = blob;
             Ok(vec![f])
         })
     }
@@ -194,9 +203,13 @@ mod tests {
             .await
             .expect("enrichment");
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].kind, "enrichment");
+        let enrichment = |f: &FindingOut| match &f.payload {
+            Payload::Enrichment(e) => e.clone(),
+            other => panic!("{other:?}"),
+        };
         assert_eq!(out[0].port, Some(5900));
-        let emails = out[0].data["emails"].as_array().unwrap();
+        assert!(out[0].blob.is_none(), "a screenshot's PNG is not sent back");
+        let emails = enrichment(&out[0]).emails;
         assert_eq!(emails.len(), 3);
         // A file input: only from the minion's input directory.
         let path = dir.join("02_blank_black_pure.png").display().to_string();
@@ -211,8 +224,13 @@ mod tests {
             .run(&task(None, Some("02_blank_black_pure.png".into())), &c)
             .await
             .expect("enrichment");
-        assert_eq!(out[0].data["blank"], true);
-        assert_eq!(out[0].data["input"], "02_blank_black_pure.png");
+        let e = enrichment(&out[0]);
+        assert!(
+            out[0].blob.is_some(),
+            "a file's image travels with its enrichment"
+        );
+        assert!(e.blank);
+        assert_eq!(e.input.as_deref(), Some("02_blank_black_pure.png"));
         let err = m
             .run(
                 &task(Some(b"\x89PNG\r\n\x1a\ntruncated".to_vec()), None),

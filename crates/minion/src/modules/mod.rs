@@ -6,15 +6,15 @@ use std::sync::Arc;
 pub mod banner;
 pub mod beacon;
 pub mod enrich;
-pub mod leak;
 pub mod noop;
 pub mod portscan;
 pub mod screenshot;
 pub mod service;
 pub mod syn;
+pub mod udp;
 
-/// Every module an ordinary minion runs. `leak` is not here: it needs the coordinator's leak
-/// database and runs only on the coordinator's lookup minion (see [`leak::lookup_modules`]).
+/// Every module a minion runs. `leak` is not a minion module: the coordinator runs it itself, next
+/// to its leak database (`overlord_coordinator::lookup`).
 pub fn builtin() -> Vec<Arc<dyn Module>> {
     vec![
         Arc::new(portscan::PortScan),
@@ -25,5 +25,6 @@ pub fn builtin() -> Vec<Arc<dyn Module>> {
         Arc::new(noop::Noop),
         Arc::new(enrich::Enrich::default()),
         Arc::new(beacon::Beacon),
+        Arc::new(udp::UdpScan::default()),
     ]
 }

@@ -3,7 +3,7 @@
 
 use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
 use futures::future::BoxFuture;
-use serde_json::json;
+use overlord_core::finding::Noop as NoopFinding;
 use std::time::Duration;
 
 pub struct Noop;
@@ -31,10 +31,9 @@ impl Module for Noop {
                 .unwrap_or(false)
             {
                 return Ok(vec![FindingOut::new(
-                    "noop",
                     None,
                     None,
-                    json!({ "task": task.task_id }),
+                    NoopFinding { task: task.task_id },
                 )]);
             }
             Ok(Vec::new())

@@ -6,9 +6,9 @@
 
 use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, Output, TaskInput};
 use futures::future::BoxFuture;
+use overlord_core::finding::OpenPort;
 use overlord_probes::scan::connect::SharedLimit;
 use overlord_probes::scan::{ScanOptions, sweep};
-use serde_json::json;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -112,14 +112,7 @@ impl Module for PortScan {
             let probe_counts = super::portscan::net_counts(&rep);
             let findings = open
                 .into_iter()
-                .map(|(ip, p)| {
-                    FindingOut::new(
-                        "open_port",
-                        Some(ip),
-                        Some(p),
-                        json!({"state": "open", "proto": "tcp"}),
-                    )
-                })
+                .map(|(ip, p)| FindingOut::new(Some(ip), Some(p), OpenPort::tcp()))
                 .collect();
             Ok(Output {
                 findings,

@@ -13,13 +13,17 @@
 //! - `screenshot_error`: the server answered but broke the protocol or a cap (hostile or odd
 //!   servers are data too; not retried). Timeouts and resets are transient (retried).
 
-use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
+use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput, to_schema};
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use overlord_core::finding::Payload;
+use overlord_core::finding::screen::{
+    Capture, Rdp, ScreenProtocol, Screenshot as ShotFinding, ScreenshotError, VncCapture,
+    X11Capture,
+};
 use overlord_probes::screen::{
     ScreenError, ScreenOptions, rdp_probe, vnc_screenshot, x11_screenshot,
 };
-use serde_json::{Value, json};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -28,18 +32,15 @@ const MAX_BLOB: usize = 16 << 20;
 
 pub struct Screenshot;
 
-fn protocol_for(task: &TaskInput, port: u16) -> Result<&'static str, ModuleError> {
-    match task.params.get("protocol").and_then(Value::as_str) {
-        Some("vnc") => Ok("vnc"),
-        Some("x11") => Ok("x11"),
-        Some("rdp") => Ok("rdp"),
-        Some(other) => Err(ModuleError::Invalid(format!(
-            "unknown screenshot protocol {other:?} (vnc, x11, rdp)"
-        ))),
-        None => Ok(match port {
-            6000..=6063 => "x11",
-            3389 => "rdp",
-            _ => "vnc",
+fn protocol_for(task: &TaskInput, port: u16) -> Result<ScreenProtocol, ModuleError> {
+    match task.params.get("protocol") {
+        Some(v) if !v.is_null() => serde_json::from_value(v.clone()).map_err(|_| {
+            ModuleError::Invalid(format!("unknown screenshot protocol {v} (vnc, x11, rdp)"))
+        }),
+        _ => Ok(match port {
+            6000..=6063 => ScreenProtocol::X11,
+            3389 => ScreenProtocol::Rdp,
+            _ => ScreenProtocol::Vnc,
         }),
     }
 }
@@ -63,82 +64,95 @@ fn options(task: &TaskInput) -> ScreenOptions {
     }
 }
 
-/// Turns a capture's serde form plus its PNG into a `screenshot` finding.
+/// Turns a capture's typed record plus its PNG into a `screenshot` finding.
 fn shot_finding(
     ip: IpAddr,
     port: u16,
-    protocol: &str,
-    meta: Value,
+    protocol: ScreenProtocol,
+    capture: Capture,
     shot: overlord_probes::screen::Screenshot,
 ) -> FindingOut {
-    let mut data = json!({
-        "protocol": protocol,
-        "width": shot.width,
-        "height": shot.height,
-        "sha256": shot.sha256,
-        "png_bytes": shot.png.len(),
-        "capture": meta,
-    });
-    let mut f = FindingOut::new("screenshot", Some(ip), Some(port), Value::Null);
-    if shot.png.len() <= MAX_BLOB {
-        f.blob = Some(Bytes::from(shot.png));
+    let png_bytes = shot.png.len();
+    let (blob, blob_dropped) = if png_bytes <= MAX_BLOB {
+        (Some(Bytes::from(shot.png)), None)
     } else {
-        data["blob_dropped"] = json!(format!("PNG larger than {MAX_BLOB} bytes"));
-    }
-    f.data = data;
+        (None, Some(format!("PNG larger than {MAX_BLOB} bytes")))
+    };
+    let payload = ShotFinding {
+        protocol,
+        width: shot.width,
+        height: shot.height,
+        sha256: shot.sha256,
+        png_bytes: png_bytes as u64,
+        capture,
+        blob_dropped,
+    };
+    let mut f = FindingOut::new(Some(ip), Some(port), Payload::Screenshot(Box::new(payload)));
+    f.blob = blob;
     f
 }
 
-fn error_finding(ip: IpAddr, port: u16, protocol: &str, e: &ScreenError) -> FindingOut {
+fn error_finding(ip: IpAddr, port: u16, protocol: ScreenProtocol, e: &ScreenError) -> FindingOut {
     FindingOut::new(
-        "screenshot_error",
         Some(ip),
         Some(port),
-        json!({ "protocol": protocol, "error": e.to_string() }),
+        ScreenshotError {
+            protocol,
+            error: e.to_string(),
+        },
     )
 }
 
 async fn one(
     ip: IpAddr,
     port: u16,
-    protocol: &str,
+    protocol: ScreenProtocol,
     opts: &ScreenOptions,
 ) -> Result<Vec<FindingOut>, ModuleError> {
     let addr = SocketAddr::new(ip, port);
-    let res: Result<Vec<FindingOut>, ScreenError> = match protocol {
-        "vnc" => vnc_screenshot(addr, opts).await.map(|mut cap| {
+    let res: Result<Result<Vec<FindingOut>, ModuleError>, ScreenError> = match protocol {
+        ScreenProtocol::Vnc => vnc_screenshot(addr, opts).await.map(|mut cap| {
             let shot = cap.screenshot.take();
-            let meta = serde_json::to_value(&cap).unwrap_or(Value::Null);
-            match shot {
-                Some(s) => vec![shot_finding(ip, port, protocol, meta, s)],
-                None => vec![FindingOut::new("vnc_auth", Some(ip), Some(port), meta)],
-            }
+            let record: VncCapture = to_schema(&cap)?;
+            Ok(match shot {
+                Some(s) => vec![shot_finding(ip, port, protocol, Capture::Vnc(record), s)],
+                None => vec![FindingOut::new(
+                    Some(ip),
+                    Some(port),
+                    Payload::VncAuth(Box::new(record)),
+                )],
+            })
         }),
-        "x11" => x11_screenshot(addr, opts).await.map(|mut cap| {
+        ScreenProtocol::X11 => x11_screenshot(addr, opts).await.map(|mut cap| {
             let shot = cap.screenshot.take();
-            let meta = serde_json::to_value(&cap).unwrap_or(Value::Null);
-            match shot {
-                Some(s) => vec![shot_finding(ip, port, protocol, meta, s)],
-                None => vec![FindingOut::new("x11_refused", Some(ip), Some(port), meta)],
-            }
+            let record: X11Capture = to_schema(&cap)?;
+            Ok(match shot {
+                Some(s) => vec![shot_finding(ip, port, protocol, Capture::X11(record), s)],
+                None => vec![FindingOut::new(
+                    Some(ip),
+                    Some(port),
+                    Payload::X11Refused(Box::new(record)),
+                )],
+            })
         }),
-        _ => rdp_probe(addr, opts).await.map(|info| {
-            vec![FindingOut::new(
-                "rdp",
+        ScreenProtocol::Rdp => rdp_probe(addr, opts).await.map(|info| {
+            let record: Rdp = to_schema(&info)?;
+            Ok(vec![FindingOut::new(
                 Some(ip),
                 Some(port),
-                serde_json::to_value(&info).unwrap_or(Value::Null),
-            )]
+                Payload::Rdp(Box::new(record)),
+            )])
         }),
     };
+    let p = protocol.as_str();
     match res {
-        Ok(f) => Ok(f),
+        Ok(f) => f,
         // Closed since the scan (or a self-connect): nothing to report.
         Err(ScreenError::Connect { .. }) => Ok(Vec::new()),
         // Transient: let the coordinator retry.
         Err(
             e @ (ScreenError::Timeout { .. } | ScreenError::Io { .. } | ScreenError::Closed { .. }),
-        ) => Err(ModuleError::Failed(format!("{protocol} {addr}: {e}"))),
+        ) => Err(ModuleError::Failed(format!("{p} {addr}: {e}"))),
         Err(e) => Ok(vec![error_finding(ip, port, protocol, &e)]),
     }
 }
@@ -175,6 +189,7 @@ impl Module for Screenshot {
 mod tests {
     use super::*;
     use overlord_core::scope::Scope;
+    use serde_json::{Value, json};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn task(port: u16, params: Value) -> TaskInput {
@@ -247,16 +262,18 @@ mod tests {
         let out = Screenshot.run(&t, &ctx()).await.unwrap();
         assert_eq!(out.len(), 1);
         let f = &out[0];
-        assert_eq!(f.kind, "screenshot");
         assert_eq!(f.port, Some(port));
+        let Payload::Screenshot(shot) = &f.payload else {
+            panic!("{f:?}")
+        };
         let png = f.blob.as_ref().unwrap();
         assert_eq!(&png[1..4], b"PNG");
-        assert_eq!(
-            f.data["sha256"].as_str().unwrap(),
-            overlord_probes::screen::sha256_hex(png)
-        );
-        assert_eq!(f.data["width"], 2);
-        assert_eq!(f.data["capture"]["desktop_name"], "demo");
+        assert_eq!(shot.sha256, overlord_probes::screen::sha256_hex(png));
+        assert_eq!(shot.width, 2);
+        let Capture::Vnc(cap) = &shot.capture else {
+            panic!("{shot:?}")
+        };
+        assert_eq!(cap.desktop_name.as_deref(), Some("demo"));
     }
 
     #[tokio::test]
@@ -266,8 +283,10 @@ mod tests {
             .run(&task(port, json!({})), &ctx())
             .await
             .unwrap();
-        assert_eq!(out[0].kind, "vnc_auth");
-        assert_eq!(out[0].data["auth_required"], true);
+        let Payload::VncAuth(cap) = &out[0].payload else {
+            panic!("{out:?}")
+        };
+        assert!(cap.auth_required);
         assert!(out[0].blob.is_none());
 
         let closed = std::net::TcpListener::bind("127.0.0.1:0")

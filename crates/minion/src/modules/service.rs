@@ -1,14 +1,16 @@
 //! `service`: service identification on each of the task's ports (nmap-service-probes engine,
 //! TLS, structured grabbers; see `overlord_probes::service`). One `service` finding per port that
-//! still accepts connections; its data is the serialized `ServiceReport`, whose `screenshot`
-//! field ("vnc" / "x11") drives the screenshot follow-up rule.
+//! still accepts connections; its payload is the schema's `Service` (the probes' `ServiceReport`
+//! checked against the schema by [`to_schema`]), whose `screenshot` hint ("vnc" / "x11") drives
+//! the screenshot follow-up rule.
 //!
 //! Params (all optional; any `IdentifyOptions` field, e.g. `intensity`, `total_timeout_ms`,
 //! `tls`: "off", `grabbers`: false) plus `probes_file`: an extra nmap-format probes file on the
 //! minion's disk. Probes: ours + `/usr/share/nmap/nmap-service-probes` when present, loaded once.
 
-use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
+use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput, to_schema};
 use futures::future::BoxFuture;
+use overlord_core::finding::{Payload, Service};
 use overlord_probes::service::{IdentifyOptions, ProbeDb, Status, identify};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -113,13 +115,11 @@ impl Module for ServiceId {
                         )));
                     }
                     _ => {
-                        let data = serde_json::to_value(&r)
-                            .map_err(|e| ModuleError::Failed(format!("serialize report: {e}")))?;
+                        let service: Service = to_schema(&r)?;
                         out.push(FindingOut::new(
-                            "service",
                             Some(ip),
                             Some(r.addr.port()),
-                            data,
+                            Payload::Service(Box::new(service)),
                         ));
                     }
                 }
@@ -180,11 +180,16 @@ mod tests {
         let params = serde_json::json!({"grabbers": false, "rate_limit": 10});
         let out = m.run(&task(port, params.clone()), &ctx()).await.unwrap();
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].kind, "service");
         assert_eq!(out[0].port, Some(port));
-        assert_eq!(out[0].data["service"], "ssh");
-        assert_eq!(out[0].data["product"], "OpenSSH");
-        assert_eq!(out[0].data["status"], "identified");
+        let Payload::Service(s) = &out[0].payload else {
+            panic!("{out:?}")
+        };
+        assert_eq!(s.service.as_deref(), Some("ssh"));
+        assert_eq!(s.product.as_deref(), Some("OpenSSH"));
+        assert_eq!(
+            s.status,
+            overlord_core::finding::service::ServiceStatus::Identified
+        );
         assert!(
             m.run(&task(closed, params), &ctx())
                 .await

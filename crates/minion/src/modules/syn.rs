@@ -7,7 +7,7 @@
 use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, Output, TaskInput};
 use futures::future::BoxFuture;
 use overlord_probes::scan::syn::{SynError, SynOptions, SynScanner};
-use serde_json::json;
+use overlord_core::finding::OpenPort;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -94,14 +94,7 @@ impl Module for Syn {
             let probe_counts = super::portscan::net_counts(&rep);
             let findings = open
                 .into_iter()
-                .map(|(ip, p)| {
-                    FindingOut::new(
-                        "open_port",
-                        Some(ip),
-                        Some(p),
-                        json!({"state": "open", "proto": "tcp", "method": "syn"}),
-                    )
-                })
+                .map(|(ip, p)| FindingOut::new(Some(ip), Some(p), OpenPort::syn()))
                 .collect();
             Ok(Output {
                 findings,

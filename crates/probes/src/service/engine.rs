@@ -108,6 +108,12 @@ struct Ctx<'a> {
     waits: Waits,
     deadline: Instant,
     null_idx: Option<usize>,
+    /// Probe sent on the NULL probe's own connection when the peer stays silent past the banner
+    /// wait (`Help`, `HELP\r\n`; GenericLines when there is no Help probe): line-based servers
+    /// that wait for the client (IRC answers 451, which it does not for GenericLines' empty
+    /// lines) answer on the one connection that is sure to be accepted: ngircd refused our
+    /// other probes' connections ("too many connections from your IP address").
+    nudge_idx: Option<usize>,
 }
 
 /// Tries the rules of `probe` (its own, its fallbacks, then the NULL probe's) on `data`.
@@ -180,6 +186,44 @@ fn match_response(ctx: &Ctx<'_>, probe: usize, data: &[u8]) -> (Option<Found>, O
     (None, soft)
 }
 
+/// What a rule of a probe file says about a reply (used by the UDP scan for nmap's UDP probes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleMatch {
+    pub rule: RuleRef,
+    pub product: Option<String>,
+    pub version: Option<String>,
+    pub info: Option<String>,
+    pub hostname: Option<String>,
+    pub os: Option<String>,
+    pub device: Option<String>,
+    pub cpe: Vec<String>,
+}
+
+/// Tries the rules of probe `probe` (its own, then its fallbacks') on a reply: the first hard
+/// match, else the first softmatch. No NULL-probe rules (UDP has no banner).
+pub fn match_reply(db: &ProbeDb, probe: usize, data: &[u8]) -> Option<RuleMatch> {
+    let ctx = Ctx {
+        db,
+        opts: &IdentifyOptions::default(),
+        port: 0,
+        waits: Waits::new(Duration::ZERO, &IdentifyOptions::default()),
+        deadline: Instant::now(),
+        null_idx: None,
+        nudge_idx: None,
+    };
+    let (h, s) = match_response(&ctx, probe, data);
+    h.or(s).map(|f| RuleMatch {
+        rule: f.rule,
+        product: f.product,
+        version: f.version,
+        info: f.info,
+        hostname: f.hostname,
+        os: f.os,
+        device: f.device,
+        cpe: f.cpe,
+    })
+}
+
 fn found_plain(rule: RuleRef) -> Found {
     Found {
         rule,
@@ -199,6 +243,8 @@ struct ProbeOutcome {
     hard: Option<Found>,
     soft: Option<Found>,
     dial_error: Option<DialError>,
+    /// The NULL probe's connection was nudged with the GenericLines payload.
+    nudged: bool,
 }
 
 async fn run_probe(
@@ -213,6 +259,7 @@ async fn run_probe(
         hard: None,
         soft: None,
         dial_error: None,
+        nudged: false,
     };
     let mut s = match stream {
         Some(s) => s,
@@ -256,9 +303,19 @@ async fn run_probe(
         patience: w.patience,
         cap: ctx.opts.max_response_bytes,
     };
+    // A silent NULL connection is nudged after the banner wait (see `Ctx::nudge_idx`); a late
+    // banner still arrives on it and is matched by the NULL rules (every probe falls back to them).
+    let nudge = p.is_null().then_some(ctx.nudge_idx).flatten();
+    let plan = match nudge {
+        Some(_) => ReadPlan {
+            first_byte_by: (start + w.banner).min(ctx.deadline),
+            ..plan
+        },
+        None => plan,
+    };
     let mut hard = None;
     let mut soft = None;
-    let resp = read_response(&mut s, plan, |data| {
+    let mut resp = read_response(&mut s, plan, |data| {
         let (h, so) = match_response(ctx, probe, data);
         if soft.is_none() {
             soft = so;
@@ -271,6 +328,47 @@ async fn run_probe(
         }
     })
     .await;
+    if let Some(g) = nudge
+        && resp.data.is_empty()
+        && !resp.closed
+        && resp.error.is_none()
+        && Instant::now() < ctx.deadline
+        && timeout(w.response, s.write_all(&ctx.db.probes[g].payload))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    {
+        out.nudged = true;
+        let start2 = Instant::now();
+        let plan2 = ReadPlan {
+            first_byte_by: (start2 + (first - w.banner).max(w.response)).min(ctx.deadline),
+            deadline: (start2 + total.max(first)).min(ctx.deadline),
+            ..plan
+        };
+        resp = read_response(&mut s, plan2, |data| {
+            let (h, so) = match_response(ctx, g, data);
+            if soft.is_none() {
+                soft = so;
+            }
+            if h.is_some() {
+                hard = h;
+                true
+            } else {
+                false
+            }
+        })
+        .await;
+        if hard.is_none() && !resp.data.is_empty() {
+            let (h, so) = match_response(ctx, g, &resp.data);
+            hard = h;
+            if soft.is_none() {
+                soft = so;
+            }
+        }
+        out.resp = resp;
+        out.hard = hard;
+        out.soft = soft;
+        return out;
+    }
     if hard.is_none() && !resp.data.is_empty() {
         let (h, so) = match_response(ctx, probe, &resp.data);
         hard = h;
@@ -380,10 +478,14 @@ async fn run_engine<'a>(
             Some(o) = inflight.next(), if !inflight.is_empty() => {
                 if Some(o.probe) == ctx.null_idx {
                     null_done = true;
-                    res.null_first_byte = o.resp.first_byte;
+                    // After a nudge the reply's first byte is not a banner.
+                    res.null_first_byte = o.resp.first_byte.filter(|_| !o.nudged);
                     res.null_closed_empty = o.resp.closed && o.resp.data.is_empty() && o.dial_error.is_none();
                 }
                 res.sent.push(o.probe);
+                if o.nudged && let Some(g) = ctx.nudge_idx {
+                    res.sent.push(g);
+                }
                 res.capped |= o.resp.capped;
                 res.drip |= o.resp.deadline_hit;
                 if let Some(e) = o.dial_error { res.dial_errors.push(e); }
@@ -437,6 +539,7 @@ pub async fn identify(addr: SocketAddr, opts: &IdentifyOptions, db: &ProbeDb) ->
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_millis(opts.total_timeout_ms);
     let mut report = ServiceReport::new(addr, Status::NoResponse);
+    report.budget_ms = opts.total_timeout_ms;
     let connect_timeout = Duration::from_millis(opts.connect_timeout_ms);
     let first = match connect_tcp(addr, connect_timeout).await {
         Ok(s) => s,
@@ -461,6 +564,9 @@ pub async fn identify(addr: SocketAddr, opts: &IdentifyOptions, db: &ProbeDb) ->
         waits,
         deadline,
         null_idx: db.probe_index(Protocol::Tcp, "NULL"),
+        nudge_idx: db
+            .probe_index(Protocol::Tcp, "Help")
+            .or_else(|| db.probe_index(Protocol::Tcp, "GenericLines")),
     };
     let tls_limit = (waits.response * 4).max(Duration::from_millis(1500));
     let mut dialer = Dialer {
@@ -591,21 +697,28 @@ pub async fn identify(addr: SocketAddr, opts: &IdentifyOptions, db: &ProbeDb) ->
             });
         if let Some(kind) = kind {
             let t_grab = Instant::now();
-            let limit = Duration::from_millis(opts.grab_timeout_ms).min(
-                deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(500),
-            );
-            match timeout(limit, grabbers::grab(kind, &dialer, &waits, opts)).await {
-                Ok(Ok(g)) => {
-                    grabbers::merge(&mut report, kind, g);
-                }
-                Ok(Err(e)) => report.grab_error = Some(e.to_string()),
-                Err(_) => {
-                    report.grab_error = Some(format!("{kind:?} grabber timed out after {limit:?}"))
+            // The grabber lives inside the port's budget (it used to get 500 ms on top).
+            let left = deadline.saturating_duration_since(Instant::now());
+            let limit = Duration::from_millis(opts.grab_timeout_ms).min(left);
+            if limit.is_zero() {
+                report.grab_error = Some(format!("{kind:?} grabber not run: budget spent"));
+                report.budget_exhausted = true;
+            } else {
+                match timeout(limit, grabbers::grab(kind, &dialer, &waits, opts)).await {
+                    Ok(Ok(g)) => {
+                        grabbers::merge(&mut report, kind, g);
+                    }
+                    Ok(Err(e)) => report.grab_error = Some(e.to_string()),
+                    Err(_) => {
+                        report.grab_error =
+                            Some(format!("{kind:?} grabber timed out after {limit:?}"))
+                    }
                 }
             }
             report.timings.grab_ms = ms(t_grab.elapsed());
         }
     }
+    report.budget_exhausted |= res.deadline_hit || Instant::now() >= deadline;
     report.timings.total_ms = ms(t0.elapsed());
     tracing::debug!(%addr, status = ?report.status, service = ?report.service, product = ?report.product,
         total_ms = report.timings.total_ms, "service identified");

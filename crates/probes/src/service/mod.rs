@@ -15,6 +15,8 @@ pub mod engine;
 pub mod fuzzing;
 pub mod grabbers;
 pub mod io;
+#[cfg(feature = "testsupport")]
+pub mod lab;
 pub mod probefile;
 pub mod template;
 #[cfg(feature = "testsupport")]
@@ -64,7 +66,8 @@ pub struct IdentifyOptions {
     pub patience_ms: u64,
     /// Hard cap on one probe's read (the probe's `totalwaitms` when smaller).
     pub max_probe_wait_ms: u64,
-    /// Hard cap on the whole identification of one port (grabbers included).
+    /// The port's time budget: hard cap on the whole identification of one port (probes,
+    /// late banners, TLS and grabbers included).
     pub total_timeout_ms: u64,
     /// Bytes read per reply at most.
     pub max_response_bytes: usize,
@@ -195,9 +198,16 @@ pub struct ServiceReport {
     /// `vnc` or `x11` when the desktop is open without credentials (spawns a screenshot task).
     pub screenshot: Option<String>,
     pub banner: Option<Banner>,
-    /// Probe names sent, in order of completion.
+    /// Probe names sent, in order of completion (`Help` right after `NULL` when the silent
+    /// NULL connection was nudged).
     pub probes_sent: Vec<String>,
     pub timings: Timings,
+    /// The port's time budget (`total_timeout_ms`); `timings.total_ms` is what was spent.
+    #[serde(default)]
+    pub budget_ms: u64,
+    /// The budget ran out before every probe (or the grabber) finished.
+    #[serde(default)]
+    pub budget_exhausted: bool,
 }
 
 impl ServiceReport {
@@ -225,6 +235,8 @@ impl ServiceReport {
             banner: None,
             probes_sent: Vec::new(),
             timings: Timings::default(),
+            budget_ms: 0,
+            budget_exhausted: false,
         }
     }
 

@@ -34,11 +34,16 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     /// The loopback TCP front of a daemon that itself listens only on a Unix socket (Xvfb).
     _forward: Option<UnixForwarder>,
+    /// Clean-up after the child stopped (helpers it spawned that detached, e.g. epmd).
+    pub(crate) after_stop: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         stop_child(&mut self.child);
+        if let Some(f) = self.after_stop.take() {
+            f();
+        }
     }
 }
 
@@ -92,6 +97,8 @@ pub fn require_bin(bin: &str, package: &str) -> Result<PathBuf, SupportError> {
         "/bin",
         "/usr/local/bin",
         "/usr/local/sbin",
+        // Unpacked, not installed, by scripts/install-deps.sh (conflicts with an installed package).
+        "/opt/overlord-lab/proftpd/usr/sbin",
     ] {
         let p = Path::new(d).join(bin);
         if p.exists() {
@@ -123,7 +130,11 @@ fn port_free(port: u16) -> bool {
 /// test (or the daemon of a parallel test) may take it; our daemon then fails to bind and exits,
 /// but a bare "connect succeeds" check would have accepted the foreign listener and the test would
 /// talk to the wrong server. So readiness means: the child's own fds hold the listening socket.
-fn wait_ready(child: &mut Child, addr: SocketAddr, limit: Duration) -> Result<(), String> {
+pub(crate) fn wait_ready(
+    child: &mut Child,
+    addr: SocketAddr,
+    limit: Duration,
+) -> Result<(), String> {
     let end = Instant::now() + limit;
     let pid = child.id();
     while Instant::now() < end {
@@ -149,11 +160,24 @@ fn wait_ready(child: &mut Child, addr: SocketAddr, limit: Duration) -> Result<()
 
 /// Spawns `cmd` (stdout/stderr to files in `dir`) and waits for `addr`; retries on a new port
 /// via `make` when the first attempt fails (e.g. the port was taken in between).
-type Launch = (Command, SocketAddr, Option<u16>);
+pub(crate) type Launch = (Command, SocketAddr, Option<u16>);
 
 fn launch(
     name: &str,
     make: &mut dyn FnMut(&Path, u16) -> Result<Launch, SupportError>,
+) -> Result<Daemon, SupportError> {
+    launch_ready(name, make, &wait_ready, Duration::from_secs(20))
+}
+
+/// A readiness check: `Ok` once the child holds what it should (see [`wait_ready`]).
+pub(crate) type Ready = dyn Fn(&mut Child, SocketAddr, Duration) -> Result<(), String>;
+
+/// [`launch`] with another readiness check (UDP ports, several ports) and time limit.
+pub(crate) fn launch_ready(
+    name: &str,
+    make: &mut dyn FnMut(&Path, u16) -> Result<Launch, SupportError>,
+    ready: &Ready,
+    limit: Duration,
 ) -> Result<Daemon, SupportError> {
     let mut last = String::new();
     for attempt in 1..=3 {
@@ -170,7 +194,7 @@ fn launch(
         })?;
         // Generous: under load (2 cores, a parallel cargo build) sshd or python start slowly,
         // and a retry would only start the same slow program again.
-        match wait_ready(&mut child, addr, Duration::from_secs(20)) {
+        match ready(&mut child, addr, limit) {
             Ok(()) => {
                 return Ok(Daemon {
                     name: name.into(),
@@ -179,6 +203,7 @@ fn launch(
                     child,
                     dir,
                     _forward: None,
+                    after_stop: None,
                 });
             }
             Err(e) => {
@@ -515,6 +540,7 @@ pub fn xvfb(open: bool) -> Result<Daemon, SupportError> {
                     child,
                     dir,
                     _forward: Some(f),
+                    after_stop: None,
                 });
             }
             None => stop_child(&mut child),
@@ -642,7 +668,7 @@ pub fn tcp_listeners_on(port: u16) -> std::io::Result<Vec<SocketAddr>> {
 }
 
 /// (local address, socket inode) of every LISTEN socket in `/proc/net/tcp` and `/proc/net/tcp6`.
-fn tcp_listeners() -> std::io::Result<Vec<(SocketAddr, String)>> {
+pub(crate) fn tcp_listeners() -> std::io::Result<Vec<(SocketAddr, String)>> {
     let mut out = Vec::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let text = std::fs::read_to_string(file)?;
@@ -661,7 +687,7 @@ fn tcp_listeners() -> std::io::Result<Vec<(SocketAddr, String)>> {
 
 /// `0100007F:1770` (IPv4) or 32 hex digits + port (IPv6): 32-bit words in host (little-endian)
 /// byte order, port big-endian hex.
-fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
+pub(crate) fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
     let (ip, port) = s.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     let words: Vec<u32> = (0..ip.len() / 8)

@@ -1,6 +1,8 @@
 //! Structured protocol grabbers: typed fields for protocols where a banner is not enough.
 //! None of them ever tries a password: they record only what is open without credentials.
 
+pub mod amqp;
+pub mod dns;
 pub mod ftp;
 pub mod http;
 pub mod mqtt;
@@ -30,6 +32,8 @@ pub enum GrabKind {
     Smtp,
     Vnc,
     X11,
+    Dns,
+    Amqp,
 }
 
 impl GrabKind {
@@ -44,6 +48,8 @@ impl GrabKind {
             "smtp" | "smtps" | "submission" => GrabKind::Smtp,
             "vnc" => GrabKind::Vnc,
             "X11" | "x11" => GrabKind::X11,
+            "domain" => GrabKind::Dns,
+            "amqp" => GrabKind::Amqp,
             _ => return None,
         })
     }
@@ -59,6 +65,8 @@ impl GrabKind {
             25 | 465 | 587 => GrabKind::Smtp,
             5900..=5999 => GrabKind::Vnc,
             6000..=6063 => GrabKind::X11,
+            53 => GrabKind::Dns,
+            5672 => GrabKind::Amqp,
             _ => return None,
         })
     }
@@ -76,6 +84,8 @@ pub enum Grab {
     Smtp(smtp::SmtpGrab),
     Vnc(vnc::VncGrab),
     X11(x11::X11Grab),
+    Dns(dns::DnsGrab),
+    Amqp(amqp::AmqpGrab),
 }
 
 /// Why a grabber gave up.
@@ -116,6 +126,8 @@ pub async fn grab(
         GrabKind::Smtp => Grab::Smtp(smtp::grab(dialer, wait).await?),
         GrabKind::Vnc => Grab::Vnc(vnc::grab(dialer, wait).await?),
         GrabKind::X11 => Grab::X11(x11::grab(dialer, wait).await?),
+        GrabKind::Dns => Grab::Dns(dns::grab(dialer, wait).await?),
+        GrabKind::Amqp => Grab::Amqp(amqp::grab(dialer, wait).await?),
     })
 }
 
@@ -162,6 +174,21 @@ pub(crate) fn merge(report: &mut ServiceReport, kind: GrabKind, g: Grab) {
             }
             ("X11", x.vendor.clone(), x.version.clone())
         }
+        Grab::Dns(d) => {
+            if report.info.is_none() {
+                report.info = d.info.clone();
+            }
+            ("domain", d.product.clone(), d.version.clone())
+        }
+        Grab::Amqp(a) => {
+            if report.info.is_none() {
+                report.info = a
+                    .protocol
+                    .strip_prefix("0-")
+                    .map(|_| format!("AMQP {}", a.protocol));
+            }
+            ("amqp", a.product.clone(), a.version.clone())
+        }
     };
     if report.service.is_none() {
         report.service = Some(service.to_string());
@@ -175,10 +202,12 @@ pub(crate) fn merge(report: &mut ServiceReport, kind: GrabKind, g: Grab) {
             service: service.to_string(),
         });
     }
-    let generic = report
-        .product
-        .as_deref()
-        .is_none_or(|p| p == "VNC" || p == "MQTT broker" || p == "X11 server");
+    let generic = report.product.as_deref().is_none_or(|p| {
+        matches!(
+            p,
+            "VNC" | "MQTT broker" | "X11 server" | "Advanced Message Queue Protocol"
+        )
+    });
     if generic && product.is_some() {
         report.product = product;
         if version.is_some() {

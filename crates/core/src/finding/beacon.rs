@@ -1,0 +1,93 @@
+//! Payloads of the `beacon` analytics module: `beacon` (one scored sequence) and
+//! `beacon_summary` (one per input log).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Zeek log types the beacon detector reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BeaconLog {
+    Conn,
+    Dns,
+    Http,
+    Ssl,
+}
+
+/// `beacon`: one scored sequence — a key (source → destination, per log type) in one 24 h window.
+/// The finding's target is `src`, its port `dst_port` (conn logs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Beacon {
+    pub rank: u32,
+    pub kind: BeaconLog,
+    pub src: String,
+    /// Destination IP (conn), query (dns), Host (http), server name (ssl).
+    pub dst: String,
+    pub dst_port: u16,
+    /// Index of the 24 h window, counted from the earliest event read.
+    pub window: u32,
+    /// CNN *beaconing* output (max over the sequence's windows).
+    pub cnn_score: f32,
+    /// CNN *has jitter* output at that window.
+    pub jitter_score: f32,
+    /// RITA-style statistical score.
+    pub stat_score: f32,
+    /// Final score.
+    pub combined: f32,
+    /// `combined >= threshold`.
+    pub is_beacon: bool,
+    /// Median interval between check-ins, seconds.
+    pub period_secs: f64,
+    /// Interquartile range of the intervals / median (≈ jitter fraction).
+    pub jitter: f64,
+    /// Log lines in the sequence.
+    pub events: u64,
+    /// Check-ins after collapsing bursts.
+    pub checkins: u64,
+    /// Largest burst of events in one check-in.
+    pub max_burst: u32,
+    /// Epoch seconds.
+    pub first_seen: f64,
+    /// Epoch seconds.
+    pub last_seen: f64,
+    /// Fraction of connections never established (S0, REJ, ...).
+    pub failed_fraction: f32,
+    /// Sources reaching this destination periodically in the same window.
+    pub fan_in: u32,
+    /// Many sources reach this destination periodically: likely NTP/updates/telemetry.
+    pub benign_hint: bool,
+    /// Destinations of the rotation group this finding was credited from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_period_secs: Option<f64>,
+    /// Events beyond the per-key cap were dropped.
+    pub truncated: bool,
+}
+
+/// `beacon_summary`: counters of one scored log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BeaconSummary {
+    /// The log path.
+    pub input: String,
+    pub lines: u64,
+    pub records: u64,
+    pub bad_lines: u64,
+    /// The first bad lines with their reasons.
+    pub bad_examples: Vec<BadLine>,
+    /// Distinct keys seen.
+    pub keys: u64,
+    /// Sequences long enough to be scored.
+    pub scored: u64,
+    /// Findings at or above the threshold.
+    pub beacons: u64,
+    pub threshold: f32,
+    pub seconds: f64,
+}
+
+/// A log line that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BadLine {
+    pub line: u64,
+    pub reason: String,
+}

@@ -1,0 +1,123 @@
+//! UDP scan against real daemons on loopback: unbound (DNS), chronyd (NTP), snmpd (SNMP),
+//! memcached -U; a silent socket, a closed port, and a server that answers with the wrong id.
+
+use std::net::{IpAddr, SocketAddr};
+
+use overlord_probes::service::ProbeDb;
+use overlord_probes::service::lab;
+use overlord_probes::udp::{UdpOptions, UdpReport, UdpState, scan, scan_port};
+
+fn find(rs: &[UdpReport], a: SocketAddr) -> &UdpReport {
+    rs.iter().find(|r| r.addr == a).expect("port in the report")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_udp_daemons_are_open_and_named_with_validated_replies() {
+    let unbound = lab::unbound().expect("unbound");
+    let chrony = lab::chronyd().expect("chronyd");
+    let snmpd = lab::snmpd().expect("snmpd");
+    let memcached = lab::memcached_udp().expect("memcached");
+    let silent = lab::silent_udp().unwrap();
+    let closed = lab::closed_udp_port();
+    let db = ProbeDb::load_default().unwrap();
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let ports = [
+        unbound.addr.port(),
+        chrony.addr.port(),
+        snmpd.addr.port(),
+        memcached.addr.port(),
+        silent.addr.port(),
+        closed,
+    ];
+    let opts = UdpOptions::default();
+    let rs = scan(ip, &ports, &opts, &db).await;
+    let show = serde_json::to_string_pretty(&rs).unwrap();
+
+    let r = find(&rs, unbound.addr);
+    assert_eq!(r.state, UdpState::Open, "{show}");
+    assert_eq!(r.service.as_deref(), Some("domain"), "{show}");
+    assert_eq!(r.product.as_deref(), Some("Unbound"), "{show}");
+    assert!(
+        r.validated && r.evidence.as_deref().unwrap().starts_with("dns id"),
+        "{show}"
+    );
+
+    let r = find(&rs, chrony.addr);
+    assert_eq!(r.state, UdpState::Open, "{show}");
+    assert_eq!(r.service.as_deref(), Some("ntp"), "{show}");
+    assert!(
+        r.validated && r.evidence.as_deref().unwrap().contains("origin timestamp"),
+        "{show}"
+    );
+    assert!(r.info.as_deref().unwrap().contains("stratum 10"), "{show}");
+
+    let r = find(&rs, snmpd.addr);
+    assert_eq!(r.state, UdpState::Open, "{show}");
+    assert_eq!(r.service.as_deref(), Some("snmp"), "{show}");
+    assert_eq!(r.product.as_deref(), Some("net-snmp"), "{show}");
+    assert!(r.validated, "{show}");
+
+    let r = find(&rs, memcached.addr);
+    assert_eq!(r.state, UdpState::Open, "{show}");
+    assert_eq!(r.service.as_deref(), Some("memcached"), "{show}");
+    assert_eq!(r.product.as_deref(), Some("Memcached"), "{show}");
+    assert!(
+        r.version.as_deref().is_some_and(|v| v.starts_with("1.")),
+        "{show}"
+    );
+    assert!(r.validated, "{show}");
+
+    let r = find(&rs, silent.addr);
+    assert_eq!(r.state, UdpState::OpenFiltered, "{show}");
+    assert_eq!(r.reason, "no-response");
+    assert_eq!(
+        r.tries,
+        opts.retries + 1,
+        "silent ports are retried: {show}"
+    );
+    assert!(r.spent_ms <= opts.budget_ms as f64 + 200.0, "{show}");
+    assert!(
+        r.probes_sent.iter().any(|p| p.starts_with("nmap:")),
+        "stage 2 (nmap's UDP probes) tried on a silent port: {show}"
+    );
+
+    let r = find(&rs, SocketAddr::new(ip, closed));
+    assert_eq!(r.state, UdpState::Closed, "{show}");
+    assert_eq!(r.reason, "port-unreach", "{show}");
+    assert_eq!(r.tries, 1, "{show}");
+}
+
+/// A DNS server that answers with the query id + 1: the port is open, but the reply is not
+/// taken as the answer to our query.
+#[tokio::test]
+async fn reply_with_a_wrong_id_is_open_but_not_validated() {
+    let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = s.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        loop {
+            let Ok((n, from)) = s.recv_from(&mut buf).await else {
+                return;
+            };
+            // Only DNS-shaped requests (the version.bind query) get an answer.
+            if n >= 12 && buf[4..6] == [0, 1] && buf[12..n].starts_with(b"\x07version") {
+                let mut r = buf[..n].to_vec();
+                let id = u16::from_be_bytes([r[0], r[1]]).wrapping_add(1);
+                r[..2].copy_from_slice(&id.to_be_bytes());
+                r[2] |= 0x80;
+                let _ = s.send_to(&r, from).await;
+            }
+        }
+    });
+    let db = ProbeDb::builtin();
+    let opts = UdpOptions {
+        nmap_probes: false,
+        ..Default::default()
+    };
+    let r = scan_port(addr, &opts, &db).await;
+    assert_eq!(r.state, UdpState::Open, "{r:?}");
+    assert_eq!(r.reason, "udp-response");
+    assert!(!r.validated, "{r:?}");
+    assert_eq!(r.service, None, "{r:?}");
+    server.abort();
+}
