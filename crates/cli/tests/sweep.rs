@@ -1,6 +1,7 @@
 //! A sweep through the whole cluster (embedded coordinator + 2 minions over real gRPC): many
 //! addresses × one port become a couple of block tasks, not one task per address, and the open
-//! set is exactly the listeners — on 127.0.0.0/22 and on ::1 (the portscan module's IPv6 check).
+//! set is exactly the listeners — on 127.0.0.0/22 and on ::1 (the portscan module's IPv6 check;
+//! it also proves a spec with an IPv6 range is stored and read back).
 
 use overlord_cli::client;
 use overlord_cli::embedded::Embedded;
@@ -76,7 +77,6 @@ async fn a_sweep_is_a_few_block_tasks_with_the_exact_open_set_on_v4_and_v6() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "regression on main after the storage seam: a job with an IPv6 target fails at submit (stored spec read back: `u128 is not supported`, IpRange::V6 inside an internally tagged enum); passed before the merge"]
 async fn ipv6_sweep_through_the_cluster() {
     let (port, _ls, want) = listeners();
     let dir = tempfile::tempdir().unwrap();
