@@ -86,10 +86,14 @@ fn syn_scan_is_pinned_and_exact_on_v4_and_v6() {
                 probes.push((ip, p));
                 ls.push(l);
             }
-            for _ in 0..30 {
-                // Closed: bound then dropped.
+            // Closed: bound then dropped; 30 distinct ports (the kernel often hands the same
+            // free port out again, and a probe listed twice gets one answer).
+            let mut closed = HashSet::new();
+            while closed.len() < 30 {
                 let p = TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
-                probes.push((ip, p));
+                if !want.contains(&(ip, p)) && closed.insert(p) {
+                    probes.push((ip, p));
+                }
             }
         }
         (ls, probes, want)
