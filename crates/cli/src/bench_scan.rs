@@ -127,14 +127,24 @@ fn nmap_open(args: &[&str]) -> Result<(f64, BTreeSet<(IpAddr, u16)>)> {
     Ok((secs, open))
 }
 
-fn compare(name: &str, secs: f64, ours_secs: f64, open: &BTreeSet<(IpAddr, u16)>, ours: &BTreeSet<(IpAddr, u16)>) {
+fn compare(
+    name: &str,
+    secs: f64,
+    ours_secs: f64,
+    open: &BTreeSet<(IpAddr, u16)>,
+    ours: &BTreeSet<(IpAddr, u16)>,
+) {
     let only_ours = ours.difference(open).count();
     let only_theirs = open.difference(ours).count();
     println!(
         "   {name:<8} {secs:>8.2}s  open {:>6}  | overlord/{name} time ratio {:.2}  | open only in overlord {only_ours}, only in {name} {only_theirs}{}",
         open.len(),
         ours_secs / secs,
-        if only_ours + only_theirs == 0 { " (same open set)" } else { "" }
+        if only_ours + only_theirs == 0 {
+            " (same open set)"
+        } else {
+            ""
+        }
     );
 }
 
@@ -167,7 +177,9 @@ pub async fn sweep(a: SweepArgs) -> Result<()> {
     while want.len() < (a.listeners as u64).min(n) as usize {
         let ip = IpAddr::V4(Ipv4Addr::from(start + (splitmix(&mut z) % n) as u32));
         if want.insert((ip, a.port)) {
-            listeners.push(TcpListener::bind((ip, a.port)).with_context(|| format!("bind {ip}:{}", a.port))?);
+            listeners.push(
+                TcpListener::bind((ip, a.port)).with_context(|| format!("bind {ip}:{}", a.port))?,
+            );
         }
     }
     println!(
@@ -175,7 +187,9 @@ pub async fn sweep(a: SweepArgs) -> Result<()> {
         a.targets,
         a.port,
         listeners.len(),
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
     // Ours: the embedded cluster (coordinator + minions, gRPC over loopback, sled).
     let dir = tempfile::tempdir()?;
@@ -244,7 +258,15 @@ pub async fn sweep(a: SweepArgs) -> Result<()> {
             "nmap" => {
                 let port = a.port.to_string();
                 let (secs, open) = nmap_open(&[
-                    "-sT", "-p", &port, "-n", "-Pn", "-T5", "--min-rate", "50000", &a.targets,
+                    "-sT",
+                    "-p",
+                    &port,
+                    "-n",
+                    "-Pn",
+                    "-T5",
+                    "--min-rate",
+                    "50000",
+                    &a.targets,
                 ])?;
                 compare("nmap", secs, ours_secs, &open, &ours);
             }
@@ -279,7 +301,9 @@ pub async fn sweep(a: SweepArgs) -> Result<()> {
                     .map(|ip| (ip, a.port))
                     .collect();
                 compare("zmap", secs, ours_secs, &open, &ours);
-                println!("            (zmap: raw SYNs on the namespace's lo, 1 s cooldown included)");
+                println!(
+                    "            (zmap: raw SYNs on the namespace's lo, 1 s cooldown included)"
+                );
             }
             "" => {}
             other => bail!("unknown peer {other:?} (nmap, zmap)"),
@@ -295,7 +319,9 @@ pub async fn loss(a: LossArgs) -> Result<()> {
         println!(
             "== loss: {} listeners among 65,535 ports of 127.0.0.1, nftables random drop on input (each packet once), fresh namespace per row; load {}",
             a.listeners,
-            std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
         );
         for &pct in &a.loss {
             let ns = NetNs::create("loss")?;
@@ -320,7 +346,10 @@ pub async fn loss(a: LossArgs) -> Result<()> {
     let listeners: Vec<TcpListener> = (0..a.listeners)
         .map(|_| TcpListener::bind((ip, 0)))
         .collect::<std::io::Result<_>>()?;
-    let want: BTreeSet<u16> = listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<std::io::Result<_>>()?;
+    let want: BTreeSet<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<std::io::Result<_>>()?;
     let mut probes: Vec<(IpAddr, u16)> = (1..=65535u16).map(|p| (ip, p)).collect();
     overlord_minion::modules::portscan::shuffle(&mut probes, pct as u64);
     let t = Instant::now();
@@ -342,14 +371,32 @@ pub async fn loss(a: LossArgs) -> Result<()> {
         let (name, secs, open) = match p.as_str() {
             "nmap" => {
                 let (secs, open) = nmap_open(&["-sT", "-p-", "-n", "-Pn", "-T4", "127.0.0.1"])?;
-                ("nmap", secs, open.into_iter().map(|(_, p)| p).collect::<BTreeSet<u16>>())
+                (
+                    "nmap",
+                    secs,
+                    open.into_iter().map(|(_, p)| p).collect::<BTreeSet<u16>>(),
+                )
             }
             "masscan" => {
                 let t = Instant::now();
                 // Bounded: on this kernel masscan on a namespace's lo sent nothing and hung.
                 let out = Command::new("timeout")
-                    .args(["120", "masscan", "127.0.0.1", "-p1-65535", "--rate", "100000", "-e", "lo"])
-                    .args(["--source-mac", "02-00-00-00-00-01", "--router-mac", "00-00-00-00-00-00"])
+                    .args([
+                        "120",
+                        "masscan",
+                        "127.0.0.1",
+                        "-p1-65535",
+                        "--rate",
+                        "100000",
+                        "-e",
+                        "lo",
+                    ])
+                    .args([
+                        "--source-mac",
+                        "02-00-00-00-00-01",
+                        "--router-mac",
+                        "00-00-00-00-00-00",
+                    ])
                     .args(["--source-ip", "127.0.0.1", "--wait", "1", "-oL", "-"])
                     .output()
                     .context("running masscan (scripts/install-deps.sh installs it)")?;
@@ -358,7 +405,9 @@ pub async fn loss(a: LossArgs) -> Result<()> {
                     .lines()
                     .filter_map(|l| {
                         let f: Vec<&str> = l.split_whitespace().collect();
-                        (f.len() >= 4 && f[0] == "open").then(|| f[2].parse().ok()).flatten()
+                        (f.len() >= 4 && f[0] == "open")
+                            .then(|| f[2].parse().ok())
+                            .flatten()
                     })
                     .collect::<BTreeSet<u16>>();
                 ("masscan", secs, open)

@@ -445,7 +445,12 @@ pub fn quality_lines(q: &v1::QualityLedger) -> String {
     let mut out = String::new();
     let line = |kind: &str, r: &v1::LedgerRow| {
         let miss = if r.sampled > 0 {
-            format!("{:.2} % ({} of {} re-checked)", r.missed as f64 * 100.0 / r.sampled as f64, r.missed, r.sampled)
+            format!(
+                "{:.2} % ({} of {} re-checked)",
+                r.missed as f64 * 100.0 / r.sampled as f64,
+                r.missed,
+                r.sampled
+            )
         } else {
             "not sampled".into()
         };
@@ -454,7 +459,11 @@ pub fn quality_lines(q: &v1::QualityLedger) -> String {
             r.key,
             r.sent,
             r.answered,
-            if r.sent > 0 { r.answered as f64 * 100.0 / r.sent as f64 } else { 0.0 },
+            if r.sent > 0 {
+                r.answered as f64 * 100.0 / r.sent as f64
+            } else {
+                0.0
+            },
             r.retried,
         )
     };
@@ -469,7 +478,11 @@ pub fn quality_lines(q: &v1::QualityLedger) -> String {
         out.push_str(&line("net", r));
     }
     if q.nets_total as usize > q.nets.len() {
-        out.push_str(&format!("  ({} networks with loss or silence; the {} worst shown)\n", q.nets_total, q.nets.len()));
+        out.push_str(&format!(
+            "  ({} networks with loss or silence; the {} worst shown)\n",
+            q.nets_total,
+            q.nets.len()
+        ));
     }
     for f in &q.flags {
         out.push_str(&format!("  FLAGGED: {f}\n"));

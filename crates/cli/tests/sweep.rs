@@ -23,7 +23,10 @@ fn listeners() -> (u16, Vec<TcpListener>, BTreeSet<(IpAddr, u16)>) {
             }
         }
         if ok {
-            let want = ls.iter().map(|l| (l.local_addr().unwrap().ip(), p)).collect();
+            let want = ls
+                .iter()
+                .map(|l| (l.local_addr().unwrap().ip(), p))
+                .collect();
             return (p, ls, want);
         }
     }
@@ -50,7 +53,11 @@ async fn run_job(
         if s.state != v1::JobState::Running as i32 {
             break s;
         }
-        assert!(t.elapsed() < Duration::from_secs(60), "{}", client::status_line(&s));
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{}",
+            client::status_line(&s)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let mut open = BTreeSet::new();
@@ -66,7 +73,9 @@ async fn run_job(
 async fn a_sweep_is_a_few_block_tasks_with_the_exact_open_set_on_v4_and_v6() {
     let (port, _ls, want) = listeners();
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Embedded::start(dir.path().join("data"), 2, 8).await.unwrap();
+    let cluster = Embedded::start(dir.path().join("data"), 2, 8)
+        .await
+        .unwrap();
     let (st, open) = run_job(&cluster.url, "portscan", port, &["127.0.0.0/22"]).await;
     // 1,024 addresses of the /22 in one block task (4,096 probes per task).
     assert_eq!(st.tasks_total, 1, "{}", client::status_line(&st));
@@ -80,7 +89,9 @@ async fn a_sweep_is_a_few_block_tasks_with_the_exact_open_set_on_v4_and_v6() {
 async fn ipv6_sweep_through_the_cluster() {
     let (port, _ls, want) = listeners();
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Embedded::start(dir.path().join("data"), 2, 8).await.unwrap();
+    let cluster = Embedded::start(dir.path().join("data"), 2, 8)
+        .await
+        .unwrap();
     let (st, open) = run_job(&cluster.url, "portscan", port, &["127.0.0.0/22", "::1"]).await;
     assert_eq!(st.tasks_total, 2, "{}", client::status_line(&st));
     assert_eq!(open, want);

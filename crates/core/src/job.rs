@@ -222,8 +222,7 @@ pub fn root_plan(spec: &JobSpec) -> Result<RootPlan, SpecError> {
                 }
                 let n_targets: u128 = spec.ranges.iter().map(|r| r.len()).sum();
                 let n_chunks = spec.ports.len().div_ceil(ports_per_task) as u64;
-                let addrs =
-                    addrs_per_task(probes_per_task, spec.ports.len().min(ports_per_task));
+                let addrs = addrs_per_task(probes_per_task, spec.ports.len().min(ports_per_task));
                 let n_blocks: u128 = spec.ranges.iter().map(|r| blocks_of(r, addrs)).sum();
                 let total = n_blocks.saturating_mul(n_chunks as u128);
                 if total > MAX_ROOT_TASKS as u128 {
@@ -646,7 +645,11 @@ mod tests {
         // Two ranges whose sizes are not multiples of the block: blocks never cross a range,
         // every (address, port) is covered once, tasks come in a randomised order.
         let spec = prepare(
-            &raw(&["127.0.0.0/22", "127.1.0.5-127.1.0.9", "::1"], "80,443", &["portscan"]),
+            &raw(
+                &["127.0.0.0/22", "127.1.0.5-127.1.0.9", "::1"],
+                "80,443",
+                &["portscan"],
+            ),
             &s,
             &no_dns,
         )
@@ -661,7 +664,9 @@ mod tests {
             let addrs: Vec<IpAddr> = t.targets().collect();
             assert_eq!(addrs.len(), t.target_count as usize);
             assert!(
-                spec.ranges.iter().any(|r| r.contains_ip(addrs[0]) && r.contains_ip(*addrs.last().unwrap())),
+                spec.ranges
+                    .iter()
+                    .any(|r| r.contains_ip(addrs[0]) && r.contains_ip(*addrs.last().unwrap())),
                 "block crosses a range: {addrs:?}"
             );
             for a in addrs {

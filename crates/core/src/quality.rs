@@ -74,20 +74,39 @@ impl Ledger {
             };
             self.by_net.entry(key.to_string()).or_default().add(c);
         }
-        self.by_minion.entry(minion.to_string()).or_default().add(&total);
-        self.by_provider.entry(provider.to_string()).or_default().add(&total);
+        self.by_minion
+            .entry(minion.to_string())
+            .or_default()
+            .add(&total);
+        self.by_provider
+            .entry(provider.to_string())
+            .or_default()
+            .add(&total);
     }
 
     /// A verification run of a task first run by `minion`/`provider` re-checked `sampled`
     /// closed/unanswered probes of `net` and found `missed` of them open.
-    pub fn record_check(&mut self, minion: &str, provider: &str, net: &str, sampled: u64, missed: u64) {
+    pub fn record_check(
+        &mut self,
+        minion: &str,
+        provider: &str,
+        net: &str,
+        sampled: u64,
+        missed: u64,
+    ) {
         let c = Counts {
             sampled,
             missed,
             ..Default::default()
         };
-        self.by_minion.entry(minion.to_string()).or_default().add(&c);
-        self.by_provider.entry(provider.to_string()).or_default().add(&c);
+        self.by_minion
+            .entry(minion.to_string())
+            .or_default()
+            .add(&c);
+        self.by_provider
+            .entry(provider.to_string())
+            .or_default()
+            .add(&c);
         if let Some(n) = self.by_net.get_mut(net) {
             n.add(&c);
         }
@@ -160,7 +179,10 @@ pub fn verify_task(key: u64, task_id: u64, per_mille: u32) -> bool {
 }
 
 /// Misses of a first run given the open sets of the first and the verifying run of one task.
-pub fn misses<T: Ord>(first: &std::collections::BTreeSet<T>, check: &std::collections::BTreeSet<T>) -> u64 {
+pub fn misses<T: Ord>(
+    first: &std::collections::BTreeSet<T>,
+    check: &std::collections::BTreeSet<T>,
+) -> u64 {
     check.difference(first).count() as u64
 }
 
@@ -179,12 +201,22 @@ mod tests {
     #[test]
     fn records_roll_up_by_minion_provider_and_net() {
         let mut l = Ledger::default();
-        l.record("m1", "aws", &[("127.0.0.0/24".into(), c(10, 9)), ("127.0.1.0/24".into(), c(5, 5))]);
+        l.record(
+            "m1",
+            "aws",
+            &[
+                ("127.0.0.0/24".into(), c(10, 9)),
+                ("127.0.1.0/24".into(), c(5, 5)),
+            ],
+        );
         l.record("m2", "aws", &[("127.0.0.0/24".into(), c(4, 3))]);
         assert_eq!(l.by_minion["m1"].sent, 15);
         assert_eq!(l.by_provider["aws"].answered, 17);
         assert_eq!(l.by_net["127.0.0.0/24"].sent, 14);
-        assert!(!l.by_net.contains_key("127.0.1.0/24"), "fully answered: no row");
+        assert!(
+            !l.by_net.contains_key("127.0.1.0/24"),
+            "fully answered: no row"
+        );
         l.record_check("m1", "aws", "127.0.0.0/24", 100, 3);
         assert_eq!(l.by_minion["m1"].miss_rate(), Some(0.03));
         assert_eq!(l.by_net["127.0.0.0/24"].missed, 3);

@@ -97,11 +97,17 @@ impl IpRange {
         match first {
             IpAddr::V4(a) => {
                 let s = u32::from(a);
-                Some(IpRange::V4 { start: s, end: s.checked_add(n)? })
+                Some(IpRange::V4 {
+                    start: s,
+                    end: s.checked_add(n)?,
+                })
             }
             IpAddr::V6(a) => {
                 let s = u128::from(a);
-                Some(IpRange::V6 { start: s, end: s.checked_add(n as u128)? })
+                Some(IpRange::V6 {
+                    start: s,
+                    end: s.checked_add(n as u128)?,
+                })
             }
         }
     }
@@ -364,13 +370,20 @@ mod tests {
 
     #[test]
     fn ranges_round_trip_through_json_both_families() {
-        for t in ["127.0.0.0/22", "::1", "fe80::/64", "::/0", "2001:db8::1-2001:db8::ff"] {
+        for t in [
+            "127.0.0.0/22",
+            "::1",
+            "fe80::/64",
+            "::/0",
+            "2001:db8::1-2001:db8::ff",
+        ] {
             let a = r(t);
             let text = serde_json::to_string(&a).unwrap();
             let b: IpRange = serde_json::from_str(&text).unwrap();
             assert_eq!(a, b, "{t}: {text}");
             // And inside a containing struct/Vec (as JobSpec stores them).
-            let v: Vec<IpRange> = serde_json::from_str(&serde_json::to_string(&vec![a]).unwrap()).unwrap();
+            let v: Vec<IpRange> =
+                serde_json::from_str(&serde_json::to_string(&vec![a]).unwrap()).unwrap();
             assert_eq!(v, vec![a]);
         }
         assert_eq!(

@@ -355,14 +355,18 @@ mod tests {
                 Err(Violation::Target { .. })
             ));
             assert!(check_result(&s, &[f("service", Some("127.0.1.1"), Some(80))]).is_err());
-            let all: Vec<_> = (0..=255)
-                .map(|i| format!("127.0.1.{i}"))
+            let all: Vec<_> = (0..=255).map(|i| format!("127.0.1.{i}")).collect();
+            let fs: Vec<_> = all
+                .iter()
+                .map(|a| f("open_port", Some(a), Some(80)))
                 .collect();
-            let fs: Vec<_> = all.iter().map(|a| f("open_port", Some(a), Some(80))).collect();
             assert_eq!(check_result(&s, &fs), Ok(()));
             let mut more = fs.clone();
             more.push(f("open_port", Some("127.0.1.1"), Some(80)));
-            assert!(matches!(check_result(&s, &more), Err(Violation::Count(257, 256))));
+            assert!(matches!(
+                check_result(&s, &more),
+                Err(Violation::Count(257, 256))
+            ));
         }
     }
 

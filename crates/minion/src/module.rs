@@ -42,7 +42,11 @@ impl TaskInput {
         let n = self.target_count.max(1) as u128;
         match t {
             IpAddr::V4(a) => (0..n)
-                .filter_map(|i| u32::from(a).checked_add(i as u32).map(|v| IpAddr::V4(v.into())))
+                .filter_map(|i| {
+                    u32::from(a)
+                        .checked_add(i as u32)
+                        .map(|v| IpAddr::V4(v.into()))
+                })
                 .collect(),
             IpAddr::V6(a) => (0..n)
                 .filter_map(|i| u128::from(a).checked_add(i).map(|v| IpAddr::V6(v.into())))

@@ -369,7 +369,11 @@ fn start_task(
                         retried: c.retried,
                     })
                     .collect();
-                r.findings = out.findings.into_iter().map(FindingOut::into_wire).collect();
+                r.findings = out
+                    .findings
+                    .into_iter()
+                    .map(FindingOut::into_wire)
+                    .collect();
             }
             Err(e) => {
                 r.ok = false;
@@ -427,7 +431,9 @@ async fn execute(
     let target_count = lease.target_count.max(1);
     if let Some(ip) = target {
         let block = overlord_core::target::IpRange::block(ip, target_count).ok_or_else(|| {
-            ModuleError::Invalid(format!("{target_count} addresses from {ip} overflow the family"))
+            ModuleError::Invalid(format!(
+                "{target_count} addresses from {ip} overflow the family"
+            ))
         })?;
         if let Err(e) = ctx.scope.check(&[block]) {
             warn!(target = %block, task = lease.task_id, "target refused by minion scope");

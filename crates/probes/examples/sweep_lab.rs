@@ -8,7 +8,11 @@ use std::time::Instant;
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
-    let first: Ipv4Addr = a.get(1).map_or("127.1.0.0", |s| s).parse().expect("address");
+    let first: Ipv4Addr = a
+        .get(1)
+        .map_or("127.1.0.0", |s| s)
+        .parse()
+        .expect("address");
     let n: u32 = a.get(2).map_or("65536", |s| s).parse().expect("count");
     let port: u16 = a.get(3).map_or("80", |s| s).parse().expect("port");
     let window: usize = a.get(4).map_or("2048", |s| s).parse().expect("window");
@@ -17,7 +21,14 @@ fn main() {
         .map(|i| (IpAddr::V4((u32::from(first) + i).into()), port))
         .collect();
     let t = Instant::now();
-    let rep = sweep(&probes, &SweepOptions { window, ..Default::default() }).expect("sweep");
+    let rep = sweep(
+        &probes,
+        &SweepOptions {
+            window,
+            ..Default::default()
+        },
+    )
+    .expect("sweep");
     let s = t.elapsed().as_secs_f64();
     println!(
         "{n} probes in {s:.3}s = {:.0}/s; open {}, answered {}, sent {}, rounds {}",

@@ -9,9 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetNsError {
-    #[error(
-        "network namespaces need root (CAP_SYS_ADMIN); this process has euid {0}"
-    )]
+    #[error("network namespaces need root (CAP_SYS_ADMIN); this process has euid {0}")]
     NotRoot(u32),
     #[error("`{cmd}` failed: {stderr}")]
     Command { cmd: String, stderr: String },
@@ -161,7 +159,9 @@ EOF"
 
     /// Packets dropped by [`NetNs::random_drop`] so far.
     pub fn dropped(&self) -> Result<u64, NetNsError> {
-        let out = run(self.command("nft").args(["list", "table", "inet", "ovl_loss"]))?;
+        let out = run(self
+            .command("nft")
+            .args(["list", "table", "inet", "ovl_loss"]))?;
         Ok(out
             .split("packets ")
             .skip(1)

@@ -49,7 +49,9 @@ fn sweep_recall_under_random_loss() {
         // A fixed shuffle (the minion shuffles per task the same way).
         let mut z = 0x5eed_u64 + loss as u64;
         for i in (1..probes.len()).rev() {
-            z = z.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            z = z
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             probes.swap(i, (z >> 33) as usize % (i + 1));
         }
         let t = Instant::now();
@@ -57,7 +59,11 @@ fn sweep_recall_under_random_loss() {
         let secs = t.elapsed().as_secs_f64();
         let found: HashSet<u16> = rep.open(&probes).map(|(_, p)| p).collect();
         let dropped = if loss > 0 { ns.dropped().unwrap() } else { 0 };
-        let unanswered = rep.outcomes.iter().filter(|o| **o == Outcome::Unanswered).count();
+        let unanswered = rep
+            .outcomes
+            .iter()
+            .filter(|o| **o == Outcome::Unanswered)
+            .count();
         let per_port = rep.sent as f64 / probes.len() as f64;
         let b = *base.get_or_insert(secs);
         eprintln!(
@@ -66,10 +72,25 @@ fn sweep_recall_under_random_loss() {
             secs / b,
             rep.rounds,
         );
-        assert!(found.is_subset(&want), "false positives: {:?}", found.difference(&want).collect::<Vec<_>>());
-        assert_eq!(found.len(), 500, "recall at {loss}% loss: missed {:?}", want.difference(&found).collect::<Vec<_>>());
-        assert!(per_port <= 2.0, "{per_port} probes per port at {loss}% loss");
-        assert!(unanswered <= 65, "{unanswered} ports unanswered at {loss}% loss (>0.1%)");
+        assert!(
+            found.is_subset(&want),
+            "false positives: {:?}",
+            found.difference(&want).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            found.len(),
+            500,
+            "recall at {loss}% loss: missed {:?}",
+            want.difference(&found).collect::<Vec<_>>()
+        );
+        assert!(
+            per_port <= 2.0,
+            "{per_port} probes per port at {loss}% loss"
+        );
+        assert!(
+            unanswered <= 65,
+            "{unanswered} ports unanswered at {loss}% loss (>0.1%)"
+        );
         if loss > 0 {
             assert!(dropped > 0, "the drop rule never fired");
             assert!(rep.retried > 0);

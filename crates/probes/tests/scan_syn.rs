@@ -38,13 +38,22 @@ fn refuses_without_cap_net_raw() {
             v: u32,
             pid: i32,
         }
-        let mut h = H { v: 0x2008_0522, pid: 0 };
+        let mut h = H {
+            v: 0x2008_0522,
+            pid: 0,
+        };
         let mut d = [0u32; 6];
         // SAFETY: capget/capset with a v3 header and two 3-word data structs.
         unsafe {
-            assert_eq!(libc::syscall(libc::SYS_capget, &mut h as *mut H, d.as_mut_ptr()), 0);
+            assert_eq!(
+                libc::syscall(libc::SYS_capget, &mut h as *mut H, d.as_mut_ptr()),
+                0
+            );
             d[0] &= !(1 << 13);
-            assert_eq!(libc::syscall(libc::SYS_capset, &mut h as *mut H, d.as_ptr()), 0);
+            assert_eq!(
+                libc::syscall(libc::SYS_capset, &mut h as *mut H, d.as_ptr()),
+                0
+            );
         }
         SynScanner::new(SynOptions::default()).err()
     })
@@ -71,7 +80,8 @@ fn syn_scan_is_pinned_and_exact_on_v4_and_v6() {
         sink.name
     ))
     .unwrap();
-    sink.sh("sysctl -qw net.ipv6.conf.d1.disable_ipv6=1 && ip link set d1 up").unwrap();
+    sink.sh("sysctl -qw net.ipv6.conf.d1.disable_ipv6=1 && ip link set d1 up")
+        .unwrap();
     let v4: IpAddr = "127.0.0.1".parse().unwrap();
     let v6: IpAddr = "::1".parse().unwrap();
     let (listeners, probes, want) = in_ns(&ns, || {
@@ -90,7 +100,11 @@ fn syn_scan_is_pinned_and_exact_on_v4_and_v6() {
             // free port out again, and a probe listed twice gets one answer).
             let mut closed = HashSet::new();
             while closed.len() < 30 {
-                let p = TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
+                let p = TcpListener::bind((ip, 0))
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port();
                 if !want.contains(&(ip, p)) && closed.insert(p) {
                     probes.push((ip, p));
                 }
@@ -99,12 +113,25 @@ fn syn_scan_is_pinned_and_exact_on_v4_and_v6() {
         (ls, probes, want)
     });
     let before = ns.tx_packets("d0").unwrap();
-    let rep = in_ns(&ns, || SynScanner::new(SynOptions::default()).unwrap().scan(&probes)).unwrap();
+    let rep = in_ns(&ns, || {
+        SynScanner::new(SynOptions::default())
+            .unwrap()
+            .scan(&probes)
+    })
+    .unwrap();
     let found: HashSet<(IpAddr, u16)> = rep.open(&probes).collect();
     assert_eq!(found, want);
-    let closed = rep.outcomes.iter().filter(|o| **o == Outcome::Closed).count();
+    let closed = rep
+        .outcomes
+        .iter()
+        .filter(|o| **o == Outcome::Closed)
+        .count();
     assert_eq!(closed, 60, "every closed port answered with a RST");
-    assert_eq!(ns.tx_packets("d0").unwrap(), before, "a packet left through the veth interface");
+    assert_eq!(
+        ns.tx_packets("d0").unwrap(),
+        before,
+        "a packet left through the veth interface"
+    );
     // Control: a scanner pinned to d0 sends there (and hears nothing back).
     let few = &probes[..3];
     let rep = in_ns(&ns, || {
@@ -134,12 +161,23 @@ fn syn_scan_recall_under_random_loss() {
     ns.allow_raw_loopback().unwrap();
     ns.random_drop_raw(20).unwrap();
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let listeners: Vec<TcpListener> =
-        in_ns(&ns, || (0..500).map(|_| TcpListener::bind((ip, 0)).unwrap()).collect());
-    let want: HashSet<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    let listeners: Vec<TcpListener> = in_ns(&ns, || {
+        (0..500)
+            .map(|_| TcpListener::bind((ip, 0)).unwrap())
+            .collect()
+    });
+    let want: HashSet<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
     let probes: Vec<(IpAddr, u16)> = (1..=65535u16).map(|p| (ip, p)).collect();
     let t = std::time::Instant::now();
-    let rep = in_ns(&ns, || SynScanner::new(SynOptions::default()).unwrap().scan(&probes)).unwrap();
+    let rep = in_ns(&ns, || {
+        SynScanner::new(SynOptions::default())
+            .unwrap()
+            .scan(&probes)
+    })
+    .unwrap();
     let found: HashSet<u16> = rep.open(&probes).map(|(_, p)| p).collect();
     let per_port = rep.sent as f64 / 65535.0;
     eprintln!(

@@ -38,7 +38,9 @@ pub fn shuffle<T>(v: &mut [T], key: u64) {
 }
 
 /// The sweep's per-network counts as the result reports them.
-pub fn net_counts(rep: &overlord_probes::scan::connect::SweepReport) -> Vec<crate::module::NetCounts> {
+pub fn net_counts(
+    rep: &overlord_probes::scan::connect::SweepReport,
+) -> Vec<crate::module::NetCounts> {
     rep.nets
         .iter()
         .map(|(n, c)| crate::module::NetCounts {

@@ -6,8 +6,8 @@
 
 use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, Output, TaskInput};
 use futures::future::BoxFuture;
-use overlord_probes::scan::syn::{SynError, SynOptions, SynScanner};
 use overlord_core::finding::OpenPort;
+use overlord_probes::scan::syn::{SynError, SynOptions, SynScanner};
 use std::net::IpAddr;
 use std::time::Duration;
 

@@ -8,8 +8,8 @@
 //! `connect(2)` returns, so most probes here finish with two syscalls and never touch epoll.
 
 use super::retry::{LossBook, Net, RetryPolicy};
-use std::collections::{BinaryHeap, HashMap};
 use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -157,7 +157,8 @@ impl Rtt {
         if !self.seen {
             return o.timeout_max;
         }
-        Duration::from_micros((self.srtt + 4.0 * self.rttvar) as u64).clamp(o.timeout_min, o.timeout_max)
+        Duration::from_micros((self.srtt + 4.0 * self.rttvar) as u64)
+            .clamp(o.timeout_min, o.timeout_max)
     }
 }
 
@@ -211,7 +212,13 @@ fn so_error(fd: RawFd) -> i32 {
     let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: valid fd, out-pointers to locals of the right size.
     let r = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, &mut e as *mut _ as *mut _, &mut l)
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            &mut e as *mut _ as *mut _,
+            &mut l,
+        )
     };
     if r < 0 { errno() } else { e }
 }
@@ -276,7 +283,16 @@ pub fn sweep(probes: &[Probe], o: &SweepOptions) -> std::io::Result<SweepReport>
     let mut todo: Vec<usize> = (0..probes.len()).collect();
     let mut round = 0u32;
     let result = loop {
-        if let Err(e) = pass(ep, probes, &todo, o, &mut rtt, &mut rep, &mut book, round > 0) {
+        if let Err(e) = pass(
+            ep,
+            probes,
+            &todo,
+            o,
+            &mut rtt,
+            &mut rep,
+            &mut book,
+            round > 0,
+        ) {
             break Err(e);
         }
         rep.rounds = round + 1;
@@ -291,7 +307,8 @@ pub fn sweep(probes: &[Probe], o: &SweepOptions) -> std::io::Result<SweepReport>
             break Ok(());
         }
         todo.retain(|&i| {
-            rep.outcomes[i] == Outcome::Unanswered && again.binary_search(&Net::of(probes[i].0)).is_ok()
+            rep.outcomes[i] == Outcome::Unanswered
+                && again.binary_search(&Net::of(probes[i].0)).is_ok()
         });
         round += 1;
     };
@@ -354,15 +371,27 @@ fn pass(
             }
             let i = todo[next];
             let dst = SocketAddr::new(probes[i].0, probes[i].1);
-            let fam = if dst.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+            let fam = if dst.is_ipv4() {
+                libc::AF_INET
+            } else {
+                libc::AF_INET6
+            };
             // SAFETY: plain syscall.
             let fd = unsafe {
-                libc::socket(fam, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
+                libc::socket(
+                    fam,
+                    libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                    0,
+                )
             };
             if fd < 0 {
                 release(o);
                 let e = errno();
-                if matches!(e, libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) && inflight > 0 {
+                if matches!(
+                    e,
+                    libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+                ) && inflight > 0
+                {
                     blocked = true;
                     break;
                 }
@@ -387,13 +416,21 @@ fn pass(
             next += 1;
             rep.count_send(Net::of(dst.ip()), resend);
             // Loopback often answers inside connect(2): check before involving epoll.
-            let e = if e == libc::EINPROGRESS { so_error(fd) } else { e };
+            let e = if e == libc::EINPROGRESS {
+                so_error(fd)
+            } else {
+                e
+            };
             // (SO_ERROR is 0 while the handshake is still in progress.)
             if e != 0 || r == 0 {
                 rtt.sample(now.elapsed().as_micros() as f64);
             }
             if e == 0 && r == 0 {
-                let out = if self_connected(fd, dst) { Outcome::Closed } else { Outcome::Open };
+                let out = if self_connected(fd, dst) {
+                    Outcome::Closed
+                } else {
+                    Outcome::Open
+                };
                 close_rst(fd);
                 release(o);
                 finish(rep, book, i, out);
@@ -442,13 +479,20 @@ fn pass(
         // 2. Wait for answers: not at all when more can be sent now, else until the next
         //    deadline or send time.
         let now = Instant::now();
-        let can_send_now = next < todo.len() && inflight < window && !blocked && interval.is_none_or(|_| now >= next_send);
+        let can_send_now = next < todo.len()
+            && inflight < window
+            && !blocked
+            && interval.is_none_or(|_| now >= next_send);
         let wait_ms: i32 = if can_send_now {
             0
         } else {
             let mut until = deadlines.peek().map(|Reverse((d, _, _))| *d);
             if next < todo.len() {
-                let t = if blocked { now + Duration::from_millis(1) } else { next_send };
+                let t = if blocked {
+                    now + Duration::from_millis(1)
+                } else {
+                    next_send
+                };
                 until = Some(until.map_or(t, |u| u.min(t)));
             }
             match until {
@@ -468,11 +512,17 @@ fn pass(
         let now = Instant::now();
         for ev in &events[..n as usize] {
             let s = ev.u64 as usize;
-            let Some(slot) = slots[s].take() else { continue };
+            let Some(slot) = slots[s].take() else {
+                continue;
+            };
             let dst = SocketAddr::new(probes[slot.probe].0, probes[slot.probe].1);
             let e = so_error(slot.fd);
             let out = if e == 0 {
-                if self_connected(slot.fd, dst) { Outcome::Closed } else { Outcome::Open }
+                if self_connected(slot.fd, dst) {
+                    Outcome::Closed
+                } else {
+                    Outcome::Open
+                }
             } else {
                 Outcome::Closed
             };
@@ -518,7 +568,11 @@ mod tests {
             let l = TcpListener::bind((host, 0)).unwrap();
             let p = l.local_addr().unwrap().port();
             keep.push(l);
-            let closed = TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port();
+            let closed = TcpListener::bind((host, 0))
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
             let ip: IpAddr = host.parse().unwrap();
             probes.push((ip, p));
             probes.push((ip, closed));
@@ -533,7 +587,11 @@ mod tests {
 
     #[test]
     fn shared_limit_and_rate_are_respected() {
-        let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let probes = vec![(ip, closed); 11];
         let t = Instant::now();
@@ -545,7 +603,11 @@ mod tests {
         };
         let rep = sweep(&probes, &o).unwrap();
         assert_eq!(rep.answered, 11);
-        assert!(t.elapsed() >= Duration::from_millis(190), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(190),
+            "{:?}",
+            t.elapsed()
+        );
         assert_eq!(lim.used.load(Ordering::Acquire), 0, "every slot returned");
     }
 }

@@ -108,7 +108,9 @@ pub async fn sweep(
     let so = connect::SweepOptions {
         window: opts.concurrency.max(1),
         timeout_max: opts.timeout,
-        timeout_min: connect::SweepOptions::default().timeout_min.min(opts.timeout),
+        timeout_min: connect::SweepOptions::default()
+            .timeout_min
+            .min(opts.timeout),
         rate_limit: opts.rate_limit,
         shared_limit: opts.limiter.clone(),
         ..Default::default()

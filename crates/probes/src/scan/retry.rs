@@ -122,7 +122,14 @@ impl LossBook {
     ) -> Vec<Net> {
         let mut out: Vec<Net> = unanswered
             .iter()
-            .filter(|(n, u)| resend(policy, round, self.last.get(n).copied().unwrap_or_default(), **u))
+            .filter(|(n, u)| {
+                resend(
+                    policy,
+                    round,
+                    self.last.get(n).copied().unwrap_or_default(),
+                    **u,
+                )
+            })
             .map(|(n, _)| *n)
             .collect();
         out.sort_unstable();
@@ -137,35 +144,94 @@ mod tests {
 
     #[test]
     fn nets() {
-        assert_eq!(Net::of("127.1.2.3".parse().unwrap()).to_string(), "127.1.2.0/24");
+        assert_eq!(
+            Net::of("127.1.2.3".parse().unwrap()).to_string(),
+            "127.1.2.0/24"
+        );
         assert_eq!(Net::of("::1".parse().unwrap()).to_string(), "::/64");
     }
 
     #[test]
     fn round_zero_always_resends_unanswered_only() {
         let p = RetryPolicy::default();
-        assert!(resend(&p, 0, RoundStats { sent: 10, answered: 0 }, 10));
-        assert!(!resend(&p, 0, RoundStats { sent: 10, answered: 10 }, 0));
+        assert!(resend(
+            &p,
+            0,
+            RoundStats {
+                sent: 10,
+                answered: 0
+            },
+            10
+        ));
+        assert!(!resend(
+            &p,
+            0,
+            RoundStats {
+                sent: 10,
+                answered: 10
+            },
+            0
+        ));
     }
 
     #[test]
     fn filtered_networks_stop_after_one_resend() {
         // Re-sends that yield nothing: filtered, not lossy.
         let p = RetryPolicy::default();
-        assert!(!resend(&p, 1, RoundStats { sent: 1000, answered: 0 }, 1000));
+        assert!(!resend(
+            &p,
+            1,
+            RoundStats {
+                sent: 1000,
+                answered: 0
+            },
+            1000
+        ));
     }
 
     #[test]
     fn lossy_networks_continue_while_they_yield() {
         let p = RetryPolicy::default();
         // 36 % per-probe loss (20 % each way): 64 % of re-sends answer.
-        assert!(resend(&p, 1, RoundStats { sent: 1000, answered: 640 }, 360));
+        assert!(resend(
+            &p,
+            1,
+            RoundStats {
+                sent: 1000,
+                answered: 640
+            },
+            360
+        ));
         // Late round: 2 re-sent, 1 answered -> ~1 expected still missing: go on.
-        assert!(resend(&p, 5, RoundStats { sent: 2, answered: 1 }, 1));
+        assert!(resend(
+            &p,
+            5,
+            RoundStats {
+                sent: 2,
+                answered: 1
+            },
+            1
+        ));
         // 1 re-sent, 1 answered -> 0 expected missing: stop.
-        assert!(!resend(&p, 5, RoundStats { sent: 1, answered: 1 }, 1));
+        assert!(!resend(
+            &p,
+            5,
+            RoundStats {
+                sent: 1,
+                answered: 1
+            },
+            1
+        ));
         // The cap holds.
-        assert!(!resend(&p, 15, RoundStats { sent: 2, answered: 1 }, 1));
+        assert!(!resend(
+            &p,
+            15,
+            RoundStats {
+                sent: 2,
+                answered: 1
+            },
+            1
+        ));
     }
 
     /// Simulated recall and cost of the policy under independent loss, on seeds not used to pick

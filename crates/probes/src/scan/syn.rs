@@ -282,11 +282,16 @@ impl SynScanner {
         if !has_cap_net_raw() {
             return Err(SynError::NoCapNetRaw);
         }
-        let ifindex = ifindex(&o.interface).ok_or_else(|| SynError::NoInterface(o.interface.clone()))?;
+        let ifindex =
+            ifindex(&o.interface).ok_or_else(|| SynError::NoInterface(o.interface.clone()))?;
         let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
         // SAFETY: plain syscall.
         let fd = unsafe {
-            libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, proto)
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                proto,
+            )
         };
         if fd < 0 {
             let e = std::io::Error::last_os_error();
@@ -316,8 +321,20 @@ impl SynScanner {
         let buf: libc::c_int = 8 << 20;
         // SAFETY: valid fd and int option.
         unsafe {
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &buf as *const _ as *const _, 4);
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &buf as *const _ as *const _, 4);
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                &buf as *const _ as *const _,
+                4,
+            );
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                &buf as *const _ as *const _,
+                4,
+            );
         }
         Ok(s)
     }
@@ -444,7 +461,8 @@ impl SynScanner {
                 todo.push(i);
             }
         }
-        let interval = (o.rate_limit > 0).then(|| Duration::from_secs_f64(1.0 / o.rate_limit as f64));
+        let interval =
+            (o.rate_limit > 0).then(|| Duration::from_secs_f64(1.0 / o.rate_limit as f64));
         let mut frame = [0u8; 128];
         let mut round = 0u32;
         loop {
@@ -480,7 +498,10 @@ impl SynScanner {
                     events: libc::POLLIN,
                     revents: 0,
                 };
-                let ms = end.saturating_duration_since(Instant::now()).as_millis().max(1) as i32;
+                let ms = end
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .max(1) as i32;
                 // SAFETY: one valid pollfd.
                 unsafe { libc::poll(&mut pfd, 1, ms) };
             }
@@ -501,7 +522,10 @@ impl SynScanner {
             if again.is_empty() {
                 break;
             }
-            todo.retain(|&i| rep.outcomes[i] == Outcome::Unanswered && again.binary_search(&Net::of(probes[i].0)).is_ok());
+            todo.retain(|&i| {
+                rep.outcomes[i] == Outcome::Unanswered
+                    && again.binary_search(&Net::of(probes[i].0)).is_ok()
+            });
             round += 1;
         }
         Ok(rep)
@@ -528,7 +552,14 @@ mod tests {
         assert_eq!(csum_fold(csum_add(s, &f[34..58])), 0);
         let (s2, sp, d2, dp, _, flags) = parse_reply(&f[..n]).unwrap();
         assert_eq!((s2, sp, d2, dp, flags), (src, o.source_port, dst, 80, 0x02));
-        let n6 = build_syn(&mut f, &o, "::1".parse().unwrap(), "::1".parse().unwrap(), 443, 1);
+        let n6 = build_syn(
+            &mut f,
+            &o,
+            "::1".parse().unwrap(),
+            "::1".parse().unwrap(),
+            443,
+            1,
+        );
         assert_eq!(n6, 14 + 40 + 24);
         let mut s = csum_add(0, &f[22..54]);
         s += 24 + 6;
