@@ -198,6 +198,25 @@ pub fn addrs_per_task(probes_per_task: u32, ports_in_chunk: u32) -> u64 {
     (probes_per_task / ports_in_chunk).max(1) as u64
 }
 
+/// The job's `params.probes_per_task`: smaller sweep tasks than the catalog's (more, shorter
+/// tasks: finer progress and spreading, e.g. for fault tests). Between 1 and the module's
+/// catalog value (tasks can only shrink, so a task's memory and time stay bounded); absent =
+/// the catalog value. Modules sized one address per task (catalog 0) ignore it.
+pub fn probes_per_task_of(spec: &JobSpec, catalog: u32) -> Result<u32, SpecError> {
+    let Some(v) = spec.params.get("probes_per_task") else {
+        return Ok(catalog);
+    };
+    if catalog == 0 {
+        return Ok(0);
+    }
+    match v.as_u64() {
+        Some(n) if (1..=u64::from(catalog)).contains(&n) => Ok(n as u32),
+        _ => Err(SpecError::Params(format!(
+            "probes_per_task must be an integer from 1 to {catalog}, got {v}"
+        ))),
+    }
+}
+
 fn blocks_of(r: &IpRange, addrs: u64) -> u128 {
     r.len().div_ceil(addrs as u128)
 }
@@ -222,6 +241,7 @@ pub fn root_plan(spec: &JobSpec) -> Result<RootPlan, SpecError> {
                 }
                 let n_targets: u128 = spec.ranges.iter().map(|r| r.len()).sum();
                 let n_chunks = spec.ports.len().div_ceil(ports_per_task) as u64;
+                let probes_per_task = probes_per_task_of(spec, probes_per_task)?;
                 let addrs = addrs_per_task(probes_per_task, spec.ports.len().min(ports_per_task));
                 let n_blocks: u128 = spec.ranges.iter().map(|r| blocks_of(r, addrs)).sum();
                 let total = n_blocks.saturating_mul(n_chunks as u128);
@@ -642,6 +662,23 @@ mod tests {
         let plan = root_plan(&spec).unwrap();
         assert_eq!(plan.addrs_per_task, 4096);
         assert_eq!(plan.total, 4096);
+        // params.probes_per_task shrinks tasks (1..=catalog); out of range is a precise error.
+        let mut r = raw(&["127.0.0.0/20"], "80,443,8080", &["portscan"]);
+        r.params_json = r#"{"probes_per_task": 3}"#.into();
+        let plan = root_plan(&prepare(&r, &s, &no_dns).unwrap()).unwrap();
+        assert_eq!((plan.addrs_per_task, plan.total), (1, 4096));
+        for bad in [
+            serde_json::json!(0),
+            serde_json::json!(4097),
+            serde_json::json!("3"),
+        ] {
+            r.params_json = serde_json::json!({ "probes_per_task": bad }).to_string();
+            let e = prepare(&r, &s, &no_dns).unwrap_err();
+            assert!(
+                matches!(e, SpecError::Params(_)) && e.to_string().contains("1 to 4096"),
+                "{e}"
+            );
+        }
         // Two ranges whose sizes are not multiples of the block: blocks never cross a range,
         // every (address, port) is covered once, tasks come in a randomised order.
         let spec = prepare(
