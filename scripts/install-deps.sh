@@ -10,7 +10,7 @@ $SUDO apt-get install -y -qq \
     nmap openssh-server redis-server mosquitto nginx-light vsftpd python3-aiosmtpd \
     xvfb x11vnc tigervnc-standalone-server xterm x11-apps x11-utils xauth vncsnapshot imagemagick opencv-data \
     xfonts-base fonts-dejavu-core fonts-urw-base35 fonts-noto-mono \
-    nftables iproute2 netcat-openbsd \
+    nftables iproute2 netcat-openbsd zmap masscan \
     unbound bind9 chrony snmpd memcached \
     ngircd inspircd haproxy lighttpd dovecot-imapd exim4-daemon-light \
     postgresql mariadb-server cups-daemon rabbitmq-server >/dev/null

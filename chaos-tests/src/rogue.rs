@@ -256,6 +256,7 @@ pub async fn execute_scan(lease: &TaskLease) -> TaskResult {
         findings,
         started_at_ms: started,
         finished_at_ms: overlord_core::now_ms(),
+        probe_counts: vec![],
     }
 }
 
@@ -272,5 +273,6 @@ pub fn empty_result(lease: &TaskLease) -> TaskResult {
         findings: vec![],
         started_at_ms: now,
         finished_at_ms: now,
+        probe_counts: vec![],
     }
 }

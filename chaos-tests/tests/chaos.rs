@@ -53,6 +53,9 @@ async fn start_job(cl: &Cluster, rng: &mut Rng, prefix: u8, rate: u32) -> Runnin
     .expect("ledger");
     let mut spec = client::scan_spec("chaos", ledger.targets(), ledger.ports_arg(), &["portscan"]);
     spec.rate_limit = rate;
+    // One address per task (sweeps are sized by probes otherwise: 4,096 addresses x 3 ports
+    // would be 4 tasks that finish together, and no fault could land mid-job).
+    spec.params_json = r#"{"probes_per_task": 3}"#.into();
     let mut c = cl.jobs();
     let st = submit_retrying(&mut c, spec, Duration::from_secs(30))
         .await

@@ -28,6 +28,11 @@ pub enum Which {
     },
     /// Full TCP port scan of 127.0.0.1 on the embedded cluster vs `nmap -sT -p- -T4 -n -Pn`.
     Portscan,
+    /// Horizontal sweep (addresses x 1 port) on the embedded cluster vs nmap -sT and zmap, in a
+    /// network namespace it makes (root).
+    Sweep(crate::bench_scan::SweepArgs),
+    /// Recall and time under nftables random loss vs nmap -sT and masscan, in namespaces (root).
+    Loss(crate::bench_scan::LossArgs),
     /// Findings through the firehose publisher into a local JetStream (1 node, then a 3-node
     /// cluster): findings/s beside a plain JetStream publisher, end-to-end latency p50/p99.
     Firehose {
@@ -90,6 +95,8 @@ pub async fn run(w: Which) -> Result<()> {
         Which::Reassign { rounds } => reassign(rounds).await?,
         Which::Recovery { tasks } => recovery(tasks).await?,
         Which::Portscan => portscan().await?,
+        Which::Sweep(a) => crate::bench_scan::sweep(a).await?,
+        Which::Loss(a) => crate::bench_scan::loss(a).await?,
         Which::Firehose {
             findings,
             rate,

@@ -253,7 +253,7 @@ fn bar(total: u64, show: bool) -> ProgressBar {
     let pb = ProgressBar::new(total.max(1));
     pb.set_style(
         ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} tasks  {msg}",
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} tasks  ETA {eta}  {msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
@@ -438,4 +438,54 @@ pub fn firehose_note(f: Option<&v1::FirehoseStatus>) -> String {
         s += &format!("  FIREHOSE ERROR: {}", f.error);
     }
     s
+}
+
+/// The quality ledger of a scan job, one line per minion, provider and (worst) target network.
+pub fn quality_lines(q: &v1::QualityLedger) -> String {
+    let mut out = String::new();
+    let line = |kind: &str, r: &v1::LedgerRow| {
+        let miss = if r.sampled > 0 {
+            format!(
+                "{:.2} % ({} of {} re-checked)",
+                r.missed as f64 * 100.0 / r.sampled as f64,
+                r.missed,
+                r.sampled
+            )
+        } else {
+            "not sampled".into()
+        };
+        format!(
+            "  {kind:<8} {:<28} sent {:>10}  answered {:>10} ({:>6.2} %)  re-sent {:>8}  miss {miss}\n",
+            r.key,
+            r.sent,
+            r.answered,
+            if r.sent > 0 {
+                r.answered as f64 * 100.0 / r.sent as f64
+            } else {
+                0.0
+            },
+            r.retried,
+        )
+    };
+    out.push_str("quality:\n");
+    for r in &q.minions {
+        out.push_str(&line("minion", r));
+    }
+    for r in &q.providers {
+        out.push_str(&line("provider", r));
+    }
+    for r in &q.nets {
+        out.push_str(&line("net", r));
+    }
+    if q.nets_total as usize > q.nets.len() {
+        out.push_str(&format!(
+            "  ({} networks with loss or silence; the {} worst shown)\n",
+            q.nets_total,
+            q.nets.len()
+        ));
+    }
+    for f in &q.flags {
+        out.push_str(&format!("  FLAGGED: {f}\n"));
+    }
+    out
 }

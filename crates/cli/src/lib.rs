@@ -4,6 +4,7 @@
 pub mod beacons;
 pub mod bench;
 pub mod bench_firehose;
+pub mod bench_scan;
 pub mod client;
 pub mod embedded;
 pub mod files;

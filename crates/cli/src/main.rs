@@ -615,7 +615,11 @@ async fn async_main() -> Result<()> {
                     }
                 }
                 JobsCmd::Get { job } => {
-                    out!("{}", client::status_line(&client::get(&mut c, job).await?))
+                    let st = client::get(&mut c, job).await?;
+                    out!("{}", client::status_line(&st));
+                    if let Some(q) = &st.quality {
+                        out!("{}", client::quality_lines(q).trim_end());
+                    }
                 }
                 JobsCmd::Cancel { job } => out!(
                     "{}",

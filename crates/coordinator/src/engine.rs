@@ -115,8 +115,54 @@ pub fn status_of(rec: &JobRecord, spec: &JobSpec, live: Option<(u64, u64)>) -> v
         findings_unknown_kind: rec.findings_unknown_kind,
         findings_unknown_fields: rec.findings_unknown_fields,
         waiting_for_modules: Vec::new(),
+        quality: (!rec.quality.is_empty()).then(|| quality_of(&rec.quality)),
         firehose: None,
     }
+}
+
+/// The wire form of a job's quality ledger, with the verdicts of [`overlord_core::quality::judge`].
+pub fn quality_of(l: &overlord_core::quality::Ledger) -> v1::QualityLedger {
+    use overlord_core::quality::Counts;
+    let row = |k: &String, c: &Counts| v1::LedgerRow {
+        key: k.clone(),
+        sent: c.sent,
+        answered: c.answered,
+        retried: c.retried,
+        sampled: c.sampled,
+        missed: c.missed,
+    };
+    let mut nets: Vec<(&String, &Counts)> = l.by_net.iter().collect();
+    nets.sort_by_key(|(k, c)| (std::cmp::Reverse(c.sent.saturating_sub(c.answered)), *k));
+    v1::QualityLedger {
+        minions: l.by_minion.iter().map(|(k, c)| row(k, c)).collect(),
+        providers: l.by_provider.iter().map(|(k, c)| row(k, c)).collect(),
+        nets: nets.iter().take(32).map(|(k, c)| row(k, c)).collect(),
+        flags: overlord_core::quality::judge(l)
+            .into_iter()
+            .map(|f| f.reason)
+            .collect(),
+        nets_total: l.by_net.len() as u64,
+    }
+}
+
+/// Probe counts of a result, clipped (at most 4,096 networks, names of at most 64 bytes).
+pub fn probe_counts(items: &[v1::NetCounts]) -> Vec<(String, overlord_core::quality::Counts)> {
+    items
+        .iter()
+        .filter(|c| !c.net.is_empty() && c.net.len() <= 64)
+        .take(4096)
+        .map(|c| {
+            (
+                c.net.clone(),
+                overlord_core::quality::Counts {
+                    sent: c.sent,
+                    answered: c.answered.min(c.sent),
+                    retried: c.retried.min(c.sent),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect()
 }
 
 pub fn wire_spec(s: &JobSpec) -> v1::JobSpec {
@@ -163,6 +209,8 @@ pub struct IngestedResult {
     pub permanent: bool,
     pub started_at_ms: u64,
     pub finished_at_ms: u64,
+    /// Scan modules: probe counts per target network.
+    pub probe_counts: Vec<(String, overlord_core::quality::Counts)>,
 }
 
 /// Validates one reported result (parses findings, hashes blobs).
@@ -173,6 +221,7 @@ pub fn ingest_item(r: v1::TaskResult) -> IngestedResult {
         Ok(Vec::new())
     };
     IngestedResult {
+        probe_counts: probe_counts(&r.probe_counts),
         token: r.token,
         job_id: r.job_id,
         task_id: r.task_id,

@@ -638,6 +638,7 @@ impl JobSt {
                 parent_task_id: t.spec.parent.unwrap_or(0),
                 module: t.spec.module.clone(),
                 target: t.spec.target.map(|a| a.to_string()).unwrap_or_default(),
+                target_count: t.spec.target_count,
                 ports: t.spec.ports.iter().map(|p| *p as u32).collect(),
                 params_json,
                 blob,
@@ -842,6 +843,10 @@ impl JobSt {
                     malformed = Some(reason);
                 }
                 Ok(findings) if r.ok => {
+                    if !r.probe_counts.is_empty() {
+                        self.rec.quality.record(minion, provider, &r.probe_counts);
+                        self.dirty = true;
+                    }
                     self.complete_task(
                         r.task_id,
                         findings,
@@ -1058,6 +1063,7 @@ impl JobSt {
                     parent: Some(task),
                     module: fu.module.to_string(),
                     target: fu.target,
+                    target_count: 1,
                     ports: fu.ports,
                     input: None,
                     params: fu.params,

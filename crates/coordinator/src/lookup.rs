@@ -127,6 +127,7 @@ mod tests {
             parent: Some(2),
             module: "leak".into(),
             target: Some("127.0.0.1".parse().unwrap()),
+            target_count: 1,
             ports: vec![5900],
             input: None,
             params,

@@ -182,7 +182,43 @@ pub struct RootPlan {
     pub n_targets: u128,
     pub ports_per_task: u32,
     pub n_chunks: u64,
+    /// Addresses per task (a block of consecutive addresses of one target range), and the number
+    /// of blocks over all ranges. A task is one block × one chunk of ports.
+    pub addrs_per_task: u64,
+    pub n_blocks: u64,
     pub total: u64,
+}
+
+/// Addresses per task for a module sized by probes: enough addresses that a task holds about
+/// `probes_per_task` probes (so a sweep of one port is not one probe per task).
+pub fn addrs_per_task(probes_per_task: u32, ports_in_chunk: u32) -> u64 {
+    if probes_per_task == 0 || ports_in_chunk == 0 {
+        return 1;
+    }
+    (probes_per_task / ports_in_chunk).max(1) as u64
+}
+
+/// The job's `params.probes_per_task`: smaller sweep tasks than the catalog's (more, shorter
+/// tasks: finer progress and spreading, e.g. for fault tests). Between 1 and the module's
+/// catalog value (tasks can only shrink, so a task's memory and time stay bounded); absent =
+/// the catalog value. Modules sized one address per task (catalog 0) ignore it.
+pub fn probes_per_task_of(spec: &JobSpec, catalog: u32) -> Result<u32, SpecError> {
+    let Some(v) = spec.params.get("probes_per_task") else {
+        return Ok(catalog);
+    };
+    if catalog == 0 {
+        return Ok(0);
+    }
+    match v.as_u64() {
+        Some(n) if (1..=u64::from(catalog)).contains(&n) => Ok(n as u32),
+        _ => Err(SpecError::Params(format!(
+            "probes_per_task must be an integer from 1 to {catalog}, got {v}"
+        ))),
+    }
+}
+
+fn blocks_of(r: &IpRange, addrs: u64) -> u128 {
+    r.len().div_ceil(addrs as u128)
 }
 
 pub fn root_plan(spec: &JobSpec) -> Result<RootPlan, SpecError> {
@@ -196,13 +232,19 @@ pub fn root_plan(spec: &JobSpec) -> Result<RootPlan, SpecError> {
     for m in &spec.modules {
         let info = modules::info(m).expect("validated");
         match info.root {
-            RootKind::Network { ports_per_task } if has_targets => {
+            RootKind::Network {
+                ports_per_task,
+                probes_per_task,
+            } if has_targets => {
                 if spec.ports.is_empty() {
                     return Err(SpecError::Shape(format!("module {m} needs ports (-p)")));
                 }
                 let n_targets: u128 = spec.ranges.iter().map(|r| r.len()).sum();
                 let n_chunks = spec.ports.len().div_ceil(ports_per_task) as u64;
-                let total = n_targets.saturating_mul(n_chunks as u128);
+                let probes_per_task = probes_per_task_of(spec, probes_per_task)?;
+                let addrs = addrs_per_task(probes_per_task, spec.ports.len().min(ports_per_task));
+                let n_blocks: u128 = spec.ranges.iter().map(|r| blocks_of(r, addrs)).sum();
+                let total = n_blocks.saturating_mul(n_chunks as u128);
                 if total > MAX_ROOT_TASKS as u128 {
                     return Err(SpecError::TooLarge {
                         tasks: total,
@@ -215,6 +257,8 @@ pub fn root_plan(spec: &JobSpec) -> Result<RootPlan, SpecError> {
                     n_targets,
                     ports_per_task,
                     n_chunks,
+                    addrs_per_task: addrs,
+                    n_blocks: n_blocks as u64,
                     total: total as u64,
                 });
             }
@@ -226,6 +270,8 @@ pub fn root_plan(spec: &JobSpec) -> Result<RootPlan, SpecError> {
                     n_targets: 0,
                     ports_per_task: 0,
                     n_chunks: 0,
+                    addrs_per_task: 0,
+                    n_blocks: 0,
                     total,
                 });
             }
@@ -249,6 +295,8 @@ pub fn root_plan(spec: &JobSpec) -> Result<RootPlan, SpecError> {
                     n_targets: 0,
                     ports_per_task: 0,
                     n_chunks: 0,
+                    addrs_per_task: 0,
+                    n_blocks: 0,
                     total: count,
                 });
             }
@@ -256,7 +304,7 @@ pub fn root_plan(spec: &JobSpec) -> Result<RootPlan, SpecError> {
         }
     }
     Err(SpecError::Shape(format!(
-        "no enabled module can start this job: targets need one of portscan/udp/service/banner/screenshot (with ports), inputs need enrich/beacon, noop needs params.count (enabled: {})",
+        "no enabled module can start this job: targets need one of portscan/syn/udp/service/banner/screenshot (with ports), inputs need enrich/beacon, noop needs params.count (enabled: {})",
         spec.modules.join(",")
     )))
 }
@@ -287,6 +335,7 @@ pub fn root_task(
         parent: None,
         module: plan.module.clone(),
         target: None,
+        target_count: 1,
         ports: Vec::new(),
         input: None,
         params: Value::Null,
@@ -294,18 +343,19 @@ pub fn root_task(
     };
     match plan.kind {
         RootKind::Network { .. } => {
-            let n_targets = plan.n_targets;
-            let (ti, ci) = (
-                (slot as u128) % n_targets,
-                (slot as u128 / n_targets) as u32,
-            );
-            let mut off = ti;
+            let n_blocks = plan.n_blocks as u128;
+            let (bi, ci) = ((slot as u128) % n_blocks, (slot as u128 / n_blocks) as u32);
+            let addrs = plan.addrs_per_task as u128;
+            let mut off = bi;
             for r in &spec.ranges {
-                if off < r.len() {
-                    t.target = Some(r.nth(off));
+                let nb = blocks_of(r, plan.addrs_per_task);
+                if off < nb {
+                    let first = off * addrs;
+                    t.target = Some(r.nth(first));
+                    t.target_count = (r.len() - first).min(addrs) as u32;
                     break;
                 }
-                off -= r.len();
+                off -= nb;
             }
             t.ports = spec
                 .ports
@@ -317,6 +367,28 @@ pub fn root_task(
     t
 }
 
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+impl TaskSpec {
+    /// The addresses this task covers, in order.
+    pub fn targets(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        let r = self.target.map(IpRange::single);
+        (0..self.target_count.max(1) as u128).filter_map(move |i| match r? {
+            IpRange::V4 { start, .. } => {
+                let a = (start as u128).checked_add(i)?;
+                (a <= u32::MAX as u128).then(|| IpAddr::V4((a as u32).into()))
+            }
+            IpRange::V6 { start, .. } => Some(IpAddr::V6(start.checked_add(i)?.into())),
+        })
+    }
+}
+
 /// One unit of work.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
@@ -325,6 +397,10 @@ pub struct TaskSpec {
     pub parent: Option<TaskId>,
     pub module: String,
     pub target: Option<IpAddr>,
+    /// Consecutive addresses from `target` this task covers (sweeps: a block of addresses × the
+    /// ports). 1 for single-host tasks; omitted from stored records when 1.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub target_count: u32,
     pub ports: Vec<u16>,
     pub input: Option<String>,
     /// Task-specific params (merged over the job params when leased).
@@ -407,6 +483,9 @@ pub struct JobRecord {
     /// Findings with fields this build does not know (stored and served as sent).
     #[serde(default)]
     pub findings_unknown_fields: u64,
+    /// Scan jobs: the quality ledger (absent from records of jobs without probe counts).
+    #[serde(default, skip_serializing_if = "crate::quality::Ledger::is_empty")]
+    pub quality: crate::quality::Ledger,
 }
 
 impl JobRecord {
@@ -427,6 +506,7 @@ impl JobRecord {
             stale_rejected: 0,
             findings_unknown_kind: 0,
             findings_unknown_fields: 0,
+            quality: Default::default(),
         }
     }
 
@@ -518,7 +598,9 @@ mod tests {
         assert_eq!(plan.module, "portscan");
         assert_eq!(plan.n_targets, 6);
         assert_eq!(plan.n_chunks, 32);
-        assert_eq!(plan.total, 6 * 32);
+        // 2048 ports per chunk, 4096 probes per task: blocks of 2 addresses (1 + 1 + 2 blocks).
+        assert_eq!(plan.addrs_per_task, 2);
+        assert_eq!(plan.total, 4 * 32);
 
         let e = prepare(
             &raw(&["127.0.0.1"], "80", &["portscan", "bogus"]),
@@ -527,7 +609,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            e.to_string().contains("bogus") && e.to_string().contains("portscan, service"),
+            e.to_string().contains("bogus") && e.to_string().contains("portscan, syn, service"),
             "{e}"
         );
         let e = prepare(&raw(&["nope.invalid"], "80", &["portscan"]), &s, &no_dns).unwrap_err();
@@ -556,17 +638,93 @@ mod tests {
         for i in 0..plan.total {
             let t = root_task(1, &spec, &plan, &perm, i);
             assert!(t.ports.len() <= 2048 && !t.ports.is_empty());
+            assert!(t.ports.len() * t.targets().count() <= 4096);
             if i < 4 {
                 first_targets.push(t.target.unwrap());
             }
-            for p in t.ports {
-                assert!(seen.insert((t.target.unwrap(), p)));
+            for a in t.targets() {
+                for p in &t.ports {
+                    assert!(seen.insert((a, *p)));
+                }
             }
         }
         assert_eq!(seen.len(), 9 * 5000);
         // Randomized: the first few tasks are not all on the same address.
         first_targets.dedup();
         assert!(first_targets.len() > 1);
+    }
+
+    #[test]
+    fn sweeps_are_sized_by_probes_not_addresses() {
+        // Regression (issue 14): a /16 x 1 port was 65,536 tasks of one probe each.
+        let s = Scope::loopback();
+        let spec = prepare(&raw(&["127.0.0.0/8"], "80", &["portscan"]), &s, &no_dns).unwrap();
+        let plan = root_plan(&spec).unwrap();
+        assert_eq!(plan.addrs_per_task, 4096);
+        assert_eq!(plan.total, 4096);
+        // params.probes_per_task shrinks tasks (1..=catalog); out of range is a precise error.
+        let mut r = raw(&["127.0.0.0/20"], "80,443,8080", &["portscan"]);
+        r.params_json = r#"{"probes_per_task": 3}"#.into();
+        let plan = root_plan(&prepare(&r, &s, &no_dns).unwrap()).unwrap();
+        assert_eq!((plan.addrs_per_task, plan.total), (1, 4096));
+        for bad in [
+            serde_json::json!(0),
+            serde_json::json!(4097),
+            serde_json::json!("3"),
+        ] {
+            r.params_json = serde_json::json!({ "probes_per_task": bad }).to_string();
+            let e = prepare(&r, &s, &no_dns).unwrap_err();
+            assert!(
+                matches!(e, SpecError::Params(_)) && e.to_string().contains("1 to 4096"),
+                "{e}"
+            );
+        }
+        // Two ranges whose sizes are not multiples of the block: blocks never cross a range,
+        // every (address, port) is covered once, tasks come in a randomised order.
+        let spec = prepare(
+            &raw(
+                &["127.0.0.0/22", "127.1.0.5-127.1.0.9", "::1"],
+                "80,443",
+                &["portscan"],
+            ),
+            &s,
+            &no_dns,
+        )
+        .unwrap();
+        let plan = root_plan(&spec).unwrap();
+        assert_eq!(plan.addrs_per_task, 2048);
+        assert_eq!(plan.total, 1 + 1 + 1);
+        let perm = Permutation::new(plan.total, 5);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..plan.total {
+            let t = root_task(1, &spec, &plan, &perm, i);
+            let addrs: Vec<IpAddr> = t.targets().collect();
+            assert_eq!(addrs.len(), t.target_count as usize);
+            assert!(
+                spec.ranges
+                    .iter()
+                    .any(|r| r.contains_ip(addrs[0]) && r.contains_ip(*addrs.last().unwrap())),
+                "block crosses a range: {addrs:?}"
+            );
+            for a in addrs {
+                for p in &t.ports {
+                    assert!(seen.insert((a, *p)));
+                }
+            }
+        }
+        assert_eq!(seen.len(), (1024 + 5 + 1) * 2);
+        // Single-host modules keep one address per task.
+        let spec = prepare(&raw(&["127.0.0.0/30"], "80", &["service"]), &s, &no_dns).unwrap();
+        assert_eq!(root_plan(&spec).unwrap().total, 4);
+    }
+
+    #[test]
+    fn stored_task_specs_without_a_count_read_as_one_address() {
+        // Records written before blocks existed have no `target_count`.
+        let old = r#"{"job_id":1,"task_id":2,"parent":null,"module":"portscan","target":"127.0.0.1","ports":[80],"input":null,"params":null,"blob_sha256":null}"#;
+        let t: TaskSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(t.target_count, 1);
+        assert_eq!(serde_json::to_string(&t).unwrap(), old);
     }
 
     #[test]
@@ -591,7 +749,7 @@ mod tests {
         )
         .unwrap();
         let plan = root_plan(&spec).unwrap();
-        assert_eq!(plan.total, (1u64 << 24) * 32);
+        assert_eq!(plan.total, (1u64 << 23) * 32);
         let perm = Permutation::new(plan.total, 1);
         let t = root_task(1, &spec, &plan, &perm, plan.total - 1);
         assert!(t.target.is_some());

@@ -21,6 +21,7 @@ pub mod job;
 pub mod modules;
 pub mod perm;
 pub mod ports;
+pub mod quality;
 pub mod sched;
 pub mod scope;
 pub mod security;

@@ -5,8 +5,13 @@
 /// How the root tasks of a job are made for a module (when it is the job's root module).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RootKind {
-    /// One task per (target address, chunk of ports).
-    Network { ports_per_task: u32 },
+    /// One task per (block of target addresses, chunk of ports). `probes_per_task` sizes the
+    /// block: `probes_per_task / ports in the chunk` addresses (at least 1); 0 = one address per
+    /// task (modules that work on one host at a time).
+    Network {
+        ports_per_task: u32,
+        probes_per_task: u32,
+    },
     /// One task per entry of the job's `inputs`.
     Input,
     /// `params.count` tasks with no target (benchmarks).
@@ -29,29 +34,48 @@ pub const CATALOG: &[ModuleInfo] = &[
         capability: "scan",
         root: RootKind::Network {
             ports_per_task: 2048,
+            probes_per_task: 4096,
+        },
+    },
+    ModuleInfo {
+        name: "syn",
+        capability: "raw",
+        root: RootKind::Network {
+            ports_per_task: 4096,
+            probes_per_task: 16384,
         },
     },
     ModuleInfo {
         name: "service",
         capability: "grab",
-        root: RootKind::Network { ports_per_task: 16 },
+        root: RootKind::Network {
+            ports_per_task: 16,
+            probes_per_task: 0,
+        },
     },
     ModuleInfo {
         name: "banner",
         capability: "grab",
-        root: RootKind::Network { ports_per_task: 16 },
+        root: RootKind::Network {
+            ports_per_task: 16,
+            probes_per_task: 0,
+        },
     },
     ModuleInfo {
         name: "udp",
         capability: "scan",
         root: RootKind::Network {
             ports_per_task: 256,
+            probes_per_task: 0,
         },
     },
     ModuleInfo {
         name: "screenshot",
         capability: "screenshot",
-        root: RootKind::Network { ports_per_task: 1 },
+        root: RootKind::Network {
+            ports_per_task: 1,
+            probes_per_task: 0,
+        },
     },
     ModuleInfo {
         name: "enrich",

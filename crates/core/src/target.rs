@@ -6,11 +6,58 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// An inclusive range of addresses of one family.
+///
+/// Serialized internally tagged (`{"f":"v4","start":..,"end":..}`); the IPv6 bounds are written
+/// as address text (`{"f":"v6","start":"::1","end":"::1"}`): serde buffers an internally tagged
+/// enum's fields and that buffer has no u128, so numeric IPv6 bounds could be written but never
+/// read back. Reading also takes a bound that fits a u64 as a number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "f", rename_all = "lowercase")]
 pub enum IpRange {
-    V4 { start: u32, end: u32 },
-    V6 { start: u128, end: u128 },
+    V4 {
+        start: u32,
+        end: u32,
+    },
+    V6 {
+        #[serde(with = "v6_bound")]
+        start: u128,
+        #[serde(with = "v6_bound")]
+        end: u128,
+    },
+}
+
+/// IPv6 range bounds as address text (see [`IpRange`]).
+mod v6_bound {
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+    use std::fmt;
+    use std::net::Ipv6Addr;
+
+    pub fn serialize<S: Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&Ipv6Addr::from(*v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = u128;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an IPv6 address")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<u128, E> {
+                v.parse::<Ipv6Addr>()
+                    .map(u128::from)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Str(v), &self))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<u128, E> {
+                Ok(u128::from(v))
+            }
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<u128, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +88,27 @@ impl IpRange {
                 start: a.into(),
                 end: a.into(),
             },
+        }
+    }
+
+    /// `count` consecutive addresses from `first` (None if that runs past the family's end).
+    pub fn block(first: IpAddr, count: u32) -> Option<Self> {
+        let n = count.max(1) - 1;
+        match first {
+            IpAddr::V4(a) => {
+                let s = u32::from(a);
+                Some(IpRange::V4 {
+                    start: s,
+                    end: s.checked_add(n)?,
+                })
+            }
+            IpAddr::V6(a) => {
+                let s = u128::from(a);
+                Some(IpRange::V6 {
+                    start: s,
+                    end: s.checked_add(n as u128)?,
+                })
+            }
         }
     }
 
@@ -298,5 +366,40 @@ mod tests {
         assert!(r("126.0.0.0/7").intersects(&r("127.0.0.0/8")));
         assert!(!r("::1").intersects(&r("127.0.0.0/8")));
         assert!(r("127.0.0.0/8").contains_ip("127.1.2.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn ranges_round_trip_through_json_both_families() {
+        for t in [
+            "127.0.0.0/22",
+            "::1",
+            "fe80::/64",
+            "::/0",
+            "2001:db8::1-2001:db8::ff",
+        ] {
+            let a = r(t);
+            let text = serde_json::to_string(&a).unwrap();
+            let b: IpRange = serde_json::from_str(&text).unwrap();
+            assert_eq!(a, b, "{t}: {text}");
+            // And inside a containing struct/Vec (as JobSpec stores them).
+            let v: Vec<IpRange> =
+                serde_json::from_str(&serde_json::to_string(&vec![a]).unwrap()).unwrap();
+            assert_eq!(v, vec![a]);
+        }
+        assert_eq!(
+            serde_json::to_string(&r("::1")).unwrap(),
+            r#"{"f":"v6","start":"::1","end":"::1"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&r("127.0.0.1")).unwrap(),
+            r#"{"f":"v4","start":2130706433,"end":2130706433}"#
+        );
+        // A small bound written as a number still reads; garbage is a precise error.
+        let n: IpRange = serde_json::from_str(r#"{"f":"v6","start":1,"end":1}"#).unwrap();
+        assert_eq!(n, r("::1"));
+        let e = serde_json::from_str::<IpRange>(r#"{"f":"v6","start":"nope","end":"::1"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("IPv6"), "{e}");
     }
 }

@@ -20,7 +20,7 @@ pub const MAX_FOLLOWUP_DEPTH: u32 = 4;
 /// kinds are not restricted, its targets and ports still are).
 pub fn kinds_of(module: &str) -> Option<&'static [&'static str]> {
     Some(match module {
-        "portscan" => &["open_port"],
+        "portscan" | "syn" => &["open_port"],
         "banner" => &["banner"],
         "service" => &["service"],
         "screenshot" => &[
@@ -74,8 +74,9 @@ pub enum Violation {
 
 /// Checks a successful result's findings against the task they answer.
 pub fn check_result(task: &TaskSpec, findings: &[Reported<'_>]) -> Result<(), Violation> {
-    let cap = if task.module == "portscan" && !task.ports.is_empty() {
-        task.ports.len()
+    let cap = if matches!(task.module.as_str(), "portscan" | "syn") && !task.ports.is_empty() {
+        // One finding per probe at most: the task's block of addresses × its ports.
+        task.ports.len() * task.target_count.max(1) as usize
     } else {
         MAX_FINDINGS_PER_RESULT
     };
@@ -83,6 +84,10 @@ pub fn check_result(task: &TaskSpec, findings: &[Reported<'_>]) -> Result<(), Vi
         return Err(Violation::Count(findings.len(), cap));
     }
     let kinds = kinds_of(&task.module);
+    // A sweep task covers `target_count` consecutive addresses from its target.
+    let block = task
+        .target
+        .and_then(|t| crate::target::IpRange::block(t, task.target_count));
     let foreign = reports_foreign_addresses(&task.module);
     for f in findings {
         if let Some(k) = kinds
@@ -100,13 +105,12 @@ pub fn check_result(task: &TaskSpec, findings: &[Reported<'_>]) -> Result<(), Vi
             continue;
         }
         if let Some(found) = f.target
-            && task.target != Some(found)
+            && !block.is_some_and(|b| b.contains_ip(found))
         {
             return Err(Violation::Target {
                 found,
-                task: task
-                    .target
-                    .map(|t| t.to_string())
+                task: block
+                    .map(|b| b.to_string())
                     .unwrap_or_else(|| "(none)".into()),
             });
         }
@@ -264,6 +268,7 @@ mod tests {
             parent: None,
             module: module.into(),
             target: target.map(|t| t.parse().unwrap()),
+            target_count: 1,
             ports: ports.to_vec(),
             input: None,
             params: serde_json::Value::Null,
@@ -336,6 +341,33 @@ mod tests {
             Ok(())
         );
         assert!(check_result(&d, &[f("open_port", Some("127.0.0.1"), Some(53))]).is_err());
+        // A sweep task covers its block of addresses: findings anywhere in it pass, one past
+        // its end does not; the flood cap is block × ports.
+        for m in ["portscan", "syn"] {
+            let mut s = task(m, Some("127.0.1.0"), &[80]);
+            s.target_count = 256;
+            assert_eq!(
+                check_result(&s, &[f("open_port", Some("127.0.1.255"), Some(80))]),
+                Ok(())
+            );
+            assert!(matches!(
+                check_result(&s, &[f("open_port", Some("127.0.2.0"), Some(80))]),
+                Err(Violation::Target { .. })
+            ));
+            assert!(check_result(&s, &[f("service", Some("127.0.1.1"), Some(80))]).is_err());
+            let all: Vec<_> = (0..=255).map(|i| format!("127.0.1.{i}")).collect();
+            let fs: Vec<_> = all
+                .iter()
+                .map(|a| f("open_port", Some(a), Some(80)))
+                .collect();
+            assert_eq!(check_result(&s, &fs), Ok(()));
+            let mut more = fs.clone();
+            more.push(f("open_port", Some("127.0.1.1"), Some(80)));
+            assert!(matches!(
+                check_result(&s, &more),
+                Err(Violation::Count(257, 256))
+            ));
+        }
     }
 
     #[test]

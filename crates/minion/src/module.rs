@@ -16,6 +16,9 @@ pub struct TaskInput {
     pub parent_task_id: Option<TaskId>,
     pub module: String,
     pub target: Option<IpAddr>,
+    /// Sweeps: consecutive addresses from `target` this task covers (1 = just `target`); the
+    /// runtime checked all of them against the minion's scope.
+    pub target_count: u32,
     pub ports: Vec<u16>,
     /// Job params merged with task params (a JSON object; `rate_limit` is this task's share of the
     /// job's connections/s, when the job has a limit).
@@ -29,6 +32,26 @@ pub struct TaskInput {
 impl TaskInput {
     pub fn param_u64(&self, key: &str) -> Option<u64> {
         self.params.get(key).and_then(Value::as_u64)
+    }
+
+    /// Every address the task covers (`target_count` from `target`), in order.
+    pub fn targets(&self) -> Vec<IpAddr> {
+        let Some(t) = self.target else {
+            return Vec::new();
+        };
+        let n = self.target_count.max(1) as u128;
+        match t {
+            IpAddr::V4(a) => (0..n)
+                .filter_map(|i| {
+                    u32::from(a)
+                        .checked_add(i as u32)
+                        .map(|v| IpAddr::V4(v.into()))
+                })
+                .collect(),
+            IpAddr::V6(a) => (0..n)
+                .filter_map(|i| u128::from(a).checked_add(i).map(|v| IpAddr::V6(v.into())))
+                .collect(),
+        }
     }
 
     /// The task's target address; a task without one is invalid for `module`.
@@ -135,6 +158,23 @@ impl ModuleError {
     }
 }
 
+/// Probe counts of one target network (scan modules report them for the job's quality ledger).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetCounts {
+    /// "a.b.c.0/24" or "x:x:x:x::/64".
+    pub net: String,
+    pub sent: u64,
+    pub answered: u64,
+    pub retried: u64,
+}
+
+/// What a task produced: findings, and probe counts when the module scans.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Output {
+    pub findings: Vec<FindingOut>,
+    pub probe_counts: Vec<NetCounts>,
+}
+
 pub trait Module: Send + Sync + 'static {
     /// "portscan", "banner", "service", "screenshot", "enrich", "beacon", ...
     fn name(&self) -> &'static str;
@@ -145,4 +185,18 @@ pub trait Module: Send + Sync + 'static {
         task: &'a TaskInput,
         ctx: &'a ModuleCtx,
     ) -> BoxFuture<'a, Result<Vec<FindingOut>, ModuleError>>;
+
+    /// Like [`Module::run`], with probe counts; scan modules override it (the runtime calls this).
+    fn run_counted<'a>(
+        &'a self,
+        task: &'a TaskInput,
+        ctx: &'a ModuleCtx,
+    ) -> BoxFuture<'a, Result<Output, ModuleError>> {
+        Box::pin(async move {
+            Ok(Output {
+                findings: self.run(task, ctx).await?,
+                probe_counts: Vec::new(),
+            })
+        })
+    }
 }

@@ -3,7 +3,7 @@
 //! until the coordinator acknowledges it (accepted or rejected) and is re-sent on a new session.
 
 use crate::config::MinionSettings;
-use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
+use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, Output, TaskInput};
 use crate::telemetry::metrics;
 use futures::FutureExt;
 use overlord_core::Token;
@@ -357,9 +357,23 @@ fn start_task(
             clock.elapsed().as_secs_f64(),
         );
         match outcome {
-            Ok(findings) => {
+            Ok(out) => {
                 r.ok = true;
-                r.findings = findings.into_iter().map(FindingOut::into_wire).collect();
+                r.probe_counts = out
+                    .probe_counts
+                    .into_iter()
+                    .map(|c| v1::NetCounts {
+                        net: c.net,
+                        sent: c.sent,
+                        answered: c.answered,
+                        retried: c.retried,
+                    })
+                    .collect();
+                r.findings = out
+                    .findings
+                    .into_iter()
+                    .map(FindingOut::into_wire)
+                    .collect();
             }
             Err(e) => {
                 r.ok = false;
@@ -396,7 +410,7 @@ async fn execute(
     lease: &v1::TaskLease,
     modules: &HashMap<String, Arc<dyn Module>>,
     ctx: &ModuleCtx,
-) -> Result<Vec<FindingOut>, ModuleError> {
+) -> Result<Output, ModuleError> {
     let module = modules.get(&lease.module).ok_or_else(|| {
         ModuleError::Invalid(format!(
             "module {:?} not available on minion {}",
@@ -413,14 +427,20 @@ async fn execute(
                 .map_err(|_| ModuleError::Invalid(format!("bad target {:?}", lease.target)))?,
         )
     };
-    // The minion re-checks its own scope before sending anything.
-    if let Some(ip) = target
-        && !ctx.scope.permits(ip)
-    {
-        warn!(target = %ip, task = lease.task_id, "target refused by minion scope");
-        return Err(ModuleError::Blocked(format!(
-            "{ip} is outside this minion's allow-list or inside its blocklist"
-        )));
+    // The minion re-checks its own scope before sending anything (the whole block of a sweep).
+    let target_count = lease.target_count.max(1);
+    if let Some(ip) = target {
+        let block = overlord_core::target::IpRange::block(ip, target_count).ok_or_else(|| {
+            ModuleError::Invalid(format!(
+                "{target_count} addresses from {ip} overflow the family"
+            ))
+        })?;
+        if let Err(e) = ctx.scope.check(&[block]) {
+            warn!(target = %block, task = lease.task_id, "target refused by minion scope");
+            return Err(ModuleError::Blocked(format!(
+                "{block} is outside this minion's allow-list or inside its blocklist: {e}"
+            )));
+        }
     }
     let input = TaskInput {
         job_id: lease.job_id,
@@ -428,6 +448,7 @@ async fn execute(
         parent_task_id: (lease.parent_task_id != 0).then_some(lease.parent_task_id),
         module: lease.module.clone(),
         target,
+        target_count,
         ports: lease
             .ports
             .iter()
@@ -440,7 +461,7 @@ async fn execute(
         input: (!lease.input.is_empty()).then(|| lease.input.clone()),
     };
     // A panicking module fails its task instead of killing the minion.
-    match std::panic::AssertUnwindSafe(module.run(&input, ctx))
+    match std::panic::AssertUnwindSafe(module.run_counted(&input, ctx))
         .catch_unwind()
         .await
     {

@@ -9,7 +9,9 @@
 //!
 //! ```text
 //! TaskRecord    = 2 ++ spec ++ state ++ varint attempts ++ opt str last_minion
-//!                 ++ opt str last_provider ++ opt str last_error
+//!                 ++ opt str last_provider ++ opt str last_error [++ varint target_count]
+//!                 (target_count: addresses of a sweep block, written only when it is not 1;
+//!                 records without it read as 1)
 //! spec          = varint job_id ++ varint task_id ++ opt varint parent ++ str module ++ ip target
 //!                 ++ varint n ++ n × (u16 LE port) ++ opt str input ++ json params ++ opt str blob
 //! state         = 0 pending | 1 leased str minion varint generation varint token varint deadline
@@ -226,6 +228,9 @@ pub fn encode_task(t: &TaskRecord) -> Vec<u8> {
     w.opt_str(t.last_minion.as_deref());
     w.opt_str(t.last_provider.as_deref());
     w.opt_str(t.last_error.as_deref());
+    if s.target_count != 1 {
+        w.var(u64::from(s.target_count));
+    }
     w.0
 }
 
@@ -262,6 +267,15 @@ pub fn decode_task(body: &[u8]) -> Res<TaskRecord> {
     let last_minion = r.opt_str("last_minion")?;
     let last_provider = r.opt_str("last_provider")?;
     let last_error = r.opt_str("last_error")?;
+    let target_count = if r.0.is_empty() {
+        1
+    } else {
+        // Written only when not 1, so 0 and 1 here are corruption (e.g. a trailing byte).
+        u32::try_from(r.var()?)
+            .ok()
+            .filter(|n| *n >= 2)
+            .ok_or_else(|| "bad target_count".to_string())?
+    };
     r.end()?;
     Ok(TaskRecord {
         spec: TaskSpec {
@@ -270,6 +284,7 @@ pub fn decode_task(body: &[u8]) -> Res<TaskRecord> {
             parent,
             module,
             target,
+            target_count,
             ports,
             input,
             params,

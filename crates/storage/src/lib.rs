@@ -449,6 +449,7 @@ mod tests {
             parent: None,
             module: "portscan".into(),
             target: Some("127.0.0.1".parse().unwrap()),
+            target_count: 1,
             ports: vec![22, 80],
             input: None,
             params: serde_json::Value::Null,

@@ -29,7 +29,7 @@ pub use doc::markdown;
 
 pub use beacon::{Beacon, BeaconSummary};
 pub use enrichment::{Enrichment, Leak};
-pub use scan::{Banner, Noop, OpenPort, UdpPort, UdpState};
+pub use scan::{Banner, Noop, OpenPort, PortState, ScanMethod, Transport, UdpPort, UdpState};
 pub use screen::{Rdp, ScreenProtocol, Screenshot, ScreenshotError, VncCapture, X11Capture};
 pub use service::Service;
 

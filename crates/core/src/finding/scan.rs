@@ -21,11 +21,25 @@ pub enum PortState {
     OpenFiltered,
 }
 
+/// How an open TCP port was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ScanMethod {
+    /// A full connect (`portscan`).
+    Connect,
+    /// A SYN answered by a SYN-ACK carrying our cookie (`syn`, stateless raw packets).
+    Syn,
+}
+
 /// `open_port`: a port that accepted a connection (target and port are the finding's).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OpenPort {
     pub state: PortState,
     pub proto: Transport,
+    /// How it was found; absent = a connect (`portscan`, and every record written before the
+    /// `syn` module existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<ScanMethod>,
 }
 
 impl OpenPort {
@@ -34,6 +48,15 @@ impl OpenPort {
         OpenPort {
             state: PortState::Open,
             proto: Transport::Tcp,
+            method: None,
+        }
+    }
+
+    /// An open TCP port found by the stateless SYN scan.
+    pub fn syn() -> Self {
+        OpenPort {
+            method: Some(ScanMethod::Syn),
+            ..OpenPort::tcp()
         }
     }
 }

@@ -151,6 +151,7 @@ mod tests {
             parent_task_id: None,
             module: "beacon".into(),
             target: None,
+            target_count: 1,
             ports: vec![],
             params,
             blob: None,

@@ -174,6 +174,7 @@ mod tests {
             parent_task_id: Some(1),
             module: "enrich".into(),
             target: Some("127.0.0.1".parse().unwrap()),
+            target_count: 1,
             ports: vec![5900],
             params: serde_json::json!({}),
             blob: blob.map(bytes::Bytes::from),

@@ -10,6 +10,7 @@ pub mod noop;
 pub mod portscan;
 pub mod screenshot;
 pub mod service;
+pub mod syn;
 pub mod udp;
 
 /// Every module a minion runs. `leak` is not a minion module: the coordinator runs it itself, next
@@ -17,6 +18,7 @@ pub mod udp;
 pub fn builtin() -> Vec<Arc<dyn Module>> {
     vec![
         Arc::new(portscan::PortScan),
+        Arc::new(syn::Syn),
         Arc::new(banner::BannerGrab),
         Arc::new(screenshot::Screenshot),
         Arc::new(service::ServiceId::default()),

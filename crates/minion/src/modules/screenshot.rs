@@ -199,6 +199,7 @@ mod tests {
             parent_task_id: Some(1),
             module: "screenshot".into(),
             target: Some("127.0.0.1".parse().unwrap()),
+            target_count: 1,
             ports: vec![port],
             params,
             blob: None,

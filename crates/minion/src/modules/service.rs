@@ -142,6 +142,7 @@ mod tests {
             parent_task_id: None,
             module: "service".into(),
             target: Some("127.0.0.1".parse().unwrap()),
+            target_count: 1,
             ports: vec![port],
             params,
             blob: None,

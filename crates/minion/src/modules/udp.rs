@@ -108,6 +108,7 @@ mod tests {
             parent_task_id: None,
             module: "udp".into(),
             target: Some("127.0.0.1".parse().unwrap()),
+            target_count: 1,
             ports,
             params,
             blob: None,

@@ -1,12 +1,15 @@
 //! TCP connect port scan and generic banner grab (plain library, no cluster dependency).
 //!
-//! Both are bounded: the scan by a concurrency limit, a per-connection timeout, a retry count and
-//! an optional rate limit (connections/s); the grab by a byte cap and a total deadline.
+//! Both are bounded: the scan by a window of connects in flight, an adaptive per-probe timeout,
+//! loss-driven re-send rounds ([`retry`]) and an optional rate limit (connections/s), run by the
+//! sweep engine in [`connect`]; the grab by a byte cap and a total deadline.
 
-use futures::StreamExt;
+pub mod connect;
+pub mod retry;
+pub mod syn;
+
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -18,14 +21,15 @@ pub struct ScanOptions {
     pub concurrency: usize,
     /// Per-connection timeout.
     pub timeout: Duration,
-    /// Extra attempts after a timeout (a refused connection is final).
+    /// Extra attempts after a timeout in [`probe_port`] (a refused connection is final). The
+    /// sweep ([`scan_ports`]) re-sends by measured loss instead ([`retry`]).
     pub retries: u32,
     /// Connection attempts per second, 0 = unlimited.
     pub rate_limit: u32,
     /// Optional process-wide cap on connections in flight, shared by concurrent scans (keeps a
     /// busy minion under its file-descriptor and ephemeral-port limits).
     #[serde(skip)]
-    pub limiter: Option<std::sync::Arc<tokio::sync::Semaphore>>,
+    pub limiter: Option<std::sync::Arc<connect::SharedLimit>>,
 }
 
 impl Default for ScanOptions {
@@ -37,33 +41,6 @@ impl Default for ScanOptions {
             rate_limit: 0,
             limiter: None,
         }
-    }
-}
-
-/// Spaces connection attempts `1/rate` apart (shared by all attempts of one scan).
-struct Pacer {
-    interval: Option<Duration>,
-    next: Mutex<Instant>,
-}
-
-impl Pacer {
-    fn new(rate: u32) -> Self {
-        Pacer {
-            interval: (rate > 0).then(|| Duration::from_secs_f64(1.0 / rate as f64)),
-            next: Mutex::new(Instant::now()),
-        }
-    }
-
-    async fn wait(&self) {
-        let Some(iv) = self.interval else { return };
-        let at = {
-            let mut next = self.next.lock().expect("pacer lock");
-            let now = Instant::now();
-            let at = (*next).max(now);
-            *next = at + iv;
-            at
-        };
-        tokio::time::sleep_until(at.into()).await;
     }
 }
 
@@ -109,23 +86,41 @@ pub async fn probe_port(ip: IpAddr, port: u16, opts: &ScanOptions) -> PortState 
 
 /// Scans `ports` on `ip`; returns the open ports, ascending.
 pub async fn scan_ports(ip: IpAddr, ports: &[u16], opts: &ScanOptions) -> Vec<u16> {
-    let pacer = Pacer::new(opts.rate_limit);
-    let pacer = &pacer;
-    let mut open: Vec<u16> = futures::stream::iter(ports.iter().copied())
-        .map(|p| async move {
-            pacer.wait().await;
-            let _permit = match &opts.limiter {
-                Some(l) => l.acquire().await.ok(),
-                None => None,
-            };
-            (p, probe_port(ip, p, opts).await)
-        })
-        .buffer_unordered(opts.concurrency.max(1))
-        .filter_map(|(p, st)| async move { (st == PortState::Open).then_some(p) })
-        .collect()
-        .await;
-    open.sort_unstable();
-    open
+    let probes: Vec<connect::Probe> = ports.iter().map(|p| (ip, *p)).collect();
+    match sweep(probes, opts).await {
+        Ok((probes, rep)) => {
+            let mut open: Vec<u16> = rep.open(&probes).map(|(_, p)| p).collect();
+            open.sort_unstable();
+            open
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "port scan failed");
+            Vec::new()
+        }
+    }
+}
+
+/// Runs the sweep engine on a blocking thread; gives the probes back beside the report.
+pub async fn sweep(
+    probes: Vec<connect::Probe>,
+    opts: &ScanOptions,
+) -> std::io::Result<(Vec<connect::Probe>, connect::SweepReport)> {
+    let so = connect::SweepOptions {
+        window: opts.concurrency.max(1),
+        timeout_max: opts.timeout,
+        timeout_min: connect::SweepOptions::default()
+            .timeout_min
+            .min(opts.timeout),
+        rate_limit: opts.rate_limit,
+        shared_limit: opts.limiter.clone(),
+        ..Default::default()
+    };
+    tokio::task::spawn_blocking(move || {
+        let rep = connect::sweep(&probes, &so)?;
+        Ok((probes, rep))
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// Banner-grab options.

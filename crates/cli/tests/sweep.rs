@@ -1,0 +1,99 @@
+//! A sweep through the whole cluster (embedded coordinator + 2 minions over real gRPC): many
+//! addresses × one port become a couple of block tasks, not one task per address, and the open
+//! set is exactly the listeners — on 127.0.0.0/22 and on ::1 (the portscan module's IPv6 check;
+//! it also proves a spec with an IPv6 range is stored and read back).
+
+use overlord_cli::client;
+use overlord_cli::embedded::Embedded;
+use overlord_proto::v1;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+fn listeners() -> (u16, Vec<TcpListener>, BTreeSet<(IpAddr, u16)>) {
+    loop {
+        let first = TcpListener::bind("127.0.1.7:0").unwrap();
+        let p = first.local_addr().unwrap().port();
+        let mut ls = vec![first];
+        let mut ok = true;
+        for a in ["127.0.2.9", "127.0.3.254", "127.0.0.1", "::1"] {
+            match TcpListener::bind((a.parse::<IpAddr>().unwrap(), p)) {
+                Ok(l) => ls.push(l),
+                Err(_) => ok = false,
+            }
+        }
+        if ok {
+            let want = ls
+                .iter()
+                .map(|l| (l.local_addr().unwrap().ip(), p))
+                .collect();
+            return (p, ls, want);
+        }
+    }
+}
+
+async fn run_job(
+    url: &str,
+    module: &str,
+    port: u16,
+    targets: &[&str],
+) -> (v1::JobStatus, BTreeSet<(IpAddr, u16)>) {
+    let mut c = client::connect(url).await.unwrap();
+    let spec = v1::JobSpec {
+        name: format!("sweep {module}"),
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+        ports: port.to_string(),
+        modules: vec![module.into()],
+        ..Default::default()
+    };
+    let st = client::submit(&mut c, spec).await.unwrap();
+    let t = Instant::now();
+    let st = loop {
+        let s = client::get(&mut c, st.job_id).await.unwrap();
+        if s.state != v1::JobState::Running as i32 {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{}",
+            client::status_line(&s)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut open = BTreeSet::new();
+    client::results(&mut c, st.job_id, |f| {
+        open.insert((f.target.parse().unwrap(), f.port as u16));
+    })
+    .await
+    .unwrap();
+    (st, open)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_is_a_few_block_tasks_with_the_exact_open_set_on_v4_and_v6() {
+    let (port, _ls, want) = listeners();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Embedded::start(dir.path().join("data"), 2, 8)
+        .await
+        .unwrap();
+    let (st, open) = run_job(&cluster.url, "portscan", port, &["127.0.0.0/22"]).await;
+    // 1,024 addresses of the /22 in one block task (4,096 probes per task).
+    assert_eq!(st.tasks_total, 1, "{}", client::status_line(&st));
+    assert_eq!(st.tasks_failed, 0, "{}", client::status_line(&st));
+    let want4: BTreeSet<_> = want.iter().filter(|(a, _)| a.is_ipv4()).copied().collect();
+    assert_eq!(open, want4);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_sweep_through_the_cluster() {
+    let (port, _ls, want) = listeners();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Embedded::start(dir.path().join("data"), 2, 8)
+        .await
+        .unwrap();
+    let (st, open) = run_job(&cluster.url, "portscan", port, &["127.0.0.0/22", "::1"]).await;
+    assert_eq!(st.tasks_total, 2, "{}", client::status_line(&st));
+    assert_eq!(open, want);
+    cluster.shutdown().await;
+}
