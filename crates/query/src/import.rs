@@ -532,6 +532,7 @@ pub fn to_payload(s: &Imported) -> overlord_core::finding::Payload {
             } else {
                 Transport::Tcp
             },
+            method: None,
         });
     }
     let addr = match s.ip {

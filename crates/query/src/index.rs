@@ -30,10 +30,15 @@ use tantivy::{DateTime, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDo
 
 /// Bumped when the schema or the row format changes: an index of another version is rebuilt.
 pub const INDEX_VERSION: u32 = 1;
-/// Commit after this many pending rows or this long after the first uncommitted change.
-pub const COMMIT_ROWS: usize = 200_000;
+/// Commit after this many pending rows or this long after the first uncommitted change. Pending
+/// rows are folded states held in memory: this bounds what the index adds to the coordinator's
+/// memory under a flood of results (with the writer's arena below).
+pub const COMMIT_ROWS: usize = 20_000;
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(1000);
-const WRITER_BUDGET: usize = 128 << 20;
+/// The writer's indexing arena, on one indexing thread: the coordinator shares its cores with
+/// result ingestion, and tantivy gives each thread its own arena of budget / threads.
+const WRITER_BUDGET: usize = 24 << 20;
+const WRITER_THREADS: usize = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -440,7 +445,7 @@ impl QueryIndex {
         // A restart in the same process finds the previous writer's lock for a moment.
         let mut tries = 0;
         let w = loop {
-            match index.writer(WRITER_BUDGET) {
+            match index.writer_with_num_threads(WRITER_THREADS, WRITER_BUDGET) {
                 Ok(w) => break w,
                 Err(tantivy::TantivyError::LockFailure(..)) if tries < 100 => {
                     tries += 1;

@@ -56,6 +56,24 @@ pub struct Beacon {
     pub fan_in: u32,
     /// Many sources reach this destination periodically: likely NTP/updates/telemetry.
     pub benign_hint: bool,
+    /// dns/http/ssl: distinct sources asking for this name at all (0 for conn).
+    #[serde(default)]
+    pub popularity: u32,
+    /// Distinct hours of the day (UTC) with a check-in.
+    #[serde(default)]
+    pub active_hours: u32,
+    /// Share of intervals within ±20 % of the period (1 = a clock).
+    #[serde(default)]
+    pub period_stability: f32,
+    /// The hints that lowered the score (empty: none applied).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hints: Vec<BeaconHint>,
+    /// The fan-in from which the benign-periodic hint applies.
+    #[serde(default)]
+    pub fan_in_needed: u32,
+    /// The popularity from which the popular-name hint applies.
+    #[serde(default)]
+    pub popularity_needed: u32,
     /// Destinations of the rotation group this finding was credited from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub group: Vec<String>,
@@ -63,6 +81,18 @@ pub struct Beacon {
     pub group_period_secs: Option<f64>,
     /// Events beyond the per-key cap were dropped.
     pub truncated: bool,
+}
+
+/// Why a beacon's score was lowered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BeaconHint {
+    /// Many sources reach the destination periodically (NTP, updates, telemetry).
+    PeriodicFanIn,
+    /// Many sources ask for this name at all (browsing behind TTL caches, WPAD, mail).
+    PopularName,
+    /// Most connections were never established.
+    FailedConnections,
 }
 
 /// `beacon_summary`: counters of one scored log.

@@ -9,7 +9,7 @@
 
 use super::retry::{LossBook, Net, RetryPolicy};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -244,6 +244,44 @@ fn self_connected(fd: RawFd, dst: SocketAddr) -> bool {
     }
 }
 
+/// The local address a socket was given (the ephemeral port picked by connect(2)).
+fn local_addr(fd: RawFd) -> Option<SocketAddr> {
+    // SAFETY: zeroed sockaddr_storage is valid; getsockname writes at most `l` bytes.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut l = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    if unsafe { libc::getsockname(fd, &mut ss as *mut _ as *mut _, &mut l) } < 0 {
+        return None;
+    }
+    match ss.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in.
+            let a: libc::sockaddr_in = unsafe { std::ptr::read(&ss as *const _ as *const _) };
+            Some(SocketAddr::from((
+                std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6.
+            let a: libc::sockaddr_in6 = unsafe { std::ptr::read(&ss as *const _ as *const _) };
+            Some(SocketAddr::from((
+                std::net::Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Whether a connect that succeeded reached a service, not one of our own sockets. Besides a
+/// socket connected to itself, two of our loopback probes can open each other: A (local port Y)
+/// probes port X while B (local port X) probes port Y — a simultaneous open that "succeeds" on
+/// both with no listener. `ours` holds every local address our loopback probes were given; a
+/// port with a listener is never handed out as an ephemeral port, so a hit there is a crossing.
+fn reached_service(fd: RawFd, dst: SocketAddr, ours: &HashSet<SocketAddr>) -> bool {
+    !(self_connected(fd, dst) || ours.contains(&dst))
+}
+
 fn close_rst(fd: RawFd) {
     // Abortive close: a RST instead of FIN (no TIME_WAIT, the peer's accept queue is not filled).
     let lg = libc::linger {
@@ -282,6 +320,7 @@ pub fn sweep(probes: &[Probe], o: &SweepOptions) -> std::io::Result<SweepReport>
     let mut book = LossBook::default();
     let mut todo: Vec<usize> = (0..probes.len()).collect();
     let mut round = 0u32;
+    let mut ours = HashSet::new();
     let result = loop {
         if let Err(e) = pass(
             ep,
@@ -291,6 +330,7 @@ pub fn sweep(probes: &[Probe], o: &SweepOptions) -> std::io::Result<SweepReport>
             &mut rtt,
             &mut rep,
             &mut book,
+            &mut ours,
             round > 0,
         ) {
             break Err(e);
@@ -327,6 +367,7 @@ fn pass(
     rtt: &mut Rtt,
     rep: &mut SweepReport,
     book: &mut LossBook,
+    ours: &mut HashSet<SocketAddr>,
     resend: bool,
 ) -> std::io::Result<()> {
     let window = o.window.max(1);
@@ -415,6 +456,12 @@ fn pass(
             }
             next += 1;
             rep.count_send(Net::of(dst.ip()), resend);
+            if dst.ip().is_loopback()
+                && (e == 0 || e == libc::EINPROGRESS)
+                && let Some(a) = local_addr(fd)
+            {
+                ours.insert(a);
+            }
             // Loopback often answers inside connect(2): check before involving epoll.
             let e = if e == libc::EINPROGRESS {
                 so_error(fd)
@@ -426,10 +473,10 @@ fn pass(
                 rtt.sample(now.elapsed().as_micros() as f64);
             }
             if e == 0 && r == 0 {
-                let out = if self_connected(fd, dst) {
-                    Outcome::Closed
-                } else {
+                let out = if reached_service(fd, dst, ours) {
                     Outcome::Open
+                } else {
+                    Outcome::Closed
                 };
                 close_rst(fd);
                 release(o);
@@ -518,10 +565,10 @@ fn pass(
             let dst = SocketAddr::new(probes[slot.probe].0, probes[slot.probe].1);
             let e = so_error(slot.fd);
             let out = if e == 0 {
-                if self_connected(slot.fd, dst) {
-                    Outcome::Closed
-                } else {
+                if reached_service(slot.fd, dst, ours) {
                     Outcome::Open
+                } else {
+                    Outcome::Closed
                 }
             } else {
                 Outcome::Closed
