@@ -10,7 +10,7 @@
 //!
 //! | tree | key | value |
 //! |---|---|---|
-//! | `img.meta` | image id | JSON of [`MetaRec`] (where/when it was captured) |
+//! | `img.meta` | image id | `[1]` ++ JSON of [`MetaRec`] (where/when it was captured); stores written before records were versioned hold bare JSON, read as version 0 ([`decode_meta`]) |
 //! | `img.cursor` | job id (u64 BE) | last finding cursor looked at (u64 BE) |
 //! | `img.*`, `sim.*`, `txt.*`, `leak` | see `overlord_enrich::store` | |
 
@@ -21,6 +21,7 @@ use overlord_enrich::{Analysis, DecodeCaps, EnrichError, EnrichStore};
 use overlord_proto::error::ApiError;
 use overlord_proto::v1;
 use overlord_storage::Store;
+use overlord_storage::kv::{KvDb, KvTree};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -51,7 +52,7 @@ pub enum ImagesError {
     #[error("leak database {path}: {source}")]
     Leaks { path: String, source: EnrichError },
     #[error("image store: {0}")]
-    Sled(#[from] sled::Error),
+    Storage(#[from] overlord_storage::kv::KvError),
 }
 
 /// Where and when an image was captured.
@@ -73,13 +74,40 @@ pub struct MetaRec {
     pub capture: serde_json::Value,
 }
 
+/// Version byte of `img.meta` records.
+pub const META_VERSION: u8 = 1;
+
+/// Encodes an `img.meta` record: `[META_VERSION]` ++ JSON.
+pub fn encode_meta(rec: &MetaRec) -> Result<Vec<u8>, EnrichError> {
+    let mut out = vec![META_VERSION];
+    serde_json::to_writer(&mut out, rec)?;
+    Ok(out)
+}
+
+/// Decodes an `img.meta` record of any version this coordinator knows: 1 (`[1]` ++ JSON), or 0
+/// (bare JSON, a store written before records were versioned; a JSON object starts with `{`,
+/// never a version byte). Anything else is refused naming the version.
+pub fn decode_meta(bytes: &[u8]) -> Result<MetaRec, EnrichError> {
+    let corrupt = |reason: String| EnrichError::CorruptRecord {
+        tree: "img.meta",
+        reason,
+    };
+    match bytes.first() {
+        Some(&META_VERSION) => serde_json::from_slice(&bytes[1..])
+            .map_err(|e| corrupt(format!("version 1 record: {e}"))),
+        Some(b'{') => serde_json::from_slice(bytes)
+            .map_err(|e| corrupt(format!("unversioned (version 0) record: {e}"))),
+        Some(v) => Err(corrupt(format!("unknown record version {v}"))),
+        None => Err(corrupt("empty record".into())),
+    }
+}
+
 /// The image store plus the job store (for PNG blobs and catch-up).
 pub struct Images {
     enrich: EnrichStore,
-    meta: sled::Tree,
-    cursors: sled::Tree,
+    meta: KvTree,
+    cursors: KvTree,
     jobs: Arc<dyn Store>,
-    db: sled::Db,
 }
 
 impl Images {
@@ -95,7 +123,7 @@ impl Images {
         };
         // Waits for the file lock: a restart in the same process finds the previous instance's
         // sled threads still holding it for a moment.
-        let db = overlord_storage::open_sled(&sled::Config::new().path(dir))
+        let db = KvDb::open(dir)
             .map_err(EnrichError::from)
             .map_err(open_err)?;
         let enrich = EnrichStore::from_db(db.clone()).map_err(open_err)?;
@@ -122,7 +150,6 @@ impl Images {
             meta: db.open_tree("img.meta")?,
             cursors: db.open_tree("img.cursor")?,
             jobs,
-            db,
         }))
     }
 
@@ -151,9 +178,7 @@ impl Images {
                 // a screenshot's provenance wins over one recorded from an enrichment
                 let old = self.meta(id)?;
                 if old.as_ref().is_none_or(|m| m.capture.is_null()) {
-                    self.meta
-                        .insert(id, serde_json::to_vec(&rec)?)
-                        .map_err(EnrichError::from)?;
+                    self.meta.insert(id, encode_meta(&rec)?)?;
                     return Ok(true);
                 }
                 Ok(false)
@@ -165,7 +190,7 @@ impl Images {
                     if let Some(input) = &e.input {
                         rec.protocol = format!("file:{input}");
                     }
-                    self.meta.insert(id, serde_json::to_vec(&rec)?)?;
+                    self.meta.insert(id, encode_meta(&rec)?)?;
                     wrote = true;
                 }
                 if self.enrich.get(id)?.is_some() {
@@ -206,7 +231,7 @@ impl Images {
         }
         if after != from {
             self.cursors
-                .insert(job.to_be_bytes(), &after.to_be_bytes())?;
+                .insert(job.to_be_bytes(), after.to_be_bytes())?;
         }
         if wrote || after != from {
             self.enrich.flush()?;
@@ -216,7 +241,7 @@ impl Images {
 
     fn meta(&self, id: &str) -> Result<Option<MetaRec>, EnrichError> {
         match self.meta.get(id)? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            Some(v) => decode_meta(&v).map(Some),
             None => Ok(None),
         }
     }
@@ -381,7 +406,7 @@ pub fn spawn_indexer(
                 Err(e) => tracing::error!(job, error = %e, "image indexing panicked"),
             }
         }
-        let _ = images.db.flush();
+        let _ = images.enrich.flush();
     })
 }
 
@@ -599,5 +624,30 @@ impl v1::image_service_server::ImageService for ImageApi {
         })
         .await
         .map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frozen bytes of `img.meta` records: version 1, and the bare JSON written before records
+    /// were versioned (version 0); an unknown version is refused naming it.
+    #[test]
+    fn meta_records_of_every_version_decode() {
+        let v1 = b"\x01{\"target\":\"127.0.0.1\",\"port\":5900,\"protocol\":\"vnc\",\"width\":640,\"height\":480,\"png_bytes\":9,\"captured_at_ms\":1,\"job_id\":2,\"task_id\":3,\"minion_id\":\"m\",\"provider\":\"p\",\"module\":\"screenshot\",\"capture\":null}";
+        let m = decode_meta(v1).unwrap();
+        assert_eq!((m.port, m.job_id, m.task_id), (5900, 2, 3));
+        assert_eq!(&encode_meta(&m).unwrap()[..], &v1[..]);
+        let v0 = &v1[1..];
+        assert_eq!(decode_meta(v0).unwrap().protocol, "vnc");
+        for (bytes, want) in [
+            (&b"\x02{}"[..], "unknown record version 2"),
+            (&b""[..], "empty record"),
+            (&b"\x01{"[..], "version 1 record"),
+        ] {
+            let e = decode_meta(bytes).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("img.meta"), "{e}");
+        }
     }
 }

@@ -111,10 +111,7 @@ fn main() -> anyhow::Result<()> {
     }
     if with_sled {
         let dir = tempfile::tempdir()?;
-        let db = sled::Config::new()
-            .path(dir.path())
-            .cache_capacity(64 << 20)
-            .open()?;
+        let db = overlord_storage::kv::KvDb::open_with_cache(dir.path(), 64 << 20)?;
         let idx = SledMihIndex::open(&db)?;
         let ids: Vec<String> = (0..hashes.len()).map(|i| format!("img{i:08}")).collect();
         let t = Instant::now();
@@ -135,12 +132,7 @@ fn main() -> anyhow::Result<()> {
         );
         drop(idx);
         drop(db);
-        let open_db = || {
-            sled::Config::new()
-                .path(dir.path())
-                .cache_capacity(64 << 20)
-                .open()
-        };
+        let open_db = || overlord_storage::kv::KvDb::open_with_cache(dir.path(), 64 << 20);
         let t = Instant::now();
         let db = open_db()?;
         let sled_s = t.elapsed().as_secs_f64();

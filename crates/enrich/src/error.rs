@@ -41,9 +41,9 @@ pub enum EnrichError {
     /// A model file (Haar cascade, logo template) is missing or malformed.
     #[error("model {path}: {reason}")]
     Model { path: String, reason: String },
-    /// sled failed.
+    /// The storage engine failed (its type stays inside `overlord-storage`).
     #[error("storage: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] overlord_storage::kv::KvError),
     /// A stored record could not be decoded (unknown version, truncated bytes).
     #[error("corrupt stored record in {tree}: {reason}")]
     CorruptRecord { tree: &'static str, reason: String },

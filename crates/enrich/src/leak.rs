@@ -2,6 +2,7 @@
 //! stored in sled (tree `leak`, key `lower(address) 0x00 source 0x00 date`, empty value).
 
 use crate::error::EnrichError;
+use overlord_storage::kv::{KvBatch, KvDb, KvTree};
 use serde::{Deserialize, Serialize};
 use std::io::BufRead;
 
@@ -24,7 +25,7 @@ pub struct ImportReport {
 /// The leak database.
 #[derive(Clone)]
 pub struct LeakDb {
-    tree: sled::Tree,
+    tree: KvTree,
 }
 
 /// Is this a plausible e-mail address (one '@', non-empty local part, dotted domain)?
@@ -41,7 +42,7 @@ pub fn plausible_address(a: &str) -> bool {
 }
 
 impl LeakDb {
-    pub fn open(db: &sled::Db) -> Result<LeakDb, EnrichError> {
+    pub fn open(db: &KvDb) -> Result<LeakDb, EnrichError> {
         Ok(LeakDb {
             tree: db.open_tree("leak")?,
         })
@@ -50,7 +51,7 @@ impl LeakDb {
     /// A leak database in a temporary sled directory (removed on drop), e.g. for the CLI's
     /// `images analyze --leaks FILE`.
     pub fn temporary() -> Result<LeakDb, EnrichError> {
-        LeakDb::open(&sled::Config::new().temporary(true).open()?)
+        LeakDb::open(&KvDb::temporary()?)
     }
 
     fn key(r: &LeakRecord) -> Vec<u8> {
@@ -67,7 +68,7 @@ impl LeakDb {
     /// header line starting with `address` are ignored). Malformed lines are reported, not fatal.
     pub fn import(&self, reader: impl BufRead) -> Result<ImportReport, EnrichError> {
         let mut report = ImportReport::default();
-        let mut batch = sled::Batch::default();
+        let mut batch = KvBatch::default();
         for (i, line) in reader.lines().enumerate() {
             let n = i + 1;
             let line = line.map_err(|e| EnrichError::LeakLine {

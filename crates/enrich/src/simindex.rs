@@ -25,6 +25,7 @@
 use crate::error::EnrichError;
 use crate::mih::Mih;
 use crate::phash::{PHashes, hamming256};
+use overlord_storage::kv::{KvBatch, KvDb, KvTree};
 use serde::{Deserialize, Serialize};
 use std::sync::RwLock;
 
@@ -83,11 +84,11 @@ pub struct OpenReport {
 
 /// [`SimilarityIndex`] persisted in sled with an in-memory MIH.
 pub struct SledMihIndex {
-    ord: sled::Tree,
-    chunks: sled::Tree,
-    by_hash: sled::Tree,
-    members: sled::Tree,
-    by_id: sled::Tree,
+    ord: KvTree,
+    chunks: KvTree,
+    by_hash: KvTree,
+    members: KvTree,
+    by_id: KvTree,
     mem: RwLock<Mem>,
 }
 
@@ -148,12 +149,12 @@ fn encode_chunk(hashes: &[u64]) -> Vec<u8> {
 
 impl SledMihIndex {
     /// Opens (or creates) the index in `db` and builds the in-memory MIH from it.
-    pub fn open(db: &sled::Db) -> Result<SledMihIndex, EnrichError> {
+    pub fn open(db: &KvDb) -> Result<SledMihIndex, EnrichError> {
         Self::open_with_report(db).map(|(idx, _)| idx)
     }
 
     /// [`SledMihIndex::open`], also saying where the hashes came from.
-    pub fn open_with_report(db: &sled::Db) -> Result<(SledMihIndex, OpenReport), EnrichError> {
+    pub fn open_with_report(db: &KvDb) -> Result<(SledMihIndex, OpenReport), EnrichError> {
         let ord = db.open_tree("sim.ord")?;
         let chunks = db.open_tree("sim.chunk")?;
         let meta = db.open_tree("sim.meta")?;
@@ -210,7 +211,7 @@ impl SledMihIndex {
         }
         rep.from_records = h64.len() - rep.from_chunks;
         // chunk every full run of records read one by one (format 1, repair, crash)
-        let mut batch = sled::Batch::default();
+        let mut batch = KvBatch::default();
         let mut c = first / CHUNK;
         while ((c + 1) * CHUNK) as usize <= h64.len() {
             let a = (c * CHUNK) as usize;
@@ -247,7 +248,7 @@ impl SledMihIndex {
     /// Writes the chunk records completed by the ordinals `from..mih.len()`.
     fn write_chunks(&self, mih: &Mih, from: usize) -> Result<(), EnrichError> {
         let chunk = CHUNK as usize;
-        let mut batch = sled::Batch::default();
+        let mut batch = KvBatch::default();
         let mut any = false;
         for c in from / chunk..mih.len() / chunk {
             if (c + 1) * chunk <= from {
@@ -283,10 +284,10 @@ impl SledMihIndex {
         let mut mem = self.mem.write().expect("index lock");
         let mut new_hashes: std::collections::HashMap<Vec<u8>, u32> = Default::default();
         let (mut b_ord, mut b_hash, mut b_mem, mut b_id) = (
-            sled::Batch::default(),
-            sled::Batch::default(),
-            sled::Batch::default(),
-            sled::Batch::default(),
+            KvBatch::default(),
+            KvBatch::default(),
+            KvBatch::default(),
+            KvBatch::default(),
         );
         let mut seen_ids: std::collections::HashSet<&str> = Default::default();
         let mut h64 = Vec::new();
@@ -453,11 +454,11 @@ mod tests {
         }
     }
 
-    /// Through `open_sled`: each block below reopens the dir the previous one just dropped, and
+    /// Through `KvDb::open` (it waits for the lock): each block below reopens the dir the previous one just dropped, and
     /// sled's flusher thread holds the file lock a moment longer. A plain `open` failed with
     /// "could not acquire lock ... WouldBlock" (seen in a full `cargo test` run on 2 loaded cores).
-    fn db(dir: &std::path::Path) -> sled::Db {
-        overlord_storage::open_sled(&sled::Config::new().path(dir)).unwrap()
+    fn db(dir: &std::path::Path) -> KvDb {
+        KvDb::open(dir).unwrap()
     }
 
     /// Every stored hash is found again at radius 0 and near hashes at radius 3, as brute force.

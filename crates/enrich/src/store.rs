@@ -9,6 +9,11 @@
 //! | `sim.*` | see [`crate::simindex`] | |
 //! | `txt.*` | see [`crate::textindex`] | |
 //! | `leak` | see [`crate::leak`] | |
+//! | `img.layout` | `version` | layout version of the whole store (u32 BE), [`LAYOUT_VERSION`] |
+//!
+//! Records carry their own version byte (analyses, `sim.*`, `txt.doc`); fixed-size values (tag
+//! face counts, counters) and the key layouts are covered by the store's layout version, checked
+//! on open: a store written by a newer layout is refused, never misread.
 
 use crate::analyze::{Analysis, derive_tags};
 use crate::decode::{DecodeCaps, decode};
@@ -17,6 +22,7 @@ use crate::leak::LeakDb;
 use crate::phash::{PHashes, phashes};
 use crate::simindex::{SimilarMatch, SimilarityIndex, SledMihIndex};
 use crate::textindex::{TextHit, TextIndex};
+use overlord_storage::kv::{KvDb, KvTree};
 use serde::{Deserialize, Serialize};
 
 /// What ingesting one analysis produced.
@@ -30,24 +36,25 @@ pub struct IngestReport {
 }
 
 pub struct EnrichStore {
-    db: sled::Db,
+    db: KvDb,
     sim: SledMihIndex,
     text: TextIndex,
     leaks: LeakDb,
-    analyses: sled::Tree,
-    tags: sled::Tree,
+    analyses: KvTree,
+    tags: KvTree,
 }
 
 impl EnrichStore {
     /// Opens (or creates) the store in a directory.
     pub fn open(path: &std::path::Path) -> Result<EnrichStore, EnrichError> {
         // Waits for the lock a just-dropped database may still hold.
-        let db = overlord_storage::open_sled(&sled::Config::new().path(path))?;
+        let db = KvDb::open(path)?;
         EnrichStore::from_db(db)
     }
 
     /// Uses an already open sled database (e.g. the coordinator's).
-    pub fn from_db(db: sled::Db) -> Result<EnrichStore, EnrichError> {
+    pub fn from_db(db: KvDb) -> Result<EnrichStore, EnrichError> {
+        check_layout(&db.open_tree("img.layout")?)?;
         Ok(EnrichStore {
             sim: SledMihIndex::open(&db)?,
             text: TextIndex::open(&db)?,
@@ -199,9 +206,66 @@ impl EnrichStore {
     }
 }
 
+/// Layout version of the enrichment store (trees, key layouts, fixed-size values).
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Stamps a new store with [`LAYOUT_VERSION`]; accepts a store of this layout and one written
+/// before the stamp existed (the same layout, version 1); refuses any other, naming both.
+fn check_layout(t: &KvTree) -> Result<(), EnrichError> {
+    match t.get("version")? {
+        None => {
+            t.insert("version", LAYOUT_VERSION.to_be_bytes())?;
+            Ok(())
+        }
+        Some(v) => match <[u8; 4]>::try_from(&*v).map(u32::from_be_bytes) {
+            Ok(LAYOUT_VERSION) => Ok(()),
+            Ok(other) => Err(EnrichError::CorruptRecord {
+                tree: "img.layout",
+                reason: format!(
+                    "store layout version {other}; this build reads version {LAYOUT_VERSION}"
+                ),
+            }),
+            Err(_) => Err(EnrichError::CorruptRecord {
+                tree: "img.layout",
+                reason: format!("layout version of {} bytes", v.len()),
+            }),
+        },
+    }
+}
+
 fn tag_key(tag: &str, id: &str) -> Vec<u8> {
     let mut k = tag.as_bytes().to_vec();
     k.push(0);
     k.extend_from_slice(id.as_bytes());
     k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_version_is_stamped_and_a_newer_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = KvDb::open(dir.path()).unwrap();
+        let layout = db.open_tree("img.layout").unwrap();
+        // A store written before the stamp existed opens and is stamped.
+        drop(EnrichStore::from_db(db.clone()).unwrap());
+        assert_eq!(
+            &*layout.get("version").unwrap().unwrap(),
+            &LAYOUT_VERSION.to_be_bytes()
+        );
+        drop(EnrichStore::from_db(db.clone()).unwrap());
+        layout.insert("version", 2u32.to_be_bytes()).unwrap();
+        let e = EnrichStore::from_db(db.clone()).err().unwrap().to_string();
+        assert!(
+            e.contains("img.layout")
+                && e.contains("layout version 2")
+                && e.contains("reads version 1"),
+            "{e}"
+        );
+        layout.insert("version", [1u8, 2, 3]).unwrap();
+        let e = EnrichStore::from_db(db).err().unwrap().to_string();
+        assert!(e.contains("3 bytes"), "{e}");
+    }
 }

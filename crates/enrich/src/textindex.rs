@@ -10,6 +10,7 @@
 //! `bob`, `jones`, `example`, ...). Re-indexing a document replaces its postings.
 
 use crate::error::EnrichError;
+use overlord_storage::kv::{KvBatch, KvDb, KvTree};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -30,19 +31,19 @@ pub fn terms(text: &str) -> Vec<String> {
 
 #[derive(Clone)]
 pub struct TextIndex {
-    post: sled::Tree,
-    doc: sled::Tree,
-    meta: sled::Tree,
+    post: KvTree,
+    doc: KvTree,
+    meta: KvTree,
 }
 
-fn get_u64(t: &sled::Tree, k: &str) -> Result<u64, EnrichError> {
+fn get_u64(t: &KvTree, k: &str) -> Result<u64, EnrichError> {
     Ok(t.get(k)?
         .map(|v| v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0))
         .unwrap_or(0))
 }
 
 impl TextIndex {
-    pub fn open(db: &sled::Db) -> Result<TextIndex, EnrichError> {
+    pub fn open(db: &KvDb) -> Result<TextIndex, EnrichError> {
         Ok(TextIndex {
             post: db.open_tree("txt.post")?,
             doc: db.open_tree("txt.doc")?,
@@ -65,7 +66,7 @@ impl TextIndex {
         for t in &ts {
             *tf.entry(t.as_str()).or_default() += 1;
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = KvBatch::default();
         for (t, f) in &tf {
             batch.insert(Self::post_key(t, doc), &f.to_be_bytes());
         }

@@ -33,6 +33,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub mod compact;
+pub mod kv;
 mod mem;
 
 pub use mem::MemStore;
