@@ -2,7 +2,7 @@
 //! (fast) or as `overlord` processes (so they can be `kill -9`ed), real TCP listeners as targets,
 //! temp dirs, port 0 everywhere, and `wait_until` helpers.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use overlord_proto::v1::{self, job_service_client::JobServiceClient};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -16,23 +16,9 @@ use tokio::sync::watch;
 
 pub type Client = JobServiceClient<tonic::transport::Channel>;
 
-/// Polls `f` every 20 ms until it returns `Some`, or fails after `timeout` naming `what`.
-pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// Polls until the probe returns `Some` (the shared helper, with backoff), or fails after
+/// `timeout` naming what it waited for.
+pub use overlord_testkit::wait::wait_some as wait_until;
 
 pub async fn client(url: &str) -> Result<Client> {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -91,6 +77,7 @@ pub async fn wait_finished(url: &str, job: u64, timeout: Duration) -> Result<v1:
         (st.state != v1::JobState::Running as i32).then_some(st)
     })
     .await
+    .map_err(Into::into)
 }
 
 /// Every stored finding of a job, paged.

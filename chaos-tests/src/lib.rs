@@ -19,4 +19,5 @@ pub mod rogue;
 pub mod sandbox;
 pub mod scenario;
 pub mod verify;
-pub mod wait;
+/// The shared polling helpers (one copy, in `overlord-testkit`).
+pub use overlord_testkit::wait;

@@ -150,18 +150,6 @@ async fn all_jobs(c: &Cluster) -> Vec<v1::JobStatus> {
         .jobs
 }
 
-async fn wait_until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    within: Duration,
-    mut f: impl FnMut() -> F,
-) {
-    let t0 = Instant::now();
-    while !f().await {
-        assert!(t0.elapsed() < within, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_wrong_role_and_other_owner_clients_are_refused_and_nothing_is_stored() {
     let c = secured().await;
@@ -420,11 +408,12 @@ async fn identity_comes_from_the_certificate_and_cannot_be_stolen_or_reused() {
         },
     ));
     let gate = c.running.gate.clone();
-    wait_until("minion-a live", Duration::from_secs(10), || {
+    overlord_chaos_tests::wait::wait_until(Duration::from_secs(10), "minion-a live", || {
         let g = gate.clone();
         async move { g.live_ids().contains(&"minion-a".to_string()) }
     })
-    .await;
+    .await
+    .unwrap();
     assert!(!gate.live_ids().contains(&"i-am-someone-else".to_string()));
     let mut j = c.jobs().await;
     let id = j
@@ -433,7 +422,7 @@ async fn identity_comes_from_the_certificate_and_cannot_be_stolen_or_reused() {
         .unwrap()
         .into_inner()
         .job_id;
-    wait_until("noop job done", Duration::from_secs(20), || {
+    overlord_chaos_tests::wait::wait_until(Duration::from_secs(20), "noop job done", || {
         let c = &c;
         async move {
             all_jobs(c)
@@ -442,7 +431,8 @@ async fn identity_comes_from_the_certificate_and_cannot_be_stolen_or_reused() {
                 .any(|s| s.job_id == id && s.state == v1::JobState::Completed as i32)
         }
     })
-    .await;
+    .await
+    .unwrap();
     let page = j
         .list_results(with_token(
             v1::ListResultsRequest {
@@ -470,11 +460,12 @@ async fn identity_comes_from_the_certificate_and_cannot_be_stolen_or_reused() {
     // Revocation cuts minion-a off within seconds, and it stays off.
     let t0 = Instant::now();
     assert_eq!(pki::revoke(&c.ca_dir, "minion-a").unwrap(), 1);
-    wait_until("revoked minion gone", Duration::from_secs(5), || {
+    overlord_chaos_tests::wait::wait_until(Duration::from_secs(5), "revoked minion gone", || {
         let g = gate.clone();
         async move { !g.live_ids().contains(&"minion-a".to_string()) }
     })
-    .await;
+    .await
+    .unwrap();
     let cut = t0.elapsed();
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(

@@ -170,12 +170,7 @@ impl Drop for NatsServer {
     }
 }
 
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())
-}
+use overlord_probes::service::testsupport::free_port;
 
 /// A JetStream cluster of `n` nodes (`n0`, `n1`, ...) under `dir`.
 pub struct NatsCluster {
@@ -186,7 +181,7 @@ impl NatsCluster {
     pub fn start(dir: &Path, n: usize) -> Result<NatsCluster, String> {
         let mut last = String::new();
         for attempt in 0..5 {
-            let routes: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
+            let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
             let mut nodes = Vec::new();
             for (i, route) in routes.iter().enumerate() {
                 let opts = NatsOpts {

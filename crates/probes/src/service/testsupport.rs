@@ -111,17 +111,9 @@ pub fn require_bin(bin: &str, package: &str) -> Result<PathBuf, SupportError> {
     })
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
-}
-
-fn port_free(port: u16) -> bool {
-    TcpListener::bind(("127.0.0.1", port)).is_ok()
-}
+/// A port that was free a moment ago on 127.0.0.1 (the shared helper).
+pub use overlord_testkit::port::free_port;
+use overlord_testkit::port::port_free;
 
 /// Polls until `addr` accepts a TCP connection (not a self-connect) on a listener held by the
 /// child itself, or the child exits.

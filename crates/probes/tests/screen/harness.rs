@@ -2,7 +2,7 @@
 //! display number / port in a temp dir and killed (by its own pid) when dropped.
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -100,28 +100,14 @@ pub fn need(bin: &str, package: &str) {
     );
 }
 
-pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if cond() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("timed out after {timeout:?} waiting for {what}")
+/// The shared blocking wait (backs off 5 → 100 ms), as this harness's `anyhow` result.
+pub fn wait_until(timeout: Duration, what: &str, cond: impl FnMut() -> bool) -> Result<()> {
+    overlord_testkit::wait::wait_until_sync(timeout, what, cond)?;
+    Ok(())
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn port_free(port: u16) -> bool {
-    TcpListener::bind(("127.0.0.1", port)).is_ok()
-}
+pub use overlord_testkit::port::free_port;
+use overlord_testkit::port::port_free;
 
 /// Display numbers tried: spread by pid so parallel test binaries rarely collide.
 fn candidate_displays() -> impl Iterator<Item = u16> {

@@ -50,6 +50,23 @@ where
     }
 }
 
+/// Polls `probe` until it yields `Some`, backing off like [`wait_until`].
+pub async fn wait_some<T, F, Fut>(
+    timeout: Duration,
+    what: &str,
+    mut probe: F,
+) -> Result<T, WaitTimeout>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    wait_for(timeout, what, || {
+        let f = probe();
+        async move { Ok::<_, std::convert::Infallible>(f.await) }
+    })
+    .await
+}
+
 /// Polls a fallible probe until it yields `Some`, keeping the last error for the timeout message.
 pub async fn wait_for<T, E, F, Fut>(
     timeout: Duration,
