@@ -17,7 +17,7 @@ use overlord_proto::v1;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const STREAM: &str = "FINDINGS";
 
@@ -31,18 +31,11 @@ fn noop_job(tasks: u64, sleep_ms: u64) -> v1::JobSpec {
     }
 }
 
-async fn wait_until<T>(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            t0.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// The shared wait (`overlord-testkit`), failing the test on timeout.
+async fn wait_until<T>(what: &str, limit: Duration, f: impl AsyncFnMut() -> Option<T>) -> T {
+    overlord_testkit::wait::wait_some(limit, what, f)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn fh(st: &v1::JobStatus) -> v1::FirehoseStatus {

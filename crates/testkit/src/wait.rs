@@ -50,21 +50,44 @@ where
     }
 }
 
-/// Polls `probe` until it yields `Some`, backing off like [`wait_until`].
-pub async fn wait_some<T, F, Fut>(
+/// Polls `probe` (a closure returning a future, or an async closure) until it yields `Some`,
+/// backing off like [`wait_until`].
+pub async fn wait_some<T>(
     timeout: Duration,
     what: &str,
-    mut probe: F,
-) -> Result<T, WaitTimeout>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    wait_for(timeout, what, || {
-        let f = probe();
-        async move { Ok::<_, std::convert::Infallible>(f.await) }
-    })
-    .await
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> Result<T, WaitTimeout> {
+    let start = Instant::now();
+    let mut pause = POLL_MIN;
+    loop {
+        if let Some(v) = probe().await {
+            return Ok(v);
+        }
+        if start.elapsed() >= timeout {
+            return Err(WaitTimeout {
+                what: what.to_string(),
+                waited: start.elapsed(),
+                last: None,
+                exited: false,
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(POLL_MAX);
+    }
+}
+
+/// Blocking [`wait_some`].
+pub fn wait_some_sync<T>(
+    timeout: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Result<T, WaitTimeout> {
+    let mut out = None;
+    wait_until_sync(timeout, what, || {
+        out = probe();
+        out.is_some()
+    })?;
+    Ok(out.expect("the condition held"))
 }
 
 /// Polls a fallible probe until it yields `Some`, keeping the last error for the timeout message.
@@ -141,5 +164,41 @@ pub fn wait_until_sync(
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(POLL_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waits_until_the_probe_answers_and_times_out_naming_what() {
+        let mut n = 0;
+        let v = wait_some(Duration::from_secs(5), "three polls", async || {
+            n += 1;
+            (n == 3).then_some(n)
+        })
+        .await
+        .unwrap();
+        assert_eq!(v, 3);
+        let e = wait_some(Duration::from_millis(30), "never", async || None::<()>)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("timed out") && e.to_string().contains("never"));
+        let mut m = 0;
+        assert_eq!(
+            wait_some_sync(Duration::from_secs(5), "sync", || {
+                m += 1;
+                (m == 2).then_some("ok")
+            })
+            .unwrap(),
+            "ok"
+        );
+        let e = wait_for(Duration::from_millis(30), "failing probe", || async {
+            Err::<Option<()>, _>("refused")
+        })
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("last: refused"), "{e}");
     }
 }
