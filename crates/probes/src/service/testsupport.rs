@@ -729,10 +729,23 @@ mod proc_net_tests {
 
 /// x11vnc exporting an X display without a password (`-nopw`, shared, loopback only).
 pub fn x11vnc(display: u16) -> Result<Daemon, SupportError> {
+    x11vnc_on(&format!("127.0.0.1:{display}"), &[])
+}
+
+/// [`x11vnc`] on any X display name (`:N` for a local socket, `127.0.0.1:N`), with `extra`
+/// arguments. `-noipv6`: when another process took the port first, x11vnc exits instead of
+/// serving on [::1] alone; `-noshm`: a killed x11vnc leaves no SysV shm segments behind. Ready
+/// when its own pid holds the port (a failed attempt is retried on a new port).
+pub fn x11vnc_on(display: &str, extra: &[&str]) -> Result<Daemon, SupportError> {
     let bin = require_bin("x11vnc", "x11vnc")?;
+    let number = display
+        .rsplit(':')
+        .next()
+        .and_then(|n| n.split('.').next())
+        .and_then(|n| n.parse().ok());
     launch("x11vnc", &mut |_dir, port| {
         let mut c = Command::new(&bin);
-        c.args(["-display", &format!("127.0.0.1:{display}")]).args([
+        c.args(["-display", display]).args([
             "-rfbport",
             &port.to_string(),
             "-localhost",
@@ -743,7 +756,8 @@ pub fn x11vnc(display: u16) -> Result<Daemon, SupportError> {
             "-noshm",
             "-quiet",
         ]);
-        Ok((c, loopback(port), Some(display)))
+        c.args(extra);
+        Ok((c, loopback(port), number))
     })
 }
 

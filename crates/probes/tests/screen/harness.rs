@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 pub use overlord_probes::service::testsupport::{
-    UnixForwarder, stop_child, tcp_listeners_of, tcp_listeners_on,
+    Daemon, UnixForwarder, stop_child, tcp_listeners_of, tcp_listeners_on,
 };
 
 /// A child process killed and reaped on drop.
@@ -374,56 +374,15 @@ fn rfb_banner(port: u16) -> bool {
     s.read_exact(&mut b).is_ok() && &b == b"RFB "
 }
 
-/// x11vnc serving an X display on a free loopback port, without password.
-///
-/// The port comes from `free_port`, so another test may take it before x11vnc binds it. Without
-/// `-noipv6` x11vnc does not even exit then: it logs "ListenOnTCPPort: Address already in use",
-/// "Listening only on IPv6 port N" and serves on [::1]:N alone, while a client of 127.0.0.1:N
-/// meets the stranger (or nothing). That is how CI's `x11vnc_stale_first_frame` waited 15 s for
-/// a banner that never came. With `-noipv6` it exits ("could not obtain listening port"); each
-/// attempt waits until the banner comes from a 127.0.0.1 listener of *this* process, gives up as
-/// soon as it exits, and a failed attempt is retried on a new port; the error carries its log.
-pub fn x11vnc(x: &XServer) -> Result<(Proc, u16)> {
+/// x11vnc serving an X display on a free loopback port, without password: the shared launcher
+/// (`testsupport::x11vnc_on`: `-noipv6`, `-noshm`, ready when its own pid holds the port, retried
+/// on a new port), plus `-noxdamage -nowf` (whole-screen polling, what these tests compare).
+pub fn x11vnc(x: &XServer) -> Result<(Daemon, u16)> {
     need("x11vnc", "x11vnc");
-    let mut last = String::new();
-    for attempt in 1..=3 {
-        let port = free_port();
-        let log = x.dir.path().join(format!("x11vnc-{attempt}.log"));
-        let mut p = Proc::spawn_logged(
-            Command::new("x11vnc")
-                .args([
-                    "-display",
-                    &x.name(),
-                    "-localhost",
-                    "-rfbport",
-                    &port.to_string(),
-                ])
-                // -noshm: a SIGKILLed x11vnc leaves its SysV shm segments behind; after a few
-                // thousand test runs shmget fails (ENOSPC) and x11vnc exits at start.
-                .args([
-                    "-nopw",
-                    "-shared",
-                    "-forever",
-                    "-noxdamage",
-                    "-nowf",
-                    "-noshm",
-                    "-noipv6",
-                ]),
-            "x11vnc",
-            &log,
-        )?;
-        match wait_own_rfb(&mut p, port, Duration::from_secs(20)) {
-            Ok(()) => return Ok((p, port)),
-            Err(e) => {
-                last = format!(
-                    "attempt {attempt} on port {port}: {e}; x11vnc log:\n{}",
-                    log_tail(&log, 12)
-                );
-                eprintln!("{last}");
-            }
-        }
-    }
-    bail!("x11vnc did not start on {}: {last}", x.name())
+    let d = overlord_probes::service::testsupport::x11vnc_on(&x.name(), &["-noxdamage", "-nowf"])
+        .with_context(|| format!("x11vnc on {}", x.name()))?;
+    let port = d.addr.port();
+    Ok((d, port))
 }
 
 /// Paints a many-coloured pattern as the root window background (via x11rb, over the local
