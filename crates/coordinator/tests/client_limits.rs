@@ -11,16 +11,23 @@ struct Coord {
     running: overlord_coordinator::Running,
 }
 
-async fn coordinator() -> Coord {
+/// The coordinator on the sled store, or on the memory store (`mem`): the limits hold on both.
+async fn coordinator(mem: bool) -> Coord {
     let dir = tempfile::tempdir().expect("tempdir");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let running = overlord_coordinator::start(
-        overlord_coordinator::Settings::local(dir.path().join("data")),
-        listener,
-    )
-    .await
+    let settings = overlord_coordinator::Settings::local(dir.path().join("data"));
+    let running = if mem {
+        overlord_coordinator::start_with_store(
+            settings,
+            std::sync::Arc::new(overlord_storage::MemStore::new()),
+            listener,
+        )
+        .await
+    } else {
+        overlord_coordinator::start(settings, listener).await
+    }
     .expect("coordinator");
     Coord { _dir: dir, running }
 }
@@ -37,7 +44,16 @@ fn spec(targets: Vec<String>) -> JobSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_client_requests_get_resource_exhausted_naming_the_limit() {
-    let c = coordinator().await;
+    oversized_client_requests(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_client_requests_get_resource_exhausted_naming_the_limit_on_mem() {
+    oversized_client_requests(true).await
+}
+
+async fn oversized_client_requests(mem: bool) {
+    let c = coordinator(mem).await;
     let url = c.running.local_url();
     let mut jobs = JobServiceClient::connect(url.clone())
         .await
@@ -118,7 +134,16 @@ async fn channel_from(url: &str, src: &str) -> tonic::transport::Channel {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_flooding_address_cannot_starve_other_submitters() {
-    let c = coordinator().await;
+    flooding_address(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_flooding_address_cannot_starve_other_submitters_on_mem() {
+    flooding_address(true).await
+}
+
+async fn flooding_address(mem: bool) {
+    let c = coordinator(mem).await;
     let url = c.running.local_url();
     let submit = |ch: tonic::transport::Channel, target: String| async move {
         JobServiceClient::new(ch)
