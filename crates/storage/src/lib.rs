@@ -256,23 +256,23 @@ fn key_str(prefix: &[u8], s: &str) -> Vec<u8> {
     k
 }
 
+/// (key, value) pairs written together.
+pub(crate) type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+/// Called on each visited entry; returns whether to go on.
+pub(crate) type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError> + 'a;
+
 /// The ordered byte-key engine under a [`Store`]. The key layout and record encodings above are
 /// written once, over these operations; [`SledStore`] and [`MemStore`] only supply them, so both
 /// keep the same order, cursors and versions.
 pub(crate) trait Kv: Send + Sync + 'static {
     /// Makes every (key, value) visible at once (a reader sees all of them or none).
-    fn write(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError>;
+    fn write(&self, entries: Entries) -> Result<(), StoreError>;
     /// Makes everything written so far durable.
     fn sync(&self) -> Result<(), StoreError>;
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Calls `f` on every entry with key >= `start` that starts with `prefix`, ascending, until
     /// `f` returns false.
-    fn visit(
-        &self,
-        start: &[u8],
-        prefix: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
-    ) -> Result<(), StoreError>;
+    fn visit(&self, start: &[u8], prefix: &[u8], f: &mut Visitor<'_>) -> Result<(), StoreError>;
 }
 
 /// How a batch's records are encoded: as this version writes them, or as the version-1 (JSON)
@@ -283,7 +283,7 @@ enum Writer {
     JsonV1,
 }
 
-fn entries(batch: Batch, writer: Writer) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+fn entries(batch: Batch, writer: Writer) -> Result<Entries, StoreError> {
     let mut out = Vec::with_capacity(batch.ops.len());
     for op in batch.ops {
         out.push(match op {
@@ -505,7 +505,7 @@ impl SledStore {
 }
 
 impl Kv for sled::Db {
-    fn write(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
+    fn write(&self, entries: Entries) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
         for (k, v) in entries {
             b.insert(k, v);
@@ -523,12 +523,7 @@ impl Kv for sled::Db {
         Ok(sled::Tree::get(self, key)?.map(|v| v.to_vec()))
     }
 
-    fn visit(
-        &self,
-        start: &[u8],
-        prefix: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
-    ) -> Result<(), StoreError> {
+    fn visit(&self, start: &[u8], prefix: &[u8], f: &mut Visitor<'_>) -> Result<(), StoreError> {
         for kv in self.range(start..) {
             let (k, v) = kv?;
             if !k.starts_with(prefix) || !f(&k, &v)? {

@@ -5,7 +5,7 @@
 //! sled's durability contract: a batch is visible at once but durable only after `flush`;
 //! [`MemStore::after_crash`] gives the store a restarted process would find (what was flushed).
 
-use crate::{Kv, StoreError};
+use crate::{Entries, Kv, StoreError, Visitor};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
@@ -60,7 +60,7 @@ impl MemStore {
 }
 
 impl Kv for MemStore {
-    fn write(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
+    fn write(&self, entries: Entries) -> Result<(), StoreError> {
         let mut s = self.write_lock();
         for (k, v) in entries {
             s.live.insert(k.clone(), v.clone());
@@ -80,12 +80,7 @@ impl Kv for MemStore {
         Ok(self.read().live.get(key).cloned())
     }
 
-    fn visit(
-        &self,
-        start: &[u8],
-        prefix: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
-    ) -> Result<(), StoreError> {
+    fn visit(&self, start: &[u8], prefix: &[u8], f: &mut Visitor<'_>) -> Result<(), StoreError> {
         let s = self.read();
         for (k, v) in s.live.range(start.to_vec()..) {
             if !k.starts_with(prefix) || !f(k, v)? {
