@@ -40,9 +40,16 @@ fn check(who: &str, out: &Output, ports: &[u16]) -> u64 {
         line("disconnected; resuming the watch after cursor ").ends_with(" 1"),
         "{text}"
     );
-    assert!(line("finished: ").starts_with("finished: completed"), "{text}");
+    assert!(
+        line("finished: ").starts_with("finished: completed"),
+        "{text}"
+    );
     // Three findings paged two at a time.
-    assert_eq!(line("results: "), "results: 3 findings in 2 pages of 2", "{who}");
+    assert_eq!(
+        line("results: "),
+        "results: 3 findings in 2 pages of 2",
+        "{who}"
+    );
     let search = line(&format!("search job:{job}: "));
     let got: BTreeSet<&str> = search.split(": ").nth(2).unwrap().split(' ').collect();
     let want: BTreeSet<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
@@ -58,7 +65,9 @@ fn check(who: &str, out: &Output, ports: &[u16]) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_and_python_clients_submit_watch_resume_page_and_search() {
     let dir = tempfile::tempdir().unwrap();
-    let emb = Embedded::start(dir.path().join("coord"), 1, 8).await.unwrap();
+    let emb = Embedded::start(dir.path().join("coord"), 1, 8)
+        .await
+        .unwrap();
     let (_ls, ports) = listeners(3);
     let ports_arg = ports
         .iter()
