@@ -160,10 +160,26 @@ pub fn msg_id(job: JobId, cursor: u64) -> String {
     format!("{job}:{cursor}")
 }
 
-/// The message body of a finding: its record as JSON. The one place the wire format is chosen
-/// (it becomes the typed finding schema's JSON once that lands).
+/// The message body of a finding (the one place the wire format is chosen): the stored record's
+/// fields, its `id` (`<job>:<cursor>`, as the message id) and the `schema_version` of the finding
+/// schema (`overlord schema`, docs/SCHEMA.md) that `kind` + `data` follow. `data` was checked
+/// against the kind's payload type when the result was accepted (`core::trust`); fields a newer
+/// minion added are kept, as the store keeps them. A consumer may read it as a
+/// [`FindingRecord`] (extra keys are ignored) and type `data` with `Payload::parse`.
 pub fn payload(f: &FindingRecord) -> Vec<u8> {
-    serde_json::to_vec(f).expect("a finding record serializes")
+    #[derive(serde::Serialize)]
+    struct Message<'a> {
+        id: String,
+        schema_version: u32,
+        #[serde(flatten)]
+        record: &'a FindingRecord,
+    }
+    serde_json::to_vec(&Message {
+        id: msg_id(f.job_id, f.cursor),
+        schema_version: overlord_core::finding::SCHEMA_VERSION,
+        record: f,
+    })
+    .expect("a finding record serializes")
 }
 
 /// What to publish: for each job whose durable cursor is past its published one,
@@ -781,7 +797,12 @@ mod tests {
             finished_at_ms: 2,
             stored_at_ms: 3,
         };
-        let back: FindingRecord = serde_json::from_slice(&payload(&f)).unwrap();
+        let bytes = payload(&f);
+        let back: FindingRecord = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back, f);
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["id"], "9:3");
+        assert_eq!(v["schema_version"], overlord_core::finding::SCHEMA_VERSION);
+        assert_eq!(v["kind"], "open_port");
     }
 }
