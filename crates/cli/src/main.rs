@@ -639,7 +639,14 @@ async fn async_main() -> Result<()> {
                     if let Some(q) = &st.quality {
                         out!("{}", client::quality_lines(q).trim_end());
                     }
-                    let page = client::task_errors(&mut c, job, 0, 10).await?;
+                    // A coordinator without ListTaskErrors (older) still shows the rest.
+                    let page = match client::task_errors(&mut c, job, 0, 10).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            eprintln!("task errors unavailable: {e}");
+                            Default::default()
+                        }
+                    };
                     for e in &page.errors {
                         out!("  {}", client::task_error_line(e, Format::Table));
                     }
