@@ -42,6 +42,8 @@ pub struct RandomRun {
     pub rss_limit: u64,
     /// Time allowed for all jobs to finish once faults stop.
     pub settle: Duration,
+    /// A secured cluster: minions enrolled over mTLS, clients with an API token over TLS.
+    pub tls: bool,
 }
 
 impl RandomRun {
@@ -64,6 +66,7 @@ impl RandomRun {
             concurrent_jobs: 2,
             rss_limit: 1 << 30,
             settle: Duration::from_secs(120),
+            tls: false,
         }
     }
 
@@ -97,6 +100,7 @@ pub async fn random_run(cfg: &RandomRun) -> anyhow::Result<(Figures, Vec<String>
     let mut figs = Figures::new(&cfg.name, Some(cfg.seed));
     let cluster = ClusterBuilder::new(&cfg.name, &cfg.per_provider, cfg.capacity)
         .timing(cfg.timing.clone())
+        .tls(cfg.tls)
         .start()
         .await?;
     figs.observe_rss(cluster.coordinator_rss());
@@ -111,6 +115,8 @@ pub async fn random_run(cfg: &RandomRun) -> anyhow::Result<(Figures, Vec<String>
     };
     let schedule = Schedule::random(cfg.seed, cfg.faults, &shape, &cfg.mix);
     let url = cluster.url();
+    // A secured run must really be secured (else it proves nothing about mTLS).
+    let mut early_violations = cluster.security_violations().await;
     let cluster = Arc::new(Mutex::new(cluster));
     let figs_shared = Arc::new(std::sync::Mutex::new(
         Vec::<(FaultKind, Option<Duration>)>::new(),
@@ -209,7 +215,7 @@ pub async fn random_run(cfg: &RandomRun) -> anyhow::Result<(Figures, Vec<String>
     }
 
     // Faults stop: heal everything, then every job must finish and every invariant hold.
-    let mut violations = Vec::new();
+    let mut violations = std::mem::take(&mut early_violations);
     {
         let mut cl = cluster.lock().await;
         cl.heal_all()?;

@@ -456,3 +456,38 @@ async fn randomized_seeded_fault_schedule() {
     eprintln!("randomized run took {:?}", start.elapsed());
     finish(&figs, &violations);
 }
+
+/// The randomized fault soak on a secured cluster: CA made by `overlord ca init`, every minion
+/// enrolled with a join token through `overlord minion enroll` (mTLS through its fault proxy),
+/// clients over TLS with an operator token. Same invariants as the plaintext run (0 lost, 0
+/// duplicated, no false opens, watchers without gaps), plus: the coordinator serves nothing in
+/// plaintext or without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn randomized_fault_schedule_with_mtls() {
+    let seed = Rng::seed_from_env("CHAOS_SEED");
+    let faults = std::env::var("CHAOS_FAULTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    let mut cfg = RandomRun::ci(seed, faults);
+    cfg.name = "random-ci-mtls".into();
+    cfg.tls = true;
+    let start = Instant::now();
+    let (figs, violations) = scenario::random_run(&cfg)
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed}: {e:#}"));
+    eprintln!(
+        "randomized mTLS run took {:?}: {} faults, {} tasks, {} lost, {} duplicated",
+        start.elapsed(),
+        figs.faults_total(),
+        figs.tasks,
+        figs.lost,
+        figs.duplicates
+    );
+    assert!(
+        figs.faults_total() >= faults as u64,
+        "only {} of {faults} faults were injected",
+        figs.faults_total()
+    );
+    finish(&figs, &violations);
+}
