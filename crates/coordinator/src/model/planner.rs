@@ -144,6 +144,10 @@ pub struct Minion {
     /// The session currently attached (an id given by the actor), if any.
     pub session: Option<u64>,
     pub dead: bool,
+    /// The offer that last gave this minion slots (0 = never): offers start with the minion
+    /// offered least recently, so rounding remainders and small jobs rotate over equal minions
+    /// instead of going by id order.
+    pub last_offer: u64,
 }
 
 impl Minion {
@@ -222,6 +226,7 @@ impl Planner {
                         last_seen_ms: now,
                         session: None,
                         dead: false,
+                        last_offer: 0,
                     },
                 )
             })
@@ -355,10 +360,10 @@ impl Planner {
             provider: provider.to_string(),
         };
         out.push(Effect::PersistMinion(rec.clone()));
-        let (leased, reserved) = self
+        let (leased, reserved, last_offer) = self
             .minions
             .remove(id)
-            .map(|m| (m.leased, m.reserved))
+            .map(|m| (m.leased, m.reserved, m.last_offer))
             .unwrap_or_default();
         self.minions.insert(
             id.to_string(),
@@ -371,6 +376,7 @@ impl Planner {
                 last_seen_ms: now,
                 session: Some(session),
                 dead: false,
+                last_offer,
             },
         );
         // New capacity: jobs that could not use earlier offers may use this one.
@@ -706,9 +712,12 @@ impl Planner {
                 .count() as u32;
             let share = free_now.div_ceil((n - k) as u64).max(1);
             let budget = share.min(demand.total());
-            let elig: Vec<usize> = (0..avail.len())
+            let mut elig: Vec<usize> = (0..avail.len())
                 .filter(|i| avail[*i].1 > 0 && demand.wants(&self.minions[&avail[*i].0].modules))
                 .collect();
+            // Least recently offered first (ties in id order): the split below is proportional
+            // to free slots, and whoever comes first gets the rounding up.
+            elig.sort_by_key(|i| self.minions[&avail[*i].0].last_offer);
             let elig_free: u64 = elig.iter().map(|i| avail[*i].1 as u64).sum();
             if elig.is_empty() || budget == 0 {
                 continue;
@@ -716,6 +725,7 @@ impl Planner {
             let mut left = budget;
             let mut slots = Vec::new();
             let mut offered = Vec::new();
+            let this_offer = self.next_offer + 1;
             for i in elig {
                 if left == 0 {
                     break;
@@ -729,6 +739,7 @@ impl Planner {
                 avail[i].1 -= give;
                 let m = self.minions.get_mut(&avail[i].0).expect("minion");
                 m.reserved += give;
+                m.last_offer = this_offer;
                 offered.push((avail[i].0.clone(), give));
                 slots.push(OfferedSlots {
                     minion: avail[i].0.clone(),
