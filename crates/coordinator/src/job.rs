@@ -743,7 +743,7 @@ impl JobSt {
             .collect();
         if !expired.is_empty() {
             if let Some(r) = self.sh.registry.get() {
-                let _ = r.cast(RegMsg::Release(
+                let _ = r.cast(RegMsg::Expired(
                     self.rec.id,
                     expired.iter().map(|(t, _)| *t).collect(),
                 ));

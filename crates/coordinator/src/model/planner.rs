@@ -148,6 +148,10 @@ pub struct Minion {
     /// offered least recently, so rounding remainders and small jobs rotate over equal minions
     /// instead of going by id order.
     pub last_offer: u64,
+    /// A lease of this minion passed its deadline with no answer: no new offers until it reports
+    /// a result (any, even a late one) or a new process registers under its id. A minion that
+    /// heartbeats but never answers loses its leases at their deadline and gets none back.
+    pub unresponsive: bool,
 }
 
 impl Minion {
@@ -227,6 +231,7 @@ impl Planner {
                         session: None,
                         dead: false,
                         last_offer: 0,
+                        unresponsive: false,
                     },
                 )
             })
@@ -360,11 +365,13 @@ impl Planner {
             provider: provider.to_string(),
         };
         out.push(Effect::PersistMinion(rec.clone()));
-        let (leased, reserved, last_offer) = self
+        let (leased, reserved, last_offer, unresponsive) = self
             .minions
             .remove(id)
-            .map(|m| (m.leased, m.reserved, m.last_offer))
+            .map(|m| (m.leased, m.reserved, m.last_offer, m.unresponsive))
             .unwrap_or_default();
+        // The same process reconnecting stays unresponsive; a new one starts afresh.
+        let unresponsive = unresponsive && !revoke_old;
         self.minions.insert(
             id.to_string(),
             Minion {
@@ -377,6 +384,7 @@ impl Planner {
                 session: Some(session),
                 dead: false,
                 last_offer,
+                unresponsive,
             },
         );
         // New capacity: jobs that could not use earlier offers may use this one.
@@ -461,6 +469,7 @@ impl Planner {
             && m.current(generation)
         {
             m.last_seen_ms = now;
+            m.unresponsive = false;
         }
         let live = matches!(self.leases.get(&token), Some(l) if l.job == job && l.minion == minion);
         if live {
@@ -541,6 +550,19 @@ impl Planner {
             .into_iter()
             .map(|(minion, tokens)| Effect::Revoke { minion, tokens })
             .collect()
+    }
+
+    /// These leases passed their deadline with no answer: like [`release`](Self::release), and
+    /// their minions are unresponsive (no new offers until they answer anything).
+    pub fn expired(&mut self, tokens: Vec<Token>) -> Vec<Effect> {
+        for t in &tokens {
+            if let Some(l) = self.leases.get(t)
+                && let Some(m) = self.minions.get_mut(&l.minion)
+            {
+                m.unresponsive = true;
+            }
+        }
+        self.release(tokens)
     }
 
     /// A job actor (re)started holding `leases` (token, minion, generation). With `keep` (the
@@ -672,6 +694,7 @@ impl Planner {
             .iter()
             .filter(|(_, m)| {
                 !m.dead
+                    && !m.unresponsive
                     && m.session.is_some()
                     && sched::health(m.last_seen_ms, now, timeout) == Health::Alive
                     && m.free() > 0

@@ -153,6 +153,53 @@ fn small_jobs_rotate_over_equal_minions_not_by_id() {
     );
 }
 
+/// Issue 12, "a minion that heartbeats but never answers": its leases expire at their deadline
+/// and come back to the job, and it is offered nothing more until it answers something (a late
+/// result counts) — else the expired tasks went half back to it, round after round.
+#[test]
+fn a_minion_whose_lease_expired_unanswered_gets_no_offers_until_it_answers() {
+    let mut p = Planner::new(1000, Vec::new(), 0);
+    let (gs, _) = p.register("silent", "i", "p", vec!["noop".into()], 8, 1, 0);
+    p.demand(1, demand(4));
+    let offer = match &p.schedule(1, |_| true)[..] {
+        [Effect::Offer { offer, .. }] => *offer,
+        e => panic!("{e:?}"),
+    };
+    p.taken(
+        1,
+        offer,
+        vec![("silent".into(), gs, vec![1, 2, 3, 4])],
+        demand(0),
+    );
+    let (gh, _) = p.register("honest", "j", "p", vec!["noop".into()], 8, 2, 0);
+    // Heartbeats list every lease: only the deadline takes them away.
+    assert!(p.heartbeat("silent", gs, &[1, 2, 3, 4], 10).is_empty());
+    let revoked = p.expired(vec![1, 2, 3, 4]);
+    assert!(
+        matches!(&revoked[..], [Effect::Revoke { minion, tokens }] if minion == "silent" && tokens.len() == 4),
+        "{revoked:?}"
+    );
+    assert!(p.minion("silent").unwrap().unresponsive);
+    p.demand(1, demand(4));
+    let slots: Vec<String> = p
+        .schedule(20, |_| true)
+        .iter()
+        .flat_map(|e| match e {
+            Effect::Offer { slots, .. } => slots.iter().map(|s| s.minion.clone()).collect(),
+            _ => vec![],
+        })
+        .collect();
+    assert_eq!(
+        slots,
+        vec!["honest".to_string()],
+        "only the honest minion is offered slots"
+    );
+    let _ = gh;
+    // A late answer (rejected by the job as stale) makes it a candidate again.
+    p.result("silent", gs, 1, 1, true, 30);
+    assert!(!p.minion("silent").unwrap().unresponsive);
+}
+
 /// Random runs: submits, offers, results, minion deaths and restarts, registry restarts and
 /// cancels in any interleaving; then, without new faults, every job finishes, every task of a job
 /// not cancelled is accepted exactly once, no task was run under two live leases, and no minion
