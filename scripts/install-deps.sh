@@ -29,6 +29,9 @@ fi
 # The firehose: tests start a real nats-server (JetStream); the Python consumer example uses nats-py.
 $SUDO apt-get install -y -qq nats-server python3-pip >/dev/null
 $SUDO pip install --break-system-packages -q nats-py
+# The Python gRPC client example (examples/grpc_client.py) generates its stubs from proto/ at run
+# time with grpcio-tools; its CI test runs it.
+$SUDO pip install --break-system-packages -q grpcio grpcio-tools
 # `overlord bench query` compares against PostgreSQL 15 (JSONB + GIN, installed above) and DuckDB
 # (a Python package; benchmarks only, so a failed install only skips that peer).
 $SUDO pip install --break-system-packages -q duckdb >/dev/null 2>&1 || echo "install-deps: duckdb not installed" >&2

@@ -197,10 +197,38 @@ pub async fn closed_ports(n: usize) -> Result<Vec<u16>> {
 
 // ---------------- in-process cluster ----------------
 
+/// The [`overlord_storage::Store`] an in-process coordinator runs on. The in-process scenarios
+/// run on both: the memory store proves the coordinator depends on the storage seam only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sled,
+    Mem,
+}
+
+/// How to reach an in-process coordinator's store once it stopped.
+pub enum StoreHandle {
+    /// Its sled directory.
+    Sled(PathBuf),
+    /// The memory store it ran on.
+    Mem(overlord_storage::MemStore),
+}
+
+impl StoreHandle {
+    /// The store a restart would open: the sled directory, or what the memory store flushed
+    /// (unflushed writes are dropped, as a crash would). Call after the coordinator stopped.
+    pub fn reopen(&self) -> Result<Box<dyn overlord_storage::Store>> {
+        Ok(match self {
+            StoreHandle::Sled(dir) => Box::new(overlord_storage::SledStore::open(dir)?),
+            StoreHandle::Mem(m) => Box::new(m.after_crash()),
+        })
+    }
+}
+
 pub struct InProc {
     pub url: String,
     pub coordinator: overlord_coordinator::Running,
     pub dir: tempfile::TempDir,
+    pub store: StoreHandle,
     stop: watch::Sender<bool>,
     minions: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -230,23 +258,35 @@ pub fn minion_settings(
 }
 
 impl InProc {
-    pub async fn start(minions: &[(&str, &str)], capacity: u32) -> Result<Self> {
-        Self::start_with(minions, capacity, |_| {}).await
+    pub async fn start(backend: Backend, minions: &[(&str, &str)], capacity: u32) -> Result<Self> {
+        Self::start_with(backend, minions, capacity, |_| {}).await
     }
 
     /// Like `start`, with a hook to adjust each minion's settings (e.g. its scope).
     pub async fn start_with(
+        backend: Backend,
         minions: &[(&str, &str)],
         capacity: u32,
         tweak: impl Fn(&mut overlord_minion::MinionSettings),
     ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let l = TcpListener::bind("127.0.0.1:0").await?;
-        let coordinator = overlord_coordinator::start(
-            overlord_coordinator::Settings::local(dir.path().join("data")),
-            l,
-        )
-        .await?;
+        let settings = overlord_coordinator::Settings::local(dir.path().join("data"));
+        let (coordinator, store) = match backend {
+            Backend::Sled => (
+                overlord_coordinator::start(settings, l).await?,
+                StoreHandle::Sled(dir.path().join("data")),
+            ),
+            Backend::Mem => {
+                let mem = overlord_storage::MemStore::new();
+                let store: std::sync::Arc<dyn overlord_storage::Store> =
+                    std::sync::Arc::new(mem.clone());
+                (
+                    overlord_coordinator::start_with_store(settings, store, l).await?,
+                    StoreHandle::Mem(mem),
+                )
+            }
+        };
         let url = format!("http://{}", coordinator.addr);
         let (stop, _) = watch::channel(false);
         let mut handles = Vec::new();
@@ -265,6 +305,7 @@ impl InProc {
             url,
             coordinator,
             dir,
+            store,
             stop,
             minions: handles,
         })

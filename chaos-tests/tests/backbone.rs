@@ -7,6 +7,41 @@ use overlord_proto::v1;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+/// The in-process scenarios, each run on both storage backends (`on_sled::NAME`, `on_mem::NAME`):
+/// the coordinator sees storage only through the `Store` seam.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod on_sled {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(super::Backend::Sled).await
+                }
+            )*
+        }
+        mod on_mem {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(super::Backend::Mem).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    every_open_port_and_banner_exactly_once,
+    out_of_scope_and_bad_input_refused,
+    job_manager_panic_is_supervised_and_recovered,
+    minion_blocklist_refuses_before_sending,
+    registry_panic_is_supervised_and_recovered,
+    slow_watcher_misses_nothing_and_sees_nothing_twice,
+    job_rate_limit_is_respected_and_used,
+    cancel_revokes_leases_promptly,
+    graceful_stop_loses_no_acknowledged_result,
+);
+
 fn count_by<K: Ord + Clone>(items: impl Iterator<Item = K>) -> BTreeMap<K, usize> {
     let mut m = BTreeMap::new();
     for k in items {
@@ -18,9 +53,8 @@ fn count_by<K: Ord + Clone>(items: impl Iterator<Item = K>) -> BTreeMap<K, usize
 /// Invariant: every open port is reported exactly once as `open_port` and once as `banner` (with
 /// what the service said, probing silent ones), each banner task's parent is the scan task that
 /// found the port, and closed ports are not reported.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_open_port_and_banner_exactly_once() -> anyhow::Result<()> {
-    let cluster = InProc::start(&[("m1", "prov-a"), ("m2", "prov-b")], 16).await?;
+async fn every_open_port_and_banner_exactly_once(backend: Backend) -> anyhow::Result<()> {
+    let cluster = InProc::start(backend, &[("m1", "prov-a"), ("m2", "prov-b")], 16).await?;
     let targets = Targets::start(6, 2).await?;
     let closed = closed_ports(50).await?;
     let ports: Vec<String> = targets
@@ -96,12 +130,11 @@ async fn every_open_port_and_banner_exactly_once() -> anyhow::Result<()> {
 
 /// Invariant: a job with any target outside the allow-list, or bad input, is refused with an
 /// error naming the problem, and nothing is persisted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn out_of_scope_and_bad_input_refused() -> anyhow::Result<()> {
+async fn out_of_scope_and_bad_input_refused(backend: Backend) -> anyhow::Result<()> {
     // No scanning minion is started (the coordinator's own lookup minion runs only `leak`, a
     // database lookup): even a job wrongly accepted here could not send anything, so the
     // non-loopback targets below never see traffic; they only have to appear in the refusal.
-    let cluster = InProc::start(&[], 1).await?;
+    let cluster = InProc::start(backend, &[], 1).await?;
     let mut c = client(&cluster.url).await?;
     let e = submit_err(
         &mut c,
@@ -152,17 +185,17 @@ async fn submit_err(c: &mut Client, s: v1::JobSpec) -> tonic::Status {
 
 /// Invariant: when the job-manager actor panics, the supervisor restarts it, it recovers from
 /// storage, and the job still completes with each task's result stored exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn job_manager_panic_is_supervised_and_recovered() -> anyhow::Result<()> {
-    panic_mid_job_then_complete(|c| c.inject_panic()).await
+async fn job_manager_panic_is_supervised_and_recovered(backend: Backend) -> anyhow::Result<()> {
+    panic_mid_job_then_complete(backend, |c| c.inject_panic()).await
 }
 
 /// Runs a 300-task job, injects a panic with `inject` once some tasks are done, waits for the
 /// supervisor's restart, then checks the job completes with each result stored exactly once.
 async fn panic_mid_job_then_complete(
+    backend: Backend,
     inject: impl FnOnce(&overlord_coordinator::Running),
 ) -> anyhow::Result<()> {
-    let cluster = InProc::start(&[("m1", "prov-a"), ("m2", "prov-b")], 8).await?;
+    let cluster = InProc::start(backend, &[("m1", "prov-a"), ("m2", "prov-b")], 8).await?;
     let mut c = client(&cluster.url).await?;
     let job = submit(&mut c, noop_spec(300, 10)).await?;
     wait_until(Duration::from_secs(20), "some progress", || async {
@@ -356,52 +389,49 @@ async fn coordinator_upgraded_on_json_records_continues_its_job() -> anyhow::Res
 }
 
 /// Rewrites `job`'s task and finding records as the JSON-record version stored them (done
-/// markers become full task records in state `done`). Returns (task records, done markers,
-/// findings) rewritten.
+/// markers become full task records in state `done`), through the storage API (which owns the
+/// key layout). Returns (task records, done markers, findings) rewritten.
 fn rewrite_as_json_records(data: &std::path::Path, job: u64) -> anyhow::Result<(u64, u64, u64)> {
-    use overlord_core::job::{
-        FindingRecord, JobRecord, JobSpec, TaskRecord, TaskState, root_plan, root_task,
-    };
-    use overlord_storage::{DONE_MARKER, decode, encode};
-    let db = sled::open(data)?;
-    let key = |p: &[u8]| [p, &job.to_be_bytes()[..]].concat();
-    let rec: JobRecord = decode(b"j", &db.get(key(b"j:"))?.expect("job record"))?;
-    let spec: JobSpec = decode(b"s", &db.get(key(b"s:"))?.expect("job spec"))?;
+    use overlord_core::job::{TaskRecord, TaskState, root_plan, root_task};
+    use overlord_storage::{Batch, Op, SledStore, Store, StoredTask};
+    let store = SledStore::open(data)?;
+    let rec = store.job(job)?.expect("job record");
+    let spec = store.spec(job)?.expect("job spec");
     let plan = root_plan(&spec)?;
     let perm = overlord_core::perm::Permutation::new(plan.total, rec.perm_key);
     let (mut tasks, mut done, mut findings) = (0, 0, 0);
-    for kv in db.scan_prefix(key(b"t:")) {
-        let (k, v) = kv?;
-        let task_id = u64::from_be_bytes(k[k.len() - 8..].try_into()?);
-        let old = if &v[..] == DONE_MARKER {
-            done += 1;
-            let mut t = TaskRecord::new(root_task(job, &spec, &plan, &perm, task_id - 1));
-            t.state = TaskState::Done;
-            t.attempts = 1;
-            encode(&t)
-        } else {
-            tasks += 1;
-            encode(&decode::<TaskRecord>(&k, &v)?)
-        };
-        db.insert(k, old)?;
+    let mut b = Batch::default();
+    for t in store.tasks(job)? {
+        b.push(Op::Task(match t {
+            StoredTask::Done(task_id) => {
+                done += 1;
+                let mut t = TaskRecord::new(root_task(job, &spec, &plan, &perm, task_id - 1));
+                t.state = TaskState::Done;
+                t.attempts = 1;
+                t
+            }
+            StoredTask::Record(t) => {
+                tasks += 1;
+                t
+            }
+        }));
     }
-    for kv in db.scan_prefix(key(b"f:")) {
-        let (k, v) = kv?;
+    for f in store.findings(job, 0, usize::MAX)? {
         findings += 1;
-        db.insert(&k, encode(&decode::<FindingRecord>(&k, &v)?))?;
+        b.push(Op::Finding(std::sync::Arc::new(f)));
     }
-    db.flush()?;
+    store.apply_as_json_v1(b)?;
+    store.flush()?;
     Ok((tasks, done, findings))
 }
 
 /// Invariant: a minion re-checks its own scope before sending anything: a target the coordinator
 /// allows but the minion's blocklist refuses fails permanently (no retry, no finding), and the job
 /// still completes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn minion_blocklist_refuses_before_sending() -> anyhow::Result<()> {
+async fn minion_blocklist_refuses_before_sending(backend: Backend) -> anyhow::Result<()> {
     let targets = Targets::start(1, 0).await?;
     let port = targets.speaking[0];
-    let cluster = InProc::start_with(&[("m1", "prov-a")], 4, |s| {
+    let cluster = InProc::start_with(backend, &[("m1", "prov-a")], 4, |s| {
         s.scope.block = overlord_core::target::parse_ranges(["127.0.0.1"]).unwrap();
     })
     .await?;
@@ -426,9 +456,8 @@ async fn minion_blocklist_refuses_before_sending() -> anyhow::Result<()> {
 /// Invariant: when the registry/scheduler actor panics, the root supervisor restarts it, minions
 /// reconnect, job actors hand it their live leases again, and the job completes with each result
 /// stored exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registry_panic_is_supervised_and_recovered() -> anyhow::Result<()> {
-    panic_mid_job_then_complete(|c| c.inject_registry_panic()).await
+async fn registry_panic_is_supervised_and_recovered(backend: Backend) -> anyhow::Result<()> {
+    panic_mid_job_then_complete(backend, |c| c.inject_registry_panic()).await
 }
 
 /// Invariant: a submission retried with the same request id — even after `kill -9` of the
@@ -466,9 +495,10 @@ async fn submit_is_idempotent_across_coordinator_restart() -> anyhow::Result<()>
 /// Invariant: a watcher that stops reading is dropped by the fan-out once its bounded queue is
 /// full, replays the gap from storage when it reads again, and still sees every finding exactly
 /// once, in order, then the end of the job.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_watcher_misses_nothing_and_sees_nothing_twice() -> anyhow::Result<()> {
-    let cluster = InProc::start(&[("m1", "prov-a"), ("m2", "prov-b")], 64).await?;
+async fn slow_watcher_misses_nothing_and_sees_nothing_twice(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let cluster = InProc::start(backend, &[("m1", "prov-a"), ("m2", "prov-b")], 64).await?;
     let mut c = client(&cluster.url).await?;
     let n = 3000;
     let job = submit(&mut c, noop_spec(n, 0)).await?;
@@ -503,11 +533,10 @@ async fn slow_watcher_misses_nothing_and_sees_nothing_twice() -> anyhow::Result<
 /// Invariant: a job's rate limit (connections/s) holds across the cluster — never exceeded in
 /// any window — and a job with fewer tasks than minions still gets its whole rate (a single scan
 /// task is not slowed to rate / number of minions).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn job_rate_limit_is_respected_and_used() -> anyhow::Result<()> {
+async fn job_rate_limit_is_respected_and_used(backend: Backend) -> anyhow::Result<()> {
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
-    let cluster = InProc::start(&[("m1", "prov-a"), ("m2", "prov-b")], 16).await?;
+    let cluster = InProc::start(backend, &[("m1", "prov-a"), ("m2", "prov-b")], 16).await?;
     let seen: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let mut ports = Vec::new();
     for _ in 0..300 {
@@ -560,9 +589,8 @@ async fn job_rate_limit_is_respected_and_used() -> anyhow::Result<()> {
 /// Invariant: cancel answers `Cancelled` at once, revokes the job's leases (the minions drop the
 /// running tasks, so no result of the cancelled job is stored afterwards and their slots are free
 /// for the next job right away), and another job runs to completion on the same minions.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_revokes_leases_promptly() -> anyhow::Result<()> {
-    let cluster = InProc::start(&[("m1", "prov-a"), ("m2", "prov-b")], 4).await?;
+async fn cancel_revokes_leases_promptly(backend: Backend) -> anyhow::Result<()> {
+    let cluster = InProc::start(backend, &[("m1", "prov-a"), ("m2", "prov-b")], 4).await?;
     let mut c = client(&cluster.url).await?;
     // 40 tasks of 5 s each: 8 in flight, the rest pending, when we cancel.
     let job = submit(&mut c, noop_spec(40, 5000)).await?;
@@ -728,13 +756,12 @@ async fn library_coordinator_runs_leak_lookups_and_names_modules_nobody_serves()
 /// afterwards every result the coordinator acknowledged as accepted is stored as done (read back
 /// through the storage API), the session ended with a status (not a reset), and the stop took
 /// bounded time.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_stop_loses_no_acknowledged_result() -> anyhow::Result<()> {
+async fn graceful_stop_loses_no_acknowledged_result(backend: Backend) -> anyhow::Result<()> {
     use overlord_chaos_tests::rogue::{RogueIdentity, RogueMinion, empty_result};
-    use overlord_storage::{SledStore, Store, StoredTask};
+    use overlord_storage::StoredTask;
     use std::collections::HashSet;
     use std::sync::Arc;
-    let cluster = InProc::start(&[], 1).await?;
+    let cluster = InProc::start(backend, &[], 1).await?;
     let mut c = client(&cluster.url).await?;
     let who = RogueIdentity::noop("r", "prov-r", 64);
     let rogue =
@@ -774,7 +801,7 @@ async fn graceful_stop_loses_no_acknowledged_result() -> anyhow::Result<()> {
     )
     .await?;
     let InProc {
-        coordinator, dir, ..
+        coordinator, store, ..
     } = cluster;
     let t0 = std::time::Instant::now();
     coordinator.shutdown().await;
@@ -805,8 +832,9 @@ async fn graceful_stop_loses_no_acknowledged_result() -> anyhow::Result<()> {
         "the stop came while results were still flowing ({} acked of {n_leases} leased)",
         acked.len()
     );
-    // The sled directory is free once the coordinator is gone; reopen it like a restart would.
-    let store = SledStore::open(&dir.path().join("data"))?;
+    // The store is free once the coordinator is gone; reopen it like a restart would (the memory
+    // store keeps only what was flushed).
+    let store = store.reopen()?;
     let done: HashSet<u64> = store
         .tasks(job)?
         .into_iter()

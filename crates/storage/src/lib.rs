@@ -33,6 +33,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub mod compact;
+mod mem;
+
+pub use mem::MemStore;
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Engine(Box::new(e))
+    }
+}
 
 /// Version byte of JSON records.
 pub const RECORD_VERSION: u8 = 1;
@@ -41,8 +50,12 @@ pub const DONE_MARKER: &[u8] = &[3];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
+    /// The engine under the store failed (I/O, its own corruption checks); its type stays hidden.
+    #[error("storage engine: {0}")]
+    Engine(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// An operation this store or writer cannot perform (a caller's mistake, not data).
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
     #[error("corrupt record under key {key:?}: {reason}")]
     Corrupt { key: String, reason: String },
 }
@@ -242,6 +255,214 @@ fn key_str(prefix: &[u8], s: &str) -> Vec<u8> {
     k
 }
 
+/// The ordered byte-key engine under a [`Store`]. The key layout and record encodings above are
+/// written once, over these operations; [`SledStore`] and [`MemStore`] only supply them, so both
+/// keep the same order, cursors and versions.
+pub(crate) trait Kv: Send + Sync + 'static {
+    /// Makes every (key, value) visible at once (a reader sees all of them or none).
+    fn write(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError>;
+    /// Makes everything written so far durable.
+    fn sync(&self) -> Result<(), StoreError>;
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Calls `f` on every entry with key >= `start` that starts with `prefix`, ascending, until
+    /// `f` returns false.
+    fn visit(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError>;
+}
+
+/// How a batch's records are encoded: as this version writes them, or as the version-1 (JSON)
+/// coordinator did (to build stores an upgrade must read; tests only).
+#[derive(Clone, Copy, PartialEq)]
+enum Writer {
+    Current,
+    JsonV1,
+}
+
+fn entries(batch: Batch, writer: Writer) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    let mut out = Vec::with_capacity(batch.ops.len());
+    for op in batch.ops {
+        out.push(match op {
+            Op::Meta(name, v) => (key_str(b"m:", name), v.to_be_bytes().to_vec()),
+            Op::Job(j) => (key1(b"j:", j.id), encode(&j)),
+            Op::Spec(id, s) => (key1(b"s:", id), encode(&*s)),
+            Op::Task(t) => (
+                key2(b"t:", t.spec.job_id, t.spec.task_id),
+                match writer {
+                    Writer::Current => compact::encode_task(&t),
+                    Writer::JsonV1 => encode(&t),
+                },
+            ),
+            Op::TaskDone(job, task) => {
+                if writer == Writer::JsonV1 {
+                    return Err(StoreError::Unsupported(
+                        "version 1 has no done marker: store the task record in state done",
+                    ));
+                }
+                (key2(b"t:", job, task), DONE_MARKER.to_vec())
+            }
+            Op::Finding(f) => (
+                key2(b"f:", f.job_id, f.cursor),
+                match writer {
+                    Writer::Current => compact::encode_finding(&f),
+                    Writer::JsonV1 => encode(&*f),
+                },
+            ),
+            Op::Blob(sha, bytes) => (key_str(b"b:", &sha), bytes),
+            Op::Minion(m) => (key_str(b"n:", &m.id), encode(&m)),
+            Op::Request(rid, job) => (key_str(b"r:", &rid), job.to_be_bytes().to_vec()),
+            Op::Cursor {
+                reader,
+                job,
+                cursor,
+            } => (
+                key1(&cursor_prefix(reader), job),
+                cursor.to_be_bytes().to_vec(),
+            ),
+        });
+    }
+    Ok(out)
+}
+
+fn scan<T: Record>(kv: &impl Kv, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    kv.visit(prefix, prefix, &mut |k, v| {
+        out.push(decode(k, v)?);
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+fn get<T: Record>(kv: &impl Kv, key: Vec<u8>) -> Result<Option<T>, StoreError> {
+    match kv.get(&key)? {
+        Some(v) => Ok(Some(decode(&key, &v)?)),
+        None => Ok(None),
+    }
+}
+
+fn be_u64(key: &[u8], v: &[u8], what: &str) -> Result<u64, StoreError> {
+    Ok(u64::from_be_bytes(v.try_into().map_err(|_| {
+        StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: format!("{what} is not 8 bytes"),
+        }
+    })?))
+}
+
+/// The [`Store`] methods over any [`Kv`]: one key layout, one set of decoders.
+macro_rules! kv_store {
+    ($t:ty) => {
+        impl Store for $t {
+            fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+                self.kv().write(entries(batch, Writer::Current)?)
+            }
+
+            fn flush(&self) -> Result<(), StoreError> {
+                self.kv().sync()
+            }
+
+            fn meta(&self, name: &str) -> Result<Option<u64>, StoreError> {
+                let key = key_str(b"m:", name);
+                match self.kv().get(&key)? {
+                    Some(v) => be_u64(&key, &v, "meta value").map(Some),
+                    None => Ok(None),
+                }
+            }
+
+            fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+                scan(self.kv(), b"j:")
+            }
+
+            fn job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+                get(self.kv(), key1(b"j:", id))
+            }
+
+            fn spec(&self, id: JobId) -> Result<Option<JobSpec>, StoreError> {
+                get(self.kv(), key1(b"s:", id))
+            }
+
+            fn tasks(&self, job: JobId) -> Result<Vec<StoredTask>, StoreError> {
+                let mut out = Vec::new();
+                let prefix = key1(b"t:", job);
+                self.kv().visit(&prefix, &prefix, &mut |k, v| {
+                    out.push(stored_task(k, v)?);
+                    Ok(true)
+                })?;
+                Ok(out)
+            }
+
+            fn task(&self, job: JobId, task: TaskId) -> Result<Option<StoredTask>, StoreError> {
+                let key = key2(b"t:", job, task);
+                match self.kv().get(&key)? {
+                    Some(v) => Ok(Some(stored_task(&key, &v)?)),
+                    None => Ok(None),
+                }
+            }
+
+            fn findings(
+                &self,
+                job: JobId,
+                after: u64,
+                limit: usize,
+            ) -> Result<Vec<FindingRecord>, StoreError> {
+                let mut out = Vec::new();
+                if limit == 0 || after == u64::MAX {
+                    return Ok(out);
+                }
+                self.kv().visit(
+                    &key2(b"f:", job, after + 1),
+                    &key1(b"f:", job),
+                    &mut |k, v| {
+                        out.push(decode(k, v)?);
+                        Ok(out.len() < limit)
+                    },
+                )?;
+                Ok(out)
+            }
+
+            fn blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+                self.kv().get(&key_str(b"b:", sha256))
+            }
+
+            fn minions(&self) -> Result<Vec<MinionRecord>, StoreError> {
+                scan(self.kv(), b"n:")
+            }
+
+            fn requests(&self) -> Result<Vec<(String, JobId)>, StoreError> {
+                let mut out = Vec::new();
+                self.kv().visit(b"r:", b"r:", &mut |k, v| {
+                    let id = be_u64(k, v, "request value")?;
+                    out.push((String::from_utf8_lossy(&k[2..]).into_owned(), id));
+                    Ok(true)
+                })?;
+                Ok(out)
+            }
+
+            fn cursors(&self, reader: &str) -> Result<Vec<(JobId, u64)>, StoreError> {
+                let prefix = cursor_prefix(reader);
+                let mut out = Vec::new();
+                self.kv().visit(&prefix, &prefix, &mut |k, v| {
+                    let job = be_u64(k, &k[prefix.len()..], "cursor key's job id")?;
+                    out.push((job, be_u64(k, v, "cursor value")?));
+                    Ok(true)
+                })?;
+                Ok(out)
+            }
+        }
+
+        impl $t {
+            /// Applies `batch` encoded as the version-1 (JSON) coordinator wrote it: the stores an
+            /// upgrade must keep reading, built through this API (tests of upgrades).
+            pub fn apply_as_json_v1(&self, batch: Batch) -> Result<(), StoreError> {
+                self.kv().write(entries(batch, Writer::JsonV1)?)
+            }
+        }
+    };
+}
+
 /// The sled implementation.
 pub struct SledStore {
     db: sled::Db,
@@ -277,160 +498,111 @@ impl SledStore {
         Ok(SledStore { db })
     }
 
-    fn scan<T: Record>(&self, prefix: Vec<u8>) -> Result<Vec<T>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.db.scan_prefix(prefix) {
-            let (k, v) = kv?;
-            out.push(decode(&k, &v)?);
-        }
-        Ok(out)
-    }
-
-    fn get<T: Record>(&self, key: Vec<u8>) -> Result<Option<T>, StoreError> {
-        match self.db.get(&key)? {
-            Some(v) => Ok(Some(decode(&key, &v)?)),
-            None => Ok(None),
-        }
+    fn kv(&self) -> &sled::Db {
+        &self.db
     }
 }
 
-impl Store for SledStore {
-    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+impl Kv for sled::Db {
+    fn write(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
-        for op in batch.ops {
-            match op {
-                Op::Meta(name, v) => b.insert(key_str(b"m:", name), &v.to_be_bytes()),
-                Op::Job(j) => b.insert(key1(b"j:", j.id), encode(&j)),
-                Op::Spec(id, s) => b.insert(key1(b"s:", id), encode(&*s)),
-                Op::Task(t) => b.insert(
-                    key2(b"t:", t.spec.job_id, t.spec.task_id),
-                    compact::encode_task(&t),
-                ),
-                Op::TaskDone(job, task) => b.insert(key2(b"t:", job, task), DONE_MARKER),
-                Op::Finding(f) => {
-                    b.insert(key2(b"f:", f.job_id, f.cursor), compact::encode_finding(&f))
-                }
-                Op::Blob(sha, bytes) => b.insert(key_str(b"b:", &sha), bytes),
-                Op::Minion(m) => b.insert(key_str(b"n:", &m.id), encode(&m)),
-                Op::Request(rid, job) => b.insert(key_str(b"r:", &rid), &job.to_be_bytes()),
-                Op::Cursor {
-                    reader,
-                    job,
-                    cursor,
-                } => b.insert(key1(&cursor_prefix(reader), job), &cursor.to_be_bytes()),
+        for (k, v) in entries {
+            b.insert(k, v);
+        }
+        self.apply_batch(b)?;
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.flush()?;
+        Ok(())
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(sled::Tree::get(self, key)?.map(|v| v.to_vec()))
+    }
+
+    fn visit(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        for kv in self.range(start..) {
+            let (k, v) = kv?;
+            if !k.starts_with(prefix) || !f(&k, &v)? {
+                break;
             }
         }
-        self.db.apply_batch(b)?;
         Ok(())
-    }
-
-    fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
-    }
-
-    fn meta(&self, name: &str) -> Result<Option<u64>, StoreError> {
-        let key = key_str(b"m:", name);
-        Ok(match self.db.get(&key)? {
-            Some(v) => Some(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
-                StoreError::Corrupt {
-                    key: format!("m:{name}"),
-                    reason: "meta value is not 8 bytes".into(),
-                }
-            })?)),
-            None => None,
-        })
-    }
-
-    fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
-        self.scan(b"j:".to_vec())
-    }
-
-    fn job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
-        self.get(key1(b"j:", id))
-    }
-
-    fn spec(&self, id: JobId) -> Result<Option<JobSpec>, StoreError> {
-        self.get(key1(b"s:", id))
-    }
-
-    fn tasks(&self, job: JobId) -> Result<Vec<StoredTask>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.db.scan_prefix(key1(b"t:", job)) {
-            let (k, v) = kv?;
-            out.push(stored_task(&k, &v)?);
-        }
-        Ok(out)
-    }
-
-    fn task(&self, job: JobId, task: TaskId) -> Result<Option<StoredTask>, StoreError> {
-        let key = key2(b"t:", job, task);
-        match self.db.get(&key)? {
-            Some(v) => Ok(Some(stored_task(&key, &v)?)),
-            None => Ok(None),
-        }
-    }
-
-    fn findings(
-        &self,
-        job: JobId,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<FindingRecord>, StoreError> {
-        let start = key2(b"f:", job, after.saturating_add(1));
-        let end = key2(b"f:", job, u64::MAX);
-        let mut out = Vec::new();
-        for kv in self.db.range(start..=end).take(limit) {
-            let (k, v) = kv?;
-            out.push(decode(&k, &v)?);
-        }
-        Ok(out)
-    }
-
-    fn blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(key_str(b"b:", sha256))?.map(|v| v.to_vec()))
-    }
-
-    fn minions(&self) -> Result<Vec<MinionRecord>, StoreError> {
-        self.scan(b"n:".to_vec())
-    }
-
-    fn requests(&self) -> Result<Vec<(String, JobId)>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.db.scan_prefix(b"r:") {
-            let (k, v) = kv?;
-            let id =
-                u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-                    key: String::from_utf8_lossy(&k).into_owned(),
-                    reason: "request value is not 8 bytes".into(),
-                })?);
-            out.push((String::from_utf8_lossy(&k[2..]).into_owned(), id));
-        }
-        Ok(out)
-    }
-
-    fn cursors(&self, reader: &str) -> Result<Vec<(JobId, u64)>, StoreError> {
-        let prefix = cursor_prefix(reader);
-        let mut out = Vec::new();
-        for kv in self.db.scan_prefix(&prefix) {
-            let (k, v) = kv?;
-            let corrupt = || StoreError::Corrupt {
-                key: String::from_utf8_lossy(&k).into_owned(),
-                reason: "cursor key or value is not 8 bytes".into(),
-            };
-            let job = k[prefix.len()..].try_into().map_err(|_| corrupt())?;
-            let cursor = v.as_ref().try_into().map_err(|_| corrupt())?;
-            out.push((u64::from_be_bytes(job), u64::from_be_bytes(cursor)));
-        }
-        Ok(out)
     }
 }
+
+kv_store!(SledStore);
+kv_store!(MemStore);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use overlord_core::job::{RawSpec, TaskSpec, TaskState, prepare, root_plan};
     use overlord_core::scope::Scope;
+
+    /// A backend under test, and how it restarts: sled reopens its directory; the memory store
+    /// keeps what was flushed ([`MemStore::after_crash`]). Every contract test runs on both.
+    enum Backend {
+        Sled(tempfile::TempDir),
+        Mem(std::cell::RefCell<MemStore>),
+    }
+
+    enum Opened {
+        Sled(SledStore),
+        Mem(MemStore),
+    }
+
+    impl std::ops::Deref for Opened {
+        type Target = dyn Store;
+        fn deref(&self) -> &dyn Store {
+            match self {
+                Opened::Sled(s) => s,
+                Opened::Mem(s) => s,
+            }
+        }
+    }
+
+    impl Opened {
+        fn apply_v1(&self, b: Batch) -> Result<(), StoreError> {
+            match self {
+                Opened::Sled(s) => s.apply_as_json_v1(b),
+                Opened::Mem(s) => s.apply_as_json_v1(b),
+            }
+        }
+        fn raw(&self, key: &[u8]) -> Option<Vec<u8>> {
+            match self {
+                Opened::Sled(s) => s.kv().get(key).unwrap(),
+                Opened::Mem(s) => s.kv().get(key).unwrap(),
+            }
+        }
+    }
+
+    impl Backend {
+        fn all() -> Vec<Backend> {
+            vec![
+                Backend::Sled(tempfile::tempdir().unwrap()),
+                Backend::Mem(Default::default()),
+            ]
+        }
+        /// Opens (first call) or restarts the store.
+        fn open(&self) -> Opened {
+            match self {
+                Backend::Sled(dir) => Opened::Sled(SledStore::open(dir.path()).unwrap()),
+                Backend::Mem(cur) => {
+                    let next = cur.borrow().after_crash();
+                    *cur.borrow_mut() = next.clone();
+                    Opened::Mem(next)
+                }
+            }
+        }
+    }
 
     fn spec() -> JobSpec {
         let raw = RawSpec {
@@ -459,9 +631,14 @@ mod tests {
 
     #[test]
     fn roundtrip_and_reopen() {
-        let dir = tempfile::tempdir().unwrap();
+        for b in Backend::all() {
+            roundtrip_and_reopen_on(b);
+        }
+    }
+
+    fn roundtrip_and_reopen_on(backend: Backend) {
         {
-            let s = SledStore::open(dir.path()).unwrap();
+            let s = backend.open();
             let sp = spec();
             let plan = root_plan(&sp).unwrap();
             let mut b = Batch::default();
@@ -502,7 +679,7 @@ mod tests {
             s.apply(b).unwrap();
             s.flush().unwrap();
         }
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = backend.open();
         assert_eq!(s.requests().unwrap(), vec![("req-1".to_string(), 7)]);
         assert_eq!(s.meta("epoch").unwrap(), Some(3));
         assert_eq!(s.meta("nope").unwrap(), None);
@@ -527,32 +704,125 @@ mod tests {
         assert_eq!(s.minions().unwrap()[0].generation, 2);
     }
 
+    /// The contracts the coordinator relies on, on every backend: findings ascend by cursor within
+    /// one job and never cross into the next, paging by `after`/`limit` sees each once, a later
+    /// write replaces a record, and a batch is seen whole or not at all by a concurrent reader.
+    #[test]
+    fn contracts_hold_on_every_backend() {
+        for backend in Backend::all() {
+            let s = Arc::new(backend.open());
+            let mut b = Batch::default();
+            // Written out of order, over three jobs (ids whose bytes neighbour each other).
+            for c in [5u64, 1, 300, 2, 256, 4, 3] {
+                for job in [1u64, 2, 256] {
+                    b.push(Op::Finding(Arc::new(finding(job, c))));
+                }
+            }
+            s.apply(b).unwrap();
+            let mut seen = Vec::new();
+            let mut after = 0;
+            loop {
+                let page = s.findings(2, after, 2).unwrap();
+                if page.is_empty() {
+                    break;
+                }
+                assert!(page.len() <= 2);
+                assert!(page.iter().all(|f| f.job_id == 2));
+                after = page.last().unwrap().cursor;
+                seen.extend(page.iter().map(|f| f.cursor));
+            }
+            assert_eq!(seen, vec![1, 2, 3, 4, 5, 256, 300]);
+            assert!(s.findings(2, 300, 10).unwrap().is_empty());
+            assert!(s.findings(2, 0, 0).unwrap().is_empty());
+            assert!(s.findings(3, 0, 10).unwrap().is_empty());
+            // A later write replaces; a done marker replaces a record.
+            let mut t = task(4, 1);
+            let mut b = Batch::default();
+            b.push(Op::Task(t.clone()));
+            s.apply(b).unwrap();
+            t.attempts = 3;
+            let mut b = Batch::default();
+            b.push(Op::Task(t.clone()));
+            b.push(Op::TaskDone(4, 2));
+            s.apply(b).unwrap();
+            assert_eq!(
+                s.tasks(4).unwrap(),
+                vec![StoredTask::Record(t), StoredTask::Done(2)]
+            );
+            // Atomic batches: 50 tasks at a time, never seen in part.
+            let writer = {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for round in 0..40u64 {
+                        let mut b = Batch::default();
+                        for i in 0..50 {
+                            b.push(Op::Task(task(9, round * 50 + i)));
+                        }
+                        s.apply(b).unwrap();
+                    }
+                })
+            };
+            loop {
+                let n = s.tasks(9).unwrap().len();
+                assert_eq!(n % 50, 0, "a reader saw part of a batch ({n} tasks)");
+                if n == 2000 {
+                    break;
+                }
+            }
+            writer.join().unwrap();
+        }
+    }
+
+    /// The memory store keeps sled's durability contract: what was not flushed is gone after a
+    /// crash, what was flushed stays.
+    #[test]
+    fn mem_store_keeps_only_flushed_writes_across_a_crash() {
+        let s = MemStore::new();
+        let mut b = Batch::default();
+        b.push(Op::Meta("epoch", 1));
+        s.apply(b).unwrap();
+        s.flush().unwrap();
+        let mut b = Batch::default();
+        b.push(Op::Meta("epoch", 2));
+        b.push(Op::Request("r".into(), 4));
+        s.apply(b).unwrap();
+        assert_eq!(s.meta("epoch").unwrap(), Some(2));
+        let after = s.after_crash();
+        assert_eq!(after.meta("epoch").unwrap(), Some(1));
+        assert!(after.requests().unwrap().is_empty());
+        s.flush().unwrap();
+        assert_eq!(s.after_crash().meta("epoch").unwrap(), Some(2));
+        // A clone is the same store (a reopen after a graceful stop).
+        assert_eq!(s.clone().requests().unwrap(), vec![("r".to_string(), 4)]);
+    }
+
     #[test]
     fn reader_cursors_are_per_reader_and_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = SledStore::open(dir.path()).unwrap();
-            let mut b = Batch::default();
-            for (job, cursor) in [(2, 10), (1, 5), (2, 12)] {
+        for backend in Backend::all() {
+            {
+                let s = backend.open();
+                let mut b = Batch::default();
+                for (job, cursor) in [(2, 10), (1, 5), (2, 12)] {
+                    b.push(Op::Cursor {
+                        reader: "firehose",
+                        job,
+                        cursor,
+                    });
+                }
+                // A reader whose name extends another's is a different reader.
                 b.push(Op::Cursor {
-                    reader: "firehose",
-                    job,
-                    cursor,
+                    reader: "firehose2",
+                    job: 1,
+                    cursor: 99,
                 });
+                s.apply(b).unwrap();
+                s.flush().unwrap();
             }
-            // A reader whose name extends another's is a different reader.
-            b.push(Op::Cursor {
-                reader: "firehose2",
-                job: 1,
-                cursor: 99,
-            });
-            s.apply(b).unwrap();
-            s.flush().unwrap();
+            let s = backend.open();
+            assert_eq!(s.cursors("firehose").unwrap(), vec![(1, 5), (2, 12)]);
+            assert_eq!(s.cursors("firehose2").unwrap(), vec![(1, 99)]);
+            assert!(s.cursors("fire").unwrap().is_empty());
         }
-        let s = SledStore::open(dir.path()).unwrap();
-        assert_eq!(s.cursors("firehose").unwrap(), vec![(1, 5), (2, 12)]);
-        assert_eq!(s.cursors("firehose2").unwrap(), vec![(1, 99)]);
-        assert!(s.cursors("fire").unwrap().is_empty());
     }
 
     /// Frozen bytes of version-1 records: changing a record type must keep these decoding.
@@ -730,24 +1000,40 @@ mod tests {
     /// after the upgrade it reads them, and records rewritten as version 2 sit beside them.
     #[test]
     fn store_with_v1_records_reads_after_upgrade() {
-        let dir = tempfile::tempdir().unwrap();
+        for backend in Backend::all() {
+            store_with_v1_records_reads_after_upgrade_on(backend);
+        }
+    }
+
+    fn store_with_v1_records_reads_after_upgrade_on(backend: Backend) {
         let states = all_states();
         {
-            let s = SledStore::open(dir.path()).unwrap();
+            let s = backend.open();
             // Exactly what the JSON-writing `apply` stored.
+            let mut b = Batch::default();
             for (i, st) in states.iter().enumerate() {
                 let mut t = task(5, i as u64 + 1);
                 t.state = st.clone();
-                s.db.insert(key2(b"t:", 5, i as u64 + 1), encode(&t))
-                    .unwrap();
+                b.push(Op::Task(t));
             }
             for c in 1..=3 {
-                s.db.insert(key2(b"f:", 5, c), encode(&finding(5, c)))
-                    .unwrap();
+                b.push(Op::Finding(Arc::new(finding(5, c))));
             }
+            s.apply_v1(b).unwrap();
+            let mut done = Batch::default();
+            done.push(Op::TaskDone(5, 1));
+            assert!(matches!(s.apply_v1(done), Err(StoreError::Unsupported(_))));
+            assert_eq!(
+                s.raw(&key2(b"t:", 5, 1)).unwrap(),
+                encode(&{
+                    let mut t = task(5, 1);
+                    t.state = states[0].clone();
+                    t
+                })
+            );
             s.flush().unwrap();
         }
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = backend.open();
         let tasks: Vec<TaskRecord> = s
             .tasks(5)
             .unwrap()
@@ -777,20 +1063,14 @@ mod tests {
         s.apply(b).unwrap();
         s.flush().unwrap();
         drop(s);
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = backend.open();
         assert_eq!(
             s.task(5, 1).unwrap().unwrap(),
             StoredTask::Record(t.clone())
         );
         assert_eq!(s.task(5, 2).unwrap().unwrap(), StoredTask::Done(2));
-        assert_eq!(
-            s.db.get(key2(b"t:", 5, 1)).unwrap().unwrap()[0],
-            compact::VERSION
-        );
-        assert_eq!(
-            s.db.get(key2(b"t:", 5, 3)).unwrap().unwrap()[0],
-            RECORD_VERSION
-        );
+        assert_eq!(s.raw(&key2(b"t:", 5, 1)).unwrap()[0], compact::VERSION);
+        assert_eq!(s.raw(&key2(b"t:", 5, 3)).unwrap()[0], RECORD_VERSION);
         let all = s.tasks(5).unwrap();
         assert_eq!(all.len(), states.len());
         assert_eq!(
