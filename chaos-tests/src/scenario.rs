@@ -171,12 +171,15 @@ pub async fn random_run(cfg: &RandomRun) -> anyhow::Result<(Figures, Vec<String>
                 &mut rng,
             )
             .await?;
-            let spec = client::scan_spec(
+            let mut spec = client::scan_spec(
                 &format!("{}-{n}", cfg.name),
                 ledger.targets(),
                 ledger.ports_arg(),
                 &["portscan"],
             );
+            // Sixteen addresses per task: a /22 job is 64 tasks spread over the minions, so faults
+            // land on leases mid-job (sized by probes alone, a whole /22 was one or two tasks).
+            spec.params_json = format!(r#"{{"probes_per_task": {}}}"#, 16 * cfg.ports);
             // Submission itself may hit a coordinator restart or a client link fault: retry; a job
             // accepted twice would show up as an extra job, so only retry on errors before acceptance.
             let status = submit_retrying(&mut c, spec, Duration::from_secs(60)).await?;
