@@ -94,7 +94,11 @@ pub async fn connect(plan: &Plan) -> Result<(Jobs, Query)> {
 
 fn state_name(s: i32) -> String {
     v1::JobState::try_from(s)
-        .map(|s| s.as_str_name().trim_start_matches("JOB_STATE_").to_lowercase())
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("JOB_STATE_")
+                .to_lowercase()
+        })
         .unwrap_or_else(|_| format!("state-{s}"))
 }
 

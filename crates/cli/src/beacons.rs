@@ -245,6 +245,22 @@ pub async fn run(a: BeaconsArgs) -> Result<()> {
             match a.format {
                 Format::Table => print!("{}", format_table(&r, a.top)),
                 Format::Jsonl => print!("{}", format_jsonl(&r)),
+                Format::Csv => {
+                    let rows: Vec<serde_json::Value> = r
+                        .findings
+                        .iter()
+                        .map(serde_json::to_value)
+                        .collect::<Result<_, _>>()?;
+                    let mut keys = None;
+                    for v in &rows {
+                        let k = keys.get_or_insert_with(|| {
+                            let k = client::json_keys(v);
+                            println!("{}", client::csv_line(&k));
+                            k
+                        });
+                        println!("{}", client::json_csv_row(v, k));
+                    }
+                }
             }
         }
     }
@@ -267,6 +283,7 @@ async fn follow(a: BeaconsArgs) -> Result<()> {
     let mut last_score = std::time::Instant::now() - rescore;
     let mut dirty = false;
     let format = a.format;
+    let mut csv_keys: Option<Vec<String>> = None;
     loop {
         let (n, out, held, f2) = tokio::task::spawn_blocking(move || {
             let n = f.poll()?;
@@ -290,6 +307,15 @@ async fn follow(a: BeaconsArgs) -> Result<()> {
         for x in &out {
             match format {
                 Format::Jsonl => println!("{}", serde_json::to_string(x)?),
+                Format::Csv => {
+                    let v = serde_json::to_value(x)?;
+                    let k = csv_keys.get_or_insert_with(|| {
+                        let k = client::json_keys(&v);
+                        println!("{}", client::csv_line(&k));
+                        k
+                    });
+                    println!("{}", client::json_csv_row(&v, k));
+                }
                 Format::Table => println!(
                     "{} {} combined {:.3} period {:.0}s checkins {}",
                     if x.is_beacon { "BEACON" } else { "cleared" },
@@ -337,11 +363,12 @@ async fn cluster(a: BeaconsArgs) -> Result<()> {
         let id = st.job_id;
         eprintln!("job {id} submitted: {} task(s)", st.tasks_total);
         let mut beacons = 0u64;
+        let mut lines = client::Lines::findings(a.format);
         let st = client::watch(&mut c, id, 0, true, |f| {
             if f.kind == overlord_core::finding::FindingKind::Beacon.as_str() {
                 beacons += 1;
             }
-            println!("{}", client::finding_line(f, a.format));
+            println!("{}", lines.finding(f));
         })
         .await?;
         eprintln!("{}", client::status_line(&st));

@@ -179,6 +179,53 @@ pub async fn submit(c: &mut Client, spec: v1::JobSpec) -> Result<v1::JobStatus> 
 pub enum Format {
     Table,
     Jsonl,
+    /// One header line (before the first row), then one row per line (RFC 4180 quoting).
+    Csv,
+}
+
+/// The CSV columns of a finding (`data` is the payload's JSON).
+pub const FINDING_CSV_HEADER: &str = "cursor,job_id,task_id,parent_task_id,module,kind,target,port,minion,provider,started_at_ms,finished_at_ms,blob_sha256,data";
+
+/// One CSV line from fields (quoted where needed).
+pub fn csv_line<S: AsRef<str>>(fields: &[S]) -> String {
+    fields
+        .iter()
+        .map(|f| overlord_query::export::csv_field(f.as_ref()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Prints rows through `emit`, with the CSV header before the first one (none when there is no
+/// row, so an empty answer stays empty).
+pub struct Lines {
+    pub format: Format,
+    header: Option<&'static str>,
+}
+
+impl Lines {
+    pub fn findings(format: Format) -> Self {
+        Lines {
+            format,
+            header: (format == Format::Csv).then_some(FINDING_CSV_HEADER),
+        }
+    }
+    pub fn task_errors(format: Format) -> Self {
+        Lines {
+            format,
+            header: (format == Format::Csv).then_some(TASK_ERROR_CSV_HEADER),
+        }
+    }
+    /// The header (once, CSV only) and then `line`.
+    pub fn with_header(&mut self, line: String) -> String {
+        match self.header.take() {
+            Some(h) => format!("{h}\n{line}"),
+            None => line,
+        }
+    }
+    pub fn finding(&mut self, f: &v1::Finding) -> String {
+        let l = finding_line(f, self.format);
+        self.with_header(l)
+    }
 }
 
 pub fn finding_json(f: &v1::Finding) -> serde_json::Value {
@@ -196,6 +243,30 @@ pub fn finding_json(f: &v1::Finding) -> serde_json::Value {
 pub fn finding_line(f: &v1::Finding, fmt: Format) -> String {
     match fmt {
         Format::Jsonl => finding_json(f).to_string(),
+        Format::Csv => csv_line(&[
+            f.cursor.to_string(),
+            f.job_id.to_string(),
+            f.task_id.to_string(),
+            if f.parent_task_id == 0 {
+                String::new()
+            } else {
+                f.parent_task_id.to_string()
+            },
+            f.module.clone(),
+            f.kind.clone(),
+            f.target.clone(),
+            if f.port == 0 {
+                String::new()
+            } else {
+                f.port.to_string()
+            },
+            f.minion_id.clone(),
+            f.provider.clone(),
+            f.started_at_ms.to_string(),
+            f.finished_at_ms.to_string(),
+            f.blob_sha256.clone(),
+            f.data_json.clone(),
+        ]),
         Format::Table => {
             use overlord_core::finding::Payload;
             let data: serde_json::Value =
@@ -218,7 +289,21 @@ pub fn finding_line(f: &v1::Finding, fmt: Format) -> String {
                         .ok()
                         .and_then(|v| v.as_str().map(str::to_string))
                         .unwrap_or_default();
-                    format!("{svc} {} {} [{status}]{shot}", o(&s.product), o(&s.version))
+                    // A service nobody recognised: what it said is all there is to read.
+                    let said = match (&s.service, &s.banner) {
+                        (None, Some(b)) if !b.text.is_empty() => {
+                            format!(
+                                " banner:{}",
+                                overlord_core::task_error::one_line(&b.text, 80)
+                            )
+                        }
+                        _ => String::new(),
+                    };
+                    format!(
+                        "{svc} {} {} [{status}]{shot}{said}",
+                        o(&s.product),
+                        o(&s.version)
+                    )
                 }
                 Payload::Screenshot(_) | Payload::Enrichment(_) | Payload::Leak(_) => {
                     crate::images::finding_detail(&payload, &f.blob_sha256)
@@ -241,7 +326,11 @@ pub fn finding_line(f: &v1::Finding, fmt: Format) -> String {
             } else {
                 f.target.clone()
             };
-            format!("{:<10} {:<22} {:<12} {}", f.kind, addr, f.minion_id, detail)
+            // The cursor first: what `--after` takes to resume after this finding.
+            format!(
+                "{:>7} {:<10} {:<22} {:<12} {}",
+                f.cursor, f.kind, addr, f.minion_id, detail
+            )
         }
     }
 }
@@ -413,12 +502,13 @@ pub fn status_line(st: &v1::JobStatus) -> String {
         )
     };
     format!(
-        "job {:<4} {:<9} tasks {}/{} done, {} failed, {} leased  findings {}  stale-rejected {}  modules {}  targets {}",
+        "job {:<4} {:<9} tasks {}/{} done, {} failed, {} cancelled, {} leased  findings {}  stale-rejected {}  modules {}  targets {}",
         st.job_id,
         state_name(st.state),
         st.tasks_done,
         st.tasks_total,
         st.tasks_failed,
+        st.tasks_cancelled,
         st.tasks_leased,
         st.findings,
         st.stale_results_rejected,
@@ -488,4 +578,244 @@ pub fn quality_lines(q: &v1::QualityLedger) -> String {
         out.push_str(&format!("  FLAGGED: {f}\n"));
     }
     out
+}
+
+/// The CSV columns of a task error.
+pub const TASK_ERROR_CSV_HEADER: &str = "task_id,parent_task_id,module,target,target_count,ports,input,state,attempts,minion,provider,class,error";
+
+/// `failed` | `retrying` | `cancelled`.
+pub fn task_error_state(s: i32) -> &'static str {
+    match v1::TaskErrorState::try_from(s).unwrap_or(v1::TaskErrorState::Unspecified) {
+        v1::TaskErrorState::Failed => "failed",
+        v1::TaskErrorState::Retrying => "retrying",
+        v1::TaskErrorState::Cancelled => "cancelled",
+        v1::TaskErrorState::Unspecified => "unknown",
+    }
+}
+
+/// The class name (`timeout`, `minion_lost`, …) of a wire error class.
+pub fn error_class_name(c: i32) -> String {
+    v1::TaskErrorClass::try_from(c)
+        .map(|c| {
+            c.as_str_name()
+                .trim_start_matches("TASK_ERROR_CLASS_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|_| format!("class-{c}"))
+}
+
+pub fn task_error_json(e: &v1::TaskError) -> serde_json::Value {
+    serde_json::json!({
+        "task_id": e.task_id,
+        "parent_task_id": if e.parent_task_id == 0 { serde_json::Value::Null } else { e.parent_task_id.into() },
+        "module": e.module, "target": e.target, "target_count": e.target_count, "ports": e.ports,
+        "input": e.input, "state": task_error_state(e.state), "attempts": e.attempts,
+        "minion": e.minion, "provider": e.provider, "class": error_class_name(e.class),
+        "error": e.error,
+    })
+}
+
+pub fn task_error_line(e: &v1::TaskError, fmt: Format) -> String {
+    match fmt {
+        Format::Jsonl => task_error_json(e).to_string(),
+        Format::Csv => csv_line(&[
+            e.task_id.to_string(),
+            if e.parent_task_id == 0 {
+                String::new()
+            } else {
+                e.parent_task_id.to_string()
+            },
+            e.module.clone(),
+            e.target.clone(),
+            e.target_count.to_string(),
+            e.ports.clone(),
+            e.input.clone(),
+            task_error_state(e.state).to_string(),
+            e.attempts.to_string(),
+            e.minion.clone(),
+            e.provider.clone(),
+            error_class_name(e.class),
+            e.error.clone(),
+        ]),
+        Format::Table => {
+            let what = if !e.input.is_empty() {
+                e.input.clone()
+            } else if e.ports.is_empty() {
+                e.target.clone()
+            } else {
+                format!("{} ports {}", e.target, e.ports)
+            };
+            format!(
+                "task {:<6} {:<9} {:<10} attempt {:<2} minion {:<12} {:<13} {}  {}",
+                e.task_id,
+                task_error_state(e.state),
+                e.module,
+                e.attempts,
+                if e.minion.is_empty() { "-" } else { &e.minion },
+                error_class_name(e.class),
+                overlord_core::task_error::one_line(&e.error, 160),
+                what
+            )
+        }
+    }
+}
+
+/// One page of a job's task errors (tasks with id > `after`).
+pub async fn task_errors(
+    c: &mut Client,
+    job: u64,
+    after: u64,
+    limit: u32,
+) -> Result<v1::ListTaskErrorsResponse> {
+    Ok(c.list_task_errors(v1::ListTaskErrorsRequest {
+        job_id: job,
+        after_task: after,
+        limit,
+    })
+    .await
+    .map_err(status_err)?
+    .into_inner())
+}
+
+/// `overlord jobs get`: the status line, then the spec, params, counters, errors by class.
+pub fn job_detail(st: &v1::JobStatus) -> String {
+    let spec = st.spec.clone().unwrap_or_default();
+    let mut out = status_line(st) + "\n";
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(" ")
+        }
+    };
+    out += &format!(
+        "  name        {}\n",
+        if spec.name.is_empty() {
+            "-"
+        } else {
+            &spec.name
+        }
+    );
+    out += &format!("  targets     {}\n", list(&spec.targets));
+    out += &format!(
+        "  ports       {}\n",
+        if spec.ports.is_empty() {
+            "-"
+        } else {
+            &spec.ports
+        }
+    );
+    out += &format!("  modules     {}\n", list(&spec.modules));
+    if !spec.inputs.is_empty() {
+        out += &format!("  inputs      {}\n", list(&spec.inputs));
+    }
+    out += &format!(
+        "  rate limit  {}\n",
+        if spec.rate_limit == 0 {
+            "unlimited".to_string()
+        } else {
+            format!("{}/s", spec.rate_limit)
+        }
+    );
+    let params = if spec.params_json.trim().is_empty() {
+        "{}".to_string()
+    } else {
+        spec.params_json.clone()
+    };
+    out += &format!("  params      {params}\n");
+    for r in &spec.rules {
+        out += &format!("  rule        {r}\n");
+    }
+    if !spec.disable_rules.is_empty() {
+        out += &format!("  disabled    {}\n", list(&spec.disable_rules));
+    }
+    out += &format!(
+        "  tasks       total {}  done {}  failed {}  cancelled {}  pending {}  leased {}  unexpanded {}\n",
+        st.tasks_total,
+        st.tasks_done,
+        st.tasks_failed,
+        st.tasks_cancelled,
+        st.tasks_pending,
+        st.tasks_leased,
+        st.tasks_unexpanded
+    );
+    out += &format!(
+        "  findings    {}  unknown kind {}  unknown fields {}  stale results rejected {}\n",
+        st.findings,
+        st.findings_unknown_kind,
+        st.findings_unknown_fields,
+        st.stale_results_rejected
+    );
+    if st.errors.is_empty() {
+        out += "  errors      none\n";
+    } else {
+        let by: Vec<String> = st
+            .errors
+            .iter()
+            .map(|e| format!("{} {}", error_class_name(e.class), e.attempts))
+            .collect();
+        out += &format!(
+            "  errors      {}  (failed attempts by class; `overlord jobs errors {}` lists the tasks)\n",
+            by.join(", "),
+            st.job_id
+        );
+    }
+    out
+}
+
+/// The top-level keys of a JSON object (CSV columns of JSON rows), in serde_json's order.
+pub fn json_keys(v: &serde_json::Value) -> Vec<String> {
+    v.as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// A JSON object as a CSV row over `keys`: strings as they are, other scalars as JSON text,
+/// arrays and objects as JSON, missing keys empty.
+pub fn json_csv_row(v: &serde_json::Value, keys: &[String]) -> String {
+    let cells: Vec<String> = keys
+        .iter()
+        .map(|k| match v.get(k) {
+            None | Some(serde_json::Value::Null) => String::new(),
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(x) => x.to_string(),
+        })
+        .collect();
+    csv_line(&cells)
+}
+
+#[cfg(test)]
+mod csv_tests {
+    use super::*;
+
+    #[test]
+    fn csv_rows_quote_and_flatten() {
+        let v = serde_json::json!({"a": "x,y", "b": 3, "c": [1, 2], "d": null});
+        let keys = json_keys(&v);
+        assert_eq!(keys, ["a", "b", "c", "d"]);
+        assert_eq!(json_csv_row(&v, &keys), "\"x,y\",3,\"[1,2]\",");
+        assert_eq!(csv_line(&["a\"b", "c"]), "\"a\"\"b\",c");
+    }
+
+    #[test]
+    fn the_csv_header_comes_once_before_the_first_row() {
+        let f = v1::Finding {
+            cursor: 7,
+            kind: "open_port".into(),
+            target: "127.0.0.1".into(),
+            port: 22,
+            data_json: "{\"port\":22}".into(),
+            ..Default::default()
+        };
+        let mut l = Lines::findings(Format::Csv);
+        let first = l.finding(&f);
+        assert_eq!(first.lines().next(), Some(FINDING_CSV_HEADER));
+        assert_eq!(
+            FINDING_CSV_HEADER.matches(',').count(),
+            first.lines().nth(1).unwrap().matches(',').count()
+        );
+        assert!(!l.finding(&f).contains("cursor"));
+        let mut t = Lines::findings(Format::Table);
+        assert!(t.finding(&f).trim_start().starts_with("7 open_port"));
+    }
 }

@@ -407,8 +407,27 @@ struct CoordArg {
 #[derive(Subcommand)]
 enum JobsCmd {
     List,
-    Get { job: u64 },
-    Cancel { job: u64 },
+    /// Status, spec, params, counters, errors by class, the quality ledger and the first task
+    /// errors.
+    Get {
+        job: u64,
+    },
+    Cancel {
+        job: u64,
+    },
+    /// Tasks that hit an error: the last error and its class, the minion, the attempt count
+    /// (failed for good, retrying, or cancelled after an error).
+    Errors {
+        job: u64,
+        /// Tasks with an id above this one (printed as `task N`; pages resume from there).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Rows at most (0 = every task error).
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
 }
 
 fn raise_fd_limit() {
@@ -616,10 +635,51 @@ async fn async_main() -> Result<()> {
                 }
                 JobsCmd::Get { job } => {
                     let st = client::get(&mut c, job).await?;
-                    out!("{}", client::status_line(&st));
+                    out!("{}", client::job_detail(&st).trim_end());
                     if let Some(q) = &st.quality {
                         out!("{}", client::quality_lines(q).trim_end());
                     }
+                    // A coordinator without ListTaskErrors (older) still shows the rest.
+                    let page = match client::task_errors(&mut c, job, 0, 10).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            eprintln!("task errors unavailable: {e}");
+                            Default::default()
+                        }
+                    };
+                    for e in &page.errors {
+                        out!("  {}", client::task_error_line(e, Format::Table));
+                    }
+                    if page.next_after_task != 0 {
+                        out!(
+                            "  … more: overlord jobs errors {job} --after {}",
+                            page.next_after_task
+                        );
+                    }
+                }
+                JobsCmd::Errors {
+                    job,
+                    after,
+                    limit,
+                    format,
+                } => {
+                    let mut lines = client::Lines::task_errors(format);
+                    let (mut after, mut n) = (after, 0u64);
+                    'pages: loop {
+                        let page = client::task_errors(&mut c, job, after, 1000).await?;
+                        for e in &page.errors {
+                            if limit != 0 && n == limit {
+                                break 'pages;
+                            }
+                            out!("{}", lines.with_header(client::task_error_line(e, format)));
+                            n += 1;
+                        }
+                        if page.next_after_task == 0 {
+                            break;
+                        }
+                        after = page.next_after_task;
+                    }
+                    eprintln!("{n} task errors");
                 }
                 JobsCmd::Cancel { job } => out!(
                     "{}",
@@ -634,10 +694,9 @@ async fn async_main() -> Result<()> {
             coordinator,
         } => {
             let mut c = client::connect(&coordinator).await?;
-            let st = client::watch(&mut c, job, after, true, |f| {
-                out!("{}", client::finding_line(f, format))
-            })
-            .await?;
+            let mut lines = client::Lines::findings(format);
+            let st =
+                client::watch(&mut c, job, after, true, |f| out!("{}", lines.finding(f))).await?;
             eprintln!("{}", client::status_line(&st));
         }
         Cmd::Results {
@@ -647,8 +706,9 @@ async fn async_main() -> Result<()> {
         } => {
             let mut c = client::connect(&coordinator).await?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut lines = client::Lines::findings(format);
             let n = client::results(&mut c, job, |f| {
-                let _ = writeln!(out, "{}", client::finding_line(f, format));
+                let _ = writeln!(out, "{}", lines.finding(f));
             })
             .await?;
             drop(out);
@@ -905,11 +965,12 @@ async fn scan(url: &str, spec: v1::JobSpec, format: Format, detach: bool) -> Res
     }
     eprintln!("job {id} submitted: {} root tasks", st.tasks_total);
     let mut open = 0;
+    let mut lines = client::Lines::findings(format);
     let st = client::watch(&mut c, id, 0, true, |f| {
         if f.kind == overlord_core::finding::FindingKind::OpenPort.as_str() {
             open += 1;
         }
-        out!("{}", client::finding_line(f, format));
+        out!("{}", lines.finding(f));
     })
     .await?;
     eprintln!("{}", client::status_line(&st));

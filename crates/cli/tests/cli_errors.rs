@@ -137,7 +137,7 @@ fn jobs_and_results_commands_and_their_errors() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    for format in ["table", "jsonl"] {
+    for format in ["table", "jsonl", "csv"] {
         let o = overlord(&["results", &id, "--format", format, "--coordinator", url]);
         let (out, err) = text(&o);
         assert!(o.status.success(), "results --format {format}: {err}");

@@ -435,6 +435,45 @@ impl v1::job_service_server::JobService for JobApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn list_task_errors(
+        &self,
+        req: Request<v1::ListTaskErrorsRequest>,
+    ) -> Result<Response<v1::ListTaskErrorsResponse>, Status> {
+        let who = principal(&req);
+        let r = req.into_inner();
+        self.check_access(&who, r.job_id)?;
+        let limit = if r.limit == 0 { 100 } else { r.limit.min(1000) } as usize;
+        if self.durable.get(r.job_id).is_none() {
+            return Err(ApiError::JobNotFound(r.job_id).into());
+        }
+        // The job's task records as stored (a retried task's record is written when it is
+        // queued again, so this trails the job actor by at most one commit).
+        let tasks = self
+            .store
+            .tasks(r.job_id)
+            .map_err(|e| ApiError::Storage(e.to_string()))?;
+        let mut rows: Vec<v1::TaskError> = tasks
+            .iter()
+            .filter_map(|t| match t {
+                overlord_storage::StoredTask::Record(t) if t.spec.task_id > r.after_task => {
+                    convert::task_error(t)
+                }
+                _ => None,
+            })
+            .collect();
+        rows.sort_by_key(|e| e.task_id);
+        let next_after_task = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|e| e.task_id).unwrap_or(0)
+        } else {
+            0
+        };
+        Ok(Response::new(v1::ListTaskErrorsResponse {
+            errors: rows,
+            next_after_task,
+        }))
+    }
+
     async fn list_results(
         &self,
         req: Request<v1::ListResultsRequest>,

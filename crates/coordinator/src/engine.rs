@@ -117,6 +117,8 @@ pub fn status_of(rec: &JobRecord, spec: &JobSpec, live: Option<(u64, u64)>) -> v
         waiting_for_modules: Vec::new(),
         quality: (!rec.quality.is_empty()).then(|| quality_of(&rec.quality)),
         firehose: None,
+        tasks_cancelled: rec.cancelled,
+        errors: overlord_proto::convert::error_counts(&rec.errors),
     }
 }
 

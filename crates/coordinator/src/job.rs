@@ -532,7 +532,7 @@ impl JobSt {
                 revoke.push(*token);
             }
             t.state = TaskState::Cancelled;
-            self.rec.failed += 1;
+            self.rec.cancelled += 1;
             self.c.batch.push(Op::Task(t));
         }
         self.pending.clear();
@@ -722,6 +722,7 @@ impl JobSt {
             t.attempts += 1;
         }
         t.last_error = Some(reason.to_string());
+        self.rec.count_error(reason);
         self.dirty = true;
         self.progress_dirty = true;
         if sched::on_failure(t.attempts, self.sh.cfg.max_attempts, false) == Retry::Fail {
@@ -758,7 +759,7 @@ impl JobSt {
             }
             for (tok, task) in expired {
                 self.leases.remove(&tok);
-                self.requeue(task, "lease deadline passed", true);
+                self.requeue(task, overlord_core::task_error::LEASE_EXPIRED, true);
             }
         }
         self.expand();
@@ -817,8 +818,16 @@ impl JobSt {
                         },
                         1,
                     );
-                    acks.push(ack(token, false, &format!("malformed result: {e}")));
-                    self.requeue(r.task_id, &format!("malformed result: {e}"), true);
+                    acks.push(ack(
+                        token,
+                        false,
+                        &format!("{}{e}", overlord_core::task_error::MALFORMED_PREFIX),
+                    ));
+                    self.requeue(
+                        r.task_id,
+                        &format!("{}{e}", overlord_core::task_error::MALFORMED_PREFIX),
+                        true,
+                    );
                     malformed = Some(e);
                 }
                 // Untrusted input: every finding is held against the task it answers.
@@ -908,6 +917,7 @@ impl JobSt {
         t.last_error = Some(error.to_string());
         t.last_minion = Some(minion.to_string());
         t.last_provider = Some(provider.to_string());
+        self.rec.count_error(error);
         self.dirty = true;
         self.progress_dirty = true;
         match sched::on_failure(t.attempts, self.sh.cfg.max_attempts, permanent) {
@@ -963,6 +973,13 @@ impl JobSt {
             }
             Err(e) => {
                 warn!(job = self.rec.id, task = id, error = %e, "leak lookup failed");
+                let e = format!("{}{e}", overlord_core::task_error::COORDINATOR_PREFIX);
+                self.rec.count_error(&e);
+                if let Some(t) = self.tasks.get_mut(&id) {
+                    t.attempts += 1;
+                    t.last_error = Some(e.clone());
+                    t.last_minion = Some(crate::lookup::LOOKUP_MINION_ID.into());
+                }
                 self.fail_task(id, e);
             }
         }

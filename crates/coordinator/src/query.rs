@@ -69,7 +69,7 @@ pub fn spawn_follower(
                     }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "query indexer lagged; catching up from the store");
+                        tracing::debug!(missed = n, "query indexer lagged; catching up from the store");
                         all = true;
                     }
                     Err(broadcast::error::RecvError::Closed) => break,

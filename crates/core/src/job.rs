@@ -486,6 +486,17 @@ pub struct JobRecord {
     /// Scan jobs: the quality ledger (absent from records of jobs without probe counts).
     #[serde(default, skip_serializing_if = "crate::quality::Ledger::is_empty")]
     pub quality: crate::quality::Ledger,
+    /// Tasks dropped by a cancel (counted apart from `failed`; records before this field counted
+    /// them in `failed`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cancelled: u64,
+    /// Failed attempts (retried or final) by class (`task_error::classify`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub errors: std::collections::BTreeMap<crate::task_error::ErrorClass, u64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl JobRecord {
@@ -507,12 +518,21 @@ impl JobRecord {
             findings_unknown_kind: 0,
             findings_unknown_fields: 0,
             quality: Default::default(),
+            cancelled: 0,
+            errors: Default::default(),
         }
+    }
+
+    /// Counts one failed attempt under the class of its error text.
+    pub fn count_error(&mut self, error: &str) -> crate::task_error::ErrorClass {
+        let class = crate::task_error::classify(error);
+        *self.errors.entry(class).or_default() += 1;
+        class
     }
 
     /// Tasks created and not finished (pending or leased).
     pub fn active(&self) -> u64 {
-        self.tasks_created - self.done - self.failed
+        self.tasks_created - self.done - self.failed - self.cancelled
     }
 
     /// A job completes when every root task was expanded and no task remains.
@@ -765,5 +785,31 @@ mod tests {
         assert!(!j.is_complete());
         j.failed = 1;
         assert!(j.is_complete());
+    }
+
+    #[test]
+    fn cancelled_tasks_are_not_active_and_errors_count_by_class() {
+        let mut j = JobRecord::new(1, 2, 0, 0);
+        j.root_next = 2;
+        j.tasks_created = 4;
+        j.done = 1;
+        j.failed = 1;
+        j.cancelled = 2;
+        assert_eq!(j.active(), 0);
+        use crate::task_error::ErrorClass;
+        assert_eq!(j.count_error("connect timed out"), ErrorClass::Timeout);
+        j.count_error("lease deadline passed");
+        j.count_error("read timed out");
+        assert_eq!(j.errors[&ErrorClass::Timeout], 2);
+        assert_eq!(j.errors[&ErrorClass::LeaseExpired], 1);
+        // The stored form names classes; a record without the new fields still reads.
+        let v = serde_json::to_value(&j).unwrap();
+        assert_eq!(v["errors"]["timeout"], 2);
+        assert_eq!(v["cancelled"], 2);
+        let mut old = v.clone();
+        old.as_object_mut().unwrap().remove("errors");
+        old.as_object_mut().unwrap().remove("cancelled");
+        let back: JobRecord = serde_json::from_value(old).unwrap();
+        assert_eq!((back.cancelled, back.errors.len()), (0, 0));
     }
 }

@@ -26,6 +26,7 @@ pub mod sched;
 pub mod scope;
 pub mod security;
 pub mod target;
+pub mod task_error;
 pub mod trust;
 
 /// Job identifier (monotonic per coordinator data directory).

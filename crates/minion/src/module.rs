@@ -142,10 +142,10 @@ pub struct ModuleCtx {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModuleError {
     /// Bad task input: retrying will not help.
-    #[error("invalid task: {0}")]
+    #[error("{}{}", overlord_core::task_error::INVALID_PREFIX, .0)]
     Invalid(String),
     /// Refused by scope/blocklist: never retried.
-    #[error("refused by scope: {0}")]
+    #[error("{}{}", overlord_core::task_error::BLOCKED_PREFIX, .0)]
     Blocked(String),
     /// A transient failure: the coordinator may retry the task (up to its max attempts).
     #[error("{0}")]

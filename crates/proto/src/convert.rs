@@ -72,3 +72,59 @@ pub fn finding_record(f: &v1::Finding) -> FindingRecord {
         stored_at_ms: f.stored_at_ms,
     }
 }
+
+/// The wire class of a task error.
+pub fn error_class(c: overlord_core::task_error::ErrorClass) -> v1::TaskErrorClass {
+    use overlord_core::task_error::ErrorClass as C;
+    use v1::TaskErrorClass as W;
+    match c {
+        C::Invalid => W::Invalid,
+        C::Blocked => W::Blocked,
+        C::Timeout => W::Timeout,
+        C::Network => W::Network,
+        C::Module => W::Module,
+        C::MinionLost => W::MinionLost,
+        C::LeaseExpired => W::LeaseExpired,
+        C::Rejected => W::Rejected,
+        C::Coordinator => W::Coordinator,
+    }
+}
+
+/// A job's failed attempts per class, in class order.
+pub fn error_counts(
+    m: &std::collections::BTreeMap<overlord_core::task_error::ErrorClass, u64>,
+) -> Vec<v1::ErrorClassCount> {
+    m.iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(c, n)| v1::ErrorClassCount {
+            class: error_class(*c) as i32,
+            attempts: *n,
+        })
+        .collect()
+}
+
+/// A task's row in `ListTaskErrors`, `None` when it has no error.
+pub fn task_error(t: &overlord_core::job::TaskRecord) -> Option<v1::TaskError> {
+    use overlord_core::task_error::{self as te, ErrorState};
+    let state = match te::error_state(t)? {
+        ErrorState::Failed => v1::TaskErrorState::Failed,
+        ErrorState::Retrying => v1::TaskErrorState::Retrying,
+        ErrorState::Cancelled => v1::TaskErrorState::Cancelled,
+    };
+    let error = te::error_text(t);
+    Some(v1::TaskError {
+        task_id: t.spec.task_id,
+        parent_task_id: t.spec.parent.unwrap_or(0),
+        module: t.spec.module.clone(),
+        target: t.spec.target.map(|a| a.to_string()).unwrap_or_default(),
+        target_count: t.spec.target_count,
+        ports: te::ports_text(&t.spec.ports),
+        input: t.spec.input.clone().unwrap_or_default(),
+        state: state as i32,
+        attempts: t.attempts,
+        minion: t.last_minion.clone().unwrap_or_default(),
+        provider: t.last_provider.clone().unwrap_or_default(),
+        class: error_class(te::classify(&error)) as i32,
+        error,
+    })
+}

@@ -7,7 +7,11 @@ use std::time::Duration;
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long, env = "OVERLORD_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "OVERLORD_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
     coordinator: String,
     /// Target (repeatable).
     #[arg(long = "target", default_values_t = ["127.0.0.1".to_string()])]

@@ -666,12 +666,11 @@ async fn pump(
                         }
                     };
                     let cursor = f.cursor;
+                    // The context's own ack timeout (ACK_TIMEOUT) bounds the wait: no timer per
+                    // message here.
                     inflight.push_back(async move {
-                        let r = tokio::time::timeout(ACK_TIMEOUT, ack.into_future())
-                            .await
-                            .map_err(|_| "acknowledgement timed out".to_string())
-                            .map(|r| r.map_err(|e| e.to_string()));
-                        (job, cursor, r)
+                        let r = ack.into_future().await.map_err(|e| e.to_string());
+                        (job, cursor, Ok(r))
                     });
                 }
                 from = last;

@@ -789,3 +789,24 @@ impl Planner {
         out
     }
 }
+
+#[cfg(test)]
+mod requeue_reason_tests {
+    use super::RequeueReason;
+    use overlord_core::task_error::{ErrorClass, classify};
+
+    /// `overlord jobs get` counts these as `minion_lost`: the texts must keep the prefix
+    /// `task_error::classify` reads.
+    #[test]
+    fn every_requeue_reason_classifies_as_minion_lost() {
+        for r in [
+            RequeueReason::MinionRestarted,
+            RequeueReason::MinionDead,
+            RequeueReason::GoneBeforeTaken,
+            RequeueReason::HolderUnknown,
+            RequeueReason::LostInTransit,
+        ] {
+            assert_eq!(classify(r.as_str()), ErrorClass::MinionLost, "{r:?}");
+        }
+    }
+}
