@@ -1,7 +1,13 @@
 //! Typed clients of the coordinator's `JobService`, and a watch stream that survives faults by resuming
 //! from its cursor (and records whether resuming ever left a gap or repeated a finding).
+//!
+//! A secured sandbox (mTLS + API tokens) registers its coordinator's addresses with
+//! [`register_credentials`]: every client made here for an `https://` URL of such an address
+//! verifies the coordinator against that cluster CA and sends that token; an `https://` URL with no
+//! registered credentials is an error, never a plaintext fallback.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use overlord_proto::v1::job_event::Event;
@@ -10,19 +16,100 @@ use overlord_proto::v1::{
     Finding, GetJobRequest, JobSpec, JobState, JobStatus, ListResultsRequest, SubmitJobRequest,
     WatchJobRequest,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-pub type JobClient = JobServiceClient<Channel>;
+pub type JobClient = JobServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// What a client of a secured coordinator needs: the cluster CA (PEM) and an API token.
+#[derive(Clone)]
+pub struct Credentials {
+    pub ca_pem: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials { .. }") // never print the token
+    }
+}
+
+fn registry() -> &'static Mutex<HashMap<String, Arc<Credentials>>> {
+    static R: OnceLock<Mutex<HashMap<String, Arc<Credentials>>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+/// `host:port` of a URL (`https://127.0.0.1:5000/x` → `127.0.0.1:5000`).
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// Clients made for `https://` URLs of `authority` (`host:port`) use `creds`.
+pub fn register_credentials(authority_of: &str, creds: Arc<Credentials>) {
+    registry()
+        .lock()
+        .expect("credentials")
+        .insert(authority(authority_of).to_string(), creds);
+}
+
+/// Forgets the credentials of `authority` (a sandbox that stops).
+pub fn forget_credentials(authority_of: &str) {
+    registry()
+        .lock()
+        .expect("credentials")
+        .remove(authority(authority_of));
+}
+
+fn credentials_for(url: &str) -> Option<Arc<Credentials>> {
+    registry()
+        .lock()
+        .expect("credentials")
+        .get(authority(url))
+        .cloned()
+}
+
+/// Adds `authorization: Bearer <token>` to every call (nothing without a token).
+#[derive(Clone, Default)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The endpoint and bearer for `url`: TLS with the registered CA and token for `https://`.
+/// Panics on an `https://` URL without registered credentials (a test setup error).
+fn endpoint(url: &str) -> (Endpoint, Bearer) {
+    let ep = Endpoint::from_shared(url.to_string())
+        .expect("valid url")
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true);
+    if !url.starts_with("https://") {
+        return (ep, Bearer(None));
+    }
+    let creds = credentials_for(url)
+        .unwrap_or_else(|| panic!("no credentials registered for {url}: https never falls back"));
+    let ep = ep
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&creds.ca_pem)))
+        .expect("tls config");
+    let v = format!("Bearer {}", creds.token)
+        .parse()
+        .expect("ascii token");
+    (ep, Bearer(Some(v)))
+}
 
 /// A lazily connecting client: it does not fail while the coordinator is down, calls fail with
 /// `Unavailable` until it is back.
 pub fn job_client(url: &str) -> JobClient {
-    let ep = Endpoint::from_shared(url.to_string())
-        .expect("valid url")
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
-        .tcp_nodelay(true);
-    JobServiceClient::new(ep.connect_lazy())
+    let (ep, bearer) = endpoint(url);
+    let ep = ep.timeout(Duration::from_secs(10));
+    JobServiceClient::with_interceptor(ep.connect_lazy(), bearer)
         .max_decoding_message_size(overlord_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(overlord_proto::MAX_MESSAGE_BYTES)
 }
@@ -160,16 +247,14 @@ pub async fn resumable_watch(url: String, job_id: u64, opts: WatchOptions) -> Wa
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         first = false;
-        let ep = match Endpoint::from_shared(url.clone()) {
-            Ok(e) => e.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true),
-            Err(e) => {
-                log.errors.push(e.to_string());
-                return log;
-            }
-        };
+        if let Err(e) = Endpoint::from_shared(url.clone()) {
+            log.errors.push(e.to_string());
+            return log;
+        }
+        let (ep, bearer) = endpoint(&url);
         let Ok(ch) = ep.connect().await else { continue };
-        let mut c =
-            JobServiceClient::new(ch).max_decoding_message_size(overlord_proto::MAX_MESSAGE_BYTES);
+        let mut c = JobServiceClient::with_interceptor(ch, bearer)
+            .max_decoding_message_size(overlord_proto::MAX_MESSAGE_BYTES);
         let mut stream = match c
             .watch_job(WatchJobRequest {
                 job_id,

@@ -7,14 +7,23 @@
 //! minion-0 ─▶ proxy-0 ──────┼──▶ coordinator (sled dir survives kill -9 + restart)
 //! minion-1 ─▶ proxy-1 ──────┘
 //! ```
+//!
+//! With [`ClusterBuilder::tls`] the cluster is secured the way an operator sets one up, through the
+//! real CLI: `overlord ca init` in the sandbox dir, `overlord token add` (an operator token for the
+//! test's clients), a coordinator config with `[tls]` and `[auth]`, and per minion
+//! `overlord ca join-token` + `overlord minion enroll` (its certificate carries the minion's id
+//! and provider) and a minion config with `[tls]` and an `https://` coordinator URL. The proxies
+//! forward the TLS bytes unchanged; clients of this crate find the CA and token by address
+//! ([`crate::client::register_credentials`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::client::{JobClient, job_client};
+use crate::client::{Credentials, JobClient, job_client};
 use crate::process::{ManagedProcess, ProcSpec, RunState};
 use crate::proxy::FaultProxy;
 use crate::wait::wait_for_alive;
@@ -65,6 +74,8 @@ pub struct ClusterBuilder {
     /// Extra TOML appended to every minion config.
     pub minion_extra: String,
     pub name: String,
+    /// mTLS for minions and API tokens for clients, set up through the CLI (see the module doc).
+    pub tls: bool,
 }
 
 impl ClusterBuilder {
@@ -86,7 +97,14 @@ impl ClusterBuilder {
             coordinator_extra: String::new(),
             minion_extra: String::new(),
             name: name.into(),
+            tls: false,
         }
+    }
+
+    /// A secured cluster (mTLS + API tokens) when `on`.
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
+        self
     }
 
     pub fn timing(mut self, t: Timing) -> Self {
@@ -117,6 +135,57 @@ pub struct Cluster {
     coord_addr: SocketAddr,
     client_proxy: FaultProxy,
     pub minions: Vec<MinionHandle>,
+    /// The secured cluster's credentials (CA + operator token), when TLS is on.
+    tls: Option<Arc<Credentials>>,
+}
+
+/// Runs `overlord ARGS` to completion; its trimmed stdout, or an error with its stderr.
+async fn run_cli(bin: &Path, args: &[&std::ffi::OsStr], cwd: &Path) -> anyhow::Result<String> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(bin)
+            .args(args)
+            .current_dir(cwd)
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .with_context(|| format!("overlord {args:?} did not finish in 60 s"))??;
+    if !out.status.success() {
+        bail!(
+            "overlord {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `[tls]`/`[auth]` of a secured sandbox coordinator.
+fn coordinator_tls_section(ca_dir: &Path, tokens: &Path) -> String {
+    format!(
+        "\n[tls]\nca_dir = \"{}\"\n\n[auth]\ntokens = \"{}\"\n",
+        ca_dir.display(),
+        tokens.display()
+    )
+}
+
+/// `[tls]` of a minion enrolled into `dir` by `overlord minion enroll --out dir`.
+fn minion_tls_section(dir: &Path) -> String {
+    format!(
+        "\n[tls]\nca = \"{d}/ca.pem\"\ncert = \"{d}/minion.pem\"\nkey = \"{d}/minion.key\"\n",
+        d = dir.display()
+    )
+}
+
+/// `http://…` → `https://…` when `tls`.
+fn scheme(url: String, tls: bool) -> String {
+    if tls {
+        url.replacen("http://", "https://", 1)
+    } else {
+        url
+    }
 }
 
 /// The `overlord` binary under test: `$OVERLORD_BIN`, else built once with cargo for this workspace
@@ -213,9 +282,52 @@ impl Cluster {
         let cfg = dir.path().join("coordinator.toml");
         let addr_file = dir.path().join("coordinator.addr");
         let unbound: SocketAddr = "127.0.0.1:0".parse()?;
+        let ca_dir = dir.path().join("pki");
+        let mut coordinator_extra = b.coordinator_extra.clone();
+        let mut creds = None;
+        if b.tls {
+            // The operator's steps (README "A secured cluster"), through the real CLI.
+            let tokens = dir.path().join("tokens.toml");
+            run_cli(
+                &bin,
+                &[
+                    "ca".as_ref(),
+                    "init".as_ref(),
+                    "--dir".as_ref(),
+                    ca_dir.as_os_str(),
+                ],
+                dir.path(),
+            )
+            .await?;
+            let token = run_cli(
+                &bin,
+                &[
+                    "token".as_ref(),
+                    "add".as_ref(),
+                    "--file".as_ref(),
+                    tokens.as_os_str(),
+                    "--name".as_ref(),
+                    "chaos".as_ref(),
+                    "--role".as_ref(),
+                    "operator".as_ref(),
+                ],
+                dir.path(),
+            )
+            .await?;
+            anyhow::ensure!(
+                !token.is_empty() && !token.contains(char::is_whitespace),
+                "`overlord token add` printed no single token: {token:?}"
+            );
+            creds = Some(Arc::new(Credentials {
+                ca_pem: std::fs::read_to_string(ca_dir.join("ca.pem"))
+                    .context("ca.pem of `overlord ca init`")?,
+                token,
+            }));
+            coordinator_extra += &coordinator_tls_section(&ca_dir, &tokens);
+        }
         std::fs::write(
             &cfg,
-            coordinator_config(unbound, &data, &b.timing, &b.coordinator_extra),
+            coordinator_config(unbound, &data, &b.timing, &coordinator_extra),
         )?;
         let mut coordinator = ManagedProcess::spawn(
             ProcSpec {
@@ -251,9 +363,13 @@ impl Cluster {
         })?;
         std::fs::write(
             &cfg,
-            coordinator_config(coord_addr, &data, &b.timing, &b.coordinator_extra),
+            coordinator_config(coord_addr, &data, &b.timing, &coordinator_extra),
         )?;
         let client_proxy = FaultProxy::start("client", coord_addr).await?;
+        if let Some(c) = &creds {
+            crate::client::register_credentials(&coord_addr.to_string(), c.clone());
+            crate::client::register_credentials(&client_proxy.url(), c.clone());
+        }
         let mut me = Self {
             name: b.name.clone(),
             dir: Some(dir),
@@ -263,6 +379,7 @@ impl Cluster {
             coord_addr,
             client_proxy,
             minions: Vec::new(),
+            tls: creds,
         };
         me.wait_serving(Duration::from_secs(30))
             .await
@@ -270,9 +387,19 @@ impl Cluster {
         for m in &b.minions {
             let proxy = FaultProxy::start(m.id.clone(), coord_addr).await?;
             let cfg = me.dir().join(format!("minion-{}.toml", m.id));
+            let mut minion_extra = b.minion_extra.clone();
+            if me.tls.is_some() {
+                let out = me.enroll(&ca_dir, &m.id, &m.provider).await?;
+                minion_extra += &minion_tls_section(&out);
+            }
             std::fs::write(
                 &cfg,
-                minion_config(m, &proxy.url(), &b.timing, &b.minion_extra),
+                minion_config(
+                    m,
+                    &scheme(proxy.url(), me.tls.is_some()),
+                    &b.timing,
+                    &minion_extra,
+                ),
             )?;
             let process = ManagedProcess::spawn(
                 ProcSpec {
@@ -293,18 +420,115 @@ impl Cluster {
         Ok(me)
     }
 
+    /// A one-time join token (`overlord ca join-token`) turned into the minion's certificate by
+    /// `overlord minion enroll` against the running coordinator; returns the directory holding
+    /// ca.pem, minion.pem and minion.key.
+    async fn enroll(&self, ca_dir: &Path, id: &str, provider: &str) -> anyhow::Result<PathBuf> {
+        let join = run_cli(
+            &self.bin,
+            &[
+                "ca".as_ref(),
+                "join-token".as_ref(),
+                "--dir".as_ref(),
+                ca_dir.as_os_str(),
+                "--minion-id".as_ref(),
+                id.as_ref(),
+                "--provider".as_ref(),
+                provider.as_ref(),
+                "--ttl-secs".as_ref(),
+                "600".as_ref(),
+            ],
+            self.dir(),
+        )
+        .await?;
+        let out = self.dir().join(format!("enrolled-{id}"));
+        let url = self.direct_url();
+        run_cli(
+            &self.bin,
+            &[
+                "--ca".as_ref(),
+                ca_dir.join("ca.pem").as_os_str(),
+                "minion".as_ref(),
+                "enroll".as_ref(),
+                "--coordinator".as_ref(),
+                url.as_ref(),
+                "--join-token".as_ref(),
+                join.as_ref(),
+                "--out".as_ref(),
+                out.as_os_str(),
+            ],
+            self.dir(),
+        )
+        .await
+        .with_context(|| format!("enrolling minion {id}"))?;
+        Ok(out)
+    }
+
+    /// For a secured cluster: the violations of "nothing is served without TLS and a token" —
+    /// a plaintext `ListJobs` to the coordinator must fail, and one over TLS without a token must
+    /// be refused with `Unauthenticated`. Empty when secured as it should be (or TLS is off).
+    pub async fn security_violations(&self) -> Vec<String> {
+        use overlord_proto::v1::{ListJobsRequest, job_service_client::JobServiceClient};
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+        let Some(creds) = &self.tls else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let plain = job_client(&format!("http://{}", self.coord_addr))
+            .list_jobs(ListJobsRequest {})
+            .await;
+        if plain.is_ok() {
+            out.push("a plaintext ListJobs was answered by the TLS coordinator".to_string());
+        }
+        let anon = async {
+            let ch = Endpoint::from_shared(self.direct_url())?
+                .connect_timeout(Duration::from_secs(2))
+                .tls_config(
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&creds.ca_pem)),
+                )?
+                .connect()
+                .await?;
+            Ok::<_, anyhow::Error>(
+                JobServiceClient::new(ch)
+                    .list_jobs(ListJobsRequest {})
+                    .await,
+            )
+        }
+        .await;
+        match anon {
+            Ok(Err(s)) if s.code() == tonic::Code::Unauthenticated => {}
+            Ok(Err(s)) => out.push(format!(
+                "ListJobs over TLS without a token: {:?} (want Unauthenticated)",
+                s.code()
+            )),
+            Ok(Ok(_)) => out.push("ListJobs over TLS without a token was answered".to_string()),
+            Err(e) => out.push(format!("TLS connection with the cluster CA failed: {e:#}")),
+        }
+        out
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.as_ref().expect("sandbox dir").path()
     }
 
-    /// gRPC URL for clients, through the client proxy.
-    pub fn url(&self) -> String {
-        self.client_proxy.url()
+    /// Whether this is a secured (mTLS + tokens) cluster.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
-    /// gRPC URL straight to the coordinator.
+    /// The secured cluster's CA and operator token.
+    pub fn credentials(&self) -> Option<Arc<Credentials>> {
+        self.tls.clone()
+    }
+
+    /// gRPC URL for clients, through the client proxy (`https://` when TLS is on).
+    pub fn url(&self) -> String {
+        scheme(self.client_proxy.url(), self.is_tls())
+    }
+
+    /// gRPC URL straight to the coordinator (`https://` when TLS is on).
     pub fn direct_url(&self) -> String {
-        format!("http://{}", self.coord_addr)
+        scheme(format!("http://{}", self.coord_addr), self.is_tls())
     }
 
     pub fn coordinator_addr(&self) -> SocketAddr {
@@ -447,6 +671,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if self.tls.is_some() {
+            crate::client::forget_credentials(&self.coord_addr.to_string());
+            crate::client::forget_credentials(&self.client_proxy.url());
+        }
         for m in &mut self.minions {
             m.process.kill9();
         }

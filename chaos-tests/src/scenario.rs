@@ -42,6 +42,8 @@ pub struct RandomRun {
     pub rss_limit: u64,
     /// Time allowed for all jobs to finish once faults stop.
     pub settle: Duration,
+    /// A secured cluster: minions enrolled over mTLS, clients with an API token over TLS.
+    pub tls: bool,
 }
 
 impl RandomRun {
@@ -64,6 +66,7 @@ impl RandomRun {
             concurrent_jobs: 2,
             rss_limit: 1 << 30,
             settle: Duration::from_secs(120),
+            tls: false,
         }
     }
 
@@ -97,6 +100,7 @@ pub async fn random_run(cfg: &RandomRun) -> anyhow::Result<(Figures, Vec<String>
     let mut figs = Figures::new(&cfg.name, Some(cfg.seed));
     let cluster = ClusterBuilder::new(&cfg.name, &cfg.per_provider, cfg.capacity)
         .timing(cfg.timing.clone())
+        .tls(cfg.tls)
         .start()
         .await?;
     figs.observe_rss(cluster.coordinator_rss());
@@ -111,6 +115,8 @@ pub async fn random_run(cfg: &RandomRun) -> anyhow::Result<(Figures, Vec<String>
     };
     let schedule = Schedule::random(cfg.seed, cfg.faults, &shape, &cfg.mix);
     let url = cluster.url();
+    // A secured run must really be secured (else it proves nothing about mTLS).
+    let mut early_violations = cluster.security_violations().await;
     let cluster = Arc::new(Mutex::new(cluster));
     let figs_shared = Arc::new(std::sync::Mutex::new(
         Vec::<(FaultKind, Option<Duration>)>::new(),
@@ -165,12 +171,15 @@ pub async fn random_run(cfg: &RandomRun) -> anyhow::Result<(Figures, Vec<String>
                 &mut rng,
             )
             .await?;
-            let spec = client::scan_spec(
+            let mut spec = client::scan_spec(
                 &format!("{}-{n}", cfg.name),
                 ledger.targets(),
                 ledger.ports_arg(),
                 &["portscan"],
             );
+            // Sixteen addresses per task: a /22 job is 64 tasks spread over the minions, so faults
+            // land on leases mid-job (sized by probes alone, a whole /22 was one or two tasks).
+            spec.params_json = format!(r#"{{"probes_per_task": {}}}"#, 16 * cfg.ports);
             // Submission itself may hit a coordinator restart or a client link fault: retry; a job
             // accepted twice would show up as an extra job, so only retry on errors before acceptance.
             let status = submit_retrying(&mut c, spec, Duration::from_secs(60)).await?;
@@ -209,7 +218,7 @@ pub async fn random_run(cfg: &RandomRun) -> anyhow::Result<(Figures, Vec<String>
     }
 
     // Faults stop: heal everything, then every job must finish and every invariant hold.
-    let mut violations = Vec::new();
+    let mut violations = std::mem::take(&mut early_violations);
     {
         let mut cl = cluster.lock().await;
         cl.heal_all()?;

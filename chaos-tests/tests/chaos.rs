@@ -12,7 +12,8 @@ use overlord_chaos_tests::figures::Figures;
 use overlord_chaos_tests::ledger::{Ledger, LedgerSpec, loopback_cidr, loopback_ips};
 use overlord_chaos_tests::proxy::{Direction, LinkFault};
 use overlord_chaos_tests::rng::Rng;
-use overlord_chaos_tests::sandbox::{Cluster, ClusterBuilder};
+use overlord_chaos_tests::rogue::{RogueIdentity, RogueMinion, execute_scan};
+use overlord_chaos_tests::sandbox::{Cluster, ClusterBuilder, Timing};
 use overlord_chaos_tests::scenario::{self, RandomRun, submit_retrying};
 use overlord_chaos_tests::verify::{verify_job, wait_terminal};
 use overlord_chaos_tests::wait::wait_until;
@@ -455,4 +456,317 @@ async fn randomized_seeded_fault_schedule() {
         .unwrap_or_else(|e| panic!("seed {seed}: {e:#}"));
     eprintln!("randomized run took {:?}", start.elapsed());
     finish(&figs, &violations);
+}
+
+/// The randomized fault soak on a secured cluster: CA made by `overlord ca init`, every minion
+/// enrolled with a join token through `overlord minion enroll` (mTLS through its fault proxy),
+/// clients over TLS with an operator token. Same invariants as the plaintext run (0 lost, 0
+/// duplicated, no false opens, watchers without gaps), plus: the coordinator serves nothing in
+/// plaintext or without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn randomized_fault_schedule_with_mtls() {
+    let seed = Rng::seed_from_env("CHAOS_SEED");
+    let faults = std::env::var("CHAOS_FAULTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    let mut cfg = RandomRun::ci(seed, faults);
+    cfg.name = "random-ci-mtls".into();
+    cfg.tls = true;
+    let start = Instant::now();
+    let (figs, violations) = scenario::random_run(&cfg)
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed}: {e:#}"));
+    eprintln!(
+        "randomized mTLS run took {:?}: {} faults, {} tasks, {} lost, {} duplicated",
+        start.elapsed(),
+        figs.faults_total(),
+        figs.tasks,
+        figs.lost,
+        figs.duplicates
+    );
+    assert!(
+        figs.faults_total() >= faults as u64,
+        "only {} of {faults} faults were injected",
+        figs.faults_total()
+    );
+    finish(&figs, &violations);
+}
+
+/// Answers every lease `m` gets, once, honestly (a loopback connect per port), until aborted.
+fn answer_leases(m: std::sync::Arc<RogueMinion>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut done = std::collections::BTreeSet::new();
+        loop {
+            let fresh: Vec<_> = m
+                .leases()
+                .into_iter()
+                .filter(|l| done.insert(l.token))
+                .collect();
+            let mut results = Vec::new();
+            for l in &fresh {
+                results.push(execute_scan(l).await);
+            }
+            if !results.is_empty() && m.send(results).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+/// A port-scan spec of one task per address (`probes_per_task` = ports).
+fn one_address_per_task(
+    name: &str,
+    targets: Vec<String>,
+    port: u16,
+) -> overlord_proto::v1::JobSpec {
+    let mut spec = client::scan_spec(name, targets, port.to_string(), &["portscan"]);
+    spec.params_json = r#"{"probes_per_task": 1}"#.into();
+    spec
+}
+
+/// Issue 12, "a minion that heartbeats but never answers holds its leases for task_timeout_ms
+/// (600 s by default)". Against a coordinator configured with that default, a hand-driven minion
+/// takes every lease of a port-scan job, keeps heartbeating (listing them all as held) and never
+/// answers. Its leases expire after the module's own lease timeout (seconds: 30 s for a one-port
+/// scan, `core::trust::lease_timeout_ms`), not ten minutes: they are revoked on its still open
+/// session, an honest minion gets every task, the job completes, and the silent minion's late
+/// results are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_minion_that_heartbeats_but_never_answers_loses_its_leases_in_seconds() {
+    const TASKS: usize = 6;
+    const BOUND: Duration = Duration::from_secs(45);
+    let timing = Timing {
+        lease: Duration::from_secs(600), // the product default `task_timeout_ms`
+        ..Timing::default()
+    };
+    let cl = ClusterBuilder::new("silent", &[], 0)
+        .timing(timing)
+        .start()
+        .await
+        .expect("cluster");
+    let hb = cl.timing.heartbeat;
+    let silent = RogueMinion::connect(
+        &cl.direct_url(),
+        &RogueIdentity::scanner("silent", "pa", 64),
+        Some(hb),
+    )
+    .await
+    .expect("silent minion");
+    wait_until(
+        Duration::from_secs(5),
+        "silent minion registered",
+        || async { silent.generation().is_some() },
+    )
+    .await
+    .expect("registered");
+    let mut c = cl.jobs();
+    let targets: Vec<String> = (1..=TASKS).map(|i| format!("127.77.0.{i}")).collect();
+    let st = submit_retrying(
+        &mut c,
+        one_address_per_task("silent", targets, 9),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("submit");
+    wait_until(
+        Duration::from_secs(10),
+        "the silent minion holds every lease",
+        || async {
+            silent
+                .leases()
+                .iter()
+                .filter(|l| l.job_id == st.job_id)
+                .count()
+                >= TASKS
+        },
+    )
+    .await
+    .expect("silent minion leased");
+    let held: Vec<(Instant, overlord_proto::v1::TaskLease)> = silent
+        .log()
+        .leases
+        .iter()
+        .filter(|(_, l)| l.job_id == st.job_id)
+        .cloned()
+        .collect();
+    let honest = std::sync::Arc::new(
+        RogueMinion::connect(
+            &cl.direct_url(),
+            &RogueIdentity::scanner("honest", "pb", 64),
+            Some(hb),
+        )
+        .await
+        .expect("honest minion"),
+    );
+    let answering = answer_leases(honest.clone());
+    let task_ids: std::collections::BTreeSet<u64> = held.iter().map(|(_, l)| l.task_id).collect();
+    wait_until(
+        Duration::from_secs(90),
+        "the honest minion leased every task",
+        || async {
+            let got: std::collections::BTreeSet<u64> = honest
+                .leases()
+                .iter()
+                .filter(|l| l.job_id == st.job_id)
+                .map(|l| l.task_id)
+                .collect();
+            task_ids.is_subset(&got)
+        },
+    )
+    .await
+    .expect("tasks moved");
+    // How long each task stayed with the silent minion: from its lease there to its lease here.
+    let moved_after: Vec<Duration> = {
+        let log = honest.log();
+        held.iter()
+            .map(|(at, l)| {
+                log.leases
+                    .iter()
+                    .filter(|(_, x)| x.job_id == st.job_id && x.task_id == l.task_id)
+                    .map(|(t, _)| t.duration_since(*at))
+                    .min()
+                    .expect("re-leased")
+            })
+            .collect()
+    };
+    let worst = moved_after.iter().max().copied().unwrap_or_default();
+    eprintln!("silent minion's leases moved after {moved_after:?} (worst {worst:?})");
+    assert!(
+        worst < BOUND,
+        "a silent minion kept its leases {worst:?} (bound {BOUND:?})"
+    );
+    {
+        let log = silent.log();
+        assert!(
+            log.closed.is_none(),
+            "the silent minion's session was closed ({:?}): the leases must go by their timeout, \
+             not by declaring it dead",
+            log.closed
+        );
+        let revoked: std::collections::BTreeSet<u64> =
+            log.revoked.iter().map(|(_, t)| *t).collect();
+        let missing: Vec<u64> = held
+            .iter()
+            .map(|(_, l)| l.token)
+            .filter(|t| !revoked.contains(t))
+            .collect();
+        assert!(missing.is_empty(), "leases never revoked: {missing:?}");
+    }
+    wait_terminal(&c, st.job_id, Duration::from_secs(30))
+        .await
+        .expect("job terminal");
+    // The silent minion's results, now late, are refused.
+    let acks_before = silent.log().acks.len();
+    let late: Vec<_> = held.iter().map(|(_, l)| execute_scan_empty(l)).collect();
+    silent.send(late).await.expect("send late results");
+    // (Whether a refusal is acknowledged is the protocol's business; an acceptance must not be.)
+    let _ = wait_until(
+        Duration::from_secs(5),
+        "acks for the late results",
+        || async { silent.log().acks.len() >= acks_before + TASKS },
+    )
+    .await;
+    let accepted = silent.log().acks.iter().filter(|(_, a)| a.accepted).count();
+    assert_eq!(accepted, 0, "late results of expired leases accepted");
+    let s = client::get(&mut c, st.job_id).await.expect("status");
+    assert_eq!(s.tasks_done, TASKS as u64, "{s:?}");
+    assert_eq!(s.tasks_failed, 0, "{s:?}");
+    answering.abort();
+    assert!(cl_crashed(cl).is_empty());
+}
+
+fn execute_scan_empty(l: &overlord_proto::v1::TaskLease) -> overlord_proto::v1::TaskResult {
+    overlord_chaos_tests::rogue::empty_result(l)
+}
+
+fn cl_crashed(mut cl: Cluster) -> Vec<String> {
+    cl.crashed()
+}
+
+/// Issue 12, "small jobs hand slots out in alphabetical order of minion id". Three hand-driven
+/// minions of equal capacity (over real sessions with a real coordinator) answer every lease at
+/// once. A job of 30 tasks: each gets 10 ± 2. Then 12 one-task jobs one after another: each minion
+/// gets 4 ± 1 (by id order the first one got all 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leases_are_spread_fairly_over_equal_minions_not_by_id_order() {
+    let cl = ClusterBuilder::new("fair", &[], 0)
+        .start()
+        .await
+        .expect("cluster");
+    let hb = cl.timing.heartbeat;
+    let mut minions = Vec::new();
+    for id in ["fair-a", "fair-b", "fair-c"] {
+        let m = RogueMinion::connect(
+            &cl.direct_url(),
+            &RogueIdentity::scanner(id, "p", 16),
+            Some(hb),
+        )
+        .await
+        .expect("minion");
+        wait_until(Duration::from_secs(5), "registered", || async {
+            m.generation().is_some()
+        })
+        .await
+        .expect("registered");
+        minions.push(std::sync::Arc::new(m));
+    }
+    let answering: Vec<_> = minions.iter().map(|m| answer_leases(m.clone())).collect();
+    let mut c = cl.jobs();
+    let per_minion = |job: u64| -> Vec<usize> {
+        minions
+            .iter()
+            .map(|m| m.leases().iter().filter(|l| l.job_id == job).count())
+            .collect()
+    };
+    // One job of 30 tasks.
+    let targets: Vec<String> = (1..=30).map(|i| format!("127.78.0.{i}")).collect();
+    let st = submit_retrying(
+        &mut c,
+        one_address_per_task("fair-30", targets, 9),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("submit");
+    wait_terminal(&c, st.job_id, Duration::from_secs(30))
+        .await
+        .expect("job terminal");
+    let big = per_minion(st.job_id);
+    eprintln!("a job of 30 tasks over 3 equal minions: {big:?}");
+    assert_eq!(big.iter().sum::<usize>(), 30, "{big:?}");
+    assert!(
+        big.iter().all(|n| n.abs_diff(10) <= 2),
+        "30 tasks over 3 equal minions: {big:?} (each must be 10 ± 2)"
+    );
+    // Twelve one-task jobs, one after another.
+    let mut small = vec![0usize; minions.len()];
+    for k in 0..12 {
+        let st = submit_retrying(
+            &mut c,
+            one_address_per_task(
+                &format!("fair-1-{k}"),
+                vec![format!("127.78.1.{}", k + 1)],
+                9,
+            ),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("submit");
+        wait_terminal(&c, st.job_id, Duration::from_secs(30))
+            .await
+            .expect("job terminal");
+        for (i, n) in per_minion(st.job_id).into_iter().enumerate() {
+            small[i] += n;
+        }
+    }
+    eprintln!("12 one-task jobs over 3 equal minions: {small:?}");
+    assert_eq!(small.iter().sum::<usize>(), 12, "{small:?}");
+    assert!(
+        small.iter().all(|n| n.abs_diff(4) <= 1),
+        "one-task jobs over 3 equal minions: {small:?} (each must be 4 ± 1, not by id order)"
+    );
+    for a in answering {
+        a.abort();
+    }
 }

@@ -1011,7 +1011,10 @@ async fn watch_and_submit_floods_keep_memory_bounded() {
             .await
             .expect("connect");
         for i in 0..SUBMITS / 20 {
-            let mut sc = overlord_proto::v1::job_service_client::JobServiceClient::new(ch.clone());
+            let mut sc = overlord_proto::v1::job_service_client::JobServiceClient::with_interceptor(
+                ch.clone(),
+                client::Bearer::default(),
+            );
             let target = ledger.targets()[(k + i) % ledger.targets().len()].clone();
             floods.spawn(async move {
                 client::submit(

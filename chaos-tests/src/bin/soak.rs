@@ -3,8 +3,9 @@
 //! ```text
 //! cargo build -p overlord-cli --release
 //! OVERLORD_BIN=target/release/overlord cargo run -p overlord-chaos-tests --release --bin overlord-soak -- \
-//!     --faults 1000 --min-tasks 50000 [--seed N] [--gap-ms 250] [--reassign-samples 40]
+//!     --faults 1000 --min-tasks 50000 [--seed N] [--gap-ms 250] [--reassign-samples 40] [--tls]
 //! ```
+//! `--tls`: the cluster is secured (CA, enrolled minions over mTLS, clients with an API token).
 //! Jobs are port scans of a /18 (16,384 tasks each); faults come from a seeded schedule (the seed is
 //! printed; `--seed` replays it). Exits 1 if any invariant is violated.
 
@@ -31,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
             "overlord-soak [--seed N] [--faults 1000] [--min-tasks 50000] [--gap-ms 250] [--max-outage-ms 1500] \
-             [--prefix 18] [--reassign-samples 40]"
+             [--prefix 18] [--reassign-samples 40] [--tls]"
         );
         return Ok(());
     }
@@ -50,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(p) = arg(&args, "--prefix") {
         cfg.job_prefix = p;
     }
+    cfg.tls = args.iter().any(|a| a == "--tls");
     let samples: usize = arg(&args, "--reassign-samples").unwrap_or(40);
     println!(
         "overlord-soak: seed {seed} (replay: --seed {seed}), {faults} faults, ≥ {} tasks",

@@ -282,8 +282,16 @@ impl JobSt {
                     st.push_back(tid);
                 }
                 TaskState::Leased { deadline_ms, .. } => {
-                    // The minion may still hold it; it gets a heartbeat timeout to come back.
-                    *deadline_ms = now + task_timeout;
+                    // The minion may still hold it: a fresh lease timeout of its module (as
+                    // when leased, not the global maximum: a silent holder loses it in seconds
+                    // after a coordinator restart too).
+                    *deadline_ms = now
+                        + overlord_core::trust::lease_timeout_ms(
+                            &t.spec.module,
+                            t.spec.ports.len(),
+                            &st.spec.params,
+                            task_timeout,
+                        );
                     st.tasks.insert(t.spec.task_id, t);
                 }
                 _ => {}
@@ -744,7 +752,7 @@ impl JobSt {
             .collect();
         if !expired.is_empty() {
             if let Some(r) = self.sh.registry.get() {
-                let _ = r.cast(RegMsg::Release(
+                let _ = r.cast(RegMsg::Expired(
                     self.rec.id,
                     expired.iter().map(|(t, _)| *t).collect(),
                 ));

@@ -41,6 +41,9 @@ pub enum RegMsg {
     },
     /// The job gave these leases up (deadline passed, cancelled): free the slots, tell the minions.
     Release(JobId, Vec<Token>),
+    /// These leases passed their deadline unanswered: released, and their minions get no new
+    /// offers until they answer something (`Planner::expired`).
+    Expired(JobId, Vec<Token>),
     /// A job actor (re)started holding leases (token, minion, generation). With `keep`, leases of
     /// minions still current stay; the others (all, without `keep`) are sent back for requeueing.
     Adopt {

@@ -118,6 +118,10 @@ impl Actor for RegistryActor {
                 let e = st.planner.release(tokens);
                 st.apply(e);
             }
+            RegMsg::Expired(_job, tokens) => {
+                let e = st.planner.expired(tokens);
+                st.apply(e);
+            }
             RegMsg::Adopt { job, leases, keep } => {
                 let e = st.planner.adopt(job, leases, keep);
                 st.apply(e);

@@ -144,6 +144,14 @@ pub struct Minion {
     /// The session currently attached (an id given by the actor), if any.
     pub session: Option<u64>,
     pub dead: bool,
+    /// The offer that last gave this minion slots (0 = never): offers start with the minion
+    /// offered least recently, so rounding remainders and small jobs rotate over equal minions
+    /// instead of going by id order.
+    pub last_offer: u64,
+    /// A lease of this minion passed its deadline with no answer: no new offers until it reports
+    /// a result (any, even a late one) or a new process registers under its id. A minion that
+    /// heartbeats but never answers loses its leases at their deadline and gets none back.
+    pub unresponsive: bool,
 }
 
 impl Minion {
@@ -222,6 +230,8 @@ impl Planner {
                         last_seen_ms: now,
                         session: None,
                         dead: false,
+                        last_offer: 0,
+                        unresponsive: false,
                     },
                 )
             })
@@ -355,11 +365,13 @@ impl Planner {
             provider: provider.to_string(),
         };
         out.push(Effect::PersistMinion(rec.clone()));
-        let (leased, reserved) = self
+        let (leased, reserved, last_offer, unresponsive) = self
             .minions
             .remove(id)
-            .map(|m| (m.leased, m.reserved))
+            .map(|m| (m.leased, m.reserved, m.last_offer, m.unresponsive))
             .unwrap_or_default();
+        // The same process reconnecting stays unresponsive; a new one starts afresh.
+        let unresponsive = unresponsive && !revoke_old;
         self.minions.insert(
             id.to_string(),
             Minion {
@@ -371,6 +383,8 @@ impl Planner {
                 last_seen_ms: now,
                 session: Some(session),
                 dead: false,
+                last_offer,
+                unresponsive,
             },
         );
         // New capacity: jobs that could not use earlier offers may use this one.
@@ -455,6 +469,7 @@ impl Planner {
             && m.current(generation)
         {
             m.last_seen_ms = now;
+            m.unresponsive = false;
         }
         let live = matches!(self.leases.get(&token), Some(l) if l.job == job && l.minion == minion);
         if live {
@@ -535,6 +550,19 @@ impl Planner {
             .into_iter()
             .map(|(minion, tokens)| Effect::Revoke { minion, tokens })
             .collect()
+    }
+
+    /// These leases passed their deadline with no answer: like [`release`](Self::release), and
+    /// their minions are unresponsive (no new offers until they answer anything).
+    pub fn expired(&mut self, tokens: Vec<Token>) -> Vec<Effect> {
+        for t in &tokens {
+            if let Some(l) = self.leases.get(t)
+                && let Some(m) = self.minions.get_mut(&l.minion)
+            {
+                m.unresponsive = true;
+            }
+        }
+        self.release(tokens)
     }
 
     /// A job actor (re)started holding `leases` (token, minion, generation). With `keep` (the
@@ -666,6 +694,7 @@ impl Planner {
             .iter()
             .filter(|(_, m)| {
                 !m.dead
+                    && !m.unresponsive
                     && m.session.is_some()
                     && sched::health(m.last_seen_ms, now, timeout) == Health::Alive
                     && m.free() > 0
@@ -706,9 +735,12 @@ impl Planner {
                 .count() as u32;
             let share = free_now.div_ceil((n - k) as u64).max(1);
             let budget = share.min(demand.total());
-            let elig: Vec<usize> = (0..avail.len())
+            let mut elig: Vec<usize> = (0..avail.len())
                 .filter(|i| avail[*i].1 > 0 && demand.wants(&self.minions[&avail[*i].0].modules))
                 .collect();
+            // Least recently offered first (ties in id order): the split below is proportional
+            // to free slots, and whoever comes first gets the rounding up.
+            elig.sort_by_key(|i| self.minions[&avail[*i].0].last_offer);
             let elig_free: u64 = elig.iter().map(|i| avail[*i].1 as u64).sum();
             if elig.is_empty() || budget == 0 {
                 continue;
@@ -716,6 +748,7 @@ impl Planner {
             let mut left = budget;
             let mut slots = Vec::new();
             let mut offered = Vec::new();
+            let this_offer = self.next_offer + 1;
             for i in elig {
                 if left == 0 {
                     break;
@@ -729,6 +762,7 @@ impl Planner {
                 avail[i].1 -= give;
                 let m = self.minions.get_mut(&avail[i].0).expect("minion");
                 m.reserved += give;
+                m.last_offer = this_offer;
                 offered.push((avail[i].0.clone(), give));
                 slots.push(OfferedSlots {
                     minion: avail[i].0.clone(),

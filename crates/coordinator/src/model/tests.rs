@@ -108,6 +108,98 @@ fn concurrent_jobs_get_fair_shares() {
     }
 }
 
+/// Regression (issue 12, "small jobs hand slots out in alphabetical order of minion id"): with
+/// equal idle minions, one-task jobs one after another were all offered the first minion by id.
+/// Offers now start with the minion offered least recently: 30 one-task jobs on 3 equal minions
+/// go 10/10/10, and a 2-task job's slots rotate too.
+#[test]
+fn small_jobs_rotate_over_equal_minions_not_by_id() {
+    let mut p = Planner::new(1000, Vec::new(), 0);
+    let mut gens = std::collections::BTreeMap::new();
+    for id in ["a", "b", "c"] {
+        let (g, _) = p.register(id, "i", "p", vec!["noop".into()], 8, 1, 0);
+        gens.insert(id.to_string(), g);
+    }
+    let mut count: std::collections::BTreeMap<String, u32> = Default::default();
+    let mut token = 0u64;
+    for job in 1..=30u64 {
+        p.demand(job, demand(1));
+        let effects = p.schedule(job, |_| true);
+        let (offer, slots) = effects
+            .iter()
+            .find_map(|e| match e {
+                Effect::Offer {
+                    job: j,
+                    offer,
+                    slots,
+                    ..
+                } if *j == job => Some((*offer, slots.clone())),
+                _ => None,
+            })
+            .expect("an offer for the job");
+        assert_eq!(slots.iter().map(|s| s.free).sum::<u32>(), 1, "{slots:?}");
+        let m = slots[0].minion.clone();
+        *count.entry(m.clone()).or_default() += 1;
+        token += 1;
+        let g = gens[&m];
+        p.taken(job, offer, vec![(m.clone(), g, vec![token])], demand(0));
+        p.result(&m, g, token, job, true, job);
+        p.job_gone(job);
+    }
+    assert_eq!(
+        count.values().copied().collect::<Vec<_>>(),
+        vec![10, 10, 10],
+        "one-task jobs by minion: {count:?}"
+    );
+}
+
+/// Issue 12, "a minion that heartbeats but never answers": its leases expire at their deadline
+/// and come back to the job, and it is offered nothing more until it answers something (a late
+/// result counts) — else the expired tasks went half back to it, round after round.
+#[test]
+fn a_minion_whose_lease_expired_unanswered_gets_no_offers_until_it_answers() {
+    let mut p = Planner::new(1000, Vec::new(), 0);
+    let (gs, _) = p.register("silent", "i", "p", vec!["noop".into()], 8, 1, 0);
+    p.demand(1, demand(4));
+    let offer = match &p.schedule(1, |_| true)[..] {
+        [Effect::Offer { offer, .. }] => *offer,
+        e => panic!("{e:?}"),
+    };
+    p.taken(
+        1,
+        offer,
+        vec![("silent".into(), gs, vec![1, 2, 3, 4])],
+        demand(0),
+    );
+    let (gh, _) = p.register("honest", "j", "p", vec!["noop".into()], 8, 2, 0);
+    // Heartbeats list every lease: only the deadline takes them away.
+    assert!(p.heartbeat("silent", gs, &[1, 2, 3, 4], 10).is_empty());
+    let revoked = p.expired(vec![1, 2, 3, 4]);
+    assert!(
+        matches!(&revoked[..], [Effect::Revoke { minion, tokens }] if minion == "silent" && tokens.len() == 4),
+        "{revoked:?}"
+    );
+    assert!(p.minion("silent").unwrap().unresponsive);
+    p.demand(1, demand(4));
+    let slots: Vec<String> = p
+        .schedule(20, |_| true)
+        .iter()
+        .flat_map(|e| match e {
+            Effect::Offer { slots, .. } => slots.iter().map(|s| s.minion.clone()).collect(),
+            _ => vec![],
+        })
+        .collect();
+    assert_eq!(
+        slots,
+        vec!["honest".to_string()],
+        "only the honest minion is offered slots"
+    );
+    let _ = gh;
+    // A late answer (rejected by the job as stale) makes it a candidate again.
+    p.result("silent", gs, 1, 1, true, 30);
+    assert!(!p.minion("silent").unwrap().unresponsive);
+}
+
 /// Random runs: submits, offers, results, minion deaths and restarts, registry restarts and
 /// cancels in any interleaving; then, without new faults, every job finishes, every task of a job
 /// not cancelled is accepted exactly once, no task was run under two live leases, and no minion
