@@ -63,4 +63,15 @@ if [ -z "$bin" ]; then cargo build --release -q -p overlord-cli; bin=target/rele
 # A local leak database (address,source,date): the e-mail shown on the lab's screen is in it, so
 # the scan's OCR -> e-mail -> leak lookup chain ends in a `leak` finding.
 printf 'ops.team@example.org,quickstart-dump-2024,2024-05-01\nnobody@example.org,other-dump,2023-01-01\n' >"$lab/leaks.csv"
-"$bin" scan 127.0.0.1 -p 1-65535 --data-dir "$lab/data" --leaks "$lab/leaks.csv" "$@"
+# The embedded cluster's data stays in .overlord-data (OVERLORD_DATA_DIR): `overlord search`,
+# `host` and `diff` read it after the scan, and a second run adds a job to diff against.
+data=${OVERLORD_DATA_DIR:-$PWD/.overlord-data}
+"$bin" scan 127.0.0.1 -p 1-65535 --data-dir "$data" --leaks "$lab/leaks.csv" "$@"
+echo
+echo "== what the scan found, as the query layer serves it (overlord search --data-dir $data):"
+"$bin" search 'net:127.0.0.0/8 open:true' --data-dir "$data" --facet service:10 --facet product:10
+echo
+echo "== the screens it read: overlord search 'has_screenshot:true' --data-dir $data --format jsonl"
+"$bin" search 'has_screenshot:true' --data-dir "$data" --format jsonl | sed -n 1,3p
+echo
+echo "Explore further: overlord host 127.0.0.1 --data-dir $data (per port, its history); after a second run, overlord diff JOB --data-dir $data (what changed since the previous job)"

@@ -834,8 +834,8 @@ async fn watch_and_submit_floods_keep_memory_bounded() {
     const STALLED_PER_ADDR: usize = 125;
     const ONE_ADDR: usize = 300; // per-address cap is 256
     const SUBMITS: usize = 2_000;
-    // The coordinator now also runs the query index follower: its writer arena (24 MiB), up to
-    // 20,000 pending rows and the mapped segments add 50-100 MiB under this flood (measured:
+    // The coordinator now also runs the query index follower: its writer arena (64 MiB), up to
+    // 100,000 pending rows and the mapped segments add 50-100 MiB under this flood (measured:
     // +190 MiB without the follower, +240-290 MiB with it).
     const RSS_GROWTH_BOUND: u64 = 352 << 20;
 

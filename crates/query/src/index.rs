@@ -33,11 +33,11 @@ pub const INDEX_VERSION: u32 = 1;
 /// Commit after this many pending rows or this long after the first uncommitted change. Pending
 /// rows are folded states held in memory: this bounds what the index adds to the coordinator's
 /// memory under a flood of results (with the writer's arena below).
-pub const COMMIT_ROWS: usize = 20_000;
+pub const COMMIT_ROWS: usize = 100_000;
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(1000);
 /// The writer's indexing arena, on one indexing thread: the coordinator shares its cores with
 /// result ingestion, and tantivy gives each thread its own arena of budget / threads.
-const WRITER_BUDGET: usize = 24 << 20;
+const WRITER_BUDGET: usize = 64 << 20;
 const WRITER_THREADS: usize = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -535,10 +535,13 @@ impl QueryIndex {
         searcher: &tantivy::Searcher,
         key: &str,
     ) -> Result<Option<ServiceState>, IndexError> {
-        let q = TermQuery::new(
-            Term::from_field_text(self.fields.key, key),
-            IndexRecordOption::Basic,
-        );
+        let term = Term::from_field_text(self.fields.key, key);
+        // Most rows of a running job are new: a term-dictionary lookup answers that without a
+        // scored search.
+        if searcher.doc_freq(&term)? == 0 {
+            return Ok(None);
+        }
+        let q = TermQuery::new(term, IndexRecordOption::Basic);
         let top = searcher.search(&q, &TopDocs::with_limit(1).order_by_score())?;
         match top.first() {
             Some((_, addr)) => Ok(Some(self.row(searcher, *addr)?)),
