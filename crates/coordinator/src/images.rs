@@ -15,6 +15,8 @@
 //! | `img.*`, `sim.*`, `txt.*`, `leak` | see `overlord_enrich::store` | |
 
 use crate::hub::HubEvent;
+use crate::owners::Owners;
+use crate::security::tokens::{Principal, principal};
 use overlord_core::finding::{FindingKind, Payload, Screenshot};
 use overlord_core::job::FindingRecord;
 use overlord_enrich::{Analysis, DecodeCaps, EnrichError, EnrichStore};
@@ -414,11 +416,46 @@ pub fn spawn_indexer(
 #[derive(Clone)]
 pub struct ImageApi {
     images: Arc<Images>,
+    owners: Owners,
 }
 
 impl ImageApi {
     pub fn new(images: Arc<Images>) -> Self {
-        ImageApi { images }
+        let owners = Owners::new(images.jobs.clone());
+        ImageApi { images, owners }
+    }
+}
+
+/// What a caller may see of the images: an image is visible when the job that captured it is
+/// ([`Owners::may_see`]); an image with no capture record (job 0) is an admin's only.
+#[derive(Clone)]
+struct Viewer {
+    who: Principal,
+    owners: Owners,
+}
+
+impl Viewer {
+    fn sees(&self, images: &Images, id: &str) -> Result<bool, ApiError> {
+        if self.who.role == overlord_core::security::Role::Admin {
+            return Ok(true);
+        }
+        let job = images.meta(id).map_err(api_err)?.map_or(0, |m| m.job_id);
+        self.owners.may_see(&self.who, job).map_err(ApiError::Storage)
+    }
+
+    /// `ids` without the images the caller may not see.
+    fn filter<T>(
+        &self,
+        images: &Images,
+        ids: impl IntoIterator<Item = (String, T, u32)>,
+    ) -> Result<Vec<(String, T, u32)>, ApiError> {
+        let mut out = Vec::new();
+        for x in ids {
+            if self.sees(images, &x.0)? {
+                out.push(x);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -447,6 +484,10 @@ impl v1::image_service_server::ImageService for ImageApi {
         &self,
         req: Request<v1::GetImageRequest>,
     ) -> Result<Response<v1::Image>, Status> {
+        let viewer = Viewer {
+            who: principal(&req),
+            owners: self.owners.clone(),
+        };
         let r = req.into_inner();
         let images = self.images.clone();
         blocking(move || {
@@ -457,6 +498,10 @@ impl v1::image_service_server::ImageService for ImageApi {
                 )));
             }
             let id = r.id.to_ascii_lowercase();
+            // another owner's image is "not found" (its existence is not revealed)
+            if !viewer.sees(&images, &id)? {
+                return Err(ApiError::ImageNotFound(id));
+            }
             let meta = images
                 .meta_proto(&id)
                 .map_err(api_err)?
@@ -491,6 +536,10 @@ impl v1::image_service_server::ImageService for ImageApi {
         req: Request<v1::SearchImagesRequest>,
     ) -> Result<Response<v1::ImageList>, Status> {
         use v1::search_images_request::Query;
+        let viewer = Viewer {
+            who: principal(&req),
+            owners: self.owners.clone(),
+        };
         let r = req.into_inner();
         let images = self.images.clone();
         blocking(move || {
@@ -527,7 +576,7 @@ impl v1::image_service_server::ImageService for ImageApi {
                     .map(|(id, n)| (id, n as f64, 0))
                     .collect(),
             };
-            images.hits(ids)
+            images.hits(viewer.filter(&images, ids)?)
         })
         .await
         .map(Response::new)
@@ -538,6 +587,10 @@ impl v1::image_service_server::ImageService for ImageApi {
         req: Request<v1::SimilarImagesRequest>,
     ) -> Result<Response<v1::ImageList>, Status> {
         use v1::similar_images_request::Query;
+        let viewer = Viewer {
+            who: principal(&req),
+            owners: self.owners.clone(),
+        };
         let r = req.into_inner();
         let images = self.images.clone();
         blocking(move || {
@@ -557,6 +610,9 @@ impl v1::image_service_server::ImageService for ImageApi {
                 }
                 Some(Query::Id(id)) => {
                     let id = id.to_ascii_lowercase();
+                    if !viewer.sees(&images, &id)? {
+                        return Err(ApiError::ImageNotFound(id));
+                    }
                     // the image itself is a match at distance 0
                     let mut v = e.similar_to_id(&id, r.radius).map_err(api_err)?;
                     v.insert(
@@ -577,8 +633,12 @@ impl v1::image_service_server::ImageService for ImageApi {
                     .map_err(api_err)?,
             };
             found.sort_by(|a, b| a.distance.cmp(&b.distance).then_with(|| a.id.cmp(&b.id)));
+            let mut found = viewer.filter(
+                &images,
+                found.into_iter().map(|m| (m.id, 0.0, m.distance)),
+            )?;
             found.truncate(limit);
-            images.hits(found.into_iter().map(|m| (m.id, 0.0, m.distance)))
+            images.hits(found)
         })
         .await
         .map(Response::new)
@@ -588,6 +648,10 @@ impl v1::image_service_server::ImageService for ImageApi {
         &self,
         req: Request<v1::ListImagesRequest>,
     ) -> Result<Response<v1::ImageList>, Status> {
+        let viewer = Viewer {
+            who: principal(&req),
+            owners: self.owners.clone(),
+        };
         let r = req.into_inner();
         let images = self.images.clone();
         blocking(move || {
@@ -605,6 +669,9 @@ impl v1::image_service_server::ImageService for ImageApi {
                 let (k, _) = kv.map_err(|e| ApiError::Storage(e.to_string()))?;
                 let id = String::from_utf8_lossy(&k).into_owned();
                 if r.enriched_only && !images.enrich.contains(&id).map_err(api_err)? {
+                    continue;
+                }
+                if !viewer.sees(&images, &id)? {
                     continue;
                 }
                 if ids.len() == limit {

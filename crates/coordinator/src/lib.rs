@@ -14,6 +14,7 @@ pub mod job;
 pub mod lookup;
 pub mod manager;
 pub mod model;
+pub mod owners;
 pub mod msg;
 pub mod query;
 pub mod registry;

@@ -8,6 +8,8 @@
 //! cannot take every core from result ingestion.
 
 use crate::hub::HubEvent;
+use crate::owners::Owners;
+use crate::security::tokens::principal;
 use overlord_proto::v1;
 use overlord_query::follow::{Follower, Lag};
 use overlord_query::index::QueryIndex;
@@ -220,11 +222,23 @@ fn page(p: search::Page, l: Lag) -> v1::SearchResponse {
 #[derive(Clone)]
 pub struct QueryApi {
     q: Arc<Query>,
+    owners: Owners,
 }
 
 impl QueryApi {
     pub fn new(q: Arc<Query>) -> Self {
-        QueryApi { q }
+        let owners = Owners::new(q.store.clone());
+        QueryApi { q, owners }
+    }
+
+    /// The indexed jobs the caller may see (`None`: all, an admin). Every answer is restricted
+    /// to these through the engine's job filter.
+    fn scope<T>(&self, req: &Request<T>) -> Result<Option<Arc<BTreeSet<u64>>>, Status> {
+        let who = principal(req);
+        self.owners
+            .scope(&who, self.q.engine.jobs())
+            .map(|s| s.map(Arc::new))
+            .map_err(Status::internal)
     }
 
     /// Runs `f` on a blocking thread once a query permit is free (waiting at most `d`).
@@ -255,10 +269,11 @@ impl v1::query_service_server::QueryService for QueryApi {
         &self,
         req: Request<v1::SearchRequest>,
     ) -> Result<Response<v1::SearchResponse>, Status> {
+        let jobs = self.scope(&req)?;
         let r = request(&req.into_inner())?;
         let d = r.deadline;
         self.run(d, move |q| {
-            let p = q.engine.search(&r).map_err(status)?;
+            let p = q.engine.search_in(&r, jobs.as_deref()).map_err(status)?;
             Ok(page(p, q.follower.lag()))
         })
         .await
@@ -271,15 +286,17 @@ impl v1::query_service_server::QueryService for QueryApi {
         &self,
         req: Request<v1::SearchRequest>,
     ) -> Result<Response<Self::SearchStreamStream>, Status> {
+        let jobs = self.scope(&req)?;
         let mut r = request(&req.into_inner())?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let api = self.clone();
         tokio::spawn(async move {
             loop {
                 let r2 = r.clone();
+                let jobs = jobs.clone();
                 let res = api
                     .run(r.deadline, move |q| {
-                        let p = q.engine.search(&r2).map_err(status)?;
+                        let p = q.engine.search_in(&r2, jobs.as_deref()).map_err(status)?;
                         Ok(page(p, q.follower.lag()))
                     })
                     .await;
@@ -302,6 +319,7 @@ impl v1::query_service_server::QueryService for QueryApi {
         &self,
         req: Request<v1::CountRequest>,
     ) -> Result<Response<v1::CountResponse>, Status> {
+        let jobs = self.scope(&req)?;
         let r = req.into_inner();
         let d = deadline(r.deadline_ms);
         let facets = r
@@ -311,7 +329,7 @@ impl v1::query_service_server::QueryService for QueryApi {
             .collect::<Result<Vec<_>, _>>()
             .map_err(status)?;
         self.run(d, move |q| {
-            let c = q.engine.count(&r.query, &facets, d).map_err(status)?;
+            let c = q.engine.count_in(&r.query, &facets, d, jobs.as_deref()).map_err(status)?;
             Ok(v1::CountResponse {
                 matched: c.matched,
                 facets: c
@@ -341,13 +359,14 @@ impl v1::query_service_server::QueryService for QueryApi {
         &self,
         req: Request<v1::HostRequest>,
     ) -> Result<Response<v1::HostResponse>, Status> {
+        let jobs = self.scope(&req)?;
         let r = req.into_inner();
         let ip: std::net::IpAddr =
             r.ip.parse()
                 .map_err(|_| Status::invalid_argument(format!("{:?} is not an address", r.ip)))?;
         let as_of = (r.as_of_ms > 0).then_some(r.as_of_ms);
         self.run(search::DEFAULT_DEADLINE, move |q| {
-            let h = q.engine.host(ip, as_of).map_err(status)?;
+            let h = q.engine.host_in(ip, as_of, jobs.as_deref()).map_err(status)?;
             Ok(v1::HostResponse {
                 ip: h.ip.to_string(),
                 ports: h
@@ -380,6 +399,7 @@ impl v1::query_service_server::QueryService for QueryApi {
         &self,
         req: Request<v1::DiffRequest>,
     ) -> Result<Response<v1::DiffResponse>, Status> {
+        let jobs = self.scope(&req)?;
         let r = req.into_inner();
         let d = deadline(r.deadline_ms);
         let limit = if r.limit == 0 {
@@ -388,12 +408,21 @@ impl v1::query_service_server::QueryService for QueryApi {
             r.limit.min(100_000) as usize
         };
         self.run(d, move |q| {
+            // a job the caller may not see is "not found" (its existence is not revealed)
+            let visible = |j: u64| jobs.as_ref().is_none_or(|s| s.contains(&j));
+            for j in [r.job_a, r.job_b] {
+                if j != 0 && !visible(j) {
+                    return Err(Status::not_found(format!("job {j} not found")));
+                }
+            }
             let (a, b) = match r.job_b {
                 0 => {
+                    let candidates: Vec<u64> =
+                        q.engine.jobs().into_iter().filter(|j| visible(*j)).collect();
                     let prev = overlord_query::follow::previous_job(
                         q.store.as_ref(),
                         r.job_a,
-                        &q.engine.jobs(),
+                        &candidates,
                     )
                     .ok_or_else(|| {
                         Status::not_found(format!("no job before {} to compare with", r.job_a))
@@ -416,6 +445,7 @@ impl v1::query_service_server::QueryService for QueryApi {
         req: Request<v1::ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
         use overlord_query::export;
+        let jobs = self.scope(&req)?;
         let r = req.into_inner();
         let fmt =
             match v1::ExportFormat::try_from(r.format).unwrap_or(v1::ExportFormat::Unspecified) {
@@ -434,8 +464,11 @@ impl v1::query_service_server::QueryService for QueryApi {
             let mut first = true;
             loop {
                 let r2 = sr.clone();
+                let jobs = jobs.clone();
                 let res = api
-                    .run(sr.deadline, move |q| q.engine.search(&r2).map_err(status))
+                    .run(sr.deadline, move |q| {
+                        q.engine.search_in(&r2, jobs.as_deref()).map_err(status)
+                    })
                     .await;
                 let p = match res {
                     Ok(p) => p,

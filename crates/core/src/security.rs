@@ -70,6 +70,25 @@ pub fn may_access(role: Role, owner: &str, object_owner: &str) -> bool {
     role == Role::Admin || (!object_owner.is_empty() && owner == object_owner)
 }
 
+/// The jobs a caller (`role`, `owner`) may see among `jobs` (job id, its owner): `None` means
+/// every job (admins), otherwise exactly the jobs [`may_access`] allows. Query answers and image
+/// listings are restricted to this set; an image is visible when its job is.
+pub fn visible_jobs<'a>(
+    role: Role,
+    owner: &str,
+    jobs: impl IntoIterator<Item = (u64, &'a str)>,
+) -> Option<std::collections::BTreeSet<u64>> {
+    if role == Role::Admin {
+        return None;
+    }
+    Some(
+        jobs.into_iter()
+            .filter(|(_, o)| may_access(role, owner, o))
+            .map(|(j, _)| j)
+            .collect(),
+    )
+}
+
 /// Metadata key carrying the coordinator's in-process secret on its own lookup minion's session
 /// (plaintext mode only; with TLS the reserved identity is in a certificate only the coordinator
 /// issues).
@@ -215,6 +234,18 @@ pub fn clip(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn visible_jobs_by_owner() {
+        let jobs = [(1, "alice"), (2, "bob"), (3, ""), (4, "alice")];
+        assert_eq!(visible_jobs(Role::Admin, "x", jobs), None);
+        let v = |r, o| visible_jobs(r, o, jobs).unwrap().into_iter().collect::<Vec<_>>();
+        assert_eq!(v(Role::Viewer, "alice"), vec![1, 4]);
+        assert_eq!(v(Role::Operator, "bob"), vec![2]);
+        // ownerless jobs (made before tokens) are admin-only; an empty owner sees nothing
+        assert_eq!(v(Role::Viewer, ""), Vec::<u64>::new());
+        assert_eq!(v(Role::Viewer, "carol"), Vec::<u64>::new());
+    }
 
     #[test]
     fn roles_permit_exactly_their_actions() {

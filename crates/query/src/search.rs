@@ -11,12 +11,12 @@ use crate::index::{IndexError, QueryIndex, ip_of};
 use crate::lang::{self, ParseError};
 use crate::state::ServiceState;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 use tantivy::collector::{Collector, Count, SegmentCollector};
 use tantivy::columnar::Column;
-use tantivy::query::{Query, TermQuery};
+use tantivy::query::{BooleanQuery, Occur, Query, TermQuery, TermSetQuery};
 use tantivy::schema::IndexRecordOption;
 use tantivy::{DocAddress, DocId, Score, SegmentOrdinal, SegmentReader, Term};
 
@@ -374,14 +374,49 @@ impl Engine {
         Ok(c.compile(&e)?)
     }
 
+    /// `text` compiled and, when `jobs` is given, restricted to the rows of those jobs (a caller's
+    /// visible jobs): a filter on the indexed `job` field, never text pasted into the query. An
+    /// empty set matches nothing.
+    pub fn compile_in(
+        &self,
+        text: &str,
+        jobs: Option<&BTreeSet<u64>>,
+    ) -> Result<Box<dyn Query>, QueryError> {
+        let q = self.compile(text)?;
+        Ok(match jobs {
+            None => q,
+            Some(jobs) => Box::new(BooleanQuery::new(vec![
+                (Occur::Must, q),
+                (Occur::Must, self.jobs_filter(jobs)),
+            ])),
+        })
+    }
+
+    fn jobs_filter(&self, jobs: &BTreeSet<u64>) -> Box<dyn Query> {
+        let f = self.index.fields.get("job");
+        Box::new(TermSetQuery::new(
+            jobs.iter().map(|j| Term::from_field_u64(f, *j)),
+        ))
+    }
+
     pub fn search(&self, r: &SearchRequest) -> Result<Page, QueryError> {
+        self.search_in(r, None)
+    }
+
+    /// [`Engine::search`] over the rows of `jobs` only (`None`: every job); host rows too show
+    /// only those jobs' ports.
+    pub fn search_in(
+        &self,
+        r: &SearchRequest,
+        jobs: Option<&BTreeSet<u64>>,
+    ) -> Result<Page, QueryError> {
         if r.limit == 0 || r.limit > MAX_LIMIT {
             return Err(QueryError::Invalid(format!(
                 "limit must be 1..={MAX_LIMIT}"
             )));
         }
         let dl = Deadline::new(r.deadline);
-        let q = self.compile(&r.query)?;
+        let q = self.compile_in(&r.query, jobs)?;
         let s = self.index.searcher();
         let hosts = r.view == View::Hosts;
         let (best, matched) = s.search(
@@ -411,7 +446,7 @@ impl Engine {
                 // every port of the host, not only those the query matched: the host row shows
                 // the host; latest state per port
                 let ip = Ipv6Addr::from(k.ip);
-                let services = self.latest_per_port(&s, ip, None)?;
+                let services = self.latest_per_port(&s, ip, None, jobs)?;
                 let last = services.iter().map(|x| x.last_seen_ms).max().unwrap_or(0);
                 page.hosts.push(HostRow {
                     ip: ip_of(ip),
@@ -443,11 +478,19 @@ impl Engine {
         &self,
         s: &tantivy::Searcher,
         ip: Ipv6Addr,
+        jobs: Option<&BTreeSet<u64>>,
     ) -> Result<Vec<ServiceState>, QueryError> {
-        let q = TermQuery::new(
+        let t: Box<dyn Query> = Box::new(TermQuery::new(
             Term::from_field_ip_addr(self.index.fields.get("ip"), ip),
             IndexRecordOption::Basic,
-        );
+        ));
+        let q: Box<dyn Query> = match jobs {
+            None => t,
+            Some(jobs) => Box::new(BooleanQuery::new(vec![
+                (Occur::Must, t),
+                (Occur::Must, self.jobs_filter(jobs)),
+            ])),
+        };
         let docs = s.search(&q, &AllDocs)?;
         let mut rows = docs
             .into_iter()
@@ -462,9 +505,10 @@ impl Engine {
         s: &tantivy::Searcher,
         ip: Ipv6Addr,
         as_of: Option<u64>,
+        jobs: Option<&BTreeSet<u64>>,
     ) -> Result<Vec<ServiceState>, QueryError> {
         let mut by_port: BTreeMap<u16, ServiceState> = BTreeMap::new();
-        for r in self.host_rows(s, ip)? {
+        for r in self.host_rows(s, ip, jobs)? {
             if as_of.is_some_and(|t| r.first_seen_ms > t) {
                 continue;
             }
@@ -480,12 +524,23 @@ impl Engine {
         facets: &[(String, usize)],
         deadline: Duration,
     ) -> Result<Counted, QueryError> {
+        self.count_in(query, facets, deadline, None)
+    }
+
+    /// [`Engine::count`] over the rows of `jobs` only (`None`: every job).
+    pub fn count_in(
+        &self,
+        query: &str,
+        facets: &[(String, usize)],
+        deadline: Duration,
+        jobs: Option<&BTreeSet<u64>>,
+    ) -> Result<Counted, QueryError> {
         use tantivy::aggregation::agg_req::Aggregations;
         use tantivy::aggregation::{
             AggContextParams, AggregationCollector, AggregationLimitsGuard,
         };
         let dl = Deadline::new(deadline);
-        let q = self.compile(query)?;
+        let q = self.compile_in(query, jobs)?;
         let mut req = serde_json::Map::new();
         for (i, (f, n)) in facets.iter().enumerate() {
             let def = self.registry.get(f).ok_or_else(|| {
@@ -566,8 +621,18 @@ impl Engine {
 
     /// Everything known about an address: per port, its history across jobs.
     pub fn host(&self, ip: IpAddr, as_of: Option<u64>) -> Result<HostView, QueryError> {
+        self.host_in(ip, as_of, None)
+    }
+
+    /// [`Engine::host`] from the rows of `jobs` only (`None`: every job).
+    pub fn host_in(
+        &self,
+        ip: IpAddr,
+        as_of: Option<u64>,
+        jobs: Option<&BTreeSet<u64>>,
+    ) -> Result<HostView, QueryError> {
         let s = self.index.searcher();
-        let rows = self.host_rows(&s, crate::index::ip6(ip))?;
+        let rows = self.host_rows(&s, crate::index::ip6(ip), jobs)?;
         Ok(host_view(ip, rows, as_of))
     }
 
