@@ -698,6 +698,64 @@ impl v1::image_service_server::ImageService for ImageApi {
 mod tests {
     use super::*;
 
+    /// An image is visible when its job is: owner A's images are listed, found and matched for A
+    /// and an admin, and are "not there" for owner B; an image without a capture record is an
+    /// admin's only.
+    #[test]
+    fn images_follow_their_jobs_owner() {
+        use overlord_core::job::{RawSpec, prepare};
+        use overlord_core::scope::Scope;
+        use overlord_core::security::Role;
+        use overlord_storage::{Batch, MemStore, Op};
+        let spec = |owner: &str| {
+            let raw = RawSpec {
+                targets: vec!["127.0.0.1".into()],
+                ports: "80".into(),
+                modules: vec!["portscan".into()],
+                ..Default::default()
+            };
+            let mut s = prepare(&raw, &Scope::loopback(), &|_| Err("no dns".into())).unwrap();
+            s.owner = owner.into();
+            Box::new(s)
+        };
+        let store = Arc::new(MemStore::new());
+        let mut b = Batch::default();
+        b.push(Op::Spec(1, spec("team-a")));
+        b.push(Op::Spec(2, spec("team-b")));
+        store.apply(b).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let images = Images::open(dir.path(), store.clone(), None).unwrap();
+        let (a, b, orphan) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+        for (id, job) in [(&a, 1), (&b, 2), (&orphan, 0)] {
+            let rec = MetaRec {
+                job_id: job,
+                ..Default::default()
+            };
+            images.meta.insert(id, encode_meta(&rec).unwrap()).unwrap();
+        }
+        let viewer = |role, owner: &str| Viewer {
+            who: Principal {
+                name: owner.into(),
+                role,
+                owner: owner.into(),
+            },
+            owners: Owners::new(store.clone()),
+        };
+        let sees = |v: &Viewer| {
+            let all = [&a, &b, &orphan].map(|id| (id.clone(), 0.0, 0));
+            v.filter(&images, all)
+                .unwrap()
+                .into_iter()
+                .map(|x| x.0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sees(&viewer(Role::Viewer, "team-a")), [a.clone()]);
+        assert_eq!(sees(&viewer(Role::Operator, "team-b")), [b.clone()]);
+        assert!(sees(&viewer(Role::Viewer, "team-c")).is_empty());
+        assert_eq!(sees(&viewer(Role::Admin, "root")).len(), 3);
+        assert!(!viewer(Role::Viewer, "team-b").sees(&images, &a).unwrap());
+    }
+
     /// Frozen bytes of `img.meta` records: version 1, and the bare JSON written before records
     /// were versioned (version 0); an unknown version is refused naming it.
     #[test]
