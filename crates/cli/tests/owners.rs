@@ -93,7 +93,10 @@ async fn another_owners_findings_and_images_are_invisible() {
         if st.state == v1::JobState::Completed as i32 {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(60), "job not done: {st:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "job not done: {st:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -107,7 +110,11 @@ async fn another_owners_findings_and_images_are_invisible() {
     }
     assert_eq!(search(&mut q, &view_a, &query).await, 1, "A sees its row");
     assert_eq!(search(&mut q, &view_b, &query).await, 0, "B does not");
-    assert_eq!(search(&mut q, &view_b, "").await, 0, "not even with an empty query");
+    assert_eq!(
+        search(&mut q, &view_b, "").await,
+        0,
+        "not even with an empty query"
+    );
 
     let count = |tok: &str| {
         let mut q = q.clone();

@@ -440,7 +440,9 @@ impl Viewer {
             return Ok(true);
         }
         let job = images.meta(id).map_err(api_err)?.map_or(0, |m| m.job_id);
-        self.owners.may_see(&self.who, job).map_err(ApiError::Storage)
+        self.owners
+            .may_see(&self.who, job)
+            .map_err(ApiError::Storage)
     }
 
     /// `ids` without the images the caller may not see.
@@ -633,10 +635,8 @@ impl v1::image_service_server::ImageService for ImageApi {
                     .map_err(api_err)?,
             };
             found.sort_by(|a, b| a.distance.cmp(&b.distance).then_with(|| a.id.cmp(&b.id)));
-            let mut found = viewer.filter(
-                &images,
-                found.into_iter().map(|m| (m.id, 0.0, m.distance)),
-            )?;
+            let mut found =
+                viewer.filter(&images, found.into_iter().map(|m| (m.id, 0.0, m.distance)))?;
             found.truncate(limit);
             images.hits(found)
         })

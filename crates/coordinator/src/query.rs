@@ -329,7 +329,10 @@ impl v1::query_service_server::QueryService for QueryApi {
             .collect::<Result<Vec<_>, _>>()
             .map_err(status)?;
         self.run(d, move |q| {
-            let c = q.engine.count_in(&r.query, &facets, d, jobs.as_deref()).map_err(status)?;
+            let c = q
+                .engine
+                .count_in(&r.query, &facets, d, jobs.as_deref())
+                .map_err(status)?;
             Ok(v1::CountResponse {
                 matched: c.matched,
                 facets: c
@@ -366,7 +369,10 @@ impl v1::query_service_server::QueryService for QueryApi {
                 .map_err(|_| Status::invalid_argument(format!("{:?} is not an address", r.ip)))?;
         let as_of = (r.as_of_ms > 0).then_some(r.as_of_ms);
         self.run(search::DEFAULT_DEADLINE, move |q| {
-            let h = q.engine.host_in(ip, as_of, jobs.as_deref()).map_err(status)?;
+            let h = q
+                .engine
+                .host_in(ip, as_of, jobs.as_deref())
+                .map_err(status)?;
             Ok(v1::HostResponse {
                 ip: h.ip.to_string(),
                 ports: h
@@ -417,8 +423,12 @@ impl v1::query_service_server::QueryService for QueryApi {
             }
             let (a, b) = match r.job_b {
                 0 => {
-                    let candidates: Vec<u64> =
-                        q.engine.jobs().into_iter().filter(|j| visible(*j)).collect();
+                    let candidates: Vec<u64> = q
+                        .engine
+                        .jobs()
+                        .into_iter()
+                        .filter(|j| visible(*j))
+                        .collect();
                     let prev = overlord_query::follow::previous_job(
                         q.store.as_ref(),
                         r.job_a,

@@ -239,7 +239,12 @@ mod tests {
     fn visible_jobs_by_owner() {
         let jobs = [(1, "alice"), (2, "bob"), (3, ""), (4, "alice")];
         assert_eq!(visible_jobs(Role::Admin, "x", jobs), None);
-        let v = |r, o| visible_jobs(r, o, jobs).unwrap().into_iter().collect::<Vec<_>>();
+        let v = |r, o| {
+            visible_jobs(r, o, jobs)
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
         assert_eq!(v(Role::Viewer, "alice"), vec![1, 4]);
         assert_eq!(v(Role::Operator, "bob"), vec![2]);
         // ownerless jobs (made before tokens) are admin-only; an empty owner sees nothing

@@ -500,3 +500,68 @@ fn a_corrupt_index_is_rebuilt_empty() {
     corpus(&idx);
     assert_eq!(idx.num_rows(), 10);
 }
+
+/// A caller's visible jobs filter every answer on the indexed `job` field: the same rows as the
+/// query `job:N`, nothing for an empty set, and host views without the other jobs' history.
+#[test]
+fn answers_restricted_to_a_set_of_jobs() {
+    use std::collections::BTreeSet;
+    let (_d, e) = engine();
+    let only = |jobs: &[u64]| jobs.iter().copied().collect::<BTreeSet<u64>>();
+    let rows = |q: &str, jobs: &BTreeSet<u64>| {
+        let p = e.search_in(&SearchRequest::new(q), Some(jobs)).unwrap();
+        let mut v: Vec<(String, u64)> = p.services.iter().map(|s| (s.endpoint(), s.job)).collect();
+        v.sort();
+        v
+    };
+    let text = |q: &str| {
+        let p = e.search(&SearchRequest::new(q)).unwrap();
+        let mut v: Vec<(String, u64)> = p.services.iter().map(|s| (s.endpoint(), s.job)).collect();
+        v.sort();
+        v
+    };
+    let (one, two) = (rows("", &only(&[1])), rows("", &only(&[2])));
+    assert!(!one.is_empty() && !two.is_empty());
+    assert_eq!(one, text("job:1"));
+    assert_eq!(two, text("job:2"));
+    assert_eq!(rows("port:80", &only(&[1])), text("port:80 AND job:1"));
+    assert!(rows("", &only(&[])).is_empty());
+    assert!(rows("", &only(&[999])).is_empty());
+    assert_eq!(
+        e.search_in(&SearchRequest::new(""), None)
+            .unwrap()
+            .services
+            .len(),
+        text("").len()
+    );
+
+    let c = |jobs: &BTreeSet<u64>| {
+        e.count_in("", &[], Duration::from_secs(5), Some(jobs))
+            .unwrap()
+            .matched
+    };
+    assert_eq!(
+        c(&only(&[1])),
+        e.count("job:1", &[], Duration::from_secs(5))
+            .unwrap()
+            .matched
+    );
+    assert_eq!(c(&only(&[])), 0);
+
+    let ip = "127.0.0.1".parse().unwrap();
+    let h = e.host_in(ip, None, Some(&only(&[1]))).unwrap();
+    assert!(h.ports.iter().all(|p| p.jobs == [1]), "{h:?}");
+    assert!(
+        e.host_in(ip, None, Some(&only(&[])))
+            .unwrap()
+            .ports
+            .is_empty()
+    );
+
+    // the hosts view shows only the visible jobs' ports too
+    let mut r = SearchRequest::new("");
+    r.view = View::Hosts;
+    let p = e.search_in(&r, Some(&only(&[2]))).unwrap();
+    assert!(!p.hosts.is_empty());
+    assert!(p.hosts.iter().flat_map(|h| &h.services).all(|s| s.job == 2));
+}
