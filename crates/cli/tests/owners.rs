@@ -134,6 +134,29 @@ async fn another_owners_findings_and_images_are_invisible() {
             .into_inner()
         }
     };
+    // index stats: B's rows and jobs are its own (none), the admin's the whole index's
+    let stats = |tok: &str| {
+        let mut q = q.clone();
+        let tok = tok.to_string();
+        async move {
+            q.index_status(with_token(v1::IndexStatusRequest::default(), &tok))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let (sa, sb, sx) = (
+        stats(&view_a).await,
+        stats(&view_b).await,
+        stats(&admin).await,
+    );
+    assert_eq!((sb.rows, sb.jobs), (0, 0), "{sb:?}");
+    assert_eq!(
+        (sa.rows, sa.jobs),
+        (sx.rows, sx.jobs),
+        "A's job is the only one"
+    );
+    assert!(sa.rows >= 1);
     let (ca, cb) = (count(&view_a).await, count(&view_b).await);
     assert_eq!(ca.matched, 1);
     assert_eq!(cb.matched, 0);

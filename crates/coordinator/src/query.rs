@@ -157,6 +157,22 @@ pub fn row(s: &ServiceState) -> v1::ServiceRow {
     }
 }
 
+/// The index's lag as a caller may see it: rows and jobs are those of its visible `jobs` (`None`:
+/// all); the findings not yet searchable and their age stay the whole index's (how far behind
+/// it is, not what it holds).
+fn scoped_lag(q: &Query, jobs: Option<&BTreeSet<u64>>) -> Result<Lag, Status> {
+    let mut l = q.follower.lag();
+    if let Some(jobs) = jobs {
+        l.rows = q
+            .engine
+            .count_in("", &[], search::DEFAULT_DEADLINE, Some(jobs))
+            .map_err(status)?
+            .matched;
+        l.jobs = jobs.len() as u64;
+    }
+    Ok(l)
+}
+
 fn lag(l: Lag) -> v1::IndexLag {
     v1::IndexLag {
         findings: l.findings,
@@ -274,7 +290,7 @@ impl v1::query_service_server::QueryService for QueryApi {
         let d = r.deadline;
         self.run(d, move |q| {
             let p = q.engine.search_in(&r, jobs.as_deref()).map_err(status)?;
-            Ok(page(p, q.follower.lag()))
+            Ok(page(p, scoped_lag(q, jobs.as_deref())?))
         })
         .await
         .map(Response::new)
@@ -297,7 +313,7 @@ impl v1::query_service_server::QueryService for QueryApi {
                 let res = api
                     .run(r.deadline, move |q| {
                         let p = q.engine.search_in(&r2, jobs.as_deref()).map_err(status)?;
-                        Ok(page(p, q.follower.lag()))
+                        Ok(page(p, scoped_lag(q, jobs.as_deref())?))
                     })
                     .await;
                 let next = res.as_ref().ok().map(|p| p.next_after.clone());
@@ -351,7 +367,7 @@ impl v1::query_service_server::QueryService for QueryApi {
                         other: f.other,
                     })
                     .collect(),
-                lag: Some(lag(q.follower.lag())),
+                lag: Some(lag(scoped_lag(q, jobs.as_deref())?)),
             })
         })
         .await
@@ -524,9 +540,11 @@ impl v1::query_service_server::QueryService for QueryApi {
 
     async fn index_status(
         &self,
-        _req: Request<v1::IndexStatusRequest>,
+        req: Request<v1::IndexStatusRequest>,
     ) -> Result<Response<v1::IndexLag>, Status> {
-        Ok(Response::new(lag(self.q.follower.lag())))
+        let jobs = self.scope(&req)?;
+        let l = scoped_lag(&self.q, jobs.as_deref())?;
+        Ok(Response::new(lag(l)))
     }
 }
 
