@@ -546,6 +546,13 @@ impl v1::image_service_server::ImageService for ImageApi {
         let images = self.images.clone();
         blocking(move || {
             let limit = limit_of(r.limit)?;
+            // a non-admin's hits are filtered after the store ranked them: ask for the most the
+            // store gives so a page is not short of visible images
+            let fetch = if viewer.who.role == overlord_core::security::Role::Admin {
+                limit
+            } else {
+                MAX_LIMIT as usize
+            };
             let e = &images.enrich;
             let ids: Vec<(String, f64, u32)> = match r.query {
                 None => {
@@ -557,7 +564,7 @@ impl v1::image_service_server::ImageService for ImageApi {
                     return Err(ApiError::InvalidArgument("empty text query".into()));
                 }
                 Some(Query::Text(t)) => e
-                    .search_text(&t, limit)
+                    .search_text(&t, fetch)
                     .map_err(api_err)?
                     .into_iter()
                     .map(|h| (h.id, h.score, 0))
@@ -566,19 +573,21 @@ impl v1::image_service_server::ImageService for ImageApi {
                     return Err(ApiError::InvalidArgument(format!("bad tag {t:?}")));
                 }
                 Some(Query::Tag(t)) => e
-                    .by_tag(&t, limit)
+                    .by_tag(&t, fetch)
                     .map_err(api_err)?
                     .into_iter()
                     .map(|id| (id, 0.0, 0))
                     .collect(),
                 Some(Query::MinFaces(n)) => e
-                    .with_faces(n.max(1), limit)
+                    .with_faces(n.max(1), fetch)
                     .map_err(api_err)?
                     .into_iter()
                     .map(|(id, n)| (id, n as f64, 0))
                     .collect(),
             };
-            images.hits(viewer.filter(&images, ids)?)
+            let mut ids = viewer.filter(&images, ids)?;
+            ids.truncate(limit);
+            images.hits(ids)
         })
         .await
         .map(Response::new)
