@@ -689,7 +689,15 @@ async fn a_rogue_minions_forged_findings_are_rejected_and_it_is_quarantined() {
     ];
     let mut ends = Vec::new();
     let mut quarantined = None;
-    for round in 0..8 {
+    // Three violations within the strike window quarantine it. Not every round earns a strike:
+    // on a loaded machine a reconnect can find its previous session not yet cleaned up, or the
+    // task still waiting out its retry delay; a round is cheap, so allow many (the assertion is
+    // unchanged: it must end quarantined, and nothing forged may be stored).
+    let t0 = std::time::Instant::now();
+    for round in 0..24 {
+        if t0.elapsed() > Duration::from_secs(50) {
+            break; // stay inside the 60 s strike window
+        }
         let ch = Endpoint::from_shared(c.running.minion_url())
             .unwrap()
             .tls_config(
