@@ -136,14 +136,8 @@ pub fn observe(p: &Payload) -> Observation {
             o.product = u.product.clone();
             o.version = u.version.clone();
             o.cpe = u.cpe.clone();
-            let state = match u.state {
-                UdpState::Open => "open",
-                UdpState::OpenFiltered => "open|filtered",
-                UdpState::Closed => "closed",
-                UdpState::Filtered => "filtered",
-            };
             o.ext
-                .insert("udp.state".into(), ExtValue::Str(state.into()));
+                .insert("udp.state".into(), ExtValue::Str(u.state.as_str().into()));
         }
         Payload::Screenshot(s) => {
             o.open = Some(true);

@@ -98,6 +98,18 @@ pub enum UdpState {
     Filtered,
 }
 
+impl UdpState {
+    /// The state's name, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UdpState::Open => "open",
+            UdpState::OpenFiltered => "open|filtered",
+            UdpState::Closed => "closed",
+            UdpState::Filtered => "filtered",
+        }
+    }
+}
+
 /// `udp`: one UDP port probed with protocol payloads (`udp` module).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct UdpPort {

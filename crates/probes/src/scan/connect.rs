@@ -223,27 +223,6 @@ fn so_error(fd: RawFd) -> i32 {
     if r < 0 { errno() } else { e }
 }
 
-/// Whether a connected socket is connected to itself (loopback simultaneous open: source and
-/// destination are the same address and port). That is not a listening service.
-fn self_connected(fd: RawFd, dst: SocketAddr) -> bool {
-    // SAFETY: zeroed sockaddr_storage is valid; getsockname writes at most `l` bytes.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut l = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    if unsafe { libc::getsockname(fd, &mut ss as *mut _ as *mut _, &mut l) } < 0 {
-        return false;
-    }
-    let (want, _) = sockaddr(dst);
-    let n = match dst {
-        SocketAddr::V4(_) => std::mem::size_of::<libc::sockaddr_in>(),
-        SocketAddr::V6(_) => std::mem::size_of::<libc::sockaddr_in6>(),
-    };
-    // SAFETY: both are at least `n` bytes.
-    unsafe {
-        std::slice::from_raw_parts(&ss as *const _ as *const u8, n)
-            == std::slice::from_raw_parts(&want as *const _ as *const u8, n)
-    }
-}
-
 /// The local address a socket was given (the ephemeral port picked by connect(2)).
 fn local_addr(fd: RawFd) -> Option<SocketAddr> {
     // SAFETY: zeroed sockaddr_storage is valid; getsockname writes at most `l` bytes.
@@ -279,7 +258,8 @@ fn local_addr(fd: RawFd) -> Option<SocketAddr> {
 /// both with no listener. `ours` holds every local address our loopback probes were given; a
 /// port with a listener is never handed out as an ephemeral port, so a hit there is a crossing.
 fn reached_service(fd: RawFd, dst: SocketAddr, ours: &HashSet<SocketAddr>) -> bool {
-    !(self_connected(fd, dst) || ours.contains(&dst))
+    // A socket connected to itself has the destination as its own local address.
+    !(local_addr(fd) == Some(dst) || ours.contains(&dst))
 }
 
 fn close_rst(fd: RawFd) {
