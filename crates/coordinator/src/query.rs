@@ -161,14 +161,16 @@ pub fn row(s: &ServiceState) -> v1::ServiceRow {
 /// all); the findings not yet searchable and their age stay the whole index's (how far behind
 /// it is, not what it holds).
 fn scoped_lag(q: &Query, jobs: Option<&BTreeSet<u64>>) -> Result<Lag, Status> {
-    let mut l = q.follower.lag();
+    let mut l = q
+        .follower
+        .lag(jobs)
+        .map_err(|e| Status::internal(e.to_string()))?;
     if let Some(jobs) = jobs {
         l.rows = q
             .engine
             .count_in("", &[], search::DEFAULT_DEADLINE, Some(jobs))
             .map_err(status)?
             .matched;
-        l.jobs = jobs.len() as u64;
     }
     Ok(l)
 }
@@ -247,12 +249,22 @@ impl QueryApi {
         QueryApi { q, owners }
     }
 
-    /// The indexed jobs the caller may see (`None`: all, an admin). Every answer is restricted
-    /// to these through the engine's job filter.
+    /// The jobs the caller may see (`None`: all, an admin), taken from the store's jobs, not
+    /// the index's: a job submitted a moment ago is in scope (and its lag counted) before its
+    /// first finding is searchable. Every answer is restricted to these through the engine's
+    /// job filter.
     fn scope<T>(&self, req: &Request<T>) -> Result<Option<Arc<BTreeSet<u64>>>, Status> {
         let who = principal(req);
+        if who.role == overlord_core::security::Role::Admin {
+            return Ok(None);
+        }
+        let jobs = self
+            .q
+            .store
+            .jobs()
+            .map_err(|e| Status::internal(e.to_string()))?;
         self.owners
-            .scope(&who, self.q.engine.jobs())
+            .scope(&who, jobs.iter().map(|j| j.id))
             .map(|s| s.map(Arc::new))
             .map_err(Status::internal)
     }

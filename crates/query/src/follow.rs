@@ -6,7 +6,7 @@
 use crate::extract::extract;
 use crate::index::{IndexError, QueryIndex, now_ms};
 use overlord_storage::Store;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 const PAGE: usize = 4096;
@@ -112,26 +112,57 @@ impl Follower {
         }
     }
 
-    pub fn lag(&self) -> Lag {
+    /// How far searches are behind the store, over `jobs` (`None`: every job). The durable
+    /// count is each job's stored record (`JobRecord::findings` == its last cursor), not what the
+    /// hub has reported yet: a job whose findings are durable but not yet announced to the
+    /// follower still counts as lag, so a caller waiting for `findings == 0` never stops early.
+    /// `rows` and `jobs` are those of `jobs` when given (rows counted by the caller), else the
+    /// whole index's.
+    pub fn lag(&self, jobs: Option<&BTreeSet<u64>>) -> Result<Lag, FollowError> {
+        let records = self.store.jobs()?;
         let committed = self.index.committed();
         let s = self.seen.lock().expect("seen");
-        let now = now_ms();
-        let mut lag = Lag {
-            rows: self.index.num_rows(),
-            jobs: committed.len() as u64,
-            ..Default::default()
-        };
-        for (job, (cur, since)) in s.iter() {
-            let c = committed.get(job).copied().unwrap_or(0);
-            if *cur > c {
-                lag.findings += cur - c;
-                if *since > 0 {
-                    lag.age_ms = lag.age_ms.max(now.saturating_sub(*since));
-                }
+        Ok(lag_of(
+            records.iter().map(|r| (r.id, r.findings)),
+            &committed,
+            &s,
+            jobs,
+            now_ms(),
+            self.index.num_rows(),
+        ))
+    }
+}
+
+/// The lag decision (pure): durable findings per job against the cursors searches see.
+/// `seen` gives the time a not-yet-visible finding was first reported (its age).
+fn lag_of(
+    durable: impl IntoIterator<Item = (u64, u64)>,
+    committed: &BTreeMap<u64, u64>,
+    seen: &BTreeMap<u64, (u64, u64)>,
+    jobs: Option<&BTreeSet<u64>>,
+    now: u64,
+    index_rows: u64,
+) -> Lag {
+    let mut lag = Lag {
+        rows: index_rows,
+        ..Default::default()
+    };
+    for (job, durable) in durable {
+        if jobs.is_some_and(|s| !s.contains(&job)) {
+            continue;
+        }
+        lag.jobs += 1;
+        let visible = committed.get(&job).copied().unwrap_or(0);
+        // the hub may have reported more than the record read here says (read order)
+        let durable = durable.max(seen.get(&job).map(|e| e.0).unwrap_or(0));
+        if durable > visible {
+            lag.findings += durable - visible;
+            if let Some((_, since)) = seen.get(&job).filter(|e| e.1 > 0) {
+                lag.age_ms = lag.age_ms.max(now.saturating_sub(*since));
             }
         }
-        lag
     }
+    lag
 }
 
 /// The latest job before `a` over the same targets and ports (else the latest before `a`), among
@@ -153,4 +184,41 @@ pub fn previous_job(store: &dyn Store, a: u64, indexed: &[u64]) -> Option<u64> {
         }
     }
     earlier.last().copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_counts_durable_findings_the_hub_has_not_reported() {
+        // job 2 is durable in the store (5 findings) but the follower has heard nothing of it:
+        // that is lag, not "caught up" (regression: a client saw lag 0 and 0 rows for a new job)
+        let committed = BTreeMap::from([(1, 10)]);
+        let l = lag_of(
+            [(1, 10), (2, 5)],
+            &committed,
+            &BTreeMap::new(),
+            None,
+            1_000,
+            7,
+        );
+        assert_eq!((l.findings, l.jobs, l.rows, l.age_ms), (5, 2, 7, 0));
+    }
+
+    #[test]
+    fn lag_is_scoped_and_aged_from_the_first_report() {
+        let committed = BTreeMap::from([(1, 4), (2, 1)]);
+        let seen = BTreeMap::from([(1, (6, 900)), (2, (3, 400))]);
+        let only1 = BTreeSet::from([1]);
+        let l = lag_of([(1, 6), (2, 3)], &committed, &seen, Some(&only1), 1_000, 0);
+        assert_eq!((l.findings, l.jobs, l.age_ms), (2, 1, 100));
+        let all = lag_of([(1, 6), (2, 3)], &committed, &seen, None, 1_000, 0);
+        assert_eq!((all.findings, all.jobs, all.age_ms), (4, 2, 600));
+        // a report newer than the record read counts too; a caught-up job adds nothing
+        let l = lag_of([(1, 4), (2, 1)], &committed, &seen, None, 1_000, 0);
+        assert_eq!(l.findings, 4);
+        let caught = lag_of([(1, 4)], &committed, &BTreeMap::new(), None, 1_000, 0);
+        assert_eq!(caught.findings, 0);
+    }
 }
