@@ -832,7 +832,8 @@ mod tests {
                 minion: "m".into(),
                 generation: 1,
                 token: 9,
-                deadline_ms: 5
+                deadline_ms: 5,
+                rate: 0,
             }
         );
         let job = b"\x01{\"id\":1,\"state\":\"running\",\"created_ms\":1,\"finished_ms\":0,\"perm_key\":3,\"root_total\":4,\"root_next\":2,\"next_task_id\":4,\"tasks_created\":2,\"done\":1,\"failed\":0,\"findings\":1,\"stale_rejected\":0}";
@@ -876,6 +877,7 @@ mod tests {
                 generation: 3,
                 token: (7 << 40) | 12345,
                 deadline_ms: 1_700_000_000_000,
+                rate: 0,
             },
             TaskState::Done,
             TaskState::Failed {
@@ -950,6 +952,36 @@ mod tests {
         assert!(compact::encode_task(&noop).len() * 4 < encode(&noop).len());
     }
 
+    /// A lease's rate share (tag 5) round-trips; without one the record keeps tag 1, the bytes
+    /// older records hold.
+    #[test]
+    fn lease_rate_round_trips_in_the_compact_record() {
+        let mut t = TaskRecord::new(overlord_core::job::TaskSpec {
+            job_id: 1,
+            task_id: 2,
+            parent: None,
+            module: "portscan".into(),
+            target: Some("127.0.0.1".parse().unwrap()),
+            target_count: 1,
+            ports: vec![22],
+            input: None,
+            params: serde_json::Value::Null,
+            blob_sha256: None,
+        });
+        for rate in [0, 1, 250, u32::MAX] {
+            t.state = TaskState::Leased {
+                minion: "m".into(),
+                generation: 1,
+                token: 9,
+                deadline_ms: 5,
+                rate,
+            };
+            let bytes = compact::encode_task(&t);
+            let back: TaskRecord = decode(b"k", &bytes).unwrap();
+            assert_eq!(back, t, "rate {rate}");
+        }
+    }
+
     /// Frozen bytes of version-2 records: changing the layout must keep these decoding.
     #[test]
     fn frozen_v2_records_decode() {
@@ -963,7 +995,8 @@ mod tests {
                 minion: "m".into(),
                 generation: 1,
                 token: 9,
-                deadline_ms: 5
+                deadline_ms: 5,
+                rate: 0,
             }
         );
         assert_eq!(t.attempts, 1);
