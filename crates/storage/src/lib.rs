@@ -153,6 +153,12 @@ pub trait Store: Send + Sync + 'static {
     fn requests(&self) -> Result<Vec<(String, JobId)>, StoreError>;
     /// Every (job id, cursor) stored by `reader` with [`Op::Cursor`].
     fn cursors(&self, reader: &str) -> Result<Vec<(JobId, u64)>, StoreError>;
+    /// The database the stores kept beside this one (image metadata, enrichment) use, when this
+    /// store brings its own (the memory store: one in memory, shared by its clones); `None`:
+    /// they open their own directory.
+    fn companion_kv(&self) -> Option<kv::KvDb> {
+        None
+    }
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -442,6 +448,10 @@ macro_rules! kv_store {
                 Ok(out)
             }
 
+            fn companion_kv(&self) -> Option<kv::KvDb> {
+                self.companion()
+            }
+
             fn cursors(&self, reader: &str) -> Result<Vec<(JobId, u64)>, StoreError> {
                 let prefix = cursor_prefix(reader);
                 let mut out = Vec::new();
@@ -488,6 +498,11 @@ pub fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
 }
 
 impl SledStore {
+    /// The stores beside this one open their own directories.
+    fn companion(&self) -> Option<kv::KvDb> {
+        None
+    }
+
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = open_sled(
             &sled::Config::new()
