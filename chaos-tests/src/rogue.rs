@@ -257,6 +257,7 @@ pub async fn execute_scan(lease: &TaskLease) -> TaskResult {
         started_at_ms: started,
         finished_at_ms: overlord_core::now_ms(),
         probe_counts: vec![],
+        ..Default::default()
     }
 }
 
@@ -274,5 +275,6 @@ pub fn empty_result(lease: &TaskLease) -> TaskResult {
         started_at_ms: now,
         finished_at_ms: now,
         probe_counts: vec![],
+        ..Default::default()
     }
 }

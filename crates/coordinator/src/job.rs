@@ -93,6 +93,9 @@ pub struct JobSt {
     last_demand_ms: u64,
     /// Follow-up admission (scope, dedup, depth, per-job cap); in memory only.
     followups: overlord_core::trust::FollowupGuard,
+    /// Live tasks: the highest partial-result seq accepted per lease token (in memory only: after
+    /// a coordinator restart a re-sent, already stored partial is stored again).
+    partial_seq: HashMap<Token, u64>,
 }
 
 impl Actor for JobActor {
@@ -245,6 +248,7 @@ impl JobSt {
             last_demand: None,
             last_demand_ms: 0,
             followups: Default::default(),
+            partial_seq: HashMap::new(),
         }
     }
 
@@ -793,6 +797,7 @@ impl JobSt {
             }
             for (tok, task) in expired {
                 self.leases.remove(&tok);
+                self.partial_seq.remove(&tok);
                 self.requeue(task, overlord_core::task_error::LEASE_EXPIRED, true);
             }
         }
@@ -823,6 +828,11 @@ impl JobSt {
         let mut malformed = None;
         for r in items {
             let token = r.token;
+            if let Some(seq) = r.partial {
+                acks.push(self.partial(r, seq, minion, provider, generation, &mut malformed));
+                continue;
+            }
+            self.partial_seq.remove(&token);
             let state = self.tasks.get(&r.task_id).map(|t| &t.state);
             match sched::judge_result(state, token, minion, generation) {
                 Verdict::Accept => {}
@@ -937,6 +947,111 @@ impl JobSt {
         }
     }
 
+    /// A partial result of a live task (`beacon_follow`): its findings are checked and stored
+    /// like a final result's, the lease stays and its deadline moves on (an empty partial is a
+    /// keep-alive); a partial at or below the highest seq accepted under its token is a
+    /// duplicate. A malformed or violating partial ends the lease (the task is requeued).
+    fn partial(
+        &mut self,
+        r: IngestedResult,
+        seq: u64,
+        minion: &str,
+        provider: &str,
+        generation: u64,
+        malformed: &mut Option<String>,
+    ) -> v1::AckItem {
+        let token = r.token;
+        let state = self.tasks.get(&r.task_id).map(|t| &t.state);
+        match sched::judge_result(state, token, minion, generation) {
+            Verdict::Accept => {}
+            Verdict::Duplicate => return ack_seq(token, true, "duplicate", seq),
+            Verdict::Stale | Verdict::Unknown => {
+                Counters::add(&self.sh.counters.results_rejected, 1);
+                telemetry::record(telemetry::Event::ResultRejected { reason: "stale" }, 1);
+                self.rec.stale_rejected += 1;
+                self.dirty = true;
+                return ack_seq(
+                    token,
+                    false,
+                    "no live lease for this token (revoked, re-leased or completed)",
+                    seq,
+                );
+            }
+        }
+        if seq <= self.partial_seq.get(&token).copied().unwrap_or(0) {
+            return ack_seq(token, true, "duplicate", seq);
+        }
+        let reject = |st: &mut Self, reason: String, count: bool| {
+            st.leases.remove(&token);
+            st.partial_seq.remove(&token);
+            if let Some(reg) = st.sh.registry.get() {
+                let _ = reg.cast(RegMsg::Release(st.rec.id, vec![token]));
+            }
+            st.requeue(r.task_id, &reason, count);
+            ack_seq(token, false, &reason, seq)
+        };
+        let findings = match r.findings {
+            Err(e) => {
+                let reason = format!("{}{e}", overlord_core::task_error::MALFORMED_PREFIX);
+                *malformed = Some(e);
+                return reject(self, reason, true);
+            }
+            Ok(_) if !r.ok => {
+                let reason = format!(
+                    "{}a partial result must be ok",
+                    overlord_core::task_error::MALFORMED_PREFIX
+                );
+                *malformed = Some(reason.clone());
+                return reject(self, reason, true);
+            }
+            Ok(f) => f,
+        };
+        let Some(t) = self.tasks.get(&r.task_id) else {
+            return ack_seq(token, false, "unknown task", seq);
+        };
+        let seen: Vec<overlord_core::trust::Reported<'_>> = findings
+            .iter()
+            .map(|f| overlord_core::trust::Reported {
+                kind: &f.kind,
+                target: f.target,
+                port: f.port,
+                data_bytes: f.data_bytes,
+            })
+            .collect();
+        if let Err(v) = overlord_core::trust::check_result(&t.spec, &seen) {
+            warn!(job_id = self.rec.id, task_id = r.task_id, minion, violation = %v, "partial result rejected");
+            let reason = format!("{}{v}", overlord_core::trust::REJECTED_PREFIX);
+            *malformed = Some(reason.clone());
+            return reject(self, reason, false);
+        }
+        let spec = t.spec.clone();
+        let now = now_ms();
+        let timeout = overlord_core::trust::lease_timeout_ms(
+            &spec.module,
+            spec.ports.len(),
+            &self.spec.params,
+            self.sh.cfg.task_timeout_ms,
+        );
+        if let Some(t) = self.tasks.get_mut(&r.task_id)
+            && let TaskState::Leased { deadline_ms, .. } = &mut t.state
+        {
+            *deadline_ms = now + timeout;
+        }
+        self.partial_seq.insert(token, seq);
+        if !findings.is_empty() {
+            self.progress_dirty = true;
+            self.store_findings(
+                &spec,
+                findings,
+                minion,
+                provider,
+                r.started_at_ms,
+                r.finished_at_ms,
+            );
+        }
+        ack_seq(token, true, "", seq)
+    }
+
     fn fail_attempt(
         &mut self,
         task: TaskId,
@@ -1045,6 +1160,25 @@ impl JobSt {
         self.rec.done += 1;
         self.dirty = true;
         self.progress_dirty = true;
+        self.store_findings(&t.spec, findings, minion, provider, started, finished);
+        self.maybe_verify(&t, &first_open, minion, provider);
+        // Only the end of a finished task is read again (at recovery); its findings carry the
+        // provenance (minion, provider, times).
+        self.c.batch.push(Op::TaskDone(job, task));
+    }
+
+    /// Stores the findings of task `t` (a final or a partial result) and spawns their follow-ups.
+    fn store_findings(
+        &mut self,
+        t: &TaskSpec,
+        findings: Vec<ParsedFinding>,
+        minion: &str,
+        provider: &str,
+        started: u64,
+        finished: u64,
+    ) {
+        let job = self.rec.id;
+        let task = t.task_id;
         let now = now_ms();
         let mut spawned = Vec::new();
         // tasks the coordinator runs itself (the leak lookup): done at once, never leased
@@ -1058,7 +1192,7 @@ impl JobSt {
                     self.c.batch.push(Op::Blob(sha.clone(), b));
                     sha
                 })
-                .or_else(|| t.spec.blob_sha256.clone());
+                .or_else(|| t.blob_sha256.clone());
             self.rec.findings += 1;
             match &f.parsed.payload {
                 Payload::Unknown(_) => self.rec.findings_unknown_kind += 1,
@@ -1069,8 +1203,8 @@ impl JobSt {
                 cursor: self.rec.findings,
                 job_id: job,
                 task_id: task,
-                parent_task_id: t.spec.parent,
-                module: t.spec.module.clone(),
+                parent_task_id: t.parent,
+                module: t.module.clone(),
                 kind: f.kind,
                 target: f.target,
                 port: f.port,
@@ -1092,10 +1226,7 @@ impl JobSt {
             for fu in follow_ups(&self.spec.rules, &self.spec.modules, &view) {
                 // Re-checked against the job's scope, deduplicated, capped in depth and number.
                 if fu.module == "leak"
-                    && !overlord_core::trust::leak_lookup_allowed(
-                        &t.spec,
-                        rec.blob_sha256.as_deref(),
-                    )
+                    && !overlord_core::trust::leak_lookup_allowed(t, rec.blob_sha256.as_deref())
                 {
                     continue;
                 }
@@ -1151,10 +1282,6 @@ impl JobSt {
         for id in local {
             self.run_here(id);
         }
-        self.maybe_verify(&t, &first_open, minion, provider);
-        // Only the end of a finished task is read again (at recovery); its findings carry the
-        // provenance (minion, provider, times).
-        self.c.batch.push(Op::TaskDone(job, task));
     }
 
     // ---------- the quality ledger's verification runs ----------
@@ -1280,9 +1407,14 @@ fn flagged_of(l: &overlord_core::quality::Ledger) -> HashMap<String, f64> {
 }
 
 fn ack(token: Token, accepted: bool, reason: &str) -> v1::AckItem {
+    ack_seq(token, accepted, reason, 0)
+}
+
+fn ack_seq(token: Token, accepted: bool, reason: &str, seq: u64) -> v1::AckItem {
     v1::AckItem {
         token,
         accepted,
         reason: reason.to_string(),
+        seq,
     }
 }
