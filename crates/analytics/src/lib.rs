@@ -122,6 +122,9 @@ pub struct BeaconConfig {
     /// page loads and 6–10 check-ins reached 0.55–0.89 on the tuning sets, while every back-off
     /// C2 there had ≥ 14.
     pub backoff_min_checkins: usize,
+    /// dns: a resolver's forwarded lookups of a name a client beacons on get that client's
+    /// score (and are reported even when too few to be scored alone).
+    pub resolver_credit: bool,
     /// Also score each source's traffic to several destinations on one port together (C2
     /// rotating over a few IPs) and credit the member pairs.
     pub group_rotation: bool,
@@ -148,6 +151,7 @@ impl Default for BeaconConfig {
             popular_source_fraction: 0.01,
             min_evidence: 0.5,
             backoff_min_checkins: 12,
+            resolver_credit: true,
             group_rotation: true,
             weights: None,
         }

@@ -450,7 +450,7 @@ impl Scorer {
                 }
             }
         }
-        self.resolver_refresh(&mut findings, &sources, &cfg);
+        self.resolver_keys(&mut findings, &sources, &cfg, origin, window_us);
         for f in &mut findings {
             f.is_beacon = f.combined >= cfg.threshold;
         }
@@ -484,41 +484,118 @@ impl Scorer {
         })
     }
 
-    /// The resolver-refresh hint: a DNS source that other hosts send their queries to forwards
-    /// their lookups and refreshes (or prefetches) its cache on its own, so its lookups of a
-    /// popular-enough name are periodic whatever the clients do. Its key for a name is left as
-    /// scored only when a client's key for that name (same window) is a beacon — a C2 lookup
-    /// forwarded upstream; otherwise it is lowered ×0.3.
-    fn resolver_refresh(
+    /// DNS keys of resolvers (sources other hosts send their queries to). A resolver forwards
+    /// its clients' lookups and refreshes (or prefetches) its cache on its own, so its lookups
+    /// of a name follow its clients, not a clock of its own:
+    /// * a client's key for the name (same window) is a beacon → the resolver's key is that
+    ///   C2's lookups seen upstream: it gets the client's score (`group` = the client, marked
+    ///   `via`), and is reported even when it has too few lookups to be scored alone;
+    /// * no client's key is → the resolver-refresh hint (×0.3).
+    fn resolver_keys(
         &self,
-        findings: &mut [Finding],
+        findings: &mut Vec<Finding>,
         sources: &FxHashSet<IpAddr>,
         cfg: &BeaconConfig,
+        origin: i64,
+        window_us: i64,
     ) {
-        let resolvers: FxHashSet<String> = sources
+        let resolver_ips: FxHashSet<IpAddr> = sources
             .iter()
             .filter(|s| self.dns_servers.contains(s))
-            .map(|s| s.to_string())
+            .copied()
             .collect();
-        if resolvers.is_empty() {
+        if resolver_ips.is_empty() {
             return;
         }
-        let beaconing: FxHashSet<(String, u32)> = findings
-            .iter()
-            .filter(|f| {
-                f.kind == LogKind::Dns && f.combined >= cfg.threshold && !resolvers.contains(&f.src)
-            })
-            .map(|f| (f.dst.clone(), f.window))
-            .collect();
+        let resolvers: FxHashSet<String> = resolver_ips.iter().map(|s| s.to_string()).collect();
+        // the best beaconing client finding per (name, window)
+        let mut beaconing: FxHashMap<(String, u32), usize> = FxHashMap::default();
+        for (i, f) in findings.iter().enumerate() {
+            if f.kind == LogKind::Dns && f.combined >= cfg.threshold && !resolvers.contains(&f.src)
+            {
+                let e = beaconing.entry((f.dst.clone(), f.window)).or_insert(i);
+                if f.combined > findings[*e].combined {
+                    *e = i;
+                }
+            }
+        }
+        let mut seen: FxHashSet<(String, String, u32)> = FxHashSet::default();
+        let mut via: Vec<(usize, usize)> = Vec::new();
+        for (i, f) in findings.iter().enumerate() {
+            if f.kind != LogKind::Dns || !resolvers.contains(&f.src) {
+                continue;
+            }
+            seen.insert((f.src.clone(), f.dst.clone(), f.window));
+            if let Some(&ci) = beaconing.get(&(f.dst.clone(), f.window)) {
+                via.push((i, ci));
+            }
+        }
         for f in findings
             .iter_mut()
             .filter(|f| f.kind == LogKind::Dns && resolvers.contains(&f.src))
         {
-            if !beaconing.contains(&(f.dst.clone(), f.window)) {
+            if !beaconing.contains_key(&(f.dst.clone(), f.window)) {
                 f.combined *= 0.3;
                 f.hints.push(crate::report::Hint::ResolverRefresh);
             }
         }
+        if !cfg.resolver_credit {
+            return;
+        }
+        for (i, ci) in via {
+            let (score, src, period) = {
+                let c = &findings[ci];
+                (c.combined, c.src.clone(), c.period_secs)
+            };
+            let f = &mut findings[i];
+            if score > f.combined {
+                f.combined = score;
+                f.group = vec![format!("via {src}")];
+                f.group_period_secs = Some(period);
+            }
+        }
+        // forwarded lookups too few to be scored alone
+        if beaconing.is_empty() {
+            return;
+        }
+        let mut extra = Vec::new();
+        for seq in &self.seqs {
+            if seq.key.kind != LogKind::Dns || !resolver_ips.contains(&seq.key.src) {
+                continue;
+            }
+            let dst = self.dst_string(&seq.key);
+            let src = seq.key.src.to_string();
+            let mut per_window: FxHashMap<u32, (u64, i64, i64)> = FxHashMap::default();
+            for e in &seq.events {
+                let w = ((e.t_us - origin).max(0) / window_us) as u32;
+                let x = per_window.entry(w).or_insert((0, i64::MAX, i64::MIN));
+                x.0 += 1;
+                x.1 = x.1.min(e.t_us);
+                x.2 = x.2.max(e.t_us);
+            }
+            for (w, (n, first, last)) in per_window {
+                let Some(&ci) = beaconing.get(&(dst.clone(), w)) else {
+                    continue;
+                };
+                if seen.contains(&(src.clone(), dst.clone(), w)) {
+                    continue;
+                }
+                let c = &findings[ci];
+                let mut f = c.clone();
+                f.src = src.clone();
+                f.events = n;
+                f.checkins = n;
+                f.max_burst = 1;
+                f.first_seen = first as f64 / 1e6;
+                f.last_seen = last as f64 / 1e6;
+                f.hints = Vec::new();
+                f.group = vec![format!("via {}", c.src)];
+                f.group_period_secs = Some(c.period_secs);
+                f.features = Vec::new();
+                extra.push(f);
+            }
+        }
+        findings.extend(extra);
     }
 
     fn dst_string(&self, k: &Key) -> String {

@@ -209,6 +209,7 @@ pub fn fit_combiner(
         let cfg = crate::BeaconConfig {
             min_evidence: 0.0,
             backoff_min_checkins: 0,
+            resolver_credit: false,
             ..crate::BeaconConfig::default()
         };
         let mut scorer = crate::Scorer::with_weights(&cfg, weights)?;
