@@ -368,6 +368,24 @@ impl JobSt {
         Some(t)
     }
 
+    /// The rate decision for this job now (`sched::rate_plan`), from the rates its leases in
+    /// flight were given (recorded in each lease, so they survive a restart).
+    fn rate_plan(&self) -> sched::RatePlan {
+        let in_flight: Vec<u32> = if self.spec.rate_limit == 0 {
+            Vec::new()
+        } else {
+            self.tasks
+                .values()
+                .filter_map(|t| match t.state {
+                    TaskState::Leased { rate, .. } => Some(rate),
+                    _ => None,
+                })
+                .collect()
+        };
+        let left = self.tasks.len() as u64 + (self.rec.root_total - self.rec.root_next);
+        sched::rate_plan(self.spec.rate_limit, &in_flight, self.alive as u64, left)
+    }
+
     fn leased_count(&self) -> u64 {
         (self.tasks.len() - self.pending.len()) as u64
     }
@@ -383,9 +401,8 @@ impl JobSt {
         let max_new = if self.finishing {
             0
         } else if self.spec.rate_limit > 0 {
-            // A rate-limited job keeps at most one task per live minion in flight, each with
-            // its share of the rate.
-            (self.alive as u64).saturating_sub(self.leased_count())
+            // A rate-limited job: as many as its limit's unused part allows (`sched::rate_plan`).
+            self.rate_plan().max_new
         } else {
             u64::MAX
         };
@@ -566,12 +583,9 @@ impl JobSt {
             .max(offered + self.leased_count() as usize);
         let now = now_ms();
         let max_new = self.demand().max_new;
-        // A rate-limited job has at most one task per live minion in flight, and never more than
-        // it has tasks left: each lease gets the rate divided by that many, so the job's tasks
-        // together stay within its limit, and a job's last task runs at the full rate.
-        let left = self.tasks.len() as u64 + (self.rec.root_total - self.rec.root_next);
-        let in_flight_cap = (self.alive as u64).min(left).max(1) as u32;
-        let rate_share = sched::rate_share(self.spec.rate_limit, in_flight_cap);
+        // A rate-limited job's leases together stay within its limit (`sched::rate_plan`): each
+        // new lease gets the share planned now and keeps it until it ends.
+        let rate_share = self.rate_plan().share;
         let mut views: Vec<sched::MinionView<'_>> = slots
             .iter()
             .map(|s| sched::MinionView {
@@ -620,6 +634,7 @@ impl JobSt {
                 generation: slots[i].generation,
                 token,
                 deadline_ms: deadline,
+                rate: rate_share,
             };
             self.c.batch.push(Op::Task(t.clone()));
             // Without params of its own a task's lease params are the job's (plus the rate

@@ -418,6 +418,10 @@ pub enum TaskState {
         generation: u64,
         token: Token,
         deadline_ms: u64,
+        /// The rate (connections/s) this lease was given from its job's limit; 0 = the job is
+        /// not rate-limited, or the lease predates recorded rates (see `sched::rate_plan`).
+        #[serde(default, skip_serializing_if = "crate::job::is_zero_u32")]
+        rate: u32,
     },
     Done,
     Failed {
@@ -493,6 +497,10 @@ pub struct JobRecord {
     /// Failed attempts (retried or final) by class (`task_error::classify`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub errors: std::collections::BTreeMap<crate::task_error::ErrorClass, u64>,
+}
+
+pub(crate) fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
 }
 
 fn is_zero(n: &u64) -> bool {
