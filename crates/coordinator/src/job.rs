@@ -85,6 +85,9 @@ pub struct JobSt {
     notify_manager: bool,
     /// Minions alive (from the last offer) and the largest offer seen: rate limit, expansion.
     alive: u32,
+    /// Minions of this job whose miss rate is out of line → the share of their slots it uses
+    /// (`quality::judge`, recomputed when a verification ends).
+    flagged: HashMap<String, f64>,
     capacity_hint: usize,
     last_demand: Option<Demand>,
     last_demand_ms: u64,
@@ -240,6 +243,7 @@ impl JobSt {
             final_durable: false,
             notify_manager: false,
             alive: 1,
+            flagged: HashMap::new(),
             capacity_hint: 0,
             last_demand: None,
             last_demand_ms: 0,
@@ -309,6 +313,7 @@ impl JobSt {
                 st.push_back(tid);
             }
         }
+        st.flagged = flagged_of(&st.rec.quality);
         info!(
             job_id = id,
             tasks = st.tasks.len(),
@@ -562,6 +567,7 @@ impl JobSt {
         if let Some(r) = self.sh.registry.get() {
             let _ = r.cast(RegMsg::Release(self.rec.id, revoke));
         }
+        self.rec.checks.clear();
         self.rec.state = JobState::Cancelled;
         self.rec.finished_ms = now_ms();
         self.dirty = true;
@@ -592,7 +598,10 @@ impl JobSt {
                 id: &s.minion,
                 provider: &s.provider,
                 modules: &s.modules,
-                free: s.free,
+                free: overlord_core::quality::cut_free(
+                    s.free,
+                    self.flagged.get(&s.minion).copied(),
+                ),
                 alive: true,
             })
             .collect();
@@ -618,6 +627,16 @@ impl JobSt {
                 }
                 continue;
             };
+            // a verification run waits for another minion than the first run's
+            if self.rec.checks.get(&task_id).is_some_and(|c| {
+                !overlord_core::quality::may_verify_on(&c.minion, views[i].id, self.alive)
+            }) {
+                skipped.push(task_id);
+                if skipped.len() >= MAX_SKIP {
+                    break;
+                }
+                continue;
+            }
             let token = self.sh.tokens.next();
             // A lease lasts as long as its module is expected to take (x4), not the global max:
             // a minion that heartbeats but never answers loses it in seconds.
@@ -889,6 +908,7 @@ impl JobSt {
                         self.rec.quality.record(minion, provider, &r.probe_counts);
                         self.dirty = true;
                     }
+                    let findings = self.judge_verification(r.task_id, minion, findings);
                     self.complete_task(
                         r.task_id,
                         findings,
@@ -1074,6 +1094,8 @@ impl JobSt {
         let Some(mut t) = self.tasks.remove(&task) else {
             return;
         };
+        // a verification run that failed re-checked nothing
+        self.rec.checks.remove(&task);
         telemetry::record(
             telemetry::Event::TaskFailed {
                 module: &t.spec.module,
@@ -1128,6 +1150,7 @@ impl JobSt {
             return;
         };
         let job = self.rec.id;
+        let first_open: Vec<_> = findings.iter().filter_map(open_port_of).collect();
         telemetry::record(
             telemetry::Event::TaskDone {
                 module: &t.spec.module,
@@ -1138,6 +1161,7 @@ impl JobSt {
         self.dirty = true;
         self.progress_dirty = true;
         self.store_findings(&t.spec, findings, minion, provider, started, finished);
+        self.maybe_verify(&t, &first_open, minion, provider);
         // Only the end of a finished task is read again (at recovery); its findings carry the
         // provenance (minion, provider, times).
         self.c.batch.push(Op::TaskDone(job, task));
@@ -1259,6 +1283,127 @@ impl JobSt {
             self.run_here(id);
         }
     }
+
+    // ---------- the quality ledger's verification runs ----------
+
+    /// A finished root scan task, sampled by `quality::should_verify`, is run again by another
+    /// minion (another provider when there is one: placement avoids the task's last minion and
+    /// provider); what it re-checks is kept in the job record until it ends.
+    fn maybe_verify(
+        &mut self,
+        t: &TaskRecord,
+        first_open: &[(std::net::IpAddr, u16)],
+        minion: &str,
+        provider: &str,
+    ) {
+        let Ok(per_mille) =
+            overlord_core::job::verify_per_mille_of(&self.spec, self.rec.root_total)
+        else {
+            return;
+        };
+        if self.finishing
+            || !overlord_core::quality::should_verify(
+                overlord_core::modules::is_port_scan(&t.spec.module),
+                t.spec.parent.is_none(),
+                self.alive,
+                first_open.len(),
+                self.rec.perm_key,
+                t.spec.task_id,
+                per_mille,
+            )
+        {
+            return;
+        }
+        let id = self.rec.next_task_id;
+        self.rec.next_task_id += 1;
+        self.rec.tasks_created += 1;
+        let net = t
+            .spec
+            .target
+            .map(overlord_core::quality::net_of)
+            .unwrap_or_default();
+        self.rec.checks.insert(
+            id,
+            overlord_core::quality::Check {
+                of: t.spec.task_id,
+                minion: minion.to_string(),
+                provider: provider.to_string(),
+                net,
+                probes: u64::from(t.spec.target_count) * t.spec.ports.len() as u64,
+                first_open: first_open.to_vec(),
+            },
+        );
+        let mut tr = TaskRecord::new(TaskSpec {
+            task_id: id,
+            parent: Some(t.spec.task_id),
+            ..t.spec.clone()
+        });
+        tr.last_minion = Some(minion.to_string());
+        tr.last_provider = Some(provider.to_string());
+        self.c.batch.push(Op::Task(tr.clone()));
+        self.tasks.insert(id, tr);
+        self.push_back(id);
+        self.dirty = true;
+    }
+
+    /// The result of a verification run: the ledger learns the first run's misses, and only the
+    /// address:ports the first run missed are kept as findings (the rest are stored already).
+    /// Any other task's findings pass through.
+    fn judge_verification(
+        &mut self,
+        task: TaskId,
+        minion: &str,
+        findings: Vec<ParsedFinding>,
+    ) -> Vec<ParsedFinding> {
+        let Some(check) = self.rec.checks.remove(&task) else {
+            return findings;
+        };
+        self.dirty = true;
+        let found: Vec<_> = findings.iter().filter_map(open_port_of).collect();
+        let Some((sampled, missed, new)) =
+            overlord_core::quality::judge_check(&check, minion, &found)
+        else {
+            // re-run on the first run's own minion: it checks nothing, and stores nothing new
+            return Vec::new();
+        };
+        self.rec
+            .quality
+            .record_check(&check.minion, &check.provider, &check.net, sampled, missed);
+        self.flagged = flagged_of(&self.rec.quality);
+        if missed > 0 {
+            info!(
+                job_id = self.rec.id,
+                task_id = check.of,
+                first_minion = %check.minion,
+                verifier = minion,
+                missed,
+                sampled,
+                "verification found ports the first run missed"
+            );
+        }
+        findings
+            .into_iter()
+            .filter(|f| open_port_of(f).is_some_and(|k| new.contains(&k)))
+            .collect()
+    }
+}
+
+/// The address:port of an open-port finding.
+fn open_port_of(f: &ParsedFinding) -> Option<(std::net::IpAddr, u16)> {
+    match &f.parsed.payload {
+        Payload::OpenPort(p) if p.state == overlord_core::finding::PortState::Open => {
+            Some((f.target?, f.port?))
+        }
+        _ => None,
+    }
+}
+
+/// Minions whose miss rate is out of line (`quality::judge`) → the share of work they keep.
+fn flagged_of(l: &overlord_core::quality::Ledger) -> HashMap<String, f64> {
+    overlord_core::quality::judge(l)
+        .into_iter()
+        .map(|f| (f.minion, f.share))
+        .collect()
 }
 
 fn ack(token: Token, accepted: bool, reason: &str) -> v1::AckItem {
