@@ -1170,7 +1170,8 @@ mod tests {
                 match c {
                     2 => f.data = serde_json::Value::Null,
                     3 => {
-                        (f.target, f.port, f.parent_task_id, f.blob_sha256) = (None, None, None, None);
+                        (f.target, f.port, f.parent_task_id, f.blob_sha256) =
+                            (None, None, None, None);
                         f.data = serde_json::json!("quote \" and \u{e9}");
                     }
                     _ => {}
@@ -1217,11 +1218,18 @@ mod tests {
         let mut f = finding(1, 1);
         f.data = serde_json::json!("ab");
         let bytes = compact::encode_finding(&f);
-        assert_eq!(compact::view_finding(&bytes[1..]).unwrap(), FindingView::of(&f, "\"ab\""));
+        assert_eq!(
+            compact::view_finding(&bytes[1..]).unwrap(),
+            FindingView::of(&f, "\"ab\"")
+        );
         let at = bytes.windows(4).position(|w| w == b"\"ab\"").unwrap();
         let mut bad = bytes.clone();
         bad[at + 3] = b'x';
-        assert!(compact::view_finding(&bad[1..]).unwrap_err().contains("JSON"));
+        assert!(
+            compact::view_finding(&bad[1..])
+                .unwrap_err()
+                .contains("JSON")
+        );
         let mut short = bytes.clone();
         short.pop();
         assert!(compact::view_finding(&short[1..]).is_err());

@@ -721,8 +721,8 @@ fn read_ack(m: &async_nats::Message) -> Result<bool, String> {
             format!("status {st} {}", m.description.as_deref().unwrap_or(""))
         });
     }
-    let ack: PubAck<'_> =
-        serde_json::from_slice(&m.payload).map_err(|e| format!("unreadable acknowledgement: {e}"))?;
+    let ack: PubAck<'_> = serde_json::from_slice(&m.payload)
+        .map_err(|e| format!("unreadable acknowledgement: {e}"))?;
     match ack.error {
         Some(e) => Err(format!("{} (code {})", e.description, e.code)),
         None => Ok(ack.duplicate),
@@ -1145,7 +1145,12 @@ mod tests {
             stored_at_ms: 1_733_318_400_003,
         };
         let mut bare = base.clone();
-        (bare.parent_task_id, bare.target, bare.port, bare.blob_sha256) = (None, None, None, None);
+        (
+            bare.parent_task_id,
+            bare.target,
+            bare.port,
+            bare.blob_sha256,
+        ) = (None, None, None, None);
         bare.data = serde_json::Value::Null;
         let mut v4 = base.clone();
         v4.target = Some("127.0.0.1".parse().unwrap());
@@ -1157,7 +1162,10 @@ mod tests {
                 record: &f,
             })
             .unwrap();
-            assert_eq!(String::from_utf8(payload(&f)).unwrap(), String::from_utf8(want).unwrap());
+            assert_eq!(
+                String::from_utf8(payload(&f)).unwrap(),
+                String::from_utf8(want).unwrap()
+            );
             let back: FindingRecord = serde_json::from_slice(&payload(&f)).unwrap();
             assert_eq!(back, f);
         }
@@ -1178,7 +1186,10 @@ mod tests {
         let mut acked = HashMap::new();
         assert!(w.ack(1, &mut acked));
         assert!(w.ack(3, &mut acked));
-        assert!(acked.is_empty(), "nothing before the first unacknowledged publish");
+        assert!(
+            acked.is_empty(),
+            "nothing before the first unacknowledged publish"
+        );
         assert!(!w.ack(1, &mut acked), "an acknowledgement counts once");
         assert!(!w.ack(9, &mut acked));
         assert_eq!(w.pending(0), Some((1, 1)));
@@ -1204,7 +1215,10 @@ mod tests {
             description: None,
             length: 0,
         };
-        assert_eq!(read_ack(&msg(br#"{"stream":"S","seq":4}"#, None)), Ok(false));
+        assert_eq!(
+            read_ack(&msg(br#"{"stream":"S","seq":4}"#, None)),
+            Ok(false)
+        );
         assert_eq!(
             read_ack(&msg(br#"{"stream":"S","seq":4,"duplicate":true}"#, None)),
             Ok(true)
@@ -1214,8 +1228,15 @@ mod tests {
             None,
         ))
         .unwrap_err();
-        assert!(e.contains("maximum messages exceeded") && e.contains("503"), "{e}");
-        assert!(read_ack(&msg(b"", Some(503))).unwrap_err().contains("no responders"));
+        assert!(
+            e.contains("maximum messages exceeded") && e.contains("503"),
+            "{e}"
+        );
+        assert!(
+            read_ack(&msg(b"", Some(503)))
+                .unwrap_err()
+                .contains("no responders")
+        );
         assert!(read_ack(&msg(b"garbage", None)).is_err());
     }
 }
