@@ -23,13 +23,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tantivy::collector::TopDocs;
+use tantivy::indexer::UserOperation;
 use tantivy::query::TermQuery;
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, JsonObjectOptions, OwnedValue, STORED, STRING, Schema,
     TextFieldIndexing, TextOptions,
 };
 use tantivy::tokenizer::{LowerCaser, RawTokenizer, TextAnalyzer};
-use tantivy::indexer::UserOperation;
 use tantivy::{DateTime, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 /// Bumped when the schema or the row format changes: an index of another version is rebuilt.
@@ -704,7 +704,11 @@ impl QueryIndex {
                     &key,
                 )));
             }
-            ops.push(UserOperation::Add(document(&self.fields, &r.row, &mut w.buf)));
+            ops.push(UserOperation::Add(document(
+                &self.fields,
+                &r.row,
+                &mut w.buf,
+            )));
             r.written = true;
             r.dirty = false;
             if ops.len() >= OP_BATCH {

@@ -138,7 +138,9 @@ pub fn decode(b: &[u8]) -> Result<ServiceState, DecodeError> {
     let job = r.uv()?;
     let ip = match r.u8()? {
         0 => None,
-        4 => Some(IpAddr::from(<[u8; 4]>::try_from(r.take(4)?).expect("4 bytes"))),
+        4 => Some(IpAddr::from(
+            <[u8; 4]>::try_from(r.take(4)?).expect("4 bytes"),
+        )),
         6 => Some(IpAddr::from(
             <[u8; 16]>::try_from(r.take(16)?).expect("16 bytes"),
         )),
@@ -218,9 +220,7 @@ pub fn decode(b: &[u8]) -> Result<ServiceState, DecodeError> {
         let k = r.str()?;
         let v = match r.u8()? {
             0 => ExtValue::U64(r.uv()?),
-            1 => ExtValue::F64(f64::from_le_bytes(
-                r.take(8)?.try_into().expect("8 bytes"),
-            )),
+            1 => ExtValue::F64(f64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"))),
             2 => ExtValue::Bool(false),
             3 => ExtValue::Bool(true),
             4 => ExtValue::Str(r.str()?),
