@@ -217,12 +217,23 @@ impl Drop for RogueMinion {
     }
 }
 
-/// Runs a lease honestly: a TCP connect to each port of its (loopback only) target.
+/// Runs a lease honestly: a TCP connect to each port of each of its (loopback only) addresses
+/// (a block task holds `target_count` consecutive addresses).
 pub async fn execute_scan(lease: &TaskLease) -> TaskResult {
     let started = overlord_core::now_ms();
     let mut findings = Vec::new();
-    let ip: Option<std::net::IpAddr> = lease.target.parse().ok();
-    if let Some(ip) = ip.filter(|ip| ip.is_loopback()) {
+    let first: Option<std::net::IpAddr> = lease.target.parse().ok();
+    let addrs = first.into_iter().flat_map(|a| {
+        (0..lease.target_count.max(1)).filter_map(move |i| match a {
+            std::net::IpAddr::V4(v4) => u32::from(v4)
+                .checked_add(i)
+                .map(|n| std::net::IpAddr::V4(n.into())),
+            std::net::IpAddr::V6(v6) => u128::from(v6)
+                .checked_add(u128::from(i))
+                .map(|n| std::net::IpAddr::V6(n.into())),
+        })
+    });
+    for ip in addrs.filter(|ip| ip.is_loopback()) {
         for &p in &lease.ports {
             let addr = std::net::SocketAddr::new(ip, p as u16);
             if let Ok(Ok(s)) = tokio::time::timeout(
@@ -257,6 +268,7 @@ pub async fn execute_scan(lease: &TaskLease) -> TaskResult {
         started_at_ms: started,
         finished_at_ms: overlord_core::now_ms(),
         probe_counts: vec![],
+        ..Default::default()
     }
 }
 
@@ -274,5 +286,6 @@ pub fn empty_result(lease: &TaskLease) -> TaskResult {
         started_at_ms: now,
         finished_at_ms: now,
         probe_counts: vec![],
+        ..Default::default()
     }
 }

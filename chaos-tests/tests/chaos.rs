@@ -770,3 +770,131 @@ async fn leases_are_spread_fairly_over_equal_minions_not_by_id_order() {
         a.abort();
     }
 }
+
+/// Answers every lease `m` gets, once, with "nothing open" (a minion whose provider drops or
+/// blocks its probes), until aborted.
+fn answer_leases_empty(m: std::sync::Arc<RogueMinion>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut done = std::collections::BTreeSet::new();
+        loop {
+            let results: Vec<_> = m
+                .leases()
+                .iter()
+                .filter(|l| done.insert(l.token))
+                .map(overlord_chaos_tests::rogue::empty_result)
+                .collect();
+            if !results.is_empty() && m.send(results).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+/// Issue 14, the quality ledger: "a minion whose miss rate is out of line (a provider being
+/// blocked or dropping) is flagged and its share of work reduced, with the reason in the job's
+/// status". Two hand-driven scanners of two providers share a sweep of 127.78.0.0/22 × one port
+/// with 60 listeners: one scans honestly, the other answers every task with "nothing open".
+/// Every task is re-checked by the other minion (`verify_per_mille` 1000): the dropper is
+/// flagged with its miss rate in the reason, the honest one is not, and the ports the dropper
+/// missed are found by the re-checks, so the job's open set is still every listener, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_minion_that_drops_probes_is_flagged_and_its_misses_are_recovered() {
+    const LISTENERS: u32 = 60;
+    // one port every listener address can bind
+    let (port, _ls, want) = loop {
+        let first = std::net::TcpListener::bind("127.78.0.1:0").unwrap();
+        let p = first.local_addr().unwrap().port();
+        let mut ls = vec![first];
+        for i in 1..LISTENERS {
+            // spread over the /22: 127.78.0.1, 127.78.0.18, ... 127.78.3.x
+            let n = u32::from(std::net::Ipv4Addr::new(127, 78, 0, 1)) + i * 17;
+            match std::net::TcpListener::bind((std::net::Ipv4Addr::from(n), p)) {
+                Ok(l) => ls.push(l),
+                Err(_) => break,
+            }
+        }
+        if ls.len() == LISTENERS as usize {
+            let want: std::collections::BTreeSet<(String, u32)> = ls
+                .iter()
+                .map(|l| (l.local_addr().unwrap().ip().to_string(), u32::from(p)))
+                .collect();
+            break (p, ls, want);
+        }
+    };
+    let cl = ClusterBuilder::new("dropper", &[], 0)
+        .start()
+        .await
+        .expect("cluster");
+    let hb = cl.timing.heartbeat;
+    let honest = std::sync::Arc::new(
+        RogueMinion::connect(
+            &cl.direct_url(),
+            &RogueIdentity::scanner("honest", "pa", 8),
+            Some(hb),
+        )
+        .await
+        .expect("honest minion"),
+    );
+    let dropper = std::sync::Arc::new(
+        RogueMinion::connect(
+            &cl.direct_url(),
+            &RogueIdentity::scanner("dropper", "pb", 8),
+            Some(hb),
+        )
+        .await
+        .expect("dropping minion"),
+    );
+    for m in [&honest, &dropper] {
+        wait_until(Duration::from_secs(5), "minion registered", || async {
+            m.generation().is_some()
+        })
+        .await
+        .expect("registered");
+    }
+    let a = answer_leases(honest.clone());
+    let b = answer_leases_empty(dropper.clone());
+    let mut c = cl.jobs();
+    let mut spec = client::scan_spec(
+        "dropper",
+        vec!["127.78.0.0/22".into()],
+        port.to_string(),
+        &["portscan"],
+    );
+    spec.params_json = r#"{"verify_per_mille": 1000, "probes_per_task": 8}"#.into();
+    let st = submit_retrying(&mut c, spec, Duration::from_secs(10))
+        .await
+        .expect("submit");
+    let st = wait_terminal(&c, st.job_id, Duration::from_secs(120))
+        .await
+        .expect("job ends");
+    a.abort();
+    b.abort();
+    assert_eq!(st.tasks_failed, 0, "{st:?}");
+    // 128 block tasks, each run twice
+    assert_eq!(st.tasks_total, 256, "{st:?}");
+    let q = st.quality.clone().expect("ledger");
+    let row = |k: &str| {
+        q.minions
+            .iter()
+            .find(|r| r.key == k)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (d, h) = (row("dropper"), row("honest"));
+    eprintln!("dropper {d:?}\nhonest {h:?}\nflags {:?}", q.flags);
+    assert!(d.sampled >= 200 && d.missed > 0, "{q:?}");
+    assert!(h.sampled >= 200 && h.missed == 0, "{q:?}");
+    assert_eq!(q.flags.len(), 1, "{q:?}");
+    assert!(
+        q.flags[0].contains("minion dropper missed") && q.flags[0].contains("share of work"),
+        "{q:?}"
+    );
+    let found = client::all_results(&mut c, st.job_id)
+        .await
+        .expect("results");
+    let open: Vec<(String, u32)> = found.iter().map(|f| (f.target.clone(), f.port)).collect();
+    let set: std::collections::BTreeSet<_> = open.iter().cloned().collect();
+    assert_eq!(open.len(), set.len(), "a finding stored twice");
+    assert_eq!(set, want, "the re-checks recover what the dropper missed");
+}

@@ -14,6 +14,11 @@
 //!   `max_events_per_key`.
 //! * The decision to report is [`Transitions::update`]: a key is reported when it first
 //!   crosses the threshold and again only when its class (beacon / not) changes.
+//! * Untrusted directories (the minion's `beacon` task with `follow`): files are opened without
+//!   following a symlink and without blocking (a FIFO is skipped), a subdirectory must resolve
+//!   inside the followed directory, at most [`MAX_FILES`] files are looked at per poll and at
+//!   most 64 MiB read per file per poll; a file that is not a Zeek log is counted
+//!   ([`Follower::file_errors`]) and skipped, never fatal.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -23,10 +28,33 @@ use std::path::{Path, PathBuf};
 use crate::report::Finding;
 use crate::{AnalyticsError, BeaconConfig, Scorer};
 
+/// Files looked at per poll (the newest names sort last and are kept).
+pub const MAX_FILES: usize = 4096;
+/// Decompressed bytes read from one gzip archive at start-up.
+const MAX_GZ_BYTES: u64 = 4 << 30;
+
+/// Opens a regular file without following a symlink or blocking on a FIFO.
+fn open_plain(p: &Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(0o4000 | 0o400000); // O_NONBLOCK | O_NOFOLLOW
+    }
+    let f = o.open(p)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(f)
+}
+
 struct Tail {
     offset: u64,
     header: Vec<u8>,
     in_header: bool,
+    /// Not a readable Zeek log: not looked at again.
+    skip: bool,
 }
 
 /// A followed directory.
@@ -38,6 +66,14 @@ pub struct Follower {
     window_us: i64,
     transitions: Transitions,
     pub lines: u64,
+    /// Read counters over every poll (lines, records, bad lines with the first reasons).
+    pub stats: crate::zeek::ReadStats,
+    /// Files skipped because they could not be read or are not Zeek logs.
+    pub file_errors: u64,
+    /// The first few of those, as "name: reason".
+    pub file_error_examples: Vec<String>,
+    /// Sequences scored at the last rescoring.
+    pub last_scored: u64,
 }
 
 /// Class memory per key: which keys were last reported as beacons.
@@ -47,6 +83,11 @@ pub struct Transitions {
 }
 
 impl Transitions {
+    /// Keys whose last reported class is beacon.
+    pub fn beacons(&self) -> usize {
+        self.class.values().filter(|b| **b).count()
+    }
+
     /// The findings to emit now: keys whose class differs from the last one reported (a key
     /// never reported is emitted only when it is a beacon). A key that was reported as a beacon
     /// and no longer appears in `findings` (scored too low, or evicted) turns benign silently
@@ -93,6 +134,10 @@ impl Follower {
             started: false,
             transitions: Transitions::default(),
             lines: 0,
+            stats: Default::default(),
+            file_errors: 0,
+            file_error_examples: Vec::new(),
+            last_scored: 0,
         })
     }
 
@@ -107,7 +152,10 @@ impl Follower {
                 let p = e.path();
                 let Ok(ft) = e.file_type() else { continue };
                 if ft.is_dir() && depth < 1 {
-                    stack.push((p, depth + 1));
+                    // a subdirectory swapped for a symlink after listing must not lead out
+                    if std::fs::canonicalize(&p).is_ok_and(|c| c.starts_with(&self.dir)) {
+                        stack.push((p, depth + 1));
+                    }
                 } else if ft.is_file() {
                     let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
                     if crate::zeek::LogKind::from_file_name(&p).is_some()
@@ -119,7 +167,28 @@ impl Follower {
             }
         }
         out.sort();
+        if out.len() > MAX_FILES {
+            tracing::warn!(
+                files = out.len(),
+                kept = MAX_FILES,
+                "too many files to follow"
+            );
+            out.drain(..out.len() - MAX_FILES);
+        }
         out
+    }
+
+    fn file_error(&mut self, p: &Path, e: &dyn std::fmt::Display) {
+        self.file_errors += 1;
+        if self.file_error_examples.len() < 5 {
+            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("?");
+            self.file_error_examples.push(format!("{n}: {e}"));
+        }
+    }
+
+    fn count(&mut self, st: &crate::zeek::ReadStats) -> u64 {
+        self.stats.merge(st);
+        st.lines
     }
 
     /// Read whatever was appended since the last poll. Returns the lines read.
@@ -137,13 +206,28 @@ impl Follower {
             let gz = p.extension().is_some_and(|e| e == "gz");
             if gz {
                 if first && !self.tails.contains_key(&id) {
-                    let st = self.scorer.add_path(&p)?;
-                    read += st.stats.lines;
+                    let r = open_plain(&p)
+                        .map_err(|e| AnalyticsError::io(&p, e))
+                        .and_then(|f| {
+                            let dec = flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f));
+                            let r =
+                                std::io::BufReader::with_capacity(1 << 20, dec.take(MAX_GZ_BYTES));
+                            let name = p.display().to_string();
+                            let hint = crate::zeek::LogKind::from_file_name(&p);
+                            self.scorer
+                                .add_reader(&name, r, hint)
+                                .map(|st| st.stats.clone())
+                        });
+                    match r {
+                        Ok(st) => read += self.count(&st),
+                        Err(e) => self.file_error(&p, &e),
+                    }
                 }
                 self.tails.entry(id).or_insert(Tail {
                     offset: md.len(),
                     header: Vec::new(),
                     in_header: false,
+                    skip: false,
                 });
                 continue;
             }
@@ -151,25 +235,35 @@ impl Follower {
                 offset: 0,
                 header: Vec::new(),
                 in_header: true,
+                skip: false,
             });
+            if tail.skip {
+                continue;
+            }
             if md.len() < tail.offset {
                 // truncated in place
                 *tail = Tail {
                     offset: 0,
                     header: Vec::new(),
                     in_header: true,
+                    skip: false,
                 };
             }
             if md.len() == tail.offset {
                 continue;
             }
-            let mut f = std::fs::File::open(&p).map_err(|e| AnalyticsError::io(&p, e))?;
-            f.seek(SeekFrom::Start(tail.offset))
-                .map_err(|e| AnalyticsError::io(&p, e))?;
             let mut buf = Vec::new();
-            f.take(64 << 20)
-                .read_to_end(&mut buf)
-                .map_err(|e| AnalyticsError::io(&p, e))?;
+            let got = open_plain(&p).and_then(|mut f| {
+                f.seek(SeekFrom::Start(tail.offset))?;
+                f.take(64 << 20).read_to_end(&mut buf)
+            });
+            if let Err(e) = got {
+                // unreadable (a FIFO, a symlink swapped in, permissions): skipped from here on
+                tail.skip = true;
+                let e = AnalyticsError::io(&p, e);
+                self.file_error(&p, &e);
+                continue;
+            }
             let Some(end) = memchr::memrchr(b'\n', &buf) else {
                 continue; // no complete line yet
             };
@@ -193,10 +287,22 @@ impl Follower {
             chunk.extend_from_slice(&buf[body_from..]);
             let hint = crate::zeek::LogKind::from_file_name(&p);
             let name = p.display().to_string();
-            let st = self
+            match self
                 .scorer
-                .add_reader(&name, std::io::Cursor::new(chunk), hint)?;
-            read += st.stats.lines;
+                .add_reader(&name, std::io::Cursor::new(chunk), hint)
+            {
+                Ok(st) => {
+                    let st = st.stats.clone();
+                    read += self.count(&st);
+                }
+                Err(e) => {
+                    // not a Zeek log we read (e.g. an unsupported #path): skipped from here on
+                    if let Some(t) = self.tails.get_mut(&id) {
+                        t.skip = true;
+                    }
+                    self.file_error(&p, &e);
+                }
+            }
         }
         // files gone for good (deleted archives) are forgotten
         self.tails.retain(|id, _| live.contains(id));
@@ -210,6 +316,7 @@ impl Follower {
             self.scorer.evict_before(max - self.window_us + 1);
         }
         let report = self.scorer.score_now()?;
+        self.last_scored = report.scored;
         self.scorer.forget_files();
         Ok(self
             .transitions
@@ -217,6 +324,11 @@ impl Follower {
             .into_iter()
             .cloned()
             .collect())
+    }
+
+    /// Keys whose last reported class is beacon.
+    pub fn beacons(&self) -> usize {
+        self.transitions.beacons()
     }
 
     /// Keys and events held (bounded by the window, `max_keys`, `max_events_per_key`).

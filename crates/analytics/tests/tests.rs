@@ -591,3 +591,53 @@ fn transitions_emit_on_crossing_and_on_class_change_only() {
     assert_eq!(again.len(), 1);
     assert!(!again[0].is_beacon);
 }
+
+/// A followed directory is untrusted (the minion's live task): a FIFO named like a log, a
+/// symlink out of it and a file that is not a Zeek log are skipped and counted, never fatal,
+/// and never block; the real log beside them is read.
+#[test]
+fn follow_skips_fifos_symlinks_and_foreign_files() {
+    use overlord_analytics::follow::Follower;
+    let base = tempfile::tempdir().unwrap();
+    let d = base.path().join("zeek");
+    std::fs::create_dir(&d).unwrap();
+    let outside = base.path().join("secret.log");
+    std::fs::write(
+        &outside,
+        format!(
+            "{CONN_HEADER}{}",
+            conn_line(1.0, "10.9.9.9", "10.8.8.8", "1", "SF")
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&outside, d.join("conn.link.log")).unwrap();
+    std::os::unix::fs::symlink(base.path(), d.join("2026-01-01")).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(d.join("dns.log"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::write(d.join("http.log"), "#path\tweird\n#fields\ta\tb\nx\ty\n").unwrap();
+    append(
+        &d.join("conn.log"),
+        &format!(
+            "{CONN_HEADER}{}",
+            conn_line(5.0, "10.0.0.1", "10.0.0.2", "1", "SF")
+        ),
+    );
+    let mut f = Follower::new(&d, &BeaconConfig::default()).unwrap();
+    assert_eq!(f.poll().unwrap(), 1, "only conn.log is read");
+    assert_eq!(f.held(), (1, 1));
+    assert_eq!(f.file_errors, 1, "{:?}", f.file_error_examples);
+    assert!(
+        f.file_error_examples[0].starts_with("http.log"),
+        "{:?}",
+        f.file_error_examples
+    );
+    // the foreign file is not read again when it grows
+    append(&d.join("http.log"), "x\ty\n");
+    assert_eq!(f.poll().unwrap(), 0);
+    assert_eq!(f.file_errors, 1);
+}

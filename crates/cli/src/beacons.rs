@@ -3,6 +3,10 @@
 //! * `overlord beacons LOG...` scores in-process and prints a ranked table (or `--format jsonl`);
 //! * `overlord beacons --cluster LOG...` runs the same as a cluster job (one `beacon` task per
 //!   log; embedded cluster unless `--coordinator` is given): findings stream like `watch`;
+//! * `overlord beacons --follow DIR` follows a Zeek log directory in-process; with `--cluster` or
+//!   `--coordinator` it is a live cluster job instead (a `beacon` task with `follow` on a minion,
+//!   DIR below the minion's input directory, for `--duration-secs`): findings stream as keys
+//!   change class;
 //! * `overlord beacons train|eval|generate` reproduce the weights, evaluate on a labelled set,
 //!   and generate one.
 
@@ -45,9 +49,12 @@ pub struct BeaconsArgs {
     pub data_dir: PathBuf,
     /// Follow a Zeek log directory as Zeek writes it (rotation, gzip archives, TSV and JSON):
     /// a sliding 24 h window per key; a finding is printed when a key crosses the threshold
-    /// and again only when its class changes.
-    #[arg(long, conflicts_with = "cluster")]
+    /// and again only when its class changes. With --cluster/--coordinator: a live cluster job.
+    #[arg(long)]
     pub follow: Option<PathBuf>,
+    /// With --follow as a cluster job: how long the minion follows the directory.
+    #[arg(long, default_value_t = 3600.0)]
+    pub duration_secs: f64,
     /// With --follow: seconds between polls of the directory.
     #[arg(long, default_value_t = 5.0)]
     pub poll_secs: f64,
@@ -227,6 +234,9 @@ pub async fn run(a: BeaconsArgs) -> Result<()> {
                 eprintln!("wrote {}", p.display());
             }
         }
+        None if a.follow.is_some() && (a.cluster || a.coordinator.is_some()) => {
+            cluster_follow(a).await?
+        }
         None if a.follow.is_some() => follow(a).await?,
         None if a.logs.is_empty() => bail!("give Zeek logs to score, or train|eval|generate"),
         None if a.cluster || a.coordinator.is_some() => cluster(a).await?,
@@ -333,21 +343,54 @@ async fn follow(a: BeaconsArgs) -> Result<()> {
     }
 }
 
+/// `--follow DIR --cluster`: one live `beacon` task on a minion; stops after `--duration-secs`
+/// or on Ctrl-C (the job is cancelled).
+async fn cluster_follow(mut a: BeaconsArgs) -> Result<()> {
+    let dir = a.follow.take().expect("checked by the caller");
+    // The embedded cluster's minions read below the current directory: an absolute path there
+    // is accepted; a remote minion reads DIR as given, below its own input directory.
+    let input = match (&a.coordinator, std::fs::canonicalize(&dir)) {
+        (None, Ok(abs)) => abs.display().to_string(),
+        (None, Err(e)) => bail!("{}: {e}", dir.display()),
+        (Some(_), _) => dir.display().to_string(),
+    };
+    let mut params = serde_json::json!({
+        "follow": true,
+        "duration_secs": a.duration_secs,
+        "poll_secs": a.poll_secs,
+        "rescore_secs": a.rescore_secs,
+    });
+    if let Some(t) = a.threshold {
+        params["threshold"] = t.into();
+    }
+    a.logs = Vec::new();
+    submit_and_watch(a, vec![input], params, "beacons --follow").await
+}
+
 async fn cluster(a: BeaconsArgs) -> Result<()> {
     let mut inputs = Vec::new();
     for p in &a.logs {
         let abs = std::fs::canonicalize(p).with_context(|| format!("{}", p.display()))?;
         inputs.push(abs.display().to_string());
     }
-    let mut params = serde_json::Map::new();
+    let mut params = serde_json::json!({});
     if let Some(t) = a.threshold {
-        params.insert("threshold".into(), t.into());
+        params["threshold"] = t.into();
     }
+    submit_and_watch(a, inputs, params, "beacons").await
+}
+
+async fn submit_and_watch(
+    a: BeaconsArgs,
+    inputs: Vec<String>,
+    params: serde_json::Value,
+    what: &str,
+) -> Result<()> {
     let spec = v1::JobSpec {
-        name: format!("beacons {}", inputs.join(" ")),
+        name: format!("{what} {}", inputs.join(" ")),
         modules: vec!["beacon".into()],
         inputs,
-        params_json: serde_json::Value::Object(params).to_string(),
+        params_json: params.to_string(),
         ..Default::default()
     };
     let (url, emb) = match a.coordinator {
@@ -364,13 +407,22 @@ async fn cluster(a: BeaconsArgs) -> Result<()> {
         eprintln!("job {id} submitted: {} task(s)", st.tasks_total);
         let mut beacons = 0u64;
         let mut lines = client::Lines::findings(a.format);
-        let st = client::watch(&mut c, id, 0, true, |f| {
+        let mut c2 = c.clone();
+        let watched = client::watch(&mut c, id, 0, true, |f| {
             if f.kind == overlord_core::finding::FindingKind::Beacon.as_str() {
                 beacons += 1;
             }
             println!("{}", lines.finding(f));
-        })
-        .await?;
+        });
+        // Ctrl-C cancels the job (a live one would run on for its duration otherwise).
+        let st = tokio::select! {
+            st = watched => st?,
+            _ = tokio::signal::ctrl_c() => {
+                let st = client::cancel(&mut c2, id).await?;
+                eprintln!("job {id} cancelled");
+                st
+            }
+        };
         eprintln!("{}", client::status_line(&st));
         eprintln!("{beacons} beacon(s)");
         if st.state != v1::JobState::Completed as i32 {

@@ -192,3 +192,23 @@ fn jobs_and_results_commands_and_their_errors() {
         &["not a url", "http://127.0.0.1:50051"],
     );
 }
+
+/// The coordinator's own gRPC port (tonic, cleartext HTTP/2) is named by the service engine
+/// (`http2`, from the SETTINGS frame it sends first), not left unrecognised with a binary
+/// banner: a scan of the machine running the coordinator (the quick start's) shows what it is.
+#[test]
+fn the_coordinators_grpc_port_is_named_http2() {
+    use overlord_probes::service::{IdentifyOptions, ProbeDb, identify};
+    let dir = tempfile::tempdir().unwrap();
+    let (_kill, url) = start_coordinator(dir.path());
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    // what a minion loads: nmap's file when installed, then ours
+    let db = ProbeDb::load_default().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt.block_on(identify(addr, &IdentifyOptions::default(), db.as_ref()));
+    assert_eq!(r.service.as_deref(), Some("http2"), "{r:?}");
+    assert!(r.info.as_deref().unwrap_or("").contains("h2c"), "{r:?}");
+}

@@ -38,12 +38,26 @@ async fn run_job(
     port: u16,
     targets: &[&str],
 ) -> (v1::JobStatus, BTreeSet<(IpAddr, u16)>) {
+    let (st, open, n) = run_job_with(url, module, port, targets, "").await;
+    assert_eq!(n, open.len(), "duplicate findings");
+    (st, open)
+}
+
+/// Runs a job with `params_json`; returns its status, the open set and the number of findings.
+async fn run_job_with(
+    url: &str,
+    module: &str,
+    port: u16,
+    targets: &[&str],
+    params_json: &str,
+) -> (v1::JobStatus, BTreeSet<(IpAddr, u16)>, usize) {
     let mut c = client::connect(url).await.unwrap();
     let spec = v1::JobSpec {
         name: format!("sweep {module}"),
         targets: targets.iter().map(|t| t.to_string()).collect(),
         ports: port.to_string(),
         modules: vec![module.into()],
+        params_json: params_json.into(),
         ..Default::default()
     };
     let st = client::submit(&mut c, spec).await.unwrap();
@@ -61,12 +75,14 @@ async fn run_job(
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let mut open = BTreeSet::new();
+    let mut n = 0;
     client::results(&mut c, st.job_id, |f| {
+        n += 1;
         open.insert((f.target.parse().unwrap(), f.port as u16));
     })
     .await
     .unwrap();
-    (st, open)
+    (st, open, n)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,5 +111,44 @@ async fn ipv6_sweep_through_the_cluster() {
     let (st, open) = run_job(&cluster.url, "portscan", port, &["127.0.0.0/22", "::1"]).await;
     assert_eq!(st.tasks_total, 2, "{}", client::status_line(&st));
     assert_eq!(open, want);
+    cluster.shutdown().await;
+}
+
+/// The quality ledger's verification runs: every finished block task (`verify_per_mille` 1000)
+/// is run again, by the other minion when the offer has its slots; the ledger counts the probes
+/// re-checked and the misses (none here: both minions see every listener), and no finding is
+/// stored twice (a verification keeps only what the first run missed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_runs_recheck_tasks_without_duplicating_findings() {
+    let (port, _ls, want) = listeners();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Embedded::start(dir.path().join("data"), 2, 8)
+        .await
+        .unwrap();
+    let (st, open, n) = run_job_with(
+        &cluster.url,
+        "portscan",
+        port,
+        &["127.0.0.0/22"],
+        r#"{"verify_per_mille": 1000, "probes_per_task": 256}"#,
+    )
+    .await;
+    // 4 block tasks of 256 addresses, each run twice
+    assert_eq!(st.tasks_total, 8, "{}", client::status_line(&st));
+    assert_eq!(st.tasks_done, 8, "{}", client::status_line(&st));
+    let want4: BTreeSet<_> = want.iter().filter(|(a, _)| a.is_ipv4()).copied().collect();
+    assert_eq!(open, want4);
+    assert_eq!(n, want4.len(), "a verification stored a finding again");
+    let q = st.quality.expect("ledger");
+    let sampled: u64 = q.minions.iter().map(|r| r.sampled).sum();
+    let missed: u64 = q.minions.iter().map(|r| r.missed).sum();
+    // each block holds one listener: a re-check on the other minion re-sends its 255 other
+    // probes (one on the first run's own minion checks nothing and is not counted)
+    assert!(
+        sampled > 0 && sampled <= 4 * 255 && sampled % 255 == 0,
+        "{q:?}"
+    );
+    assert_eq!(missed, 0, "{q:?}");
+    assert!(q.flags.is_empty(), "{q:?}");
     cluster.shutdown().await;
 }

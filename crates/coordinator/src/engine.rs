@@ -213,6 +213,8 @@ pub struct IngestedResult {
     pub finished_at_ms: u64,
     /// Scan modules: probe counts per target network.
     pub probe_counts: Vec<(String, overlord_core::quality::Counts)>,
+    /// Live modules: `Some(seq)` for findings of a task still running (the lease stays).
+    pub partial: Option<u64>,
 }
 
 /// Validates one reported result (parses findings, hashes blobs).
@@ -233,6 +235,7 @@ pub fn ingest_item(r: v1::TaskResult) -> IngestedResult {
         permanent: r.permanent,
         started_at_ms: r.started_at_ms,
         finished_at_ms: r.finished_at_ms,
+        partial: r.partial.then_some(r.seq),
     }
 }
 

@@ -125,9 +125,14 @@ impl Images {
         };
         // Waits for the file lock: a restart in the same process finds the previous instance's
         // sled threads still holding it for a moment.
-        let db = KvDb::open(dir)
-            .map_err(EnrichError::from)
-            .map_err(open_err)?;
+        // A store that brings its own companion database (the memory store) keeps the images
+        // there; otherwise they live in `dir`.
+        let db = match jobs.companion_kv() {
+            Some(db) => db,
+            None => KvDb::open(dir)
+                .map_err(EnrichError::from)
+                .map_err(open_err)?,
+        };
         let enrich = EnrichStore::from_db(db.clone()).map_err(open_err)?;
         if let Some(path) = leaks {
             let rep = enrich
@@ -779,6 +784,17 @@ mod tests {
         assert!(sees(&viewer(Role::Viewer, "team-c")).is_empty());
         assert_eq!(sees(&viewer(Role::Admin, "root")).len(), 3);
         assert!(!viewer(Role::Viewer, "team-b").sees(&images, &a).unwrap());
+        // On the memory store the images live in its companion database, not in `dir`, and a
+        // coordinator restarted on the same store (Images opened again) finds them.
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+        drop(images);
+        let again = Images::open(dir.path(), store.clone(), None).unwrap();
+        assert_eq!(
+            decode_meta(&again.meta.get(&b).unwrap().unwrap())
+                .unwrap()
+                .job_id,
+            2
+        );
     }
 
     /// Frozen bytes of `img.meta` records: version 1, and the bare JSON written before records

@@ -85,11 +85,17 @@ pub struct JobSt {
     notify_manager: bool,
     /// Minions alive (from the last offer) and the largest offer seen: rate limit, expansion.
     alive: u32,
+    /// Minions of this job whose miss rate is out of line → the share of their slots it uses
+    /// (`quality::judge`, recomputed when a verification ends).
+    flagged: HashMap<String, f64>,
     capacity_hint: usize,
     last_demand: Option<Demand>,
     last_demand_ms: u64,
     /// Follow-up admission (scope, dedup, depth, per-job cap); in memory only.
     followups: overlord_core::trust::FollowupGuard,
+    /// Live tasks: the highest partial-result seq accepted per lease token (in memory only: after
+    /// a coordinator restart a re-sent, already stored partial is stored again).
+    partial_seq: HashMap<Token, u64>,
 }
 
 impl Actor for JobActor {
@@ -237,10 +243,12 @@ impl JobSt {
             final_durable: false,
             notify_manager: false,
             alive: 1,
+            flagged: HashMap::new(),
             capacity_hint: 0,
             last_demand: None,
             last_demand_ms: 0,
             followups: Default::default(),
+            partial_seq: HashMap::new(),
         }
     }
 
@@ -305,6 +313,7 @@ impl JobSt {
                 st.push_back(tid);
             }
         }
+        st.flagged = flagged_of(&st.rec.quality);
         info!(
             job_id = id,
             tasks = st.tasks.len(),
@@ -364,6 +373,24 @@ impl JobSt {
         Some(t)
     }
 
+    /// The rate decision for this job now (`sched::rate_plan`), from the rates its leases in
+    /// flight were given (recorded in each lease, so they survive a restart).
+    fn rate_plan(&self) -> sched::RatePlan {
+        let in_flight: Vec<u32> = if self.spec.rate_limit == 0 {
+            Vec::new()
+        } else {
+            self.tasks
+                .values()
+                .filter_map(|t| match t.state {
+                    TaskState::Leased { rate, .. } => Some(rate),
+                    _ => None,
+                })
+                .collect()
+        };
+        let left = self.tasks.len() as u64 + (self.rec.root_total - self.rec.root_next);
+        sched::rate_plan(self.spec.rate_limit, &in_flight, self.alive as u64, left)
+    }
+
     fn leased_count(&self) -> u64 {
         (self.tasks.len() - self.pending.len()) as u64
     }
@@ -379,9 +406,8 @@ impl JobSt {
         let max_new = if self.finishing {
             0
         } else if self.spec.rate_limit > 0 {
-            // A rate-limited job keeps at most one task per live minion in flight, each with
-            // its share of the rate.
-            (self.alive as u64).saturating_sub(self.leased_count())
+            // A rate-limited job: as many as its limit's unused part allows (`sched::rate_plan`).
+            self.rate_plan().max_new
         } else {
             u64::MAX
         };
@@ -541,6 +567,7 @@ impl JobSt {
         if let Some(r) = self.sh.registry.get() {
             let _ = r.cast(RegMsg::Release(self.rec.id, revoke));
         }
+        self.rec.checks.clear();
         self.rec.state = JobState::Cancelled;
         self.rec.finished_ms = now_ms();
         self.dirty = true;
@@ -562,19 +589,19 @@ impl JobSt {
             .max(offered + self.leased_count() as usize);
         let now = now_ms();
         let max_new = self.demand().max_new;
-        // A rate-limited job has at most one task per live minion in flight, and never more than
-        // it has tasks left: each lease gets the rate divided by that many, so the job's tasks
-        // together stay within its limit, and a job's last task runs at the full rate.
-        let left = self.tasks.len() as u64 + (self.rec.root_total - self.rec.root_next);
-        let in_flight_cap = (self.alive as u64).min(left).max(1) as u32;
-        let rate_share = sched::rate_share(self.spec.rate_limit, in_flight_cap);
+        // A rate-limited job's leases together stay within its limit (`sched::rate_plan`): each
+        // new lease gets the share planned now and keeps it until it ends.
+        let rate_share = self.rate_plan().share;
         let mut views: Vec<sched::MinionView<'_>> = slots
             .iter()
             .map(|s| sched::MinionView {
                 id: &s.minion,
                 provider: &s.provider,
                 modules: &s.modules,
-                free: s.free,
+                free: overlord_core::quality::cut_free(
+                    s.free,
+                    self.flagged.get(&s.minion).copied(),
+                ),
                 alive: true,
             })
             .collect();
@@ -600,6 +627,16 @@ impl JobSt {
                 }
                 continue;
             };
+            // a verification run waits for another minion than the first run's
+            if self.rec.checks.get(&task_id).is_some_and(|c| {
+                !overlord_core::quality::may_verify_on(&c.minion, views[i].id, self.alive)
+            }) {
+                skipped.push(task_id);
+                if skipped.len() >= MAX_SKIP {
+                    break;
+                }
+                continue;
+            }
             let token = self.sh.tokens.next();
             // A lease lasts as long as its module is expected to take (x4), not the global max:
             // a minion that heartbeats but never answers loses it in seconds.
@@ -616,6 +653,7 @@ impl JobSt {
                 generation: slots[i].generation,
                 token,
                 deadline_ms: deadline,
+                rate: rate_share,
             };
             self.c.batch.push(Op::Task(t.clone()));
             // Without params of its own a task's lease params are the job's (plus the rate
@@ -759,6 +797,7 @@ impl JobSt {
             }
             for (tok, task) in expired {
                 self.leases.remove(&tok);
+                self.partial_seq.remove(&tok);
                 self.requeue(task, overlord_core::task_error::LEASE_EXPIRED, true);
             }
         }
@@ -789,6 +828,11 @@ impl JobSt {
         let mut malformed = None;
         for r in items {
             let token = r.token;
+            if let Some(seq) = r.partial {
+                acks.push(self.partial(r, seq, minion, provider, generation, &mut malformed));
+                continue;
+            }
+            self.partial_seq.remove(&token);
             let state = self.tasks.get(&r.task_id).map(|t| &t.state);
             match sched::judge_result(state, token, minion, generation) {
                 Verdict::Accept => {}
@@ -864,6 +908,7 @@ impl JobSt {
                         self.rec.quality.record(minion, provider, &r.probe_counts);
                         self.dirty = true;
                     }
+                    let findings = self.judge_verification(r.task_id, minion, findings);
                     self.complete_task(
                         r.task_id,
                         findings,
@@ -900,6 +945,111 @@ impl JobSt {
                 format!("malformed result: {e}"),
             ));
         }
+    }
+
+    /// A partial result of a live task (`beacon_follow`): its findings are checked and stored
+    /// like a final result's, the lease stays and its deadline moves on (an empty partial is a
+    /// keep-alive); a partial at or below the highest seq accepted under its token is a
+    /// duplicate. A malformed or violating partial ends the lease (the task is requeued).
+    fn partial(
+        &mut self,
+        r: IngestedResult,
+        seq: u64,
+        minion: &str,
+        provider: &str,
+        generation: u64,
+        malformed: &mut Option<String>,
+    ) -> v1::AckItem {
+        let token = r.token;
+        let state = self.tasks.get(&r.task_id).map(|t| &t.state);
+        match sched::judge_result(state, token, minion, generation) {
+            Verdict::Accept => {}
+            Verdict::Duplicate => return ack_seq(token, true, "duplicate", seq),
+            Verdict::Stale | Verdict::Unknown => {
+                Counters::add(&self.sh.counters.results_rejected, 1);
+                telemetry::record(telemetry::Event::ResultRejected { reason: "stale" }, 1);
+                self.rec.stale_rejected += 1;
+                self.dirty = true;
+                return ack_seq(
+                    token,
+                    false,
+                    "no live lease for this token (revoked, re-leased or completed)",
+                    seq,
+                );
+            }
+        }
+        if seq <= self.partial_seq.get(&token).copied().unwrap_or(0) {
+            return ack_seq(token, true, "duplicate", seq);
+        }
+        let reject = |st: &mut Self, reason: String, count: bool| {
+            st.leases.remove(&token);
+            st.partial_seq.remove(&token);
+            if let Some(reg) = st.sh.registry.get() {
+                let _ = reg.cast(RegMsg::Release(st.rec.id, vec![token]));
+            }
+            st.requeue(r.task_id, &reason, count);
+            ack_seq(token, false, &reason, seq)
+        };
+        let findings = match r.findings {
+            Err(e) => {
+                let reason = format!("{}{e}", overlord_core::task_error::MALFORMED_PREFIX);
+                *malformed = Some(e);
+                return reject(self, reason, true);
+            }
+            Ok(_) if !r.ok => {
+                let reason = format!(
+                    "{}a partial result must be ok",
+                    overlord_core::task_error::MALFORMED_PREFIX
+                );
+                *malformed = Some(reason.clone());
+                return reject(self, reason, true);
+            }
+            Ok(f) => f,
+        };
+        let Some(t) = self.tasks.get(&r.task_id) else {
+            return ack_seq(token, false, "unknown task", seq);
+        };
+        let seen: Vec<overlord_core::trust::Reported<'_>> = findings
+            .iter()
+            .map(|f| overlord_core::trust::Reported {
+                kind: &f.kind,
+                target: f.target,
+                port: f.port,
+                data_bytes: f.data_bytes,
+            })
+            .collect();
+        if let Err(v) = overlord_core::trust::check_result(&t.spec, &seen) {
+            warn!(job_id = self.rec.id, task_id = r.task_id, minion, violation = %v, "partial result rejected");
+            let reason = format!("{}{v}", overlord_core::trust::REJECTED_PREFIX);
+            *malformed = Some(reason.clone());
+            return reject(self, reason, false);
+        }
+        let spec = t.spec.clone();
+        let now = now_ms();
+        let timeout = overlord_core::trust::lease_timeout_ms(
+            &spec.module,
+            spec.ports.len(),
+            &self.spec.params,
+            self.sh.cfg.task_timeout_ms,
+        );
+        if let Some(t) = self.tasks.get_mut(&r.task_id)
+            && let TaskState::Leased { deadline_ms, .. } = &mut t.state
+        {
+            *deadline_ms = now + timeout;
+        }
+        self.partial_seq.insert(token, seq);
+        if !findings.is_empty() {
+            self.progress_dirty = true;
+            self.store_findings(
+                &spec,
+                findings,
+                minion,
+                provider,
+                r.started_at_ms,
+                r.finished_at_ms,
+            );
+        }
+        ack_seq(token, true, "", seq)
     }
 
     fn fail_attempt(
@@ -944,6 +1094,8 @@ impl JobSt {
         let Some(mut t) = self.tasks.remove(&task) else {
             return;
         };
+        // a verification run that failed re-checked nothing
+        self.rec.checks.remove(&task);
         telemetry::record(
             telemetry::Event::TaskFailed {
                 module: &t.spec.module,
@@ -998,6 +1150,7 @@ impl JobSt {
             return;
         };
         let job = self.rec.id;
+        let first_open: Vec<_> = findings.iter().filter_map(open_port_of).collect();
         telemetry::record(
             telemetry::Event::TaskDone {
                 module: &t.spec.module,
@@ -1007,6 +1160,25 @@ impl JobSt {
         self.rec.done += 1;
         self.dirty = true;
         self.progress_dirty = true;
+        self.store_findings(&t.spec, findings, minion, provider, started, finished);
+        self.maybe_verify(&t, &first_open, minion, provider);
+        // Only the end of a finished task is read again (at recovery); its findings carry the
+        // provenance (minion, provider, times).
+        self.c.batch.push(Op::TaskDone(job, task));
+    }
+
+    /// Stores the findings of task `t` (a final or a partial result) and spawns their follow-ups.
+    fn store_findings(
+        &mut self,
+        t: &TaskSpec,
+        findings: Vec<ParsedFinding>,
+        minion: &str,
+        provider: &str,
+        started: u64,
+        finished: u64,
+    ) {
+        let job = self.rec.id;
+        let task = t.task_id;
         let now = now_ms();
         let mut spawned = Vec::new();
         // tasks the coordinator runs itself (the leak lookup): done at once, never leased
@@ -1020,7 +1192,7 @@ impl JobSt {
                     self.c.batch.push(Op::Blob(sha.clone(), b));
                     sha
                 })
-                .or_else(|| t.spec.blob_sha256.clone());
+                .or_else(|| t.blob_sha256.clone());
             self.rec.findings += 1;
             match &f.parsed.payload {
                 Payload::Unknown(_) => self.rec.findings_unknown_kind += 1,
@@ -1031,8 +1203,8 @@ impl JobSt {
                 cursor: self.rec.findings,
                 job_id: job,
                 task_id: task,
-                parent_task_id: t.spec.parent,
-                module: t.spec.module.clone(),
+                parent_task_id: t.parent,
+                module: t.module.clone(),
                 kind: f.kind,
                 target: f.target,
                 port: f.port,
@@ -1054,10 +1226,7 @@ impl JobSt {
             for fu in follow_ups(&self.spec.rules, &self.spec.modules, &view) {
                 // Re-checked against the job's scope, deduplicated, capped in depth and number.
                 if fu.module == "leak"
-                    && !overlord_core::trust::leak_lookup_allowed(
-                        &t.spec,
-                        rec.blob_sha256.as_deref(),
-                    )
+                    && !overlord_core::trust::leak_lookup_allowed(t, rec.blob_sha256.as_deref())
                 {
                     continue;
                 }
@@ -1113,16 +1282,139 @@ impl JobSt {
         for id in local {
             self.run_here(id);
         }
-        // Only the end of a finished task is read again (at recovery); its findings carry the
-        // provenance (minion, provider, times).
-        self.c.batch.push(Op::TaskDone(job, task));
+    }
+
+    // ---------- the quality ledger's verification runs ----------
+
+    /// A finished root scan task, sampled by `quality::should_verify`, is run again by another
+    /// minion (another provider when there is one: placement avoids the task's last minion and
+    /// provider); what it re-checks is kept in the job record until it ends.
+    fn maybe_verify(
+        &mut self,
+        t: &TaskRecord,
+        first_open: &[(std::net::IpAddr, u16)],
+        minion: &str,
+        provider: &str,
+    ) {
+        let Ok(per_mille) =
+            overlord_core::job::verify_per_mille_of(&self.spec, self.rec.root_total)
+        else {
+            return;
+        };
+        if self.finishing
+            || !overlord_core::quality::should_verify(
+                overlord_core::modules::is_port_scan(&t.spec.module),
+                t.spec.parent.is_none(),
+                self.alive,
+                first_open.len(),
+                self.rec.perm_key,
+                t.spec.task_id,
+                per_mille,
+            )
+        {
+            return;
+        }
+        let id = self.rec.next_task_id;
+        self.rec.next_task_id += 1;
+        self.rec.tasks_created += 1;
+        let net = t
+            .spec
+            .target
+            .map(overlord_core::quality::net_of)
+            .unwrap_or_default();
+        self.rec.checks.insert(
+            id,
+            overlord_core::quality::Check {
+                of: t.spec.task_id,
+                minion: minion.to_string(),
+                provider: provider.to_string(),
+                net,
+                probes: u64::from(t.spec.target_count) * t.spec.ports.len() as u64,
+                first_open: first_open.to_vec(),
+            },
+        );
+        let mut tr = TaskRecord::new(TaskSpec {
+            task_id: id,
+            parent: Some(t.spec.task_id),
+            ..t.spec.clone()
+        });
+        tr.last_minion = Some(minion.to_string());
+        tr.last_provider = Some(provider.to_string());
+        self.c.batch.push(Op::Task(tr.clone()));
+        self.tasks.insert(id, tr);
+        self.push_back(id);
+        self.dirty = true;
+    }
+
+    /// The result of a verification run: the ledger learns the first run's misses, and only the
+    /// address:ports the first run missed are kept as findings (the rest are stored already).
+    /// Any other task's findings pass through.
+    fn judge_verification(
+        &mut self,
+        task: TaskId,
+        minion: &str,
+        findings: Vec<ParsedFinding>,
+    ) -> Vec<ParsedFinding> {
+        let Some(check) = self.rec.checks.remove(&task) else {
+            return findings;
+        };
+        self.dirty = true;
+        let found: Vec<_> = findings.iter().filter_map(open_port_of).collect();
+        let Some((sampled, missed, new)) =
+            overlord_core::quality::judge_check(&check, minion, &found)
+        else {
+            // re-run on the first run's own minion: it checks nothing, and stores nothing new
+            return Vec::new();
+        };
+        self.rec
+            .quality
+            .record_check(&check.minion, &check.provider, &check.net, sampled, missed);
+        self.flagged = flagged_of(&self.rec.quality);
+        if missed > 0 {
+            info!(
+                job_id = self.rec.id,
+                task_id = check.of,
+                first_minion = %check.minion,
+                verifier = minion,
+                missed,
+                sampled,
+                "verification found ports the first run missed"
+            );
+        }
+        findings
+            .into_iter()
+            .filter(|f| open_port_of(f).is_some_and(|k| new.contains(&k)))
+            .collect()
     }
 }
 
+/// The address:port of an open-port finding.
+fn open_port_of(f: &ParsedFinding) -> Option<(std::net::IpAddr, u16)> {
+    match &f.parsed.payload {
+        Payload::OpenPort(p) if p.state == overlord_core::finding::PortState::Open => {
+            Some((f.target?, f.port?))
+        }
+        _ => None,
+    }
+}
+
+/// Minions whose miss rate is out of line (`quality::judge`) → the share of work they keep.
+fn flagged_of(l: &overlord_core::quality::Ledger) -> HashMap<String, f64> {
+    overlord_core::quality::judge(l)
+        .into_iter()
+        .map(|f| (f.minion, f.share))
+        .collect()
+}
+
 fn ack(token: Token, accepted: bool, reason: &str) -> v1::AckItem {
+    ack_seq(token, accepted, reason, 0)
+}
+
+fn ack_seq(token: Token, accepted: bool, reason: &str, seq: u64) -> v1::AckItem {
     v1::AckItem {
         token,
         accepted,
         reason: reason.to_string(),
+        seq,
     }
 }

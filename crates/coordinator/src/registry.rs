@@ -284,10 +284,18 @@ impl RegState {
         let mut routed: BTreeMap<JobId, Vec<IngestedResult>> = BTreeMap::new();
         for r in items {
             let job = self.sh.jobs.get(r.job_id);
-            match self
-                .planner
-                .result(minion, generation, r.token, r.job_id, job.is_some(), now)
-            {
+            let route = match r.partial {
+                // findings of a task still running: its lease and slot stay
+                Some(_) => {
+                    self.planner
+                        .progress(minion, generation, r.token, r.job_id, job.is_some(), now)
+                }
+                None => {
+                    self.planner
+                        .result(minion, generation, r.token, r.job_id, job.is_some(), now)
+                }
+            };
+            match route {
                 ResultRoute::ToJob => routed.entry(r.job_id).or_default().push(r),
                 ResultRoute::Hold => {
                     // The job actor is restarting; it requeues every lease it held when it
@@ -308,6 +316,7 @@ impl RegState {
                         accepted: false,
                         reason: "no live lease for this token (revoked, re-leased or completed)"
                             .into(),
+                        seq: r.partial.unwrap_or(0),
                     });
                 }
             }

@@ -217,11 +217,32 @@ pub fn probes_per_task_of(spec: &JobSpec, catalog: u32) -> Result<u32, SpecError
     }
 }
 
+/// The job's `params.verify_per_mille`: the share (per thousand) of finished scan tasks re-run
+/// by another minion to estimate misses (the quality ledger), 0 = never. Absent: 20 ‰ for a
+/// job of at least [`crate::quality::DEFAULT_VERIFY_MIN_TASKS`] root tasks (a sample of a few
+/// tasks estimates nothing), none below.
+pub fn verify_per_mille_of(spec: &JobSpec, root_tasks: u64) -> Result<u32, SpecError> {
+    let Some(v) = spec.params.get("verify_per_mille") else {
+        return Ok(if root_tasks >= crate::quality::DEFAULT_VERIFY_MIN_TASKS {
+            crate::quality::DEFAULT_VERIFY_PER_MILLE
+        } else {
+            0
+        });
+    };
+    match v.as_u64() {
+        Some(n) if n <= 1000 => Ok(n as u32),
+        _ => Err(SpecError::Params(format!(
+            "verify_per_mille must be an integer from 0 to 1000, got {v}"
+        ))),
+    }
+}
+
 fn blocks_of(r: &IpRange, addrs: u64) -> u128 {
     r.len().div_ceil(addrs as u128)
 }
 
 pub fn root_plan(spec: &JobSpec) -> Result<RootPlan, SpecError> {
+    verify_per_mille_of(spec, 0)?;
     let has_targets = !spec.ranges.is_empty();
     let has_inputs = !spec.inputs.is_empty();
     if has_targets && has_inputs {
@@ -418,6 +439,10 @@ pub enum TaskState {
         generation: u64,
         token: Token,
         deadline_ms: u64,
+        /// The rate (connections/s) this lease was given from its job's limit; 0 = the job is
+        /// not rate-limited, or the lease predates recorded rates (see `sched::rate_plan`).
+        #[serde(default, skip_serializing_if = "crate::job::is_zero_u32")]
+        rate: u32,
     },
     Done,
     Failed {
@@ -490,9 +515,16 @@ pub struct JobRecord {
     /// them in `failed`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cancelled: u64,
+    /// Verification runs in flight (task id of the re-run → what it re-checks).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub checks: std::collections::BTreeMap<TaskId, crate::quality::Check>,
     /// Failed attempts (retried or final) by class (`task_error::classify`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub errors: std::collections::BTreeMap<crate::task_error::ErrorClass, u64>,
+}
+
+pub(crate) fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -518,6 +550,7 @@ impl JobRecord {
             findings_unknown_kind: 0,
             findings_unknown_fields: 0,
             quality: Default::default(),
+            checks: Default::default(),
             cancelled: 0,
             errors: Default::default(),
         }

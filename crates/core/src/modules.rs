@@ -27,6 +27,14 @@ pub struct ModuleInfo {
     pub root: RootKind,
 }
 
+/// Whether `module` is a port scan sized by probes (`portscan`, `syn`): its tasks report open
+/// ports and can be re-run by another minion to estimate misses (the quality ledger).
+pub fn is_port_scan(module: &str) -> bool {
+    info(module).is_some_and(
+        |i| matches!(i.root, RootKind::Network { probes_per_task, .. } if probes_per_task > 0),
+    )
+}
+
 /// Order matters: the first enabled module with a root kind that fits the job is its root module.
 pub const CATALOG: &[ModuleInfo] = &[
     ModuleInfo {

@@ -168,6 +168,15 @@ pub fn judge(l: &Ledger) -> Vec<Flag> {
     out
 }
 
+/// The free slots of a minion a job uses: all of them, or a flagged minion's `share` (at least
+/// one, so a minion that has recovered can still show it).
+pub fn cut_free(free: u32, share: Option<f64>) -> u32 {
+    match share {
+        Some(s) if free > 0 => ((f64::from(free) * s).floor() as u32).clamp(1, free),
+        _ => free,
+    }
+}
+
 /// Whether finished scan task `task_id` is re-run by another minion to estimate misses: a keyed
 /// random sample of `per_mille`/1000 of the tasks.
 pub fn verify_task(key: u64, task_id: u64, per_mille: u32) -> bool {
@@ -176,6 +185,95 @@ pub fn verify_task(key: u64, task_id: u64, per_mille: u32) -> bool {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
     z % 1000 < per_mille as u64
+}
+
+/// The ledger's network of an address (the row name the scan modules report): IPv4 /24,
+/// IPv6 /64.
+pub fn net_of(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(a) => {
+            format!(
+                "{}/24",
+                std::net::Ipv4Addr::from(u32::from(a) & 0xffff_ff00)
+            )
+        }
+        std::net::IpAddr::V6(a) => {
+            format!("{}/64", std::net::Ipv6Addr::from(u128::from(a) >> 64 << 64))
+        }
+    }
+}
+
+/// Share of finished scan tasks re-run by another minion when a job does not say
+/// (`params.verify_per_mille`): 2 %.
+pub const DEFAULT_VERIFY_PER_MILLE: u32 = 20;
+/// Fewest root tasks for the default sample to apply.
+pub const DEFAULT_VERIFY_MIN_TASKS: u64 = 50;
+/// A task whose first run found more open address:ports than this is not re-checked (its
+/// record would be large, and a mostly open block says little about missed probes).
+pub const MAX_CHECK_OPEN: usize = 1024;
+
+/// A verification run in flight: which task it re-checks, who ran that, and what it found open.
+/// Kept in the job record until the verification ends (so it survives a restart).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    pub of: u64,
+    pub minion: String,
+    pub provider: String,
+    /// The /24 (or /64) of the task's first address: the ledger row it counts in.
+    pub net: String,
+    /// Probes of the task (addresses × ports).
+    pub probes: u64,
+    pub first_open: Vec<(std::net::IpAddr, u16)>,
+}
+
+/// Whether a finished task is re-run by another minion: a root task (not a follow-up) of a
+/// module that reports open ports, a keyed sample of `per_mille`/1000, when the first run found
+/// at most [`MAX_CHECK_OPEN`] open and another live minion can run it.
+pub fn should_verify(
+    reports_open_ports: bool,
+    is_root: bool,
+    live_minions: u32,
+    first_open: usize,
+    key: u64,
+    task_id: u64,
+    per_mille: u32,
+) -> bool {
+    reports_open_ports
+        && is_root
+        && live_minions >= 2
+        && first_open <= MAX_CHECK_OPEN
+        && verify_task(key, task_id, per_mille)
+}
+
+/// Whether a verification run of a task first run by `first` may run on `candidate`: only on
+/// another minion, unless no other is alive (then it runs anyway, checks nothing, and the job
+/// is not held up by a verification no minion can take).
+pub fn may_verify_on(first: &str, candidate: &str, live_minions: u32) -> bool {
+    candidate != first || live_minions < 2
+}
+
+/// What a verification run found: `(sampled, missed)` for the first run's minion — the probes
+/// the first run did not find open were all re-sent; `missed` of them are open now — and the
+/// address:ports the first run missed (the only findings of the verification worth storing:
+/// the others are stored already). `None` when the verification ran on the first run's own
+/// minion (it checks nothing).
+pub fn judge_check(
+    check: &Check,
+    verifier: &str,
+    found_open: &[(std::net::IpAddr, u16)],
+) -> Option<(
+    u64,
+    u64,
+    std::collections::BTreeSet<(std::net::IpAddr, u16)>,
+)> {
+    if verifier == check.minion {
+        return None;
+    }
+    let first: std::collections::BTreeSet<_> = check.first_open.iter().copied().collect();
+    let now: std::collections::BTreeSet<_> = found_open.iter().copied().collect();
+    let missed: std::collections::BTreeSet<_> = now.difference(&first).copied().collect();
+    let sampled = check.probes.saturating_sub(first.len() as u64);
+    Some((sampled, missed.len() as u64, missed))
 }
 
 /// Misses of a first run given the open sets of the first and the verifying run of one task.
@@ -252,6 +350,77 @@ mod tests {
         l.record_check("b", "p", "n", 5000, 16); // within noise of a
         l.record_check("c", "p", "n", 50, 20); // huge rate, too few samples
         assert!(judge(&l).is_empty());
+    }
+
+    #[test]
+    fn verification_goes_to_another_minion_while_there_is_one() {
+        assert!(!may_verify_on("m1", "m1", 2));
+        assert!(may_verify_on("m1", "m2", 2));
+        assert!(may_verify_on("m1", "m1", 1));
+    }
+
+    #[test]
+    fn a_flagged_minion_gets_its_share_of_its_slots() {
+        assert_eq!(cut_free(64, None), 64);
+        assert_eq!(cut_free(64, Some(FLAGGED_SHARE)), 16);
+        assert_eq!(cut_free(2, Some(FLAGGED_SHARE)), 1);
+        assert_eq!(cut_free(0, Some(FLAGGED_SHARE)), 0);
+    }
+
+    #[test]
+    fn nets_are_slash_24_and_slash_64() {
+        assert_eq!(net_of("127.1.2.3".parse().unwrap()), "127.1.2.0/24");
+        assert_eq!(net_of("::1".parse().unwrap()), "::/64");
+        assert_eq!(
+            net_of("2001:db8:1:2:3::4".parse().unwrap()),
+            "2001:db8:1:2::/64"
+        );
+    }
+
+    #[test]
+    fn a_check_counts_what_only_the_second_minion_found() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let c = Check {
+            of: 7,
+            minion: "m1".into(),
+            provider: "a".into(),
+            net: "127.0.0.0/24".into(),
+            probes: 256,
+            first_open: vec![(ip("127.0.0.1"), 80), (ip("127.0.0.2"), 80)],
+        };
+        let found = [
+            (ip("127.0.0.2"), 80),
+            (ip("127.0.0.9"), 80),
+            (ip("127.0.0.9"), 80),
+        ];
+        let (sampled, missed, new) = judge_check(&c, "m2", &found).unwrap();
+        assert_eq!((sampled, missed), (254, 1));
+        assert_eq!(new.into_iter().collect::<Vec<_>>(), [(ip("127.0.0.9"), 80)]);
+        // re-run on the same minion: no evidence either way
+        assert!(judge_check(&c, "m1", &found).is_none());
+        // a port the second run did not find (the first was right, or it was lost) is no miss
+        assert_eq!(judge_check(&c, "m2", &[]).unwrap().1, 0);
+    }
+
+    #[test]
+    fn only_root_scan_tasks_with_peers_are_verified() {
+        let picked = (0..10_000u64)
+            .filter(|t| should_verify(true, true, 2, 3, 9, *t, 1000))
+            .count();
+        assert_eq!(picked, 10_000);
+        assert!(!should_verify(false, true, 2, 0, 9, 1, 1000));
+        assert!(!should_verify(true, false, 2, 0, 9, 1, 1000));
+        assert!(!should_verify(true, true, 1, 0, 9, 1, 1000));
+        assert!(!should_verify(
+            true,
+            true,
+            2,
+            MAX_CHECK_OPEN + 1,
+            9,
+            1,
+            1000
+        ));
+        assert!(!(0..1000).any(|t| should_verify(true, true, 3, 0, 9, t, 0)));
     }
 
     #[test]

@@ -109,12 +109,51 @@ pub fn token(epoch: u64, counter: u64) -> Token {
     (epoch << 40) | (counter & ((1 << 40) - 1))
 }
 
-/// Splits a job-wide rate limit (connections/s) across the tasks allowed in flight at once.
-pub fn rate_share(rate_limit: u32, max_in_flight: u32) -> u32 {
+/// What a rate-limited job may lease now: how many new tasks, and the rate each gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RatePlan {
+    pub max_new: u64,
+    /// connections/s for each new lease (0: unlimited)
+    pub share: u32,
+}
+
+/// The rate decision for a job with `rate_limit` connections/s (0: unlimited). `in_flight` are
+/// the rates of its leases still out (0 = given before rates were recorded: counted as the
+/// whole limit, the safe guess), `alive` the live minions, `left` the tasks not yet done.
+///
+/// Invariant (property-tested): granting `max_new` leases at `share` keeps the sum of the rates
+/// in flight within `rate_limit`, whatever was leased before, so the job's rate is never
+/// exceeded, even while the number of live minions changes. A job keeps at most one task per
+/// live minion in flight (never more than it has tasks left), each with the limit divided by
+/// that many; a lease keeps the rate it was given until it ends, so a share freed by a dead or
+/// finished task is what lets the next task start.
+pub fn rate_plan(rate_limit: u32, in_flight: &[u32], alive: u64, left: u64) -> RatePlan {
     if rate_limit == 0 {
-        0
-    } else {
-        (rate_limit / max_in_flight.max(1)).max(1)
+        return RatePlan {
+            max_new: u64::MAX,
+            share: 0,
+        };
+    }
+    let limit = u64::from(rate_limit);
+    let used: u64 = in_flight
+        .iter()
+        .map(|r| if *r == 0 { limit } else { u64::from(*r) })
+        .sum();
+    let budget = limit.saturating_sub(used);
+    let slots = alive.min(left).max(1);
+    let share = (limit / slots).max(1);
+    let free_slots = slots.saturating_sub(in_flight.len() as u64);
+    let n = free_slots.min(budget / share);
+    if n == 0 && free_slots > 0 && budget > 0 {
+        // what is left of the limit (less than a full share) still runs one task
+        return RatePlan {
+            max_new: 1,
+            share: budget as u32,
+        };
+    }
+    RatePlan {
+        max_new: n,
+        share: share as u32,
     }
 }
 
@@ -173,6 +212,7 @@ mod tests {
             generation: 2,
             token: 7,
             deadline_ms: 0,
+            rate: 0,
         };
         assert_eq!(judge_result(Some(&leased), 7, "m", 2), Verdict::Accept);
         assert_eq!(judge_result(Some(&leased), 6, "m", 2), Verdict::Stale);
@@ -195,9 +235,112 @@ mod tests {
         assert_eq!(on_failure(3, 3, false), Retry::Fail);
         assert_eq!(on_failure(1, 3, true), Retry::Fail);
         assert!(token(2, 0) > token(1, (1 << 40) - 1));
-        assert_eq!(rate_share(1000, 4), 250);
-        assert_eq!(rate_share(3, 4), 1);
-        assert_eq!(rate_share(0, 4), 0);
+    }
+
+    #[test]
+    fn rate_plan_examples() {
+        // unlimited
+        assert_eq!(rate_plan(0, &[5, 5], 3, 10).max_new, u64::MAX);
+        // 1000/s over 4 live minions, nothing out: 4 × 250
+        assert_eq!(
+            rate_plan(1000, &[], 4, 100),
+            RatePlan {
+                max_new: 4,
+                share: 250
+            }
+        );
+        // fewer tasks left than minions: the last task runs at the full rate
+        assert_eq!(
+            rate_plan(1000, &[], 4, 1),
+            RatePlan {
+                max_new: 1,
+                share: 1000
+            }
+        );
+        // 3/s over 4 minions: three tasks at 1/s, not four (was 4 × 1 = 4/s)
+        assert_eq!(
+            rate_plan(3, &[], 4, 100),
+            RatePlan {
+                max_new: 3,
+                share: 1
+            }
+        );
+        // one task took the whole limit while one minion was alive; a second minion joins:
+        // nothing more until it ends (was a second lease at 500/s: 1,500/s in flight)
+        assert_eq!(rate_plan(1000, &[1000], 2, 100).max_new, 0);
+        // a lease from before rates were recorded counts as the whole limit
+        assert_eq!(rate_plan(1000, &[0], 4, 100).max_new, 0);
+        // a partly used limit: what is left runs one task
+        assert_eq!(rate_plan(1000, &[333, 333], 2, 100).max_new, 0);
+        assert_eq!(
+            rate_plan(1000, &[333, 333], 3, 100),
+            RatePlan {
+                max_new: 1,
+                share: 333
+            }
+        );
+        assert_eq!(
+            rate_plan(1000, &[500, 400], 3, 100),
+            RatePlan {
+                max_new: 1,
+                share: 100
+            }
+        );
+    }
+
+    /// Random sequences of grants (as planned), task ends and minions joining and dying: the
+    /// rates in flight never sum above the limit, and a job with tasks left, a live minion and
+    /// nothing in flight can always lease.
+    #[test]
+    fn rate_plan_never_exceeds_the_limit_and_never_stalls() {
+        let mut seed = 0x5eed_u64;
+        let mut rnd = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n.max(1)
+        };
+        for _ in 0..2_000 {
+            let limit = [1u32, 2, 3, 7, 10, 100, 999, 1000, 65_535][rnd(9) as usize];
+            let mut alive = 1 + rnd(6);
+            let mut left = 1 + rnd(40);
+            let mut out: Vec<u32> = if rnd(4) == 0 { vec![0] } else { vec![] };
+            for _ in 0..200 {
+                match rnd(4) {
+                    0 => {
+                        let p = rate_plan(limit, &out, alive, left);
+                        if out.is_empty() && left > 0 {
+                            assert!(p.max_new >= 1, "stalled: {limit} {alive} {left}");
+                        }
+                        let n = p.max_new.min(left.saturating_sub(out.len() as u64));
+                        for _ in 0..n {
+                            assert!(p.share >= 1);
+                            out.push(p.share);
+                        }
+                    }
+                    1 if !out.is_empty() => {
+                        out.swap_remove(rnd(out.len() as u64) as usize);
+                        left = left.saturating_sub(1);
+                    }
+                    2 => alive = (alive + 1).min(8),
+                    _ => alive = alive.saturating_sub(1).max(1),
+                }
+                let used: u64 = out
+                    .iter()
+                    .map(|r| {
+                        if *r == 0 {
+                            u64::from(limit)
+                        } else {
+                            u64::from(*r)
+                        }
+                    })
+                    .sum();
+                assert!(used <= u64::from(limit), "{used} > {limit}: {out:?}");
+                if left == 0 {
+                    break;
+                }
+            }
+        }
     }
 }
 

@@ -214,6 +214,9 @@ pub fn lease_timeout_ms(
         "screenshot" => 30_000 * p,
         "enrich" => 60_000,
         "leak" => 5_000,
+        // A live (`follow`) beacon task runs for hours: its lease is renewed by every partial
+        // result, and the minion sends one (a keep-alive if nothing else) every quarter of this.
+        "beacon" if params.get("follow").and_then(|v| v.as_bool()) == Some(true) => 15_000,
         "beacon" => 300_000, // its own time limit (minion `modules::beacon::TIME_LIMIT`)
         "noop" => 1_000 + params.get("sleep_ms").and_then(|v| v.as_u64()).unwrap_or(0),
         _ => return max_ms,
@@ -431,6 +434,10 @@ mod tests {
     fn lease_timeouts_follow_the_modules_expected_duration() {
         let none = serde_json::Value::Null;
         assert_eq!(lease_timeout_ms("noop", 0, &none, 600_000), 30_000);
+        assert_eq!(lease_timeout_ms("beacon", 0, &none, 600_000), 600_000);
+        let follow = serde_json::json!({"follow": true});
+        assert_eq!(lease_timeout_ms("beacon", 0, &follow, 600_000), 60_000);
+        assert_eq!(lease_timeout_ms("beacon", 0, &follow, 5_000), 5_000);
         assert_eq!(
             lease_timeout_ms("noop", 0, &serde_json::json!({"sleep_ms": 20_000}), 600_000),
             84_000

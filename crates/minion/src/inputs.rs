@@ -84,6 +84,52 @@ pub fn open_input(ctx: &ModuleCtx, name: &str, limit: u64) -> Result<CheckedInpu
     })
 }
 
+/// A directory input (a Zeek log directory a live `beacon` task follows) that passed the checks.
+#[derive(Debug)]
+pub struct CheckedDir {
+    /// Canonical path strictly inside the input directory.
+    pub path: PathBuf,
+    /// The name as the job gave it (clipped).
+    pub name: String,
+}
+
+/// Checks directory input `name`: lexically, then canonicalised (symlinks resolved) it must lie
+/// strictly inside the input directory and be a directory. A missing directory is a transient
+/// `ModuleError::Failed` (it may exist on another minion); every other refusal is `Invalid`.
+pub fn open_dir(ctx: &ModuleCtx, name: &str) -> Result<CheckedDir, ModuleError> {
+    let invalid = |e: InputError| ModuleError::Invalid(e.to_string());
+    let root = ctx
+        .input_dir
+        .as_ref()
+        .ok_or(invalid(InputError::Disabled))?;
+    let shown = clip(name, 128);
+    let candidate = input_candidate(root, name).map_err(invalid)?;
+    let canon = match std::fs::canonicalize(&candidate) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ModuleError::Failed(format!(
+                "input directory {shown:?} does not exist on minion {}",
+                ctx.minion_id
+            )));
+        }
+        Err(e) => return Err(invalid(InputError::Unreadable(shown, io_reason(&e)))),
+    };
+    if !within(root, &canon) {
+        return Err(invalid(InputError::Escapes(shown)));
+    }
+    let meta = std::fs::metadata(&canon)
+        .map_err(|e| invalid(InputError::Unreadable(shown.clone(), io_reason(&e))))?;
+    if !meta.is_dir() {
+        return Err(ModuleError::Invalid(format!(
+            "input {shown:?} is not a directory"
+        )));
+    }
+    Ok(CheckedDir {
+        path: canon,
+        name: shown,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +184,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("input_dir"), "{e}");
+    }
+
+    #[test]
+    fn directory_inputs_stay_strictly_inside_the_input_dir() {
+        let base = tempfile::tempdir().unwrap();
+        let inputs = base.path().join("inputs");
+        std::fs::create_dir_all(inputs.join("zeek")).unwrap();
+        std::fs::write(inputs.join("file.log"), "x").unwrap();
+        std::os::unix::fs::symlink(base.path(), inputs.join("up")).unwrap();
+        let c = ctx(Some(inputs.clone()));
+        let d = open_dir(&c, "zeek").unwrap();
+        assert_eq!(d.path, std::fs::canonicalize(inputs.join("zeek")).unwrap());
+        for (name, want) in [
+            ("..", "leaves"),
+            ("up", "leaves"),
+            (".", "not a relative path"),
+            ("/etc", "not a relative path"),
+            ("file.log", "not a directory"),
+        ] {
+            let e = open_dir(&c, name).unwrap_err();
+            assert!(e.permanent() && e.to_string().contains(want), "{name}: {e}");
+        }
+        // missing here: maybe present on another minion (a retry may go there)
+        let e = open_dir(&c, "nope").unwrap_err();
+        assert!(!e.permanent(), "{e}");
+        assert!(open_dir(&ctx(None), "zeek").unwrap_err().permanent());
     }
 }

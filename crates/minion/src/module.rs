@@ -186,7 +186,19 @@ pub trait Module: Send + Sync + 'static {
         ctx: &'a ModuleCtx,
     ) -> BoxFuture<'a, Result<Vec<FindingOut>, ModuleError>>;
 
-    /// Like [`Module::run`], with probe counts; scan modules override it (the runtime calls this).
+    /// Like [`Module::run_counted`], for live modules that report findings while they run
+    /// (`beacon` with `follow`): `live` sends them as partial results (the runtime calls this).
+    fn run_live<'a>(
+        &'a self,
+        task: &'a TaskInput,
+        ctx: &'a ModuleCtx,
+        live: Live,
+    ) -> BoxFuture<'a, Result<Output, ModuleError>> {
+        let _ = live;
+        self.run_counted(task, ctx)
+    }
+
+    /// Like [`Module::run`], with probe counts; scan modules override it.
     fn run_counted<'a>(
         &'a self,
         task: &'a TaskInput,
@@ -198,5 +210,112 @@ pub trait Module: Send + Sync + 'static {
                 probe_counts: Vec::new(),
             })
         })
+    }
+}
+
+/// A running task's channel for partial results (findings reported before the task ends). Each
+/// partial also renews the task's lease at the coordinator; a live module calls
+/// [`Live::keep_alive`] often (it sends an empty partial once [`Live::every`] has passed since
+/// the last one), so a lease of a module that found nothing new does not run out.
+#[derive(Clone)]
+pub struct Live {
+    inner: std::sync::Arc<LiveInner>,
+}
+
+struct LiveInner {
+    tx: Option<tokio::sync::mpsc::Sender<overlord_proto::v1::TaskResult>>,
+    job_id: JobId,
+    task_id: TaskId,
+    token: overlord_core::Token,
+    started_at_ms: u64,
+    every: std::time::Duration,
+    /// (last seq sent, when the last partial was sent)
+    state: tokio::sync::Mutex<(u64, std::time::Instant)>,
+}
+
+impl Live {
+    /// A channel to the runtime's reporter for lease `token`.
+    pub fn new(
+        tx: tokio::sync::mpsc::Sender<overlord_proto::v1::TaskResult>,
+        job_id: JobId,
+        task_id: TaskId,
+        token: overlord_core::Token,
+        every: std::time::Duration,
+    ) -> Live {
+        Live {
+            inner: std::sync::Arc::new(LiveInner {
+                tx: Some(tx),
+                job_id,
+                task_id,
+                token,
+                started_at_ms: overlord_core::now_ms(),
+                every,
+                state: tokio::sync::Mutex::new((0, std::time::Instant::now())),
+            }),
+        }
+    }
+
+    /// Nowhere to send (a module run outside the runtime): partials are dropped.
+    pub fn detached() -> Live {
+        Live {
+            inner: std::sync::Arc::new(LiveInner {
+                tx: None,
+                job_id: 0,
+                task_id: 0,
+                token: 0,
+                started_at_ms: 0,
+                every: std::time::Duration::from_secs(3600),
+                state: tokio::sync::Mutex::new((0, std::time::Instant::now())),
+            }),
+        }
+    }
+
+    /// How often a keep-alive is due.
+    pub fn every(&self) -> std::time::Duration {
+        self.inner.every
+    }
+
+    /// Sends `findings` now (in chunks the coordinator accepts), as partial results.
+    pub async fn emit(&self, findings: Vec<FindingOut>) {
+        let mut st = self.inner.state.lock().await;
+        let chunks: Vec<Vec<FindingOut>> = if findings.is_empty() {
+            vec![Vec::new()]
+        } else {
+            findings
+                .chunks(overlord_core::trust::MAX_FINDINGS_PER_RESULT / 4)
+                .map(<[FindingOut]>::to_vec)
+                .collect()
+        };
+        for chunk in chunks {
+            st.0 += 1;
+            st.1 = std::time::Instant::now();
+            let Some(tx) = &self.inner.tx else { continue };
+            let r = overlord_proto::v1::TaskResult {
+                job_id: self.inner.job_id,
+                task_id: self.inner.task_id,
+                token: self.inner.token,
+                ok: true,
+                findings: chunk.into_iter().map(FindingOut::into_wire).collect(),
+                started_at_ms: self.inner.started_at_ms,
+                finished_at_ms: overlord_core::now_ms(),
+                partial: true,
+                seq: st.0,
+                ..Default::default()
+            };
+            let _ = tx.send(r).await;
+        }
+    }
+
+    /// Sends an empty partial (renewing the lease) if none was sent for [`Live::every`].
+    pub async fn keep_alive(&self) {
+        let due = self.inner.state.lock().await.1.elapsed() >= self.inner.every;
+        if due {
+            self.emit(Vec::new()).await;
+        }
+    }
+
+    /// Partials sent so far.
+    pub async fn sent(&self) -> u64 {
+        self.inner.state.lock().await.0
     }
 }

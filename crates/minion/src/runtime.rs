@@ -3,7 +3,7 @@
 //! until the coordinator acknowledges it (accepted or rejected) and is re-sent on a new session.
 
 use crate::config::MinionSettings;
-use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, Output, TaskInput};
+use crate::module::{FindingOut, Live, Module, ModuleCtx, ModuleError, Output, TaskInput};
 use crate::telemetry::metrics;
 use futures::FutureExt;
 use overlord_core::Token;
@@ -27,12 +27,21 @@ struct Shared {
     minion: String,
     /// Sessions registered so far (the second and later are reconnects).
     sessions: std::sync::atomic::AtomicU64,
-    unacked: Mutex<BTreeMap<Token, v1::TaskResult>>,
+    /// Results sent and not yet acknowledged, by (token, seq): a partial result's seq, or
+    /// [`FINAL`] for the task's result (so a re-send keeps partials before their final result).
+    unacked: Mutex<BTreeMap<(Token, u64), v1::TaskResult>>,
     running: Mutex<HashMap<Token, AbortHandle>>,
     session: Mutex<Option<mpsc::Sender<v1::MinionMessage>>>,
 }
 
 const MAX_BATCH: usize = 1024;
+/// The `unacked` seq of a task's final result.
+const FINAL: u64 = u64::MAX;
+
+/// Where a result is kept until acknowledged.
+fn unacked_key(r: &v1::TaskResult) -> (Token, u64) {
+    (r.token, if r.partial { r.seq } else { FINAL })
+}
 
 fn msg(m: MMsg) -> v1::MinionMessage {
     v1::MinionMessage { msg: Some(m) }
@@ -252,7 +261,7 @@ async fn session(
                         h.abort();
                         aborted += 1;
                     }
-                    unacked.remove(&t);
+                    unacked.retain(|(tok, _), _| *tok != t);
                 }
                 metrics::tasks_revoked(&shared.minion, aborted);
                 metrics::leases_in_flight(&shared.minion, running.len());
@@ -263,7 +272,7 @@ async fn session(
                     if !it.accepted {
                         debug!(token = it.token, reason = %it.reason, "result rejected");
                     }
-                    unacked.remove(&it.token);
+                    unacked.remove(&(it.token, if it.seq == 0 { FINAL } else { it.seq }));
                 }
             }
             Some(CMsg::Registered(_)) | None => return Err("unexpected message".into()),
@@ -321,6 +330,14 @@ fn start_task(
         sem.clone(),
         shared.clone(),
     );
+    // A live module renews its lease with a partial result every quarter of the lease.
+    let lease_ms = lease.deadline_ms.saturating_sub(overlord_core::now_ms());
+    let every = Duration::from_millis(if lease.deadline_ms == 0 {
+        15_000
+    } else {
+        (lease_ms / 4).clamp(100, 60_000)
+    });
+    let live = Live::new(res_tx.clone(), lease.job_id, lease.task_id, token, every);
     let handle = tokio::spawn(async move {
         let _permit = sem.acquire_owned().await;
         let started = overlord_core::now_ms();
@@ -334,7 +351,8 @@ fn start_task(
             traceparent = %lease.traceparent
         );
         crate::telemetry::adopt_parent(&span, &lease.traceparent);
-        let outcome = tracing::Instrument::instrument(execute(&lease, &modules, &ctx), span).await;
+        let outcome =
+            tracing::Instrument::instrument(execute(&lease, &modules, &ctx, live), span).await;
         let finished = overlord_core::now_ms();
         let mut r = v1::TaskResult {
             job_id: lease.job_id,
@@ -410,6 +428,7 @@ async fn execute(
     lease: &v1::TaskLease,
     modules: &HashMap<String, Arc<dyn Module>>,
     ctx: &ModuleCtx,
+    live: Live,
 ) -> Result<Output, ModuleError> {
     let module = modules.get(&lease.module).ok_or_else(|| {
         ModuleError::Invalid(format!(
@@ -461,7 +480,7 @@ async fn execute(
         input: (!lease.input.is_empty()).then(|| lease.input.clone()),
     };
     // A panicking module fails its task instead of killing the minion.
-    match std::panic::AssertUnwindSafe(module.run_counted(&input, ctx))
+    match std::panic::AssertUnwindSafe(module.run_live(&input, ctx, live))
         .catch_unwind()
         .await
     {
@@ -489,7 +508,7 @@ async fn reporter(mut rx: mpsc::Receiver<v1::TaskResult>, shared: Arc<Shared>) {
         {
             let mut unacked = shared.unacked.lock().expect("lock");
             for r in &items {
-                unacked.insert(r.token, r.clone());
+                unacked.insert(unacked_key(r), r.clone());
             }
         }
         let tx = shared.session.lock().expect("lock").clone();

@@ -210,12 +210,17 @@ pub fn encode_task(t: &TaskRecord) -> Vec<u8> {
             generation,
             token,
             deadline_ms,
+            rate,
         } => {
-            w.u8(1);
+            // tag 5 = a lease with its rate share (tag 1, without, is what older records hold)
+            w.u8(if *rate == 0 { 1 } else { 5 });
             w.str(minion);
             w.var(*generation);
             w.var(*token);
             w.var(*deadline_ms);
+            if *rate != 0 {
+                w.var(u64::from(*rate));
+            }
         }
         TaskState::Done => w.u8(2),
         TaskState::Failed { reason } => {
@@ -252,11 +257,16 @@ pub fn decode_task(body: &[u8]) -> Res<TaskRecord> {
     let blob_sha256 = r.opt_str("blob_sha256")?;
     let state = match r.u8()? {
         0 => TaskState::Pending,
-        1 => TaskState::Leased {
+        tag @ (1 | 5) => TaskState::Leased {
             minion: r.str()?,
             generation: r.var()?,
             token: r.var()?,
             deadline_ms: r.var()?,
+            rate: if tag == 5 {
+                u32::try_from(r.var()?).map_err(|_| "lease rate does not fit in u32".to_string())?
+            } else {
+                0
+            },
         },
         2 => TaskState::Done,
         3 => TaskState::Failed { reason: r.str()? },

@@ -153,6 +153,12 @@ pub trait Store: Send + Sync + 'static {
     fn requests(&self) -> Result<Vec<(String, JobId)>, StoreError>;
     /// Every (job id, cursor) stored by `reader` with [`Op::Cursor`].
     fn cursors(&self, reader: &str) -> Result<Vec<(JobId, u64)>, StoreError>;
+    /// The database the stores kept beside this one (image metadata, enrichment) use, when this
+    /// store brings its own (the memory store: one in memory, shared by its clones); `None`:
+    /// they open their own directory.
+    fn companion_kv(&self) -> Option<kv::KvDb> {
+        None
+    }
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -442,6 +448,10 @@ macro_rules! kv_store {
                 Ok(out)
             }
 
+            fn companion_kv(&self) -> Option<kv::KvDb> {
+                self.companion()
+            }
+
             fn cursors(&self, reader: &str) -> Result<Vec<(JobId, u64)>, StoreError> {
                 let prefix = cursor_prefix(reader);
                 let mut out = Vec::new();
@@ -488,6 +498,11 @@ pub fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
 }
 
 impl SledStore {
+    /// The stores beside this one open their own directories.
+    fn companion(&self) -> Option<kv::KvDb> {
+        None
+    }
+
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = open_sled(
             &sled::Config::new()
@@ -832,7 +847,8 @@ mod tests {
                 minion: "m".into(),
                 generation: 1,
                 token: 9,
-                deadline_ms: 5
+                deadline_ms: 5,
+                rate: 0,
             }
         );
         let job = b"\x01{\"id\":1,\"state\":\"running\",\"created_ms\":1,\"finished_ms\":0,\"perm_key\":3,\"root_total\":4,\"root_next\":2,\"next_task_id\":4,\"tasks_created\":2,\"done\":1,\"failed\":0,\"findings\":1,\"stale_rejected\":0}";
@@ -876,6 +892,7 @@ mod tests {
                 generation: 3,
                 token: (7 << 40) | 12345,
                 deadline_ms: 1_700_000_000_000,
+                rate: 0,
             },
             TaskState::Done,
             TaskState::Failed {
@@ -950,6 +967,36 @@ mod tests {
         assert!(compact::encode_task(&noop).len() * 4 < encode(&noop).len());
     }
 
+    /// A lease's rate share (tag 5) round-trips; without one the record keeps tag 1, the bytes
+    /// older records hold.
+    #[test]
+    fn lease_rate_round_trips_in_the_compact_record() {
+        let mut t = TaskRecord::new(overlord_core::job::TaskSpec {
+            job_id: 1,
+            task_id: 2,
+            parent: None,
+            module: "portscan".into(),
+            target: Some("127.0.0.1".parse().unwrap()),
+            target_count: 1,
+            ports: vec![22],
+            input: None,
+            params: serde_json::Value::Null,
+            blob_sha256: None,
+        });
+        for rate in [0, 1, 250, u32::MAX] {
+            t.state = TaskState::Leased {
+                minion: "m".into(),
+                generation: 1,
+                token: 9,
+                deadline_ms: 5,
+                rate,
+            };
+            let bytes = compact::encode_task(&t);
+            let back: TaskRecord = decode(b"k", &bytes).unwrap();
+            assert_eq!(back, t, "rate {rate}");
+        }
+    }
+
     /// Frozen bytes of version-2 records: changing the layout must keep these decoding.
     #[test]
     fn frozen_v2_records_decode() {
@@ -963,7 +1010,8 @@ mod tests {
                 minion: "m".into(),
                 generation: 1,
                 token: 9,
-                deadline_ms: 5
+                deadline_ms: 5,
+                rate: 0,
             }
         );
         assert_eq!(t.attempts, 1);

@@ -5,6 +5,7 @@
 //! sled's durability contract: a batch is visible at once but durable only after `flush`;
 //! [`MemStore::after_crash`] gives the store a restarted process would find (what was flushed).
 
+use crate::kv::KvDb;
 use crate::{Entries, Kv, StoreError, Visitor};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -23,9 +24,12 @@ struct State {
 
 /// An in-memory store. Clones share the same data (one store, several handles), like reopening a
 /// sled directory after a graceful stop.
+/// Its companion database (image metadata, enrichment: [`crate::Store::companion_kv`]) is in
+/// memory too and has no crash model: a store [`after_crash`](MemStore::after_crash) keeps it whole.
 #[derive(Clone, Default)]
 pub struct MemStore {
     state: Arc<RwLock<State>>,
+    kv: KvDb,
 }
 
 impl MemStore {
@@ -42,7 +46,12 @@ impl MemStore {
                 durable,
                 unflushed: Vec::new(),
             })),
+            kv: self.kv.clone(),
         }
+    }
+
+    pub(crate) fn companion(&self) -> Option<KvDb> {
+        Some(self.kv.clone())
     }
 
     pub(crate) fn kv(&self) -> &Self {

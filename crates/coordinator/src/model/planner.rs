@@ -490,6 +490,31 @@ impl Planner {
         }
     }
 
+    /// A partial result (findings of a task still running, or a keep-alive) under `token`:
+    /// like [`Planner::result`] but the lease and its slot stay.
+    pub fn progress(
+        &mut self,
+        minion: &str,
+        generation: u64,
+        token: Token,
+        job: JobId,
+        job_running: bool,
+        now: u64,
+    ) -> ResultRoute {
+        if let Some(m) = self.minions.get_mut(minion)
+            && m.current(generation)
+        {
+            m.last_seen_ms = now;
+            m.unresponsive = false;
+        }
+        let live = matches!(self.leases.get(&token), Some(l) if l.job == job && l.minion == minion);
+        match (job_running, live) {
+            (true, _) => ResultRoute::ToJob,
+            (false, true) => ResultRoute::Hold,
+            (false, false) => ResultRoute::Reject,
+        }
+    }
+
     fn withdraw(&mut self, offer: Option<Outstanding>) {
         if let Some(o) = offer {
             for (m, n) in o.slots {

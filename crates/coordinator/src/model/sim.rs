@@ -416,6 +416,7 @@ impl Sim {
                             generation: s.generation,
                             token,
                             deadline_ms: u64::MAX,
+                            rate: 0,
                         };
                         tokens.push(token);
                         leases.push((token, id, task));

@@ -8,15 +8,27 @@
 //! Findings: one `beacon` per flagged sequence (target = source IP, port = destination port for
 //! conn logs, data = the analytics `Finding` as JSON), then one `beacon_summary` (lines, records,
 //! bad lines with the first reasons, keys, scored sequences, seconds).
+//!
+//! With `follow: true` the input is a Zeek log *directory*, followed live for `duration_secs`;
+//! findings are sent while the task runs (see [`follow`]).
 
-use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput, to_schema};
+use crate::module::{
+    FindingOut, Live, Module, ModuleCtx, ModuleError, Output, TaskInput, to_schema,
+};
 use futures::future::BoxFuture;
 use overlord_analytics::{AnalyticsError, BeaconConfig, LogKind, score_logs};
 use overlord_core::finding::Payload;
 use overlord_core::finding::beacon::{BadLine, Beacon as BeaconFinding, BeaconSummary};
 use serde_json::Value;
 
+pub mod follow;
+
 pub struct Beacon;
+
+/// Whether the task is a live (`follow`) one.
+fn follows(params: &Value) -> bool {
+    params.get("follow").and_then(Value::as_bool) == Some(true)
+}
 
 /// Largest log a beacon task reads (checked before reading; see `crate::inputs`).
 pub const MAX_INPUT_BYTES: u64 = 512 << 20;
@@ -53,6 +65,18 @@ impl Module for Beacon {
     }
     fn capability(&self) -> &'static str {
         "analytics"
+    }
+    fn run_live<'a>(
+        &'a self,
+        task: &'a TaskInput,
+        ctx: &'a ModuleCtx,
+        live: Live,
+    ) -> BoxFuture<'a, Result<Output, ModuleError>> {
+        if follows(&task.params) {
+            Box::pin(follow::run(task, ctx, live))
+        } else {
+            self.run_counted(task, ctx)
+        }
     }
     fn run<'a>(
         &'a self,
