@@ -422,12 +422,18 @@ pub fn spawn_indexer(
 pub struct ImageApi {
     images: Arc<Images>,
     owners: Owners,
+    /// Text search over screens is answered by the query index (`screen.text`).
+    query: Arc<crate::query::Query>,
 }
 
 impl ImageApi {
-    pub fn new(images: Arc<Images>) -> Self {
+    pub fn new(images: Arc<Images>, query: Arc<crate::query::Query>) -> Self {
         let owners = Owners::new(images.jobs.clone());
-        ImageApi { images, owners }
+        ImageApi {
+            images,
+            owners,
+            query,
+        }
     }
 }
 
@@ -549,6 +555,7 @@ impl v1::image_service_server::ImageService for ImageApi {
         };
         let r = req.into_inner();
         let images = self.images.clone();
+        let query = self.query.clone();
         blocking(move || {
             let limit = limit_of(r.limit)?;
             // a non-admin's hits are filtered after the store ranked them: ask for the most the
@@ -568,12 +575,21 @@ impl v1::image_service_server::ImageService for ImageApi {
                 Some(Query::Text(t)) if t.trim().is_empty() => {
                     return Err(ApiError::InvalidArgument("empty text query".into()));
                 }
-                Some(Query::Text(t)) => e
-                    .search_text(&t, fetch)
-                    .map_err(api_err)?
-                    .into_iter()
-                    .map(|h| (h.id, h.score, 0))
-                    .collect(),
+                // the query index answers; it first folds what is durable and not yet
+                // visible, so an image enriched a moment ago is found
+                Some(Query::Text(t)) => {
+                    query
+                        .follower
+                        .sync()
+                        .map_err(|e| ApiError::Storage(e.to_string()))?;
+                    query
+                        .engine
+                        .screen_text(&t, fetch)
+                        .map_err(|e| ApiError::Storage(e.to_string()))?
+                        .into_iter()
+                        .map(|h| (h.image, h.score, 0))
+                        .collect()
+                }
                 Some(Query::Tag(t)) if t.is_empty() || t.contains('\0') => {
                     return Err(ApiError::InvalidArgument(format!("bad tag {t:?}")));
                 }

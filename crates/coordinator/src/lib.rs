@@ -373,6 +373,7 @@ pub async fn start_with_store(
             api::SizeLimited::new(
                 v1::image_service_server::ImageServiceServer::new(images::ImageApi::new(
                     images.clone(),
+                    query.clone(),
                 ))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),

@@ -2,7 +2,8 @@
 //!
 //! decode (bounded) → blank filter → perceptual hashes → OCR → faces → logos → e-mails → tags;
 //! plus the persistent indexes that serve the results: a multi-index-hashing similar-image index,
-//! a BM25 full-text index over OCR text, tag/face queries and a leak database (all in sled).
+//! tag/face queries and a leak database (all in sled); text search over screens is the
+//! coordinator's query index (`screen.text`).
 //! See docs/DESIGN.md, section "Image enrichment".
 
 // Index loops over parallel pixel/channel arrays read better than zipped iterators here.
@@ -21,7 +22,6 @@ pub mod ocr;
 pub mod phash;
 pub mod simindex;
 pub mod store;
-pub mod textindex;
 pub mod tld;
 
 pub use analyze::{Analysis, AnalyzerConfig, Timings, derive_tags, extract_emails};
@@ -39,4 +39,3 @@ pub use ocr::{OcrParams, OcrText, Word};
 pub use phash::{PHashes, hamming64, hamming256, phashes};
 pub use simindex::{InsertOutcome, OpenReport, SimilarMatch, SimilarityIndex, SledMihIndex};
 pub use store::{EnrichStore, IngestReport};
-pub use textindex::{TextHit, TextIndex};

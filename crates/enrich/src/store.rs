@@ -1,17 +1,19 @@
 //! The enrichment store: everything the coordinator needs to serve image queries, in one sled
-//! database — analyses by image id, the similar-image index, the OCR full-text index, tags and
-//! the leak database.
+//! database — analyses by image id, the similar-image index, tags and the leak database.
+//!
+//! Text search over screens is not here: the coordinator's query index holds the OCR text of
+//! every enriched screen (`screen.text`) and answers the image service's text search. The
+//! `txt.*` trees an older store kept (a BM25 index of its own) are no longer written or read.
 //!
 //! | tree | key | value |
 //! |---|---|---|
 //! | `img.analysis` | image id | `[1]` ++ JSON of [`Analysis`] (v1) |
 //! | `img.tag` | tag 0x00 image id | face count (u32 BE) |
 //! | `sim.*` | see [`crate::simindex`] | |
-//! | `txt.*` | see [`crate::textindex`] | |
 //! | `leak` | see [`crate::leak`] | |
 //! | `img.layout` | `version` | layout version of the whole store (u32 BE), [`LAYOUT_VERSION`] |
 //!
-//! Records carry their own version byte (analyses, `sim.*`, `txt.doc`); fixed-size values (tag
+//! Records carry their own version byte (analyses, `sim.*`); fixed-size values (tag
 //! face counts, counters) and the key layouts are covered by the store's layout version, checked
 //! on open: a store written by a newer layout is refused, never misread.
 
@@ -21,7 +23,6 @@ use crate::error::EnrichError;
 use crate::leak::LeakDb;
 use crate::phash::{PHashes, phashes};
 use crate::simindex::{SimilarMatch, SimilarityIndex, SledMihIndex};
-use crate::textindex::{TextHit, TextIndex};
 use overlord_storage::kv::{KvDb, KvTree};
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +39,6 @@ pub struct IngestReport {
 pub struct EnrichStore {
     db: KvDb,
     sim: SledMihIndex,
-    text: TextIndex,
     leaks: LeakDb,
     analyses: KvTree,
     tags: KvTree,
@@ -57,7 +57,6 @@ impl EnrichStore {
         check_layout(&db.open_tree("img.layout")?)?;
         Ok(EnrichStore {
             sim: SledMihIndex::open(&db)?,
-            text: TextIndex::open(&db)?,
             leaks: LeakDb::open(&db)?,
             analyses: db.open_tree("img.analysis")?,
             tags: db.open_tree("img.tag")?,
@@ -75,7 +74,7 @@ impl EnrichStore {
 
     /// Stores an analysis under `id` as it is (its tags were computed once, by the analysis, and
     /// are served as stored; leak lookups are the coordinator's `leak` findings), indexes its
-    /// hash, text and tags. Not durable until [`EnrichStore::flush`].
+    /// hash and tags. Not durable until [`EnrichStore::flush`].
     pub fn ingest(&self, id: &str, analysis: &Analysis) -> Result<IngestReport, EnrichError> {
         let hashes = analysis
             .hashes()
@@ -93,7 +92,6 @@ impl EnrichStore {
         for t in &analysis.tags {
             self.tags.insert(tag_key(t, id), &faces.to_be_bytes())?;
         }
-        self.text.index(id, &analysis.text)?;
         let mut rec = vec![1u8];
         rec.extend_from_slice(&serde_json::to_vec(analysis)?);
         self.analyses.insert(id, rec)?;
@@ -118,11 +116,6 @@ impl EnrichStore {
     /// Is an analysis stored under `id` (one key lookup, no decoding)?
     pub fn contains(&self, id: &str) -> Result<bool, EnrichError> {
         Ok(self.analyses.contains_key(id)?)
-    }
-
-    /// Full-text search over OCR text, best first.
-    pub fn search_text(&self, query: &str, limit: usize) -> Result<Vec<TextHit>, EnrichError> {
-        self.text.search(query, limit)
     }
 
     /// Image ids carrying `tag`, in id order.

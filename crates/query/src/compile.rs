@@ -67,7 +67,7 @@ impl Compiler<'_> {
 
     fn term(&self, t: &QTerm) -> Result<Q, ParseError> {
         let Some((name, fspan)) = &t.field else {
-            return self.text_query(self.fields.text, &t.value, t.span);
+            return self.free_text(&t.value, t.span);
         };
         let def = self.registry.resolve(name, *fspan).map_err(|e| {
             self.err(
@@ -120,6 +120,20 @@ impl Compiler<'_> {
 
     fn is_keyword(&self, _f: Field) -> bool {
         false
+    }
+
+    /// Free text: any of the text columns (banner, HTTP title, screen text) or the short values
+    /// gathered in `text` (service, product, version, server, certificate subject). The long
+    /// texts are not copied into `text`: tokenising them twice was a measured share of ingest.
+    fn free_text(&self, v: &Value, span: Span) -> Result<Q, ParseError> {
+        let mut clauses = vec![(Occur::Should, self.text_query(self.fields.text, v, span)?)];
+        for col in crate::index::FREE_TEXT {
+            clauses.push((
+                Occur::Should,
+                self.text_query(self.fields.get(col), v, span)?,
+            ));
+        }
+        Ok(Box::new(BooleanQuery::new(clauses)))
     }
 
     fn text_query(&self, f: Field, v: &Value, span: Span) -> Result<Q, ParseError> {

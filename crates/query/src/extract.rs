@@ -178,5 +178,13 @@ pub fn observe(p: &Payload) -> Observation {
 /// Provenance and observation of a stored finding.
 pub fn extract(f: &FindingRecord) -> (Provenance, Observation) {
     let parsed = Payload::parse(&f.kind, &f.data);
-    (provenance(f), observe(&parsed.payload))
+    let mut o = observe(&parsed.payload);
+    // an enrichment of an input file names no screenshot: its image is the finding's blob (the
+    // id the image service serves it under)
+    if let (Payload::Enrichment(_), Some(sc)) = (&parsed.payload, o.screen.as_mut())
+        && sc.image.is_none()
+    {
+        sc.image = f.blob_sha256.clone();
+    }
+    (provenance(f), o)
 }

@@ -89,6 +89,22 @@ impl Follower {
         Ok(n)
     }
 
+    /// Folds every job whose durable findings searches do not see yet and commits: for a read
+    /// that must see everything durable so far (the image service's text search). Safe beside
+    /// the follower task (a finding at or below its job's cursor is skipped).
+    pub fn sync(&self) -> Result<(), FollowError> {
+        let committed = self.index.committed();
+        for r in self.store.jobs()? {
+            if r.findings > committed.get(&r.id).copied().unwrap_or(0) {
+                self.catch_up(r.id)?;
+            }
+        }
+        if self.index.pending_rows() > 0 || self.index.pending_age_ms() > 0 {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
     /// Commits when due and forgets lag that became visible.
     pub fn maybe_commit(&self) -> Result<bool, FollowError> {
         let c = self.index.maybe_commit()?;

@@ -13,5 +13,6 @@ pub mod follow;
 pub mod import;
 pub mod index;
 pub mod lang;
+pub mod rowcodec;
 pub mod search;
 pub mod state;

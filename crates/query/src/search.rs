@@ -349,6 +349,14 @@ impl Collector for AllDocs {
 }
 
 /// The query engine: an index plus the field registry.
+/// One image found by [`Engine::screen_text`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScreenHit {
+    /// The image id (sha256 of the PNG).
+    pub image: String,
+    pub score: f64,
+}
+
 pub struct Engine {
     pub index: std::sync::Arc<QueryIndex>,
     pub registry: Registry,
@@ -401,6 +409,77 @@ impl Engine {
 
     pub fn search(&self, r: &SearchRequest) -> Result<Page, QueryError> {
         self.search_in(r, None)
+    }
+
+    /// Screens whose text matches any word of `text`, best first (BM25 over `screen.text`, the
+    /// score of an image its best row's), one hit per image id, at most `limit`. This is the
+    /// image service's text search: the screen text lives in the query index with everything
+    /// else known about its service, not in an index of its own.
+    pub fn screen_text(&self, text: &str, limit: usize) -> Result<Vec<ScreenHit>, QueryError> {
+        let f = self.index.fields.get("screen_text");
+        let mut a = self
+            .index
+            .index
+            .tokenizers()
+            .get("default")
+            .expect("default tokenizer");
+        let mut words = BTreeSet::new();
+        let mut ts = a.token_stream(text);
+        while ts.advance() {
+            words.insert(ts.token().text.clone());
+        }
+        if words.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let q = BooleanQuery::new(
+            words
+                .into_iter()
+                .map(|w| {
+                    (
+                        Occur::Should,
+                        Box::new(TermQuery::new(
+                            Term::from_field_text(f, &w),
+                            IndexRecordOption::WithFreqs,
+                        )) as Box<dyn Query>,
+                    )
+                })
+                .collect(),
+        );
+        let s = self.index.searcher();
+        // rows of the same image (re-scans, several jobs) collapse into one hit: ask for more
+        // rows than hits until enough distinct images are found or the rows run out
+        let mut want = limit.saturating_mul(2).max(16);
+        loop {
+            let top = s.search(
+                &q,
+                &tantivy::collector::TopDocs::with_limit(want).order_by_score(),
+            )?;
+            let mut best: Vec<ScreenHit> = Vec::new();
+            let mut seen = BTreeSet::new();
+            for (score, addr) in &top {
+                let row = self.index.row(&s, *addr)?;
+                let Some(id) = row.screen.and_then(|x| x.image) else {
+                    continue;
+                };
+                if seen.insert(id.clone()) {
+                    best.push(ScreenHit {
+                        image: id,
+                        score: *score as f64,
+                    });
+                }
+            }
+            if best.len() >= limit || top.len() < want {
+                // equal scores in a stable order (the image id)
+                best.sort_by(|a, b| {
+                    b.score
+                        .total_cmp(&a.score)
+                        .then_with(|| a.image.cmp(&b.image))
+                });
+                best.truncate(limit);
+                return Ok(best);
+            }
+            want = want.saturating_mul(4);
+        }
     }
 
     /// [`Engine::search`] over the rows of `jobs` only (`None`: every job); host rows too show

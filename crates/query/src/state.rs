@@ -188,6 +188,10 @@ impl ServiceState {
         set(&mut self.ssh, &o.ssh);
         if let Some(s) = &o.screen {
             let cur = self.screen.get_or_insert_with(Screen::default);
+            // a new screenshot of the service: what was read on the old one is not its text
+            if s.image.is_some() && cur.image.is_some() && s.image != cur.image {
+                *cur = Screen::default();
+            }
             set(&mut cur.image, &s.image);
             set(&mut cur.text, &s.text);
             set(&mut cur.faces, &s.faces);

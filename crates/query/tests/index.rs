@@ -565,3 +565,133 @@ fn answers_restricted_to_a_set_of_jobs() {
     assert!(!p.hosts.is_empty());
     assert!(p.hosts.iter().flat_map(|h| &h.services).all(|s| s.job == 2));
 }
+
+/// Rows are handed to the indexing thread in batches before the commit; a row handed over and
+/// then changed again (before its commit, or after) stays one row with its latest state, and
+/// nothing handed over survives a process that dies before the commit.
+#[test]
+fn rows_handed_over_early_are_upserted_and_lost_without_a_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q");
+    let many = |job: u64, from: u64, product: &str| -> Vec<(Provenance, Observation)> {
+        (0..2000u64)
+            .map(|i| {
+                (
+                    prov(job, from + i, "127.0.0.1", 1 + i as u16, "service", NOV1),
+                    svc(product, "1", "b"),
+                )
+            })
+            .collect()
+    };
+    {
+        let idx = QueryIndex::open_or_rebuild(&path).unwrap();
+        idx.add(&many(1, 1, "first")).unwrap();
+        // port 1 was handed over with the first batch; it changes before the commit
+        idx.add(&[(
+            prov(1, 5000, "127.0.0.1", 1, "service", NOV1 + 1),
+            svc("second", "2", "b"),
+        )])
+        .unwrap();
+        idx.commit().unwrap();
+        assert_eq!(idx.num_rows(), 2000);
+        // after the commit: every row changes again (each handed over, deleted by key first)
+        idx.add(&many(1, 6000, "third")).unwrap();
+        idx.commit().unwrap();
+        assert_eq!(idx.num_rows(), 2000);
+        // a job whose rows are handed over but never committed (the process dies)
+        idx.add(&many(2, 1, "lost")).unwrap();
+        assert!(idx.pending_rows() == 2000);
+    }
+    let idx = QueryIndex::open_or_rebuild(&path).unwrap();
+    assert_eq!(idx.num_rows(), 2000);
+    assert_eq!(idx.cursor(2), 0, "job 2 was never committed");
+    let e = Engine::new(Arc::new(idx));
+    assert_eq!(
+        e.search(&SearchRequest::new("product:third"))
+            .unwrap()
+            .matched,
+        2000
+    );
+    assert_eq!(
+        e.search(&SearchRequest::new("product:second"))
+            .unwrap()
+            .matched,
+        0
+    );
+    assert_eq!(
+        e.search(&SearchRequest::new("product:lost"))
+            .unwrap()
+            .matched,
+        0
+    );
+}
+
+/// Free text reaches the long text columns (kept out of the short-value `text` column) and the
+/// short values, with phrases inside one column.
+#[test]
+fn free_text_covers_banner_title_screen_and_short_values() {
+    let idx = QueryIndex::in_ram().unwrap();
+    corpus(&idx);
+    idx.commit().unwrap();
+    let e = Engine::new(Arc::new(idx));
+    let n = |q: &str| e.search(&SearchRequest::new(q)).unwrap().matched;
+    assert_eq!(n("debian"), 1, "banner word");
+    assert_eq!(n("\"openssh_9.2p1 debian\""), 1, "banner phrase");
+    assert_eq!(n("openssh"), 1, "product");
+    assert_eq!(n("nosuchword"), 0);
+}
+
+/// The image service's text search: screens ranked by their text, one hit per image however
+/// many rows (jobs) carry it, rows without an image never returned, and a new screenshot of a
+/// service does not inherit the old one's text.
+#[test]
+fn screen_text_search_is_one_ranked_hit_per_image() {
+    let idx = QueryIndex::in_ram().unwrap();
+    let shot = |img: &str, text: Option<&str>| Observation {
+        screen: Some(Screen {
+            image: Some(img.repeat(64)),
+            text: text.map(str::to_string),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    idx.add(&[
+        // image a (text ALARM twice) seen by jobs 1 and 2; image b says ALARM once
+        (
+            prov(1, 1, "127.0.0.1", 5900, "enrich", NOV1),
+            shot("a", Some("ALARM ALARM tank")),
+        ),
+        (
+            prov(2, 1, "127.0.0.1", 5900, "enrich", NOV1),
+            shot("a", Some("ALARM ALARM tank")),
+        ),
+        (
+            prov(1, 2, "127.0.0.2", 5900, "enrich", NOV1),
+            shot("b", Some("ALARM acknowledged by operator on duty")),
+        ),
+        // a banner saying ALARM has no screen: not an image hit
+        (
+            prov(1, 3, "127.0.0.3", 80, "service", NOV1),
+            svc("x", "1", "ALARM"),
+        ),
+        // c was read, then the service was screenshotted again (d, not read yet)
+        (
+            prov(1, 4, "127.0.0.4", 5900, "enrich", NOV1),
+            shot("c", Some("ALARM")),
+        ),
+        (
+            prov(1, 5, "127.0.0.4", 5900, "screenshot", NOV1 + 1),
+            shot("d", None),
+        ),
+    ])
+    .unwrap();
+    idx.commit().unwrap();
+    let e = Engine::new(Arc::new(idx));
+    let hits = e.screen_text("alarm", 10).unwrap();
+    let ids: Vec<_> = hits.iter().map(|h| h.image[..1].to_string()).collect();
+    assert_eq!(ids, ["a", "b"], "{hits:?}");
+    assert!(hits[0].score > hits[1].score);
+    assert_eq!(e.screen_text("operator tank", 1).unwrap().len(), 1);
+    assert!(e.screen_text("  ", 10).unwrap().is_empty());
+    assert!(e.screen_text("nosuchword", 10).unwrap().is_empty());
+}
