@@ -972,7 +972,8 @@ impl JobSt {
     ) -> v1::AckItem {
         let token = r.token;
         let state = self.tasks.get(&r.task_id).map(|t| &t.state);
-        match sched::judge_result(state, token, minion, generation) {
+        let last = self.partial_seq.get(&token).copied();
+        match sched::judge_partial(state, token, minion, generation, seq, last) {
             Verdict::Accept => {}
             Verdict::Duplicate => return ack_seq(token, true, "duplicate", seq),
             Verdict::Stale | Verdict::Unknown => {
@@ -987,9 +988,6 @@ impl JobSt {
                     seq,
                 );
             }
-        }
-        if seq <= self.partial_seq.get(&token).copied().unwrap_or(0) {
-            return ack_seq(token, true, "duplicate", seq);
         }
         let reject = |st: &mut Self, reason: String, count: bool| {
             st.leases.remove(&token);
