@@ -95,9 +95,6 @@ pub struct JobSt {
     last_demand_ms: u64,
     /// Follow-up admission (scope, dedup, depth, per-job cap); in memory only.
     followups: overlord_core::trust::FollowupGuard,
-    /// Live tasks: the highest partial-result seq accepted per lease token (in memory only: after
-    /// a coordinator restart a re-sent, already stored partial is stored again).
-    partial_seq: HashMap<Token, u64>,
 }
 
 impl Actor for JobActor {
@@ -165,6 +162,7 @@ impl Actor for JobActor {
             } => st.results(&minion, &provider, generation, items, tx),
             JobMsg::Requeue(tokens, reason, count) => {
                 for tok in tokens {
+                    st.forget_partials(tok);
                     if let Some(task) = st.leases.remove(&tok) {
                         st.requeue(task, &reason, count);
                     }
@@ -251,7 +249,6 @@ impl JobSt {
             last_demand: None,
             last_demand_ms: 0,
             followups: Default::default(),
-            partial_seq: HashMap::new(),
         }
     }
 
@@ -392,6 +389,13 @@ impl JobSt {
         };
         let left = self.tasks.len() as u64 + (self.rec.root_total - self.rec.root_next);
         sched::rate_plan(self.spec.rate_limit, &in_flight, self.alive as u64, left)
+    }
+
+    /// The lease `token` ended: its partial-result seq is no longer needed.
+    fn forget_partials(&mut self, token: Token) {
+        if self.rec.partial_seq.remove(&token).is_some() {
+            self.dirty = true;
+        }
     }
 
     fn leased_count(&self) -> u64 {
@@ -567,6 +571,7 @@ impl JobSt {
         self.pending.clear();
         self.pending_by_module.clear();
         self.leases.clear();
+        self.rec.partial_seq.clear();
         if let Some(r) = self.sh.registry.get() {
             let _ = r.cast(RegMsg::Release(self.rec.id, revoke));
         }
@@ -807,7 +812,7 @@ impl JobSt {
             }
             for (tok, task) in expired {
                 self.leases.remove(&tok);
-                self.partial_seq.remove(&tok);
+                self.forget_partials(tok);
                 self.requeue(task, overlord_core::task_error::LEASE_EXPIRED, true);
             }
         }
@@ -842,7 +847,7 @@ impl JobSt {
                 acks.push(self.partial(r, seq, minion, provider, generation, &mut malformed));
                 continue;
             }
-            self.partial_seq.remove(&token);
+            self.forget_partials(token);
             let state = self.tasks.get(&r.task_id).map(|t| &t.state);
             match sched::judge_result(state, token, minion, generation) {
                 Verdict::Accept => {}
@@ -972,7 +977,7 @@ impl JobSt {
     ) -> v1::AckItem {
         let token = r.token;
         let state = self.tasks.get(&r.task_id).map(|t| &t.state);
-        let last = self.partial_seq.get(&token).copied();
+        let last = self.rec.partial_seq.get(&token).copied();
         match sched::judge_partial(state, token, minion, generation, seq, last) {
             Verdict::Accept => {}
             Verdict::Duplicate => return ack_seq(token, true, "duplicate", seq),
@@ -991,7 +996,7 @@ impl JobSt {
         }
         let reject = |st: &mut Self, reason: String, count: bool| {
             st.leases.remove(&token);
-            st.partial_seq.remove(&token);
+            st.forget_partials(token);
             if let Some(reg) = st.sh.registry.get() {
                 let _ = reg.cast(RegMsg::Release(st.rec.id, vec![token]));
             }
@@ -1045,7 +1050,10 @@ impl JobSt {
         {
             *deadline_ms = now + timeout;
         }
-        self.partial_seq.insert(token, seq);
+        // kept in the job record (written with these findings): a partial re-sent after a
+        // coordinator restart is still a duplicate
+        self.rec.partial_seq.insert(token, seq);
+        self.dirty = true;
         if !findings.is_empty() {
             self.progress_dirty = true;
             self.store_findings(

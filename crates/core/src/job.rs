@@ -515,6 +515,10 @@ pub struct JobRecord {
     /// them in `failed`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cancelled: u64,
+    /// Live tasks sending partial results: the highest seq accepted per lease token (so a
+    /// partial re-sent after a coordinator restart is still a duplicate).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub partial_seq: std::collections::BTreeMap<Token, u64>,
     /// Verification runs in flight (task id of the re-run → what it re-checks).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub checks: std::collections::BTreeMap<TaskId, crate::quality::Check>,
@@ -551,6 +555,7 @@ impl JobRecord {
             findings_unknown_fields: 0,
             quality: Default::default(),
             checks: Default::default(),
+            partial_seq: Default::default(),
             cancelled: 0,
             errors: Default::default(),
         }
