@@ -13,6 +13,8 @@
 //!   (TTL 0–300 s); some C2 call a dead fallback domain (periodic NXDOMAIN); rotating C2 use
 //!   several domains.
 //!
+//! `variant` 2 (harder): no stub cache on any host, up to 8 polling tabs, short TTLs, a
+//! prefetching resolver.
 //! `variant` 1 is a differently-built network for held-out checks (other TTL mix, more polling
 //! tabs, a resolver that also prefetches, no per-host cache on a third of the hosts).
 
@@ -99,10 +101,10 @@ pub fn generate_dns(
     };
     // Popular pool: Zipf ranks; CDN names short TTLs.
     let pool = 2500usize;
-    let ttl_set: &[f64] = if variant == 0 {
-        &[20.0, 30.0, 60.0, 60.0, 120.0, 300.0, 300.0, 600.0, 3600.0]
-    } else {
-        &[5.0, 15.0, 30.0, 45.0, 90.0, 180.0, 900.0, 1800.0, 7200.0]
+    let ttl_set: &[f64] = match variant {
+        0 => &[20.0, 30.0, 60.0, 60.0, 120.0, 300.0, 300.0, 600.0, 3600.0],
+        1 => &[5.0, 15.0, 30.0, 45.0, 90.0, 180.0, 900.0, 1800.0, 7200.0],
+        _ => &[10.0, 20.0, 30.0, 60.0, 60.0, 300.0, 900.0, 3600.0],
     };
     let mut nr = r.fork(1);
     let mut popular = Vec::with_capacity(pool);
@@ -135,7 +137,7 @@ pub fn generate_dns(
     let mut hr = r.fork(2);
     for (hi, &h) in hosts.iter().enumerate() {
         let mut r = hr.fork(hi as u64);
-        let no_cache = variant == 1 && r.bool(0.33);
+        let no_cache = (variant == 1 && r.bool(0.33)) || variant == 2;
         let mut cache = Cache::new();
         let q = |t: f64, name: u32, ttl: f64, cache: &mut Cache, out: &mut Vec<(f64, u32, u32)>| {
             // a host without a stub cache still has the browser's ~60 s cache
@@ -160,7 +162,7 @@ pub fn generate_dns(
             }
         }
         // open tabs / chat clients polling a popular name every few seconds all workday
-        let tabs = r.int(0, if variant == 0 { 3 } else { 6 });
+        let tabs = r.int(0, [3, 6, 8][variant.min(2) as usize]);
         for _ in 0..tabs {
             let name = popular[((r.exp(1.0) * 30.0) as usize).min(pool - 1)];
             let every = r.log_range(2.0, 90.0);
@@ -299,7 +301,7 @@ pub fn generate_dns(
         } else {
             c.domains.max(1)
         };
-        let ttl = if variant == 0 {
+        let ttl = if variant != 1 {
             *r.choose(&[0.0, 1.0, 5.0, 30.0, 60.0, 300.0])
         } else {
             *r.choose(&[0.0, 10.0, 20.0, 120.0, 600.0])
@@ -375,7 +377,7 @@ pub fn generate_dns(
                 nx,
                 ttl: ttl as u32,
             });
-            if variant == 1 && *h > 50 && ttl >= 20.0 {
+            if variant >= 1 && *h > 50 && ttl >= 20.0 {
                 // prefetch: refresh at 90 % of the TTL while the name stays hot
                 let mut p = t + 0.9 * ttl;
                 for _ in 0..3 {

@@ -44,7 +44,11 @@ pub struct GenConfig {
     pub gzip: bool,
     /// Also write `dns.log` (lookups through host and resolver caches, C2 domains).
     pub dns: bool,
-    /// 0 = the tuning network; 1 = a differently-built network kept for held-out checks.
+    /// 0 = the tuning network; 1 = a differently-built network; 2 = a harder, CDN-heavy one:
+    /// browsing concentrated on few shared (CDN) addresses, C2 behind a popular browsed
+    /// address with more browsing mixed into its key, 30 % of C2 periods 20 min–4 h, and DNS
+    /// with no stub cache on any host, more polling tabs, short TTLs and a prefetching
+    /// resolver. Seeds of each variant are split into tuning and held-out ones (DESIGN.md).
     pub variant: u8,
 }
 
@@ -158,7 +162,8 @@ pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary
         // Browsing: Zipf-ish choice of sites, diurnal sessions.
         let n_sites = (r.int(10, 80) as f64 * cfg.browsing.max(0.01).sqrt()).ceil() as usize;
         for _ in 0..n_sites {
-            let rank = (r.exp(1.0) * 250.0) as usize % sites.len();
+            let spread = if cfg.variant == 2 { 60.0 } else { 250.0 };
+            let rank = (r.exp(1.0) * spread) as usize % sites.len();
             let site = sites[rank];
             let sessions = 1 + (r.exp(4.0) * cfg.browsing.sqrt()) as usize;
             for t in synth::browsing_sessions(&mut r, sessions) {
@@ -364,6 +369,8 @@ pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary
         let mut r = br.fork(bi as u64);
         let period = if cfg.variant == 1 && r.bool(0.3) {
             r.log_range(900.0, 4.0 * 3600.0)
+        } else if cfg.variant == 2 && r.bool(0.3) {
+            r.log_range(1200.0, 4.0 * 3600.0)
         } else {
             r.log_range(10.0, 4.0 * 3600.0)
         };
@@ -434,7 +441,8 @@ pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary
             }
             "mixed" => {
                 // the C2 sits behind an address the user also browses (CDN, fronting)
-                dsts[0] = sites[(r.exp(1.0) * 50.0) as usize % sites.len()];
+                let spread = if cfg.variant == 2 { 20.0 } else { 50.0 };
+                dsts[0] = sites[(r.exp(1.0) * spread) as usize % sites.len()];
                 spec.period = r.log_range(10.0, 3600.0);
                 if r.bool(0.3) {
                     spec.burst = (2, 4);
@@ -505,7 +513,11 @@ pub fn generate(seed: u64, cfg: &GenConfig, out_dir: &Path) -> Result<GenSummary
             });
         }
         if pattern == "mixed" {
-            let n = r.int(2, 8) as usize;
+            let n = if cfg.variant == 2 {
+                r.int(4, 20)
+            } else {
+                r.int(2, 8)
+            } as usize;
             for t in synth::browsing_sessions(&mut r, n) {
                 conns.push(Conn {
                     ts: t,

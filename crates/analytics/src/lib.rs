@@ -112,6 +112,19 @@ pub struct BeaconConfig {
     pub popular_min_sources: usize,
     /// ...and by at least this fraction of all sources seen, whether periodic or not.
     pub popular_source_fraction: f64,
+    /// A key is a beacon only if the CNN, the RITA-style scorer or the back-off detector reaches
+    /// this on its own check-ins (a rotation-group member too, unless too short to score alone):
+    /// otherwise the combined score is capped below the threshold. The combiner alone can be
+    /// talked into a high score by bursts and a few check-ins (browsing page loads).
+    pub min_evidence: f32,
+    /// The back-off detector's opinion counts from this many check-ins: with fewer, its
+    /// permutation null (4 shuffles of ≤ 10 steps) is too coarse — browsing keys with bursty
+    /// page loads and 6–10 check-ins reached 0.55–0.89 on the tuning sets, while every back-off
+    /// C2 there had ≥ 14.
+    pub backoff_min_checkins: usize,
+    /// dns: a resolver's forwarded lookups of a name a client beacons on get that client's
+    /// score (and are reported even when too few to be scored alone).
+    pub resolver_credit: bool,
     /// Also score each source's traffic to several destinations on one port together (C2
     /// rotating over a few IPs) and credit the member pairs.
     pub group_rotation: bool,
@@ -136,6 +149,9 @@ impl Default for BeaconConfig {
             benign_source_fraction: 0.05,
             popular_min_sources: 5,
             popular_source_fraction: 0.01,
+            min_evidence: 0.5,
+            backoff_min_checkins: 12,
+            resolver_credit: true,
             group_rotation: true,
             weights: None,
         }

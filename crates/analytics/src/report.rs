@@ -86,6 +86,12 @@ pub enum Hint {
     PopularName,
     /// Most connections were never established.
     FailedConnections,
+    /// dns: the source is a resolver (other hosts send it their queries) and none of its clients
+    /// looks up this name periodically: the periodicity is the resolver's own cache refreshing.
+    ResolverRefresh,
+    /// Neither the CNN, the RITA-style scorer nor the back-off detector sees a clock in this
+    /// key's own check-ins (score capped below the threshold; see `BeaconConfig::min_evidence`).
+    NoClock,
 }
 
 /// The evidence of a finding as a few lines of text.
@@ -158,6 +164,18 @@ pub fn format_evidence(f: &Finding) -> String {
         "not applied"
     };
     let _ = writeln!(s, "  failed-connection hint {failed} (needs >= 80 %)");
+    if f.hints.contains(&Hint::ResolverRefresh) {
+        let _ = writeln!(
+            s,
+            "  resolver-refresh hint applied: the source answers other hosts' queries and no client looks this name up periodically"
+        );
+    }
+    if f.hints.contains(&Hint::NoClock) {
+        let _ = writeln!(
+            s,
+            "  no-clock cap applied: CNN, RITA-style and back-off scores all below the evidence floor"
+        );
+    }
     s
 }
 

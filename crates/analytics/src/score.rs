@@ -72,8 +72,13 @@ pub struct Scorer {
     files: Vec<FileStats>,
     dropped_keys: u64,
     dropped_events: u64,
+    /// Addresses that answered DNS queries (resolvers), bounded by [`MAX_DNS_SERVERS`].
+    dns_servers: FxHashSet<IpAddr>,
     started: Instant,
 }
+
+/// DNS server addresses remembered (a log naming more is hostile or not one network's).
+const MAX_DNS_SERVERS: usize = 65_536;
 
 /// What one candidate (key × window, or a rotation group) looks like after preparation.
 struct Cand {
@@ -117,6 +122,7 @@ impl Scorer {
             files: Vec::new(),
             dropped_keys: 0,
             dropped_events: 0,
+            dns_servers: FxHashSet::default(),
             started: Instant::now(),
         })
     }
@@ -333,12 +339,14 @@ impl Scorer {
         let mut group_credit: FxHashMap<(usize, u32), (f32, usize)> = FxHashMap::default();
         // single keys are scored before the groups (pass 2 appended them)
         let mut alone: FxHashMap<(usize, u32), f32> = FxHashMap::default();
+        // the strongest single scorer's opinion of each key's own check-ins
+        let mut evidence: FxHashMap<(usize, u32), f32> = FxHashMap::default();
         for (ci, c) in cands.iter().enumerate() {
             let k = self.seqs[c.seq].key;
             let fi = fan_in.get(&(k.kind, k.dst, c.window)).copied().unwrap_or(0);
             let pop = popularity_of(&k);
             let benign = fi >= benign_min || pop >= popular_min;
-            let combined = combine(&cfg, self.combiner.as_ref(), c, benign);
+            let (combined, no_clock) = combine(&cfg, self.combiner.as_ref(), c, benign);
             if !c.members.is_empty() {
                 // When the group adds no evidence over its best member alone (a C2 plus a
                 // browsed site sharing its port and size class scores as high as the C2), it
@@ -359,7 +367,18 @@ impl Scorer {
                 let fair = |m: usize| {
                     self.seqs[m].events.len() as f32 * c.members.len() as f32 >= 0.5 * total as f32
                 };
-                for &m in c.members.iter().filter(|&&m| !dominated || fair(m)) {
+                // a member scored alone must show a clock of its own (a browsed site merged
+                // with a C2 does not); one too short to be scored alone is credited
+                let own = |m: usize| {
+                    evidence
+                        .get(&(m, c.window))
+                        .is_none_or(|e| *e >= cfg.min_evidence)
+                };
+                for &m in c
+                    .members
+                    .iter()
+                    .filter(|&&m| (!dominated || fair(m)) && own(m))
+                {
                     let e = group_credit.entry((m, c.window)).or_insert((0.0, ci));
                     if combined > e.0 {
                         *e = (combined, ci);
@@ -368,6 +387,7 @@ impl Scorer {
                 continue;
             }
             alone.insert((c.seq, c.window), combined);
+            evidence.insert((c.seq, c.window), evidence_of(&cfg, c));
             let mut f = self.finding(c, fi, benign, combined, &cfg);
             f.popularity = pop;
             f.fan_in_needed = benign_min;
@@ -384,6 +404,9 @@ impl Scorer {
             }
             if c.failed >= 0.8 {
                 f.hints.push(crate::report::Hint::FailedConnections);
+            }
+            if no_clock {
+                f.hints.push(crate::report::Hint::NoClock);
             }
             findings.push(f);
         }
@@ -427,6 +450,7 @@ impl Scorer {
                 }
             }
         }
+        self.resolver_keys(&mut findings, &sources, &cfg, origin, window_us);
         for f in &mut findings {
             f.is_beacon = f.combined >= cfg.threshold;
         }
@@ -458,6 +482,120 @@ impl Scorer {
             threshold: cfg.threshold,
             seconds: self.started.elapsed().as_secs_f64(),
         })
+    }
+
+    /// DNS keys of resolvers (sources other hosts send their queries to). A resolver forwards
+    /// its clients' lookups and refreshes (or prefetches) its cache on its own, so its lookups
+    /// of a name follow its clients, not a clock of its own:
+    /// * a client's key for the name (same window) is a beacon → the resolver's key is that
+    ///   C2's lookups seen upstream: it gets the client's score (`group` = the client, marked
+    ///   `via`), and is reported even when it has too few lookups to be scored alone;
+    /// * no client's key is → the resolver-refresh hint (×0.3).
+    fn resolver_keys(
+        &self,
+        findings: &mut Vec<Finding>,
+        sources: &FxHashSet<IpAddr>,
+        cfg: &BeaconConfig,
+        origin: i64,
+        window_us: i64,
+    ) {
+        let resolver_ips: FxHashSet<IpAddr> = sources
+            .iter()
+            .filter(|s| self.dns_servers.contains(s))
+            .copied()
+            .collect();
+        if resolver_ips.is_empty() {
+            return;
+        }
+        let resolvers: FxHashSet<String> = resolver_ips.iter().map(|s| s.to_string()).collect();
+        // the best beaconing client finding per (name, window)
+        let mut beaconing: FxHashMap<(String, u32), usize> = FxHashMap::default();
+        for (i, f) in findings.iter().enumerate() {
+            if f.kind == LogKind::Dns && f.combined >= cfg.threshold && !resolvers.contains(&f.src)
+            {
+                let e = beaconing.entry((f.dst.clone(), f.window)).or_insert(i);
+                if f.combined > findings[*e].combined {
+                    *e = i;
+                }
+            }
+        }
+        let mut seen: FxHashSet<(String, String, u32)> = FxHashSet::default();
+        let mut via: Vec<(usize, usize)> = Vec::new();
+        for (i, f) in findings.iter().enumerate() {
+            if f.kind != LogKind::Dns || !resolvers.contains(&f.src) {
+                continue;
+            }
+            seen.insert((f.src.clone(), f.dst.clone(), f.window));
+            if let Some(&ci) = beaconing.get(&(f.dst.clone(), f.window)) {
+                via.push((i, ci));
+            }
+        }
+        for f in findings
+            .iter_mut()
+            .filter(|f| f.kind == LogKind::Dns && resolvers.contains(&f.src))
+        {
+            if !beaconing.contains_key(&(f.dst.clone(), f.window)) {
+                f.combined *= 0.3;
+                f.hints.push(crate::report::Hint::ResolverRefresh);
+            }
+        }
+        if !cfg.resolver_credit {
+            return;
+        }
+        for (i, ci) in via {
+            let (score, src, period) = {
+                let c = &findings[ci];
+                (c.combined, c.src.clone(), c.period_secs)
+            };
+            let f = &mut findings[i];
+            if score > f.combined {
+                f.combined = score;
+                f.group = vec![format!("via {src}")];
+                f.group_period_secs = Some(period);
+            }
+        }
+        // forwarded lookups too few to be scored alone
+        if beaconing.is_empty() {
+            return;
+        }
+        let mut extra = Vec::new();
+        for seq in &self.seqs {
+            if seq.key.kind != LogKind::Dns || !resolver_ips.contains(&seq.key.src) {
+                continue;
+            }
+            let dst = self.dst_string(&seq.key);
+            let src = seq.key.src.to_string();
+            let mut per_window: FxHashMap<u32, (u64, i64, i64)> = FxHashMap::default();
+            for e in &seq.events {
+                let w = ((e.t_us - origin).max(0) / window_us) as u32;
+                let x = per_window.entry(w).or_insert((0, i64::MAX, i64::MIN));
+                x.0 += 1;
+                x.1 = x.1.min(e.t_us);
+                x.2 = x.2.max(e.t_us);
+            }
+            for (w, (n, first, last)) in per_window {
+                let Some(&ci) = beaconing.get(&(dst.clone(), w)) else {
+                    continue;
+                };
+                if seen.contains(&(src.clone(), dst.clone(), w)) {
+                    continue;
+                }
+                let c = &findings[ci];
+                let mut f = c.clone();
+                f.src = src.clone();
+                f.events = n;
+                f.checkins = n;
+                f.max_burst = 1;
+                f.first_seen = first as f64 / 1e6;
+                f.last_seen = last as f64 / 1e6;
+                f.hints = Vec::new();
+                f.group = vec![format!("via {}", c.src)];
+                f.group_period_secs = Some(c.period_secs);
+                f.features = Vec::new();
+                extra.push(f);
+            }
+        }
+        findings.extend(extra);
     }
 
     fn dst_string(&self, k: &Key) -> String {
@@ -552,7 +690,28 @@ fn sigmoid(x: f32) -> f32 {
 
 /// The final score: the learned combiner over CNN + statistical features (or a fixed blend when
 /// the weights carry no combiner), then the hints applied.
-fn combine(cfg: &BeaconConfig, comb: Option<&(Vec<f32>, f32)>, c: &Cand, benign: bool) -> f32 {
+/// The back-off detector's opinion, when the sequence is long enough for it
+/// (`BeaconConfig::backoff_min_checkins`).
+fn backoff_of(cfg: &BeaconConfig, c: &Cand) -> f32 {
+    if c.checkins >= cfg.backoff_min_checkins as u64 {
+        c.stat.backoff
+    } else {
+        0.0
+    }
+}
+
+/// The strongest opinion of the three independent scorers on a candidate's own check-ins.
+fn evidence_of(cfg: &BeaconConfig, c: &Cand) -> f32 {
+    c.cnn.max(c.stat.score).max(backoff_of(cfg, c))
+}
+
+/// The combined score, and whether the evidence floor (`min_evidence`) capped it.
+fn combine(
+    cfg: &BeaconConfig,
+    comb: Option<&(Vec<f32>, f32)>,
+    c: &Cand,
+    benign: bool,
+) -> (f32, bool) {
     let mut s = match comb {
         Some((w, b)) => {
             let f = features_of(cfg, c);
@@ -570,7 +729,14 @@ fn combine(cfg: &BeaconConfig, comb: Option<&(Vec<f32>, f32)>, c: &Cand, benign:
     // the back-off detector is a second, independent opinion (on single keys: merged rotation
     // groups of unrelated sites can line up into ladders by chance)
     if c.members.is_empty() {
-        s = s.max(c.stat.backoff);
+        s = s.max(backoff_of(cfg, c));
+    }
+    // no scorer sees a clock: the combiner alone (bursts, few check-ins) is not enough
+    let mut capped = false;
+    let ev = evidence_of(cfg, c);
+    if c.members.is_empty() && ev < cfg.min_evidence && s > ev {
+        s = ev;
+        capped = true;
     }
     if c.failed >= 0.8 {
         s *= 0.3;
@@ -578,7 +744,7 @@ fn combine(cfg: &BeaconConfig, comb: Option<&(Vec<f32>, f32)>, c: &Cand, benign:
     if benign {
         s *= 0.3;
     }
-    s
+    (s, capped)
 }
 
 // --- insertion (split borrows so the reader's closure can borrow the store mutably) ---
@@ -590,6 +756,7 @@ struct Parts<'a> {
     min_ts: &'a mut i64,
     dropped_keys: &'a mut u64,
     dropped_events: &'a mut u64,
+    dns_servers: &'a mut FxHashSet<IpAddr>,
     max_keys: usize,
     max_events: usize,
 }
@@ -602,6 +769,7 @@ fn self_parts(s: &mut Scorer) -> Parts<'_> {
         min_ts: &mut s.min_ts,
         dropped_keys: &mut s.dropped_keys,
         dropped_events: &mut s.dropped_events,
+        dns_servers: &mut s.dns_servers,
         max_keys: s.cfg.max_keys,
         max_events: s.cfg.max_events_per_key,
     }
@@ -609,6 +777,9 @@ fn self_parts(s: &mut Scorer) -> Parts<'_> {
 
 #[inline]
 fn insert(p: &mut Parts<'_>, r: &Record<'_>) {
+    if r.kind == LogKind::Dns && p.dns_servers.len() < MAX_DNS_SERVERS {
+        p.dns_servers.insert(r.dst);
+    }
     let dst = match (r.kind, r.name) {
         (LogKind::Conn, _) | (_, None) => Dst::Ip(r.dst),
         (LogKind::Dns, Some(n)) => Dst::Name(p.names.get(n), r.nxdomain),

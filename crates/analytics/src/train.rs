@@ -204,7 +204,14 @@ pub fn fit_combiner(
             .filter(|l| l.label == "malicious")
             .map(|l| (l.src.clone(), l.dst.clone()))
             .collect();
-        let cfg = crate::BeaconConfig::default();
+        // The rules applied after the combiner stay out of its fit (the evidence floor would
+        // change which rotation-group members are credited, i.e. which rows are left out).
+        let cfg = crate::BeaconConfig {
+            min_evidence: 0.0,
+            backoff_min_checkins: 0,
+            resolver_credit: false,
+            ..crate::BeaconConfig::default()
+        };
         let mut scorer = crate::Scorer::with_weights(&cfg, weights)?;
         for p in crate::eval::dataset_logs(&dir)? {
             scorer.add_path(&p)?;

@@ -641,3 +641,84 @@ fn follow_skips_fifos_symlinks_and_foreign_files() {
     assert_eq!(f.poll().unwrap(), 0);
     assert_eq!(f.file_errors, 1);
 }
+
+/// Resolver keys follow their clients: the resolver's exactly periodic refreshes of a browsing
+/// name nobody beacons on get the resolver-refresh hint; its few forwarded lookups of a C2 name a
+/// client beacons on are reported with the client's score.
+#[test]
+fn resolver_keys_follow_their_clients() {
+    use overlord_analytics::Hint;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("dns.json");
+    let t0 = 1_700_000_000.0;
+    let line = |t: f64, src: &str, dst: &str, q: &str| {
+        format!(
+            "{{\"ts\":{t:.6},\"uid\":\"D1\",\"id.orig_h\":\"{src}\",\"id.orig_p\":5353,\"id.resp_h\":\"{dst}\",\"id.resp_p\":53,\"proto\":\"udp\",\"query\":\"{q}\",\"qtype_name\":\"A\",\"rcode\":0,\"rcode_name\":\"NOERROR\"}}\n"
+        )
+    };
+    let (resolver, upstream) = ("10.0.0.2", "198.51.100.53");
+    let mut s = String::new();
+    let mut rng = overlord_analytics::rng::Rng::new(5);
+    // the implant: every 300 s ± 10 % all day, through the resolver
+    let mut t = t0;
+    while t < t0 + 86_000.0 {
+        s.push_str(&line(t, "10.0.0.50", resolver, "c2.example.xyz"));
+        t += 300.0 * rng.range(0.9, 1.1);
+    }
+    // the resolver asked upstream for it only three times (its cache answered the rest)
+    for k in [0.0, 30_000.0, 60_000.0] {
+        s.push_str(&line(t0 + k + 0.01, resolver, upstream, "c2.example.xyz"));
+    }
+    // a browsing name: two clients at random times, the resolver prefetching it every 54 s
+    for _ in 0..30 {
+        for c in ["10.0.0.60", "10.0.0.61"] {
+            s.push_str(&line(
+                t0 + rng.range(0.0, 86_000.0),
+                c,
+                resolver,
+                "news.example.com",
+            ));
+        }
+    }
+    let mut t = t0 + 5.0;
+    while t < t0 + 86_000.0 {
+        s.push_str(&line(t, resolver, upstream, "news.example.com"));
+        t += 54.0;
+    }
+    std::fs::write(&p, s).unwrap();
+    let r = score_logs(&[p], &BeaconConfig::default()).unwrap();
+    let find = |src: &str, dst: &str| {
+        r.findings
+            .iter()
+            .find(|f| f.src == src && f.dst == dst)
+            .unwrap_or_else(|| panic!("no finding {src} -> {dst}: {:#?}", r.findings))
+    };
+    let implant = find("10.0.0.50", "c2.example.xyz");
+    assert!(implant.is_beacon, "{implant:?}");
+    let refresh = find(resolver, "news.example.com");
+    assert!(
+        refresh.hints.contains(&Hint::ResolverRefresh),
+        "{refresh:?}"
+    );
+    assert!(!refresh.is_beacon, "{refresh:?}");
+    assert!(
+        refresh.stat_score > 0.5,
+        "exactly periodic on its own: {refresh:?}"
+    );
+    let via = find(resolver, "c2.example.xyz");
+    assert!(via.is_beacon, "{via:?}");
+    assert_eq!(via.group, vec!["via 10.0.0.50".to_string()]);
+    assert_eq!(via.events, 3);
+    // the rule off: the forwarded C2 lookups are too few to be reported at all
+    let p = dir.path().join("dns.json");
+    let cfg = BeaconConfig {
+        resolver_credit: false,
+        ..BeaconConfig::default()
+    };
+    let r = score_logs(&[p], &cfg).unwrap();
+    assert!(
+        !r.findings
+            .iter()
+            .any(|f| f.src == resolver && f.dst == "c2.example.xyz")
+    );
+}

@@ -116,7 +116,7 @@ pub enum BeaconsCmd {
         /// JSON lines instead of TSV.
         #[arg(long)]
         json: bool,
-        /// 1 = the differently-built held-out network.
+        /// 1 = a differently-built network, 2 = a harder CDN-heavy one (`GenConfig::variant`).
         #[arg(long, default_value_t = 0)]
         variant: u8,
         /// conn.log only.

@@ -3,16 +3,10 @@
 //! that is not a number. Each error must name the bad input and say how to fix it; nothing succeeds
 //! silently.
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use overlord_testkit::process::{Kill, spawn_with_addr_file};
 
 fn overlord(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_overlord"))
@@ -56,38 +50,22 @@ fn start_coordinator(dir: &std::path::Path) -> (Kill, String) {
     )
     .unwrap();
     let addr_file = dir.join("addr");
-    let child = Command::new(env!("CARGO_BIN_EXE_overlord"))
-        .args([
-            "coordinator",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--addr-file",
-            addr_file.to_str().unwrap(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn coordinator");
-    let mut kill = Kill(child);
-    let t0 = Instant::now();
-    loop {
-        if let Ok(a) = std::fs::read_to_string(&addr_file)
-            && !a.is_empty()
-        {
-            return (kill, format!("http://{a}"));
-        }
-        // A coordinator that exited will never write the file: fail now (its stderr is above),
-        // not after the whole deadline.
-        if let Ok(Some(st)) = kill.0.try_wait() {
-            panic!("coordinator exited with {st} before writing its address file");
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "coordinator wrote no address file"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (kill, addr) = spawn_with_addr_file(
+        Command::new(env!("CARGO_BIN_EXE_overlord"))
+            .args([
+                "coordinator",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--addr-file",
+                addr_file.to_str().unwrap(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+        &addr_file,
+        Duration::from_secs(60),
+    );
+    (kill, format!("http://{addr}"))
 }
 
 #[test]

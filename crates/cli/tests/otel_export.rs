@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -129,15 +129,7 @@ impl MetricsService for Receiver {
     }
 }
 
-struct Kill(Vec<Child>);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+use overlord_testkit::process::{Kill, wait_for_addr_file};
 
 fn overlord(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_overlord"));
@@ -200,15 +192,7 @@ async fn spans_and_metrics_reach_an_otlp_receiver_with_context_across_the_hop() 
         .spawn()
         .expect("spawn coordinator"),
     );
-    let addr = wait_for("coordinator address file", Duration::from_secs(60), || {
-        // Exited: it will never write the file; fail now (its stderr is above), not in 60 s.
-        if let Ok(Some(st)) = kids.0[0].try_wait() {
-            panic!("coordinator exited with {st} before writing its address file");
-        }
-        std::fs::read_to_string(&addr_file)
-            .ok()
-            .filter(|s| !s.is_empty())
-    });
+    let addr = wait_for_addr_file(&mut kids.0[0], &addr_file, Duration::from_secs(60));
     let url = format!("http://{addr}");
     let minion_cfg = d.join("minion.toml");
     std::fs::write(

@@ -4,16 +4,10 @@
 //! when stderr is not a terminal.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use overlord_testkit::process::{Kill, spawn_with_addr_file};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_overlord"));
@@ -26,31 +20,18 @@ fn bin() -> Command {
 }
 
 fn spawn_waiting_for_addr(
-    dir: &std::path::Path,
+    _dir: &std::path::Path,
     args: &[&str],
     addr_file: &std::path::Path,
 ) -> (Kill, String) {
-    let child = bin()
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn");
-    let mut k = Kill(child);
-    let t0 = Instant::now();
-    let _ = dir;
-    loop {
-        if let Ok(a) = std::fs::read_to_string(addr_file)
-            && !a.is_empty()
-        {
-            return (k, a);
-        }
-        if let Ok(Some(st)) = k.0.try_wait() {
-            panic!("exited with {st} before writing its address");
-        }
-        assert!(t0.elapsed() < Duration::from_secs(60), "no address file");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    spawn_with_addr_file(
+        bin()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+        addr_file,
+        Duration::from_secs(60),
+    )
 }
 
 /// Runs `args` with stdout closed from the start; the command must end by itself, successfully,
@@ -119,7 +100,7 @@ fn closed_stdout_ends_list_and_watch_commands_quietly() {
         format!("version = 1\nid = \"m1\"\nprovider = \"p\"\ncoordinator = \"{url}\"\nmodules = [\"noop\"]\n"),
     )
     .unwrap();
-    let _minion = Kill(
+    let _minion = Kill::one(
         bin()
             .args(["minion", "--config", mcfg.to_str().unwrap()])
             .stdout(Stdio::null())
@@ -163,7 +144,7 @@ fn an_unreachable_coordinator_is_reported_at_the_default_level_without_colour() 
         format!("version = 1\nid = \"lonely\"\nprovider = \"p\"\ncoordinator = \"http://127.0.0.1:{port}\"\nmodules = [\"noop\"]\n"),
     )
     .unwrap();
-    let mut child = Kill(
+    let mut child = Kill::one(
         bin()
             .args(["minion", "--config", mcfg.to_str().unwrap()])
             .stdout(Stdio::null())
@@ -171,7 +152,7 @@ fn an_unreachable_coordinator_is_reported_at_the_default_level_without_colour() 
             .spawn()
             .unwrap(),
     );
-    let stderr = child.0.stderr.take().unwrap();
+    let stderr = child.first().stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {

@@ -121,3 +121,50 @@ async fn reply_with_a_wrong_id_is_open_but_not_validated() {
     assert_eq!(r.service, None, "{r:?}");
     server.abort();
 }
+
+/// The UDP scan on `::1` (IPv6 loopback): a DNS responder that echoes our query id is `open`
+/// and validated, a silent socket `open|filtered`, a closed port `closed` from the kernel's
+/// ICMPv6 port unreachable (read through `IPV6_RECVERR`) in one try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_loopback_open_silent_and_closed() {
+    let s = tokio::net::UdpSocket::bind("[::1]:0").await.unwrap();
+    let dns = s.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        loop {
+            let Ok((n, from)) = s.recv_from(&mut buf).await else {
+                return;
+            };
+            if n >= 12 && buf[4..6] == [0, 1] && buf[12..n].starts_with(b"\x07version") {
+                let mut r = buf[..n].to_vec();
+                r[2] |= 0x80; // QR: a response, same id
+                let _ = s.send_to(&r, from).await;
+            }
+        }
+    });
+    let silent = std::net::UdpSocket::bind("[::1]:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let closed_port = {
+        let c = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        c.local_addr().unwrap().port()
+    };
+    let ip: IpAddr = "::1".parse().unwrap();
+    let db = ProbeDb::builtin();
+    let opts = UdpOptions {
+        nmap_probes: false,
+        ..Default::default()
+    };
+    let rs = scan(ip, &[dns.port(), silent_port, closed_port], &opts, &db).await;
+    let open = find(&rs, dns);
+    assert_eq!(open.state, UdpState::Open, "{open:?}");
+    assert!(open.validated, "{open:?}");
+    let quiet = find(&rs, SocketAddr::new(ip, silent_port));
+    assert_eq!(quiet.state, UdpState::OpenFiltered, "{quiet:?}");
+    assert_eq!(quiet.reason, "no-response", "{quiet:?}");
+    let closed = find(&rs, SocketAddr::new(ip, closed_port));
+    assert_eq!(closed.state, UdpState::Closed, "{closed:?}");
+    assert_eq!(closed.reason, "port-unreach", "{closed:?}");
+    assert_eq!(closed.tries, 1, "{closed:?}");
+    server.abort();
+    drop(silent);
+}

@@ -335,6 +335,120 @@ pub fn encode_finding(f: &FindingRecord) -> Vec<u8> {
     w.0
 }
 
+/// A finding as stored, borrowed from the store's bytes: for readers that pass findings on without
+/// an owned copy (the firehose). `data` is the payload's JSON text (`null` when absent), checked to
+/// be one JSON value; the other fields are those of [`FindingRecord`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FindingView<'a> {
+    pub cursor: u64,
+    pub job_id: u64,
+    pub task_id: u64,
+    pub parent_task_id: Option<u64>,
+    pub module: &'a str,
+    pub kind: &'a str,
+    pub target: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub data: &'a str,
+    pub blob_sha256: Option<&'a str>,
+    pub minion_id: &'a str,
+    pub provider: &'a str,
+    pub started_at_ms: u64,
+    pub finished_at_ms: u64,
+    pub stored_at_ms: u64,
+}
+
+impl<'a> FindingView<'a> {
+    /// The view of an owned record; `data` is its JSON text, which the caller keeps.
+    pub fn of(f: &'a FindingRecord, data: &'a str) -> Self {
+        FindingView {
+            cursor: f.cursor,
+            job_id: f.job_id,
+            task_id: f.task_id,
+            parent_task_id: f.parent_task_id,
+            module: &f.module,
+            kind: &f.kind,
+            target: f.target,
+            port: f.port,
+            data,
+            blob_sha256: f.blob_sha256.as_deref(),
+            minion_id: &f.minion_id,
+            provider: &f.provider,
+            started_at_ms: f.started_at_ms,
+            finished_at_ms: f.finished_at_ms,
+            stored_at_ms: f.stored_at_ms,
+        }
+    }
+}
+
+impl<'a> R<'a> {
+    fn str_ref(&mut self) -> Res<&'a str> {
+        let n = self.len()?;
+        let b = self.take(n)?;
+        std::str::from_utf8(b).map_err(|e| format!("string is not UTF-8: {e}"))
+    }
+    fn opt_str_ref(&mut self, what: &str) -> Res<Option<&'a str>> {
+        Ok(if self.flag(what)? {
+            Some(self.str_ref()?)
+        } else {
+            None
+        })
+    }
+    /// A JSON value's text, checked to be one JSON value (without building it).
+    fn json_ref(&mut self) -> Res<&'a str> {
+        let n = self.len()?;
+        if n == 0 {
+            return Ok("null");
+        }
+        let b = self.take(n)?;
+        let s = std::str::from_utf8(b).map_err(|e| format!("bad JSON value: {e}"))?;
+        serde_json::from_str::<serde::de::IgnoredAny>(s)
+            .map_err(|e| format!("bad JSON value: {e}"))?;
+        Ok(s)
+    }
+}
+
+/// Decodes the body (after the version byte) of a version-2 finding record without copying it.
+pub fn view_finding(body: &[u8]) -> Res<FindingView<'_>> {
+    let mut r = R(body);
+    let cursor = r.var()?;
+    let job_id = r.var()?;
+    let task_id = r.var()?;
+    let parent_task_id = r.opt_var("parent_task_id")?;
+    let module = r.str_ref()?;
+    let kind = r.str_ref()?;
+    let target = r.ip()?;
+    let port = if r.flag("port")? {
+        Some(r.u16()?)
+    } else {
+        None
+    };
+    let data = r.json_ref()?;
+    let blob_sha256 = r.opt_str_ref("blob_sha256")?;
+    let minion_id = r.str_ref()?;
+    let provider = r.str_ref()?;
+    let started_at_ms = r.var()?;
+    let finished_at_ms = r.var()?;
+    let stored_at_ms = r.var()?;
+    r.end()?;
+    Ok(FindingView {
+        cursor,
+        job_id,
+        task_id,
+        parent_task_id,
+        module,
+        kind,
+        target,
+        port,
+        data,
+        blob_sha256,
+        minion_id,
+        provider,
+        started_at_ms,
+        finished_at_ms,
+        stored_at_ms,
+    })
+}
+
 /// Decodes the body (after the version byte) of a version-2 finding record.
 pub fn decode_finding(body: &[u8]) -> Res<FindingRecord> {
     let mut r = R(body);

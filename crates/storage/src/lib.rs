@@ -36,6 +36,7 @@ pub mod compact;
 pub mod kv;
 mod mem;
 
+pub use compact::FindingView;
 pub use mem::MemStore;
 
 impl From<sled::Error> for StoreError {
@@ -147,6 +148,16 @@ pub trait Store: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> Result<Vec<FindingRecord>, StoreError>;
+    /// Calls `f` on the findings of `job` with cursor > `after`, at most `limit`, ascending, each
+    /// borrowed from the store ([`FindingView`]: no owned copy, `data` as its JSON text), until
+    /// `f` returns false. For readers that pass findings on (the firehose).
+    fn visit_findings(
+        &self,
+        job: JobId,
+        after: u64,
+        limit: usize,
+        f: &mut dyn FnMut(&FindingView<'_>) -> bool,
+    ) -> Result<(), StoreError>;
     fn blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn minions(&self) -> Result<Vec<MinionRecord>, StoreError>;
     /// Every (request id, job id) of accepted submissions.
@@ -218,6 +229,25 @@ pub fn decode<T: Record>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
         Some((v, rest)) => T::decode_version(*v, rest).map_err(corrupt),
         None => Err(corrupt("empty record".into())),
     }
+}
+
+/// Calls `f` on the stored finding `value` (at `key`): borrowed when compact, through an owned
+/// decode for a version-1 (JSON) record.
+fn view_finding(
+    key: &[u8],
+    value: &[u8],
+    f: &mut dyn FnMut(&FindingView<'_>) -> bool,
+) -> Result<bool, StoreError> {
+    if let Some((&compact::VERSION, body)) = value.split_first() {
+        let view = compact::view_finding(body).map_err(|reason| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason,
+        })?;
+        return Ok(f(&view));
+    }
+    let rec: FindingRecord = decode(key, value)?;
+    let data = serde_json::to_string(&rec.data).expect("a JSON value serializes");
+    Ok(f(&FindingView::of(&rec, &data)))
 }
 
 /// Decodes a `t:` entry: the done marker or a task record.
@@ -428,6 +458,28 @@ macro_rules! kv_store {
                     },
                 )?;
                 Ok(out)
+            }
+
+            fn visit_findings(
+                &self,
+                job: JobId,
+                after: u64,
+                limit: usize,
+                f: &mut dyn FnMut(&FindingView<'_>) -> bool,
+            ) -> Result<(), StoreError> {
+                if limit == 0 || after == u64::MAX {
+                    return Ok(());
+                }
+                let mut seen = 0;
+                self.kv().visit(
+                    &key2(b"f:", job, after + 1),
+                    &key1(b"f:", job),
+                    &mut |k, v| {
+                        seen += 1;
+                        let go = view_finding(k, v, &mut *f)?;
+                        Ok(go && seen < limit)
+                    },
+                )
             }
 
             fn blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -1130,5 +1182,104 @@ mod tests {
             vec![1, 2, 3, 4]
         );
         assert_eq!(all[3], finding(5, 4));
+    }
+
+    /// An owned copy of a view (`data` parsed), to compare with what `findings` decodes.
+    fn owned(v: &FindingView<'_>) -> FindingRecord {
+        FindingRecord {
+            cursor: v.cursor,
+            job_id: v.job_id,
+            task_id: v.task_id,
+            parent_task_id: v.parent_task_id,
+            module: v.module.into(),
+            kind: v.kind.into(),
+            target: v.target,
+            port: v.port,
+            data: serde_json::from_str(v.data).unwrap(),
+            blob_sha256: v.blob_sha256.map(Into::into),
+            minion_id: v.minion_id.into(),
+            provider: v.provider.into(),
+            started_at_ms: v.started_at_ms,
+            finished_at_ms: v.finished_at_ms,
+            stored_at_ms: v.stored_at_ms,
+        }
+    }
+
+    /// `visit_findings` sees exactly what `findings` decodes, compact and version-1 records, on
+    /// every backend; it pages by `after`/`limit` the same way and stops when asked to.
+    #[test]
+    fn finding_views_are_the_decoded_findings() {
+        for backend in Backend::all() {
+            let s = backend.open();
+            let mut compact = Batch::default();
+            let mut v1 = Batch::default();
+            for c in 1..=6 {
+                let mut f = finding(1, c);
+                match c {
+                    2 => f.data = serde_json::Value::Null,
+                    3 => {
+                        (f.target, f.port, f.parent_task_id, f.blob_sha256) =
+                            (None, None, None, None);
+                        f.data = serde_json::json!("quote \" and \u{e9}");
+                    }
+                    _ => {}
+                }
+                let mut old = f.clone();
+                old.job_id = 2;
+                compact.push(Op::Finding(Arc::new(f)));
+                v1.push(Op::Finding(Arc::new(old)));
+            }
+            s.apply(compact).unwrap();
+            s.apply_v1(v1).unwrap();
+            for job in [1, 2] {
+                for (after, limit) in [(0, 10), (1, 3), (5, 1), (6, 4), (0, 0)] {
+                    let want = s.findings(job, after, limit).unwrap();
+                    let mut got = Vec::new();
+                    s.visit_findings(job, after, limit, &mut |v| {
+                        got.push(owned(v));
+                        true
+                    })
+                    .unwrap();
+                    assert_eq!(got, want, "job {job} after {after} limit {limit}");
+                }
+                let mut n = 0;
+                s.visit_findings(job, 0, 10, &mut |_| {
+                    n += 1;
+                    n < 2
+                })
+                .unwrap();
+                assert_eq!(n, 2, "stops when the visitor says so");
+            }
+            let mut null = None;
+            s.visit_findings(1, 1, 1, &mut |v| {
+                null = Some(v.data.to_string());
+                true
+            })
+            .unwrap();
+            assert_eq!(null.as_deref(), Some("null"));
+        }
+    }
+
+    /// A stored payload that is not one JSON value is a corrupt record, never passed on.
+    #[test]
+    fn a_finding_view_checks_its_json() {
+        let mut f = finding(1, 1);
+        f.data = serde_json::json!("ab");
+        let bytes = compact::encode_finding(&f);
+        assert_eq!(
+            compact::view_finding(&bytes[1..]).unwrap(),
+            FindingView::of(&f, "\"ab\"")
+        );
+        let at = bytes.windows(4).position(|w| w == b"\"ab\"").unwrap();
+        let mut bad = bytes.clone();
+        bad[at + 3] = b'x';
+        assert!(
+            compact::view_finding(&bad[1..])
+                .unwrap_err()
+                .contains("JSON")
+        );
+        let mut short = bytes.clone();
+        short.pop();
+        assert!(compact::view_finding(&short[1..]).is_err());
     }
 }

@@ -19,13 +19,12 @@
 pub mod natsd;
 
 use crate::hub::{Durable, HubEvent};
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream;
 use futures::StreamExt;
-use futures::stream::FuturesOrdered;
 use overlord_core::JobId;
 use overlord_core::job::FindingRecord;
 use overlord_proto::v1;
-use overlord_storage::{Batch, Op, Store};
+use overlord_storage::{Batch, FindingView, Op, Store};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -167,19 +166,73 @@ pub fn msg_id(job: JobId, cursor: u64) -> String {
 /// minion added are kept, as the store keeps them. A consumer may read it as a
 /// [`FindingRecord`] (extra keys are ignored) and type `data` with `Payload::parse`.
 pub fn payload(f: &FindingRecord) -> Vec<u8> {
-    #[derive(serde::Serialize)]
-    struct Message<'a> {
-        id: String,
-        schema_version: u32,
-        #[serde(flatten)]
-        record: &'a FindingRecord,
+    let data = serde_json::to_string(&f.data).expect("a JSON value serializes");
+    let mut out = Vec::with_capacity(256);
+    render(&FindingView::of(f, &data), &mut out);
+    out
+}
+
+/// Appends the message body of a stored finding to `out` ([`payload`] of its record, written
+/// straight from the store's bytes: `data` is copied as the JSON text it is stored as).
+pub fn render(v: &FindingView<'_>, out: &mut Vec<u8>) {
+    fn num(out: &mut Vec<u8>, n: u64) {
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
     }
-    serde_json::to_vec(&Message {
-        id: msg_id(f.job_id, f.cursor),
-        schema_version: overlord_core::finding::SCHEMA_VERSION,
-        record: f,
-    })
-    .expect("a finding record serializes")
+    fn text(out: &mut Vec<u8>, s: &str) {
+        serde_json::to_writer(&mut *out, s).expect("a string serializes");
+    }
+    fn opt_num(out: &mut Vec<u8>, n: Option<u64>) {
+        match n {
+            Some(n) => num(out, n),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.extend_from_slice(b"{\"id\":\"");
+    num(out, v.job_id);
+    out.push(b':');
+    num(out, v.cursor);
+    out.extend_from_slice(b"\",\"schema_version\":");
+    num(out, u64::from(overlord_core::finding::SCHEMA_VERSION));
+    out.extend_from_slice(b",\"cursor\":");
+    num(out, v.cursor);
+    out.extend_from_slice(b",\"job_id\":");
+    num(out, v.job_id);
+    out.extend_from_slice(b",\"task_id\":");
+    num(out, v.task_id);
+    out.extend_from_slice(b",\"parent_task_id\":");
+    opt_num(out, v.parent_task_id);
+    out.extend_from_slice(b",\"module\":");
+    text(out, v.module);
+    out.extend_from_slice(b",\"kind\":");
+    text(out, v.kind);
+    out.extend_from_slice(b",\"target\":");
+    match v.target {
+        Some(ip) => {
+            use std::io::Write;
+            write!(out, "\"{ip}\"").expect("writing to a Vec");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"port\":");
+    opt_num(out, v.port.map(u64::from));
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(v.data.as_bytes());
+    out.extend_from_slice(b",\"blob_sha256\":");
+    match v.blob_sha256 {
+        Some(b) => text(out, b),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"minion_id\":");
+    text(out, v.minion_id);
+    out.extend_from_slice(b",\"provider\":");
+    text(out, v.provider);
+    out.extend_from_slice(b",\"started_at_ms\":");
+    num(out, v.started_at_ms);
+    out.extend_from_slice(b",\"finished_at_ms\":");
+    num(out, v.finished_at_ms);
+    out.extend_from_slice(b",\"stored_at_ms\":");
+    num(out, v.stored_at_ms);
+    out.push(b'}');
 }
 
 /// What to publish: for each job whose durable cursor is past its published one,
@@ -408,6 +461,9 @@ async fn connect(cfg: &FirehoseConfig) -> Result<async_nats::Client, String> {
     };
     let opts = opts
         .connection_timeout(Duration::from_secs(3))
+        // The one subscription takes the acknowledgements: at most WINDOW are outstanding, and a
+        // full subscription would drop them (then the publish times out and is re-sent).
+        .subscription_capacity(4 * WINDOW)
         .name("overlord-firehose")
         .event_callback(move |ev| {
             let url = events_url.clone();
@@ -491,17 +547,16 @@ async fn run(
             let client = connect(&cfg).await?;
             let js = jetstream::context::ContextBuilder::new()
                 .timeout(ACK_TIMEOUT)
-                .max_ack_inflight(WINDOW)
-                .build(client);
+                .build(client.clone());
             ensure_stream(&js, &cfg).await?;
-            Ok::<_, String>(js)
+            Ok::<_, String>(client)
         };
-        let js = tokio::select! {
+        let client = tokio::select! {
             r = attempt => r,
             _ = stop.changed() => return,
         };
-        let js = match js {
-            Ok(js) => js,
+        let client = match client {
+            Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "firehose not publishing; findings wait in the store");
                 status.set_error(Some(e));
@@ -517,7 +572,7 @@ async fn run(
         status.set_error(None);
         backoff = Duration::from_millis(100);
         let outcome = pump(
-            &js,
+            &client,
             &store,
             &durable,
             &status,
@@ -581,15 +636,267 @@ async fn persist(
     }
 }
 
-type Acked = (
-    JobId,
-    u64,
-    Result<Result<jetstream::publish::PublishAck, String>, String>,
-);
+/// Publishes awaiting their acknowledgement, in publish order. Each publish gets the reply subject
+/// `<inbox>.<seq>` (one subscription takes every acknowledgement); a job's cursor advances only
+/// over the acknowledged prefix, so after a failure publishing resumes from a cursor below which
+/// everything was acknowledged. Pure bookkeeping, unit-tested.
+#[derive(Default)]
+pub struct Window {
+    /// Sequence number of the front entry.
+    base: u64,
+    /// (job, cursor, when sent, acknowledged)
+    q: std::collections::VecDeque<(JobId, u64, Instant, bool)>,
+}
+
+impl Window {
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+    /// Records a publish; returns its sequence number (the last token of its reply subject).
+    pub fn push(&mut self, job: JobId, cursor: u64, now: Instant) -> u64 {
+        self.q.push_back((job, cursor, now, false));
+        self.base + self.q.len() as u64 - 1
+    }
+    /// The finding published as `seq`, if it awaits its acknowledgement.
+    pub fn pending(&self, seq: u64) -> Option<(JobId, u64)> {
+        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        self.q.get(i).filter(|e| !e.3).map(|e| (e.0, e.1))
+    }
+    /// Marks `seq` acknowledged and moves every acknowledged finding at the front into `acked`
+    /// (the last cursor per job); false when `seq` awaits nothing (stale or repeated).
+    pub fn ack(&mut self, seq: u64, acked: &mut HashMap<JobId, u64>) -> bool {
+        let Some(i) = seq
+            .checked_sub(self.base)
+            .and_then(|i| usize::try_from(i).ok())
+        else {
+            return false;
+        };
+        match self.q.get_mut(i) {
+            Some(e) if !e.3 => e.3 = true,
+            _ => return false,
+        }
+        while let Some(&(job, cursor, _, true)) = self.q.front() {
+            acked.insert(job, cursor);
+            self.q.pop_front();
+            self.base += 1;
+        }
+        true
+    }
+    /// When the oldest unacknowledged publish is overdue.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.q.front().map(|e| e.2 + ACK_TIMEOUT)
+    }
+    /// The oldest publish awaiting its acknowledgement.
+    fn oldest(&self) -> Option<(JobId, u64)> {
+        self.q.front().map(|e| (e.0, e.1))
+    }
+}
+
+/// JetStream's answer to a publish.
+#[derive(Deserialize)]
+struct PubAck<'a> {
+    #[serde(default)]
+    duplicate: bool,
+    #[serde(default, borrow)]
+    error: Option<PubAckError<'a>>,
+}
+
+#[derive(Deserialize)]
+struct PubAckError<'a> {
+    #[serde(default)]
+    code: u64,
+    #[serde(default, borrow)]
+    description: std::borrow::Cow<'a, str>,
+}
+
+/// Reads one acknowledgement message: Ok(duplicate) or why the publish was refused.
+fn read_ack(m: &async_nats::Message) -> Result<bool, String> {
+    if let Some(st) = m.status.filter(|s| !s.is_success()) {
+        return Err(if st == async_nats::StatusCode::NO_RESPONDERS {
+            "no stream takes the subject (no responders)".into()
+        } else {
+            format!("status {st} {}", m.description.as_deref().unwrap_or(""))
+        });
+    }
+    let ack: PubAck<'_> = serde_json::from_slice(&m.payload)
+        .map_err(|e| format!("unreadable acknowledgement: {e}"))?;
+    match ack.error {
+        Some(e) => Err(format!("{} (code {})", e.description, e.code)),
+        None => Ok(ack.duplicate),
+    }
+}
+
+/// A page of findings of one job, read and rendered on a blocking thread: message bodies back to
+/// back in `buf`, and per finding (cursor, index into `kinds`, end of its body in `buf`).
+struct Page {
+    buf: bytes::Bytes,
+    items: Vec<(u64, usize, usize)>,
+    kinds: Vec<String>,
+}
+
+/// Reads the findings of `job` in `(after, upto]`, at most [`PAGE`], and renders their bodies.
+fn read_page(store: &dyn Store, job: JobId, after: u64, upto: u64) -> Result<Page, String> {
+    let want = PAGE.min(usize::try_from(upto - after).unwrap_or(PAGE));
+    let mut buf = Vec::with_capacity(want * 384);
+    let mut items = Vec::with_capacity(want);
+    let mut kinds: Vec<String> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    store
+        .visit_findings(job, after, want, &mut |v| {
+            if v.cursor > upto {
+                return false;
+            }
+            let k = match index.get(v.kind) {
+                Some(&k) => k,
+                None => {
+                    kinds.push(v.kind.to_string());
+                    index.insert(v.kind.to_string(), kinds.len() - 1);
+                    kinds.len() - 1
+                }
+            };
+            render(v, &mut buf);
+            items.push((v.cursor, k, buf.len()));
+            true
+        })
+        .map_err(|e| format!("firehose: reading findings: {e}"))?;
+    Ok(Page {
+        buf: buf.into(),
+        items,
+        kinds,
+    })
+}
+
+fn spawn_read(
+    store: &Arc<dyn Store>,
+    job: JobId,
+    after: u64,
+    upto: u64,
+) -> tokio::task::JoinHandle<Result<Page, String>> {
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || read_page(&*s, job, after, upto))
+}
+
+/// Subjects by kind, built once per kind (bounded: a flood of kinds only rebuilds them).
+#[derive(Default)]
+struct Subjects(HashMap<String, async_nats::Subject>);
+
+impl Subjects {
+    fn get(&mut self, kind: &str) -> async_nats::Subject {
+        if let Some(s) = self.0.get(kind) {
+            return s.clone();
+        }
+        if self.0.len() >= 1024 {
+            self.0.clear();
+        }
+        let s = async_nats::Subject::from(subject_for(kind));
+        self.0.insert(kind.to_string(), s.clone());
+        s
+    }
+}
+
+/// The publishing half of one connection: the window of unacknowledged publishes and the
+/// subscription that takes their acknowledgements.
+struct Publisher<'a> {
+    client: &'a async_nats::Client,
+    inbox: String,
+    acks: async_nats::Subscriber,
+    window: Window,
+    /// Acknowledged since the last progress report: last cursor per job.
+    acked: HashMap<JobId, u64>,
+    status: &'a FirehoseStatus,
+}
+
+impl Publisher<'_> {
+    async fn publish(
+        &mut self,
+        subject: async_nats::Subject,
+        job: JobId,
+        cursor: u64,
+        body: bytes::Bytes,
+    ) -> Result<(), String> {
+        while self.window.len() >= WINDOW {
+            self.wait_acks().await?;
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id(job, cursor));
+        let seq = self.window.push(job, cursor, Instant::now());
+        let reply = async_nats::Subject::from(format!("{}.{seq}", self.inbox));
+        self.client
+            .publish_with_reply_and_headers(subject, reply, headers, body)
+            .await
+            .map_err(|e| format!("firehose: publishing: {e}"))
+    }
+
+    /// Waits for at least one acknowledgement (bounded by the oldest publish's deadline), then
+    /// takes every one already received.
+    async fn wait_acks(&mut self) -> Result<(), String> {
+        let Some(deadline) = self.window.deadline() else {
+            return Ok(());
+        };
+        let m = match tokio::time::timeout_at(deadline.into(), self.acks.next()).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err("firehose: NATS connection closed".into()),
+            Err(_) => {
+                let (job, cursor) = self.window.oldest().expect("a deadline has an entry");
+                return Err(format!(
+                    "firehose: JetStream did not acknowledge finding {job}:{cursor}: no acknowledgement within {ACK_TIMEOUT:?}"
+                ));
+            }
+        };
+        self.take(m)?;
+        self.drain()
+    }
+
+    /// Takes the acknowledgements already received, without waiting.
+    fn drain(&mut self) -> Result<(), String> {
+        use futures::FutureExt;
+        while let Some(Some(m)) = self.acks.next().now_or_never() {
+            self.take(m)?;
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, m: async_nats::Message) -> Result<(), String> {
+        let seq = m
+            .subject
+            .as_str()
+            .rsplit_once('.')
+            .and_then(|(_, s)| s.parse::<u64>().ok());
+        let Some((seq, (job, cursor))) = seq.and_then(|q| Some((q, self.window.pending(q)?)))
+        else {
+            // Not awaited (an answer to an earlier connection's publish): nothing to do.
+            return Ok(());
+        };
+        let duplicate = read_ack(&m).map_err(|e| {
+            format!("firehose: JetStream did not acknowledge finding {job}:{cursor}: {e}")
+        })?;
+        use std::sync::atomic::Ordering::Relaxed;
+        self.status.0.sent.fetch_add(1, Relaxed);
+        if duplicate {
+            self.status.0.duplicates.fetch_add(1, Relaxed);
+        }
+        self.window.ack(seq, &mut self.acked);
+        Ok(())
+    }
+
+    /// Reports the acknowledged cursors (to the status and `published`); returns how many jobs
+    /// moved.
+    fn report(&mut self, published: &mut HashMap<JobId, u64>) -> u64 {
+        let n = self.acked.len() as u64;
+        if n > 0 {
+            self.status.publish_progress(&self.acked);
+            published.extend(self.acked.drain());
+        }
+        n
+    }
+}
 
 #[allow(clippy::too_many_arguments)]
 async fn pump(
-    js: &jetstream::Context,
+    client: &async_nats::Client,
     store: &Arc<dyn Store>,
     durable: &Durable,
     status: &FirehoseStatus,
@@ -598,105 +905,109 @@ async fn pump(
     hub: &mut broadcast::Receiver<HubEvent>,
     stop: &mut watch::Receiver<bool>,
 ) -> Stop {
+    let inbox = client.new_inbox();
+    let acks = match client.subscribe(format!("{inbox}.*")).await {
+        Ok(s) => s,
+        Err(e) => return Stop::Failed(format!("firehose: subscribing to acknowledgements: {e}")),
+    };
+    let mut p = Publisher {
+        client,
+        inbox,
+        acks,
+        window: Window::default(),
+        acked: HashMap::new(),
+        status,
+    };
+    let out = pump_on(&mut p, store, durable, published, persisted, hub, stop).await;
+    // What was acknowledged before a failure counts.
+    p.report(published);
+    out
+}
+
+async fn pump_on(
+    p: &mut Publisher<'_>,
+    store: &Arc<dyn Store>,
+    durable: &Durable,
+    published: &mut HashMap<JobId, u64>,
+    persisted: &mut HashMap<JobId, u64>,
+    hub: &mut broadcast::Receiver<HubEvent>,
+    stop: &mut watch::Receiver<bool>,
+) -> Stop {
     let mut last_persist = Instant::now();
+    let mut subjects = Subjects::default();
+    // Published (not necessarily acknowledged yet) up to, per job: the next round starts there,
+    // so the window stays full across rounds.
+    let mut sent = published.clone();
     loop {
         if *stop.borrow() {
             return Stop::Asked;
         }
-        let work = backlog(&durable.snapshot(), published);
+        if let Err(e) = p.drain() {
+            return Stop::Failed(e);
+        }
+        let n = p.report(published);
+        record_metrics(p.status, n);
+        if last_persist.elapsed() >= PERSIST_EVERY {
+            persist(store, published, persisted).await;
+            last_persist = Instant::now();
+        }
+        let work = backlog(&durable.snapshot(), &sent);
         if work.is_empty() {
-            record_metrics(status, 0);
+            let deadline = p.window.deadline();
+            let tick = if p.window.is_empty() {
+                IDLE_TICK
+            } else {
+                PERSIST_EVERY
+            };
             tokio::select! {
+                r = p.wait_acks(), if deadline.is_some() => {
+                    if let Err(e) = r {
+                        return Stop::Failed(e);
+                    }
+                }
                 _ = hub.recv() => {}
-                _ = tokio::time::sleep(IDLE_TICK) => {}
+                _ = tokio::time::sleep(tick) => {}
                 _ = stop.changed() => return Stop::Asked,
             }
             // Wake-ups come in bursts: take what is queued without waiting.
             while hub.try_recv().is_ok() {}
             continue;
         }
-        let mut inflight = FuturesOrdered::new();
-        let mut acked_now = HashMap::new();
-        let settle = |r: Acked, acked_now: &mut HashMap<JobId, u64>| -> Result<(), String> {
-            let (job, cursor, res) = r;
-            let ack = res.and_then(|a| a).map_err(|e| {
-                format!("firehose: JetStream did not acknowledge finding {job}:{cursor}: {e}")
-            })?;
-            use std::sync::atomic::Ordering::Relaxed;
-            status.0.sent.fetch_add(1, Relaxed);
-            if ack.duplicate {
-                status.0.duplicates.fetch_add(1, Relaxed);
-            }
-            acked_now.insert(job, cursor);
-            Ok(())
-        };
-        for (job, mut from, upto) in work {
-            while from < upto {
-                let s = store.clone();
-                let want = PAGE.min((upto - from) as usize);
-                let page = match tokio::task::spawn_blocking(move || s.findings(job, from, want))
-                    .await
-                {
-                    Ok(Ok(p)) => p,
-                    Ok(Err(e)) => return Stop::Failed(format!("firehose: reading findings: {e}")),
+        for (job, from, upto) in work {
+            let mut next = Some(spawn_read(store, job, from, upto));
+            while let Some(reading) = next.take() {
+                let page = match reading.await {
+                    Ok(Ok(page)) => page,
+                    Ok(Err(e)) => return Stop::Failed(e),
                     Err(e) => return Stop::Failed(format!("firehose: {e}")),
                 };
-                let page: Vec<_> = page.into_iter().filter(|f| f.cursor <= upto).collect();
-                let Some(last) = page.last().map(|f| f.cursor) else {
+                let Some(&(last, _, _)) = page.items.last() else {
                     break;
                 };
-                for f in page {
-                    while inflight.len() >= WINDOW {
-                        let r = inflight.next().await.expect("non-empty");
-                        if let Err(e) = settle(r, &mut acked_now) {
-                            status.publish_progress(&acked_now);
-                            published.extend(acked_now);
-                            return Stop::Failed(e);
-                        }
-                    }
-                    let msg = PublishMessage::build()
-                        .payload(payload(&f).into())
-                        .message_id(msg_id(job, f.cursor));
-                    let ack = match js.send_publish(subject_for(&f.kind), msg).await {
-                        Ok(a) => a,
-                        Err(e) => {
-                            status.publish_progress(&acked_now);
-                            published.extend(acked_now);
-                            return Stop::Failed(format!("firehose: publishing: {e}"));
-                        }
-                    };
-                    let cursor = f.cursor;
-                    // The context's own ack timeout (ACK_TIMEOUT) bounds the wait: no timer per
-                    // message here.
-                    inflight.push_back(async move {
-                        let r = ack.into_future().await.map_err(|e| e.to_string());
-                        (job, cursor, Ok(r))
-                    });
+                // The next page is read while this one is published.
+                if last < upto {
+                    next = Some(spawn_read(store, job, last, upto));
                 }
-                from = last;
+                let kinds: Vec<_> = page.kinds.iter().map(|k| subjects.get(k)).collect();
+                let mut start = 0;
+                for &(cursor, kind, end) in &page.items {
+                    let body = page.buf.slice(start..end);
+                    start = end;
+                    if let Err(e) = p.publish(kinds[kind].clone(), job, cursor, body).await {
+                        return Stop::Failed(e);
+                    }
+                }
+                sent.insert(job, last);
+                if let Err(e) = p.drain() {
+                    return Stop::Failed(e);
+                }
+                p.report(published);
                 if last_persist.elapsed() >= PERSIST_EVERY {
-                    status.publish_progress(&acked_now);
-                    published.extend(acked_now.drain());
-                    record_metrics(status, 0);
+                    record_metrics(p.status, 0);
                     persist(store, published, persisted).await;
                     last_persist = Instant::now();
                 }
             }
-        }
-        while let Some(r) = inflight.next().await {
-            if let Err(e) = settle(r, &mut acked_now) {
-                status.publish_progress(&acked_now);
-                published.extend(acked_now);
-                return Stop::Failed(e);
-            }
-        }
-        let n: u64 = acked_now.len() as u64;
-        status.publish_progress(&acked_now);
-        published.extend(acked_now);
-        record_metrics(status, n);
-        if last_persist.elapsed() >= PERSIST_EVERY {
-            persist(store, published, persisted).await;
-            last_persist = Instant::now();
         }
     }
 }
@@ -803,5 +1114,129 @@ mod tests {
         assert_eq!(v["id"], "9:3");
         assert_eq!(v["schema_version"], overlord_core::finding::SCHEMA_VERSION);
         assert_eq!(v["kind"], "open_port");
+    }
+
+    /// The body written from the store's bytes is byte for byte the serde serialization of the
+    /// record with `id` and `schema_version` before it (what consumers were promised).
+    #[test]
+    fn rendered_bodies_are_the_serialized_records() {
+        #[derive(serde::Serialize)]
+        struct Reference<'a> {
+            id: String,
+            schema_version: u32,
+            #[serde(flatten)]
+            record: &'a FindingRecord,
+        }
+        let base = FindingRecord {
+            cursor: u64::MAX,
+            job_id: 12,
+            task_id: 0,
+            parent_task_id: Some(7),
+            module: "screen\"shot\n".into(),
+            kind: "screenshot".into(),
+            target: Some("2001:db8::1".parse().unwrap()),
+            port: Some(65535),
+            data: serde_json::json!({"title": "caf\u{e9} <\u{1}>", "n": [1, -2.5, null, true], "o": {}}),
+            blob_sha256: Some("ab".repeat(32)),
+            minion_id: "m\\1".into(),
+            provider: "".into(),
+            started_at_ms: 0,
+            finished_at_ms: 1,
+            stored_at_ms: 1_733_318_400_003,
+        };
+        let mut bare = base.clone();
+        (
+            bare.parent_task_id,
+            bare.target,
+            bare.port,
+            bare.blob_sha256,
+        ) = (None, None, None, None);
+        bare.data = serde_json::Value::Null;
+        let mut v4 = base.clone();
+        v4.target = Some("127.0.0.1".parse().unwrap());
+        v4.data = serde_json::json!("text");
+        for f in [base, bare, v4] {
+            let want = serde_json::to_vec(&Reference {
+                id: msg_id(f.job_id, f.cursor),
+                schema_version: overlord_core::finding::SCHEMA_VERSION,
+                record: &f,
+            })
+            .unwrap();
+            assert_eq!(
+                String::from_utf8(payload(&f)).unwrap(),
+                String::from_utf8(want).unwrap()
+            );
+            let back: FindingRecord = serde_json::from_slice(&payload(&f)).unwrap();
+            assert_eq!(back, f);
+        }
+    }
+
+    /// Acknowledgements may come in any order; a job's cursor moves only over the acknowledged
+    /// prefix, and an answer nobody awaits changes nothing.
+    #[test]
+    fn the_window_advances_over_the_acknowledged_prefix() {
+        let now = Instant::now();
+        let mut w = Window::default();
+        let seqs: Vec<u64> = [(1, 1), (1, 2), (2, 1), (1, 3)]
+            .into_iter()
+            .map(|(j, c)| w.push(j, c, now))
+            .collect();
+        assert_eq!(seqs, vec![0, 1, 2, 3]);
+        assert_eq!(w.deadline(), Some(now + ACK_TIMEOUT));
+        let mut acked = HashMap::new();
+        assert!(w.ack(1, &mut acked));
+        assert!(w.ack(3, &mut acked));
+        assert!(
+            acked.is_empty(),
+            "nothing before the first unacknowledged publish"
+        );
+        assert!(!w.ack(1, &mut acked), "an acknowledgement counts once");
+        assert!(!w.ack(9, &mut acked));
+        assert_eq!(w.pending(0), Some((1, 1)));
+        assert_eq!(w.pending(1), None);
+        assert!(w.ack(0, &mut acked));
+        assert_eq!(acked, HashMap::from([(1, 2)]));
+        assert_eq!(w.len(), 2);
+        assert!(w.ack(2, &mut acked));
+        assert_eq!(acked, HashMap::from([(1, 3), (2, 1)]));
+        assert!(w.is_empty() && w.deadline().is_none());
+        assert!(!w.ack(0, &mut acked), "stale");
+        assert_eq!(w.push(3, 1, now), 4, "sequence numbers go on");
+    }
+
+    #[test]
+    fn acknowledgements_are_read_strictly() {
+        let msg = |payload: &'static [u8], status: Option<u16>| async_nats::Message {
+            subject: "_INBOX.x.0".into(),
+            reply: None,
+            payload: bytes::Bytes::from_static(payload),
+            headers: None,
+            status: status.map(|s| async_nats::StatusCode::from_u16(s).unwrap()),
+            description: None,
+            length: 0,
+        };
+        assert_eq!(
+            read_ack(&msg(br#"{"stream":"S","seq":4}"#, None)),
+            Ok(false)
+        );
+        assert_eq!(
+            read_ack(&msg(br#"{"stream":"S","seq":4,"duplicate":true}"#, None)),
+            Ok(true)
+        );
+        let e = read_ack(&msg(
+            br#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#,
+            None,
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("maximum messages exceeded") && e.contains("503"),
+            "{e}"
+        );
+        assert!(
+            read_ack(&msg(b"", Some(503)))
+                .unwrap_err()
+                .contains("no responders")
+        );
+        assert!(read_ack(&msg(b"garbage", None)).is_err());
     }
 }

@@ -93,6 +93,11 @@ pub enum BeaconHint {
     PopularName,
     /// Most connections were never established.
     FailedConnections,
+    /// dns: a resolver's lookups of a name none of its clients looks up periodically (its own
+    /// cache refreshing).
+    ResolverRefresh,
+    /// No scorer sees a clock in the key's own check-ins (score capped below the threshold).
+    NoClock,
 }
 
 /// `beacon_summary`: counters of one scored log.
