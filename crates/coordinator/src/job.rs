@@ -88,6 +88,8 @@ pub struct JobSt {
     /// Minions of this job whose miss rate is out of line → the share of their slots it uses
     /// (`quality::judge`, recomputed when a verification ends).
     flagged: HashMap<String, f64>,
+    /// Offers a verification run let pass waiting for another minion (in memory only).
+    verify_skips: HashMap<TaskId, u32>,
     capacity_hint: usize,
     last_demand: Option<Demand>,
     last_demand_ms: u64,
@@ -244,6 +246,7 @@ impl JobSt {
             notify_manager: false,
             alive: 1,
             flagged: HashMap::new(),
+            verify_skips: HashMap::new(),
             capacity_hint: 0,
             last_demand: None,
             last_demand_ms: 0,
@@ -568,6 +571,7 @@ impl JobSt {
             let _ = r.cast(RegMsg::Release(self.rec.id, revoke));
         }
         self.rec.checks.clear();
+        self.verify_skips.clear();
         self.rec.state = JobState::Cancelled;
         self.rec.finished_ms = now_ms();
         self.dirty = true;
@@ -627,10 +631,16 @@ impl JobSt {
                 }
                 continue;
             };
-            // a verification run waits for another minion than the first run's
-            if self.rec.checks.get(&task_id).is_some_and(|c| {
-                !overlord_core::quality::may_verify_on(&c.minion, views[i].id, self.alive)
-            }) {
+            // a verification run waits for another minion than the first run's (a bounded wait)
+            if let Some(c) = self.rec.checks.get(&task_id)
+                && !overlord_core::quality::may_verify_on(
+                    &c.minion,
+                    views[i].id,
+                    self.alive,
+                    self.verify_skips.get(&task_id).copied().unwrap_or(0),
+                )
+            {
+                *self.verify_skips.entry(task_id).or_default() += 1;
                 skipped.push(task_id);
                 if skipped.len() >= MAX_SKIP {
                     break;
@@ -962,7 +972,8 @@ impl JobSt {
     ) -> v1::AckItem {
         let token = r.token;
         let state = self.tasks.get(&r.task_id).map(|t| &t.state);
-        match sched::judge_result(state, token, minion, generation) {
+        let last = self.partial_seq.get(&token).copied();
+        match sched::judge_partial(state, token, minion, generation, seq, last) {
             Verdict::Accept => {}
             Verdict::Duplicate => return ack_seq(token, true, "duplicate", seq),
             Verdict::Stale | Verdict::Unknown => {
@@ -977,9 +988,6 @@ impl JobSt {
                     seq,
                 );
             }
-        }
-        if seq <= self.partial_seq.get(&token).copied().unwrap_or(0) {
-            return ack_seq(token, true, "duplicate", seq);
         }
         let reject = |st: &mut Self, reason: String, count: bool| {
             st.leases.remove(&token);
@@ -1096,6 +1104,7 @@ impl JobSt {
         };
         // a verification run that failed re-checked nothing
         self.rec.checks.remove(&task);
+        self.verify_skips.remove(&task);
         telemetry::record(
             telemetry::Event::TaskFailed {
                 module: &t.spec.module,
@@ -1358,6 +1367,7 @@ impl JobSt {
         let Some(check) = self.rec.checks.remove(&task) else {
             return findings;
         };
+        self.verify_skips.remove(&task);
         self.dirty = true;
         let found: Vec<_> = findings.iter().filter_map(open_port_of).collect();
         let Some((sampled, missed, new)) =

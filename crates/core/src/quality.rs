@@ -245,11 +245,15 @@ pub fn should_verify(
         && verify_task(key, task_id, per_mille)
 }
 
+/// Offers a verification run lets pass while waiting for another minion than the first run's.
+pub const MAX_VERIFY_SKIPS: u32 = 64;
+
 /// Whether a verification run of a task first run by `first` may run on `candidate`: only on
-/// another minion, unless no other is alive (then it runs anyway, checks nothing, and the job
-/// is not held up by a verification no minion can take).
-pub fn may_verify_on(first: &str, candidate: &str, live_minions: u32) -> bool {
-    candidate != first || live_minions < 2
+/// another minion, unless no other is alive or none has been offered for [`MAX_VERIFY_SKIPS`]
+/// offers (the other live minions may not run this module). Then it runs anyway, checks nothing
+/// ([`judge_check`]), and the job is not held up by a verification no other minion takes.
+pub fn may_verify_on(first: &str, candidate: &str, live_minions: u32, skipped: u32) -> bool {
+    candidate != first || live_minions < 2 || skipped >= MAX_VERIFY_SKIPS
 }
 
 /// What a verification run found: `(sampled, missed)` for the first run's minion — the probes
@@ -354,9 +358,12 @@ mod tests {
 
     #[test]
     fn verification_goes_to_another_minion_while_there_is_one() {
-        assert!(!may_verify_on("m1", "m1", 2));
-        assert!(may_verify_on("m1", "m2", 2));
-        assert!(may_verify_on("m1", "m1", 1));
+        assert!(!may_verify_on("m1", "m1", 2, 0));
+        assert!(may_verify_on("m1", "m2", 2, 0));
+        assert!(may_verify_on("m1", "m1", 1, 0));
+        // the other live minion never takes it (another module): not held forever
+        assert!(!may_verify_on("m1", "m1", 2, MAX_VERIFY_SKIPS - 1));
+        assert!(may_verify_on("m1", "m1", 2, MAX_VERIFY_SKIPS));
     }
 
     #[test]

@@ -88,6 +88,25 @@ pub fn judge_result(
     }
 }
 
+/// What to do with a partial result (findings of a task still running, `seq` 1, 2, ... per
+/// lease) when the highest seq accepted under its token so far is `last_seq`: accepted only under
+/// the live lease and above `last_seq` (a re-sent one is a duplicate, acknowledged, not stored
+/// again); seq 0 is not a partial's.
+pub fn judge_partial(
+    state: Option<&TaskState>,
+    token: Token,
+    minion: &str,
+    generation: u64,
+    seq: u64,
+    last_seq: Option<u64>,
+) -> Verdict {
+    match judge_result(state, token, minion, generation) {
+        Verdict::Accept if seq == 0 => Verdict::Stale,
+        Verdict::Accept if seq <= last_seq.unwrap_or(0) => Verdict::Duplicate,
+        v => v,
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Retry {
     Requeue,
@@ -227,6 +246,15 @@ mod tests {
             Verdict::Duplicate
         );
         assert_eq!(judge_result(None, 7, "m", 2), Verdict::Unknown);
+        // partial results: the same fencing, then the seq
+        let p = |tok, seq, last| judge_partial(Some(&leased), tok, "m", 2, seq, last);
+        assert_eq!(p(7, 1, None), Verdict::Accept);
+        assert_eq!(p(7, 3, Some(2)), Verdict::Accept);
+        assert_eq!(p(7, 2, Some(2)), Verdict::Duplicate);
+        assert_eq!(p(7, 1, Some(2)), Verdict::Duplicate);
+        assert_eq!(p(7, 0, None), Verdict::Stale);
+        assert_eq!(p(6, 5, None), Verdict::Stale);
+        assert_eq!(judge_partial(None, 7, "m", 2, 1, None), Verdict::Unknown);
     }
 
     #[test]

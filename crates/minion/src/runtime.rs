@@ -518,3 +518,27 @@ async fn reporter(mut rx: mpsc::Receiver<v1::TaskResult>, shared: Arc<Shared>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unacknowledged results are re-sent in key order after a reconnect: a task's partials
+    /// (by seq) before its final result, or the coordinator would complete the task first and
+    /// drop the partials' findings as late.
+    #[test]
+    fn partials_are_resent_before_their_final_result() {
+        let r = |partial: bool, seq: u64| v1::TaskResult {
+            token: 9,
+            partial,
+            seq,
+            ..Default::default()
+        };
+        let mut m: BTreeMap<(Token, u64), v1::TaskResult> = BTreeMap::new();
+        for x in [r(false, 0), r(true, 2), r(true, 1)] {
+            m.insert(unacked_key(&x), x);
+        }
+        let order: Vec<(bool, u64)> = m.values().map(|x| (x.partial, x.seq)).collect();
+        assert_eq!(order, vec![(true, 1), (true, 2), (false, 0)]);
+    }
+}
