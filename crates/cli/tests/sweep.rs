@@ -125,6 +125,25 @@ async fn verification_runs_recheck_tasks_without_duplicating_findings() {
     let cluster = Embedded::start(dir.path().join("data"), 2, 8)
         .await
         .unwrap();
+    // Both minions registered first: a task that ends while the scheduler knows one live minion
+    // is not re-checked (there is nobody else to re-check it). A warm-up sweep of 64 small tasks
+    // (more than one minion's 8 slots) shows both minions in its ledger once both run.
+    let mut both = false;
+    for _ in 0..10 {
+        let (w, _, _) = run_job_with(
+            &cluster.url,
+            "portscan",
+            port,
+            &["127.0.0.0/22"],
+            r#"{"verify_per_mille": 0, "probes_per_task": 16}"#,
+        )
+        .await;
+        if w.quality.is_some_and(|q| q.minions.len() == 2) {
+            both = true;
+            break;
+        }
+    }
+    assert!(both, "the second minion never ran a task");
     let (st, open, n) = run_job_with(
         &cluster.url,
         "portscan",
