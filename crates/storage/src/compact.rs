@@ -394,21 +394,49 @@ impl<'a> R<'a> {
         })
     }
     /// A JSON value's text, checked to be one JSON value (without building it).
-    fn json_ref(&mut self) -> Res<&'a str> {
+    /// A JSON value's text (UTF-8; `null` when absent), not parsed.
+    fn json_text(&mut self) -> Res<&'a str> {
         let n = self.len()?;
         if n == 0 {
             return Ok("null");
         }
-        let b = self.take(n)?;
-        let s = std::str::from_utf8(b).map_err(|e| format!("bad JSON value: {e}"))?;
-        serde_json::from_str::<serde::de::IgnoredAny>(s)
-            .map_err(|e| format!("bad JSON value: {e}"))?;
-        Ok(s)
+        std::str::from_utf8(self.take(n)?).map_err(|e| format!("bad JSON value: {e}"))
     }
 }
 
 /// Decodes the body (after the version byte) of a version-2 finding record without copying it.
 pub fn view_finding(body: &[u8]) -> Res<FindingView<'_>> {
+    let v = read_finding(body)?;
+    serde_json::from_str::<serde::de::IgnoredAny>(v.data)
+        .map_err(|e| format!("bad JSON value: {e}"))?;
+    Ok(v)
+}
+
+/// Decodes the body (after the version byte) of a version-2 finding record.
+pub fn decode_finding(body: &[u8]) -> Res<FindingRecord> {
+    let v = read_finding(body)?;
+    Ok(FindingRecord {
+        cursor: v.cursor,
+        job_id: v.job_id,
+        task_id: v.task_id,
+        parent_task_id: v.parent_task_id,
+        module: v.module.to_string(),
+        kind: v.kind.to_string(),
+        target: v.target,
+        port: v.port,
+        data: serde_json::from_str(v.data).map_err(|e| format!("bad JSON value: {e}"))?,
+        blob_sha256: v.blob_sha256.map(str::to_string),
+        minion_id: v.minion_id.to_string(),
+        provider: v.provider.to_string(),
+        started_at_ms: v.started_at_ms,
+        finished_at_ms: v.finished_at_ms,
+        stored_at_ms: v.stored_at_ms,
+    })
+}
+
+/// The one reader of the finding layout: fields borrowed from `body`, `data` as its UTF-8 text
+/// (not yet checked to be JSON: the callers parse or check it).
+fn read_finding(body: &[u8]) -> Res<FindingView<'_>> {
     let mut r = R(body);
     let cursor = r.var()?;
     let job_id = r.var()?;
@@ -422,7 +450,7 @@ pub fn view_finding(body: &[u8]) -> Res<FindingView<'_>> {
     } else {
         None
     };
-    let data = r.json_ref()?;
+    let data = r.json_text()?;
     let blob_sha256 = r.opt_str_ref("blob_sha256")?;
     let minion_id = r.str_ref()?;
     let provider = r.str_ref()?;
@@ -431,48 +459,6 @@ pub fn view_finding(body: &[u8]) -> Res<FindingView<'_>> {
     let stored_at_ms = r.var()?;
     r.end()?;
     Ok(FindingView {
-        cursor,
-        job_id,
-        task_id,
-        parent_task_id,
-        module,
-        kind,
-        target,
-        port,
-        data,
-        blob_sha256,
-        minion_id,
-        provider,
-        started_at_ms,
-        finished_at_ms,
-        stored_at_ms,
-    })
-}
-
-/// Decodes the body (after the version byte) of a version-2 finding record.
-pub fn decode_finding(body: &[u8]) -> Res<FindingRecord> {
-    let mut r = R(body);
-    let cursor = r.var()?;
-    let job_id = r.var()?;
-    let task_id = r.var()?;
-    let parent_task_id = r.opt_var("parent_task_id")?;
-    let module = r.str()?;
-    let kind = r.str()?;
-    let target = r.ip()?;
-    let port = if r.flag("port")? {
-        Some(r.u16()?)
-    } else {
-        None
-    };
-    let data = r.json()?;
-    let blob_sha256 = r.opt_str("blob_sha256")?;
-    let minion_id = r.str()?;
-    let provider = r.str()?;
-    let started_at_ms = r.var()?;
-    let finished_at_ms = r.var()?;
-    let stored_at_ms = r.var()?;
-    r.end()?;
-    Ok(FindingRecord {
         cursor,
         job_id,
         task_id,
