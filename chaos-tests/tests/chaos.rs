@@ -495,6 +495,12 @@ async fn randomized_fault_schedule_with_mtls() {
 
 /// Answers every lease `m` gets, once, honestly (a loopback connect per port), until aborted.
 fn answer_leases(m: std::sync::Arc<RogueMinion>) -> JoinHandle<()> {
+    answer_leases_with(m, true)
+}
+
+/// Answers every lease `m` gets, once, until aborted: honestly, or (`honest` false) with
+/// "nothing open", like a minion whose provider drops or blocks its probes.
+fn answer_leases_with(m: std::sync::Arc<RogueMinion>, honest: bool) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut done = std::collections::BTreeSet::new();
         loop {
@@ -505,7 +511,11 @@ fn answer_leases(m: std::sync::Arc<RogueMinion>) -> JoinHandle<()> {
                 .collect();
             let mut results = Vec::new();
             for l in &fresh {
-                results.push(execute_scan(l).await);
+                results.push(if honest {
+                    execute_scan(l).await
+                } else {
+                    overlord_chaos_tests::rogue::empty_result(l)
+                });
             }
             if !results.is_empty() && m.send(results).await.is_err() {
                 return;
@@ -771,26 +781,6 @@ async fn leases_are_spread_fairly_over_equal_minions_not_by_id_order() {
     }
 }
 
-/// Answers every lease `m` gets, once, with "nothing open" (a minion whose provider drops or
-/// blocks its probes), until aborted.
-fn answer_leases_empty(m: std::sync::Arc<RogueMinion>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut done = std::collections::BTreeSet::new();
-        loop {
-            let results: Vec<_> = m
-                .leases()
-                .iter()
-                .filter(|l| done.insert(l.token))
-                .map(overlord_chaos_tests::rogue::empty_result)
-                .collect();
-            if !results.is_empty() && m.send(results).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-}
-
 /// Issue 14, the quality ledger: "a minion whose miss rate is out of line (a provider being
 /// blocked or dropping) is flagged and its share of work reduced, with the reason in the job's
 /// status". Two hand-driven scanners of two providers share a sweep of 127.78.0.0/22 × one port
@@ -853,7 +843,7 @@ async fn a_minion_that_drops_probes_is_flagged_and_its_misses_are_recovered() {
         .expect("registered");
     }
     let a = answer_leases(honest.clone());
-    let b = answer_leases_empty(dropper.clone());
+    let b = answer_leases_with(dropper.clone(), false);
     let mut c = cl.jobs();
     let mut spec = client::scan_spec(
         "dropper",

@@ -87,11 +87,10 @@ async fn real_udp_daemons_are_open_and_named_with_validated_replies() {
     assert_eq!(r.tries, 1, "{show}");
 }
 
-/// A DNS server that answers with the query id + 1: the port is open, but the reply is not
-/// taken as the answer to our query.
-#[tokio::test]
-async fn reply_with_a_wrong_id_is_open_but_not_validated() {
-    let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+/// A DNS responder on `bind` that answers our `version.bind` query with its id + `id_delta`
+/// (0: a correct answer), until aborted.
+async fn dns_responder(bind: &str, id_delta: u16) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let s = tokio::net::UdpSocket::bind(bind).await.unwrap();
     let addr = s.local_addr().unwrap();
     let server = tokio::spawn(async move {
         let mut buf = [0u8; 2048];
@@ -102,13 +101,21 @@ async fn reply_with_a_wrong_id_is_open_but_not_validated() {
             // Only DNS-shaped requests (the version.bind query) get an answer.
             if n >= 12 && buf[4..6] == [0, 1] && buf[12..n].starts_with(b"\x07version") {
                 let mut r = buf[..n].to_vec();
-                let id = u16::from_be_bytes([r[0], r[1]]).wrapping_add(1);
+                let id = u16::from_be_bytes([r[0], r[1]]).wrapping_add(id_delta);
                 r[..2].copy_from_slice(&id.to_be_bytes());
-                r[2] |= 0x80;
+                r[2] |= 0x80; // QR: a response
                 let _ = s.send_to(&r, from).await;
             }
         }
     });
+    (addr, server)
+}
+
+/// A DNS server that answers with the query id + 1: the port is open, but the reply is not
+/// taken as the answer to our query.
+#[tokio::test]
+async fn reply_with_a_wrong_id_is_open_but_not_validated() {
+    let (addr, server) = dns_responder("127.0.0.1:0", 1).await;
     let db = ProbeDb::builtin();
     let opts = UdpOptions {
         nmap_probes: false,
@@ -127,21 +134,7 @@ async fn reply_with_a_wrong_id_is_open_but_not_validated() {
 /// ICMPv6 port unreachable (read through `IPV6_RECVERR`) in one try.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_loopback_open_silent_and_closed() {
-    let s = tokio::net::UdpSocket::bind("[::1]:0").await.unwrap();
-    let dns = s.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        let mut buf = [0u8; 2048];
-        loop {
-            let Ok((n, from)) = s.recv_from(&mut buf).await else {
-                return;
-            };
-            if n >= 12 && buf[4..6] == [0, 1] && buf[12..n].starts_with(b"\x07version") {
-                let mut r = buf[..n].to_vec();
-                r[2] |= 0x80; // QR: a response, same id
-                let _ = s.send_to(&r, from).await;
-            }
-        }
-    });
+    let (dns, server) = dns_responder("[::1]:0", 0).await;
     let silent = std::net::UdpSocket::bind("[::1]:0").unwrap();
     let silent_port = silent.local_addr().unwrap().port();
     let closed_port = {
