@@ -454,6 +454,18 @@ impl Planner {
         js.stalled = false;
     }
 
+    /// `minion`/`generation` reported under `token` for `job` (a result or a partial): it is
+    /// heard from (an answer clears `unresponsive`); returns whether the lease is live here.
+    fn heard(&mut self, minion: &str, generation: u64, token: Token, job: JobId, now: u64) -> bool {
+        if let Some(m) = self.minions.get_mut(minion)
+            && m.current(generation)
+        {
+            m.last_seen_ms = now;
+            m.unresponsive = false;
+        }
+        matches!(self.leases.get(&token), Some(l) if l.job == job && l.minion == minion)
+    }
+
     /// A result reported by `minion`/`generation` under `token` for `job` (`job_running`: its
     /// actor is up): frees its slot and says where it goes.
     pub fn result(
@@ -465,13 +477,7 @@ impl Planner {
         job_running: bool,
         now: u64,
     ) -> ResultRoute {
-        if let Some(m) = self.minions.get_mut(minion)
-            && m.current(generation)
-        {
-            m.last_seen_ms = now;
-            m.unresponsive = false;
-        }
-        let live = matches!(self.leases.get(&token), Some(l) if l.job == job && l.minion == minion);
+        let live = self.heard(minion, generation, token, job, now);
         if live {
             self.remove_lease(token);
         } else {
@@ -480,14 +486,7 @@ impl Planner {
                 self.retired.pop_first();
             }
         }
-        // Not judged here: the job knows whether the task is still leased under this token. (The
-        // planner used to reject every token missing from its table — after its own restart,
-        // before the jobs re-reported their leases, that dropped live results for good.)
-        match (job_running, live) {
-            (true, _) => ResultRoute::ToJob,
-            (false, true) => ResultRoute::Hold,
-            (false, false) => ResultRoute::Reject,
-        }
+        route(job_running, live)
     }
 
     /// A partial result (findings of a task still running, or a keep-alive) under `token`:
@@ -501,18 +500,8 @@ impl Planner {
         job_running: bool,
         now: u64,
     ) -> ResultRoute {
-        if let Some(m) = self.minions.get_mut(minion)
-            && m.current(generation)
-        {
-            m.last_seen_ms = now;
-            m.unresponsive = false;
-        }
-        let live = matches!(self.leases.get(&token), Some(l) if l.job == job && l.minion == minion);
-        match (job_running, live) {
-            (true, _) => ResultRoute::ToJob,
-            (false, true) => ResultRoute::Hold,
-            (false, false) => ResultRoute::Reject,
-        }
+        let live = self.heard(minion, generation, token, job, now);
+        route(job_running, live)
     }
 
     fn withdraw(&mut self, offer: Option<Outstanding>) {
@@ -812,6 +801,17 @@ impl Planner {
             });
         }
         out
+    }
+}
+
+/// Where a report goes. Not judged here: the job knows whether the task is still leased under
+/// this token. (The planner used to reject every token missing from its table — after its own
+/// restart, before the jobs re-reported their leases, that dropped live results for good.)
+fn route(job_running: bool, live: bool) -> ResultRoute {
+    match (job_running, live) {
+        (true, _) => ResultRoute::ToJob,
+        (false, true) => ResultRoute::Hold,
+        (false, false) => ResultRoute::Reject,
     }
 }
 
