@@ -39,6 +39,12 @@ pub enum QueryError {
     Index(#[from] IndexError),
 }
 
+impl From<std::io::Error> for QueryError {
+    fn from(e: std::io::Error) -> Self {
+        QueryError::Index(IndexError::from(e))
+    }
+}
+
 impl From<tantivy::TantivyError> for QueryError {
     fn from(e: tantivy::TantivyError) -> Self {
         QueryError::Index(IndexError::Tantivy(e))
@@ -521,17 +527,7 @@ impl Engine {
         let q = self.compile_in(&r.query, jobs)?;
         let s = self.index.searcher();
         let hosts = r.view == View::Hosts;
-        let (best, matched) = s.search(
-            &q,
-            &(
-                PageCollector {
-                    limit: r.limit,
-                    after: r.after,
-                    hosts,
-                },
-                Count,
-            ),
-        )?;
+        let (best, matched) = self.page(&s, q.as_ref(), r, &dl)?;
         dl.check()?;
         let mut page = Page {
             matched: matched as u64,
@@ -573,6 +569,114 @@ impl Engine {
             }
         }
         Ok(page)
+    }
+
+    /// The first page of matches in (address, port) order, and the number of matches.
+    ///
+    /// Per segment the matches are marked in a bitset first (a few ns each). When they are
+    /// many — a broad filter over 10 M rows matches hundreds of thousands — the page is read by
+    /// walking the segment's address dictionary upward from `after` and keeping the marked
+    /// documents of each address, until the page is full: a few thousand documents instead of
+    /// every match's address from the fast column (`banner:freebsd port:22` at 10 M rows, 575 k
+    /// matches: 70 → 25 ms). Few matches are read from the fast column as before,
+    /// and so is a segment whose walk ran out of addresses (its rows without an address come
+    /// last).
+    fn page(
+        &self,
+        s: &tantivy::Searcher,
+        q: &dyn Query,
+        r: &SearchRequest,
+        dl: &Deadline,
+    ) -> Result<(Best, usize), QueryError> {
+        let pc = PageCollector {
+            limit: r.limit,
+            after: r.after,
+            hosts: r.view == View::Hosts,
+        };
+        let w = q.weight(tantivy::query::EnableScoring::disabled_from_searcher(s))?;
+        let ip_field = self.index.fields.get("ip");
+        let mut fruits = Vec::new();
+        let mut matched = 0usize;
+        for (ord, seg) in s.segment_readers().iter().enumerate() {
+            dl.check()?;
+            let mut bits = tantivy::BitSet::with_max_value(seg.max_doc().max(1));
+            let mut n = 0usize;
+            // walking pays when the page fills within a small share of the segment's rows
+            let few = 64 * (r.limit + 1);
+            let mut small: Vec<DocId> = Vec::new();
+            let alive = seg.alive_bitset();
+            w.for_each_no_score(seg, &mut |docs| {
+                for d in docs {
+                    if alive.is_none_or(|a| a.is_alive(*d)) {
+                        bits.insert(*d);
+                        n += 1;
+                        if n <= few {
+                            small.push(*d);
+                        }
+                    }
+                }
+            })?;
+            matched += n;
+            if n == 0 {
+                continue;
+            }
+            let mut ps = pc.for_segment(ord as SegmentOrdinal, seg)?;
+            // walking visits about (limit + 1) * max_doc / n documents at ~0.5 us each (a
+            // postings list opened per address), reading from the fast column ~40 ns per match
+            let m = seg.max_doc() as u128;
+            let walk = n > few
+                && (n as u128) * (n as u128) > 16 * (r.limit as u128 + 1) * m
+                && ps.cols.ip.is_some();
+            let mut full = false;
+            if walk {
+                let inv = seg.inverted_index(ip_field)?;
+                let from = r.after.map(|a| a.ip).unwrap_or(0);
+                let mut st = inv.terms().range().ge(from.to_be_bytes()).into_stream()?;
+                let mut seen = 0usize;
+                while st.advance() {
+                    let Ok(k) = <[u8; 16]>::try_from(st.key()) else {
+                        continue;
+                    };
+                    let ip = u128::from_be_bytes(k);
+                    let mut p = inv.read_postings_from_terminfo(st.value(), IndexRecordOption::Basic)?;
+                    let mut doc = tantivy::DocSet::doc(&p);
+                    while doc != tantivy::TERMINATED {
+                        if bits.contains(doc) {
+                            ps.collect_ip(doc, Some(ip));
+                        }
+                        doc = tantivy::DocSet::advance(&mut p);
+                    }
+                    seen += 1;
+                    if seen % 4096 == 0 {
+                        dl.check()?;
+                    }
+                    // every later address sorts after every key kept
+                    if ps.best.len() >= ps.limit {
+                        full = true;
+                        break;
+                    }
+                }
+                if !full {
+                    // out of addresses: read this segment's matches the ordinary way
+                    ps = pc.for_segment(ord as SegmentOrdinal, seg)?;
+                }
+            }
+            if !full && n <= few {
+                ps.collect_block(&small);
+            } else if !full {
+                let mut block = Vec::with_capacity(1024);
+                for d in (0..seg.max_doc()).filter(|d| bits.contains(*d)) {
+                    block.push(d);
+                    if block.len() == 1024 {
+                        ps.collect_block(&block);
+                        block.clear();
+                    }
+                }
+                ps.collect_block(&block);
+            }
+            fruits.push(ps.harvest());
+        }
+        Ok((pc.merge_fruits(fruits)?, matched))
     }
 
     /// Every row of `ip` (all jobs), oldest first.
