@@ -605,10 +605,7 @@ impl JobModel {
                 id: s.minion,
                 provider: s.provider,
                 modules: s.modules,
-                free: overlord_core::quality::cut_free(
-                    s.free,
-                    self.flagged.get(s.minion).copied(),
-                ),
+                free: overlord_core::quality::cut_free(s.free, self.flagged.get(s.minion).copied()),
                 alive: true,
             })
             .collect();
@@ -1132,14 +1129,7 @@ impl JobModel {
             Ok(findings) => {
                 let me = crate::lookup::LOOKUP_MINION_ID;
                 let provider = crate::lookup::LOOKUP_PROVIDER;
-                self.complete_task(
-                    id,
-                    findings,
-                    me,
-                    provider,
-                    run.started_ms,
-                    run.finished_ms,
-                )
+                self.complete_task(id, findings, me, provider, run.started_ms, run.finished_ms)
             }
             Err(e) => {
                 warn!(job = self.rec.id, task = id, error = %e, "leak lookup failed");

@@ -66,7 +66,11 @@ fn open_ports(task: &TaskRecord, n: usize) -> Vec<ParsedFinding> {
     parse_findings(&out).expect("valid findings")
 }
 
-fn result(token: Token, task: TaskId, findings: Result<Vec<ParsedFinding>, String>) -> IngestedResult {
+fn result(
+    token: Token,
+    task: TaskId,
+    findings: Result<Vec<ParsedFinding>, String>,
+) -> IngestedResult {
     IngestedResult {
         token,
         job_id: JOB,
@@ -161,9 +165,20 @@ fn tasks_written(fx: &Effects) -> Vec<&TaskRecord> {
 
 #[test]
 fn expansion_is_lazy_up_to_the_watermark_and_unwritten() {
-    let (_, mut m) = submit(spec("127.0.0.0/27", "1-8", &["portscan"], r#"{"probes_per_task":4}"#), 5);
+    let (_, mut m) = submit(
+        spec(
+            "127.0.0.0/27",
+            "1-8",
+            &["portscan"],
+            r#"{"probes_per_task":4}"#,
+        ),
+        5,
+    );
     let total = m.record().root_total;
-    assert!(total > 5, "the test needs more root tasks ({total}) than the watermark");
+    assert!(
+        total > 5,
+        "the test needs more root tasks ({total}) than the watermark"
+    );
     m.start(10);
     assert_eq!(m.pending().count(), 5);
     assert_eq!(m.record().root_next, 5);
@@ -178,7 +193,15 @@ fn expansion_is_lazy_up_to_the_watermark_and_unwritten() {
 
 #[test]
 fn an_offer_leases_in_queue_order_writes_the_leases_and_tells_the_registry_first() {
-    let (_, mut m) = submit(spec("127.0.0.0/29", "1-2", &["portscan"], r#"{"probes_per_task":2}"#), 100);
+    let (_, mut m) = submit(
+        spec(
+            "127.0.0.0/29",
+            "1-2",
+            &["portscan"],
+            r#"{"probes_per_task":2}"#,
+        ),
+        100,
+    );
     m.start(10);
     m.take_effects(10);
     let first: Vec<TaskId> = m.pending().take(3).collect();
@@ -193,7 +216,11 @@ fn an_offer_leases_in_queue_order_writes_the_leases_and_tells_the_registry_first
     let fx = m.take_effects(20);
     let written = tasks_written(&fx);
     assert_eq!(written.len(), 3);
-    assert!(written.iter().all(|t| matches!(t.state, TaskState::Leased { .. })));
+    assert!(
+        written
+            .iter()
+            .all(|t| matches!(t.state, TaskState::Leased { .. }))
+    );
     let ToRegistry::Taken { used, .. } = &fx.registry[0] else {
         panic!("Taken first: {:?}", fx.registry)
     };
@@ -205,7 +232,10 @@ fn an_offer_leases_in_queue_order_writes_the_leases_and_tells_the_registry_first
 
 #[test]
 fn a_result_completes_its_task_stores_findings_and_spawns_follow_ups() {
-    let (_, mut m) = submit(spec("127.0.0.1/32", "22", &["portscan", "service"], ""), 100);
+    let (_, mut m) = submit(
+        spec("127.0.0.1/32", "22", &["portscan", "service"], ""),
+        100,
+    );
     m.start(10);
     m.take_effects(10);
     let minions = [Minion::new("a", "p1")];
@@ -217,8 +247,16 @@ fn a_result_completes_its_task_stores_findings_and_spawns_follow_ups() {
     let acks = m.results("a", "p1", 1, vec![result(token, task, Ok(findings))], 30);
     assert!(acks[0].accepted, "{:?}", acks[0]);
     let fx = m.take_effects(30);
-    assert!(fx.writes.iter().any(|op| matches!(op, Op::TaskDone(JOB, t) if *t == task)));
-    assert!(fx.writes.iter().any(|op| matches!(op, Op::Finding(f) if f.cursor == 1 && f.port == Some(22))));
+    assert!(
+        fx.writes
+            .iter()
+            .any(|op| matches!(op, Op::TaskDone(JOB, t) if *t == task))
+    );
+    assert!(
+        fx.writes
+            .iter()
+            .any(|op| matches!(op, Op::Finding(f) if f.cursor == 1 && f.port == Some(22)))
+    );
     let follow: Vec<_> = tasks_written(&fx)
         .into_iter()
         .filter(|t| t.spec.parent == Some(task))
@@ -238,7 +276,11 @@ fn a_result_completes_its_task_stores_findings_and_spawns_follow_ups() {
     let (rec, _) = fx.finished.expect("the job ended");
     assert_eq!(rec.state, JobState::Completed);
     assert_eq!(rec.done, 2);
-    assert!(fx.events.iter().any(|e| matches!(e, crate::hub::HubEvent::Finished(..))));
+    assert!(
+        fx.events
+            .iter()
+            .any(|e| matches!(e, crate::hub::HubEvent::Finished(..)))
+    );
 }
 
 #[test]
@@ -249,7 +291,13 @@ fn a_result_under_a_stale_token_or_minion_is_rejected_and_counted() {
     let mut tok = 0;
     let (_, token, task) = offer(&mut m, &minions, &[1], 20, &mut tok)[0];
     m.take_effects(20);
-    let acks = m.results("a", "p1", 1, vec![result(token + 100, task, Ok(Vec::new()))], 30);
+    let acks = m.results(
+        "a",
+        "p1",
+        1,
+        vec![result(token + 100, task, Ok(Vec::new()))],
+        30,
+    );
     assert!(!acks[0].accepted);
     let acks = m.results("a", "p1", 2, vec![result(token, task, Ok(Vec::new()))], 30);
     assert!(!acks[0].accepted, "an older session's generation is stale");
@@ -263,7 +311,15 @@ fn a_result_under_a_stale_token_or_minion_is_rejected_and_counted() {
 
 #[test]
 fn failures_retry_until_max_attempts_and_a_permanent_one_fails_at_once() {
-    let (_, mut m) = submit(spec("127.0.0.0/31", "22", &["portscan"], r#"{"probes_per_task":1}"#), 100);
+    let (_, mut m) = submit(
+        spec(
+            "127.0.0.0/31",
+            "22",
+            &["portscan"],
+            r#"{"probes_per_task":1}"#,
+        ),
+        100,
+    );
     m.start(10);
     assert_eq!(m.record().root_total, 2);
     let minions = [Minion::new("a", "p1"), Minion::new("b", "p2")];
@@ -272,14 +328,26 @@ fn failures_retry_until_max_attempts_and_a_permanent_one_fails_at_once() {
     let (ia, ta, task_a) = leased[0];
     let (ib, tb, task_b) = leased[1];
     let (ma, mb) = (&minions[ia].id, &minions[ib].id);
-    m.results(mb, &minions[ib].provider, 1, vec![failed(tb, task_b, true)], 30);
+    m.results(
+        mb,
+        &minions[ib].provider,
+        1,
+        vec![failed(tb, task_b, true)],
+        30,
+    );
     assert_eq!(m.record().failed, 1, "a permanent failure is not retried");
     // transient: requeued twice, failed at the third attempt (max_attempts = 3)
     let mut token = ta;
     let mut minion = ma.clone();
     for attempt in 1..=3 {
         let i = minions.iter().position(|x| x.id == minion).unwrap();
-        m.results(&minion, &minions[i].provider, 1, vec![failed(token, task_a, false)], 40);
+        m.results(
+            &minion,
+            &minions[i].provider,
+            1,
+            vec![failed(token, task_a, false)],
+            40,
+        );
         let t = m.tasks().get(&task_a);
         if attempt < 3 {
             let t = t.expect("requeued");
@@ -296,7 +364,11 @@ fn failures_retry_until_max_attempts_and_a_permanent_one_fails_at_once() {
     assert_eq!(m.record().failed, 2);
     assert!(m.finishing(), "every task ended");
     let fx = m.take_effects(60);
-    assert!(tasks_written(&fx).iter().any(|t| matches!(t.state, TaskState::Failed { .. })));
+    assert!(
+        tasks_written(&fx)
+            .iter()
+            .any(|t| matches!(t.state, TaskState::Failed { .. }))
+    );
 }
 
 #[test]
@@ -308,7 +380,12 @@ fn an_expired_lease_is_requeued_with_an_attempt_and_the_registry_told() {
     let (_, token, task) = offer(&mut m, &minions, &[1], 20, &mut tok)[0];
     m.take_effects(20);
     m.tick(1_000);
-    assert!(m.take_effects(1_000).registry.iter().all(|r| !matches!(r, ToRegistry::Expired(_))));
+    assert!(
+        m.take_effects(1_000)
+            .registry
+            .iter()
+            .all(|r| !matches!(r, ToRegistry::Expired(_)))
+    );
     m.tick(10_000_000);
     let fx = m.take_effects(10_000_000);
     assert!(fx.registry.contains(&ToRegistry::Expired(vec![token])));
@@ -316,7 +393,16 @@ fn an_expired_lease_is_requeued_with_an_attempt_and_the_registry_told() {
     assert_eq!(m.tasks()[&task].attempts, 1);
     assert!(m.leases().is_empty());
     // the late result is stale
-    assert!(!m.results("a", "p1", 1, vec![result(token, task, Ok(Vec::new()))], 10_000_001)[0].accepted);
+    assert!(
+        !m.results(
+            "a",
+            "p1",
+            1,
+            vec![result(token, task, Ok(Vec::new()))],
+            10_000_001
+        )[0]
+        .accepted
+    );
 }
 
 #[test]
@@ -327,10 +413,20 @@ fn a_malformed_result_requeues_the_task_and_kicks_the_minion() {
     let mut tok = 0;
     let (_, token, task) = offer(&mut m, &minions, &[1], 20, &mut tok)[0];
     m.take_effects(20);
-    let acks = m.results("a", "p1", 1, vec![result(token, task, Err("bad json".into()))], 30);
+    let acks = m.results(
+        "a",
+        "p1",
+        1,
+        vec![result(token, task, Err("bad json".into()))],
+        30,
+    );
     assert!(!acks[0].accepted);
     let fx = m.take_effects(30);
-    assert!(fx.registry.iter().any(|r| matches!(r, ToRegistry::Kick { minion, .. } if minion == "a")));
+    assert!(
+        fx.registry
+            .iter()
+            .any(|r| matches!(r, ToRegistry::Kick { minion, .. } if minion == "a"))
+    );
     assert_eq!(m.tasks()[&task].state, TaskState::Pending);
     // a finding outside the task (another port) is a violation: requeued, attempt not counted
     let (_, token, task) = offer(&mut m, &minions, &[1], 40, &mut tok)[0];
@@ -343,7 +439,15 @@ fn a_malformed_result_requeues_the_task_and_kicks_the_minion() {
 
 #[test]
 fn cancel_ends_every_live_task_releases_the_leases_and_answers_once_durable() {
-    let (_, mut m) = submit(spec("127.0.0.0/29", "1-2", &["portscan"], r#"{"probes_per_task":2}"#), 3);
+    let (_, mut m) = submit(
+        spec(
+            "127.0.0.0/29",
+            "1-2",
+            &["portscan"],
+            r#"{"probes_per_task":2}"#,
+        ),
+        3,
+    );
     m.start(10);
     let minions = [Minion::new("a", "p1")];
     let mut tok = 0;
@@ -369,7 +473,11 @@ fn cancel_ends_every_live_task_releases_the_leases_and_answers_once_durable() {
     released.sort();
     assert_eq!(released, tokens);
     assert_eq!(tasks_written(&fx).len() as u64, live);
-    assert!(tasks_written(&fx).iter().all(|t| t.state == TaskState::Cancelled));
+    assert!(
+        tasks_written(&fx)
+            .iter()
+            .all(|t| t.state == TaskState::Cancelled)
+    );
     assert_eq!(m.record().cancelled, live);
     assert!(fx.finished.is_some());
     // not reported finished before the flush
@@ -384,17 +492,33 @@ fn cancel_ends_every_live_task_releases_the_leases_and_answers_once_durable() {
 
 #[test]
 fn a_recovered_job_reports_its_leases_and_requeues_what_the_registry_gives_back() {
-    let (submitted, mut m) = submit(spec("127.0.0.0/29", "1-2", &["portscan"], r#"{"probes_per_task":2}"#), 100);
+    let (submitted, mut m) = submit(
+        spec(
+            "127.0.0.0/29",
+            "1-2",
+            &["portscan"],
+            r#"{"probes_per_task":2}"#,
+        ),
+        100,
+    );
     let store = MemStore::new();
     store.apply(Batch { ops: submitted }).unwrap();
     m.start(10);
     let minions = [Minion::new("a", "p1")];
     let mut tok = 0;
     let leased = offer(&mut m, &minions, &[2], 20, &mut tok);
-    store.apply(Batch { ops: m.take_effects(20).writes }).unwrap();
+    store
+        .apply(Batch {
+            ops: m.take_effects(20).writes,
+        })
+        .unwrap();
     let mut r = JobModel::recover(&store, JOB, false, limits(100), None, 30).unwrap();
     let fx = r.take_effects(30);
-    let Some(ToRegistry::Adopt { leases, keep: false }) = fx.registry.first() else {
+    let Some(ToRegistry::Adopt {
+        leases,
+        keep: false,
+    }) = fx.registry.first()
+    else {
         panic!("Adopt first: {:?}", fx.registry)
     };
     let mut got: Vec<Token> = leases.iter().map(|l| l.0).collect();
@@ -448,7 +572,11 @@ fn check_live(m: &JobModel) {
         match &t.state {
             TaskState::Pending => assert!(pending.contains(id), "pending task {id} not queued"),
             TaskState::Leased { token, .. } => {
-                assert_eq!(m.leases().get(token), Some(id), "lease of task {id} not in the table");
+                assert_eq!(
+                    m.leases().get(token),
+                    Some(id),
+                    "lease of task {id} not in the table"
+                );
                 assert!(!pending.contains(id), "leased task {id} also queued");
             }
             s => panic!("task {id} in state {s:?} is not live"),
@@ -494,7 +622,11 @@ impl Run {
             batches: Vec::new(),
             snaps: Vec::new(),
             outs: Vec::new(),
-            minions: vec![Minion::new("m0", "p0"), Minion::new("m1", "p1"), Minion::new("m2", "p0")],
+            minions: vec![
+                Minion::new("m0", "p0"),
+                Minion::new("m1", "p1"),
+                Minion::new("m2", "p0"),
+            ],
             out: Vec::new(),
             answered: Vec::new(),
             now: 1_000,
@@ -534,8 +666,13 @@ impl Run {
         let (i, generation, token, task) = self.out.swap_remove(k);
         let r = item(token, task, &self.m);
         let mn = &self.minions[i];
-        self.m
-            .results(&mn.id.clone(), &mn.provider.clone(), generation, vec![r], self.now);
+        self.m.results(
+            &mn.id.clone(),
+            &mn.provider.clone(),
+            generation,
+            vec![r],
+            self.now,
+        );
         self.answered.push((i, generation, token, task));
     }
 
@@ -544,7 +681,9 @@ impl Run {
         self.now += 1 + rng.below(50);
         match rng.below(100) {
             0..30 => {
-                let free: Vec<u32> = (0..self.minions.len()).map(|_| rng.below(4) as u32).collect();
+                let free: Vec<u32> = (0..self.minions.len())
+                    .map(|_| rng.below(4) as u32)
+                    .collect();
                 self.offer(&free);
             }
             30..70 if !self.out.is_empty() => {
@@ -554,7 +693,9 @@ impl Run {
                 self.answer(k, |token, task, m| {
                     let live = m.tasks().get(&task);
                     let findings = match live {
-                        Some(t) if t.spec.target.is_some() && t.spec.module == "portscan" => open_ports(t, n),
+                        Some(t) if t.spec.target.is_some() && t.spec.module == "portscan" => {
+                            open_ports(t, n)
+                        }
                         _ => Vec::new(),
                     };
                     match kind {
@@ -653,7 +794,11 @@ impl Run {
 /// Every task ends exactly once over the whole write history, and the final store agrees.
 fn check_history(batches: &[Vec<Op>], store: &dyn Store, cancelled: bool) {
     let rec = store.job(JOB).unwrap().unwrap();
-    let want = if cancelled { JobState::Cancelled } else { JobState::Completed };
+    let want = if cancelled {
+        JobState::Cancelled
+    } else {
+        JobState::Completed
+    };
     assert_eq!(rec.state, want);
     assert_eq!(rec.root_next, rec.root_total);
     assert_eq!(rec.done + rec.failed + rec.cancelled, rec.tasks_created);
@@ -665,12 +810,20 @@ fn check_history(batches: &[Vec<Op>], store: &dyn Store, cancelled: bool) {
                 *ended.entry(*t).or_default() += 1;
             }
             Op::Task(t) => {
-                assert!(!ended.contains_key(&t.spec.task_id), "task {} written after it ended: {t:?}", t.spec.task_id);
+                assert!(
+                    !ended.contains_key(&t.spec.task_id),
+                    "task {} written after it ended: {t:?}",
+                    t.spec.task_id
+                );
                 if matches!(t.state, TaskState::Failed { .. } | TaskState::Cancelled) {
                     *ended.entry(t.spec.task_id).or_default() += 1;
                 }
             }
-            Op::Finding(f) => assert!(findings.insert(f.cursor), "finding cursor {} twice", f.cursor),
+            Op::Finding(f) => assert!(
+                findings.insert(f.cursor),
+                "finding cursor {} twice",
+                f.cursor
+            ),
             _ => {}
         }
     }
@@ -765,7 +918,10 @@ fn recovery_from_any_prefix_of_writes_gives_the_same_model_and_the_job_still_com
                 .unwrap_or_else(|e| panic!("seed {seed}, prefix {k}: {e}"));
             let want = &run.snaps[k - 1];
             let got = snap(&r);
-            assert_eq!(got, *want, "seed {seed}: recovery from the first {k} batches differs");
+            assert_eq!(
+                got, *want,
+                "seed {seed}: recovery from the first {k} batches differs"
+            );
         }
         // and from every prefix of a running job, a recovered model still completes the job,
         // no task lost or duplicated: its leases given back (as after a job actor restart), or
@@ -808,6 +964,10 @@ fn recovery_from_any_prefix_of_writes_gives_the_same_model_and_the_job_still_com
     // the runs went through what they are meant to test
     assert!(seen.cancelled && seen.failed && seen.follow_ups && seen.verified && seen.stale);
     for class in ["LeaseExpired", "MinionLost", "Network", "Rejected"] {
-        assert!(seen.errors.contains(class), "no {class} error in any run: {:?}", seen.errors);
+        assert!(
+            seen.errors.contains(class),
+            "no {class} error in any run: {:?}",
+            seen.errors
+        );
     }
 }

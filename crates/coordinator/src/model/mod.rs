@@ -4,9 +4,9 @@
 //! messages and faults; `job_tests` drives the job model and recovers it from its writes.
 
 pub mod job;
-pub mod planner;
 #[cfg(test)]
 mod job_tests;
+pub mod planner;
 #[cfg(test)]
 pub mod sim;
 #[cfg(test)]
