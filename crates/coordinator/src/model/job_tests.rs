@@ -438,6 +438,128 @@ fn a_malformed_result_requeues_the_task_and_kicks_the_minion() {
 }
 
 #[test]
+fn partials_keep_the_lease_move_its_deadline_and_stay_duplicates_after_recovery() {
+    let (submitted, mut m) = submit(spec("127.0.0.1/32", "22", &["portscan"], ""), 100);
+    let store = MemStore::new();
+    store.apply(Batch { ops: submitted }).unwrap();
+    m.start(10);
+    let minions = [Minion::new("a", "p1")];
+    let mut tok = 0;
+    let (_, token, task) = offer(&mut m, &minions, &[1], 20, &mut tok)[0];
+    store
+        .apply(Batch {
+            ops: m.take_effects(20).writes,
+        })
+        .unwrap();
+    let deadline = |m: &JobModel| match m.tasks()[&task].state {
+        TaskState::Leased { deadline_ms, .. } => deadline_ms,
+        ref s => panic!("not leased: {s:?}"),
+    };
+    let first = deadline(&m);
+    let partial = |seq| IngestedResult {
+        partial: Some(seq),
+        ..result(token, task, Ok(Vec::new()))
+    };
+    let acks = m.results("a", "p1", 1, vec![partial(1)], 5_000);
+    assert!(acks[0].accepted && acks[0].reason.is_empty() && acks[0].seq == 1);
+    assert!(deadline(&m) > first, "a partial moves the deadline on");
+    assert_eq!(m.record().partial_seq.get(&token), Some(&1));
+    assert_eq!(m.leases().get(&token), Some(&task), "the lease stays");
+    store
+        .apply(Batch {
+            ops: m.take_effects(5_000).writes,
+        })
+        .unwrap();
+    // a coordinator restart: the re-sent partial is still a duplicate, the next one is new
+    let mut r = JobModel::recover(&store, JOB, true, limits(100), None, 6_000).unwrap();
+    let acks = r.results("a", "p1", 1, vec![partial(1)], 6_000);
+    assert!(acks[0].accepted && acks[0].reason == "duplicate");
+    assert!(
+        r.results("a", "p1", 1, vec![partial(2)], 6_001)[0]
+            .reason
+            .is_empty()
+    );
+    // the final result ends the lease and forgets its seqs
+    assert!(
+        r.results(
+            "a",
+            "p1",
+            1,
+            vec![result(token, task, Ok(Vec::new()))],
+            6_002
+        )[0]
+        .accepted
+    );
+    assert!(r.record().partial_seq.is_empty());
+    assert!(r.finishing());
+    // a partial without ok is malformed: the lease ends, the task goes back to the queue
+    let (_, mut m2) = submit(spec("127.0.0.1/32", "22", &["portscan"], ""), 100);
+    m2.start(10);
+    let (_, token, task) = offer(&mut m2, &minions, &[1], 20, &mut tok)[0];
+    let bad = IngestedResult {
+        partial: Some(1),
+        ..failed(token, task, false)
+    };
+    assert!(!m2.results("a", "p1", 1, vec![bad], 30)[0].accepted);
+    let fx = m2.take_effects(30);
+    assert!(fx.registry.contains(&ToRegistry::Release(vec![token])));
+    assert!(
+        fx.registry
+            .iter()
+            .any(|r| matches!(r, ToRegistry::Kick { .. }))
+    );
+    assert_eq!(m2.tasks()[&task].state, TaskState::Pending);
+}
+
+/// Regression: the follow-up guard lives in memory only, and a recovered job started it empty, so
+/// a finding reported again after a restart (a live task's next partial, a re-run) made a
+/// follow-up that was still queued a second time.
+#[test]
+fn a_follow_up_live_at_a_restart_is_not_made_again_by_a_repeated_finding() {
+    let (submitted, mut m) = submit(
+        spec("127.0.0.1/32", "22", &["portscan", "service"], ""),
+        100,
+    );
+    let store = MemStore::new();
+    store.apply(Batch { ops: submitted }).unwrap();
+    m.start(10);
+    let minions = [Minion::new("a", "p1")];
+    let mut tok = 0;
+    let (_, token, task) = offer(&mut m, &minions, &[1], 20, &mut tok)[0];
+    store
+        .apply(Batch {
+            ops: m.take_effects(20).writes,
+        })
+        .unwrap();
+    let partial = |seq| IngestedResult {
+        partial: Some(seq),
+        ..result(token, task, Ok(open_ports(&m.tasks()[&task], 1)))
+    };
+    // the same open port in three partials of one live task
+    let (p1, p2, p3) = (partial(1), partial(2), partial(3));
+    let service = |m: &JobModel| {
+        m.tasks()
+            .values()
+            .filter(|t| t.spec.module == "service")
+            .count()
+    };
+    assert!(m.results("a", "p1", 1, vec![p1], 30)[0].accepted);
+    assert_eq!(service(&m), 1);
+    assert!(m.results("a", "p1", 1, vec![p2], 40)[0].accepted);
+    assert_eq!(service(&m), 1, "the live model makes a follow-up once");
+    store
+        .apply(Batch {
+            ops: m.take_effects(40).writes,
+        })
+        .unwrap();
+    let mut r = JobModel::recover(&store, JOB, true, limits(100), None, 50).unwrap();
+    let created = r.record().tasks_created;
+    assert!(r.results("a", "p1", 1, vec![p3], 60)[0].accepted);
+    assert_eq!(service(&r), 1, "a recovered model makes it once too");
+    assert_eq!(r.record().tasks_created, created);
+}
+
+#[test]
 fn cancel_ends_every_live_task_releases_the_leases_and_answers_once_durable() {
     let (_, mut m) = submit(
         spec(
