@@ -6,6 +6,9 @@
 //!   open sets compared, ratios printed, progress + ETA while ours runs, process peak RSS.
 //! - `overlord bench loss`: 500 listeners among 65,535 ports of 127.0.0.1 at 0/5/20 % nftables
 //!   random loss: our connect sweep vs `nmap -sT` and `masscan` (recall, time, probes per port).
+//!   `--scans syn,udp` adds the SYN scan (SYNs dropped on input, answers on output) and the UDP
+//!   scan (500 DNS responders among `--udp-ports` ports, the rest closed; UDP datagrams and ICMP
+//!   errors dropped), each with its time as a ratio of its own lossless row.
 //!
 //! The outer process (root) makes the namespace and re-runs itself inside with `--inner`.
 
@@ -50,8 +53,18 @@ pub struct LossArgs {
     pub peers: Vec<String>,
     #[arg(long, default_value_t = 500)]
     pub listeners: u32,
+    /// Scans to measure: connect, syn, udp (comma separated). Peers run with `connect` only.
+    #[arg(long, default_value = "connect", value_delimiter = ',')]
+    pub scans: Vec<String>,
+    /// Ports of the UDP rows (listeners among them, the rest closed).
+    #[arg(long, default_value_t = 20_000)]
+    pub udp_ports: u16,
     #[arg(long, hide = true)]
     pub inner: Option<u32>,
+    #[arg(long, hide = true, default_value = "connect")]
+    pub scan: String,
+    #[arg(long, hide = true, default_value = "")]
+    pub base_file: String,
 }
 
 fn reexec_in(ns: &NetNs, args: &[String]) -> Result<()> {
@@ -313,6 +326,125 @@ pub async fn sweep(a: SweepArgs) -> Result<()> {
     Ok(())
 }
 
+/// The time of this scan's lossless row, kept in a file between the re-executed rows (each row
+/// is its own process in its own namespace).
+fn lossless_secs(file: &str, pct: u32, secs: f64) -> f64 {
+    if pct == 0 {
+        let _ = std::fs::write(file, secs.to_string());
+        return secs;
+    }
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// One row of `bench loss --scans syn|udp`, inside the namespace.
+async fn loss_other(a: &LossArgs, pct: u32) -> Result<()> {
+    let ip: IpAddr = "127.0.0.1".parse().expect("ip");
+    match a.scan.as_str() {
+        "syn" => {
+            let listeners: Vec<TcpListener> = (0..a.listeners)
+                .map(|_| TcpListener::bind((ip, 0)))
+                .collect::<std::io::Result<_>>()?;
+            let want: BTreeSet<u16> = listeners
+                .iter()
+                .map(|l| l.local_addr().map(|a| a.port()))
+                .collect::<std::io::Result<_>>()?;
+            let mut probes: Vec<(IpAddr, u16)> = (1..=65535u16).map(|p| (ip, p)).collect();
+            overlord_minion::modules::portscan::shuffle(&mut probes, pct as u64);
+            let t = Instant::now();
+            let rep = tokio::task::spawn_blocking({
+                let probes = probes.clone();
+                move || {
+                    overlord_probes::scan::syn::SynScanner::new(Default::default())?.scan(&probes)
+                }
+            })
+            .await??;
+            let secs = t.elapsed().as_secs_f64();
+            let found: BTreeSet<u16> = rep.open(&probes).map(|(_, p)| p).collect();
+            let base = lossless_secs(&a.base_file, pct, secs);
+            println!(
+                "   {pct:>2}% syn      {secs:>8.2}s recall {:>7.3} %  {:.3} probes/port, {} rounds | time / lossless {:.2}",
+                found.intersection(&want).count() as f64 / want.len() as f64 * 100.0,
+                rep.sent as f64 / 65535.0,
+                rep.rounds,
+                secs / base,
+            );
+            drop(listeners);
+        }
+        "udp" => {
+            use overlord_probes::udp::{UdpOptions, UdpState, scan_targets};
+            let mut responders = BTreeSet::new();
+            let mut tasks = Vec::new();
+            for _ in 0..a.listeners {
+                let s = tokio::net::UdpSocket::bind((ip, 0)).await?;
+                responders.insert(s.local_addr()?);
+                tasks.push(tokio::spawn(async move {
+                    let mut buf = [0u8; 2048];
+                    while let Ok((n, from)) = s.recv_from(&mut buf).await {
+                        // The scan's DNS request (version.bind): echoed as a response.
+                        if n >= 12 && buf[4..6] == [0, 1] && buf[12..n].starts_with(b"\x07version")
+                        {
+                            let mut r = buf[..n].to_vec();
+                            r[2] |= 0x80;
+                            let _ = s.send_to(&r, from).await;
+                        }
+                    }
+                }));
+            }
+            let mut targets: Vec<std::net::SocketAddr> = responders.iter().copied().collect();
+            // Closed ports below the ephemeral range (nothing of ours is bound there).
+            let closed = a.udp_ports.saturating_sub(a.listeners as u16);
+            targets.extend(
+                (1024..1024u16.saturating_add(closed)).map(|p| std::net::SocketAddr::new(ip, p)),
+            );
+            overlord_minion::modules::portscan::shuffle(&mut targets, pct as u64);
+            let db = overlord_probes::service::ProbeDb::builtin();
+            let opts = UdpOptions {
+                nmap_probes: false,
+                ..Default::default()
+            };
+            let t = Instant::now();
+            let rep = scan_targets(&targets, &opts, &db).await;
+            let secs = t.elapsed().as_secs_f64();
+            let n = rep.reports.len();
+            let found = rep
+                .reports
+                .iter()
+                .filter(|r| responders.contains(&r.addr) && r.state == UdpState::Open)
+                .count();
+            let right = rep
+                .reports
+                .iter()
+                .filter(|r| {
+                    r.state
+                        == if responders.contains(&r.addr) {
+                            UdpState::Open
+                        } else {
+                            UdpState::Closed
+                        }
+                })
+                .count();
+            let base = lossless_secs(&a.base_file, pct, secs);
+            println!(
+                "   {pct:>2}% udp      {secs:>8.2}s recall {:>7.3} % ({found}/{} responders; {right}/{n} ports judged right)  {:.3} bursts/port ({:.2} datagrams/port), {} rounds | time / lossless {:.2}",
+                found as f64 / responders.len() as f64 * 100.0,
+                responders.len(),
+                rep.counts.sent as f64 / n as f64,
+                rep.datagrams as f64 / n as f64,
+                rep.counts.rounds,
+                secs / base,
+            );
+            for t in tasks {
+                t.abort();
+            }
+        }
+        other => bail!("unknown scan {other:?} (connect, syn, udp)"),
+    }
+    Ok(())
+}
+
 pub async fn loss(a: LossArgs) -> Result<()> {
     let Some(pct) = a.inner else {
         overlord_probes::netns::available()?;
@@ -323,25 +455,48 @@ pub async fn loss(a: LossArgs) -> Result<()> {
                 .unwrap_or_default()
                 .trim()
         );
-        for &pct in &a.loss {
-            let ns = NetNs::create("loss")?;
-            ns.allow_raw_loopback()?;
-            if pct > 0 {
-                ns.random_drop(pct)?;
+        for scan in &a.scans {
+            let base = std::env::temp_dir().join(format!("ovl-loss-{}-{scan}", std::process::id()));
+            let _ = std::fs::remove_file(&base);
+            for &pct in &a.loss {
+                let ns = NetNs::create("loss")?;
+                ns.allow_raw_loopback()?;
+                if pct > 0 {
+                    match scan.as_str() {
+                        "connect" => ns.random_drop(pct)?,
+                        "syn" => ns.random_drop_raw(pct)?,
+                        "udp" => ns.random_drop_udp(pct)?,
+                        other => bail!("unknown scan {other:?} (connect, syn, udp)"),
+                    }
+                }
+                reexec_in(
+                    &ns,
+                    &[
+                        "bench".into(),
+                        "loss".into(),
+                        format!("--inner={pct}"),
+                        format!("--scan={scan}"),
+                        format!("--base-file={}", base.display()),
+                        format!("--listeners={}", a.listeners),
+                        format!("--udp-ports={}", a.udp_ports),
+                        format!(
+                            "--peers={}",
+                            if scan == "connect" {
+                                a.peers.join(",")
+                            } else {
+                                String::new()
+                            }
+                        ),
+                    ],
+                )?;
             }
-            reexec_in(
-                &ns,
-                &[
-                    "bench".into(),
-                    "loss".into(),
-                    format!("--inner={pct}"),
-                    format!("--listeners={}", a.listeners),
-                    format!("--peers={}", a.peers.join(",")),
-                ],
-            )?;
+            let _ = std::fs::remove_file(&base);
         }
         return Ok(());
     };
+    if a.scan != "connect" {
+        return loss_other(&a, pct).await;
+    }
     let ip: IpAddr = "127.0.0.1".parse().expect("ip");
     let listeners: Vec<TcpListener> = (0..a.listeners)
         .map(|_| TcpListener::bind((ip, 0)))

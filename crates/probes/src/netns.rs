@@ -134,6 +134,23 @@ EOF"
         .map(|_| ())
     }
 
+    /// Random loss for a UDP scan on `lo`: every UDP datagram and ICMP error (both pass `input`
+    /// once) is dropped with probability `percent`/100.
+    pub fn random_drop_udp(&self, percent: u32) -> Result<(), NetNsError> {
+        let p = percent.min(100) * 10;
+        self.sh(&format!(
+            "nft -f - <<'EOF'
+table inet ovl_loss {{
+  chain input {{
+    type filter hook input priority 0; policy accept;
+    meta l4proto {{ udp, icmp, ipv6-icmp }} numgen random mod 1000 < {p} counter drop
+  }}
+}}
+EOF"
+        ))
+        .map(|_| ())
+    }
+
     /// TX packet count of an interface of the namespace.
     pub fn tx_packets(&self, dev: &str) -> Result<u64, NetNsError> {
         let out = run(Command::new("ip").args(["-n", &self.name, "-s", "link", "show", dev]))?;

@@ -2,7 +2,8 @@
 //! finds exactly the listeners on 127.0.0.1 and ::1 through the pinned `lo` while a default
 //! route points at a veth interface that must see not one packet; a scanner pinned to the veth
 //! sends there instead (the counter works, and the interface — not routing — decides); and under
-//! 20 % random loss (SYNs dropped on input, answers on output) it still finds every listener.
+//! 5 % and 20 % random loss (SYNs dropped on input, answers on output) it still finds every
+//! listener with at most 2 probes per port.
 
 use overlord_probes::netns::{self, NetNs};
 use overlord_probes::scan::connect::Outcome;
@@ -152,44 +153,63 @@ fn syn_scan_is_pinned_and_exact_on_v4_and_v6() {
     drop(listeners);
 }
 
+/// Recall at 0, 5 and 20 % random loss (SYNs dropped on input, answers on output; a fresh
+/// namespace per rate): every one of 500 listeners among all 65,535 ports, no false positive,
+/// at most 2 probes per port and at most 0.1 % of ports unanswered. Times are printed beside the
+/// lossless run (the ratios are `overlord bench loss --scans syn`), not asserted.
 #[test]
 fn syn_scan_recall_under_random_loss() {
     if skip("syn_scan_recall_under_random_loss") {
         return;
     }
-    let ns = NetNs::create("synloss").unwrap();
-    ns.allow_raw_loopback().unwrap();
-    ns.random_drop_raw(20).unwrap();
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let listeners: Vec<TcpListener> = in_ns(&ns, || {
-        (0..500)
-            .map(|_| TcpListener::bind((ip, 0)).unwrap())
-            .collect()
-    });
-    let want: HashSet<u16> = listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect();
-    let probes: Vec<(IpAddr, u16)> = (1..=65535u16).map(|p| (ip, p)).collect();
-    let t = std::time::Instant::now();
-    let rep = in_ns(&ns, || {
-        SynScanner::new(SynOptions::default())
-            .unwrap()
-            .scan(&probes)
-    })
-    .unwrap();
-    let found: HashSet<u16> = rep.open(&probes).map(|(_, p)| p).collect();
-    let per_port = rep.sent as f64 / 65535.0;
-    eprintln!(
-        "syn at 20 % loss: {}/500 in {:.2}s, {per_port:.3} probes/port, {} rounds, {} dropped",
-        found.len(),
-        t.elapsed().as_secs_f64(),
-        rep.rounds,
-        ns.dropped().unwrap()
-    );
-    assert!(found.is_subset(&want));
-    assert_eq!(found.len(), 500);
-    assert!(per_port <= 2.0, "{per_port}");
-    assert!(ns.dropped().unwrap() > 0);
-    drop(listeners);
+    let mut base = None;
+    for loss in [0u32, 5, 20] {
+        let ns = NetNs::create("synloss").unwrap();
+        ns.allow_raw_loopback().unwrap();
+        if loss > 0 {
+            ns.random_drop_raw(loss).unwrap();
+        }
+        let listeners: Vec<TcpListener> = in_ns(&ns, || {
+            (0..500)
+                .map(|_| TcpListener::bind((ip, 0)).unwrap())
+                .collect()
+        });
+        let want: HashSet<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        let probes: Vec<(IpAddr, u16)> = (1..=65535u16).map(|p| (ip, p)).collect();
+        let t = std::time::Instant::now();
+        let rep = in_ns(&ns, || {
+            SynScanner::new(SynOptions::default())
+                .unwrap()
+                .scan(&probes)
+        })
+        .unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let b = *base.get_or_insert(secs);
+        let found: HashSet<u16> = rep.open(&probes).map(|(_, p)| p).collect();
+        let unanswered = rep
+            .outcomes
+            .iter()
+            .filter(|o| **o == Outcome::Unanswered)
+            .count();
+        let per_port = rep.sent as f64 / 65535.0;
+        let dropped = if loss > 0 { ns.dropped().unwrap() } else { 0 };
+        eprintln!(
+            "syn at {loss:>2} % loss: {}/500 in {secs:.2}s ({:.1}x lossless), {per_port:.3} probes/port, {} rounds, {unanswered} unanswered, {dropped} dropped",
+            found.len(),
+            secs / b,
+            rep.rounds,
+        );
+        assert!(found.is_subset(&want));
+        assert_eq!(found.len(), 500, "recall at {loss} % loss");
+        assert!(per_port <= 2.0, "{per_port}");
+        assert!(unanswered <= 65, "{unanswered} unanswered at {loss} % loss");
+        if loss > 0 {
+            assert!(dropped > 0);
+        }
+        drop(listeners);
+    }
 }

@@ -70,11 +70,9 @@ async fn real_udp_daemons_are_open_and_named_with_validated_replies() {
     let r = find(&rs, silent.addr);
     assert_eq!(r.state, UdpState::OpenFiltered, "{show}");
     assert_eq!(r.reason, "no-response");
-    assert_eq!(
-        r.tries,
-        opts.retries + 1,
-        "silent ports are retried: {show}"
-    );
+    // Re-sent once (round 0 cannot tell loss from silence), then given up: the re-sends of its
+    // network (127.0.0.0/24, every other port answered at once) brought nothing back.
+    assert_eq!(r.tries, 2, "silent ports are re-sent once: {show}");
     assert!(r.spent_ms <= opts.budget_ms as f64 + 200.0, "{show}");
     assert!(
         r.probes_sent.iter().any(|p| p.starts_with("nmap:")),

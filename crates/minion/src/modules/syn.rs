@@ -1,7 +1,8 @@
 //! `syn`: stateless SYN scan of the task's block of addresses × ports through one pinned
 //! interface (`overlord_probes::scan::syn`). Params: `interface` (default `lo`), `source_ip`
-//! (default 127.0.0.1 / ::1 by family), `source_port` (61000), `gateway_mac` (`aa:bb:..`, default
-//! all zeros as on `lo`), `wait_ms` (answer wait after a round, 200), `rate_limit` (packets/s).
+//! (default 127.0.0.1 / ::1 by family), `source_port` (61000; re-send rounds use the next 15
+//! too), `gateway_mac` (`aa:bb:..`, default all zeros as on `lo`), `wait_ms` (upper bound of the
+//! RTT-driven answer wait after a round, 200), `rate_limit` (packets/s).
 //! Needs CAP_NET_RAW: without it the task fails permanently with an error saying so.
 
 use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, Output, TaskInput};

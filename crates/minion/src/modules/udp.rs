@@ -3,15 +3,16 @@
 //! with `report_closed: true`); its data is the serialized `UdpReport` (state, reason, service,
 //! product, version, the probes sent, tries, the budget and the time spent).
 //!
-//! Params (all optional): any `UdpOptions` field (`wait_ms`, `retries`, `budget_ms`,
+//! Params (all optional): any `UdpOptions` field (`wait_ms`, `wait_min_ms`, `retries` (a cap on
+//! re-send rounds; the rounds sent follow measured loss), `budget_ms`,
 //! `intensity`, `nmap_probes`, `hinted_only`, `concurrency`), `report_closed`. Probes: ours +
 //! the UDP probes of `/usr/share/nmap/nmap-service-probes` when present, loaded once.
 
-use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput, to_schema};
+use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, Output, TaskInput, to_schema};
 use futures::future::BoxFuture;
 use overlord_core::finding::UdpPort;
 use overlord_probes::service::ProbeDb;
-use overlord_probes::udp::{UdpOptions, UdpState, scan};
+use overlord_probes::udp::{UdpOptions, UdpState, scan_targets};
 use std::sync::Arc;
 use tokio::sync::OnceCell;
 
@@ -34,7 +35,8 @@ pub fn options(params: &serde_json::Value) -> Result<UdpOptions, ModuleError> {
             o.intensity
         )));
     }
-    o.retries = o.retries.min(5);
+    o.retries = o.retries.min(15);
+    o.wait_min_ms = o.wait_min_ms.clamp(1, 10_000);
     o.wait_ms = o.wait_ms.clamp(10, 10_000);
     o.budget_ms = o.budget_ms.clamp(50, 60_000);
     o.concurrency = o.concurrency.clamp(1, 1024);
@@ -67,8 +69,16 @@ impl Module for UdpScan {
     fn run<'a>(
         &'a self,
         task: &'a TaskInput,
-        _ctx: &'a ModuleCtx,
+        ctx: &'a ModuleCtx,
     ) -> BoxFuture<'a, Result<Vec<FindingOut>, ModuleError>> {
+        Box::pin(async move { Ok(self.run_counted(task, ctx).await?.findings) })
+    }
+
+    fn run_counted<'a>(
+        &'a self,
+        task: &'a TaskInput,
+        _ctx: &'a ModuleCtx,
+    ) -> BoxFuture<'a, Result<Output, ModuleError>> {
         Box::pin(async move {
             let ip = task.require_target("udp")?;
             let opts = options(&task.params)?;
@@ -78,9 +88,15 @@ impl Module for UdpScan {
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false);
             let db = self.db().await?;
-            let reports = scan(ip, &task.ports, &opts, &db).await;
+            let targets: Vec<std::net::SocketAddr> = task
+                .ports
+                .iter()
+                .map(|p| std::net::SocketAddr::new(ip, *p))
+                .collect();
+            let sweep = scan_targets(&targets, &opts, &db).await;
+            let probe_counts = super::portscan::net_counts(&sweep.counts);
             let mut out = Vec::new();
-            for r in reports {
+            for r in sweep.reports {
                 let keep = matches!(r.state, UdpState::Open | UdpState::OpenFiltered);
                 if !keep && !report_closed {
                     continue;
@@ -90,7 +106,10 @@ impl Module for UdpScan {
                 let payload: Box<UdpPort> = to_schema(&r)?;
                 out.push(FindingOut::new(Some(ip), Some(r.addr.port()), payload));
             }
-            Ok(out)
+            Ok(Output {
+                findings: out,
+                probe_counts,
+            })
         })
     }
 }

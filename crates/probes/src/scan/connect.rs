@@ -135,15 +135,16 @@ impl SweepReport {
     }
 }
 
-/// RFC 6298-style RTT estimator.
-struct Rtt {
-    srtt: f64,
+/// RFC 6298-style RTT estimator (also the UDP scan's adaptive wait).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Rtt {
+    pub(crate) srtt: f64,
     rttvar: f64,
     seen: bool,
 }
 
 impl Rtt {
-    fn sample(&mut self, us: f64) {
+    pub(crate) fn sample(&mut self, us: f64) {
         if !self.seen {
             self.srtt = us;
             self.rttvar = us / 2.0;
@@ -154,11 +155,14 @@ impl Rtt {
         }
     }
     fn timeout(&self, o: &SweepOptions) -> Duration {
+        self.bounded(o.timeout_min, o.timeout_max)
+    }
+    /// srtt + 4·rttvar within `[min, max]`; `max` until the first sample.
+    pub(crate) fn bounded(&self, min: Duration, max: Duration) -> Duration {
         if !self.seen {
-            return o.timeout_max;
+            return max;
         }
-        Duration::from_micros((self.srtt + 4.0 * self.rttvar) as u64)
-            .clamp(o.timeout_min, o.timeout_max)
+        Duration::from_micros((self.srtt + 4.0 * self.rttvar) as u64).clamp(min, max.max(min))
     }
 }
 

@@ -10,7 +10,11 @@
 //!   only lower `y` (over-estimating loss, which is the safe side). The expected number of live
 //!   probes still missing after the round is `a * q / (1 - q)` (`a` = answered in that round: the
 //!   next round recovers `(1-q)` of the still-lost, and so on). Another round is sent while that
-//!   estimate is at least `residual`. A network whose re-sends yield nothing (filtered) stops.
+//!   estimate is at least `residual`. A network whose re-sends yield nothing stops (filtered) —
+//!   unless an earlier re-send round measured a loss `q` that makes "all lost" plausible: `n`
+//!   re-sends in a row all unanswered has probability `q^n`; while that is at least `plausible`
+//!   the network gets another round (one lost re-send of the last missing port at 10 % loss is
+//!   not a filter). Round 0's yield is never the prior: it cannot tell loss from filtering.
 //!
 //! The probe cost stays low because only unanswered probes are re-sent: with per-probe loss `q`
 //! (SYN or answer lost) the mean cost is about `1 / (1 - q)` probes (1.56 at 20 % loss each way).
@@ -57,6 +61,9 @@ pub struct RetryPolicy {
     pub residual: f64,
     /// Hard cap on rounds (round 0 included).
     pub max_rounds: u32,
+    /// A round of re-sends with no answer still gets a follow-up while the previous round's
+    /// measured loss gives "every one lost" at least this probability.
+    pub plausible: f64,
 }
 
 impl Default for RetryPolicy {
@@ -64,6 +71,7 @@ impl Default for RetryPolicy {
         RetryPolicy {
             residual: 0.05,
             max_rounds: 16,
+            plausible: 0.01,
         }
     }
 }
@@ -89,12 +97,28 @@ pub fn expected_missing(last: RoundStats) -> f64 {
 }
 
 /// Whether a network whose round `round` just ended (with `unanswered` probes left) gets another.
-pub fn resend(policy: &RetryPolicy, round: u32, last: RoundStats, unanswered: u64) -> bool {
+/// `prior` is the last re-send round of this network that got answers, `silent` the re-sends
+/// since then that got none (`last`'s included).
+pub fn resend(
+    policy: &RetryPolicy,
+    round: u32,
+    last: RoundStats,
+    prior: Option<RoundStats>,
+    silent: u64,
+    unanswered: u64,
+) -> bool {
     if unanswered == 0 || round + 1 >= policy.max_rounds {
         return false;
     }
     if round == 0 {
         return true;
+    }
+    if last.answered == 0 && last.sent > 0 {
+        // Nothing came back: filtered, or the few re-sends were all lost.
+        return prior.is_some_and(|p| {
+            let q = measured_loss(p);
+            q > 0.0 && q.powi(silent.min(i32::MAX as u64) as i32) >= policy.plausible
+        });
     }
     expected_missing(last) >= policy.residual
 }
@@ -103,6 +127,9 @@ pub fn resend(policy: &RetryPolicy, round: u32, last: RoundStats, unanswered: u6
 #[derive(Debug, Default)]
 pub struct LossBook {
     pub last: HashMap<Net, RoundStats>,
+    /// Each network's last re-send round that got answers, and the re-sends since then that got
+    /// none.
+    pub prior: HashMap<Net, (RoundStats, u64)>,
 }
 
 impl LossBook {
@@ -123,16 +150,25 @@ impl LossBook {
         let mut out: Vec<Net> = unanswered
             .iter()
             .filter(|(n, u)| {
-                resend(
-                    policy,
-                    round,
-                    self.last.get(n).copied().unwrap_or_default(),
-                    **u,
-                )
+                let last = self.last.get(n).copied().unwrap_or_default();
+                let (prior, silent) = match self.prior.get(n) {
+                    Some((p, s)) => (Some(*p), s + last.sent),
+                    None => (None, last.sent),
+                };
+                resend(policy, round, last, prior, silent, **u)
             })
             .map(|(n, _)| *n)
             .collect();
         out.sort_unstable();
+        if round >= 1 {
+            for (n, s) in self.last.drain() {
+                if s.answered > 0 {
+                    self.prior.insert(n, (s, 0));
+                } else if let Some(p) = self.prior.get_mut(&n) {
+                    p.1 += s.sent;
+                }
+            }
+        }
         self.last.clear();
         out
     }
@@ -161,6 +197,8 @@ mod tests {
                 sent: 10,
                 answered: 0
             },
+            None,
+            0,
             10
         ));
         assert!(!resend(
@@ -170,6 +208,8 @@ mod tests {
                 sent: 10,
                 answered: 10
             },
+            None,
+            0,
             0
         ));
     }
@@ -185,6 +225,8 @@ mod tests {
                 sent: 1000,
                 answered: 0
             },
+            None,
+            0,
             1000
         ));
     }
@@ -200,6 +242,8 @@ mod tests {
                 sent: 1000,
                 answered: 640
             },
+            None,
+            0,
             360
         ));
         // Late round: 2 re-sent, 1 answered -> ~1 expected still missing: go on.
@@ -210,6 +254,8 @@ mod tests {
                 sent: 2,
                 answered: 1
             },
+            None,
+            0,
             1
         ));
         // 1 re-sent, 1 answered -> 0 expected missing: stop.
@@ -220,6 +266,8 @@ mod tests {
                 sent: 1,
                 answered: 1
             },
+            None,
+            0,
             1
         ));
         // The cap holds.
@@ -230,8 +278,67 @@ mod tests {
                 sent: 2,
                 answered: 1
             },
+            None,
+            0,
             1
         ));
+    }
+
+    #[test]
+    fn an_all_lost_round_goes_on_only_when_the_measured_loss_makes_it_plausible() {
+        let p = RetryPolicy::default();
+        let lost = |n| RoundStats {
+            sent: n,
+            answered: 0,
+        };
+        // 15 % loss measured before: one lost re-send (p = 0.15) is loss, not a filter...
+        let prior = Some(RoundStats {
+            sent: 100,
+            answered: 85,
+        });
+        assert!(resend(&p, 2, lost(1), prior, 1, 1));
+        assert!(resend(&p, 3, lost(1), prior, 2, 1));
+        // ...three in a row (p = 0.003) is a filter.
+        assert!(!resend(&p, 4, lost(1), prior, 3, 1));
+        assert!(!resend(&p, 2, lost(3), prior, 3, 3));
+        // No loss measured before: nothing to explain the silence.
+        let clean = Some(RoundStats {
+            sent: 100,
+            answered: 100,
+        });
+        assert!(!resend(&p, 2, lost(1), clean, 1, 1));
+        assert!(!resend(&p, 1, lost(1), None, 1, 1));
+    }
+
+    #[test]
+    fn the_book_keeps_the_prior_across_silent_rounds() {
+        let p = RetryPolicy::default();
+        let net = Net::of("127.0.0.1".parse().unwrap());
+        let mut b = LossBook::default();
+        let left = |k| HashMap::from([(net, k)]);
+        // Round 0: 6 sent, 5 answered. Round 1 (re-send of 1): nothing — no prior, filtered.
+        for i in 0..6 {
+            b.record(net, i < 5);
+        }
+        assert_eq!(b.decide(&p, 0, &left(1)), vec![net]);
+        b.record(net, false);
+        assert!(b.decide(&p, 1, &left(1)).is_empty());
+        // A lossy network: round 1 re-sends 20, 17 answered (q = 0.15); then 1 lost, 1 lost, 1 lost.
+        let mut b = LossBook::default();
+        for i in 0..100 {
+            b.record(net, i < 90);
+        }
+        assert_eq!(b.decide(&p, 0, &left(20)), vec![net]);
+        for i in 0..20 {
+            b.record(net, i < 17);
+        }
+        assert_eq!(b.decide(&p, 1, &left(1)), vec![net]);
+        b.record(net, false);
+        assert_eq!(b.decide(&p, 2, &left(1)), vec![net], "0.15 plausible");
+        b.record(net, false);
+        assert_eq!(b.decide(&p, 3, &left(1)), vec![net], "0.0225 plausible");
+        b.record(net, false);
+        assert!(b.decide(&p, 4, &left(1)).is_empty(), "0.003: filtered");
     }
 
     /// Simulated recall and cost of the policy under independent loss, on seeds not used to pick
@@ -251,6 +358,8 @@ mod tests {
             let mut sent_total = 0u64;
             let p = RetryPolicy::default();
             let mut round = 0;
+            let mut prior = None;
+            let mut silent = 0u64;
             loop {
                 let mut s = RoundStats::default();
                 let mut left = 0;
@@ -264,8 +373,15 @@ mod tests {
                 }
                 sent_total += s.sent;
                 pending = left;
-                if !resend(&p, round, s, pending) {
+                if s.answered == 0 {
+                    silent += s.sent;
+                }
+                if !resend(&p, round, s, prior, silent, pending) {
                     break;
+                }
+                if round >= 1 && s.answered > 0 {
+                    prior = Some(s);
+                    silent = 0;
                 }
                 round += 1;
             }

@@ -17,7 +17,7 @@
 //! namespace needs `route_localnet` + `accept_local` ([`crate::netns::NetNs::allow_raw_loopback`]):
 //! raw frames arrive with no route attached, so the kernel applies the martian checks.
 
-use super::connect::{Outcome, Probe, SweepReport};
+use super::connect::{Outcome, Probe, Rtt, SweepReport};
 use super::retry::{LossBook, Net, RetryPolicy};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -45,15 +45,22 @@ pub struct SynOptions {
     pub interface: String,
     pub source_v4: std::net::Ipv4Addr,
     pub source_v6: std::net::Ipv6Addr,
-    /// Our source port (the cookie is in the sequence number, not the port).
+    /// Our first source port (the cookie is in the sequence number, not the port). Round `r` of
+    /// re-sends uses `source_port + r % SOURCE_PORTS`: a re-sent SYN on the same 4-tuple as a
+    /// lost SYN-ACK would meet the target's half-open connection, whose kernel answers a
+    /// duplicate SYN at most once per 500 ms (Linux `tcp_invalid_ratelimit`) — a new source port
+    /// is a new connection, answered at once.
     pub source_port: u16,
     pub src_mac: [u8; 6],
     /// Next hop's MAC (all zeros on `lo`).
     pub gateway_mac: [u8; 6],
     /// Packets per second, 0 = as fast as the socket takes them.
     pub rate_limit: u32,
-    /// How long to wait for answers after a round's last SYN.
+    /// Upper bound of the wait for answers after a round's last SYN. The wait itself follows the
+    /// measured RTT (srtt + 4·rttvar, at least `wait_min`; `wait` until the first answer), and a
+    /// round whose probes have all been answered ends at once.
     pub wait: Duration,
+    pub wait_min: Duration,
     pub policy: RetryPolicy,
     /// Cookie key (random per scan by default).
     pub key: u64,
@@ -76,9 +83,26 @@ impl Default for SynOptions {
             gateway_mac: [0; 6],
             rate_limit: 0,
             wait: Duration::from_millis(200),
+            wait_min: Duration::from_millis(20),
             policy: RetryPolicy::default(),
             key: u64::from_le_bytes(key),
         }
+    }
+}
+
+/// Source ports one scan uses, from [`SynOptions::source_port`] (see there).
+pub const SOURCE_PORTS: u16 = 16;
+
+impl SynOptions {
+    /// The source port of re-send round `round`.
+    pub fn source_port_of(&self, round: u32) -> u16 {
+        let span = (65_536 - self.source_port as u32).min(SOURCE_PORTS as u32);
+        self.source_port + (round % span.max(1)) as u16
+    }
+
+    /// Whether `port` is one of this scan's source ports.
+    pub fn is_source_port(&self, port: u16) -> bool {
+        port >= self.source_port && u32::from(port - self.source_port) < SOURCE_PORTS as u32
     }
 }
 
@@ -151,6 +175,7 @@ fn csum_fold(mut sum: u32) -> u16 {
 pub fn build_syn(
     buf: &mut [u8; 128],
     o: &SynOptions,
+    sport: u16,
     src: IpAddr,
     dst: IpAddr,
     dport: u16,
@@ -192,7 +217,7 @@ pub fn build_syn(
     let t0 = l3 + ip_len;
     let tcp = &mut buf[t0..t0 + tcp_len];
     tcp.fill(0);
-    tcp[0..2].copy_from_slice(&o.source_port.to_be_bytes());
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
     tcp[2..4].copy_from_slice(&dport.to_be_bytes());
     tcp[4..8].copy_from_slice(&seq.to_be_bytes());
     tcp[12] = ((tcp_len / 4) as u8) << 4;
@@ -260,6 +285,18 @@ fn ifindex(name: &str) -> Option<i32> {
     // SAFETY: a valid C string.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (i != 0).then_some(i as i32)
+}
+
+/// The bookkeeping of one scan: outcomes, the loss book, and the send time of each probe (for
+/// the RTT estimate that sizes the waits).
+struct ScanState {
+    index: HashMap<(IpAddr, u16), usize>,
+    rep: SweepReport,
+    book: LossBook,
+    rtt: Rtt,
+    t0: Instant,
+    sent_at_us: Vec<u64>,
+    answered_in_round: usize,
 }
 
 /// A raw socket pinned to one interface.
@@ -374,14 +411,9 @@ impl SynScanner {
         Ok(true)
     }
 
-    /// Reads every queued frame; records validated answers.
-    fn drain(
-        &self,
-        index: &HashMap<(IpAddr, u16), usize>,
-        rep: &mut SweepReport,
-        book: &mut LossBook,
-        probes: &[Probe],
-    ) -> std::io::Result<()> {
+    /// Reads every queued frame; records validated answers (and their RTT, from the probe's
+    /// send time: timing only, validation needs no state).
+    fn drain(&self, st: &mut ScanState, probes: &[Probe]) -> std::io::Result<()> {
         let mut buf = [0u8; 2048];
         loop {
             // SAFETY: zeroed sockaddr_ll is valid; recvfrom writes at most its size.
@@ -413,7 +445,7 @@ impl SynScanner {
             let Some((src, sport, dst, dport, ack, flags)) = parse_reply(&buf[..n as usize]) else {
                 continue;
             };
-            if dport != self.o.source_port || dst != self.source_for(src) {
+            if !self.o.is_source_port(dport) || dst != self.source_for(src) {
                 continue;
             }
             // SYN-ACK = open, RST = closed; anything else (or a bad cookie) is ignored.
@@ -425,13 +457,16 @@ impl SynScanner {
             if ack != cookie(self.o.key, dst, dport, src, sport).wrapping_add(1) {
                 continue;
             }
-            let Some(&i) = index.get(&(src, sport)) else {
+            let Some(&i) = st.index.get(&(src, sport)) else {
                 continue;
             };
-            if rep.outcomes[i] == Outcome::Unanswered {
-                rep.outcomes[i] = out;
-                rep.count_answer(Net::of(probes[i].0));
-                book.record(Net::of(probes[i].0), true);
+            if st.rep.outcomes[i] == Outcome::Unanswered {
+                st.rep.outcomes[i] = out;
+                st.rep.count_answer(Net::of(probes[i].0));
+                st.book.record(Net::of(probes[i].0), true);
+                st.answered_in_round += 1;
+                let us = st.t0.elapsed().as_micros() as u64;
+                st.rtt.sample(us.saturating_sub(st.sent_at_us[i]) as f64);
             }
         }
     }
@@ -445,18 +480,23 @@ impl SynScanner {
                 return Err(SynError::Family { src, dst: p.0 });
             }
         }
-        let index: HashMap<(IpAddr, u16), usize> =
-            probes.iter().enumerate().map(|(i, p)| (*p, i)).collect();
-        let mut rep = SweepReport {
-            outcomes: vec![Outcome::Unanswered; probes.len()],
-            ..Default::default()
+        let mut st = ScanState {
+            index: probes.iter().enumerate().map(|(i, p)| (*p, i)).collect(),
+            rep: SweepReport {
+                outcomes: vec![Outcome::Unanswered; probes.len()],
+                ..Default::default()
+            },
+            book: LossBook::default(),
+            rtt: Rtt::default(),
+            t0: Instant::now(),
+            sent_at_us: vec![0; probes.len()],
+            answered_in_round: 0,
         };
-        let mut book = LossBook::default();
-        // Our own source port on our own address would be answered by ourselves: closed.
+        // Our own source ports on our own address would be answered by ourselves: closed.
         let mut todo = Vec::with_capacity(probes.len());
         for (i, p) in probes.iter().enumerate() {
-            if p.1 == o.source_port && p.0 == self.source_for(p.0) {
-                rep.outcomes[i] = Outcome::Closed;
+            if o.is_source_port(p.1) && p.0 == self.source_for(p.0) {
+                st.rep.outcomes[i] = Outcome::Closed;
             } else {
                 todo.push(i);
             }
@@ -468,6 +508,7 @@ impl SynScanner {
         loop {
             let t0 = Instant::now();
             let mut next_send = t0;
+            st.answered_in_round = 0;
             for (k, &i) in todo.iter().enumerate() {
                 if let Some(iv) = interval {
                     let now = Instant::now();
@@ -478,21 +519,27 @@ impl SynScanner {
                 }
                 let (dst, port) = probes[i];
                 let src = self.source_for(dst);
-                let seq = cookie(o.key, src, o.source_port, dst, port);
-                let len = build_syn(&mut frame, o, src, dst, port, seq);
+                let sport = o.source_port_of(round);
+                let seq = cookie(o.key, src, sport, dst, port);
+                let len = build_syn(&mut frame, o, sport, src, dst, port, seq);
                 while !self.send(&frame[..len])? {
-                    self.drain(&index, &mut rep, &mut book, probes)?;
+                    self.drain(&mut st, probes)?;
                     std::thread::sleep(Duration::from_micros(50));
                 }
-                rep.count_send(Net::of(dst), round > 0);
+                st.sent_at_us[i] = st.t0.elapsed().as_micros() as u64;
+                st.rep.count_send(Net::of(dst), round > 0);
                 if k % 64 == 63 {
-                    self.drain(&index, &mut rep, &mut book, probes)?;
+                    self.drain(&mut st, probes)?;
                 }
             }
-            // Wait for the stragglers.
-            let end = Instant::now() + o.wait;
-            while Instant::now() < end {
-                self.drain(&index, &mut rep, &mut book, probes)?;
+            // Wait for the stragglers: the RTT-driven wait, or less when every probe of the
+            // round has been answered.
+            let end = Instant::now() + st.rtt.bounded(o.wait_min, o.wait);
+            while Instant::now() < end && st.answered_in_round < todo.len() {
+                self.drain(&mut st, probes)?;
+                if st.answered_in_round >= todo.len() {
+                    break;
+                }
                 let mut pfd = libc::pollfd {
                     fd: self.fd,
                     events: libc::POLLIN,
@@ -505,30 +552,31 @@ impl SynScanner {
                 // SAFETY: one valid pollfd.
                 unsafe { libc::poll(&mut pfd, 1, ms) };
             }
-            self.drain(&index, &mut rep, &mut book, probes)?;
-            rep.rounds = round + 1;
+            self.drain(&mut st, probes)?;
+            st.rep.rounds = round + 1;
             // Per-network accounting of the round: sends minus answers are the unanswered.
             let mut unanswered: HashMap<Net, u64> = HashMap::new();
             for &i in &todo {
                 let n = Net::of(probes[i].0);
-                if rep.outcomes[i] == Outcome::Unanswered {
+                if st.rep.outcomes[i] == Outcome::Unanswered {
                     *unanswered.entry(n).or_default() += 1;
-                    book.record(n, false);
+                    st.book.record(n, false);
                 }
             }
             // `record(.., true)` ran at answer time; complete `sent` for answered probes of this
             // round is implied (sent = answered + unanswered).
-            let again = book.decide(&o.policy, round, &unanswered);
+            let again = st.book.decide(&o.policy, round, &unanswered);
             if again.is_empty() {
                 break;
             }
             todo.retain(|&i| {
-                rep.outcomes[i] == Outcome::Unanswered
+                st.rep.outcomes[i] == Outcome::Unanswered
                     && again.binary_search(&Net::of(probes[i].0)).is_ok()
             });
             round += 1;
         }
-        Ok(rep)
+        st.rep.srtt_us = st.rtt.srtt as u64;
+        Ok(st.rep)
     }
 }
 
@@ -542,7 +590,7 @@ mod tests {
         let mut f = [0u8; 128];
         let src: IpAddr = "127.0.0.1".parse().unwrap();
         let dst: IpAddr = "127.0.0.9".parse().unwrap();
-        let n = build_syn(&mut f, &o, src, dst, 80, 0xdead_beef);
+        let n = build_syn(&mut f, &o, o.source_port, src, dst, 80, 0xdead_beef);
         assert_eq!(n, 14 + 20 + 24);
         // IPv4 header checksum verifies to zero.
         assert_eq!(csum_fold(csum_add(0, &f[14..34])), 0);
@@ -555,6 +603,7 @@ mod tests {
         let n6 = build_syn(
             &mut f,
             &o,
+            o.source_port,
             "::1".parse().unwrap(),
             "::1".parse().unwrap(),
             443,
@@ -564,6 +613,21 @@ mod tests {
         let mut s = csum_add(0, &f[22..54]);
         s += 24 + 6;
         assert_eq!(csum_fold(csum_add(s, &f[54..78])), 0);
+    }
+
+    #[test]
+    fn rounds_cycle_through_the_source_ports_and_stay_in_range() {
+        let o = SynOptions::default();
+        assert_eq!(o.source_port_of(0), 61_000);
+        assert_eq!(o.source_port_of(3), 61_003);
+        assert_eq!(o.source_port_of(16), 61_000);
+        assert!(o.is_source_port(61_015) && !o.is_source_port(61_016) && !o.is_source_port(60_999));
+        let top = SynOptions {
+            source_port: 65_530,
+            ..Default::default()
+        };
+        assert!((0..40).all(|r| top.source_port_of(r) >= 65_530));
+        assert!(top.is_source_port(65_535));
     }
 
     #[test]

@@ -18,8 +18,8 @@ use super::io::{
 };
 use super::probefile::{ProbeDb, Protocol};
 use super::template::expand;
-use super::tls::{self, TlsAttempt, Tls};
-use super::{ServiceBanner, IdentifyOptions, RuleRef, ServiceReport, ServiceStatus, TlsMode};
+use super::tls::{self, Tls, TlsAttempt};
+use super::{IdentifyOptions, RuleRef, ServiceBanner, ServiceReport, ServiceStatus, TlsMode};
 
 /// How to open a connection to the target (plain, or through TLS).
 #[derive(Debug, Clone)]
@@ -691,9 +691,12 @@ pub async fn identify(addr: SocketAddr, opts: &IdentifyOptions, db: &ProbeDb) ->
             .as_deref()
             .and_then(GrabKind::for_service)
             .or_else(|| {
-                matches!(report.status, ServiceStatus::NoResponse | ServiceStatus::Unrecognized)
-                    .then(|| GrabKind::for_port(addr.port()))
-                    .flatten()
+                matches!(
+                    report.status,
+                    ServiceStatus::NoResponse | ServiceStatus::Unrecognized
+                )
+                .then(|| GrabKind::for_port(addr.port()))
+                .flatten()
             });
         if let Some(kind) = kind {
             let t_grab = Instant::now();

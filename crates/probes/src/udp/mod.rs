@@ -1,20 +1,38 @@
 //! UDP scan with service identification.
 //!
-//! Per port, one connected UDP socket (`IP_RECVERR`, see [`sock`]):
+//! Per port and round, one connected UDP socket (`IP_RECVERR`, see [`sock`]):
 //! 1. **Stage 1** — our protocol requests ([`proto::Proto`]: DNS, NTP, SNMP v2c + v3, SSDP,
 //!    NetBIOS, memcached; the port's own protocol first) and the nmap-service-probes UDP probes
-//!    whose `ports` list the port, all sent at once. Each of ours carries a fresh identifier and
-//!    its reply is accepted only when it echoes it (validated); nmap's are matched by their rules.
-//! 2. **Retransmission** — when the port stays silent, stage 1 is sent again (`retries` times, the
-//!    wait growing ×1.5 each time): a lost datagram or a rate-limited ICMP error is not a verdict.
+//!    whose `ports` list the port, all sent at once (one *burst*: the UDP scan's probe). Each of
+//!    ours carries a fresh identifier and its reply is accepted only when it echoes it
+//!    (validated); nmap's are matched by their rules.
+//! 2. **Re-send rounds, driven by measured loss** — every port gets a burst in round 0; the ports
+//!    that stayed silent are re-sent network by network (IPv4 /24, IPv6 /64) while the yield of
+//!    the re-sends says live ports are still being lost: the same per-network decisions as the
+//!    TCP scans ([`crate::scan::retry`]), not a fixed retry count. The wait of a round follows
+//!    the measured RTT (srtt + 4·rttvar, between `wait_min_ms` and `wait_ms`, ×1.5 per re-send
+//!    round), so a re-send round on a fast network costs tens of milliseconds, not a timeout.
 //! 3. **Stage 2** — the other nmap UDP probes with `rarity ≤ intensity`, in one burst, when the port
-//!    answered but nothing named it, or when it stayed silent (nmap -sV does the same; a reply
-//!    turns `open|filtered` into `open`).
+//!    answered but nothing named it (on the same socket, at once), or when it stayed silent after
+//!    its last round (on a fresh socket; nmap -sV does the same; a reply turns `open|filtered`
+//!    into `open`).
 //!
 //! Verdicts: any datagram from the port → `open` (reason `udp-response`); ICMP port unreachable →
 //! `closed` (`port-unreach`); another ICMP unreachable → `filtered` (`host-unreach`,
-//! `admin-prohibited`, ...); silence → `open|filtered` (`no-response`). The whole port is bounded
-//! by `budget_ms`; the report says which probes were sent, how many tries and the time spent.
+//! `admin-prohibited`, ...); silence → `open|filtered` (`no-response`). One port is bounded by
+//! `budget_ms` over all its rounds; the report says which probes were sent, how many bursts and
+//! the time spent.
+//!
+//! **What "answered" means for the loss book, and what the yield measures.** A burst is answered
+//! when anything comes back from the port: a datagram (validated or not — either proves the path
+//! works both ways and re-sending would add nothing) or an ICMP error. Silence is what loss looks
+//! like, but also what an open service that ignores our requests, a filtering firewall or an
+//! ICMP rate limit looks like; a UDP scan cannot tell them apart. So the re-send yield `y` of a
+//! network is (delivered live ports) / (lost live ports + silent ports): silent ports lower it,
+//! the policy over-estimates loss and keeps re-sending while re-sends still bring answers (the
+//! safe side: recall), and a network whose re-sends bring nothing is given up after one re-send
+//! (filtered). The cost of silent ports is one burst each per extra round; the measured figures
+//! (`overlord bench loss --scans udp`) are in DESIGN.md.
 
 pub mod proto;
 pub mod sock;
@@ -26,6 +44,9 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, timeout_at};
 
+use crate::scan::connect::{Rtt, SweepReport};
+use crate::scan::retry::{LossBook, Net, RetryPolicy};
+
 use crate::service::engine::match_reply;
 use crate::service::io::escape_bytes;
 use crate::service::probefile::{ProbeDb, Protocol};
@@ -35,9 +56,13 @@ use proto::Proto;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct UdpOptions {
-    /// First wait for a reply after a burst; grows ×1.5 per retransmission.
+    /// Upper bound of the wait for a reply after a burst (the wait itself follows the measured
+    /// RTT; it is this until the first answer); also the wait of stage 2.
     pub wait_ms: u64,
-    /// Retransmissions of stage 1 to a silent port.
+    /// Lower bound of the adaptive wait.
+    pub wait_min_ms: u64,
+    /// Upper bound on re-send rounds of stage 1 to silent ports; how many a network gets follows
+    /// its measured loss ([`crate::scan::retry`]).
     pub retries: u32,
     /// After the first reply, how long to keep listening for a better (validated) one.
     pub settle_ms: u64,
@@ -60,7 +85,8 @@ impl Default for UdpOptions {
     fn default() -> Self {
         UdpOptions {
             wait_ms: 400,
-            retries: 2,
+            wait_min_ms: 100,
+            retries: RetryPolicy::default().max_rounds - 1,
             settle_ms: 60,
             budget_ms: 5000,
             intensity: 7,
@@ -124,9 +150,9 @@ pub struct UdpReport {
     pub reply_bytes: usize,
     /// Distinct probes sent, in order.
     pub probes_sent: Vec<String>,
-    /// Bursts sent (1 = no retransmission).
+    /// Stage-1 bursts sent (1 = no re-send).
     pub tries: u32,
-    /// First reply (or ICMP error) after the first send.
+    /// First reply (or ICMP error) after the send of the burst that got it.
     pub rtt_ms: Option<f64>,
     pub budget_ms: u64,
     pub spent_ms: f64,
@@ -325,14 +351,17 @@ async fn burst(
     opts: &UdpOptions,
     db: &ProbeDb,
     r: &mut UdpReport,
+    first: &mut Option<Duration>,
 ) -> Burst {
     for p in &sent[from..] {
         if let Err(e) = s.send(&p.payload).await {
             if let Some(icmp) = sock::take_icmp_error(s) {
+                first.get_or_insert(t0.elapsed());
                 r.rtt_ms.get_or_insert(ms(t0.elapsed()));
                 return Burst::Icmp(icmp);
             }
             if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                first.get_or_insert(t0.elapsed());
                 return Burst::Icmp(refused());
             }
             return Burst::Error(format!("send: {e}"));
@@ -345,6 +374,7 @@ async fn burst(
         match timeout_at(end, s.recv(&mut buf)).await {
             Err(_) => break,
             Ok(Ok(n)) => {
+                first.get_or_insert(t0.elapsed());
                 r.rtt_ms.get_or_insert(ms(t0.elapsed()));
                 let data = &buf[..n];
                 if r.reply.is_none() {
@@ -361,6 +391,7 @@ async fn burst(
             }
             Ok(Err(e)) => {
                 if let Some(icmp) = sock::take_icmp_error(s) {
+                    first.get_or_insert(t0.elapsed());
                     r.rtt_ms.get_or_insert(ms(t0.elapsed()));
                     if replied {
                         // A datagram came back earlier: the port is open whatever follows.
@@ -369,6 +400,7 @@ async fn burst(
                     return Burst::Icmp(icmp);
                 }
                 if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    first.get_or_insert(t0.elapsed());
                     if replied {
                         continue;
                     }
@@ -395,114 +427,339 @@ fn refused() -> sock::IcmpError {
     }
 }
 
-/// Scans and identifies one UDP port. Never panics on peer behaviour.
-pub async fn scan_port(addr: SocketAddr, opts: &UdpOptions, db: &ProbeDb) -> UdpReport {
+fn make_sent(k: Kind, db: &ProbeDb) -> Sent {
+    let id = fresh_id();
+    let payload = match k {
+        Kind::Ours(p) => p.build(id),
+        Kind::Nmap(i) => db.probes[i].payload.clone(),
+    };
+    Sent {
+        kind: k,
+        id,
+        payload,
+    }
+}
+
+/// What one round did to one port.
+struct PortRound {
+    index: usize,
+    r: UdpReport,
+    outcome: Burst,
+    /// A burst left (false: the socket could not be made).
+    sent: bool,
+    /// Time from the send to the first answer.
+    first: Option<Duration>,
+    took: Duration,
+    datagrams: u64,
+}
+
+/// One stage-1 burst to one port on a fresh socket with fresh identifiers. When the port answers
+/// without naming itself, stage 2 follows at once on the same socket (replies to stage 1 may
+/// still arrive and are matched too).
+async fn port_round(
+    index: usize,
+    mut r: UdpReport,
+    wait: Duration,
+    opts: &UdpOptions,
+    db: &ProbeDb,
+) -> PortRound {
     let t0 = Instant::now();
-    let deadline = t0 + Duration::from_millis(opts.budget_ms);
-    let mut r = UdpReport::new(addr, opts.budget_ms);
+    let addr = r.addr;
     let s = match sock::connect(addr) {
         Ok(s) => s,
         Err(e) => {
-            r.state = UdpState::Filtered;
-            r.reason = format!("socket error: {e}");
-            return r;
+            return PortRound {
+                index,
+                r,
+                outcome: Burst::Error(format!("socket error: {e}")),
+                sent: false,
+                first: None,
+                took: t0.elapsed(),
+                datagrams: 0,
+            };
         }
     };
     let (s1, s2) = plan(addr.port(), opts, db);
-    let mk = |k: Kind| {
-        let id = fresh_id();
-        let payload = match k {
-            Kind::Ours(p) => p.build(id),
-            Kind::Nmap(i) => db.probes[i].payload.clone(),
-        };
-        Sent {
-            kind: k,
-            id,
-            payload,
-        }
-    };
-    let mut sent: Vec<Sent> = s1.into_iter().map(mk).collect();
-    r.probes_sent = sent.iter().map(|p| probe_name(p.kind, db)).collect();
+    let mut sent: Vec<Sent> = s1.into_iter().map(|k| make_sent(k, db)).collect();
+    if r.probes_sent.is_empty() {
+        r.probes_sent = sent.iter().map(|p| probe_name(p.kind, db)).collect();
+    }
+    r.tries += 1;
     let settle = Duration::from_millis(opts.settle_ms);
-    let mut wait = Duration::from_millis(opts.wait_ms);
-    let mut outcome = Burst::Silent;
-    for attempt in 0..=opts.retries {
-        if Instant::now() >= deadline {
-            break;
+    let mut first = None;
+    let mut outcome = burst(
+        &s,
+        &sent,
+        0,
+        t0 + wait,
+        settle,
+        t0,
+        opts,
+        db,
+        &mut r,
+        &mut first,
+    )
+    .await;
+    let unnamed =
+        matches!(outcome, Burst::Replied(false)) && !r.validated && (r.service.is_none() || r.soft);
+    if unnamed && !s2.is_empty() {
+        let from = sent.len();
+        sent.extend(s2.into_iter().map(|k| make_sent(k, db)));
+        r.probes_sent
+            .extend(sent[from..].iter().map(|p| probe_name(p.kind, db)));
+        let end = Instant::now() + Duration::from_millis(opts.wait_ms);
+        let o2 = burst(
+            &s, &sent, from, end, settle, t0, opts, db, &mut r, &mut None,
+        )
+        .await;
+        if let Burst::Replied(true) = o2 {
+            outcome = o2;
         }
-        r.tries = attempt + 1;
+    }
+    PortRound {
+        index,
+        r,
+        outcome,
+        sent: true,
+        first,
+        took: t0.elapsed(),
+        datagrams: sent.len() as u64,
+    }
+}
+
+/// Stage 2 for a port that stayed silent through its rounds: the other nmap UDP probes, one
+/// burst on a fresh socket.
+async fn silent_stage2(
+    index: usize,
+    mut r: UdpReport,
+    wait: Duration,
+    opts: &UdpOptions,
+    db: &ProbeDb,
+) -> PortRound {
+    let t0 = Instant::now();
+    let (_, s2) = plan(r.addr.port(), opts, db);
+    let mut outcome = Burst::Silent;
+    let mut datagrams = 0;
+    if let Ok(s) = sock::connect(r.addr) {
+        let sent: Vec<Sent> = s2.into_iter().map(|k| make_sent(k, db)).collect();
+        r.probes_sent
+            .extend(sent.iter().map(|p| probe_name(p.kind, db)));
+        datagrams = sent.len() as u64;
+        let settle = Duration::from_millis(opts.settle_ms);
         outcome = burst(
             &s,
             &sent,
             0,
-            (Instant::now() + wait).min(deadline),
+            t0 + wait,
             settle,
             t0,
             opts,
             db,
             &mut r,
+            &mut None,
         )
         .await;
-        if !matches!(outcome, Burst::Silent) {
-            break;
-        }
-        wait = wait * 3 / 2;
     }
-    let need_stage2 = match outcome {
-        Burst::Silent => true,
-        Burst::Replied(false) => !r.validated && (r.service.is_none() || r.soft),
-        _ => false,
-    };
-    if need_stage2 && !s2.is_empty() && Instant::now() < deadline {
-        let from = sent.len();
-        sent.extend(s2.into_iter().map(mk));
-        r.probes_sent
-            .extend(sent[from..].iter().map(|p| probe_name(p.kind, db)));
-        let end = (Instant::now() + Duration::from_millis(opts.wait_ms)).min(deadline);
-        // Replies to stage 1 probes may still arrive; every sent probe is matched.
-        let o2 = burst(&s, &sent, from, end, settle, t0, opts, db, &mut r).await;
-        outcome = match (outcome, o2) {
-            (Burst::Replied(_), Burst::Icmp(_) | Burst::Error(_) | Burst::Silent) => {
-                Burst::Replied(false)
-            }
-            (_, o2) => o2,
-        };
+    PortRound {
+        index,
+        r,
+        outcome,
+        sent: true,
+        first: None,
+        took: t0.elapsed(),
+        datagrams,
     }
-    match outcome {
-        Burst::Replied(_) => {
-            r.state = UdpState::Open;
-            r.reason = "udp-response".into();
-        }
-        Burst::Icmp(e) => {
-            r.state = if e.port_unreachable() {
-                UdpState::Closed
-            } else {
-                UdpState::Filtered
-            };
-            r.reason = e.reason();
-        }
-        Burst::Silent => {
-            r.state = UdpState::OpenFiltered;
-            r.reason = "no-response".into();
-        }
-        Burst::Error(e) => {
-            r.state = UdpState::Filtered;
-            r.reason = e;
-        }
-    }
-    r.spent_ms = ms(t0.elapsed());
-    tracing::debug!(%addr, state = r.state.as_str(), reason = %r.reason, service = ?r.service,
-        product = ?r.product, tries = r.tries, spent_ms = r.spent_ms, "udp port judged");
-    r
 }
 
-/// Scans `ports` of `ip` (`concurrency` at a time); reports in port order.
+/// A UDP scan of many ports: the per-port reports and what the rounds cost.
+#[derive(Debug, Clone, Default)]
+pub struct UdpSweep {
+    /// One report per target, in the order given.
+    pub reports: Vec<UdpReport>,
+    /// Stage-1 bursts (a burst is the UDP scan's probe: `sent` / targets = probes per port),
+    /// answered bursts, re-sent bursts, rounds, per target network — the counts the quality
+    /// ledger takes (`outcomes` is empty: the verdicts are in `reports`).
+    pub counts: SweepReport,
+    /// Datagrams sent in all (stage 1 and stage 2).
+    pub datagrams: u64,
+}
+
+/// Scans and identifies `targets` (`concurrency` ports at a time): round 0 sends every port a
+/// burst, later rounds re-send the silent ports of the networks the loss policy picks, then
+/// stage 2 tries the ports still silent. Never panics on peer behaviour.
+pub async fn scan_targets(targets: &[SocketAddr], opts: &UdpOptions, db: &ProbeDb) -> UdpSweep {
+    let policy = RetryPolicy {
+        max_rounds: opts.retries.saturating_add(1),
+        ..Default::default()
+    };
+    let budget = Duration::from_millis(opts.budget_ms);
+    let wait_max = Duration::from_millis(opts.wait_ms.max(1));
+    let wait_min = Duration::from_millis(opts.wait_min_ms.min(opts.wait_ms));
+    let conc = opts.concurrency.max(1);
+    let mut reports: Vec<Option<UdpReport>> = targets
+        .iter()
+        .map(|a| Some(UdpReport::new(*a, opts.budget_ms)))
+        .collect();
+    let mut outcomes: Vec<Burst> = targets.iter().map(|_| Burst::Silent).collect();
+    let mut spent: Vec<Duration> = vec![Duration::ZERO; targets.len()];
+    let mut counts = SweepReport::default();
+    let mut datagrams = 0u64;
+    let rtt = std::sync::Mutex::new(Rtt::default());
+    let mut book = LossBook::default();
+    let mut todo: Vec<usize> = (0..targets.len()).collect();
+    let mut round = 0u32;
+    loop {
+        let grow = 1.5f64.powi(round.min(8) as i32);
+        let results: Vec<PortRound> = {
+            let reports = &mut reports;
+            let (rtt, spent) = (&rtt, &spent);
+            futures_util::stream::iter(todo.iter().copied())
+                .map(move |i| {
+                    let r = reports[i].take().expect("one round per port at a time");
+                    let base = rtt
+                        .lock()
+                        .map(|g| g.bounded(wait_min, wait_max))
+                        .unwrap_or(wait_max);
+                    let wait = base
+                        .mul_f64(grow)
+                        .min(wait_max)
+                        .min(budget.saturating_sub(spent[i]));
+                    async move {
+                        let pr = port_round(i, r, wait, opts, db).await;
+                        if let Some(f) = pr.first
+                            && let Ok(mut g) = rtt.lock()
+                        {
+                            g.sample(f.as_micros() as f64);
+                        }
+                        pr
+                    }
+                })
+                .buffer_unordered(conc)
+                .collect()
+                .await
+        };
+        for pr in results {
+            let i = pr.index;
+            let net = Net::of(targets[i].ip());
+            spent[i] += pr.took;
+            datagrams += pr.datagrams;
+            reports[i] = Some(pr.r);
+            if pr.sent {
+                counts.count_send(net, round > 0);
+                match pr.outcome {
+                    // A local failure says nothing about the network.
+                    Burst::Error(_) => {}
+                    Burst::Silent => book.record(net, false),
+                    _ => {
+                        counts.count_answer(net);
+                        book.record(net, true);
+                    }
+                }
+            }
+            outcomes[i] = pr.outcome;
+        }
+        counts.rounds = round + 1;
+        let silent = |i: usize| matches!(outcomes[i], Burst::Silent) && spent[i] < budget;
+        let mut unanswered: std::collections::HashMap<Net, u64> = Default::default();
+        for &i in &todo {
+            if silent(i) {
+                *unanswered.entry(Net::of(targets[i].ip())).or_default() += 1;
+            }
+        }
+        let again = book.decide(&policy, round, &unanswered);
+        if again.is_empty() {
+            break;
+        }
+        todo.retain(|&i| silent(i) && again.binary_search(&Net::of(targets[i].ip())).is_ok());
+        if todo.is_empty() {
+            break;
+        }
+        round += 1;
+    }
+    // Stage 2 for the ports still silent.
+    let s2: Vec<usize> = (0..targets.len())
+        .filter(|&i| {
+            matches!(outcomes[i], Burst::Silent)
+                && spent[i] < budget
+                && !plan(targets[i].port(), opts, db).1.is_empty()
+        })
+        .collect();
+    if !s2.is_empty() {
+        let results: Vec<PortRound> = {
+            let reports = &mut reports;
+            let spent = &spent;
+            futures_util::stream::iter(s2)
+                .map(move |i| {
+                    let r = reports[i].take().expect("one round per port at a time");
+                    let wait = wait_max.min(budget.saturating_sub(spent[i]));
+                    silent_stage2(i, r, wait, opts, db)
+                })
+                .buffer_unordered(conc)
+                .collect()
+                .await
+        };
+        for pr in results {
+            let i = pr.index;
+            spent[i] += pr.took;
+            datagrams += pr.datagrams;
+            reports[i] = Some(pr.r);
+            if !matches!(pr.outcome, Burst::Silent) {
+                outcomes[i] = pr.outcome;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(targets.len());
+    for (i, (r, outcome)) in reports.into_iter().zip(outcomes).enumerate() {
+        let mut r = r.expect("every port's report is back");
+        match outcome {
+            Burst::Replied(_) => {
+                r.state = UdpState::Open;
+                r.reason = "udp-response".into();
+            }
+            Burst::Icmp(e) => {
+                r.state = if e.port_unreachable() {
+                    UdpState::Closed
+                } else {
+                    UdpState::Filtered
+                };
+                r.reason = e.reason();
+            }
+            Burst::Silent => {
+                r.state = UdpState::OpenFiltered;
+                r.reason = "no-response".into();
+            }
+            Burst::Error(e) => {
+                r.state = UdpState::Filtered;
+                r.reason = e;
+            }
+        }
+        r.spent_ms = ms(spent[i]);
+        tracing::debug!(addr = %r.addr, state = r.state.as_str(), reason = %r.reason,
+            service = ?r.service, product = ?r.product, tries = r.tries, spent_ms = r.spent_ms,
+            "udp port judged");
+        out.push(r);
+    }
+    UdpSweep {
+        reports: out,
+        counts,
+        datagrams,
+    }
+}
+
+/// Scans and identifies one UDP port (a scan of one target: its network's loss is measured from
+/// this port alone, so a silent port is re-sent once and given up when that yields nothing).
+pub async fn scan_port(addr: SocketAddr, opts: &UdpOptions, db: &ProbeDb) -> UdpReport {
+    scan_targets(&[addr], opts, db)
+        .await
+        .reports
+        .pop()
+        .expect("one report per target")
+}
+
+/// Scans `ports` of `ip`; reports in port order.
 pub async fn scan(ip: IpAddr, ports: &[u16], opts: &UdpOptions, db: &ProbeDb) -> Vec<UdpReport> {
-    let mut out: Vec<UdpReport> = futures_util::stream::iter(ports.iter().copied())
-        .map(|p| scan_port(SocketAddr::new(ip, p), opts, db))
-        .buffer_unordered(opts.concurrency.max(1))
-        .collect()
-        .await;
+    let targets: Vec<SocketAddr> = ports.iter().map(|p| SocketAddr::new(ip, *p)).collect();
+    let mut out = scan_targets(&targets, opts, db).await.reports;
     out.sort_by_key(|r| r.addr.port());
     out
 }

@@ -11,7 +11,7 @@ use super::GrabError;
 use crate::service::IdentifyOptions;
 use crate::service::engine::Dialer;
 use crate::service::tls::hex;
-pub use overlord_core::finding::service::{HttpGrab, Redirect, Favicon};
+pub use overlord_core::finding::service::{Favicon, HttpGrab, Redirect};
 
 /// A parsed response.
 #[derive(Debug, Clone, Default)]

@@ -13,7 +13,7 @@ use super::{GrabError, line_end, read_until};
 use crate::service::engine::Dialer;
 use crate::service::io::BoxStream;
 use crate::service::tls::hex;
-pub use overlord_core::finding::service::{SshGrab, KexInit, HostKey};
+pub use overlord_core::finding::service::{HostKey, KexInit, SshGrab};
 
 const OUR_IDENT: &[u8] = b"SSH-2.0-OverlordProbe\r\n";
 const MAX_PACKET: usize = 64 * 1024;
