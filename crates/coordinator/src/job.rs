@@ -130,9 +130,8 @@ impl Actor for JobActor {
                 items,
                 tx,
             } => {
-                let acks = st
-                    .m
-                    .results(&minion, &provider, generation, items, now_ms());
+                let acks =
+                    st.m.results(&minion, &provider, generation, items, now_ms());
                 st.c.defer(move || {
                     let _ = tx.send(Ok(v1::CoordinatorMessage {
                         msg: Some(CMsg::Ack(v1::ResultAck { items: acks })),
@@ -229,14 +228,8 @@ impl JobSt {
                     _ => None,
                 })
                 .max();
-            let finished = finished.map(|(rec, spec)| {
-                (
-                    self.sh.manager.clone(),
-                    rec,
-                    spec,
-                    self.sh.registry.clone(),
-                )
-            });
+            let finished = finished
+                .map(|(rec, spec)| (self.sh.manager.clone(), rec, spec, self.sh.registry.clone()));
             self.c.defer(move || {
                 if let Some(c) = last_cursor {
                     durable.set(id, c);

@@ -284,6 +284,7 @@ impl JobModel {
                 m.push_back(tid);
             }
         }
+        m.readmit_follow_ups();
         m.flagged = flagged_of(&m.rec.quality);
         info!(
             job_id = id,
@@ -297,6 +298,33 @@ impl JobModel {
             keep: keep_leases,
         });
         Ok(m)
+    }
+
+    /// The follow-up guard is kept in memory only: at recovery the follow-ups still live (not
+    /// verification runs) are admitted again, so a finding reported again after a restart does
+    /// not make one of them twice. Ended follow-ups are forgotten, and a depth is known only down
+    /// to the nearest ended ancestor (a lower bound).
+    fn readmit_follow_ups(&mut self) {
+        let mut live: Vec<&TaskSpec> = self
+            .tasks
+            .values()
+            .map(|t| &t.spec)
+            .filter(|t| t.parent.is_some() && !self.rec.checks.contains_key(&t.task_id))
+            .collect();
+        // parents before their children (ids grow)
+        live.sort_unstable_by_key(|t| t.task_id);
+        for t in live {
+            let depth = t.parent.map_or(0, |p| self.followups.depth_of(p)) + 1;
+            let _ = self.followups.admit(
+                &t.module,
+                t.target,
+                &t.ports,
+                t.blob_sha256.as_deref(),
+                1,
+                true,
+            );
+            self.followups.set_depth(t.task_id, depth);
+        }
     }
 
     /// The first turn of a new or recovered job: expand, and complete it if nothing is left.
@@ -605,10 +633,7 @@ impl JobModel {
                 id: s.minion,
                 provider: s.provider,
                 modules: s.modules,
-                free: overlord_core::quality::cut_free(
-                    s.free,
-                    self.flagged.get(s.minion).copied(),
-                ),
+                free: overlord_core::quality::cut_free(s.free, self.flagged.get(s.minion).copied()),
                 alive: true,
             })
             .collect();
@@ -1132,14 +1157,7 @@ impl JobModel {
             Ok(findings) => {
                 let me = crate::lookup::LOOKUP_MINION_ID;
                 let provider = crate::lookup::LOOKUP_PROVIDER;
-                self.complete_task(
-                    id,
-                    findings,
-                    me,
-                    provider,
-                    run.started_ms,
-                    run.finished_ms,
-                )
+                self.complete_task(id, findings, me, provider, run.started_ms, run.finished_ms)
             }
             Err(e) => {
                 warn!(job = self.rec.id, task = id, error = %e, "leak lookup failed");
