@@ -637,8 +637,13 @@ pub fn run(a: QueryBenchArgs) -> Result<()> {
     // the index is not needed any more: its disk goes to PostgreSQL (10 M rows with two GIN
     // indexes take ~10 GB)
     if !a.no_peers {
-        drop(e);
-        std::fs::remove_dir_all(dir.join("query"))?;
+        // merges may still be writing: close waits for them
+        if let Ok(idx) = Arc::try_unwrap(e.index) {
+            idx.close()?;
+        }
+        if let Err(err) = std::fs::remove_dir_all(dir.join("query")) {
+            println!("index directory not removed before the peers: {err}");
+        }
     }
     let duck = if a.no_peers {
         None
