@@ -180,6 +180,7 @@ mod tests {
             params,
             blob: None,
             input,
+            ranges: Vec::new(),
         }
     }
 

@@ -204,6 +204,7 @@ mod tests {
             params,
             blob: None,
             input: None,
+            ranges: Vec::new(),
         }
     }
 
