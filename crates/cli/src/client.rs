@@ -549,7 +549,11 @@ pub fn status_line(st: &v1::JobStatus) -> String {
         st.findings,
         st.stale_results_rejected,
         spec.modules.join(","),
-        spec.targets.join(","),
+        if spec.hitlist.is_empty() {
+            spec.targets.join(",")
+        } else {
+            format!("hitlist {}", spec.hitlist)
+        },
     ) + &waiting
         + &firehose_note(st.firehose.as_ref())
 }

@@ -420,6 +420,7 @@ impl v1::job_service_server::JobService for JobApi {
             lines: st.lines,
             entries: st.entries,
             duplicates: st.duplicates().min(u64::MAX as u128) as u64,
+            runs: st.runs,
         }))
     }
 

@@ -239,13 +239,11 @@ impl<'a> Builder<'a> {
         else {
             return Ok(());
         };
-        self.scope
-            .check(&[r])
-            .map_err(|e| HitlistError::Scope {
-                line: n,
-                range: r.to_string(),
-                reason: e.to_string(),
-            })?;
+        self.scope.check(&[r]).map_err(|e| HitlistError::Scope {
+            line: n,
+            range: r.to_string(),
+            reason: e.to_string(),
+        })?;
         self.stats.entries += 1;
         self.stats.named = self.stats.named.saturating_add(r.len());
         self.chunk.push(key(&r));
@@ -262,9 +260,7 @@ impl<'a> Builder<'a> {
             return Ok(());
         }
         self.chunk.sort_unstable();
-        let path = self
-            .dir
-            .join(format!("{}.run{}", self.id, self.runs.len()));
+        let path = self.dir.join(format!("{}.run{}", self.id, self.runs.len()));
         let mut w = BufWriter::new(File::create(&path)?);
         let mut m = Merger {
             cur: None,
@@ -365,7 +361,10 @@ fn too_large(e: std::io::Error) -> HitlistError {
 
 /// Whether `id` is a hitlist id (8–64 lowercase hex digits: safe as a file name).
 pub fn valid_id(id: &str) -> bool {
-    (8..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    (8..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The file of hitlist `id` in `dir`.
@@ -584,7 +583,10 @@ mod tests {
         let e = b.push_line(&[b'1'; 2000]).unwrap_err();
         assert!(e.to_string().contains("line 5"), "{e}");
         let e = b.push_line(b"::2").unwrap_err();
-        assert!(e.to_string().contains("line 6") && e.to_string().contains("out of scope"), "{e}");
+        assert!(
+            e.to_string().contains("line 6") && e.to_string().contains("out of scope"),
+            "{e}"
+        );
         let d2 = tempfile_dir::Dir::new();
         let b = Builder::new(&d2.0, "0badf00d", &scope, 16).unwrap();
         assert!(matches!(b.finish(), Err(HitlistError::Empty)));
@@ -595,11 +597,15 @@ mod tests {
     fn large_scattered_list_each_address_once_with_bounded_memory() {
         // 20,000 addresses spread over 127/8, each listed twice, in a keyed random order; a
         // chunk of 1,000 entries.
-        let mut v: Vec<u32> = (0..20_000u32).map(|i| 0x7f00_0000 | (i * 797 % 0xff_ffff)).collect();
+        let mut v: Vec<u32> = (0..20_000u32)
+            .map(|i| 0x7f00_0000 | (i * 797 % 0xff_ffff))
+            .collect();
         v.extend(v.clone());
         let mut z = 7u64;
         for i in (1..v.len()).rev() {
-            z = z.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            z = z
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             v.swap(i, (z >> 33) as usize % (i + 1));
         }
         let lines: Vec<String> = v

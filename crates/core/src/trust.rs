@@ -391,7 +391,10 @@ mod tests {
             .collect();
         t.target_count = 4;
         for ok in ["127.0.0.4", "127.0.0.5", "127.0.0.9", "::1"] {
-            assert!(check_result(&t, &[f("open_port", Some(ok), Some(80))]).is_ok(), "{ok}");
+            assert!(
+                check_result(&t, &[f("open_port", Some(ok), Some(80))]).is_ok(),
+                "{ok}"
+            );
         }
         for bad in ["127.0.0.6", "127.0.0.8", "127.0.0.3", "::2", "::"] {
             let e = check_result(&t, &[f("open_port", Some(bad), Some(80))]).unwrap_err();

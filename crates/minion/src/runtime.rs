@@ -463,7 +463,10 @@ async fn execute(
     }
     if !ranges.is_empty() {
         if let Err(e) = ctx.scope.check(&ranges) {
-            warn!(task = lease.task_id, "hitlist ranges refused by minion scope");
+            warn!(
+                task = lease.task_id,
+                "hitlist ranges refused by minion scope"
+            );
             return Err(ModuleError::Blocked(format!(
                 "a range of this task is outside this minion's allow-list or inside its blocklist: {e}"
             )));
