@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 pub use eval::{EvalReport, evaluate, evaluate_with};
 pub use generate::{GenConfig, GenSummary, generate};
 pub use model::{BeaconCnn, Weights};
-pub use report::{BeaconReport, Finding, Hint, format_jsonl, format_table};
+pub use report::{BeaconHint, BeaconReport, Finding, format_jsonl, format_table};
 pub use score::{Scorer, score_logs};
 pub use train::{TrainConfig, train};
 pub use zeek::LogKind;

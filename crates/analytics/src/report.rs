@@ -58,7 +58,7 @@ pub struct Finding {
     pub period_stability: f32,
     /// Which hints lowered the score (empty: none applied).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hints: Vec<Hint>,
+    pub hints: Vec<BeaconHint>,
     /// The fan-in / popularity from which the benign hints apply (for the explanation).
     #[serde(default)]
     pub fan_in_needed: u32,
@@ -76,23 +76,80 @@ pub struct Finding {
     pub features: Vec<f32>,
 }
 
-/// A rule that lowered a finding's score (×0.3 each).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Hint {
-    /// Many sources reach the destination periodically (NTP, updates, telemetry).
-    PeriodicFanIn,
-    /// Many sources ask for this name at all (browsing behind TTL caches, WPAD, mail).
-    PopularName,
-    /// Most connections were never established.
-    FailedConnections,
-    /// dns: the source is a resolver (other hosts send it their queries) and none of its clients
-    /// looks up this name periodically: the periodicity is the resolver's own cache refreshing.
-    ResolverRefresh,
-    /// Neither the CNN, the RITA-style scorer nor the back-off detector sees a clock in this
-    /// key's own check-ins (score capped below the threshold; see `BeaconConfig::min_evidence`).
-    NoClock,
+/// A finding as the finding schema's `beacon` payload: every field moved by name and type (a
+/// field added on one side only does not compile); the combiner's training inputs stay behind.
+impl From<Finding> for overlord_core::finding::Beacon {
+    fn from(f: Finding) -> Self {
+        let Finding {
+            rank,
+            kind,
+            src,
+            dst,
+            dst_port,
+            window,
+            cnn_score,
+            jitter_score,
+            stat_score,
+            combined,
+            is_beacon,
+            period_secs,
+            jitter,
+            events,
+            checkins,
+            max_burst,
+            first_seen,
+            last_seen,
+            failed_fraction,
+            fan_in,
+            benign_hint,
+            popularity,
+            active_hours,
+            period_stability,
+            hints,
+            fan_in_needed,
+            popularity_needed,
+            group,
+            group_period_secs,
+            truncated,
+            features: _,
+        } = f;
+        overlord_core::finding::Beacon {
+            rank,
+            kind: kind.into(),
+            src,
+            dst,
+            dst_port,
+            window,
+            cnn_score,
+            jitter_score,
+            stat_score,
+            combined,
+            is_beacon,
+            period_secs,
+            jitter,
+            events,
+            checkins,
+            max_burst,
+            first_seen,
+            last_seen,
+            failed_fraction,
+            fan_in,
+            benign_hint,
+            popularity,
+            active_hours,
+            period_stability,
+            hints,
+            fan_in_needed,
+            popularity_needed,
+            group,
+            group_period_secs,
+            truncated,
+        }
+    }
 }
+
+/// A rule that lowered a finding's score (×0.3 each): the finding schema's `BeaconHint`.
+pub use overlord_core::finding::beacon::BeaconHint;
 
 /// The evidence of a finding as a few lines of text.
 pub fn format_evidence(f: &Finding) -> String {
@@ -136,7 +193,7 @@ pub fn format_evidence(f: &Finding) -> String {
             human_secs(f.group_period_secs.unwrap_or(0.0))
         );
     }
-    let fan = if f.hints.contains(&Hint::PeriodicFanIn) {
+    let fan = if f.hints.contains(&BeaconHint::PeriodicFanIn) {
         "applied"
     } else {
         "not applied"
@@ -147,7 +204,7 @@ pub fn format_evidence(f: &Finding) -> String {
         f.fan_in, f.fan_in_needed
     );
     if f.kind != LogKind::Conn {
-        let pop = if f.hints.contains(&Hint::PopularName) {
+        let pop = if f.hints.contains(&BeaconHint::PopularName) {
             "applied"
         } else {
             "not applied"
@@ -158,19 +215,19 @@ pub fn format_evidence(f: &Finding) -> String {
             f.popularity, f.popularity_needed
         );
     }
-    let failed = if f.hints.contains(&Hint::FailedConnections) {
+    let failed = if f.hints.contains(&BeaconHint::FailedConnections) {
         "applied"
     } else {
         "not applied"
     };
     let _ = writeln!(s, "  failed-connection hint {failed} (needs >= 80 %)");
-    if f.hints.contains(&Hint::ResolverRefresh) {
+    if f.hints.contains(&BeaconHint::ResolverRefresh) {
         let _ = writeln!(
             s,
             "  resolver-refresh hint applied: the source answers other hosts' queries and no client looks this name up periodically"
         );
     }
-    if f.hints.contains(&Hint::NoClock) {
+    if f.hints.contains(&BeaconHint::NoClock) {
         let _ = writeln!(
             s,
             "  no-clock cap applied: CNN, RITA-style and back-off scores all below the evidence floor"

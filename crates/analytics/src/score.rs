@@ -397,16 +397,16 @@ impl Scorer {
                 popular_min
             };
             if fi >= benign_min {
-                f.hints.push(crate::report::Hint::PeriodicFanIn);
+                f.hints.push(crate::report::BeaconHint::PeriodicFanIn);
             }
             if pop >= popular_min {
-                f.hints.push(crate::report::Hint::PopularName);
+                f.hints.push(crate::report::BeaconHint::PopularName);
             }
             if c.failed >= 0.8 {
-                f.hints.push(crate::report::Hint::FailedConnections);
+                f.hints.push(crate::report::BeaconHint::FailedConnections);
             }
             if no_clock {
-                f.hints.push(crate::report::Hint::NoClock);
+                f.hints.push(crate::report::BeaconHint::NoClock);
             }
             findings.push(f);
         }
@@ -536,7 +536,7 @@ impl Scorer {
         {
             if !beaconing.contains_key(&(f.dst.clone(), f.window)) {
                 f.combined *= 0.3;
-                f.hints.push(crate::report::Hint::ResolverRefresh);
+                f.hints.push(crate::report::BeaconHint::ResolverRefresh);
             }
         }
         if !cfg.resolver_credit {

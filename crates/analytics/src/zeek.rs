@@ -34,6 +34,19 @@ pub enum LogKind {
     Ssl,
 }
 
+/// The finding schema's name of a log type.
+impl From<LogKind> for overlord_core::finding::beacon::BeaconLog {
+    fn from(k: LogKind) -> Self {
+        use overlord_core::finding::beacon::BeaconLog;
+        match k {
+            LogKind::Conn => BeaconLog::Conn,
+            LogKind::Dns => BeaconLog::Dns,
+            LogKind::Http => BeaconLog::Http,
+            LogKind::Ssl => BeaconLog::Ssl,
+        }
+    }
+}
+
 impl LogKind {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -103,12 +116,8 @@ pub struct Record<'a> {
     pub failed: bool,
 }
 
-/// A line that could not be used.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BadLine {
-    pub line: u64,
-    pub reason: String,
-}
+/// A line that could not be used (the finding schema's record).
+pub use overlord_core::finding::beacon::BadLine;
 
 /// Counters of one read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

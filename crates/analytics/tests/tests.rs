@@ -647,7 +647,7 @@ fn follow_skips_fifos_symlinks_and_foreign_files() {
 /// client beacons on are reported with the client's score.
 #[test]
 fn resolver_keys_follow_their_clients() {
-    use overlord_analytics::Hint;
+    use overlord_analytics::BeaconHint;
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("dns.json");
     let t0 = 1_700_000_000.0;
@@ -697,7 +697,7 @@ fn resolver_keys_follow_their_clients() {
     assert!(implant.is_beacon, "{implant:?}");
     let refresh = find(resolver, "news.example.com");
     assert!(
-        refresh.hints.contains(&Hint::ResolverRefresh),
+        refresh.hints.contains(&BeaconHint::ResolverRefresh),
         "{refresh:?}"
     );
     assert!(!refresh.is_beacon, "{refresh:?}");

@@ -8,7 +8,6 @@
 
 use overlord_core::job::{JobRecord, JobSpec, JobState};
 use overlord_proto::v1;
-use overlord_storage::{Batch, Op};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
@@ -292,12 +291,4 @@ pub fn parse_findings(items: &[v1::FindingOut]) -> Result<Vec<ParsedFinding>, St
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// A blob written by an operation of `batch`, which is not yet applied to the store.
-pub fn pending_blob(batch: &Batch, sha: &str) -> Option<Vec<u8>> {
-    batch.ops.iter().rev().find_map(|op| match op {
-        Op::Blob(s, bytes) if s == sha => Some(bytes.clone()),
-        _ => None,
-    })
 }

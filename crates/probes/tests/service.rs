@@ -1,6 +1,7 @@
 //! Service identification against real daemons and hostile servers on loopback.
 //! Every daemon is started by its test on a free port in a temp dir and killed afterwards.
 
+use overlord_core::finding::ScreenProtocol;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -10,7 +11,7 @@ use base64::Engine;
 use overlord_probes::service::grabbers::Grab;
 use overlord_probes::service::probefile::NMAP_PROBES_PATH;
 use overlord_probes::service::testsupport::{self as ts, Behaviour};
-use overlord_probes::service::{IdentifyOptions, ProbeDb, ServiceReport, Status, identify};
+use overlord_probes::service::{IdentifyOptions, ProbeDb, ServiceReport, ServiceStatus, identify};
 use sha2::{Digest, Sha256};
 
 /// nmap's probes (the `nmap` package is a test dependency) + ours.
@@ -53,7 +54,7 @@ async fn id_with(addr: SocketAddr, o: &IdentifyOptions) -> ServiceReport {
 }
 
 fn assert_named(r: &ServiceReport, service: &str, product: &str) {
-    assert_eq!(r.status, Status::Identified, "{r:#?}");
+    assert_eq!(r.status, ServiceStatus::Identified, "{r:#?}");
     assert_eq!(r.service.as_deref(), Some(service), "{r:#?}");
     let p = r.product.as_deref().unwrap_or("");
     assert!(
@@ -264,7 +265,7 @@ async fn nginx_plain_http_fields() {
     let icon = std::fs::read(d.dir.path().join("www/favicon.ico")).unwrap();
     let f = g.favicon.as_ref().expect("favicon");
     assert_eq!(f.sha256, hex(&Sha256::digest(&icon)));
-    assert_eq!(f.bytes, icon.len());
+    assert_eq!(f.bytes, icon.len() as u64);
 }
 
 #[tokio::test]
@@ -336,7 +337,7 @@ async fn xvfb_open_x11_sets_screenshot_hint() {
     };
     assert!(g.open);
     assert_eq!((g.width, g.height), (Some(800), Some(600)));
-    assert_eq!(r.screenshot.as_deref(), Some("x11"));
+    assert_eq!(r.screenshot, Some(ScreenProtocol::X11));
 }
 
 #[tokio::test]
@@ -353,7 +354,7 @@ async fn x11vnc_open_sets_screenshot_hint() {
         "{g:?}"
     );
     assert_eq!((g.width, g.height), (Some(800), Some(600)));
-    assert_eq!(r.screenshot.as_deref(), Some("vnc"));
+    assert_eq!(r.screenshot, Some(ScreenProtocol::Vnc));
 }
 
 #[tokio::test]
@@ -363,7 +364,7 @@ async fn tigervnc_open_and_password_protected() {
     let o = patient();
     let (a, b) = tokio::join!(id_with(open.addr, &o), id_with(locked.addr, &o));
     assert_named(&a, "vnc", "TigerVNC");
-    assert_eq!(a.screenshot.as_deref(), Some("vnc"));
+    assert_eq!(a.screenshot, Some(ScreenProtocol::Vnc));
     let Some(Grab::Vnc(g)) = &a.grab else {
         panic!("{a:#?}")
     };
@@ -409,7 +410,7 @@ async fn silent_echo_custom_banner_and_closed_port() {
         identify(custom.addr, &o, &mydb),
         id(closed)
     );
-    assert_eq!(s.status, Status::NoResponse, "{s:#?}");
+    assert_eq!(s.status, ServiceStatus::NoResponse, "{s:#?}");
     assert!(s.service.is_none());
     assert_eq!(e.service.as_deref(), Some("echo"), "{e:#?}");
     assert_named(&c, "acme-widget", "ACME widget");
@@ -421,7 +422,7 @@ async fn silent_echo_custom_banner_and_closed_port() {
         c.banner.as_ref().unwrap().text,
         "ACME-WIDGET/4.2 ready\\r\\n"
     );
-    assert_eq!(k.status, Status::Closed, "{k:#?}");
+    assert_eq!(k.status, ServiceStatus::Closed, "{k:#?}");
 }
 
 // ---------------------------------------------------------------- hostile servers
@@ -469,10 +470,10 @@ async fn id_bounded_with(addr: SocketAddr, o: &IdentifyOptions) -> (ServiceRepor
 async fn endless_banner_hits_byte_cap() {
     let s = ts::serve(Behaviour::Endless).await.unwrap();
     let (r, _) = id_bounded(s.addr).await;
-    assert_eq!(r.status, Status::ByteCap, "{r:#?}");
+    assert_eq!(r.status, ServiceStatus::ByteCap, "{r:#?}");
     let b = r.banner.unwrap();
     assert!(
-        b.truncated && b.bytes <= hostile_opts().max_response_bytes,
+        b.truncated && b.bytes <= hostile_opts().max_response_bytes as u64,
         "{b:?}"
     );
     assert!(b.text.len() <= hostile_opts().banner_cap);
@@ -487,7 +488,7 @@ async fn one_byte_per_second_drip_times_out() {
     .await
     .unwrap();
     let (r, _) = id_bounded(s.addr).await;
-    assert_eq!(r.status, Status::Timeout, "{r:#?}");
+    assert_eq!(r.status, ServiceStatus::Timeout, "{r:#?}");
     assert!(r.status_detail.unwrap().contains("still sending"));
 }
 
@@ -495,7 +496,7 @@ async fn one_byte_per_second_drip_times_out() {
 async fn close_at_once_is_tcpwrapped() {
     let s = ts::serve(Behaviour::CloseAtOnce).await.unwrap();
     let (r, took) = id_bounded(s.addr).await;
-    assert_eq!(r.status, Status::Tcpwrapped, "{r:#?}");
+    assert_eq!(r.status, ServiceStatus::Tcpwrapped, "{r:#?}");
     assert!(took < Duration::from_secs(3), "{took:?}");
 }
 
@@ -503,7 +504,7 @@ async fn close_at_once_is_tcpwrapped() {
 async fn binary_garbage_is_unrecognized_with_escaped_banner() {
     let s = ts::serve(Behaviour::Garbage(3000)).await.unwrap();
     let (r, _) = id_bounded_with(s.addr, &garbage_opts()).await;
-    assert_eq!(r.status, Status::Unrecognized, "{r:#?}");
+    assert_eq!(r.status, ServiceStatus::Unrecognized, "{r:#?}");
     let b = r.banner.unwrap();
     assert_eq!(b.bytes, 3000);
     assert!(b.text.contains("\\x"), "{b:?}");
@@ -513,7 +514,7 @@ async fn binary_garbage_is_unrecognized_with_escaped_banner() {
 async fn failing_tls_handshake_is_reported() {
     let s = ts::serve(Behaviour::TlsAlert).await.unwrap();
     let (r, _) = id_bounded(s.addr).await;
-    assert_eq!(r.status, Status::TlsFailed, "{r:#?}");
+    assert_eq!(r.status, ServiceStatus::TlsFailed, "{r:#?}");
     assert!(r.tls_error.unwrap().to_lowercase().contains("alert"));
 }
 
@@ -522,7 +523,7 @@ async fn huge_certificate_chain_is_bounded() {
     // ~400 certificates: several hundred KiB of handshake.
     let s = ts::serve(Behaviour::TlsChain(400)).await.unwrap();
     let (r, _) = id_bounded(s.addr).await;
-    assert_eq!(r.status, Status::TlsFailed, "{r:#?}");
+    assert_eq!(r.status, ServiceStatus::TlsFailed, "{r:#?}");
     assert!(r.tls.is_none());
     eprintln!("tls error: {:?}", r.tls_error);
 }
@@ -579,16 +580,16 @@ async fn hostile_ports_do_not_hold_up_the_rest() {
         "good port took {:?}",
         good_r.1
     );
-    let statuses: Vec<Status> = rest.iter().map(|r| r.status).collect();
+    let statuses: Vec<ServiceStatus> = rest.iter().map(|r| r.status).collect();
     let timings: Vec<_> = rest.iter().map(|r| r.timings.total_ms).collect();
     assert_eq!(
         statuses,
         vec![
-            Status::ByteCap,
-            Status::Timeout,
-            Status::Tcpwrapped,
-            Status::Unrecognized,
-            Status::TlsFailed
+            ServiceStatus::ByteCap,
+            ServiceStatus::Timeout,
+            ServiceStatus::Tcpwrapped,
+            ServiceStatus::Unrecognized,
+            ServiceStatus::TlsFailed
         ],
         "total ms per port: {timings:?}"
     );
@@ -684,7 +685,7 @@ async fn budget_bounds_a_silent_port_with_its_grabber() {
     );
     assert_eq!(r.budget_ms, 1500);
     assert!(
-        r.budget_exhausted || r.status == Status::NoResponse,
+        r.budget_exhausted || r.status == ServiceStatus::NoResponse,
         "{r:#?}"
     );
     assert!(r.probes_sent.len() > 3, "probes tried are recorded: {r:#?}");
@@ -752,7 +753,7 @@ async fn ipv6_loopback_identify_banner_and_closed() {
         c.banner.as_ref().unwrap().text,
         "ACME-WIDGET/6.1 ready\\r\\n"
     );
-    assert_eq!(k.status, Status::Closed, "{k:#?}");
+    assert_eq!(k.status, ServiceStatus::Closed, "{k:#?}");
 
     let bo = overlord_probes::scan::BannerOptions {
         wait_first: Duration::from_millis(100),

@@ -113,7 +113,7 @@ pub struct SettleUpdate {
 }
 
 /// RFB capture timings, milliseconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct VncTimings {
     pub connect_ms: f64,
     pub handshake_ms: f64,
@@ -164,6 +164,34 @@ pub enum RdpProtocol {
     /// CredSSP with Early User Authorization Result PDU.
     HybridEx,
     RdsAad,
+}
+
+impl RdpProtocol {
+    /// The protocol's bit in RDP_NEG_REQ / RDP_NEG_RSP (standard RDP security is 0).
+    pub fn bits(self) -> u32 {
+        match self {
+            RdpProtocol::Rdp => 0,
+            RdpProtocol::Tls => 1,
+            RdpProtocol::Hybrid => 2,
+            RdpProtocol::RdsTls => 4,
+            RdpProtocol::HybridEx => 8,
+            RdpProtocol::RdsAad => 0x10,
+        }
+    }
+
+    /// The protocol a selected-protocol value names, if any.
+    pub fn from_bits(v: u32) -> Option<Self> {
+        [
+            Self::Rdp,
+            Self::Tls,
+            Self::Hybrid,
+            Self::RdsTls,
+            Self::HybridEx,
+            Self::RdsAad,
+        ]
+        .into_iter()
+        .find(|p| p.bits() == v)
+    }
 }
 
 /// `rdp`: what an unauthenticated client learns about an RDP server.

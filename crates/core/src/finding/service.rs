@@ -100,7 +100,7 @@ pub struct ServiceBanner {
 }
 
 /// Identification timings in milliseconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ServiceTimings {
     pub connect_ms: f64,
     /// First byte on the NULL probe (banner), if any.
@@ -111,7 +111,7 @@ pub struct ServiceTimings {
 }
 
 /// What the TLS handshake showed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Tls {
     /// e.g. `TLSv1_3`.
     pub version: String,
@@ -125,7 +125,7 @@ pub struct Tls {
 }
 
 /// One certificate of a TLS chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Certificate {
     pub subject: String,
     pub issuer: String,
@@ -161,7 +161,7 @@ pub enum Grab {
 }
 
 /// DNS over TCP: the `version.bind` CHAOS TXT answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct DnsGrab {
     pub product: Option<String>,
     pub version: Option<String>,
@@ -170,7 +170,7 @@ pub struct DnsGrab {
 }
 
 /// AMQP 0-9-1: the server's `Connection.Start` properties.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AmqpGrab {
     /// Protocol version the server offered (`0-9`), or the header it sent back instead.
     pub protocol: String,
@@ -183,7 +183,7 @@ pub struct AmqpGrab {
 }
 
 /// SSH: identification line, KEXINIT lists, HASSH server fingerprint, host keys.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SshGrab {
     /// The identification line, e.g. `SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3`.
     pub banner: String,
@@ -200,7 +200,7 @@ pub struct SshGrab {
 }
 
 /// The name-lists of an SSH KEXINIT message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct KexInit {
     pub kex_algorithms: Vec<String>,
     pub host_key_algorithms: Vec<String>,
@@ -214,7 +214,7 @@ pub struct KexInit {
 }
 
 /// An SSH host key's fingerprints.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct HostKey {
     /// Key type from the key blob (`ssh-ed25519`, `ecdsa-sha2-nistp256`, `ssh-rsa`).
     pub key_type: String,
@@ -226,7 +226,7 @@ pub struct HostKey {
 }
 
 /// HTTP: the final response of a GET (after same-origin redirects) and the favicon.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct HttpGrab {
     /// Status of the final response.
     pub status: u16,
@@ -247,7 +247,7 @@ pub struct HttpGrab {
 }
 
 /// One HTTP redirect seen.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Redirect {
     pub status: u16,
     pub from: String,
@@ -257,7 +257,7 @@ pub struct Redirect {
 }
 
 /// An HTTP favicon.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Favicon {
     pub path: String,
     pub bytes: u64,
@@ -267,7 +267,7 @@ pub struct Favicon {
 }
 
 /// Redis: INFO (or why it was refused).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RedisGrab {
     pub auth_required: bool,
     /// Protected mode refused us (no password set, non-loopback client).
@@ -281,7 +281,7 @@ pub struct RedisGrab {
 }
 
 /// MQTT: the CONNACK to an anonymous CONNECT.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct MqttGrab {
     /// CONNACK return code (0 = accepted).
     pub return_code: u8,
@@ -293,7 +293,7 @@ pub struct MqttGrab {
 }
 
 /// FTP: banner, anonymous login, SYST.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct FtpGrab {
     pub banner_code: u16,
     pub banner: Vec<String>,
@@ -304,7 +304,7 @@ pub struct FtpGrab {
 }
 
 /// SMTP: banner and EHLO.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SmtpGrab {
     pub banner_code: u16,
     pub banner: Vec<String>,
@@ -319,7 +319,7 @@ pub struct SmtpGrab {
 }
 
 /// VNC: the RFB handshake up to ServerInit (no password is ever tried).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VncGrab {
     /// As sent by the server, e.g. `RFB 003.008`.
     pub server_version: String,
@@ -341,7 +341,7 @@ pub struct VncGrab {
 }
 
 /// X11: the connection setup without authorization.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct X11Grab {
     /// The server accepted a connection without authorization.
     pub open: bool,

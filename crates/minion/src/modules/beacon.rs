@@ -12,9 +12,7 @@
 //! With `follow: true` the input is a Zeek log *directory*, followed live for `duration_secs`;
 //! findings are sent while the task runs (see [`follow`]).
 
-use crate::module::{
-    FindingOut, Live, Module, ModuleCtx, ModuleError, Output, TaskInput, to_schema,
-};
+use crate::module::{FindingOut, Live, Module, ModuleCtx, ModuleError, Output, TaskInput};
 use futures::future::BoxFuture;
 use overlord_analytics::{AnalyticsError, BeaconConfig, LogKind, score_logs};
 use overlord_core::finding::Payload;
@@ -126,14 +124,11 @@ impl Module for Beacon {
                 .take(max)
                 .map(|f| {
                     let port = (f.kind == LogKind::Conn && f.dst_port != 0).then_some(f.dst_port);
-                    let b: BeaconFinding = to_schema(f)?;
-                    Ok(FindingOut::new(
-                        f.src.parse().ok(),
-                        port,
-                        Payload::Beacon(Box::new(b)),
-                    ))
+                    let src = f.src.parse().ok();
+                    let b = BeaconFinding::from(f.clone());
+                    FindingOut::new(src, port, Payload::Beacon(Box::new(b)))
                 })
-                .collect::<Result<_, ModuleError>>()?;
+                .collect();
             out.push(FindingOut::new(
                 None,
                 None,

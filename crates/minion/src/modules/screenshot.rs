@@ -13,13 +13,12 @@
 //! - `screenshot_error`: the server answered but broke the protocol or a cap (hostile or odd
 //!   servers are data too; not retried). Timeouts and resets are transient (retried).
 
-use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput, to_schema};
+use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use overlord_core::finding::Payload;
 use overlord_core::finding::screen::{
-    Capture, Rdp, ScreenProtocol, Screenshot as ShotFinding, ScreenshotError, VncCapture,
-    X11Capture,
+    Capture, ScreenProtocol, Screenshot as ShotFinding, ScreenshotError,
 };
 use overlord_probes::screen::{
     ScreenError, ScreenOptions, rdp_probe, vnc_screenshot, x11_screenshot,
@@ -111,9 +110,8 @@ async fn one(
 ) -> Result<Vec<FindingOut>, ModuleError> {
     let addr = SocketAddr::new(ip, port);
     let res: Result<Result<Vec<FindingOut>, ModuleError>, ScreenError> = match protocol {
-        ScreenProtocol::Vnc => vnc_screenshot(addr, opts).await.map(|mut cap| {
-            let shot = cap.screenshot.take();
-            let record: VncCapture = to_schema(&cap)?;
+        ScreenProtocol::Vnc => vnc_screenshot(addr, opts).await.map(|cap| {
+            let (record, shot) = cap.into_record();
             Ok(match shot {
                 Some(s) => vec![shot_finding(ip, port, protocol, Capture::Vnc(record), s)],
                 None => vec![FindingOut::new(
@@ -123,9 +121,8 @@ async fn one(
                 )],
             })
         }),
-        ScreenProtocol::X11 => x11_screenshot(addr, opts).await.map(|mut cap| {
-            let shot = cap.screenshot.take();
-            let record: X11Capture = to_schema(&cap)?;
+        ScreenProtocol::X11 => x11_screenshot(addr, opts).await.map(|cap| {
+            let (record, shot) = cap.into_record();
             Ok(match shot {
                 Some(s) => vec![shot_finding(ip, port, protocol, Capture::X11(record), s)],
                 None => vec![FindingOut::new(
@@ -135,8 +132,7 @@ async fn one(
                 )],
             })
         }),
-        ScreenProtocol::Rdp => rdp_probe(addr, opts).await.map(|info| {
-            let record: Rdp = to_schema(&info)?;
+        ScreenProtocol::Rdp => rdp_probe(addr, opts).await.map(|record| {
             Ok(vec![FindingOut::new(
                 Some(ip),
                 Some(port),

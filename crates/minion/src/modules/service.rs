@@ -1,17 +1,17 @@
 //! `service`: service identification on each of the task's ports (nmap-service-probes engine,
 //! TLS, structured grabbers; see `overlord_probes::service`). One `service` finding per port that
 //! still accepts connections; its payload is the schema's `Service` (the probes' `ServiceReport`
-//! checked against the schema by [`to_schema`]), whose `screenshot` hint ("vnc" / "x11") drives
+//! moved over field by field by its typed `From`), whose `screenshot` hint ("vnc" / "x11") drives
 //! the screenshot follow-up rule.
 //!
 //! Params (all optional; any `IdentifyOptions` field, e.g. `intensity`, `total_timeout_ms`,
 //! `tls`: "off", `grabbers`: false) plus `probes_file`: an extra nmap-format probes file on the
 //! minion's disk. Probes: ours + `/usr/share/nmap/nmap-service-probes` when present, loaded once.
 
-use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput, to_schema};
+use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
 use futures::future::BoxFuture;
 use overlord_core::finding::{Payload, Service};
-use overlord_probes::service::{IdentifyOptions, ProbeDb, Status, identify};
+use overlord_probes::service::{IdentifyOptions, ProbeDb, ServiceStatus, identify};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -106,8 +106,8 @@ impl Module for ServiceId {
             for r in reports {
                 match r.status {
                     // The port closed since the scan (or was a self-connect): nothing to report.
-                    Status::Closed => {}
-                    Status::Filtered => {
+                    ServiceStatus::Closed => {}
+                    ServiceStatus::Filtered => {
                         return Err(ModuleError::Failed(format!(
                             "{}: {}",
                             r.addr,
@@ -115,11 +115,11 @@ impl Module for ServiceId {
                         )));
                     }
                     _ => {
-                        let service: Service = to_schema(&r)?;
+                        let port = r.addr.port();
                         out.push(FindingOut::new(
                             Some(ip),
-                            Some(r.addr.port()),
-                            Payload::Service(Box::new(service)),
+                            Some(port),
+                            Payload::Service(Box::new(Service::from(r))),
                         ));
                     }
                 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 pub use error::ScreenError;
 pub use image::{Screenshot, encode_png, sha256_hex};
 pub use pixel::PixelFormat;
-pub use rdp::{RdpInfo, RdpProtocol, rdp_probe};
+pub use rdp::{Rdp, RdpProtocol, rdp_probe};
 pub use rfb::{Encoding, SettleUpdate, VncCapture, vnc_screenshot};
 pub use x11::{X11Capture, X11Screen, x11_screenshot};
 

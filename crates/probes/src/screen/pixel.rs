@@ -19,6 +19,36 @@ pub struct PixelFormat {
     pub blue_shift: u8,
 }
 
+/// The finding schema's record of a pixel format.
+impl From<PixelFormat> for overlord_core::finding::screen::PixelFormat {
+    fn from(p: PixelFormat) -> Self {
+        let PixelFormat {
+            bits_per_pixel,
+            depth,
+            big_endian,
+            true_colour,
+            red_max,
+            green_max,
+            blue_max,
+            red_shift,
+            green_shift,
+            blue_shift,
+        } = p;
+        Self {
+            bits_per_pixel,
+            depth,
+            big_endian,
+            true_colour,
+            red_max,
+            green_max,
+            blue_max,
+            red_shift,
+            green_shift,
+            blue_shift,
+        }
+    }
+}
+
 impl PixelFormat {
     /// 32 bits per pixel, depth 24, little-endian, red at bit 16: the cheapest format to convert.
     pub const RGB888: PixelFormat = PixelFormat {

@@ -8,88 +8,13 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{ScreenError, ScreenOptions, ms};
 
-/// Security protocols of RDP_NEG_REQ/RSP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum RdpProtocol {
-    /// Standard RDP security (no TLS).
-    Rdp,
-    /// TLS.
-    Tls,
-    /// CredSSP (NLA).
-    Hybrid,
-    /// RDSTLS.
-    RdsTls,
-    /// CredSSP with Early User Authorization Result PDU.
-    HybridEx,
-    /// RDS AAD auth.
-    RdsAad,
-}
-
-impl RdpProtocol {
-    pub fn bits(self) -> u32 {
-        match self {
-            RdpProtocol::Rdp => 0,
-            RdpProtocol::Tls => 1,
-            RdpProtocol::Hybrid => 2,
-            RdpProtocol::RdsTls => 4,
-            RdpProtocol::HybridEx => 8,
-            RdpProtocol::RdsAad => 0x10,
-        }
-    }
-
-    fn from_bits(v: u32) -> Option<Self> {
-        [
-            Self::Rdp,
-            Self::Tls,
-            Self::Hybrid,
-            Self::RdsTls,
-            Self::HybridEx,
-            Self::RdsAad,
-        ]
-        .into_iter()
-        .find(|p| p.bits() == v)
-    }
-}
-
-/// The server's answer to one Connection Request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum NegOutcome {
-    /// RDP_NEG_RSP: the server picked this protocol.
-    Selected { protocol: RdpProtocol, flags: u8 },
-    /// RDP_NEG_FAILURE with its code and name.
-    Failure { code: u32, reason: String },
-    /// A Connection Confirm without negotiation data: a legacy server (standard RDP security).
-    NoNegotiation,
-    /// The exchange failed (connection refused/reset, timeout, malformed answer).
-    Error { message: String },
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RdpAttempt {
-    pub requested: Vec<RdpProtocol>,
-    pub outcome: NegOutcome,
-}
-
-/// What an unauthenticated client learns about an RDP server.
-#[derive(Debug, Clone, Serialize)]
-pub struct RdpInfo {
-    /// Protocol the server selects when offered TLS, CredSSP and CredSSP-EX.
-    pub preferred: Option<RdpProtocol>,
-    /// Protocols the server accepted when offered alone (or preferred above).
-    pub supported: Vec<RdpProtocol>,
-    /// True when neither standard RDP security nor plain TLS is accepted and CredSSP is.
-    pub nla_required: bool,
-    /// RDP_NEG_RSP flags of the preferred answer (EXTENDED_CLIENT_DATA_SUPPORTED = 1, ...).
-    pub flags: Option<u8>,
-    pub attempts: Vec<RdpAttempt>,
-    pub total_ms: f64,
-}
+/// The RDP security protocols, one Connection Request's answer and what the probe learned: the
+/// finding schema's records (`RdpProtocol::bits` is the RDP_NEG bit of each).
+pub use overlord_core::finding::screen::{Rdp, RdpAttempt, RdpOutcome, RdpProtocol};
 
 /// Name of an RDP_NEG_FAILURE code.
 pub fn failure_name(code: u32) -> &'static str {
@@ -115,7 +40,7 @@ pub fn connection_request(protocols: u32) -> [u8; 19] {
 }
 
 /// Parses a Connection Confirm (TPKT payload after the 4-byte TPKT header).
-pub fn parse_confirm(tpdu: &[u8]) -> Result<NegOutcome, ScreenError> {
+pub fn parse_confirm(tpdu: &[u8]) -> Result<RdpOutcome, ScreenError> {
     let bad = |m: &str| ScreenError::Protocol(format!("not an RDP Connection Confirm: {m}"));
     if tpdu.len() < 7 {
         return Err(bad("short X.224 TPDU"));
@@ -129,7 +54,7 @@ pub fn parse_confirm(tpdu: &[u8]) -> Result<NegOutcome, ScreenError> {
     }
     let var = &tpdu[7..li + 1];
     if var.is_empty() {
-        return Ok(NegOutcome::NoNegotiation);
+        return Ok(RdpOutcome::NoNegotiation);
     }
     if var.len() < 8 {
         return Err(bad("truncated negotiation data"));
@@ -137,13 +62,13 @@ pub fn parse_confirm(tpdu: &[u8]) -> Result<NegOutcome, ScreenError> {
     let value = u32::from_le_bytes([var[4], var[5], var[6], var[7]]);
     match var[0] {
         2 => match RdpProtocol::from_bits(value) {
-            Some(protocol) => Ok(NegOutcome::Selected {
+            Some(protocol) => Ok(RdpOutcome::Selected {
                 protocol,
                 flags: var[1],
             }),
             None => Err(bad(&format!("unknown selected protocol {value:#x}"))),
         },
-        3 => Ok(NegOutcome::Failure {
+        3 => Ok(RdpOutcome::Failure {
             code: value,
             reason: failure_name(value).into(),
         }),
@@ -155,7 +80,7 @@ async fn negotiate(
     addr: SocketAddr,
     protocols: u32,
     opts: &ScreenOptions,
-) -> Result<NegOutcome, ScreenError> {
+) -> Result<RdpOutcome, ScreenError> {
     let stream = tokio::time::timeout(opts.connect_timeout, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| ScreenError::Timeout {
@@ -223,10 +148,10 @@ fn protocols_of(bits: u32) -> Vec<RdpProtocol> {
 }
 
 /// Probes the RDP server at `addr`. Fails when the first exchange fails or the peer does not
-/// speak X.224; later exchanges that fail are recorded in [`RdpInfo::attempts`].
-pub async fn rdp_probe(addr: SocketAddr, opts: &ScreenOptions) -> Result<RdpInfo, ScreenError> {
+/// speak X.224; later exchanges that fail are recorded in [`Rdp::attempts`].
+pub async fn rdp_probe(addr: SocketAddr, opts: &ScreenOptions) -> Result<Rdp, ScreenError> {
     let start = Instant::now();
-    let mut info = RdpInfo {
+    let mut info = Rdp {
         preferred: None,
         supported: Vec::new(),
         nla_required: false,
@@ -246,12 +171,12 @@ pub async fn rdp_probe(addr: SocketAddr, opts: &ScreenOptions) -> Result<RdpInfo
         let outcome = match negotiate(addr, bits, opts).await {
             Ok(o) => o,
             Err(e) if i == 0 => return Err(e),
-            Err(e) => NegOutcome::Error {
+            Err(e) => RdpOutcome::Error {
                 message: e.to_string(),
             },
         };
         match &outcome {
-            NegOutcome::Selected { protocol, flags } => {
+            RdpOutcome::Selected { protocol, flags } => {
                 if i == 0 {
                     info.preferred = Some(*protocol);
                     info.flags = Some(*flags);
@@ -260,7 +185,7 @@ pub async fn rdp_probe(addr: SocketAddr, opts: &ScreenOptions) -> Result<RdpInfo
                     info.supported.push(*protocol);
                 }
             }
-            NegOutcome::NoNegotiation => {
+            RdpOutcome::NoNegotiation => {
                 // A legacy server ignores the request and speaks standard RDP security.
                 if !info.supported.contains(&RdpProtocol::Rdp) {
                     info.supported.push(RdpProtocol::Rdp);
@@ -304,7 +229,7 @@ mod tests {
         let rsp = [0x0e, 0xd0, 0, 0, 0x12, 0x34, 0, 2, 0x1f, 8, 0, 2, 0, 0, 0];
         assert_eq!(
             parse_confirm(&rsp).unwrap(),
-            NegOutcome::Selected {
+            RdpOutcome::Selected {
                 protocol: RdpProtocol::Hybrid,
                 flags: 0x1f
             }
@@ -312,14 +237,14 @@ mod tests {
         let fail = [0x0e, 0xd0, 0, 0, 0, 0, 0, 3, 0, 8, 0, 5, 0, 0, 0];
         assert_eq!(
             parse_confirm(&fail).unwrap(),
-            NegOutcome::Failure {
+            RdpOutcome::Failure {
                 code: 5,
                 reason: "HYBRID_REQUIRED_BY_SERVER".into()
             }
         );
         assert_eq!(
             parse_confirm(&[6, 0xd0, 0, 0, 0, 0, 0]).unwrap(),
-            NegOutcome::NoNegotiation
+            RdpOutcome::NoNegotiation
         );
         assert!(parse_confirm(&[6, 0xe0, 0, 0, 0, 0, 0]).is_err());
         assert!(parse_confirm(&[0x40, 0xd0, 0, 0, 0, 0, 0]).is_err());

@@ -18,6 +18,8 @@ use x11rb::utils::RawFdContainer;
 
 use super::{ScreenError, ScreenOptions, Screenshot, ms};
 
+pub use overlord_core::finding::screen::X11Screen;
+
 /// What an X11 probe learned, with the root window image when the server accepted us.
 #[derive(Debug, Clone, Serialize)]
 pub struct X11Capture {
@@ -34,13 +36,33 @@ pub struct X11Capture {
     pub total_ms: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct X11Screen {
-    pub width: u16,
-    pub height: u16,
-    pub width_mm: u16,
-    pub height_mm: u16,
-    pub root_depth: u8,
+impl X11Capture {
+    /// The finding schema's record of this capture (every field moved by name and type) and the
+    /// screenshot, which travels as a blob.
+    pub fn into_record(self) -> (overlord_core::finding::X11Capture, Option<Screenshot>) {
+        let X11Capture {
+            open,
+            refused_reason,
+            protocol_version,
+            vendor,
+            release,
+            screens,
+            screenshot,
+            connect_ms,
+            total_ms,
+        } = self;
+        let record = overlord_core::finding::X11Capture {
+            open,
+            refused_reason,
+            protocol_version,
+            vendor,
+            release,
+            screens,
+            connect_ms,
+            total_ms,
+        };
+        (record, screenshot)
+    }
 }
 
 /// The TCP address of display `:n` on loopback (port 6000 + n).

@@ -18,8 +18,8 @@ use super::io::{
 };
 use super::probefile::{ProbeDb, Protocol};
 use super::template::expand;
-use super::tls::{self, TlsAttempt, TlsInfo};
-use super::{Banner, IdentifyOptions, RuleRef, ServiceReport, Status, TlsMode};
+use super::tls::{self, Tls, TlsAttempt};
+use super::{IdentifyOptions, RuleRef, ServiceBanner, ServiceReport, ServiceStatus, TlsMode};
 
 /// How to open a connection to the target (plain, or through TLS).
 #[derive(Debug, Clone)]
@@ -164,7 +164,7 @@ fn match_response(ctx: &Ctx<'_>, probe: usize, data: &[u8]) -> (Option<Found>, O
                 rule: RuleRef {
                     probe: p.name.clone(),
                     file: db.files[m.file].clone(),
-                    line: m.line,
+                    line: m.line as u64,
                     soft: m.soft,
                     service: m.service.clone(),
                 },
@@ -534,20 +534,20 @@ async fn run_engine<'a>(
 }
 
 /// Identifies the service on one TCP port. Never panics on peer behaviour; every outcome is a
-/// [`ServiceReport`] with a [`Status`].
+/// [`ServiceReport`] with a [`ServiceStatus`].
 pub async fn identify(addr: SocketAddr, opts: &IdentifyOptions, db: &ProbeDb) -> ServiceReport {
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_millis(opts.total_timeout_ms);
-    let mut report = ServiceReport::new(addr, Status::NoResponse);
+    let mut report = ServiceReport::new(addr, ServiceStatus::NoResponse);
     report.budget_ms = opts.total_timeout_ms;
     let connect_timeout = Duration::from_millis(opts.connect_timeout_ms);
     let first = match connect_tcp(addr, connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
             report.status = match e {
-                DialError::Refused | DialError::SelfConnect => Status::Closed,
-                DialError::Timeout(_) => Status::Filtered,
-                _ => Status::Closed,
+                DialError::Refused | DialError::SelfConnect => ServiceStatus::Closed,
+                DialError::Timeout(_) => ServiceStatus::Filtered,
+                _ => ServiceStatus::Closed,
             };
             report.status_detail = Some(e.to_string());
             report.timings.total_ms = ms(t0.elapsed());
@@ -598,7 +598,7 @@ pub async fn identify(addr: SocketAddr, opts: &IdentifyOptions, db: &ProbeDb) ->
             r
         }
         EngineEnd::Tls(t) => {
-            let (stream, info): (_, TlsInfo) = t.result.expect("Tls end carries a stream");
+            let (stream, info): (_, Tls) = t.result.expect("Tls end carries a stream");
             report.tls = Some(info);
             report.tunnel = Some("ssl".into());
             dialer.tls = true;
@@ -630,9 +630,9 @@ pub async fn identify(addr: SocketAddr, opts: &IdentifyOptions, db: &ProbeDb) ->
         .or_else(|| res.responses.first());
     if let Some((i, r)) = shown {
         let cap = opts.banner_cap.min(r.data.len());
-        report.banner = Some(Banner {
+        report.banner = Some(ServiceBanner {
             probe: db.probes[*i].name.clone(),
-            bytes: r.data.len(),
+            bytes: r.data.len() as u64,
             truncated: r.capped || cap < r.data.len(),
             text: escape_bytes(&r.data[..cap]),
         });
@@ -645,42 +645,42 @@ pub async fn identify(addr: SocketAddr, opts: &IdentifyOptions, db: &ProbeDb) ->
         .filter(|(f, _)| !(tls_only(f) && report.tls_error.is_some()))
     {
         apply(&mut report, f);
-        report.status = Status::Identified;
+        report.status = ServiceStatus::Identified;
     } else if let Some((f, _)) = &res.soft {
         apply(&mut report, f);
         report.rule = None;
-        report.status = Status::SoftMatch;
+        report.status = ServiceStatus::SoftMatch;
     } else if report.tls_error.is_some() {
         // The peer speaks TLS (a rule may even say `ssl`) but we could not get through.
         if let Some((f, _)) = &res.hard {
             apply(&mut report, f);
         }
-        report.status = Status::TlsFailed;
+        report.status = ServiceStatus::TlsFailed;
         report.status_detail = report.tls_error.clone();
     } else if res.capped {
-        report.status = Status::ByteCap;
+        report.status = ServiceStatus::ByteCap;
         report.status_detail = Some(format!(
             "peer sent more than {} bytes without matching any rule",
             opts.max_response_bytes
         ));
     } else if res.drip || (res.deadline_hit && !res.responses.is_empty()) {
-        report.status = Status::Timeout;
+        report.status = ServiceStatus::Timeout;
         report.status_detail = Some("peer was still sending at the deadline (slow drip?)".into());
     } else if !res.responses.is_empty() {
-        report.status = Status::Unrecognized;
+        report.status = ServiceStatus::Unrecognized;
     } else if res.null_closed_empty {
-        report.status = Status::Tcpwrapped;
+        report.status = ServiceStatus::Tcpwrapped;
         report.status_detail = Some("peer closed the connection without sending anything".into());
     } else if res.deadline_hit {
-        report.status = Status::Timeout;
+        report.status = ServiceStatus::Timeout;
         report.status_detail = Some("identification deadline reached".into());
     } else {
-        report.status = Status::NoResponse;
+        report.status = ServiceStatus::NoResponse;
     }
     if let Some((f, _)) = &res.soft {
         report.softmatch = Some(f.rule.clone());
     }
-    if report.status == Status::Identified && res.capped {
+    if report.status == ServiceStatus::Identified && res.capped {
         report.status_detail = Some("a reply was truncated at the byte cap".into());
     }
 
@@ -691,9 +691,12 @@ pub async fn identify(addr: SocketAddr, opts: &IdentifyOptions, db: &ProbeDb) ->
             .as_deref()
             .and_then(GrabKind::for_service)
             .or_else(|| {
-                matches!(report.status, Status::NoResponse | Status::Unrecognized)
-                    .then(|| GrabKind::for_port(addr.port()))
-                    .flatten()
+                matches!(
+                    report.status,
+                    ServiceStatus::NoResponse | ServiceStatus::Unrecognized
+                )
+                .then(|| GrabKind::for_port(addr.port()))
+                .flatten()
             });
         if let Some(kind) = kind {
             let t_grab = Instant::now();

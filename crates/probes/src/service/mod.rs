@@ -31,7 +31,7 @@ pub use engine::Dialer;
 pub use engine::identify;
 pub use grabbers::{Grab, GrabKind};
 pub use probefile::{ParseReport, ProbeDb, ProbeFileError};
-pub use tls::{CertInfo, TlsInfo};
+pub use tls::{Certificate, Tls};
 
 /// Whether to try TLS on a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -108,72 +108,16 @@ impl Default for IdentifyOptions {
     }
 }
 
-/// How the identification of a port ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// A hard `match` named the service.
-    Identified,
-    /// Only a `softmatch` (service known, product not).
-    SoftMatch,
-    /// Data came back but no rule matched it.
-    Unrecognized,
-    /// The port accepted connections but never sent a byte.
-    NoResponse,
-    /// Connection refused (no listener).
-    Closed,
-    /// Connect timed out.
-    Filtered,
-    /// The peer closed every connection at once without a byte (nmap's "tcpwrapped").
-    Tcpwrapped,
-    /// The peer kept sending past the byte cap (e.g. an endless banner).
-    ByteCap,
-    /// The peer was still trickling data at the deadline (e.g. a 1 byte/s drip).
-    Timeout,
-    /// The peer speaks TLS but the handshake failed (reason in `status_detail`).
-    TlsFailed,
-}
-
-/// The rule that matched.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuleRef {
-    pub probe: String,
-    /// Probe file (path, or `builtin:…`), or `grabber:<name>` / `builtin:echo`.
-    pub file: String,
-    /// 1-based line of the `match`/`softmatch` in that file (0 for non-file rules).
-    pub line: usize,
-    pub soft: bool,
-    pub service: String,
-}
-
-/// Raw reply kept in the report (capped).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Banner {
-    /// Probe whose reply this is.
-    pub probe: String,
-    /// Total bytes received on that reply.
-    pub bytes: usize,
-    pub truncated: bool,
-    /// Escaped text (`\r`, `\n`, `\xHH`) of the first `banner_cap` bytes.
-    pub text: String,
-}
-
-/// Timings in milliseconds.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Timings {
-    pub connect_ms: f64,
-    /// First byte on the NULL probe (banner), if any.
-    pub banner_ms: Option<f64>,
-    pub probes_ms: f64,
-    pub grab_ms: f64,
-    pub total_ms: f64,
-}
+/// How identification ended, the matching rule, the raw reply kept and the timings: the finding
+/// schema's records (the engine fills them directly).
+pub use overlord_core::finding::service::{RuleRef, ServiceBanner, ServiceStatus, ServiceTimings};
+use overlord_core::finding::{ScreenProtocol, Service};
 
 /// Everything learned about one port.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceReport {
     pub addr: SocketAddr,
-    pub status: Status,
+    pub status: ServiceStatus,
     pub status_detail: Option<String>,
     /// nmap service name (`ssh`, `http`, `X11`, ...).
     pub service: Option<String>,
@@ -190,18 +134,18 @@ pub struct ServiceReport {
     pub rule: Option<RuleRef>,
     /// The softmatch seen, if any.
     pub softmatch: Option<RuleRef>,
-    pub tls: Option<TlsInfo>,
+    pub tls: Option<Tls>,
     /// TLS was tried and failed: why.
     pub tls_error: Option<String>,
     pub grab: Option<Grab>,
     pub grab_error: Option<String>,
     /// `vnc` or `x11` when the desktop is open without credentials (spawns a screenshot task).
-    pub screenshot: Option<String>,
-    pub banner: Option<Banner>,
+    pub screenshot: Option<ScreenProtocol>,
+    pub banner: Option<ServiceBanner>,
     /// Probe names sent, in order of completion (`Help` right after `NULL` when the silent
     /// NULL connection was nudged).
     pub probes_sent: Vec<String>,
-    pub timings: Timings,
+    pub timings: ServiceTimings,
     /// The port's time budget (`total_timeout_ms`); `timings.total_ms` is what was spent.
     #[serde(default)]
     pub budget_ms: u64,
@@ -211,7 +155,7 @@ pub struct ServiceReport {
 }
 
 impl ServiceReport {
-    pub(crate) fn new(addr: SocketAddr, status: Status) -> Self {
+    pub(crate) fn new(addr: SocketAddr, status: ServiceStatus) -> Self {
         ServiceReport {
             addr,
             status,
@@ -234,7 +178,7 @@ impl ServiceReport {
             screenshot: None,
             banner: None,
             probes_sent: Vec::new(),
-            timings: Timings::default(),
+            timings: ServiceTimings::default(),
             budget_ms: 0,
             budget_exhausted: false,
         }
@@ -247,5 +191,64 @@ impl ServiceReport {
             Some(t) => format!("{t}/{s}"),
             None => s.to_string(),
         })
+    }
+}
+
+/// The report as the finding schema's `service` payload: every field moves over by name and type,
+/// so a field added to one side and not the other does not compile.
+impl From<ServiceReport> for Service {
+    fn from(r: ServiceReport) -> Service {
+        let ServiceReport {
+            addr,
+            status,
+            status_detail,
+            service,
+            tunnel,
+            product,
+            version,
+            info,
+            hostname,
+            os,
+            device,
+            cpe,
+            rule,
+            softmatch,
+            tls,
+            tls_error,
+            grab,
+            grab_error,
+            screenshot,
+            banner,
+            probes_sent,
+            timings,
+            budget_ms,
+            budget_exhausted,
+        } = r;
+        Service {
+            addr: addr.to_string(),
+            status,
+            status_detail,
+            service,
+            tunnel,
+            product,
+            version,
+            info,
+            hostname,
+            os,
+            device,
+            cpe,
+            rule,
+            softmatch,
+            tls,
+            tls_error,
+            grab,
+            grab_error,
+            screenshot,
+            banner,
+            probes_sent,
+            timings,
+            budget_ms,
+            budget_exhausted,
+        }
     }
 }

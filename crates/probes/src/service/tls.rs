@@ -8,7 +8,6 @@ use std::time::Duration;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
@@ -17,38 +16,8 @@ use x509_parser::prelude::*;
 
 use super::io::{DialError, Recording, connect_tcp};
 
-/// What the TLS handshake showed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TlsInfo {
-    /// e.g. `TLSv1_3`.
-    pub version: String,
-    /// e.g. `TLS13_AES_256_GCM_SHA384`.
-    pub cipher: String,
-    pub alpn: Option<String>,
-    /// Leaf first, as sent by the server.
-    pub chain: Vec<CertInfo>,
-    /// Bytes the server sent during the handshake.
-    pub handshake_bytes: usize,
-}
-
-/// One certificate of the chain.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CertInfo {
-    pub subject: String,
-    pub issuer: String,
-    pub sans: Vec<String>,
-    pub serial: String,
-    /// Unix seconds.
-    pub not_before: i64,
-    pub not_after: i64,
-    pub expired: bool,
-    pub self_signed: bool,
-    /// SHA-256 of the DER encoding, lowercase hex.
-    pub sha256: String,
-    pub signature_algorithm: String,
-    /// Set when the DER did not parse (the fingerprint is still given).
-    pub parse_error: Option<String>,
-}
+/// What the TLS handshake showed, and one certificate of its chain: the finding schema's records.
+pub use overlord_core::finding::service::{Certificate, Tls};
 
 #[derive(Debug)]
 struct AcceptAnything(Arc<rustls::crypto::CryptoProvider>);
@@ -103,7 +72,7 @@ pub fn client_config() -> Arc<ClientConfig> {
 
 /// Outcome of a TLS handshake attempt, with hints about the peer when it failed.
 pub struct TlsAttempt {
-    pub result: Result<(TlsStream<Recording<tokio::net::TcpStream>>, TlsInfo), DialError>,
+    pub result: Result<(TlsStream<Recording<tokio::net::TcpStream>>, Tls), DialError>,
     /// The peer answered with something that looks like a TLS record (so it speaks TLS even if
     /// the handshake failed).
     pub peer_speaks_tls: bool,
@@ -169,9 +138,9 @@ pub async fn handshake(
     }
 }
 
-fn describe<S>(stream: &TlsStream<S>, handshake_bytes: usize) -> TlsInfo {
+fn describe<S>(stream: &TlsStream<S>, handshake_bytes: usize) -> Tls {
     let (_, conn) = stream.get_ref();
-    TlsInfo {
+    Tls {
         version: conn
             .protocol_version()
             .map(|v| format!("{v:?}"))
@@ -189,12 +158,12 @@ fn describe<S>(stream: &TlsStream<S>, handshake_bytes: usize) -> TlsInfo {
             .iter()
             .map(|c| cert_info(c.as_ref()))
             .collect(),
-        handshake_bytes,
+        handshake_bytes: handshake_bytes as u64,
     }
 }
 
 /// Describes one DER certificate.
-pub fn cert_info(der: &[u8]) -> CertInfo {
+pub fn cert_info(der: &[u8]) -> Certificate {
     let sha256 = hex(&Sha256::digest(der));
     match X509Certificate::from_der(der) {
         Ok((_, c)) => {
@@ -227,7 +196,7 @@ pub fn cert_info(der: &[u8]) -> CertInfo {
                 }
             }
             let self_signed = c.subject() == c.issuer() && c.verify_signature(None).is_ok();
-            CertInfo {
+            Certificate {
                 subject: c.subject().to_string(),
                 issuer: c.issuer().to_string(),
                 sans,
@@ -241,7 +210,7 @@ pub fn cert_info(der: &[u8]) -> CertInfo {
                 parse_error: None,
             }
         }
-        Err(e) => CertInfo {
+        Err(e) => Certificate {
             sha256,
             parse_error: Some(e.to_string()),
             ..Default::default()

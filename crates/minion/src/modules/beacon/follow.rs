@@ -14,7 +14,7 @@
 //! `beacon` params `threshold` and `max_findings` (per emission).
 
 use super::config;
-use crate::module::{FindingOut, Live, ModuleCtx, ModuleError, Output, TaskInput, to_schema};
+use crate::module::{FindingOut, Live, ModuleCtx, ModuleError, Output, TaskInput};
 use overlord_analytics::LogKind;
 use overlord_analytics::follow::Follower;
 use overlord_core::finding::Payload;
@@ -105,14 +105,11 @@ pub(super) async fn run(
                 .take(max)
                 .map(|x| {
                     let port = (x.kind == LogKind::Conn && x.dst_port != 0).then_some(x.dst_port);
-                    let b: BeaconFinding = to_schema(x)?;
-                    Ok(FindingOut::new(
-                        x.src.parse().ok(),
-                        port,
-                        Payload::Beacon(Box::new(b)),
-                    ))
+                    let src = x.src.parse().ok();
+                    let b = BeaconFinding::from(x.clone());
+                    FindingOut::new(src, port, Payload::Beacon(Box::new(b)))
                 })
-                .collect::<Result<Vec<_>, ModuleError>>()?;
+                .collect::<Vec<_>>();
             if !findings.is_empty() {
                 emitted += findings.len() as u64;
                 tracing::debug!(dir = %shown, findings = findings.len(), "class changes sent");

@@ -28,6 +28,8 @@ use io::Conn;
 use proto::*;
 pub use proto::{Encoding, RfbVersion, encoding_name, parse_version, security_type_name};
 
+pub use overlord_core::finding::screen::{SettleUpdate, VncTimings};
+
 /// What an RFB capture learned, with the screenshot when the server let us in.
 #[derive(Debug, Clone, Serialize)]
 pub struct VncCapture {
@@ -67,28 +69,57 @@ pub struct VncCapture {
     pub timings: VncTimings,
 }
 
-/// One incremental update applied during the settle phase.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct SettleUpdate {
-    /// Milliseconds after the end of the full frame(s).
-    pub at_ms: f64,
-    pub rects: u32,
-    /// Pixels painted (sum of the rectangle areas).
-    pub pixels: u64,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct VncTimings {
-    pub connect_ms: f64,
-    pub handshake_ms: f64,
-    /// From the first FramebufferUpdateRequest to a complete first frame.
-    pub first_frame_ms: f64,
-    /// From the end of the full frame(s) to the last incremental update applied while settling.
-    pub last_settle_update_ms: Option<f64>,
-    /// Length of the settle phase.
-    pub settle_ms: f64,
-    pub frames_ms: f64,
-    pub total_ms: f64,
+impl VncCapture {
+    /// The finding schema's record of this capture (every field moved by name and type: a field
+    /// added on one side only does not compile) and the screenshot, which travels as a blob.
+    pub fn into_record(self) -> (overlord_core::finding::VncCapture, Option<Screenshot>) {
+        let VncCapture {
+            server_version,
+            protocol_version,
+            security_types,
+            security_type_names,
+            auth_required,
+            security_failure,
+            desktop_name,
+            server_identity,
+            width,
+            height,
+            server_pixel_format,
+            encodings_used,
+            frames,
+            stable,
+            settled,
+            settle_rounds,
+            settle_updates,
+            settle_log,
+            bytes_read,
+            screenshot,
+            timings,
+        } = self;
+        let record = overlord_core::finding::VncCapture {
+            server_version,
+            protocol_version: protocol_version.as_str().to_string(),
+            security_types,
+            security_type_names,
+            auth_required,
+            security_failure,
+            desktop_name,
+            server_identity,
+            width,
+            height,
+            server_pixel_format: server_pixel_format.map(Into::into),
+            encodings_used,
+            frames,
+            stable,
+            settled,
+            settle_rounds,
+            settle_updates,
+            settle_log,
+            bytes_read,
+            timings,
+        };
+        (record, screenshot)
+    }
 }
 
 /// Connects to `addr` and captures the screen of an RFB server that needs no authentication.

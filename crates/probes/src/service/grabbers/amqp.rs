@@ -1,24 +1,13 @@
 //! AMQP 0-9-1: send the protocol header, read `Connection.Start` and its server properties
 //! (product, version, platform, cluster name) and the offered SASL mechanisms. No login.
 
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::{GrabError, read_until};
 use crate::service::engine::Dialer;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AmqpGrab {
-    /// Protocol version the server offered (`0-9`), or the header it sent back instead.
-    pub protocol: String,
-    pub product: Option<String>,
-    pub version: Option<String>,
-    pub platform: Option<String>,
-    pub cluster_name: Option<String>,
-    pub mechanisms: Vec<String>,
-}
+pub use overlord_core::finding::service::AmqpGrab;
 
 const CAP: usize = 64 * 1024;
 

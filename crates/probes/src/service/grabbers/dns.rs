@@ -1,6 +1,5 @@
 //! DNS over TCP: one `version.bind` CH TXT query (length-prefixed), reply tied to our query id.
 
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -8,14 +7,7 @@ use tokio::time::Instant;
 use super::{GrabError, read_until};
 use crate::service::engine::Dialer;
 use crate::udp::proto::Proto;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DnsGrab {
-    pub product: Option<String>,
-    pub version: Option<String>,
-    /// The `version.bind` answer or the reason there is none (REFUSED, ...).
-    pub info: Option<String>,
-}
+pub use overlord_core::finding::service::DnsGrab;
 
 pub async fn grab(d: &Dialer, wait: Duration) -> Result<DnsGrab, GrabError> {
     let id = u64::from(std::process::id() as u16 ^ 0x5a5a) | 0x0100;

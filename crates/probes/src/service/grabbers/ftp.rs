@@ -1,22 +1,12 @@
 //! FTP: banner, and whether anonymous login is allowed (the public `anonymous` convention only).
 
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::{GrabError, parse_reply, read_until, reply_end};
 use crate::service::engine::Dialer;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FtpGrab {
-    pub banner_code: u16,
-    pub banner: Vec<String>,
-    pub anonymous_allowed: bool,
-    /// Reply to the anonymous attempt (code and text).
-    pub anonymous_reply: Option<String>,
-    pub syst: Option<String>,
-}
+pub use overlord_core::finding::service::FtpGrab;
 
 const CAP: usize = 16 * 1024;
 

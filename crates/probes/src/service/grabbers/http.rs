@@ -2,7 +2,6 @@
 //! when they stay on the same host and port).
 
 use base64::Engine;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,45 +11,7 @@ use super::GrabError;
 use crate::service::IdentifyOptions;
 use crate::service::engine::Dialer;
 use crate::service::tls::hex;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HttpGrab {
-    /// Status of the final response (after same-origin redirects).
-    pub status: u16,
-    pub reason: String,
-    pub http_version: String,
-    pub path: String,
-    /// Headers in order (name as sent, value).
-    pub headers: Vec<(String, String)>,
-    pub server: Option<String>,
-    pub powered_by: Option<String>,
-    pub content_type: Option<String>,
-    pub title: Option<String>,
-    pub body_bytes: usize,
-    pub body_truncated: bool,
-    pub body_sha256: String,
-    pub redirects: Vec<Redirect>,
-    pub favicon: Option<Favicon>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Redirect {
-    pub status: u16,
-    pub from: String,
-    pub location: String,
-    /// False when the target was elsewhere (never followed).
-    pub followed: bool,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Favicon {
-    pub path: String,
-    pub bytes: usize,
-    pub sha256: String,
-    /// Shodan-style `http.favicon.hash`: MurmurHash3 (x86, 32-bit, signed) of the base64 text
-    /// with a newline every 76 characters.
-    pub mmh3: i32,
-}
+pub use overlord_core::finding::service::{Favicon, HttpGrab, Redirect};
 
 /// A parsed response.
 #[derive(Debug, Clone, Default)]
@@ -107,7 +68,7 @@ pub async fn grab(
     let favicon = match fetch(d, &host, "/favicon.ico", deadline).await {
         Ok(f) if f.status == 200 && !f.body.is_empty() && !f.truncated => Some(Favicon {
             path: "/favicon.ico".into(),
-            bytes: f.body.len(),
+            bytes: f.body.len() as u64,
             sha256: hex(&Sha256::digest(&f.body)),
             mmh3: favicon_hash(&f.body),
         }),
@@ -122,7 +83,7 @@ pub async fn grab(
         powered_by: resp.header("x-powered-by").map(str::to_string),
         content_type: resp.header("content-type").map(str::to_string),
         title: title(&resp.body),
-        body_bytes: resp.body.len(),
+        body_bytes: resp.body.len() as u64,
         body_truncated: resp.truncated,
         body_sha256: hex(&Sha256::digest(&resp.body)),
         headers: resp.headers,

@@ -18,7 +18,8 @@ use tokio::time::{Instant, timeout_at};
 
 use super::engine::{Dialer, Waits};
 use super::io::DialError;
-use super::{IdentifyOptions, RuleRef, ServiceReport, Status};
+use super::{IdentifyOptions, RuleRef, ServiceReport, ServiceStatus};
+use overlord_core::finding::ScreenProtocol;
 
 /// Which grabber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,21 +73,8 @@ impl GrabKind {
     }
 }
 
-/// Typed grabber output.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "grabber", rename_all = "snake_case")]
-pub enum Grab {
-    Ssh(ssh::SshGrab),
-    Http(http::HttpGrab),
-    Redis(redis::RedisGrab),
-    Mqtt(mqtt::MqttGrab),
-    Ftp(ftp::FtpGrab),
-    Smtp(smtp::SmtpGrab),
-    Vnc(vnc::VncGrab),
-    X11(x11::X11Grab),
-    Dns(dns::DnsGrab),
-    Amqp(amqp::AmqpGrab),
-}
+/// Typed grabber output: the finding schema's record (`overlord_core::finding::service::Grab`).
+pub use overlord_core::finding::service::Grab;
 
 /// Why a grabber gave up.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -164,13 +152,13 @@ pub(crate) fn merge(report: &mut ServiceReport, kind: GrabKind, g: Grab) {
         Grab::Smtp(_) => ("smtp", None, None),
         Grab::Vnc(v) => {
             if v.open {
-                report.screenshot = Some("vnc".into());
+                report.screenshot = Some(ScreenProtocol::Vnc);
             }
             ("vnc", v.product_guess.clone(), None)
         }
         Grab::X11(x) => {
             if x.open {
-                report.screenshot = Some("x11".into());
+                report.screenshot = Some(ScreenProtocol::X11);
             }
             ("X11", x.vendor.clone(), x.version.clone())
         }
@@ -192,7 +180,7 @@ pub(crate) fn merge(report: &mut ServiceReport, kind: GrabKind, g: Grab) {
     };
     if report.service.is_none() {
         report.service = Some(service.to_string());
-        report.status = Status::Identified;
+        report.status = ServiceStatus::Identified;
         report.status_detail = None;
         report.rule = Some(RuleRef {
             probe: format!("grabber:{kind:?}").to_lowercase(),
@@ -216,8 +204,8 @@ pub(crate) fn merge(report: &mut ServiceReport, kind: GrabKind, g: Grab) {
     } else if report.version.is_none() && report.product.is_some() && report.product == product {
         report.version = version;
     }
-    if report.status == Status::SoftMatch && report.product.is_some() {
-        report.status = Status::Identified;
+    if report.status == ServiceStatus::SoftMatch && report.product.is_some() {
+        report.status = ServiceStatus::Identified;
     }
     report.grab = Some(g);
 }

@@ -1,23 +1,12 @@
 //! MQTT: CONNECT without credentials; when accepted, read the broker's `$SYS/broker/version`.
 
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::{GrabError, read_until};
 use crate::service::engine::Dialer;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MqttGrab {
-    /// CONNACK return code (0 = accepted).
-    pub return_code: u8,
-    pub accepted: bool,
-    /// Human reading of the return code.
-    pub result: String,
-    /// `$SYS/broker/version` when the broker publishes it (e.g. `mosquitto version 2.0.11`).
-    pub broker: Option<String>,
-}
+pub use overlord_core::finding::service::MqttGrab;
 
 /// MQTT 3.1.1 CONNECT, clean session, client id "ov", keepalive 60 s, no credentials.
 pub const CONNECT: &[u8] = b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02ov";

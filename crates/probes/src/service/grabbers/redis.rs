@@ -1,25 +1,12 @@
 //! Redis: `INFO` without credentials.
 
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::{GrabError, line_end, read_until};
 use crate::service::engine::Dialer;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RedisGrab {
-    pub auth_required: bool,
-    /// Protected mode refused us (no password set, non-loopback client).
-    pub protected_mode: bool,
-    pub version: Option<String>,
-    pub mode: Option<String>,
-    pub os: Option<String>,
-    pub role: Option<String>,
-    /// The error line when INFO was refused.
-    pub error: Option<String>,
-}
+pub use overlord_core::finding::service::RedisGrab;
 
 const CAP: usize = 256 * 1024;
 

@@ -1,26 +1,12 @@
 //! SMTP: banner and EHLO extensions.
 
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::{GrabError, parse_reply, read_until, reply_end};
 use crate::service::engine::Dialer;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SmtpGrab {
-    pub banner_code: u16,
-    pub banner: Vec<String>,
-    pub ehlo_code: Option<u16>,
-    /// The host name the server gives in its EHLO reply.
-    pub ehlo_host: Option<String>,
-    /// Extensions (`SIZE 33554432`, `8BITMIME`, `STARTTLS`, ...).
-    pub extensions: Vec<String>,
-    pub starttls: bool,
-    /// `AUTH` mechanisms offered.
-    pub auth: Vec<String>,
-}
+pub use overlord_core::finding::service::SmtpGrab;
 
 const CAP: usize = 16 * 1024;
 

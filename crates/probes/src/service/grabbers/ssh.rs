@@ -4,7 +4,6 @@
 
 use base64::Engine;
 use md5::Md5;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -14,47 +13,7 @@ use super::{GrabError, line_end, read_until};
 use crate::service::engine::Dialer;
 use crate::service::io::BoxStream;
 use crate::service::tls::hex;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SshGrab {
-    /// The identification line, e.g. `SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3`.
-    pub banner: String,
-    pub protocol: String,
-    pub software: String,
-    pub comments: Option<String>,
-    pub product: Option<String>,
-    pub version: Option<String>,
-    pub kex: KexInit,
-    /// MD5 of `kex;ciphers_s2c;macs_s2c;compression_s2c` (HASSH server).
-    pub hassh_server: String,
-    pub hassh_server_algorithms: String,
-    pub host_keys: Vec<HostKey>,
-}
-
-/// The name-lists of a KEXINIT message.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KexInit {
-    pub kex_algorithms: Vec<String>,
-    pub host_key_algorithms: Vec<String>,
-    pub ciphers_c2s: Vec<String>,
-    pub ciphers_s2c: Vec<String>,
-    pub macs_c2s: Vec<String>,
-    pub macs_s2c: Vec<String>,
-    pub compression_c2s: Vec<String>,
-    pub compression_s2c: Vec<String>,
-    pub first_kex_follows: bool,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostKey {
-    /// Key type from the key blob (`ssh-ed25519`, `ecdsa-sha2-nistp256`, `ssh-rsa`).
-    pub key_type: String,
-    /// `SHA256:` + unpadded base64, as `ssh-keygen -l` prints it.
-    pub sha256: String,
-    /// Colon-separated MD5 (legacy format).
-    pub md5: String,
-    pub bits: Option<u32>,
-}
+pub use overlord_core::finding::service::{HostKey, KexInit, SshGrab};
 
 const OUR_IDENT: &[u8] = b"SSH-2.0-OverlordProbe\r\n";
 const MAX_PACKET: usize = 64 * 1024;

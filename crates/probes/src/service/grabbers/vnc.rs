@@ -1,34 +1,13 @@
 //! VNC / RFB: protocol version, security types, whether authentication is required, and the
 //! desktop name and size when it is open. Only the `None` security type is ever selected.
 
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::{GrabError, read_until};
 use crate::service::engine::Dialer;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VncGrab {
-    /// As sent by the server, e.g. `RFB 003.008`.
-    pub server_version: String,
-    /// The version we answered with.
-    pub negotiated: String,
-    /// Security type numbers offered.
-    pub security_types: Vec<u8>,
-    pub security_names: Vec<String>,
-    pub auth_required: bool,
-    /// The session is open without credentials (ServerInit received).
-    pub open: bool,
-    pub desktop_name: Option<String>,
-    pub width: Option<u16>,
-    pub height: Option<u16>,
-    /// Why the server refused, if it did.
-    pub failure_reason: Option<String>,
-    /// Server implementation guessed from the handshake (`TigerVNC`, `x11vnc`, ...).
-    pub product_guess: Option<String>,
-}
+pub use overlord_core::finding::service::VncGrab;
 
 const CAP: usize = 64 * 1024;
 

@@ -1,30 +1,12 @@
 //! X11: connection setup without authorization; open or not, vendor, release, screen size.
 
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::{GrabError, read_until};
 use crate::service::engine::Dialer;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct X11Grab {
-    /// The server accepted a connection without authorization.
-    pub open: bool,
-    /// `failed`, `success` or `authenticate`.
-    pub result: String,
-    pub protocol: String,
-    pub reason: Option<String>,
-    pub vendor: Option<String>,
-    pub release: Option<u32>,
-    /// Release decoded the X.Org way (e.g. 12101007 → 21.1.7).
-    pub version: Option<String>,
-    pub screens: u8,
-    pub width: Option<u16>,
-    pub height: Option<u16>,
-    pub depth: Option<u8>,
-}
+pub use overlord_core::finding::service::X11Grab;
 
 /// Little-endian setup request, protocol 11.0, no authorization.
 pub const SETUP: &[u8] = b"l\x00\x0b\x00\x00\x00\x00\x00\x00\x00\x00\x00";
