@@ -30,6 +30,8 @@ use std::path::{Path, PathBuf};
 
 /// Longest accepted line (bytes); longer lines are refused with their number.
 pub const MAX_LINE: usize = 1024;
+/// Lines one upload may have (its runs on disk stay ≤ 33 bytes × this, ≈ 3.3 GB).
+pub const MAX_LINES: u64 = 100_000_000;
 /// Entries kept in memory before a sorted run is written.
 pub const DEFAULT_CHUNK: usize = 65_536;
 /// Addresses a hitlist may hold in all (the root-task arithmetic stays in u64).
@@ -225,6 +227,12 @@ impl<'a> Builder<'a> {
     pub fn push_line(&mut self, line: &[u8]) -> Result<(), HitlistError> {
         self.stats.lines += 1;
         let n = self.stats.lines;
+        if n > MAX_LINES {
+            return Err(HitlistError::Line {
+                line: n,
+                reason: format!("a hitlist has at most {MAX_LINES} lines; split it"),
+            });
+        }
         if line.len() > MAX_LINE {
             return Err(HitlistError::Line {
                 line: n,
