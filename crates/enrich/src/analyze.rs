@@ -17,17 +17,8 @@ use std::time::Instant;
 /// Version of the [`Analysis`] record (stored in sled and sent over the wire).
 pub const ANALYSIS_VERSION: u32 = 1;
 
-/// Milliseconds spent per step.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Timings {
-    pub decode_ms: f64,
-    pub blank_ms: f64,
-    pub hash_ms: f64,
-    pub faces_ms: f64,
-    pub logos_ms: f64,
-    pub ocr_ms: f64,
-    pub total_ms: f64,
-}
+/// Milliseconds spent per step: the finding schema's record.
+pub use overlord_core::finding::enrichment::EnrichTimings;
 
 /// Everything the workflow learns about one image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,7 +44,52 @@ pub struct Analysis {
     /// Leak records of the e-mails (filled by [`Analyzer::lookup_leaks`] / the store).
     #[serde(default)]
     pub leaks: Vec<LeakRecord>,
-    pub timings: Timings,
+    pub timings: EnrichTimings,
+}
+
+/// The analysis as the finding schema's `enrichment` payload: every field moved by name and type
+/// (a field added on one side only does not compile). `input` and `image` are the task's to set.
+impl From<Analysis> for overlord_core::finding::Enrichment {
+    fn from(a: Analysis) -> Self {
+        let Analysis {
+            version,
+            width,
+            height,
+            blank,
+            entropy,
+            differing_pixels,
+            phash64,
+            phash256,
+            text,
+            words,
+            emails,
+            faces,
+            logos,
+            tags,
+            leaks,
+            timings,
+        } = a;
+        overlord_core::finding::Enrichment {
+            version,
+            width,
+            height,
+            blank,
+            entropy,
+            differing_pixels,
+            phash64,
+            phash256,
+            text,
+            words,
+            emails,
+            faces,
+            logos,
+            tags,
+            leaks,
+            timings,
+            input: None,
+            image: None,
+        }
+    }
 }
 
 impl Analysis {
@@ -477,7 +513,7 @@ impl Analyzer {
                 max_pixels: self.cfg.caps.max_pixels,
             });
         }
-        let mut tm = Timings::default();
+        let mut tm = EnrichTimings::default();
         let t = Instant::now();
         let grey = rgb.to_grey();
         let bs = blank_stats(&grey, &self.cfg.blank);
@@ -724,7 +760,7 @@ mod tag_tests {
             logos: Vec::new(),
             tags: Vec::new(),
             leaks: Vec::new(),
-            timings: Timings::default(),
+            timings: EnrichTimings::default(),
         };
         derive_tags(&a)
     }

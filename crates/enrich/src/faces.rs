@@ -14,14 +14,8 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_CASCADE: &str =
     "/usr/share/opencv4/haarcascades/haarcascade_frontalface_alt2.xml";
 
-/// A detected face.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Face {
-    /// x, y, width, height in image pixels.
-    pub bbox: [u32; 4],
-    /// Number of raw detections merged into this box (OpenCV's "neighbours").
-    pub neighbours: u32,
-}
+/// A detected face: the finding schema's record.
+pub use overlord_core::finding::enrichment::Face;
 
 /// Detection parameters.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]

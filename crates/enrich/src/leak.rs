@@ -6,13 +6,8 @@ use overlord_storage::kv::{KvBatch, KvDb, KvTree};
 use serde::{Deserialize, Serialize};
 use std::io::BufRead;
 
-/// One leak record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeakRecord {
-    pub address: String,
-    pub source: String,
-    pub date: String,
-}
+/// A known address's leak record: the finding schema's record.
+pub use overlord_core::finding::enrichment::LeakRecord;
 
 /// What an import did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,7 +24,7 @@ pub mod simindex;
 pub mod store;
 pub mod tld;
 
-pub use analyze::{Analysis, AnalyzerConfig, Timings, derive_tags, extract_emails};
+pub use analyze::{Analysis, AnalyzerConfig, EnrichTimings, derive_tags, extract_emails};
 #[cfg(feature = "ocr")]
 pub use analyze::{Analyzer, analyze_files};
 pub use blank::{BlankParams, BlankStats, blank_stats};

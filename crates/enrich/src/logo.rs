@@ -13,15 +13,8 @@ use crate::decode::Rgb;
 use crate::error::EnrichError;
 use serde::{Deserialize, Serialize};
 
-/// A detected logo.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LogoHit {
-    pub name: String,
-    /// x, y, width, height in image pixels.
-    pub bbox: [u32; 4],
-    /// Full-resolution masked ZNCC, -1..1.
-    pub score: f32,
-}
+/// A logo found on a screen: the finding schema's record.
+pub use overlord_core::finding::enrichment::LogoHit;
 
 /// Matching parameters.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]

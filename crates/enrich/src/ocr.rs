@@ -23,15 +23,8 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "ocr")]
 use tesseract::{PageSegMode, Tesseract};
 
-/// One recognised word.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Word {
-    pub text: String,
-    /// Tesseract confidence, 0..100.
-    pub conf: f32,
-    /// Box in image pixels: x, y, width, height.
-    pub bbox: [u32; 4],
-}
+/// A word read on a screen: the finding schema's record.
+pub use overlord_core::finding::enrichment::Word;
 
 /// Result of OCR on one image.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,5 +1,8 @@
 //! The query benchmark without the CLI: `cargo run --release -p overlord-query --example
-//! bench_query -- N PER_JOB RUNS` (the CLI's `overlord bench query` runs the same code).
+//! bench_query -- N PER_JOB RUNS` (the CLI's `overlord bench query` runs the same code, with the
+//! same allocator).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let a: Vec<u64> = std::env::args()

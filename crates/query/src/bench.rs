@@ -430,6 +430,17 @@ fn postgres(dir: &Path, rows: &Path, qs: &[Q], runs: usize) -> Result<(f64, Vec<
     ))
 }
 
+/// CPU seconds (user + system) of `/proc/<path>/stat`: the process (`self`) or this thread
+/// (`thread-self`).
+fn cpu_s(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{path}/stat")).unwrap_or_default();
+    let rest = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
+    let f: Vec<&str> = rest.split(' ').collect();
+    let t = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // clock ticks: 100 per second on Linux
+    (t(11) + t(12)) / 100.0
+}
+
 fn rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -475,6 +486,10 @@ pub fn run(a: QueryBenchArgs) -> Result<()> {
         .then(|| std::fs::File::create(&rows_path).map(std::io::BufWriter::new))
         .transpose()?;
     let mut spent = Duration::ZERO;
+    // CPU of the index alone: the process's (indexing and merge threads included) less what
+    // this thread spends generating the corpus and the peers' rows
+    let (proc0, main0) = (cpu_s("self"), cpu_s("thread-self"));
+    let mut main_in = 0.0;
     let batch = 10_000;
     let mut i = 0;
     while i < a.n {
@@ -486,20 +501,26 @@ pub fn run(a: QueryBenchArgs) -> Result<()> {
             }
         }
         let t = Instant::now();
+        let c0 = cpu_s("thread-self");
         idx.add(&b)?;
         idx.maybe_commit()?;
+        main_in += cpu_s("thread-self") - c0;
         spent += t.elapsed();
         i += batch;
     }
     let t = Instant::now();
+    let c0 = cpu_s("thread-self");
     idx.commit()?;
+    main_in += cpu_s("thread-self") - c0;
     spent += t.elapsed();
+    let cpu = (cpu_s("self") - proc0) - (cpu_s("thread-self") - main0) + main_in;
     drop(rows);
     println!(
-        "ingest: {} findings in {:.1}s = {:.0} findings/s into the index (bar >= 100000/s); {} rows; RSS {:.0} MiB",
+        "ingest: {} findings in {:.1}s = {:.0} findings/s into the index (bar >= 100000/s); CPU {:.1} us/finding (all threads; merges still running not counted); {} rows; RSS {:.0} MiB",
         a.n,
         spent.as_secs_f64(),
         a.n as f64 / spent.as_secs_f64(),
+        cpu * 1e6 / a.n.max(1) as f64,
         idx.num_rows(),
         rss_mb()
     );

@@ -7,8 +7,8 @@ use crate::lang::{Expr, ParseError, Span, Term as QTerm, Value};
 use std::net::{IpAddr, Ipv6Addr};
 use std::ops::Bound;
 use tantivy::query::{
-    AllQuery, BooleanQuery, EmptyQuery, Occur, PhraseQuery, Query, RangeQuery, RegexQuery,
-    TermQuery,
+    AllQuery, BooleanQuery, EmptyQuery, InvertedIndexRangeQuery, Occur, PhraseQuery, Query,
+    RangeQuery, RegexQuery, TermQuery,
 };
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::tokenizer::TokenizerManager;
@@ -17,6 +17,38 @@ use tantivy::{DateTime, Term};
 /// Largest number of terms a prefix or wildcard may be expanded against is tantivy's concern;
 /// we bound the pattern length.
 const MAX_PATTERN: usize = 256;
+
+/// A range spanning at most this many values (ports, a CIDR of /20 or narrower) is answered from
+/// the inverted index: the few terms in range give an exact set of documents, which a
+/// conjunction can lead with. tantivy's default for a fast column scans the whole column per
+/// segment and tells the conjunction it matches a tenth of the rows (measured at 10 M rows:
+/// `port:[8000 TO 8100] product:nginx` walked all 2.7 M nginx rows, 341 ms).
+const NARROW_RANGE: u128 = 1 << 16;
+
+/// Inclusive width of a range of `u128` values (`None`: unbounded on a side).
+fn width(lo: &Bound<u128>, hi: &Bound<u128>) -> Option<u128> {
+    let lo = match lo {
+        Bound::Included(a) => *a,
+        Bound::Excluded(a) => a.checked_add(1)?,
+        Bound::Unbounded => return None,
+    };
+    let hi = match hi {
+        Bound::Included(b) => *b,
+        Bound::Excluded(b) => b.checked_sub(1)?,
+        Bound::Unbounded => return None,
+    };
+    Some(hi.saturating_sub(lo).saturating_add(1))
+}
+
+/// A range over an indexed column: through the inverted index when narrow, else tantivy's
+/// choice (the fast column).
+fn range(lo: Bound<Term>, hi: Bound<Term>, narrow: bool) -> Box<dyn Query> {
+    if narrow {
+        Box::new(InvertedIndexRangeQuery::new(lo, hi))
+    } else {
+        Box::new(RangeQuery::new(lo, hi))
+    }
+}
 
 pub struct Compiler<'a> {
     pub registry: &'a Registry,
@@ -230,10 +262,9 @@ impl Compiler<'_> {
         {
             return Ok(Box::new(TermQuery::new(t(a), IndexRecordOption::Basic)));
         }
-        Ok(Box::new(RangeQuery::new(
-            map_bound(&lo, t),
-            map_bound(&hi, t),
-        )))
+        let n = |a: &Ipv6Addr| u128::from(*a);
+        let narrow = width(&map_bound(&lo, n), &map_bound(&hi, n)).is_some_and(|w| w <= NARROW_RANGE / 16);
+        Ok(range(map_bound(&lo, t), map_bound(&hi, t), narrow))
     }
 
     fn number(&self, f: Field, def: &FieldDef, v: &Value, span: Span) -> Result<Q, ParseError> {
@@ -260,10 +291,11 @@ impl Compiler<'_> {
                 let lo = try_bound(lo, p)?;
                 let hi = try_bound(hi, p)?;
                 let t = |n: &u64| Term::from_field_u64(f, *n);
-                Ok(Box::new(RangeQuery::new(
-                    map_bound(&lo, t),
-                    map_bound(&hi, t),
-                )))
+                let n = |x: &u64| *x as u128;
+                let narrow = def.name == "port"
+                    || width(&map_bound(&lo, n), &map_bound(&hi, n))
+                        .is_some_and(|w| w <= NARROW_RANGE);
+                Ok(range(map_bound(&lo, t), map_bound(&hi, t), narrow))
             }
             _ => Err(self.err(
                 span,

@@ -11,7 +11,7 @@ use crate::index::{IndexError, QueryIndex, ip_of};
 use crate::lang::{self, ParseError};
 use crate::state::ServiceState;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 use tantivy::collector::{Collector, Count, SegmentCollector};
@@ -37,6 +37,12 @@ pub enum QueryError {
     Deadline(Duration),
     #[error(transparent)]
     Index(#[from] IndexError),
+}
+
+impl From<std::io::Error> for QueryError {
+    fn from(e: std::io::Error) -> Self {
+        QueryError::Index(IndexError::from(e))
+    }
 }
 
 impl From<tantivy::TantivyError> for QueryError {
@@ -214,6 +220,8 @@ struct PageSeg {
     after: Option<RowKey>,
     hosts: bool,
     best: Best,
+    /// Scratch space of [`SegmentCollector::collect_block`].
+    ips: Vec<Option<Ipv6Addr>>,
 }
 
 fn put(best: &mut Best, limit: usize, k: RowKey, port: u64, last: i64, addr: DocAddress) {
@@ -236,15 +244,8 @@ fn put(best: &mut Best, limit: usize, k: RowKey, port: u64, last: i64, addr: Doc
     }
 }
 
-impl SegmentCollector for PageSeg {
-    type Fruit = Best;
-    fn collect(&mut self, doc: DocId, _: Score) {
-        let ip = self
-            .cols
-            .ip
-            .as_ref()
-            .and_then(|c| c.first(doc))
-            .map(u128::from);
+impl PageSeg {
+    fn collect_ip(&mut self, doc: DocId, ip: Option<u128>) {
         // most matches of a broad query fall outside a full page: decided on the address alone
         if let (Some(ip), true) = (ip, self.best.len() >= self.limit)
             && self.best.last_key_value().is_some_and(|(m, _)| ip > m.ip)
@@ -278,6 +279,33 @@ impl SegmentCollector for PageSeg {
             DocAddress::new(self.seg, doc),
         );
     }
+}
+
+impl SegmentCollector for PageSeg {
+    type Fruit = Best;
+    fn collect(&mut self, doc: DocId, _: Score) {
+        let ip = self
+            .cols
+            .ip
+            .as_ref()
+            .and_then(|c| c.first(doc))
+            .map(u128::from);
+        self.collect_ip(doc, ip);
+    }
+    /// The addresses of a block of matches are read at once (a broad query hands over
+    /// hundreds of thousands of matches, most of them rejected on the address alone).
+    fn collect_block(&mut self, docs: &[DocId]) {
+        let mut ips = std::mem::take(&mut self.ips);
+        ips.clear();
+        ips.resize(docs.len(), None);
+        if let Some(c) = &self.cols.ip {
+            c.first_vals(docs, &mut ips);
+        }
+        for (doc, ip) in docs.iter().zip(&ips) {
+            self.collect_ip(*doc, ip.map(u128::from));
+        }
+        self.ips = ips;
+    }
     fn harvest(self) -> Best {
         self.best
     }
@@ -298,6 +326,7 @@ impl Collector for PageCollector {
             after: self.after,
             hosts: self.hosts,
             best: BTreeMap::new(),
+            ips: Vec::new(),
         })
     }
     fn requires_scoring(&self) -> bool {
@@ -498,17 +527,7 @@ impl Engine {
         let q = self.compile_in(&r.query, jobs)?;
         let s = self.index.searcher();
         let hosts = r.view == View::Hosts;
-        let (best, matched) = s.search(
-            &q,
-            &(
-                PageCollector {
-                    limit: r.limit,
-                    after: r.after,
-                    hosts,
-                },
-                Count,
-            ),
-        )?;
+        let (best, matched) = self.page(&s, q.as_ref(), r, &dl)?;
         dl.check()?;
         let mut page = Page {
             matched: matched as u64,
@@ -550,6 +569,114 @@ impl Engine {
             }
         }
         Ok(page)
+    }
+
+    /// The first page of matches in (address, port) order, and the number of matches.
+    ///
+    /// Per segment the matches are marked in a bitset first (a few ns each). When they are
+    /// many — a broad filter over 10 M rows matches hundreds of thousands — the page is read by
+    /// walking the segment's address dictionary upward from `after` and keeping the marked
+    /// documents of each address, until the page is full: a few thousand documents instead of
+    /// every match's address from the fast column (`banner:freebsd port:22` at 10 M rows, 575 k
+    /// matches: 70 → 25 ms). Few matches are read from the fast column as before,
+    /// and so is a segment whose walk ran out of addresses (its rows without an address come
+    /// last).
+    fn page(
+        &self,
+        s: &tantivy::Searcher,
+        q: &dyn Query,
+        r: &SearchRequest,
+        dl: &Deadline,
+    ) -> Result<(Best, usize), QueryError> {
+        let pc = PageCollector {
+            limit: r.limit,
+            after: r.after,
+            hosts: r.view == View::Hosts,
+        };
+        let w = q.weight(tantivy::query::EnableScoring::disabled_from_searcher(s))?;
+        let ip_field = self.index.fields.get("ip");
+        let mut fruits = Vec::new();
+        let mut matched = 0usize;
+        for (ord, seg) in s.segment_readers().iter().enumerate() {
+            dl.check()?;
+            let mut bits = tantivy::BitSet::with_max_value(seg.max_doc().max(1));
+            let mut n = 0usize;
+            // walking pays when the page fills within a small share of the segment's rows
+            let few = 64 * (r.limit + 1);
+            let mut small: Vec<DocId> = Vec::new();
+            let alive = seg.alive_bitset();
+            w.for_each_no_score(seg, &mut |docs| {
+                for d in docs {
+                    if alive.is_none_or(|a| a.is_alive(*d)) {
+                        bits.insert(*d);
+                        n += 1;
+                        if n <= few {
+                            small.push(*d);
+                        }
+                    }
+                }
+            })?;
+            matched += n;
+            if n == 0 {
+                continue;
+            }
+            let mut ps = pc.for_segment(ord as SegmentOrdinal, seg)?;
+            // walking visits about (limit + 1) * max_doc / n documents at ~0.5 us each (a
+            // postings list opened per address), reading from the fast column ~40 ns per match
+            let m = seg.max_doc() as u128;
+            let walk = n > few
+                && (n as u128) * (n as u128) > 16 * (r.limit as u128 + 1) * m
+                && ps.cols.ip.is_some();
+            let mut full = false;
+            if walk {
+                let inv = seg.inverted_index(ip_field)?;
+                let from = r.after.map(|a| a.ip).unwrap_or(0);
+                let mut st = inv.terms().range().ge(from.to_be_bytes()).into_stream()?;
+                let mut seen = 0usize;
+                while st.advance() {
+                    let Ok(k) = <[u8; 16]>::try_from(st.key()) else {
+                        continue;
+                    };
+                    let ip = u128::from_be_bytes(k);
+                    let mut p = inv.read_postings_from_terminfo(st.value(), IndexRecordOption::Basic)?;
+                    let mut doc = tantivy::DocSet::doc(&p);
+                    while doc != tantivy::TERMINATED {
+                        if bits.contains(doc) {
+                            ps.collect_ip(doc, Some(ip));
+                        }
+                        doc = tantivy::DocSet::advance(&mut p);
+                    }
+                    seen += 1;
+                    if seen % 4096 == 0 {
+                        dl.check()?;
+                    }
+                    // every later address sorts after every key kept
+                    if ps.best.len() >= ps.limit {
+                        full = true;
+                        break;
+                    }
+                }
+                if !full {
+                    // out of addresses: read this segment's matches the ordinary way
+                    ps = pc.for_segment(ord as SegmentOrdinal, seg)?;
+                }
+            }
+            if !full && n <= few {
+                ps.collect_block(&small);
+            } else if !full {
+                let mut block = Vec::with_capacity(1024);
+                for d in (0..seg.max_doc()).filter(|d| bits.contains(*d)) {
+                    block.push(d);
+                    if block.len() == 1024 {
+                        ps.collect_block(&block);
+                        block.clear();
+                    }
+                }
+                ps.collect_block(&block);
+            }
+            fruits.push(ps.harvest());
+        }
+        Ok((pc.merge_fruits(fruits)?, matched))
     }
 
     /// Every row of `ip` (all jobs), oldest first.
@@ -720,60 +847,41 @@ impl Engine {
         self.index.committed().keys().copied().collect()
     }
 
-    /// Rows of one job (fast columns only): key → (content hash, open, doc).
+    /// Rows of one job from the fast columns, sorted by (address, port), one per key; and its
+    /// open rows counted per minion and per provider.
     fn job_rows(
         &self,
         s: &tantivy::Searcher,
         job: u64,
         dl: &Deadline,
-    ) -> Result<HashMap<(u128, u16), (u64, bool, DocAddress)>, QueryError> {
+    ) -> Result<JobRows, QueryError> {
         let q = TermQuery::new(
             Term::from_field_u64(self.index.fields.get("job"), job),
             IndexRecordOption::Basic,
         );
-        let docs = s.search(&q, &AllDocs)?;
+        let mut out = s.search(&q, &JobRowsCollector)?;
         dl.check()?;
-        let mut out = HashMap::with_capacity(docs.len());
-        let mut cur: Option<(
-            u32,
-            Option<Column<Ipv6Addr>>,
-            Column<u64>,
-            Column<u64>,
-            Column<bool>,
-        )> = None;
-        for (i, a) in docs.into_iter().enumerate() {
-            if i % 65536 == 0 {
-                dl.check()?;
+        // one row per key: the later document wins (as the index's upsert keeps one)
+        out.rows
+            .sort_by_key(|r| (r.ip, r.port, r.addr.segment_ord, r.addr.doc_id));
+        out.rows.dedup_by(|later, earlier| {
+            if (later.ip, later.port) == (earlier.ip, earlier.port) {
+                *earlier = *later;
+                true
+            } else {
+                false
             }
-            if cur.as_ref().is_none_or(|c| c.0 != a.segment_ord) {
-                let ff = s.segment_reader(a.segment_ord).fast_fields();
-                cur = Some((
-                    a.segment_ord,
-                    ff.column_opt("ip")?,
-                    ff.u64("port")?,
-                    ff.u64("chash")?,
-                    ff.bool("open")?,
-                ));
-            }
-            let c = cur.as_ref().expect("columns");
-            let Some(ip) = c.1.as_ref().and_then(|col| col.first(a.doc_id)) else {
-                continue;
-            };
-            let port = c.2.first(a.doc_id).unwrap_or(0) as u16;
-            out.insert(
-                (u128::from(ip), port),
-                (
-                    c.3.first(a.doc_id).unwrap_or(0),
-                    c.4.first(a.doc_id).unwrap_or(false),
-                    a,
-                ),
-            );
-        }
+        });
         Ok(out)
     }
 
     /// What changed from job `a` to job `b`. At most `limit` changes are described; the counts
     /// are exact.
+    ///
+    /// Both jobs' rows are read from the fast columns (address, port, content hash, open,
+    /// minion, provider) in one pass each, sorted by key and merge-joined; stored rows are read
+    /// only for the changes described. (Per-row hash maps and four facet aggregations for the
+    /// minion and provider coverage took 3.4 s at 10 M rows with two 1 M jobs.)
     pub fn diff(
         &self,
         a: u64,
@@ -783,8 +891,9 @@ impl Engine {
     ) -> Result<Diff, QueryError> {
         let dl = Deadline::new(deadline);
         let s = self.index.searcher();
-        let ra = self.job_rows(&s, a, &dl)?;
-        let rb = self.job_rows(&s, b, &dl)?;
+        let ja = self.job_rows(&s, a, &dl)?;
+        let jb = self.job_rows(&s, b, &dl)?;
+        let (ra, rb) = (&ja.rows, &jb.rows);
         let mut d = Diff {
             job_a: a,
             job_b: b,
@@ -792,7 +901,6 @@ impl Engine {
             rows_b: rb.len() as u64,
             ..Default::default()
         };
-        let mut cov: BTreeMap<u128, (u64, u64)> = BTreeMap::new();
         let v4 = |ip: u128| ip >> 32 == 0xffff;
         let prefix = |ip: u128| -> u128 {
             if v4(ip) {
@@ -843,64 +951,225 @@ impl Engine {
             }
             Ok(())
         };
-        let mut keys: Vec<_> = ra.keys().chain(rb.keys()).copied().collect();
-        keys.sort_unstable();
-        keys.dedup();
-        for (i, k) in keys.iter().enumerate() {
-            if i % 65536 == 0 {
+        // merge-join in key order; coverage per prefix accumulates while the prefix lasts
+        let (mut i, mut j) = (0, 0);
+        let mut cov: Option<(u128, u64, u64)> = None;
+        let mut steps = 0u64;
+        while i < ra.len() || j < rb.len() {
+            steps += 1;
+            if steps % 65536 == 0 {
                 dl.check()?;
             }
-            let x = ra.get(k).filter(|x| x.1);
-            let y = rb.get(k).filter(|y| y.1);
-            let c = cov.entry(prefix(k.0)).or_default();
-            c.0 += x.is_some() as u64;
-            c.1 += y.is_some() as u64;
+            let ka = ra.get(i).map(|r| (r.ip, r.port));
+            let kb = rb.get(j).map(|r| (r.ip, r.port));
+            let (x, y, k) = match (ka, kb) {
+                (Some(p), Some(q)) if p == q => {
+                    i += 1;
+                    j += 1;
+                    (Some(&ra[i - 1]), Some(&rb[j - 1]), p)
+                }
+                (Some(p), Some(q)) if p < q => {
+                    i += 1;
+                    (Some(&ra[i - 1]), None, p)
+                }
+                (Some(p), None) => {
+                    i += 1;
+                    (Some(&ra[i - 1]), None, p)
+                }
+                (_, Some(q)) => {
+                    j += 1;
+                    (None, Some(&rb[j - 1]), q)
+                }
+                (None, None) => break,
+            };
+            let x = x.filter(|x| x.open);
+            let y = y.filter(|y| y.open);
+            let pf = prefix(k.0);
+            match &mut cov {
+                Some(c) if c.0 == pf => {}
+                c => {
+                    if let Some((p, na, nb)) = c.take()
+                        && na != nb
+                    {
+                        d.coverage_net.push(Coverage {
+                            key: prefix_name(p),
+                            a: na,
+                            b: nb,
+                        });
+                    }
+                    *c = Some((pf, 0, 0));
+                }
+            }
+            let c = cov.as_mut().expect("coverage");
+            c.1 += x.is_some() as u64;
+            c.2 += y.is_some() as u64;
             match (x, y) {
-                (None, Some(y)) => change(&mut d, ChangeKind::Opened, *k, None, Some(y.2))?,
-                (Some(x), None) => change(&mut d, ChangeKind::Closed, *k, Some(x.2), None)?,
-                (Some(x), Some(y)) if x.0 != y.0 => {
-                    change(&mut d, ChangeKind::Changed, *k, Some(x.2), Some(y.2))?
+                (None, Some(y)) => change(&mut d, ChangeKind::Opened, k, None, Some(y.addr))?,
+                (Some(x), None) => change(&mut d, ChangeKind::Closed, k, Some(x.addr), None)?,
+                (Some(x), Some(y)) if x.chash != y.chash => {
+                    change(&mut d, ChangeKind::Changed, k, Some(x.addr), Some(y.addr))?
                 }
                 (Some(_), Some(_)) => d.unchanged += 1,
                 (None, None) => {}
             }
         }
-        d.coverage_net = cov
-            .into_iter()
-            .filter(|(_, (x, y))| x != y)
-            .map(|(k, (x, y))| Coverage {
-                key: prefix_name(k),
-                a: x,
-                b: y,
-            })
-            .collect();
-        for (field, out) in [
-            ("minion", &mut d.coverage_minion),
-            ("provider", &mut d.coverage_provider),
+        if let Some((p, na, nb)) = cov
+            && na != nb
+        {
+            d.coverage_net.push(Coverage {
+                key: prefix_name(p),
+                a: na,
+                b: nb,
+            });
+        }
+        for (x, y, out) in [
+            (&ja.minions, &jb.minions, &mut d.coverage_minion),
+            (&ja.providers, &jb.providers, &mut d.coverage_provider),
         ] {
-            let ca = self.count(
-                &format!("job:{a} AND open:true"),
-                &[(field.into(), 1000)],
-                deadline,
-            )?;
-            let cb = self.count(
-                &format!("job:{b} AND open:true"),
-                &[(field.into(), 1000)],
-                deadline,
-            )?;
-            let mut m: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-            for v in &ca.facets[0].values {
-                m.entry(v.value.clone()).or_default().0 = v.count;
+            let mut m: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+            for (k, n) in x {
+                m.entry(k).or_default().0 = *n;
             }
-            for v in &cb.facets[0].values {
-                m.entry(v.value.clone()).or_default().1 = v.count;
+            for (k, n) in y {
+                m.entry(k).or_default().1 = *n;
             }
             *out = m
                 .into_iter()
-                .map(|(k, (x, y))| Coverage { key: k, a: x, b: y })
+                .map(|(k, (x, y))| Coverage {
+                    key: k.to_string(),
+                    a: x,
+                    b: y,
+                })
                 .collect();
         }
         Ok(d)
+    }
+}
+
+/// A row of a job as the diff compares it (fast columns only).
+#[derive(Clone, Copy)]
+struct JobRow {
+    ip: u128,
+    port: u16,
+    chash: u64,
+    open: bool,
+    addr: DocAddress,
+}
+
+#[derive(Default)]
+struct JobRows {
+    rows: Vec<JobRow>,
+    /// Open rows per minion / provider value.
+    minions: BTreeMap<String, u64>,
+    providers: BTreeMap<String, u64>,
+}
+
+struct JobRowsCollector;
+
+struct JobRowsSeg {
+    seg: SegmentOrdinal,
+    ip: Option<Column<Ipv6Addr>>,
+    port: Column<u64>,
+    chash: Column<u64>,
+    open: Column<bool>,
+    minion: Option<tantivy::columnar::StrColumn>,
+    provider: Option<tantivy::columnar::StrColumn>,
+    /// Open rows per term ordinal of the segment's minion / provider dictionaries.
+    minion_n: Vec<u64>,
+    provider_n: Vec<u64>,
+    rows: Vec<JobRow>,
+}
+
+fn str_counts(c: &Option<tantivy::columnar::StrColumn>, n: &[u64], out: &mut BTreeMap<String, u64>) {
+    let Some(c) = c else { return };
+    let mut s = String::new();
+    for (ord, k) in n.iter().enumerate() {
+        if *k > 0 {
+            s.clear();
+            if c.ord_to_str(ord as u64, &mut s).unwrap_or(false) {
+                *out.entry(s.clone()).or_default() += k;
+            }
+        }
+    }
+}
+
+impl SegmentCollector for JobRowsSeg {
+    type Fruit = JobRows;
+    fn collect(&mut self, doc: DocId, _: Score) {
+        let open = self.open.first(doc).unwrap_or(false);
+        if open {
+            for (c, n) in [
+                (&self.minion, &mut self.minion_n),
+                (&self.provider, &mut self.provider_n),
+            ] {
+                if let Some(c) = c {
+                    for o in c.term_ords(doc) {
+                        n[o as usize] += 1;
+                    }
+                }
+            }
+        }
+        let Some(ip) = self.ip.as_ref().and_then(|c| c.first(doc)) else {
+            return;
+        };
+        self.rows.push(JobRow {
+            ip: u128::from(ip),
+            port: self.port.first(doc).unwrap_or(0) as u16,
+            chash: self.chash.first(doc).unwrap_or(0),
+            open,
+            addr: DocAddress::new(self.seg, doc),
+        });
+    }
+    fn harvest(self) -> JobRows {
+        let mut out = JobRows {
+            rows: self.rows,
+            ..Default::default()
+        };
+        str_counts(&self.minion, &self.minion_n, &mut out.minions);
+        str_counts(&self.provider, &self.provider_n, &mut out.providers);
+        out
+    }
+}
+
+impl Collector for JobRowsCollector {
+    type Fruit = JobRows;
+    type Child = JobRowsSeg;
+    fn for_segment(
+        &self,
+        seg: SegmentOrdinal,
+        r: &SegmentReader,
+    ) -> tantivy::Result<JobRowsSeg> {
+        let ff = r.fast_fields();
+        let minion = ff.str("minion")?;
+        let provider = ff.str("provider")?;
+        Ok(JobRowsSeg {
+            seg,
+            ip: ff.column_opt("ip")?,
+            port: ff.u64("port")?,
+            chash: ff.u64("chash")?,
+            open: ff.bool("open")?,
+            minion_n: vec![0; minion.as_ref().map_or(0, |c| c.num_terms())],
+            provider_n: vec![0; provider.as_ref().map_or(0, |c| c.num_terms())],
+            minion,
+            provider,
+            rows: Vec::new(),
+        })
+    }
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+    fn merge_fruits(&self, f: Vec<JobRows>) -> tantivy::Result<JobRows> {
+        let mut out = JobRows::default();
+        for x in f {
+            out.rows.extend(x.rows);
+            for (k, n) in x.minions {
+                *out.minions.entry(k).or_default() += n;
+            }
+            for (k, n) in x.providers {
+                *out.providers.entry(k).or_default() += n;
+            }
+        }
+        Ok(out)
     }
 }
 

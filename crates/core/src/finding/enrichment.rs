@@ -81,7 +81,7 @@ pub struct LeakRecord {
 }
 
 /// Milliseconds spent per enrichment step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct EnrichTimings {
     pub decode_ms: f64,
     pub blank_ms: f64,

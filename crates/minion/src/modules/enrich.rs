@@ -8,7 +8,7 @@
 //! Params: none. Leak lookups happen where the leak database lives (the coordinator itself runs
 //! `leak` tasks). A screenshot's PNG is not sent back with its enrichment.
 
-use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput, to_schema};
+use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, TaskInput};
 use futures::future::BoxFuture;
 use overlord_core::finding::{Enrichment, Payload};
 use overlord_enrich::{Analysis, Analyzer, AnalyzerConfig, EnrichError};
@@ -149,7 +149,7 @@ impl Module for Enrich {
                     }
                     _ => ModuleError::Invalid(e.to_string()),
                 })?;
-            let mut enrichment: Enrichment = to_schema(&analysis)?;
+            let mut enrichment = Enrichment::from(analysis);
             enrichment.input = task.input.clone();
             let mut f = FindingOut::new(
                 task.target,
