@@ -14,6 +14,7 @@ use overlord_coordinator::firehose::FirehoseConfig;
 use overlord_coordinator::firehose::natsd::{NatsCluster, NatsOpts, NatsServer};
 use overlord_core::job::FindingRecord;
 use overlord_proto::v1;
+use overlord_testkit::process::{Kill, wait_for_addr_file};
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -116,16 +117,6 @@ fn assert_exactly_once(msgs: &[(String, String, FindingRecord)], job: u64, findi
 
 // ---------------- a coordinator process, killed with -9 ----------------
 
-struct Kill(Vec<Child>);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 fn overlord(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_overlord"));
     c.args(args)
@@ -136,8 +127,8 @@ fn overlord(args: &[&str]) -> Command {
     c
 }
 
-/// Starts the coordinator of `cfg` and returns its address (from its address file).
-async fn coordinator(cfg: &Path, dir: &Path) -> (Child, String) {
+/// Starts the coordinator of `cfg` and returns it with its address (from its address file).
+fn coordinator(cfg: &Path, dir: &Path) -> (Child, String) {
     let addr_file = dir.join("addr");
     let _ = std::fs::remove_file(&addr_file);
     let mut child = overlord(&[
@@ -149,19 +140,7 @@ async fn coordinator(cfg: &Path, dir: &Path) -> (Child, String) {
     ])
     .spawn()
     .expect("spawn coordinator");
-    let addr = wait_until(
-        "the coordinator's address file",
-        Duration::from_secs(60),
-        async || {
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!("coordinator exited with {st}");
-            }
-            std::fs::read_to_string(&addr_file)
-                .ok()
-                .filter(|s| !s.is_empty())
-        },
-    )
-    .await;
+    let addr = wait_for_addr_file(&mut child, &addr_file, Duration::from_secs(60));
     (child, addr)
 }
 
@@ -182,7 +161,7 @@ async fn exactly_once_across_coordinator_kill9_and_nats_down_up() {
     };
     std::fs::write(&cfg_path, cfg("127.0.0.1:0")).unwrap();
     let mut kids = Kill(Vec::new());
-    let (c, addr) = coordinator(&cfg_path, d).await;
+    let (c, addr) = coordinator(&cfg_path, d);
     kids.0.push(c);
     // A restart comes back on the same port (the minion reconnects there).
     std::fs::write(&cfg_path, cfg(&addr)).unwrap();
@@ -224,7 +203,7 @@ async fn exactly_once_across_coordinator_kill9_and_nats_down_up() {
     );
     let _ = kids.0[0].kill();
     let _ = kids.0[0].wait();
-    let (restarted, _) = coordinator(&cfg_path, d).await;
+    let (restarted, _) = coordinator(&cfg_path, d);
     kids.0[0] = restarted;
     let mut c = wait_until(
         "the restarted coordinator",

@@ -27,6 +27,9 @@ pub struct TaskInput {
     pub blob: Option<Bytes>,
     /// An input for input-driven modules (e.g. a log path for `beacon`).
     pub input: Option<String>,
+    /// Hitlist tasks: the address ranges covered when they are not one block (`target` is the
+    /// first address, `target_count` the total); the runtime checked each against its scope.
+    pub ranges: Vec<overlord_core::target::IpRange>,
 }
 
 impl TaskInput {
@@ -34,8 +37,15 @@ impl TaskInput {
         self.params.get(key).and_then(Value::as_u64)
     }
 
-    /// Every address the task covers (`target_count` from `target`), in order.
+    /// Every address the task covers (its ranges, or `target_count` from `target`), in order.
     pub fn targets(&self) -> Vec<IpAddr> {
+        if !self.ranges.is_empty() {
+            return self
+                .ranges
+                .iter()
+                .flat_map(|r| (0..r.len()).map(move |i| r.nth(i)))
+                .collect();
+        }
         let Some(t) = self.target else {
             return Vec::new();
         };

@@ -16,7 +16,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use harness::XServer;
 use overlord_probes::screen::{Encoding, ScreenOptions, SettlePolicy, vnc_screenshot};
 
 struct Args {
@@ -291,14 +290,14 @@ async fn bench_server(name: &str, port: u16, a: &Args) -> Result<()> {
 async fn main() -> Result<()> {
     let a = args()?;
     {
-        let x = XServer::xvfb(a.w, a.h, false)?;
+        let x = harness::xvfb(a.w, a.h, false)?;
         harness::paint_pattern(&x, 7)?;
         let _term = harness::xterm(&x, "OVERLORD BENCH")?;
         let (_vnc, port) = harness::x11vnc(&x)?;
         bench_server("x11vnc on Xvfb", port, &a).await?;
     }
     {
-        let x = XServer::xvnc(a.w, a.h, "None")?;
+        let x = harness::xvnc(a.w, a.h, "None")?;
         harness::paint_pattern(&x, 7)?;
         let _term = harness::xterm(&x, "OVERLORD BENCH")?;
         bench_server("TigerVNC Xvnc", x.rfb_port.unwrap(), &a).await?;

@@ -51,7 +51,7 @@ async fn main() -> Result<()> {
             rounds = it.next().unwrap_or_default().parse()?;
         }
     }
-    let x = XServer::xvfb(1024, 768, false)?;
+    let x = harness::xvfb(1024, 768, false)?;
     harness::paint_pattern(&x, 7)?;
     let (_vnc, port) = harness::x11vnc(&x)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));

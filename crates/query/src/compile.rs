@@ -263,7 +263,8 @@ impl Compiler<'_> {
             return Ok(Box::new(TermQuery::new(t(a), IndexRecordOption::Basic)));
         }
         let n = |a: &Ipv6Addr| u128::from(*a);
-        let narrow = width(&map_bound(&lo, n), &map_bound(&hi, n)).is_some_and(|w| w <= NARROW_RANGE / 16);
+        let narrow =
+            width(&map_bound(&lo, n), &map_bound(&hi, n)).is_some_and(|w| w <= NARROW_RANGE / 16);
         Ok(range(map_bound(&lo, t), map_bound(&hi, t), narrow))
     }
 

@@ -22,8 +22,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tantivy::indexer::UserOperation;
 use tantivy::InvertedIndexReader;
+use tantivy::indexer::UserOperation;
 use tantivy::schema::{
     FAST, Field, IndexRecordOption, IpAddrOptions, JsonObjectOptions, NumericOptions, OwnedValue,
     STORED, Schema, TextFieldIndexing, TextOptions,
@@ -727,7 +727,9 @@ impl QueryIndex {
             let mut doc = postings.doc();
             while doc != TERMINATED {
                 if !seg.is_deleted(doc) {
-                    return Ok(Some(self.row(searcher, tantivy::DocAddress::new(*ord, doc))?));
+                    return Ok(Some(
+                        self.row(searcher, tantivy::DocAddress::new(*ord, doc))?,
+                    ));
                 }
                 doc = postings.advance();
             }

@@ -638,7 +638,8 @@ impl Engine {
                         continue;
                     };
                     let ip = u128::from_be_bytes(k);
-                    let mut p = inv.read_postings_from_terminfo(st.value(), IndexRecordOption::Basic)?;
+                    let mut p =
+                        inv.read_postings_from_terminfo(st.value(), IndexRecordOption::Basic)?;
                     let mut doc = tantivy::DocSet::doc(&p);
                     while doc != tantivy::TERMINATED {
                         if bits.contains(doc) {
@@ -1080,7 +1081,11 @@ struct JobRowsSeg {
     rows: Vec<JobRow>,
 }
 
-fn str_counts(c: &Option<tantivy::columnar::StrColumn>, n: &[u64], out: &mut BTreeMap<String, u64>) {
+fn str_counts(
+    c: &Option<tantivy::columnar::StrColumn>,
+    n: &[u64],
+    out: &mut BTreeMap<String, u64>,
+) {
     let Some(c) = c else { return };
     let mut s = String::new();
     for (ord, k) in n.iter().enumerate() {
@@ -1134,11 +1139,7 @@ impl SegmentCollector for JobRowsSeg {
 impl Collector for JobRowsCollector {
     type Fruit = JobRows;
     type Child = JobRowsSeg;
-    fn for_segment(
-        &self,
-        seg: SegmentOrdinal,
-        r: &SegmentReader,
-    ) -> tantivy::Result<JobRowsSeg> {
+    fn for_segment(&self, seg: SegmentOrdinal, r: &SegmentReader) -> tantivy::Result<JobRowsSeg> {
         let ff = r.fast_fields();
         let minion = ff.str("minion")?;
         let provider = ff.str("provider")?;

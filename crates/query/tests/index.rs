@@ -733,7 +733,9 @@ fn pages_walked_by_address_equal_one_page_read_from_the_fast_column() {
             loop {
                 let p = e.search(&r).unwrap();
                 assert_eq!(p.matched, one.matched, "{q}");
-                walked.0.extend(p.services.iter().map(|s| (s.key.clone(), s.cursor)));
+                walked
+                    .0
+                    .extend(p.services.iter().map(|s| (s.key.clone(), s.cursor)));
                 walked.1.extend(p.hosts.iter().map(|h| h.ip));
                 match p.next {
                     Some(k) => r.after = Some(k),
@@ -747,7 +749,10 @@ fn pages_walked_by_address_equal_one_page_read_from_the_fast_column() {
                     .collect::<Vec<_>>(),
                 one.hosts.iter().map(|h| h.ip).collect::<Vec<_>>(),
             );
-            assert!(expect.0.len() + expect.1.len() > 500, "{q}: enough rows to walk");
+            assert!(
+                expect.0.len() + expect.1.len() > 500,
+                "{q}: enough rows to walk"
+            );
             assert_eq!(walked, expect, "{q} {view:?}");
         }
     }

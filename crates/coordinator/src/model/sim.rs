@@ -6,12 +6,14 @@
 //! Faults: planner (registry) restart with its mailbox lost, minion death (missed heartbeats) and
 //! restart, job cancel.
 
+use super::job::{JobModel, Limits, Offered, ToRegistry};
 use super::planner::{Demand, Effect, Planner, ResultRoute};
-use overlord_core::job::TaskState;
-use overlord_core::sched::{self, Verdict};
+use crate::engine::IngestedResult;
+use overlord_core::job::{JobRecord, JobSpec, JobState, RawSpec, TaskState, prepare, root_plan};
+use overlord_core::scope::Scope;
 use overlord_core::{JobId, Token};
-use overlord_storage::MinionRecord;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use overlord_storage::{Batch, MemStore, MinionRecord, Op, Store, StoredTask};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 /// splitmix64: a tiny seeded RNG (reproducible runs, no dependency).
@@ -80,55 +82,101 @@ pub enum MinionIn {
     Closed(u64),
 }
 
+/// A job: the real [`JobModel`] over an in-memory store its writes are applied to (so a job
+/// actor restart recovers it from exactly what was written).
 pub struct SimJob {
     pub id: JobId,
-    pub tasks: Vec<TaskState>,
-    pub pending: VecDeque<u64>,
+    /// Root tasks (task ids 1..=n; the sim numbers them 0..n).
+    pub n: u64,
+    pub model: JobModel,
+    pub store: MemStore,
     pub cancelled: bool,
     pub finished: bool,
-    last_demand: Option<Demand>,
+}
+
+fn noop_spec(n: u64) -> JobSpec {
+    let raw = RawSpec {
+        name: "sim".into(),
+        modules: vec!["noop".into()],
+        params_json: format!(r#"{{"count":{n}}}"#),
+        ..Default::default()
+    };
+    prepare(&raw, &Scope::loopback(), &|_| Err("no resolver".into())).expect("noop spec")
+}
+
+fn sim_limits() -> Limits {
+    // attempts are not what this simulation checks: a task is never failed for being requeued
+    Limits {
+        task_timeout_ms: u64::MAX / 4,
+        max_attempts: u32::MAX,
+        expand_watermark: 8,
+    }
 }
 
 impl SimJob {
-    fn new(id: JobId, n: u64) -> Self {
+    fn new(id: JobId, n: u64, now: u64) -> Self {
+        let spec = noop_spec(n);
+        let plan = root_plan(&spec).expect("plan");
+        let rec = JobRecord::new(id, plan.total, id, now);
+        let store = MemStore::new();
+        store
+            .apply(Batch {
+                ops: vec![Op::Spec(id, Box::new(spec.clone())), Op::Job(rec.clone())],
+            })
+            .expect("submit");
+        let model = JobModel::new(sim_limits(), None, rec, Arc::new(spec), plan);
         SimJob {
             id,
-            tasks: vec![TaskState::Pending; n as usize],
-            pending: (0..n).collect(),
+            n,
+            model,
+            store,
             cancelled: false,
             finished: false,
-            last_demand: None,
         }
     }
-    fn demand(&self) -> Demand {
-        let n = self.pending.len() as u64;
-        Demand {
-            by_module: if n > 0 {
-                vec![("noop".into(), n)]
-            } else {
-                vec![]
-            },
-            max_new: if self.finished { 0 } else { u64::MAX },
+
+    /// Task `k`'s state: live in the model, ended in the store, or not expanded yet (pending).
+    pub fn state_of(&self, k: u64) -> TaskState {
+        let id = k + 1;
+        if let Some(t) = self.model.tasks().get(&id) {
+            return t.state.clone();
+        }
+        match self.store.task(self.id, id).expect("store") {
+            Some(StoredTask::Done(_)) => TaskState::Done,
+            Some(StoredTask::Record(t)) => t.state,
+            // a cancelled job never creates the root tasks it had not expanded
+            None if self.model.record().state == JobState::Cancelled => TaskState::Cancelled,
+            None => TaskState::Pending,
         }
     }
+
+    /// Applies the model's effects: writes to the store, the rest as messages to the registry.
+    fn effects(&mut self, now: u64, to_reg: &mut Vec<RegIn>) {
+        let fx = self.model.take_effects(now);
+        if !fx.writes.is_empty() {
+            self.store.apply(Batch { ops: fx.writes }).expect("apply");
+        }
+        for r in fx.registry {
+            to_reg.push(match r {
+                ToRegistry::Adopt { leases, keep } => RegIn::Adopt(self.id, leases, keep),
+                ToRegistry::Release(tokens) | ToRegistry::Expired(tokens) => RegIn::Release(tokens),
+                ToRegistry::Kick { .. } => continue,
+                ToRegistry::Taken {
+                    offer,
+                    used,
+                    demand,
+                } => RegIn::Taken(self.id, offer, used, demand),
+                ToRegistry::Demand(d) => RegIn::Demand(self.id, d),
+            });
+        }
+        if fx.finished.is_some() {
+            self.finished = true;
+            to_reg.push(RegIn::JobGone(self.id));
+        }
+    }
+
     pub fn leased(&self) -> Vec<(Token, String, u64)> {
-        self.tasks
-            .iter()
-            .filter_map(|t| match t {
-                TaskState::Leased {
-                    minion,
-                    generation,
-                    token,
-                    ..
-                } => Some((*token, minion.clone(), *generation)),
-                _ => None,
-            })
-            .collect()
-    }
-    fn complete(&self) -> bool {
-        self.tasks
-            .iter()
-            .all(|t| matches!(t, TaskState::Done | TaskState::Cancelled))
+        self.model.leased()
     }
 }
 
@@ -162,6 +210,7 @@ pub struct Sim {
     pub violations: Vec<String>,
     /// The rule routing results (the fixed one unless a test asks for the old one).
     pub restarts: u32,
+    pub job_restarts: u32,
 }
 
 impl Sim {
@@ -179,6 +228,7 @@ impl Sim {
             accepted: HashMap::new(),
             violations: Vec::new(),
             restarts: 0,
+            job_restarts: 0,
         };
         for (id, cap) in minions {
             let m = SimMinion {
@@ -213,10 +263,31 @@ impl Sim {
     }
 
     pub fn submit(&mut self, id: JobId, n: u64) {
-        let j = SimJob::new(id, n);
-        let d = j.demand();
+        let mut j = SimJob::new(id, n, self.now);
+        j.model.start(self.now);
+        let mut to_reg = Vec::new();
+        j.effects(self.now, &mut to_reg);
         self.jobs.insert(id, (j, VecDeque::new()));
-        self.reg.push_back(RegIn::Demand(id, d));
+        self.reg.extend(to_reg);
+    }
+
+    /// A job actor fails and is restarted: its mailbox is lost, a new model is recovered from
+    /// the job's store and gives its leases back (`Adopt` without `keep`).
+    pub fn restart_job(&mut self, id: JobId) {
+        let Some((j, q)) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if j.finished {
+            return;
+        }
+        q.clear();
+        self.job_restarts += 1;
+        j.model =
+            JobModel::recover(&j.store, id, false, sim_limits(), None, self.now).expect("recover");
+        j.model.start(self.now);
+        let mut to_reg = Vec::new();
+        j.effects(self.now, &mut to_reg);
+        self.reg.extend(to_reg);
     }
 
     /// The registry actor panics: its mailbox is lost, a new planner starts from the stored
@@ -397,53 +468,50 @@ impl Sim {
         let Some(msg) = q.pop_front() else {
             return;
         };
+        let now = self.now;
         let mut to_reg = Vec::new();
         let mut to_minions: Vec<(String, MinionIn)> = Vec::new();
         match msg {
             JobIn::Offer(offer, slots) => {
-                let mut used = Vec::new();
-                for s in &slots {
-                    let mut tokens = Vec::new();
-                    let mut leases = Vec::new();
-                    while (tokens.len() as u32) < s.free && !j.finished {
-                        let Some(task) = j.pending.pop_front() else {
-                            break;
-                        };
-                        self.next_token += 1;
-                        let token = self.next_token;
-                        j.tasks[task as usize] = TaskState::Leased {
-                            minion: s.minion.clone(),
-                            generation: s.generation,
-                            token,
-                            deadline_ms: u64::MAX,
-                            rate: 0,
-                        };
-                        tokens.push(token);
-                        leases.push((token, id, task));
+                let offered: Vec<Offered<'_>> = slots
+                    .iter()
+                    .map(|s| Offered {
+                        minion: &s.minion,
+                        provider: &s.provider,
+                        generation: s.generation,
+                        modules: &s.modules,
+                        free: s.free,
+                    })
+                    .collect();
+                let next = &mut self.next_token;
+                let leases = j.model.offer(
+                    offer,
+                    &offered,
+                    self.minions.len() as u32,
+                    now,
+                    &mut || {
+                        *next += 1;
+                        *next
+                    },
+                    &|_| None,
+                );
+                for (s, leases) in slots.iter().zip(leases) {
+                    if leases.is_empty() {
+                        continue;
                     }
-                    if !tokens.is_empty() {
-                        used.push((s.minion.clone(), s.generation, tokens));
-                        // Sent on the session the offer named (a closed one loses them).
-                        let session = self.minions[&s.minion].0.session;
-                        let gen_now = self.minions[&s.minion].0.generation;
-                        if gen_now == s.generation {
-                            to_minions.push((s.minion.clone(), MinionIn::Leases(session, leases)));
-                        }
-                    }
-                }
-                let d = j.demand();
-                j.last_demand = Some(d.clone());
-                to_reg.push(RegIn::Taken(id, offer, used, d));
-            }
-            JobIn::Requeue(tokens) => {
-                let tokens: HashSet<Token> = tokens.into_iter().collect();
-                for (k, t) in j.tasks.iter_mut().enumerate() {
-                    if matches!(t, TaskState::Leased { token, .. } if tokens.contains(token)) {
-                        *t = TaskState::Pending;
-                        j.pending.push_front(k as u64);
+                    // Sent on the session the offer named (a closed one loses them).
+                    let session = self.minions[&s.minion].0.session;
+                    let gen_now = self.minions[&s.minion].0.generation;
+                    if gen_now == s.generation {
+                        let leases = leases
+                            .iter()
+                            .map(|l| (l.token, id, l.task_id - 1))
+                            .collect();
+                        to_minions.push((s.minion.clone(), MinionIn::Leases(session, leases)));
                     }
                 }
             }
+            JobIn::Requeue(tokens) => j.model.requeue_tokens(tokens, "minion lost", true, now),
             JobIn::Result {
                 minion,
                 generation,
@@ -451,40 +519,35 @@ impl Sim {
                 token,
                 task,
             } => {
-                let v = sched::judge_result(j.tasks.get(task as usize), token, &minion, generation);
-                if v == Verdict::Accept {
-                    j.tasks[task as usize] = TaskState::Done;
+                let item = IngestedResult {
+                    token,
+                    job_id: id,
+                    task_id: task + 1,
+                    ok: true,
+                    findings: Ok(Vec::new()),
+                    error: String::new(),
+                    permanent: false,
+                    started_at_ms: now,
+                    finished_at_ms: now,
+                    probe_counts: Vec::new(),
+                    partial: None,
+                };
+                let acks = j.model.results(&minion, "p", generation, vec![item], now);
+                if acks[0].accepted && acks[0].reason.is_empty() {
                     *self.accepted.entry((id, task)).or_default() += 1;
                 }
                 to_minions.push((minion, MinionIn::Ack(session, token)));
             }
-            JobIn::Readopt => {
-                to_reg.push(RegIn::Adopt(id, j.leased(), true));
-                j.last_demand = None;
-            }
+            JobIn::Readopt => j.model.readopt(),
             JobIn::Cancel => {
                 if !j.finished {
-                    let revoke: Vec<Token> = j.leased().into_iter().map(|(t, _, _)| t).collect();
-                    for t in j.tasks.iter_mut() {
-                        if !matches!(t, TaskState::Done) {
-                            *t = TaskState::Cancelled;
-                        }
-                    }
-                    j.pending.clear();
                     j.cancelled = true;
-                    to_reg.push(RegIn::Release(revoke));
                 }
+                let _ = j.model.cancel(now);
             }
         }
-        if !j.finished && j.complete() {
-            j.finished = true;
-            to_reg.push(RegIn::JobGone(id));
-        } else if !j.finished {
-            let d = j.demand();
-            if j.last_demand.as_ref() != Some(&d) {
-                j.last_demand = Some(d.clone());
-                to_reg.push(RegIn::Demand(id, d));
-            }
+        if !j.finished {
+            j.effects(now, &mut to_reg);
         }
         self.reg.extend(to_reg);
         for (m, msg) in to_minions {
@@ -591,7 +654,7 @@ impl Sim {
                     // Two minions run the same task: allowed only if one lease is no longer the
                     // job's (its result will be rejected); the job's view holds one token.
                     let (j, _) = &self.jobs[&jk.0];
-                    let cur = match &j.tasks[jk.1 as usize] {
+                    let cur = match &j.state_of(jk.1) {
                         TaskState::Leased { token, .. } => Some(*token),
                         _ => None,
                     };
@@ -647,10 +710,8 @@ impl Sim {
             .values()
             .filter(|(j, _)| !j.finished)
             .map(|(j, _)| {
-                let stuck: Vec<_> = j
-                    .tasks
-                    .iter()
-                    .enumerate()
+                let stuck: Vec<_> = (0..j.n)
+                    .map(|k| (k, j.state_of(k)))
                     .filter(|(_, t)| !matches!(t, TaskState::Done | TaskState::Cancelled))
                     .take(5)
                     .collect();

@@ -200,12 +200,13 @@ fn a_minion_whose_lease_expired_unanswered_gets_no_offers_until_it_answers() {
     assert!(!p.minion("silent").unwrap().unresponsive);
 }
 
-/// Random runs: submits, offers, results, minion deaths and restarts, registry restarts and
-/// cancels in any interleaving; then, without new faults, every job finishes, every task of a job
+/// Random runs: submits, offers, results, minion deaths and restarts, registry restarts, job actor
+/// restarts (the real job model recovered from its store) and cancels in any interleaving; then, without new faults, every job finishes, every task of a job
 /// not cancelled is accepted exactly once, no task was run under two live leases, and no minion
 /// was offered more than its capacity.
 #[test]
 fn random_fault_sequences_keep_every_job_live() {
+    let mut job_restarts = 0;
     for seed in 0..300u64 {
         let mut s = Sim::new(seed, &[("m1", 3), ("m2", 2), ("m3", 1)]);
         let mut rng = Rng::new(seed ^ 0xabcdef);
@@ -225,6 +226,7 @@ fn random_fault_sequences_keep_every_job_live() {
                     s.restart_minion(m);
                 }
                 13 => s.cancel(1 + rng.below(n_jobs)),
+                14..=16 => s.restart_job(1 + rng.below(n_jobs)),
                 _ => s.step(),
             }
         }
@@ -235,10 +237,11 @@ fn random_fault_sequences_keep_every_job_live() {
             s.dump()
         );
         assert!(s.violations.is_empty(), "seed {seed}: {:?}", s.violations);
+        job_restarts += s.job_restarts;
         for (j, _) in s.jobs.values() {
-            for (k, t) in j.tasks.iter().enumerate() {
-                let n = s.accepted.get(&(j.id, k as u64)).copied().unwrap_or(0);
-                match t {
+            for k in 0..j.n {
+                let n = s.accepted.get(&(j.id, k)).copied().unwrap_or(0);
+                match j.state_of(k) {
                     TaskState::Done => assert_eq!(n, 1, "seed {seed}: job {} task {k}", j.id),
                     TaskState::Cancelled => assert!(j.cancelled && n == 0),
                     other => panic!("seed {seed}: job {} task {k} ended {other:?}", j.id),
@@ -246,6 +249,10 @@ fn random_fault_sequences_keep_every_job_live() {
             }
         }
     }
+    assert!(
+        job_restarts > 100,
+        "job actor restarts exercised: {job_restarts}"
+    );
 }
 
 /// Regression: a lease sent on a session that closed at that moment never reaches the minion; the

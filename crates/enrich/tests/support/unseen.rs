@@ -18,7 +18,7 @@
 #![allow(dead_code, clippy::needless_range_loop, clippy::too_many_arguments)]
 
 use overlord_enrich::Rgb;
-use std::io::BufRead;
+use overlord_probes::service::testsupport::{XServer, XSpec};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -688,44 +688,27 @@ fn degrade(c: &mut Canvas, rng: &mut Rng) -> String {
 
 // ---------------------------------------------------------------- X screens
 
-/// A private Xvfb (killed on drop).
+/// A private Xvfb (the shared launcher's, local socket only) and the X clients started on it;
+/// both stopped on drop.
 pub struct Xvfb {
-    child: Child,
     pub display: String,
     clients: Vec<Child>,
+    _server: XServer,
 }
 
 impl Xvfb {
     /// Starts Xvfb on a free display; `white`: white root window (`-wr`), else black (`-br`).
     pub fn start(white: bool) -> Result<Xvfb, String> {
         let root = if white { "-wr" } else { "-br" };
-        let mut child = Command::new("Xvfb")
-            .args([
-                "-displayfd",
-                "1",
-                "-screen",
-                "0",
-                "1024x768x24",
-                "-nolisten",
-                "tcp",
-                root,
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("Xvfb (Debian package xvfb): {e}"))?;
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .map_err(|e| format!("Xvfb display: {e}"))?;
-        let n: u32 = line
-            .trim()
-            .parse()
-            .map_err(|_| format!("Xvfb printed no display number: {line:?}"))?;
+        let server = XServer::start(&XSpec {
+            extra: vec![root.to_string()],
+            ..XSpec::xvfb(1024, 768)
+        })
+        .map_err(|e| e.to_string())?;
         Ok(Xvfb {
-            child,
-            display: format!(":{n}"),
+            display: server.name(),
             clients: Vec::new(),
+            _server: server,
         })
     }
     pub fn run(&mut self, prog: &str, args: &[&str]) -> Result<(), String> {
@@ -793,22 +776,8 @@ impl Xvfb {
 
 impl Drop for Xvfb {
     fn drop(&mut self) {
+        // The clients first; the server stops itself when `_server` drops (SIGTERM first).
         self.clear();
-        // SIGTERM, not SIGKILL: a SIGKILLed Xvfb leaves /tmp/.X<n>-lock and its socket behind
-        // (hundreds piled up on the dev machine). Bounded: SIGKILL after 3 s.
-        // SAFETY: kill(2) on our own child, not yet reaped (its pid cannot have been reused).
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(3) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -132,6 +132,7 @@ mod tests {
             params,
             blob: None,
             input: None,
+            ranges: Vec::new(),
         }
     }
 

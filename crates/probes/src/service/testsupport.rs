@@ -459,89 +459,302 @@ fn free_display(ports_too: &[u16]) -> u16 {
     panic!("no free X display number in :20..:919");
 }
 
-/// Xvfb reachable over TCP on 127.0.0.1:6000+N — and only there. Xvfb's own `-listen tcp` would
-/// bind the port on every interface, so Xvfb runs with `-nolisten tcp` (its Unix socket
-/// `/tmp/.X11-unix/X<N>` only) and a [`UnixForwarder`] on 127.0.0.1:6000+N relays each TCP
-/// connection to that socket. `open`: no access control (`-ac`); otherwise an empty authorization
-/// file (`-auth`): every client, presenting no cookie, is refused.
-pub fn xvfb(open: bool) -> Result<Daemon, SupportError> {
-    let bin = require_bin("Xvfb", "xvfb")?;
-    let mut last = String::new();
-    for _ in 0..3 {
-        let dir = tempfile::Builder::new().prefix("ov-xvfb-").tempdir()?;
-        let d = free_display(&[]);
-        let mut c = Command::new(&bin);
-        c.arg(format!(":{d}"))
-            .args(["-nolisten", "tcp", "-screen", "0", "800x600x24", "-noreset"]);
-        if open {
-            c.arg("-ac");
-        } else {
-            let auth = dir.path().join("empty-auth");
-            std::fs::write(&auth, b"")?;
-            c.arg("-auth").arg(auth);
-        }
-        let err = std::fs::File::create(dir.path().join("stderr.log"))?;
-        let out = std::fs::File::create(dir.path().join("stdout.log"))?;
-        c.stdin(Stdio::null()).stdout(out).stderr(err);
-        let mut child = c.spawn().map_err(|e| SupportError::Start {
-            what: "xvfb".into(),
-            detail: e.to_string(),
-        })?;
-        let sock = PathBuf::from(format!("/tmp/.X11-unix/X{d}"));
-        let lock = PathBuf::from(format!("/tmp/.X{d}-lock"));
-        let pid = child.id().to_string();
-        let end = Instant::now() + Duration::from_secs(20);
-        let mut ready = false;
-        while Instant::now() < end {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            // Ours only when the lock file names our child (another server may own the display).
-            let ours = std::fs::read_to_string(&lock)
-                .map(|l| l.trim() == pid)
-                .unwrap_or(false);
-            if ours && std::os::unix::net::UnixStream::connect(&sock).is_ok() {
-                ready = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        let forward = if ready {
-            UnixForwarder::start(loopback(6000 + d), sock.clone())
-                .map_err(|e| last = format!("forwarder on 127.0.0.1:{}: {e}", 6000 + d))
-                .ok()
-        } else {
-            last = format!(
-                "no X socket {} after 20 s (exited: {:?}); log: {}",
-                sock.display(),
-                child.try_wait().ok().flatten(),
-                std::fs::read_to_string(dir.path().join("stderr.log"))
-                    .unwrap_or_default()
-                    .chars()
-                    .take(800)
-                    .collect::<String>()
-            );
-            None
-        };
-        match forward {
-            Some(f) => {
-                return Ok(Daemon {
-                    name: "xvfb".into(),
-                    addr: f.addr,
-                    display: Some(d),
-                    child,
-                    dir,
-                    _forward: Some(f),
-                    after_stop: None,
-                });
-            }
-            None => stop_child(&mut child),
+/// Who may open a connection to an X server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XAccess {
+    /// No access control (`-ac`): every client is let in.
+    Open,
+    /// An empty authorization file (`-auth`): every client, presenting no cookie, is refused.
+    Refuse,
+    /// A fresh MIT cookie in `<dir>/auth` (`-auth`): only clients with `XAUTHORITY` set to it.
+    Cookie,
+}
+
+/// What X server to start ([`XServer::start`]).
+#[derive(Clone, Debug)]
+pub struct XSpec {
+    pub width: u32,
+    pub height: u32,
+    pub access: XAccess,
+    /// Reachable over TCP at 127.0.0.1:6000+N through a loopback relay ([`UnixForwarder`]).
+    pub tcp: bool,
+    /// TigerVNC's Xvnc instead of Xvfb, serving RFB on a free loopback port with these
+    /// `-SecurityTypes` ("None", "VncAuth": password `secret12`).
+    pub vnc_security: Option<String>,
+    /// More server arguments (e.g. `-wr`: white root window).
+    pub extra: Vec<String>,
+}
+
+impl XSpec {
+    /// An Xvfb of `width`×`height`, open, local socket only.
+    pub fn xvfb(width: u32, height: u32) -> XSpec {
+        XSpec {
+            width,
+            height,
+            access: XAccess::Open,
+            tcp: false,
+            vnc_security: None,
+            extra: Vec::new(),
         }
     }
-    Err(SupportError::Start {
-        what: "xvfb".into(),
-        detail: last,
-    })
+}
+
+/// A running X server (Xvfb or Xvnc) on display `:N`; stopped on drop (SIGTERM first, so it
+/// removes its lock file and socket). The server itself never listens on TCP: its `-listen tcp`
+/// binds every interface, so it runs with `-nolisten tcp` and, when asked, a [`UnixForwarder`] on
+/// 127.0.0.1:6000+N relays each TCP connection to its Unix socket.
+pub struct XServer {
+    pub display: u16,
+    /// RFB port (Xvnc).
+    pub rfb_port: Option<u16>,
+    /// The cookie file clients must present ([`XAccess::Cookie`]).
+    pub auth: Option<PathBuf>,
+    /// The process, its temp dir and log (`stderr.log`), and the TCP relay as `addr` (with `tcp`;
+    /// else the RFB address for Xvnc, else 127.0.0.1:6000+N, which nothing serves).
+    pub daemon: Daemon,
+}
+
+impl XServer {
+    /// Starts the server on a free display: ready when the display's lock file names our child
+    /// and its socket accepts (and, for Xvnc, when our child holds the RFB port and answers
+    /// `RFB `). A display or port taken meanwhile by a parallel test costs a retry on another.
+    pub fn start(spec: &XSpec) -> Result<XServer, SupportError> {
+        let (bin, pkg) = match spec.vnc_security {
+            Some(_) => ("Xvnc", "tigervnc-standalone-server"),
+            None => ("Xvfb", "xvfb"),
+        };
+        let bin = require_bin(bin, pkg)?;
+        let mut last = String::new();
+        for _ in 0..5 {
+            let dir = tempfile::Builder::new().prefix("ov-x-").tempdir()?;
+            let d = free_display(&[]);
+            let rfb = free_port();
+            let mut c = Command::new(&bin);
+            c.arg(format!(":{d}"))
+                .args(["-nolisten", "tcp", "-noreset"]);
+            match &spec.vnc_security {
+                Some(sec) => {
+                    c.args(["-geometry", &format!("{}x{}", spec.width, spec.height)])
+                        .args(["-depth", "24", "-localhost", "-rfbport", &rfb.to_string()])
+                        .args(["-SecurityTypes", sec]);
+                    if sec.contains("VncAuth") {
+                        c.arg("-PasswordFile").arg(vnc_password_file(dir.path())?);
+                    }
+                }
+                None => {
+                    c.args([
+                        "-screen",
+                        "0",
+                        &format!("{}x{}x24", spec.width, spec.height),
+                    ]);
+                }
+            }
+            let auth = match spec.access {
+                XAccess::Open => {
+                    c.arg("-ac");
+                    None
+                }
+                XAccess::Refuse => {
+                    let f = dir.path().join("empty-auth");
+                    std::fs::write(&f, b"")?;
+                    c.arg("-auth").arg(&f);
+                    None
+                }
+                XAccess::Cookie => {
+                    let f = dir.path().join("auth");
+                    x_cookie(&f, d)?;
+                    c.arg("-auth").arg(&f);
+                    Some(f)
+                }
+            };
+            c.args(&spec.extra);
+            let err = std::fs::File::create(dir.path().join("stderr.log"))?;
+            let out = std::fs::File::create(dir.path().join("stdout.log"))?;
+            c.stdin(Stdio::null()).stdout(out).stderr(err);
+            let mut child = c.spawn().map_err(|e| SupportError::Start {
+                what: "X server".into(),
+                detail: e.to_string(),
+            })?;
+            let sock = PathBuf::from(format!("/tmp/.X11-unix/X{d}"));
+            let ready =
+                wait_x_socket(&mut child, d, &sock).and_then(|()| match spec.vnc_security {
+                    Some(_) => wait_own_rfb(&mut child, rfb),
+                    None => Ok(()),
+                });
+            let forward = ready.and_then(|()| match spec.tcp {
+                true => UnixForwarder::start(loopback(6000 + d), sock.clone())
+                    .map(Some)
+                    .map_err(|e| format!("relay on 127.0.0.1:{}: {e}", 6000 + d)),
+                false => Ok(None),
+            });
+            match forward {
+                Ok(forward) => {
+                    let addr = match (&forward, spec.vnc_security.is_some()) {
+                        (Some(f), _) => f.addr,
+                        (None, true) => loopback(rfb),
+                        (None, false) => loopback(6000 + d),
+                    };
+                    return Ok(XServer {
+                        display: d,
+                        rfb_port: spec.vnc_security.is_some().then_some(rfb),
+                        auth,
+                        daemon: Daemon {
+                            name: "X server".into(),
+                            addr,
+                            display: Some(d),
+                            child,
+                            dir,
+                            _forward: forward,
+                            after_stop: None,
+                        },
+                    });
+                }
+                Err(e) => {
+                    stop_child(&mut child);
+                    let log =
+                        std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+                    last += &format!(
+                        "\n:{d}: {e}; log: {}",
+                        log.chars()
+                            .rev()
+                            .take(600)
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .rev()
+                            .collect::<String>()
+                    );
+                }
+            }
+        }
+        Err(SupportError::Start {
+            what: "X server".into(),
+            detail: last,
+        })
+    }
+
+    /// The display name for local clients (`:N`).
+    pub fn name(&self) -> String {
+        format!(":{}", self.display)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
+    /// Whether the server process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.daemon.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Where X11 over TCP reaches this server: its loopback relay (127.0.0.1:6000+N), if any.
+    pub fn relay(&self) -> Option<SocketAddr> {
+        self.daemon._forward.as_ref().map(|f| f.addr)
+    }
+
+    /// [`XServer::relay`] of a server started with `tcp`.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.relay().expect("X server started without TCP")
+    }
+}
+
+/// Ready when the lock file of `:d` names our child (another server may own the display) and
+/// its socket accepts; an error when the child exits or 20 s pass.
+fn wait_x_socket(child: &mut Child, d: u16, sock: &Path) -> Result<(), String> {
+    let lock = PathBuf::from(format!("/tmp/.X{d}-lock"));
+    let pid = child.id().to_string();
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(format!("exited with {st}"));
+        }
+        let ours = std::fs::read_to_string(&lock).is_ok_and(|l| l.trim() == pid);
+        if ours && std::os::unix::net::UnixStream::connect(sock).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Err(format!("no X socket {} after 20 s", sock.display()))
+}
+
+/// Ready when our child itself listens on 127.0.0.1:`port` and an `RFB ` banner comes from it.
+/// 127.0.0.1 exactly: an Xvnc whose IPv4 bind failed may serve [::1]:port alone, and a banner
+/// check on IPv4 would then meet whoever took the port.
+fn wait_own_rfb(child: &mut Child, port: u16) -> Result<(), String> {
+    use std::io::Read;
+    let own = loopback(port);
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(format!("exited with {st}"));
+        }
+        if tcp_listeners_of(child.id()).is_ok_and(|l| l.contains(&own))
+            && let Ok(mut s) = std::net::TcpStream::connect_timeout(&own, Duration::from_secs(1))
+        {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut b = [0u8; 4];
+            if s.read_exact(&mut b).is_ok() && &b == b"RFB " {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let others = tcp_listeners_on(port).unwrap_or_default();
+    Err(format!(
+        "no RFB banner on {own} after 20 s; listeners: {others:?}"
+    ))
+}
+
+/// A fresh MIT-MAGIC-COOKIE-1 for display `:d` written to `file` (with `xauth`).
+fn x_cookie(file: &Path, d: u16) -> Result<(), SupportError> {
+    let xauth = require_bin("xauth", "xauth")?;
+    let mut raw = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))?;
+    let cookie: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let ok = Command::new(xauth)
+        .arg("-f")
+        .arg(file)
+        .args(["add", &format!(":{d}"), ".", &cookie])
+        .stderr(Stdio::null())
+        .status()?
+        .success();
+    if !ok {
+        return Err(SupportError::Start {
+            what: "xauth add".into(),
+            detail: file.display().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// A VNC password file for `secret12` (TigerVNC's `vncpasswd -f`).
+fn vnc_password_file(dir: &Path) -> Result<PathBuf, SupportError> {
+    use std::io::Write;
+    let bin = require_bin("vncpasswd", "tigervnc-tools")?;
+    let mut ch = Command::new(bin)
+        .arg("-f")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    ch.stdin.take().expect("stdin").write_all(b"secret12\n")?;
+    let out = ch.wait_with_output()?;
+    let f = dir.join("passwd");
+    std::fs::write(&f, out.stdout)?;
+    Ok(f)
+}
+
+/// Xvfb (800×600) reachable over TCP on 127.0.0.1:6000+N — and only there (see [`XServer`]).
+/// `open`: no access control; otherwise every client, presenting no cookie, is refused.
+pub fn xvfb(open: bool) -> Result<Daemon, SupportError> {
+    let x = XServer::start(&XSpec {
+        access: if open { XAccess::Open } else { XAccess::Refuse },
+        tcp: true,
+        ..XSpec::xvfb(800, 600)
+    })?;
+    let mut d = x.daemon;
+    d.name = "xvfb".into();
+    Ok(d)
 }
 
 /// Relays every TCP connection accepted on a loopback listener to a Unix socket (e.g. an X

@@ -1,20 +1,18 @@
-//! Real X servers and VNC servers on loopback for the screenshot tests: each started on a free
-//! display number / port in a temp dir and killed (by its own pid) when dropped.
+//! What the screenshot tests do with real X and VNC servers on loopback: the servers themselves
+//! come from the shared launcher (`testsupport::XServer`); here are the test-side helpers
+//! (x11vnc with whole-screen polling, painting, xterm, xwd captures, pixel comparison).
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 pub use overlord_probes::service::testsupport::{
-    Daemon, UnixForwarder, stop_child, tcp_listeners_of, tcp_listeners_on,
+    Daemon, XAccess, XServer, XSpec, stop_child, tcp_listeners_of, tcp_listeners_on,
 };
 
-/// A child process killed and reaped on drop.
+/// A client program (xterm) stopped on drop (SIGTERM first, then SIGKILL; reaped).
 pub struct Proc {
-    pub name: String,
     child: Child,
 }
 
@@ -23,22 +21,13 @@ impl Proc {
     pub fn spawn_logged(cmd: &mut Command, name: &str, log: &Path) -> Result<Proc> {
         let f =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        Self::spawn_with(cmd.stdout(f.try_clone()?).stderr(f), name)
-    }
-
-    fn spawn_with(cmd: &mut Command, name: &str) -> Result<Proc> {
         let child = cmd
+            .stdout(f.try_clone()?)
+            .stderr(f)
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("spawning {name}"))?;
-        Ok(Proc {
-            name: name.to_string(),
-            child,
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+        Ok(Proc { child })
     }
 
     pub fn exited(&mut self) -> bool {
@@ -60,35 +49,6 @@ pub fn log_tail(log: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Waits until process `pid` itself listens on 127.0.0.1:`port` and an RFB banner comes from
-/// it; fails at once when the process exits.
-///
-/// The port came from `free_port` (bound, released, handed over): another test may have taken it
-/// in between. The server then fails to bind (and exits, or keeps running without RFB), while a
-/// bare banner check could be answered by the other test's server. So the listener must be one
-/// of the process's own fds.
-fn wait_own_rfb(p: &mut Proc, port: u16, limit: Duration) -> Result<()> {
-    let pid = p.pid();
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if p.exited() {
-            bail!("{} exited", p.name);
-        }
-        // 127.0.0.1 exactly: x11vnc whose IPv4 bind failed kept serving on [::1]:port alone
-        // (a port-only check matched that, and the banner check then met the stranger on IPv4).
-        let own = SocketAddr::from(([127, 0, 0, 1], port));
-        if tcp_listeners_of(pid).is_ok_and(|l| l.contains(&own)) && rfb_banner(port) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let others = tcp_listeners_on(port).unwrap_or_default();
-    bail!(
-        "no RFB banner from {} (pid {pid}) on port {port} after {limit:?}; listeners on the port: {others:?}",
-        p.name
-    )
-}
-
 /// Panics with the Debian package to install when a binary is missing (tests never skip).
 pub fn need(bin: &str, package: &str) {
     let found = std::env::var_os("PATH")
@@ -106,251 +66,48 @@ pub fn wait_until(timeout: Duration, what: &str, cond: impl FnMut() -> bool) -> 
     Ok(())
 }
 
-pub use overlord_testkit::port::free_port;
-use overlord_testkit::port::port_free;
-
-/// Display numbers tried: spread by pid so parallel test binaries rarely collide.
-fn candidate_displays() -> impl Iterator<Item = u16> {
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let base = (std::process::id() % 500) as u16
-        + NEXT.fetch_add(101, std::sync::atomic::Ordering::Relaxed);
-    (0..400u16).map(move |i| 100 + (base + i * 37) % 800)
+/// Xvfb of `w`×`h`; with `tcp`, reachable at 127.0.0.1:6000+N (the shared launcher's loopback
+/// relay) with access control off.
+pub fn xvfb(w: u32, h: u32, tcp: bool) -> Result<XServer> {
+    Ok(XServer::start(&XSpec {
+        tcp,
+        ..XSpec::xvfb(w, h)
+    })?)
 }
 
-fn display_in_use(n: u16) -> bool {
-    overlord_probes::service::testsupport::x_display_in_use(n)
+/// Xvfb reachable over TCP (loopback relay) with access control on: only clients presenting the
+/// fresh MIT cookie in `x.auth` may connect.
+pub fn xvfb_auth(w: u32, h: u32) -> Result<XServer> {
+    Ok(XServer::start(&XSpec {
+        tcp: true,
+        access: XAccess::Cookie,
+        ..XSpec::xvfb(w, h)
+    })?)
 }
 
-/// An X server (Xvfb or Xvnc) on display `:n`.
-pub struct XServer {
-    pub display: u16,
-    #[allow(dead_code)]
-    pub proc: Proc,
-    pub dir: tempfile::TempDir,
-    /// RFB port when the server is Xvnc.
-    pub rfb_port: Option<u16>,
-    /// X11 over TCP: a relay on 127.0.0.1:6000+n to the server's Unix socket (the X server itself
-    /// never listens on TCP: its `-listen tcp` binds every interface).
-    pub tcp: Option<UnixForwarder>,
+/// TigerVNC's Xvnc serving RFB on a free loopback port; `security` e.g. "None" or "VncAuth".
+pub fn xvnc(w: u32, h: u32, security: &str) -> Result<XServer> {
+    Ok(XServer::start(&XSpec {
+        vnc_security: Some(security.to_string()),
+        ..XSpec::xvfb(w, h)
+    })?)
 }
 
-impl XServer {
-    pub fn name(&self) -> String {
-        format!(":{}", self.display)
-    }
-
-    fn start(kind: &str, build: impl Fn(u16, &Path, u16) -> Command, tcp: bool) -> Result<XServer> {
-        let dir = tempfile::tempdir()?;
-        let mut failures = Vec::new();
-        for n in candidate_displays() {
-            if display_in_use(n) || (tcp && !port_free(6000 + n)) {
-                continue;
-            }
-            if failures.len() >= 5 {
-                break;
-            }
-            let rfb = free_port();
-            let log = dir.path().join(format!("{kind}-{n}.log"));
-            let mut proc = Proc::spawn_logged(&mut build(n, dir.path(), rfb), kind, &log)?;
-            let sock = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
-            // Ours only when the lock file names our child (another server may own the display).
-            let lock = PathBuf::from(format!("/tmp/.X{n}-lock"));
-            let pid = proc.pid();
-            let ours = || {
-                std::fs::read_to_string(&lock)
-                    .map(|s| s.trim() == pid.to_string())
-                    .unwrap_or(false)
-            };
-            // A display taken meanwhile by a parallel test makes our server exit at once: that
-            // is caught here and the next display tried; other failures are reported with the log.
-            let ready = wait_until(Duration::from_secs(20), "X socket", || {
-                (sock.exists() && ours()) || proc.exited()
-            });
-            if ready.is_err() || proc.exited() {
-                failures.push(format!(
-                    ":{n}: {kind} did not start; log:\n{}",
-                    log_tail(&log, 8)
-                ));
-                continue;
-            }
-            if kind == "Xvnc"
-                && let Err(e) = wait_own_rfb(&mut proc, rfb, Duration::from_secs(20))
-            {
-                failures.push(format!(":{n}: {e}; log:\n{}", log_tail(&log, 8)));
-                continue; // next display, new RFB port (this server is stopped on drop)
-            }
-            let forward = if tcp {
-                match UnixForwarder::start(SocketAddr::from(([127, 0, 0, 1], 6000 + n)), sock) {
-                    Ok(f) => Some(f),
-                    Err(_) => continue, // port taken meanwhile: next display (proc stopped)
-                }
-            } else {
-                None
-            };
-            let mut server = XServer {
-                display: n,
-                proc,
-                dir,
-                rfb_port: (kind == "Xvnc").then_some(rfb),
-                tcp: forward,
-            };
-            let name = server.name();
-            let auth = server.dir.path().join("auth");
-            let mut died = false;
-            wait_until(Duration::from_secs(20), "X server answering", || {
-                died = server.proc.exited();
-                died || Command::new("xdpyinfo")
-                    .args(["-display", &name])
-                    .env("XAUTHORITY", &auth)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .map(|s| s.success())
-                    .unwrap_or(false)
-            })
-            .with_context(|| format!("{kind} on {name}; log:\n{}", log_tail(&log, 8)))?;
-            if died {
-                bail!("{kind} on {name} exited; log:\n{}", log_tail(&log, 8));
-            }
-            return Ok(server);
-        }
-        bail!("{kind} did not start: {}", failures.join("\n"))
-    }
-
-    /// Xvfb, optionally reachable over TCP at 127.0.0.1:6000+n (through the loopback relay) with
-    /// access control disabled.
-    pub fn xvfb(w: u32, h: u32, tcp: bool) -> Result<XServer> {
-        need("Xvfb", "xvfb");
-        need("xdpyinfo", "x11-utils");
-        Self::start(
-            "Xvfb",
-            |n, _, _| {
-                let mut c = Command::new("Xvfb");
-                c.arg(format!(":{n}")).arg("-noreset").args([
-                    "-screen",
-                    "0",
-                    &format!("{w}x{h}x24"),
-                ]);
-                c.args(["-nolisten", "tcp"]);
-                if tcp {
-                    c.arg("-ac");
-                }
-                c
-            },
-            tcp,
-        )
-    }
-
-    /// Xvfb reachable over TCP (loopback relay) with access control on: only clients presenting a
-    /// fresh MIT cookie may connect.
-    pub fn xvfb_auth(w: u32, h: u32) -> Result<XServer> {
-        need("Xvfb", "xvfb");
-        need("xauth", "xauth");
-        Self::start(
-            "Xvfb",
-            |n, dir, _| {
-                let auth = dir.join("auth");
-                let cookie: String = (0..16)
-                    .map(|i| format!("{:02x}", (std::process::id() as u8).wrapping_mul(i + 31)))
-                    .collect();
-                let ok = Command::new("xauth")
-                    .arg("-f")
-                    .arg(&auth)
-                    .args(["add", &format!(":{n}"), ".", &cookie])
-                    .stderr(Stdio::null())
-                    .status()
-                    .map(|s| s.success())
-                    .unwrap_or(false);
-                assert!(ok, "xauth add failed");
-                let mut c = Command::new("Xvfb");
-                c.arg(format!(":{n}"))
-                    .arg("-noreset")
-                    .args([
-                        "-screen",
-                        "0",
-                        &format!("{w}x{h}x24"),
-                        "-nolisten",
-                        "tcp",
-                        "-auth",
-                    ])
-                    .arg(auth);
-                c
-            },
-            true,
-        )
-    }
-
-    /// TigerVNC's Xvnc serving RFB on a free loopback port; `security` e.g. "None" or "VncAuth".
-    pub fn xvnc(w: u32, h: u32, security: &str) -> Result<XServer> {
-        need("Xvnc", "tigervnc-standalone-server");
-        need("xdpyinfo", "x11-utils");
-        let security = security.to_string();
-        let s = Self::start(
-            "Xvnc",
-            move |n, dir, port| {
-                let mut c = Command::new("Xvnc");
-                c.arg(format!(":{n}"))
-                    .arg("-noreset")
-                    .args(["-geometry", &format!("{w}x{h}"), "-depth", "24"])
-                    .args([
-                        "-rfbport",
-                        &port.to_string(),
-                        "-localhost",
-                        "-nolisten",
-                        "tcp",
-                    ])
-                    .args(["-SecurityTypes", &security]);
-                if security.contains("VncAuth") {
-                    let pw = dir.join("passwd");
-                    let out = Command::new("vncpasswd")
-                        .arg("-f")
-                        .stdin(Stdio::piped())
-                        .stdout(Stdio::piped())
-                        .spawn()
-                        .and_then(|mut ch| {
-                            use std::io::Write;
-                            ch.stdin.take().unwrap().write_all(b"secret12\n")?;
-                            ch.wait_with_output()
-                        })
-                        .expect("vncpasswd -f");
-                    std::fs::write(&pw, out.stdout).unwrap();
-                    c.arg("-PasswordFile").arg(pw);
-                }
-                c
-            },
-            false,
-        )?;
-        Ok(s)
-    }
-
-    /// Where X11 over TCP reaches this server: its loopback relay (127.0.0.1:6000+n).
-    pub fn tcp_addr(&self) -> SocketAddr {
-        self.tcp
-            .as_ref()
-            .map(|f| f.addr)
-            .expect("X server started without TCP")
-    }
-
-    /// Fails unless the X server process holds no TCP listener at all and every listener on its
-    /// TCP port (the relay) is bound to loopback — nothing on 0.0.0.0 or ::.
-    pub fn assert_loopback_only(&self) {
-        let own = tcp_listeners_of(self.proc.pid()).expect("/proc/<pid>/fd");
+/// Fails unless the X server process holds no TCP listener at all and every listener on its
+/// TCP port (the relay) is bound to loopback — nothing on 0.0.0.0 or ::.
+pub fn assert_loopback_only(x: &XServer) {
+    let own = tcp_listeners_of(x.pid()).expect("/proc/<pid>/fd");
+    assert!(
+        own.is_empty(),
+        "the X server itself listens on TCP: {own:?}"
+    );
+    if let Some(relay) = x.relay() {
+        let on_port = tcp_listeners_on(relay.port()).expect("/proc/net/tcp");
+        assert!(!on_port.is_empty(), "no listener on the relay port {relay}");
         assert!(
-            own.is_empty(),
-            "the X server itself listens on TCP: {own:?}"
+            on_port.iter().all(|a| a.ip().is_loopback()),
+            "a listener on the X port beyond loopback: {on_port:?}"
         );
-        if let Some(f) = &self.tcp {
-            let on_port = tcp_listeners_on(f.addr.port()).expect("/proc/net/tcp");
-            assert!(
-                !on_port.is_empty(),
-                "no listener on the relay port {}",
-                f.addr
-            );
-            assert!(
-                on_port.iter().all(|a| a.ip().is_loopback()),
-                "a listener on the X port beyond loopback: {on_port:?}"
-            );
-        }
     }
 }
 
@@ -363,15 +120,6 @@ pub fn assert_listeners_loopback(pid: u32, what: &str) {
         l.iter().all(|a| a.ip().is_loopback()),
         "{what} listens beyond loopback: {l:?}"
     );
-}
-
-fn rfb_banner(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut b = [0u8; 4];
-    s.read_exact(&mut b).is_ok() && &b == b"RFB "
 }
 
 /// x11vnc serving an X display on a free loopback port, without password: the shared launcher
@@ -447,12 +195,12 @@ pub fn xterm(x: &XServer, text: &str) -> Result<Proc> {
     need("xwininfo", "x11-utils");
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let printed = x.dir.path().join(format!("xterm-{n}.printed"));
+    let printed = x.daemon.dir.path().join(format!("xterm-{n}.printed"));
     let script = format!(
         "printf '%s\\n' '{text}'; : > '{}'; exec sleep 600",
         printed.display()
     );
-    let log = x.dir.path().join(format!("xterm-{n}.log"));
+    let log = x.daemon.dir.path().join(format!("xterm-{n}.log"));
     let mut p = Proc::spawn_logged(
         Command::new("xterm")
             .args([

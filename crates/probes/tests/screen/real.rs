@@ -39,11 +39,11 @@ async fn assert_matches_xwd(x: &XServer, port: u16, opts: &ScreenOptions) -> Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x11vnc_screenshot_equals_xwd() -> Result<()> {
-    let x = XServer::xvfb(1024, 768, false)?;
+    let x = harness::xvfb(1024, 768, false)?;
     harness::paint_pattern(&x, 7)?;
     let _term = harness::xterm(&x, "OVERLORD SCREENSHOT TEST 4242")?;
     let (vnc, port) = harness::x11vnc(&x)?;
-    x.assert_loopback_only();
+    harness::assert_loopback_only(&x);
     harness::assert_listeners_loopback(vnc.pid(), "x11vnc");
     for encodings in [
         vec![Encoding::Zrle],
@@ -115,11 +115,11 @@ async fn x11vnc_screenshot_equals_xwd() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xvnc_none_and_vncauth() -> Result<()> {
-    let x = XServer::xvnc(800, 600, "None")?;
+    let x = harness::xvnc(800, 600, "None")?;
     // RFB on loopback only (`-localhost`), no X11 TCP listener (`-nolisten tcp`).
-    harness::assert_listeners_loopback(x.proc.pid(), "Xvnc");
+    harness::assert_listeners_loopback(x.pid(), "Xvnc");
     assert!(
-        harness::tcp_listeners_of(x.proc.pid())
+        harness::tcp_listeners_of(x.pid())
             .unwrap()
             .iter()
             .all(|a| Some(a.port()) == x.rfb_port),
@@ -178,7 +178,7 @@ async fn xvnc_none_and_vncauth() -> Result<()> {
         assert_eq!(harness::diff(&a, &b, 800).0, 0, "{name} differs from Raw");
     }
 
-    let locked = XServer::xvnc(640, 480, "VncAuth")?;
+    let locked = harness::xvnc(640, 480, "VncAuth")?;
     let cap = vnc_screenshot(rfb(locked.rfb_port.unwrap()), &ScreenOptions::default()).await?;
     assert!(cap.auth_required);
     assert!(cap.screenshot.is_none());
@@ -192,9 +192,9 @@ async fn xvnc_none_and_vncauth() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x11_over_tcp_equals_xwd() -> Result<()> {
-    let x = XServer::xvfb(640, 480, true)?;
+    let x = harness::xvfb(640, 480, true)?;
     // Safety: X11 over TCP is reachable on loopback only (the relay), never on 0.0.0.0/::.
-    x.assert_loopback_only();
+    harness::assert_loopback_only(&x);
     harness::paint_pattern(&x, 11)?;
     let _term = harness::xterm(&x, "X11 ROOT WINDOW")?;
     let (w, h, want) = harness::xwd_rgb(&x)?;
@@ -215,8 +215,8 @@ async fn x11_over_tcp_equals_xwd() -> Result<()> {
 async fn x11_refused_without_cookie() -> Result<()> {
     // Without -ac, Xvfb refuses a client that presents no authorization.
     harness::need("Xvfb", "xvfb");
-    let x = XServer::xvfb_auth(320, 240)?;
-    x.assert_loopback_only();
+    let x = harness::xvfb_auth(320, 240)?;
+    harness::assert_loopback_only(&x);
     let cap = x11_screenshot(x.tcp_addr(), &ScreenOptions::default()).await?;
     assert!(!cap.open);
     assert!(cap.screenshot.is_none());
@@ -231,7 +231,7 @@ async fn x11_refused_without_cookie() -> Result<()> {
 /// counted to show the problem is real (not asserted: it depends on timing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x11vnc_stale_first_frame() -> Result<()> {
-    let x = XServer::xvfb(1024, 768, false)?;
+    let x = harness::xvfb(1024, 768, false)?;
     harness::paint_pattern(&x, 5)?;
     let (_vnc, port) = harness::x11vnc(&x)?;
     let naive = ScreenOptions {
