@@ -110,32 +110,6 @@ impl FindingOut {
     }
 }
 
-/// A probe library's serde record as the schema type `T` (the libraries keep their own types;
-/// the schema is the contract). A field the schema does not know is a producer/schema drift: it
-/// is logged (and fails debug builds, so the modules' tests catch it) and left out.
-pub fn to_schema<T>(record: &impl serde::Serialize) -> Result<T, ModuleError>
-where
-    T: serde::de::DeserializeOwned + serde::Serialize,
-{
-    let v = serde_json::to_value(record)
-        .map_err(|e| ModuleError::Failed(format!("serialize record: {e}")))?;
-    let (t, unknown) = overlord_core::finding::typed::<T>(&v).map_err(|e| {
-        ModuleError::Failed(format!(
-            "record does not fit the schema type {}: {e}",
-            std::any::type_name::<T>()
-        ))
-    })?;
-    if !unknown.is_empty() {
-        tracing::warn!(schema_type = std::any::type_name::<T>(), fields = ?unknown, "fields missing from the finding schema");
-        debug_assert!(
-            false,
-            "fields missing from the finding schema type {}: {unknown:?}",
-            std::any::type_name::<T>()
-        );
-    }
-    Ok(t)
-}
-
 /// What the runtime gives a module besides the task.
 #[derive(Clone, Debug)]
 pub struct ModuleCtx {
