@@ -143,6 +143,42 @@ fn status_err(s: tonic::Status) -> anyhow::Error {
 
 /// Submits a job under a fresh request id, retrying transient failures (coordinator restarting,
 /// connection reset) with the same id: the coordinator creates the job at most once.
+/// Uploads a hitlist file, streamed in 64 KiB chunks (the file is never held whole); the
+/// coordinator checks, deduplicates and stores it and answers with its id and counts.
+pub async fn upload_hitlist(
+    c: &mut Client,
+    path: &std::path::Path,
+) -> Result<v1::UploadHitlistResponse> {
+    use tokio::io::AsyncReadExt;
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("targets file {}", path.display()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<v1::HitlistChunk>(4);
+    let reader = tokio::spawn(async move {
+        loop {
+            let mut buf = vec![0u8; 64 * 1024];
+            let n = f.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            buf.truncate(n);
+            if tx.send(v1::HitlistChunk { data: buf }).await.is_err() {
+                return Ok(());
+            }
+        }
+    });
+    let r = c
+        .upload_hitlist(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|c| (c, rx))
+        }))
+        .await;
+    reader
+        .await
+        .context("targets file reader")?
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(r.map_err(status_err)?.into_inner())
+}
+
 pub async fn submit(c: &mut Client, spec: v1::JobSpec) -> Result<v1::JobStatus> {
     let request_id = format!("cli-{:032x}", rand::random::<u128>());
     let mut delay = std::time::Duration::from_millis(100);
@@ -513,7 +549,11 @@ pub fn status_line(st: &v1::JobStatus) -> String {
         st.findings,
         st.stale_results_rejected,
         spec.modules.join(","),
-        spec.targets.join(","),
+        if spec.hitlist.is_empty() {
+            spec.targets.join(",")
+        } else {
+            format!("hitlist {}", spec.hitlist)
+        },
     ) + &waiting
         + &firehose_note(st.firehose.as_ref())
 }

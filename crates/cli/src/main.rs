@@ -78,8 +78,13 @@ enum Cmd {
     /// Scans targets. Without --coordinator, runs an embedded cluster (coordinator + 2 minions).
     Scan {
         /// Addresses, CIDRs, ranges or host names.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "targets_file")]
         targets: Vec<String>,
+        /// A hitlist: a file of addresses and CIDRs, one per line (`#` comments, blank lines;
+        /// IPv4 and IPv6), streamed to the coordinator, scope-checked (the bad line is named),
+        /// deduplicated. Also `-iL FILE` as in nmap.
+        #[arg(long = "targets-file", value_name = "FILE", conflicts_with = "targets")]
+        targets_file: Option<PathBuf>,
         /// Ports, e.g. 22,80,8000-8100 or 1-65535.
         #[arg(short, long, default_value = "1-1024")]
         ports: String,
@@ -468,7 +473,14 @@ fn main() -> Result<()> {
 }
 
 async fn async_main() -> Result<()> {
-    let cli = Cli::parse();
+    // nmap's `-iL FILE` (one dash, two letters) is `--targets-file FILE` here.
+    let cli = Cli::parse_from(std::env::args_os().map(|a| {
+        if a == "-iL" {
+            "--targets-file".into()
+        } else {
+            a
+        }
+    }));
     raise_fd_limit();
     client::set_credentials(client::credentials_from(
         std::env::var("OVERLORD_TOKEN")
@@ -571,6 +583,7 @@ async fn async_main() -> Result<()> {
         }
         Cmd::Scan {
             targets,
+            targets_file,
             ports,
             modules,
             rate,
@@ -596,8 +609,12 @@ async fn async_main() -> Result<()> {
             }
             // checked here for a quick, local error; the coordinator checks again at submission
             overlord_core::followup::RuleSet::from_text(&rules, &disable_rules)?;
+            let name = match &targets_file {
+                Some(f) => format!("scan -iL {}", f.display()),
+                None => format!("scan {}", targets.join(" ")),
+            };
             let spec = v1::JobSpec {
-                name: format!("scan {}", targets.join(" ")),
+                name,
                 targets,
                 ports,
                 modules,
@@ -606,6 +623,7 @@ async fn async_main() -> Result<()> {
                 params_json: params.unwrap_or_default(),
                 rules,
                 disable_rules,
+                hitlist: String::new(),
             };
             let (url, emb) = match coordinator {
                 Some(_) if leaks.is_some() => bail!(
@@ -619,7 +637,7 @@ async fn async_main() -> Result<()> {
                     (e.url.clone(), Some(e))
                 }
             };
-            let r = scan(&url, spec, format, detach).await;
+            let r = scan(&url, spec, targets_file.as_deref(), format, detach).await;
             if let Some(e) = emb {
                 e.shutdown().await;
             }
@@ -954,8 +972,22 @@ async fn async_main() -> Result<()> {
     Ok(())
 }
 
-async fn scan(url: &str, spec: v1::JobSpec, format: Format, detach: bool) -> Result<()> {
+async fn scan(
+    url: &str,
+    mut spec: v1::JobSpec,
+    targets_file: Option<&std::path::Path>,
+    format: Format,
+    detach: bool,
+) -> Result<()> {
     let mut c = client::connect(url).await?;
+    if let Some(path) = targets_file {
+        let h = client::upload_hitlist(&mut c, path).await?;
+        eprintln!(
+            "hitlist {}: {} lines, {} addresses in {} ranges ({} duplicate addresses dropped)",
+            h.id, h.lines, h.addresses, h.ranges, h.duplicates
+        );
+        spec.hitlist = h.id;
+    }
     let t0 = std::time::Instant::now();
     let st = client::submit(&mut c, spec).await?;
     let id = st.job_id;

@@ -736,6 +736,7 @@ pub fn import_cmd(data_dir: &Path, files: &[PathBuf]) -> Result<()> {
             params: serde_json::Value::Null,
             rules: Default::default(),
             owner: String::new(),
+            hitlist: None,
         };
         let mut rec = JobRecord::new(id, 0, 0, now);
         rec.state = JobState::Completed;

@@ -84,6 +84,8 @@ pub struct JobApi {
     pub watchers_by_owner: SlotsByClient<String>,
     pub submits_by_owner: SlotsByClient<String>,
     pub limits: crate::config::LimitsConfig,
+    /// Where uploaded hitlists are kept (`<data_dir>/hitlists`).
+    pub hitlist_dir: std::path::PathBuf,
     /// Job owners already read from storage (a job's owner never changes).
     owners: Arc<std::sync::Mutex<std::collections::HashMap<u64, String>>>,
 }
@@ -156,11 +158,17 @@ impl JobApi {
             submits_by_owner: SlotsByClient::default(),
             limits: Default::default(),
             owners: Default::default(),
+            hitlist_dir: std::env::temp_dir().join("overlord-hitlists"),
         }
     }
 
     pub fn with_limits(mut self, l: &crate::config::LimitsConfig) -> Self {
         self.limits = l.clone();
+        self
+    }
+
+    pub fn with_hitlist_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.hitlist_dir = dir;
         self
     }
 
@@ -248,10 +256,23 @@ fn resolve(host: &str) -> Result<Vec<IpAddr>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Validates a wire spec into a domain spec (host names resolved once, here).
-pub async fn validate(spec: Option<v1::JobSpec>, scope: Arc<Scope>) -> Result<JobSpec, ApiError> {
-    let raw =
-        convert::raw_spec(spec.ok_or_else(|| ApiError::InvalidArgument("missing spec".into()))?);
+/// Validates a wire spec into a domain spec (host names resolved once, here; a hitlist id looked
+/// up in `hitlist_dir`).
+pub async fn validate(
+    spec: Option<v1::JobSpec>,
+    scope: Arc<Scope>,
+    hitlist_dir: &std::path::Path,
+) -> Result<JobSpec, ApiError> {
+    let spec = spec.ok_or_else(|| ApiError::InvalidArgument("missing spec".into()))?;
+    let hitlist = if spec.hitlist.is_empty() {
+        None
+    } else {
+        let h = overlord_core::hitlist::Hitlist::open(hitlist_dir, &spec.hitlist)
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        Some(h.reference(hitlist_dir, &spec.hitlist))
+    };
+    let mut raw = convert::raw_spec(spec);
+    raw.hitlist = hitlist;
     if raw.targets.len() > MAX_SUBMIT_TARGETS {
         return Err(ApiError::InvalidArgument(format!(
             "too many targets: {} entries (max {MAX_SUBMIT_TARGETS}); give ranges as CIDRs or split the job",
@@ -298,8 +319,111 @@ async fn note_waiting(sh: &Handles, job: Option<u64>, statuses: &mut [v1::JobSta
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::JobEvent, Status>> + Send>>;
 
+/// A fresh hitlist id (time, process and a counter, hashed: unique per coordinator, hex).
+fn hitlist_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(N.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("{:016x}", h.finish())
+}
+
+/// Builds a hitlist from chunks of text as they arrive (lines split across chunks are joined;
+/// a line longer than the limit is refused without being buffered whole). Blocking.
+fn build_hitlist(
+    mut chunks: mpsc::Receiver<Vec<u8>>,
+    dir: &std::path::Path,
+    scope: &Scope,
+) -> Result<
+    (
+        overlord_core::hitlist::HitlistRef,
+        overlord_core::hitlist::BuildStats,
+    ),
+    overlord_core::hitlist::HitlistError,
+> {
+    use overlord_core::hitlist::{Builder, DEFAULT_CHUNK, MAX_LINE};
+    let id = hitlist_id();
+    let mut b = Builder::new(dir, &id, scope, DEFAULT_CHUNK)?;
+    let mut line: Vec<u8> = Vec::with_capacity(256);
+    let cleanup = |e| {
+        let _ = std::fs::remove_file(overlord_core::hitlist::path_of(dir, &id));
+        for i in 0.. {
+            if std::fs::remove_file(dir.join(format!("{id}.run{i}"))).is_err() {
+                break;
+            }
+        }
+        e
+    };
+    while let Some(c) = chunks.blocking_recv() {
+        for &byte in &c {
+            if byte == b'\n' {
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                b.push_line(&line).map_err(cleanup)?;
+                line.clear();
+            } else if line.len() <= MAX_LINE {
+                line.push(byte);
+            }
+        }
+    }
+    if !line.is_empty() {
+        b.push_line(&line).map_err(cleanup)?;
+    }
+    b.finish()
+}
+
 #[tonic::async_trait]
 impl v1::job_service_server::JobService for JobApi {
+    async fn upload_hitlist(
+        &self,
+        req: Request<tonic::Streaming<v1::HitlistChunk>>,
+    ) -> Result<Response<v1::UploadHitlistResponse>, Status> {
+        let _slots = submit_slot(
+            &self.submits,
+            &self.submits_by_client,
+            req.remote_addr().map(|a| a.ip()),
+        )?;
+        let mut stream = req.into_inner();
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
+        let dir = self.hitlist_dir.clone();
+        let scope = self.scope.clone();
+        let builder = tokio::task::spawn_blocking(move || build_hitlist(rx, &dir, &scope));
+        // Chunks go to the builder as they arrive; a builder that stopped (a bad line) ends
+        // the upload early with its error.
+        while let Some(chunk) = stream.message().await? {
+            if tx.send(chunk.data).await.is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        let (r, st) = builder
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?
+            .map_err(|e| match e {
+                overlord_core::hitlist::HitlistError::Io(e) => ApiError::Storage(e.to_string()),
+                e => ApiError::InvalidArgument(e.to_string()),
+            })?;
+        debug!(id = %r.id, addresses = r.addresses, ranges = r.ranges, lines = st.lines,
+            runs = st.runs, "hitlist stored");
+        Ok(Response::new(v1::UploadHitlistResponse {
+            id: r.id,
+            addresses: r.addresses,
+            ranges: r.ranges,
+            lines: st.lines,
+            entries: st.entries,
+            duplicates: st.duplicates().min(u64::MAX as u128) as u64,
+            runs: st.runs,
+        }))
+    }
+
     async fn submit_job(
         &self,
         req: Request<v1::SubmitJobRequest>,
@@ -325,7 +449,7 @@ impl v1::job_service_server::JobService for JobApi {
             .into());
         }
         let rid = (!req.request_id.is_empty()).then_some(req.request_id);
-        let mut spec = validate(req.spec, self.scope.clone()).await?;
+        let mut spec = validate(req.spec, self.scope.clone(), &self.hitlist_dir).await?;
         spec.owner = who.owner.clone();
         let asked = spec.clone();
         let status = ask(&self.shared, |r| {

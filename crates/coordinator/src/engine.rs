@@ -178,6 +178,7 @@ pub fn wire_spec(s: &JobSpec) -> v1::JobSpec {
         params_json: s.params.to_string(),
         rules: s.rules.add.iter().map(|r| r.to_string()).collect(),
         disable_rules: s.rules.disable.clone(),
+        hitlist: s.hitlist.as_ref().map(|h| h.id.clone()).unwrap_or_default(),
     }
 }
 

@@ -343,8 +343,9 @@ pub async fn start_with_store(
         )),
         None => None,
     };
-    let mut job_api =
-        api::JobApi::new(handles.clone(), settings.scope.clone()).with_limits(&settings.limits);
+    let mut job_api = api::JobApi::new(handles.clone(), settings.scope.clone())
+        .with_limits(&settings.limits)
+        .with_hitlist_dir(settings.data_dir.join("hitlists"));
     job_api.firehose = firehose.as_ref().map(|f| f.status());
     let minion_api = api::MinionApi {
         shared: handles.clone(),

@@ -132,6 +132,7 @@ mod tests {
             input: None,
             params,
             blob_sha256: None,
+            ranges: Vec::new(),
         }
     }
 

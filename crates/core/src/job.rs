@@ -33,6 +33,9 @@ pub struct RawSpec {
     /// Built-in follow-up rules to disable, by name.
     #[serde(default)]
     pub disable_rules: Vec<String>,
+    /// Targets from a stored hitlist (the coordinator looks the client's id up and fills this).
+    #[serde(default)]
+    pub hitlist: Option<crate::hitlist::HitlistRef>,
 }
 
 /// A validated, scoped job spec with host names resolved.
@@ -53,6 +56,10 @@ pub struct JobSpec {
     /// without tokens configured). Older records have none.
     #[serde(default)]
     pub owner: String,
+    /// Targets from a hitlist file (sorted, deduplicated, scope-checked when it was uploaded):
+    /// root tasks are cut from it by address index ([`crate::hitlist::Hitlist::slice`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hitlist: Option<crate::hitlist::HitlistRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -169,6 +176,7 @@ pub fn prepare(
         inputs: raw.inputs.clone(),
         params,
         owner: String::new(),
+        hitlist: raw.hitlist.clone(),
     };
     root_plan(&spec)?;
     Ok(spec)
@@ -237,13 +245,22 @@ pub fn verify_per_mille_of(spec: &JobSpec, root_tasks: u64) -> Result<u32, SpecE
     }
 }
 
+/// Addresses per root task of a hitlist job at most: a task holds its addresses as a list of
+/// ranges (scattered addresses are one range each), so this bounds a task record's size.
+pub const HITLIST_ADDRS_PER_TASK: u64 = 512;
+
 fn blocks_of(r: &IpRange, addrs: u64) -> u128 {
     r.len().div_ceil(addrs as u128)
 }
 
 pub fn root_plan(spec: &JobSpec) -> Result<RootPlan, SpecError> {
     verify_per_mille_of(spec, 0)?;
-    let has_targets = !spec.ranges.is_empty();
+    if spec.hitlist.is_some() && !spec.ranges.is_empty() {
+        return Err(SpecError::Shape(
+            "a job has either targets or a hitlist (--targets-file), not both".into(),
+        ));
+    }
+    let has_targets = !spec.ranges.is_empty() || spec.hitlist.is_some();
     let has_inputs = !spec.inputs.is_empty();
     if has_targets && has_inputs {
         return Err(SpecError::Shape(
@@ -260,11 +277,21 @@ pub fn root_plan(spec: &JobSpec) -> Result<RootPlan, SpecError> {
                 if spec.ports.is_empty() {
                     return Err(SpecError::Shape(format!("module {m} needs ports (-p)")));
                 }
-                let n_targets: u128 = spec.ranges.iter().map(|r| r.len()).sum();
                 let n_chunks = spec.ports.len().div_ceil(ports_per_task) as u64;
                 let probes_per_task = probes_per_task_of(spec, probes_per_task)?;
-                let addrs = addrs_per_task(probes_per_task, spec.ports.len().min(ports_per_task));
-                let n_blocks: u128 = spec.ranges.iter().map(|r| blocks_of(r, addrs)).sum();
+                let mut addrs =
+                    addrs_per_task(probes_per_task, spec.ports.len().min(ports_per_task));
+                let (n_targets, n_blocks): (u128, u128) = match &spec.hitlist {
+                    Some(h) => {
+                        addrs = addrs.min(HITLIST_ADDRS_PER_TASK);
+                        let n = u128::from(h.addresses);
+                        (n, n.div_ceil(addrs as u128))
+                    }
+                    None => (
+                        spec.ranges.iter().map(|r| r.len()).sum(),
+                        spec.ranges.iter().map(|r| blocks_of(r, addrs)).sum(),
+                    ),
+                };
                 let total = n_blocks.saturating_mul(n_chunks as u128);
                 if total > MAX_ROOT_TASKS as u128 {
                     return Err(SpecError::TooLarge {
@@ -361,12 +388,31 @@ pub fn root_task(
         input: None,
         params: Value::Null,
         blob_sha256: None,
+        ranges: Vec::new(),
     };
     match plan.kind {
         RootKind::Network { .. } => {
             let n_blocks = plan.n_blocks as u128;
             let (bi, ci) = ((slot as u128) % n_blocks, (slot as u128 / n_blocks) as u32);
             let addrs = plan.addrs_per_task as u128;
+            if let Some(h) = &spec.hitlist {
+                // Block `bi` of the hitlist: up to `addrs` addresses, as ranges. A file gone
+                // missing leaves the task without a target (it fails, naming the module).
+                let ranges = crate::hitlist::Hitlist::open_path(std::path::Path::new(&h.path))
+                    .and_then(|l| Ok(l.slice(bi as u64 * addrs as u64, addrs as u64)?))
+                    .unwrap_or_default();
+                if let Some(first) = ranges.first() {
+                    t.target = Some(first.nth(0));
+                    t.target_count = ranges.iter().map(|r| r.len()).sum::<u128>() as u32;
+                    if ranges.len() > 1 {
+                        t.ranges = ranges;
+                    }
+                }
+                t.ports = spec
+                    .ports
+                    .slice(ci * plan.ports_per_task, plan.ports_per_task);
+                return t;
+            }
             let mut off = bi;
             for r in &spec.ranges {
                 let nb = blocks_of(r, plan.addrs_per_task);
@@ -397,16 +443,36 @@ fn is_one(n: &u32) -> bool {
 }
 
 impl TaskSpec {
+    /// The address ranges this task covers: its hitlist ranges, or its block.
+    pub fn target_ranges(&self) -> Vec<IpRange> {
+        if !self.ranges.is_empty() {
+            return self.ranges.clone();
+        }
+        self.target
+            .and_then(|t| IpRange::block(t, self.target_count))
+            .into_iter()
+            .collect()
+    }
+
     /// The addresses this task covers, in order.
-    pub fn targets(&self) -> impl Iterator<Item = IpAddr> + '_ {
+    pub fn targets(&self) -> Box<dyn Iterator<Item = IpAddr> + '_> {
+        if !self.ranges.is_empty() {
+            return Box::new(
+                self.ranges
+                    .iter()
+                    .flat_map(|r| (0..r.len()).map(move |i| r.nth(i))),
+            );
+        }
         let r = self.target.map(IpRange::single);
-        (0..self.target_count.max(1) as u128).filter_map(move |i| match r? {
-            IpRange::V4 { start, .. } => {
-                let a = (start as u128).checked_add(i)?;
-                (a <= u32::MAX as u128).then(|| IpAddr::V4((a as u32).into()))
-            }
-            IpRange::V6 { start, .. } => Some(IpAddr::V6(start.checked_add(i)?.into())),
-        })
+        Box::new(
+            (0..self.target_count.max(1) as u128).filter_map(move |i| match r? {
+                IpRange::V4 { start, .. } => {
+                    let a = (start as u128).checked_add(i)?;
+                    (a <= u32::MAX as u128).then(|| IpAddr::V4((a as u32).into()))
+                }
+                IpRange::V6 { start, .. } => Some(IpAddr::V6(start.checked_add(i)?.into())),
+            }),
+        )
     }
 }
 
@@ -428,6 +494,10 @@ pub struct TaskSpec {
     pub params: Value,
     /// Content-addressed blob the task works on (e.g. a screenshot for `enrich`).
     pub blob_sha256: Option<String>,
+    /// Hitlist tasks whose addresses are not one block: the ranges covered (`target` is the
+    /// first address, `target_count` the total). Stored records without it hold a block.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranges: Vec<IpRange>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,6 +17,7 @@
 
 pub mod finding;
 pub mod followup;
+pub mod hitlist;
 pub mod job;
 pub mod modules;
 pub mod perm;

@@ -84,10 +84,13 @@ pub fn check_result(task: &TaskSpec, findings: &[Reported<'_>]) -> Result<(), Vi
         return Err(Violation::Count(findings.len(), cap));
     }
     let kinds = kinds_of(&task.module);
-    // A sweep task covers `target_count` consecutive addresses from its target.
-    let block = task
-        .target
-        .and_then(|t| crate::target::IpRange::block(t, task.target_count));
+    // A sweep task covers `target_count` consecutive addresses from its target; a hitlist task
+    // its list of ranges (sorted: a binary search finds the one an address would be in).
+    let covered = task.target_ranges();
+    let within = |ip: IpAddr| {
+        let i = covered.partition_point(|r| r.nth(0) <= ip);
+        i > 0 && covered[i - 1].contains_ip(ip)
+    };
     let foreign = reports_foreign_addresses(&task.module);
     for f in findings {
         if let Some(k) = kinds
@@ -105,13 +108,15 @@ pub fn check_result(task: &TaskSpec, findings: &[Reported<'_>]) -> Result<(), Vi
             continue;
         }
         if let Some(found) = f.target
-            && !block.is_some_and(|b| b.contains_ip(found))
+            && !within(found)
         {
             return Err(Violation::Target {
                 found,
-                task: block
-                    .map(|b| b.to_string())
-                    .unwrap_or_else(|| "(none)".into()),
+                task: match covered.as_slice() {
+                    [] => "(none)".into(),
+                    [b] => b.to_string(),
+                    [a, .., z] => format!("{} ranges, {a} .. {z}", covered.len()),
+                },
             });
         }
         if let Some(p) = f.port
@@ -276,6 +281,7 @@ mod tests {
             input: None,
             params: serde_json::Value::Null,
             blob_sha256: None,
+            ranges: Vec::new(),
         }
     }
 
@@ -370,6 +376,29 @@ mod tests {
                 check_result(&s, &more),
                 Err(Violation::Count(257, 256))
             ));
+        }
+    }
+
+    #[test]
+    fn a_hitlist_task_covers_its_ranges_only() {
+        let mut t = task("portscan", Some("127.0.0.4"), &[80]);
+        t.ranges = ["127.0.0.4/31", "127.0.0.9", "::1"]
+            .iter()
+            .map(|r| match crate::target::parse_target(r).unwrap() {
+                crate::target::TargetInput::Range(r) => r,
+                _ => unreachable!(),
+            })
+            .collect();
+        t.target_count = 4;
+        for ok in ["127.0.0.4", "127.0.0.5", "127.0.0.9", "::1"] {
+            assert!(
+                check_result(&t, &[f("open_port", Some(ok), Some(80))]).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in ["127.0.0.6", "127.0.0.8", "127.0.0.3", "::2", "::"] {
+            let e = check_result(&t, &[f("open_port", Some(bad), Some(80))]).unwrap_err();
+            assert!(e.to_string().contains("3 ranges"), "{bad}: {e}");
         }
     }
 

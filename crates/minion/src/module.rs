@@ -27,6 +27,9 @@ pub struct TaskInput {
     pub blob: Option<Bytes>,
     /// An input for input-driven modules (e.g. a log path for `beacon`).
     pub input: Option<String>,
+    /// Hitlist tasks: the address ranges covered when they are not one block (`target` is the
+    /// first address, `target_count` the total); the runtime checked each against its scope.
+    pub ranges: Vec<overlord_core::target::IpRange>,
 }
 
 impl TaskInput {
@@ -34,8 +37,15 @@ impl TaskInput {
         self.params.get(key).and_then(Value::as_u64)
     }
 
-    /// Every address the task covers (`target_count` from `target`), in order.
+    /// Every address the task covers (its ranges, or `target_count` from `target`), in order.
     pub fn targets(&self) -> Vec<IpAddr> {
+        if !self.ranges.is_empty() {
+            return self
+                .ranges
+                .iter()
+                .flat_map(|r| (0..r.len()).map(move |i| r.nth(i)))
+                .collect();
+        }
         let Some(t) = self.target else {
             return Vec::new();
         };
@@ -98,32 +108,6 @@ impl FindingOut {
             schema_version: overlord_core::finding::SCHEMA_VERSION,
         }
     }
-}
-
-/// A probe library's serde record as the schema type `T` (the libraries keep their own types;
-/// the schema is the contract). A field the schema does not know is a producer/schema drift: it
-/// is logged (and fails debug builds, so the modules' tests catch it) and left out.
-pub fn to_schema<T>(record: &impl serde::Serialize) -> Result<T, ModuleError>
-where
-    T: serde::de::DeserializeOwned + serde::Serialize,
-{
-    let v = serde_json::to_value(record)
-        .map_err(|e| ModuleError::Failed(format!("serialize record: {e}")))?;
-    let (t, unknown) = overlord_core::finding::typed::<T>(&v).map_err(|e| {
-        ModuleError::Failed(format!(
-            "record does not fit the schema type {}: {e}",
-            std::any::type_name::<T>()
-        ))
-    })?;
-    if !unknown.is_empty() {
-        tracing::warn!(schema_type = std::any::type_name::<T>(), fields = ?unknown, "fields missing from the finding schema");
-        debug_assert!(
-            false,
-            "fields missing from the finding schema type {}: {unknown:?}",
-            std::any::type_name::<T>()
-        );
-    }
-    Ok(t)
 }
 
 /// What the runtime gives a module besides the task.

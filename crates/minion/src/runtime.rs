@@ -446,9 +446,32 @@ async fn execute(
                 .map_err(|_| ModuleError::Invalid(format!("bad target {:?}", lease.target)))?,
         )
     };
-    // The minion re-checks its own scope before sending anything (the whole block of a sweep).
+    // The minion re-checks its own scope before sending anything (the whole block of a sweep,
+    // every range of a hitlist task).
     let target_count = lease.target_count.max(1);
-    if let Some(ip) = target {
+    let mut ranges = Vec::with_capacity(lease.target_ranges.len());
+    for r in &lease.target_ranges {
+        match overlord_core::target::parse_target(r) {
+            Ok(overlord_core::target::TargetInput::Range(r)) => ranges.push(r),
+            _ => {
+                return Err(ModuleError::Invalid(format!(
+                    "bad target range {:?}",
+                    overlord_core::security::clip(r, 64)
+                )));
+            }
+        }
+    }
+    if !ranges.is_empty() {
+        if let Err(e) = ctx.scope.check(&ranges) {
+            warn!(
+                task = lease.task_id,
+                "hitlist ranges refused by minion scope"
+            );
+            return Err(ModuleError::Blocked(format!(
+                "a range of this task is outside this minion's allow-list or inside its blocklist: {e}"
+            )));
+        }
+    } else if let Some(ip) = target {
         let block = overlord_core::target::IpRange::block(ip, target_count).ok_or_else(|| {
             ModuleError::Invalid(format!(
                 "{target_count} addresses from {ip} overflow the family"
@@ -478,6 +501,7 @@ async fn execute(
             .unwrap_or(serde_json::Value::Object(Default::default())),
         blob: (!lease.blob.is_empty()).then(|| bytes::Bytes::from(lease.blob.clone())),
         input: (!lease.input.is_empty()).then(|| lease.input.clone()),
+        ranges,
     };
     // A panicking module fails its task instead of killing the minion.
     match std::panic::AssertUnwindSafe(module.run_live(&input, ctx, live))

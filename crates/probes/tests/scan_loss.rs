@@ -194,7 +194,16 @@ fn udp_recall_under_random_loss() {
             rep.datagrams as f64 / n as f64,
             rep.counts.rounds,
         );
-        assert_eq!(found, 100, "responders found at {loss}% loss");
+        let missed: Vec<_> = rep
+            .reports
+            .iter()
+            .filter(|r| responders.contains(&r.addr) && !(r.state == UdpState::Open && r.validated))
+            .map(|r| (r.addr, r.state, r.tries, r.spent_ms, r.validated))
+            .collect();
+        assert_eq!(
+            found, 100,
+            "responders found at {loss}% loss; missed {missed:?}"
+        );
         assert!(
             right * 1000 >= n * 999,
             "{right}/{n} ports judged right at {loss}% loss"

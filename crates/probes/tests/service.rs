@@ -700,3 +700,74 @@ async fn unbound_over_tcp_is_named_by_the_dns_grabber() {
     assert_named(&r, "domain", "Unbound");
     assert!(matches!(r.grab, Some(Grab::Dns(_))), "{r:#?}");
 }
+
+// ---------------------------------------------------------------- IPv6 loopback
+
+/// Identification and the banner grab on `::1`: a service speaking first is named by a rule of
+/// the user's probe file and its banner kept; an HTTP server silent until probed answers the
+/// generic probe; a port with no listener is `closed`.
+#[tokio::test]
+async fn ipv6_loopback_identify_banner_and_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let greeter = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+    let g = greeter.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = greeter.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"ACME-WIDGET/6.1 ready\r\n").await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            });
+        }
+    });
+    let http = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+    let h = http.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = http.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 512];
+                if let Ok(n) = s.read(&mut buf).await
+                    && buf[..n].starts_with(b"HEAD")
+                {
+                    let _ = s
+                        .write_all(b"HTTP/1.0 200 OK\r\nServer: v6test\r\n\r\n")
+                        .await;
+                }
+            });
+        }
+    });
+    let closed = std::net::TcpListener::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert!(g.is_ipv6() && h.is_ipv6() && closed.is_ipv6());
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("user-probes");
+    std::fs::write(&p, "Probe TCP NULL q||\n\nmatch acme-widget m|^ACME-WIDGET/([\\d.]+) ready\\r\\n| p/ACME widget/ v/$1/\n").unwrap();
+    let mut mydb = ProbeDb::builtin();
+    mydb.add_file(&p).unwrap();
+    let o = IdentifyOptions::default();
+    let (c, k) = tokio::join!(identify(g, &o, &mydb), id(closed));
+    assert_named(&c, "acme-widget", "ACME widget");
+    assert_eq!(c.version.as_deref(), Some("6.1"));
+    assert_eq!(
+        c.banner.as_ref().unwrap().text,
+        "ACME-WIDGET/6.1 ready\\r\\n"
+    );
+    assert_eq!(k.status, ServiceStatus::Closed, "{k:#?}");
+
+    let bo = overlord_probes::scan::BannerOptions {
+        wait_first: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let b = overlord_probes::scan::grab_banner(g, &bo).await.unwrap();
+    assert_eq!(b.bytes, b"ACME-WIDGET/6.1 ready\r\n");
+    assert!(!b.probed);
+    let b = overlord_probes::scan::grab_banner(h, &bo).await.unwrap();
+    assert!(b.probed);
+    assert!(b.text().contains("Server: v6test"), "{}", b.text());
+    assert!(
+        overlord_probes::scan::grab_banner(closed, &bo)
+            .await
+            .is_err()
+    );
+}

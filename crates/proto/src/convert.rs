@@ -14,6 +14,7 @@ pub fn raw_spec(s: v1::JobSpec) -> RawSpec {
         params_json: s.params_json,
         rules: s.rules,
         disable_rules: s.disable_rules,
+        hitlist: None,
     }
 }
 
@@ -28,6 +29,7 @@ pub fn wire_spec(s: &RawSpec) -> v1::JobSpec {
         params_json: s.params_json.clone(),
         rules: s.rules.clone(),
         disable_rules: s.disable_rules.clone(),
+        hitlist: s.hitlist.as_ref().map(|h| h.id.clone()).unwrap_or_default(),
     }
 }
 

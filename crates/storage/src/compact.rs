@@ -188,6 +188,10 @@ impl<'a> R<'a> {
 }
 
 pub fn encode_task(t: &TaskRecord) -> Vec<u8> {
+    // Hitlist tasks with a list of ranges have no compact layout: version 1 (JSON) holds them.
+    if !t.spec.ranges.is_empty() {
+        return crate::encode(t);
+    }
     let mut w = W(Vec::with_capacity(64));
     w.u8(VERSION);
     let s = &t.spec;
@@ -299,6 +303,7 @@ pub fn decode_task(body: &[u8]) -> Res<TaskRecord> {
             input,
             params,
             blob_sha256,
+            ranges: Vec::new(),
         },
         state,
         attempts,

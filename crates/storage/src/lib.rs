@@ -689,6 +689,7 @@ mod tests {
             input: None,
             params: serde_json::Value::Null,
             blob_sha256: None,
+            ranges: Vec::new(),
         })
     }
 
@@ -1034,6 +1035,7 @@ mod tests {
             input: None,
             params: serde_json::Value::Null,
             blob_sha256: None,
+            ranges: Vec::new(),
         });
         for rate in [0, 1, 250, u32::MAX] {
             t.state = TaskState::Leased {

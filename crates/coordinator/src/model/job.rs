@@ -719,6 +719,7 @@ impl JobModel {
                 module: t.spec.module.clone(),
                 target: t.spec.target.map(|a| a.to_string()).unwrap_or_default(),
                 target_count: t.spec.target_count,
+                target_ranges: t.spec.ranges.iter().map(|r| r.to_string()).collect(),
                 ports: t.spec.ports.iter().map(|p| *p as u32).collect(),
                 params_json,
                 blob,
@@ -1298,6 +1299,7 @@ impl JobModel {
                     input: None,
                     params: fu.params,
                     blob_sha256: fu.blob_sha256,
+                    ranges: Vec::new(),
                 };
                 let tr = TaskRecord::new(spec);
                 self.out.writes.push(Op::Task(tr.clone()));

@@ -175,6 +175,7 @@ mod tests {
             params,
             blob: None,
             input,
+            ranges: Vec::new(),
         }
     }
 

@@ -179,6 +179,7 @@ mod tests {
             params: serde_json::json!({}),
             blob: blob.map(bytes::Bytes::from),
             input,
+            ranges: Vec::new(),
         }
     }
 

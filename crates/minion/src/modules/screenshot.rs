@@ -200,6 +200,7 @@ mod tests {
             params,
             blob: None,
             input: None,
+            ranges: Vec::new(),
         }
     }
 

@@ -147,6 +147,7 @@ mod tests {
             params,
             blob: None,
             input: None,
+            ranges: Vec::new(),
         }
     }
 

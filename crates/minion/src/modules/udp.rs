@@ -8,7 +8,7 @@
 //! `intensity`, `nmap_probes`, `hinted_only`, `concurrency`), `report_closed`. Probes: ours +
 //! the UDP probes of `/usr/share/nmap/nmap-service-probes` when present, loaded once.
 
-use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, Output, TaskInput, to_schema};
+use crate::module::{FindingOut, Module, ModuleCtx, ModuleError, Output, TaskInput};
 use futures::future::BoxFuture;
 use overlord_core::finding::UdpPort;
 use overlord_probes::service::ProbeDb;
@@ -101,10 +101,10 @@ impl Module for UdpScan {
                 if !keep && !report_closed {
                     continue;
                 }
-                // The probe's report as the schema's typed payload (same field names; a field the
-                // schema lacks is reported by `to_schema`).
-                let payload: Box<UdpPort> = to_schema(&r)?;
-                out.push(FindingOut::new(Some(ip), Some(r.addr.port()), payload));
+                // The probe's report as the schema's payload (a typed move of every field).
+                let port = r.addr.port();
+                let payload = Box::new(UdpPort::from(r));
+                out.push(FindingOut::new(Some(ip), Some(port), payload));
             }
             Ok(Output {
                 findings: out,
@@ -132,6 +132,7 @@ mod tests {
             params,
             blob: None,
             input: None,
+            ranges: Vec::new(),
         }
     }
 

@@ -11,10 +11,12 @@
 //!   probes still missing after the round is `a * q / (1 - q)` (`a` = answered in that round: the
 //!   next round recovers `(1-q)` of the still-lost, and so on). Another round is sent while that
 //!   estimate is at least `residual`. A network whose re-sends yield nothing stops (filtered) —
-//!   unless an earlier re-send round measured a loss `q` that makes "all lost" plausible: `n`
-//!   re-sends in a row all unanswered has probability `q^n`; while that is at least `plausible`
-//!   the network gets another round (one lost re-send of the last missing port at 10 % loss is
-//!   not a filter). Round 0's yield is never the prior: it cannot tell loss from filtering.
+//!   unless its re-send rounds so far measured a loss `q` (pooled over all of them: the first
+//!   re-send round has the most probes, the last ones a handful) that makes "all lost" plausible:
+//!   `n` re-sends in a row all unanswered has probability `q^n`; while that is at least
+//!   `plausible` the network gets another round (one lost re-send of the last missing port at
+//!   10 % loss is not a filter). Round 0's yield is never pooled: it cannot tell loss from
+//!   filtering.
 //!
 //! The probe cost stays low because only unanswered probes are re-sent: with per-probe loss `q`
 //! (SYN or answer lost) the mean cost is about `1 / (1 - q)` probes (1.56 at 20 % loss each way).
@@ -97,8 +99,8 @@ pub fn expected_missing(last: RoundStats) -> f64 {
 }
 
 /// Whether a network whose round `round` just ended (with `unanswered` probes left) gets another.
-/// `prior` is the last re-send round of this network that got answers, `silent` the re-sends
-/// since then that got none (`last`'s included).
+/// `prior` is what this network's re-send rounds measured so far, pooled (`last` included),
+/// `silent` the re-sends in a row that got no answer (`last`'s included).
 pub fn resend(
     policy: &RetryPolicy,
     round: u32,
@@ -127,8 +129,7 @@ pub fn resend(
 #[derive(Debug, Default)]
 pub struct LossBook {
     pub last: HashMap<Net, RoundStats>,
-    /// Each network's last re-send round that got answers, and the re-sends since then that got
-    /// none.
+    /// Each network's re-send rounds pooled, and its re-sends in a row that got no answer.
     pub prior: HashMap<Net, (RoundStats, u64)>,
 }
 
@@ -151,9 +152,16 @@ impl LossBook {
             .iter()
             .filter(|(n, u)| {
                 let last = self.last.get(n).copied().unwrap_or_default();
-                let (prior, silent) = match self.prior.get(n) {
-                    Some((p, s)) => (Some(*p), s + last.sent),
-                    None => (None, last.sent),
+                let (pool, streak) = self.prior.get(n).copied().unwrap_or_default();
+                let pool = RoundStats {
+                    sent: pool.sent + last.sent,
+                    answered: pool.answered + last.answered,
+                };
+                let prior = (round >= 1 && pool.answered > 0).then_some(pool);
+                let silent = if last.answered == 0 {
+                    streak + last.sent
+                } else {
+                    0
                 };
                 resend(policy, round, last, prior, silent, **u)
             })
@@ -162,11 +170,10 @@ impl LossBook {
         out.sort_unstable();
         if round >= 1 {
             for (n, s) in self.last.drain() {
-                if s.answered > 0 {
-                    self.prior.insert(n, (s, 0));
-                } else if let Some(p) = self.prior.get_mut(&n) {
-                    p.1 += s.sent;
-                }
+                let p = self.prior.entry(n).or_default();
+                p.0.sent += s.sent;
+                p.0.answered += s.answered;
+                p.1 = if s.answered == 0 { p.1 + s.sent } else { 0 };
             }
         }
         self.last.clear();
@@ -323,7 +330,8 @@ mod tests {
         assert_eq!(b.decide(&p, 0, &left(1)), vec![net]);
         b.record(net, false);
         assert!(b.decide(&p, 1, &left(1)).is_empty());
-        // A lossy network: round 1 re-sends 20, 17 answered (q = 0.15); then 1 lost, 1 lost, 1 lost.
+        // A lossy network: round 1 re-sends 20, 17 answered (q = 0.15); then one lost re-send per
+        // round: the pooled loss grows (4/21, 5/22, 6/23, 7/24) and q^n falls below 1 % at n = 4.
         let mut b = LossBook::default();
         for i in 0..100 {
             b.record(net, i < 90);
@@ -334,11 +342,13 @@ mod tests {
         }
         assert_eq!(b.decide(&p, 1, &left(1)), vec![net]);
         b.record(net, false);
-        assert_eq!(b.decide(&p, 2, &left(1)), vec![net], "0.15 plausible");
+        assert_eq!(b.decide(&p, 2, &left(1)), vec![net], "0.19 plausible");
         b.record(net, false);
-        assert_eq!(b.decide(&p, 3, &left(1)), vec![net], "0.0225 plausible");
+        assert_eq!(b.decide(&p, 3, &left(1)), vec![net], "0.052 plausible");
         b.record(net, false);
-        assert!(b.decide(&p, 4, &left(1)).is_empty(), "0.003: filtered");
+        assert_eq!(b.decide(&p, 4, &left(1)), vec![net], "0.018 plausible");
+        b.record(net, false);
+        assert!(b.decide(&p, 5, &left(1)).is_empty(), "0.007: filtered");
     }
 
     /// Simulated recall and cost of the policy under independent loss, on seeds not used to pick
@@ -358,7 +368,7 @@ mod tests {
             let mut sent_total = 0u64;
             let p = RetryPolicy::default();
             let mut round = 0;
-            let mut prior = None;
+            let mut pool = RoundStats::default();
             let mut silent = 0u64;
             loop {
                 let mut s = RoundStats::default();
@@ -373,15 +383,14 @@ mod tests {
                 }
                 sent_total += s.sent;
                 pending = left;
-                if s.answered == 0 {
-                    silent += s.sent;
+                silent = if s.answered == 0 { silent + s.sent } else { 0 };
+                if round >= 1 {
+                    pool.sent += s.sent;
+                    pool.answered += s.answered;
                 }
+                let prior = (pool.answered > 0).then_some(pool);
                 if !resend(&p, round, s, prior, silent, pending) {
                     break;
-                }
-                if round >= 1 && s.answered > 0 {
-                    prior = Some(s);
-                    silent = 0;
                 }
                 round += 1;
             }

@@ -98,29 +98,8 @@ impl Default for UdpOptions {
     }
 }
 
-/// nmap's UDP port states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum UdpState {
-    #[serde(rename = "open")]
-    Open,
-    #[serde(rename = "open|filtered")]
-    OpenFiltered,
-    #[serde(rename = "closed")]
-    Closed,
-    #[serde(rename = "filtered")]
-    Filtered,
-}
-
-impl UdpState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UdpState::Open => "open",
-            UdpState::OpenFiltered => "open|filtered",
-            UdpState::Closed => "closed",
-            UdpState::Filtered => "filtered",
-        }
-    }
-}
+/// nmap's UDP port states: the finding schema's.
+pub use overlord_core::finding::UdpState;
 
 /// Everything learned about one UDP port.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,6 +135,59 @@ pub struct UdpReport {
     pub rtt_ms: Option<f64>,
     pub budget_ms: u64,
     pub spent_ms: f64,
+}
+
+/// The report as the finding schema's `udp` payload: every field moved by name and type (a field
+/// added on one side only does not compile).
+impl From<UdpReport> for overlord_core::finding::UdpPort {
+    fn from(r: UdpReport) -> Self {
+        let UdpReport {
+            addr,
+            state,
+            reason,
+            service,
+            product,
+            version,
+            info,
+            hostname,
+            os,
+            cpe,
+            probe,
+            evidence,
+            soft,
+            validated,
+            reply,
+            reply_bytes,
+            probes_sent,
+            tries,
+            rtt_ms,
+            budget_ms,
+            spent_ms,
+        } = r;
+        overlord_core::finding::UdpPort {
+            addr: addr.to_string(),
+            state,
+            reason,
+            service,
+            product,
+            version,
+            info,
+            hostname,
+            os,
+            cpe,
+            probe,
+            evidence,
+            soft,
+            validated,
+            reply,
+            reply_bytes,
+            probes_sent,
+            tries,
+            rtt_ms,
+            budget_ms,
+            spent_ms,
+        }
+    }
 }
 
 impl UdpReport {
