@@ -2,29 +2,33 @@
 //! (fast) or as `overlord` processes (so they can be `kill -9`ed), real TCP listeners as targets,
 //! temp dirs, port 0 everywhere, and `wait_until` helpers.
 
+use crate::sandbox::{MinionSpec, Timing, coordinator_config, minion_config};
 use anyhow::{Context, Result, anyhow};
-use overlord_proto::v1::{self, job_service_client::JobServiceClient};
-use std::io::{BufRead, BufReader};
+use overlord_proto::v1;
+use overlord_testkit::process::spawn_with_addr_file;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub type Client = JobServiceClient<tonic::transport::Channel>;
+pub type Client = crate::client::JobClient;
 
 /// Polls until the probe returns `Some` (the shared helper, with backoff), or fails after
 /// `timeout` naming what it waited for.
 pub use overlord_testkit::wait::wait_some as wait_until;
 
+/// Every stored finding of a job (paged) and a job's status: the chaos client's helpers.
+pub use crate::client::{all_results, get as status};
+
+/// A client connected to `url` (the chaos client's [`crate::client::connect`]), retried for 10 s.
 pub async fn client(url: &str) -> Result<Client> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match JobServiceClient::connect(url.to_string()).await {
-            Ok(c) => return Ok(c.max_decoding_message_size(overlord_proto::MAX_MESSAGE_BYTES)),
+        match crate::client::connect(url).await {
+            Ok(c) => return Ok(c),
             Err(e) if Instant::now() > deadline => {
                 return Err(anyhow!("cannot connect to {url}: {e}"));
             }
@@ -61,14 +65,6 @@ pub async fn submit(c: &mut Client, spec: v1::JobSpec) -> Result<u64> {
     .job_id)
 }
 
-pub async fn status(c: &mut Client, job: u64) -> Result<v1::JobStatus> {
-    c.get_job(v1::GetJobRequest { job_id: job })
-        .await?
-        .into_inner()
-        .status
-        .ok_or_else(|| anyhow!("no status"))
-}
-
 /// Waits until the job is no longer running (reconnecting across coordinator restarts).
 pub async fn wait_finished(url: &str, job: u64, timeout: Duration) -> Result<v1::JobStatus> {
     wait_until(timeout, &format!("job {job} to finish"), || async {
@@ -78,27 +74,6 @@ pub async fn wait_finished(url: &str, job: u64, timeout: Duration) -> Result<v1:
     })
     .await
     .map_err(Into::into)
-}
-
-/// Every stored finding of a job, paged.
-pub async fn all_results(c: &mut Client, job: u64) -> Result<Vec<v1::Finding>> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = c
-            .list_results(v1::ListResultsRequest {
-                job_id: job,
-                after_cursor: after,
-                limit: 500,
-            })
-            .await?
-            .into_inner();
-        out.extend(page.findings);
-        if page.next_cursor == 0 {
-            return Ok(out);
-        }
-        after = page.next_cursor;
-    }
 }
 
 // ---------------- targets ----------------
@@ -309,68 +284,29 @@ impl InProc {
 
 // ---------------- processes ----------------
 
-/// The `overlord` binary: `$OVERLORD_BIN`, or built once with cargo for this workspace.
-pub fn overlord_bin() -> Result<PathBuf> {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Ok(p) = std::env::var("OVERLORD_BIN") {
-            return Ok(PathBuf::from(p));
-        }
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "overlord-cli",
-                "--bin",
-                "overlord",
-                "--message-format=short",
-            ])
-            .current_dir(&root)
-            .output()
-            .map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "building overlord failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| root.join("target"));
-        let bin = target.join("debug").join("overlord");
-        if bin.exists() {
-            Ok(bin)
-        } else {
-            Err(format!("{} not found after build", bin.display()))
-        }
-    })
-    .clone()
-    .map_err(|e| anyhow!(e))
-}
+/// The `overlord` binary (the one lookup, shared with the process sandbox).
+pub use crate::sandbox::overlord_bin;
+/// A process killed (SIGKILL) and reaped on drop or by `kill9`.
+pub use overlord_testkit::process::Kill;
 
-/// A process killed (SIGKILL) on drop.
-pub struct Proc {
-    pub child: Child,
-}
-
-impl Proc {
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Timings of the process scenarios: fast heartbeats and minion reconnects, the coordinator's
+/// default lease and attempts.
+pub fn process_timing() -> Timing {
+    let engine = overlord_coordinator::EngineConfig::default();
+    Timing {
+        heartbeat: Duration::from_millis(100),
+        dead_after: Duration::from_millis(600),
+        lease: Duration::from_millis(engine.task_timeout_ms),
+        max_attempts: engine.max_attempts,
+        reconnect_max: Duration::from_millis(300),
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
+/// How long a coordinator process may take to bind and write its address.
+const COORDINATOR_START: Duration = Duration::from_secs(30);
 
 pub struct CoordProc {
-    pub proc: Proc,
+    pub proc: Kill,
     pub addr: SocketAddr,
     pub url: String,
     pub config: PathBuf,
@@ -378,31 +314,28 @@ pub struct CoordProc {
 
 impl CoordProc {
     /// Starts `overlord coordinator` on `listen` (use 127.0.0.1:0 for a free port) with its sled
-    /// data in `dir/data`; waits for its `listening on ADDR` line.
+    /// data in `dir/data`; waits for the address it writes to `--addr-file`.
     pub fn spawn(dir: &Path, listen: &str) -> Result<Self> {
         let config = dir.join("coordinator.toml");
         std::fs::write(
             &config,
-            format!(
-                "version = 1\nlisten = \"{listen}\"\ndata_dir = \"data\"\nheartbeat_interval_ms = 100\nheartbeat_timeout_ms = 600\n"
-            ),
+            coordinator_config(listen.parse()?, &dir.join("data"), &process_timing(), ""),
         )?;
-        let mut child = Command::new(overlord_bin()?)
-            .args(["coordinator", "--config"])
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("spawning coordinator")?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
-        let addr: SocketAddr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .ok_or_else(|| anyhow!("unexpected first line from coordinator: {line:?}"))?
-            .parse()?;
+        let addr_file = dir.join("coordinator.addr");
+        let (proc, addr) = spawn_with_addr_file(
+            Command::new(overlord_bin()?)
+                .args(["coordinator", "--config"])
+                .arg(&config)
+                .arg("--addr-file")
+                .arg(&addr_file)
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit()),
+            &addr_file,
+            COORDINATOR_START,
+        );
+        let addr: SocketAddr = addr.parse()?;
         Ok(CoordProc {
-            proc: Proc { child },
+            proc,
             addr,
             url: format!("http://{addr}"),
             config,
@@ -417,14 +350,14 @@ pub fn spawn_minion(
     id: &str,
     provider: &str,
     capacity: u32,
-) -> Result<Proc> {
+) -> Result<Kill> {
     let config = dir.join(format!("minion-{id}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "version = 1\nid = \"{id}\"\nprovider = \"{provider}\"\ncoordinator = \"{url}\"\ncapacity = {capacity}\nreconnect_max_ms = 300\n"
-        ),
-    )?;
+    let m = MinionSpec {
+        id: id.into(),
+        provider: provider.into(),
+        capacity,
+    };
+    std::fs::write(&config, minion_config(&m, url, &process_timing(), ""))?;
     let child = Command::new(overlord_bin()?)
         .args(["minion", "--config"])
         .arg(&config)
@@ -432,5 +365,5 @@ pub fn spawn_minion(
         .stderr(Stdio::inherit())
         .spawn()
         .context("spawning minion")?;
-    Ok(Proc { child })
+    Ok(Kill::one(child))
 }

@@ -109,8 +109,24 @@ fn endpoint(url: &str) -> (Endpoint, Bearer) {
 pub fn job_client(url: &str) -> JobClient {
     let (ep, bearer) = endpoint(url);
     let ep = ep.timeout(Duration::from_secs(10));
-    JobServiceClient::with_interceptor(ep.connect_lazy(), bearer)
-        .max_decoding_message_size(overlord_proto::MAX_MESSAGE_BYTES)
+    with_limits(JobServiceClient::with_interceptor(
+        ep.connect_lazy(),
+        bearer,
+    ))
+}
+
+/// A client connected now (not lazily; no per-call timeout, so a watch may run long): `Err`
+/// while nothing listens at `url`.
+pub async fn connect(url: &str) -> Result<JobClient, tonic::transport::Error> {
+    let (ep, bearer) = endpoint(url);
+    Ok(with_limits(JobServiceClient::with_interceptor(
+        ep.connect().await?,
+        bearer,
+    )))
+}
+
+fn with_limits(c: JobClient) -> JobClient {
+    c.max_decoding_message_size(overlord_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(overlord_proto::MAX_MESSAGE_BYTES)
 }
 

@@ -18,7 +18,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -27,6 +27,7 @@ use crate::client::{Credentials, JobClient, job_client};
 use crate::process::{ManagedProcess, ProcSpec, RunState};
 use crate::proxy::FaultProxy;
 use crate::wait::wait_for_alive;
+use overlord_testkit::process::read_addr_file;
 
 /// One minion of the sandbox.
 #[derive(Debug, Clone)]
@@ -188,38 +189,65 @@ fn scheme(url: String, tls: bool) -> String {
     }
 }
 
-/// The `overlord` binary under test: `$OVERLORD_BIN`, else built once with cargo for this workspace
-/// (`cargo build -p overlord-cli --bin overlord`, see [`crate::backbone_sandbox::overlord_bin`]), else
-/// an existing `<target>/{debug,release}/overlord`.
+/// The `overlord` binary under test (one lookup for both sandboxes, done once per test binary):
+/// `$OVERLORD_BIN`, else built with cargo for this workspace (`cargo build -p overlord-cli --bin
+/// overlord`), else an existing `<target>/{debug,release}/overlord`.
 pub fn overlord_bin() -> anyhow::Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(find_overlord_bin)
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+fn find_overlord_bin() -> Result<PathBuf, String> {
     if let Ok(p) = std::env::var("OVERLORD_BIN") {
         let p = PathBuf::from(p);
         if p.is_file() {
             return Ok(p);
         }
-        bail!("OVERLORD_BIN={} does not exist", p.display());
+        return Err(format!("OVERLORD_BIN={} does not exist", p.display()));
     }
-    let built = crate::backbone_sandbox::overlord_bin();
-    if let Ok(p) = &built
-        && p.is_file()
-    {
-        return Ok(p.clone());
-    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        .unwrap_or_else(|_| root.join("target"));
+    let built = build_overlord(&root);
     for profile in ["debug", "release"] {
         let p = target.join(profile).join("overlord");
         if p.is_file() {
             return Ok(p);
         }
     }
-    bail!(
-        "the `overlord` binary is not available ({:?}): run `cargo build -p overlord-cli` (looked in {}/{{debug,release}}), \
+    Err(format!(
+        "the `overlord` binary is not available ({built:?}): run `cargo build -p overlord-cli` (looked in {}/{{debug,release}}), \
          or set OVERLORD_BIN",
-        built.err(),
         target.display()
-    )
+    ))
+}
+
+/// `cargo build -p overlord-cli --bin overlord` in the workspace at `root`.
+fn build_overlord(root: &Path) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "overlord-cli",
+            "--bin",
+            "overlord",
+            "--message-format=short",
+        ])
+        .current_dir(root)
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building overlord failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
 }
 
 fn ms(d: Duration) -> u128 {
@@ -350,8 +378,8 @@ impl Cluster {
             "coordinator address file",
             || coordinator.is_alive(),
             || {
-                let text = std::fs::read_to_string(&addr_file).unwrap_or_default();
-                async move { Ok::<_, String>(text.trim().parse::<SocketAddr>().ok()) }
+                let a = read_addr_file(&addr_file).and_then(|a| a.parse::<SocketAddr>().ok());
+                async move { Ok::<_, String>(a) }
             },
         )
         .await

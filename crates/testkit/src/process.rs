@@ -22,10 +22,10 @@ impl Kill {
     pub fn first(&mut self) -> &mut Child {
         &mut self.0[0]
     }
-}
 
-impl Drop for Kill {
-    fn drop(&mut self) {
+    /// `kill -9` every child and reap it (what drop does; a test calls it to crash a program
+    /// mid-run). Idempotent.
+    pub fn kill9(&mut self) {
         for c in &mut self.0 {
             let _ = c.kill();
             let _ = c.wait();
@@ -33,15 +33,26 @@ impl Drop for Kill {
     }
 }
 
+impl Drop for Kill {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The address a program wrote to `addr_file` (trimmed), once it wrote one.
+pub fn read_addr_file(addr_file: &Path) -> Option<String> {
+    let a = std::fs::read_to_string(addr_file).ok()?;
+    let a = a.trim();
+    (!a.is_empty()).then(|| a.to_string())
+}
+
 /// Reads the address `child` writes to `addr_file` once it listens (`--addr-file`), within
 /// `timeout`; panics at once if the child exits first (its stderr says why), not at the deadline.
 pub fn wait_for_addr_file(child: &mut Child, addr_file: &Path, timeout: Duration) -> String {
     let t0 = Instant::now();
     loop {
-        if let Ok(a) = std::fs::read_to_string(addr_file)
-            && !a.trim().is_empty()
-        {
-            return a.trim().to_string();
+        if let Some(a) = read_addr_file(addr_file) {
+            return a;
         }
         if let Ok(Some(st)) = child.try_wait() {
             panic!(
