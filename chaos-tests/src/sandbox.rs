@@ -201,11 +201,12 @@ pub fn overlord_bin() -> anyhow::Result<PathBuf> {
 
 fn find_overlord_bin() -> Result<PathBuf, String> {
     if let Ok(p) = std::env::var("OVERLORD_BIN") {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-        return Err(format!("OVERLORD_BIN={} does not exist", p.display()));
+        // Absolute: processes start in their own temp dirs, where a relative path (as in the
+        // soak's documented `OVERLORD_BIN=target/debug/overlord`) names nothing.
+        return std::fs::canonicalize(&p)
+            .ok()
+            .filter(|p| p.is_file())
+            .ok_or_else(|| format!("OVERLORD_BIN={p} does not exist"));
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let target = std::env::var("CARGO_TARGET_DIR")
