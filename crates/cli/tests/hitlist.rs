@@ -6,6 +6,8 @@
 //! generated list (200,000 addresses of 127/8, with 20,000 repeated lines) is probed once per
 //! address in tasks of at most 512 addresses.
 
+mod support;
+
 use overlord_cli::client;
 use overlord_cli::embedded::Embedded;
 use overlord_proto::v1;
@@ -16,25 +18,7 @@ use std::time::{Duration, Instant};
 
 /// Listeners on one port of 127.0.0.1, 127.0.0.9 and ::1.
 fn listeners() -> (u16, Vec<TcpListener>, BTreeSet<(IpAddr, u16)>) {
-    loop {
-        let first = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = first.local_addr().unwrap().port();
-        let mut ls = vec![first];
-        let mut ok = true;
-        for a in ["127.0.0.9", "::1"] {
-            match TcpListener::bind((a.parse::<IpAddr>().unwrap(), p)) {
-                Ok(l) => ls.push(l),
-                Err(_) => ok = false,
-            }
-        }
-        if ok {
-            let want = ls
-                .iter()
-                .map(|l| (l.local_addr().unwrap().ip(), p))
-                .collect();
-            return (p, ls, want);
-        }
-    }
+    support::listeners(&["127.0.0.1", "127.0.0.9", "::1"])
 }
 
 /// Uploads `path`, runs a portscan job over it and waits; (upload answer, status, open set,
@@ -60,28 +44,7 @@ async fn run(
         params_json: r#"{"verify_per_mille": 0}"#.into(),
         ..Default::default()
     };
-    let st = client::submit(&mut c, spec).await.unwrap();
-    let t = Instant::now();
-    let st = loop {
-        let s = client::get(&mut c, st.job_id).await.unwrap();
-        if s.state != v1::JobState::Running as i32 {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(240),
-            "{}",
-            client::status_line(&s)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let mut open = BTreeSet::new();
-    let mut n = 0;
-    client::results(&mut c, st.job_id, |f| {
-        n += 1;
-        open.insert((f.target.parse().unwrap(), f.port as u16));
-    })
-    .await
-    .unwrap();
+    let (st, open, n) = support::run_to_end(&mut c, spec, Duration::from_secs(240)).await;
     let sent = st
         .quality
         .as_ref()

@@ -3,33 +3,17 @@
 //! set is exactly the listeners — on 127.0.0.0/22 and on ::1 (the portscan module's IPv6 check;
 //! it also proves a spec with an IPv6 range is stored and read back).
 
+mod support;
+
 use overlord_cli::client;
 use overlord_cli::embedded::Embedded;
 use overlord_proto::v1;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, TcpListener};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn listeners() -> (u16, Vec<TcpListener>, BTreeSet<(IpAddr, u16)>) {
-    loop {
-        let first = TcpListener::bind("127.0.1.7:0").unwrap();
-        let p = first.local_addr().unwrap().port();
-        let mut ls = vec![first];
-        let mut ok = true;
-        for a in ["127.0.2.9", "127.0.3.254", "127.0.0.1", "::1"] {
-            match TcpListener::bind((a.parse::<IpAddr>().unwrap(), p)) {
-                Ok(l) => ls.push(l),
-                Err(_) => ok = false,
-            }
-        }
-        if ok {
-            let want = ls
-                .iter()
-                .map(|l| (l.local_addr().unwrap().ip(), p))
-                .collect();
-            return (p, ls, want);
-        }
-    }
+    support::listeners(&["127.0.1.7", "127.0.2.9", "127.0.3.254", "127.0.0.1", "::1"])
 }
 
 async fn run_job(
@@ -60,29 +44,7 @@ async fn run_job_with(
         params_json: params_json.into(),
         ..Default::default()
     };
-    let st = client::submit(&mut c, spec).await.unwrap();
-    let t = Instant::now();
-    let st = loop {
-        let s = client::get(&mut c, st.job_id).await.unwrap();
-        if s.state != v1::JobState::Running as i32 {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "{}",
-            client::status_line(&s)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let mut open = BTreeSet::new();
-    let mut n = 0;
-    client::results(&mut c, st.job_id, |f| {
-        n += 1;
-        open.insert((f.target.parse().unwrap(), f.port as u16));
-    })
-    .await
-    .unwrap();
-    (st, open, n)
+    support::run_to_end(&mut c, spec, Duration::from_secs(60)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

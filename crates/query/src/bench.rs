@@ -494,7 +494,10 @@ pub fn run(a: QueryBenchArgs) -> Result<()> {
                 .stdout(std::fs::File::create(&rows_path)?)
                 .spawn()
                 .context("gzip")?;
-            let w = std::io::BufWriter::with_capacity(1 << 20, child.stdin.take().context("gzip stdin")?);
+            let w = std::io::BufWriter::with_capacity(
+                1 << 20,
+                child.stdin.take().context("gzip stdin")?,
+            );
             gzip = Some(child);
             Some(w)
         }
