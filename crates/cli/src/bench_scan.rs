@@ -339,20 +339,31 @@ fn lossless_secs(file: &str, pct: u32, secs: f64) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The TCP loss rows' work: `n` listeners on `ip` (kept open by the caller), their ports, and
+/// every port of `ip` in the keyed random order of seed `pct`.
+fn tcp_loss_targets(
+    ip: IpAddr,
+    n: u32,
+    pct: u32,
+) -> Result<(Vec<TcpListener>, BTreeSet<u16>, Vec<(IpAddr, u16)>)> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind((ip, 0)))
+        .collect::<std::io::Result<_>>()?;
+    let want: BTreeSet<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<std::io::Result<_>>()?;
+    let mut probes: Vec<(IpAddr, u16)> = (1..=65535u16).map(|p| (ip, p)).collect();
+    overlord_minion::modules::portscan::shuffle(&mut probes, pct as u64);
+    Ok((listeners, want, probes))
+}
+
 /// One row of `bench loss --scans syn|udp`, inside the namespace.
 async fn loss_other(a: &LossArgs, pct: u32) -> Result<()> {
     let ip: IpAddr = "127.0.0.1".parse().expect("ip");
     match a.scan.as_str() {
         "syn" => {
-            let listeners: Vec<TcpListener> = (0..a.listeners)
-                .map(|_| TcpListener::bind((ip, 0)))
-                .collect::<std::io::Result<_>>()?;
-            let want: BTreeSet<u16> = listeners
-                .iter()
-                .map(|l| l.local_addr().map(|a| a.port()))
-                .collect::<std::io::Result<_>>()?;
-            let mut probes: Vec<(IpAddr, u16)> = (1..=65535u16).map(|p| (ip, p)).collect();
-            overlord_minion::modules::portscan::shuffle(&mut probes, pct as u64);
+            let (listeners, want, probes) = tcp_loss_targets(ip, a.listeners, pct)?;
             let t = Instant::now();
             let rep = tokio::task::spawn_blocking({
                 let probes = probes.clone();
@@ -498,15 +509,7 @@ pub async fn loss(a: LossArgs) -> Result<()> {
         return loss_other(&a, pct).await;
     }
     let ip: IpAddr = "127.0.0.1".parse().expect("ip");
-    let listeners: Vec<TcpListener> = (0..a.listeners)
-        .map(|_| TcpListener::bind((ip, 0)))
-        .collect::<std::io::Result<_>>()?;
-    let want: BTreeSet<u16> = listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<std::io::Result<_>>()?;
-    let mut probes: Vec<(IpAddr, u16)> = (1..=65535u16).map(|p| (ip, p)).collect();
-    overlord_minion::modules::portscan::shuffle(&mut probes, pct as u64);
+    let (_listeners, want, probes) = tcp_loss_targets(ip, a.listeners, pct)?;
     let t = Instant::now();
     let rep = tokio::task::spawn_blocking({
         let probes = probes.clone();
