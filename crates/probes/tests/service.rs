@@ -398,11 +398,7 @@ async fn silent_echo_custom_banner_and_closed_port() {
         l.local_addr().unwrap()
     };
     // The user's own probe file names the custom service.
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("user-probes");
-    std::fs::write(&p, "Probe TCP NULL q||\n\nmatch acme-widget m|^ACME-WIDGET/([\\d.]+) ready\\r\\n| p/ACME widget/ v/$1/\n").unwrap();
-    let mut mydb = ProbeDb::builtin();
-    mydb.add_file(&p).unwrap();
+    let (_dir, mydb) = acme_probe_db();
     let o = IdentifyOptions::default();
     let (s, e, c, k) = tokio::join!(
         id(silent.addr),
@@ -740,11 +736,7 @@ async fn ipv6_loopback_identify_banner_and_closed() {
         .local_addr()
         .unwrap();
     assert!(g.is_ipv6() && h.is_ipv6() && closed.is_ipv6());
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("user-probes");
-    std::fs::write(&p, "Probe TCP NULL q||\n\nmatch acme-widget m|^ACME-WIDGET/([\\d.]+) ready\\r\\n| p/ACME widget/ v/$1/\n").unwrap();
-    let mut mydb = ProbeDb::builtin();
-    mydb.add_file(&p).unwrap();
+    let (_dir, mydb) = acme_probe_db();
     let o = IdentifyOptions::default();
     let (c, k) = tokio::join!(identify(g, &o, &mydb), id(closed));
     assert_named(&c, "acme-widget", "ACME widget");
@@ -770,4 +762,15 @@ async fn ipv6_loopback_identify_banner_and_closed() {
             .await
             .is_err()
     );
+}
+
+/// The built-in probes plus a user's probe file (`user-probes` in the returned directory) that
+/// names the custom `acme-widget` service from its banner.
+fn acme_probe_db() -> (tempfile::TempDir, ProbeDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("user-probes");
+    std::fs::write(&p, "Probe TCP NULL q||\n\nmatch acme-widget m|^ACME-WIDGET/([\\d.]+) ready\\r\\n| p/ACME widget/ v/$1/\n").unwrap();
+    let mut db = ProbeDb::builtin();
+    db.add_file(&p).unwrap();
+    (dir, db)
 }
