@@ -4,8 +4,9 @@
 //! The follower is fed by the hub, which publishes findings only after the flush that made them
 //! durable (like the image indexer). It does not trust the events' contents: a job the hub names
 //! is caught up from the store after the index's cursor, so lagged broadcasts and restarts lose
-//! nothing. Queries run on blocking threads, at most [`QUERY_THREADS`] at once, so searches
-//! cannot take every core from result ingestion.
+//! nothing. Queries run on blocking threads, at most [`QUERY_THREADS`] at once and at a lower
+//! scheduling priority than the follower (`overlord_query::priority`), so searches cannot take
+//! the cores from result ingestion.
 
 use crate::hub::HubEvent;
 use crate::owners::Owners;
@@ -269,7 +270,8 @@ impl QueryApi {
             .map_err(Status::internal)
     }
 
-    /// Runs `f` on a blocking thread once a query permit is free (waiting at most `d`).
+    /// Runs `f` on a blocking thread, at query priority, once a query permit is free (waiting at
+    /// most `d`).
     async fn run<T: Send + 'static>(
         &self,
         d: Duration,
@@ -282,7 +284,9 @@ impl QueryApi {
         let q = self.q.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            f(&q)
+            // below the follower and tantivy's indexing threads: queries do not slow the
+            // folding of accepted results (overlord_query::priority)
+            overlord_query::priority::below_ingest(|| f(&q))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?

@@ -60,9 +60,10 @@ fn main() {
         cpu * 1e6 / n as f64
     );
     println!(
-        "{n} findings in {:.2}s = {:.0}/s, rows {}",
+        "{n} findings in {:.2}s = {:.0}/s, rows {}, segments {}",
         spent.as_secs_f64(),
         n as f64 / spent.as_secs_f64(),
-        idx.num_rows()
+        idx.num_rows(),
+        idx.searcher().segment_readers().len()
     );
 }

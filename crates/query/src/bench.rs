@@ -441,6 +441,31 @@ fn cpu_s(path: &str) -> f64 {
     (t(11) + t(12)) / 100.0
 }
 
+/// CPU seconds of this process's threads whose name starts with `prefix`.
+fn threads_cpu_s(prefix: &str) -> f64 {
+    crate::priority::threads_named(prefix)
+        .into_iter()
+        .map(|tid| cpu_s(&format!("self/task/{tid}")))
+        .sum()
+}
+
+/// Waits (at most `max`) until the index's merge threads have used no CPU for a second: the
+/// merges the flood deferred (they run below ingest, see `priority`) have caught up. Returns
+/// the wait and the merge CPU seconds spent meanwhile.
+fn settle_merges(max: Duration) -> (Duration, f64) {
+    let t = Instant::now();
+    let c0 = threads_cpu_s(crate::index::MERGE_THREAD_NAME);
+    let mut last = c0;
+    let mut quiet = 0;
+    while t.elapsed() < max && quiet < 4 {
+        std::thread::sleep(Duration::from_millis(250));
+        let c = threads_cpu_s(crate::index::MERGE_THREAD_NAME);
+        quiet = if c > last { 0 } else { quiet + 1 };
+        last = c;
+    }
+    (t.elapsed(), last - c0)
+}
+
 fn rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -451,6 +476,24 @@ fn rss_mb() -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// One run of a benchmark query; returns its result count.
+fn query_once(e: &Engine, q: &Q) -> Result<usize> {
+    Ok(match &q.op {
+        Op::Search(s, v) => {
+            let mut r = SearchRequest::new(s);
+            r.view = *v;
+            let p = e.search(&r)?;
+            p.services.len() + p.hosts.len()
+        }
+        Op::Count(s, f) => e.count(s, f, Duration::from_secs(60))?.matched as usize,
+        Op::Host(ip) => e.host(*ip, None)?.ports.len(),
+        Op::Diff(x, y) => {
+            let d = e.diff(*x, *y, 1000, Duration::from_secs(120))?;
+            (d.opened + d.closed + d.changed) as usize
+        }
+    })
 }
 
 pub fn run(a: QueryBenchArgs) -> Result<()> {
@@ -481,94 +524,94 @@ pub fn run(a: QueryBenchArgs) -> Result<()> {
         start_ms: START_MS,
     };
     let idx = QueryIndex::open_or_rebuild(&dir.join("query"))?;
-    // the peers' rows, gzipped by a `gzip -1` process (10 M rows are ~5 GB as text; DuckDB and
-    // psql's `\copy ... FROM PROGRAM` read the compressed file)
+    // the peers' rows first, in a pass of their own (JSON and `gzip -1` beside the ingest took
+    // the cores from it): 10 M rows are ~5 GB as text; DuckDB and psql's `\copy ... FROM
+    // PROGRAM` read the compressed file
     let rows_path = dir.join("rows.jsonl.gz");
-    let mut gzip = None;
-    let mut rows = match a.no_peers {
-        true => None,
-        false => {
-            let mut child = Command::new("gzip")
-                .arg("-1")
-                .stdin(Stdio::piped())
-                .stdout(std::fs::File::create(&rows_path)?)
-                .spawn()
-                .context("gzip")?;
-            let w = std::io::BufWriter::with_capacity(
-                1 << 20,
-                child.stdin.take().context("gzip stdin")?,
-            );
-            gzip = Some(child);
-            Some(w)
-        }
-    };
-    let mut spent = Duration::ZERO;
-    // CPU of the index alone: the process's (indexing and merge threads included) less what
-    // this thread spends generating the corpus and the peers' rows
-    let (proc0, main0) = (cpu_s("self"), cpu_s("thread-self"));
-    let mut main_in = 0.0;
-    let batch = 10_000;
-    let mut i = 0;
-    while i < a.n {
-        let b: Vec<_> = (i..(i + batch).min(a.n)).map(|k| c.finding(k)).collect();
-        if let Some(w) = rows.as_mut() {
-            for (p, o) in &b {
-                serde_json::to_writer(&mut *w, &flat(p, o))?;
-                w.write_all(b"\n")?;
-            }
-        }
+    if !a.no_peers {
         let t = Instant::now();
-        let c0 = cpu_s("thread-self");
-        idx.add(&b)?;
-        idx.maybe_commit()?;
-        main_in += cpu_s("thread-self") - c0;
-        spent += t.elapsed();
-        i += batch;
-    }
-    let t = Instant::now();
-    let c0 = cpu_s("thread-self");
-    idx.commit()?;
-    main_in += cpu_s("thread-self") - c0;
-    spent += t.elapsed();
-    let cpu = (cpu_s("self") - proc0) - (cpu_s("thread-self") - main0) + main_in;
-    if let Some(mut w) = rows.take() {
+        let mut child = Command::new("gzip")
+            .arg("-1")
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(&rows_path)?)
+            .spawn()
+            .context("gzip")?;
+        let mut w =
+            std::io::BufWriter::with_capacity(1 << 20, child.stdin.take().context("gzip stdin")?);
+        for k in 0..a.n {
+            let (p, o) = c.finding(k);
+            serde_json::to_writer(&mut w, &flat(&p, &o))?;
+            w.write_all(b"\n")?;
+        }
         w.flush()?;
+        drop(w);
+        if !child.wait()?.success() {
+            bail!("gzip of the peers' rows failed");
+        }
+        println!("peers' rows written in {:.1}s", t.elapsed().as_secs_f64());
     }
-    if let Some(mut g) = gzip.take()
-        && !g.wait()?.success()
-    {
-        bail!("gzip of the peers' rows failed");
-    }
+    // The ingest: a generator thread makes the findings (as the follower reads them from the
+    // store) and hands batches over; the rate is over the whole wall time, generator included.
+    // The index's CPU is the process's less the generator's.
+    let batch = 10_000;
+    let proc0 = cpu_s("self");
+    let t = Instant::now();
+    let gen_cpu = std::thread::scope(|sc| -> Result<f64> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(Provenance, Observation)>>(2);
+        let c = &c;
+        let g = sc.spawn(move || {
+            let c0 = cpu_s("thread-self");
+            let mut i = 0;
+            while i < a.n {
+                let b: Vec<_> = (i..(i + batch).min(a.n)).map(|k| c.finding(k)).collect();
+                if tx.send(b).is_err() {
+                    break;
+                }
+                i += batch;
+            }
+            cpu_s("thread-self") - c0
+        });
+        for b in rx {
+            idx.add(&b)?;
+            idx.maybe_commit()?;
+        }
+        idx.commit()?;
+        g.join()
+            .map_err(|_| BenchError("corpus generator panicked".into()))
+    })?;
+    let spent = t.elapsed();
+    let cpu = cpu_s("self") - proc0 - gen_cpu;
+    let per = |x: f64| x * 1e6 / a.n.max(1) as f64;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "ingest: {} findings in {:.1}s = {:.0} findings/s into the index (bar >= 100000/s); CPU {:.1} us/finding (all threads; merges still running not counted); {} rows; RSS {:.0} MiB",
+        "ingest: {} findings in {:.1}s = {:.0} findings/s into the index, wall time with the corpus generator on the same cores (bar >= 100000/s); index CPU {:.1} us/finding (all its threads; merges still running not counted) = {:.0} findings/s on {} cores to itself; generator {:.1} us/finding; {} rows; RSS {:.0} MiB",
         a.n,
         spent.as_secs_f64(),
         a.n as f64 / spent.as_secs_f64(),
-        cpu * 1e6 / a.n.max(1) as f64,
+        per(cpu),
+        cores as f64 * 1e6 / per(cpu),
+        cores,
+        per(gen_cpu),
         idx.num_rows(),
         rss_mb()
+    );
+    let segs = idx.searcher().segment_readers().len();
+    let (waited, merge_cpu) = settle_merges(Duration::from_secs(600));
+    idx.maybe_commit()?; // reloads the searcher: the merged segments
+    println!(
+        "merges deferred by the flood caught up {:.1}s after it ({:.1} us/finding more CPU; {:.1} us/finding in all); segments {} -> {}",
+        waited.as_secs_f64(),
+        per(merge_cpu),
+        per(cpu + merge_cpu),
+        segs,
+        idx.searcher().segment_readers().len()
     );
     let e = Engine::new(Arc::new(idx));
     let qs = queries(&c);
     let mut ours: Vec<Vec<f64>> = Vec::new();
     let mut rss_max: f64 = 0.0;
     for q in &qs {
-        let one = || -> Result<usize> {
-            Ok(match &q.op {
-                Op::Search(s, v) => {
-                    let mut r = SearchRequest::new(s);
-                    r.view = *v;
-                    let p = e.search(&r)?;
-                    p.services.len() + p.hosts.len()
-                }
-                Op::Count(s, f) => e.count(s, f, Duration::from_secs(60))?.matched as usize,
-                Op::Host(ip) => e.host(*ip, None)?.ports.len(),
-                Op::Diff(x, y) => {
-                    let d = e.diff(*x, *y, 1000, Duration::from_secs(120))?;
-                    (d.opened + d.closed + d.changed) as usize
-                }
-            })
-        };
+        let one = || -> Result<usize> { crate::priority::below_ingest(|| query_once(&e, q)) };
         let n = one()?;
         let mut ts = vec![];
         for _ in 0..a.runs {
@@ -618,10 +661,10 @@ pub fn run(a: QueryBenchArgs) -> Result<()> {
             sc.spawn(move || {
                 let mut k = t;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    if let Op::Search(s, v) = &qs[k % 13].op {
-                        let mut r = SearchRequest::new(s);
-                        r.view = *v;
-                        let _ = e.search(&r);
+                    let q = &qs[k % 13];
+                    if let Op::Search(..) = q.op {
+                        // as the coordinator runs a query (below ingest), not at full priority
+                        let _ = crate::priority::below_ingest(|| query_once(e, q));
                         served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     k += 1;

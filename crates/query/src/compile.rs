@@ -430,6 +430,53 @@ impl Compiler<'_> {
     }
 }
 
+/// Inclusive bounds on the address of every row `e` can match (`None`: not bounded), from its
+/// `ip:`/`net:` terms: a conjunction is bounded by the intersection of its bounded positive
+/// clauses, a disjunction by the hull of its clauses when every clause is bounded. The page walk
+/// (`search.rs` `Engine::page`) starts at the lower bound and stops after the upper one. A term
+/// that does not type-check gives no bound (compiling it fails anyway).
+pub fn address_bounds(registry: &Registry, e: &Expr) -> Option<(u128, u128)> {
+    match e {
+        Expr::All | Expr::Not(_) => None,
+        Expr::Term(t) => {
+            let (name, span) = t.field.as_ref()?;
+            let def = registry.resolve(name, *span).ok()?;
+            if !matches!(def.kind, Kind::Ip | Kind::Net) || def.column != Column::Builtin("ip") {
+                return None;
+            }
+            match &t.value {
+                Value::Word(w) | Value::Phrase(w) => {
+                    let (lo, hi) = cidr(w).ok()?;
+                    Some((u128::from(lo), u128::from(hi)))
+                }
+                Value::Range { lo, hi } => {
+                    let p = |s: &String| s.parse::<IpAddr>().map(|a| u128::from(ip6(a)));
+                    let lo = match try_bound(lo, p).ok()? {
+                        Bound::Included(a) => a,
+                        Bound::Excluded(a) => a.checked_add(1)?,
+                        Bound::Unbounded => 0,
+                    };
+                    let hi = match try_bound(hi, p).ok()? {
+                        Bound::Included(b) => b,
+                        Bound::Excluded(b) => b.checked_sub(1)?,
+                        Bound::Unbounded => u128::MAX,
+                    };
+                    Some((lo, hi))
+                }
+                _ => None,
+            }
+        }
+        Expr::And(v) => v
+            .iter()
+            .filter_map(|x| address_bounds(registry, x))
+            .reduce(|(a, b), (c, d)| (a.max(c), b.min(d))),
+        Expr::Or(v) => v
+            .iter()
+            .map(|x| address_bounds(registry, x))
+            .reduce(|x, y| Some(x?).zip(y).map(|((a, b), (c, d))| (a.min(c), b.max(d))))?,
+    }
+}
+
 fn map_bound<T, U>(b: &Bound<T>, f: impl Fn(&T) -> U) -> Bound<U> {
     match b {
         Bound::Included(x) => Bound::Included(f(x)),
@@ -549,6 +596,47 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_bounds_of_terms_conjunctions_and_disjunctions() {
+        let r = Registry::default();
+        let b = |q: &str| address_bounds(&r, &crate::lang::parse(q).unwrap());
+        let a = |s: &str| u128::from(ip6(s.parse().unwrap()));
+        let net = |s: &str| {
+            let (lo, hi) = cidr(s).unwrap();
+            Some((u128::from(lo), u128::from(hi)))
+        };
+        assert_eq!(b("net:10.0.0.0/16 port:22"), net("10.0.0.0/16"));
+        assert_eq!(b("ip:10.1.2.3"), Some((a("10.1.2.3"), a("10.1.2.3"))));
+        assert_eq!(
+            b("ip:[10.0.0.5 TO 10.0.1.0}"),
+            Some((a("10.0.0.5"), a("10.0.0.255")))
+        );
+        assert_eq!(b("ip:[10.0.0.5 TO *]"), Some((a("10.0.0.5"), u128::MAX)));
+        // a conjunction: the intersection (possibly empty); excluded clauses do not bound
+        assert_eq!(b("net:10.0.0.0/8 net:10.2.0.0/16"), net("10.2.0.0/16"));
+        let (lo, hi) = b("net:10.1.0.0/16 net:10.2.0.0/16").unwrap();
+        assert!(lo > hi);
+        assert_eq!(b("-net:10.0.0.0/8 port:22"), None);
+        assert_eq!(
+            b("port:22 -net:10.0.0.0/8 net:10.3.0.0/16"),
+            net("10.3.0.0/16")
+        );
+        // a disjunction: the hull, only when every clause is bounded
+        assert_eq!(
+            b("net:10.0.1.0/24 OR ip:10.0.3.9"),
+            Some((a("10.0.1.0"), a("10.0.3.9")))
+        );
+        assert_eq!(b("net:10.0.1.0/24 OR port:22"), None);
+        assert_eq!(
+            b("(net:10.0.1.0/24 OR port:22) net:10.5.0.0/16"),
+            net("10.5.0.0/16")
+        );
+        // not an address term, or not one that type-checks
+        assert_eq!(b("port:22"), None);
+        assert_eq!(b("NOT net:10.0.0.0/8"), None);
+        assert_eq!(b("net:banana"), None);
+    }
 
     #[test]
     fn cidr_bounds() {

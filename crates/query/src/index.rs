@@ -32,12 +32,14 @@ use tantivy::tokenizer::{LowerCaser, RawTokenizer, TextAnalyzer};
 use tantivy::{DateTime, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 /// Bumped when the schema or the row format changes: an index of another version is rebuilt.
-pub const INDEX_VERSION: u32 = 3;
+pub const INDEX_VERSION: u32 = 4;
 /// Commit after this many pending rows or this long after the first uncommitted change. Pending
 /// rows are folded states held in memory: this bounds what the index adds to the coordinator's
 /// memory under a flood of results (with the writer's arena below).
 pub const COMMIT_ROWS: usize = 100_000;
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(1000);
+/// How often an idle index reloads its searcher to pick up finished merges.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// The writer's indexing arenas: tantivy splits the budget over its indexing threads (64 MiB
 /// each). Two threads: indexing a row costs about twice what folding and building it does
 /// (measured: ~11 us vs ~5 us of CPU per finding), so with one thread the folding thread waited
@@ -47,6 +49,15 @@ const WRITER_BUDGET: usize = 128 << 20;
 const WRITER_THREADS: usize = 2;
 /// Operations handed to the indexing thread at once.
 const OP_BATCH: usize = 512;
+/// Segments of one size merged at once (tantivy's default is 8). Each merge rewrites every row
+/// it takes in, and at 10 M rows merging cost as much CPU as a third of indexing: with 16, a
+/// row of a flood is rewritten about once on its way to a ~1 M-row segment instead of twice,
+/// for up to twice as many segments per size class (measured in the Query section of DESIGN).
+const MERGE_MIN_SEGMENTS: usize = 16;
+/// tantivy's merge threads (its default count and thread names), lowered once found: see
+/// [`crate::priority`].
+const MERGE_THREADS: usize = 4;
+pub const MERGE_THREAD_NAME: &str = "merge_thread_";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -199,14 +210,13 @@ pub fn schema() -> (Schema, Fields) {
     let mut by_name = HashMap::new();
     let key = b.add_text_field(
         "key",
-        TextOptions::default()
-            .set_indexing_options(
-                TextFieldIndexing::default()
-                    .set_tokenizer("raw")
-                    .set_index_option(IndexRecordOption::Basic)
-                    .set_fieldnorms(false),
-            )
-            .set_stored(),
+        TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer("raw")
+                .set_index_option(IndexRecordOption::Basic)
+                .set_fieldnorms(false),
+        ),
+        // not stored: the stored row (`state`) holds the key
     );
     let state = b.add_bytes_field("state", STORED);
     let kw_opts = TextOptions::default()
@@ -466,10 +476,14 @@ struct Pending {
 
 struct Writer {
     w: IndexWriter,
-    /// key → the row changed since the last commit
-    pending: HashMap<String, Pending>,
-    /// Keys of pending rows whose latest state the indexing thread has not been given.
-    dirty: Vec<String>,
+    /// The rows changed since the last commit, and their slots by key (an arena: the map
+    /// holds small values, a row is never moved by the map's growth).
+    pending: Vec<Pending>,
+    slots: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
+    /// Slots of pending rows whose latest state the indexing thread has not been given.
+    dirty: Vec<u32>,
+    /// Reused for each finding's key.
+    key: String,
     /// Reused scratch space for encoded rows.
     buf: Vec<u8>,
     /// job → highest cursor folded in (committed + pending)
@@ -477,6 +491,8 @@ struct Writer {
     committed: BTreeMap<u64, u64>,
     first_change: Option<Instant>,
     committed_at_ms: u64,
+    /// How many merge threads were found and lowered (looked for at commits until all are).
+    merge_threads_lowered: usize,
 }
 
 /// The index plus its writer. Thread-safe; one writer at a time.
@@ -487,6 +503,8 @@ pub struct QueryIndex {
     writer: Mutex<Writer>,
     dir: PathBuf,
     pub(crate) committed_cursors: Mutex<BTreeMap<u64, u64>>,
+    /// When the searcher was last reloaded without a commit (see [`QueryIndex::maybe_commit`]).
+    reloaded: Mutex<Instant>,
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> IndexError + '_ {
@@ -583,6 +601,9 @@ impl QueryIndex {
                 Err(e) => return Err(e.into()),
             }
         };
+        let mut mp = tantivy::indexer::LogMergePolicy::default();
+        mp.set_min_num_segments(MERGE_MIN_SEGMENTS);
+        w.set_merge_policy(Box::new(mp));
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -593,16 +614,20 @@ impl QueryIndex {
             fields,
             writer: Mutex::new(Writer {
                 w,
-                pending: HashMap::new(),
+                pending: Vec::new(),
+                slots: HashMap::default(),
                 dirty: Vec::new(),
+                key: String::new(),
                 buf: Vec::with_capacity(4096),
                 cursors: cursors.clone(),
                 committed: cursors.clone(),
                 first_change: None,
                 committed_at_ms: 0,
+                merge_threads_lowered: 0,
             }),
             dir: dir.to_path_buf(),
             committed_cursors: Mutex::new(cursors),
+            reloaded: Mutex::new(Instant::now()),
         })
     }
 
@@ -636,20 +661,25 @@ impl QueryIndex {
         // job → the key dictionaries of the segments holding rows of that job (a segment
         // without the job cannot hold its row: a new row of a job is answered by those few
         // dictionaries, not by every segment's)
-        let mut holders: HashMap<u64, Vec<(u32, std::sync::Arc<InvertedIndexReader>)>> =
-            HashMap::new();
+        let mut holders: HashMap<
+            u64,
+            Vec<(u32, std::sync::Arc<InvertedIndexReader>)>,
+            foldhash::fast::RandomState,
+        > = HashMap::default();
         for (p, o) in batch {
             let cur = w.cursors.entry(p.job).or_insert(0);
             if p.cursor <= *cur {
                 continue;
             }
             *cur = p.cursor;
-            let key = p.key();
-            let row = match w.pending.get_mut(&key) {
-                Some(r) => {
+            p.write_key(&mut w.key);
+            let key = w.key.as_str();
+            let row = match w.slots.get(key) {
+                Some(&slot) => {
+                    let r = &mut w.pending[slot as usize];
                     if !r.dirty {
                         r.dirty = true;
-                        w.dirty.push(key);
+                        w.dirty.push(slot);
                     }
                     &mut r.row
                 }
@@ -662,22 +692,21 @@ impl QueryIndex {
                                 e.insert(self.holders(&searcher, p.job)?)
                             }
                         };
-                        self.load(&searcher, segs, &key)?
+                        self.load(&searcher, segs, key)?
                     } else {
                         None
                     };
                     let written = old.is_some();
                     let row = old.unwrap_or_else(|| ServiceState::new(p));
-                    w.dirty.push(key.clone());
-                    &mut w
-                        .pending
-                        .entry(key)
-                        .or_insert(Pending {
-                            row,
-                            written,
-                            dirty: true,
-                        })
-                        .row
+                    let slot = w.pending.len() as u32;
+                    w.slots.insert(key.into(), slot);
+                    w.dirty.push(slot);
+                    w.pending.push(Pending {
+                        row,
+                        written,
+                        dirty: true,
+                    });
+                    &mut w.pending[slot as usize].row
                 }
             };
             row.fold(p, o);
@@ -757,14 +786,12 @@ impl QueryIndex {
     /// version and before the new one.
     fn send_dirty(&self, w: &mut Writer) -> Result<(), IndexError> {
         let mut ops = Vec::with_capacity(OP_BATCH.min(2 * w.dirty.len()));
-        for key in w.dirty.drain(..) {
-            let Some(r) = w.pending.get_mut(&key) else {
-                continue;
-            };
+        for slot in w.dirty.drain(..) {
+            let r = &mut w.pending[slot as usize];
             if r.written {
                 ops.push(UserOperation::Delete(Term::from_field_text(
                     self.fields.key,
-                    &key,
+                    &r.row.key,
                 )));
             }
             ops.push(UserOperation::Add(document(
@@ -813,6 +840,7 @@ impl QueryIndex {
         }
         self.send_dirty(w)?;
         w.pending.clear();
+        w.slots.clear();
         let payload = Payload {
             version: INDEX_VERSION,
             cursors: w.cursors.clone(),
@@ -825,14 +853,35 @@ impl QueryIndex {
         *self.committed_cursors.lock().expect("cursors") = w.cursors.clone();
         w.first_change = None;
         w.committed_at_ms = now_ms();
+        // the commit reloaded the searcher: the idle reload's interval starts again
+        *self.reloaded.lock().expect("reloaded") = Instant::now();
+        // tantivy starts its merge threads itself (they name themselves once running): look
+        // for them at commits until all were found
+        if w.merge_threads_lowered < MERGE_THREADS {
+            w.merge_threads_lowered += crate::priority::lower_threads_named(
+                MERGE_THREAD_NAME,
+                crate::priority::MERGE_NICE,
+            );
+        }
         Ok(())
     }
 
-    /// Commits when due; returns true if it committed.
+    /// Commits when due; returns true if it committed. When nothing is due, reloads the
+    /// searcher at most every [`RELOAD_INTERVAL`]: merges finished since the last commit are
+    /// published in the index's metadata but searched only after a reload (same documents,
+    /// fewer segments), and after a flood no commit may come for a long time.
     pub fn maybe_commit(&self) -> Result<bool, IndexError> {
         if self.commit_due() {
             self.commit()?;
             return Ok(true);
+        }
+        let mut last = self.reloaded.lock().expect("reloaded");
+        if last.elapsed() >= RELOAD_INTERVAL {
+            *last = Instant::now();
+            drop(last);
+            // the writer lock keeps a commit from interleaving (its own reload is the newer)
+            let _w = self.writer.lock().expect("writer");
+            self.reader.reload()?;
         }
         Ok(false)
     }

@@ -13,6 +13,7 @@ pub mod follow;
 pub mod import;
 pub mod index;
 pub mod lang;
+pub mod priority;
 pub mod rowcodec;
 pub mod search;
 pub mod state;

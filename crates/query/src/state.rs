@@ -86,10 +86,19 @@ pub struct Provenance {
 impl Provenance {
     /// The row this finding folds into: `job/ip/port`, or `job/-/cursor` without an address.
     pub fn key(&self) -> String {
-        match self.ip {
-            Some(ip) => format!("{}/{}/{}", self.job, ip, self.port),
-            None => format!("{}/-/{}", self.job, self.cursor),
-        }
+        let mut k = String::new();
+        self.write_key(&mut k);
+        k
+    }
+
+    /// [`Self::key`] into `out` (cleared first): no allocation once `out` has grown.
+    pub fn write_key(&self, out: &mut String) {
+        use std::fmt::Write;
+        out.clear();
+        let _ = match self.ip {
+            Some(ip) => write!(out, "{}/{}/{}", self.job, ip, self.port),
+            None => write!(out, "{}/-/{}", self.job, self.cursor),
+        };
     }
 }
 

@@ -696,28 +696,40 @@ fn screen_text_search_is_one_ranked_hit_per_image() {
     assert!(e.screen_text("nosuchword", 10).unwrap().is_empty());
 }
 
+/// An index of `n` bench-corpus findings (two jobs) in two commits, split at `split`, plus a later
+/// finding of the committed row of finding `upsert` (its old version is deleted).
+fn two_segments_and_an_upsert(
+    dir: &std::path::Path,
+    seed: u64,
+    n: u64,
+    split: usize,
+    upsert: u64,
+) -> QueryIndex {
+    let idx = QueryIndex::open_or_rebuild(&dir.join("q")).unwrap();
+    let c = overlord_query::corpus::Corpus {
+        seed,
+        n,
+        per_job: n / 2,
+        start_ms: NOV1,
+    };
+    let all: Vec<_> = (0..c.n).map(|i| c.finding(i)).collect();
+    idx.add(&all[..split]).unwrap();
+    idx.commit().unwrap();
+    let (mut p, o) = c.finding(upsert);
+    p.cursor = 10_000;
+    idx.add(&all[split..]).unwrap();
+    idx.add(&[(p, o)]).unwrap();
+    idx.commit().unwrap();
+    idx
+}
+
 /// Small pages over many matches are read by walking the address dictionary (`Engine::page`);
 /// one big page reads every match from the fast column. Both must give the same rows in the
 /// same order, services and hosts, across `after` and a deleted (upserted) version.
 #[test]
 fn pages_walked_by_address_equal_one_page_read_from_the_fast_column() {
     let dir = tempfile::tempdir().unwrap();
-    let idx = QueryIndex::open_or_rebuild(&dir.path().join("q")).unwrap();
-    let c = overlord_query::corpus::Corpus {
-        seed: 11,
-        n: 3000,
-        per_job: 1500,
-        start_ms: NOV1,
-    };
-    let all: Vec<_> = (0..c.n).map(|i| c.finding(i)).collect();
-    idx.add(&all[..2000]).unwrap();
-    idx.commit().unwrap();
-    // a later finding of an already committed row: its old version is deleted
-    let (mut p, o) = c.finding(1600);
-    p.cursor = 10_000;
-    idx.add(&all[2000..]).unwrap();
-    idx.add(&[(p, o)]).unwrap();
-    idx.commit().unwrap();
+    let idx = two_segments_and_an_upsert(dir.path(), 11, 3000, 2000, 1600);
     let e = Engine::new(Arc::new(idx));
     for view in [View::Services, View::Hosts] {
         for q in ["transport:tcp", "port:[0 TO 9000] -product:nginx"] {
@@ -756,4 +768,113 @@ fn pages_walked_by_address_equal_one_page_read_from_the_fast_column() {
             assert_eq!(walked, expect, "{q} {view:?}");
         }
     }
+}
+
+/// The paging paths beside the reference ones (`Engine::plain_paths`): a conjunction marked
+/// window by window (dense) or through tantivy's intersection (sparse) with excluded clauses,
+/// and the address walk bounded by the query's CIDRs and address ranges (started at the lower
+/// bound, stopped past the upper one, given up on a budget). Every page of a chain of pages must
+/// be the same rows in the same order with the same count and cursor, services and hosts,
+/// with and without a job restriction, over two segments and a deleted (upserted) version.
+#[test]
+fn conjunctions_and_bounded_walks_page_as_the_plain_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = Arc::new(two_segments_and_an_upsert(dir.path(), 5, 6000, 3500, 3100));
+    let fast = Engine::new(idx.clone());
+    let mut plain = Engine::new(idx);
+    plain.plain_paths = true;
+    let late = NOV1 + DAY + 1000 * 10;
+    let queries = [
+        "net:10.0.0.0/16 port:22".to_string(),
+        "net:10.0.2.0/23 transport:tcp -product:nginx".into(),
+        "ip:[10.0.1.10 TO 10.0.4.200] service:http".into(),
+        "net:10.0.0.0/8 net:10.0.3.0/24 transport:tcp".into(),
+        "net:10.0.1.0/24 net:10.0.4.0/24 transport:tcp".into(),
+        "(net:10.0.1.0/24 OR net:10.0.4.0/23) port:80".into(),
+        format!("job:2 last_seen:>{late}"),
+        // the rarest clause (port) starts before the other (a date column) has any match
+        format!("port:22 last_seen:>{late}"),
+        "port:[0 TO 9000] -product:nginx".into(),
+        "transport:tcp -net:10.0.0.0/22".into(),
+        "net:10.0.3.0/24".into(),
+        "net:10.0.0.0/16 service:ssh -product:openssh".into(),
+    ];
+    let job2: std::collections::BTreeSet<u64> = [2].into();
+    let mut rows = 0;
+    for q in &queries {
+        for view in [View::Services, View::Hosts] {
+            for jobs in [None, Some(&job2)] {
+                for limit in [2, 50] {
+                    let mut a = SearchRequest::new(q);
+                    a.view = view;
+                    a.limit = limit;
+                    let mut b = a.clone();
+                    for _ in 0..25 {
+                        let x = fast.search_in(&a, jobs).unwrap();
+                        let y = plain.search_in(&b, jobs).unwrap();
+                        let keys = |p: &overlord_query::search::Page| {
+                            (
+                                p.matched,
+                                p.next,
+                                p.services
+                                    .iter()
+                                    .map(|s| (s.key.clone(), s.cursor))
+                                    .collect::<Vec<_>>(),
+                                p.hosts
+                                    .iter()
+                                    .map(|h| (h.ip, h.services.len()))
+                                    .collect::<Vec<_>>(),
+                            )
+                        };
+                        assert_eq!(keys(&x), keys(&y), "{q} {view:?} {jobs:?} limit {limit}");
+                        rows += x.services.len() + x.hosts.len();
+                        match x.next {
+                            Some(k) => {
+                                a.after = Some(k);
+                                b.after = Some(k);
+                            }
+                            None => break,
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(rows > 5000, "enough rows compared: {rows}");
+    // the empty intersection of two CIDRs matches nothing on either path
+    let p = fast.search(&SearchRequest::new(&queries[4])).unwrap();
+    assert_eq!((p.matched, p.services.len()), (0, 0));
+}
+
+/// Segments merged after the last commit are searched once an idle index reloads (before, the
+/// searcher changed only at a commit: after a flood the unmerged segments stayed in use until
+/// the next finding). Sixteen one-row commits make one merge under the index's merge policy.
+#[test]
+fn an_idle_index_searches_the_segments_merged_after_its_last_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = QueryIndex::open_or_rebuild(&dir.path().join("q")).unwrap();
+    for k in 0..16u64 {
+        let ip = format!("127.0.2.{}", k + 1);
+        idx.add(&[(
+            prov(1, k + 1, &ip, 80, "service", NOV1),
+            svc("nginx", "1", "x"),
+        )])
+        .unwrap();
+        idx.commit().unwrap();
+    }
+    let before = idx.searcher().segment_readers().len();
+    assert!(before >= 16, "{before} segments after 16 commits");
+    // the merge runs in the background; an idle index reloads every RELOAD_INTERVAL
+    let t = std::time::Instant::now();
+    let mut now = before;
+    while now >= before && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!idx.maybe_commit().unwrap(), "nothing was due");
+        now = idx.searcher().segment_readers().len();
+    }
+    assert!(now < before, "still {now} segments after {:?}", t.elapsed());
+    assert_eq!(idx.num_rows(), 16);
+    let e = Engine::new(Arc::new(idx));
+    let p = e.search(&SearchRequest::new("net:127.0.2.0/24")).unwrap();
+    assert_eq!(p.services.len(), 16);
 }
