@@ -9,11 +9,16 @@
 //! other schema version) is removed and rebuilt from the store.
 //!
 //! ## Upserts
+//! A row is identified by (job, address, port): the columns it is indexed by anyway. No term
+//! names a row (a unique term per row cost ~15 % of ingest: every segment's dictionary and every
+//! merge carried one more term per row, see the Query section of DESIGN), so a row is found
+//! through its address's postings, filtered by the job and port columns ([`row_docs`]).
 //! Rows changed since the last commit live in `pending`; a row not pending is loaded from the
-//! committed index (one term lookup) unless its job has nothing committed yet (then it is new).
-//! Changed rows are handed to tantivy's indexing thread in batches of [`OP_BATCH`] as they
-//! accumulate (so it indexes while the next findings are folded) and the rest at commit; a row
-//! written before (committed, or handed over since the last commit) is deleted by key first.
+//! committed index unless its job has nothing committed yet (then it is new). Changed rows are
+//! handed to tantivy's indexing thread in batches of [`OP_BATCH`] as they accumulate (so it
+//! indexes while the next findings are folded) and the rest at commit; a row written before
+//! (committed, or handed over since the last commit) is deleted first ([`RowQuery`]). A row
+//! without an address is keyed by its finding's cursor: it is written once, never updated.
 //! Nothing handed over is visible or durable before the commit that also records the cursors.
 
 use crate::state::{ExtValue, Observation, Provenance, ServiceState};
@@ -32,7 +37,7 @@ use tantivy::tokenizer::{LowerCaser, RawTokenizer, TextAnalyzer};
 use tantivy::{DateTime, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 /// Bumped when the schema or the row format changes: an index of another version is rebuilt.
-pub const INDEX_VERSION: u32 = 4;
+pub const INDEX_VERSION: u32 = 5;
 /// Commit after this many pending rows or this long after the first uncommitted change. Pending
 /// rows are folded states held in memory: this bounds what the index adds to the coordinator's
 /// memory under a flood of results (with the writer's arena below).
@@ -81,7 +86,6 @@ impl From<std::io::Error> for IndexError {
 /// The schema's fields by name (see [`crate::fields::BUILTIN`] for the query names).
 #[derive(Clone)]
 pub struct Fields {
-    pub key: Field,
     pub state: Field,
     pub text: Field,
     pub ext: Field,
@@ -208,16 +212,6 @@ pub const KW: &str = "kw";
 pub fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
     let mut by_name = HashMap::new();
-    let key = b.add_text_field(
-        "key",
-        TextOptions::default().set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer("raw")
-                .set_index_option(IndexRecordOption::Basic)
-                .set_fieldnorms(false),
-        ),
-        // not stored: the stored row (`state`) holds the key
-    );
     let state = b.add_bytes_field("state", STORED);
     let kw_opts = TextOptions::default()
         .set_indexing_options(
@@ -275,7 +269,6 @@ pub fn schema() -> (Schema, Fields) {
     (
         b.build(),
         Fields {
-            key,
             state,
             text,
             ext,
@@ -336,7 +329,6 @@ pub fn content_hash(s: &ServiceState) -> u64 {
 fn document(f: &Fields, s: &ServiceState, buf: &mut Vec<u8>) -> TantivyDocument {
     let c = &f.cols;
     let mut d = TantivyDocument::default();
-    d.add_text(f.key, &s.key);
     buf.clear();
     crate::rowcodec::encode(s, buf);
     d.add_bytes(f.state, buf.as_slice());
@@ -658,7 +650,7 @@ impl QueryIndex {
         let w = &mut *w;
         let mut n = 0;
         let searcher = self.reader.searcher();
-        // job → the key dictionaries of the segments holding rows of that job (a segment
+        // job → the address dictionaries of the segments holding rows of that job (a segment
         // without the job cannot hold its row: a new row of a job is answered by those few
         // dictionaries, not by every segment's)
         let mut holders: HashMap<
@@ -685,16 +677,18 @@ impl QueryIndex {
                 }
                 None => {
                     let has_committed = w.committed.get(&p.job).is_some_and(|c| *c > 0);
-                    let old = if has_committed {
-                        let segs = match holders.entry(p.job) {
-                            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                            std::collections::hash_map::Entry::Vacant(e) => {
-                                e.insert(self.holders(&searcher, p.job)?)
-                            }
-                        };
-                        self.load(&searcher, segs, key)?
-                    } else {
-                        None
+                    // a row without an address is keyed by its finding: always new
+                    let old = match p.ip {
+                        Some(ip) if has_committed => {
+                            let segs = match holders.entry(p.job) {
+                                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                                std::collections::hash_map::Entry::Vacant(e) => {
+                                    e.insert(self.holders(&searcher, p.job)?)
+                                }
+                            };
+                            self.load(&searcher, segs, p.job, ip6(ip), p.port)?
+                        }
+                        _ => None,
                     };
                     let written = old.is_some();
                     let row = old.unwrap_or_else(|| ServiceState::new(p));
@@ -721,7 +715,7 @@ impl QueryIndex {
         Ok(n)
     }
 
-    /// The key dictionaries of the segments that hold rows of `job`.
+    /// The address dictionaries of the segments that hold rows of `job`.
     fn holders(
         &self,
         searcher: &tantivy::Searcher,
@@ -731,36 +725,37 @@ impl QueryIndex {
         let mut out = Vec::new();
         for (ord, seg) in searcher.segment_readers().iter().enumerate() {
             if seg.inverted_index(self.fields.cols.job)?.doc_freq(&jt)? > 0 {
-                out.push((ord as u32, seg.inverted_index(self.fields.key)?));
+                out.push((ord as u32, seg.inverted_index(self.fields.cols.ip)?));
             }
         }
         Ok(out)
     }
 
-    /// The committed version of the row `key`, searched in `segs` (see [`Self::holders`]).
+    /// The committed version of the row (job, ip, port), searched in `segs` (see
+    /// [`Self::holders`]).
     fn load(
         &self,
         searcher: &tantivy::Searcher,
         segs: &[(u32, std::sync::Arc<InvertedIndexReader>)],
-        key: &str,
+        job: u64,
+        ip: Ipv6Addr,
+        port: u16,
     ) -> Result<Option<ServiceState>, IndexError> {
-        use tantivy::{DocSet, TERMINATED};
-        let term = Term::from_field_text(self.fields.key, key);
+        let id = RowId {
+            ip_field: self.fields.cols.ip,
+            job,
+            ip,
+            port,
+        };
         for (ord, inv) in segs {
-            // most rows of a running job are new: a dictionary miss answers that
-            let Some(ti) = inv.get_term_info(&term)? else {
-                continue;
-            };
             let seg = searcher.segment_reader(*ord);
-            let mut postings = inv.read_postings_from_terminfo(&ti, IndexRecordOption::Basic)?;
-            let mut doc = postings.doc();
-            while doc != TERMINATED {
+            // most rows of a running job are new: a dictionary miss answers that
+            for doc in row_docs(seg, inv, &id)? {
                 if !seg.is_deleted(doc) {
                     return Ok(Some(
                         self.row(searcher, tantivy::DocAddress::new(*ord, doc))?,
                     ));
                 }
-                doc = postings.advance();
             }
         }
         Ok(None)
@@ -782,17 +777,26 @@ impl QueryIndex {
 
     /// Gives the indexing thread the latest state of every dirty row, in batches (one channel
     /// send per document was a measurable share of ingest). A row written before (committed,
-    /// or sent since) is deleted by key first; tantivy orders the delete after the earlier
-    /// version and before the new one.
+    /// or sent since) is deleted first: the delete is stamped before its batch of additions is
+    /// handed over, so tantivy orders it after the earlier version (an earlier batch or commit)
+    /// and before the new one. A slot is dirty at most once per batch.
     fn send_dirty(&self, w: &mut Writer) -> Result<(), IndexError> {
-        let mut ops = Vec::with_capacity(OP_BATCH.min(2 * w.dirty.len()));
+        let mut ops = Vec::with_capacity(OP_BATCH.min(w.dirty.len()));
         for slot in w.dirty.drain(..) {
             let r = &mut w.pending[slot as usize];
             if r.written {
-                ops.push(UserOperation::Delete(Term::from_field_text(
-                    self.fields.key,
-                    &r.row.key,
-                )));
+                match r.row.ip {
+                    Some(ip) => {
+                        w.w.delete_query(Box::new(RowId {
+                            ip_field: self.fields.cols.ip,
+                            job: r.row.job,
+                            ip: ip6(ip),
+                            port: r.row.port,
+                        }))?;
+                    }
+                    // keyed by its finding's cursor: folded once (a replay is skipped)
+                    None => debug_assert!(false, "a row without an address written twice"),
+                }
             }
             ops.push(UserOperation::Add(document(
                 &self.fields,
@@ -900,6 +904,107 @@ impl QueryIndex {
         let w = self.writer.into_inner().expect("writer");
         w.w.wait_merging_threads()?;
         Ok(())
+    }
+}
+
+/// A row's identity in the index, and the delete query of its earlier versions.
+#[derive(Clone, Debug)]
+struct RowId {
+    ip_field: Field,
+    job: u64,
+    ip: Ipv6Addr,
+    port: u16,
+}
+
+/// The documents of row `id` in one segment (deleted ones included): the address's postings,
+/// filtered by the job and port columns. A segment without the address costs one dictionary
+/// miss.
+fn row_docs(
+    seg: &tantivy::SegmentReader,
+    ip_index: &InvertedIndexReader,
+    id: &RowId,
+) -> tantivy::Result<Vec<tantivy::DocId>> {
+    use tantivy::{DocSet, TERMINATED};
+    let term = Term::from_field_ip_addr(id.ip_field, id.ip);
+    let Some(ti) = ip_index.get_term_info(&term)? else {
+        return Ok(Vec::new());
+    };
+    let mut postings = ip_index.read_postings_from_terminfo(&ti, IndexRecordOption::Basic)?;
+    let ff = seg.fast_fields();
+    let (jobs, ports) = (ff.u64("job")?, ff.u64("port")?);
+    let mut out = Vec::new();
+    let mut doc = postings.doc();
+    while doc != TERMINATED {
+        if jobs.first(doc) == Some(id.job) && ports.first(doc) == Some(id.port as u64) {
+            out.push(doc);
+        }
+        doc = postings.advance();
+    }
+    Ok(out)
+}
+
+impl tantivy::query::Query for RowId {
+    fn weight(
+        &self,
+        _: tantivy::query::EnableScoring<'_>,
+    ) -> tantivy::Result<Box<dyn tantivy::query::Weight>> {
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl tantivy::query::Weight for RowId {
+    fn scorer(
+        &self,
+        seg: &tantivy::SegmentReader,
+        boost: tantivy::Score,
+    ) -> tantivy::Result<Box<dyn tantivy::query::Scorer>> {
+        let docs = row_docs(seg, &*seg.inverted_index(self.ip_field)?, self)?;
+        Ok(Box::new(tantivy::query::ConstScorer::new(
+            Docs { docs, at: 0 },
+            boost,
+        )))
+    }
+
+    fn explain(
+        &self,
+        seg: &tantivy::SegmentReader,
+        doc: tantivy::DocId,
+    ) -> tantivy::Result<tantivy::query::Explanation> {
+        if row_docs(seg, &*seg.inverted_index(self.ip_field)?, self)?.contains(&doc) {
+            Ok(tantivy::query::Explanation::new(
+                "the row's address, job and port",
+                1.0,
+            ))
+        } else {
+            Err(tantivy::TantivyError::InvalidArgument(format!(
+                "document {doc} is not row {}/{}/{}",
+                self.job, self.ip, self.port
+            )))
+        }
+    }
+}
+
+/// A row's few documents in one segment, ascending (postings order).
+struct Docs {
+    docs: Vec<tantivy::DocId>,
+    at: usize,
+}
+
+impl tantivy::DocSet for Docs {
+    fn advance(&mut self) -> tantivy::DocId {
+        self.at = (self.at + 1).min(self.docs.len());
+        self.doc()
+    }
+
+    fn doc(&self) -> tantivy::DocId {
+        self.docs
+            .get(self.at)
+            .copied()
+            .unwrap_or(tantivy::TERMINATED)
+    }
+
+    fn size_hint(&self) -> u32 {
+        self.docs.len() as u32
     }
 }
 

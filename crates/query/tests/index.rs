@@ -626,6 +626,61 @@ fn rows_handed_over_early_are_upserted_and_lost_without_a_commit() {
     );
 }
 
+/// A row is its (job, address, port): an update after a commit replaces that row only, not the
+/// same endpoint in another job nor another port or address of the job; IPv6 rows upsert the
+/// same way; a finding without an address is a row of its own.
+#[test]
+fn a_row_is_its_job_address_and_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = QueryIndex::open_or_rebuild(&dir.path().join("q")).unwrap();
+    let endpoints = [
+        ("127.0.0.1", 80),
+        ("127.0.0.1", 81),
+        ("127.0.0.2", 80),
+        ("::1", 80),
+    ];
+    let mut cursor = 0;
+    let mut round = |idx: &QueryIndex, jobs: &[u64], product: &str| {
+        let mut b = vec![];
+        for &job in jobs {
+            for (ip, port) in endpoints {
+                cursor += 1;
+                b.push((
+                    prov(job, cursor, ip, port, "service", NOV1),
+                    svc(product, "1", "b"),
+                ));
+            }
+        }
+        idx.add(&b).unwrap();
+        idx.commit().unwrap();
+    };
+    round(&idx, &[1, 2], "old");
+    let mut lone = prov(1, 100, "127.0.0.1", 0, "import", NOV1);
+    lone.ip = None;
+    idx.add(&[(lone.clone(), svc("lone", "1", "b"))]).unwrap();
+    lone.cursor = 101;
+    idx.add(&[(lone, svc("lone", "1", "b"))]).unwrap();
+    idx.commit().unwrap();
+    // only job 2 changes, twice, in two commits
+    round(&idx, &[2], "mid");
+    round(&idx, &[2], "new");
+    let e = Engine::new(Arc::new(idx));
+    let n = |q: &str| e.search(&SearchRequest::new(q)).unwrap().matched;
+    assert_eq!(n("job:1 product:old"), 4, "job 1's rows untouched");
+    assert_eq!(n("job:2 product:new"), 4);
+    assert_eq!(
+        n("job:2 -product:new"),
+        0,
+        "job 2's earlier versions deleted"
+    );
+    assert_eq!(
+        n("product:lone"),
+        2,
+        "two findings without an address: two rows"
+    );
+    assert_eq!(e.index.num_rows(), 10);
+}
+
 /// Free text reaches the long text columns (kept out of the short-value `text` column) and the
 /// short values, with phrases inside one column.
 #[test]
