@@ -653,11 +653,8 @@ impl QueryIndex {
         // job → the address dictionaries of the segments holding rows of that job (a segment
         // without the job cannot hold its row: a new row of a job is answered by those few
         // dictionaries, not by every segment's)
-        let mut holders: HashMap<
-            u64,
-            Vec<(u32, std::sync::Arc<InvertedIndexReader>)>,
-            foldhash::fast::RandomState,
-        > = HashMap::default();
+        let mut holders: HashMap<u64, Vec<(u32, RowColumns)>, foldhash::fast::RandomState> =
+            HashMap::default();
         for (p, o) in batch {
             let cur = w.cursors.entry(p.job).or_insert(0);
             if p.cursor <= *cur {
@@ -715,17 +712,17 @@ impl QueryIndex {
         Ok(n)
     }
 
-    /// The address dictionaries of the segments that hold rows of `job`.
+    /// The address dictionaries and row columns of the segments that hold rows of `job`.
     fn holders(
         &self,
         searcher: &tantivy::Searcher,
         job: u64,
-    ) -> Result<Vec<(u32, std::sync::Arc<InvertedIndexReader>)>, IndexError> {
+    ) -> Result<Vec<(u32, RowColumns)>, IndexError> {
         let jt = Term::from_field_u64(self.fields.cols.job, job);
         let mut out = Vec::new();
         for (ord, seg) in searcher.segment_readers().iter().enumerate() {
             if seg.inverted_index(self.fields.cols.job)?.doc_freq(&jt)? > 0 {
-                out.push((ord as u32, seg.inverted_index(self.fields.cols.ip)?));
+                out.push((ord as u32, RowColumns::open(seg, self.fields.cols.ip)?));
             }
         }
         Ok(out)
@@ -736,7 +733,7 @@ impl QueryIndex {
     fn load(
         &self,
         searcher: &tantivy::Searcher,
-        segs: &[(u32, std::sync::Arc<InvertedIndexReader>)],
+        segs: &[(u32, RowColumns)],
         job: u64,
         ip: Ipv6Addr,
         port: u16,
@@ -747,10 +744,10 @@ impl QueryIndex {
             ip,
             port,
         };
-        for (ord, inv) in segs {
+        for (ord, cols) in segs {
             let seg = searcher.segment_reader(*ord);
             // most rows of a running job are new: a dictionary miss answers that
-            for doc in row_docs(seg, inv, &id)? {
+            for doc in row_docs(cols, &id)? {
                 if !seg.is_deleted(doc) {
                     return Ok(Some(
                         self.row(searcher, tantivy::DocAddress::new(*ord, doc))?,
@@ -907,6 +904,26 @@ impl QueryIndex {
     }
 }
 
+/// What finding a row in a segment reads: the address dictionary and postings, the job and port
+/// columns (opened once per segment and batch: opening a column by name per lookup cost more
+/// than the unique term it replaced).
+struct RowColumns {
+    ips: std::sync::Arc<InvertedIndexReader>,
+    jobs: tantivy::columnar::Column<u64>,
+    ports: tantivy::columnar::Column<u64>,
+}
+
+impl RowColumns {
+    fn open(seg: &tantivy::SegmentReader, ip_field: Field) -> tantivy::Result<RowColumns> {
+        let ff = seg.fast_fields();
+        Ok(RowColumns {
+            ips: seg.inverted_index(ip_field)?,
+            jobs: ff.u64("job")?,
+            ports: ff.u64("port")?,
+        })
+    }
+}
+
 /// A row's identity in the index, and the delete query of its earlier versions.
 #[derive(Clone, Debug)]
 struct RowId {
@@ -919,19 +936,14 @@ struct RowId {
 /// The documents of row `id` in one segment (deleted ones included): the address's postings,
 /// filtered by the job and port columns. A segment without the address costs one dictionary
 /// miss.
-fn row_docs(
-    seg: &tantivy::SegmentReader,
-    ip_index: &InvertedIndexReader,
-    id: &RowId,
-) -> tantivy::Result<Vec<tantivy::DocId>> {
+fn row_docs(seg: &RowColumns, id: &RowId) -> tantivy::Result<Vec<tantivy::DocId>> {
     use tantivy::{DocSet, TERMINATED};
     let term = Term::from_field_ip_addr(id.ip_field, id.ip);
-    let Some(ti) = ip_index.get_term_info(&term)? else {
+    let Some(ti) = seg.ips.get_term_info(&term)? else {
         return Ok(Vec::new());
     };
-    let mut postings = ip_index.read_postings_from_terminfo(&ti, IndexRecordOption::Basic)?;
-    let ff = seg.fast_fields();
-    let (jobs, ports) = (ff.u64("job")?, ff.u64("port")?);
+    let mut postings = seg.ips.read_postings_from_terminfo(&ti, IndexRecordOption::Basic)?;
+    let (jobs, ports) = (&seg.jobs, &seg.ports);
     let mut out = Vec::new();
     let mut doc = postings.doc();
     while doc != TERMINATED {
@@ -958,7 +970,7 @@ impl tantivy::query::Weight for RowId {
         seg: &tantivy::SegmentReader,
         boost: tantivy::Score,
     ) -> tantivy::Result<Box<dyn tantivy::query::Scorer>> {
-        let docs = row_docs(seg, &*seg.inverted_index(self.ip_field)?, self)?;
+        let docs = row_docs(&RowColumns::open(seg, self.ip_field)?, self)?;
         Ok(Box::new(tantivy::query::ConstScorer::new(
             Docs { docs, at: 0 },
             boost,
@@ -970,7 +982,7 @@ impl tantivy::query::Weight for RowId {
         seg: &tantivy::SegmentReader,
         doc: tantivy::DocId,
     ) -> tantivy::Result<tantivy::query::Explanation> {
-        if row_docs(seg, &*seg.inverted_index(self.ip_field)?, self)?.contains(&doc) {
+        if row_docs(&RowColumns::open(seg, self.ip_field)?, self)?.contains(&doc) {
             Ok(tantivy::query::Explanation::new(
                 "the row's address, job and port",
                 1.0,
