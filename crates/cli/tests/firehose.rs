@@ -8,7 +8,6 @@
 //! no client-side deduplication; message ids `<job>:<cursor>` must be exactly `1..=findings`.
 
 use async_nats::jetstream;
-use futures::StreamExt;
 use overlord_cli::{client, embedded::Embedded};
 use overlord_coordinator::firehose::FirehoseConfig;
 use overlord_coordinator::firehose::natsd::{NatsCluster, NatsOpts, NatsServer};
@@ -45,40 +44,33 @@ fn fh(st: &v1::JobStatus) -> v1::FirehoseStatus {
         .expect("firehose status is filled when the firehose is on")
 }
 
-/// Every message of the stream, read by a plain ordered consumer: (msg id, subject, finding).
+/// Every message of the stream, read one by one by sequence from the stream's leader (the
+/// message-get API): (msg id, subject, finding). Not through a consumer: in a cluster that just
+/// lost a node, creating one may be placed on the lost node and time out, again and again.
 async fn read_stream(url: &str) -> Vec<(String, String, FindingRecord)> {
     let client = async_nats::connect(url)
         .await
         .expect("connect to read the stream");
     let js = jetstream::new(client);
-    // A cluster that just lost a node may take a moment to answer stream/consumer requests.
-    let consumer = wait_until(
-        "the stream and a consumer on it",
-        Duration::from_secs(30),
-        async || {
+    // A cluster that just lost a node may take a moment to elect the stream's leader.
+    let (stream, first, last) =
+        wait_until("the stream's bounds", Duration::from_secs(60), async || {
             let mut stream = js.get_stream(STREAM).await.ok()?;
-            let total = stream.info().await.ok()?.state.messages;
-            let c = stream
-                .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
-                .await
-                .ok()?;
-            Some((total, c))
-        },
-    )
-    .await;
-    let (total, consumer) = consumer;
-    let mut msgs = consumer.messages().await.expect("messages");
+            let st = stream.info().await.ok()?.state.clone();
+            Some((stream, st.first_sequence, st.last_sequence))
+        })
+        .await;
     let mut out = Vec::new();
-    while (out.len() as u64) < total {
-        let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
-            .await
-            .expect("stream read stalled")
-            .expect("stream ended")
-            .expect("message");
+    for seq in first..=last {
+        let m = wait_until(
+            &format!("stream message {seq}"),
+            Duration::from_secs(30),
+            async || stream.get_raw_message(seq).await.ok(),
+        )
+        .await;
         let id = m
             .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Msg-Id"))
+            .get("Nats-Msg-Id")
             .map(|v| v.to_string())
             .expect("every message has a Nats-Msg-Id");
         let f: FindingRecord = serde_json::from_slice(&m.payload).expect("payload is a finding");
