@@ -1,5 +1,5 @@
-//! The tantivy index: one document per service row ([`ServiceState`]), upserted by key as
-//! findings are folded in.
+//! The tantivy index: one document per service row ([`ServiceState`]), upserted by (job,
+//! address, port) as findings are folded in.
 //!
 //! ## Durability: derived state
 //! The index is derived from the job store. Each commit carries, in tantivy's commit payload,
@@ -10,7 +10,7 @@
 //!
 //! ## Upserts
 //! A row is identified by (job, address, port): the columns it is indexed by anyway. No term
-//! names a row (a unique term per row cost ~15 % of ingest: every segment's dictionary and every
+//! names a row (a unique term per row cost 5-10 % of ingest: every segment's dictionary and every
 //! merge carried one more term per row, see the Query section of DESIGN), so a row is found
 //! through its address's postings, filtered by the job and port columns ([`row_docs`]).
 //! Rows changed since the last commit live in `pending`; a row not pending is loaded from the
@@ -40,9 +40,13 @@ use tantivy::{DateTime, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDo
 pub const INDEX_VERSION: u32 = 5;
 /// Commit after this many pending rows or this long after the first uncommitted change. Pending
 /// rows are folded states held in memory: this bounds what the index adds to the coordinator's
-/// memory under a flood of results (with the writer's arena below).
-pub const COMMIT_ROWS: usize = 100_000;
-pub const COMMIT_INTERVAL: Duration = Duration::from_millis(1000);
+/// memory under a flood of results (with the writer's arena below). Each commit also ends the
+/// indexing threads' segments: 200 k / 2 s instead of 100 k / 1 s makes a flood write half as
+/// many segments (each rebuilds the shared vocabulary's dictionaries and columns and is merged
+/// again), for ~7 % less CPU per finding and a few hundred MiB more during a flood (figures in
+/// DESIGN, Query section); searches see a result at most 2 s after it is folded.
+pub const COMMIT_ROWS: usize = 200_000;
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(2000);
 /// How often an idle index reloads its searcher to pick up finished merges.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// The writer's indexing arenas: tantivy splits the budget over its indexing threads (64 MiB
@@ -904,23 +908,40 @@ impl QueryIndex {
     }
 }
 
-/// What finding a row in a segment reads: the address dictionary and postings, the job and port
-/// columns (opened once per segment and batch: opening a column by name per lookup cost more
-/// than the unique term it replaced).
+/// What finding a row in a segment reads: the address dictionary and postings, then the job and
+/// port columns, opened once the address is found (a segment without it costs one dictionary
+/// miss, as a key term did) and kept for the segment's next lookups (opening a column by name
+/// per lookup cost more than the unique term this replaced).
 struct RowColumns {
+    seg: tantivy::SegmentReader,
     ips: std::sync::Arc<InvertedIndexReader>,
-    jobs: tantivy::columnar::Column<u64>,
-    ports: tantivy::columnar::Column<u64>,
+    cols: std::cell::OnceCell<(
+        tantivy::columnar::Column<u64>,
+        tantivy::columnar::Column<u64>,
+    )>,
 }
 
 impl RowColumns {
     fn open(seg: &tantivy::SegmentReader, ip_field: Field) -> tantivy::Result<RowColumns> {
-        let ff = seg.fast_fields();
         Ok(RowColumns {
+            seg: seg.clone(),
             ips: seg.inverted_index(ip_field)?,
-            jobs: ff.u64("job")?,
-            ports: ff.u64("port")?,
+            cols: std::cell::OnceCell::new(),
         })
+    }
+
+    fn jobs_and_ports(
+        &self,
+    ) -> tantivy::Result<&(
+        tantivy::columnar::Column<u64>,
+        tantivy::columnar::Column<u64>,
+    )> {
+        if let Some(c) = self.cols.get() {
+            return Ok(c);
+        }
+        let ff = self.seg.fast_fields();
+        let c = (ff.u64("job")?, ff.u64("port")?);
+        Ok(self.cols.get_or_init(|| c))
     }
 }
 
@@ -942,8 +963,10 @@ fn row_docs(seg: &RowColumns, id: &RowId) -> tantivy::Result<Vec<tantivy::DocId>
     let Some(ti) = seg.ips.get_term_info(&term)? else {
         return Ok(Vec::new());
     };
-    let mut postings = seg.ips.read_postings_from_terminfo(&ti, IndexRecordOption::Basic)?;
-    let (jobs, ports) = (&seg.jobs, &seg.ports);
+    let mut postings = seg
+        .ips
+        .read_postings_from_terminfo(&ti, IndexRecordOption::Basic)?;
+    let (jobs, ports) = seg.jobs_and_ports()?;
     let mut out = Vec::new();
     let mut doc = postings.doc();
     while doc != TERMINATED {

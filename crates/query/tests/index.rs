@@ -594,7 +594,7 @@ fn rows_handed_over_early_are_upserted_and_lost_without_a_commit() {
         .unwrap();
         idx.commit().unwrap();
         assert_eq!(idx.num_rows(), 2000);
-        // after the commit: every row changes again (each handed over, deleted by key first)
+        // after the commit: every row changes again (each handed over, its old version deleted first)
         idx.add(&many(1, 6000, "third")).unwrap();
         idx.commit().unwrap();
         assert_eq!(idx.num_rows(), 2000);
