@@ -501,6 +501,7 @@ pub struct QueryIndex {
     pub(crate) committed_cursors: Mutex<BTreeMap<u64, u64>>,
     /// When the searcher was last reloaded without a commit (see [`QueryIndex::maybe_commit`]).
     reloaded: Mutex<Instant>,
+    columns: ColumnCache,
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> IndexError + '_ {
@@ -624,6 +625,7 @@ impl QueryIndex {
             dir: dir.to_path_buf(),
             committed_cursors: Mutex::new(cursors),
             reloaded: Mutex::new(Instant::now()),
+            columns: ColumnCache::default(),
         })
     }
 
@@ -657,7 +659,7 @@ impl QueryIndex {
         // job → the address dictionaries of the segments holding rows of that job (a segment
         // without the job cannot hold its row: a new row of a job is answered by those few
         // dictionaries, not by every segment's)
-        let mut holders: HashMap<u64, Vec<(u32, RowColumns)>, foldhash::fast::RandomState> =
+        let mut holders: HashMap<u64, Vec<(u32, RowColumns<'_>)>, foldhash::fast::RandomState> =
             HashMap::default();
         for (p, o) in batch {
             let cur = w.cursors.entry(p.job).or_insert(0);
@@ -717,16 +719,19 @@ impl QueryIndex {
     }
 
     /// The address dictionaries and row columns of the segments that hold rows of `job`.
-    fn holders(
-        &self,
-        searcher: &tantivy::Searcher,
+    fn holders<'s>(
+        &'s self,
+        searcher: &'s tantivy::Searcher,
         job: u64,
-    ) -> Result<Vec<(u32, RowColumns)>, IndexError> {
+    ) -> Result<Vec<(u32, RowColumns<'s>)>, IndexError> {
         let jt = Term::from_field_u64(self.fields.cols.job, job);
         let mut out = Vec::new();
         for (ord, seg) in searcher.segment_readers().iter().enumerate() {
             if seg.inverted_index(self.fields.cols.job)?.doc_freq(&jt)? > 0 {
-                out.push((ord as u32, RowColumns::open(seg, self.fields.cols.ip)?));
+                out.push((
+                    ord as u32,
+                    RowColumns::open(seg, self.fields.cols.ip, &self.columns)?,
+                ));
             }
         }
         Ok(out)
@@ -737,13 +742,15 @@ impl QueryIndex {
     fn load(
         &self,
         searcher: &tantivy::Searcher,
-        segs: &[(u32, RowColumns)],
+        segs: &[(u32, RowColumns<'_>)],
         job: u64,
         ip: Ipv6Addr,
         port: u16,
     ) -> Result<Option<ServiceState>, IndexError> {
         let id = RowId {
             ip_field: self.fields.cols.ip,
+            job_field: self.fields.cols.job,
+            cache: self.columns.clone(),
             job,
             ip,
             port,
@@ -790,6 +797,8 @@ impl QueryIndex {
                     Some(ip) => {
                         w.w.delete_query(Box::new(RowId {
                             ip_field: self.fields.cols.ip,
+                            job_field: self.fields.cols.job,
+                            cache: self.columns.clone(),
                             job: r.row.job,
                             ip: ip6(ip),
                             port: r.row.port,
@@ -854,6 +863,7 @@ impl QueryIndex {
         pc.set_payload(&serde_json::to_string(&payload).expect("payload"));
         pc.commit()?;
         self.reader.reload()?;
+        self.columns.retain_live(&self.reader.searcher());
         w.committed = w.cursors.clone();
         *self.committed_cursors.lock().expect("cursors") = w.cursors.clone();
         w.first_change = None;
@@ -912,35 +922,77 @@ impl QueryIndex {
 /// port columns, opened once the address is found (a segment without it costs one dictionary
 /// miss, as a key term did) and kept for the segment's next lookups (opening a column by name
 /// per lookup cost more than the unique term this replaced).
-struct RowColumns {
-    seg: tantivy::SegmentReader,
+struct RowColumns<'s> {
+    seg: &'s tantivy::SegmentReader,
     ips: std::sync::Arc<InvertedIndexReader>,
-    cols: std::cell::OnceCell<(
-        tantivy::columnar::Column<u64>,
-        tantivy::columnar::Column<u64>,
-    )>,
+    cols: std::cell::OnceCell<JobPort>,
+    cache: &'s ColumnCache,
 }
 
-impl RowColumns {
-    fn open(seg: &tantivy::SegmentReader, ip_field: Field) -> tantivy::Result<RowColumns> {
+type JobPort = (
+    tantivy::columnar::Column<u64>,
+    tantivy::columnar::Column<u64>,
+);
+
+/// The job and port columns of each segment, opened once and shared by every lookup and delete
+/// (opening a column deserializes its block index, O(rows): per delete and segment that made
+/// updates of committed rows 2x as costly as with a key term). Pruned to the live segments at
+/// each commit.
+#[derive(Clone, Default)]
+struct ColumnCache(std::sync::Arc<Mutex<HashMap<tantivy::index::SegmentId, JobPort>>>);
+
+impl ColumnCache {
+    fn get(&self, seg: &tantivy::SegmentReader) -> tantivy::Result<JobPort> {
+        if let Some(c) = self.0.lock().expect("columns").get(&seg.segment_id()) {
+            return Ok(c.clone());
+        }
+        let ff = seg.fast_fields();
+        let c = (ff.u64("job")?, ff.u64("port")?);
+        self.0
+            .lock()
+            .expect("columns")
+            .insert(seg.segment_id(), c.clone());
+        Ok(c)
+    }
+
+    fn retain_live(&self, searcher: &tantivy::Searcher) {
+        let live: std::collections::HashSet<_> = searcher
+            .segment_readers()
+            .iter()
+            .map(|s| s.segment_id())
+            .collect();
+        self.0
+            .lock()
+            .expect("columns")
+            .retain(|id, _| live.contains(id));
+    }
+}
+
+impl std::fmt::Debug for ColumnCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ColumnCache")
+    }
+}
+
+impl<'s> RowColumns<'s> {
+    fn open(
+        seg: &'s tantivy::SegmentReader,
+        ip_field: Field,
+        cache: &'s ColumnCache,
+    ) -> tantivy::Result<RowColumns<'s>> {
         Ok(RowColumns {
-            seg: seg.clone(),
+            seg,
             ips: seg.inverted_index(ip_field)?,
             cols: std::cell::OnceCell::new(),
+            cache,
         })
     }
 
-    fn jobs_and_ports(
-        &self,
-    ) -> tantivy::Result<&(
-        tantivy::columnar::Column<u64>,
-        tantivy::columnar::Column<u64>,
-    )> {
+    fn jobs_and_ports(&self) -> tantivy::Result<&JobPort> {
         if let Some(c) = self.cols.get() {
             return Ok(c);
         }
-        let ff = self.seg.fast_fields();
-        let c = (ff.u64("job")?, ff.u64("port")?);
+        let c = self.cache.get(self.seg)?;
         Ok(self.cols.get_or_init(|| c))
     }
 }
@@ -949,6 +1001,8 @@ impl RowColumns {
 #[derive(Clone, Debug)]
 struct RowId {
     ip_field: Field,
+    job_field: Field,
+    cache: ColumnCache,
     job: u64,
     ip: Ipv6Addr,
     port: u16,
@@ -957,7 +1011,7 @@ struct RowId {
 /// The documents of row `id` in one segment (deleted ones included): the address's postings,
 /// filtered by the job and port columns. A segment without the address costs one dictionary
 /// miss.
-fn row_docs(seg: &RowColumns, id: &RowId) -> tantivy::Result<Vec<tantivy::DocId>> {
+fn row_docs(seg: &RowColumns<'_>, id: &RowId) -> tantivy::Result<Vec<tantivy::DocId>> {
     use tantivy::{DocSet, TERMINATED};
     let term = Term::from_field_ip_addr(id.ip_field, id.ip);
     let Some(ti) = seg.ips.get_term_info(&term)? else {
@@ -993,7 +1047,13 @@ impl tantivy::query::Weight for RowId {
         seg: &tantivy::SegmentReader,
         boost: tantivy::Score,
     ) -> tantivy::Result<Box<dyn tantivy::query::Scorer>> {
-        let docs = row_docs(&RowColumns::open(seg, self.ip_field)?, self)?;
+        // most segments of a big index hold no row of the job: one lookup in the small job
+        // dictionary answers that before the address is looked up
+        let jt = Term::from_field_u64(self.job_field, self.job);
+        if seg.inverted_index(self.job_field)?.doc_freq(&jt)? == 0 {
+            return Ok(Box::new(tantivy::query::EmptyScorer));
+        }
+        let docs = row_docs(&RowColumns::open(seg, self.ip_field, &self.cache)?, self)?;
         Ok(Box::new(tantivy::query::ConstScorer::new(
             Docs { docs, at: 0 },
             boost,
@@ -1005,7 +1065,7 @@ impl tantivy::query::Weight for RowId {
         seg: &tantivy::SegmentReader,
         doc: tantivy::DocId,
     ) -> tantivy::Result<tantivy::query::Explanation> {
-        if row_docs(&RowColumns::open(seg, self.ip_field)?, self)?.contains(&doc) {
+        if row_docs(&RowColumns::open(seg, self.ip_field, &self.cache)?, self)?.contains(&doc) {
             Ok(tantivy::query::Explanation::new(
                 "the row's address, job and port",
                 1.0,
