@@ -83,10 +83,7 @@ fn main() {
         *threads.entry(comm).or_default() += ticks / 100.0;
     }
     println!("live threads cpu s: {threads:?}");
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    let cpu = (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0;
+    let cpu = process_cpu_s();
     println!(
         "process cpu {cpu:.1}s = {:.1} us/finding",
         cpu * 1e6 / n as f64

@@ -17,7 +17,7 @@
 //! committed index unless its job has nothing committed yet (then it is new). Changed rows are
 //! handed to tantivy's indexing thread in batches of [`OP_BATCH`] as they accumulate (so it
 //! indexes while the next findings are folded) and the rest at commit; a row written before
-//! (committed, or handed over since the last commit) is deleted first ([`RowQuery`]). A row
+//! (committed, or handed over since the last commit) is deleted first ([`RowId`]). A row
 //! without an address is keyed by its finding's cursor: it is written once, never updated.
 //! Nothing handed over is visible or durable before the commit that also records the cursors.
 
@@ -747,14 +747,7 @@ impl QueryIndex {
         ip: Ipv6Addr,
         port: u16,
     ) -> Result<Option<ServiceState>, IndexError> {
-        let id = RowId {
-            ip_field: self.fields.cols.ip,
-            job_field: self.fields.cols.job,
-            cache: self.columns.clone(),
-            job,
-            ip,
-            port,
-        };
+        let id = self.row_id(job, ip, port);
         for (ord, cols) in segs {
             let seg = searcher.segment_reader(*ord);
             // most rows of a running job are new: a dictionary miss answers that
@@ -783,6 +776,17 @@ impl QueryIndex {
         crate::rowcodec::decode(b).map_err(|e| IndexError::Row(e.to_string()))
     }
 
+    fn row_id(&self, job: u64, ip: Ipv6Addr, port: u16) -> RowId {
+        RowId {
+            ip_field: self.fields.cols.ip,
+            job_field: self.fields.cols.job,
+            cache: self.columns.clone(),
+            job,
+            ip,
+            port,
+        }
+    }
+
     /// Gives the indexing thread the latest state of every dirty row, in batches (one channel
     /// send per document was a measurable share of ingest). A row written before (committed,
     /// or sent since) is deleted first: the delete is stamped before its batch of additions is
@@ -795,14 +799,7 @@ impl QueryIndex {
             if r.written {
                 match r.row.ip {
                     Some(ip) => {
-                        w.w.delete_query(Box::new(RowId {
-                            ip_field: self.fields.cols.ip,
-                            job_field: self.fields.cols.job,
-                            cache: self.columns.clone(),
-                            job: r.row.job,
-                            ip: ip6(ip),
-                            port: r.row.port,
-                        }))?;
+                        w.w.delete_query(Box::new(self.row_id(r.row.job, ip6(ip), r.row.port)))?;
                     }
                     // keyed by its finding's cursor: folded once (a replay is skipped)
                     None => debug_assert!(false, "a row without an address written twice"),
